@@ -1,0 +1,327 @@
+"""Command line: arguments -> one frozen Config -> run. No logic of its own.
+
+Precedence for every run option: command line, then environment (ADBATCH_*), then the
+TOML file given with --config, then the built-in default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tomllib
+from collections.abc import Callable, Sequence
+from dataclasses import fields
+from typing import Any
+
+import anyio
+
+from engine import runner
+from engine.config import DEFAULT_CONCURRENCY, DEFAULT_ENDPOINT, DEFAULT_TIMEOUT, Config
+from engine.errors import ConfigError, EngineError
+from engine.sources import DEFAULT_MAX_LINE_BYTES
+
+PROG = "adbatch"
+
+#: Options that may also come from the environment.
+ENV_VARS = {
+    "token": "ADBATCH_TOKEN",
+    "endpoint": "ADBATCH_ENDPOINT",
+    "partner_id": "ADBATCH_PARTNER_ID",
+    "concurrency": "ADBATCH_CONCURRENCY",
+    "rate": "ADBATCH_RATE",
+    "timeout": "ADBATCH_TIMEOUT",
+}
+
+_CONFIG_FIELDS = {f.name for f in fields(Config)}
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "inputs",
+        nargs="*",
+        metavar="INPUT",
+        help="event files (.jsonl, .ndjson, .csv, optionally .gz); '-' or none reads stdin",
+    )
+    io = p.add_argument_group("input and output")
+    io.add_argument(
+        "-o", "--output", metavar="PATH", help="write JSONL records here (default: stdout)"
+    )
+    io.add_argument(
+        "--format",
+        dest="input_format",
+        choices=("auto", "jsonl", "csv"),
+        help="input format (default: auto, from the file name; stdin is jsonl)",
+    )
+    io.add_argument(
+        "--ordered",
+        action="store_true",
+        default=None,
+        help="write records in input order (default: completion order)",
+    )
+    io.add_argument(
+        "--max-line-bytes",
+        type=_positive_int,
+        metavar="N",
+        help=f"longest input line accepted (default: {DEFAULT_MAX_LINE_BYTES})",
+    )
+    io.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML file of options (keys as the long options: concurrency = 32)",
+    )
+
+    api = p.add_argument_group("delivery API")
+    api.add_argument(
+        "--endpoint",
+        metavar="URL",
+        help=f"delivery URL (default: {DEFAULT_ENDPOINT}; env ADBATCH_ENDPOINT)",
+    )
+    api.add_argument(
+        "--partner-id",
+        metavar="ID",
+        help="criteo-partner-id for events without one (env ADBATCH_PARTNER_ID)",
+    )
+    api.add_argument(
+        "--user-agent",
+        metavar="UA",
+        help="User-Agent for events without one (default: adbatch/VERSION)",
+    )
+    api.add_argument("--ip", metavar="IP", help="X-Forwarded-For for events without one")
+    api.add_argument(
+        "--token",
+        metavar="TOKEN",
+        help="static bearer token; prefer env ADBATCH_TOKEN or --token-file, "
+        "which keep it out of the process list",
+    )
+    api.add_argument("--token-file", metavar="PATH", help="read the static token from a file")
+    api.add_argument(
+        "--mock",
+        action="store_true",
+        default=None,
+        help="start the embedded mock server on a free loopback port and run "
+        "against it (token handled for you)",
+    )
+
+    speed = p.add_argument_group("concurrency and limits")
+    speed.add_argument(
+        "-c",
+        "--concurrency",
+        type=_positive_int,
+        metavar="N",
+        help=f"calls in flight (default: {DEFAULT_CONCURRENCY})",
+    )
+    speed.add_argument(
+        "--rate",
+        type=_positive_float,
+        metavar="R",
+        help="calls per second across the run (default: unlimited)",
+    )
+    speed.add_argument(
+        "--timeout",
+        type=_positive_float,
+        metavar="S",
+        help=f"seconds per call (default: {DEFAULT_TIMEOUT:g})",
+    )
+
+    misc = p.add_argument_group("other")
+    misc.add_argument(
+        "--dry-run",
+        action="store_true",
+        default=None,
+        help="write the URL and headers each event would send; send nothing",
+    )
+    misc.add_argument(
+        "--no-progress",
+        action="store_true",
+        default=False,
+        help="no progress line (it shows only when stderr is a terminal)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Fetch Criteo Retail Media ads for page-view events, fast, "
+        "one JSONL record per event.",
+        epilog="Try it: adbatch run --mock examples/pageviews.jsonl",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    run_p = sub.add_parser(
+        "run",
+        help="send one delivery call per input event",
+        description="Send one delivery call per input event and write one "
+        "JSONL record per input line.",
+    )
+    _add_run_options(run_p)
+    run_p.set_defaults(handler=_cmd_run)
+
+    mock_p = sub.add_parser(
+        "mock",
+        help="serve the embedded mock delivery + token server",
+        description="Serve the embedded mock of the delivery host and its OAuth2 token endpoint.",
+    )
+    mock_p.add_argument("--host", default="127.0.0.1", help="address (default: %(default)s)")
+    mock_p.add_argument(
+        "--port", type=int, default=8080, help="port, 0 for any (default: %(default)s)"
+    )
+    mock_p.add_argument(
+        "--latency",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="seconds added to every answer (default: %(default)s)",
+    )
+    mock_p.add_argument(
+        "--token-lifetime",
+        type=float,
+        default=900.0,
+        metavar="S",
+        help="lifetime of issued tokens (default: %(default)s)",
+    )
+    mock_p.set_defaults(handler=_cmd_mock)
+    return parser
+
+
+def _load_toml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    table = data.get("adbatch", data)
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        name = key.replace("-", "_")
+        if name == "format":
+            name = "input_format"
+        if name not in _CONFIG_FIELDS:
+            raise ConfigError(f"config file {path}: unknown option {key!r}")
+        if name == "token":
+            raise ConfigError(
+                f"config file {path}: keep the token out of config files; "
+                "use ADBATCH_TOKEN or --token-file"
+            )
+        out[name] = value
+    return out
+
+
+def _read_secret_file(path: str, what: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = f.read().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} file {path}: {exc.strerror or exc}") from None
+    if not value:
+        raise ConfigError(f"{what} file {path} is empty")
+    return value
+
+
+def _env_value(name: str, var: str) -> Any:
+    text = os.environ.get(var)
+    if text is None or text == "":
+        return None
+    try:
+        if name == "concurrency":
+            return _positive_int(text)
+        if name in ("rate", "timeout"):
+            return _positive_float(text)
+    except argparse.ArgumentTypeError as exc:
+        raise ConfigError(f"{var}: {exc}") from None
+    return text
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """Merge command line, environment and config file into one validated Config."""
+    merged: dict[str, Any] = _load_toml(args.config) if args.config else {}
+    for name, var in ENV_VARS.items():
+        value = _env_value(name, var)
+        if value is not None:
+            merged[name] = value
+    for name in _CONFIG_FIELDS:
+        value = getattr(args, name, None)
+        if value is not None and name != "inputs":
+            merged[name] = value
+    if args.token_file:
+        if args.token is not None:
+            raise ConfigError("give --token or --token-file, not both")
+        merged["token"] = _read_secret_file(args.token_file, "token")
+    if args.inputs:
+        merged["inputs"] = tuple(args.inputs)
+    elif "inputs" in merged:
+        merged["inputs"] = tuple(merged["inputs"])
+    merged["progress"] = (not args.no_progress) and sys.stderr.isatty()
+    if merged.get("partner_id") is not None:
+        merged["partner_id"] = str(merged["partner_id"])
+    try:
+        return Config(**merged).validated()
+    except TypeError as exc:
+        raise ConfigError(f"bad option value: {exc}") from None
+
+
+def _run_async(fn: Callable[..., Any], *args: Any) -> Any:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return anyio.run(fn, *args)
+    return anyio.run(fn, *args, backend_options={"use_uvloop": True})
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    summary = _run_async(runner.run, config)
+    print(f"{PROG}: {summary.line()}", file=sys.stderr)
+    if summary.stopped:
+        print(f"{PROG}: stopped: {summary.stopped}", file=sys.stderr)
+    return int(summary.exit_code)
+
+
+def _cmd_mock(args: argparse.Namespace) -> int:
+    from engine.mock import MockConfig, serve
+
+    serve(
+        host=args.host,
+        port=args.port,
+        config=MockConfig(latency=args.latency, token_lifetime=args.token_lifetime),
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except EngineError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

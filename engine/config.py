@@ -1,0 +1,77 @@
+"""The run's frozen configuration and its validation (clear errors, no I/O).
+
+Every option is keyword-only with a default; `Config.validated()` is the single place
+that decides whether a combination of options makes sense. Secrets are kept out of
+`repr()` so a config can be logged.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any
+from urllib.parse import urlsplit
+
+from engine.errors import ConfigError
+from engine.sources import DEFAULT_MAX_LINE_BYTES, Format
+
+DEFAULT_ENDPOINT = "https://d.us.criteo.com/delivery/retailmedia"
+DEFAULT_CONCURRENCY = 64
+DEFAULT_TIMEOUT = 2.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    """Everything one run needs. Build it with keywords; call `validated()` before use."""
+
+    inputs: tuple[str, ...] = ("-",)
+    output: str | None = None
+    endpoint: str = DEFAULT_ENDPOINT
+    partner_id: str | None = None
+    user_agent: str | None = None
+    ip: str | None = None
+    token: str | None = field(default=None, repr=False)
+    concurrency: int = DEFAULT_CONCURRENCY
+    rate: float | None = None
+    timeout: float = DEFAULT_TIMEOUT
+    ordered: bool = False
+    dry_run: bool = False
+    progress: bool = False
+    mock: bool = False
+    input_format: Format = "auto"
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    fail_fast_401: int = 20
+
+    def validated(self) -> Config:
+        """This config, checked; raises ConfigError naming the option at fault."""
+        if not self.inputs:
+            raise ConfigError("no input given")
+        if self.concurrency < 1:
+            raise ConfigError(f"--concurrency must be at least 1, got {self.concurrency}")
+        if self.rate is not None and not (self.rate > 0 and math.isfinite(self.rate)):
+            raise ConfigError(
+                f"--rate must be a positive number of calls per second, got {self.rate}"
+            )
+        if not (self.timeout > 0 and math.isfinite(self.timeout)):
+            raise ConfigError(f"--timeout must be a positive number of seconds, got {self.timeout}")
+        if self.max_line_bytes < 64:
+            raise ConfigError("--max-line-bytes must be at least 64")
+        if self.input_format not in ("auto", "jsonl", "csv"):
+            raise ConfigError(f"--format must be auto, jsonl or csv, got {self.input_format!r}")
+        if self.partner_id is not None and not self.partner_id.isdigit():
+            raise ConfigError(f"--partner-id must be an integer, got {self.partner_id!r}")
+        if not self.mock:
+            url = urlsplit(self.endpoint)
+            if url.scheme not in ("http", "https") or not url.hostname:
+                raise ConfigError(f"--endpoint must be an http(s) URL, got {self.endpoint!r}")
+            if self.token is None and not self.dry_run:
+                raise ConfigError(
+                    "no token: give --token, set ADBATCH_TOKEN, or use --mock to try adbatch "
+                    "on the embedded mock server"
+                )
+        if self.inputs.count("-") > 1:
+            raise ConfigError("stdin ('-') can be read only once")
+        return self
+
+    def with_changes(self, **changes: Any) -> Config:
+        return replace(self, **changes)

@@ -1,0 +1,249 @@
+"""The event model: one page view, its parameters, headers and validation (pure).
+
+Rules:
+- An input object's keys are delivery parameter names (API.md), except the reserved
+  keys: `id` (echoed in the output), `timestamp` (epoch seconds or ISO 8601),
+  `user-agent`, `referer` and `ip`, which become headers.
+- Values: strings as they are; integers and floats as written in the input (the readers
+  keep a float's original text); booleans as 1/0; lists joined with `|`; null or an empty
+  string means absent. Objects, and lists holding anything but scalars, are invalid.
+- Parameters go out in a stable order: the known parameters in API.md order, then
+  unknown ones (the API grows) sorted by name.
+- An event that lacks a parameter its event type requires is not sent: it becomes an
+  `Invalid` naming the parameter.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+ALWAYS_REQUIRED: tuple[str, ...] = (
+    "criteo-partner-id",
+    "retailer-visitor-id",
+    "event-type",
+    "page-id",
+)
+
+REQUIRED_BY_TYPE: Mapping[str, tuple[str, ...]] = {
+    "viewHome": (),
+    "viewSearchResult": ("keywords",),
+    "viewSearchBar": ("keywords",),
+    "viewCategory": ("category",),
+    "viewCategoryMenu": ("category",),
+    "viewItem": ("item", "price"),
+    "viewFavorites": ("item",),
+    "viewBasket": ("item", "quantity"),
+    "trackTransaction": ("item", "price"),
+    "addToCart": ("item", "page-uid"),
+    "aiAssistant": ("keywords",),
+}
+
+#: Event types whose `item` must be a single product.
+SINGLE_ITEM_TYPES: frozenset[str] = frozenset({"addToCart"})
+
+#: Known parameters, in the order they are sent.
+KNOWN_PARAMS: tuple[str, ...] = (
+    *ALWAYS_REQUIRED,
+    "customer-id",
+    "keywords",
+    "category",
+    "item",
+    "parent-item",
+    "price",
+    "quantity",
+    "availability",
+    "transaction-id",
+    "page-uid",
+    "filters",
+    "item-whitelist",
+    "regionId",
+    "environment",
+    "nolog",
+    "email",
+    "gdpr",
+    "gdpr_consent",
+    "block",
+    "list-size",
+    "page-number",
+)
+_KNOWN_RANK = {name: i for i, name in enumerate(KNOWN_PARAMS)}
+
+#: Reserved keys that are not query parameters; the header ones map to their header.
+HEADER_KEYS: Mapping[str, str] = {
+    "user-agent": "User-Agent",
+    "referer": "Referer",
+    "ip": "X-Forwarded-For",
+}
+RESERVED_KEYS: frozenset[str] = frozenset({"id", "timestamp", *HEADER_KEYS})
+
+
+class RawNumber(str):
+    """A number's text exactly as the input wrote it (e.g. `12.50`, `1e3`)."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EventDefaults:
+    """Values for events that lack them."""
+
+    partner_id: str | None = None
+    user_agent: str | None = None
+    ip: str | None = None
+
+
+NO_DEFAULTS = EventDefaults()
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A valid page view, ready to become a delivery call."""
+
+    seq: int
+    source: str
+    id: str | None
+    timestamp: float | None
+    params: tuple[tuple[str, str], ...]
+    headers: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Invalid:
+    """An input line that is not a valid event; it is answered with an error record."""
+
+    seq: int
+    source: str
+    id: str | None
+    error: str
+
+
+Item = Event | Invalid
+
+
+class _BadValue(ValueError):
+    pass
+
+
+def _scalar(key: str, value: object) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise _BadValue(f"parameter {key} is not a finite number")
+        return repr(value)
+    kind = "an object" if isinstance(value, Mapping) else type(value).__name__
+    raise _BadValue(f"parameter {key} must be a string, number, boolean or list, not {kind}")
+
+
+def value_text(key: str, value: object) -> str | None:
+    """The query-string text of one input value; None when the value means absent."""
+    if value is None:
+        return None
+    if isinstance(value, list | tuple):
+        parts = [_scalar(key, v) for v in value if v is not None]
+        text = "|".join(p for p in parts if p != "")
+    else:
+        text = _scalar(key, value)
+    return text or None
+
+
+def parse_timestamp(value: object) -> float:
+    """Epoch seconds (number or numeric string) or ISO 8601 (naive means UTC)."""
+    if isinstance(value, bool):
+        raise _BadValue("timestamp must be epoch seconds or ISO 8601")
+    if isinstance(value, int | float):
+        ts = float(value)
+    elif isinstance(value, str):
+        try:
+            ts = float(value)
+        except ValueError:
+            try:
+                parsed = _dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+            except ValueError:
+                raise _BadValue(
+                    f"timestamp {value[:40]!r} is not epoch seconds or ISO 8601"
+                ) from None
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=_dt.UTC)
+            ts = parsed.timestamp()
+    else:
+        raise _BadValue("timestamp must be epoch seconds or ISO 8601")
+    if not math.isfinite(ts):
+        raise _BadValue("timestamp is not a finite number")
+    return ts
+
+
+def _param_order(name: str) -> tuple[int, str]:
+    return (_KNOWN_RANK.get(name, len(KNOWN_PARAMS)), name)
+
+
+def make_event(
+    obj: Mapping[str, object],
+    *,
+    seq: int,
+    source: str,
+    defaults: EventDefaults = NO_DEFAULTS,
+) -> Item:
+    """Turn one input object into an Event, or an Invalid saying what is wrong."""
+    raw_id = obj.get("id")
+    event_id = None if raw_id is None or isinstance(raw_id, Mapping | list) else str(raw_id)
+    try:
+        params: dict[str, str] = {}
+        headers: list[tuple[str, str]] = []
+        timestamp: float | None = None
+        for key, value in obj.items():
+            if key == "id":
+                continue
+            if key == "timestamp":
+                if value is not None and value != "":
+                    timestamp = parse_timestamp(value)
+                continue
+            text = value_text(key, value)
+            if text is None:
+                continue
+            header = HEADER_KEYS.get(key)
+            if header is not None:
+                if "\r" in text or "\n" in text:
+                    raise _BadValue(f"{key} must not contain a line break")
+                headers.append((header, text))
+            else:
+                params[key] = text
+    except _BadValue as exc:
+        return Invalid(seq, source, event_id, str(exc))
+
+    if "criteo-partner-id" not in params and defaults.partner_id is not None:
+        params["criteo-partner-id"] = defaults.partner_id
+    have = {h for h, _ in headers}
+    if "User-Agent" not in have and defaults.user_agent is not None:
+        headers.append(("User-Agent", defaults.user_agent))
+    if "X-Forwarded-For" not in have and defaults.ip is not None:
+        headers.append(("X-Forwarded-For", defaults.ip))
+
+    error = validate(params)
+    if error is not None:
+        return Invalid(seq, source, event_id, error)
+    ordered = tuple(sorted(params.items(), key=lambda kv: _param_order(kv[0])))
+    return Event(seq, source, event_id, timestamp, ordered, tuple(headers))
+
+
+def validate(params: Mapping[str, str]) -> str | None:
+    """The first problem with an event's parameters, or None when it can be sent."""
+    event_type = params.get("event-type")
+    required = ALWAYS_REQUIRED + REQUIRED_BY_TYPE.get(event_type or "", ())
+    for name in required:
+        if not params.get(name):
+            suffix = f" for event-type {event_type}" if event_type and name != "event-type" else ""
+            return f"missing required parameter {name}{suffix}"
+    partner = params["criteo-partner-id"]
+    if not (partner.isascii() and partner.isdigit()):
+        return f"criteo-partner-id must be an integer, got {partner[:40]!r}"
+    if event_type in SINGLE_ITEM_TYPES and "|" in params["item"]:
+        return f"event-type {event_type} takes a single item, got a list"
+    return None

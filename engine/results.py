@@ -1,0 +1,91 @@
+"""One output record per input record (pure).
+
+`response` is the body as the server sent it: embedded as raw JSON (orjson.Fragment, no
+parse-and-re-encode) when it is JSON on one line, re-encoded compactly only when it
+spans lines (a JSONL record must stay on one), and a string when it is not JSON.
+Every error text passes through `redact` so a token can never reach an output file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import orjson
+
+from engine.events import Event, Invalid
+from engine.transport import Response
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """The output record of one input record."""
+
+    seq: int
+    id: str | None
+    source: str
+    status: int | None
+    ok: bool
+    attempts: int
+    latency_ms: float | None
+    sent_at: float | None
+    error: str | None
+    response: object
+    error_kind: str | None = None
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self)
+
+
+def embed_body(body: bytes) -> object:
+    """The body for the record: raw JSON when it parses, else text (None when empty)."""
+    if not body:
+        return None
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body.decode("utf-8", "replace")
+    if b"\n" in body or b"\r" in body:
+        return parsed
+    return orjson.Fragment(body)
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[redacted]")
+    return text
+
+
+def invalid_result(item: Invalid) -> Result:
+    return Result(
+        item.seq, item.id, item.source, None, False, 0, None, None, item.error, None, "invalid"
+    )
+
+
+def response_result(
+    event: Event, resp: Response, attempts: int, secrets: Iterable[str] = ()
+) -> Result:
+    status = resp.status
+    ok = status is not None and 200 <= status < 300
+    error: str | None
+    kind: str | None
+    if resp.error is not None:
+        error, kind = redact(resp.error, secrets), resp.error_kind
+    elif not ok:
+        error, kind = f"HTTP {status}", f"http_{status}"
+    else:
+        error, kind = None, None
+    return Result(
+        event.seq,
+        event.id,
+        event.source,
+        status,
+        ok,
+        attempts,
+        round(resp.latency_ms, 3),
+        round(resp.sent_at, 6),
+        error,
+        embed_body(resp.body),
+        kind,
+    )

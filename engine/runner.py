@@ -1,0 +1,377 @@
+"""The worker pool: one task group, bounded streams, orderly shutdown.
+
+    feed --items--> N long-lived workers --results--> writer --batches--> emit (sink)
+
+- The feed reads input in batches on a worker thread; every stream is bounded, so a
+  slow server or a slow disk pushes back all the way to the reader and memory depends
+  on the concurrency, never on the input size.
+- Each worker holds one call in flight; `--rate` is enforced by one shared limiter
+  whose bucket holds ~5 ms of traffic, so there is no burst at start.
+- The writer is the only consumer of results: it updates the stats, restores input
+  order when asked (a bounded window: the feed waits when it runs too far ahead of the
+  oldest unanswered event) and hands complete batches to the sink.
+- A run that cannot go on (every call refused with 401, or the endpoint unreachable,
+  before any success) stops reading; the calls in flight finish and are written.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+
+import anyio
+import orjson
+from aiolimiter import AsyncLimiter
+from anyio.abc import ObjectReceiveStream, ObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from engine.auth import StaticToken, TokenProvider
+from engine.config import Config
+from engine.errors import EngineError
+from engine.events import Event, EventDefaults, Invalid, Item, make_event
+from engine.query import DEFAULT_USER_AGENT, RequestBuilder
+from engine.results import Result, invalid_result, response_result
+from engine.sinks import JsonlSink
+from engine.sources import ReadCounts, check_inputs, next_batch, read_items
+from engine.stats import RunStats, Summary, summarize
+from engine.transport import AiohttpTransport, Transport
+
+Feed = AsyncIterator[list[Item]]
+Emit = Callable[[list[Result]], Awaitable[None]]
+
+_READ_BATCH = 256
+_BURST_SECONDS = 0.005
+_FATAL_KINDS = ("http_401", "connect")
+
+
+def make_limiter(rate: float | None) -> AsyncLimiter | None:
+    """A limiter for `rate` calls/s whose bucket holds ~5 ms of traffic (at least one call)."""
+    if rate is None:
+        return None
+    burst = max(1.0, math.floor(rate * _BURST_SECONDS))
+    return AsyncLimiter(burst, burst / rate)
+
+
+@dataclass(slots=True)
+class _State:
+    stats: RunStats = field(default_factory=RunStats)
+    stopped: str | None = None
+    fatal_streak: int = 0
+    first_fatal: str | None = None
+    first_fatal_kind: str | None = None
+
+
+class _Engine:
+    """One run's moving parts; `execute` drives them in one task group."""
+
+    def __init__(self, config: Config, tokens: TokenProvider, transport: Transport | None) -> None:
+        self.config = config
+        self.tokens = tokens
+        self.transport = transport
+        self.builder = RequestBuilder(
+            config.endpoint, user_agent=config.user_agent or DEFAULT_USER_AGENT
+        )
+        self.limiter = make_limiter(config.rate)
+        self.secrets = tuple(s for s in (config.token,) if s)
+        self.state = _State()
+        self.window = anyio.Semaphore(max(1024, config.concurrency * 8)) if config.ordered else None
+
+    # -- stages ---------------------------------------------------------------------
+
+    async def _feed(self, feed: Feed, send: ObjectSendStream[Item]) -> None:
+        async with send:
+            async for batch in feed:
+                for item in batch:
+                    if self.state.stopped is not None:
+                        return
+                    if self.window is not None:
+                        await self.window.acquire()
+                    await send.send(item)
+
+    async def _work(
+        self, receive: ObjectReceiveStream[Item], send: ObjectSendStream[Result]
+    ) -> None:
+        async with receive, send:
+            async for item in receive:
+                await send.send(await self.process(item))
+
+    async def process(self, item: Item) -> Result:
+        if isinstance(item, Invalid):
+            return invalid_result(item)
+        if self.transport is None:
+            return self._dry_run(item)
+        request = self.builder.build(item)
+        attempts = 0
+        while True:
+            if self.limiter is not None:
+                await self.limiter.acquire()
+            authorization = self.tokens.authorization()
+            response = await self.transport.send(request, authorization)
+            attempts += 1
+            if (
+                response.status == 401
+                and attempts == 1
+                and await self.tokens.refresh_after_401(authorization)
+            ):
+                continue
+            return response_result(item, response, attempts, self.secrets)
+
+    def _dry_run(self, event: Event) -> Result:
+        request = self.builder.build(event)
+        headers = dict(request.headers)
+        if self.tokens.authorization() is not None:
+            headers["Authorization"] = "Bearer [redacted]"
+        shown = orjson.Fragment(orjson.dumps({"url": request.url, "headers": headers}))
+        return Result(
+            event.seq, event.id, event.source, None, True, 0, None, None, None, shown, "dry_run"
+        )
+
+    async def _write(self, receive: MemoryObjectReceiveStream[Result], emit: Emit) -> None:
+        pending: dict[int, Result] = {}
+        next_seq = 0
+        async with receive:
+            async for first in receive:
+                batch = [first]
+                while len(batch) < 512:
+                    try:
+                        batch.append(receive.receive_nowait())
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
+                for result in batch:
+                    self._account(result)
+                if self.window is None:
+                    await emit(batch)
+                    continue
+                for result in batch:
+                    pending[result.seq] = result
+                ready = []
+                while next_seq in pending:
+                    ready.append(pending.pop(next_seq))
+                    next_seq += 1
+                if ready:
+                    await emit(ready)
+                    self.window.release()
+                    for _ in range(len(ready) - 1):
+                        self.window.release()
+        if pending:  # only when a run stopped early: keep what was answered
+            await emit([pending[k] for k in sorted(pending)])
+
+    def _account(self, result: Result) -> None:
+        state = self.state
+        state.stats.add(
+            status=result.status,
+            ok=result.ok,
+            invalid=result.error_kind == "invalid",
+            latency_ms=result.latency_ms,
+            error_kind=result.error_kind,
+        )
+        if result.ok:
+            state.fatal_streak = 0
+            state.first_fatal = None
+        elif result.error_kind in _FATAL_KINDS and state.stats.ok == 0:
+            state.fatal_streak += 1
+            if state.first_fatal is None:
+                state.first_fatal, state.first_fatal_kind = result.error, result.error_kind
+            if state.fatal_streak >= self.config.fail_fast_401 and state.stopped is None:
+                state.stopped = self._fatal_message()
+
+    def _fatal_message(self) -> str:
+        state = self.state
+        if state.first_fatal_kind == "http_401":
+            return (
+                "the delivery host refused the token (HTTP 401): check --token or "
+                "ADBATCH_TOKEN, or the client credentials"
+            )
+        return (
+            f"cannot reach the delivery endpoint {self.config.endpoint} "
+            f"({state.first_fatal}); check --endpoint and that the server is up"
+        )
+
+    # -- the run ----------------------------------------------------------------------
+
+    async def execute(self, feed: Feed, emit: Emit, counts: ReadCounts | None = None) -> Summary:
+        start = time.perf_counter()
+        capacity = max(16, self.config.concurrency * 2)
+        items_send, items_receive = anyio.create_memory_object_stream[Item](capacity)
+        results_send, results_receive = anyio.create_memory_object_stream[Result](capacity)
+        workers = 1 if self.transport is None else self.config.concurrency
+        async with anyio.create_task_group() as tg:
+            if self.config.progress:
+                tg.start_soon(self._progress, start)
+            async with anyio.create_task_group() as pipeline:
+                pipeline.start_soon(self._feed, feed, items_send)
+                async with items_receive, results_send:
+                    for _ in range(workers):
+                        pipeline.start_soon(self._work, items_receive.clone(), results_send.clone())
+                pipeline.start_soon(self._write, results_receive, emit)
+            tg.cancel_scope.cancel()
+        state = self.state
+        stats = state.stats
+        sent = stats.events - stats.invalid
+        if state.stopped is None and sent > 0 and stats.ok == 0 and state.fatal_streak == sent:
+            state.stopped = self._fatal_message()
+        if counts is not None:
+            stats.blank_lines = counts.blank_lines
+        if self.config.progress:
+            sys.stderr.write("\r\x1b[2K")
+        return summarize(stats, elapsed_s=time.perf_counter() - start, stopped=state.stopped)
+
+    async def _progress(self, start: float) -> None:
+        stats = self.state.stats
+        while True:
+            await anyio.sleep(0.5)
+            elapsed = time.perf_counter() - start
+            p99 = stats.latency.percentile(99)
+            p99_text = "-" if p99 is None else f"{p99:.0f} ms"
+            sys.stderr.write(
+                f"\r\x1b[2Kadbatch: {stats.events} done, {stats.events / elapsed:.0f}/s, "
+                f"{stats.ok} ok, {stats.failed} failed, {stats.invalid} invalid, p99 {p99_text}"
+            )
+            sys.stderr.flush()
+
+
+# -- feeds --------------------------------------------------------------------------------
+
+
+def _defaults(config: Config) -> EventDefaults:
+    return EventDefaults(partner_id=config.partner_id, user_agent=None, ip=config.ip)
+
+
+async def file_feed(config: Config, counts: ReadCounts) -> Feed:
+    """The configured inputs, read in batches on a worker thread."""
+    items = read_items(
+        config.inputs,
+        input_format=config.input_format,
+        defaults=_defaults(config),
+        max_line_bytes=config.max_line_bytes,
+        counts=counts,
+    )
+    try:
+        while batch := await anyio.to_thread.run_sync(next_batch, items, _READ_BATCH):
+            yield batch
+    finally:
+        items.close()
+
+
+async def mapping_feed(
+    events: Iterable[Mapping[str, object]] | AsyncIterator[Mapping[str, object]],
+    defaults: EventDefaults,
+) -> Feed:
+    """Events given by a library caller, as dicts (sync or async iterable)."""
+    seq = 0
+
+    def one(obj: Mapping[str, object]) -> Item:
+        source = f"<events>:{seq + 1}"
+        if not isinstance(obj, Mapping):
+            return Invalid(seq, source, None, f"event is not a mapping ({type(obj).__name__})")
+        return make_event(obj, seq=seq, source=source, defaults=defaults)
+
+    if isinstance(events, AsyncIterator):
+        async for obj in events:
+            yield [one(obj)]
+            seq += 1
+    else:
+        batch: list[Item] = []
+        for obj in events:
+            batch.append(one(obj))
+            seq += 1
+            if len(batch) >= _READ_BATCH:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+
+# -- entry points -----------------------------------------------------------------------
+
+
+async def _open(config: Config, stack: AsyncExitStack) -> _Engine:
+    """Start what the run needs (embedded mock, HTTP session) on `stack`."""
+    if config.mock:
+        from engine.mock import running_mock  # the mock's server side loads only when asked
+
+        handle = await stack.enter_async_context(running_mock())
+        config = config.with_changes(
+            endpoint=handle.delivery_url, token=handle.config.static_tokens[0]
+        )
+    transport: Transport | None = None
+    if not config.dry_run:
+        transport = await stack.enter_async_context(
+            AiohttpTransport(concurrency=config.concurrency, timeout=config.timeout)
+        )
+    return _Engine(config, StaticToken(config.token), transport)
+
+
+def _first_engine_error(group: BaseExceptionGroup[BaseException]) -> EngineError | None:
+    for exc in group.exceptions:
+        if isinstance(exc, EngineError):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            found = _first_engine_error(exc)
+            if found is not None:
+                return found
+    return None
+
+
+async def run(config: Config) -> Summary:
+    """Run a batch as configured: inputs -> delivery calls -> JSONL output. Returns the summary.
+
+    Raises ConfigError / InputError before anything is sent, FatalError when the output
+    cannot be written.
+    """
+    config = config.validated()
+    check_inputs(config.inputs)
+    counts = ReadCounts()
+    sink = JsonlSink(config.output)
+    secrets = tuple(s.encode() for s in (config.token,) if s)
+
+    async def emit(batch: list[Result]) -> None:
+        data = b"".join([r.to_json() + b"\n" for r in batch])
+        for secret in secrets:  # a server that echoes the token must not leak it
+            data = data.replace(secret, b"[redacted]")
+        sink.write(data)
+
+    try:
+        async with AsyncExitStack() as stack:
+            engine = await _open(config, stack)
+            summary = await engine.execute(file_feed(config, counts), emit, counts)
+    except BaseExceptionGroup as group:
+        error = _first_engine_error(group)
+        if error is None:
+            raise
+        raise error from None
+    finally:
+        sink.close()
+    return summary
+
+
+async def deliver(
+    events: Iterable[Mapping[str, object]] | AsyncIterator[Mapping[str, object]],
+    config: Config,
+) -> AsyncIterator[Result]:
+    """Send each event and yield its Result as it completes (input order with `ordered`).
+
+    Use it with `async for`; to stop early, wrap it in `contextlib.aclosing`.
+    """
+    config = config.with_changes(inputs=("<events>",)).validated()
+    send, receive = anyio.create_memory_object_stream[Result](config.concurrency)
+
+    async def produce() -> None:
+        async with send, AsyncExitStack() as stack:
+            engine = await _open(config, stack)
+
+            async def emit(batch: list[Result]) -> None:
+                for result in batch:
+                    await send.send(result)
+
+            await engine.execute(mapping_feed(events, _defaults(config)), emit)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(produce)
+        async with receive:
+            async for result in receive:
+                yield result

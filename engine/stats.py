@@ -1,0 +1,191 @@
+"""Latency histograms and run counters (pure).
+
+The histogram is log-linear: a value lands in bucket floor(log(v)/log(1 + 1%)), so any
+percentile is within 1% of the truth, memory is a few thousand counters at most whatever
+the run length, and two histograms merge by adding their counts (workers, shards).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+_PRECISION = 0.01
+_LOG_BASE = math.log1p(_PRECISION)
+_MIN_MS = 0.001  # one microsecond: below it every value shares bucket 0
+
+
+class Histogram:
+    """Mergeable latency histogram in milliseconds."""
+
+    __slots__ = ("_buckets", "count", "max", "min", "total")
+
+    def __init__(self) -> None:
+        self._buckets: Counter[int] = Counter()
+        self.count = 0
+        self.total = 0.0
+        self.min = math.inf
+        self.max = 0.0
+
+    def record(self, value_ms: float) -> None:
+        v = value_ms if value_ms > _MIN_MS else _MIN_MS
+        self._buckets[int(math.log(v / _MIN_MS) / _LOG_BASE)] += 1
+        self.count += 1
+        self.total += value_ms
+        if value_ms > self.max:
+            self.max = value_ms
+        if value_ms < self.min:
+            self.min = value_ms
+
+    def merge(self, other: Histogram) -> None:
+        self._buckets.update(other._buckets)
+        self.count += other.count
+        self.total += other.total
+        self.max = max(self.max, other.max)
+        self.min = min(self.min, other.min)
+
+    def percentile(self, p: float) -> float | None:
+        """The value at percentile p (0-100), or None when empty."""
+        if self.count == 0:
+            return None
+        if p >= 100:
+            return self.max
+        rank = max(1, math.ceil(self.count * p / 100))
+        seen = 0
+        for index in sorted(self._buckets):
+            seen += self._buckets[index]
+            if seen >= rank:
+                # The bucket's middle, kept inside what was really seen.
+                value = _MIN_MS * math.exp((index + 0.5) * _LOG_BASE)
+                return min(max(value, self.min), self.max)
+        return self.max
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "buckets": dict(self._buckets),
+            "count": self.count,
+            "total": self.total,
+            "min": self.min if self.count else None,
+            "max": self.max,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> Histogram:
+        hist = cls()
+        buckets = data.get("buckets", {})
+        assert isinstance(buckets, dict)
+        hist._buckets.update({int(k): int(v) for k, v in buckets.items()})
+        hist.count = int(data.get("count", 0))  # type: ignore[call-overload]
+        hist.total = float(data.get("total", 0.0))  # type: ignore[arg-type]
+        low = data.get("min")
+        hist.min = float(low) if isinstance(low, int | float) else math.inf
+        hist.max = float(data.get("max", 0.0))  # type: ignore[arg-type]
+        return hist
+
+
+@dataclass(slots=True)
+class RunStats:
+    """Counters of one run; the summary is computed from them."""
+
+    events: int = 0
+    ok: int = 0
+    failed: int = 0
+    invalid: int = 0
+    blank_lines: int = 0
+    unauthorized: int = 0
+    statuses: Counter[int] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+    latency: Histogram = field(default_factory=Histogram)
+
+    def add(
+        self,
+        *,
+        status: int | None,
+        ok: bool,
+        invalid: bool,
+        latency_ms: float | None,
+        error_kind: str | None,
+    ) -> None:
+        self.events += 1
+        if ok:
+            self.ok += 1
+        elif invalid:
+            self.invalid += 1
+        else:
+            self.failed += 1
+        if status is not None:
+            self.statuses[status] += 1
+            if status == 401:
+                self.unauthorized += 1
+        if error_kind is not None and not invalid:
+            self.errors[error_kind] += 1
+        if latency_ms is not None:
+            self.latency.record(latency_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """The figures of a finished run (what `run()` returns and the CLI prints)."""
+
+    events: int
+    ok: int
+    failed: int
+    invalid: int
+    blank_lines: int
+    elapsed_s: float
+    rate: float
+    latency_ms: dict[str, float | None]
+    statuses: dict[str, int]
+    errors: dict[str, int]
+    stopped: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        if self.stopped is not None:
+            return 3
+        return 0 if self.failed == 0 and self.invalid == 0 else 1
+
+    def line(self) -> str:
+        """The one-line summary for stderr."""
+        lat = self.latency_ms
+        parts = [
+            f"{self.events} events in {self.elapsed_s:.2f}s ({self.rate:.1f}/s):",
+            f"{self.ok} ok, {self.failed} failed, {self.invalid} invalid",
+        ]
+        if lat.get("p50") is not None:
+            parts.append(f"; latency p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms")
+        if self.blank_lines:
+            parts.append(f"; {self.blank_lines} blank lines skipped")
+        if self.errors:
+            top = ", ".join(
+                f"{k} x{v}" for k, v in sorted(self.errors.items(), key=lambda kv: -kv[1])[:3]
+            )
+            parts.append(f"; errors: {top}")
+        return " ".join(parts).replace(" ;", ";")
+
+
+PERCENTILES = (50.0, 90.0, 99.0, 99.9)
+
+
+def summarize(stats: RunStats, *, elapsed_s: float, stopped: str | None = None) -> Summary:
+    lat = stats.latency
+    latency: dict[str, float | None] = {
+        ("p" + (f"{p:g}")): (None if (v := lat.percentile(p)) is None else round(v, 3))
+        for p in PERCENTILES
+    }
+    latency["max"] = round(lat.max, 3) if lat.count else None
+    latency["mean"] = round(lat.total / lat.count, 3) if lat.count else None
+    return Summary(
+        events=stats.events,
+        ok=stats.ok,
+        failed=stats.failed,
+        invalid=stats.invalid,
+        blank_lines=stats.blank_lines,
+        elapsed_s=round(elapsed_s, 6),
+        rate=(stats.events - stats.invalid) / elapsed_s if elapsed_s > 0 else 0.0,
+        latency_ms=latency,
+        statuses={str(k): v for k, v in sorted(stats.statuses.items())},
+        errors=dict(stats.errors),
+        stopped=stopped,
+    )

@@ -1,0 +1,110 @@
+"""The only module that imports aiohttp on the client side.
+
+`send(request, authorization)` never raises for a per-call failure: a timeout, a refused
+connection or a dropped socket come back as a `Response` with `error` set, so the runner
+turns them into records (failures are data).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Protocol
+
+import aiohttp
+import yarl
+
+from engine.query import Request
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """What one call got back: a status and body, or an error."""
+
+    status: int | None
+    body: bytes
+    sent_at: float
+    latency_ms: float
+    error: str | None = None
+    error_kind: str | None = None
+    retry_after: str | None = None
+
+
+class Transport(Protocol):
+    async def send(self, request: Request, authorization: str | None) -> Response: ...
+
+
+class AiohttpTransport:
+    """One aiohttp session with a connection pool sized to the run's concurrency."""
+
+    def __init__(self, *, concurrency: int, timeout: float, verify_tls: bool = True) -> None:
+        self._concurrency = concurrency
+        self._timeout = timeout
+        self._verify_tls = verify_tls
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> AiohttpTransport:
+        connector = aiohttp.TCPConnector(
+            limit=self._concurrency,
+            limit_per_host=0,
+            ttl_dns_cache=300,
+            ssl=self._verify_tls,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=self._timeout),
+            auto_decompress=True,
+            skip_auto_headers=("Content-Type",),
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def send(self, request: Request, authorization: str | None) -> Response:
+        assert self._session is not None, "use the transport inside `async with`"
+        headers = dict(request.headers)
+        if authorization is not None:
+            headers["Authorization"] = authorization
+        sent_at = time.time()
+        start = time.perf_counter()
+        try:
+            async with self._session.get(
+                yarl.URL(request.url, encoded=True), headers=headers, allow_redirects=False
+            ) as resp:
+                body = await resp.read()
+                status = resp.status
+                retry_after = resp.headers.get("Retry-After")
+        except TimeoutError:
+            return _failed(sent_at, start, "timeout", f"no answer within {self._timeout:g}s")
+        except aiohttp.ClientConnectorError as exc:
+            reason = getattr(exc.os_error, "strerror", None) or str(exc.os_error)
+            return _failed(
+                sent_at, start, "connect", f"cannot connect to {exc.host}:{exc.port}: {reason}"
+            )
+        except aiohttp.ServerDisconnectedError:
+            return _failed(
+                sent_at, start, "disconnected", "server closed the connection without answering"
+            )
+        except aiohttp.ClientPayloadError as exc:
+            return _failed(sent_at, start, "payload", f"incomplete response body: {exc}")
+        except aiohttp.ClientError as exc:
+            return _failed(sent_at, start, "network", f"{type(exc).__name__}: {exc}")
+        except OSError as exc:
+            return _failed(sent_at, start, "network", f"network error: {exc.strerror or exc}")
+        latency_ms = (time.perf_counter() - start) * 1000.0
+        return Response(status, body, sent_at, latency_ms, retry_after=retry_after)
+
+
+def _failed(sent_at: float, start: float, kind: str, message: str) -> Response:
+    return Response(
+        None, b"", sent_at, (time.perf_counter() - start) * 1000.0, error=message, error_kind=kind
+    )
