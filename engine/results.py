@@ -50,9 +50,13 @@ def embed_body(body: bytes) -> object:
     return orjson.Fragment(body)
 
 
+#: Shorter "secrets" are not hunted in text: replacing them would mangle ordinary words.
+MIN_SECRET_LENGTH = 8
+
+
 def redact(text: str, secrets: Iterable[str]) -> str:
     for secret in secrets:
-        if secret:
+        if len(secret) >= MIN_SECRET_LENGTH:
             text = text.replace(secret, "[redacted]")
     return text
 

@@ -34,7 +34,7 @@ from engine.config import Config
 from engine.errors import EngineError
 from engine.events import Event, EventDefaults, Invalid, Item, make_event
 from engine.query import DEFAULT_USER_AGENT, RequestBuilder
-from engine.results import Result, invalid_result, response_result
+from engine.results import MIN_SECRET_LENGTH, Result, invalid_result, response_result
 from engine.sinks import JsonlSink
 from engine.sources import ReadCounts, check_inputs, next_batch, read_items
 from engine.stats import RunStats, Summary, summarize
@@ -327,7 +327,7 @@ async def run(config: Config) -> Summary:
     check_inputs(config.inputs)
     counts = ReadCounts()
     sink = JsonlSink(config.output)
-    secrets = tuple(s.encode() for s in (config.token,) if s)
+    secrets = tuple(s.encode() for s in (config.token,) if s and len(s) >= MIN_SECRET_LENGTH)
 
     async def emit(batch: list[Result]) -> None:
         data = b"".join([r.to_json() + b"\n" for r in batch])

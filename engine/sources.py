@@ -22,7 +22,7 @@ import json
 import os
 import sys
 import zlib
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Literal
 
@@ -77,19 +77,22 @@ def check_inputs(paths: Iterable[str]) -> None:
             raise InputError(f"cannot read input {path}: {exc.strerror or exc}") from None
 
 
-def _open_binary(path: str) -> BinaryIO:
-    raw: BinaryIO
+def _open_binary(path: str) -> tuple[BinaryIO, Callable[[], None]]:
+    """The byte stream of one input (gunzipped when it starts with the gzip magic),
+    and how to close it."""
     if path == STDIN:
-        raw = sys.stdin.buffer
+        raw: BinaryIO = sys.stdin.buffer
+        close: Callable[[], None] = lambda: None  # noqa: E731 - stdin stays open
     else:
         try:
             raw = open(path, "rb")
         except OSError as exc:
             raise InputError(f"cannot read input {path}: {exc.strerror or exc}") from None
+        close = raw.close
     buffered = raw if isinstance(raw, io.BufferedReader) else io.BufferedReader(raw)  # type: ignore[type-var]
     if buffered.peek(2)[:2] == _GZIP_MAGIC:
-        return gzip.GzipFile(fileobj=buffered, mode="rb")  # type: ignore[return-value]
-    return buffered
+        return gzip.GzipFile(fileobj=buffered, mode="rb"), close  # type: ignore[return-value]
+    return buffered, close
 
 
 _TooLong = object()
@@ -256,7 +259,7 @@ def read_items(
     for path in paths:
         name = STDIN_NAME if path == STDIN else path
         fmt = source_format(path, input_format)
-        stream = _open_binary(path)
+        stream, close = _open_binary(path)
         try:
             records = (_csv_records if fmt == "csv" else _jsonl_records)(
                 stream, max_line_bytes, counts
@@ -269,8 +272,7 @@ def read_items(
                     yield make_event(record.obj, seq=seq, source=source, defaults=defaults)
                 seq += 1
         finally:
-            if path != STDIN:
-                stream.close()
+            close()
 
 
 def next_batch(items: Iterator[Item], size: int) -> list[Item]:

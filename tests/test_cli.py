@@ -1,0 +1,116 @@
+"""The command line: help, usage errors, config file, --mock."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+from engine.cli import main
+
+
+def test_help_lists_options_with_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for text in (
+        "--concurrency",
+        "default: 64",
+        "--rate",
+        "--ordered",
+        "--dry-run",
+        "--mock",
+        "https://d.us.criteo.com/delivery/retailmedia",
+        "ADBATCH_TOKEN",
+    ):
+        assert text in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        pytest.param(
+            ["run", "x.jsonl", "--endpoint", "http://127.0.0.1:1/d"], "no token", id="no-token"
+        ),
+        pytest.param(
+            ["run", "--mock", "missing.jsonl"],
+            "cannot read input missing.jsonl",
+            id="missing-input",
+        ),
+        pytest.param(
+            ["run", "--mock", "--partner-id", "abc", "-"],
+            "--partner-id must be an integer",
+            id="bad-partner",
+        ),
+        pytest.param(
+            ["run", "--token", "t", "--endpoint", "ftp://x/y", "-"],
+            "--endpoint must be an http(s) URL",
+            id="bad-endpoint",
+        ),
+        pytest.param(
+            ["run", "--mock", "--config", "nope.toml"],
+            "cannot read config file",
+            id="missing-config",
+        ),
+    ],
+)
+def test_usage_errors_are_one_line_exit_2(
+    argv: list[str],
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("ADBATCH_TOKEN", raising=False)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err
+    assert err.count("\n") == 0
+    assert "Traceback" not in err
+
+
+def test_bad_option_value_is_argparse_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--concurrency", "0", "--mock"])
+    assert exc.value.code == 2
+    assert "expected at least 1" in capsys.readouterr().err
+
+
+def test_mock_run_over_the_examples_with_a_config_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    examples = Path(__file__).parent.parent / "examples"
+    config = tmp_path / "adbatch.toml"
+    config.write_text('concurrency = 4\nordered = true\noutput = "%s"\n' % (tmp_path / "o.jsonl"))
+    assert (
+        main(
+            [
+                "run",
+                "--mock",
+                "--config",
+                str(config),
+                str(examples / "pageviews.jsonl"),
+                str(examples / "pageviews.csv"),
+            ]
+        )
+        == 0
+    )
+    records = [orjson.loads(x) for x in (tmp_path / "o.jsonl").read_bytes().splitlines()]
+    events = len((examples / "pageviews.jsonl").read_bytes().splitlines())
+    assert len(records) == 2 * events
+    assert [r["seq"] for r in records] == list(range(2 * events))
+    assert all(r["status"] == 200 for r in records)
+    assert f"{2 * events} events" in capsys.readouterr().err
+
+
+def test_config_file_rejects_tokens_and_unknown_keys(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('token = "abc"\n')
+    assert main(["run", "--mock", "--config", str(config)]) == 2
+    assert "keep the token out of config files" in capsys.readouterr().err
+    config.write_text("concurency = 3\n")
+    assert main(["run", "--mock", "--config", str(config)]) == 2
+    assert "unknown option 'concurency'" in capsys.readouterr().err
