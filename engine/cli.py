@@ -291,6 +291,9 @@ def _run_async(fn: Callable[..., Any], *args: Any) -> Any:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
+    if "-" in config.inputs and sys.stdin.isatty():
+        print(f"{PROG}: reading events from stdin (JSONL; Ctrl-D ends, Ctrl-C aborts)",
+              file=sys.stderr)
     summary = _run_async(runner.run, config)
     print(f"{PROG}: {summary.line()}", file=sys.stderr)
     if summary.stopped:

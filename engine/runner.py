@@ -19,8 +19,8 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from contextlib import AsyncExitStack
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextlib import AsyncExitStack, aclosing
 from dataclasses import dataclass, field
 
 import anyio
@@ -40,7 +40,7 @@ from engine.sources import ReadCounts, check_inputs, next_batch, read_items
 from engine.stats import RunStats, Summary, summarize
 from engine.transport import AiohttpTransport, Transport
 
-Feed = AsyncIterator[list[Item]]
+Feed = AsyncGenerator[list[Item], None]
 Emit = Callable[[list[Result]], Awaitable[None]]
 
 _READ_BATCH = 256
@@ -83,7 +83,7 @@ class _Engine:
     # -- stages ---------------------------------------------------------------------
 
     async def _feed(self, feed: Feed, send: ObjectSendStream[Item]) -> None:
-        async with send:
+        async with send, aclosing(feed):
             async for batch in feed:
                 for item in batch:
                     if self.state.stopped is not None:
