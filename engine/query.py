@@ -14,7 +14,7 @@ from urllib.parse import quote_plus
 
 from engine.events import Event
 
-DEFAULT_USER_AGENT = "adbatch/0.1 (+https://github.com/adbatch)"
+DEFAULT_USER_AGENT = "adbatch/0.1"
 
 
 @dataclass(frozen=True, slots=True)
