@@ -7,7 +7,7 @@ Rules:
 - Nothing here raises on bad bytes: invalid UTF-8, binary garbage, over-long lines,
   deep nesting, a truncated gzip stream all become Invalid items, and memory stays
   bounded by `max_line_bytes` whatever the input holds.
-- Gzip is recognised by its magic bytes, not the file name; the format (JSONL or CSV)
+- Gzip is recognised by its magic bytes in a `.gz` file or on stdin; the format (JSONL or CSV)
   by the name without `.gz`, or the explicit `input_format`.
 - Reading is synchronous and streamed; the runner calls `next_batch` from a worker
   thread so the event loop never blocks on a disk or a pipe.
@@ -90,7 +90,10 @@ def _open_binary(path: str) -> tuple[BinaryIO, Callable[[], None]]:
             raise InputError(f"cannot read input {path}: {exc.strerror or exc}") from None
         close = raw.close
     buffered = raw if isinstance(raw, io.BufferedReader) else io.BufferedReader(raw)  # type: ignore[type-var]
-    if buffered.peek(2)[:2] == _GZIP_MAGIC:
+    # Gzip by content, so a misnamed or piped .gz still reads; but a plain file whose
+    # first bytes happen to be the magic stays plain, so its lines are all answered.
+    gzipped = path == STDIN or path.lower().endswith(".gz")
+    if gzipped and buffered.peek(2)[:2] == _GZIP_MAGIC:
         return gzip.GzipFile(fileobj=buffered, mode="rb"), close  # type: ignore[return-value]
     return buffered, close
 
