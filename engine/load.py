@@ -265,6 +265,7 @@ class _Driver:
                     # waiting, so start-up work does not make the first calls late.
                     start = self.start = anyio.current_time()
                     wall_start = time.time()
+                    live.figures.origin = wall_start
                     live.started = time.monotonic()
                 if self.engine.state.stopped is not None:
                     return

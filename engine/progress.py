@@ -33,8 +33,9 @@ def progress_text(live: LiveState, *, now: float, rate: float) -> str:
     else:
         where = f"{elapsed:5.1f}s"
     latest = None
-    if f.series is not None:
-        points = f.series.points()
+    timeline = f.timeline()
+    if timeline is not None:
+        points = timeline.points()
         # the last full second: the current one is still filling up
         latest = points[-2][1] if len(points) > 1 else points[-1][1]
     p50 = latest.latency.percentile(50) if latest is not None else None

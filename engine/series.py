@@ -25,6 +25,7 @@ from engine.stats import PERCENTILES, Histogram
 
 DROPPED = "dropped"
 MAX_POINTS = 600
+_SETTLE = 256
 
 
 @dataclass(slots=True)
@@ -124,6 +125,11 @@ class Figures:
     first: float | None = None
     last: float | None = None
     series: Series | None = None
+    #: Start of the series (the run's start); None: the earliest of the first records.
+    origin: float | None = None
+    _pending: list[tuple[float, str, bool, bool, float | None, float | None]] = field(
+        default_factory=list
+    )
 
     def add(
         self,
@@ -163,9 +169,29 @@ class Figures:
             self.first = start
         if self.last is None or end > self.last:
             self.last = end
+        placed = (start, key, dropped, ok, latency_ms, corrected)
+        if self.series is None and self.origin is not None:
+            self.series = Series(origin=self.origin, max_points=self.max_points)
         if self.series is None:
-            self.series = Series(origin=math.floor(start), max_points=self.max_points)
-        bucket = self.series.at(start)
+            # Records come in completion order: wait for a few before fixing the origin
+            # at the earliest start, so the first bucket is a whole one.
+            self._pending.append(placed)
+            if len(self._pending) >= _SETTLE:
+                self.timeline()
+            return
+        self._place(self.series, *placed)
+
+    @staticmethod
+    def _place(
+        series: Series,
+        start: float,
+        key: str,
+        dropped: bool,
+        ok: bool,
+        latency_ms: float | None,
+        corrected: float | None,
+    ) -> None:
+        bucket = series.at(start)
         bucket.statuses[key] += 1
         if dropped:
             bucket.dropped += 1
@@ -179,6 +205,17 @@ class Figures:
             bucket.latency.record(latency_ms)
         if corrected is not None:
             bucket.corrected.record(corrected)
+
+    def timeline(self) -> Series | None:
+        """The per-second series (None before any timed record)."""
+        if self._pending:
+            if self.series is None:
+                origin = min(p[0] for p in self._pending)
+                self.series = Series(origin=origin, max_points=self.max_points)
+            for placed in self._pending:
+                self._place(self.series, *placed)
+            self._pending.clear()
+        return self.series
 
     def add_result(self, result: Result) -> None:
         self.add(
@@ -218,9 +255,10 @@ class Figures:
         elapsed = self.elapsed_s if elapsed_s is None else elapsed_s
         series = []
         width = 1.0
-        if self.series is not None:
-            width = self.series.width
-            for offset, b in self.series.points():
+        timeline = self.timeline()
+        if timeline is not None:
+            width = timeline.width
+            for offset, b in timeline.points():
                 series.append(
                     {
                         "t": round(offset, 3),
