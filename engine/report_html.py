@@ -12,6 +12,7 @@ Rules:
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
@@ -19,7 +20,12 @@ from typing import Any
 _W, _H = 760, 260
 _PAD_L, _PAD_R, _PAD_T, _PAD_B = 62, 16, 14, 38
 _PALETTE = ("#2563eb", "#16a34a", "#dc2626", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#64748b")
-_STATUS_COLORS = {"2": "#16a34a", "3": "#0891b2", "4": "#ea580c", "5": "#dc2626"}
+_STATUS_COLORS = {
+    "2": ("#16a34a", "#4ade80", "#166534"),
+    "3": ("#0891b2", "#67e8f9"),
+    "4": ("#ea580c", "#f59e0b", "#9a3412", "#fdba74"),
+    "5": ("#dc2626", "#7f1d1d", "#f87171", "#be185d"),
+}
 
 Line = tuple[str, str, Sequence[tuple[float, float | None]], bool]  # name, colour, points, dashed
 
@@ -170,9 +176,11 @@ def status_chart(series: Sequence[Mapping[str, Any]], width: float, *, label: st
         return '<p class="empty">no data</p>'
     colours: dict[str, str] = {}
     spare = iter(_PALETTE[3:] * 4)
-    for k in keys:
-        known = _STATUS_COLORS.get(k[0]) if k[:1].isdigit() and len(k) == 3 else None
-        colours[k] = known or next(spare)
+    used: Counter[str] = Counter()
+    for k in keys:  # one hue per status class, a shade per code; other kinds apart
+        shades = _STATUS_COLORS.get(k[0], ()) if k.isdigit() and len(k) == 3 else ()
+        colours[k] = shades[used[k[0]] % len(shades)] if shades else next(spare)
+        used[k[0]] += 1
     top = max(sum(p["statuses"].values()) / width for p in series)
     frame = _Frame(series[-1]["t"] + width, top, x_label="seconds", y_label="calls per second")
     body = frame.axes()
