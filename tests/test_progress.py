@@ -13,8 +13,9 @@ def live_with(calls: int, *, duration: float | None = None, total: int | None = 
     live.figures.origin = 1000.0
     for i in range(calls):
         live.figures.add(
-            status=200 if i % 10 else 503, ok=bool(i % 10), error_kind=None if i % 10 else "http_503",
-            latency_ms=5.0 + i % 3, sent_at=1000.0 + i / 50, scheduled_at=1000.0 + i / 50,
+            status=200 if i % 10 else 503, ok=bool(i % 10),
+            error_kind=None if i % 10 else "http_503", latency_ms=5.0 + i % 3,
+            sent_at=1000.0 + i / 50, scheduled_at=1000.0 + i / 50,
         )  # fmt: skip
     live.figures.add(status=None, ok=False, error_kind="dropped", latency_ms=None,
                      sent_at=None, scheduled_at=1000.5)  # fmt: skip
