@@ -110,14 +110,15 @@ def is_access_log(path: str) -> bool:
     name = path.lower().removesuffix(".gz")
     if name.endswith(".log"):
         return True
-    stream = _open_binary(path)
+    stream, close = _open_binary(path)
     try:
-        head = stream.peek(4096)[:4096] if hasattr(stream, "peek") else b""
-    except OSError:
+        head = stream.peek(4096)[:4096] if hasattr(stream, "peek") else stream.read(4096)
+    except (OSError, EOFError):
         return False
     finally:
         if path != STDIN:
             stream.close()
+        close()
     first = head.lstrip().split(b"\n", 1)[0].decode("utf-8", "replace")
     return _LINE.match(first) is not None
 
@@ -133,7 +134,7 @@ def read_log_items(
     counts = counts if counts is not None else ReadCounts()
     name = STDIN_NAME if path == STDIN else path
     seq = first_seq
-    stream = _open_binary(path)
+    stream, close = _open_binary(path)
     try:
         for line_no, data in _physical_lines(stream, max_line_bytes):
             source = f"{name}:{line_no}"
@@ -161,6 +162,7 @@ def read_log_items(
     finally:
         if path != STDIN:
             stream.close()
+        close()
 
 
 def read_replay_items(

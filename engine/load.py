@@ -30,7 +30,7 @@ import time
 from collections.abc import AsyncGenerator, Iterator
 from contextlib import AsyncExitStack, aclosing
 from dataclasses import dataclass, field, replace
-from typing import Literal, cast
+from typing import Literal
 
 import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
@@ -41,7 +41,7 @@ from engine.config import Config
 from engine.errors import ConfigError
 from engine.events import Event, Invalid, Item
 from engine.pacing import Pacer, ReorderWindow, ReplaySchedule
-from engine.results import Result, invalid_result
+from engine.results import MIN_SECRET_LENGTH, Result, invalid_result
 from engine.runner import (
     _READ_BATCH,
     Emit,
@@ -148,10 +148,7 @@ async def load_schedule(
     first_pass = True
     while True:
         sent_in_pass = 0
-        feed = cast(
-            AsyncGenerator[list[Item], None],
-            file_feed(config, counts) if cache is None or first_pass else _cached(cache),
-        )
+        feed = file_feed(config, counts) if cache is None or first_pass else _cached(cache)
         async with aclosing(feed):
             async for batch in feed:
                 for item in batch:
@@ -350,7 +347,7 @@ async def run_load(
     engine_config = config.with_changes(
         rate=None, concurrency=plan.max_in_flight, ordered=False, progress=False
     )
-    secrets = tuple(s.encode() for s in (config.token,) if s)
+    secrets = tuple(s.encode() for s in (config.token,) if s and len(s) >= MIN_SECRET_LENGTH)
     figures = live.figures
 
     async def emit(batch: list[Result]) -> None:
@@ -364,8 +361,9 @@ async def run_load(
     try:
         async with AsyncExitStack() as stack:
             engine = await _open(engine_config, stack)
-            if engine.config.token is not None and not config.token:
-                secrets = (engine.config.token.encode(),)
+            token = engine.config.token
+            if token is not None and not config.token and len(token) >= MIN_SECRET_LENGTH:
+                secrets = (token.encode(),)
             live.token = "mock token" if config.mock else type(engine.tokens).__name__
             async with anyio.create_task_group() as tg:
                 if progress:
