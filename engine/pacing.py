@@ -15,6 +15,8 @@ Rules:
   form. The end of the schedule is exclusive: 200/s for 3 s is exactly 600 hits.
 - Replay is separate (`ReplaySchedule`): recorded timestamps scaled by a speed, idle gaps
   clamped, a minimum spacing for a rate cap (it delays, never drops).
+- `CatchUp` spaces out calls that a stalled client sends late, so a stall never
+  becomes a burst above the scheduled rate.
 """
 
 from __future__ import annotations
@@ -229,6 +231,32 @@ class ReplaySchedule:
             due = max(due, self._last_due + 1.0 / self.rate)
         self._last_due = due
         return due
+
+
+@dataclass(slots=True)
+class CatchUp:
+    """After a stall (the client's CPU, a GC pause), late calls catch up gently.
+
+    A call goes out at its due time, or, when the previous call went out late, no
+    sooner than the schedule's own spacing divided by `factor`. So the server never
+    sees more than `factor` times the scheduled rate in any window (a burst of every
+    call missed during a stall is not the schedule the user asked for), and the lateness
+    stays visible in each record (`sent_at - scheduled_at`) until it is made up.
+    """
+
+    factor: float = 1.04
+    _last_due: float | None = None
+    _last_sent: float = 0.0
+
+    def earliest(self, due: float) -> float:
+        """The earliest offset at which the call due at `due` may go out."""
+        if self._last_due is None:
+            return due
+        return max(due, self._last_sent + max(0.0, due - self._last_due) / self.factor)
+
+    def sent(self, due: float, at: float) -> None:
+        """The call due at `due` went out at offset `at`."""
+        self._last_due, self._last_sent = due, at
 
 
 T = TypeVar("T")

@@ -33,6 +33,16 @@ EVENTS = [
 ]
 
 
+
+@pytest.fixture
+def anyio_backend() -> tuple[str, dict[str, bool]]:
+    """uvloop, as the CLI runs: timing tests need the loop's overhead to stay small."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return ("asyncio", {})
+    return ("asyncio", {"use_uvloop": True})
+
 def records(path: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines()]
 
@@ -51,11 +61,15 @@ def config_for(mock: MockHandle, inputs: Path, out: Path, **changes: Any) -> Con
 @pytest.mark.slow
 @pytest.mark.anyio
 async def test_rate_200_for_3s_against_the_mock(
-    mock: MockHandle, write_jsonl: Callable[..., Path], tmp_path: Path
+    write_jsonl: Callable[..., Path], tmp_path: Path
 ) -> None:
     out = tmp_path / "out.jsonl"
-    config = config_for(mock, write_jsonl(EVENTS), out)
-    outcome = await run_load(config, LoadPlan(pacer=constant(200, 3)))
+    # A short fixed answer: this test is about the schedule, and the mock shares the
+    # client's process and event loop on a 2-core machine.
+    small = MockConfig(record_requests=True, fixed_body=b'{"status":"OK","placements":[]}')
+    async with running_mock(small) as mock:
+        config = config_for(mock, write_jsonl(EVENTS), out)
+        outcome = await run_load(config, LoadPlan(pacer=constant(200, 3)))
 
     recs = records(out)
     sent = [r for r in recs if r["error_kind"] != "dropped"]

@@ -8,6 +8,7 @@ import pytest
 
 from engine.errors import ConfigError
 from engine.pacing import (
+    CatchUp,
     RatePacer,
     ReorderWindow,
     ReplaySchedule,
@@ -211,3 +212,29 @@ def test_parse_stages_rejects(text: str, message: str) -> None:
 def test_bad_schedules(build: object, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         build()  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(
+    ("calls", "expected"),
+    [
+        # (due, when the dispatcher is ready) -> earliest send offset
+        pytest.param([(0, 0), (0.1, 0.1), (0.2, 0.2)], [0, 0.1, 0.2], id="on-time"),
+        pytest.param(
+            [(0, 0), (0.104, 0.5), (0.208, 0.5), (0.312, 0.5)],
+            [0, 0.5, 0.6, 0.7],
+            id="after-stall-spaced-at-rate-x1.04",
+        ),
+        pytest.param(
+            [(0, 0.04), (1.04, 0), (2.08, 0)], [0.04, 1.04, 2.08], id="caught-up-back-on-time"
+        ),
+        pytest.param([(0, 0), (0, 0), (0, 0)], [0, 0, 0], id="replay-burst-allowed"),
+    ],
+)
+def test_catch_up(calls: list[tuple[float, float]], expected: list[float]) -> None:
+    catch_up = CatchUp()
+    sends = []
+    for due, ready in calls:
+        at = max(catch_up.earliest(due), ready)
+        catch_up.sent(due, at)
+        sends.append(at)
+    assert sends == pytest.approx(expected)

@@ -27,6 +27,16 @@ OFFSETS = [0, 0.05, 0.1, 0.15, 1, 1.02, 2.5, 3, 3.01, 3.02, 3.03, 4.4, 5, 5.5, 6
            6.5, 7.9, 8, 8.3, 8.6, 9, 9.5, 9.9, 9.95, 10]  # fmt: skip
 
 
+
+@pytest.fixture
+def anyio_backend() -> tuple[str, dict[str, bool]]:
+    """uvloop, as the CLI runs: timing tests need the loop's overhead to stay small."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return ("asyncio", {})
+    return ("asyncio", {"use_uvloop": True})
+
 def records(path: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines()]
 
