@@ -16,9 +16,9 @@ Rules:
   record as sent_at - scheduled_at.
 - Every record carries `scheduled_at` (the intended start) and `sent_at` (the real one);
   `Figures` reports latency from both.
-- A stalled client (CPU, GC) catches up at most 4% above the scheduled rate
-  (pacing.CatchUp): never a burst the schedule did not ask for, and the lateness is in
-  the records until it is made up.
+- A stalled client (CPU, GC) makes up its late calls at most 4% above the scheduled
+  rate in any 1-second window (pacing.BurstCap): never a burst the schedule did not ask
+  for; the lateness is in the records.
 - Sending, retrying on 401, writing and fail-fast are the batch engine's
   (runner._Engine): one sender, whichever the mode.
 - Load cycles its input until the schedule ends (`loop=False`: once through). A small
@@ -43,7 +43,7 @@ from engine.accesslog import read_replay_items
 from engine.config import Config
 from engine.errors import ConfigError
 from engine.events import Event, Invalid, Item
-from engine.pacing import CatchUp, Pacer, ReorderWindow, ReplaySchedule
+from engine.pacing import BurstCap, Pacer, ReorderWindow, ReplaySchedule
 from engine.results import MIN_SECRET_LENGTH, Result, invalid_result
 from engine.runner import (
     _READ_BATCH,
@@ -258,7 +258,7 @@ class _Driver:
         live = self.live
         drop = self.plan.mode == "load"
         start = wall_start = 0.0
-        catch_up = CatchUp()
+        cap = BurstCap()
         async with jobs, results, aclosing(schedule):
             async for due, item in schedule:
                 if self.start is None:
@@ -275,12 +275,12 @@ class _Driver:
                     await results.send(invalid_result(item))
                     continue
                 assert isinstance(item, Event)
-                deadline = start + catch_up.earliest(due)
+                deadline = start + cap.earliest(due)
                 if deadline > anyio.current_time():
                     await anyio.sleep_until(deadline)
                 else:
                     await anyio.lowlevel.checkpoint()
-                catch_up.sent(due, anyio.current_time() - start)
+                cap.sent(anyio.current_time() - start)
                 scheduled_at = wall_start + due
                 live.scheduled += 1
                 if not drop:

@@ -15,8 +15,8 @@ Rules:
   form. The end of the schedule is exclusive: 200/s for 3 s is exactly 600 hits.
 - Replay is separate (`ReplaySchedule`): recorded timestamps scaled by a speed, idle gaps
   clamped, a minimum spacing for a rate cap (it delays, never drops).
-- `CatchUp` spaces out calls that a stalled client sends late, so a stall never
-  becomes a burst above the scheduled rate.
+- `BurstCap` lets a stalled client make up its late calls without a burst above the
+  scheduled rate (4% of headroom in any 1-second window).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import heapq
 import math
 import re
 from bisect import bisect_right
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
@@ -234,29 +235,40 @@ class ReplaySchedule:
 
 
 @dataclass(slots=True)
-class CatchUp:
-    """After a stall (the client's CPU, a GC pause), late calls catch up gently.
+class BurstCap:
+    """No `window` seconds hold more than `factor` times the calls scheduled in them.
 
-    A call goes out at its due time, or, when the previous call went out late, no
-    sooner than the schedule's own spacing divided by `factor`. So the server never
-    sees more than `factor` times the scheduled rate in any window (a burst of every
-    call missed during a stall is not the schedule the user asked for), and the lateness
-    stays visible in each record (`sent_at - scheduled_at`) until it is made up.
+    A stalled client (CPU, a GC pause) has calls to make up. Sending them all at once
+    would be a burst the schedule never asked for; holding them back at the scheduled
+    rate would never catch up. This sliding-window cap lets them out as fast as the rate
+    allows with `factor` of headroom: every window of sends (whatever its alignment,
+    since each one ends at some send) stays within the cap, calls that are on time are
+    never held, and a late call's lateness stays in its record (`sent_at -
+    scheduled_at`). Memory: the sends and dues of one window.
     """
 
     factor: float = 1.04
-    _last_due: float | None = None
-    _last_sent: float = 0.0
+    window: float = 1.0
+    _dues: deque[float] = field(default_factory=deque)
+    _sends: deque[float] = field(default_factory=deque)
 
     def earliest(self, due: float) -> float:
         """The earliest offset at which the call due at `due` may go out."""
-        if self._last_due is None:
+        dues, sends = self._dues, self._sends
+        dues.append(due)
+        while dues[0] <= due - self.window:
+            dues.popleft()
+        while sends and sends[0] <= due - self.window:
+            sends.popleft()
+        allowed = max(len(dues), math.floor(self.factor * len(dues)))
+        if len(sends) < allowed:
             return due
-        return max(due, self._last_sent + max(0.0, due - self._last_due) / self.factor)
+        # the moment the allowed-th most recent send leaves the window
+        return max(due, sends[len(sends) - allowed] + self.window)
 
-    def sent(self, due: float, at: float) -> None:
-        """The call due at `due` went out at offset `at`."""
-        self._last_due, self._last_sent = due, at
+    def sent(self, at: float) -> None:
+        """A call went out at offset `at` (offsets never go back)."""
+        self._sends.append(at)
 
 
 T = TypeVar("T")

@@ -8,7 +8,7 @@ import pytest
 
 from engine.errors import ConfigError
 from engine.pacing import (
-    CatchUp,
+    BurstCap,
     RatePacer,
     ReorderWindow,
     ReplaySchedule,
@@ -215,26 +215,57 @@ def test_bad_schedules(build: object, message: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("calls", "expected"),
+    ("factor", "calls", "expected"),
     [
-        # (due, when the dispatcher is ready) -> earliest send offset
-        pytest.param([(0, 0), (0.1, 0.1), (0.2, 0.2)], [0, 0.1, 0.2], id="on-time"),
+        # (due, when the dispatcher is ready) -> send offset, 1-s windows
+        pytest.param(1.04, [(0, 0), (0.5, 0.5), (1.0, 1.0)], [0, 0.5, 1.0], id="on-time"),
         pytest.param(
-            [(0, 0), (0.104, 0.5), (0.208, 0.5), (0.312, 0.5)],
-            [0, 0.5, 0.6, 0.7],
-            id="after-stall-spaced-at-rate-x1.04",
+            1.5,
+            [(0, 0), (0.25, 0.9), (0.5, 0.9), (0.75, 0.9), (1.0, 1.0), (1.25, 1.25)],
+            [0, 0.9, 0.9, 0.9, 1.0, 1.25],
+            id="stall-made-up-within-headroom",
         ),
         pytest.param(
-            [(0, 0.04), (1.04, 0), (2.08, 0)], [0.04, 1.04, 2.08], id="caught-up-back-on-time"
+            1.0,
+            [(0, 0), (0.25, 0.9), (0.5, 0.9), (0.75, 0.9), (1.0, 1.0), (1.25, 1.25)],
+            [0, 0.9, 0.9, 0.9, 1.0, 1.9],
+            id="no-headroom-holds-the-next-call",
         ),
-        pytest.param([(0, 0), (0, 0), (0, 0)], [0, 0, 0], id="replay-burst-allowed"),
+        pytest.param(
+            1.04,
+            [(0, 0), (0.1, 2.0), (0.2, 2.0), (0.3, 2.0), (0.4, 2.0)],
+            [0, 2.0, 2.0, 2.0, 2.0],
+            id="sends-older-than-a-window-do-not-count",
+        ),
+        pytest.param(
+            1.0, [(0, 0)] * 3 + [(0.5, 0.5)], [0, 0, 0, 0.5], id="scheduled-burst-allowed"
+        ),
     ],
 )
-def test_catch_up(calls: list[tuple[float, float]], expected: list[float]) -> None:
-    catch_up = CatchUp()
+def test_burst_cap(
+    factor: float, calls: list[tuple[float, float]], expected: list[float]
+) -> None:
+    cap = BurstCap(factor=factor)
     sends = []
     for due, ready in calls:
-        at = max(catch_up.earliest(due), ready)
-        catch_up.sent(due, at)
+        at = max(cap.earliest(due), ready)
+        cap.sent(at)
         sends.append(at)
     assert sends == pytest.approx(expected)
+
+
+def test_burst_cap_bounds_every_window_after_a_stall() -> None:
+    """200/s for 5 s with a 300 ms stall at 1 s: every 1-s window holds <= 208 sends
+    (4% headroom), every call is sent, and the run ends on schedule."""
+    cap = BurstCap()
+    sends = []
+    for n in range(1000):
+        due = n / 200
+        ready = 1.3 if 1.0 <= due < 1.3 else due
+        at = max(cap.earliest(due), ready)
+        cap.sent(at)
+        sends.append(at)
+    assert max(sum(1 for s in sends if t <= s < t + 1) for t in sends) == 208
+    late = [s - n / 200 for n, s in enumerate(sends)]
+    assert max(late) == pytest.approx(0.3)
+    assert late[-1] == pytest.approx(0.0)
