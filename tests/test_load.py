@@ -220,6 +220,8 @@ def test_cli_load_on_mock_writes_summary(
     assert code == 0
     err = capsys.readouterr().err
     assert "20 scheduled, 20 sent, 0 dropped" in err
+    assert err.count("\n") == 2  # two summary lines; no progress when not a terminal
+    assert "\x1b" not in err
     data = orjson.loads(summary.read_bytes())
     assert data["sent"] == 20 == len(records(out))
     assert data["summary"]["ok"] == 20
