@@ -9,8 +9,8 @@ Rules:
   its `ip`, referer and user agent its headers ("-" means absent).
 - Every line yields one item, as in sources.py: a line that is not a GET of the delivery
   path, or not a log line at all, becomes an Invalid naming the line.
-- Sniffing: a file is read as an access log with `--format log`, or with `auto` when its
-  name ends in `.log` (optionally `.gz`) or its first line parses as one.
+- Sniffing: a file is read as an access log with `--access-log`, or when its name ends
+  in `.log` (optionally `.gz`) or its first line parses as one.
 """
 
 from __future__ import annotations

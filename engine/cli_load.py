@@ -40,6 +40,14 @@ def _add_measure_options(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="calls in flight at most (default: %(default)s); -c has no effect here",
     )
+    g.add_argument(
+        "--when-full",
+        choices=("drop", "wait"),
+        default=None,
+        help="with --max-in-flight calls in flight: drop the next call (load's default) "
+        "or wait for a free slot (replay's default; the wait counts in the latency "
+        "from the schedule)",
+    )
     g.add_argument("--summary", metavar="FILE", help="write the run's figures here as JSON")
 
 
@@ -187,6 +195,7 @@ def _run(args: argparse.Namespace, plan: LoadPlan) -> int:
             pacer=pacer_from_args(args, config.rate),
             loop=not args.no_loop,
             max_in_flight=args.max_in_flight,
+            when_full=args.when_full,
         )
     outcome: LoadOutcome = cli._run_async(partial(run_load, config, plan, progress=progress))
     return _finish(outcome, args.summary)
@@ -206,6 +215,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         reorder=args.reorder,
         access_log=args.access_log,
         max_in_flight=args.max_in_flight,
+        when_full=args.when_full,
     )
     return _run(args, plan)
 

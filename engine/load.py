@@ -9,11 +9,11 @@
 Rules:
 - The dispatcher sleeps until each call is due and hands it to a worker that is idle
   *now* (a zero-size stream: `send_nowait` succeeds only when a worker is waiting).
-  `load`: when all `max_in_flight` workers are busy the call is dropped and written as
-  a record with error_kind "dropped"; it is never delayed, so a slow server cannot slow
-  the schedule (closed-model tools do, and hide the queueing: coordinated omission).
-  `replay`: the call waits for a worker (it never drops); its lateness shows in the
-  record as sent_at - scheduled_at.
+  When all `max_in_flight` workers are busy, `load` drops the call by default (a record
+  with error_kind "dropped"; never silently delayed, so a slow server cannot slow the
+  schedule: closed-model tools do, and hide the queueing, coordinated omission).
+  `replay`, or `when_full="wait"`, waits for a worker instead: the schedule is still
+  the one stamped on the records, and the wait shows as sent_at - scheduled_at.
 - Every record carries `scheduled_at` (the intended start) and `sent_at` (the real one);
   `Figures` reports latency from both.
 - A stalled client (CPU, GC) makes up its late calls at most 4% above the scheduled
@@ -78,6 +78,13 @@ class LoadPlan:
     reorder: int = DEFAULT_REORDER
     access_log: bool = False
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    #: With every slot busy: "drop" the call (load's default) or "wait" for a slot
+    #: (replay's default; wrk2's model: the wait counts in the latency from the schedule).
+    when_full: Literal["drop", "wait"] | None = None
+
+    @property
+    def drops(self) -> bool:
+        return (self.when_full or ("drop" if self.mode == "load" else "wait")) == "drop"
 
     def validated(self) -> LoadPlan:
         if self.mode == "load" and self.pacer is None:
@@ -90,6 +97,8 @@ class LoadPlan:
             raise ConfigError(f"--max-gap must be a positive number of seconds, got {self.max_gap}")
         if self.reorder < 0:
             raise ConfigError(f"--reorder must be 0 or more, got {self.reorder}")
+        if self.when_full not in (None, "drop", "wait"):
+            raise ConfigError(f"--when-full must be drop or wait, got {self.when_full!r}")
         return self
 
 
@@ -143,7 +152,7 @@ async def _cached(events: list[Event]) -> AsyncGenerator[list[Item], None]:
 
 
 async def load_schedule(
-    config: Config, pacer: Pacer, *, loop: bool, counts: ReadCounts, live: LiveState
+    config: Config, pacer: Pacer, *, loop: bool, counts: ReadCounts
 ) -> AsyncGenerator[Scheduled, None]:
     """The input's events, cycled, each with its due time; record seq = hit number."""
     hits = 0
@@ -256,7 +265,7 @@ class _Driver:
         results: ObjectSendStream[Result],
     ) -> None:
         live = self.live
-        drop = self.plan.mode == "load"
+        drop = self.plan.drops
         start = wall_start = 0.0
         cap = BurstCap()
         async with jobs, results, aclosing(schedule):
@@ -339,7 +348,7 @@ async def run_load(
     window: ReorderWindow[Event] = ReorderWindow(plan.reorder)
     if plan.mode == "load":
         assert plan.pacer is not None
-        schedule = load_schedule(config, plan.pacer, loop=plan.loop, counts=counts, live=live)
+        schedule = load_schedule(config, plan.pacer, loop=plan.loop, counts=counts)
         total = getattr(plan.pacer, "total_hits", None)
         live.total = total if isinstance(total, int) else None
         duration = getattr(plan.pacer, "duration", None)

@@ -142,6 +142,36 @@ async def test_slow_server_past_max_in_flight_drops_and_counts(
     assert outcome.exit_code == 1
 
 
+@pytest.mark.slow
+@pytest.mark.anyio
+async def test_slow_server_queueing_shows_in_corrected_latency(
+    write_jsonl: Callable[..., Path], tmp_path: Path
+) -> None:
+    """wrk2's model (--when-full wait): 2 slots, 0.2 s answers (10 calls/s) under a 40/s
+    schedule. The schedule stamped on the records stays exact; calls queue for a slot;
+    latency from the send stays ~0.2 s while latency from the schedule grows with the
+    queue, as users arriving on schedule would have waited."""
+    out = tmp_path / "out.jsonl"
+    async with running_mock(MockConfig(latency=0.2)) as mock:
+        config = config_for(mock, write_jsonl(EVENTS), out)
+        outcome = await run_load(
+            config, LoadPlan(pacer=constant(40, 0.5), max_in_flight=2, when_full="wait")
+        )
+    recs = sorted(records(out), key=lambda r: r["scheduled_at"])
+    assert len(recs) == 20
+    assert all(r["ok"] for r in recs)
+    assert outcome.figures["dropped"] == 0
+    start = recs[0]["scheduled_at"]
+    assert [round(r["scheduled_at"] - start, 4) for r in recs] == [i / 40 for i in range(20)]
+    lat, cor = outcome.figures["latency_ms"], outcome.figures["corrected_latency_ms"]
+    assert lat["p99"] < 600
+    # the last call was due at 0.475 s; it could start only after 9 rounds of 0.2 s
+    assert cor["max"] >= 1500
+    assert cor["p50"] > 2 * lat["p50"]
+    waits = [r["sent_at"] - r["scheduled_at"] for r in recs]
+    assert waits[-1] > waits[2] + 1.0  # the wait grows along the run: queueing
+
+
 @pytest.mark.anyio
 async def test_no_loop_stops_at_end_of_input_and_invalid_lines_answered_once(
     mock: MockHandle, write_jsonl: Callable[..., Path], tmp_path: Path
