@@ -197,6 +197,8 @@ def _run(args: argparse.Namespace, plan: LoadPlan) -> int:
             max_in_flight=args.max_in_flight,
             when_full=args.when_full,
         )
+    if args.summary:
+        _write(args.summary, b"")  # a summary that cannot be written fails before the run
     outcome: LoadOutcome = cli._run_async(partial(run_load, config, plan, progress=progress))
     return _finish(outcome, args.summary)
 

@@ -278,6 +278,11 @@ def test_cli_load_on_mock_writes_summary(
         pytest.param(["--stages", "10s"], "DURATION:RATE", id="bad-stages"),
         pytest.param(["--rate", "5", "--duration", "soon"], "duration", id="bad-duration"),
         pytest.param(["--rate", "5", "--duration", "0"], "more than 0", id="zero-duration"),
+        pytest.param(
+            ["--rate", "5", "--duration", "1", "--summary", "/nonexistent/s.json"],
+            "cannot write /nonexistent/s.json",
+            id="summary-unwritable",
+        ),
     ],
 )
 def test_cli_load_bad_schedule_is_one_line_exit_2(
