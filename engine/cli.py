@@ -16,7 +16,7 @@ from typing import Any
 
 import anyio
 
-from engine import runner
+from engine import cli_load, runner
 from engine.config import DEFAULT_CONCURRENCY, DEFAULT_ENDPOINT, DEFAULT_TIMEOUT, Config
 from engine.errors import ConfigError, EngineError
 from engine.sources import DEFAULT_MAX_LINE_BYTES
@@ -200,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="lifetime of issued tokens (default: %(default)s)",
     )
     mock_p.set_defaults(handler=_cmd_mock)
+    cli_load.add_parsers(sub, _add_run_options)
     return parser
 
 

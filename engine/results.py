@@ -32,6 +32,8 @@ class Result:
     error: str | None
     response: object
     error_kind: str | None = None
+    #: When an open-model schedule (load, replay) meant the call to start (epoch s).
+    scheduled_at: float | None = None
 
     def to_json(self) -> bytes:
         return orjson.dumps(self)

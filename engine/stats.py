@@ -61,6 +61,13 @@ class Histogram:
                 return min(max(value, self.min), self.max)
         return self.max
 
+    def bins(self) -> list[tuple[float, float, int]]:
+        """(low, high, count) of every non-empty bucket, in value order (for plots)."""
+        return [
+            (_MIN_MS * math.exp(i * _LOG_BASE), _MIN_MS * math.exp((i + 1) * _LOG_BASE), n)
+            for i, n in sorted(self._buckets.items())
+        ]
+
     def to_dict(self) -> dict[str, object]:
         return {
             "buckets": dict(self._buckets),

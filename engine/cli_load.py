@@ -1,0 +1,245 @@
+"""Command line of `adbatch load`, `adbatch replay` and `adbatch report` (no logic of its own).
+
+The run options (inputs, output, endpoint, token, --rate, ...) are the batch command's
+(`cli._add_run_options`); these subcommands add the schedule and the measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from functools import partial
+from typing import Any
+
+import orjson
+
+from engine.errors import ConfigError, InputError
+from engine.load import DEFAULT_MAX_IN_FLIGHT, DEFAULT_REORDER, LoadOutcome, LoadPlan
+from engine.pacing import RatePacer, constant, parse_duration, parse_stages, ramp, stages
+
+
+def _nonneg_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {text}")
+    return value
+
+
+def _add_measure_options(p: argparse.ArgumentParser) -> None:
+    from engine.cli import _positive_int
+
+    g = p.add_argument_group("open model and measurement")
+    g.add_argument(
+        "--max-in-flight",
+        type=_positive_int,
+        default=DEFAULT_MAX_IN_FLIGHT,
+        metavar="N",
+        help="calls in flight at most (default: %(default)s); -c has no effect here",
+    )
+    g.add_argument(
+        "--when-full",
+        choices=("drop", "wait"),
+        default=None,
+        help="with --max-in-flight calls in flight: drop the next call (load's default) "
+        "or wait for a free slot (replay's default; the wait counts in the latency "
+        "from the schedule)",
+    )
+    g.add_argument("--summary", metavar="FILE", help="write the run's figures here as JSON")
+
+
+def add_parsers(sub: Any, add_run_options: Any) -> None:
+    """Add the load, replay and report subcommands to the `adbatch` parser."""
+    from engine.cli import _positive_float
+
+    load_p = sub.add_parser(
+        "load",
+        help="open-model load test: calls on a schedule, whatever the latency",
+        description="Send the input's events (cycled) on a schedule: a constant rate, a "
+        "linear ramp or k6-style stages. Calls start on time whatever the server's "
+        "latency; past --max-in-flight they are dropped (and counted), never delayed.",
+        epilog="Try it: adbatch load --mock examples/pageviews.jsonl --rate 50 "
+        "--duration 5s -o /dev/null",
+    )
+    add_run_options(load_p)
+    g = load_p.add_argument_group("schedule (--rate is the constant rate)")
+    g.add_argument("--duration", metavar="D", help="how long: 30s, 2m, 1m30s (seconds if bare)")
+    g.add_argument("--ramp-from", type=_nonneg_float, metavar="R0", help="ramp start rate")
+    g.add_argument("--ramp-to", type=_nonneg_float, metavar="R1", help="ramp end rate")
+    g.add_argument(
+        "--stages",
+        metavar="SPEC",
+        help='k6 stages, each ramping from the previous rate: "30s:100,1m:500,30s:0"; '
+        '"0s:R" jumps at once (steps)',
+    )
+    g.add_argument(
+        "--no-loop",
+        action="store_true",
+        help="stop at the end of the input instead of cycling it",
+    )
+    _add_measure_options(load_p)
+    load_p.set_defaults(handler=_cmd_load)
+
+    replay_p = sub.add_parser(
+        "replay",
+        help="send each event at its recorded timestamp (events or access logs)",
+        description="Replay recorded traffic: each event goes at its `timestamp`, scaled by "
+        "--speed. Reads event files and access logs of delivery calls (combined log "
+        "format). --rate caps the rate on top (delays, never drops).",
+        epilog="Try it: adbatch replay --mock examples/pageviews.jsonl --speed 10 -o /dev/null",
+    )
+    add_run_options(replay_p)
+    g = replay_p.add_argument_group("replay")
+    g.add_argument(
+        "--speed",
+        type=_positive_float,
+        default=1.0,
+        metavar="X",
+        help="time factor: 2 replays twice as fast (default: %(default)s)",
+    )
+    g.add_argument(
+        "--max-gap",
+        type=_positive_float,
+        metavar="S",
+        help="longest idle wait between two calls, in seconds of replay",
+    )
+    g.add_argument(
+        "--reorder",
+        type=int,
+        default=DEFAULT_REORDER,
+        metavar="N",
+        help="window that puts a slightly out-of-order log back in order "
+        "(default: %(default)s events; 0: off)",
+    )
+    g.add_argument(
+        "--access-log",
+        action="store_true",
+        help="read inputs as access logs (default: detected from .log or the first line)",
+    )
+    _add_measure_options(replay_p)
+    replay_p.set_defaults(handler=_cmd_replay)
+
+    report_p = sub.add_parser(
+        "report",
+        help="figures of an output file: text table, JSON, one-page HTML with plots",
+        description="Recompute a run's figures (rate, latency percentiles, statuses, "
+        "errors, per-second series) from its JSONL output.",
+    )
+    report_p.add_argument("output_file", metavar="OUT.jsonl", help="records of a run ('-': stdin)")
+    report_p.add_argument("--html", metavar="FILE", help="also write a self-contained HTML page")
+    report_p.add_argument("--summary", metavar="FILE", help="also write the figures as JSON")
+    report_p.add_argument("--title", default=None, help="title of the HTML page")
+    report_p.set_defaults(handler=_cmd_report)
+
+
+def pacer_from_args(args: argparse.Namespace, rate: float | None) -> RatePacer:
+    duration = parse_duration(args.duration) if args.duration is not None else None
+    ramping = args.ramp_from is not None or args.ramp_to is not None
+    chosen = sum([args.stages is not None, ramping, rate is not None and not ramping])
+    if args.stages is not None:
+        if ramping or rate is not None or duration is not None:
+            raise ConfigError(
+                "--stages sets the whole schedule: drop --rate, --ramp-* and --duration"
+            )
+        return stages(parse_stages(args.stages))
+    if ramping:
+        if args.ramp_from is None or args.ramp_to is None:
+            raise ConfigError("a ramp needs both --ramp-from and --ramp-to")
+        if rate is not None:
+            raise ConfigError("give --rate or --ramp-from/--ramp-to, not both")
+        if duration is None:
+            raise ConfigError("a ramp needs --duration")
+        return ramp(args.ramp_from, args.ramp_to, duration)
+    if chosen == 0 or rate is None:
+        raise ConfigError("load needs a schedule: --rate R, --ramp-from/--ramp-to or --stages")
+    if duration is None and not args.no_loop:
+        raise ConfigError("give --duration (or --no-loop to go once through the input)")
+    if duration == 0:
+        raise ConfigError("--duration must be more than 0")
+    return constant(rate, math.inf if duration is None else duration)
+
+
+def _finish(outcome: LoadOutcome, summary_path: str | None) -> int:
+    from engine.cli import PROG
+
+    print(f"{PROG}: {outcome.summary.line()}", file=sys.stderr)
+    print(f"{PROG}: {outcome.line()}", file=sys.stderr)
+    if outcome.summary.stopped:
+        print(f"{PROG}: stopped: {outcome.summary.stopped}", file=sys.stderr)
+    if summary_path:
+        data = {"summary": outcome.summary, "scheduled": outcome.scheduled, **outcome.figures}
+        _write(summary_path, orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
+    return outcome.exit_code
+
+
+def _write(path: str, data: bytes) -> None:
+    try:
+        with open(path, "wb") as f:
+            f.write(data)
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _run(args: argparse.Namespace, plan: LoadPlan) -> int:
+    from engine import cli
+    from engine.load import run_load
+
+    config = cli.config_from_args(args)
+    progress = config.progress
+    if plan.mode == "load":
+        plan = LoadPlan(
+            mode="load",
+            pacer=pacer_from_args(args, config.rate),
+            loop=not args.no_loop,
+            max_in_flight=args.max_in_flight,
+            when_full=args.when_full,
+        )
+    if args.summary:
+        _write(args.summary, b"")  # a summary that cannot be written fails before the run
+    outcome: LoadOutcome = cli._run_async(partial(run_load, config, plan, progress=progress))
+    return _finish(outcome, args.summary)
+
+
+def _cmd_load(args: argparse.Namespace) -> int:
+    return _run(args, LoadPlan(mode="load"))
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    if args.reorder < 0:
+        raise ConfigError(f"--reorder must be 0 or more, got {args.reorder}")
+    plan = LoadPlan(
+        mode="replay",
+        speed=args.speed,
+        max_gap=args.max_gap,
+        reorder=args.reorder,
+        access_log=args.access_log,
+        max_in_flight=args.max_in_flight,
+        when_full=args.when_full,
+    )
+    return _run(args, plan)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from engine.report import figures_from_lines, text_report
+
+    path = args.output_file
+    try:
+        stream = sys.stdin.buffer if path == "-" else open(path, "rb")
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    with stream:
+        figures, bad = figures_from_lines(stream)
+    data = figures.to_dict()
+    sys.stdout.write(text_report(data, bad_lines=bad))
+    sys.stdout.flush()
+    if args.summary:
+        _write(args.summary, orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
+    if args.html:
+        from engine.report_html import html_report
+
+        title = args.title or f"adbatch report: {path}"
+        _write(args.html, html_report(data, title=title).encode())
+    return 0

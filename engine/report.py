@@ -1,0 +1,105 @@
+"""`adbatch report`: a run's figures recomputed from its output, as a text table (pure).
+
+Rules:
+- The figures come from the same accumulator as the live run (series.Figures), so the
+  report of a file agrees with the run's `--summary`.
+- Streaming: one record at a time; memory is the histograms and the bounded series.
+- A line that is not a JSON object (a torn last line after a crash) is counted and
+  skipped, never fatal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import orjson
+
+from engine.series import Figures
+
+
+def figures_from_lines(lines: Iterable[bytes]) -> tuple[Figures, int]:
+    """(figures, number of unreadable lines) of an output file's lines."""
+    figures = Figures()
+    bad = 0
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            bad += 1
+            continue
+        if not isinstance(record, dict):
+            bad += 1
+            continue
+        figures.add_record(record)
+    return figures, bad
+
+
+def _ms(value: object) -> str:
+    return f"{value:.1f}" if isinstance(value, int | float) else "-"
+
+
+def _table(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    out = []
+    for n, row in enumerate(rows):
+        cells = [row[0].ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
+        ]
+        out.append("  " + "  ".join(cells).rstrip())
+        if n == 0:
+            out.append("  " + "  ".join("-" * w for w in widths))
+    return out
+
+
+def text_report(data: Mapping[str, Any], *, bad_lines: int = 0) -> str:
+    """The figures (`Figures.to_dict()`) as a few aligned tables."""
+    lines = [
+        f"records   {data['events']}  (sent {data['sent']}, ok {data['ok']}, "
+        f"failed {data['failed'] - data['dropped']}, dropped {data['dropped']}, "
+        f"invalid {data['invalid']})",
+        f"duration  {data['elapsed_s']:.2f} s   rate {data['rate']:.1f}/s",
+    ]
+    if bad_lines:
+        lines.append(f"skipped   {bad_lines} unreadable lines")
+    lines.append("")
+    lat, cor = data["latency_ms"], data["corrected_latency_ms"]
+    keys = ("p50", "p90", "p99", "p99.9", "max", "mean")
+    lines += _table(
+        [
+            ("latency (ms)", *keys),
+            ("from send", *(_ms(lat.get(k)) for k in keys)),
+            ("from schedule", *(_ms(cor.get(k)) for k in keys)),
+        ]
+    )
+    lines.append("")
+    statuses = data["statuses"]
+    if statuses:
+        total = sum(statuses.values())
+        rows: list[tuple[str, ...]] = [("status", "calls", "share")]
+        rows += [(k, str(v), f"{100 * v / total:.1f}%") for k, v in statuses.items()]
+        lines += _table(rows)
+        lines.append("")
+    series = data["series"]
+    if series:
+        width = data["series_width_s"]
+        rows = [("t (s)", "rate/s", "p50 ms", "p99 ms", "p99 sched", "errors", "dropped")]
+        shown = series if len(series) <= 30 else series[:: -(-len(series) // 30)]
+        rows += [
+            (
+                f"{p['t']:g}",
+                f"{p['rate']:.1f}",
+                _ms(p["latency_ms"]["p50"]),
+                _ms(p["latency_ms"]["p99"]),
+                _ms(p["corrected_latency_ms"]["p99"]),
+                str(p["errors"]),
+                str(p["dropped"]),
+            )
+            for p in shown
+        ]
+        lines.append(f"per {width:g} s" + (" (every few points)" if shown is not series else ""))
+        lines += _table(rows)
+        lines.append("")
+    return "\n".join(lines)

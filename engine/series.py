@@ -1,0 +1,306 @@
+"""A run's figures and their per-second series, from live results or output records (pure).
+
+Rules:
+- One accumulator (`Figures`) serves the live run, `--summary` and `adbatch report`,
+  so the report recomputed from a file says what the run said.
+- Two latencies per call: `latency` from the send (what the server took) and
+  `corrected` from the scheduled time (what a user arriving on schedule waited, wrk2's
+  coordinated-omission correction). Without a schedule the two are the same.
+- Memory does not grow with run length: the histograms are log-linear (stats.py), and
+  the series keeps at most `max_points` buckets: past that, neighbours merge and the
+  bucket width doubles (1 s, 2 s, 4 s, ...).
+- A call is placed in time by its scheduled time when it has one, else by its send.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.results import Result
+from engine.stats import PERCENTILES, Histogram
+
+DROPPED = "dropped"
+MAX_POINTS = 600
+_SETTLE = 256
+
+
+@dataclass(slots=True)
+class Bucket:
+    """What happened in one slice of time."""
+
+    calls: int = 0
+    ok: int = 0
+    errors: int = 0
+    dropped: int = 0
+    statuses: Counter[str] = field(default_factory=Counter)
+    latency: Histogram = field(default_factory=Histogram)
+    corrected: Histogram = field(default_factory=Histogram)
+
+    def merge(self, other: Bucket) -> None:
+        self.calls += other.calls
+        self.ok += other.ok
+        self.errors += other.errors
+        self.dropped += other.dropped
+        self.statuses.update(other.statuses)
+        self.latency.merge(other.latency)
+        self.corrected.merge(other.corrected)
+
+
+class Series:
+    """Buckets of `width` seconds from `origin`; at most `max_points` of them."""
+
+    __slots__ = ("_buckets", "max_points", "origin", "width")
+
+    def __init__(self, *, origin: float, width: float = 1.0, max_points: int = MAX_POINTS) -> None:
+        self.origin = origin
+        self.width = width
+        self.max_points = max(2, max_points)
+        self._buckets: dict[int, Bucket] = {}
+
+    def at(self, t: float) -> Bucket:
+        index = math.floor((t - self.origin) / self.width)
+        bucket = self._buckets.get(index)
+        if bucket is None:
+            bucket = self._buckets[index] = Bucket()
+            if len(self._buckets) > self.max_points:
+                self._coarsen()
+                return self.at(t)
+        return bucket
+
+    def _coarsen(self) -> None:
+        # floor((t-o)/2w) == floor(floor((t-o)/w) / 2), so merged buckets stay exact.
+        merged: dict[int, Bucket] = {}
+        for index, bucket in self._buckets.items():
+            target = merged.get(index // 2)
+            if target is None:
+                merged[index // 2] = bucket
+            else:
+                target.merge(bucket)
+        self._buckets = merged
+        self.width *= 2
+
+    def points(self) -> list[tuple[float, Bucket]]:
+        """(seconds from the origin, bucket), in time order, gaps included as empty."""
+        if not self._buckets:
+            return []
+        low, high = min(self._buckets), max(self._buckets)
+        return [
+            (index * self.width, self._buckets.get(index) or Bucket())
+            for index in range(low, high + 1)
+        ]
+
+
+def _pcts(hist: Histogram) -> dict[str, float | None]:
+    out: dict[str, float | None] = {
+        "p" + f"{p:g}": (None if (v := hist.percentile(p)) is None else round(v, 3))
+        for p in PERCENTILES
+    }
+    out["max"] = round(hist.max, 3) if hist.count else None
+    out["mean"] = round(hist.total / hist.count, 3) if hist.count else None
+    return out
+
+
+def _num(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+@dataclass(slots=True)
+class Figures:
+    """Counters, histograms and the series of one run."""
+
+    max_points: int = MAX_POINTS
+    events: int = 0
+    ok: int = 0
+    failed: int = 0
+    invalid: int = 0
+    dropped: int = 0
+    statuses: Counter[str] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+    latency: Histogram = field(default_factory=Histogram)
+    corrected: Histogram = field(default_factory=Histogram)
+    first: float | None = None
+    last: float | None = None
+    series: Series | None = None
+    #: Start of the series (the run's start); None: the earliest of the first records.
+    origin: float | None = None
+    _pending: list[tuple[float, str, bool, bool, float | None, float | None]] = field(
+        default_factory=list
+    )
+
+    def add(
+        self,
+        *,
+        status: int | None,
+        ok: bool,
+        error_kind: str | None,
+        latency_ms: float | None,
+        sent_at: float | None,
+        scheduled_at: float | None = None,
+    ) -> None:
+        self.events += 1
+        if error_kind == "invalid":
+            self.invalid += 1
+            return
+        if ok:
+            self.ok += 1
+        else:
+            self.failed += 1
+            self.errors[error_kind or "error"] += 1
+        dropped = error_kind == DROPPED
+        self.dropped += dropped
+        key = str(status) if status is not None else (error_kind or "error")
+        self.statuses[key] += 1
+        corrected = latency_ms
+        if latency_ms is not None and sent_at is not None and scheduled_at is not None:
+            corrected = max(0.0, (sent_at - scheduled_at) * 1000.0) + latency_ms
+        if latency_ms is not None:
+            self.latency.record(latency_ms)
+        if corrected is not None:
+            self.corrected.record(corrected)
+        start = scheduled_at if scheduled_at is not None else sent_at
+        if start is None:
+            return
+        end = start + (corrected or 0.0) / 1000.0
+        if self.first is None or start < self.first:
+            self.first = start
+        if self.last is None or end > self.last:
+            self.last = end
+        placed = (start, key, dropped, ok, latency_ms, corrected)
+        if self.series is None and self.origin is not None:
+            self.series = Series(origin=self.origin, max_points=self.max_points)
+        if self.series is None:
+            # Records come in completion order: wait for a few before fixing the origin
+            # at the earliest start, so the first bucket is a whole one.
+            self._pending.append(placed)
+            if len(self._pending) >= _SETTLE:
+                self.timeline()
+            return
+        self._place(self.series, *placed)
+
+    @staticmethod
+    def _place(
+        series: Series,
+        start: float,
+        key: str,
+        dropped: bool,
+        ok: bool,
+        latency_ms: float | None,
+        corrected: float | None,
+    ) -> None:
+        bucket = series.at(start)
+        bucket.statuses[key] += 1
+        if dropped:
+            bucket.dropped += 1
+            return
+        bucket.calls += 1
+        if ok:
+            bucket.ok += 1
+        else:
+            bucket.errors += 1
+        if latency_ms is not None:
+            bucket.latency.record(latency_ms)
+        if corrected is not None:
+            bucket.corrected.record(corrected)
+
+    def timeline(self) -> Series | None:
+        """The per-second series (None before any timed record)."""
+        if self._pending:
+            if self.series is None:
+                origin = min(p[0] for p in self._pending)
+                self.series = Series(origin=origin, max_points=self.max_points)
+            for placed in self._pending:
+                self._place(self.series, *placed)
+            self._pending.clear()
+        return self.series
+
+    def add_result(self, result: Result) -> None:
+        self.add(
+            status=result.status,
+            ok=result.ok,
+            error_kind=result.error_kind,
+            latency_ms=result.latency_ms,
+            sent_at=result.sent_at,
+            scheduled_at=result.scheduled_at,
+        )
+
+    def add_record(self, record: Mapping[str, Any]) -> None:
+        """One output line, parsed; tolerant of records written by older versions."""
+        status = record.get("status")
+        kind = record.get("error_kind")
+        self.add(
+            status=status if isinstance(status, int) and not isinstance(status, bool) else None,
+            ok=record.get("ok") is True,
+            error_kind=kind if isinstance(kind, str) else None,
+            latency_ms=_num(record.get("latency_ms")),
+            sent_at=_num(record.get("sent_at")),
+            scheduled_at=_num(record.get("scheduled_at")),
+        )
+
+    @property
+    def elapsed_s(self) -> float:
+        if self.first is None or self.last is None:
+            return 0.0
+        return max(0.0, self.last - self.first)
+
+    @property
+    def sent(self) -> int:
+        return self.events - self.invalid - self.dropped
+
+    def to_dict(self, *, elapsed_s: float | None = None) -> dict[str, Any]:
+        """The figures as plain JSON types (the `--summary` file)."""
+        elapsed = self.elapsed_s if elapsed_s is None else elapsed_s
+        series = []
+        width = 1.0
+        timeline = self.timeline()
+        if timeline is not None:
+            width = timeline.width
+            for offset, b in timeline.points():
+                series.append(
+                    {
+                        "t": round(offset, 3),
+                        "rate": round(b.calls / width, 3),
+                        "ok": b.ok,
+                        "errors": b.errors,
+                        "dropped": b.dropped,
+                        "statuses": dict(sorted(b.statuses.items())),
+                        "latency_ms": _pcts(b.latency),
+                        "corrected_latency_ms": _pcts(b.corrected),
+                    }
+                )
+        return {
+            "events": self.events,
+            "sent": self.sent,
+            "ok": self.ok,
+            "failed": self.failed,
+            "invalid": self.invalid,
+            "dropped": self.dropped,
+            "elapsed_s": round(elapsed, 6),
+            "rate": round(self.sent / elapsed, 3) if elapsed > 0 else 0.0,
+            "latency_ms": _pcts(self.latency),
+            "corrected_latency_ms": _pcts(self.corrected),
+            "statuses": dict(sorted(self.statuses.items())),
+            "errors": dict(sorted(self.errors.items(), key=lambda kv: -kv[1])),
+            "start": self.first,
+            "series_width_s": width,
+            "series": series,
+            "latency_histogram": coarse_bins(self.latency),
+        }
+
+
+def coarse_bins(hist: Histogram, *, per_decade: int = 10) -> list[dict[str, float]]:
+    """The histogram in log bins of 1/`per_decade` of a decade: [{low, high, count}]."""
+    out: dict[int, list[float]] = {}
+    for low, _, count in hist.bins():
+        index = math.floor(math.log10(low) * per_decade + 1e-9)
+        if index in out:
+            out[index][2] += count
+        else:
+            out[index] = [10 ** (index / per_decade), 10 ** ((index + 1) / per_decade), count]
+    return [
+        {"low": round(lo, 4), "high": round(hi, 4), "count": int(n)}
+        for lo, hi, n in (out[k] for k in sorted(out))
+    ]

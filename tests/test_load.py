@@ -1,0 +1,299 @@
+"""`adbatch load` against the real mock on 127.0.0.1: the open model keeps its schedule.
+
+Timing bounds are the issue's ("within 3% of 600", "no 1-second window more than 5%
+above the rate"), not tighter: the machine is shared and has two cores.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from engine.cli import main
+from engine.config import Config
+from engine.errors import ConfigError
+from engine.load import LoadPlan, run_load
+from engine.mock import MockConfig, MockHandle, running_mock
+from engine.pacing import constant, stages
+
+EVENTS = [
+    {
+        "id": f"e{i}",
+        "criteo-partner-id": 12345,
+        "retailer-visitor-id": f"rv-{i}",
+        "event-type": "viewHome",
+        "page-id": "viewHome_API_desktop",
+    }
+    for i in range(3)
+]
+
+
+
+@pytest.fixture
+def anyio_backend() -> tuple[str, dict[str, bool]]:
+    """uvloop, as the CLI runs: timing tests need the loop's overhead to stay small."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return ("asyncio", {})
+    return ("asyncio", {"use_uvloop": True})
+
+def records(path: Path) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
+
+
+def max_in_window(times: list[float], width: float = 1.0) -> int:
+    """The most events in any half-open window [t, t + width) starting at an event."""
+    times = sorted(times)
+    return max(bisect.bisect_left(times, t + width) - i for i, t in enumerate(times))
+
+
+def config_for(mock: MockHandle, inputs: Path, out: Path, **changes: Any) -> Config:
+    options: dict[str, Any] = {"token": "mock-token", **changes}
+    return Config(inputs=(str(inputs),), output=str(out), endpoint=mock.delivery_url, **options)
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+async def test_rate_200_for_3s_against_the_mock(
+    write_jsonl: Callable[..., Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "out.jsonl"
+    # A short fixed answer: this test is about the schedule, and the mock shares the
+    # client's process and event loop on a 2-core machine.
+    small = MockConfig(record_requests=True, fixed_body=b'{"status":"OK","placements":[]}')
+    async with running_mock(small) as mock:
+        config = config_for(mock, write_jsonl(EVENTS), out)
+        outcome = await run_load(config, LoadPlan(pacer=constant(200, 3)))
+
+    recs = records(out)
+    sent = [r for r in recs if r["error_kind"] != "dropped"]
+    assert 582 <= len(sent) <= 618  # within 3% of 600
+    assert 582 <= mock.state.delivery_requests <= 618
+    assert all(r["ok"] for r in sent)
+    # No 1-second window more than 5% above the rate, seen by the client and the server.
+    assert max_in_window([r["sent_at"] for r in sent]) <= 210
+    assert max_in_window([r.received_at for r in mock.state.requests]) <= 210
+    # Every record says when it was meant to go: exactly the pacer's schedule.
+    scheduled = sorted(r["scheduled_at"] for r in recs)
+    start = scheduled[0]
+    assert [round(s - start, 4) for s in scheduled] == [round(i / 200, 4) for i in range(600)]
+    # The input (3 events) was cycled; seq is the hit number.
+    assert sorted(r["seq"] for r in recs) == list(range(600))
+    assert {r["id"] for r in recs} == {"e0", "e1", "e2"}
+    assert outcome.scheduled == 600
+    assert outcome.figures["sent"] == len(sent)
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+async def test_slow_server_keeps_the_schedule(
+    write_jsonl: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Latency 0.3 s at 50 calls/s (1/rate = 20 ms): calls pile up in flight, on time."""
+    out = tmp_path / "out.jsonl"
+    async with running_mock(MockConfig(latency=0.3, record_requests=True)) as mock:
+        config = config_for(mock, write_jsonl(EVENTS), out)
+        outcome = await run_load(config, LoadPlan(pacer=constant(50, 2)))
+    recs = records(out)
+    assert len(recs) == 100
+    assert outcome.figures["dropped"] == 0
+    assert all(r["ok"] for r in recs)
+    # A closed model with a few workers would have needed 100 * 0.3 s / workers; the
+    # open model ends one latency after the schedule.
+    assert outcome.summary.elapsed_s < 2 + 0.3 + 1.0
+    # Each call started on its schedule, not after the previous answer.
+    lateness = sorted(r["sent_at"] - r["scheduled_at"] for r in recs)
+    assert lateness[len(lateness) // 2] < 0.1
+    received = sorted(r.received_at for r in mock.state.requests)
+    assert received[-1] - received[0] < 2.0 + 0.5
+    assert outcome.figures["latency_ms"]["p50"] >= 300
+    cor = outcome.figures["corrected_latency_ms"]
+    assert cor["p50"] >= outcome.figures["latency_ms"]["p50"] - 1
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+async def test_slow_server_past_max_in_flight_drops_and_counts(
+    write_jsonl: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Capacity 4 / 0.3 s ~ 13/s under a 40/s schedule: the excess is dropped, not delayed."""
+    out = tmp_path / "out.jsonl"
+    async with running_mock(MockConfig(latency=0.3)) as mock:
+        config = config_for(mock, write_jsonl(EVENTS), out)
+        outcome = await run_load(config, LoadPlan(pacer=constant(40, 1.5), max_in_flight=4))
+        server_calls = mock.state.delivery_requests
+    recs = records(out)
+    dropped = [r for r in recs if r["error_kind"] == "dropped"]
+    sent = [r for r in recs if r["error_kind"] != "dropped"]
+    assert len(recs) == 60  # every scheduled call is accounted for
+    assert len(sent) == server_calls
+    assert 8 <= len(sent) <= 24
+    assert len(dropped) == 60 - len(sent) == outcome.figures["dropped"]
+    assert all(r["sent_at"] is None and r["scheduled_at"] for r in dropped)
+    assert "max-in-flight" in dropped[0]["error"]
+    # the sent calls went on time: a drop never delays the schedule
+    assert max(r["sent_at"] - r["scheduled_at"] for r in sent) < 0.1
+    assert outcome.exit_code == 1
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+async def test_slow_server_queueing_shows_in_corrected_latency(
+    write_jsonl: Callable[..., Path], tmp_path: Path
+) -> None:
+    """wrk2's model (--when-full wait): 2 slots, 0.2 s answers (10 calls/s) under a 40/s
+    schedule. The schedule stamped on the records stays exact; calls queue for a slot;
+    latency from the send stays ~0.2 s while latency from the schedule grows with the
+    queue, as users arriving on schedule would have waited."""
+    out = tmp_path / "out.jsonl"
+    async with running_mock(MockConfig(latency=0.2)) as mock:
+        config = config_for(mock, write_jsonl(EVENTS), out)
+        outcome = await run_load(
+            config, LoadPlan(pacer=constant(40, 0.5), max_in_flight=2, when_full="wait")
+        )
+    recs = sorted(records(out), key=lambda r: r["scheduled_at"])
+    assert len(recs) == 20
+    assert all(r["ok"] for r in recs)
+    assert outcome.figures["dropped"] == 0
+    start = recs[0]["scheduled_at"]
+    assert [round(r["scheduled_at"] - start, 4) for r in recs] == [i / 40 for i in range(20)]
+    lat, cor = outcome.figures["latency_ms"], outcome.figures["corrected_latency_ms"]
+    assert lat["p99"] < 600
+    # the last call was due at 0.475 s; it could start only after 9 rounds of 0.2 s
+    assert cor["max"] >= 1500
+    assert cor["p50"] > 2 * lat["p50"]
+    waits = [r["sent_at"] - r["scheduled_at"] for r in recs]
+    assert waits[-1] > waits[2] + 1.0  # the wait grows along the run: queueing
+
+
+@pytest.mark.anyio
+async def test_no_loop_stops_at_end_of_input_and_invalid_lines_answered_once(
+    mock: MockHandle, write_jsonl: Callable[..., Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "out.jsonl"
+    path = write_jsonl([EVENTS[0], b"{not json", EVENTS[1]])
+    outcome = await run_load(
+        config_for(mock, path, out), LoadPlan(pacer=constant(100), loop=False)
+    )
+    recs = records(out)
+    assert sorted(r["error_kind"] or "ok" for r in recs) == ["invalid", "ok", "ok"]
+    assert mock.state.delivery_requests == 2
+    assert outcome.scheduled == 2
+
+
+@pytest.mark.anyio
+async def test_cycling_answers_invalid_lines_once(
+    mock: MockHandle, write_jsonl: Callable[..., Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "out.jsonl"
+    path = write_jsonl([b"[1]", EVENTS[0]])
+    await run_load(config_for(mock, path, out), LoadPlan(pacer=constant(100, 0.2)))
+    recs = records(out)
+    assert [r["error_kind"] for r in recs].count("invalid") == 1
+    assert sum(r["ok"] for r in recs) == 20 == mock.state.delivery_requests
+
+
+@pytest.mark.anyio
+async def test_stages_schedule_end_to_end(
+    mock: MockHandle, write_jsonl: Callable[..., Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "out.jsonl"
+    pacer = stages([(0, 20), (0.5, 20), (0, 60), (0.5, 60)])
+    await run_load(config_for(mock, write_jsonl(EVENTS), out), LoadPlan(pacer=pacer))
+    recs = sorted(records(out), key=lambda r: r["scheduled_at"])
+    assert len(recs) == 10 + 30 == mock.state.delivery_requests
+    offsets = [round(r["scheduled_at"] - recs[0]["scheduled_at"], 4) for r in recs]
+    assert offsets[:11] == [round(i * 0.05, 4) for i in range(10)] + [0.5]
+    assert offsets[-1] == pytest.approx(0.5 + 29 / 60, abs=1e-4)
+
+
+@pytest.mark.anyio
+async def test_all_invalid_input_is_a_config_error(
+    mock: MockHandle, write_jsonl: Callable[..., Path], tmp_path: Path
+) -> None:
+    path = write_jsonl([b"{bad", {"event-type": "viewHome"}])
+    with pytest.raises(ConfigError, match="no valid event"):
+        await run_load(
+            config_for(mock, path, tmp_path / "o.jsonl"), LoadPlan(pacer=constant(10, 5))
+        )
+    assert mock.state.delivery_requests == 0
+
+
+@pytest.mark.anyio
+async def test_refused_token_stops_the_run(
+    mock: MockHandle, write_jsonl: Callable[..., Path], tmp_path: Path
+) -> None:
+    config = config_for(mock, write_jsonl(EVENTS), tmp_path / "o.jsonl", token="wrong")
+    outcome = await run_load(config, LoadPlan(pacer=constant(200, 5)))
+    assert outcome.summary.stopped is not None
+    assert "401" in outcome.summary.stopped
+    assert outcome.exit_code == 3
+    assert mock.state.delivery_requests < 200
+
+
+def test_cli_load_on_mock_writes_summary(
+    write_jsonl: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
+    code = main(
+        [
+            "load", "--mock", str(write_jsonl(EVENTS)), "--rate", "40", "--duration", "0.5s",
+            "-o", str(out), "--summary", str(summary),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "20 scheduled, 20 sent, 0 dropped" in err
+    assert err.count("\n") == 2  # two summary lines; no progress when not a terminal
+    assert "\x1b" not in err
+    data = orjson.loads(summary.read_bytes())
+    assert data["sent"] == 20 == len(records(out))
+    assert data["summary"]["ok"] == 20
+    assert data["scheduled"] == 20
+    assert set(data["latency_ms"]) == {"p50", "p90", "p99", "p99.9", "max", "mean"}
+    assert data["series"]
+    assert data["series"][0]["rate"] > 0
+    assert "mock-token" not in summary.read_text() + out.read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        pytest.param([], "needs a schedule", id="no-schedule"),
+        pytest.param(["--rate", "10"], "--duration", id="rate-no-duration"),
+        pytest.param(["--ramp-from", "1", "--duration", "5"], "both", id="half-ramp"),
+        pytest.param(["--ramp-from", "1", "--ramp-to", "5"], "needs --duration", id="ramp-no-d"),
+        pytest.param(
+            ["--rate", "5", "--ramp-from", "1", "--ramp-to", "5", "--duration", "1"],
+            "not both",
+            id="rate-and-ramp",
+        ),
+        pytest.param(["--stages", "10s:5", "--rate", "3"], "whole schedule", id="stages-and-rate"),
+        pytest.param(["--stages", "10s"], "DURATION:RATE", id="bad-stages"),
+        pytest.param(["--rate", "5", "--duration", "soon"], "duration", id="bad-duration"),
+        pytest.param(["--rate", "5", "--duration", "0"], "more than 0", id="zero-duration"),
+        pytest.param(
+            ["--rate", "5", "--duration", "1", "--summary", "/nonexistent/s.json"],
+            "cannot write /nonexistent/s.json",
+            id="summary-unwritable",
+        ),
+    ],
+)
+def test_cli_load_bad_schedule_is_one_line_exit_2(
+    args: list[str],
+    message: str,
+    write_jsonl: Callable[..., Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = main(["load", "--mock", str(write_jsonl(EVENTS)), *args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("adbatch: error: ")
+    assert message in err
+    assert err.count("\n") == 1
