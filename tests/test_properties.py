@@ -87,6 +87,7 @@ def _non_blank_lines(data: bytes) -> int:
     ).map(b"\n".join),
     st.sampled_from([".jsonl", ".jsonl.gz"]),
 )
+@example(b"\x1f\x8b\n\x00", ".jsonl")  # gzip magic in a plain file: still two lines
 def test_no_bytes_crash_the_jsonl_reader_and_every_line_is_answered(
     data: bytes, suffix: str
 ) -> None:
