@@ -189,7 +189,7 @@ def _add_reliability_options(p: argparse.ArgumentParser) -> None:
         type=_count,
         metavar="N",
         help="retries per event after the first attempt, for timeouts, connection errors, "
-        "429, 502, 503, 504 (default: 3)",
+        "429, 500, 502, 503, 504 (default: 3)",
     )
     rel.add_argument(
         "--backoff-base", type=_seconds, metavar="S", help="first backoff step (default: 0.1)"

@@ -2,7 +2,8 @@
 
 Rules:
 - Retried: connection errors, timeouts, dropped connections, truncated bodies, and
-  HTTP 429, 502, 503, 504. Every other status is final (a 400 stays a 400).
+  HTTP 429, 500, 502, 503, 504 (as botocore). Every other status is final (a 400
+  stays a 400, a 501 stays a 501).
 - The wait before retry n (n = 1, 2, ...) is "full jitter": uniform in
   [0, min(cap, base * 2**(n-1))], drawn from an injected random source. A
   `Retry-After` (seconds or an HTTP date) is a floor on that wait, itself capped so a
@@ -25,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
-RETRY_STATUSES = frozenset({429, 502, 503, 504})
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 RETRY_ERROR_KINDS = frozenset({"timeout", "connect", "disconnected", "payload", "network"})
 THROTTLE_STATUSES = frozenset({429, 503})
 
@@ -101,7 +102,7 @@ class RetryBudget:
         self.tokens = min(self._reserve, self.tokens + self._ratio)
 
     def try_spend(self) -> bool:
-        if self.tokens >= 1.0:
+        if self.tokens >= 1.0 - 1e-9:  # 5 x 0.2 adds up to 0.99999...
             self.tokens -= 1.0
             self.spent += 1
             return True
@@ -166,6 +167,7 @@ class AdaptiveRate:
         "_cooldown",
         "_cut_at",
         "_episode_start",
+        "_first_send",
         "_limit",
         "_min_rate",
         "_next_slot",
@@ -202,6 +204,7 @@ class AdaptiveRate:
         self._limit: float | None = None  # the rate right after the last cut
         self._cut_at = -math.inf
         self._episode_start = 0.0
+        self._first_send: float | None = None
         self._start_rate = 0.0
         self._next_slot = -math.inf
         self.cuts = 0
@@ -222,10 +225,16 @@ class AdaptiveRate:
         return self._prev_counts[index] * (1.0 - frac) + self._now_counts[index]
 
     def measured(self, now: float) -> float:
-        """Calls started over the last second (sliding estimate)."""
-        return self._sliding(now, 0)
+        """Calls/s started over the last second (sliding estimate; in the run's first
+        second, scaled up from the time elapsed so far)."""
+        calls = self._sliding(now, 0)
+        if self._first_send is not None and now - self._first_send < 1.0:
+            return calls / max(now - self._first_send, 0.05)
+        return calls
 
     def on_send(self, now: float) -> None:
+        if self._first_send is None:
+            self._first_send = now
         self._roll(now)
         self._now_counts[0] += 1
 
@@ -234,9 +243,9 @@ class AdaptiveRate:
         self._roll(now)
         self._now_counts[1] += 1
         throttles = self._sliding(now, 1)
-        calls = self.measured(now)
-        if throttles < self._storm_min or throttles < self._storm_share * calls:
+        if throttles < self._storm_min or throttles < self._storm_share * self._sliding(now, 0):
             return False
+        calls = self.measured(now)
         if now - self._cut_at < self._cooldown:
             return False
         current = self.limit(now)
