@@ -46,9 +46,7 @@ def exactly_once(records: list[dict[str, Any]], n: int) -> None:
 
 
 def config(url: str, inputs: Path, output: Path, **changes: Any) -> Config:
-    return Config(
-        inputs=(str(inputs),), output=str(output), endpoint=url, token=TOKEN, **changes
-    )
+    return Config(inputs=(str(inputs),), output=str(output), endpoint=url, token=TOKEN, **changes)
 
 
 @pytest.mark.anyio
