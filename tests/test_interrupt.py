@@ -65,10 +65,10 @@ def start(mock: MockHandle, inputs: Path, out: Path, *args: str) -> subprocess.P
 STDERR: dict[int, Path] = {}
 
 
-async def wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> tuple[int, str]:
+async def wait_exit(proc: subprocess.Popen[bytes], limit: float) -> tuple[int, str]:
     """Poll without blocking the event loop (the mock serves on it)."""
-    with anyio.fail_after(timeout):
-        while proc.poll() is None:
+    with anyio.fail_after(limit):
+        while proc.poll() is None:  # noqa: ASYNC110 - a child's exit is no anyio event
             await anyio.sleep(0.02)
     stderr = STDERR.pop(proc.pid).read_text()
     assert "Traceback" not in stderr, stderr
