@@ -378,6 +378,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(f"{PROG}: {summary.line()}", file=sys.stderr)
     if summary.stopped:
         print(f"{PROG}: stopped: {summary.stopped}", file=sys.stderr)
+    if summary.interrupted is not None:
+        # The output is closed and synced; a reader thread may still block on stdin,
+        # and the interpreter would wait for it at exit: leave now.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(summary.exit_code)
     return int(summary.exit_code)
 
 

@@ -36,7 +36,9 @@ def events(n: int) -> list[dict[str, object]]:
     ]
 
 
-def start(mock: MockHandle, inputs: Path, out: Path, *args: str) -> subprocess.Popen[bytes]:
+def start(
+    mock: MockHandle, inputs: Path | str, out: Path, *args: str, stdin: int | None = None
+) -> subprocess.Popen[bytes]:
     env = {**os.environ, "ADBATCH_TOKEN": "mock-token", "PYTHONPATH": str(ROOT)}
     err = out.with_name(f"stderr-{time.monotonic_ns()}.txt")
     with err.open("wb") as stderr:
@@ -55,6 +57,7 @@ def start(mock: MockHandle, inputs: Path, out: Path, *args: str) -> subprocess.P
                 str(inputs),
             ],
             env=env,
+            stdin=stdin,
             stdout=subprocess.DEVNULL,
             stderr=stderr,
         )
@@ -203,3 +206,20 @@ async def test_second_signal_stops_at_once(
         assert time.monotonic() - sent < 3.0
     assert rc == 130
     assert whole_records(out) == []
+
+
+async def test_sigint_while_reading_a_silent_stdin(tmp_path: Path) -> None:
+    """A read blocked on a pipe that never ends must not hold the exit."""
+    out = tmp_path / "out.jsonl"
+    async with running_mock() as mock:
+        proc = start(mock, "-", out, stdin=subprocess.PIPE)
+        try:
+            await wait_for(out.exists, proc)  # the output opens once the run has started
+            await anyio.sleep(0.5)
+            proc.send_signal(signal.SIGINT)
+            rc, stderr_text = await wait_exit(proc, 5)
+        finally:
+            assert proc.stdin is not None
+            proc.stdin.close()
+    assert rc == 130
+    assert "interrupted by SIGINT" in stderr_text
