@@ -281,6 +281,16 @@ class AdaptiveRate:
             return self.throttled_s
         return self.throttled_s + (now - self._episode_start)
 
+    def summary(self, now: float) -> str | None:
+        """What the run's summary says about it; None when the rate was never lowered."""
+        if self.cuts == 0 or self.lowest is None:
+            return None
+        times = "time" if self.cuts == 1 else "times"
+        return (
+            f"server pushed back (429/503 storm): sending rate lowered {self.cuts} {times}, "
+            f"to {self.lowest:.0f}/s at lowest, for {self.throttled_seconds(now):.1f}s"
+        )
+
     def reserve(self, now: float) -> float:
         """Seconds the caller must wait before its call (0 when not limited)."""
         rate = self.limit(now)

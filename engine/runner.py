@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 import random
-import signal
 import sys
 import time
 from collections import deque
@@ -51,6 +50,7 @@ from engine.retry import (
     RetrySettings,
     retry_reason,
 )
+from engine.shutdown import Shutdown
 from engine.sinks import JsonlSink, ResumeIndex, open_resume
 from engine.sources import ReadCounts, check_inputs, next_batch, read_items
 from engine.stats import RunStats, Summary, summarize
@@ -79,7 +79,6 @@ class _State:
     fatal_streak: int = 0
     first_fatal: str | None = None
     first_fatal_kind: str | None = None
-    interrupted: int | None = None
     resumed: int = 0
 
 
@@ -109,14 +108,12 @@ class _Engine:
             rand=random.random,
         )
         self.adaptive = AdaptiveRate() if config.adaptive else None
-        self.halted = anyio.Event()
-        self.feed_scope = anyio.CancelScope()
-        self.work_scope = anyio.CancelScope()
+        self.shutdown = Shutdown()
 
     # -- stages ---------------------------------------------------------------------
 
     async def _feed(self, feed: Feed, send: ObjectSendStream[Item]) -> None:
-        with self.feed_scope:
+        with self.shutdown.feed_scope:
             async with send, aclosing(feed):
                 async for batch in feed:
                     for item in batch:
@@ -133,7 +130,7 @@ class _Engine:
         send: MemoryObjectSendStream[Result],
         count: int,
     ) -> None:
-        with self.work_scope:
+        with self.shutdown.work_scope:
             async with receive, send, anyio.create_task_group() as tg:
                 for _ in range(count):
                     tg.start_soon(self._work, receive.clone(), send.clone())
@@ -143,7 +140,7 @@ class _Engine:
     ) -> None:
         async with receive, send:
             async for item in receive:
-                if self.halted.is_set():
+                if self.shutdown.halted.is_set():
                     return
                 result = await self.process(item)
                 if result is not None:
@@ -184,7 +181,7 @@ class _Engine:
                 decision = self.policy.decide(done, response.retry_after, now=time.time())
                 if decision.final is None:
                     reasons.append(reason)
-                    if not await self._pause(decision.wait):
+                    if not await self.shutdown.pause(decision.wait):
                         return None
                     continue
                 note = decision.final
@@ -196,21 +193,14 @@ class _Engine:
         """Wait for the right to start a call (adaptive limit, then --rate); False on halt."""
         if self.adaptive is not None:
             wait = self.adaptive.reserve(time.monotonic())
-            if wait > 0 and not await self._pause(wait):
+            if wait > 0 and not await self.shutdown.pause(wait):
                 return False
         if self.limiter is not None:
             await self.limiter.acquire()
-        if self.halted.is_set():
+        if self.shutdown.halted.is_set():
             return False
         if self.adaptive is not None:
             self.adaptive.on_send(time.monotonic())
-        return True
-
-    async def _pause(self, seconds: float) -> bool:
-        """Sleep `seconds`; False (at once) when the run halts meanwhile."""
-        with anyio.move_on_after(seconds):
-            await self.halted.wait()
-            return False
         return True
 
     def _dry_run(self, event: Event) -> Result:
@@ -222,34 +212,6 @@ class _Engine:
         return Result(
             event.seq, event.id, event.source, None, True, 0, None, None, None, shown, "dry_run"
         )
-
-    # -- interruption -------------------------------------------------------------------
-
-    def halt(self, reason: str) -> None:
-        """Stop reading and starting calls; calls in flight go on (see `_grace`)."""
-        if self.state.stopped is None:
-            self.state.stopped = reason
-        self.halted.set()
-        self.feed_scope.cancel()
-
-    async def _signals(self, tg: anyio.abc.TaskGroup) -> None:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for signum in signals:
-                if self.state.interrupted is None:
-                    self.state.interrupted = int(signum)
-                    grace = self.config.grace
-                    self.halt(
-                        f"interrupted by {signal.Signals(signum).name}; calls in flight were "
-                        f"given {grace:g}s to finish; run again with --resume to send the rest"
-                    )
-                    tg.start_soon(self._grace, grace)
-                else:
-                    self.work_scope.cancel()
-                    return
-
-    async def _grace(self, seconds: float) -> None:
-        await anyio.sleep(seconds)
-        self.work_scope.cancel()
 
     async def _write(self, receive: MemoryObjectReceiveStream[Result], emit: Emit) -> None:
         pending: dict[int, Result] = {}
@@ -332,7 +294,7 @@ class _Engine:
             if self.config.progress:
                 tg.start_soon(self._progress, start)
             if handle_signals:
-                tg.start_soon(self._signals, tg)
+                tg.start_soon(self.shutdown.watch_signals, tg, self.config.grace)
             async with anyio.create_task_group() as pipeline:
                 pipeline.start_soon(self._feed, feed, items_send)
                 pipeline.start_soon(self._workers, items_receive, results_send, workers)
@@ -350,21 +312,11 @@ class _Engine:
         return summarize(
             stats,
             elapsed_s=time.perf_counter() - start,
-            stopped=state.stopped,
+            stopped=self.shutdown.reason or state.stopped,
             retry_budget_refused=self.policy.budget.refused,
-            slowed=self._slowed(),
-            interrupted=state.interrupted,
+            slowed=None if self.adaptive is None else self.adaptive.summary(time.monotonic()),
+            interrupted=self.shutdown.interrupted,
             resumed=state.resumed,
-        )
-
-    def _slowed(self) -> str | None:
-        adaptive = self.adaptive
-        if adaptive is None or adaptive.cuts == 0 or adaptive.lowest is None:
-            return None
-        return (
-            f"server pushed back (429/503 storm): sending rate lowered {adaptive.cuts} "
-            f"time{'s' if adaptive.cuts > 1 else ''}, to {adaptive.lowest:.0f}/s at lowest, "
-            f"for {adaptive.throttled_seconds(time.monotonic()):.1f}s"
         )
 
     async def _progress(self, start: float) -> None:
@@ -408,16 +360,6 @@ async def file_feed(config: Config, counts: ReadCounts) -> Feed:
             items.close()
 
 
-async def resumed_feed(feed: Feed, index: ResumeIndex, state: _State) -> Feed:
-    """`feed` without the events the output already answers (counted in `state`)."""
-    async with aclosing(feed):
-        async for batch in feed:
-            kept = [item for item in batch if not index.answered(item.seq, item.source, item.id)]
-            state.resumed += len(batch) - len(kept)
-            if kept:
-                yield kept
-
-
 async def mapping_feed(
     events: Iterable[Mapping[str, object]] | AsyncIterator[Mapping[str, object]],
     defaults: EventDefaults,
@@ -445,6 +387,16 @@ async def mapping_feed(
                 batch = []
         if batch:
             yield batch
+
+
+async def _skip_answered(feed: Feed, index: ResumeIndex, state: _State) -> Feed:
+    """`feed` without the events the output already answers (counted in `state`)."""
+    async with aclosing(feed):
+        async for batch in feed:
+            kept = [item for item in batch if not index.answered(item.seq, item.source, item.id)]
+            state.resumed += len(batch) - len(kept)
+            if kept:
+                yield kept
 
 
 # -- entry points -----------------------------------------------------------------------
@@ -503,7 +455,7 @@ async def run(config: Config, *, handle_signals: bool = False) -> Summary:
             engine = await _open(config, stack)
             feed = file_feed(config, counts)
             if index is not None:
-                feed = resumed_feed(feed, index, engine.state)
+                feed = _skip_answered(feed, index, engine.state)
             summary = await engine.execute(feed, emit, counts, handle_signals=handle_signals)
     except BaseExceptionGroup as group:
         error = _first_engine_error(group)
