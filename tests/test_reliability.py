@@ -353,3 +353,22 @@ async def test_token_echoed_by_the_server_is_redacted(
     data = out.read_bytes()
     assert TOKEN.encode() not in data
     assert data.count(b"[redacted]") == 5
+
+
+@pytest.mark.anyio
+async def test_retries_take_rate_permits(tmp_path: Path, write_jsonl: Callable[..., Path]) -> None:
+    n, rate = 40, 40.0
+    inputs = write_jsonl(events(n))
+    out = tmp_path / "out.jsonl"
+    faulty = MockConfig(fail_503=0.5, retry_after="0", record_requests=True, seed=1)
+    async with running_mock(faulty) as m:
+        await runner.run(
+            config(m.delivery_url, inputs, out, rate=rate, backoff_base=0.0, adaptive=False)
+        )
+        times = sorted(r.received_at for r in m.state.requests)
+    exactly_once(read_records(out), n)
+    assert len(times) > n + 10  # the retries are there...
+    # ...and within the rate: no one-second window holds more than `rate` calls
+    # (plus one for the limiter's bucket and one for clock edges).
+    busiest = max(sum(1 for t in times[i:] if t - start < 1.0) for i, start in enumerate(times))
+    assert busiest <= rate + 2
