@@ -12,6 +12,7 @@ import sys
 import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import fields
+from functools import partial
 from typing import Any
 
 import anyio
@@ -144,6 +145,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         help=f"seconds per call (default: {DEFAULT_TIMEOUT:g})",
     )
 
+    _add_reliability_options(p)
+
     misc = p.add_argument_group("other")
     misc.add_argument(
         "--dry-run",
@@ -156,6 +159,80 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         default=False,
         help="no progress line (it shows only when stderr is a terminal)",
+    )
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not (value >= 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
+    return value
+
+
+def _add_reliability_options(p: argparse.ArgumentParser) -> None:
+    rel = p.add_argument_group("retries, interruption and resume (docs/reliability.md)")
+    rel.add_argument(
+        "--retries",
+        type=_count,
+        metavar="N",
+        help="retries per event after the first attempt, for timeouts, connection errors, "
+        "429, 500, 502, 503, 504 (default: 3)",
+    )
+    rel.add_argument(
+        "--backoff-base", type=_seconds, metavar="S", help="first backoff step (default: 0.1)"
+    )
+    rel.add_argument(
+        "--backoff-cap", type=_seconds, metavar="S", help="longest backoff (default: 10)"
+    )
+    rel.add_argument(
+        "--retry-after-cap",
+        type=_seconds,
+        metavar="S",
+        help="longest Retry-After honoured; longer is a final failure (default: 30)",
+    )
+    rel.add_argument(
+        "--retry-budget",
+        type=float,
+        metavar="R",
+        help="retries allowed per first attempt, beyond a reserve of 100 (default: 0.2)",
+    )
+    rel.add_argument(
+        "--no-adaptive",
+        dest="adaptive",
+        action="store_false",
+        default=None,
+        help="do not lower the sending rate on a 429/503 storm",
+    )
+    rel.add_argument(
+        "--resume",
+        action="store_true",
+        default=None,
+        help="-o FILE holds records of an interrupted run: send only the events it lacks",
+    )
+    rel.add_argument(
+        "--grace",
+        type=_seconds,
+        metavar="S",
+        help="on SIGINT/SIGTERM, seconds the calls in flight may take to finish (default: 10)",
+    )
+    rel.add_argument(
+        "--allow-insecure",
+        action="store_true",
+        default=None,
+        help="allow sending the token over plain http:// to a host that is not loopback",
     )
 
 
@@ -293,12 +370,20 @@ def _run_async(fn: Callable[..., Any], *args: Any) -> Any:
 def _cmd_run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     if "-" in config.inputs and sys.stdin.isatty():
-        print(f"{PROG}: reading events from stdin (JSONL; Ctrl-D ends, Ctrl-C aborts)",
-              file=sys.stderr)
-    summary = _run_async(runner.run, config)
+        print(
+            f"{PROG}: reading events from stdin (JSONL; Ctrl-D ends, Ctrl-C aborts)",
+            file=sys.stderr,
+        )
+    summary = _run_async(partial(runner.run, handle_signals=True), config)
     print(f"{PROG}: {summary.line()}", file=sys.stderr)
     if summary.stopped:
         print(f"{PROG}: stopped: {summary.stopped}", file=sys.stderr)
+    if summary.interrupted is not None:
+        # The output is closed and synced; a reader thread may still block on stdin,
+        # and the interpreter would wait for it at exit: leave now.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(summary.exit_code)
     return int(summary.exit_code)
 
 

@@ -7,6 +7,7 @@ that decides whether a combination of options makes sense. Secrets are kept out 
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -18,6 +19,16 @@ from engine.sources import DEFAULT_MAX_LINE_BYTES, Format
 DEFAULT_ENDPOINT = "https://d.us.criteo.com/delivery/retailmedia"
 DEFAULT_CONCURRENCY = 64
 DEFAULT_TIMEOUT = 2.0
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses (where plain http cannot be sniffed)."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -41,6 +52,15 @@ class Config:
     input_format: Format = "auto"
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
     fail_fast_401: int = 20
+    retries: int = 3
+    backoff_base: float = 0.1
+    backoff_cap: float = 10.0
+    retry_after_cap: float = 30.0
+    retry_budget: float = 0.2
+    adaptive: bool = True
+    resume: bool = False
+    grace: float = 10.0
+    allow_insecure: bool = False
 
     def validated(self) -> Config:
         """This config, checked; raises ConfigError naming the option at fault."""
@@ -69,9 +89,37 @@ class Config:
                     "no token: give --token, set ADBATCH_TOKEN, or use --mock to try adbatch "
                     "on the embedded mock server"
                 )
+        self._validate_reliability()
         if self.inputs.count("-") > 1:
             raise ConfigError("stdin ('-') can be read only once")
         return self
+
+    def _validate_reliability(self) -> None:
+        if self.retries < 0:
+            raise ConfigError(f"--retries must be 0 or more, got {self.retries}")
+        for name in ("backoff_base", "backoff_cap", "retry_after_cap", "grace"):
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                option = "--" + name.replace("_", "-")
+                raise ConfigError(f"{option} must be a number of seconds >= 0, got {value}")
+        if not (0 <= self.retry_budget <= 10 and math.isfinite(self.retry_budget)):
+            raise ConfigError(
+                f"--retry-budget must be a share of calls between 0 and 10, got {self.retry_budget}"
+            )
+        if self.resume and (self.output is None or self.output == "-"):
+            raise ConfigError("--resume needs -o FILE: the output of the interrupted run")
+        url = urlsplit(self.endpoint)
+        if (
+            not self.mock
+            and not self.dry_run
+            and not self.allow_insecure
+            and url.scheme == "http"
+            and not is_loopback(url.hostname or "")
+        ):
+            raise ConfigError(
+                f"refusing to send the bearer token over plain http:// to {url.hostname}; "
+                "use https://, or --allow-insecure if you really mean it"
+            )
 
     def with_changes(self, **changes: Any) -> Config:
         return replace(self, **changes)

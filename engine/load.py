@@ -313,6 +313,8 @@ class _Driver:
                     result = await self.engine.process(event)
                 finally:
                     live.in_flight -= 1
+                if result is None:  # the run halted (SIGINT) before the call: not answered
+                    continue
                 await results.send(replace(result, scheduled_at=round(scheduled_at, 6)))
 
     async def run(self, schedule: AsyncGenerator[Scheduled, None], emit: Emit) -> float:

@@ -34,6 +34,7 @@ class Result:
     error_kind: str | None = None
     #: When an open-model schedule (load, replay) meant the call to start (epoch s).
     scheduled_at: float | None = None
+    retries: tuple[str, ...] = ()
 
     def to_json(self) -> bytes:
         return orjson.dumps(self)
@@ -70,8 +71,16 @@ def invalid_result(item: Invalid) -> Result:
 
 
 def response_result(
-    event: Event, resp: Response, attempts: int, secrets: Iterable[str] = ()
+    event: Event,
+    resp: Response,
+    attempts: int,
+    secrets: Iterable[str] = (),
+    *,
+    retries: tuple[str, ...] = (),
+    note: str | None = None,
 ) -> Result:
+    """The record of an answered event; `retries` says why earlier attempts failed and
+    `note` why the last failure was not retried."""
     status = resp.status
     ok = status is not None and 200 <= status < 300
     error: str | None
@@ -82,6 +91,8 @@ def response_result(
         error, kind = f"HTTP {status}", f"http_{status}"
     else:
         error, kind = None, None
+    if error is not None and note is not None:
+        error = f"{error}; {note}"
     return Result(
         event.seq,
         event.id,
@@ -94,4 +105,5 @@ def response_result(
         error,
         embed_body(resp.body),
         kind,
+        retries=retries,
     )

@@ -12,22 +12,30 @@
   oldest unanswered event) and hands complete batches to the sink.
 - A run that cannot go on (every call refused with 401, or the endpoint unreachable,
   before any success) stops reading; the calls in flight finish and are written.
+- Retries happen inside the worker that holds the event (engine/retry.py decides), so
+  the events waiting for a retry are bounded by the pool size; each retry takes a rate
+  permit like a first attempt.
+- SIGINT/SIGTERM (CLI runs only) halts: reading stops, no new call starts, calls in
+  flight get `--grace` seconds to finish and are written; an event not answered by
+  then is not written, so `--resume` sends it again. A second signal cancels at once.
 """
 
 from __future__ import annotations
 
 import math
+import random
 import sys
 import time
+from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from contextlib import AsyncExitStack, aclosing
+from contextlib import AsyncExitStack, aclosing, suppress
 from dataclasses import dataclass, field
 
 import anyio
 import orjson
 from aiolimiter import AsyncLimiter
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
-from anyio.streams.memory import MemoryObjectReceiveStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from engine.auth import StaticToken, TokenProvider
 from engine.config import Config
@@ -35,7 +43,15 @@ from engine.errors import EngineError
 from engine.events import Event, EventDefaults, Invalid, Item, make_event
 from engine.query import DEFAULT_USER_AGENT, RequestBuilder
 from engine.results import MIN_SECRET_LENGTH, Result, invalid_result, response_result
-from engine.sinks import JsonlSink
+from engine.retry import (
+    THROTTLE_STATUSES,
+    AdaptiveRate,
+    RetryPolicy,
+    RetrySettings,
+    retry_reason,
+)
+from engine.shutdown import Shutdown
+from engine.sinks import JsonlSink, ResumeIndex, open_resume
 from engine.sources import ReadCounts, check_inputs, next_batch, read_items
 from engine.stats import RunStats, Summary, summarize
 from engine.transport import AiohttpTransport, Transport
@@ -63,6 +79,7 @@ class _State:
     fatal_streak: int = 0
     first_fatal: str | None = None
     first_fatal_kind: str | None = None
+    resumed: int = 0
 
 
 class _Engine:
@@ -79,46 +96,112 @@ class _Engine:
         self.secrets = tuple(s for s in (config.token,) if s)
         self.state = _State()
         self.window = anyio.Semaphore(max(1024, config.concurrency * 8)) if config.ordered else None
+        self.fed: deque[int] = deque()  # seqs in feed order, for the ordered writer
+        self.policy = RetryPolicy(
+            RetrySettings(
+                retries=config.retries,
+                backoff_base=config.backoff_base,
+                backoff_cap=config.backoff_cap,
+                retry_after_cap=config.retry_after_cap,
+                budget_ratio=config.retry_budget,
+            ),
+            rand=random.random,
+        )
+        self.adaptive = AdaptiveRate() if config.adaptive else None
+        self.shutdown = Shutdown()
 
     # -- stages ---------------------------------------------------------------------
 
     async def _feed(self, feed: Feed, send: ObjectSendStream[Item]) -> None:
-        async with send, aclosing(feed):
-            async for batch in feed:
-                for item in batch:
-                    if self.state.stopped is not None:
-                        return
-                    if self.window is not None:
-                        await self.window.acquire()
-                    await send.send(item)
+        with self.shutdown.feed_scope:
+            async with send, aclosing(feed):
+                async for batch in feed:
+                    for item in batch:
+                        if self.state.stopped is not None:
+                            return
+                        if self.window is not None:
+                            await self.window.acquire()
+                            self.fed.append(item.seq)
+                        await send.send(item)
+
+    async def _workers(
+        self,
+        receive: MemoryObjectReceiveStream[Item],
+        send: MemoryObjectSendStream[Result],
+        count: int,
+    ) -> None:
+        with self.shutdown.work_scope:
+            async with receive, send, anyio.create_task_group() as tg:
+                for _ in range(count):
+                    tg.start_soon(self._work, receive.clone(), send.clone())
 
     async def _work(
         self, receive: ObjectReceiveStream[Item], send: ObjectSendStream[Result]
     ) -> None:
         async with receive, send:
             async for item in receive:
-                await send.send(await self.process(item))
+                if self.shutdown.halted.is_set():
+                    return
+                result = await self.process(item)
+                if result is not None:
+                    await send.send(result)
 
-    async def process(self, item: Item) -> Result:
+    async def process(self, item: Item) -> Result | None:
+        """The record of one item; None when the run halted before it was answered."""
         if isinstance(item, Invalid):
             return invalid_result(item)
         if self.transport is None:
             return self._dry_run(item)
         request = self.builder.build(item)
         attempts = 0
+        reasons: list[str] = []
+        refreshed = False
         while True:
-            if self.limiter is not None:
-                await self.limiter.acquire()
+            if not await self._permit():
+                return None
+            if attempts == 0:
+                self.policy.budget.on_first_attempt()
             authorization = self.tokens.authorization()
             response = await self.transport.send(request, authorization)
             attempts += 1
             if (
                 response.status == 401
-                and attempts == 1
+                and not refreshed
                 and await self.tokens.refresh_after_401(authorization)
             ):
+                refreshed = True
+                reasons.append("http_401")
                 continue
-            return response_result(item, response, attempts, self.secrets)
+            reason = retry_reason(response.status, response.error_kind)
+            note = None
+            if reason is not None:
+                if response.status in THROTTLE_STATUSES and self.adaptive is not None:
+                    self.adaptive.on_throttle(time.monotonic())
+                done = len(reasons) - refreshed
+                decision = self.policy.decide(done, response.retry_after, now=time.time())
+                if decision.final is None:
+                    reasons.append(reason)
+                    if not await self.shutdown.pause(decision.wait):
+                        return None
+                    continue
+                note = decision.final
+            return response_result(
+                item, response, attempts, self.secrets, retries=tuple(reasons), note=note
+            )
+
+    async def _permit(self) -> bool:
+        """Wait for the right to start a call (adaptive limit, then --rate); False on halt."""
+        if self.adaptive is not None:
+            wait = self.adaptive.reserve(time.monotonic())
+            if wait > 0 and not await self.shutdown.pause(wait):
+                return False
+        if self.limiter is not None:
+            await self.limiter.acquire()
+        if self.shutdown.halted.is_set():
+            return False
+        if self.adaptive is not None:
+            self.adaptive.on_send(time.monotonic())
+        return True
 
     def _dry_run(self, event: Event) -> Result:
         request = self.builder.build(event)
@@ -132,7 +215,6 @@ class _Engine:
 
     async def _write(self, receive: MemoryObjectReceiveStream[Result], emit: Emit) -> None:
         pending: dict[int, Result] = {}
-        next_seq = 0
         async with receive:
             async for first in receive:
                 batch = [first]
@@ -149,9 +231,9 @@ class _Engine:
                 for result in batch:
                     pending[result.seq] = result
                 ready = []
-                while next_seq in pending:
-                    ready.append(pending.pop(next_seq))
-                    next_seq += 1
+                fed = self.fed
+                while fed and fed[0] in pending:
+                    ready.append(pending.pop(fed.popleft()))
                 if ready:
                     await emit(ready)
                     self.window.release()
@@ -162,6 +244,8 @@ class _Engine:
 
     def _account(self, result: Result) -> None:
         state = self.state
+        for reason in result.retries:
+            state.stats.retries[reason] += 1
         state.stats.add(
             status=result.status,
             ok=result.ok,
@@ -193,7 +277,14 @@ class _Engine:
 
     # -- the run ----------------------------------------------------------------------
 
-    async def execute(self, feed: Feed, emit: Emit, counts: ReadCounts | None = None) -> Summary:
+    async def execute(
+        self,
+        feed: Feed,
+        emit: Emit,
+        counts: ReadCounts | None = None,
+        *,
+        handle_signals: bool = False,
+    ) -> Summary:
         start = time.perf_counter()
         capacity = max(16, self.config.concurrency * 2)
         items_send, items_receive = anyio.create_memory_object_stream[Item](capacity)
@@ -202,11 +293,11 @@ class _Engine:
         async with anyio.create_task_group() as tg:
             if self.config.progress:
                 tg.start_soon(self._progress, start)
+            if handle_signals:
+                tg.start_soon(self.shutdown.watch_signals, tg, self.config.grace)
             async with anyio.create_task_group() as pipeline:
                 pipeline.start_soon(self._feed, feed, items_send)
-                async with items_receive, results_send:
-                    for _ in range(workers):
-                        pipeline.start_soon(self._work, items_receive.clone(), results_send.clone())
+                pipeline.start_soon(self._workers, items_receive, results_send, workers)
                 pipeline.start_soon(self._write, results_receive, emit)
             tg.cancel_scope.cancel()
         state = self.state
@@ -218,7 +309,15 @@ class _Engine:
             stats.blank_lines = counts.blank_lines
         if self.config.progress:
             sys.stderr.write("\r\x1b[2K")
-        return summarize(stats, elapsed_s=time.perf_counter() - start, stopped=state.stopped)
+        return summarize(
+            stats,
+            elapsed_s=time.perf_counter() - start,
+            stopped=self.shutdown.reason or state.stopped,
+            retry_budget_refused=self.policy.budget.refused,
+            slowed=None if self.adaptive is None else self.adaptive.summary(time.monotonic()),
+            interrupted=self.shutdown.interrupted,
+            resumed=state.resumed,
+        )
 
     async def _progress(self, start: float) -> None:
         stats = self.state.stats
@@ -251,10 +350,14 @@ async def file_feed(config: Config, counts: ReadCounts) -> Feed:
         counts=counts,
     )
     try:
-        while batch := await anyio.to_thread.run_sync(next_batch, items, _READ_BATCH):
+        # abandon_on_cancel: a halted run must not wait for a read blocked on a pipe.
+        while batch := await anyio.to_thread.run_sync(
+            next_batch, items, _READ_BATCH, abandon_on_cancel=True
+        ):
             yield batch
     finally:
-        items.close()
+        with suppress(ValueError):  # "generator already executing": the abandoned read
+            items.close()
 
 
 async def mapping_feed(
@@ -284,6 +387,16 @@ async def mapping_feed(
                 batch = []
         if batch:
             yield batch
+
+
+async def _skip_answered(feed: Feed, index: ResumeIndex, state: _State) -> Feed:
+    """`feed` without the events the output already answers (counted in `state`)."""
+    async with aclosing(feed):
+        async for batch in feed:
+            kept = [item for item in batch if not index.answered(item.seq, item.source, item.id)]
+            state.resumed += len(batch) - len(kept)
+            if kept:
+                yield kept
 
 
 # -- entry points -----------------------------------------------------------------------
@@ -317,16 +430,18 @@ def _first_engine_error(group: BaseExceptionGroup[BaseException]) -> EngineError
     return None
 
 
-async def run(config: Config) -> Summary:
+async def run(config: Config, *, handle_signals: bool = False) -> Summary:
     """Run a batch as configured: inputs -> delivery calls -> JSONL output. Returns the summary.
 
     Raises ConfigError / InputError before anything is sent, FatalError when the output
-    cannot be written.
+    cannot be written. `handle_signals` (the CLI) turns SIGINT/SIGTERM into a graceful
+    halt; call it from the main thread.
     """
     config = config.validated()
     check_inputs(config.inputs)
     counts = ReadCounts()
-    sink = JsonlSink(config.output)
+    index = open_resume(config.output) if config.resume else None
+    sink = JsonlSink(config.output, append=config.resume)
     secrets = tuple(s.encode() for s in (config.token,) if s and len(s) >= MIN_SECRET_LENGTH)
 
     async def emit(batch: list[Result]) -> None:
@@ -338,7 +453,10 @@ async def run(config: Config) -> Summary:
     try:
         async with AsyncExitStack() as stack:
             engine = await _open(config, stack)
-            summary = await engine.execute(file_feed(config, counts), emit, counts)
+            feed = file_feed(config, counts)
+            if index is not None:
+                feed = _skip_answered(feed, index, engine.state)
+            summary = await engine.execute(feed, emit, counts, handle_signals=handle_signals)
     except BaseExceptionGroup as group:
         error = _first_engine_error(group)
         if error is None:

@@ -104,6 +104,7 @@ class RunStats:
     statuses: Counter[int] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
     latency: Histogram = field(default_factory=Histogram)
+    retries: Counter[str] = field(default_factory=Counter)
 
     def add(
         self,
@@ -146,9 +147,16 @@ class Summary:
     statuses: dict[str, int]
     errors: dict[str, int]
     stopped: str | None = None
+    retries: dict[str, int] = field(default_factory=dict)
+    retry_budget_refused: int = 0
+    slowed: str | None = None
+    interrupted: int | None = None
+    resumed: int = 0
 
     @property
     def exit_code(self) -> int:
+        if self.interrupted is not None:
+            return 128 + self.interrupted
         if self.stopped is not None:
             return 3
         return 0 if self.failed == 0 and self.invalid == 0 else 1
@@ -162,6 +170,8 @@ class Summary:
         ]
         if lat.get("p50") is not None:
             parts.append(f"; latency p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms")
+        if self.resumed:
+            parts.append(f"; {self.resumed} already answered in the output (resumed)")
         if self.blank_lines:
             parts.append(f"; {self.blank_lines} blank lines skipped")
         if self.errors:
@@ -169,13 +179,32 @@ class Summary:
                 f"{k} x{v}" for k, v in sorted(self.errors.items(), key=lambda kv: -kv[1])[:3]
             )
             parts.append(f"; errors: {top}")
+        if self.retries:
+            total = sum(self.retries.values())
+            top = ", ".join(
+                f"{k} x{v}" for k, v in sorted(self.retries.items(), key=lambda kv: -kv[1])[:3]
+            )
+            parts.append(f"; {total} retries ({top})")
+        if self.retry_budget_refused:
+            parts.append(f"; {self.retry_budget_refused} not retried (retry budget spent)")
+        if self.slowed:
+            parts.append(f"; {self.slowed}")
         return " ".join(parts).replace(" ;", ";")
 
 
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 
 
-def summarize(stats: RunStats, *, elapsed_s: float, stopped: str | None = None) -> Summary:
+def summarize(
+    stats: RunStats,
+    *,
+    elapsed_s: float,
+    stopped: str | None = None,
+    retry_budget_refused: int = 0,
+    slowed: str | None = None,
+    interrupted: int | None = None,
+    resumed: int = 0,
+) -> Summary:
     lat = stats.latency
     latency: dict[str, float | None] = {
         ("p" + (f"{p:g}")): (None if (v := lat.percentile(p)) is None else round(v, 3))
@@ -195,4 +224,9 @@ def summarize(stats: RunStats, *, elapsed_s: float, stopped: str | None = None) 
         statuses={str(k): v for k, v in sorted(stats.statuses.items())},
         errors=dict(stats.errors),
         stopped=stopped,
+        retries=dict(stats.retries),
+        retry_budget_refused=retry_budget_refused,
+        slowed=slowed,
+        interrupted=interrupted,
+        resumed=resumed,
     )

@@ -1,0 +1,61 @@
+"""Orderly stop of a run: halt, grace period, signals.
+
+Rules:
+- `halt(reason)` stops reading input and starting calls; calls in flight go on.
+- The first SIGINT/SIGTERM halts and gives the calls in flight `grace` seconds, then
+  cancels them; a second signal cancels them at once. A cancelled call is not written,
+  so `--resume` sends its event again.
+- Waits that are not calls in flight (backoff, adaptive pacing) end at once on halt.
+"""
+
+from __future__ import annotations
+
+import signal
+
+import anyio
+import anyio.abc
+
+
+class Shutdown:
+    """The stop switches of one run; the runner wraps its stages in the two scopes."""
+
+    __slots__ = ("feed_scope", "halted", "interrupted", "reason", "work_scope")
+
+    def __init__(self) -> None:
+        self.halted = anyio.Event()
+        self.feed_scope = anyio.CancelScope()  # reading input
+        self.work_scope = anyio.CancelScope()  # the worker pool (calls in flight)
+        self.interrupted: int | None = None  # the signal number
+        self.reason: str | None = None
+
+    def halt(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+        self.halted.set()
+        self.feed_scope.cancel()
+
+    async def pause(self, seconds: float) -> bool:
+        """Sleep `seconds`; False (at once) when the run halts meanwhile."""
+        with anyio.move_on_after(seconds):
+            await self.halted.wait()
+            return False
+        return True
+
+    async def watch_signals(self, tg: anyio.abc.TaskGroup, grace: float) -> None:
+        """Run in the run's task group (main thread only) until it is cancelled."""
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                if self.interrupted is None:
+                    self.interrupted = int(signum)
+                    self.halt(
+                        f"interrupted by {signal.Signals(signum).name}; calls in flight were "
+                        f"given {grace:g}s to finish; run again with --resume to send the rest"
+                    )
+                    tg.start_soon(self._cancel_work_after, grace)
+                else:
+                    self.work_scope.cancel()
+                    return
+
+    async def _cancel_work_after(self, seconds: float) -> None:
+        await anyio.sleep(seconds)
+        self.work_scope.cancel()
