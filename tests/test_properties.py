@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from engine.events import Event, Invalid, make_event
