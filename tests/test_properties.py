@@ -11,13 +11,12 @@ from urllib.parse import parse_qsl, urlsplit
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from engine.events import Event, Invalid, make_event
+from engine.events import ALWAYS_REQUIRED, Event, Invalid, make_event
 from engine.query import RequestBuilder, encode_query
 from engine.sources import parse_json_line, read_items
 
 names = st.text(min_size=1, max_size=20).filter(
-    lambda s: s not in {"id", "timestamp", "user-agent", "referer", "ip"}
-)
+    lambda s: s not in {"id", "timestamp", "user-agent", "referer", "ip", *ALWAYS_REQUIRED})
 values = st.text(min_size=1, max_size=40)
 
 
