@@ -27,6 +27,7 @@ import orjson
 
 from engine.config import Config
 from engine.errors import ConfigError, InputError
+from engine.stats import Histogram, RunStats
 
 MANIFEST_SUFFIX = ".manifest.json"
 _BLOCK = 1 << 20
@@ -84,7 +85,7 @@ def write_json_atomic(path: str, data: dict[str, Any]) -> None:
     """Write `data` to `path` through a temporary file and a rename (never half a file)."""
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "wb") as f:
-        f.write(orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
+        f.write(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS) + b"\n")
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -307,3 +308,30 @@ def merge_outputs(parts: Sequence[str], output: str) -> MergeReport:
         exactly_once=report.exactly_once,
     )
     return report
+
+
+# -- stats of many shards --------------------------------------------------------------
+
+
+def stats_to_dict(stats: RunStats) -> dict[str, Any]:
+    """A shard's counters and latency histogram as JSON-able data (shard manifests, Ray)."""
+    return {
+        "events": stats.events,
+        "ok": stats.ok,
+        "failed": stats.failed,
+        "invalid": stats.invalid,
+        "blank_lines": stats.blank_lines,
+        "unauthorized": stats.unauthorized,
+        "statuses": {str(k): v for k, v in stats.statuses.items()},
+        "errors": dict(stats.errors),
+        "latency": stats.latency.to_dict(),
+    }
+
+
+def add_stats(total: RunStats, data: dict[str, Any]) -> None:
+    """Add one shard's `stats_to_dict` into `total` (histograms merge by adding counts)."""
+    for name in ("events", "ok", "failed", "invalid", "blank_lines", "unauthorized"):
+        setattr(total, name, getattr(total, name) + int(data.get(name, 0)))
+    total.statuses.update({int(k): int(v) for k, v in data.get("statuses", {}).items()})
+    total.errors.update({str(k): int(v) for k, v in data.get("errors", {}).items()})
+    total.latency.merge(Histogram.from_dict(data.get("latency", {})))
