@@ -455,7 +455,7 @@ async def run_ray(
     check_inputs(config.inputs)
     assert config.output is not None
     output = config.output
-    parts_dir = os.path.abspath(output + ".parts")
+    parts_dir = os.path.join(os.getcwd(), output + ".parts")
     start = time.perf_counter()
     with _ray_session(ray):
         async with AsyncExitStack() as stack:
