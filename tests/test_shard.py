@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import orjson
@@ -301,3 +302,16 @@ def test_shard_option_errors(
 def test_config_rejects_bad_shard() -> None:
     with pytest.raises(ConfigError, match="0 <= I < N"):
         engine.Config(shard=(3, 2), dry_run=True).validated()
+
+
+def test_backend_ray_without_ray_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if the extra were not installed
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(_event(0) + b"\n")
+    code = main(["run", "--backend", "ray", "--dry-run", str(path), "-o", str(tmp_path / "o")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("adbatch: error: --backend ray needs Ray: pip install 'adbatch[ray]'")
+    assert "Traceback" not in err

@@ -29,59 +29,34 @@ Rules:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import functools
 import logging
-import math
 import os
 import shutil
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, AsyncExitStack
-from dataclasses import asdict, dataclass
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack
 from typing import Any
 
 import anyio
 
 from engine.auth import StaticToken, TokenProvider
 from engine.config import Config
+from engine.distributed.actors import RateActor, SenderActor, ShardDone, TokenActor, TokenFactory
 from engine.distributed.merge import (
     add_stats,
     copy_part,
     read_manifest,
     scan_part,
-    stats_to_dict,
-    write_json_atomic,
     write_merged_manifest,
 )
-from engine.distributed.shard import cut_ranges
+from engine.distributed.plan import ShardTask, meta_path, part_path, prepare
 from engine.errors import ConfigError, FatalError
-from engine.events import Item
-from engine.results import Result
-from engine.runner import Feed, _defaults, _Engine
-from engine.sinks import JsonlSink
-from engine.sources import (
-    _GZIP_MAGIC,
-    ReadCounts,
-    check_inputs,
-    next_batch,
-    read_items,
-    read_range_items,
-    source_format,
-)
+from engine.sources import check_inputs
 from engine.stats import RunStats, Summary, summarize
 
-#: Builds the run's token provider inside the token actor (the only place that holds one).
-TokenFactory = Callable[[Config], AbstractAsyncContextManager[TokenProvider]]
-
-_LEASE_SECONDS = 0.01
-_TOKEN_POLL_SECONDS = 2.0
-_MIN_RANGE_BYTES = 1 << 20
-_SHARDS_PER_SENDER = 4
-_READ_BATCH = 256
 SENDER_NAME = "adbatch-sender-{}"
 
 
@@ -89,323 +64,6 @@ SENDER_NAME = "adbatch-sender-{}"
 async def static_tokens(config: Config) -> AsyncIterator[TokenProvider]:
     """The default factory: the configured static token (OAuth providers plug in here)."""
     yield StaticToken(config.token)
-
-
-# -- the plan -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ShardTask:
-    """One shard: bytes [start, end) of `path` (whole: the entire file via `read_items`)."""
-
-    index: int
-    path: str
-    start: int
-    end: int
-    first_line: int
-    whole: bool
-
-
-def _is_gzip(path: str) -> bool:
-    with open(path, "rb") as f:
-        return f.read(2) == _GZIP_MAGIC
-
-
-def _fingerprint(config: Config) -> list[list[object]]:
-    out: list[list[object]] = []
-    for path in config.inputs:
-        st = os.stat(path)
-        out.append([os.path.abspath(path), st.st_size, st.st_mtime_ns])
-    return out
-
-
-def plan_shards(config: Config, target: int) -> list[ShardTask]:
-    """Cut the inputs into about `target` shards, in proportion to their sizes."""
-    sizes = {path: os.path.getsize(path) for path in config.inputs}
-    total = sum(sizes.values()) or 1
-    tasks: list[ShardTask] = []
-    for path in config.inputs:
-        size = sizes[path]
-        whole = _is_gzip(path) or source_format(path, config.input_format) == "csv"
-        if whole or size == 0:
-            tasks.append(ShardTask(len(tasks), path, 0, size, 1, True))
-            continue
-        parts = max(1, round(target * size / total))
-        with open(path, "rb") as f:
-            ranges = cut_ranges(size, parts, functools.partial(_pread, f.fileno()))
-        for r in ranges:
-            tasks.append(ShardTask(len(tasks), path, r.start, r.end, r.first_line, False))
-    return tasks
-
-
-def _pread(fd: int, offset: int, size: int) -> bytes:
-    return os.pread(fd, size, offset)
-
-
-def _prepare(
-    config: Config, parts_dir: str, senders: int, shards: int | None
-) -> tuple[list[ShardTask], list[ShardTask]]:
-    """(the plan, its shards still to run) -- a rerun finds some complete already."""
-    if shards is None:
-        total = sum(os.path.getsize(p) for p in config.inputs)
-        shards = max(1, min(senders * _SHARDS_PER_SENDER, total // _MIN_RANGE_BYTES))
-    plan = _load_or_plan(config, parts_dir, shards)
-    return plan, [t for t in plan if _completed(parts_dir, t) is None]
-
-
-def _load_or_plan(config: Config, parts_dir: str, target: int) -> list[ShardTask]:
-    """The stored plan when the inputs are unchanged (a rerun), else a fresh one."""
-    fingerprint = _fingerprint(config)
-    stored = read_manifest(os.path.join(parts_dir, "plan.json"))
-    if stored is not None and stored.get("inputs") == fingerprint:
-        return [ShardTask(**t) for t in stored["shards"]]
-    shutil.rmtree(parts_dir, ignore_errors=True)  # parts of other inputs are of no use
-    os.makedirs(parts_dir)
-    tasks = plan_shards(config, target)
-    write_json_atomic(
-        os.path.join(parts_dir, "plan.json"),
-        {"inputs": fingerprint, "shards": [asdict(t) for t in tasks]},
-    )
-    return tasks
-
-
-def _part(parts_dir: str, index: int) -> str:
-    return os.path.join(parts_dir, f"part-{index:05d}.jsonl")
-
-
-def _meta(parts_dir: str, index: int) -> str:
-    return os.path.join(parts_dir, f"part-{index:05d}.json")
-
-
-def _completed(parts_dir: str, task: ShardTask) -> dict[str, Any] | None:
-    """The meta of a shard whose part is complete and unchanged, else None."""
-    meta = read_manifest(_meta(parts_dir, task.index))
-    if meta is None or not os.path.exists(_part(parts_dir, task.index)):
-        return None
-    info = scan_part(_part(parts_dir, task.index))
-    return meta if (info.rows, info.sha256) == (meta["rows"], meta["sha256"]) else None
-
-
-# -- actors (plain classes; `ray.remote` wraps them when a run starts) --------------------
-
-
-class RateActor:
-    """The global token bucket: `lease(n)` returns n permits when the rate allows them."""
-
-    def __init__(self, rate: float) -> None:
-        self._interval = 1.0 / rate
-        self._next = 0.0
-
-    async def lease(self, n: int) -> int:
-        # Subtleness: permits are granted on a virtual schedule, never saved up, so an
-        # idle moment does not turn into a burst later (the bucket holds one lease).
-        now = time.monotonic()
-        at = max(self._next, now)
-        self._next = at + n * self._interval
-        if at > now:
-            await asyncio.sleep(at - now)
-        return n
-
-
-class TokenActor:
-    """Holds the run's one token provider; every sender asks here."""
-
-    def __init__(self, config: Config, factory: TokenFactory) -> None:
-        self._config = config
-        self._factory = factory
-        self._stack = AsyncExitStack()
-        self._provider: TokenProvider | None = None
-        self._lock = asyncio.Lock()
-
-    async def _get(self) -> TokenProvider:
-        async with self._lock:
-            if self._provider is None:
-                self._provider = await self._stack.enter_async_context(self._factory(self._config))
-            return self._provider
-
-    async def authorization(self) -> str | None:
-        return (await self._get()).authorization()
-
-    async def refresh_after_401(self, used: str | None) -> tuple[bool, str | None]:
-        provider = await self._get()
-        current = provider.authorization()
-        if current != used:  # another sender got the new token already
-            return current is not None, current
-        ok = await provider.refresh_after_401(used)
-        return ok, provider.authorization()
-
-    async def close(self) -> None:
-        await self._stack.aclose()
-
-
-class _LeasedLimiter:
-    """A sender's view of the global rate: spends leased permits, leases more when out."""
-
-    def __init__(self, rate_actor: Any, lease: int) -> None:
-        self._rate = rate_actor
-        self._lease = lease
-        self._permits = 0
-        self._lock = anyio.Lock()
-
-    async def acquire(self) -> None:
-        while self._permits == 0:
-            async with self._lock:
-                if self._permits == 0:
-                    self._permits += await self._rate.lease.remote(self._lease)
-        self._permits -= 1
-
-
-class _ClusterToken:
-    """TokenProvider of a sender: the token actor's current value, followed in the background."""
-
-    def __init__(self, token_actor: Any, header: str | None) -> None:
-        self._actor = token_actor
-        self._header = header
-
-    def authorization(self) -> str | None:
-        return self._header
-
-    async def refresh_after_401(self, used: str | None) -> bool:
-        ok, self._header = await self._actor.refresh_after_401.remote(used)
-        return bool(ok)
-
-    async def follow(self) -> None:
-        while True:
-            await anyio.sleep(_TOKEN_POLL_SECONDS)
-            self._header = await self._actor.authorization.remote()
-
-
-@dataclass(frozen=True, slots=True)
-class ShardDone:
-    index: int
-    rows: int
-    sha256: str
-    stats: dict[str, Any]
-    stopped: str | None
-
-
-class SenderActor:
-    """Runs shards through the ordinary engine, one at a time, over one HTTP session."""
-
-    def __init__(
-        self, config: Config, rate_actor: Any, token_actor: Any, parts_dir: str, cwd: str
-    ) -> None:
-        # Input paths are read as the driver was given them (so sources read the same):
-        # relative ones from the driver's directory, which shared storage must provide.
-        with contextlib.suppress(OSError):
-            os.chdir(cwd)
-        self._config = config
-        self._rate = rate_actor
-        self._tokens_actor = token_actor
-        self._parts_dir = parts_dir
-        self._stack = AsyncExitStack()
-        self._transport: Any = None
-        self._tokens: _ClusterToken | None = None
-        self._limiter: _LeasedLimiter | None = None
-
-    async def _start(self) -> None:
-        from engine.transport import AiohttpTransport
-
-        config = self._config
-        if not config.dry_run:
-            self._transport = await self._stack.enter_async_context(
-                AiohttpTransport(concurrency=config.concurrency, timeout=config.timeout)
-            )
-        header = await self._tokens_actor.authorization.remote()
-        self._tokens = _ClusterToken(self._tokens_actor, header)
-        if config.rate is not None:
-            lease = max(1, math.floor(config.rate * _LEASE_SECONDS))
-            self._limiter = _LeasedLimiter(self._rate, lease)
-
-    async def run_shard(self, task: ShardTask) -> ShardDone:
-        if self._tokens is None:
-            await self._start()
-        assert self._tokens is not None
-        tokens = self._tokens
-        engine = _Engine(self._config, tokens, self._transport, limiter=self._limiter)
-        final = _part(self._parts_dir, task.index)
-        tmp = f"{final}.tmp-{uuid.uuid4().hex}"
-        counts = ReadCounts()
-        sink = JsonlSink(tmp)
-
-        async def emit(batch: list[Result]) -> None:
-            data = b"".join([r.to_json() + b"\n" for r in batch])
-            for secret in _secrets(self._config, tokens):
-                data = data.replace(secret, b"[redacted]")
-            sink.write(data)
-
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(tokens.follow)
-                feed = _shard_feed(self._config, task, counts)
-                summary = await engine.execute(feed, emit, counts)
-                tg.cancel_scope.cancel()
-        finally:
-            sink.close()
-        stats = stats_to_dict(engine.state.stats)
-        if summary.stopped is not None:
-            os.remove(tmp)  # an incomplete part is never renamed
-            return ShardDone(task.index, 0, "", stats, summary.stopped)
-        _fsync(tmp)
-        info = scan_part(tmp)
-        os.replace(tmp, final)
-        meta = {"index": task.index, "rows": info.rows, "sha256": info.sha256, "stats": stats}
-        write_json_atomic(_meta(self._parts_dir, task.index), meta)
-        return ShardDone(task.index, info.rows, info.sha256, stats, None)
-
-    async def close(self) -> None:
-        await self._stack.aclose()
-
-
-def _fsync(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _secrets(config: Config, tokens: _ClusterToken) -> list[bytes]:
-    out = [config.token] if config.token else []
-    header = tokens.authorization()
-    if header and header.startswith("Bearer "):
-        out.append(header[7:])
-    return [s.encode() for s in out if s]
-
-
-def _shard_items(config: Config, task: ShardTask, counts: ReadCounts) -> Iterator[Item]:
-    defaults = _defaults(config)
-    if task.whole:
-        return read_items(
-            [task.path],
-            input_format=config.input_format,
-            defaults=defaults,
-            max_line_bytes=config.max_line_bytes,
-            counts=counts,
-        )
-    return read_range_items(
-        task.path,
-        task.start,
-        task.end,
-        first_line=task.first_line,
-        defaults=defaults,
-        max_line_bytes=config.max_line_bytes,
-        counts=counts,
-    )
-
-
-async def _shard_feed(config: Config, task: ShardTask, counts: ReadCounts) -> Feed:
-    items = _shard_items(config, task, counts)
-    try:
-        while batch := await anyio.to_thread.run_sync(next_batch, items, _READ_BATCH):
-            yield batch
-    finally:
-        close = getattr(items, "close", None)
-        if close is not None:
-            close()
-
-
-# -- the driver ---------------------------------------------------------------------------
 
 
 def _import_ray() -> Any:
@@ -451,7 +109,7 @@ async def run_ray(
     to a fresh actor, up to `attempts` times.
     """
     ray = _import_ray()
-    config = config.with_changes(backend="ray").validated()
+    config = config.with_changes(backend="ray", progress=False).validated()
     check_inputs(config.inputs)
     assert config.output is not None
     output = config.output
@@ -467,7 +125,7 @@ async def run_ray(
                     endpoint=handle.delivery_url, token=handle.config.static_tokens[0], mock=False
                 )
             count = senders or max(1, int(ray.cluster_resources().get("CPU", 1)))
-            plan, todo = await anyio.to_thread.run_sync(_prepare, config, parts_dir, count, shards)
+            plan, todo = await anyio.to_thread.run_sync(prepare, config, parts_dir, count, shards)
             done, stopped = await _dispatch(
                 ray, config, todo, parts_dir, count, token_factory, attempts
             )
@@ -498,6 +156,8 @@ async def _dispatch(
     """Run every shard of `todo` on `count` sender actors; (results, why it stopped)."""
     from ray.exceptions import RayActorError, RayTaskError
 
+    if not todo:
+        return [], None
     helper = {"num_cpus": 0}
     rate_actor = (
         ray.remote(RateActor).options(**helper).remote(config.rate)
@@ -549,7 +209,7 @@ async def _dispatch(
             for index in range(min(count, len(todo))):
                 tg.start_soon(slot, index)
     finally:
-        await _close_actors(ray, actors, token_actor, rate_actor)
+        await _close_actors(ray, actors, token_actor, rate_actor, min(count, len(todo)))
     if failures:
         return done, (
             f"{failures[0]}; the complete shards are kept in {parts_dir}: run again to finish"
@@ -557,7 +217,9 @@ async def _dispatch(
     return done, None
 
 
-async def _close_actors(ray: Any, actors: list[Any], token_actor: Any, rate_actor: Any) -> None:
+async def _close_actors(
+    ray: Any, actors: list[Any], token_actor: Any, rate_actor: Any, names: int
+) -> None:
     for actor in [*actors, token_actor]:
         with contextlib.suppress(Exception):
             await actor.close.remote()
@@ -565,6 +227,15 @@ async def _close_actors(ray: Any, actors: list[Any], token_actor: Any, rate_acto
         if actor is not None:
             with contextlib.suppress(Exception):
                 ray.kill(actor)
+    # A name is free again once its actor is gone; the next run in this session
+    # (a rerun, a test) names its senders the same.
+    for slot in range(names):
+        for _ in range(250):
+            try:
+                ray.get_actor(SENDER_NAME.format(slot))
+            except ValueError:
+                break
+            await anyio.sleep(0.02)
 
 
 def _merge(plan: list[ShardTask], parts_dir: str, output: str) -> int:
@@ -573,10 +244,10 @@ def _merge(plan: list[ShardTask], parts_dir: str, output: str) -> int:
     entries: list[dict[str, Any]] = []
     with open(tmp, "wb") as out:
         for task in plan:
-            meta = read_manifest(_meta(parts_dir, task.index))
+            meta = read_manifest(meta_path(parts_dir, task.index))
             if meta is None:
                 raise FatalError(f"shard {task.index} has no part in {parts_dir}")
-            info = copy_part(_part(parts_dir, task.index), out)
+            info = copy_part(part_path(parts_dir, task.index), out)
             if (info.rows, info.sha256) != (meta["rows"], meta["sha256"]):
                 raise FatalError(f"part {info.path} changed after its shard finished")
             entries.append(
@@ -604,7 +275,6 @@ __all__ = [
     "ShardTask",
     "TokenActor",
     "TokenFactory",
-    "plan_shards",
     "run_ray",
     "static_tokens",
 ]
