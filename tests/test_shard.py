@@ -8,6 +8,8 @@ from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import engine
 from engine.cli import main
@@ -315,3 +317,20 @@ def test_backend_ray_without_ray_is_one_line(
     err = capsys.readouterr().err
     assert err.startswith("adbatch: error: --backend ray needs Ray: pip install 'adbatch[ray]'")
     assert "Traceback" not in err
+
+
+@given(
+    data=st.lists(
+        st.sampled_from([b"a", b"bb", b"\n", b"\r\n", b"x" * 40, b"{}", b"\xff"]), max_size=60
+    ).map(b"".join),
+    parts=st.integers(min_value=1, max_value=20),
+)
+def test_cut_ranges_property(data: bytes, parts: int) -> None:
+    """Any bytes, any number of parts: ranges tile the file, each starts at a line start."""
+    ranges = cut_ranges(len(data), parts, bytes_reader(data))
+    assert b"".join(data[r.start : r.end] for r in ranges) == data
+    assert len(ranges) <= parts
+    for r in ranges:
+        assert r.start < r.end
+        assert r.start == 0 or data[r.start - 1] == ord("\n")
+        assert r.first_line == data[: r.start].count(b"\n") + 1

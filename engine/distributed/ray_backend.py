@@ -209,7 +209,8 @@ async def _dispatch(
             for index in range(min(count, len(todo))):
                 tg.start_soon(slot, index)
     finally:
-        await _close_actors(ray, actors, token_actor, rate_actor, min(count, len(todo)))
+        with anyio.CancelScope(shield=True):  # an interrupted run still frees its actors
+            await _close_actors(ray, actors, token_actor, rate_actor, min(count, len(todo)))
     if failures:
         return done, (
             f"{failures[0]}; the complete shards are kept in {parts_dir}: run again to finish"
