@@ -32,7 +32,7 @@ from engine.config import Config
 from engine.distributed.merge import scan_part, stats_to_dict, write_json_atomic
 from engine.distributed.plan import ShardTask, meta_path, part_path
 from engine.events import Item
-from engine.results import Result
+from engine.results import MIN_SECRET_LENGTH, Result
 from engine.runner import Feed, _defaults, _Engine
 from engine.sinks import JsonlSink
 from engine.sources import ReadCounts, next_batch, read_items, read_range_items
@@ -179,6 +179,8 @@ class SenderActor:
         assert self._tokens is not None
         tokens = self._tokens
         engine = _Engine(self._config, tokens, self._transport, limiter=self._limiter)
+        # Error texts are redacted of the cluster's token too, not only a static one.
+        engine.secrets = tuple(s.decode() for s in _secrets(self._config, tokens))
         final = part_path(self._parts_dir, task.index)
         tmp = f"{final}.tmp-{uuid.uuid4().hex}"
         counts = ReadCounts()
@@ -226,7 +228,7 @@ def _secrets(config: Config, tokens: _ClusterToken) -> list[bytes]:
     header = tokens.authorization()
     if header and header.startswith("Bearer "):
         out.append(header[7:])
-    return [s.encode() for s in out if s]
+    return [s.encode() for s in out if len(s) >= MIN_SECRET_LENGTH]
 
 
 def _shard_items(config: Config, task: ShardTask, counts: ReadCounts) -> Iterator[Item]:
