@@ -334,3 +334,15 @@ def test_cut_ranges_property(data: bytes, parts: int) -> None:
         assert r.start < r.end
         assert r.start == 0 or data[r.start - 1] == ord("\n")
         assert r.first_line == data[: r.start].count(b"\n") + 1
+
+
+def test_indexed_job_example_runs_shard_index_of_completions() -> None:
+    yaml = pytest.importorskip("yaml")
+    root = Path(__file__).resolve().parent.parent
+    job = yaml.safe_load((root / "examples" / "k8s-indexed-job.yaml").read_text())
+    spec = job["spec"]
+    assert spec["completionMode"] == "Indexed"
+    command = " ".join(spec["template"]["spec"]["containers"][0]["args"])
+    assert f'--shard "$JOB_COMPLETION_INDEX/{spec["completions"]}"' in command
+    assert "$JOB_COMPLETION_INDEX.jsonl" in command  # one output per index
+    assert "--token" not in command  # the token comes from a Secret, through the environment

@@ -61,8 +61,12 @@ SENDER_NAME = "adbatch-sender-{}"
 
 
 @contextlib.asynccontextmanager
-async def static_tokens(config: Config) -> AsyncIterator[TokenProvider]:
-    """The default factory: the configured static token (OAuth providers plug in here)."""
+async def config_tokens(config: Config) -> AsyncIterator[TokenProvider]:
+    """The token provider the config asks for, built once per run, in the token actor.
+
+    Today that is the static token; the OAuth2 client-credentials provider (engine/auth.py)
+    plugs in here -- its background refresh then runs in the token actor alone.
+    """
     yield StaticToken(config.token)
 
 
@@ -99,7 +103,7 @@ async def run_ray(
     *,
     shards: int | None = None,
     senders: int | None = None,
-    token_factory: TokenFactory = static_tokens,
+    token_factory: TokenFactory = config_tokens,
     attempts: int = 3,
 ) -> Summary:
     """Run `config` on Ray; returns the summary of the shards run now (histograms merged).
@@ -276,6 +280,6 @@ __all__ = [
     "ShardTask",
     "TokenActor",
     "TokenFactory",
+    "config_tokens",
     "run_ray",
-    "static_tokens",
 ]
