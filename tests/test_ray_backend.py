@@ -5,22 +5,20 @@ Skipped when the extra `adbatch[ray]` is not installed. One Ray session for the 
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import gzip
 import logging
 import os
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import aiohttp
 import anyio
 import orjson
 import pytest
+from oauth_client import oauth_tokens
 
 import engine
-from engine.auth import TokenProvider
 from engine.cli import main
 from engine.distributed.merge import manifest_path, read_manifest, scan_part
 from engine.mock import MockConfig, MockHandle, running_mock
@@ -90,41 +88,6 @@ def _config(mock: MockHandle, inputs: list[Path], out: Path, **kw: object) -> en
     )
 
 
-class _ClientCredentials:
-    """A client-credentials provider against the mock's token endpoint (as issue 3's will)."""
-
-    def __init__(self, session: aiohttp.ClientSession, url: str) -> None:
-        self._session = session
-        self._url = url
-        self._header: str | None = None
-
-    async def fetch(self) -> None:
-        form = {
-            "grant_type": "client_credentials",
-            "client_id": "mock-client",
-            "client_secret": "mock-secret",
-        }
-        async with self._session.post(self._url, data=form) as resp:
-            resp.raise_for_status()
-            self._header = "Bearer " + (await resp.json())["access_token"]
-
-    def authorization(self) -> str | None:
-        return self._header
-
-    async def refresh_after_401(self, used: str | None) -> bool:
-        if used == self._header:
-            await self.fetch()
-        return True
-
-
-@contextlib.asynccontextmanager
-async def oauth_tokens(url: str, config: engine.Config) -> AsyncIterator[TokenProvider]:
-    async with aiohttp.ClientSession() as session:
-        provider = _ClientCredentials(session, url)
-        await provider.fetch()
-        yield provider
-
-
 @pytest.mark.anyio
 async def test_every_event_exactly_once_one_token_and_the_global_rate(
     mock: MockHandle, tmp_path: Path
@@ -138,9 +101,19 @@ async def test_every_event_exactly_once_one_token_and_the_global_rate(
     rate = 190.0
     config = _config(mock, [big, packed, csv_input], out, rate=rate)
 
-    summary = await run_ray(
-        config, shards=6, senders=2, token_factory=functools.partial(oauth_tokens, mock.token_url)
-    )
+    factory = functools.partial(oauth_tokens, mock.token_url)
+    result: list[engine.Summary] = []
+
+    async def go() -> None:
+        result.append(await run_ray(config, shards=6, senders=2, token_factory=factory))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(go)
+        # Mid-run the token is revoked: every sender meets 401s, the cluster renews once.
+        await _wait_for(lambda: mock.state.delivery_requests >= 250)
+        first_token = f"Bearer {next(iter(mock.state._tokens))}"
+        mock.state.revoke_all_tokens()
+    summary = result[0]
 
     # Every event exactly once in the merged output.
     rows = _rows(out)
@@ -149,17 +122,23 @@ async def test_every_event_exactly_once_one_token_and_the_global_rate(
     assert set(ids) == expected_ids
     assert max(ids.values()) == 1
     assert len(rows) == 570
-    assert mock.state.delivery_requests == 570
+    assert all(r["ok"] for r in rows)  # a 401 is retried once with the new token
+    assert mock.state.delivery_requests == 570 + mock.state.unauthorized
     # Records keep their true place in the input, also past a byte-range cut.
     sources = {r["id"]: r["source"] for r in rows}
     assert sources["ev-0"] == f"{big}:1"
     assert sources["ev-499"] == f"{big}:501"  # after the blank line
     assert sources["ev-500"] == f"{packed}:1"
-    # One token request for the whole cluster, and every call carried that token.
-    assert mock.state.token_requests == 1
+    # One token request for the whole cluster per renewal: the first, and one after
+    # the revocation; every call carried one of the two tokens.
+    assert mock.state.token_requests == 2
+    second_token = f"Bearer {next(iter(mock.state._tokens))}"
     assert {r.headers["Authorization"] for r in mock.state.requests} == {
-        f"Bearer {next(iter(mock.state._tokens))}"
+        first_token,
+        second_token,
     }
+    refused = mock.state.unauthorized
+    assert refused >= 1
     # No 1-second window more than 10% over the global rate (two actors, one bucket).
     times = sorted(r.received_at for r in mock.state.requests)
     busiest, j = 0, 0
@@ -172,6 +151,7 @@ async def test_every_event_exactly_once_one_token_and_the_global_rate(
     # The summary merges every actor's counters and histograms.
     assert summary.events == 570
     assert summary.ok == 570
+    assert summary.statuses == {"200": 570}
     assert summary.latency_ms["p50"] is not None
     manifest = read_manifest(manifest_path(str(out)))
     assert manifest is not None

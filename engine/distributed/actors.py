@@ -45,19 +45,34 @@ _TOKEN_POLL_SECONDS = 2.0
 _READ_BATCH = 256
 
 
+@dataclass(slots=True)
+class LeaseSchedule:
+    """When a lease of n permits may be spent, for a global rate (pure; time is given).
+
+    Subtleness: permits are granted on a virtual schedule, never saved up, so an idle
+    moment does not turn into a burst later. Over any interval of T seconds the leases
+    granted hold at most rate * T + one lease of permits.
+    """
+
+    rate: float
+    next_at: float = -math.inf
+
+    def grant(self, now: float, n: int) -> float:
+        """The time at which `n` permits asked for at `now` may be spent (>= now)."""
+        at = max(self.next_at, now)
+        self.next_at = at + n / self.rate
+        return at
+
+
 class RateActor:
     """The global token bucket: `lease(n)` returns n permits when the rate allows them."""
 
     def __init__(self, rate: float) -> None:
-        self._interval = 1.0 / rate
-        self._next = 0.0
+        self._schedule = LeaseSchedule(rate)
 
     async def lease(self, n: int) -> int:
-        # Subtleness: permits are granted on a virtual schedule, never saved up, so an
-        # idle moment does not turn into a burst later (the bucket holds one lease).
         now = time.monotonic()
-        at = max(self._next, now)
-        self._next = at + n * self._interval
+        at = self._schedule.grant(now, n)
         if at > now:
             await asyncio.sleep(at - now)
         return n
@@ -72,6 +87,7 @@ class TokenActor:
         self._stack = AsyncExitStack()
         self._provider: TokenProvider | None = None
         self._lock = asyncio.Lock()
+        self._refresh_lock = asyncio.Lock()
 
     async def _get(self) -> TokenProvider:
         async with self._lock:
@@ -84,11 +100,14 @@ class TokenActor:
 
     async def refresh_after_401(self, used: str | None) -> tuple[bool, str | None]:
         provider = await self._get()
-        current = provider.authorization()
-        if current != used:  # another sender got the new token already
-            return current is not None, current
-        ok = await provider.refresh_after_401(used)
-        return ok, provider.authorization()
+        # One refresh at a time for the whole cluster: when a burst of 401s arrives
+        # from every sender, the first refreshes and the rest find the new token.
+        async with self._refresh_lock:
+            current = provider.authorization()
+            if current != used:
+                return current is not None, current
+            ok = await provider.refresh_after_401(used)
+            return ok, provider.authorization()
 
     async def close(self) -> None:
         await self._stack.aclose()
