@@ -12,6 +12,7 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
@@ -21,6 +22,7 @@ from typing import Any
 from engine.config import Config
 from engine.distributed.merge import read_manifest, scan_part, write_json_atomic
 from engine.distributed.shard import cut_ranges
+from engine.errors import ConfigError
 from engine.sources import _GZIP_MAGIC, source_format
 
 MIN_RANGE_BYTES = 1 << 20
@@ -89,13 +91,20 @@ def prepare(
 def _load_or_plan(config: Config, parts_dir: str, target: int) -> list[ShardTask]:
     """The stored plan when the inputs are unchanged (a rerun), else a fresh one."""
     fingerprint = _fingerprint(config)
-    stored = read_manifest(os.path.join(parts_dir, "plan.json"))
+    plan_file = os.path.join(parts_dir, "plan.json")
+    stored = read_manifest(plan_file)
     if stored is not None and stored.get("inputs") == fingerprint:
         for name in os.listdir(parts_dir):
             if ".tmp-" in name:  # an attempt that died mid-shard
                 os.remove(os.path.join(parts_dir, name))
-        return [ShardTask(**t) for t in stored["shards"]]
-    shutil.rmtree(parts_dir, ignore_errors=True)  # parts of other inputs are of no use
+        with contextlib.suppress(TypeError, KeyError):
+            return [ShardTask(**t) for t in stored["shards"]]
+    if os.path.exists(parts_dir):
+        if stored is None:
+            raise ConfigError(
+                f"{parts_dir} exists and holds no adbatch plan; move it away or choose another -o"
+            )
+        shutil.rmtree(parts_dir)  # parts of other inputs are of no use
     os.makedirs(parts_dir)
     tasks = plan_shards(config, target)
     write_json_atomic(
