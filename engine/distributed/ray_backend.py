@@ -118,8 +118,8 @@ async def run_ray(
     assert config.output is not None
     output = config.output
     parts_dir = os.path.join(os.getcwd(), output + ".parts")
-    start = time.perf_counter()
     with _ray_session(ray):
+        start = time.perf_counter()  # the run, not Ray's own start
         async with AsyncExitStack() as stack:
             if config.mock:
                 from engine.mock import running_mock
