@@ -67,7 +67,7 @@ def _shard(text: str) -> tuple[int, int]:
 
 
 def _add_distribution_options(p: argparse.ArgumentParser) -> None:
-    dist = p.add_argument_group("beyond one process (see docs/distributed.md)")
+    dist = p.add_argument_group("beyond one process")
     dist.add_argument(
         "--shard",
         type=_shard,
@@ -395,6 +395,11 @@ def config_from_args(args: argparse.Namespace) -> Config:
     merged["progress"] = (not args.no_progress) and sys.stderr.isatty()
     if merged.get("partner_id") is not None:
         merged["partner_id"] = str(merged["partner_id"])
+    if isinstance(merged.get("shard"), str):  # shard = "0/4" in a config file
+        try:
+            merged["shard"] = _shard(merged["shard"])
+        except argparse.ArgumentTypeError as exc:
+            raise ConfigError(f"shard: {exc}") from None
     try:
         return Config(**merged).validated()
     except TypeError as exc:

@@ -131,6 +131,12 @@ class Config:
         if self.backend not in ("local", "ray"):
             raise ConfigError(f"--backend must be local or ray, got {self.backend!r}")
         if self.shard is not None:
+            if not (
+                isinstance(self.shard, tuple | list)
+                and len(self.shard) == 2
+                and all(isinstance(n, int) for n in self.shard)
+            ):
+                raise ConfigError(f"--shard must be I/N such as 0/4, got {self.shard!r}")
             index, count = self.shard
             if count < 1 or not 0 <= index < count:
                 raise ConfigError(f"--shard must be I/N with 0 <= I < N, got {index}/{count}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -346,3 +347,27 @@ def test_indexed_job_example_runs_shard_index_of_completions() -> None:
     assert f'--shard "$JOB_COMPLETION_INDEX/{spec["completions"]}"' in command
     assert "$JOB_COMPLETION_INDEX.jsonl" in command  # one output per index
     assert "--token" not in command  # the token comes from a Secret, through the environment
+
+
+@pytest.mark.parametrize(
+    ("toml", "expected"),
+    [
+        pytest.param('shard = "1/3"\nshard-by = "id"\n', None, id="string"),
+        pytest.param('shard = "3/3"\n', "shard: the shard index I must be within 0..2", id="bad"),
+        pytest.param("shard = 7\n", "--shard must be I/N such as 0/4, got 7", id="number"),
+    ],
+)
+def test_shard_from_config_file(
+    toml: str, expected: str | None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from engine.cli import build_parser, config_from_args
+
+    conf = tmp_path / "adbatch.toml"
+    conf.write_text(toml)
+    args = build_parser().parse_args(["run", "--dry-run", "--config", str(conf), "x.jsonl"])
+    if expected is None:
+        config = config_from_args(args)
+        assert (config.shard, config.shard_by) == ((1, 3), "id")
+    else:
+        with pytest.raises(ConfigError, match=re.escape(expected)):
+            config_from_args(args)
