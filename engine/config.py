@@ -140,11 +140,6 @@ class Config:
             index, count = self.shard
             if count < 1 or not 0 <= index < count:
                 raise ConfigError(f"--shard must be I/N with 0 <= I < N, got {index}/{count}")
-            if self.ordered:
-                raise ConfigError(
-                    "--ordered cannot be combined with --shard; `adbatch merge` joins the "
-                    "shard outputs"
-                )
             if self.backend == "ray":
                 raise ConfigError("--shard is for separate processes; --backend ray shards itself")
         if self.backend == "ray":
@@ -152,6 +147,10 @@ class Config:
                 raise ConfigError("--backend ray needs -o FILE (shard parts are kept beside it)")
             if "-" in self.inputs:
                 raise ConfigError("--backend ray reads files, not stdin")
+            if self.resume:
+                raise ConfigError(
+                    "--backend ray resumes by itself (a rerun skips complete shards); drop --resume"
+                )
 
     def with_changes(self, **changes: Any) -> Config:
         return replace(self, **changes)

@@ -235,6 +235,17 @@ async def test_two_shards_are_disjoint_and_cover_the_input(
 
 
 @pytest.mark.anyio
+async def test_an_ordered_shard_writes_its_records_in_input_order(
+    mock: MockHandle, tmp_path: Path
+) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"".join(_event(n) + b"\n" for n in range(60)))
+    out = tmp_path / "part-1.jsonl"
+    await engine.run(_config(mock, path, out, shard=(1, 3), ordered=True))
+    assert [r["seq"] for r in _rows(out)] == list(range(1, 60, 3))
+
+
+@pytest.mark.anyio
 async def test_merge_names_a_missing_shard_and_duplicates(
     mock: MockHandle, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -282,7 +293,11 @@ async def test_merge_catches_a_part_changed_or_torn(mock: MockHandle, tmp_path: 
     ("argv", "message"),
     [
         pytest.param(["--shard", "2/2"], "within 0..1", id="index-out-of-range"),
-        pytest.param(["--shard", "0/2", "--ordered"], "--ordered cannot", id="ordered"),
+        pytest.param(
+            ["--backend", "ray", "--resume", "-o", "out.jsonl"],
+            "resumes by itself",
+            id="ray-resume",
+        ),
         pytest.param(["--shard", "0/2", "--backend", "ray"], "shards itself", id="with-ray"),
         pytest.param(["--backend", "ray"], "needs -o FILE", id="ray-needs-output"),
     ],
