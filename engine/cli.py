@@ -57,6 +57,37 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _shard(text: str) -> tuple[int, int]:
+    from engine.distributed.shard import parse_shard
+
+    try:
+        return parse_shard(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_distribution_options(p: argparse.ArgumentParser) -> None:
+    dist = p.add_argument_group("beyond one process")
+    dist.add_argument(
+        "--shard",
+        type=_shard,
+        metavar="I/N",
+        help="take only shard I of N (I from 0, e.g. $JOB_COMPLETION_INDEX/4); "
+        "join the outputs with `adbatch merge`",
+    )
+    dist.add_argument(
+        "--shard-by",
+        choices=("position", "id"),
+        help="assign records to shards by position (default) or by a hash of their id",
+    )
+    dist.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        help="local (default) or ray: spread the run over a Ray cluster (RAY_ADDRESS, "
+        "or a local Ray); needs the extra adbatch[ray]",
+    )
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "inputs",
@@ -251,7 +282,18 @@ def build_parser() -> argparse.ArgumentParser:
         "JSONL record per input line.",
     )
     _add_run_options(run_p)
+    _add_distribution_options(run_p)
     run_p.set_defaults(handler=_cmd_run)
+
+    merge_p = sub.add_parser(
+        "merge",
+        help="join the outputs of `run --shard` and check they cover the input exactly once",
+        description="Join the outputs of `adbatch run --shard I/N` into one file, each "
+        "record once, and check every input record is there exactly once.",
+    )
+    merge_p.add_argument("parts", nargs="+", metavar="PART", help="shard output files")
+    merge_p.add_argument("-o", "--output", required=True, metavar="PATH", help="merged file")
+    merge_p.set_defaults(handler=_cmd_merge)
 
     mock_p = sub.add_parser(
         "mock",
@@ -353,6 +395,11 @@ def config_from_args(args: argparse.Namespace) -> Config:
     merged["progress"] = (not args.no_progress) and sys.stderr.isatty()
     if merged.get("partner_id") is not None:
         merged["partner_id"] = str(merged["partner_id"])
+    if isinstance(merged.get("shard"), str):  # shard = "0/4" in a config file
+        try:
+            merged["shard"] = _shard(merged["shard"])
+        except argparse.ArgumentTypeError as exc:
+            raise ConfigError(f"shard: {exc}") from None
     try:
         return Config(**merged).validated()
     except TypeError as exc:
@@ -374,7 +421,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
             f"{PROG}: reading events from stdin (JSONL; Ctrl-D ends, Ctrl-C aborts)",
             file=sys.stderr,
         )
-    summary = _run_async(partial(runner.run, handle_signals=True), config)
+    if config.backend == "ray":
+        from engine.distributed.ray_backend import run_ray
+
+        summary = _run_async(run_ray, config)
+    else:
+        summary = _run_async(partial(runner.run, handle_signals=True), config)
     print(f"{PROG}: {summary.line()}", file=sys.stderr)
     if summary.stopped:
         print(f"{PROG}: stopped: {summary.stopped}", file=sys.stderr)
@@ -385,6 +437,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
         sys.stderr.flush()
         os._exit(summary.exit_code)
     return int(summary.exit_code)
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from engine.distributed.merge import merge_outputs
+
+    report = merge_outputs(args.parts, args.output)
+    if report.exactly_once:
+        print(f"{PROG}: {report.line()}", file=sys.stderr)
+        return 0
+    print(f"{PROG}: error: {report.line()}", file=sys.stderr)
+    return 1
 
 
 def _cmd_mock(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from engine.errors import ConfigError
@@ -61,6 +61,9 @@ class Config:
     resume: bool = False
     grace: float = 10.0
     allow_insecure: bool = False
+    shard: tuple[int, int] | None = None  # (I, N): this process takes shard I of N
+    shard_by: Literal["position", "id"] = "position"
+    backend: Literal["local", "ray"] = "local"
 
     def validated(self) -> Config:
         """This config, checked; raises ConfigError naming the option at fault."""
@@ -92,6 +95,7 @@ class Config:
         self._validate_reliability()
         if self.inputs.count("-") > 1:
             raise ConfigError("stdin ('-') can be read only once")
+        self._validate_distribution()
         return self
 
     def _validate_reliability(self) -> None:
@@ -120,6 +124,33 @@ class Config:
                 f"refusing to send the bearer token over plain http:// to {url.hostname}; "
                 "use https://, or --allow-insecure if you really mean it"
             )
+
+    def _validate_distribution(self) -> None:
+        if self.shard_by not in ("position", "id"):
+            raise ConfigError(f"--shard-by must be position or id, got {self.shard_by!r}")
+        if self.backend not in ("local", "ray"):
+            raise ConfigError(f"--backend must be local or ray, got {self.backend!r}")
+        if self.shard is not None:
+            if not (
+                isinstance(self.shard, tuple | list)
+                and len(self.shard) == 2
+                and all(isinstance(n, int) for n in self.shard)
+            ):
+                raise ConfigError(f"--shard must be I/N such as 0/4, got {self.shard!r}")
+            index, count = self.shard
+            if count < 1 or not 0 <= index < count:
+                raise ConfigError(f"--shard must be I/N with 0 <= I < N, got {index}/{count}")
+            if self.backend == "ray":
+                raise ConfigError("--shard is for separate processes; --backend ray shards itself")
+        if self.backend == "ray":
+            if self.output is None or self.output == "-":
+                raise ConfigError("--backend ray needs -o FILE (shard parts are kept beside it)")
+            if "-" in self.inputs:
+                raise ConfigError("--backend ray reads files, not stdin")
+            if self.resume:
+                raise ConfigError(
+                    "--backend ray resumes by itself (a rerun skips complete shards); drop --resume"
+                )
 
     def with_changes(self, **changes: Any) -> Config:
         return replace(self, **changes)

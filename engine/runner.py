@@ -27,9 +27,18 @@ import random
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+)
 from contextlib import AsyncExitStack, aclosing, suppress
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import anyio
 import orjson
@@ -59,6 +68,13 @@ from engine.transport import AiohttpTransport, Transport
 Feed = AsyncGenerator[list[Item], None]
 Emit = Callable[[list[Result]], Awaitable[None]]
 
+
+class Limiter(Protocol):
+    """Admits one call per `acquire()` (aiolimiter's AsyncLimiter, the Ray rate lease)."""
+
+    async def acquire(self) -> None: ...
+
+
 _READ_BATCH = 256
 _BURST_SECONDS = 0.005
 _FATAL_KINDS = ("http_401", "connect")
@@ -85,14 +101,21 @@ class _State:
 class _Engine:
     """One run's moving parts; `execute` drives them in one task group."""
 
-    def __init__(self, config: Config, tokens: TokenProvider, transport: Transport | None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        tokens: TokenProvider,
+        transport: Transport | None,
+        *,
+        limiter: Limiter | None = None,
+    ) -> None:
         self.config = config
         self.tokens = tokens
         self.transport = transport
         self.builder = RequestBuilder(
             config.endpoint, user_agent=config.user_agent or DEFAULT_USER_AGENT
         )
-        self.limiter = make_limiter(config.rate)
+        self.limiter: Limiter | None = limiter if limiter is not None else make_limiter(config.rate)
         self.secrets = tuple(s for s in (config.token,) if s)
         self.state = _State()
         self.window = anyio.Semaphore(max(1024, config.concurrency * 8)) if config.ordered else None
@@ -342,13 +365,18 @@ def _defaults(config: Config) -> EventDefaults:
 
 async def file_feed(config: Config, counts: ReadCounts) -> Feed:
     """The configured inputs, read in batches on a worker thread."""
-    items = read_items(
+    reader = read_items(
         config.inputs,
         input_format=config.input_format,
         defaults=_defaults(config),
         max_line_bytes=config.max_line_bytes,
         counts=counts,
     )
+    items: Iterator[Item] = reader
+    if config.shard is not None:
+        from engine.distributed.shard import ShardSpec, select
+
+        items = select(reader, ShardSpec(*config.shard, by=config.shard_by), counts)
     try:
         # abandon_on_cancel: a halted run must not wait for a read blocked on a pipe.
         while batch := await anyio.to_thread.run_sync(
@@ -357,7 +385,7 @@ async def file_feed(config: Config, counts: ReadCounts) -> Feed:
             yield batch
     finally:
         with suppress(ValueError):  # "generator already executing": the abandoned read
-            items.close()
+            reader.close()
 
 
 async def mapping_feed(
@@ -464,6 +492,10 @@ async def run(config: Config, *, handle_signals: bool = False) -> Summary:
         raise error from None
     finally:
         sink.close()
+    if config.shard is not None and sink.name != "<stdout>" and summary.stopped is None:
+        from engine.distributed.merge import write_shard_manifest
+
+        write_shard_manifest(config, records=counts.records)
     return summary
 
 

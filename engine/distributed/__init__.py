@@ -1,0 +1,9 @@
+"""Beyond one process: static shards (`--shard I/N`), `adbatch merge`, the Ray backend.
+
+- `shard.py`: which records a shard takes; byte ranges cut at line boundaries (pure).
+- `merge.py`: join shard outputs, check they cover the input exactly once; manifests.
+- `plan.py`: a Ray run's shards (byte ranges, whole gzip/CSV files) and their parts.
+- `actors.py`: the sender, rate and token actors, as plain classes.
+- `ray_backend.py`: `--backend ray`, the driver; imports ray only when called
+  (extra `adbatch[ray]`).
+"""

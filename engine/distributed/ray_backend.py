@@ -1,0 +1,285 @@
+"""`--backend ray`: the same engine on every CPU of a Ray cluster (extra `adbatch[ray]`).
+
+    driver: plan shards -> N sender actors (one per CPU) -> parts -> merge into -o
+                              |  lease permits     |  current token
+                          rate actor           token actor
+
+Rules:
+- Ray is imported only when a Ray run starts; without the extra, `--backend ray` is a
+  one-line configuration error.
+- Shards: an uncompressed JSONL file is cut into byte ranges at line starts
+  (`shard.cut_ranges`, which also numbers the lines, so `source` stays `path:line`);
+  a gzip or CSV file is one shard (a gzip stream cannot be entered mid-way, a CSV
+  record may span lines and needs its header). `seq` counts from 0 within a shard.
+- A sender runs the ordinary `_Engine` on its shard, writing to a temporary file named
+  for that attempt; when the shard is complete it is fsynced and renamed, then its
+  meta (rows, sha256, stats) is written the same way. A shard whose actor dies is run
+  again from its start by a fresh actor: its events may be *sent* twice, but the
+  output holds each exactly once, because only a complete part is ever renamed.
+- The global `--rate` lives in one actor: a token bucket that hands out permits in
+  leases of ~10 ms of traffic, so the rate holds across actors whatever their number
+  and the lease traffic stays ~100 calls/s. `-c` is per sender.
+- The OAuth token lives in one actor, which alone talks to the token endpoint;
+  senders read its current value and, after a 401, ask it once for a new one.
+- Parts and the plan are kept in `OUT.parts/` (it must be on storage every node sees);
+  a rerun with the same inputs skips shards whose part is complete. The driver joins
+  the parts in shard order into `-o` (through a temporary file and a rename), writes
+  `OUT.manifest.json` (rows and sha256 per shard), then removes `OUT.parts/`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack
+from typing import Any
+
+import anyio
+
+from engine.auth import StaticToken, TokenProvider
+from engine.config import Config
+from engine.distributed.actors import RateActor, SenderActor, ShardDone, TokenActor, TokenFactory
+from engine.distributed.merge import (
+    add_stats,
+    copy_part,
+    read_manifest,
+    scan_part,
+    write_merged_manifest,
+)
+from engine.distributed.plan import ShardTask, meta_path, part_path, prepare
+from engine.errors import ConfigError, FatalError
+from engine.sources import check_inputs
+from engine.stats import RunStats, Summary, summarize
+
+SENDER_NAME = "adbatch-sender-{}"
+
+
+@contextlib.asynccontextmanager
+async def config_tokens(config: Config) -> AsyncIterator[TokenProvider]:
+    """The token provider the config asks for, built once per run, in the token actor.
+
+    Today that is the static token; the OAuth2 client-credentials provider (engine/auth.py)
+    plugs in here -- its background refresh then runs in the token actor alone.
+    """
+    yield StaticToken(config.token)
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError(
+            "--backend ray needs Ray: pip install 'adbatch[ray]' (or pip install ray)"
+        ) from None
+    return ray
+
+
+@contextlib.contextmanager
+def _ray_session(ray: Any) -> Iterator[None]:
+    """Join the cluster at RAY_ADDRESS (or the one already joined), else start a local Ray."""
+    if ray.is_initialized():
+        yield
+        return
+    ray.init(
+        address=os.environ.get("RAY_ADDRESS") or None,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        log_to_driver=False,
+    )
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+async def run_ray(
+    config: Config,
+    *,
+    shards: int | None = None,
+    senders: int | None = None,
+    token_factory: TokenFactory = config_tokens,
+    attempts: int = 3,
+) -> Summary:
+    """Run `config` on Ray; returns the summary of the shards run now (histograms merged).
+
+    `shards` (default: 4 per sender, ranges of at least 1 MiB) and `senders` (default: one
+    per CPU of the cluster) are for tests and tuning. A shard whose actor dies is given
+    to a fresh actor, up to `attempts` times.
+    """
+    ray = _import_ray()
+    config = config.with_changes(backend="ray", progress=False).validated()
+    check_inputs(config.inputs)
+    assert config.output is not None
+    output = config.output
+    parts_dir = os.path.join(os.getcwd(), output + ".parts")
+    with _ray_session(ray):
+        start = time.perf_counter()  # the run, not Ray's own start
+        async with AsyncExitStack() as stack:
+            if config.mock:
+                from engine.mock import running_mock
+
+                handle = await stack.enter_async_context(running_mock())
+                config = config.with_changes(
+                    endpoint=handle.delivery_url, token=handle.config.static_tokens[0], mock=False
+                )
+            count = senders or max(1, int(ray.cluster_resources().get("CPU", 1)))
+            plan, todo = await anyio.to_thread.run_sync(prepare, config, parts_dir, count, shards)
+            done, stopped = await _dispatch(
+                ray, config, todo, parts_dir, count, token_factory, attempts
+            )
+    stats = RunStats()
+    for result in done:
+        add_stats(stats, result.stats)
+    if stopped is None:
+        rows = await anyio.to_thread.run_sync(_merge, plan, parts_dir, output)
+        skipped = len(plan) - len(todo)
+        if skipped:
+            print(
+                f"adbatch: {skipped} of {len(plan)} shards were complete from an earlier run; "
+                f"{rows} rows in {output}",
+                file=sys.stderr,
+            )
+    return summarize(stats, elapsed_s=time.perf_counter() - start, stopped=stopped)
+
+
+async def _dispatch(
+    ray: Any,
+    config: Config,
+    todo: list[ShardTask],
+    parts_dir: str,
+    count: int,
+    token_factory: TokenFactory,
+    attempts: int,
+) -> tuple[list[ShardDone], str | None]:
+    """Run every shard of `todo` on `count` sender actors; (results, why it stopped)."""
+    from ray.exceptions import RayActorError, RayTaskError
+
+    if not todo:
+        return [], None
+    helper = {"num_cpus": 0}
+    rate_actor = (
+        ray.remote(RateActor).options(**helper).remote(config.rate)
+        if config.rate is not None
+        else None
+    )
+    token_actor = ray.remote(TokenActor).options(**helper).remote(config, token_factory)
+    sender_cls = ray.remote(SenderActor)
+
+    def new_sender(slot: int, generation: int) -> Any:
+        name = SENDER_NAME.format(slot) if generation == 0 else None
+        return sender_cls.options(name=name, num_cpus=1).remote(
+            config, rate_actor, token_actor, parts_dir, os.getcwd()
+        )
+
+    queue = list(reversed(todo))
+    tries: dict[int, int] = {}
+    done: list[ShardDone] = []
+    failures: list[str] = []
+    actors: list[Any] = []
+
+    async def slot(index: int) -> None:
+        generation = 0
+        actor = new_sender(index, generation)
+        actors.append(actor)
+        while queue and not failures:
+            task = queue.pop()
+            try:
+                result: ShardDone = await actor.run_shard.remote(task)
+            except RayActorError:
+                tries[task.index] = tries.get(task.index, 0) + 1
+                if tries[task.index] >= attempts:
+                    failures.append(f"shard {task.index} lost its actor {attempts} times")
+                    return
+                queue.append(task)  # run again, from its start, by a fresh actor
+                generation += 1
+                actor = new_sender(index, generation)
+                actors.append(actor)
+                continue
+            except RayTaskError as exc:
+                failures.append(f"shard {task.index} ({task.path}) failed: {exc.cause}")
+                return
+            if result.stopped is not None:
+                failures.append(result.stopped)
+            done.append(result)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for index in range(min(count, len(todo))):
+                tg.start_soon(slot, index)
+    finally:
+        with anyio.CancelScope(shield=True):  # an interrupted run still frees its actors
+            await _close_actors(ray, actors, token_actor, rate_actor, min(count, len(todo)))
+    if failures:
+        return done, (
+            f"{failures[0]}; the complete shards are kept in {parts_dir}: run again to finish"
+        )
+    return done, None
+
+
+async def _close_actors(
+    ray: Any, actors: list[Any], token_actor: Any, rate_actor: Any, names: int
+) -> None:
+    for actor in [*actors, token_actor]:
+        with contextlib.suppress(Exception):
+            await actor.close.remote()
+    for actor in [*actors, token_actor, rate_actor]:
+        if actor is not None:
+            with contextlib.suppress(Exception):
+                ray.kill(actor)
+    # A name is free again once its actor is gone; the next run in this session
+    # (a rerun, a test) names its senders the same.
+    for slot in range(names):
+        for _ in range(250):
+            try:
+                ray.get_actor(SENDER_NAME.format(slot))
+            except ValueError:
+                break
+            await anyio.sleep(0.02)
+
+
+def _merge(plan: list[ShardTask], parts_dir: str, output: str) -> int:
+    """Join the parts in shard order into `output` (atomically) with its manifest."""
+    tmp = f"{output}.tmp-{uuid.uuid4().hex}"
+    entries: list[dict[str, Any]] = []
+    with open(tmp, "wb") as out:
+        for task in plan:
+            meta = read_manifest(meta_path(parts_dir, task.index))
+            if meta is None:
+                raise FatalError(f"shard {task.index} has no part in {parts_dir}")
+            info = copy_part(part_path(parts_dir, task.index), out)
+            if (info.rows, info.sha256) != (meta["rows"], meta["sha256"]):
+                raise FatalError(f"part {info.path} changed after its shard finished")
+            entries.append(
+                {
+                    "shard": task.index,
+                    "input": task.path,
+                    "bytes": [task.start, task.end],
+                    "rows": info.rows,
+                    "sha256": info.sha256,
+                }
+            )
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, output)
+    total = scan_part(output)
+    write_merged_manifest(output, entries, sha256=total.sha256, shards=len(plan))
+    shutil.rmtree(parts_dir, ignore_errors=True)
+    return total.rows
+
+
+__all__ = [
+    "SENDER_NAME",
+    "RateActor",
+    "SenderActor",
+    "ShardTask",
+    "TokenActor",
+    "TokenFactory",
+    "config_tokens",
+    "run_ray",
+]

@@ -1,0 +1,51 @@
+"""A small OAuth2 client-credentials provider against the mock's token endpoint.
+
+For the distributed tests, which need a provider that really asks for tokens (the
+engine's own is engine/auth.py). Imported by name by Ray workers too (not a test module).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import aiohttp
+
+import engine
+from engine.auth import TokenProvider
+
+
+class ClientCredentials:
+    """Fetches a token at start and again after a 401 with the current one."""
+
+    def __init__(self, session: aiohttp.ClientSession, url: str) -> None:
+        self._session = session
+        self._url = url
+        self._header: str | None = None
+
+    async def fetch(self) -> None:
+        form = {
+            "grant_type": "client_credentials",
+            "client_id": "mock-client",
+            "client_secret": "mock-secret",
+        }
+        async with self._session.post(self._url, data=form) as resp:
+            resp.raise_for_status()
+            self._header = "Bearer " + (await resp.json())["access_token"]
+
+    def authorization(self) -> str | None:
+        return self._header
+
+    async def refresh_after_401(self, used: str | None) -> bool:
+        if used == self._header:
+            await self.fetch()
+        return True
+
+
+@contextlib.asynccontextmanager
+async def oauth_tokens(url: str, config: engine.Config) -> AsyncIterator[TokenProvider]:
+    """A `TokenFactory` once bound to the token URL (functools.partial)."""
+    async with aiohttp.ClientSession() as session:
+        provider = ClientCredentials(session, url)
+        await provider.fetch()
+        yield provider
