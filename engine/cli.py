@@ -18,7 +18,14 @@ from typing import Any
 import anyio
 
 from engine import cli_load, runner
-from engine.config import DEFAULT_CONCURRENCY, DEFAULT_ENDPOINT, DEFAULT_TIMEOUT, Config
+from engine.config import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_ENDPOINT,
+    DEFAULT_TIMEOUT,
+    DEFAULT_TOKEN_URL,
+    DEFAULT_TOKEN_WAIT,
+    Config,
+)
 from engine.errors import ConfigError, EngineError
 from engine.sources import DEFAULT_MAX_LINE_BYTES
 
@@ -27,6 +34,9 @@ PROG = "adbatch"
 #: Options that may also come from the environment.
 ENV_VARS = {
     "token": "ADBATCH_TOKEN",
+    "client_id": "ADBATCH_CLIENT_ID",
+    "client_secret": "ADBATCH_CLIENT_SECRET",
+    "token_url": "ADBATCH_TOKEN_URL",
     "endpoint": "ADBATCH_ENDPOINT",
     "partner_id": "ADBATCH_PARTNER_ID",
     "concurrency": "ADBATCH_CONCURRENCY",
@@ -88,6 +98,26 @@ def _add_distribution_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+class _RefuseSecret(argparse.Action):
+    """`--client-secret VALUE` would put the secret in the process list: refuse it.
+
+    It also keeps argparse from taking `--client-secret` as short for
+    `--client-secret-file` and echoing the secret back as a file name.
+    """
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        parser.error(
+            "the client secret is not taken on the command line; "
+            "use --client-secret-file PATH or ADBATCH_CLIENT_SECRET"
+        )
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "inputs",
@@ -147,6 +177,30 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         "which keep it out of the process list",
     )
     api.add_argument("--token-file", metavar="PATH", help="read the static token from a file")
+    api.add_argument(
+        "--client-id",
+        metavar="ID",
+        help="OAuth2 client id: dynamic tokens, renewed in the background (env ADBATCH_CLIENT_ID)",
+    )
+    api.add_argument(
+        "--client-secret-file",
+        metavar="PATH",
+        help="read the OAuth2 client secret from a file (or env ADBATCH_CLIENT_SECRET; "
+        "never on the command line)",
+    )
+    api.add_argument("--client-secret", action=_RefuseSecret, help=argparse.SUPPRESS)
+    api.add_argument(
+        "--token-url",
+        metavar="URL",
+        help=f"OAuth2 token endpoint (default: {DEFAULT_TOKEN_URL}; env ADBATCH_TOKEN_URL)",
+    )
+    api.add_argument(
+        "--token-wait",
+        type=_positive_float,
+        metavar="S",
+        help="how long to keep asking an unavailable token endpoint before stopping "
+        f"(default: {DEFAULT_TOKEN_WAIT:g})",
+    )
     api.add_argument(
         "--mock",
         action="store_true",
@@ -344,6 +398,11 @@ def _load_toml(path: str) -> dict[str, Any]:
                 f"config file {path}: keep the token out of config files; "
                 "use ADBATCH_TOKEN or --token-file"
             )
+        if name == "client_secret":
+            raise ConfigError(
+                f"config file {path}: keep the client secret out of config files; "
+                "use ADBATCH_CLIENT_SECRET or --client-secret-file"
+            )
         out[name] = value
     return out
 
@@ -388,6 +447,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         if args.token is not None:
             raise ConfigError("give --token or --token-file, not both")
         merged["token"] = _read_secret_file(args.token_file, "token")
+    if args.client_secret_file:
+        merged["client_secret"] = _read_secret_file(args.client_secret_file, "client secret")
     if args.inputs:
         merged["inputs"] = tuple(args.inputs)
     elif "inputs" in merged:

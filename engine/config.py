@@ -17,6 +17,8 @@ from engine.errors import ConfigError
 from engine.sources import DEFAULT_MAX_LINE_BYTES, Format
 
 DEFAULT_ENDPOINT = "https://d.us.criteo.com/delivery/retailmedia"
+DEFAULT_TOKEN_URL = "https://api.criteo.com/oauth2/token"
+DEFAULT_TOKEN_WAIT = 30.0
 DEFAULT_CONCURRENCY = 64
 DEFAULT_TIMEOUT = 2.0
 
@@ -42,6 +44,10 @@ class Config:
     user_agent: str | None = None
     ip: str | None = None
     token: str | None = field(default=None, repr=False)
+    client_id: str | None = None
+    client_secret: str | None = field(default=None, repr=False)
+    token_url: str = DEFAULT_TOKEN_URL
+    token_wait: float = DEFAULT_TOKEN_WAIT
     concurrency: int = DEFAULT_CONCURRENCY
     rate: float | None = None
     timeout: float = DEFAULT_TIMEOUT
@@ -79,6 +85,10 @@ class Config:
             raise ConfigError(f"--timeout must be a positive number of seconds, got {self.timeout}")
         if self.max_line_bytes < 64:
             raise ConfigError("--max-line-bytes must be at least 64")
+        if not (self.token_wait > 0 and math.isfinite(self.token_wait)):
+            raise ConfigError(
+                f"--token-wait must be a positive number of seconds, got {self.token_wait}"
+            )
         if self.input_format not in ("auto", "jsonl", "csv"):
             raise ConfigError(f"--format must be auto, jsonl or csv, got {self.input_format!r}")
         if self.partner_id is not None and not self.partner_id.isdigit():
@@ -87,11 +97,7 @@ class Config:
             url = urlsplit(self.endpoint)
             if url.scheme not in ("http", "https") or not url.hostname:
                 raise ConfigError(f"--endpoint must be an http(s) URL, got {self.endpoint!r}")
-            if self.token is None and not self.dry_run:
-                raise ConfigError(
-                    "no token: give --token, set ADBATCH_TOKEN, or use --mock to try adbatch "
-                    "on the embedded mock server"
-                )
+            self._check_credentials()
         self._validate_reliability()
         if self.inputs.count("-") > 1:
             raise ConfigError("stdin ('-') can be read only once")
@@ -151,6 +157,42 @@ class Config:
                 raise ConfigError(
                     "--backend ray resumes by itself (a rerun skips complete shards); drop --resume"
                 )
+
+    def _check_credentials(self) -> None:
+        if self.token is not None and (
+            self.client_id is not None or self.client_secret is not None
+        ):
+            raise ConfigError(
+                "give a static token (--token, --token-file, ADBATCH_TOKEN) or client "
+                "credentials (--client-id, ADBATCH_CLIENT_ID), not both"
+            )
+        if self.client_id is not None and self.client_secret is None:
+            raise ConfigError(
+                "--client-id needs a client secret: --client-secret-file PATH or "
+                "ADBATCH_CLIENT_SECRET"
+            )
+        if self.client_secret is not None and self.client_id is None:
+            raise ConfigError("a client secret needs --client-id (or ADBATCH_CLIENT_ID)")
+        if self.client_id is not None:
+            url = urlsplit(self.token_url)
+            if url.scheme not in ("http", "https") or not url.hostname:
+                raise ConfigError(f"--token-url must be an http(s) URL, got {self.token_url!r}")
+            if url.scheme == "http" and not self.allow_insecure and not is_loopback(url.hostname):
+                raise ConfigError(
+                    f"refusing to send the client secret over plain http:// to {url.hostname}; "
+                    "use https://, or --allow-insecure if you really mean it"
+                )
+        elif self.token is None and not self.dry_run:
+            raise ConfigError(
+                "no token: give --token or ADBATCH_TOKEN, or --client-id with "
+                "--client-secret-file or ADBATCH_CLIENT_SECRET, or use --mock to try "
+                "adbatch on the embedded mock server"
+            )
+
+    @property
+    def dynamic_tokens(self) -> bool:
+        """OAuth2 client credentials (renewed tokens) rather than a static token."""
+        return self.client_id is not None
 
     def with_changes(self, **changes: Any) -> Config:
         return replace(self, **changes)

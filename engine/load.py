@@ -53,6 +53,7 @@ from engine.runner import (
     _first_engine_error,
     _open,
     file_feed,
+    redact_output,
 )
 from engine.series import DROPPED, Figures
 from engine.sinks import JsonlSink
@@ -363,16 +364,19 @@ async def run_load(
     engine_config = config.with_changes(
         rate=None, concurrency=plan.max_in_flight, ordered=False, progress=False
     )
-    secrets = tuple(s.encode() for s in (config.token,) if s and len(s) >= MIN_SECRET_LENGTH)
+    secrets = tuple(
+        s.encode()
+        for s in (config.token, config.client_secret)
+        if s and len(s) >= MIN_SECRET_LENGTH
+    )
     figures = live.figures
+    engine: _Engine | None = None
 
     async def emit(batch: list[Result]) -> None:
         for result in batch:
             figures.add_result(result)
         data = b"".join([r.to_json() + b"\n" for r in batch])
-        for secret in secrets:  # a server that echoes the token must not leak it
-            data = data.replace(secret, b"[redacted]")
-        sink.write(data)
+        sink.write(redact_output(data, secrets, engine))  # a server may echo the token
 
     try:
         async with AsyncExitStack() as stack:
@@ -382,6 +386,7 @@ async def run_load(
                 secrets = (token.encode(),)
             live.token = "mock token" if config.mock else type(engine.tokens).__name__
             async with anyio.create_task_group() as tg:
+                tg.start_soon(engine.keep_tokens)
                 if progress:
                     from engine.progress import show_progress
 
@@ -397,7 +402,9 @@ async def run_load(
         sink.close()
     stats = engine.state.stats
     stats.blank_lines = counts.blank_lines
-    summary = summarize(stats, elapsed_s=elapsed, stopped=engine.state.stopped)
+    summary = summarize(
+        stats, elapsed_s=elapsed, stopped=engine.state.stopped, tokens=engine.tokens.token_stats()
+    )
     sent = stats.events - stats.invalid - figures.dropped
     summary = replace(summary, rate=sent / elapsed if elapsed > 0 else 0.0)
     return LoadOutcome(summary, figures.to_dict(), live.scheduled, window.late)

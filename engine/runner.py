@@ -46,9 +46,9 @@ from aiolimiter import AsyncLimiter
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from engine.auth import StaticToken, TokenProvider
+from engine.auth import OAuthToken, StaticToken, TokenProvider
 from engine.config import Config
-from engine.errors import EngineError
+from engine.errors import AuthError, EngineError
 from engine.events import Event, EventDefaults, Invalid, Item, make_event
 from engine.query import DEFAULT_USER_AGENT, RequestBuilder
 from engine.results import MIN_SECRET_LENGTH, Result, invalid_result, response_result
@@ -185,6 +185,8 @@ class _Engine:
             if attempts == 0:
                 self.policy.budget.on_first_attempt()
             authorization = self.tokens.authorization()
+            if authorization is None:  # the token is in its mandatory window
+                authorization = await self.tokens.wait_authorization()
             response = await self.transport.send(request, authorization)
             attempts += 1
             if (
@@ -318,6 +320,7 @@ class _Engine:
                 tg.start_soon(self._progress, start)
             if handle_signals:
                 tg.start_soon(self.shutdown.watch_signals, tg, self.config.grace)
+            tg.start_soon(self.keep_tokens)
             async with anyio.create_task_group() as pipeline:
                 pipeline.start_soon(self._feed, feed, items_send)
                 pipeline.start_soon(self._workers, items_receive, results_send, workers)
@@ -340,7 +343,16 @@ class _Engine:
             slowed=None if self.adaptive is None else self.adaptive.summary(time.monotonic()),
             interrupted=self.shutdown.interrupted,
             resumed=state.resumed,
+            tokens=self.tokens.token_stats(),
         )
+
+    async def keep_tokens(self) -> None:
+        """The token renewer; when it gives up, the run stops as after a fatal streak."""
+        try:
+            await self.tokens.maintain()
+        except AuthError as exc:
+            if self.state.stopped is None:
+                self.state.stopped = str(exc)
 
     async def _progress(self, start: float) -> None:
         stats = self.state.stats
@@ -436,15 +448,51 @@ async def _open(config: Config, stack: AsyncExitStack) -> _Engine:
         from engine.mock import running_mock  # the mock's server side loads only when asked
 
         handle = await stack.enter_async_context(running_mock())
+        client_id, client_secret = handle.config.clients[0]
         config = config.with_changes(
-            endpoint=handle.delivery_url, token=handle.config.static_tokens[0]
+            endpoint=handle.delivery_url,
+            token=None,
+            token_url=handle.token_url,
+            client_id=client_id,
+            client_secret=client_secret,
         )
+    tokens = await _open_tokens(config, stack)
     transport: Transport | None = None
     if not config.dry_run:
         transport = await stack.enter_async_context(
             AiohttpTransport(concurrency=config.concurrency, timeout=config.timeout)
         )
-    return _Engine(config, StaticToken(config.token), transport)
+    return _Engine(config, tokens, transport)
+
+
+async def _open_tokens(config: Config, stack: AsyncExitStack) -> TokenProvider:
+    """The run's token provider; a dynamic one has its first token before any call."""
+    if not config.dynamic_tokens:
+        return StaticToken(config.token)
+    if config.dry_run:  # sends nothing, asks for nothing; shows "Bearer [redacted]"
+        return StaticToken("[dynamic]")
+    from engine.token_client import TokenClient
+
+    assert config.client_id is not None
+    assert config.client_secret is not None
+    client = await stack.enter_async_context(
+        TokenClient(
+            config.token_url, client_id=config.client_id, client_secret=config.client_secret
+        )
+    )
+    provider = OAuthToken(client, wait=config.token_wait)
+    await provider.start()
+    return provider
+
+
+def redact_output(data: bytes, secrets: tuple[bytes, ...], engine: _Engine | None) -> bytes:
+    """`data` without `secrets` and the tokens handed out so far (a server may echo them)."""
+    issued = () if engine is None else engine.tokens.secrets()
+    tokens = tuple(t.encode() for t in issued if len(t) >= MIN_SECRET_LENGTH)
+    for secret in secrets + tokens:
+        if secret in data:
+            data = data.replace(secret, b"[redacted]")
+    return data
 
 
 def _first_engine_error(group: BaseExceptionGroup[BaseException]) -> EngineError | None:
@@ -470,13 +518,16 @@ async def run(config: Config, *, handle_signals: bool = False) -> Summary:
     counts = ReadCounts()
     index = open_resume(config.output) if config.resume else None
     sink = JsonlSink(config.output, append=config.resume)
-    secrets = tuple(s.encode() for s in (config.token,) if s and len(s) >= MIN_SECRET_LENGTH)
+    secrets = tuple(
+        s.encode()
+        for s in (config.token, config.client_secret)
+        if s and len(s) >= MIN_SECRET_LENGTH
+    )
+    engine: _Engine | None = None
 
     async def emit(batch: list[Result]) -> None:
         data = b"".join([r.to_json() + b"\n" for r in batch])
-        for secret in secrets:  # a server that echoes the token must not leak it
-            data = data.replace(secret, b"[redacted]")
-        sink.write(data)
+        sink.write(redact_output(data, secrets, engine))
 
     try:
         async with AsyncExitStack() as stack:
@@ -520,8 +571,14 @@ async def deliver(
 
             await engine.execute(mapping_feed(events, _defaults(config)), emit)
 
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(produce)
-        async with receive:
-            async for result in receive:
-                yield result
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(produce)
+            async with receive:
+                async for result in receive:
+                    yield result
+    except BaseExceptionGroup as group:  # e.g. AuthError from the first token: say it plainly
+        error = _first_engine_error(group)
+        if error is None:
+            raise
+        raise error from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 _PRECISION = 0.01
 _LOG_BASE = math.log1p(_PRECISION)
@@ -132,6 +133,25 @@ class RunStats:
             self.latency.record(latency_ms)
 
 
+@dataclass(slots=True)
+class TokenStats:
+    """Token events of a run with dynamic tokens (the provider counts, the summary shows)."""
+
+    fetched: int = 0  # tokens obtained, the first one included
+    renewals: int = 0  # tokens obtained after the first
+    after_401: int = 0  # renewals asked for by a 401 rather than by the clock
+    requests: int = 0  # token requests sent
+    failures: int = 0  # token requests that gave no token
+    waits: int = 0  # delivery calls that had to wait for a token
+    renewal_ms_total: float = 0.0  # first try to new token, retries included
+    renewal_ms_max: float = 0.0
+
+    def record_renewal(self, ms: float) -> None:
+        self.renewal_ms_total += ms
+        if ms > self.renewal_ms_max:
+            self.renewal_ms_max = ms
+
+
 @dataclass(frozen=True, slots=True)
 class Summary:
     """The figures of a finished run (what `run()` returns and the CLI prints)."""
@@ -152,6 +172,14 @@ class Summary:
     slowed: str | None = None
     interrupted: int | None = None
     resumed: int = 0
+    dynamic_tokens: bool = False
+    tokens_fetched: int = 0
+    token_renewals: int = 0
+    token_renewals_after_401: int = 0
+    token_failures: int = 0
+    token_waits: int = 0
+    token_renewal_ms_mean: float | None = None
+    token_renewal_ms_max: float | None = None
 
     @property
     def exit_code(self) -> int:
@@ -189,7 +217,22 @@ class Summary:
             parts.append(f"; {self.retry_budget_refused} not retried (retry budget spent)")
         if self.slowed:
             parts.append(f"; {self.slowed}")
+        if self.dynamic_tokens:
+            parts.append(f"; {self.token_line()}")
         return " ".join(parts).replace(" ;", ";")
+
+    def token_line(self) -> str:
+        """Token events, e.g. `tokens: 5 fetched (4 renewals, 1 after 401), 1 failed, ...`."""
+        text = f"tokens: {self.tokens_fetched} fetched ({self.token_renewals} renewals"
+        if self.token_renewals_after_401:
+            text += f", {self.token_renewals_after_401} after 401"
+        text += f"), {self.token_failures} failed"
+        if self.token_renewal_ms_mean is not None and self.token_renewal_ms_max is not None:
+            text += (
+                f", renewal mean {self.token_renewal_ms_mean:.1f} ms"
+                f" max {self.token_renewal_ms_max:.1f} ms"
+            )
+        return text + f", {self.token_waits} calls waited"
 
 
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
@@ -204,6 +247,7 @@ def summarize(
     slowed: str | None = None,
     interrupted: int | None = None,
     resumed: int = 0,
+    tokens: TokenStats | None = None,
 ) -> Summary:
     lat = stats.latency
     latency: dict[str, float | None] = {
@@ -229,4 +273,22 @@ def summarize(
         slowed=slowed,
         interrupted=interrupted,
         resumed=resumed,
+        **_token_fields(tokens),
     )
+
+
+def _token_fields(tokens: TokenStats | None) -> dict[str, Any]:
+    if tokens is None:
+        return {}
+    return {
+        "dynamic_tokens": True,
+        "tokens_fetched": tokens.fetched,
+        "token_renewals": tokens.renewals,
+        "token_renewals_after_401": tokens.after_401,
+        "token_failures": tokens.failures,
+        "token_waits": tokens.waits,
+        "token_renewal_ms_mean": (
+            round(tokens.renewal_ms_total / tokens.renewals, 3) if tokens.renewals else None
+        ),
+        "token_renewal_ms_max": round(tokens.renewal_ms_max, 3) if tokens.renewals else None,
+    }

@@ -132,6 +132,14 @@ def _known_client(config: MockConfig, creds: tuple[str, str]) -> bool:
 
 
 async def _token(request: web.Request) -> web.Response:
+    answer = await _token_answer(request)
+    latency = request.app[STATE_KEY].config.token_latency
+    if latency:  # after issuing: the token's life has begun while its answer travels
+        await asyncio.sleep(latency)
+    return answer
+
+
+async def _token_answer(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
     config = state.config
     state.token_requests += 1

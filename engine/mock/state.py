@@ -27,6 +27,7 @@ class MockConfig:
     token_lifetime: float = 900.0
     token_fail_every: int = 0
     token_down: bool = False
+    token_latency: float = 0.0  # seconds added to every token answer
     latency: float = 0.0
     latency_jitter: float = 0.0
     fail_500: float = 0.0
@@ -59,6 +60,8 @@ class MockConfig:
         for name in ("token_lifetime", "latency", "latency_jitter", "slow_seconds"):
             if getattr(self, name) < 0:
                 raise ValueError(f"MockConfig.{name} must be >= 0")
+        if self.token_latency < 0:
+            raise ValueError("MockConfig.token_latency must be >= 0")
 
     @property
     def any_faults(self) -> bool:

@@ -1,0 +1,294 @@
+"""OAuthToken against the real mock token endpoint, its windows driven by an injected clock.
+
+The provider's notion of time is the fake clock; only the backoff between retries (a few
+ms) and the mock's answers take real time. Nothing here sleeps to make a window pass.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+import anyio
+import pytest
+
+from engine.auth import OAuthToken, Phase, RefreshPolicy
+from engine.errors import AuthError
+from engine.mock import MockConfig, MockHandle, running_mock
+from engine.token_client import TokenClient
+
+SECRET = "mock-secret"
+#: Criteo's windows, with quick retries so a test of three failures takes ms, not seconds.
+QUICK = RefreshPolicy(retry_initial_max=0.005, retry_cap_max=0.01)
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def token_mock() -> AsyncIterator[MockHandle]:
+    async with running_mock(MockConfig(token_lifetime=900.0)) as handle:
+        yield handle
+
+
+def client_for(mock: MockHandle, secret: str = SECRET) -> TokenClient:
+    return TokenClient(mock.token_url, client_id="mock-client", client_secret=secret, timeout=5)
+
+
+async def until(predicate: object, what: str) -> None:
+    """Wait (bounded) for the provider's background work; not a timing assertion."""
+    assert callable(predicate)
+    with anyio.fail_after(5):
+        while not predicate():  # noqa: ASYNC110 (counters of the mock and the provider)
+            await anyio.sleep(0.002)
+
+
+@pytest.mark.anyio
+async def test_windows_on_an_injected_clock(token_mock: MockHandle) -> None:
+    clock = FakeClock()
+    async with client_for(token_mock) as client:
+        tokens = OAuthToken(client, clock=clock, rng=random.Random(1))
+        await tokens.start()
+        header = tokens.authorization()
+        assert header is not None
+        assert header.startswith("Bearer ")
+        assert tokens.secrets() == (header[7:],)
+        window = tokens._window
+        assert window.expires_at == pytest.approx(1900.0)  # from when the request was sent
+        for now, phase in [
+            (1000.0, Phase.FRESH),
+            (window.refresh_at - 0.001, Phase.FRESH),
+            (window.refresh_at, Phase.ADVISORY),
+            (window.mandatory_at - 0.001, Phase.ADVISORY),
+        ]:
+            clock.now = now
+            assert window.phase(now) is phase
+            assert tokens.authorization() == header  # no wait before the mandatory window
+        for now in (window.mandatory_at, 1899.999, 1900.0, 5000.0):
+            clock.now = now
+            assert tokens.authorization() is None  # the caller must wait
+    assert token_mock.state.token_requests == 1
+
+
+@pytest.mark.anyio
+async def test_advisory_renewal_in_the_background(token_mock: MockHandle) -> None:
+    clock = FakeClock()
+    async with client_for(token_mock) as client:
+        tokens = OAuthToken(client, clock=clock)
+        await tokens.start()
+        first = tokens.authorization()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(tokens.maintain)
+            await anyio.sleep(0.05)
+            assert token_mock.state.token_requests == 1  # fresh: nothing asked
+            clock.now = tokens._window.refresh_at + 0.5  # the renewer's timer is real time,
+            tokens._wake.set()  # so nudge it to look at the (fake) clock again
+            await until(lambda: tokens.stats.renewals == 1, "renewal")
+            second = tokens.authorization()
+            assert second is not None
+            assert second != first
+            assert tokens._window.expires_at == pytest.approx(clock.now + 900.0)
+            tg.cancel_scope.cancel()
+    assert token_mock.state.token_requests == 2
+    assert tokens.stats.waits == 0
+    assert tokens.stats.fetched == 2
+
+
+@pytest.mark.anyio
+async def test_advisory_failures_retry_while_the_token_keeps_serving(
+    token_mock: MockHandle,
+) -> None:
+    clock = FakeClock()
+    async with client_for(token_mock) as client:
+        tokens = OAuthToken(client, clock=clock, policy=QUICK)
+        await tokens.start()
+        first = tokens.authorization()
+        token_mock.state.config = replace(token_mock.state.config, token_down=True)
+        async with anyio.create_task_group() as tg:
+            clock.now = tokens._window.refresh_at
+            tg.start_soon(tokens.maintain)
+            await until(lambda: token_mock.state.token_failures >= 3, "three failures")
+            assert tokens.authorization() == first  # still serving, nobody waits
+            token_mock.state.config = replace(token_mock.state.config, token_down=False)
+            await until(lambda: tokens.stats.renewals == 1, "renewal")
+            assert tokens.authorization() not in (None, first)
+            tg.cancel_scope.cancel()
+    assert tokens.stats.failures >= 3
+    assert tokens.stats.waits == 0
+
+
+@pytest.mark.anyio
+async def test_mandatory_window_callers_wait_for_the_one_renewal(token_mock: MockHandle) -> None:
+    clock = FakeClock()
+    async with client_for(token_mock) as client:
+        tokens = OAuthToken(client, clock=clock, policy=QUICK)
+        await tokens.start()
+        first = tokens.authorization()
+        token_mock.state.config = replace(token_mock.state.config, token_down=True)
+        got: list[str | None] = []
+
+        async def call() -> None:
+            header = tokens.authorization()
+            if header is None:
+                header = await tokens.wait_authorization()
+            got.append(header)
+
+        async with anyio.create_task_group() as tg:
+            clock.now = tokens._window.mandatory_at + 0.01
+            tg.start_soon(tokens.maintain)
+            for _ in range(50):
+                tg.start_soon(call)
+            await until(lambda: token_mock.state.token_failures >= 3, "failures")
+            assert got == []  # everyone is waiting, nobody sent the old token
+            token_mock.state.config = replace(token_mock.state.config, token_down=False)
+            await until(lambda: len(got) == 50, "callers released")
+            tg.cancel_scope.cancel()
+    assert len(set(got)) == 1
+    assert got[0] not in (None, first)
+    assert tokens.stats.waits == 50
+    assert tokens.stats.renewals == 1  # one renewal served them all
+    assert token_mock.state.tokens_issued == 2
+
+
+@pytest.mark.anyio
+async def test_401_storm_single_flight(token_mock: MockHandle) -> None:
+    async with client_for(token_mock) as client:
+        tokens = OAuthToken(client, min_401_interval=60.0)
+        await tokens.start()
+        old = tokens.authorization()
+        answers: list[bool] = []
+
+        async def on_401() -> None:
+            answers.append(await tokens.refresh_after_401(old))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(tokens.maintain)
+            async with anyio.create_task_group() as storm:
+                for _ in range(500):
+                    storm.start_soon(on_401)
+            new = tokens.authorization()
+            # A 401 that arrives late, for the old token: retry at once, no new request.
+            assert await tokens.refresh_after_401(old) is True
+            # The new token refused too, within the interval: no token per event.
+            assert await tokens.refresh_after_401(new) is False
+            tg.cancel_scope.cancel()
+    assert answers == [True] * 500
+    assert new not in (None, old)
+    assert token_mock.state.token_requests == 2
+    assert tokens.stats.after_401 == 1
+    assert tokens.stats.renewals == 1
+
+
+@pytest.mark.anyio
+async def test_gives_up_when_the_token_expired_and_credentials_are_refused(
+    token_mock: MockHandle,
+) -> None:
+    clock = FakeClock()
+    async with client_for(token_mock) as client:
+        tokens = OAuthToken(client, clock=clock)
+        await tokens.start()
+        token_mock.state.config = replace(token_mock.state.config, clients=())
+        clock.now = tokens._window.expires_at + 1
+        with pytest.raises(AuthError) as info:
+            await tokens.maintain()
+        # Calls are not left waiting: they go out and their 401 becomes a record.
+        assert await tokens.wait_authorization() is not None
+    message = str(info.value)
+    assert token_mock.token_url in message
+    assert "invalid_client" in message
+    assert SECRET not in message
+
+
+@pytest.mark.anyio
+async def test_start_refused_is_fast_and_names_the_url(token_mock: MockHandle) -> None:
+    async with client_for(token_mock, secret="not-the-secret-4711") as client:
+        tokens = OAuthToken(client, wait=30.0)
+        start = time.monotonic()
+        with pytest.raises(AuthError) as info:
+            await tokens.start()
+        assert time.monotonic() - start < 5  # no retrying of refused credentials
+    message = str(info.value)
+    assert message == (
+        f"token endpoint {token_mock.token_url} refused the client credentials: "
+        "HTTP 401 invalid_client (Client authentication failed)"
+    )
+    assert token_mock.state.token_requests == 1
+    assert tokens.authorization() is None
+
+
+@pytest.mark.anyio
+async def test_start_with_endpoint_down_gives_up_after_the_wait() -> None:
+    async with running_mock(MockConfig(token_down=True)) as mock:
+        async with client_for(mock) as client:
+            tokens = OAuthToken(client, wait=0.5)
+            start = time.monotonic()
+            with pytest.raises(AuthError) as info:
+                await tokens.start()
+            elapsed = time.monotonic() - start
+    assert elapsed < 3  # bounded (the wait is 0.5 s)
+    assert mock.state.token_requests >= 3  # retried with backoff meanwhile
+    assert str(info.value) == (
+        f"token endpoint {mock.token_url} gave no token within 0.5s (--token-wait): "
+        "HTTP 503 temporarily_unavailable"
+    )
+
+
+@pytest.mark.anyio
+async def test_start_rides_out_a_short_outage() -> None:
+    async with running_mock(MockConfig(token_down=True)) as mock:
+        async with client_for(mock) as client:
+            tokens = OAuthToken(client, wait=10.0)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(tokens.start)
+                await until(lambda: mock.state.token_failures >= 2, "two failures")
+                mock.state.config = replace(mock.state.config, token_down=False)
+    assert tokens.authorization() is not None
+    assert tokens.stats.failures == mock.state.token_failures
+
+
+@pytest.mark.anyio
+async def test_unreachable_endpoint_is_unavailable_not_refused() -> None:
+    async with running_mock() as mock:
+        url = mock.token_url
+    # The mock is gone: nothing listens on that port any more.
+    async with TokenClient(url, client_id="c", client_secret=SECRET, timeout=2) as client:
+        tokens = OAuthToken(client, wait=0.3)
+        with pytest.raises(AuthError) as info:
+            await tokens.start()
+    assert "gave no token within 0.3s" in str(info.value)
+    assert "cannot connect" in str(info.value)
+
+
+@pytest.mark.anyio
+async def test_gives_up_at_once_when_a_401_renewal_is_refused(token_mock: MockHandle) -> None:
+    # The delivery host refuses the token and the token endpoint the credentials:
+    # nothing can work any more, so no waiting for the token to expire.
+    async with client_for(token_mock) as client:
+        tokens = OAuthToken(client)
+        await tokens.start()
+        old = tokens.authorization()
+        token_mock.state.config = replace(token_mock.state.config, clients=())
+        errors: list[AuthError] = []
+
+        async def keep() -> None:
+            try:
+                await tokens.maintain()
+            except AuthError as exc:
+                errors.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(keep)
+            retry = await tokens.refresh_after_401(old)
+    assert retry is False
+    (error,) = errors
+    message = str(error)
+    assert "could not renew the token and the delivery host refused it (HTTP 401)" in message
+    assert SECRET not in message
+    assert token_mock.state.token_requests == 2
