@@ -46,7 +46,7 @@ from aiolimiter import AsyncLimiter
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from engine.auth import OAuthToken, StaticToken, TokenProvider
+from engine.auth import TokenProvider
 from engine.config import Config
 from engine.errors import AuthError, EngineError
 from engine.events import Event, EventDefaults, Invalid, Item, make_event
@@ -63,6 +63,7 @@ from engine.shutdown import Shutdown
 from engine.sinks import JsonlSink, ResumeIndex, open_resume
 from engine.sources import ReadCounts, check_inputs, next_batch, read_items
 from engine.stats import RunStats, Summary, summarize
+from engine.token_client import open_token_provider
 from engine.transport import AiohttpTransport, Transport
 
 Feed = AsyncGenerator[list[Item], None]
@@ -456,33 +457,13 @@ async def _open(config: Config, stack: AsyncExitStack) -> _Engine:
             client_id=client_id,
             client_secret=client_secret,
         )
-    tokens = await _open_tokens(config, stack)
+    tokens = await open_token_provider(config, stack)
     transport: Transport | None = None
     if not config.dry_run:
         transport = await stack.enter_async_context(
             AiohttpTransport(concurrency=config.concurrency, timeout=config.timeout)
         )
     return _Engine(config, tokens, transport)
-
-
-async def _open_tokens(config: Config, stack: AsyncExitStack) -> TokenProvider:
-    """The run's token provider; a dynamic one has its first token before any call."""
-    if not config.dynamic_tokens:
-        return StaticToken(config.token)
-    if config.dry_run:  # sends nothing, asks for nothing; shows "Bearer [redacted]"
-        return StaticToken("[dynamic]")
-    from engine.token_client import TokenClient
-
-    assert config.client_id is not None
-    assert config.client_secret is not None
-    client = await stack.enter_async_context(
-        TokenClient(
-            config.token_url, client_id=config.client_id, client_secret=config.client_secret
-        )
-    )
-    provider = OAuthToken(client, wait=config.token_wait)
-    await provider.start()
-    return provider
 
 
 def redact_output(data: bytes, secrets: tuple[bytes, ...], engine: _Engine | None) -> bytes:

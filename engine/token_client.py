@@ -11,11 +11,20 @@ Rules:
 
 from __future__ import annotations
 
+from contextlib import AsyncExitStack
 from types import TracebackType
 
 import aiohttp
 
-from engine.auth import TokenFailure, TokenGrant, parse_token_answer
+from engine.auth import (
+    OAuthToken,
+    StaticToken,
+    TokenFailure,
+    TokenGrant,
+    TokenProvider,
+    parse_token_answer,
+)
+from engine.config import Config
 
 _POOL = 2  # one renewal at a time, plus one spare connection
 DEFAULT_TOKEN_TIMEOUT = 10.0
@@ -87,3 +96,25 @@ class TokenClient:
         for secret in self._secrets:
             text = text.replace(secret, "[redacted]")
         return text[:300]
+
+
+async def open_token_provider(config: Config, stack: AsyncExitStack) -> TokenProvider:
+    """The run's token provider; a dynamic one has its first token before any call.
+
+    Raises AuthError (exit 3) when the credentials are refused, or when the endpoint
+    gave no token within `config.token_wait`.
+    """
+    if not config.dynamic_tokens:
+        return StaticToken(config.token)
+    if config.dry_run:  # sends nothing, asks for nothing; shows "Bearer [redacted]"
+        return StaticToken("[dynamic]")
+    assert config.client_id is not None
+    assert config.client_secret is not None
+    client = await stack.enter_async_context(
+        TokenClient(
+            config.token_url, client_id=config.client_id, client_secret=config.client_secret
+        )
+    )
+    provider = OAuthToken(client, wait=config.token_wait)
+    await provider.start()
+    return provider
