@@ -41,6 +41,18 @@ class ClientCredentials:
             await self.fetch()
         return True
 
+    async def wait_authorization(self) -> str | None:
+        return self._header
+
+    async def maintain(self) -> None:
+        return None  # renews only after a 401
+
+    def secrets(self) -> tuple[str, ...]:
+        return () if self._header is None else (self._header[7:],)
+
+    def token_stats(self) -> None:
+        return None
+
 
 @contextlib.asynccontextmanager
 async def oauth_tokens(url: str, config: engine.Config) -> AsyncIterator[TokenProvider]:

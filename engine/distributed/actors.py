@@ -36,6 +36,7 @@ from engine.results import MIN_SECRET_LENGTH, Result
 from engine.runner import Feed, _defaults, _Engine
 from engine.sinks import JsonlSink
 from engine.sources import ReadCounts, next_batch, read_items, read_range_items
+from engine.stats import TokenStats
 
 #: Builds the run's token provider inside the token actor (the only place that holds one).
 TokenFactory = Callable[[Config], AbstractAsyncContextManager[TokenProvider]]
@@ -96,7 +97,15 @@ class TokenActor:
             return self._provider
 
     async def authorization(self) -> str | None:
-        return (await self._get()).authorization()
+        provider = await self._get()
+        header = provider.authorization()
+        if header is None:  # a dynamic token in its mandatory window: wait for the renewal
+            header = await provider.wait_authorization()
+        return header
+
+    async def maintain(self) -> None:
+        """Renew the token in the background; the driver starts it once, kills it at the end."""
+        await (await self._get()).maintain()
 
     async def refresh_after_401(self, used: str | None) -> tuple[bool, str | None]:
         provider = await self._get()
@@ -140,9 +149,23 @@ class _ClusterToken:
     def authorization(self) -> str | None:
         return self._header
 
+    async def wait_authorization(self) -> str | None:
+        self._header = await self._actor.authorization.remote()
+        return self._header
+
     async def refresh_after_401(self, used: str | None) -> bool:
         ok, self._header = await self._actor.refresh_after_401.remote(used)
         return bool(ok)
+
+    async def maintain(self) -> None:
+        return None  # the token actor renews; `follow` (run by the sender) keeps up
+
+    def secrets(self) -> tuple[str, ...]:
+        header = self._header
+        return (header[7:],) if header and header.startswith("Bearer ") else ()
+
+    def token_stats(self) -> TokenStats | None:
+        return None  # counted once, in the token actor
 
     async def follow(self) -> None:
         while True:

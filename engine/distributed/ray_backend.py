@@ -42,7 +42,7 @@ from typing import Any
 
 import anyio
 
-from engine.auth import StaticToken, TokenProvider
+from engine.auth import TokenProvider
 from engine.config import Config
 from engine.distributed.actors import RateActor, SenderActor, ShardDone, TokenActor, TokenFactory
 from engine.distributed.merge import (
@@ -56,6 +56,7 @@ from engine.distributed.plan import ShardTask, meta_path, part_path, prepare
 from engine.errors import ConfigError, FatalError
 from engine.sources import check_inputs
 from engine.stats import RunStats, Summary, summarize
+from engine.token_client import open_token_provider
 
 SENDER_NAME = "adbatch-sender-{}"
 
@@ -64,10 +65,11 @@ SENDER_NAME = "adbatch-sender-{}"
 async def config_tokens(config: Config) -> AsyncIterator[TokenProvider]:
     """The token provider the config asks for, built once per run, in the token actor.
 
-    Today that is the static token; the OAuth2 client-credentials provider (engine/auth.py)
-    plugs in here -- its background refresh then runs in the token actor alone.
+    With client credentials that is engine/auth.py's OAuthToken: its background renewal
+    runs in the token actor alone (`TokenActor.maintain`), one token for the cluster.
     """
-    yield StaticToken(config.token)
+    async with AsyncExitStack() as stack:
+        yield await open_token_provider(config, stack)
 
 
 def _import_ray() -> Any:
@@ -125,8 +127,14 @@ async def run_ray(
                 from engine.mock import running_mock
 
                 handle = await stack.enter_async_context(running_mock())
+                client_id, client_secret = handle.config.clients[0]
                 config = config.with_changes(
-                    endpoint=handle.delivery_url, token=handle.config.static_tokens[0], mock=False
+                    endpoint=handle.delivery_url,
+                    token=None,
+                    token_url=handle.token_url,
+                    client_id=client_id,
+                    client_secret=client_secret,
+                    mock=False,
                 )
             count = senders or max(1, int(ray.cluster_resources().get("CPU", 1)))
             plan, todo = await anyio.to_thread.run_sync(prepare, config, parts_dir, count, shards)
@@ -169,6 +177,7 @@ async def _dispatch(
         else None
     )
     token_actor = ray.remote(TokenActor).options(**helper).remote(config, token_factory)
+    token_actor.maintain.remote()  # runs until the actor is killed in _close_actors
     sender_cls = ray.remote(SenderActor)
 
     def new_sender(slot: int, generation: int) -> Any:
