@@ -253,7 +253,9 @@ def parse_token_answer(
         text = body[:200].decode("utf-8", "replace").strip()
         detail = " ".join(text.split()) or "no body"
     message = _redact(f"HTTP {status} {detail}", secrets)[:300]
-    if status in (400, 401, 403):
+    # 408, 429 and 5xx may pass; any other 4xx (a wrong --token-url answering 404, a
+    # refused client) will not get better by asking again.
+    if 400 <= status < 500 and status not in (408, 429):
         return TokenFailure("refused", message)
     return TokenFailure("unavailable", message)
 

@@ -236,6 +236,12 @@ def _json(obj: object) -> bytes:
             403, b"Forbidden\n", TokenFailure("refused", "HTTP 403 Forbidden"), id="forbidden"
         ),
         pytest.param(
+            404,
+            b"<html>Not Found</html>",
+            TokenFailure("refused", "HTTP 404 <html>Not Found</html>"),
+            id="wrong-url",
+        ),
+        pytest.param(
             503,
             _json({"error": "temporarily_unavailable"}),
             TokenFailure("unavailable", "HTTP 503 temporarily_unavailable"),
