@@ -97,6 +97,13 @@ def _add_distribution_options(p: argparse.ArgumentParser) -> None:
         "or a local Ray); needs the extra adbatch[ray]",
     )
 
+def _workers(text: str) -> int:
+    if text == "auto":
+        from engine.workers import auto_workers
+
+        return auto_workers()
+    return _positive_int(text)
+
 
 class _RefuseSecret(argparse.Action):
     """`--client-secret VALUE` would put the secret in the process list: refuse it.
@@ -222,6 +229,13 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         type=_positive_float,
         metavar="R",
         help="calls per second across the run (default: unlimited)",
+    )
+    speed.add_argument(
+        "--workers",
+        type=_workers,
+        metavar="N|auto",
+        help="processes sharing the run, each with its own event loop and connections; "
+        "auto = one per CPU core (default: 1)",
     )
     speed.add_argument(
         "--timeout",
@@ -372,6 +386,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="lifetime of issued tokens (default: %(default)s)",
     )
+    mock_p.add_argument(
+        "--fixed-body",
+        metavar="FILE",
+        help="answer every valid delivery call with this file's bytes (benchmarks)",
+    )
     mock_p.set_defaults(handler=_cmd_mock)
     cli_load.add_parsers(sub, _add_run_options)
     return parser
@@ -454,6 +473,10 @@ def config_from_args(args: argparse.Namespace) -> Config:
     elif "inputs" in merged:
         merged["inputs"] = tuple(merged["inputs"])
     merged["progress"] = (not args.no_progress) and sys.stderr.isatty()
+    if merged.get("workers") == "auto":
+        from engine.workers import auto_workers
+
+        merged["workers"] = auto_workers()
     if merged.get("partner_id") is not None:
         merged["partner_id"] = str(merged["partner_id"])
     if isinstance(merged.get("shard"), str):  # shard = "0/4" in a config file
@@ -514,10 +537,21 @@ def _cmd_merge(args: argparse.Namespace) -> int:
 def _cmd_mock(args: argparse.Namespace) -> int:
     from engine.mock import MockConfig, serve
 
+    fixed_body = None
+    if args.fixed_body:
+        try:
+            with open(args.fixed_body, "rb") as f:
+                fixed_body = f.read()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read --fixed-body {args.fixed_body}: {exc.strerror or exc}"
+            ) from None
     serve(
         host=args.host,
         port=args.port,
-        config=MockConfig(latency=args.latency, token_lifetime=args.token_lifetime),
+        config=MockConfig(
+            latency=args.latency, token_lifetime=args.token_lifetime, fixed_body=fixed_body
+        ),
     )
     return 0
 

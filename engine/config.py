@@ -70,6 +70,7 @@ class Config:
     shard: tuple[int, int] | None = None  # (I, N): this process takes shard I of N
     shard_by: Literal["position", "id"] = "position"
     backend: Literal["local", "ray"] = "local"
+    workers: int = 1
 
     def validated(self) -> Config:
         """This config, checked; raises ConfigError naming the option at fault."""
@@ -83,6 +84,10 @@ class Config:
             )
         if not (self.timeout > 0 and math.isfinite(self.timeout)):
             raise ConfigError(f"--timeout must be a positive number of seconds, got {self.timeout}")
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
+            raise ConfigError(
+                f"--workers must be a whole number >= 1 or auto, got {self.workers!r}"
+            )
         if self.max_line_bytes < 64:
             raise ConfigError("--max-line-bytes must be at least 64")
         if not (self.token_wait > 0 and math.isfinite(self.token_wait)):

@@ -184,6 +184,23 @@ def _param_order(name: str) -> tuple[int, str]:
     return (_KNOWN_RANK.get(name, len(KNOWN_PARAMS)), name)
 
 
+# Events of one input mostly share their set of keys: sort each key set once. Bounded, so
+# inputs whose key sets all differ cost a sort each, never memory.
+_ORDER_CACHE: dict[tuple[str, ...], tuple[str, ...]] = {}
+_ORDER_CACHE_SIZE = 1024
+
+
+def _ordered(params: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    names = tuple(params)
+    order = _ORDER_CACHE.get(names)
+    if order is None:
+        order = tuple(sorted(names, key=_param_order))
+        if len(_ORDER_CACHE) >= _ORDER_CACHE_SIZE:
+            _ORDER_CACHE.clear()
+        _ORDER_CACHE[names] = order
+    return tuple([(name, params[name]) for name in order])
+
+
 def make_event(
     obj: Mapping[str, object],
     *,
@@ -229,8 +246,7 @@ def make_event(
     error = validate(params)
     if error is not None:
         return Invalid(seq, source, event_id, error)
-    ordered = tuple(sorted(params.items(), key=lambda kv: _param_order(kv[0])))
-    return Event(seq, source, event_id, timestamp, ordered, tuple(headers))
+    return Event(seq, source, event_id, timestamp, _ordered(params), tuple(headers))
 
 
 def validate(params: Mapping[str, str]) -> str | None:

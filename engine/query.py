@@ -7,6 +7,7 @@ encoded once and cached; per event only the values are quoted.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -30,14 +31,21 @@ def _key_prefix(name: str) -> str:
     return quote_plus(name, safe="") + "="
 
 
-@lru_cache(maxsize=65536)
+# Characters quote_plus never escapes: a value made only of them is its own encoding.
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*").fullmatch
+
+
+@lru_cache(maxsize=4096)
 def _quote_cached(value: str) -> str:
     return quote_plus(value, safe="")
 
 
 def _quote(value: str) -> str:
-    # Short values repeat a lot (event types, page ids, partner ids): cache those only,
-    # so a stream of unique long keywords does not churn the cache.
+    # Most values (ids, partner ids, event types, page ids, skus) need no escaping: one
+    # C-level regex match says so. Short values that do repeat a lot (keywords,
+    # categories): a small cache, kept small so memory stays flat over a long run.
+    if _UNRESERVED(value):
+        return value
     if len(value) <= 48:
         return _quote_cached(value)
     return quote_plus(value, safe="")

@@ -132,6 +132,18 @@ class RunStats:
         if latency_ms is not None:
             self.latency.record(latency_ms)
 
+    def merge(self, other: RunStats) -> None:
+        """Add another run's counters to these (worker processes, shards)."""
+        self.events += other.events
+        self.ok += other.ok
+        self.failed += other.failed
+        self.invalid += other.invalid
+        self.blank_lines += other.blank_lines
+        self.unauthorized += other.unauthorized
+        self.statuses.update(other.statuses)
+        self.errors.update(other.errors)
+        self.latency.merge(other.latency)
+
 
 @dataclass(slots=True)
 class TokenStats:

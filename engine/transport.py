@@ -56,6 +56,9 @@ class AiohttpTransport:
             timeout=aiohttp.ClientTimeout(total=self._timeout),
             auto_decompress=True,
             skip_auto_headers=("Content-Type",),
+            # The delivery API sets no cookies worth keeping; a real jar filters every
+            # request's cookies, a measurable cost per call.
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         return self
 

@@ -1,0 +1,513 @@
+"""`--workers N`: one run spread over N processes, one output file, one summary.
+
+    parent: read + number records --unit batches--> worker i (own loop, session, rate/N)
+    worker i: parse, check, send --encoded JSONL records--> parent --> the one sink
+    parent's token provider --Authorization pushes--> every worker
+
+Rules:
+- The parent reads the input and numbers the records (seq, source, blank lines) exactly
+  as a 1-process run does (`sources.read_units`); the workers do the CPU work (JSON
+  parsing, checks, query building, HTTP, encoding the records). The parent is the only
+  writer: every input record gets exactly one output line whatever N is, and with
+  `--ordered` the parent restores input order by seq.
+- Flow control by credit: a worker never holds more than `_credit()` unanswered records,
+  so memory is bounded by the concurrency, not by the input size, and a slow worker is
+  simply given less. The input is split by demand, not by a fixed modulo, for that reason.
+- Tokens: the parent owns the run's one TokenProvider (so one token request per renewal
+  whatever N is) and pushes every new Authorization value to all workers; a worker's
+  401 asks the parent, which refreshes once for everyone. Workers never see client
+  secrets, only the bearer token they must send (and redact).
+- `--rate R` is split R/N, `--concurrency C` ceil(C/N) per worker: the options keep their
+  meaning for the whole run.
+- A worker that stops the run (token refused, endpoint unreachable) stops them all; a
+  worker that dies is a FatalError, raised after everything answered is written.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+import anyio
+import anyio.to_thread
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from engine.auth import StaticToken, TokenProvider
+from engine.config import Config
+from engine.errors import EngineError, FatalError
+from engine.events import EventDefaults, Item
+from engine.results import Result
+from engine.runner import _defaults, _Engine, _first_engine_error
+from engine.sinks import JsonlSink
+from engine.sources import ReadCounts, Unit, check_inputs, read_units, unit_item
+from engine.stats import RunStats, Summary, summarize
+from engine.transport import AiohttpTransport, Transport
+
+_UNIT_BATCH = 256
+_TOKEN_POLL_S = 1.0
+_JOIN_TIMEOUT_S = 5.0
+
+
+def auto_workers() -> int:
+    """`--workers auto`: one process per CPU this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def worker_config(config: Config) -> Config:
+    """One worker's share of the run: rate/N, ceil(concurrency/N), no output of its own."""
+    n = config.workers
+    return config.with_changes(
+        workers=1,
+        rate=None if config.rate is None else config.rate / n,
+        concurrency=max(1, math.ceil(config.concurrency / n)),
+        ordered=False,  # the parent restores the order across workers
+        progress=False,
+        output=None,
+        mock=False,
+        inputs=("<parent>",),
+    )
+
+
+# -- the worker side -----------------------------------------------------------------------
+
+
+class PushedToken:
+    """A TokenProvider fed by the parent: the header value is pushed, a 401 asks for more."""
+
+    __slots__ = ("_answers", "_header", "_request", "_waiting")
+
+    def __init__(
+        self, header: str | None, request: Callable[[str | None], Awaitable[None]]
+    ) -> None:
+        self._header = header
+        self._request = request
+        self._waiting: dict[str | None, anyio.Event] = {}
+        self._answers: dict[str | None, bool] = {}
+
+    def authorization(self) -> str | None:
+        return self._header
+
+    def set(self, header: str | None) -> None:
+        self._header = header
+
+    async def refresh_after_401(self, used: str | None) -> bool:
+        if self._header != used:
+            return True  # the parent pushed a newer token meanwhile
+        if used in self._answers:
+            return self._answers[used]
+        event = self._waiting.get(used)
+        if event is None:  # one question to the parent per refused token, not per call
+            event = self._waiting[used] = anyio.Event()
+            await self._request(used)
+        await event.wait()
+        return self._answers.get(used, False)
+
+    def answered(self, used: str | None, ok: bool, header: str | None) -> None:
+        self._header = header
+        self._answers[used] = ok
+        event = self._waiting.pop(used, None)
+        if event is not None:
+            event.set()
+
+
+def _secrets(header: str | None) -> set[bytes]:
+    if header is None or not header.startswith("Bearer "):
+        return set()
+    return {header[7:].encode()}
+
+
+async def _worker(config: Config, header: str | None, ordered: bool, conn: Connection) -> None:
+    lock = anyio.Lock()
+    seen = _secrets(header)
+
+    async def send(message: tuple[Any, ...]) -> None:
+        async with lock:
+            await anyio.to_thread.run_sync(conn.send, message)
+
+    async def ask(used: str | None) -> None:
+        await send(("refresh", used))
+
+    tokens = PushedToken(header, ask)
+    # Unbounded, yet bounded by the parent's credit: it never sends more than that.
+    units_send, units_receive = anyio.create_memory_object_stream[list[Unit]](math.inf)
+
+    async def listen() -> None:
+        # Until the parent closes its end: token answers still come after the last units.
+        async with units_send:
+            while True:
+                try:
+                    message = await anyio.to_thread.run_sync(conn.recv, abandon_on_cancel=True)
+                except (EOFError, OSError):
+                    return
+                kind = message[0]
+                if kind == "units":
+                    try:
+                        units_send.send_nowait(message[1])
+                    except anyio.BrokenResourceError:
+                        pass  # this worker stopped early; the parent is stopping too
+                elif kind == "token":
+                    tokens.set(message[1])
+                    seen.update(_secrets(message[1]))
+                elif kind == "refreshed":
+                    tokens.answered(message[1], message[2], message[3])
+                    seen.update(_secrets(message[3]))
+                elif kind == "end":
+                    units_send.close()  # the feed ends; the calls in flight go on
+
+    async def emit(batch: list[Result]) -> None:
+        if ordered:
+            lines = [(r.seq, _redact(r.to_json() + b"\n", seen)) for r in batch]
+            await send(("ordered", lines, len(batch)))
+        else:
+            data = _redact(b"".join([r.to_json() + b"\n" for r in batch]), seen)
+            await send(("records", data, len(batch)))
+
+    async with AsyncExitStack() as stack:
+        transport: Transport | None = None
+        if not config.dry_run:
+            transport = await stack.enter_async_context(
+                AiohttpTransport(concurrency=config.concurrency, timeout=config.timeout)
+            )
+        engine = _Engine(config, tokens, transport)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(listen)
+            await engine.execute(_unit_feed(units_receive, _defaults(config)), emit)
+            await send(("done", engine.state.stats, engine.state.stopped))
+            # `listen` ends when the parent, having the stats, closes its end of the pipe.
+
+
+async def _unit_feed(
+    receive: MemoryObjectReceiveStream[list[Unit]], defaults: EventDefaults
+) -> AsyncIterator[list[Item]]:
+    async with receive:
+        async for units in receive:
+            yield [unit_item(unit, defaults) for unit in units]
+
+
+def _redact(data: bytes, secrets: set[bytes]) -> bytes:
+    for secret in secrets:  # a server that echoes the token must not leak it
+        if secret:
+            data = data.replace(secret, b"[redacted]")
+    return data
+
+
+def _worker_main(
+    index: int, config: Config, header: str | None, ordered: bool, conn: Connection
+) -> None:
+    """A worker process: its own event loop (uvloop when installed) until the parent ends it."""
+    try:
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            anyio.run(_worker, config, header, ordered, conn)
+        else:
+            anyio.run(_worker, config, header, ordered, conn, backend_options={"use_uvloop": True})
+    except KeyboardInterrupt:
+        pass
+    except BaseException as exc:  # reported to the parent, which fails the run with it
+        code = exc.exit_code if isinstance(exc, EngineError) else 1
+        try:
+            conn.send(("error", f"worker {index}: {type(exc).__name__}: {exc}", code))
+        except OSError:
+            pass
+    finally:
+        conn.close()
+
+
+# -- the parent side -----------------------------------------------------------------------
+
+
+@dataclass(slots=True, eq=False)
+class _Worker:
+    index: int
+    process: BaseProcess
+    conn: Connection
+    lock: anyio.Lock = field(default_factory=anyio.Lock)
+    outstanding: int = 0
+    done: bool = False
+    ended: bool = False
+
+
+class _Parent:
+    def __init__(self, config: Config, tokens: TokenProvider, sink: JsonlSink) -> None:
+        self.config = config
+        self.tokens = tokens
+        self.sink = sink
+        self.counts = ReadCounts()
+        self.stats = RunStats()
+        self.stopped: str | None = None
+        self.error: FatalError | None = None
+        self.workers: list[_Worker] = []
+        self.credit = anyio.Event()
+        self.all_done = anyio.Event()
+        self.pushed = tokens.authorization()
+        self.pending: dict[int, bytes] = {}
+        self.next_seq = 0
+        self.answered = 0
+        self.receive_limiter = anyio.CapacityLimiter(config.workers + 1)
+
+    def _credit(self) -> int:
+        per_worker = max(1, math.ceil(self.config.concurrency / self.config.workers))
+        return max(2 * _UNIT_BATCH, 4 * per_worker)
+
+    def start(self) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        share = worker_config(self.config)
+        for index in range(self.config.workers):
+            parent_conn, child_conn = ctx.Pipe(duplex=True)
+            process = ctx.Process(
+                target=_worker_main,
+                args=(index, share, self.pushed, self.config.ordered, child_conn),
+                name=f"adbatch-worker-{index}",
+                daemon=True,
+            )
+            process.start()
+            child_conn.close()
+            self.workers.append(_Worker(index, process, parent_conn))
+
+    async def stop_processes(self) -> None:
+        # After a normal end every pipe is closed already; after a failure closing them
+        # makes each worker's listener see EOF, so it finishes its calls and exits.
+        for worker in self.workers:
+            if not worker.conn.closed:
+                worker.conn.close()
+        for worker in self.workers:
+            await anyio.to_thread.run_sync(worker.process.join, _JOIN_TIMEOUT_S)
+            if worker.process.is_alive():
+                worker.process.terminate()
+                await anyio.to_thread.run_sync(worker.process.join, _JOIN_TIMEOUT_S)
+
+    async def run(self) -> None:
+        async with anyio.create_task_group() as tg:
+            for worker in self.workers:
+                tg.start_soon(self._receive, worker, tg)
+            tg.start_soon(self._watch_tokens)
+            if self.config.progress:
+                tg.start_soon(self._progress)
+            await self._dispatch()
+            await self.all_done.wait()
+            tg.cancel_scope.cancel()
+        if self.pending:  # only when a run stopped early: keep what was answered
+            self.sink.write(b"".join(self.pending[k] for k in sorted(self.pending)))
+            self.pending.clear()
+
+    # -- input -> workers
+
+    async def _dispatch(self) -> None:
+        config = self.config
+        units = read_units(
+            config.inputs,
+            input_format=config.input_format,
+            max_line_bytes=config.max_line_bytes,
+            counts=self.counts,
+        )
+        try:
+            while self.stopped is None:
+                batch = await anyio.to_thread.run_sync(_take, units, _UNIT_BATCH)
+                if not batch:
+                    break
+                worker = await self._pick()
+                if worker is None:
+                    break
+                worker.outstanding += len(batch)
+                await self._send(worker, ("units", batch))
+        finally:
+            units.close()
+            for worker in self.workers:
+                await self._end(worker)
+
+    async def _pick(self) -> _Worker | None:
+        limit = self._credit()
+        while self.stopped is None:
+            alive = [w for w in self.workers if not w.done]
+            if not alive:
+                return None
+            best = min(alive, key=lambda w: w.outstanding)
+            if best.outstanding < limit:
+                return best
+            self.credit = anyio.Event()
+            await self.credit.wait()
+        return None
+
+    async def _send(self, worker: _Worker, message: tuple[Any, ...]) -> None:
+        if worker.done:
+            return
+        async with worker.lock:
+            try:
+                await anyio.to_thread.run_sync(worker.conn.send, message)
+            except OSError:
+                pass  # the worker is gone; its receiver reports it
+
+    async def _end(self, worker: _Worker) -> None:
+        if not worker.ended:
+            await self._send(worker, ("end",))
+            worker.ended = True
+
+    # -- workers -> output
+
+    async def _receive(self, worker: _Worker, tg: TaskGroup) -> None:
+        try:
+            while True:
+                try:
+                    message = await anyio.to_thread.run_sync(
+                        worker.conn.recv, abandon_on_cancel=True, limiter=self.receive_limiter
+                    )
+                except (EOFError, OSError):
+                    self._died(worker)
+                    return
+                kind = message[0]
+                if kind == "records":
+                    self.sink.write(message[1])
+                    self._answered(worker, message[2])
+                elif kind == "ordered":
+                    self._ordered(message[1])
+                    self._answered(worker, message[2])
+                elif kind == "refresh":
+                    tg.start_soon(self._refresh, worker, message[1])
+                elif kind == "done":
+                    self.stats.merge(message[1])
+                    if message[2] is not None and self.stopped is None:
+                        self.stopped = message[2]
+                    return
+                elif kind == "error":
+                    if self.error is None:
+                        self.error = FatalError(message[1])
+                    self.stopped = self.stopped or message[1]
+                    return
+        finally:
+            worker.done = True
+            async with worker.lock:  # no send in flight: closing ends the worker's listener
+                worker.conn.close()
+            self.credit.set()
+            if all(w.done for w in self.workers):
+                self.all_done.set()
+
+    def _answered(self, worker: _Worker, count: int) -> None:
+        worker.outstanding -= count
+        self.answered += count
+        self.credit.set()
+
+    async def _progress(self) -> None:
+        start = time.perf_counter()
+        try:
+            while True:
+                await anyio.sleep(0.5)
+                rate = self.answered / (time.perf_counter() - start)
+                sys.stderr.write(
+                    f"\r\x1b[2Kadbatch: {self.answered} done, {rate:.0f}/s, "
+                    f"{self.config.workers} workers"
+                )
+                sys.stderr.flush()
+        finally:
+            sys.stderr.write("\r\x1b[2K")
+
+    def _ordered(self, lines: list[tuple[int, bytes]]) -> None:
+        pending = self.pending
+        for seq, line in lines:
+            pending[seq] = line
+        ready = []
+        while self.next_seq in pending:
+            ready.append(pending.pop(self.next_seq))
+            self.next_seq += 1
+        if ready:
+            self.sink.write(b"".join(ready))
+
+    def _died(self, worker: _Worker) -> None:
+        if worker.done:
+            return
+        code = worker.process.exitcode
+        message = f"worker {worker.index} exited unexpectedly" + (
+            f" (exit code {code})" if code is not None else ""
+        )
+        if self.error is None:
+            self.error = FatalError(message)
+        self.stopped = self.stopped or message
+
+    # -- tokens
+
+    async def _broadcast_token(self) -> None:
+        header = self.tokens.authorization()
+        if header != self.pushed:
+            self.pushed = header
+            for worker in self.workers:
+                await self._send(worker, ("token", header))
+
+    async def _watch_tokens(self) -> None:
+        while True:  # a provider that renews in the background changes its value
+            await anyio.sleep(_TOKEN_POLL_S)
+            await self._broadcast_token()
+
+    async def _refresh(self, worker: _Worker, used: str | None) -> None:
+        ok = await self.tokens.refresh_after_401(used)
+        await self._broadcast_token()
+        await self._send(worker, ("refreshed", used, ok, self.tokens.authorization()))
+
+
+def _take(units: Iterator[Unit], size: int) -> list[Unit]:
+    batch: list[Unit] = []
+    for unit in units:
+        batch.append(unit)
+        if len(batch) >= size:
+            break
+    return batch
+
+
+def _token_provider(config: Config) -> TokenProvider:
+    """The run's one token provider, in the parent. The seam for OAuth client credentials:
+    any TokenProvider works, the workers only ever see its `authorization()` values."""
+    return StaticToken(config.token)
+
+
+async def run_workers(config: Config, *, tokens: TokenProvider | None = None) -> Summary:
+    """`runner.run` over `config.workers` processes (see the module's rules).
+
+    `tokens`: the run's token provider (default: from the config); it lives in this
+    process and only its `authorization()` values reach the workers.
+    """
+    config = config.validated()
+    check_inputs(config.inputs)
+    sink = JsonlSink(config.output)
+    start = time.perf_counter()
+    parent: _Parent | None = None
+    try:
+        async with AsyncExitStack() as stack:
+            if config.mock:
+                from engine.mock import running_mock
+
+                handle = await stack.enter_async_context(running_mock())
+                config = config.with_changes(
+                    endpoint=handle.delivery_url, token=handle.config.static_tokens[0]
+                )
+            provider = tokens if tokens is not None else _token_provider(config)
+            parent = _Parent(config, provider, sink)
+            parent.start()
+            try:
+                await parent.run()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await parent.stop_processes()
+    except BaseExceptionGroup as group:
+        error = _first_engine_error(group)
+        if error is None:
+            raise
+        raise error from None
+    finally:
+        sink.close()
+    if parent.error is not None:
+        raise parent.error
+    stats = parent.stats
+    stats.blank_lines = parent.counts.blank_lines
+    return summarize(stats, elapsed_s=time.perf_counter() - start, stopped=parent.stopped)

@@ -1,0 +1,247 @@
+"""--workers N: the same records as one process, exactly once, one token for all.
+
+Every multi-process test runs real worker processes (spawn) against the real mock in
+this process; each costs a second or so of start-up, so they are few and cover much.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+import orjson
+import pytest
+
+from engine import Config, run
+from engine.cli import main
+from engine.mock import MockConfig, MockHandle, running_mock
+from engine.workers import PushedToken, auto_workers, run_workers, worker_config
+
+pytestmark = pytest.mark.anyio
+
+
+def _events(n: int) -> list[object]:
+    rows: list[object] = []
+    for i in range(n):
+        if i % 50 == 7:
+            rows.append(b"{not json")  # invalid: still one record
+        elif i % 50 == 8:
+            rows.append(b"")  # blank: skipped, counted, no record
+        elif i % 50 == 9:
+            rows.append({"id": f"e{i}", "event-type": "viewHome"})  # missing parameters
+        else:
+            rows.append(
+                {
+                    "id": f"e{i}",
+                    "timestamp": 1717243200.5 + i,
+                    "criteo-partner-id": 12345,
+                    "retailer-visitor-id": f"rv-{i}",
+                    "event-type": "viewItem",
+                    "page-id": "viewItem_API_desktop",
+                    "item": [f"sku-{i}", "sku-x"],
+                    "price": 12.50,
+                    "keywords": "tea & cups",
+                }
+            )
+    return rows
+
+
+def _records(path: Path) -> list[dict[str, object]]:
+    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
+
+
+def _stable(record: dict[str, object]) -> tuple[object, ...]:
+    """What does not depend on timing or on which process sent it."""
+    return tuple(record[k] for k in ("seq", "id", "source", "status", "ok", "error", "response"))
+
+
+@pytest.mark.slow
+async def test_two_workers_write_the_same_records_as_one_process(
+    mock: MockHandle, write_jsonl: Callable[..., Path], tmp_path: Path
+) -> None:
+    events = write_jsonl(_events(300))
+    base = Config(inputs=(str(events),), endpoint=mock.delivery_url, token="mock-token")
+    one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
+
+    s1 = await run(base.with_changes(output=str(one)))
+    sent_by_one = mock.state.delivery_requests
+    s2 = await run(base.with_changes(output=str(two), workers=2, concurrency=8))
+    sent_by_two = mock.state.delivery_requests - sent_by_one
+
+    r1, r2 = _records(one), _records(two)
+    assert len(r2) == 294  # 300 lines less 6 blank ones: one record each, no more
+    assert sorted(r["seq"] for r in r2) == list(range(294))  # type: ignore[type-var]
+    assert sorted(map(_stable, r2)) == sorted(map(_stable, r1))
+    assert sent_by_two == sent_by_one == 282  # each valid event sent exactly once
+    # Stats merged from both workers into one summary, as the 1-process run counts them.
+    for field in ("events", "ok", "failed", "invalid", "blank_lines", "statuses", "errors"):
+        assert getattr(s2, field) == getattr(s1, field), field
+    assert (s2.ok, s2.invalid, s2.blank_lines) == (282, 12, 6)
+    assert s2.latency_ms["p50"] is not None
+
+
+@pytest.mark.slow
+async def test_ordered_across_workers_and_rate_split(
+    mock: MockHandle, write_jsonl: Callable[..., Path], tmp_path: Path
+) -> None:
+    events = write_jsonl(_events(120))
+    out = tmp_path / "out.jsonl"
+    config = Config(
+        inputs=(str(events),),
+        output=str(out),
+        endpoint=mock.delivery_url,
+        token="mock-token",
+        workers=2,
+        ordered=True,
+        rate=2000.0,
+    )
+    summary = await run(config)
+    seqs = [r["seq"] for r in _records(out)]
+    assert seqs == list(range(117))
+    assert summary.events == 117
+
+
+@pytest.mark.slow
+async def test_refused_token_stops_every_worker(
+    mock: MockHandle, write_jsonl: Callable[..., Path], tmp_path: Path
+) -> None:
+    events = write_jsonl(_events(600))
+    out = tmp_path / "out.jsonl"
+    config = Config(
+        inputs=(str(events),),
+        output=str(out),
+        endpoint=mock.delivery_url,
+        token="wrong-token",
+        workers=2,
+        concurrency=4,
+        fail_fast_401=10,
+    )
+    summary = await run(config)
+    assert summary.exit_code == 3
+    assert summary.stopped is not None
+    assert "HTTP 401" in summary.stopped
+    records = _records(out)
+    assert 10 <= len(records) < 588  # stopped early; what was answered is written once
+    assert len({r["seq"] for r in records}) == len(records)
+    assert b"wrong-token" not in out.read_bytes()
+
+
+class _Renewing:
+    """A token provider that holds a refused token until asked, then a good one."""
+
+    def __init__(self) -> None:
+        self.current = "Bearer stale-token"
+        self.fetches = 0
+
+    def authorization(self) -> str | None:
+        return self.current
+
+    async def refresh_after_401(self, used: str | None) -> bool:
+        if used != self.current:
+            return True  # already renewed for another caller
+        self.fetches += 1
+        await anyio.sleep(0.05)
+        self.current = "Bearer fresh-token"
+        return True
+
+
+@pytest.mark.slow
+async def test_parent_refreshes_once_for_all_workers(
+    write_jsonl: Callable[..., Path], tmp_path: Path
+) -> None:
+    events = write_jsonl(_events(200))
+    out = tmp_path / "out.jsonl"
+    provider = _Renewing()
+    async with running_mock(MockConfig(static_tokens=("fresh-token",))) as mock:
+        config = Config(
+            inputs=(str(events),),
+            output=str(out),
+            endpoint=mock.delivery_url,
+            token="stale-token",
+            workers=2,
+            concurrency=8,
+        )
+        summary = await run_workers(config, tokens=provider)
+    assert provider.fetches == 1  # one renewal, whatever the number of workers
+    assert summary.ok == 188
+    assert summary.failed == 0
+    records = _records(out)
+    assert any(r["attempts"] == 2 for r in records)  # refused once, then sent again
+    assert all(r["ok"] or r["error_kind"] == "invalid" for r in records)
+    data = out.read_bytes()
+    assert b"stale-token" not in data
+    assert b"fresh-token" not in data
+
+
+async def test_pushed_token_asks_the_parent_once_per_refused_token() -> None:
+    asked: list[str | None] = []
+    tokens: PushedToken
+
+    async def ask(used: str | None) -> None:
+        asked.append(used)
+
+    tokens = PushedToken("Bearer a", ask)
+    answers: list[bool] = []
+
+    async def call() -> None:
+        answers.append(await tokens.refresh_after_401("Bearer a"))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(5):
+            tg.start_soon(call)
+        await anyio.wait_all_tasks_blocked()
+        assert asked == ["Bearer a"]
+        tokens.answered("Bearer a", True, "Bearer b")
+    assert answers == [True] * 5
+    assert tokens.authorization() == "Bearer b"
+    assert await tokens.refresh_after_401("Bearer a") is True  # newer already here
+    tokens.answered("Bearer b", False, "Bearer b")
+    assert await tokens.refresh_after_401("Bearer b") is False  # static: no help
+    assert asked == ["Bearer a"]
+
+
+@pytest.mark.parametrize(
+    ("workers", "concurrency", "rate", "expected"),
+    [
+        pytest.param(2, 64, 1000.0, (32, 500.0), id="even-split"),
+        pytest.param(3, 64, None, (22, None), id="concurrency-rounds-up"),
+        pytest.param(4, 2, 10.0, (1, 2.5), id="at-least-one-call-each"),
+    ],
+)
+def test_worker_share(
+    workers: int, concurrency: int, rate: float | None, expected: tuple[int, float | None]
+) -> None:
+    config = Config(workers=workers, concurrency=concurrency, rate=rate, ordered=True)
+    share = worker_config(config)
+    assert (share.concurrency, share.rate) == expected
+    assert (share.workers, share.ordered, share.output) == (1, False, None)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        pytest.param("2", 2, id="number"),
+        pytest.param("auto", None, id="auto-is-cores"),
+    ],
+)
+def test_cli_workers_option(value: str, expected: int | None) -> None:
+    from engine.cli import build_parser, config_from_args
+
+    args = build_parser().parse_args(["run", "--dry-run", "--workers", value, "x.jsonl"])
+    assert config_from_args(args).workers == (expected or auto_workers())
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two"])
+def test_cli_rejects_bad_workers(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--dry-run", "--workers", value, "x.jsonl"])
+    assert exc.value.code == 2
+    assert "--workers" in capsys.readouterr().err
+
+
+def test_config_rejects_bad_workers() -> None:
+    from engine.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--workers"):
+        Config(workers=0, dry_run=True).validated()
