@@ -97,6 +97,7 @@ def _add_distribution_options(p: argparse.ArgumentParser) -> None:
         "or a local Ray); needs the extra adbatch[ray]",
     )
 
+
 def _workers(text: str) -> int:
     if text == "auto":
         from engine.workers import auto_workers

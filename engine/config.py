@@ -153,6 +153,11 @@ class Config:
                 raise ConfigError(f"--shard must be I/N with 0 <= I < N, got {index}/{count}")
             if self.backend == "ray":
                 raise ConfigError("--shard is for separate processes; --backend ray shards itself")
+        if self.workers > 1 and (self.shard is not None or self.backend == "ray"):
+            raise ConfigError(
+                "--workers runs one machine's processes; give it without --shard or "
+                "--backend ray (those spread a run by themselves)"
+            )
         if self.backend == "ray":
             if self.output is None or self.output == "-":
                 raise ConfigError("--backend ray needs -o FILE (shard parts are kept beside it)")

@@ -93,6 +93,10 @@ class ResumeIndex:
         sums[seq] = _checksum(source, event_id)
         self.records += 1
 
+    def holds(self, seq: int) -> bool:
+        """True when the output has a record for this seq (`answered` checks it is this event)."""
+        return seq < len(self._sums) and self._sums[seq] != 0
+
     def answered(self, seq: int, source: str, event_id: str | None) -> bool:
         """True when the output holds this event; FatalError when the input changed."""
         if seq >= len(self._sums) or self._sums[seq] == 0:

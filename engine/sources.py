@@ -372,7 +372,7 @@ def read_units(
     seq = 0
     for path in paths:
         name = STDIN_NAME if path == STDIN else path
-        stream = _open_binary(path)
+        stream, close = _open_binary(path)
         try:
             if source_format(path, input_format) == "csv":
                 for record in _csv_records(stream, max_line_bytes, counts):
@@ -394,8 +394,7 @@ def read_units(
                 yield seq, f"{name}:{line_no}", payload
                 seq += 1
         finally:
-            if path != STDIN:
-                stream.close()
+            close()
 
 
 def unit_item(unit: Unit, defaults: EventDefaults = NO_DEFAULTS) -> Item:

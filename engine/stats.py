@@ -143,6 +143,7 @@ class RunStats:
         self.statuses.update(other.statuses)
         self.errors.update(other.errors)
         self.latency.merge(other.latency)
+        self.retries.update(other.retries)
 
 
 @dataclass(slots=True)

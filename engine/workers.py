@@ -30,7 +30,8 @@ import multiprocessing
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections import deque
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -46,9 +47,9 @@ from engine.auth import StaticToken, TokenProvider
 from engine.config import Config
 from engine.errors import EngineError, FatalError
 from engine.events import EventDefaults, Item
-from engine.results import Result
+from engine.results import MIN_SECRET_LENGTH, Result
 from engine.runner import _defaults, _Engine, _first_engine_error
-from engine.sinks import JsonlSink
+from engine.sinks import JsonlSink, ResumeIndex, open_resume
 from engine.sources import ReadCounts, Unit, check_inputs, read_units, unit_item
 from engine.stats import RunStats, Summary, summarize
 from engine.transport import AiohttpTransport, Transport
@@ -124,7 +125,7 @@ class PushedToken:
 
 
 def _secrets(header: str | None) -> set[bytes]:
-    if header is None or not header.startswith("Bearer "):
+    if header is None or not header.startswith("Bearer ") or len(header) - 7 < MIN_SECRET_LENGTH:
         return set()
     return {header[7:].encode()}
 
@@ -185,13 +186,15 @@ async def _worker(config: Config, header: str | None, ordered: bool, conn: Conne
         async with anyio.create_task_group() as tg:
             tg.start_soon(listen)
             await engine.execute(_unit_feed(units_receive, _defaults(config)), emit)
-            await send(("done", engine.state.stats, engine.state.stopped))
+            slowed = None if engine.adaptive is None else engine.adaptive.summary(time.monotonic())
+            stats, stopped = engine.state.stats, engine.state.stopped
+            await send(("done", stats, stopped, engine.policy.budget.refused, slowed))
             # `listen` ends when the parent, having the stats, closes its end of the pipe.
 
 
 async def _unit_feed(
     receive: MemoryObjectReceiveStream[list[Unit]], defaults: EventDefaults
-) -> AsyncIterator[list[Item]]:
+) -> AsyncGenerator[list[Item], None]:
     async with receive:
         async for units in receive:
             yield [unit_item(unit, defaults) for unit in units]
@@ -242,7 +245,9 @@ class _Worker:
 
 
 class _Parent:
-    def __init__(self, config: Config, tokens: TokenProvider, sink: JsonlSink) -> None:
+    def __init__(
+        self, config: Config, tokens: TokenProvider, sink: JsonlSink, index: ResumeIndex | None
+    ) -> None:
         self.config = config
         self.tokens = tokens
         self.sink = sink
@@ -255,8 +260,12 @@ class _Parent:
         self.all_done = anyio.Event()
         self.pushed = tokens.authorization()
         self.pending: dict[int, bytes] = {}
-        self.next_seq = 0
+        self.fed: deque[int] = deque()  # seqs in the order handed out, for --ordered
         self.answered = 0
+        self.budget_refused = 0
+        self.slowed: str | None = None
+        self.resumed = 0
+        self.index = index
         self.receive_limiter = anyio.CapacityLimiter(config.workers + 1)
 
     def _credit(self) -> int:
@@ -319,6 +328,12 @@ class _Parent:
                 batch = await anyio.to_thread.run_sync(_take, units, _UNIT_BATCH)
                 if not batch:
                     break
+                if self.index is not None:
+                    batch = self._unanswered(batch)
+                    if not batch:
+                        continue
+                if config.ordered:
+                    self.fed.extend(unit[0] for unit in batch)
                 worker = await self._pick()
                 if worker is None:
                     break
@@ -328,6 +343,22 @@ class _Parent:
             units.close()
             for worker in self.workers:
                 await self._end(worker)
+
+    def _unanswered(self, batch: list[Unit]) -> list[Unit]:
+        """--resume: drop what the output answers. Only those records are parsed here (for
+        their id, which the check needs); the others go to the workers unparsed."""
+        assert self.index is not None
+        defaults = _defaults(self.config)
+        kept = []
+        for unit in batch:
+            seq, source, _ = unit
+            if self.index.holds(seq) and self.index.answered(
+                seq, source, unit_item(unit, defaults).id
+            ):
+                continue
+            kept.append(unit)
+        self.resumed += len(batch) - len(kept)
+        return kept
 
     async def _pick(self) -> _Worker | None:
         limit = self._credit()
@@ -381,6 +412,8 @@ class _Parent:
                     self.stats.merge(message[1])
                     if message[2] is not None and self.stopped is None:
                         self.stopped = message[2]
+                    self.budget_refused += message[3]
+                    self.slowed = self.slowed or message[4]
                     return
                 elif kind == "error":
                     if self.error is None:
@@ -419,9 +452,9 @@ class _Parent:
         for seq, line in lines:
             pending[seq] = line
         ready = []
-        while self.next_seq in pending:
-            ready.append(pending.pop(self.next_seq))
-            self.next_seq += 1
+        fed = self.fed
+        while fed and fed[0] in pending:
+            ready.append(pending.pop(fed.popleft()))
         if ready:
             self.sink.write(b"".join(ready))
 
@@ -479,7 +512,8 @@ async def run_workers(config: Config, *, tokens: TokenProvider | None = None) ->
     """
     config = config.validated()
     check_inputs(config.inputs)
-    sink = JsonlSink(config.output)
+    index = open_resume(config.output) if config.resume else None
+    sink = JsonlSink(config.output, append=config.resume)
     start = time.perf_counter()
     parent: _Parent | None = None
     try:
@@ -492,7 +526,7 @@ async def run_workers(config: Config, *, tokens: TokenProvider | None = None) ->
                     endpoint=handle.delivery_url, token=handle.config.static_tokens[0]
                 )
             provider = tokens if tokens is not None else _token_provider(config)
-            parent = _Parent(config, provider, sink)
+            parent = _Parent(config, provider, sink, index)
             parent.start()
             try:
                 await parent.run()
@@ -510,4 +544,11 @@ async def run_workers(config: Config, *, tokens: TokenProvider | None = None) ->
         raise parent.error
     stats = parent.stats
     stats.blank_lines = parent.counts.blank_lines
-    return summarize(stats, elapsed_s=time.perf_counter() - start, stopped=parent.stopped)
+    return summarize(
+        stats,
+        elapsed_s=time.perf_counter() - start,
+        stopped=parent.stopped,
+        retry_budget_refused=parent.budget_refused,
+        slowed=parent.slowed,
+        resumed=parent.resumed,
+    )
