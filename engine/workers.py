@@ -43,15 +43,16 @@ import anyio.to_thread
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from engine.auth import StaticToken, TokenProvider
+from engine.auth import TokenProvider
 from engine.config import Config
-from engine.errors import EngineError, FatalError
+from engine.errors import AuthError, EngineError, FatalError
 from engine.events import EventDefaults, Item
 from engine.results import MIN_SECRET_LENGTH, Result
 from engine.runner import _defaults, _Engine, _first_engine_error
 from engine.sinks import JsonlSink, ResumeIndex, open_resume
 from engine.sources import ReadCounts, Unit, check_inputs, read_units, unit_item
-from engine.stats import RunStats, Summary, summarize
+from engine.stats import RunStats, Summary, TokenStats, summarize
+from engine.token_client import open_token_provider
 from engine.transport import AiohttpTransport, Transport
 
 _UNIT_BATCH = 256
@@ -79,6 +80,11 @@ def worker_config(config: Config) -> Config:
         output=None,
         mock=False,
         inputs=("<parent>",),
+        # Workers get the Authorization values from the parent, never the credentials.
+        token=None,
+        client_id=None,
+        client_secret=None,
+        resume=False,
     )
 
 
@@ -88,7 +94,7 @@ def worker_config(config: Config) -> Config:
 class PushedToken:
     """A TokenProvider fed by the parent: the header value is pushed, a 401 asks for more."""
 
-    __slots__ = ("_answers", "_header", "_request", "_waiting")
+    __slots__ = ("_answers", "_changed", "_header", "_request", "_seen", "_waiting")
 
     def __init__(
         self, header: str | None, request: Callable[[str | None], Awaitable[None]]
@@ -97,12 +103,36 @@ class PushedToken:
         self._request = request
         self._waiting: dict[str | None, anyio.Event] = {}
         self._answers: dict[str | None, bool] = {}
+        self._changed = anyio.Event()
+        self._seen: list[str] = []
+        self._remember(header)
+
+    def _remember(self, header: str | None) -> None:
+        if header is not None and header.startswith("Bearer ") and header[7:] not in self._seen:
+            self._seen.append(header[7:])
 
     def authorization(self) -> str | None:
         return self._header
 
     def set(self, header: str | None) -> None:
         self._header = header
+        self._remember(header)
+        changed, self._changed = self._changed, anyio.Event()
+        changed.set()
+
+    async def wait_authorization(self) -> str | None:
+        while self._header is None:  # the parent's token is in its mandatory window
+            await self._changed.wait()
+        return self._header
+
+    async def maintain(self) -> None:
+        return None  # the parent keeps the token fresh
+
+    def secrets(self) -> tuple[str, ...]:
+        return tuple(self._seen)
+
+    def token_stats(self) -> TokenStats | None:
+        return None  # the parent's provider reports for the run
 
     async def refresh_after_401(self, used: str | None) -> bool:
         if self._header != used:
@@ -117,22 +147,15 @@ class PushedToken:
         return self._answers.get(used, False)
 
     def answered(self, used: str | None, ok: bool, header: str | None) -> None:
-        self._header = header
+        self.set(header)
         self._answers[used] = ok
         event = self._waiting.pop(used, None)
         if event is not None:
             event.set()
 
 
-def _secrets(header: str | None) -> set[bytes]:
-    if header is None or not header.startswith("Bearer ") or len(header) - 7 < MIN_SECRET_LENGTH:
-        return set()
-    return {header[7:].encode()}
-
-
 async def _worker(config: Config, header: str | None, ordered: bool, conn: Connection) -> None:
     lock = anyio.Lock()
-    seen = _secrets(header)
 
     async def send(message: tuple[Any, ...]) -> None:
         async with lock:
@@ -161,19 +184,17 @@ async def _worker(config: Config, header: str | None, ordered: bool, conn: Conne
                         pass  # this worker stopped early; the parent is stopping too
                 elif kind == "token":
                     tokens.set(message[1])
-                    seen.update(_secrets(message[1]))
                 elif kind == "refreshed":
                     tokens.answered(message[1], message[2], message[3])
-                    seen.update(_secrets(message[3]))
                 elif kind == "end":
                     units_send.close()  # the feed ends; the calls in flight go on
 
     async def emit(batch: list[Result]) -> None:
         if ordered:
-            lines = [(r.seq, _redact(r.to_json() + b"\n", seen)) for r in batch]
+            lines = [(r.seq, _redact(r.to_json() + b"\n", tokens)) for r in batch]
             await send(("ordered", lines, len(batch)))
         else:
-            data = _redact(b"".join([r.to_json() + b"\n" for r in batch]), seen)
+            data = _redact(b"".join([r.to_json() + b"\n" for r in batch]), tokens)
             await send(("records", data, len(batch)))
 
     async with AsyncExitStack() as stack:
@@ -200,9 +221,10 @@ async def _unit_feed(
             yield [unit_item(unit, defaults) for unit in units]
 
 
-def _redact(data: bytes, secrets: set[bytes]) -> bytes:
-    for secret in secrets:  # a server that echoes the token must not leak it
-        if secret:
+def _redact(data: bytes, tokens: PushedToken) -> bytes:
+    for token in tokens.secrets():  # a server that echoes the token must not leak it
+        secret = token.encode()
+        if len(secret) >= MIN_SECRET_LENGTH and secret in data:
             data = data.replace(secret, b"[redacted]")
     return data
 
@@ -266,6 +288,11 @@ class _Parent:
         self.slowed: str | None = None
         self.resumed = 0
         self.index = index
+        self.secrets = tuple(
+            s.encode()
+            for s in (config.token, config.client_secret)
+            if s and len(s) >= MIN_SECRET_LENGTH
+        )
         self.receive_limiter = anyio.CapacityLimiter(config.workers + 1)
 
     def _credit(self) -> int:
@@ -304,13 +331,14 @@ class _Parent:
             for worker in self.workers:
                 tg.start_soon(self._receive, worker, tg)
             tg.start_soon(self._watch_tokens)
+            tg.start_soon(self._keep_tokens)
             if self.config.progress:
                 tg.start_soon(self._progress)
             await self._dispatch()
             await self.all_done.wait()
             tg.cancel_scope.cancel()
         if self.pending:  # only when a run stopped early: keep what was answered
-            self.sink.write(b"".join(self.pending[k] for k in sorted(self.pending)))
+            self._write(b"".join(self.pending[k] for k in sorted(self.pending)))
             self.pending.clear()
 
     # -- input -> workers
@@ -401,7 +429,7 @@ class _Parent:
                     return
                 kind = message[0]
                 if kind == "records":
-                    self.sink.write(message[1])
+                    self._write(message[1])
                     self._answered(worker, message[2])
                 elif kind == "ordered":
                     self._ordered(message[1])
@@ -427,6 +455,12 @@ class _Parent:
             self.credit.set()
             if all(w.done for w in self.workers):
                 self.all_done.set()
+
+    def _write(self, data: bytes) -> None:
+        for secret in self.secrets:  # the workers never saw these; a server could echo them
+            if secret in data:
+                data = data.replace(secret, b"[redacted]")
+        self.sink.write(data)
 
     def _answered(self, worker: _Worker, count: int) -> None:
         worker.outstanding -= count
@@ -456,7 +490,7 @@ class _Parent:
         while fed and fed[0] in pending:
             ready.append(pending.pop(fed.popleft()))
         if ready:
-            self.sink.write(b"".join(ready))
+            self._write(b"".join(ready))
 
     def _died(self, worker: _Worker) -> None:
         if worker.done:
@@ -478,6 +512,13 @@ class _Parent:
             for worker in self.workers:
                 await self._send(worker, ("token", header))
 
+    async def _keep_tokens(self) -> None:
+        try:
+            await self.tokens.maintain()
+        except AuthError as exc:  # the renewer gave up: stop as after a fatal streak
+            self.stopped = self.stopped or str(exc)
+            self.credit.set()
+
     async def _watch_tokens(self) -> None:
         while True:  # a provider that renews in the background changes its value
             await anyio.sleep(_TOKEN_POLL_S)
@@ -498,12 +539,6 @@ def _take(units: Iterator[Unit], size: int) -> list[Unit]:
     return batch
 
 
-def _token_provider(config: Config) -> TokenProvider:
-    """The run's one token provider, in the parent. The seam for OAuth client credentials:
-    any TokenProvider works, the workers only ever see its `authorization()` values."""
-    return StaticToken(config.token)
-
-
 async def run_workers(config: Config, *, tokens: TokenProvider | None = None) -> Summary:
     """`runner.run` over `config.workers` processes (see the module's rules).
 
@@ -522,10 +557,17 @@ async def run_workers(config: Config, *, tokens: TokenProvider | None = None) ->
                 from engine.mock import running_mock
 
                 handle = await stack.enter_async_context(running_mock())
+                client_id, client_secret = handle.config.clients[0]
                 config = config.with_changes(
-                    endpoint=handle.delivery_url, token=handle.config.static_tokens[0]
+                    endpoint=handle.delivery_url,
+                    token=None,
+                    token_url=handle.token_url,
+                    client_id=client_id,
+                    client_secret=client_secret,
                 )
-            provider = tokens if tokens is not None else _token_provider(config)
+            # The run's one token provider (static or OAuth, renewed in the background
+            # here); the workers only ever see its `authorization()` values.
+            provider = tokens if tokens is not None else await open_token_provider(config, stack)
             parent = _Parent(config, provider, sink, index)
             parent.start()
             try:
@@ -551,4 +593,5 @@ async def run_workers(config: Config, *, tokens: TokenProvider | None = None) ->
         retry_budget_refused=parent.budget_refused,
         slowed=parent.slowed,
         resumed=parent.resumed,
+        tokens=parent.tokens.token_stats(),
     )

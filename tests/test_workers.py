@@ -137,6 +137,18 @@ class _Renewing:
     def authorization(self) -> str | None:
         return self.current
 
+    async def wait_authorization(self) -> str | None:
+        return self.current
+
+    async def maintain(self) -> None:
+        return None
+
+    def secrets(self) -> tuple[str, ...]:
+        return ("stale-token", "fresh-token")
+
+    def token_stats(self) -> None:
+        return None
+
     async def refresh_after_401(self, used: str | None) -> bool:
         if used != self.current:
             return True  # already renewed for another caller
@@ -172,6 +184,30 @@ async def test_parent_refreshes_once_for_all_workers(
     data = out.read_bytes()
     assert b"stale-token" not in data
     assert b"fresh-token" not in data
+
+
+@pytest.mark.slow
+async def test_one_oauth_token_for_all_workers(
+    write_jsonl: Callable[..., Path], tmp_path: Path
+) -> None:
+    events = write_jsonl(_events(150))
+    out = tmp_path / "out.jsonl"
+    async with running_mock(MockConfig(static_tokens=())) as mock:
+        config = Config(
+            inputs=(str(events),),
+            output=str(out),
+            endpoint=mock.delivery_url,
+            token_url=mock.token_url,
+            client_id="mock-client",
+            client_secret="mock-secret",
+            workers=2,
+            concurrency=8,
+        )
+        summary = await run(config)
+        assert mock.state.token_requests == 1  # fetched by the parent, once for both
+    assert summary.ok == 141
+    assert summary.failed == 0
+    assert b"mock-secret" not in out.read_bytes()
 
 
 async def test_pushed_token_asks_the_parent_once_per_refused_token() -> None:
@@ -245,3 +281,25 @@ def test_config_rejects_bad_workers() -> None:
 
     with pytest.raises(ConfigError, match="--workers"):
         Config(workers=0, dry_run=True).validated()
+
+
+@pytest.mark.slow
+async def test_resume_with_workers_sends_only_what_is_missing(
+    mock: MockHandle, write_jsonl: Callable[..., Path], tmp_path: Path
+) -> None:
+    events = write_jsonl(_events(300))
+    out = tmp_path / "out.jsonl"
+    base = Config(
+        inputs=(str(events),), output=str(out), endpoint=mock.delivery_url, token="mock-token"
+    )
+    await run(base.with_changes(ordered=True))
+    kept = out.read_bytes().splitlines(keepends=True)[:100]
+    out.write_bytes(b"".join(kept))  # as if the first run had stopped after 100 records
+    sent_before = mock.state.delivery_requests
+
+    summary = await run(base.with_changes(resume=True, workers=2, concurrency=8))
+    records = _records(out)
+    assert sorted(r["seq"] for r in records) == list(range(294))  # type: ignore[type-var]
+    assert summary.resumed == 100
+    valid_in_kept = sum(1 for r in records[:100] if r["error_kind"] != "invalid")
+    assert mock.state.delivery_requests - sent_before == 282 - valid_in_kept
