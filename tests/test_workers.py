@@ -16,7 +16,8 @@ import pytest
 from engine import Config, run
 from engine.cli import main
 from engine.mock import MockConfig, MockHandle, running_mock
-from engine.workers import PushedToken, auto_workers, run_workers, worker_config
+from engine.worker_proc import PushedToken
+from engine.workers import auto_workers, run_workers, worker_config
 
 pytestmark = pytest.mark.anyio
 

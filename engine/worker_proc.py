@@ -1,0 +1,196 @@
+"""One worker process of a `--workers N` run (the parent is engine/workers.py).
+
+Rules:
+- The worker runs the ordinary engine (`runner._Engine`) on its own event loop (uvloop
+  when installed) with its own connection pool; its input is the parent's batches of
+  unparsed records, its output encoded JSONL bytes sent back to the parent.
+- Messages from the parent: ("units", batch), ("token", header), ("refreshed", used,
+  ok, header), ("end",); to the parent: ("records", bytes, n) or ("ordered", [(seq,
+  line)], n), ("refresh", used), ("done", stats, stopped, budget_refused, slowed),
+  ("error", text, exit_code). The worker listens until the parent closes the pipe, so
+  token answers still arrive after the last batch.
+- The worker never sees client credentials: `PushedToken` holds what the parent pushed.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from multiprocessing.connection import Connection
+from typing import Any
+
+import anyio
+import anyio.to_thread
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from engine.config import Config
+from engine.errors import EngineError
+from engine.events import EventDefaults, Item
+from engine.results import MIN_SECRET_LENGTH, Result
+from engine.runner import _defaults, _Engine
+from engine.sources import Unit, unit_item
+from engine.stats import TokenStats
+from engine.transport import AiohttpTransport, Transport
+
+
+class PushedToken:
+    """A TokenProvider fed by the parent: the header value is pushed, a 401 asks for more."""
+
+    __slots__ = ("_answers", "_changed", "_header", "_request", "_seen", "_waiting")
+
+    def __init__(
+        self, header: str | None, request: Callable[[str | None], Awaitable[None]]
+    ) -> None:
+        self._header = header
+        self._request = request
+        self._waiting: dict[str | None, anyio.Event] = {}
+        self._answers: dict[str | None, bool] = {}
+        self._changed = anyio.Event()
+        self._seen: list[str] = []
+        self._remember(header)
+
+    def _remember(self, header: str | None) -> None:
+        if header is not None and header.startswith("Bearer ") and header[7:] not in self._seen:
+            self._seen.append(header[7:])
+
+    def authorization(self) -> str | None:
+        return self._header
+
+    def set(self, header: str | None) -> None:
+        self._header = header
+        self._remember(header)
+        changed, self._changed = self._changed, anyio.Event()
+        changed.set()
+
+    async def wait_authorization(self) -> str | None:
+        while self._header is None:  # the parent's token is in its mandatory window
+            await self._changed.wait()
+        return self._header
+
+    async def maintain(self) -> None:
+        return None  # the parent keeps the token fresh
+
+    def secrets(self) -> tuple[str, ...]:
+        return tuple(self._seen)
+
+    def token_stats(self) -> TokenStats | None:
+        return None  # the parent's provider reports for the run
+
+    async def refresh_after_401(self, used: str | None) -> bool:
+        if self._header != used:
+            return True  # the parent pushed a newer token meanwhile
+        if used in self._answers:
+            return self._answers[used]
+        event = self._waiting.get(used)
+        if event is None:  # one question to the parent per refused token, not per call
+            event = self._waiting[used] = anyio.Event()
+            await self._request(used)
+        await event.wait()
+        return self._answers.get(used, False)
+
+    def answered(self, used: str | None, ok: bool, header: str | None) -> None:
+        self.set(header)
+        self._answers[used] = ok
+        event = self._waiting.pop(used, None)
+        if event is not None:
+            event.set()
+
+
+async def _worker(config: Config, header: str | None, ordered: bool, conn: Connection) -> None:
+    lock = anyio.Lock()
+
+    async def send(message: tuple[Any, ...]) -> None:
+        async with lock:
+            await anyio.to_thread.run_sync(conn.send, message)
+
+    async def ask(used: str | None) -> None:
+        await send(("refresh", used))
+
+    tokens = PushedToken(header, ask)
+    # Unbounded, yet bounded by the parent's credit: it never sends more than that.
+    units_send, units_receive = anyio.create_memory_object_stream[list[Unit]](math.inf)
+
+    async def listen() -> None:
+        # Until the parent closes its end: token answers still come after the last units.
+        async with units_send:
+            while True:
+                try:
+                    message = await anyio.to_thread.run_sync(conn.recv, abandon_on_cancel=True)
+                except (EOFError, OSError):
+                    return
+                kind = message[0]
+                if kind == "units":
+                    try:
+                        units_send.send_nowait(message[1])
+                    except anyio.BrokenResourceError:
+                        pass  # this worker stopped early; the parent is stopping too
+                elif kind == "token":
+                    tokens.set(message[1])
+                elif kind == "refreshed":
+                    tokens.answered(message[1], message[2], message[3])
+                elif kind == "end":
+                    units_send.close()  # the feed ends; the calls in flight go on
+
+    async def emit(batch: list[Result]) -> None:
+        if ordered:
+            lines = [(r.seq, _redact(r.to_json() + b"\n", tokens)) for r in batch]
+            await send(("ordered", lines, len(batch)))
+        else:
+            data = _redact(b"".join([r.to_json() + b"\n" for r in batch]), tokens)
+            await send(("records", data, len(batch)))
+
+    async with AsyncExitStack() as stack:
+        transport: Transport | None = None
+        if not config.dry_run:
+            transport = await stack.enter_async_context(
+                AiohttpTransport(concurrency=config.concurrency, timeout=config.timeout)
+            )
+        engine = _Engine(config, tokens, transport)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(listen)
+            await engine.execute(_unit_feed(units_receive, _defaults(config)), emit)
+            slowed = None if engine.adaptive is None else engine.adaptive.summary(time.monotonic())
+            stats, stopped = engine.state.stats, engine.state.stopped
+            await send(("done", stats, stopped, engine.policy.budget.refused, slowed))
+            # `listen` ends when the parent, having the stats, closes its end of the pipe.
+
+
+async def _unit_feed(
+    receive: MemoryObjectReceiveStream[list[Unit]], defaults: EventDefaults
+) -> AsyncGenerator[list[Item], None]:
+    async with receive:
+        async for units in receive:
+            yield [unit_item(unit, defaults) for unit in units]
+
+
+def _redact(data: bytes, tokens: PushedToken) -> bytes:
+    for token in tokens.secrets():  # a server that echoes the token must not leak it
+        secret = token.encode()
+        if len(secret) >= MIN_SECRET_LENGTH and secret in data:
+            data = data.replace(secret, b"[redacted]")
+    return data
+
+
+def worker_main(
+    index: int, config: Config, header: str | None, ordered: bool, conn: Connection
+) -> None:
+    """A worker process: its own event loop (uvloop when installed) until the parent ends it."""
+    try:
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            anyio.run(_worker, config, header, ordered, conn)
+        else:
+            anyio.run(_worker, config, header, ordered, conn, backend_options={"use_uvloop": True})
+    except KeyboardInterrupt:
+        pass
+    except BaseException as exc:  # reported to the parent, which fails the run with it
+        code = exc.exit_code if isinstance(exc, EngineError) else 1
+        try:
+            conn.send(("error", f"worker {index}: {type(exc).__name__}: {exc}", code))
+        except OSError:
+            pass
+    finally:
+        conn.close()
