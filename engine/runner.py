@@ -159,6 +159,7 @@ class _Engine:
         )
         self.adaptive = AdaptiveRate() if config.adaptive else None
         self.shutdown = Shutdown()
+        self._write_now: Callable[[list[Result]], None] | None = None
 
     # -- stages ---------------------------------------------------------------------
 
@@ -212,11 +213,16 @@ class _Engine:
                 if self.shutdown.halted.is_set():
                     return
                 result = await self.process(item)
-                if result is not None:
-                    try:
-                        send.send_nowait(result)
-                    except anyio.WouldBlock:
-                        await send.send(result)
+                if result is None:
+                    continue
+                if self._write_now is not None:
+                    self._account(result)
+                    self._write_now([result])
+                    continue
+                try:
+                    send.send_nowait(result)
+                except anyio.WouldBlock:
+                    await send.send(result)
 
     async def process(self, item: Item) -> Result | None:
         """The record of one item; None when the run halted before it was answered."""
@@ -358,8 +364,14 @@ class _Engine:
         counts: ReadCounts | None = None,
         *,
         handle_signals: bool = False,
+        write_now: Callable[[list[Result]], None] | None = None,
     ) -> Summary:
+        """Drive the run. With `write_now` (a synchronous sink) and no `--ordered`, each
+        worker writes its record the moment its call ends, with no buffer in between: a
+        worker holds either a call in flight or nothing, so a kill -9 loses at most
+        --concurrency answers and --resume repeats at most that many calls."""
         start = time.perf_counter()
+        self._write_now = write_now if self.window is None else None
         capacity = max(16, self.config.concurrency * 2)
         items_send, items_receive = anyio.create_memory_object_stream[Item](capacity)
         results_send, results_receive = anyio.create_memory_object_stream[Result](capacity)
@@ -558,9 +570,12 @@ async def run(config: Config, *, handle_signals: bool = False) -> Summary:
     )
     engine: _Engine | None = None
 
-    async def emit(batch: list[Result]) -> None:
+    def write(batch: list[Result]) -> None:
         data = b"".join([r.to_json() + b"\n" for r in batch])
         sink.write(redact_output(data, secrets, engine))
+
+    async def emit(batch: list[Result]) -> None:
+        write(batch)
 
     try:
         async with AsyncExitStack() as stack:
@@ -568,7 +583,9 @@ async def run(config: Config, *, handle_signals: bool = False) -> Summary:
             feed = file_feed(config, counts)
             if index is not None:
                 feed = _skip_answered(feed, index, engine.state)
-            summary = await engine.execute(feed, emit, counts, handle_signals=handle_signals)
+            summary = await engine.execute(
+                feed, emit, counts, handle_signals=handle_signals, write_now=write
+            )
     except BaseExceptionGroup as group:
         error = _first_engine_error(group)
         if error is None:
