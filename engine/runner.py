@@ -503,20 +503,27 @@ async def _skip_answered(feed: Feed, index: ResumeIndex, state: _State) -> Feed:
 # -- entry points -----------------------------------------------------------------------
 
 
+async def start_mock(config: Config, stack: AsyncExitStack) -> Config:
+    """Start the embedded mock on `stack`; `config` pointed at it, with its OAuth client
+    (so `--mock` exercises dynamic tokens)."""
+    from engine.mock import running_mock  # the mock's server side loads only when asked
+
+    handle = await stack.enter_async_context(running_mock())
+    client_id, client_secret = handle.config.clients[0]
+    return config.with_changes(
+        endpoint=handle.delivery_url,
+        token=None,
+        token_url=handle.token_url,
+        client_id=client_id,
+        client_secret=client_secret,
+        mock=False,
+    )
+
+
 async def _open(config: Config, stack: AsyncExitStack) -> _Engine:
     """Start what the run needs (embedded mock, HTTP session) on `stack`."""
     if config.mock:
-        from engine.mock import running_mock  # the mock's server side loads only when asked
-
-        handle = await stack.enter_async_context(running_mock())
-        client_id, client_secret = handle.config.clients[0]
-        config = config.with_changes(
-            endpoint=handle.delivery_url,
-            token=None,
-            token_url=handle.token_url,
-            client_id=client_id,
-            client_secret=client_secret,
-        )
+        config = await start_mock(config, stack)
     tokens = await open_token_provider(config, stack)
     transport: Transport | None = None
     if not config.dry_run:

@@ -49,7 +49,7 @@ from engine.auth import TokenProvider
 from engine.config import Config
 from engine.errors import AuthError, FatalError
 from engine.results import MIN_SECRET_LENGTH
-from engine.runner import _defaults, _first_engine_error
+from engine.runner import _defaults, _first_engine_error, start_mock
 from engine.sinks import JsonlSink, ResumeIndex, open_resume
 from engine.sources import ReadCounts, Unit, check_inputs, read_units, unit_item
 from engine.stats import RunStats, Summary, summarize
@@ -391,17 +391,7 @@ async def run_workers(config: Config, *, tokens: TokenProvider | None = None) ->
     try:
         async with AsyncExitStack() as stack:
             if config.mock:
-                from engine.mock import running_mock
-
-                handle = await stack.enter_async_context(running_mock())
-                client_id, client_secret = handle.config.clients[0]
-                config = config.with_changes(
-                    endpoint=handle.delivery_url,
-                    token=None,
-                    token_url=handle.token_url,
-                    client_id=client_id,
-                    client_secret=client_secret,
-                )
+                config = await start_mock(config, stack)
             # The run's one token provider (static or OAuth, renewed in the background
             # here); the workers only ever see its `authorization()` values.
             provider = tokens if tokens is not None else await open_token_provider(config, stack)

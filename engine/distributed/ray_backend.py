@@ -54,6 +54,7 @@ from engine.distributed.merge import (
 )
 from engine.distributed.plan import ShardTask, meta_path, part_path, prepare
 from engine.errors import ConfigError, FatalError
+from engine.runner import start_mock
 from engine.sources import check_inputs
 from engine.stats import RunStats, Summary, summarize
 from engine.token_client import open_token_provider
@@ -124,18 +125,7 @@ async def run_ray(
         start = time.perf_counter()  # the run, not Ray's own start
         async with AsyncExitStack() as stack:
             if config.mock:
-                from engine.mock import running_mock
-
-                handle = await stack.enter_async_context(running_mock())
-                client_id, client_secret = handle.config.clients[0]
-                config = config.with_changes(
-                    endpoint=handle.delivery_url,
-                    token=None,
-                    token_url=handle.token_url,
-                    client_id=client_id,
-                    client_secret=client_secret,
-                    mock=False,
-                )
+                config = await start_mock(config, stack)
             count = senders or max(1, int(ray.cluster_resources().get("CPU", 1)))
             plan, todo = await anyio.to_thread.run_sync(prepare, config, parts_dir, count, shards)
             done, stopped = await _dispatch(
