@@ -70,6 +70,28 @@ def invalid_result(item: Invalid) -> Result:
     )
 
 
+def server_message(body: bytes) -> str | None:
+    """The server's own words for a failure, short and on one line (None when silent)."""
+    if not body:
+        return None
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        text = body[:200].decode("utf-8", "replace")
+    else:
+        if not isinstance(data, dict):
+            return None
+        found = next((data[k] for k in ("messages", "Status Message", "error_description",
+                                         "error", "message") if k in data), None)
+        if isinstance(found, list):
+            found = "; ".join(str(m) for m in found[:3])
+        if not isinstance(found, str) or not found:
+            return None
+        text = found
+    text = " ".join(text.split())
+    return text[:160] or None
+
+
 def response_result(
     event: Event,
     resp: Response,
@@ -88,7 +110,9 @@ def response_result(
     if resp.error is not None:
         error, kind = redact(resp.error, secrets), resp.error_kind
     elif not ok:
-        error, kind = f"HTTP {status}", f"http_{status}"
+        detail = server_message(resp.body)
+        error = f"HTTP {status}: {redact(detail, secrets)}" if detail else f"HTTP {status}"
+        kind = f"http_{status}"
     else:
         error, kind = None, None
     if error is not None and note is not None:
