@@ -16,6 +16,7 @@ from functools import partial
 from typing import Any
 
 import anyio
+import orjson
 
 from engine import cli_load, runner
 from engine.config import (
@@ -26,7 +27,7 @@ from engine.config import (
     DEFAULT_TOKEN_WAIT,
     Config,
 )
-from engine.errors import ConfigError, EngineError
+from engine.errors import ConfigError, EngineError, InputError
 from engine.sources import DEFAULT_MAX_LINE_BYTES
 
 PROG = "adbatch"
@@ -352,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_run_options(run_p)
     _add_distribution_options(run_p)
+    run_p.add_argument("--summary", metavar="FILE", help="also write the run's figures as JSON")
     run_p.set_defaults(handler=_cmd_run)
 
     merge_p = sub.add_parser(
@@ -499,6 +501,14 @@ def _run_async(fn: Callable[..., Any], *args: Any) -> Any:
     return anyio.run(fn, *args, backend_options={"use_uvloop": True})
 
 
+def _write_file(path: str, data: bytes) -> None:
+    try:
+        with open(path, "wb") as f:
+            f.write(data)
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     if "-" in config.inputs and sys.stdin.isatty():
@@ -506,6 +516,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             f"{PROG}: reading events from stdin (JSONL; Ctrl-D ends, Ctrl-C aborts)",
             file=sys.stderr,
         )
+    if args.summary:
+        _write_file(args.summary, b"")  # a summary that cannot be written fails before the run
     if config.backend == "ray":
         from engine.distributed.ray_backend import run_ray
 
@@ -515,6 +527,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(f"{PROG}: {summary.line()}", file=sys.stderr)
     if summary.stopped:
         print(f"{PROG}: stopped: {summary.stopped}", file=sys.stderr)
+    if args.summary:
+        data = {"summary": summary, "exit_code": summary.exit_code}
+        _write_file(args.summary, orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
     if summary.interrupted is not None:
         # The output is closed and synced; a reader thread may still block on stdin,
         # and the interpreter would wait for it at exit: leave now.

@@ -114,3 +114,23 @@ def test_config_file_rejects_tokens_and_unknown_keys(
     config.write_text("concurency = 3\n")
     assert main(["run", "--mock", "--config", str(config)]) == 2
     assert "unknown option 'concurency'" in capsys.readouterr().err
+
+
+def test_run_summary_file_holds_the_figures(tmp_path: Path) -> None:
+    examples = Path(__file__).parent.parent / "examples"
+    summary = tmp_path / "s.json"
+    argv = [
+        "run",
+        "--mock",
+        str(examples / "pageviews.jsonl"),
+        "-o",
+        str(tmp_path / "o.jsonl"),
+        "--summary",
+        str(summary),
+    ]
+    assert main(argv) == 0
+    data = orjson.loads(summary.read_bytes())
+    events = len((examples / "pageviews.jsonl").read_bytes().splitlines())
+    assert data["exit_code"] == 0
+    assert data["summary"]["events"] == data["summary"]["ok"] == events
+    assert data["summary"]["latency_ms"]["p99"] is not None
