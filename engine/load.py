@@ -43,16 +43,14 @@ from engine.accesslog import read_replay_items
 from engine.config import Config
 from engine.errors import ConfigError
 from engine.events import Event, Invalid, Item
+from engine.feeds import READ_BATCH, event_defaults, file_feed
 from engine.pacing import BurstCap, Pacer, ReorderWindow, ReplaySchedule
 from engine.results import MIN_SECRET_LENGTH, Result, invalid_result
 from engine.runner import (
-    _READ_BATCH,
     Emit,
-    _defaults,
     _Engine,
     _first_engine_error,
     _open,
-    file_feed,
     redact_output,
 )
 from engine.series import DROPPED, Figures
@@ -148,8 +146,8 @@ class LoadOutcome:
 
 
 async def _cached(events: list[Event]) -> AsyncGenerator[list[Item], None]:
-    for i in range(0, len(events), _READ_BATCH):
-        yield list(events[i : i + _READ_BATCH])
+    for i in range(0, len(events), READ_BATCH):
+        yield list(events[i : i + READ_BATCH])
 
 
 async def load_schedule(
@@ -196,7 +194,7 @@ def _replay_items(config: Config, access_log: bool, counts: ReadCounts) -> Itera
     return read_replay_items(
         config.inputs,
         input_format="log" if access_log else config.input_format,
-        defaults=_defaults(config),
+        defaults=event_defaults(config),
         max_line_bytes=config.max_line_bytes,
         counts=counts,
     )
@@ -209,7 +207,7 @@ async def replay_schedule(
     sched = ReplaySchedule(speed=plan.speed, max_gap=plan.max_gap, rate=config.rate)
     items = _replay_items(config, plan.access_log, counts)
     try:
-        while batch := await anyio.to_thread.run_sync(next_batch, items, _READ_BATCH):
+        while batch := await anyio.to_thread.run_sync(next_batch, items, READ_BATCH):
             for item in batch:
                 if isinstance(item, Invalid):
                     yield None, item

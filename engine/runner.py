@@ -22,33 +22,30 @@
 
 from __future__ import annotations
 
-import math
 import random
 import sys
 import time
 from collections import deque
 from collections.abc import (
-    AsyncGenerator,
     AsyncIterator,
     Awaitable,
     Callable,
     Iterable,
-    Iterator,
     Mapping,
 )
-from contextlib import AsyncExitStack, aclosing, suppress
+from contextlib import AsyncExitStack, aclosing
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import anyio
 import orjson
-from aiolimiter import AsyncLimiter
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from engine.auth import TokenProvider
 from engine.config import Config
 from engine.errors import AuthError, EngineError
-from engine.events import Event, EventDefaults, Invalid, Item, make_event
+from engine.events import Event, Invalid, Item
+from engine.feeds import Feed, event_defaults, file_feed, mapping_feed
+from engine.limits import Limiter, make_limiter
 from engine.query import DEFAULT_USER_AGENT, RequestBuilder
 from engine.results import MIN_SECRET_LENGTH, Result, invalid_result, response_result
 from engine.retry import (
@@ -60,59 +57,15 @@ from engine.retry import (
 )
 from engine.shutdown import Shutdown
 from engine.sinks import JsonlSink, ResumeIndex, open_resume
-from engine.sources import ReadCounts, check_inputs, next_batch, read_items
+from engine.sources import ReadCounts, check_inputs
 from engine.stats import RunStats, Summary, summarize
 from engine.token_client import open_token_provider
 from engine.transport import AiohttpTransport, Transport
 
-Feed = AsyncGenerator[list[Item], None]
 Emit = Callable[[list[Result]], Awaitable[None]]
 
 
-class Limiter(Protocol):
-    """Admits one call per `acquire()` (aiolimiter's AsyncLimiter, the Ray rate lease)."""
-
-    async def acquire(self) -> None: ...
-
-
-_READ_BATCH = 256
-_BURST_SECONDS = 0.005
 _FATAL_KINDS = ("http_401", "connect")
-
-
-class ChunkedLimiter:
-    """`rate` calls/s, taken from aiolimiter in chunks of ~5 ms of traffic (at least one).
-
-    aiolimiter costs tens of microseconds per acquire (and spins on uvloop below 1 ms
-    ticks); here it is asked once per chunk, and the calls of a chunk go without waiting.
-    One chunk is the bucket, so there is no burst at start beyond 5 ms of traffic.
-    """
-
-    __slots__ = ("_chunk", "_left", "_limiter", "_lock")
-
-    def __init__(self, rate: float) -> None:
-        self._chunk = max(1, math.floor(rate * _BURST_SECONDS))
-        self._limiter = AsyncLimiter(self._chunk, self._chunk / rate)
-        self._left = 0
-        self._lock = anyio.Lock()
-
-    async def acquire(self) -> None:
-        if self._left > 0:
-            self._left -= 1
-            return
-        async with self._lock:  # one caller refills; the others then take from its chunk
-            if self._left > 0:
-                self._left -= 1
-                return
-            await self._limiter.acquire(self._chunk)
-            self._left = self._chunk - 1
-
-
-def make_limiter(rate: float | None) -> ChunkedLimiter | None:
-    """A limiter for `rate` calls/s whose bucket holds ~5 ms of traffic (at least one call)."""
-    if rate is None:
-        return None
-    return ChunkedLimiter(rate)
 
 
 @dataclass(slots=True)
@@ -429,65 +382,7 @@ class _Engine:
             sys.stderr.flush()
 
 
-# -- feeds --------------------------------------------------------------------------------
-
-
-def _defaults(config: Config) -> EventDefaults:
-    return EventDefaults(partner_id=config.partner_id, user_agent=None, ip=config.ip)
-
-
-async def file_feed(config: Config, counts: ReadCounts) -> Feed:
-    """The configured inputs, read in batches on a worker thread."""
-    reader = read_items(
-        config.inputs,
-        input_format=config.input_format,
-        defaults=_defaults(config),
-        max_line_bytes=config.max_line_bytes,
-        counts=counts,
-    )
-    items: Iterator[Item] = reader
-    if config.shard is not None:
-        from engine.distributed.shard import ShardSpec, select
-
-        items = select(reader, ShardSpec(*config.shard, by=config.shard_by), counts)
-    try:
-        # abandon_on_cancel: a halted run must not wait for a read blocked on a pipe.
-        while batch := await anyio.to_thread.run_sync(
-            next_batch, items, _READ_BATCH, abandon_on_cancel=True
-        ):
-            yield batch
-    finally:
-        with suppress(ValueError):  # "generator already executing": the abandoned read
-            reader.close()
-
-
-async def mapping_feed(
-    events: Iterable[Mapping[str, object]] | AsyncIterator[Mapping[str, object]],
-    defaults: EventDefaults,
-) -> Feed:
-    """Events given by a library caller, as dicts (sync or async iterable)."""
-    seq = 0
-
-    def one(obj: Mapping[str, object]) -> Item:
-        source = f"<events>:{seq + 1}"
-        if not isinstance(obj, Mapping):
-            return Invalid(seq, source, None, f"event is not a mapping ({type(obj).__name__})")
-        return make_event(obj, seq=seq, source=source, defaults=defaults)
-
-    if isinstance(events, AsyncIterator):
-        async for obj in events:
-            yield [one(obj)]
-            seq += 1
-    else:
-        batch: list[Item] = []
-        for obj in events:
-            batch.append(one(obj))
-            seq += 1
-            if len(batch) >= _READ_BATCH:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
+# -- resume ------------------------------------------------------------------------------
 
 
 async def _skip_answered(feed: Feed, index: ResumeIndex, state: _State) -> Feed:
@@ -626,7 +521,7 @@ async def deliver(
                 for result in batch:
                     await send.send(result)
 
-            await engine.execute(mapping_feed(events, _defaults(config)), emit)
+            await engine.execute(mapping_feed(events, event_defaults(config)), emit)
 
     try:
         async with anyio.create_task_group() as tg:

@@ -28,8 +28,9 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from engine.config import Config
 from engine.errors import EngineError
 from engine.events import EventDefaults, Item
+from engine.feeds import event_defaults
 from engine.results import MIN_SECRET_LENGTH, Result
-from engine.runner import _defaults, _Engine
+from engine.runner import _Engine
 from engine.sources import Unit, unit_item
 from engine.stats import TokenStats
 from engine.transport import AiohttpTransport, Transport
@@ -150,7 +151,7 @@ async def _worker(config: Config, header: str | None, ordered: bool, conn: Conne
         engine = _Engine(config, tokens, transport)
         async with anyio.create_task_group() as tg:
             tg.start_soon(listen)
-            await engine.execute(_unit_feed(units_receive, _defaults(config)), emit)
+            await engine.execute(_unit_feed(units_receive, event_defaults(config)), emit)
             slowed = None if engine.adaptive is None else engine.adaptive.summary(time.monotonic())
             stats, stopped = engine.state.stats, engine.state.stopped
             await send(("done", stats, stopped, engine.policy.budget.refused, slowed))

@@ -48,8 +48,9 @@ from anyio.abc import TaskGroup
 from engine.auth import TokenProvider
 from engine.config import Config
 from engine.errors import AuthError, FatalError
+from engine.feeds import event_defaults
 from engine.results import MIN_SECRET_LENGTH
-from engine.runner import _defaults, _first_engine_error, start_mock
+from engine.runner import _first_engine_error, start_mock
 from engine.sinks import JsonlSink, ResumeIndex, open_resume
 from engine.sources import ReadCounts, Unit, check_inputs, read_units, unit_item
 from engine.stats import RunStats, Summary, summarize
@@ -213,7 +214,7 @@ class _Parent:
         """--resume: drop what the output answers. Only those records are parsed here (for
         their id, which the check needs); the others go to the workers unparsed."""
         assert self.index is not None
-        defaults = _defaults(self.config)
+        defaults = event_defaults(self.config)
         kept = []
         for unit in batch:
             seq, source, _ = unit

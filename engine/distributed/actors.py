@@ -32,8 +32,9 @@ from engine.config import Config
 from engine.distributed.merge import scan_part, stats_to_dict, write_json_atomic
 from engine.distributed.plan import ShardTask, meta_path, part_path
 from engine.events import Item
+from engine.feeds import Feed, event_defaults
 from engine.results import MIN_SECRET_LENGTH, Result
-from engine.runner import Feed, _defaults, _Engine
+from engine.runner import _Engine
 from engine.sinks import JsonlSink
 from engine.sources import ReadCounts, next_batch, read_items, read_range_items
 from engine.stats import TokenStats
@@ -274,7 +275,7 @@ def _secrets(config: Config, tokens: _ClusterToken) -> list[bytes]:
 
 
 def _shard_items(config: Config, task: ShardTask, counts: ReadCounts) -> Iterator[Item]:
-    defaults = _defaults(config)
+    defaults = event_defaults(config)
     if task.whole:
         return read_items(
             [task.path],
