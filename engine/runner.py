@@ -7,9 +7,11 @@
   on the concurrency, never on the input size.
 - Each worker holds one call in flight; `--rate` is enforced by one shared limiter
   whose bucket holds ~5 ms of traffic, so there is no burst at start.
-- The writer is the only consumer of results: it updates the stats, restores input
+- Unordered runs with a synchronous sink (`run`): each worker accounts for and writes
+  its record the moment its call ends, so a kill -9 loses at most --concurrency answers.
+  Otherwise one writer task consumes the results: it updates the stats, restores input
   order when asked (a bounded window: the feed waits when it runs too far ahead of the
-  oldest unanswered event) and hands complete batches to the sink.
+  oldest unanswered event) and hands complete batches to `emit`.
 - A run that cannot go on (every call refused with 401, or the endpoint unreachable,
   before any success) stops reading; the calls in flight finish and are written.
 - Retries happen inside the worker that holds the event (engine/retry.py decides), so
