@@ -28,6 +28,7 @@ from engine.config import (
     Config,
 )
 from engine.errors import ConfigError, EngineError, InputError
+from engine.gctune import tune_gc
 from engine.sources import DEFAULT_MAX_LINE_BYTES
 
 PROG = "adbatch"
@@ -494,6 +495,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def _run_async(fn: Callable[..., Any], *args: Any) -> Any:
+    tune_gc()
     try:
         import uvloop  # noqa: F401
     except ImportError:

@@ -29,6 +29,7 @@ from engine.config import Config
 from engine.errors import EngineError
 from engine.events import EventDefaults, Item
 from engine.feeds import event_defaults
+from engine.gctune import tune_gc
 from engine.results import MIN_SECRET_LENGTH, Result
 from engine.runner import _Engine
 from engine.sources import Unit, unit_item
@@ -178,6 +179,7 @@ def worker_main(
     index: int, config: Config, header: str | None, ordered: bool, conn: Connection
 ) -> None:
     """A worker process: its own event loop (uvloop when installed) until the parent ends it."""
+    tune_gc()
     try:
         try:
             import uvloop  # noqa: F401
