@@ -222,7 +222,8 @@ def make_event(
                 if value is not None and value != "":
                     timestamp = parse_timestamp(value)
                 continue
-            text = value_text(key, value)
+            # Most values are strings: skip value_text's dispatch for them.
+            text = (value or None) if type(value) is str else value_text(key, value)
             if text is None:
                 continue
             header = HEADER_KEYS.get(key)
