@@ -11,6 +11,9 @@ Per-event failures are never exceptions: they become result records.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class EngineError(Exception):
     """Base of every error the engine raises on purpose."""
@@ -38,3 +41,28 @@ class FatalError(EngineError):
 
 class AuthError(FatalError):
     """Credentials or a token were refused."""
+
+
+def first_engine_error(group: BaseExceptionGroup[BaseException]) -> EngineError | None:
+    """The first EngineError inside a (nested) exception group, if any."""
+    for exc in group.exceptions:
+        if isinstance(exc, EngineError):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            found = first_engine_error(exc)
+            if found is not None:
+                return found
+    return None
+
+
+@contextmanager
+def plain_engine_errors() -> Iterator[None]:
+    """Re-raise an EngineError that a task group wrapped in a group as itself, so the CLI
+    prints its one line; any other group passes through untouched."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        error = first_engine_error(group)
+        if error is None:
+            raise
+        raise error from None

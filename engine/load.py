@@ -41,7 +41,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from engine.accesslog import read_replay_items
 from engine.config import Config
-from engine.errors import ConfigError
+from engine.errors import ConfigError, plain_engine_errors
 from engine.events import Event, Invalid, Item
 from engine.feeds import READ_BATCH, event_defaults, file_feed
 from engine.pacing import BurstCap, Pacer, ReorderWindow, ReplaySchedule
@@ -49,7 +49,6 @@ from engine.results import MIN_SECRET_LENGTH, Result, invalid_result
 from engine.runner import (
     Emit,
     _Engine,
-    _first_engine_error,
     _open,
     redact_output,
 )
@@ -377,25 +376,21 @@ async def run_load(
         sink.write(redact_output(data, secrets, engine))  # a server may echo the token
 
     try:
-        async with AsyncExitStack() as stack:
-            engine = await _open(engine_config, stack)
-            token = engine.config.token
-            if token is not None and not config.token and len(token) >= MIN_SECRET_LENGTH:
-                secrets = (token.encode(),)
-            live.token = "mock token" if config.mock else type(engine.tokens).__name__
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(engine.keep_tokens)
-                if progress:
-                    from engine.progress import show_progress
+        with plain_engine_errors():
+            async with AsyncExitStack() as stack:
+                engine = await _open(engine_config, stack)
+                token = engine.config.token
+                if token is not None and not config.token and len(token) >= MIN_SECRET_LENGTH:
+                    secrets = (token.encode(),)
+                live.token = "mock token" if config.mock else type(engine.tokens).__name__
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(engine.keep_tokens)
+                    if progress:
+                        from engine.progress import show_progress
 
-                    tg.start_soon(show_progress, live)
-                elapsed = await _Driver(engine, plan, live).run(schedule, emit)
-                tg.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        error = _first_engine_error(group)
-        if error is None:
-            raise
-        raise error from None
+                        tg.start_soon(show_progress, live)
+                    elapsed = await _Driver(engine, plan, live).run(schedule, emit)
+                    tg.cancel_scope.cancel()
     finally:
         sink.close()
     stats = engine.state.stats

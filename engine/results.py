@@ -81,8 +81,14 @@ def server_message(body: bytes) -> str | None:
     else:
         if not isinstance(data, dict):
             return None
-        found = next((data[k] for k in ("messages", "Status Message", "error_description",
-                                         "error", "message") if k in data), None)
+        found = next(
+            (
+                data[k]
+                for k in ("messages", "Status Message", "error_description", "error", "message")
+                if k in data
+            ),
+            None,
+        )
         if isinstance(found, list):
             found = "; ".join(str(m) for m in found[:3])
         if not isinstance(found, str) or not found:

@@ -44,7 +44,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from engine.auth import TokenProvider
 from engine.config import Config
-from engine.errors import AuthError, EngineError
+from engine.errors import AuthError, plain_engine_errors
 from engine.events import Event, Invalid, Item
 from engine.feeds import Feed, event_defaults, file_feed, mapping_feed
 from engine.limits import Limiter, make_limiter
@@ -440,17 +440,6 @@ def redact_output(data: bytes, secrets: tuple[bytes, ...], engine: _Engine | Non
     return data
 
 
-def _first_engine_error(group: BaseExceptionGroup[BaseException]) -> EngineError | None:
-    for exc in group.exceptions:
-        if isinstance(exc, EngineError):
-            return exc
-        if isinstance(exc, BaseExceptionGroup):
-            found = _first_engine_error(exc)
-            if found is not None:
-                return found
-    return None
-
-
 async def run(config: Config, *, handle_signals: bool = False) -> Summary:
     """Run a batch as configured: inputs -> delivery calls -> JSONL output. Returns the summary.
 
@@ -482,19 +471,15 @@ async def run(config: Config, *, handle_signals: bool = False) -> Summary:
         write(batch)
 
     try:
-        async with AsyncExitStack() as stack:
-            engine = await _open(config, stack)
-            feed = file_feed(config, counts)
-            if index is not None:
-                feed = _skip_answered(feed, index, engine.state)
-            summary = await engine.execute(
-                feed, emit, counts, handle_signals=handle_signals, write_now=write
-            )
-    except BaseExceptionGroup as group:
-        error = _first_engine_error(group)
-        if error is None:
-            raise
-        raise error from None
+        with plain_engine_errors():
+            async with AsyncExitStack() as stack:
+                engine = await _open(config, stack)
+                feed = file_feed(config, counts)
+                if index is not None:
+                    feed = _skip_answered(feed, index, engine.state)
+                summary = await engine.execute(
+                    feed, emit, counts, handle_signals=handle_signals, write_now=write
+                )
     finally:
         sink.close()
     if config.shard is not None and sink.name != "<stdout>" and summary.stopped is None:
@@ -525,14 +510,9 @@ async def deliver(
 
             await engine.execute(mapping_feed(events, event_defaults(config)), emit)
 
-    try:
+    with plain_engine_errors():
         async with anyio.create_task_group() as tg:
             tg.start_soon(produce)
             async with receive:
                 async for result in receive:
                     yield result
-    except BaseExceptionGroup as group:  # e.g. AuthError from the first token: say it plainly
-        error = _first_engine_error(group)
-        if error is None:
-            raise
-        raise error from None

@@ -47,10 +47,10 @@ from anyio.abc import TaskGroup
 
 from engine.auth import TokenProvider
 from engine.config import Config
-from engine.errors import AuthError, FatalError
+from engine.errors import AuthError, FatalError, plain_engine_errors
 from engine.feeds import event_defaults
 from engine.results import MIN_SECRET_LENGTH
-from engine.runner import _first_engine_error, start_mock
+from engine.runner import start_mock
 from engine.sinks import JsonlSink, ResumeIndex, open_resume
 from engine.sources import ReadCounts, Unit, check_inputs, read_units, unit_item
 from engine.stats import RunStats, Summary, summarize
@@ -390,24 +390,22 @@ async def run_workers(config: Config, *, tokens: TokenProvider | None = None) ->
     start = time.perf_counter()
     parent: _Parent | None = None
     try:
-        async with AsyncExitStack() as stack:
-            if config.mock:
-                config = await start_mock(config, stack)
-            # The run's one token provider (static or OAuth, renewed in the background
-            # here); the workers only ever see its `authorization()` values.
-            provider = tokens if tokens is not None else await open_token_provider(config, stack)
-            parent = _Parent(config, provider, sink, index)
-            parent.start()
-            try:
-                await parent.run()
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await parent.stop_processes()
-    except BaseExceptionGroup as group:
-        error = _first_engine_error(group)
-        if error is None:
-            raise
-        raise error from None
+        with plain_engine_errors():
+            async with AsyncExitStack() as stack:
+                if config.mock:
+                    config = await start_mock(config, stack)
+                # The run's one token provider (static or OAuth, renewed in the background
+                # here); the workers only ever see its `authorization()` values.
+                provider = (
+                    tokens if tokens is not None else await open_token_provider(config, stack)
+                )
+                parent = _Parent(config, provider, sink, index)
+                parent.start()
+                try:
+                    await parent.run()
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await parent.stop_processes()
     finally:
         sink.close()
     if parent.error is not None:
