@@ -51,6 +51,7 @@ class Config:
     concurrency: int = DEFAULT_CONCURRENCY
     rate: float | None = None
     timeout: float = DEFAULT_TIMEOUT
+    http_client: Literal["http1", "session"] = "http1"
     ordered: bool = False
     dry_run: bool = False
     progress: bool = False
@@ -84,6 +85,8 @@ class Config:
             )
         if not (self.timeout > 0 and math.isfinite(self.timeout)):
             raise ConfigError(f"--timeout must be a positive number of seconds, got {self.timeout}")
+        if self.http_client not in ("http1", "session"):
+            raise ConfigError(f"--http-client must be http1 or session, got {self.http_client!r}")
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
             raise ConfigError(
                 f"--workers must be a whole number >= 1 or auto, got {self.workers!r}"

@@ -62,7 +62,7 @@ from engine.sinks import JsonlSink, ResumeIndex, open_resume
 from engine.sources import ReadCounts, check_inputs
 from engine.stats import RunStats, Summary, summarize
 from engine.token_client import open_token_provider
-from engine.transport import AiohttpTransport, Transport
+from engine.transport import Transport, open_transport
 
 Emit = Callable[[list[Result]], Awaitable[None]]
 
@@ -425,7 +425,11 @@ async def _open(config: Config, stack: AsyncExitStack) -> _Engine:
     transport: Transport | None = None
     if not config.dry_run:
         transport = await stack.enter_async_context(
-            AiohttpTransport(concurrency=config.concurrency, timeout=config.timeout)
+            open_transport(
+                concurrency=config.concurrency,
+                timeout=config.timeout,
+                client=config.http_client,
+            )
         )
     return _Engine(config, tokens, transport)
 

@@ -34,7 +34,7 @@ from engine.results import MIN_SECRET_LENGTH, Result
 from engine.runner import _Engine
 from engine.sources import Unit, unit_item
 from engine.stats import TokenStats
-from engine.transport import AiohttpTransport, Transport
+from engine.transport import Transport, open_transport
 
 
 class PushedToken:
@@ -147,7 +147,11 @@ async def _worker(config: Config, header: str | None, ordered: bool, conn: Conne
         transport: Transport | None = None
         if not config.dry_run:
             transport = await stack.enter_async_context(
-                AiohttpTransport(concurrency=config.concurrency, timeout=config.timeout)
+                open_transport(
+                    concurrency=config.concurrency,
+                    timeout=config.timeout,
+                    client=config.http_client,
+                )
             )
         engine = _Engine(config, tokens, transport)
         async with anyio.create_task_group() as tg:

@@ -203,12 +203,16 @@ class SenderActor:
         self._limiter: _LeasedLimiter | None = None
 
     async def _start(self) -> None:
-        from engine.transport import AiohttpTransport
+        from engine.transport import open_transport
 
         config = self._config
         if not config.dry_run:
             self._transport = await self._stack.enter_async_context(
-                AiohttpTransport(concurrency=config.concurrency, timeout=config.timeout)
+                open_transport(
+                    concurrency=config.concurrency,
+                    timeout=config.timeout,
+                    client=config.http_client,
+                )
             )
         header = await self._tokens_actor.authorization.remote()
         self._tokens = _ClusterToken(self._tokens_actor, header)
