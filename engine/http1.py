@@ -29,6 +29,7 @@ import collections
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import yarl
 from aiohttp import ClientPayloadError, ServerDisconnectedError
@@ -50,8 +51,7 @@ class HttpError(Exception):
         self.message = message
 
 
-@dataclass(frozen=True, slots=True)
-class Answer:
+class Answer(NamedTuple):
     status: int
     body: bytes
     headers: CIMultiDictProxy[str]
@@ -78,13 +78,13 @@ class _Pool:
     __slots__ = (
         "_idle",
         "_limit",
-        "_loop",
         "_open",
         "_ssl",
         "_waiters",
         "closed",
         "head_start",
         "host",
+        "loop",
         "port",
     )
 
@@ -100,7 +100,7 @@ class _Pool:
     ) -> None:
         self.host = host
         self.port = port
-        self._loop = loop
+        self.loop = loop
         self._ssl = tls
         self._limit = limit
         self._idle: list[ResponseHandler] = []
@@ -121,7 +121,7 @@ class _Pool:
 
     async def connect(self) -> ResponseHandler:
         while len(self._open) >= self._limit:
-            waiter = self._loop.create_future()
+            waiter = self.loop.create_future()
             self._waiters.append(waiter)
             try:
                 await waiter
@@ -133,7 +133,7 @@ class _Pool:
                 return proto
         if self.closed:
             raise HttpError("network", "the HTTP client is closed")
-        loop = self._loop
+        loop = self.loop
         try:
             _, proto = await loop.create_connection(
                 lambda: ResponseHandler(loop),
@@ -151,6 +151,8 @@ class _Pool:
             raise HttpError(
                 "connect", f"cannot connect to {self.host}:{self.port}: {reason}"
             ) from None
+        # One parser for the connection's life: llhttp reads one answer after another.
+        proto.set_response_params(read_until_eof=True, auto_decompress=True)
         self._open.add(proto)
         return proto
 
@@ -269,22 +271,29 @@ class Http1Client:
             raise HttpError("request", "a header value or the URL contains a line break")
         parts.append("\r\n")
         head = "".join(parts).encode("utf-8", "surrogateescape")
-        try:
-            async with asyncio.timeout(self._timeout):
-                return await self._send(target.pool, head)
-        except TimeoutError:
-            raise HttpError("timeout", f"no answer within {self._timeout:g}s") from None
-
-    async def _send(self, pool: _Pool, head: bytes) -> Answer:
+        pool = target.pool
+        loop = pool.loop
+        deadline = loop.time() + self._timeout
         proto = pool.take_idle()
         reused = proto is not None
         while True:
             if proto is None:
-                proto = await pool.connect()
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        proto = await pool.connect()
+                except TimeoutError:
+                    raise self._timed_out() from None
+            transport = proto.transport
+            assert transport is not None  # the pool hands out connected ones only
+            # The deadline drops the connection, which ends the read below with an error
+            # (cheaper per call than a cancel scope; connecting has its own above).
+            timer = loop.call_at(deadline, transport.abort)
             try:
-                answer = await _exchange(proto, head)
+                answer = await _exchange(proto, transport, head)
             except (ServerDisconnectedError, ConnectionError) as exc:
                 pool.discard(proto)
+                if loop.time() >= deadline:
+                    raise self._timed_out() from None
                 if reused:
                     # An idle keep-alive connection the server had closed (or reset):
                     # send again on a fresh one, once.
@@ -297,6 +306,8 @@ class Http1Client:
                 raise HttpError("network", f"network error: {_reason(exc)}") from None
             except ClientPayloadError as exc:
                 pool.discard(proto)
+                if loop.time() >= deadline:
+                    raise self._timed_out() from None
                 raise HttpError("payload", f"incomplete response body: {exc}") from None
             except HttpProcessingError as exc:
                 pool.discard(proto)
@@ -305,19 +316,22 @@ class Http1Client:
                 ) from None
             except OSError as exc:
                 pool.discard(proto)
+                if loop.time() >= deadline:
+                    raise self._timed_out() from None
                 raise HttpError("network", f"network error: {_reason(exc)}") from None
             except BaseException:
                 pool.discard(proto)
                 raise
+            finally:
+                timer.cancel()
             pool.release(proto)
             return answer
 
+    def _timed_out(self) -> HttpError:
+        return HttpError("timeout", f"no answer within {self._timeout:g}s")
 
-async def _exchange(proto: ResponseHandler, head: bytes) -> Answer:
-    transport = proto.transport
-    if transport is None:
-        raise ServerDisconnectedError()
-    proto.set_response_params(read_until_eof=True, auto_decompress=True)
+
+async def _exchange(proto: ResponseHandler, transport: asyncio.Transport, head: bytes) -> Answer:
     transport.write(head)
     while True:
         message, payload = await proto.read()
