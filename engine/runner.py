@@ -58,7 +58,7 @@ from engine.retry import (
     retry_reason,
 )
 from engine.shutdown import Shutdown
-from engine.sinks import JsonlSink, ResumeIndex, open_resume
+from engine.sinks import JsonlSink, ResumeIndex, TickWriter, open_resume
 from engine.sources import ReadCounts, check_inputs
 from engine.stats import RunStats, Summary, summarize
 from engine.token_client import open_token_provider
@@ -114,7 +114,7 @@ class _Engine:
         )
         self.adaptive = AdaptiveRate() if config.adaptive else None
         self.shutdown = Shutdown()
-        self._write_now: Callable[[list[Result]], None] | None = None
+        self._tick: TickWriter | None = None
 
     # -- stages ---------------------------------------------------------------------
 
@@ -170,9 +170,9 @@ class _Engine:
                 result = await self.process(item)
                 if result is None:
                     continue
-                if self._write_now is not None:
+                if self._tick is not None:
                     self._account(result)
-                    self._write_now([result])
+                    self._tick.add(result)
                     continue
                 try:
                     send.send_nowait(result)
@@ -322,11 +322,14 @@ class _Engine:
         write_now: Callable[[list[Result]], None] | None = None,
     ) -> Summary:
         """Drive the run. With `write_now` (a synchronous sink) and no `--ordered`, each
-        worker writes its record the moment its call ends, with no buffer in between: a
-        worker holds either a call in flight or nothing, so a kill -9 loses at most
-        --concurrency answers and --resume repeats at most that many calls."""
+        worker hands its record over the moment its call ends and the records of one
+        event-loop tick go out in one write at the end of that tick: nothing waits in a
+        buffer across ticks, so a kill -9 loses at most --concurrency answers and
+        --resume repeats at most that many calls."""
         start = time.perf_counter()
-        self._write_now = write_now if self.window is None else None
+        tick = self._tick = (
+            TickWriter(write_now) if write_now is not None and self.window is None else None
+        )
         capacity = max(16, self.config.concurrency * 2)
         items_send, items_receive = anyio.create_memory_object_stream[Item](capacity)
         results_send, results_receive = anyio.create_memory_object_stream[Result](capacity)
@@ -337,10 +340,14 @@ class _Engine:
             if handle_signals:
                 tg.start_soon(self.shutdown.watch_signals, tg, self.config.grace)
             tg.start_soon(self.keep_tokens)
-            async with anyio.create_task_group() as pipeline:
-                pipeline.start_soon(self._feed, feed, items_send)
-                pipeline.start_soon(self._workers, items_receive, results_send, workers)
-                pipeline.start_soon(self._write, results_receive, emit)
+            try:
+                async with anyio.create_task_group() as pipeline:
+                    pipeline.start_soon(self._feed, feed, items_send)
+                    pipeline.start_soon(self._workers, items_receive, results_send, workers)
+                    pipeline.start_soon(self._write, results_receive, emit)
+            finally:
+                if tick is not None:
+                    tick.close()
             tg.cancel_scope.cancel()
         state = self.state
         stats = state.stats
