@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import stat
 import sys
 import zlib
 from array import array
@@ -54,6 +55,13 @@ class JsonlSink:
             raise InputError(f"cannot write output {path}: {exc.strerror or exc}") from None
         self._owned = True
         self.name = path
+
+    def is_regular_file(self) -> bool:
+        """A file several processes can append whole lines to (not a pipe or a tty)."""
+        try:
+            return stat.S_ISREG(os.fstat(self._fd).st_mode)
+        except OSError:
+            return False
 
     def write(self, data: bytes) -> None:
         view = memoryview(data)

@@ -3,18 +3,29 @@
 Rules:
 - The worker runs the ordinary engine (`runner._Engine`) on its own event loop (uvloop
   when installed) with its own connection pool; its input is the parent's batches of
-  unparsed records, its output encoded JSONL bytes sent back to the parent.
+  unparsed records.
+- Its output: when the run's output is a regular file and unordered, the worker appends
+  its records to that file itself (O_APPEND: every write lands whole at the end, never
+  inside another worker's line), the records of one loop tick in one write, and tells
+  the parent only how many it answered. Otherwise (stdout, a pipe, `--ordered`) it sends
+  the encoded JSONL lines to the parent, the one writer.
+- The process starts before the run's configuration is known (forked early, before any
+  socket or thread exists, when that is safe) and waits for ("start", config, header,
+  ordered, output); a closed pipe before that means "nothing to do".
 - Messages from the parent: ("units", batch), ("token", header), ("refreshed", used,
-  ok, header), ("end",); to the parent: ("records", bytes, n) or ("ordered", [(seq,
-  line)], n), ("refresh", used), ("done", stats, stopped, budget_refused, slowed),
-  ("error", text, exit_code). The worker listens until the parent closes the pipe, so
-  token answers still arrive after the last batch.
+  ok, header), ("end",); to the parent: ("answered", n), ("records", bytes, n) or
+  ("ordered", [(seq, line)], n), ("refresh", used), ("done", stats, stopped,
+  budget_refused, slowed), ("error", text, exit_code). The worker listens until the
+  parent closes the pipe, so token answers still arrive after the last batch.
 - The worker never sees client credentials: `PushedToken` holds what the parent pushed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
+import os
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -32,6 +43,7 @@ from engine.feeds import event_defaults
 from engine.gctune import tune_gc
 from engine.results import MIN_SECRET_LENGTH, Result
 from engine.runner import _Engine
+from engine.sinks import JsonlSink
 from engine.sources import Unit, unit_item
 from engine.stats import TokenStats
 from engine.transport import Transport, open_transport
@@ -100,7 +112,12 @@ class PushedToken:
             event.set()
 
 
-async def _worker(config: Config, header: str | None, ordered: bool, conn: Connection) -> None:
+_REPORT_S = 0.005  # how often a worker that writes the output itself reports its count
+
+
+async def _worker(
+    config: Config, header: str | None, ordered: bool, output: str | None, conn: Connection
+) -> None:
     lock = anyio.Lock()
 
     async def send(message: tuple[Any, ...]) -> None:
@@ -143,6 +160,23 @@ async def _worker(config: Config, header: str | None, ordered: bool, conn: Conne
             data = _redact(b"".join([r.to_json() + b"\n" for r in batch]), tokens)
             await send(("records", data, len(batch)))
 
+    sink = JsonlSink(output, append=True) if output is not None else None
+    unreported = 0
+
+    def write(batch: list[Result]) -> None:
+        nonlocal unreported
+        assert sink is not None
+        sink.write(_redact(b"".join([r.to_json() + b"\n" for r in batch]), tokens))
+        unreported += len(batch)
+
+    async def report() -> None:
+        nonlocal unreported
+        while True:
+            await anyio.sleep(_REPORT_S)
+            if unreported:
+                count, unreported = unreported, 0
+                await send(("answered", count))
+
     async with AsyncExitStack() as stack:
         transport: Transport | None = None
         if not config.dry_run:
@@ -156,7 +190,19 @@ async def _worker(config: Config, header: str | None, ordered: bool, conn: Conne
         engine = _Engine(config, tokens, transport)
         async with anyio.create_task_group() as tg:
             tg.start_soon(listen)
-            await engine.execute(_unit_feed(units_receive, event_defaults(config)), emit)
+            feed = _unit_feed(units_receive, event_defaults(config))
+            if sink is None:
+                await engine.execute(feed, emit)
+            else:
+                async with anyio.create_task_group() as reporting:
+                    reporting.start_soon(report)
+                    try:
+                        await engine.execute(feed, emit, write_now=write)
+                    finally:
+                        sink.close()  # fsynced before the parent hears "done"
+                    reporting.cancel_scope.cancel()
+                if unreported:
+                    await send(("answered", unreported))
             slowed = None if engine.adaptive is None else engine.adaptive.summary(time.monotonic())
             stats, stopped = engine.state.stats, engine.state.stopped
             await send(("done", stats, stopped, engine.policy.budget.refused, slowed))
@@ -179,18 +225,37 @@ def _redact(data: bytes, tokens: PushedToken) -> bytes:
     return data
 
 
-def worker_main(
-    index: int, config: Config, header: str | None, ordered: bool, conn: Connection
-) -> None:
-    """A worker process: its own event loop (uvloop when installed) until the parent ends it."""
+def worker_main(index: int, conn: Connection, inherited: tuple[int, ...] = ()) -> None:
+    """A worker process: waits for its share of the run, then runs it on its own event
+    loop (uvloop when installed) until the parent ends it.
+
+    `inherited`: the parent's ends of the pipes a forked worker got a copy of (its own
+    and the earlier workers'); closed first, so each pipe ends when the parent closes it.
+    """
+    for fd in inherited:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    try:
+        message = conn.recv()
+    except (EOFError, OSError, KeyboardInterrupt):
+        conn.close()
+        return  # the run ended (or failed) before it needed this worker
+    _, config, header, ordered, output = message
     tune_gc()
     try:
         try:
             import uvloop  # noqa: F401
         except ImportError:
-            anyio.run(_worker, config, header, ordered, conn)
+            options = {}
         else:
-            anyio.run(_worker, config, header, ordered, conn, backend_options={"use_uvloop": True})
+            options = {"use_uvloop": True}
+        # A forked worker starts inside the parent's running task: a fresh context, so
+        # nothing of the parent's loop (sniffio's "asyncio is running") is seen here.
+        contextvars.Context().run(
+            lambda: anyio.run(
+                _worker, config, header, ordered, output, conn, backend_options=options
+            )
+        )
     except KeyboardInterrupt:
         pass
     except BaseException as exc:  # reported to the parent, which fails the run with it

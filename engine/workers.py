@@ -39,7 +39,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import anyio.to_thread
@@ -106,7 +106,12 @@ class _Worker:
 
 class _Parent:
     def __init__(
-        self, config: Config, tokens: TokenProvider, sink: JsonlSink, index: ResumeIndex | None
+        self,
+        config: Config,
+        tokens: TokenProvider,
+        sink: JsonlSink,
+        index: ResumeIndex | None,
+        workers: list[_Worker],
     ) -> None:
         self.config = config
         self.tokens = tokens
@@ -115,7 +120,11 @@ class _Parent:
         self.stats = RunStats()
         self.stopped: str | None = None
         self.error: FatalError | None = None
-        self.workers: list[_Worker] = []
+        self.workers = workers
+        # Unordered into a regular file: the workers append their records themselves.
+        self.direct_output = (
+            config.output if not config.ordered and sink.is_regular_file() else None
+        )
         self.credit = anyio.Event()
         self.all_done = anyio.Event()
         self.pushed = tokens.authorization()
@@ -137,32 +146,13 @@ class _Parent:
         per_worker = max(1, math.ceil(self.config.concurrency / self.config.workers))
         return max(2 * _UNIT_BATCH, 4 * per_worker)
 
-    def start(self) -> None:
-        ctx = multiprocessing.get_context("spawn")
+    async def begin(self) -> None:
+        """Send every worker its share of the run (they were started before)."""
         share = worker_config(self.config)
-        for index in range(self.config.workers):
-            parent_conn, child_conn = ctx.Pipe(duplex=True)
-            process = ctx.Process(
-                target=worker_main,
-                args=(index, share, self.pushed, self.config.ordered, child_conn),
-                name=f"adbatch-worker-{index}",
-                daemon=True,
+        for worker in self.workers:
+            await self._send(
+                worker, ("start", share, self.pushed, self.config.ordered, self.direct_output)
             )
-            process.start()
-            child_conn.close()
-            self.workers.append(_Worker(index, process, parent_conn))
-
-    async def stop_processes(self) -> None:
-        # After a normal end every pipe is closed already; after a failure closing them
-        # makes each worker's listener see EOF, so it finishes its calls and exits.
-        for worker in self.workers:
-            if not worker.conn.closed:
-                worker.conn.close()
-        for worker in self.workers:
-            await anyio.to_thread.run_sync(worker.process.join, _JOIN_TIMEOUT_S)
-            if worker.process.is_alive():
-                worker.process.terminate()
-                await anyio.to_thread.run_sync(worker.process.join, _JOIN_TIMEOUT_S)
 
     async def run(self) -> None:
         async with anyio.create_task_group() as tg:
@@ -266,7 +256,9 @@ class _Parent:
                     self._died(worker)
                     return
                 kind = message[0]
-                if kind == "records":
+                if kind == "answered":
+                    self._answered(worker, message[1])
+                elif kind == "records":
                     self._write(message[1])
                     self._answered(worker, message[2])
                 elif kind == "ordered":
@@ -368,6 +360,69 @@ class _Parent:
         await self._send(worker, ("refreshed", used, ok, self.tokens.authorization()))
 
 
+StartMethod = Literal["fork", "spawn"]
+
+
+def start_method() -> StartMethod:
+    """ "fork" when it is safe (Linux, this process has one thread: no lock can be held by
+    a thread the child would not have), else "spawn". A forked worker starts in
+    milliseconds, with the modules already imported; a spawned one imports them again
+    (about half a second of CPU each)."""
+    if sys.platform != "linux":
+        return "spawn"
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            threads = next((int(line.split()[1]) for line in f if line.startswith("Threads:")), 0)
+    except OSError:
+        return "spawn"
+    return "fork" if threads == 1 else "spawn"
+
+
+def start_workers(count: int, method: StartMethod | None = None) -> list[_Worker]:
+    """Start `count` idle worker processes; each waits for its ("start", ...) message.
+
+    Called first thing in a run, before the mock, the token or any socket exists, so a
+    forked worker inherits nothing but the modules (and its pipe)."""
+    method = method or start_method()
+    ctx = (
+        multiprocessing.get_context("fork")
+        if method == "fork"
+        else multiprocessing.get_context("spawn")
+    )
+    workers: list[_Worker] = []
+    for index in range(count):
+        parent_conn, child_conn = ctx.Pipe(duplex=True)
+        inherited = (
+            tuple(c.fileno() for c in [*(w.conn for w in workers), parent_conn])
+            if method == "fork"
+            else ()
+        )
+        process = ctx.Process(
+            target=worker_main,
+            args=(index, child_conn, inherited),
+            name=f"adbatch-worker-{index}",
+            daemon=True,
+        )
+        process.start()
+        child_conn.close()
+        workers.append(_Worker(index, process, parent_conn))
+    return workers
+
+
+async def _stop_processes(workers: list[_Worker]) -> None:
+    # After a normal end every pipe is closed already; after a failure closing them
+    # makes each worker's listener see EOF, so it finishes its calls and exits.
+    with anyio.CancelScope(shield=True):
+        for worker in workers:
+            if not worker.conn.closed:
+                worker.conn.close()
+        for worker in workers:
+            await anyio.to_thread.run_sync(worker.process.join, _JOIN_TIMEOUT_S)
+            if worker.process.is_alive():
+                worker.process.terminate()
+                await anyio.to_thread.run_sync(worker.process.join, _JOIN_TIMEOUT_S)
+
+
 def _take(units: Iterator[Unit], size: int) -> list[Unit]:
     batch: list[Unit] = []
     for unit in units:
@@ -377,21 +432,27 @@ def _take(units: Iterator[Unit], size: int) -> list[Unit]:
     return batch
 
 
-async def run_workers(config: Config, *, tokens: TokenProvider | None = None) -> Summary:
+async def run_workers(
+    config: Config, *, tokens: TokenProvider | None = None, start: StartMethod | None = None
+) -> Summary:
     """`runner.run` over `config.workers` processes (see the module's rules).
 
     `tokens`: the run's token provider (default: from the config); it lives in this
-    process and only its `authorization()` values reach the workers.
+    process and only its `authorization()` values reach the workers. `start`: "fork" or
+    "spawn" (default: `start_method()`).
     """
     config = config.validated()
     check_inputs(config.inputs)
     index = open_resume(config.output) if config.resume else None
     sink = JsonlSink(config.output, append=config.resume)
-    start = time.perf_counter()
+    started = time.perf_counter()
     parent: _Parent | None = None
+    workers: list[_Worker] = []
     try:
         with plain_engine_errors():
             async with AsyncExitStack() as stack:
+                workers = start_workers(config.workers, start)
+                stack.push_async_callback(_stop_processes, workers)
                 if config.mock:
                     config = await start_mock(config, stack)
                 # The run's one token provider (static or OAuth, renewed in the background
@@ -399,13 +460,9 @@ async def run_workers(config: Config, *, tokens: TokenProvider | None = None) ->
                 provider = (
                     tokens if tokens is not None else await open_token_provider(config, stack)
                 )
-                parent = _Parent(config, provider, sink, index)
-                parent.start()
-                try:
-                    await parent.run()
-                finally:
-                    with anyio.CancelScope(shield=True):
-                        await parent.stop_processes()
+                parent = _Parent(config, provider, sink, index, workers)
+                await parent.begin()
+                await parent.run()
     finally:
         sink.close()
     if parent.error is not None:
@@ -414,7 +471,7 @@ async def run_workers(config: Config, *, tokens: TokenProvider | None = None) ->
     stats.blank_lines = parent.counts.blank_lines
     return summarize(
         stats,
-        elapsed_s=time.perf_counter() - start,
+        elapsed_s=time.perf_counter() - started,
         stopped=parent.stopped,
         retry_budget_refused=parent.budget_refused,
         slowed=parent.slowed,

@@ -17,7 +17,7 @@ from engine import Config, run
 from engine.cli import main
 from engine.mock import MockConfig, MockHandle, running_mock
 from engine.worker_proc import PushedToken
-from engine.workers import auto_workers, run_workers, worker_config
+from engine.workers import StartMethod, auto_workers, run_workers, start_method, worker_config
 
 pytestmark = pytest.mark.anyio
 
@@ -58,8 +58,9 @@ def _stable(record: dict[str, object]) -> tuple[object, ...]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("start", ["fork", "spawn"])
 async def test_two_workers_write_the_same_records_as_one_process(
-    mock: MockHandle, write_jsonl: Callable[..., Path], tmp_path: Path
+    mock: MockHandle, write_jsonl: Callable[..., Path], tmp_path: Path, start: StartMethod
 ) -> None:
     events = write_jsonl(_events(300))
     base = Config(inputs=(str(events),), endpoint=mock.delivery_url, token="mock-token")
@@ -67,7 +68,9 @@ async def test_two_workers_write_the_same_records_as_one_process(
 
     s1 = await run(base.with_changes(output=str(one)))
     sent_by_one = mock.state.delivery_requests
-    s2 = await run(base.with_changes(output=str(two), workers=2, concurrency=8))
+    s2 = await run_workers(
+        base.with_changes(output=str(two), workers=2, concurrency=8), start=start
+    )
     sent_by_two = mock.state.delivery_requests - sent_by_one
 
     r1, r2 = _records(one), _records(two)
@@ -304,3 +307,16 @@ async def test_resume_with_workers_sends_only_what_is_missing(
     assert summary.resumed == 100
     valid_in_kept = sum(1 for r in records[:100] if r["error_kind"] != "invalid")
     assert mock.state.delivery_requests - sent_before == 282 - valid_in_kept
+
+
+def test_fork_only_when_this_process_has_one_thread() -> None:
+    import threading
+
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait)
+    thread.start()
+    try:
+        assert start_method() == "spawn"  # a second thread: a fork could inherit its locks
+    finally:
+        stop.set()
+        thread.join()
