@@ -872,3 +872,43 @@ async def test_transport_sends_authorization_and_headers(name: str) -> None:
     assert f"Host: 127.0.0.1:{server.port}" in lines
     assert "Authorization: Bearer t0ken" in lines
     assert "User-Agent: adbatch/9" in lines
+
+
+@pytest.mark.anyio
+async def test_stray_answer_after_the_body_spoils_the_connection() -> None:
+    """A 408 sent unasked right behind an answer must not become the next call's answer."""
+    stray = b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n"
+
+    async def handler(conn: Conn) -> None:
+        if conn.index == 0:
+            await once(http_answer(b"first") + stray, then_close=False)(conn)
+            return
+        await keep_alive(http_answer(b"second"))(conn)
+
+    async with raw_server(handler) as server, client() as c:
+        assert (await c.get(server.base + "/", {})).body == b"first"
+        answer = await c.get(server.base + "/", {})
+        assert (answer.status, answer.body) == (200, b"second")
+        assert server.accepted == 2
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("name", CLIENTS)
+async def test_garbage_after_the_body_fails_that_call_only(name: str) -> None:
+    """Bytes past Content-Length fail the parse of that read (both clients alike); the
+    connection is dropped and the next call gets a fresh one."""
+
+    async def handler(conn: Conn) -> None:
+        if conn.index == 0:
+            await once(http_answer(b"first") + b"EXTRA BYTES", then_close=False)(conn)
+            return
+        await keep_alive(http_answer(b"second"))(conn)
+
+    async with raw_server(handler) as server:
+        async with open_transport(concurrency=2, timeout=5.0, client=name) as transport:
+            first = await transport.send(Request(server.base + "/", {}), None)
+            second = await transport.send(Request(server.base + "/", {}), None)
+        assert server.accepted == 2
+    assert first.status is None
+    assert first.error_kind == ("protocol" if name == "http1" else "network")
+    assert (second.status, second.body) == (200, b"second")
