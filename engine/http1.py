@@ -76,6 +76,7 @@ class _Pool:
     """Keep-alive connections to one origin; at most `limit` open at once."""
 
     __slots__ = (
+        "_connecting",
         "_idle",
         "_limit",
         "_open",
@@ -105,6 +106,9 @@ class _Pool:
         self._limit = limit
         self._idle: list[ResponseHandler] = []
         self._open: set[ResponseHandler] = set()
+        # Connections being opened count against `limit` too: without this, N calls
+        # arriving together on an empty pool all passed the check and opened N sockets.
+        self._connecting = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         # Everything of the head after the request line that every call shares.
         self.head_start = f"Host: {host_header}\r\n{user_headers}"
@@ -120,11 +124,17 @@ class _Pool:
         return None
 
     async def connect(self) -> ResponseHandler:
-        while len(self._open) >= self._limit:
+        while len(self._open) + self._connecting >= self._limit:
             waiter = self.loop.create_future()
             self._waiters.append(waiter)
             try:
                 await waiter
+            except BaseException:
+                # Cancelled (a deadline) just after being woken: pass the wake-up on, or
+                # the next waiter sleeps while a slot is free.
+                if waiter.done() and not waiter.cancelled():
+                    self._wake()
+                raise
             finally:
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
@@ -134,6 +144,8 @@ class _Pool:
         if self.closed:
             raise HttpError("network", "the HTTP client is closed")
         loop = self.loop
+        proto = None
+        self._connecting += 1
         try:
             _, proto = await loop.create_connection(
                 lambda: ResponseHandler(loop),
@@ -151,6 +163,10 @@ class _Pool:
             raise HttpError(
                 "connect", f"cannot connect to {self.host}:{self.port}: {reason}"
             ) from None
+        finally:
+            self._connecting -= 1
+            if proto is None:
+                self._wake()  # a failed or cancelled connect frees its slot
         # One parser for the connection's life: llhttp reads one answer after another.
         proto.set_response_params(read_until_eof=True, auto_decompress=True)
         self._open.add(proto)
@@ -290,7 +306,9 @@ class Http1Client:
             timer = loop.call_at(deadline, transport.abort)
             try:
                 answer = await _exchange(proto, transport, head)
-            except (ServerDisconnectedError, ConnectionError) as exc:
+            # OSError, not just ConnectionError: aiohttp's protocol hands a reset over as
+            # ClientOSError (an OSError only), and a stale connection may well be reset.
+            except (ServerDisconnectedError, OSError) as exc:
                 pool.discard(proto)
                 if loop.time() >= deadline:
                     raise self._timed_out() from None
@@ -308,17 +326,12 @@ class Http1Client:
                 pool.discard(proto)
                 if loop.time() >= deadline:
                     raise self._timed_out() from None
-                raise HttpError("payload", f"incomplete response body: {exc}") from None
+                raise HttpError("payload", _one_line(f"incomplete response body: {exc}")) from None
             except HttpProcessingError as exc:
                 pool.discard(proto)
                 raise HttpError(
-                    "protocol", f"malformed HTTP response: {exc.message or exc}"
+                    "protocol", _one_line(f"malformed HTTP response: {exc.message or exc}")
                 ) from None
-            except OSError as exc:
-                pool.discard(proto)
-                if loop.time() >= deadline:
-                    raise self._timed_out() from None
-                raise HttpError("network", f"network error: {_reason(exc)}") from None
             except BaseException:
                 pool.discard(proto)
                 raise
@@ -343,7 +356,13 @@ async def _exchange(proto: ResponseHandler, transport: asyncio.Transport, head: 
 
 
 def _reason(exc: OSError) -> str:
-    return exc.strerror or str(exc) or type(exc).__name__
+    return _one_line(exc.strerror or str(exc) or type(exc).__name__)
+
+
+def _one_line(text: str) -> str:
+    # llhttp's messages span lines (the bad line, a caret under it); records and logs
+    # want one line.
+    return " ".join(text.split())
 
 
 def _has_line_break(query: str, headers: Mapping[str, str], authorization: str | None) -> bool:
