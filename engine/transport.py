@@ -24,7 +24,7 @@ from engine.http1 import Http1Client, HttpError
 from engine.query import Request
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per call, see `results.Result`; never mutated
 class Response:
     """What one call got back: a status and body, or an error."""
 
