@@ -112,7 +112,7 @@ class PushedToken:
             event.set()
 
 
-_REPORT_S = 0.005  # how often a worker that writes the output itself reports its count
+_REPORT_S = 0.02  # how often a worker that writes the output itself reports its count
 
 
 async def _worker(
