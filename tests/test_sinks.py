@@ -1,0 +1,85 @@
+"""The output side: TickWriter's one write per loop tick, JsonlSink on files and pipes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import anyio
+import anyio.lowlevel
+import orjson
+import pytest
+
+from engine.errors import FatalError
+from engine.results import Result
+from engine.sinks import JsonlSink, TickWriter
+
+pytestmark = pytest.mark.anyio
+
+
+def _result(seq: int) -> Result:
+    return Result(seq, f"e{seq}", f"in:{seq + 1}", 200, True, 1, 1.0, 0.0, None, None)
+
+
+async def test_records_of_one_tick_go_out_in_one_write() -> None:
+    writes: list[list[int]] = []
+    tick = TickWriter(lambda batch: writes.append([r.seq for r in batch]))
+    for seq in range(5):
+        tick.add(_result(seq))
+    assert writes == []  # handed over, written when the tick ends
+    await anyio.lowlevel.checkpoint()
+    assert writes == [[0, 1, 2, 3, 4]]
+    tick.add(_result(5))
+    await anyio.lowlevel.checkpoint()
+    tick.add(_result(6))
+    tick.close()  # what is left is written at once
+    assert writes == [[0, 1, 2, 3, 4], [5], [6]]
+
+
+async def test_a_write_error_reaches_the_run() -> None:
+    def write(batch: list[Result]) -> None:
+        raise FatalError("cannot write output out.jsonl: No space left on device")
+
+    tick = TickWriter(write)
+    tick.add(_result(0))
+    await anyio.lowlevel.checkpoint()  # the failed write happened in a loop callback
+    with pytest.raises(FatalError, match="No space left"):
+        tick.add(_result(1))  # ...and the next worker to hand over a record hears of it
+    with pytest.raises(FatalError, match="No space left"):
+        tick.close()
+
+
+async def test_close_raises_an_error_no_worker_saw() -> None:
+    def write(batch: list[Result]) -> None:
+        raise FatalError("output closed")
+
+    tick = TickWriter(write)
+    tick.add(_result(0))
+    with pytest.raises(FatalError, match="output closed"):
+        tick.close()
+
+
+def test_two_appending_sinks_keep_lines_whole(tmp_path: Path) -> None:
+    path = tmp_path / "out.jsonl"
+    JsonlSink(str(path)).close()  # created (truncated) once, as the parent does
+    first, second = JsonlSink(str(path), append=True), JsonlSink(str(path), append=True)
+    assert first.is_regular_file()
+    assert second.is_regular_file()
+    for i in range(200):
+        sink = first if i % 2 else second
+        sink.write(b"".join(_result(i * 10 + k).to_json() + b"\n" for k in range(10)))
+    first.close()
+    second.close()
+    seqs = sorted(orjson.loads(line)["seq"] for line in path.read_bytes().splitlines())
+    assert seqs == list(range(2000))  # every line whole, none over another
+
+
+def test_a_pipe_is_not_a_regular_file() -> None:
+    read_end, write_end = os.pipe()
+    try:
+        sink = JsonlSink(f"/dev/fd/{write_end}", append=True)
+        assert not sink.is_regular_file()
+        sink.close()
+    finally:
+        os.close(read_end)
+        os.close(write_end)
