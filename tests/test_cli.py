@@ -7,7 +7,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from engine.cli import main
+from engine.cli import build_parser, config_from_args, main
 
 
 def test_help_lists_options_with_defaults(capsys: pytest.CaptureFixture[str]) -> None:
@@ -134,3 +134,42 @@ def test_run_summary_file_holds_the_figures(tmp_path: Path) -> None:
     assert data["exit_code"] == 0
     assert data["summary"]["events"] == data["summary"]["ok"] == events
     assert data["summary"]["latency_ms"]["p99"] is not None
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "expected"),
+    [
+        pytest.param([], None, "http1", id="default"),
+        pytest.param(["--http-client", "session"], None, "session", id="option"),
+        pytest.param([], "session", "session", id="environment"),
+        pytest.param(["--http-client", "http1"], "session", "http1", id="option-over-env"),
+    ],
+)
+def test_http_client_choice(
+    argv: list[str], env: str | None, expected: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if env is not None:
+        monkeypatch.setenv("ADBATCH_HTTP_CLIENT", env)
+    args = build_parser().parse_args(["run", "--dry-run", *argv, "x.jsonl"])
+    assert config_from_args(args).http_client == expected
+
+
+@pytest.mark.parametrize("client", ["http1", "session"])
+def test_either_http_client_answers_every_event(client: str, tmp_path: Path) -> None:
+    examples = Path(__file__).parent.parent / "examples"
+    out = tmp_path / "o.jsonl"
+    argv = ["run", "--mock", str(examples / "pageviews.jsonl"), "-o", str(out)]
+    assert main([*argv, "--http-client", client]) == 0
+    records = [orjson.loads(x) for x in out.read_bytes().splitlines()]
+    assert len(records) == len((examples / "pageviews.jsonl").read_bytes().splitlines())
+    assert all(r["status"] == 200 and r["response"]["status"] == "OK" for r in records)
+
+
+def test_unknown_http_client_is_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("ADBATCH_HTTP_CLIENT", "curl")
+    assert main(["run", "--mock", "--dry-run", "x.jsonl"]) == 2
+    err = capsys.readouterr().err
+    assert "--http-client must be http1 or session" in err
+    assert err.count("\n") == 1
