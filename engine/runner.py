@@ -462,7 +462,7 @@ async def run(config: Config, *, handle_signals: bool = False) -> Summary:
     if config.workers > 1:
         from engine.workers import run_workers  # it imports this module
 
-        return await run_workers(config)
+        return await run_workers(config, handle_signals=handle_signals)
     check_inputs(config.inputs)
     counts = ReadCounts()
     index = open_resume(config.output) if config.resume else None

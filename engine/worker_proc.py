@@ -26,6 +26,7 @@ import contextlib
 import contextvars
 import math
 import os
+import signal
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -128,6 +129,17 @@ async def _worker(
         await send(("refresh", used))
 
     tokens = PushedToken(header, ask)
+    engine: _Engine | None = None
+
+    def halt(reason: str, grace: float) -> None:
+        if engine is None:
+            return
+        engine.shutdown.halt(reason)
+        if grace <= 0:
+            engine.shutdown.work_scope.cancel()
+        else:
+            tg.start_soon(_cancel_after, engine.shutdown.work_scope, grace)
+
     # Unbounded, yet bounded by the parent's credit: it never sends more than that.
     units_send, units_receive = anyio.create_memory_object_stream[list[Unit]](math.inf)
 
@@ -151,6 +163,8 @@ async def _worker(
                     tokens.answered(message[1], message[2], message[3])
                 elif kind == "end":
                     units_send.close()  # the feed ends; the calls in flight go on
+                elif kind == "halt":  # the parent was interrupted
+                    halt(message[1], message[2])
 
     async def emit(batch: list[Result]) -> None:
         if ordered:
@@ -206,7 +220,14 @@ async def _worker(
             slowed = None if engine.adaptive is None else engine.adaptive.summary(time.monotonic())
             stats, stopped = engine.state.stats, engine.state.stopped
             await send(("done", stats, stopped, engine.policy.budget.refused, slowed))
-            # `listen` ends when the parent, having the stats, closes its end of the pipe.
+            # Nothing more to wait for: not the parent's next message, not a --grace timer
+            # still pending after an interrupted run ended early.
+            tg.cancel_scope.cancel()
+
+
+async def _cancel_after(scope: anyio.CancelScope, seconds: float) -> None:
+    await anyio.sleep(seconds)
+    scope.cancel()
 
 
 async def _unit_feed(
@@ -232,6 +253,10 @@ def worker_main(index: int, conn: Connection, inherited: tuple[int, ...] = ()) -
     `inherited`: the parent's ends of the pipes a forked worker got a copy of (its own
     and the earlier workers'); closed first, so each pipe ends when the parent closes it.
     """
+    # Ctrl-C reaches the whole process group: the parent decides (it halts the workers
+    # with --grace), and a worker whose parent is gone finishes its calls on its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     for fd in inherited:
         with contextlib.suppress(OSError):
             os.close(fd)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
+import signal
 import sys
 import time
 from collections import deque
@@ -141,6 +142,8 @@ class _Parent:
             if s and len(s) >= MIN_SECRET_LENGTH
         )
         self.receive_limiter = anyio.CapacityLimiter(config.workers + 1)
+        self.interrupted: int | None = None  # the signal number
+        self.feed_scope = anyio.CancelScope()  # reading the input
 
     def _credit(self) -> int:
         per_worker = max(1, math.ceil(self.config.concurrency / self.config.workers))
@@ -154,8 +157,10 @@ class _Parent:
                 worker, ("start", share, self.pushed, self.config.ordered, self.direct_output)
             )
 
-    async def run(self) -> None:
+    async def run(self, *, handle_signals: bool = False) -> None:
         async with anyio.create_task_group() as tg:
+            if handle_signals:
+                tg.start_soon(self._watch_signals)
             for worker in self.workers:
                 tg.start_soon(self._receive, worker, tg)
             tg.start_soon(self._watch_tokens)
@@ -180,25 +185,38 @@ class _Parent:
             counts=self.counts,
         )
         try:
-            while self.stopped is None:
-                batch = await anyio.to_thread.run_sync(_take, units, _UNIT_BATCH)
-                if not batch:
-                    break
-                if self.index is not None:
-                    batch = self._unanswered(batch)
-                    if not batch:
-                        continue
-                if config.ordered:
-                    self.fed.extend(unit[0] for unit in batch)
-                worker = await self._pick()
-                if worker is None:
-                    break
-                worker.outstanding += len(batch)
-                await self._send(worker, ("units", batch))
+            # A signal cancels this scope, also a read blocked on a silent stdin (that
+            # thread is abandoned: the generator it runs is left alone, not closed).
+            with self.feed_scope:
+                await self._hand_out(units)
         finally:
-            units.close()
+            if not self.feed_scope.cancel_called:
+                units.close()
             for worker in self.workers:
                 await self._end(worker)
+
+    async def _hand_out(self, units: Iterator[Unit]) -> None:
+        config = self.config
+        # Read in batches of _UNIT_BATCH, hand out parts of at most one worker's
+        # concurrency: a short input still spreads over every worker.
+        part_size = max(1, min(_UNIT_BATCH, math.ceil(config.concurrency / config.workers)))
+        while self.stopped is None:
+            batch = await anyio.to_thread.run_sync(
+                _take, units, _UNIT_BATCH, abandon_on_cancel=True
+            )
+            if not batch:
+                return
+            if self.index is not None:
+                batch = self._unanswered(batch)
+            for start in range(0, len(batch), part_size):
+                part = batch[start : start + part_size]
+                worker = await self._pick()
+                if worker is None:
+                    return
+                if config.ordered:
+                    self.fed.extend(unit[0] for unit in part)
+                worker.outstanding += len(part)
+                await self._send(worker, ("units", part))
 
     def _unanswered(self, batch: list[Unit]) -> list[Unit]:
         """--resume: drop what the output answers. Only those records are parsed here (for
@@ -333,6 +351,30 @@ class _Parent:
             self.error = FatalError(message)
         self.stopped = self.stopped or message
 
+    # -- signals
+
+    async def _watch_signals(self) -> None:
+        """SIGINT/SIGTERM (the workers ignore both): stop handing out input and give the
+        workers' calls in flight --grace seconds; a second signal cuts them off at once."""
+        grace = self.config.grace
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                if self.interrupted is None:
+                    self.interrupted = int(signum)
+                    reason = (
+                        f"interrupted by {signal.Signals(signum).name}; calls in flight were "
+                        f"given {grace:g}s to finish; run again with --resume to send the rest"
+                    )
+                    self.stopped = self.stopped or reason
+                    self.feed_scope.cancel()
+                    self.credit.set()
+                    for worker in self.workers:
+                        await self._send(worker, ("halt", reason, grace))
+                else:
+                    for worker in self.workers:
+                        await self._send(worker, ("halt", self.stopped, 0.0))
+                    return
+
     # -- tokens
 
     async def _broadcast_token(self) -> None:
@@ -418,8 +460,8 @@ async def _stop_processes(workers: list[_Worker]) -> None:
                 worker.conn.close()
         for worker in workers:
             await anyio.to_thread.run_sync(worker.process.join, _JOIN_TIMEOUT_S)
-            if worker.process.is_alive():
-                worker.process.terminate()
+            if worker.process.is_alive():  # it ignores SIGTERM (the parent decides)
+                worker.process.kill()
                 await anyio.to_thread.run_sync(worker.process.join, _JOIN_TIMEOUT_S)
 
 
@@ -433,13 +475,18 @@ def _take(units: Iterator[Unit], size: int) -> list[Unit]:
 
 
 async def run_workers(
-    config: Config, *, tokens: TokenProvider | None = None, start: StartMethod | None = None
+    config: Config,
+    *,
+    tokens: TokenProvider | None = None,
+    start: StartMethod | None = None,
+    handle_signals: bool = False,
 ) -> Summary:
     """`runner.run` over `config.workers` processes (see the module's rules).
 
     `tokens`: the run's token provider (default: from the config); it lives in this
     process and only its `authorization()` values reach the workers. `start`: "fork" or
-    "spawn" (default: `start_method()`).
+    "spawn" (default: `start_method()`). `handle_signals` (the CLI): SIGINT/SIGTERM stop
+    the run as in one process, with --grace for the calls in flight.
     """
     config = config.validated()
     check_inputs(config.inputs)
@@ -462,7 +509,7 @@ async def run_workers(
                 )
                 parent = _Parent(config, provider, sink, index, workers)
                 await parent.begin()
-                await parent.run()
+                await parent.run(handle_signals=handle_signals)
     finally:
         sink.close()
     if parent.error is not None:
@@ -477,4 +524,5 @@ async def run_workers(
         slowed=parent.slowed,
         resumed=parent.resumed,
         tokens=parent.tokens.token_stats(),
+        interrupted=parent.interrupted,
     )

@@ -20,6 +20,11 @@ from engine.mock import MockConfig, MockHandle, running_mock
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
+#: The signal tests run in one process and with --workers 2 (the parent halts the workers).
+PROCESSES = pytest.mark.parametrize(
+    "procs", [pytest.param([], id="1-process"), pytest.param(["--workers", "2"], id="workers")]
+)
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -132,15 +137,16 @@ async def test_kill_9_then_resume(tmp_path: Path, write_jsonl: Callable[..., Pat
     assert 0 <= repeated <= concurrency, f"{repeated} calls repeated"
 
 
+@PROCESSES
 async def test_sigint_finishes_in_flight_calls_then_resume(
-    tmp_path: Path, write_jsonl: Callable[..., Path]
+    tmp_path: Path, write_jsonl: Callable[..., Path], procs: list[str]
 ) -> None:
     """Must show: SIGINT ends within --grace with a whole file; --resume completes it."""
     n, grace = 1500, 5.0
     inputs = write_jsonl(events(n))
     out = tmp_path / "out.jsonl"
     async with running_mock(MockConfig(latency=0.04)) as mock:
-        proc = start(mock, inputs, out, "-c", "16", "--grace", str(grace))
+        proc = start(mock, inputs, out, "-c", "16", "--grace", str(grace), *procs)
         await wait_for(lambda: lines_in(out) >= 300, proc)
         proc.send_signal(signal.SIGINT)
         sent = time.monotonic()
@@ -164,14 +170,15 @@ async def test_sigint_finishes_in_flight_calls_then_resume(
     assert calls == n  # not one call repeated
 
 
+@PROCESSES
 async def test_sigterm_grace_expires_then_resume(
-    tmp_path: Path, write_jsonl: Callable[..., Path]
+    tmp_path: Path, write_jsonl: Callable[..., Path], procs: list[str]
 ) -> None:
     n, grace = 8, 0.5
     inputs = write_jsonl(events(n))
     out = tmp_path / "out.jsonl"
     async with running_mock(MockConfig(latency=20.0)) as slow:
-        proc = start(slow, inputs, out, "-c", "8", "--grace", str(grace), "--timeout", "60")
+        proc = start(slow, inputs, out, "-c", "8", "--grace", str(grace), "--timeout", "60", *procs)
         await wait_for(lambda: slow.state.delivery_requests >= n, proc)
         proc.send_signal(signal.SIGTERM)
         sent = time.monotonic()
@@ -189,13 +196,14 @@ async def test_sigterm_grace_expires_then_resume(
     exactly_once(whole_records(out), n)
 
 
+@PROCESSES
 async def test_second_signal_stops_at_once(
-    tmp_path: Path, write_jsonl: Callable[..., Path]
+    tmp_path: Path, write_jsonl: Callable[..., Path], procs: list[str]
 ) -> None:
     inputs = write_jsonl(events(4))
     out = tmp_path / "out.jsonl"
     async with running_mock(MockConfig(latency=20.0)) as slow:
-        proc = start(slow, inputs, out, "-c", "4", "--grace", "60", "--timeout", "60")
+        proc = start(slow, inputs, out, "-c", "4", "--grace", "60", "--timeout", "60", *procs)
         await wait_for(lambda: slow.state.delivery_requests >= 4, proc)
         proc.send_signal(signal.SIGINT)
         await anyio.sleep(0.3)
@@ -208,11 +216,12 @@ async def test_second_signal_stops_at_once(
     assert whole_records(out) == []
 
 
-async def test_sigint_while_reading_a_silent_stdin(tmp_path: Path) -> None:
+@PROCESSES
+async def test_sigint_while_reading_a_silent_stdin(tmp_path: Path, procs: list[str]) -> None:
     """A read blocked on a pipe that never ends must not hold the exit."""
     out = tmp_path / "out.jsonl"
     async with running_mock() as mock:
-        proc = start(mock, "-", out, stdin=subprocess.PIPE)
+        proc = start(mock, "-", out, *procs, stdin=subprocess.PIPE)
         try:
             await wait_for(out.exists, proc)  # the output opens once the run has started
             await anyio.sleep(0.5)
