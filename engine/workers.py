@@ -197,15 +197,17 @@ class _Parent:
 
     async def _hand_out(self, units: Iterator[Unit]) -> None:
         config = self.config
-        # Read in batches of _UNIT_BATCH, hand out parts of at most one worker's
-        # concurrency: a short input still spreads over every worker.
-        part_size = max(1, min(_UNIT_BATCH, math.ceil(config.concurrency / config.workers)))
         while self.stopped is None:
             batch = await anyio.to_thread.run_sync(
                 _take, units, _UNIT_BATCH, abandon_on_cancel=True
             )
             if not batch:
                 return
+            # A full batch goes to one worker (fewer, larger messages keep every worker's
+            # pool full); a short one (the end of the input, a slow stdin) is shared out,
+            # so a short input still runs on every worker.
+            full = len(batch) == _UNIT_BATCH
+            part_size = len(batch) if full else math.ceil(len(batch) / config.workers)
             if self.index is not None:
                 batch = self._unanswered(batch)
             for start in range(0, len(batch), part_size):
