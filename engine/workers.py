@@ -105,6 +105,14 @@ class _Worker:
     ended: bool = False
 
 
+@dataclass(slots=True, eq=False)
+class _Flight:
+    """One renewal after a 401, awaited by every worker that reported the same token."""
+
+    done: anyio.Event = field(default_factory=anyio.Event)
+    ok: bool = False
+
+
 class _Parent:
     def __init__(
         self,
@@ -143,6 +151,7 @@ class _Parent:
         )
         self.receive_limiter = anyio.CapacityLimiter(config.workers + 1)
         self.interrupted: int | None = None  # the signal number
+        self.refreshes: dict[str | None, _Flight] = {}  # renewals, by the refused value
         self.feed_scope = anyio.CancelScope()  # reading the input
 
     def _credit(self) -> int:
@@ -399,9 +408,19 @@ class _Parent:
             await self._broadcast_token()
 
     async def _refresh(self, worker: _Worker, used: str | None) -> None:
-        ok = await self.tokens.refresh_after_401(used)
-        await self._broadcast_token()
-        await self._send(worker, ("refreshed", used, ok, self.tokens.authorization()))
+        # One renewal per refused token however many workers report it at once, even
+        # with a provider that is not single-flight itself.
+        flight = self.refreshes.get(used)
+        if flight is None:
+            flight = self.refreshes[used] = _Flight()
+            try:
+                flight.ok = await self.tokens.refresh_after_401(used)
+            finally:
+                flight.done.set()
+            await self._broadcast_token()
+        else:
+            await flight.done.wait()
+        await self._send(worker, ("refreshed", used, flight.ok, self.tokens.authorization()))
 
 
 StartMethod = Literal["fork", "spawn"]
