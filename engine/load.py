@@ -1,10 +1,10 @@
 """Open-model load tests and traffic replay: calls start on a schedule, whatever the latency.
 
     schedule --(due, event)--> dispatcher --hand-off, no buffer--> max_in_flight workers
-                                   |                                   | (_Engine.process)
+                                   |                                   | (Engine.process)
                                    +-- dropped / invalid --> results <-+
                                                                |
-                                                  _Engine._write --> emit (sink, figures)
+                                                  Engine._write --> emit (sink, figures)
 
 Rules:
 - The dispatcher sleeps until each call is due and hands it to a worker that is idle
@@ -20,7 +20,7 @@ Rules:
   rate in any 1-second window (pacing.BurstCap): never a burst the schedule did not ask
   for; the lateness is in the records.
 - Sending, retrying on 401, writing and fail-fast are the batch engine's
-  (runner._Engine): one sender, whichever the mode.
+  (runner.Engine): one sender, whichever the mode.
 - Load cycles its input until the schedule ends (`loop=False`: once through). A small
   input (and stdin) is cycled from memory, a large file re-read from disk, so memory
   holds at most `_CACHE_EVENTS` events whatever the run length.
@@ -48,7 +48,7 @@ from engine.pacing import BurstCap, Pacer, ReorderWindow, ReplaySchedule
 from engine.results import MIN_SECRET_LENGTH, Result, invalid_result
 from engine.runner import (
     Emit,
-    _Engine,
+    Engine,
     _open,
     redact_output,
 )
@@ -250,7 +250,7 @@ def dropped_result(event: Event, scheduled_at: float, limit: int) -> Result:
 
 
 class _Driver:
-    def __init__(self, engine: _Engine, plan: LoadPlan, live: LiveState) -> None:
+    def __init__(self, engine: Engine, plan: LoadPlan, live: LiveState) -> None:
         self.engine = engine
         self.plan = plan
         self.live = live
@@ -328,7 +328,7 @@ class _Driver:
                 for _ in range(limit):
                     tg.start_soon(self._work, jobs_receive.clone(), results_send.clone())
                 tg.start_soon(self._dispatch, schedule, jobs_send, results_send.clone())
-            await engine._write(results_receive, emit)
+            await engine.write_results(results_receive, emit)
         return 0.0 if self.start is None else anyio.current_time() - self.start
 
 
@@ -367,7 +367,7 @@ async def run_load(
         if s and len(s) >= MIN_SECRET_LENGTH
     )
     figures = live.figures
-    engine: _Engine | None = None
+    engine: Engine | None = None
 
     async def emit(batch: list[Result]) -> None:
         for result in batch:

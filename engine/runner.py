@@ -80,8 +80,13 @@ class _State:
     resumed: int = 0
 
 
-class _Engine:
-    """One run's moving parts; `execute` drives them in one task group."""
+class Engine:
+    """One run's moving parts; `execute` drives them in one task group.
+
+    The package's other drivers build on it: `load.py` (the open-model dispatcher feeds
+    `process` and `write_results`), `worker_proc.py` (one `--workers` process) and
+    `distributed/actors.py` (a Ray sender); `_open` builds one for a config.
+    """
 
     def __init__(
         self,
@@ -248,7 +253,7 @@ class _Engine:
             event.seq, event.id, event.source, None, True, 0, None, None, None, shown, "dry_run"
         )
 
-    async def _write(self, receive: MemoryObjectReceiveStream[Result], emit: Emit) -> None:
+    async def write_results(self, receive: MemoryObjectReceiveStream[Result], emit: Emit) -> None:
         pending: dict[int, Result] = {}
         async with receive:
             async for first in receive:
@@ -344,7 +349,7 @@ class _Engine:
                 async with anyio.create_task_group() as pipeline:
                     pipeline.start_soon(self._feed, feed, items_send)
                     pipeline.start_soon(self._workers, items_receive, results_send, workers)
-                    pipeline.start_soon(self._write, results_receive, emit)
+                    pipeline.start_soon(self.write_results, results_receive, emit)
             finally:
                 if tick is not None:
                     tick.close()
@@ -424,7 +429,7 @@ async def start_mock(config: Config, stack: AsyncExitStack) -> Config:
     )
 
 
-async def _open(config: Config, stack: AsyncExitStack) -> _Engine:
+async def _open(config: Config, stack: AsyncExitStack) -> Engine:
     """Start what the run needs (embedded mock, HTTP session) on `stack`."""
     if config.mock:
         config = await start_mock(config, stack)
@@ -438,10 +443,10 @@ async def _open(config: Config, stack: AsyncExitStack) -> _Engine:
                 client=config.http_client,
             )
         )
-    return _Engine(config, tokens, transport)
+    return Engine(config, tokens, transport)
 
 
-def redact_output(data: bytes, secrets: tuple[bytes, ...], engine: _Engine | None) -> bytes:
+def redact_output(data: bytes, secrets: tuple[bytes, ...], engine: Engine | None) -> bytes:
     """`data` without `secrets` and the tokens handed out so far (a server may echo them)."""
     issued = () if engine is None else engine.tokens.secrets()
     tokens = tuple(t.encode() for t in issued if len(t) >= MIN_SECRET_LENGTH)
@@ -472,7 +477,7 @@ async def run(config: Config, *, handle_signals: bool = False) -> Summary:
         for s in (config.token, config.client_secret)
         if s and len(s) >= MIN_SECRET_LENGTH
     )
-    engine: _Engine | None = None
+    engine: Engine | None = None
 
     def write(batch: list[Result]) -> None:
         data = b"".join([r.to_json() + b"\n" for r in batch])

@@ -51,10 +51,17 @@ class Shutdown:
                         f"interrupted by {signal.Signals(signum).name}; calls in flight were "
                         f"given {grace:g}s to finish; run again with --resume to send the rest"
                     )
-                    tg.start_soon(self._cancel_work_after, grace)
+                    self.cut_off_after(tg, grace)
                 else:
                     self.work_scope.cancel()
                     return
+
+    def cut_off_after(self, tg: anyio.abc.TaskGroup, grace: float) -> None:
+        """Cancel the calls in flight `grace` seconds from now (at once when 0)."""
+        if grace <= 0:
+            self.work_scope.cancel()
+        else:
+            tg.start_soon(self._cancel_work_after, grace)
 
     async def _cancel_work_after(self, seconds: float) -> None:
         await anyio.sleep(seconds)

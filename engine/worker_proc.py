@@ -1,7 +1,7 @@
 """One worker process of a `--workers N` run (the parent is engine/workers.py).
 
 Rules:
-- The worker runs the ordinary engine (`runner._Engine`) on its own event loop (uvloop
+- The worker runs the ordinary engine (`runner.Engine`) on its own event loop (uvloop
   when installed) with its own connection pool; its input is the parent's batches of
   unparsed records.
 - Its output: when the run's output is a regular file and unordered, the worker appends
@@ -43,7 +43,7 @@ from engine.events import EventDefaults, Item
 from engine.feeds import event_defaults
 from engine.gctune import tune_gc
 from engine.results import MIN_SECRET_LENGTH, Result
-from engine.runner import _Engine
+from engine.runner import Engine
 from engine.sinks import JsonlSink
 from engine.sources import Unit, unit_item
 from engine.stats import TokenStats
@@ -129,16 +129,13 @@ async def _worker(
         await send(("refresh", used))
 
     tokens = PushedToken(header, ask)
-    engine: _Engine | None = None
+    engine: Engine | None = None
 
     def halt(reason: str, grace: float) -> None:
         if engine is None:
             return
         engine.shutdown.halt(reason)
-        if grace <= 0:
-            engine.shutdown.work_scope.cancel()
-        else:
-            tg.start_soon(_cancel_after, engine.shutdown.work_scope, grace)
+        engine.shutdown.cut_off_after(tg, grace)
 
     # Unbounded, yet bounded by the parent's credit: it never sends more than that.
     units_send, units_receive = anyio.create_memory_object_stream[list[Unit]](math.inf)
@@ -201,7 +198,7 @@ async def _worker(
                     client=config.http_client,
                 )
             )
-        engine = _Engine(config, tokens, transport)
+        engine = Engine(config, tokens, transport)
         async with anyio.create_task_group() as tg:
             tg.start_soon(listen)
             feed = _unit_feed(units_receive, event_defaults(config))
@@ -223,11 +220,6 @@ async def _worker(
             # Nothing more to wait for: not the parent's next message, not a --grace timer
             # still pending after an interrupted run ended early.
             tg.cancel_scope.cancel()
-
-
-async def _cancel_after(scope: anyio.CancelScope, seconds: float) -> None:
-    await anyio.sleep(seconds)
-    scope.cancel()
 
 
 async def _unit_feed(

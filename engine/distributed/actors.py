@@ -1,7 +1,7 @@
 """The actors of a Ray run, as plain classes (`ray.remote` wraps them when a run starts).
 
 Rules:
-- A sender runs the ordinary `_Engine` on one shard at a time, writing to a temporary
+- A sender runs the ordinary `Engine` on one shard at a time, writing to a temporary
   file named for that attempt; only a complete shard is fsynced and renamed, then its
   meta (rows, sha256, stats) written the same way. A dead attempt leaves at most a
   temporary file, never a part.
@@ -34,7 +34,7 @@ from engine.distributed.plan import ShardTask, meta_path, part_path
 from engine.events import Item
 from engine.feeds import Feed, event_defaults
 from engine.results import MIN_SECRET_LENGTH, Result
-from engine.runner import _Engine
+from engine.runner import Engine
 from engine.sinks import JsonlSink
 from engine.sources import ReadCounts, next_batch, read_items, read_range_items
 from engine.stats import TokenStats
@@ -225,7 +225,7 @@ class SenderActor:
             await self._start()
         assert self._tokens is not None
         tokens = self._tokens
-        engine = _Engine(self._config, tokens, self._transport, limiter=self._limiter)
+        engine = Engine(self._config, tokens, self._transport, limiter=self._limiter)
         # Error texts are redacted of the cluster's token too, not only a static one.
         engine.secrets = tuple(s.decode() for s in _secrets(self._config, tokens))
         final = part_path(self._parts_dir, task.index)

@@ -11,7 +11,7 @@ Rules:
   (`shard.cut_ranges`, which also numbers the lines, so `source` stays `path:line`);
   a gzip or CSV file is one shard (a gzip stream cannot be entered mid-way, a CSV
   record may span lines and needs its header). `seq` counts from 0 within a shard.
-- A sender runs the ordinary `_Engine` on its shard, writing to a temporary file named
+- A sender runs the ordinary `Engine` on its shard, writing to a temporary file named
   for that attempt; when the shard is complete it is fsynced and renamed, then its
   meta (rows, sha256, stats) is written the same way. A shard whose actor dies is run
   again from its start by a fresh actor: its events may be *sent* twice, but the
