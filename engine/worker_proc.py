@@ -121,9 +121,18 @@ async def _worker(
 ) -> None:
     lock = anyio.Lock()
 
+    parent_gone = False
+
     async def send(message: tuple[Any, ...]) -> None:
+        nonlocal parent_gone
+        if parent_gone:
+            return
         async with lock:
-            await anyio.to_thread.run_sync(conn.send, message)
+            try:
+                await anyio.to_thread.run_sync(conn.send, message)
+            except OSError:  # the parent was killed: finish the calls in flight, then end
+                parent_gone = True
+                halt("the parent process ended", config.grace)
 
     async def ask(used: str | None) -> None:
         await send(("refresh", used))
@@ -141,12 +150,15 @@ async def _worker(
     units_send, units_receive = anyio.create_memory_object_stream[list[Unit]](math.inf)
 
     async def listen() -> None:
-        # Until the parent closes its end: token answers still come after the last units.
+        # Until this worker has reported: token answers still come after the last units.
         async with units_send:
             while True:
                 try:
                     message = await anyio.to_thread.run_sync(conn.recv, abandon_on_cancel=True)
                 except (EOFError, OSError):
+                    # The parent is gone (killed: a normal end closes the pipe only after
+                    # "done"): start no more calls, let those in flight end and be written.
+                    halt("the parent process ended", config.grace)
                     return
                 kind = message[0]
                 if kind == "units":

@@ -232,3 +232,46 @@ async def test_sigint_while_reading_a_silent_stdin(tmp_path: Path, procs: list[s
             proc.stdin.close()
     assert rc == 130
     assert "interrupted by SIGINT" in stderr_text
+
+
+def _children(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+async def test_kill_9_of_the_parent_stops_the_workers_then_resume(
+    tmp_path: Path, write_jsonl: Callable[..., Path]
+) -> None:
+    """The workers of a killed parent start no more calls; what they answered is written."""
+    n, concurrency = 3000, 16
+    inputs = write_jsonl(events(n))
+    out = tmp_path / "out.jsonl"
+    async with running_mock(MockConfig(latency=0.04)) as mock:
+        proc = start(mock, inputs, out, "-c", str(concurrency), "--workers", "2")
+        await wait_for(lambda: lines_in(out) >= 300, proc)
+        children = _children(proc.pid)
+        assert len(children) == 2
+        proc.kill()
+        rc, _ = await wait_exit(proc, 10)
+        assert rc == -signal.SIGKILL
+        with anyio.fail_after(15):
+            while any(_running(pid) for pid in children):  # noqa: ASYNC110 - no anyio event
+                await anyio.sleep(0.05)
+        written = lines_in(out)
+        assert 300 <= written < n  # they stopped, not ran through the input
+        calls_at_stop = mock.state.delivery_requests
+        resumed = start(mock, inputs, out, "--resume", "-c", str(concurrency))
+        rc, stderr = await wait_exit(resumed, 60)
+        assert rc == 0, stderr
+        calls = mock.state.delivery_requests
+    exactly_once(whole_records(out), n)
+    # The calls in flight were let finish and written: none is made twice.
+    assert calls_at_stop == written
+    assert calls == n
