@@ -33,7 +33,6 @@ EVENTS = [
 ]
 
 
-
 @pytest.fixture
 def anyio_backend() -> tuple[str, dict[str, bool]]:
     """uvloop, as the CLI runs: timing tests need the loop's overhead to stay small."""
@@ -42,6 +41,7 @@ def anyio_backend() -> tuple[str, dict[str, bool]]:
     except ImportError:
         return ("asyncio", {})
     return ("asyncio", {"use_uvloop": True})
+
 
 def records(path: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines()]
@@ -178,9 +178,7 @@ async def test_no_loop_stops_at_end_of_input_and_invalid_lines_answered_once(
 ) -> None:
     out = tmp_path / "out.jsonl"
     path = write_jsonl([EVENTS[0], b"{not json", EVENTS[1]])
-    outcome = await run_load(
-        config_for(mock, path, out), LoadPlan(pacer=constant(100), loop=False)
-    )
+    outcome = await run_load(config_for(mock, path, out), LoadPlan(pacer=constant(100), loop=False))
     recs = records(out)
     assert sorted(r["error_kind"] or "ok" for r in recs) == ["invalid", "ok", "ok"]
     assert mock.state.delivery_requests == 2

@@ -242,9 +242,7 @@ def test_bad_schedules(build: object, message: str) -> None:
         ),
     ],
 )
-def test_burst_cap(
-    factor: float, calls: list[tuple[float, float]], expected: list[float]
-) -> None:
+def test_burst_cap(factor: float, calls: list[tuple[float, float]], expected: list[float]) -> None:
     cap = BurstCap(factor=factor)
     sends = []
     for due, ready in calls:

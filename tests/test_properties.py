@@ -16,7 +16,8 @@ from engine.query import RequestBuilder, encode_query
 from engine.sources import parse_json_line, read_items
 
 names = st.text(min_size=1, max_size=20).filter(
-    lambda s: s not in {"id", "timestamp", "user-agent", "referer", "ip", *ALWAYS_REQUIRED})
+    lambda s: s not in {"id", "timestamp", "user-agent", "referer", "ip", *ALWAYS_REQUIRED}
+)
 values = st.text(min_size=1, max_size=40)
 
 

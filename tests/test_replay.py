@@ -27,7 +27,6 @@ OFFSETS = [0, 0.05, 0.1, 0.15, 1, 1.02, 2.5, 3, 3.01, 3.02, 3.03, 4.4, 5, 5.5, 6
            6.5, 7.9, 8, 8.3, 8.6, 9, 9.5, 9.9, 9.95, 10]  # fmt: skip
 
 
-
 @pytest.fixture
 def anyio_backend() -> tuple[str, dict[str, bool]]:
     """uvloop, as the CLI runs: timing tests need the loop's overhead to stay small."""
@@ -36,6 +35,7 @@ def anyio_backend() -> tuple[str, dict[str, bool]]:
     except ImportError:
         return ("asyncio", {})
     return ("asyncio", {"use_uvloop": True})
+
 
 def records(path: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines()]
@@ -111,9 +111,7 @@ async def test_rate_cap_delays_never_drops(
 ) -> None:
     rows = [{**BASE, "retailer-visitor-id": f"v{i}", "timestamp": T0} for i in range(10)]
     out = tmp_path / "out.jsonl"
-    await run_load(
-        config_for(mock, write_jsonl(rows), out, rate=20.0), LoadPlan(mode="replay")
-    )
+    await run_load(config_for(mock, write_jsonl(rows), out, rate=20.0), LoadPlan(mode="replay"))
     recs = sorted(records(out), key=lambda r: r["scheduled_at"])
     assert len(recs) == 10 == mock.state.delivery_requests
     gaps = [b["scheduled_at"] - a["scheduled_at"] for a, b in itertools.pairwise(recs)]
@@ -175,9 +173,7 @@ async def test_replay_access_log(mock: MockHandle, tmp_path: Path) -> None:
     assert "not a delivery call" in bad["error"]
 
 
-def test_cli_replay_examples_on_mock(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_cli_replay_examples_on_mock(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out, summary = tmp_path / "out.jsonl", tmp_path / "s.json"
     examples = Path(__file__).resolve().parent.parent / "examples" / "pageviews.jsonl"
     code = main(

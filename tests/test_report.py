@@ -80,8 +80,16 @@ def test_series_memory_stays_bounded_over_a_long_run() -> None:
         ),
         pytest.param(
             [rec(0), rec(0.2, status=None, lat=None, kind="dropped"), rec(1.2, status=503)],
-            {"sent": 2, "dropped": 1, "failed": 2, "ok": 1, "statuses.dropped": 1,
-             "statuses.503": 1, "series.0.dropped": 1, "series.1.errors": 1},
+            {
+                "sent": 2,
+                "dropped": 1,
+                "failed": 2,
+                "ok": 1,
+                "statuses.dropped": 1,
+                "statuses.503": 1,
+                "series.0.dropped": 1,
+                "series.1.errors": 1,
+            },
             id="dropped-and-errors",
         ),
         pytest.param(
@@ -239,7 +247,8 @@ def png_pixels(data: bytes) -> tuple[int, int, Counter[tuple[int, int, int]]]:
         prev = line
         if y % 4 == 0:  # a sample of the rows is plenty to find the plots' colours
             colours.update(
-                tuple(line[x : x + 3]) for x in range(0, stride, channels * 2)  # type: ignore[misc]
+                tuple(line[x : x + 3])
+                for x in range(0, stride, channels * 2)  # type: ignore[misc]
             )
     return width, height, colours
 
