@@ -13,10 +13,14 @@ Rules:
   socket or thread exists, when that is safe) and waits for ("start", config, header,
   ordered, output); a closed pipe before that means "nothing to do".
 - Messages from the parent: ("units", batch), ("token", header), ("refreshed", used,
-  ok, header), ("end",); to the parent: ("answered", n), ("records", bytes, n) or
-  ("ordered", [(seq, line)], n), ("refresh", used), ("done", stats, stopped,
-  budget_refused, slowed), ("error", text, exit_code). The worker listens until the
-  parent closes the pipe, so token answers still arrive after the last batch.
+  ok, header), ("halt", reason, grace) (the run was interrupted), ("end",); to the
+  parent: ("answered", n), ("records", bytes, n) or ("ordered", [(seq, line)], n),
+  ("refresh", used), ("done", stats, stopped, budget_refused, slowed), ("error", text,
+  exit_code). The worker listens until it has sent "done", so token answers still
+  arrive after the last batch.
+- Signals: the worker ignores SIGINT and SIGTERM (the parent decides and sends "halt").
+  A parent that is gone (the pipe ends before "done") halts the worker the same way:
+  no new calls, those in flight get --grace to end and be written.
 - The worker never sees client credentials: `PushedToken` holds what the parent pushed.
 """
 
