@@ -156,7 +156,7 @@ class _Parent:
 
     def _credit(self) -> int:
         per_worker = max(1, math.ceil(self.config.concurrency / self.config.workers))
-        return max(_UNIT_BATCH, 4 * per_worker)
+        return max(2 * _UNIT_BATCH, 4 * per_worker)
 
     async def begin(self) -> None:
         """Send every worker its share of the run (they were started before)."""
