@@ -18,6 +18,7 @@ import asyncio
 import os
 import stat
 import sys
+import threading
 import zlib
 from array import array
 from collections.abc import Callable
@@ -36,12 +37,23 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
-class JsonlSink:
-    """Appends whole JSONL lines to a file (or stdout when path is None or '-')."""
+#: Bytes written to a file between two background syncs.
+SYNC_EVERY = 16 << 20
 
-    __slots__ = ("_fd", "_owned", "name")
+
+class JsonlSink:
+    """Appends whole JSONL lines to a file (or stdout when path is None or '-').
+
+    A file is synced to disk in the background every SYNC_EVERY bytes (one `fdatasync`
+    on a thread, never two at once), so the sync at `close` has little left to wait for:
+    the disk works while the run does (on the benchmark machine, 150 MB took 0.28 s to
+    sync at the end, I/O wait, not CPU), and a crash loses at most the last stretch."""
+
+    __slots__ = ("_fd", "_owned", "_sync", "_unsynced", "name")
 
     def __init__(self, path: str | None, *, append: bool = False) -> None:
+        self._unsynced = 0
+        self._sync: threading.Thread | None = None
         if path is None or path == "-":
             sys.stdout.flush()
             self._fd = sys.stdout.fileno()
@@ -73,14 +85,28 @@ class JsonlSink:
             raise FatalError(f"output {self.name} was closed by the reader") from None
         except OSError as exc:
             raise FatalError(f"cannot write output {self.name}: {exc.strerror or exc}") from None
+        if self._owned:
+            self._unsynced += len(data)
+            if self._unsynced >= SYNC_EVERY and (self._sync is None or not self._sync.is_alive()):
+                self._unsynced = 0
+                self._sync = threading.Thread(
+                    target=_sync_quietly, args=(self._fd,), name="adbatch-sync", daemon=True
+                )
+                self._sync.start()
 
     def close(self) -> None:
         if self._owned:
-            try:
-                os.fsync(self._fd)
-            except OSError:
-                pass  # a pipe or a special file: nothing to sync
+            if self._sync is not None:
+                self._sync.join()  # before the descriptor goes
+            _sync_quietly(self._fd)
             os.close(self._fd)
+
+
+def _sync_quietly(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # a pipe or a special file: nothing to sync
 
 
 class TickWriter:

@@ -83,3 +83,32 @@ def test_a_pipe_is_not_a_regular_file() -> None:
     finally:
         os.close(read_end)
         os.close(write_end)
+
+
+def test_a_file_is_synced_in_the_background_as_it_grows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("engine.sinks.SYNC_EVERY", 4096)
+    path = tmp_path / "out.jsonl"
+    sink = JsonlSink(str(path))
+    lines = [_result(i).to_json() + b"\n" for i in range(400)]
+    for line in lines:
+        sink.write(line)
+    syncer = sink._sync
+    assert syncer is not None  # started once 4 KiB were written
+    sink.close()
+    assert not syncer.is_alive()  # joined before the descriptor closed
+    assert path.read_bytes() == b"".join(lines)
+
+
+def test_syncing_a_pipe_is_quiet(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("engine.sinks.SYNC_EVERY", 1)
+    read_end, write_end = os.pipe()
+    try:
+        sink = JsonlSink(f"/dev/fd/{write_end}")
+        sink.write(b"{}\n")
+        sink.close()
+        assert os.read(read_end, 10) == b"{}\n"
+    finally:
+        os.close(read_end)
+        os.close(write_end)
