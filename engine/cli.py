@@ -25,6 +25,7 @@ from engine.config import (
     DEFAULT_TIMEOUT,
     DEFAULT_TOKEN_URL,
     DEFAULT_TOKEN_WAIT,
+    HTTP_CLIENTS,
     Config,
 )
 from engine.errors import ConfigError, EngineError, InputError
@@ -249,7 +250,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     )
     speed.add_argument(
         "--http-client",
-        choices=("http1", "session"),
+        choices=HTTP_CLIENTS,
         help="http1: adbatch's lean keep-alive client on aiohttp's protocol layer, about "
         "a fifth of the CPU per call; session: a plain aiohttp ClientSession, for a "
         "server the lean client trips on (default: http1)",

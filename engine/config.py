@@ -33,6 +33,11 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+HttpClient = Literal["http1", "session"]
+#: `--http-client` values: adbatch's lean client (engine/http1.py) or aiohttp's session.
+HTTP_CLIENTS: tuple[HttpClient, ...] = ("http1", "session")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     """Everything one run needs. Build it with keywords; call `validated()` before use."""
@@ -51,7 +56,7 @@ class Config:
     concurrency: int = DEFAULT_CONCURRENCY
     rate: float | None = None
     timeout: float = DEFAULT_TIMEOUT
-    http_client: Literal["http1", "session"] = "http1"
+    http_client: HttpClient = "http1"
     ordered: bool = False
     dry_run: bool = False
     progress: bool = False
@@ -85,7 +90,7 @@ class Config:
             )
         if not (self.timeout > 0 and math.isfinite(self.timeout)):
             raise ConfigError(f"--timeout must be a positive number of seconds, got {self.timeout}")
-        if self.http_client not in ("http1", "session"):
+        if self.http_client not in HTTP_CLIENTS:
             raise ConfigError(f"--http-client must be http1 or session, got {self.http_client!r}")
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
             raise ConfigError(

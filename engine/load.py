@@ -45,7 +45,7 @@ from engine.errors import ConfigError, plain_engine_errors
 from engine.events import Event, Invalid, Item
 from engine.feeds import READ_BATCH, event_defaults, file_feed
 from engine.pacing import BurstCap, Pacer, ReorderWindow, ReplaySchedule
-from engine.results import MIN_SECRET_LENGTH, Result, invalid_result
+from engine.results import MIN_SECRET_LENGTH, Result, invalid_result, jsonl
 from engine.runner import (
     Emit,
     Engine,
@@ -372,7 +372,7 @@ async def run_load(
     async def emit(batch: list[Result]) -> None:
         for result in batch:
             figures.add_result(result)
-        data = b"".join([r.to_json() + b"\n" for r in batch])
+        data = jsonl(batch)
         sink.write(redact_output(data, secrets, engine))  # a server may echo the token
 
     try:

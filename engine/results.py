@@ -42,6 +42,11 @@ class Result:
         return orjson.dumps(self)
 
 
+def jsonl(batch: list[Result]) -> bytes:
+    """The records as JSONL: one line each, newline-terminated."""
+    return b"".join([r.to_json() + b"\n" for r in batch])
+
+
 def embed_body(body: bytes) -> object:
     """The body for the record: raw JSON when it parses, else text (None when empty)."""
     if not body:

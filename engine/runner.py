@@ -49,7 +49,13 @@ from engine.events import Event, Invalid, Item
 from engine.feeds import Feed, event_defaults, file_feed, mapping_feed
 from engine.limits import Limiter, make_limiter
 from engine.query import DEFAULT_USER_AGENT, RequestBuilder
-from engine.results import MIN_SECRET_LENGTH, Result, invalid_result, response_result
+from engine.results import (
+    MIN_SECRET_LENGTH,
+    Result,
+    invalid_result,
+    jsonl,
+    response_result,
+)
 from engine.retry import (
     THROTTLE_STATUSES,
     AdaptiveRate,
@@ -480,8 +486,7 @@ async def run(config: Config, *, handle_signals: bool = False) -> Summary:
     engine: Engine | None = None
 
     def write(batch: list[Result]) -> None:
-        data = b"".join([r.to_json() + b"\n" for r in batch])
-        sink.write(redact_output(data, secrets, engine))
+        sink.write(redact_output(jsonl(batch), secrets, engine))
 
     async def emit(batch: list[Result]) -> None:
         write(batch)

@@ -16,6 +16,14 @@ import anyio
 import anyio.abc
 
 
+def interrupt_reason(signum: int, grace: float) -> str:
+    """What the summary says of a run stopped by signal `signum`."""
+    return (
+        f"interrupted by {signal.Signals(signum).name}; calls in flight were "
+        f"given {grace:g}s to finish; run again with --resume to send the rest"
+    )
+
+
 class Shutdown:
     """The stop switches of one run; the runner wraps its stages in the two scopes."""
 
@@ -47,10 +55,7 @@ class Shutdown:
             async for signum in signals:
                 if self.interrupted is None:
                     self.interrupted = int(signum)
-                    self.halt(
-                        f"interrupted by {signal.Signals(signum).name}; calls in flight were "
-                        f"given {grace:g}s to finish; run again with --resume to send the rest"
-                    )
+                    self.halt(interrupt_reason(signum, grace))
                     self.cut_off_after(tg, grace)
                 else:
                     self.work_scope.cancel()

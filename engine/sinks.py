@@ -44,8 +44,8 @@ SYNC_EVERY = 16 << 20
 class JsonlSink:
     """Appends whole JSONL lines to a file (or stdout when path is None or '-').
 
-    A file is synced to disk in the background every SYNC_EVERY bytes (one `fdatasync`
-    on a thread, never two at once), so the sync at `close` has little left to wait for:
+    A file is synced to disk in the background every SYNC_EVERY bytes (one `fsync` on
+    a thread, never two at once), so the sync at `close` has little left to wait for:
     the disk works while the run does (on the benchmark machine, 150 MB took 0.28 s to
     sync at the end, I/O wait, not CPU), and a crash loses at most the last stretch."""
 

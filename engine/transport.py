@@ -20,6 +20,7 @@ from typing import Protocol
 import aiohttp
 import yarl
 
+from engine.config import HTTP_CLIENTS
 from engine.http1 import Http1Client, HttpError
 from engine.query import Request
 
@@ -39,9 +40,6 @@ class Response:
 
 class Transport(Protocol):
     async def send(self, request: Request, authorization: str | None) -> Response: ...
-
-
-HTTP_CLIENTS = ("http1", "session")
 
 
 def open_transport(

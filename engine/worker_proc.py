@@ -46,8 +46,8 @@ from engine.errors import EngineError
 from engine.events import EventDefaults, Item
 from engine.feeds import event_defaults
 from engine.gctune import tune_gc
-from engine.results import MIN_SECRET_LENGTH, Result
-from engine.runner import Engine
+from engine.results import Result, jsonl
+from engine.runner import Engine, redact_output
 from engine.sinks import JsonlSink
 from engine.sources import Unit, unit_item
 from engine.stats import TokenStats
@@ -181,11 +181,15 @@ async def _worker(
 
     async def emit(batch: list[Result]) -> None:
         if ordered:
-            lines = [(r.seq, _redact(r.to_json() + b"\n", tokens)) for r in batch]
+            lines = [(r.seq, _redact(r.to_json() + b"\n")) for r in batch]
             await send(("ordered", lines, len(batch)))
         else:
-            data = _redact(b"".join([r.to_json() + b"\n" for r in batch]), tokens)
+            data = _redact(jsonl(batch))
             await send(("records", data, len(batch)))
+
+    def _redact(data: bytes) -> bytes:  # a server that echoes the token must not leak it
+        assert engine is not None  # records exist only once the engine runs
+        return redact_output(data, (), engine)
 
     sink = JsonlSink(output, append=True) if output is not None else None
     unreported = 0
@@ -193,7 +197,7 @@ async def _worker(
     def write(batch: list[Result]) -> None:
         nonlocal unreported
         assert sink is not None
-        sink.write(_redact(b"".join([r.to_json() + b"\n" for r in batch]), tokens))
+        sink.write(_redact(jsonl(batch)))
         unreported += len(batch)
 
     async def report() -> None:
@@ -244,14 +248,6 @@ async def _unit_feed(
     async with receive:
         async for units in receive:
             yield [unit_item(unit, defaults) for unit in units]
-
-
-def _redact(data: bytes, tokens: PushedToken) -> bytes:
-    for token in tokens.secrets():  # a server that echoes the token must not leak it
-        secret = token.encode()
-        if len(secret) >= MIN_SECRET_LENGTH and secret in data:
-            data = data.replace(secret, b"[redacted]")
-    return data
 
 
 def worker_main(index: int, conn: Connection, inherited: tuple[int, ...] = ()) -> None:

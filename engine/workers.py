@@ -52,6 +52,7 @@ from engine.errors import AuthError, FatalError, plain_engine_errors
 from engine.feeds import event_defaults
 from engine.results import MIN_SECRET_LENGTH
 from engine.runner import start_mock
+from engine.shutdown import interrupt_reason
 from engine.sinks import JsonlSink, ResumeIndex, open_resume
 from engine.sources import ReadCounts, Unit, check_inputs, read_units, unit_item
 from engine.stats import RunStats, Summary, summarize
@@ -372,10 +373,7 @@ class _Parent:
             async for signum in signals:
                 if self.interrupted is None:
                     self.interrupted = int(signum)
-                    reason = (
-                        f"interrupted by {signal.Signals(signum).name}; calls in flight were "
-                        f"given {grace:g}s to finish; run again with --resume to send the rest"
-                    )
+                    reason = interrupt_reason(signum, grace)
                     self.stopped = self.stopped or reason
                     self.feed_scope.cancel()
                     self.credit.set()
@@ -515,7 +513,6 @@ async def run_workers(
     sink = JsonlSink(config.output, append=config.resume)
     started = time.perf_counter()
     parent: _Parent | None = None
-    workers: list[_Worker] = []
     try:
         with plain_engine_errors():
             async with AsyncExitStack() as stack:

@@ -33,7 +33,7 @@ from engine.distributed.merge import scan_part, stats_to_dict, write_json_atomic
 from engine.distributed.plan import ShardTask, meta_path, part_path
 from engine.events import Item
 from engine.feeds import Feed, event_defaults
-from engine.results import MIN_SECRET_LENGTH, Result
+from engine.results import MIN_SECRET_LENGTH, Result, jsonl
 from engine.runner import Engine
 from engine.sinks import JsonlSink
 from engine.sources import ReadCounts, next_batch, read_items, read_range_items
@@ -234,7 +234,7 @@ class SenderActor:
         sink = JsonlSink(tmp)
 
         async def emit(batch: list[Result]) -> None:
-            data = b"".join([r.to_json() + b"\n" for r in batch])
+            data = jsonl(batch)
             for secret in _secrets(self._config, tokens):
                 data = data.replace(secret, b"[redacted]")
             sink.write(data)
