@@ -13,14 +13,18 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from engine.errors import ConfigError
-from engine.sources import DEFAULT_MAX_LINE_BYTES, Format
+from engine.core.errors import ConfigError
 
 DEFAULT_ENDPOINT = "https://d.us.criteo.com/delivery/retailmedia"
 DEFAULT_TOKEN_URL = "https://api.criteo.com/oauth2/token"
 DEFAULT_TOKEN_WAIT = 30.0
 DEFAULT_CONCURRENCY = 64
 DEFAULT_TIMEOUT = 2.0
+#: Longer input lines become error records (memory stays bounded).
+DEFAULT_MAX_LINE_BYTES = 1 << 20
+
+#: `--format`: auto goes by file name.
+Format = Literal["auto", "jsonl", "csv"]
 
 
 def is_loopback(host: str) -> bool:
@@ -34,7 +38,7 @@ def is_loopback(host: str) -> bool:
 
 
 HttpClient = Literal["http1", "session"]
-#: `--http-client` values: adbatch's lean client (engine/http1.py) or aiohttp's session.
+#: `--http-client` values: adbatch's lean client (engine/net/http1.py) or aiohttp's session.
 HTTP_CLIENTS: tuple[HttpClient, ...] = ("http1", "session")
 
 

@@ -1,68 +1,24 @@
-"""One exception tree for the engine.
+"""The one exception tree, as the package's users import it (defined in engine/core/errors.py,
+where the pure layer can raise it too)."""
 
-    EngineError
-     +-- ConfigError(ValueError)   bad options or config file: exit code 2
-     +-- InputError(OSError)       an input cannot be opened: exit code 2
-     +-- FatalError                the run cannot go on (auth refused, ...): exit code 3
-          +-- AuthError
+from engine.core.errors import (
+    AuthError,
+    ConfigError,
+    EngineError,
+    FatalError,
+    InputError,
+    OutputError,
+    first_engine_error,
+    plain_engine_errors,
+)
 
-Per-event failures are never exceptions: they become result records.
-"""
-
-from __future__ import annotations
-
-from collections.abc import Iterator
-from contextlib import contextmanager
-
-
-class EngineError(Exception):
-    """Base of every error the engine raises on purpose."""
-
-    exit_code = 1
-
-
-class ConfigError(EngineError, ValueError):
-    """An option, an environment variable or the config file is wrong."""
-
-    exit_code = 2
-
-
-class InputError(EngineError, OSError):
-    """An input file cannot be opened."""
-
-    exit_code = 2
-
-
-class FatalError(EngineError):
-    """The run cannot go on; what was answered so far is in the output."""
-
-    exit_code = 3
-
-
-class AuthError(FatalError):
-    """Credentials or a token were refused."""
-
-
-def first_engine_error(group: BaseExceptionGroup[BaseException]) -> EngineError | None:
-    """The first EngineError inside a (nested) exception group, if any."""
-    for exc in group.exceptions:
-        if isinstance(exc, EngineError):
-            return exc
-        if isinstance(exc, BaseExceptionGroup):
-            found = first_engine_error(exc)
-            if found is not None:
-                return found
-    return None
-
-
-@contextmanager
-def plain_engine_errors() -> Iterator[None]:
-    """Re-raise an EngineError that a task group wrapped in a group as itself, so the CLI
-    prints its one line; any other group passes through untouched."""
-    try:
-        yield
-    except BaseExceptionGroup as group:
-        error = first_engine_error(group)
-        if error is None:
-            raise
-        raise error from None
+__all__ = [
+    "AuthError",
+    "ConfigError",
+    "EngineError",
+    "FatalError",
+    "InputError",
+    "OutputError",
+    "first_engine_error",
+    "plain_engine_errors",
+]

@@ -1,7 +1,7 @@
 """A small OAuth2 client-credentials provider against the mock's token endpoint.
 
 For the distributed tests, which need a provider that really asks for tokens (the
-engine's own is engine/auth.py). Imported by name by Ray workers too (not a test module).
+engine's own is engine/net/auth.py). Imported by name by Ray workers too (not a test module).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 
 import engine
-from engine.auth import TokenProvider
+from engine.net.auth import TokenProvider
 
 
 class ClientCredentials:

@@ -7,7 +7,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from engine.cli import build_parser, config_from_args, main
+from engine.cli.main import build_parser, config_from_args, main
 
 
 def test_help_lists_options_with_defaults(capsys: pytest.CaptureFixture[str]) -> None:

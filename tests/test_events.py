@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.events import (
+from engine.core.events import (
     REQUIRED_BY_TYPE,
     Event,
     EventDefaults,

@@ -1,4 +1,4 @@
-"""engine/gctune.py: the collector is tuned once per process (run in a fresh interpreter
+"""engine/runtime/loop.py: the collector is tuned once per process (run in a fresh interpreter
 so the test session's own collector keeps its defaults)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import sys
 
 SCRIPT = """
 import gc
-from engine.gctune import YOUNG_THRESHOLD, tune_gc
+from engine.runtime.loop import YOUNG_THRESHOLD, tune_gc
 before = gc.get_threshold()
 tune_gc()
 after = gc.get_threshold()

@@ -23,11 +23,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine import runner
+from engine import api
 from engine.config import Config
-from engine.events import Event, Invalid, Item
-from engine.results import invalid_result
-from engine.sources import ReadCounts, read_items
+from engine.core.events import Event, Invalid, Item, ReadCounts
+from engine.core.records import invalid_result
+from engine.files.sources import read_items
 
 ROOT = Path(__file__).resolve().parent.parent
 VALID = {
@@ -271,7 +271,7 @@ async def test_empty_files(tmp_path: Path, name: str, data: bytes) -> None:
     (tmp_path / name).write_bytes(data)
     out = tmp_path / "out.jsonl"
     config = Config(inputs=(str(tmp_path / name),), output=str(out), dry_run=True)
-    summary = await runner.run(config)
+    summary = await api.run(config)
     assert (summary.events, summary.exit_code) == (0, 0)
     assert "0 events" in summary.line()
     assert out.read_bytes() == b""

@@ -1,4 +1,4 @@
-"""engine.http1 (the lean HTTP/1.1 client) against real servers on 127.0.0.1.
+"""engine.net.http1 (the lean HTTP/1.1 client) against real servers on 127.0.0.1.
 
 Two kinds of server: aiohttp.web for ordinary answers, and a raw `asyncio.start_server`
 (`RawServer`) for what aiohttp.web cannot produce on the wire: resets, truncated bodies,
@@ -22,9 +22,9 @@ import orjson
 import pytest
 from aiohttp import web
 
-from engine.http1 import Answer, Http1Client, HttpError
-from engine.query import Request
-from engine.transport import Http1Transport, Response, SessionTransport, open_transport
+from engine.core.query import Request
+from engine.net.http1 import Answer, Http1Client, HttpError
+from engine.net.transport import Http1Transport, Response, SessionTransport, open_transport
 
 CLIENTS = [pytest.param("http1", id="http1"), pytest.param("session", id="session")]
 

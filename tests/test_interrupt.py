@@ -152,7 +152,7 @@ async def test_sigint_finishes_in_flight_calls_then_resume(
         sent = time.monotonic()
         rc, stderr = await wait_exit(proc, grace + 10)
         took = time.monotonic() - sent
-        assert rc == 130
+        assert rc == 130, stderr
         assert took < grace + 2.0
         assert "interrupted by SIGINT" in stderr
         assert "--resume" in stderr

@@ -7,7 +7,7 @@ import time
 import anyio
 import pytest
 
-from engine.limits import make_limiter
+from engine.runtime.limits import make_limiter
 
 pytestmark = pytest.mark.anyio
 

@@ -14,12 +14,12 @@ from typing import Any
 import orjson
 import pytest
 
-from engine.cli import main
+from engine.cli.main import main
 from engine.config import Config
+from engine.core.pacing import constant, stages
 from engine.errors import ConfigError
-from engine.load import LoadPlan, run_load
+from engine.load.driver import LoadPlan, run_load
 from engine.mock import MockConfig, MockHandle, running_mock
-from engine.pacing import constant, stages
 
 EVENTS = [
     {

@@ -6,8 +6,7 @@ import math
 
 import pytest
 
-from engine.errors import ConfigError
-from engine.pacing import (
+from engine.core.pacing import (
     BurstCap,
     RatePacer,
     ReorderWindow,
@@ -18,6 +17,7 @@ from engine.pacing import (
     ramp,
     stages,
 )
+from engine.errors import ConfigError
 
 
 def schedule(pacer: RatePacer, limit: int = 10_000) -> list[float]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine.load import LiveState
-from engine.progress import progress_text
+from engine.load.driver import LiveState
+from engine.load.progress import progress_text
 
 
 def live_with(calls: int, *, duration: float | None = None, total: int | None = None) -> LiveState:

@@ -11,9 +11,9 @@ from urllib.parse import parse_qsl, urlsplit
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from engine.events import ALWAYS_REQUIRED, Event, Invalid, make_event
-from engine.query import RequestBuilder, encode_query
-from engine.sources import parse_json_line, read_items
+from engine.core.events import ALWAYS_REQUIRED, Event, Invalid, make_event
+from engine.core.query import RequestBuilder, encode_query
+from engine.files.sources import parse_json_line, read_items
 
 names = st.text(min_size=1, max_size=20).filter(
     lambda s: s not in {"id", "timestamp", "user-agent", "referer", "ip", *ALWAYS_REQUIRED}
@@ -44,7 +44,8 @@ def test_any_event_dict_round_trips_through_the_request_url(extra: dict[str, obj
     }
     item = make_event(obj, seq=0, source="s:1")
     assert isinstance(item, Event)
-    url = RequestBuilder("http://127.0.0.1:1/delivery/retailmedia").build(item).url
+    builder = RequestBuilder("http://127.0.0.1:1/delivery/retailmedia", user_agent="adbatch/0.1")
+    url = builder.build(item).url
     decoded = dict(parse_qsl(urlsplit(url).query, keep_blank_values=True))
     for key, value in obj.items():
         if isinstance(value, list):

@@ -19,7 +19,7 @@ import pytest
 from oauth_client import oauth_tokens
 
 import engine
-from engine.cli import main
+from engine.cli.main import main
 from engine.distributed.merge import manifest_path, read_manifest, scan_part
 from engine.mock import MockConfig, MockHandle, running_mock
 

@@ -10,10 +10,10 @@ from typing import Any
 import orjson
 import pytest
 
-from engine.accesslog import is_access_log, parse_log_line, parse_log_time
-from engine.cli import main
+from engine.cli.main import main
 from engine.config import Config
-from engine.load import LoadPlan, run_load
+from engine.files.accesslog import is_access_log, parse_log_line, parse_log_time
+from engine.load.driver import LoadPlan, run_load
 from engine.mock import MockConfig, MockHandle, running_mock
 
 T0 = 1_780_000_000.0

@@ -15,10 +15,10 @@ from typing import Any
 import orjson
 import pytest
 
-from engine.cli import main
-from engine.report import figures_from_lines, text_report
-from engine.report_html import html_report, nice_ticks
-from engine.series import Figures, Series
+from engine.cli.main import main
+from engine.core.series import Figures, Series
+from engine.report.html import html_report, nice_ticks
+from engine.report.text import figures_from_lines, text_report
 
 T0 = 1_780_000_000.0
 

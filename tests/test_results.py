@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from engine.results import embed_body, server_message
+from engine.core.records import embed_body, server_message
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ from email.utils import formatdate
 
 import pytest
 
-from engine.retry import (
+from engine.core.retry import (
     AdaptiveRate,
     RetryBudget,
     RetryPolicy,

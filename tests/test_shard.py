@@ -13,9 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import engine
-from engine.cli import main
-from engine.distributed.merge import manifest_path, merge_outputs, read_manifest
-from engine.distributed.shard import (
+from engine.cli.main import main
+from engine.core.shard import (
     ByteRange,
     ShardSpec,
     bytes_reader,
@@ -23,9 +22,10 @@ from engine.distributed.shard import (
     parse_shard,
     shard_of,
 )
+from engine.distributed.merge import manifest_path, merge_outputs, read_manifest
 from engine.errors import ConfigError
+from engine.files.sources import read_items, read_range_items
 from engine.mock import MockHandle
-from engine.sources import read_items, read_range_items
 
 
 def _event(n: int) -> bytes:
@@ -375,7 +375,7 @@ def test_indexed_job_example_runs_shard_index_of_completions() -> None:
 def test_shard_from_config_file(
     toml: str, expected: str | None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from engine.cli import build_parser, config_from_args
+    from engine.cli.main import build_parser, config_from_args
 
     conf = tmp_path / "adbatch.toml"
     conf.write_text(toml)

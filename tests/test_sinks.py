@@ -10,9 +10,9 @@ import anyio.lowlevel
 import orjson
 import pytest
 
+from engine.core.records import Result
 from engine.errors import FatalError
-from engine.results import Result
-from engine.sinks import JsonlSink, TickWriter
+from engine.files.sinks import JsonlSink, TickWriter
 
 pytestmark = pytest.mark.anyio
 
@@ -88,7 +88,7 @@ def test_a_pipe_is_not_a_regular_file() -> None:
 def test_a_file_is_synced_in_the_background_as_it_grows(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("engine.sinks.SYNC_EVERY", 4096)
+    monkeypatch.setattr("engine.files.sinks.SYNC_EVERY", 4096)
     path = tmp_path / "out.jsonl"
     sink = JsonlSink(str(path))
     lines = [_result(i).to_json() + b"\n" for i in range(400)]
@@ -102,7 +102,7 @@ def test_a_file_is_synced_in_the_background_as_it_grows(
 
 
 def test_syncing_a_pipe_is_quiet(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("engine.sinks.SYNC_EVERY", 1)
+    monkeypatch.setattr("engine.files.sinks.SYNC_EVERY", 1)
     read_end, write_end = os.pipe()
     try:
         sink = JsonlSink(f"/dev/fd/{write_end}")

@@ -12,7 +12,7 @@ import anyio
 import orjson
 import pytest
 
-from engine import cli
+from engine.cli import main as cli
 from engine.config import DEFAULT_TOKEN_URL
 from engine.mock import MockConfig, running_mock
 

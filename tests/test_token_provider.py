@@ -14,10 +14,10 @@ from dataclasses import replace
 import anyio
 import pytest
 
-from engine.auth import OAuthToken, Phase, RefreshPolicy
 from engine.errors import AuthError
 from engine.mock import MockConfig, MockHandle, running_mock
-from engine.token_client import TokenClient
+from engine.net.auth import OAuthToken, Phase, RefreshPolicy
+from engine.net.token_client import TokenClient
 
 SECRET = "mock-secret"
 #: Criteo's windows, with quick retries so a test of three failures takes ms, not seconds.

@@ -7,7 +7,8 @@ import math
 import orjson
 import pytest
 
-from engine.auth import (
+from engine.core.stats import RunStats, TokenStats, summarize
+from engine.net.auth import (
     Phase,
     RefreshPolicy,
     TokenFailure,
@@ -16,7 +17,6 @@ from engine.auth import (
     parse_token_answer,
     startup_delay,
 )
-from engine.stats import RunStats, TokenStats, summarize
 
 POLICY = RefreshPolicy()
 NO_LIFETIME = TokenFailure("unavailable", "HTTP 200 with no usable expires_in (at least 0.5s)")

@@ -334,8 +334,8 @@ async def test_library_deliver_raises_auth_error_for_wrong_credentials() -> None
 async def test_load_command_renews_tokens_too(
     tmp_path: Path, write_jsonl: Callable[..., Path]
 ) -> None:
-    from engine.load import LoadPlan, run_load
-    from engine.pacing import constant
+    from engine.core.pacing import constant
+    from engine.load.driver import LoadPlan, run_load
 
     lifetime = 1.5
     mock_config = MockConfig(token_lifetime=lifetime, fixed_body=FIXED_BODY)

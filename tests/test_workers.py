@@ -14,10 +14,16 @@ import orjson
 import pytest
 
 from engine import Config, run
-from engine.cli import main
+from engine.cli.main import main
 from engine.mock import MockConfig, MockHandle, running_mock
-from engine.worker_proc import PushedToken
-from engine.workers import StartMethod, auto_workers, run_workers, start_method, worker_config
+from engine.multiproc.child import PushedToken
+from engine.multiproc.parent import (
+    StartMethod,
+    auto_workers,
+    run_workers,
+    start_method,
+    worker_config,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -266,7 +272,7 @@ def test_worker_share(
     ],
 )
 def test_cli_workers_option(value: str, expected: int | None) -> None:
-    from engine.cli import build_parser, config_from_args
+    from engine.cli.main import build_parser, config_from_args
 
     args = build_parser().parse_args(["run", "--dry-run", "--workers", value, "x.jsonl"])
     assert config_from_args(args).workers == (expected or auto_workers())

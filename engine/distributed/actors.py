@@ -27,17 +27,17 @@ from typing import Any
 
 import anyio
 
-from engine.auth import TokenProvider
 from engine.config import Config
+from engine.core.events import Item, ReadCounts
+from engine.core.records import MIN_SECRET_LENGTH, Result, jsonl
+from engine.core.stats import TokenStats
 from engine.distributed.merge import scan_part, stats_to_dict, write_json_atomic
 from engine.distributed.plan import ShardTask, meta_path, part_path
-from engine.events import Item
-from engine.feeds import Feed, event_defaults
-from engine.results import MIN_SECRET_LENGTH, Result, jsonl
-from engine.runner import Engine
-from engine.sinks import JsonlSink
-from engine.sources import ReadCounts, next_batch, read_items, read_range_items
-from engine.stats import TokenStats
+from engine.files.sinks import JsonlSink
+from engine.files.sources import next_batch, read_items, read_range_items
+from engine.net.auth import TokenProvider
+from engine.runtime.engine import Engine
+from engine.runtime.feeds import Feed, event_defaults
 
 #: Builds the run's token provider inside the token actor (the only place that holds one).
 TokenFactory = Callable[[Config], AbstractAsyncContextManager[TokenProvider]]
@@ -203,7 +203,7 @@ class SenderActor:
         self._limiter: _LeasedLimiter | None = None
 
     async def _start(self) -> None:
-        from engine.transport import open_transport
+        from engine.net.transport import open_transport
 
         config = self._config
         if not config.dry_run:

@@ -26,8 +26,8 @@ from typing import Any, BinaryIO
 import orjson
 
 from engine.config import Config
+from engine.core.stats import Histogram, RunStats
 from engine.errors import ConfigError, InputError
-from engine.stats import Histogram, RunStats
 
 MANIFEST_SUFFIX = ".manifest.json"
 _BLOCK = 1 << 20

@@ -20,10 +20,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from engine.config import Config
+from engine.core.shard import cut_ranges
 from engine.distributed.merge import read_manifest, scan_part, write_json_atomic
-from engine.distributed.shard import cut_ranges
 from engine.errors import ConfigError
-from engine.sources import _GZIP_MAGIC, source_format
+from engine.files.sources import _GZIP_MAGIC, source_format
 
 MIN_RANGE_BYTES = 1 << 20
 SHARDS_PER_SENDER = 4

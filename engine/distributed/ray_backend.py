@@ -42,8 +42,8 @@ from typing import Any
 
 import anyio
 
-from engine.auth import TokenProvider
 from engine.config import Config
+from engine.core.stats import RunStats, Summary, summarize
 from engine.distributed.actors import RateActor, SenderActor, ShardDone, TokenActor, TokenFactory
 from engine.distributed.merge import (
     add_stats,
@@ -54,10 +54,10 @@ from engine.distributed.merge import (
 )
 from engine.distributed.plan import ShardTask, meta_path, part_path, prepare
 from engine.errors import ConfigError, FatalError
-from engine.runner import start_mock
-from engine.sources import check_inputs
-from engine.stats import RunStats, Summary, summarize
-from engine.token_client import open_token_provider
+from engine.files.sources import check_inputs
+from engine.net.auth import TokenProvider
+from engine.net.token_client import open_token_provider
+from engine.runtime.engine import start_mock
 
 SENDER_NAME = "adbatch-sender-{}"
 
@@ -66,7 +66,7 @@ SENDER_NAME = "adbatch-sender-{}"
 async def config_tokens(config: Config) -> AsyncIterator[TokenProvider]:
     """The token provider the config asks for, built once per run, in the token actor.
 
-    With client credentials that is engine/auth.py's OAuthToken: its background renewal
+    With client credentials that is engine/net/auth.py's OAuthToken: its background renewal
     runs in the token actor alone (`TokenActor.maintain`), one token for the cluster.
     """
     async with AsyncExitStack() as stack:

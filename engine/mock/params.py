@@ -1,6 +1,6 @@
 """Which delivery parameters the mock requires (pure).
 
-The table is the engine's own (``engine.events``), so the client and the server
+The table is the engine's own (``engine.core.events``), so the client and the server
 cannot drift apart; the messages are Criteo's ("Missing required parameter x").
 Unknown event types get only the four always-required parameters checked.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from engine.events import ALWAYS_REQUIRED, REQUIRED_BY_TYPE
+from engine.core.events import ALWAYS_REQUIRED, REQUIRED_BY_TYPE
 
 __all__ = ["ALWAYS_REQUIRED", "REQUIRED_BY_TYPE", "problems"]
 

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
-from engine.errors import ConfigError
+from engine.core.errors import ConfigError
 
 _EPS = 1e-9
 

@@ -4,7 +4,7 @@
 connection or a dropped socket come back as a `Response` with `error` set, so the runner
 turns them into records (failures are data).
 
-`Http1Transport` runs on `engine.http1` (aiohttp's protocol and C parser, our own
+`Http1Transport` runs on `engine.net.http1` (aiohttp's protocol and C parser, our own
 keep-alive pool: about a fifth of the CPU per call). `SessionTransport` is the plain
 `aiohttp.ClientSession`, kept as `--http-client session` for servers or set-ups the lean
 client does not cover (it is the reference the lean one is tested against).
@@ -13,7 +13,6 @@ client does not cover (it is the reference the lean one is tested against).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol
 
@@ -21,21 +20,9 @@ import aiohttp
 import yarl
 
 from engine.config import HTTP_CLIENTS
-from engine.http1 import Http1Client, HttpError
-from engine.query import Request
-
-
-@dataclass(slots=True)  # not frozen: one per call, see `results.Result`; never mutated
-class Response:
-    """What one call got back: a status and body, or an error."""
-
-    status: int | None
-    body: bytes
-    sent_at: float
-    latency_ms: float
-    error: str | None = None
-    error_kind: str | None = None
-    retry_after: str | None = None
+from engine.core.query import Request
+from engine.core.records import Response
+from engine.net.http1 import Http1Client, HttpError
 
 
 class Transport(Protocol):
@@ -54,7 +41,7 @@ def open_transport(
 
 
 class Http1Transport:
-    """Keep-alive connections (at most `concurrency`) on `engine.http1`."""
+    """Keep-alive connections (at most `concurrency`) on `engine.net.http1`."""
 
     def __init__(self, *, concurrency: int, timeout: float, verify_tls: bool = True) -> None:
         self._client = Http1Client(limit=concurrency, timeout=timeout, verify_tls=verify_tls)

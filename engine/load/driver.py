@@ -39,23 +39,23 @@ import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from anyio.streams.memory import MemoryObjectSendStream
 
-from engine.accesslog import read_replay_items
 from engine.config import Config
+from engine.core.events import Event, Invalid, Item, ReadCounts
+from engine.core.pacing import BurstCap, Pacer, ReorderWindow, ReplaySchedule
+from engine.core.records import MIN_SECRET_LENGTH, Result, invalid_result, jsonl
+from engine.core.series import DROPPED, Figures
+from engine.core.stats import Summary, summarize
 from engine.errors import ConfigError, plain_engine_errors
-from engine.events import Event, Invalid, Item
-from engine.feeds import READ_BATCH, event_defaults, file_feed
-from engine.pacing import BurstCap, Pacer, ReorderWindow, ReplaySchedule
-from engine.results import MIN_SECRET_LENGTH, Result, invalid_result, jsonl
-from engine.runner import (
+from engine.files.accesslog import read_replay_items
+from engine.files.sinks import JsonlSink
+from engine.files.sources import STDIN, check_inputs, next_batch
+from engine.runtime.engine import (
     Emit,
     Engine,
     _open,
     redact_output,
 )
-from engine.series import DROPPED, Figures
-from engine.sinks import JsonlSink
-from engine.sources import STDIN, ReadCounts, check_inputs, next_batch
-from engine.stats import Summary, summarize
+from engine.runtime.feeds import READ_BATCH, event_defaults, file_feed
 
 Scheduled = tuple[float | None, Item]  # (due offset in seconds, item); None: write at once
 
@@ -386,7 +386,7 @@ async def run_load(
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(engine.keep_tokens)
                     if progress:
-                        from engine.progress import show_progress
+                        from engine.load.progress import show_progress
 
                         tg.start_soon(show_progress, live)
                     elapsed = await _Driver(engine, plan, live).run(schedule, emit)

@@ -14,7 +14,7 @@ import time
 
 import anyio
 
-from engine.load import LiveState
+from engine.load.driver import LiveState
 
 _REFRESH = 0.5
 

@@ -13,8 +13,20 @@ from dataclasses import dataclass
 
 import orjson
 
-from engine.events import Event, Invalid
-from engine.transport import Response
+from engine.core.events import Event, Invalid
+
+
+@dataclass(slots=True)  # not frozen: one per call, see `Result`; never mutated
+class Response:
+    """What one call got back: a status and body, or an error."""
+
+    status: int | None
+    body: bytes
+    sent_at: float
+    latency_ms: float
+    error: str | None = None
+    error_kind: str | None = None
+    retry_after: str | None = None
 
 
 # Not frozen, by measurement: a frozen dataclass sets each field through

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from engine.series import Figures
+from engine.core.series import Figures
 
 
 def figures_from_lines(lines: Iterable[bytes]) -> tuple[Figures, int]:

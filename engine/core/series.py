@@ -20,8 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.results import Result
-from engine.stats import PERCENTILES, Histogram
+from engine.core.records import Result
+from engine.core.stats import PERCENTILES, Histogram
 
 DROPPED = "dropped"
 MAX_POINTS = 600

@@ -4,7 +4,7 @@ Rules:
 - Its own small session and connector: a delivery pool saturated by thousands of calls
   in flight never delays a renewal, and a slow token endpoint never takes a delivery slot.
 - `fetch()` never raises for a network or server failure: it returns a `TokenFailure`
-  (failures are data); the provider in engine/auth.py decides about retries.
+  (failures are data); the provider in engine/net/auth.py decides about retries.
 - The secret goes in the form body only (Criteo's documented form; no Basic header, which
   would need aiohttp.BasicAuth) and is redacted from every message.
 """
@@ -16,7 +16,8 @@ from types import TracebackType
 
 import aiohttp
 
-from engine.auth import (
+from engine.config import Config
+from engine.net.auth import (
     OAuthToken,
     StaticToken,
     TokenFailure,
@@ -24,7 +25,6 @@ from engine.auth import (
     TokenProvider,
     parse_token_answer,
 )
-from engine.config import Config
 
 _POOL = 2  # one renewal at a time, plus one spare connection
 DEFAULT_TOKEN_TIMEOUT = 10.0

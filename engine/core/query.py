@@ -13,9 +13,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import quote_plus
 
-from engine.events import Event
-
-DEFAULT_USER_AGENT = "adbatch/0.1"
+from engine.core.events import Event
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +59,7 @@ class RequestBuilder:
 
     __slots__ = ("_base", "_default_headers")
 
-    def __init__(self, endpoint: str, *, user_agent: str = DEFAULT_USER_AGENT) -> None:
+    def __init__(self, endpoint: str, *, user_agent: str) -> None:
         self._base = endpoint + ("&" if "?" in endpoint else "?")
         self._default_headers = {"User-Agent": user_agent}
 

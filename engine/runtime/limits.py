@@ -1,6 +1,6 @@
 """Rate limits: `--rate` as one shared limiter with no burst beyond ~5 ms of traffic.
 
-Pacing (engine/pacing.py) schedules calls, this module enforces the quota, the pool size
+Pacing (engine/core/pacing.py) schedules calls, this module enforces the quota, the pool size
 bounds calls in flight: three separate things.
 """
 

@@ -28,13 +28,20 @@ from typing import BinaryIO, Literal
 
 import orjson
 
+from engine.config import DEFAULT_MAX_LINE_BYTES, Format
+from engine.core.events import (
+    NO_DEFAULTS,
+    EventDefaults,
+    Invalid,
+    Item,
+    RawNumber,
+    ReadCounts,
+    make_event,
+)
 from engine.errors import InputError
-from engine.events import NO_DEFAULTS, EventDefaults, Invalid, Item, RawNumber, make_event
 
-Format = Literal["auto", "jsonl", "csv"]
 STDIN = "-"
 STDIN_NAME = "<stdin>"
-DEFAULT_MAX_LINE_BYTES = 1 << 20
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
@@ -45,14 +52,6 @@ class Record:
     line: int
     obj: dict[str, object] | None
     error: str | None
-
-
-@dataclass(slots=True)
-class ReadCounts:
-    """What the readers skipped (reported in the summary)."""
-
-    blank_lines: int = 0
-    records: int = 0  # every record read, kept or not (counted by shard filters)
 
 
 def source_format(path: str, input_format: Format) -> Literal["jsonl", "csv"]:
@@ -320,7 +319,7 @@ def read_range_items(
     """The JSONL records of bytes [start, end) of an uncompressed file, seq from 0.
 
     The range must start at a line start and end at one (or at the end of the file), as
-    `engine.distributed.shard.cut_ranges` cuts them; `first_line` is the number of its
+    `engine.core.shard.cut_ranges` cuts them; `first_line` is the number of its
     first line in the file, so sources read `path:line` as in a whole-file read.
     """
     counts = counts if counts is not None else ReadCounts()

@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Protocol
 
 import orjson
 
-from engine.errors import FatalError, InputError
+from engine.errors import FatalError, InputError, OutputError
 
 if TYPE_CHECKING:
-    from engine.results import Result
+    from engine.core.records import Result
 
 
 class Sink(Protocol):
@@ -64,7 +64,9 @@ class JsonlSink:
         try:
             self._fd = os.open(path, flags, 0o644)
         except OSError as exc:
-            raise InputError(f"cannot write output {path}: {exc.strerror or exc}") from None
+            raise OutputError(
+                f"cannot write output {path}: {exc.strerror or exc}", before_run=True
+            ) from None
         self._owned = True
         self.name = path
 
@@ -82,9 +84,9 @@ class JsonlSink:
                 written = os.write(self._fd, view)
                 view = view[written:]
         except BrokenPipeError:
-            raise FatalError(f"output {self.name} was closed by the reader") from None
+            raise OutputError(f"output {self.name} was closed by the reader") from None
         except OSError as exc:
-            raise FatalError(f"cannot write output {self.name}: {exc.strerror or exc}") from None
+            raise OutputError(f"cannot write output {self.name}: {exc.strerror or exc}") from None
         if self._owned:
             self._unsynced += len(data)
             if self._unsynced >= SYNC_EVERY and (self._sync is None or not self._sync.is_alive()):

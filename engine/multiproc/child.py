@@ -1,4 +1,4 @@
-"""One worker process of a `--workers N` run (the parent is engine/workers.py).
+"""One worker process of a `--workers N` run (the parent is engine/multiproc/parent.py).
 
 Rules:
 - The worker runs the ordinary engine (`runner.Engine`) on its own event loop (uvloop
@@ -42,16 +42,16 @@ import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from engine.config import Config
+from engine.core.events import EventDefaults, Item
+from engine.core.records import Result, jsonl
+from engine.core.stats import TokenStats
 from engine.errors import EngineError
-from engine.events import EventDefaults, Item
-from engine.feeds import event_defaults
-from engine.gctune import tune_gc
-from engine.results import Result, jsonl
-from engine.runner import Engine, redact_output
-from engine.sinks import JsonlSink
-from engine.sources import Unit, unit_item
-from engine.stats import TokenStats
-from engine.transport import Transport, open_transport
+from engine.files.sinks import JsonlSink
+from engine.files.sources import Unit, unit_item
+from engine.net.transport import Transport, open_transport
+from engine.runtime.engine import Engine, redact_output
+from engine.runtime.feeds import event_defaults
+from engine.runtime.loop import tune_gc
 
 
 class PushedToken:

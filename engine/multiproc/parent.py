@@ -1,6 +1,6 @@
 """`--workers N`: one run spread over N processes, one output file, one summary.
 
-This is the parent; one worker process is engine/worker_proc.py.
+This is the parent; one worker process is engine/multiproc/child.py.
 
     parent: read + number records --unit batches--> worker i (own loop, session, rate/N)
     worker i: parse, check, send --encoded JSONL records--> parent --> the one sink
@@ -46,18 +46,19 @@ import anyio
 import anyio.to_thread
 from anyio.abc import TaskGroup
 
-from engine.auth import TokenProvider
 from engine.config import Config
+from engine.core.events import ReadCounts
+from engine.core.records import MIN_SECRET_LENGTH
+from engine.core.stats import RunStats, Summary, summarize
 from engine.errors import AuthError, FatalError, plain_engine_errors
-from engine.feeds import event_defaults
-from engine.results import MIN_SECRET_LENGTH
-from engine.runner import start_mock
-from engine.shutdown import interrupt_reason
-from engine.sinks import JsonlSink, ResumeIndex, open_resume
-from engine.sources import ReadCounts, Unit, check_inputs, read_units, unit_item
-from engine.stats import RunStats, Summary, summarize
-from engine.token_client import open_token_provider
-from engine.worker_proc import worker_main
+from engine.files.sinks import JsonlSink, ResumeIndex, open_resume
+from engine.files.sources import Unit, check_inputs, read_units, unit_item
+from engine.multiproc.child import worker_main
+from engine.net.auth import TokenProvider
+from engine.net.token_client import open_token_provider
+from engine.runtime.engine import start_mock
+from engine.runtime.feeds import event_defaults
+from engine.runtime.shutdown import interrupt_reason
 
 _UNIT_BATCH = 256
 _TOKEN_POLL_S = 1.0

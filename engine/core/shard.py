@@ -21,8 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
-from engine.events import Item
-from engine.sources import ReadCounts
+from engine.core.events import Item, ReadCounts
 
 ShardBy = Literal["position", "id"]
 SHARD_BY: tuple[ShardBy, ...] = ("position", "id")

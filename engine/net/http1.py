@@ -19,7 +19,7 @@ deflate, bodies up to EOF, 1xx, `Connection: close`, HTTP/1.0), and does the res
   dropped, never reused half-read.
 
 Failures raise `HttpError` with a `kind` (connect, timeout, disconnected, payload,
-protocol, network) and a one-line message; `engine.transport` turns them into records.
+protocol, network) and a one-line message; `engine.net.transport` turns them into records.
 """
 
 from __future__ import annotations

@@ -18,10 +18,12 @@ from typing import Any
 import anyio
 import orjson
 
-from engine import cli_load, runner
+from engine import api
+from engine.cli import load as cli_load
 from engine.config import (
     DEFAULT_CONCURRENCY,
     DEFAULT_ENDPOINT,
+    DEFAULT_MAX_LINE_BYTES,
     DEFAULT_TIMEOUT,
     DEFAULT_TOKEN_URL,
     DEFAULT_TOKEN_WAIT,
@@ -29,8 +31,7 @@ from engine.config import (
     Config,
 )
 from engine.errors import ConfigError, EngineError, InputError
-from engine.gctune import tune_gc
-from engine.sources import DEFAULT_MAX_LINE_BYTES
+from engine.runtime.loop import tune_gc
 
 PROG = "adbatch"
 
@@ -72,7 +73,7 @@ def _positive_float(text: str) -> float:
 
 
 def _shard(text: str) -> tuple[int, int]:
-    from engine.distributed.shard import parse_shard
+    from engine.core.shard import parse_shard
 
     try:
         return parse_shard(text)
@@ -104,7 +105,7 @@ def _add_distribution_options(p: argparse.ArgumentParser) -> None:
 
 def _workers(text: str) -> int:
     if text == "auto":
-        from engine.workers import auto_workers
+        from engine.multiproc.parent import auto_workers
 
         return auto_workers()
     return _positive_int(text)
@@ -487,7 +488,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         merged["inputs"] = tuple(merged["inputs"])
     merged["progress"] = (not args.no_progress) and sys.stderr.isatty()
     if merged.get("workers") == "auto":
-        from engine.workers import auto_workers
+        from engine.multiproc.parent import auto_workers
 
         merged["workers"] = auto_workers()
     if merged.get("partner_id") is not None:
@@ -534,7 +535,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
         summary = _run_async(run_ray, config)
     else:
-        summary = _run_async(partial(runner.run, handle_signals=True), config)
+        summary = _run_async(partial(api.run, handle_signals=True), config)
     print(f"{PROG}: {summary.line()}", file=sys.stderr)
     if summary.stopped:
         print(f"{PROG}: stopped: {summary.stopped}", file=sys.stderr)

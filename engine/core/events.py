@@ -264,3 +264,11 @@ def validate(params: Mapping[str, str]) -> str | None:
     if event_type in SINGLE_ITEM_TYPES and "|" in params["item"]:
         return f"event-type {event_type} takes a single item, got a list"
     return None
+
+
+@dataclass(slots=True)
+class ReadCounts:
+    """What the readers skipped (reported in the summary)."""
+
+    blank_lines: int = 0
+    records: int = 0  # every record read, kept or not (counted by shard filters)

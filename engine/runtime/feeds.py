@@ -13,8 +13,8 @@ from contextlib import suppress
 import anyio
 
 from engine.config import Config
-from engine.events import EventDefaults, Invalid, Item, make_event
-from engine.sources import ReadCounts, next_batch, read_items
+from engine.core.events import EventDefaults, Invalid, Item, ReadCounts, make_event
+from engine.files.sources import next_batch, read_items
 
 Feed = AsyncGenerator[list[Item], None]
 READ_BATCH = 256
@@ -35,7 +35,7 @@ async def file_feed(config: Config, counts: ReadCounts) -> Feed:
     )
     items: Iterator[Item] = reader
     if config.shard is not None:
-        from engine.distributed.shard import ShardSpec, select
+        from engine.core.shard import ShardSpec, select
 
         items = select(reader, ShardSpec(*config.shard, by=config.shard_by), counts)
     try:

@@ -21,12 +21,11 @@ from collections.abc import Generator, Iterable
 from dataclasses import replace
 from urllib.parse import parse_qsl, urlsplit
 
-from engine.events import NO_DEFAULTS, EventDefaults, Invalid, Item, make_event
-from engine.sources import (
-    DEFAULT_MAX_LINE_BYTES,
+from engine.config import DEFAULT_MAX_LINE_BYTES
+from engine.core.events import NO_DEFAULTS, EventDefaults, Invalid, Item, ReadCounts, make_event
+from engine.files.sources import (
     STDIN,
     STDIN_NAME,
-    ReadCounts,
     _open_binary,
     _physical_lines,
     _read_error,

@@ -14,9 +14,9 @@ from typing import Any
 
 import orjson
 
+from engine.core.pacing import RatePacer, constant, parse_duration, parse_stages, ramp, stages
 from engine.errors import ConfigError, InputError
-from engine.load import DEFAULT_MAX_IN_FLIGHT, DEFAULT_REORDER, LoadOutcome, LoadPlan
-from engine.pacing import RatePacer, constant, parse_duration, parse_stages, ramp, stages
+from engine.load.driver import DEFAULT_MAX_IN_FLIGHT, DEFAULT_REORDER, LoadOutcome, LoadPlan
 
 
 def _nonneg_float(text: str) -> float:
@@ -30,7 +30,7 @@ def _nonneg_float(text: str) -> float:
 
 
 def _add_measure_options(p: argparse.ArgumentParser) -> None:
-    from engine.cli import _positive_int
+    from engine.cli.main import _positive_int
 
     g = p.add_argument_group("open model and measurement")
     g.add_argument(
@@ -53,7 +53,7 @@ def _add_measure_options(p: argparse.ArgumentParser) -> None:
 
 def add_parsers(sub: Any, add_run_options: Any) -> None:
     """Add the load, replay and report subcommands to the `adbatch` parser."""
-    from engine.cli import _positive_float
+    from engine.cli.main import _positive_float
 
     load_p = sub.add_parser(
         "load",
@@ -163,7 +163,7 @@ def pacer_from_args(args: argparse.Namespace, rate: float | None) -> RatePacer:
 
 
 def _finish(outcome: LoadOutcome, summary_path: str | None) -> int:
-    from engine.cli import PROG
+    from engine.cli.main import PROG
 
     print(f"{PROG}: {outcome.summary.line()}", file=sys.stderr)
     print(f"{PROG}: {outcome.line()}", file=sys.stderr)
@@ -184,8 +184,8 @@ def _write(path: str, data: bytes) -> None:
 
 
 def _run(args: argparse.Namespace, plan: LoadPlan) -> int:
-    from engine import cli
-    from engine.load import run_load
+    from engine.cli import main as cli
+    from engine.load.driver import run_load
 
     config = cli.config_from_args(args)
     progress = config.progress
@@ -223,7 +223,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from engine.report import figures_from_lines, text_report
+    from engine.report.text import figures_from_lines, text_report
 
     path = args.output_file
     try:
@@ -238,7 +238,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if args.summary:
         _write(args.summary, orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
     if args.html:
-        from engine.report_html import html_report
+        from engine.report.html import html_report
 
         title = args.title or f"adbatch report: {path}"
         _write(args.html, html_report(data, title=title).encode())

@@ -14,7 +14,7 @@
   oldest unanswered event) and hands complete batches to `emit`.
 - A run that cannot go on (every call refused with 401, or the endpoint unreachable,
   before any success) stops reading; the calls in flight finish and are written.
-- Retries happen inside the worker that holds the event (engine/retry.py decides), so
+- Retries happen inside the worker that holds the event (engine/core/retry.py decides), so
   the events waiting for a retry are bounded by the pool size; each retry takes a rate
   permit like a first attempt.
 - SIGINT/SIGTERM (CLI runs only) halts: reading stops, no new call starts, calls in
@@ -29,11 +29,8 @@ import sys
 import time
 from collections import deque
 from collections.abc import (
-    AsyncIterator,
     Awaitable,
     Callable,
-    Iterable,
-    Mapping,
 )
 from contextlib import AsyncExitStack, aclosing
 from dataclasses import dataclass, field
@@ -42,33 +39,32 @@ import anyio
 import orjson
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from engine.auth import TokenProvider
 from engine.config import Config
-from engine.errors import AuthError, plain_engine_errors
-from engine.events import Event, Invalid, Item
-from engine.feeds import Feed, event_defaults, file_feed, mapping_feed
-from engine.limits import Limiter, make_limiter
-from engine.query import DEFAULT_USER_AGENT, RequestBuilder
-from engine.results import (
+from engine.core.events import Event, Invalid, Item, ReadCounts
+from engine.core.query import RequestBuilder
+from engine.core.records import (
     MIN_SECRET_LENGTH,
     Result,
     invalid_result,
-    jsonl,
     response_result,
 )
-from engine.retry import (
+from engine.core.retry import (
     THROTTLE_STATUSES,
     AdaptiveRate,
     RetryPolicy,
     RetrySettings,
     retry_reason,
 )
-from engine.shutdown import Shutdown
-from engine.sinks import JsonlSink, ResumeIndex, TickWriter, open_resume
-from engine.sources import ReadCounts, check_inputs
-from engine.stats import RunStats, Summary, summarize
-from engine.token_client import open_token_provider
-from engine.transport import Transport, open_transport
+from engine.core.stats import RunStats, Summary, summarize
+from engine.errors import AuthError
+from engine.files.sinks import ResumeIndex, TickWriter
+from engine.net.auth import TokenProvider
+from engine.net.token_client import open_token_provider
+from engine.net.transport import Transport, open_transport
+from engine.runtime.feeds import Feed
+from engine.runtime.limits import Limiter, make_limiter
+from engine.runtime.shutdown import Shutdown
+from engine.version import DEFAULT_USER_AGENT
 
 Emit = Callable[[list[Result]], Awaitable[None]]
 
@@ -460,80 +456,3 @@ def redact_output(data: bytes, secrets: tuple[bytes, ...], engine: Engine | None
         if secret in data:
             data = data.replace(secret, b"[redacted]")
     return data
-
-
-async def run(config: Config, *, handle_signals: bool = False) -> Summary:
-    """Run a batch as configured: inputs -> delivery calls -> JSONL output. Returns the summary.
-
-    Raises ConfigError / InputError before anything is sent, FatalError when the output
-    cannot be written. `handle_signals` (the CLI) turns SIGINT/SIGTERM into a graceful
-    halt; call it from the main thread.
-    """
-    config = config.validated()
-    if config.workers > 1:
-        from engine.workers import run_workers  # it imports this module
-
-        return await run_workers(config, handle_signals=handle_signals)
-    check_inputs(config.inputs)
-    counts = ReadCounts()
-    index = open_resume(config.output) if config.resume else None
-    sink = JsonlSink(config.output, append=config.resume)
-    secrets = tuple(
-        s.encode()
-        for s in (config.token, config.client_secret)
-        if s and len(s) >= MIN_SECRET_LENGTH
-    )
-    engine: Engine | None = None
-
-    def write(batch: list[Result]) -> None:
-        sink.write(redact_output(jsonl(batch), secrets, engine))
-
-    async def emit(batch: list[Result]) -> None:
-        write(batch)
-
-    try:
-        with plain_engine_errors():
-            async with AsyncExitStack() as stack:
-                engine = await _open(config, stack)
-                feed = file_feed(config, counts)
-                if index is not None:
-                    feed = _skip_answered(feed, index, engine.state)
-                summary = await engine.execute(
-                    feed, emit, counts, handle_signals=handle_signals, write_now=write
-                )
-    finally:
-        sink.close()
-    if config.shard is not None and sink.name != "<stdout>" and summary.stopped is None:
-        from engine.distributed.merge import write_shard_manifest
-
-        write_shard_manifest(config, records=counts.records)
-    return summary
-
-
-async def deliver(
-    events: Iterable[Mapping[str, object]] | AsyncIterator[Mapping[str, object]],
-    config: Config,
-) -> AsyncIterator[Result]:
-    """Send each event and yield its Result as it completes (input order with `ordered`).
-
-    Use it with `async for`; to stop early, wrap it in `contextlib.aclosing`.
-    """
-    config = config.with_changes(inputs=("<events>",)).validated()
-    send, receive = anyio.create_memory_object_stream[Result](config.concurrency)
-
-    async def produce() -> None:
-        async with send, AsyncExitStack() as stack:
-            engine = await _open(config, stack)
-
-            async def emit(batch: list[Result]) -> None:
-                for result in batch:
-                    await send.send(result)
-
-            await engine.execute(mapping_feed(events, event_defaults(config)), emit)
-
-    with plain_engine_errors():
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(produce)
-            async with receive:
-                async for result in receive:
-                    yield result

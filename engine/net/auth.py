@@ -28,8 +28,8 @@ import anyio
 import orjson
 
 from engine.config import DEFAULT_TOKEN_WAIT
+from engine.core.stats import TokenStats
 from engine.errors import AuthError
-from engine.stats import TokenStats
 
 #: Criteo's documented lifetime; assumed when an answer carries no `expires_in`.
 DEFAULT_LIFETIME = 900.0
@@ -264,7 +264,7 @@ def parse_token_answer(
 
 
 class TokenSource(Protocol):
-    """One token request (engine/token_client.py does it over HTTP)."""
+    """One token request (engine/net/token_client.py does it over HTTP)."""
 
     url: str
 

@@ -1,0 +1,1 @@
+"""Files: input sources, output sinks, resume, manifests."""

@@ -1,0 +1,1 @@
+"""Open-model load tests and traffic replay."""

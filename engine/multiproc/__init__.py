@@ -1,0 +1,1 @@
+"""`--workers N`: typed messages, the parent, the child."""

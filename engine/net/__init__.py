@@ -1,0 +1,1 @@
+"""The network: HTTP clients, the transport seam, tokens."""
