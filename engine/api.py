@@ -12,7 +12,8 @@ import anyio
 
 from engine.config import Config
 from engine.core.events import ReadCounts
-from engine.core.records import MIN_SECRET_LENGTH, Result, jsonl
+from engine.core.records import Result, jsonl
+from engine.core.secrets import MIN_SECRET_LENGTH
 from engine.core.stats import Summary
 from engine.errors import plain_engine_errors
 from engine.files.sinks import JsonlSink, open_resume

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from engine import api
 from engine.config import Config
 from engine.core.events import Event, Invalid, Item, ReadCounts
-from engine.core.records import invalid_result
+from engine.core.records import invalid
 from engine.files.sources import read_items
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,7 +67,7 @@ def check_items(items: list[Item], suffix: str) -> None:
         if isinstance(item, Invalid):
             assert item.error
             # An error may quote the input (a key with a line break): still one JSONL line.
-            assert b"\n" not in invalid_result(item).to_json()
+            assert b"\n" not in invalid(item).to_json()
 
 
 # -- properties -----------------------------------------------------------------------------

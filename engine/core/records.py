@@ -3,17 +3,19 @@
 `response` is the body as the server sent it: embedded as raw JSON (orjson.Fragment, no
 parse-and-re-encode) when it is JSON on one line, re-encoded compactly only when it
 spans lines (a JSONL record must stay on one), and a string when it is not JSON.
-Every error text passes through `redact` so a token can never reach an output file.
+Every error text passes through the run's `Secrets` so a token can never reach an output file.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import orjson
 
 from engine.core.events import Event, Invalid
+from engine.core.secrets import Secrets
+
+NO_SECRETS = Secrets()
 
 
 @dataclass(slots=True)  # not frozen: one per call, see `Result`; never mutated
@@ -72,20 +74,52 @@ def embed_body(body: bytes) -> object:
     return orjson.Fragment(body)
 
 
-#: Shorter "secrets" are not hunted in text: replacing them would mangle ordinary words.
-MIN_SECRET_LENGTH = 8
+#: Error kinds of records that no server answer caused (the others come from the transport,
+#: "timeout", "connect", ..., or are "http_<status>").
+INVALID = "invalid"
+DROPPED = "dropped"
+DRY_RUN = "dry_run"
 
 
-def redact(text: str, secrets: Iterable[str]) -> str:
-    for secret in secrets:
-        if len(secret) >= MIN_SECRET_LENGTH:
-            text = text.replace(secret, "[redacted]")
-    return text
-
-
-def invalid_result(item: Invalid) -> Result:
+def invalid(item: Invalid) -> Result:
+    """The record of an input line that is not a valid event: nothing was sent."""
     return Result(
-        item.seq, item.id, item.source, None, False, 0, None, None, item.error, None, "invalid"
+        item.seq, item.id, item.source, None, False, 0, None, None, item.error, None, INVALID
+    )
+
+
+def dropped(event: Event, scheduled_at: float, limit: int) -> Result:
+    """The record of a scheduled call that found every slot busy (load's open model)."""
+    return Result(
+        event.seq,
+        event.id,
+        event.source,
+        None,
+        False,
+        0,
+        None,
+        None,
+        f"dropped: {limit} calls already in flight (--max-in-flight)",
+        None,
+        DROPPED,
+        round(scheduled_at, 6),
+    )
+
+
+def dry_run(event: Event, shown: bytes) -> Result:
+    """The record of `--dry-run`: `shown` (the call as JSON) instead of an answer."""
+    return Result(
+        event.seq,
+        event.id,
+        event.source,
+        None,
+        True,
+        0,
+        None,
+        None,
+        None,
+        orjson.Fragment(shown),
+        DRY_RUN,
     )
 
 
@@ -117,11 +151,11 @@ def server_message(body: bytes) -> str | None:
     return text[:160] or None
 
 
-def response_result(
+def answered(
     event: Event,
     resp: Response,
     attempts: int,
-    secrets: Iterable[str] = (),
+    secrets: Secrets = NO_SECRETS,
     *,
     retries: tuple[str, ...] = (),
     note: str | None = None,
@@ -133,10 +167,10 @@ def response_result(
     error: str | None
     kind: str | None
     if resp.error is not None:
-        error, kind = redact(resp.error, secrets), resp.error_kind
+        error, kind = secrets.redact(resp.error), resp.error_kind
     elif not ok:
         detail = server_message(resp.body)
-        error = f"HTTP {status}: {redact(detail, secrets)}" if detail else f"HTTP {status}"
+        error = f"HTTP {status}: {secrets.redact(detail)}" if detail else f"HTTP {status}"
         kind = f"http_{status}"
     else:
         error, kind = None, None

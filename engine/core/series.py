@@ -20,10 +20,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.core.records import Result
+from engine.core.records import DROPPED, Result
 from engine.core.stats import PERCENTILES, Histogram
 
-DROPPED = "dropped"
 MAX_POINTS = 600
 _SETTLE = 256
 

@@ -29,7 +29,8 @@ import anyio
 
 from engine.config import Config
 from engine.core.events import Item, ReadCounts
-from engine.core.records import MIN_SECRET_LENGTH, Result, jsonl
+from engine.core.records import Result, jsonl
+from engine.core.secrets import MIN_SECRET_LENGTH
 from engine.core.stats import TokenStats
 from engine.distributed.merge import scan_part, stats_to_dict, write_json_atomic
 from engine.distributed.plan import ShardTask, meta_path, part_path
@@ -227,7 +228,6 @@ class SenderActor:
         tokens = self._tokens
         engine = Engine(self._config, tokens, self._transport, limiter=self._limiter)
         # Error texts are redacted of the cluster's token too, not only a static one.
-        engine.secrets = tuple(s.decode() for s in _secrets(self._config, tokens))
         final = part_path(self._parts_dir, task.index)
         tmp = f"{final}.tmp-{uuid.uuid4().hex}"
         counts = ReadCounts()

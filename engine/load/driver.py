@@ -42,8 +42,9 @@ from anyio.streams.memory import MemoryObjectSendStream
 from engine.config import Config
 from engine.core.events import Event, Invalid, Item, ReadCounts
 from engine.core.pacing import BurstCap, Pacer, ReorderWindow, ReplaySchedule
-from engine.core.records import MIN_SECRET_LENGTH, Result, invalid_result, jsonl
-from engine.core.series import DROPPED, Figures
+from engine.core.records import Result, dropped, invalid, jsonl
+from engine.core.secrets import MIN_SECRET_LENGTH
+from engine.core.series import Figures
 from engine.core.stats import Summary, summarize
 from engine.errors import ConfigError, plain_engine_errors
 from engine.files.accesslog import read_replay_items
@@ -232,23 +233,6 @@ async def replay_schedule(
 # -- the dispatcher -------------------------------------------------------------------------
 
 
-def dropped_result(event: Event, scheduled_at: float, limit: int) -> Result:
-    return Result(
-        event.seq,
-        event.id,
-        event.source,
-        None,
-        False,
-        0,
-        None,
-        None,
-        f"dropped: {limit} calls already in flight (--max-in-flight)",
-        None,
-        DROPPED,
-        round(scheduled_at, 6),
-    )
-
-
 class _Driver:
     def __init__(self, engine: Engine, plan: LoadPlan, live: LiveState) -> None:
         self.engine = engine
@@ -279,7 +263,7 @@ class _Driver:
                     return
                 if due is None:
                     assert isinstance(item, Invalid)
-                    await results.send(invalid_result(item))
+                    await results.send(invalid(item))
                     continue
                 assert isinstance(item, Event)
                 deadline = start + cap.earliest(due)
@@ -296,7 +280,7 @@ class _Driver:
                 try:
                     jobs.send_nowait((item, scheduled_at))
                 except anyio.WouldBlock:
-                    await results.send(dropped_result(item, scheduled_at, self.plan.max_in_flight))
+                    await results.send(dropped(item, scheduled_at, self.plan.max_in_flight))
 
     async def _work(
         self,

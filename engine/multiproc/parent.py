@@ -48,7 +48,7 @@ from anyio.abc import TaskGroup
 
 from engine.config import Config
 from engine.core.events import ReadCounts
-from engine.core.records import MIN_SECRET_LENGTH
+from engine.core.secrets import MIN_SECRET_LENGTH
 from engine.core.stats import RunStats, Summary, summarize
 from engine.errors import AuthError, FatalError, plain_engine_errors
 from engine.files.sinks import JsonlSink, ResumeIndex, open_resume

@@ -43,10 +43,10 @@ from engine.config import Config
 from engine.core.events import Event, Invalid, Item, ReadCounts
 from engine.core.query import RequestBuilder
 from engine.core.records import (
-    MIN_SECRET_LENGTH,
     Result,
-    invalid_result,
-    response_result,
+    answered,
+    dry_run,
+    invalid,
 )
 from engine.core.retry import (
     THROTTLE_STATUSES,
@@ -55,6 +55,7 @@ from engine.core.retry import (
     RetrySettings,
     retry_reason,
 )
+from engine.core.secrets import MIN_SECRET_LENGTH, Secrets
 from engine.core.stats import RunStats, Summary, summarize
 from engine.errors import AuthError
 from engine.files.sinks import ResumeIndex, TickWriter
@@ -105,7 +106,7 @@ class Engine:
             config.endpoint, user_agent=config.user_agent or DEFAULT_USER_AGENT
         )
         self.limiter: Limiter | None = limiter if limiter is not None else make_limiter(config.rate)
-        self.secrets = tuple(s for s in (config.token,) if s)
+        self.secrets = Secrets((config.token, config.client_secret), issued=tokens.secrets)
         self.state = _State()
         self.window = anyio.Semaphore(max(1024, config.concurrency * 8)) if config.ordered else None
         self.fed: deque[int] = deque()  # seqs in feed order, for the ordered writer
@@ -189,7 +190,7 @@ class Engine:
     async def process(self, item: Item) -> Result | None:
         """The record of one item; None when the run halted before it was answered."""
         if isinstance(item, Invalid):
-            return invalid_result(item)
+            return invalid(item)
         if self.transport is None:
             return self._dry_run(item)
         request = self.builder.build(item)
@@ -227,7 +228,7 @@ class Engine:
                         return None
                     continue
                 note = decision.final
-            return response_result(
+            return answered(
                 item, response, attempts, self.secrets, retries=tuple(reasons), note=note
             )
 
@@ -250,10 +251,7 @@ class Engine:
         headers = dict(request.headers)
         if self.tokens.authorization() is not None:
             headers["Authorization"] = "Bearer [redacted]"
-        shown = orjson.Fragment(orjson.dumps({"url": request.url, "headers": headers}))
-        return Result(
-            event.seq, event.id, event.source, None, True, 0, None, None, None, shown, "dry_run"
-        )
+        return dry_run(event, orjson.dumps({"url": request.url, "headers": headers}))
 
     async def write_results(self, receive: MemoryObjectReceiveStream[Result], emit: Emit) -> None:
         pending: dict[int, Result] = {}
