@@ -1,26 +1,22 @@
 """The package's entry points: `run` (local, --workers or Ray), `deliver`, `run_load`.
 
-Each one picks its driver; every driver opens its run with `run.session.open_run`.
+Each picks its driver; every driver opens its run with `runtime.session.open_run`, so
+what a run checks before sending, how it redacts and how it ends are written once.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Mapping
-from contextlib import AsyncExitStack
 
 import anyio
 
 from engine.config import Config
-from engine.core.events import ReadCounts
-from engine.core.records import Result, jsonl
-from engine.core.secrets import MIN_SECRET_LENGTH
+from engine.core.records import Result
 from engine.core.stats import Summary
-from engine.errors import plain_engine_errors
-from engine.files.sinks import JsonlSink, open_resume
-from engine.files.sources import check_inputs
+from engine.errors import ConfigError, plain_engine_errors
 from engine.load.driver import run_load
-from engine.runtime.engine import Engine, _open, _skip_answered, redact_output
-from engine.runtime.feeds import event_defaults, file_feed, mapping_feed
+from engine.runtime.feeds import event_defaults, file_feed, mapping_feed, skip_answered
+from engine.runtime.session import open_run
 
 __all__ = ["deliver", "run", "run_load"]
 
@@ -28,48 +24,43 @@ __all__ = ["deliver", "run", "run_load"]
 async def run(config: Config, *, handle_signals: bool = False) -> Summary:
     """Run a batch as configured: inputs -> delivery calls -> JSONL output. Returns the summary.
 
-    Raises ConfigError / InputError before anything is sent, FatalError when the output
-    cannot be written. `handle_signals` (the CLI) turns SIGINT/SIGTERM into a graceful
-    halt; call it from the main thread.
+    One process, `config.workers` processes, or a Ray cluster (`backend="ray"`). Raises
+    ConfigError / InputError before anything is sent, FatalError when the run cannot go
+    on. `handle_signals` (the CLI) turns SIGINT/SIGTERM into a graceful halt; call it
+    from the main thread.
     """
     config = config.validated()
+    if config.backend == "ray":
+        from engine.distributed.ray_backend import run_ray  # Ray loads only when asked
+
+        return await run_ray(config)
     if config.workers > 1:
-        from engine.multiproc.parent import run_workers  # it imports this module
+        from engine.multiproc.driver import run_workers
 
         return await run_workers(config, handle_signals=handle_signals)
-    check_inputs(config.inputs)
-    counts = ReadCounts()
-    index = open_resume(config.output) if config.resume else None
-    sink = JsonlSink(config.output, append=config.resume)
-    secrets = tuple(
-        s.encode()
-        for s in (config.token, config.client_secret)
-        if s and len(s) >= MIN_SECRET_LENGTH
-    )
-    engine: Engine | None = None
+    return await run_local(config, handle_signals=handle_signals)
 
-    def write(batch: list[Result]) -> None:
-        sink.write(redact_output(jsonl(batch), secrets, engine))
 
-    async def emit(batch: list[Result]) -> None:
-        write(batch)
-
-    try:
-        with plain_engine_errors():
-            async with AsyncExitStack() as stack:
-                engine = await _open(config, stack)
-                feed = file_feed(config, counts)
-                if index is not None:
-                    feed = _skip_answered(feed, index, engine.state)
-                summary = await engine.execute(
-                    feed, emit, counts, handle_signals=handle_signals, write_now=write
-                )
-    finally:
-        sink.close()
+async def run_local(config: Config, *, handle_signals: bool = False) -> Summary:
+    """`run` in this process: one engine, one task group."""
+    async with open_run(config) as session:
+        engine = session.engine()
+        feed = file_feed(session.config, session.counts)
+        if session.resume is not None:
+            feed = skip_answered(feed, session.resume, engine.state.count_resumed)
+        summary = await engine.execute(
+            feed,
+            session.emit,
+            session.counts,
+            handle_signals=handle_signals,
+            write_now=session.write,
+        )
+        sink = session.sink
+    assert sink is not None
     if config.shard is not None and sink.name != "<stdout>" and summary.stopped is None:
-        from engine.distributed.merge import write_shard_manifest
+        from engine.files.manifests import write_shard_manifest
 
-        write_shard_manifest(config, records=counts.records)
+        write_shard_manifest(config, records=session.counts.records)
     return summary
 
 
@@ -79,20 +70,35 @@ async def deliver(
 ) -> AsyncIterator[Result]:
     """Send each event and yield its Result as it completes (input order with `ordered`).
 
-    Use it with `async for`; to stop early, wrap it in `contextlib.aclosing`.
+    Use it with `async for`; to stop early, wrap it in `contextlib.aclosing`. The results
+    are yielded, not written: a config with `workers`, `output` or `resume` is refused.
     """
+    refused = [
+        name
+        for name, given in (
+            ("workers", config.workers != 1),
+            ("output", config.output is not None),
+            ("resume", config.resume),
+        )
+        if given
+    ]
+    if refused:
+        raise ConfigError(
+            f"deliver() yields results in this process; it cannot honour {', '.join(refused)} "
+            "(use engine.run for a run that writes an output)"
+        )
     config = config.with_changes(inputs=("<events>",)).validated()
     send, receive = anyio.create_memory_object_stream[Result](config.concurrency)
 
     async def produce() -> None:
-        async with send, AsyncExitStack() as stack:
-            engine = await _open(config, stack)
+        async with send, open_run(config, output=False, inputs=False) as session:
 
             async def emit(batch: list[Result]) -> None:
                 for result in batch:
                     await send.send(result)
 
-            await engine.execute(mapping_feed(events, event_defaults(config)), emit)
+            feed = mapping_feed(events, event_defaults(session.config))
+            await session.engine().execute(feed, emit)
 
     with plain_engine_errors():
         async with anyio.create_task_group() as tg:

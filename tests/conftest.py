@@ -1,19 +1,46 @@
-"""Shared fixtures: anyio on asyncio, a running mock, small event files."""
+"""Shared fixtures and helpers: anyio on asyncio, a running mock, small event files,
+the records of an output, a Config aimed at the mock.
+
+Helpers are plain functions (`from conftest import read_records, config_for`); fixtures
+are what needs pytest's set-up and tear-down. A module marked `pytest.mark.uvloop` runs
+its async tests on uvloop, as the CLI does.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
+from engine.config import Config
 from engine.mock import MockConfig, MockHandle, running_mock
+
+#: The static token the mock accepts.
+MOCK_TOKEN = "mock-token"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "uvloop: run the async tests on uvloop (when installed), as the CLI does"
+    )
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
+def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, bool]]:
+    """asyncio; uvloop under the `uvloop` mark, for timing tests that need the loop's
+    overhead to stay small."""
+    if request.node.get_closest_marker("uvloop") is not None:
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            pass
+        else:
+            return ("asyncio", {"use_uvloop": True})
+    return ("asyncio", {})
 
 
 @pytest.fixture
@@ -34,3 +61,31 @@ def write_jsonl(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSONL output, which must end with a whole line."""
+    data = path.read_bytes()
+    assert data == b"" or data.endswith(b"\n"), "output must end with a whole line"
+    return [orjson.loads(line) for line in data.splitlines()]
+
+
+def config_for(
+    server: MockHandle | str, inputs: Path | Sequence[Path], output: Path, **options: Any
+) -> Config:
+    """A Config sending `inputs` to the mock (or the delivery URL `server`) into `output`,
+    with the mock's static token unless `options` say otherwise."""
+    paths = [inputs] if isinstance(inputs, Path) else inputs
+    return Config(
+        inputs=tuple(str(p) for p in paths),
+        output=str(output),
+        endpoint=server if isinstance(server, str) else server.delivery_url,
+        **{"token": MOCK_TOKEN, **options},
+    )
+
+
+def exactly_once(records: list[dict[str, Any]], n: int) -> None:
+    """Every one of `n` events has exactly one record."""
+    seqs = Counter(r["seq"] for r in records)
+    assert sorted(seqs) == list(range(n)), "every event must be answered"
+    assert max(seqs.values()) == 1, "no event may be written twice"

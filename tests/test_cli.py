@@ -6,6 +6,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from conftest import read_records
 
 from engine.cli.main import build_parser, config_from_args, main
 
@@ -96,7 +97,7 @@ def test_mock_run_over_the_examples_with_a_config_file(
         )
         == 0
     )
-    records = [orjson.loads(x) for x in (tmp_path / "o.jsonl").read_bytes().splitlines()]
+    records = read_records(tmp_path / "o.jsonl")
     events = len((examples / "pageviews.jsonl").read_bytes().splitlines())
     assert len(records) == 2 * events
     assert [r["seq"] for r in records] == list(range(2 * events))
@@ -160,7 +161,7 @@ def test_either_http_client_answers_every_event(client: str, tmp_path: Path) -> 
     out = tmp_path / "o.jsonl"
     argv = ["run", "--mock", str(examples / "pageviews.jsonl"), "-o", str(out)]
     assert main([*argv, "--http-client", client]) == 0
-    records = [orjson.loads(x) for x in out.read_bytes().splitlines()]
+    records = read_records(out)
     assert len(records) == len((examples / "pageviews.jsonl").read_bytes().splitlines())
     assert all(r["status"] == 200 and r["response"]["status"] == "OK" for r in records)
 

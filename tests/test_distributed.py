@@ -12,10 +12,11 @@ import pytest
 from oauth_client import oauth_tokens
 
 import engine
-from engine.distributed.actors import LeaseSchedule, TokenActor
-from engine.distributed.merge import scan_part, write_json_atomic
+from engine.core.rates import LeaseSchedule
+from engine.distributed.actors import TokenActor
 from engine.distributed.plan import meta_path, part_path, plan_shards, prepare
 from engine.errors import ConfigError
+from engine.files.manifests import scan_part, write_json_atomic
 from engine.mock import MockHandle
 
 

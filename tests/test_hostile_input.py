@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 import pytest
+from conftest import read_records
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -166,7 +167,7 @@ def test_binary_garbage_through_the_cli(tmp_path: Path) -> None:
     rc, stderr, _ = _cli("--dry-run", "-o", "out.jsonl", "garbage.jsonl", cwd=tmp_path)
     assert rc == 1  # invalid records: a failed run, not a crash
     assert "Traceback" not in stderr
-    records = [orjson.loads(x) for x in (tmp_path / "out.jsonl").read_bytes().splitlines()]
+    records = read_records(tmp_path / "out.jsonl")
     assert records
     assert all(r["error_kind"] == "invalid" for r in records)
 
@@ -190,7 +191,7 @@ def test_100mb_line_memory_stays_bounded(tmp_path: Path) -> None:
     rc, stderr, usage = _cli("--dry-run", "-o", "out.jsonl", "huge.jsonl", cwd=tmp_path)
     assert "Traceback" not in stderr
     assert rc == 1
-    records = [orjson.loads(x) for x in (tmp_path / "out.jsonl").read_bytes().splitlines()]
+    records = read_records(tmp_path / "out.jsonl")
     assert [r["source"] for r in records] == ["huge.jsonl:1", "huge.jsonl:2"]
     assert records[0]["error"] == "line longer than 1048576 bytes"
     assert records[1]["ok"] is True

@@ -7,14 +7,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
-import orjson
 import pytest
+from conftest import exactly_once, read_records
 
 from engine.mock import MockConfig, MockHandle, running_mock
 
@@ -94,16 +93,8 @@ def lines_in(path: Path) -> int:
     return path.read_bytes().count(b"\n") if path.exists() else 0
 
 
-def whole_records(path: Path) -> list[dict[str, Any]]:
-    data = path.read_bytes()
-    assert data == b"" or data.endswith(b"\n"), "output must end with a whole line"
-    return [orjson.loads(line) for line in data.splitlines()]
-
-
-def exactly_once(records: list[dict[str, Any]], n: int) -> None:
-    seqs = Counter(r["seq"] for r in records)
-    assert sorted(seqs) == list(range(n))
-    assert max(seqs.values()) == 1
+def answered_once(records: list[dict[str, Any]], n: int) -> None:
+    exactly_once(records, n)
     assert all(r["status"] == 200 for r in records)
 
 
@@ -126,8 +117,8 @@ async def test_kill_9_then_resume(tmp_path: Path, write_jsonl: Callable[..., Pat
         rc, stderr = await wait_exit(resumed, 60)
         assert rc == 0, stderr
         calls = mock.state.delivery_requests
-    records = whole_records(out)
-    exactly_once(records, n)
+    records = read_records(out)
+    answered_once(records, n)
     assert f"{written} already answered" in stderr or written == 0
     repeated = calls - n
     print(f"kill -9 after {written} records: {repeated} calls repeated")
@@ -157,7 +148,7 @@ async def test_sigint_finishes_in_flight_calls_then_resume(
         assert "interrupted by SIGINT" in stderr
         assert "--resume" in stderr
         assert " events in " in stderr  # the summary line
-        first = whole_records(out)
+        first = read_records(out)
         assert 300 <= len(first) < n
         calls_before = mock.state.delivery_requests
         # Calls in flight were let finish and written: nothing answered is lost.
@@ -166,7 +157,7 @@ async def test_sigint_finishes_in_flight_calls_then_resume(
         rc, stderr = await wait_exit(resumed, 60)
         assert rc == 0, stderr
         calls = mock.state.delivery_requests
-    exactly_once(whole_records(out), n)
+    answered_once(read_records(out), n)
     assert calls == n  # not one call repeated
 
 
@@ -187,13 +178,13 @@ async def test_sigterm_grace_expires_then_resume(
     assert rc == 143
     assert grace * 0.9 <= took < grace + 3.0
     assert "interrupted by SIGTERM" in stderr
-    assert whole_records(out) == []  # cut-off calls are not written...
+    assert read_records(out) == []  # cut-off calls are not written...
     async with running_mock() as fast:
         resumed = start(fast, inputs, out, "--resume")
         rc, stderr = await wait_exit(resumed, 30)
         assert rc == 0, stderr
         assert fast.state.delivery_requests == n  # ...so resume sends them
-    exactly_once(whole_records(out), n)
+    answered_once(read_records(out), n)
 
 
 @PROCESSES
@@ -213,7 +204,7 @@ async def test_second_signal_stops_at_once(
         rc, _ = await wait_exit(proc, 15)
         assert time.monotonic() - sent < 3.0
     assert rc == 130
-    assert whole_records(out) == []
+    assert read_records(out) == []
 
 
 @PROCESSES
@@ -271,7 +262,7 @@ async def test_kill_9_of_the_parent_stops_the_workers_then_resume(
         rc, stderr = await wait_exit(resumed, 60)
         assert rc == 0, stderr
         calls = mock.state.delivery_requests
-    exactly_once(whole_records(out), n)
+    answered_once(read_records(out), n)
     # The calls in flight were let finish and written: none is made twice.
     assert calls_at_stop == written
     assert calls == n

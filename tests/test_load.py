@@ -9,16 +9,16 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
+from conftest import config_for, read_records
 
 from engine.cli.main import main
-from engine.config import Config
 from engine.core.pacing import constant, stages
 from engine.errors import ConfigError
-from engine.load.driver import LoadPlan, run_load
+from engine.load.driver import run_load
+from engine.load.plan import LoadPlan
 from engine.mock import MockConfig, MockHandle, running_mock
 
 EVENTS = [
@@ -33,29 +33,13 @@ EVENTS = [
 ]
 
 
-@pytest.fixture
-def anyio_backend() -> tuple[str, dict[str, bool]]:
-    """uvloop, as the CLI runs: timing tests need the loop's overhead to stay small."""
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return ("asyncio", {})
-    return ("asyncio", {"use_uvloop": True})
-
-
-def records(path: Path) -> list[dict[str, Any]]:
-    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
+pytestmark = pytest.mark.uvloop  # timing tests: the loop's overhead must stay small
 
 
 def max_in_window(times: list[float], width: float = 1.0) -> int:
     """The most events in any half-open window [t, t + width) starting at an event."""
     times = sorted(times)
     return max(bisect.bisect_left(times, t + width) - i for i, t in enumerate(times))
-
-
-def config_for(mock: MockHandle, inputs: Path, out: Path, **changes: Any) -> Config:
-    options: dict[str, Any] = {"token": "mock-token", **changes}
-    return Config(inputs=(str(inputs),), output=str(out), endpoint=mock.delivery_url, **options)
 
 
 @pytest.mark.slow
@@ -71,7 +55,7 @@ async def test_rate_200_for_3s_against_the_mock(
         config = config_for(mock, write_jsonl(EVENTS), out)
         outcome = await run_load(config, LoadPlan(pacer=constant(200, 3)))
 
-    recs = records(out)
+    recs = read_records(out)
     sent = [r for r in recs if r["error_kind"] != "dropped"]
     assert 582 <= len(sent) <= 618  # within 3% of 600
     assert 582 <= mock.state.delivery_requests <= 618
@@ -100,7 +84,7 @@ async def test_slow_server_keeps_the_schedule(
     async with running_mock(MockConfig(latency=0.3, record_requests=True)) as mock:
         config = config_for(mock, write_jsonl(EVENTS), out)
         outcome = await run_load(config, LoadPlan(pacer=constant(50, 2)))
-    recs = records(out)
+    recs = read_records(out)
     assert len(recs) == 100
     assert outcome.figures["dropped"] == 0
     assert all(r["ok"] for r in recs)
@@ -128,7 +112,7 @@ async def test_slow_server_past_max_in_flight_drops_and_counts(
         config = config_for(mock, write_jsonl(EVENTS), out)
         outcome = await run_load(config, LoadPlan(pacer=constant(40, 1.5), max_in_flight=4))
         server_calls = mock.state.delivery_requests
-    recs = records(out)
+    recs = read_records(out)
     dropped = [r for r in recs if r["error_kind"] == "dropped"]
     sent = [r for r in recs if r["error_kind"] != "dropped"]
     assert len(recs) == 60  # every scheduled call is accounted for
@@ -157,7 +141,7 @@ async def test_slow_server_queueing_shows_in_corrected_latency(
         outcome = await run_load(
             config, LoadPlan(pacer=constant(40, 0.5), max_in_flight=2, when_full="wait")
         )
-    recs = sorted(records(out), key=lambda r: r["scheduled_at"])
+    recs = sorted(read_records(out), key=lambda r: r["scheduled_at"])
     assert len(recs) == 20
     assert all(r["ok"] for r in recs)
     assert outcome.figures["dropped"] == 0
@@ -179,7 +163,7 @@ async def test_no_loop_stops_at_end_of_input_and_invalid_lines_answered_once(
     out = tmp_path / "out.jsonl"
     path = write_jsonl([EVENTS[0], b"{not json", EVENTS[1]])
     outcome = await run_load(config_for(mock, path, out), LoadPlan(pacer=constant(100), loop=False))
-    recs = records(out)
+    recs = read_records(out)
     assert sorted(r["error_kind"] or "ok" for r in recs) == ["invalid", "ok", "ok"]
     assert mock.state.delivery_requests == 2
     assert outcome.scheduled == 2
@@ -192,7 +176,7 @@ async def test_cycling_answers_invalid_lines_once(
     out = tmp_path / "out.jsonl"
     path = write_jsonl([b"[1]", EVENTS[0]])
     await run_load(config_for(mock, path, out), LoadPlan(pacer=constant(100, 0.2)))
-    recs = records(out)
+    recs = read_records(out)
     assert [r["error_kind"] for r in recs].count("invalid") == 1
     assert sum(r["ok"] for r in recs) == 20 == mock.state.delivery_requests
 
@@ -204,7 +188,7 @@ async def test_stages_schedule_end_to_end(
     out = tmp_path / "out.jsonl"
     pacer = stages([(0, 20), (0.5, 20), (0, 60), (0.5, 60)])
     await run_load(config_for(mock, write_jsonl(EVENTS), out), LoadPlan(pacer=pacer))
-    recs = sorted(records(out), key=lambda r: r["scheduled_at"])
+    recs = sorted(read_records(out), key=lambda r: r["scheduled_at"])
     assert len(recs) == 10 + 30 == mock.state.delivery_requests
     offsets = [round(r["scheduled_at"] - recs[0]["scheduled_at"], 4) for r in recs]
     assert offsets[:11] == [round(i * 0.05, 4) for i in range(10)] + [0.5]
@@ -251,7 +235,7 @@ def test_cli_load_on_mock_writes_summary(
     assert err.count("\n") == 2  # two summary lines; no progress when not a terminal
     assert "\x1b" not in err
     data = orjson.loads(summary.read_bytes())
-    assert data["sent"] == 20 == len(records(out))
+    assert data["sent"] == 20 == len(read_records(out))
     assert data["summary"]["ok"] == 20
     assert data["scheduled"] == 20
     assert set(data["latency_ms"]) == {"p50", "p90", "p99", "p99.9", "max", "mean"}

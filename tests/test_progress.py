@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.load.driver import LiveState
+from engine.load.plan import LiveState
 from engine.load.progress import progress_text
 
 

@@ -16,11 +16,12 @@ from pathlib import Path
 import anyio
 import orjson
 import pytest
+from conftest import config_for, read_records
 from oauth_client import oauth_tokens
 
 import engine
 from engine.cli.main import main
-from engine.distributed.merge import manifest_path, read_manifest, scan_part
+from engine.files.manifests import manifest_path, read_manifest, scan_part
 from engine.mock import MockConfig, MockHandle, running_mock
 
 ray = pytest.importorskip("ray")
@@ -73,21 +74,6 @@ def _write_events(path: Path, count: int, *, start: int = 0) -> None:
     path.write_bytes(b"".join(lines).rstrip(b"\r\n"))
 
 
-def _rows(path: Path) -> list[dict[str, object]]:
-    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
-
-
-def _config(mock: MockHandle, inputs: list[Path], out: Path, **kw: object) -> engine.Config:
-    options: dict[str, object] = {"concurrency": 8, **kw}
-    return engine.Config(
-        inputs=tuple(str(p) for p in inputs),
-        output=str(out),
-        endpoint=mock.delivery_url,
-        token="mock-token",
-        **options,  # type: ignore[arg-type]
-    )
-
-
 @pytest.mark.anyio
 async def test_every_event_exactly_once_one_token_and_the_global_rate(
     mock: MockHandle, tmp_path: Path
@@ -99,7 +85,7 @@ async def test_every_event_exactly_once_one_token_and_the_global_rate(
     csv_input = EXAMPLES / "pageviews.csv"
     out = tmp_path / "ads.jsonl"
     rate = 190.0
-    config = _config(mock, [big, packed, csv_input], out, rate=rate)
+    config = config_for(mock, [big, packed, csv_input], out, concurrency=8, rate=rate)
 
     factory = functools.partial(oauth_tokens, mock.token_url)
     result: list[engine.Summary] = []
@@ -116,7 +102,7 @@ async def test_every_event_exactly_once_one_token_and_the_global_rate(
     summary = result[0]
 
     # Every event exactly once in the merged output.
-    rows = _rows(out)
+    rows = read_records(out)
     ids = Counter(r["id"] for r in rows)
     expected_ids = {f"ev-{n}" for n in range(530)} | {f"pv-{n:04d}" for n in range(1, 41)}
     assert set(ids) == expected_ids
@@ -178,7 +164,7 @@ async def test_actor_killed_mid_shard_leaves_output_exactly_once(tmp_path: Path)
     _write_events(path, 600)
     out = tmp_path / "ads.jsonl"
     async with running_mock(MockConfig(latency=0.01)) as mock:
-        config = _config(mock, [path], out, rate=300.0, concurrency=4)
+        config = config_for(mock, [path], out, rate=300.0, concurrency=4)
         result: list[engine.Summary] = []
 
         async def go() -> None:
@@ -190,7 +176,7 @@ async def test_actor_killed_mid_shard_leaves_output_exactly_once(tmp_path: Path)
             ray.kill(ray.get_actor(SENDER_NAME.format(0)))
         sent = mock.state.delivery_requests
 
-    rows = _rows(out)
+    rows = read_records(out)
     ids = Counter(r["id"] for r in rows)
     assert set(ids) == {f"ev-{n}" for n in range(600)}
     assert max(ids.values()) == 1
@@ -205,7 +191,7 @@ async def test_rerun_skips_completed_shards(mock: MockHandle, tmp_path: Path) ->
     _write_events(path, 400)
     out = tmp_path / "ads.jsonl"
     parts = Path(f"{out}.parts")
-    config = _config(mock, [path], out, rate=200.0, concurrency=4)
+    config = config_for(mock, [path], out, rate=200.0, concurrency=4)
     result: list[engine.Summary] = []
 
     async def go() -> None:
@@ -229,7 +215,7 @@ async def test_rerun_skips_completed_shards(mock: MockHandle, tmp_path: Path) ->
     rerun_sent = mock.state.delivery_requests - first_sent
     assert rerun_sent < 400  # the complete shards were not sent again
     assert second.events == rerun_sent
-    rows = _rows(out)
+    rows = read_records(out)
     assert sorted(r["id"] for r in rows) == sorted(f"ev-{n}" for n in range(400))
 
 
@@ -250,4 +236,19 @@ def test_cli_backend_ray_with_mock(tmp_path: Path, capsys: pytest.CaptureFixture
     err = capsys.readouterr().err
     assert code == 0, err
     assert "40 events" in err
-    assert len(_rows(out)) == 40
+    assert len(read_records(out)) == 40
+
+
+@pytest.mark.anyio
+async def test_the_summary_counts_the_retries_of_every_shard(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    _write_events(path, 200)
+    out = tmp_path / "ads.jsonl"
+    async with running_mock(MockConfig(fail_503=0.2, seed=3)) as mock:
+        config = config_for(mock, [path], out, concurrency=4, backoff_base=0.001)
+        summary = await run_ray(config, shards=4, senders=2)
+    rows = read_records(out)
+    assert all(r["ok"] for r in rows)
+    reasons = Counter(reason for r in rows for reason in r["retries"])
+    assert reasons["http_503"] > 10
+    assert summary.retries == dict(reasons)

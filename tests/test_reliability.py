@@ -5,18 +5,16 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
+from conftest import MOCK_TOKEN, config_for, exactly_once, read_records
 
 from engine import api
 from engine.config import Config
 from engine.errors import ConfigError, FatalError, InputError
-from engine.files.sinks import open_resume
+from engine.files.resume import open_resume
 from engine.mock import MockConfig, running_mock
-
-TOKEN = "mock-token"
 
 
 def events(n: int, prefix: str = "ev") -> list[dict[str, object]]:
@@ -31,22 +29,6 @@ def events(n: int, prefix: str = "ev") -> list[dict[str, object]]:
         }
         for i in range(n)
     ]
-
-
-def read_records(path: Path) -> list[dict[str, Any]]:
-    data = path.read_bytes()
-    assert data == b"" or data.endswith(b"\n"), "output must end with a whole line"
-    return [orjson.loads(line) for line in data.splitlines()]
-
-
-def exactly_once(records: list[dict[str, Any]], n: int) -> None:
-    seqs = Counter(r["seq"] for r in records)
-    assert sorted(seqs) == list(range(n)), "every event must be answered"
-    assert max(seqs.values()) == 1, "no event may be written twice"
-
-
-def config(url: str, inputs: Path, output: Path, **changes: Any) -> Config:
-    return Config(inputs=(str(inputs),), output=str(output), endpoint=url, token=TOKEN, **changes)
 
 
 @pytest.mark.anyio
@@ -69,7 +51,9 @@ async def test_faults_on_first_attempts_all_end_200_exactly_once(
     )
     async with running_mock(mock_config) as mock:
         summary = await api.run(
-            config(mock.delivery_url, inputs, out, concurrency=32, timeout=0.5, backoff_base=0.02)
+            config_for(
+                mock.delivery_url, inputs, out, concurrency=32, timeout=0.5, backoff_base=0.02
+            )
         )
         state = mock.state
     records = read_records(out)
@@ -105,7 +89,7 @@ async def test_retry_budget_stops_hammering_a_sick_server(
     sick = MockConfig(fail_503=1.0, faults_first_attempt_only=False)
     async with running_mock(sick) as mock:
         summary = await api.run(
-            config(
+            config_for(
                 mock.delivery_url,
                 inputs,
                 out,
@@ -139,7 +123,7 @@ async def test_429_storm_lowers_the_rate_and_the_summary_says_so(
     storm = MockConfig(fail_429=0.5, retry_after="0", seed=3)
     async with running_mock(storm) as mock:
         summary = await api.run(
-            config(
+            config_for(
                 mock.delivery_url,
                 inputs,
                 out,
@@ -161,7 +145,7 @@ async def test_retry_after_is_honoured(tmp_path: Path, write_jsonl: Callable[...
     inputs = write_jsonl(events(1))
     out = tmp_path / "out.jsonl"
     async with running_mock(MockConfig(fail_503=1.0, retry_after="1", record_requests=True)) as m:
-        await api.run(config(m.delivery_url, inputs, out, backoff_base=0.001))
+        await api.run(config_for(m.delivery_url, inputs, out, backoff_base=0.001))
         times = [r.received_at for r in m.state.requests]
     (record,) = read_records(out)
     assert record["status"] == 200
@@ -177,7 +161,7 @@ async def test_too_long_retry_after_is_final(
     inputs = write_jsonl(events(1))
     out = tmp_path / "out.jsonl"
     async with running_mock(MockConfig(fail_429=1.0, retry_after="3600")) as m:
-        await api.run(config(m.delivery_url, inputs, out))
+        await api.run(config_for(m.delivery_url, inputs, out))
         assert m.state.delivery_requests == 1
     (record,) = read_records(out)
     assert record["status"] == 429
@@ -191,7 +175,7 @@ async def test_retries_zero_and_final_statuses(
     inputs = write_jsonl(events(20))
     out = tmp_path / "out.jsonl"
     async with running_mock(MockConfig(fail_503=1.0, faults_first_attempt_only=False)) as m:
-        await api.run(config(m.delivery_url, inputs, out, retries=0))
+        await api.run(config_for(m.delivery_url, inputs, out, retries=0))
         assert m.state.delivery_requests == 20
     records = read_records(out)
     assert all(r["attempts"] == 1 and r["retries"] == [] for r in records)
@@ -206,7 +190,7 @@ async def test_connection_refused_is_retried_then_final(
         url = m.delivery_url  # the port is free once the mock is gone
     inputs = write_jsonl(events(3))
     out = tmp_path / "out.jsonl"
-    await api.run(config(url, inputs, out, retries=2, backoff_base=0.001))
+    await api.run(config_for(url, inputs, out, retries=2, backoff_base=0.001))
     records = read_records(out)
     assert all(r["retries"] == ["connect", "connect"] for r in records)
     assert all(r["attempts"] == 3 and r["error_kind"] == "connect" for r in records)
@@ -223,13 +207,13 @@ async def test_resume_repairs_a_torn_line_and_sends_only_the_rest(
     inputs = write_jsonl(events(n))
     full = tmp_path / "full.jsonl"
     async with running_mock() as m:
-        await api.run(config(m.delivery_url, inputs, full))
+        await api.run(config_for(m.delivery_url, inputs, full))
     lines = full.read_bytes().splitlines(keepends=True)
     out = tmp_path / "out.jsonl"
     kept = lines[:120]
     out.write_bytes(b"".join(kept) + lines[120][:37])  # a crash mid-write
     async with running_mock() as m:
-        summary = await api.run(config(m.delivery_url, inputs, out, resume=True))
+        summary = await api.run(config_for(m.delivery_url, inputs, out, resume=True))
         calls = m.state.delivery_requests
     records = read_records(out)
     exactly_once(records, n)
@@ -246,9 +230,9 @@ async def test_resume_of_a_complete_file_sends_nothing(
     inputs = write_jsonl(events(50))
     out = tmp_path / "out.jsonl"
     async with running_mock() as m:
-        await api.run(config(m.delivery_url, inputs, out, ordered=True))
+        await api.run(config_for(m.delivery_url, inputs, out, ordered=True))
         before = out.read_bytes()
-        await api.run(config(m.delivery_url, inputs, out, resume=True, ordered=True))
+        await api.run(config_for(m.delivery_url, inputs, out, resume=True, ordered=True))
         assert m.state.delivery_requests == 50
     assert out.read_bytes() == before
 
@@ -261,12 +245,12 @@ async def test_resume_ordered_appends_the_rest_in_order(
     inputs = write_jsonl(events(n))
     out = tmp_path / "out.jsonl"
     async with running_mock() as m:
-        await api.run(config(m.delivery_url, inputs, out, ordered=True))
+        await api.run(config_for(m.delivery_url, inputs, out, ordered=True))
     lines = out.read_bytes().splitlines(keepends=True)
     # An interrupted completion-order run: every other event answered.
     out.write_bytes(b"".join(lines[::2]))
     async with running_mock() as m:
-        await api.run(config(m.delivery_url, inputs, out, ordered=True, resume=True))
+        await api.run(config_for(m.delivery_url, inputs, out, ordered=True, resume=True))
     records = read_records(out)
     exactly_once(records, n)
     assert [r["seq"] for r in records[50:]] == list(range(1, n, 2))
@@ -279,10 +263,10 @@ async def test_resume_refuses_a_changed_input(
     inputs = write_jsonl(events(10))
     out = tmp_path / "out.jsonl"
     async with running_mock() as m:
-        await api.run(config(m.delivery_url, inputs, out))
+        await api.run(config_for(m.delivery_url, inputs, out))
         write_jsonl(events(10, prefix="other"))  # same file name, other ids
         with pytest.raises(FatalError, match="input changed"):
-            await api.run(config(m.delivery_url, inputs, out, resume=True))
+            await api.run(config_for(m.delivery_url, inputs, out, resume=True))
 
 
 def test_resume_index_rejects_garbage_in_the_middle(tmp_path: Path) -> None:
@@ -349,9 +333,9 @@ async def test_token_echoed_by_the_server_is_redacted(
     out = tmp_path / "out.jsonl"
     echo = MockConfig(fixed_body=b'{"status":"OK","seen":"Bearer mock-token"}')
     async with running_mock(echo) as m:
-        await api.run(config(m.delivery_url, inputs, out))
+        await api.run(config_for(m.delivery_url, inputs, out))
     data = out.read_bytes()
-    assert TOKEN.encode() not in data
+    assert MOCK_TOKEN.encode() not in data
     assert data.count(b"[redacted]") == 5
 
 
@@ -363,7 +347,7 @@ async def test_retries_take_rate_permits(tmp_path: Path, write_jsonl: Callable[.
     faulty = MockConfig(fail_503=0.5, retry_after="0", record_requests=True, seed=1)
     async with running_mock(faulty) as m:
         await api.run(
-            config(m.delivery_url, inputs, out, rate=rate, backoff_base=0.0, adaptive=False)
+            config_for(m.delivery_url, inputs, out, rate=rate, backoff_base=0.0, adaptive=False)
         )
         times = sorted(r.received_at for r in m.state.requests)
     exactly_once(read_records(out), n)

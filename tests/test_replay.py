@@ -5,15 +5,15 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
+from conftest import config_for, read_records
 
 from engine.cli.main import main
-from engine.config import Config
 from engine.files.accesslog import is_access_log, parse_log_line, parse_log_time
-from engine.load.driver import LoadPlan, run_load
+from engine.load.driver import run_load
+from engine.load.plan import LoadPlan
 from engine.mock import MockConfig, MockHandle, running_mock
 
 T0 = 1_780_000_000.0
@@ -27,25 +27,7 @@ OFFSETS = [0, 0.05, 0.1, 0.15, 1, 1.02, 2.5, 3, 3.01, 3.02, 3.03, 4.4, 5, 5.5, 6
            6.5, 7.9, 8, 8.3, 8.6, 9, 9.5, 9.9, 9.95, 10]  # fmt: skip
 
 
-@pytest.fixture
-def anyio_backend() -> tuple[str, dict[str, bool]]:
-    """uvloop, as the CLI runs: timing tests need the loop's overhead to stay small."""
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return ("asyncio", {})
-    return ("asyncio", {"use_uvloop": True})
-
-
-def records(path: Path) -> list[dict[str, Any]]:
-    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
-
-
-def config_for(mock: MockHandle, inputs: Path, out: Path, **changes: Any) -> Config:
-    return Config(
-        inputs=(str(inputs),), output=str(out), endpoint=mock.delivery_url, token="mock-token",
-        **changes,
-    )  # fmt: skip
+pytestmark = pytest.mark.uvloop  # timing tests: the loop's overhead must stay small
 
 
 @pytest.mark.slow
@@ -62,7 +44,7 @@ async def test_replay_10s_at_speed_5_takes_2s_each_call_on_time(
         config_for(mock, write_jsonl(rows), out), LoadPlan(mode="replay", speed=5)
     )
     assert 1.95 <= outcome.summary.elapsed_s <= 2.5  # "about 2 s"
-    recs = {r["id"]: r for r in records(out)}
+    recs = {r["id"]: r for r in read_records(out)}
     assert len(recs) == len(OFFSETS)
     assert all(r["ok"] for r in recs.values())
     start = min(r["scheduled_at"] for r in recs.values())
@@ -93,7 +75,7 @@ async def test_slow_server_queueing_shows_in_corrected_latency(
             config_for(mock, write_jsonl(rows), out),
             LoadPlan(mode="replay", max_in_flight=2),
         )
-    recs = sorted(records(out), key=lambda r: r["scheduled_at"])
+    recs = sorted(read_records(out), key=lambda r: r["scheduled_at"])
     assert len(recs) == 20
     assert outcome.figures["dropped"] == 0
     lat, cor = outcome.figures["latency_ms"], outcome.figures["corrected_latency_ms"]
@@ -112,7 +94,7 @@ async def test_rate_cap_delays_never_drops(
     rows = [{**BASE, "retailer-visitor-id": f"v{i}", "timestamp": T0} for i in range(10)]
     out = tmp_path / "out.jsonl"
     await run_load(config_for(mock, write_jsonl(rows), out, rate=20.0), LoadPlan(mode="replay"))
-    recs = sorted(records(out), key=lambda r: r["scheduled_at"])
+    recs = sorted(read_records(out), key=lambda r: r["scheduled_at"])
     assert len(recs) == 10 == mock.state.delivery_requests
     gaps = [b["scheduled_at"] - a["scheduled_at"] for a, b in itertools.pairwise(recs)]
     assert gaps == pytest.approx([0.05] * 9, abs=1e-5)
@@ -132,7 +114,7 @@ async def test_max_gap_and_missing_timestamps(
         config_for(mock, write_jsonl(rows), out), LoadPlan(mode="replay", max_gap=0.2)
     )
     assert outcome.summary.elapsed_s < 2
-    recs = records(out)
+    recs = read_records(out)
     assert sorted(r["error_kind"] or "ok" for r in recs) == ["invalid", "ok", "ok"]
     (bad,) = [r for r in recs if r["error_kind"] == "invalid"]
     assert "no timestamp" in bad["error"]
@@ -159,7 +141,7 @@ async def test_replay_access_log(mock: MockHandle, tmp_path: Path) -> None:
     log.write_text("\n".join(lines) + "\n")
     out = tmp_path / "out.jsonl"
     outcome = await run_load(config_for(mock, log, out), LoadPlan(mode="replay", speed=20))
-    recs = records(out)
+    recs = read_records(out)
     assert sorted(r["error_kind"] or "ok" for r in recs) == ["invalid", "ok", "ok", "ok"]
     assert outcome.late_in_log == 0
     sent = [dict(q.query) for q in mock.state.requests]
@@ -182,7 +164,7 @@ def test_cli_replay_examples_on_mock(tmp_path: Path, capsys: pytest.CaptureFixtu
     )  # fmt: skip
     err = capsys.readouterr().err
     assert code == 0, err
-    recs = records(out)
+    recs = read_records(out)
     assert len(recs) == len(examples.read_bytes().strip().splitlines())
     assert orjson.loads(summary.read_bytes())["events"] == len(recs)
 

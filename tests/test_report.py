@@ -16,6 +16,7 @@ import orjson
 import pytest
 
 from engine.cli.main import main
+from engine.core.records import RecordLine, parse_record
 from engine.core.series import Figures, Series
 from engine.report.html import html_report, nice_ticks
 from engine.report.text import figures_from_lines, text_report
@@ -34,6 +35,13 @@ def rec(t: float, *, status: int | None = 200, lat: float | None = 10.0, late: f
         "scheduled_at": T0 + t if scheduled else None,
         "error_kind": kind if kind else (None if ok else f"http_{status}"),
     }
+
+
+def parsed(record: dict[str, Any]) -> RecordLine:
+    """`record` as `adbatch report` reads it from a file."""
+    line = parse_record(orjson.dumps(record))
+    assert line is not None
+    return line
 
 
 @pytest.mark.parametrize(
@@ -102,7 +110,7 @@ def test_series_memory_stays_bounded_over_a_long_run() -> None:
 def test_figures(records: list[dict[str, Any]], expected: dict[str, object]) -> None:
     figures = Figures()
     for r in records:
-        figures.add_record(r)
+        figures.add_record(parsed(r))
     data = figures.to_dict()
     for path, value in expected.items():
         node: Any = data
@@ -123,8 +131,8 @@ def test_report_origin_is_the_earliest_record_even_out_of_order() -> None:
 def test_text_report_shows_the_figures() -> None:
     figures = Figures()
     for i in range(50):
-        figures.add_record(rec(i / 10, lat=5 + i, late=0.01 * (i % 3)))
-    figures.add_record(rec(5.0, status=None, lat=None, kind="dropped"))
+        figures.add_record(parsed(rec(i / 10, lat=5 + i, late=0.01 * (i % 3))))
+    figures.add_record(parsed(rec(5.0, status=None, lat=None, kind="dropped")))
     text = text_report(figures.to_dict(), bad_lines=1)
     assert "records   51  (sent 50, ok 50, failed 0, dropped 1, invalid 0)" in text
     assert "skipped   1 unreadable lines" in text
@@ -152,10 +160,12 @@ def sample_data() -> dict[str, Any]:
     figures = Figures()
     for i in range(300):
         status = 503 if i % 17 == 0 else 200
-        figures.add_record(rec(i / 100, status=status, lat=2 + (i % 40), late=0.002 * (i % 5)))
+        figures.add_record(
+            parsed(rec(i / 100, status=status, lat=2 + (i % 40), late=0.002 * (i % 5)))
+        )
     for i in range(10):
-        figures.add_record(rec(1 + i / 10, status=None, lat=None, kind="dropped"))
-    figures.add_record(rec(2.5, status=None, lat=900, kind='<script>alert("x")</script>'))
+        figures.add_record(parsed(rec(1 + i / 10, status=None, lat=None, kind="dropped")))
+    figures.add_record(parsed(rec(2.5, status=None, lat=900, kind='<script>alert("x")</script>')))
     return figures.to_dict()
 
 

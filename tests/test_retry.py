@@ -7,8 +7,8 @@ from email.utils import formatdate
 
 import pytest
 
+from engine.core.rates import AdaptiveRate
 from engine.core.retry import (
-    AdaptiveRate,
     RetryBudget,
     RetryPolicy,
     RetrySettings,

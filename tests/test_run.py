@@ -12,6 +12,7 @@ from pathlib import Path
 import anyio
 import orjson
 import pytest
+from conftest import config_for, read_records
 
 import engine
 from engine.mock import MockConfig, MockHandle, running_mock
@@ -29,22 +30,6 @@ def home(i: int, **extra: object) -> dict[str, object]:
         "page-id": "viewHome_API_desktop",
         **extra,
     }
-
-
-def read_records(path: Path) -> list[dict[str, object]]:
-    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
-
-
-def config_for(
-    mock: MockHandle, inputs: list[Path], output: Path, **options: object
-) -> engine.Config:
-    return engine.Config(
-        inputs=tuple(map(str, inputs)),
-        output=str(output),
-        endpoint=mock.delivery_url,
-        token="mock-token",
-        **options,
-    )  # type: ignore[arg-type]
 
 
 async def test_every_input_line_gives_exactly_one_record(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import orjson
@@ -14,6 +15,8 @@ from hypothesis import strategies as st
 
 import engine
 from engine.cli.main import main
+from engine.core.events import Invalid
+from engine.core.records import invalid, jsonl
 from engine.core.shard import (
     ByteRange,
     ShardSpec,
@@ -22,8 +25,10 @@ from engine.core.shard import (
     parse_shard,
     shard_of,
 )
-from engine.distributed.merge import manifest_path, merge_outputs, read_manifest
+from engine.core.stats import RunStats, summarize
+from engine.distributed.merge import add_stats, merge_outputs, stats_to_dict
 from engine.errors import ConfigError
+from engine.files.manifests import manifest_path, read_manifest
 from engine.files.sources import read_items, read_range_items
 from engine.mock import MockHandle
 
@@ -287,6 +292,50 @@ async def test_merge_catches_a_part_changed_or_torn(mock: MockHandle, tmp_path: 
     assert "changed after its shard finished" in text
     assert "ends with a torn line" in text
     assert "1 records missing (seq 5)" in text
+
+
+def test_merge_reads_parts_through_the_record_parser(tmp_path: Path) -> None:
+    records = [
+        invalid(Invalid(seq, f"in.jsonl:{seq + 1}", f'ev "{seq}"', "bad")) for seq in range(4)
+    ]
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    first.write_bytes(jsonl(records[:2]) + b'{"seq":2}\n' + b'{"ok":true}\n')
+    # A record whose fields come in another order is still a record.
+    moved = orjson.dumps({"source": "in.jsonl:3", "id": None, "seq": 2})
+    second.write_bytes(moved + b"\n" + jsonl(records[3:]) + jsonl(records[:1]))
+    merged = tmp_path / "m.jsonl"
+    report = merge_outputs([str(first), str(second)], str(merged))
+    assert report.problems == [
+        "2 lines are not adbatch records (not merged)",
+        "1 records given more than once (seq 0...; kept the first)",
+    ]
+    assert [r["seq"] for r in _rows(merged)] == [0, 1, 2, 3]
+    assert read_manifest(manifest_path(str(merged)))["parts"] == [  # type: ignore[index]
+        {"part": str(first), "rows": 2},
+        {"part": str(second), "rows": 2},
+    ]
+
+
+def test_shard_stats_travel_whole_through_json() -> None:
+    """Every counter of RunStats survives stats_to_dict -> JSON -> add_stats (the Ray
+    summary once lost the retry counts on the way)."""
+    shard = RunStats(events=6, ok=2, failed=2, invalid=1, blank_lines=3, unauthorized=1)
+    shard.statuses.update({200: 2, 401: 1, 503: 1})
+    shard.errors.update({"http_503": 1, "http_401": 1})
+    shard.retries.update({"http_503": 4, "connect": 1})
+    shard.latency.record(12.5)
+    shard.latency.record(80.0)
+    assert set(stats_to_dict(shard)) == {f.name for f in fields(RunStats)}
+    total, expected = RunStats(), RunStats()
+    for _ in range(2):  # as a part's meta carries them (write_json_atomic)
+        data = orjson.dumps(stats_to_dict(shard), option=orjson.OPT_NON_STR_KEYS)
+        add_stats(total, orjson.loads(data))
+        expected.merge(shard)
+    assert stats_to_dict(total) == stats_to_dict(expected)
+    assert total.retries == {"http_503": 8, "connect": 2}
+    summary = summarize(total, elapsed_s=1.0)
+    assert summary.retries == {"http_503": 8, "connect": 2}
+    assert "10 retries (http_503 x8, connect x2)" in summary.line()
 
 
 @pytest.mark.parametrize(

@@ -9,11 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import anyio
-import orjson
 import pytest
+from conftest import read_records
 
 from engine.cli import main as cli
-from engine.config import DEFAULT_TOKEN_URL
+from engine.config import DEFAULT_TOKEN_URL, Config
 from engine.mock import MockConfig, running_mock
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,7 +38,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
-def config_of(argv: list[str]) -> cli.Config:
+def config_of(argv: list[str]) -> Config:
     args = cli.build_parser().parse_args(["run", *argv])
     return cli.config_from_args(args)
 
@@ -291,6 +291,6 @@ async def test_good_credentials_run_and_report_tokens(
     assert stdout == ""
     assert "5 ok" in stderr
     assert "; tokens: 1 fetched (0 renewals), 0 failed, 0 calls waited" in stderr
-    records = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+    records = read_records(out)
     assert [r["status"] for r in records] == [200] * 5
     assert b"mock-secret" not in out.read_bytes()

@@ -1,7 +1,8 @@
-"""OAuthToken against the real mock token endpoint, its windows driven by an injected clock.
+"""OAuthToken against the real mock token endpoint, its timers driven by an injected clock.
 
-The provider's notion of time is the fake clock; only the backoff between retries (a few
-ms) and the mock's answers take real time. Nothing here sleeps to make a window pass.
+The provider's notion of time is the fake clock (tests/fake_clock.py): its windows, its
+retry delays and its --token-wait bounds. Only the mock's answers take real time; nothing
+here sleeps to make a window or a delay pass.
 """
 
 from __future__ import annotations
@@ -13,23 +14,19 @@ from dataclasses import replace
 
 import anyio
 import pytest
+from fake_clock import FakeClock, until
 
+from engine.core.tokenwindow import Phase, RefreshPolicy
 from engine.errors import AuthError
 from engine.mock import MockConfig, MockHandle, running_mock
-from engine.net.auth import OAuthToken, Phase, RefreshPolicy
+from engine.net.oauth import OAuthToken
 from engine.net.token_client import TokenClient
 
 SECRET = "mock-secret"
 #: Criteo's windows, with quick retries so a test of three failures takes ms, not seconds.
 QUICK = RefreshPolicy(retry_initial_max=0.005, retry_cap_max=0.01)
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+#: How far the fake clock moves per look while a renewer retries (one QUICK delay at most).
+STEP = 0.01
 
 
 @pytest.fixture
@@ -42,14 +39,6 @@ def client_for(mock: MockHandle, secret: str = SECRET) -> TokenClient:
     return TokenClient(mock.token_url, client_id="mock-client", client_secret=secret, timeout=5)
 
 
-async def until(predicate: object, what: str) -> None:
-    """Wait (bounded) for the provider's background work; not a timing assertion."""
-    assert callable(predicate)
-    with anyio.fail_after(5):
-        while not predicate():  # noqa: ASYNC110 (counters of the mock and the provider)
-            await anyio.sleep(0.002)
-
-
 @pytest.mark.anyio
 async def test_windows_on_an_injected_clock(token_mock: MockHandle) -> None:
     clock = FakeClock()
@@ -60,7 +49,7 @@ async def test_windows_on_an_injected_clock(token_mock: MockHandle) -> None:
         assert header is not None
         assert header.startswith("Bearer ")
         assert tokens.secrets() == (header[7:],)
-        window = tokens._window
+        window = tokens.window
         assert window.expires_at == pytest.approx(1900.0)  # from when the request was sent
         for now, phase in [
             (1000.0, Phase.FRESH),
@@ -68,11 +57,11 @@ async def test_windows_on_an_injected_clock(token_mock: MockHandle) -> None:
             (window.refresh_at, Phase.ADVISORY),
             (window.mandatory_at - 0.001, Phase.ADVISORY),
         ]:
-            clock.now = now
+            clock.set(now)
             assert window.phase(now) is phase
             assert tokens.authorization() == header  # no wait before the mandatory window
         for now in (window.mandatory_at, 1899.999, 1900.0, 5000.0):
-            clock.now = now
+            clock.set(now)
             assert tokens.authorization() is None  # the caller must wait
     assert token_mock.state.token_requests == 1
 
@@ -86,15 +75,15 @@ async def test_advisory_renewal_in_the_background(token_mock: MockHandle) -> Non
         first = tokens.authorization()
         async with anyio.create_task_group() as tg:
             tg.start_soon(tokens.maintain)
-            await anyio.sleep(0.05)
+            clock.set(tokens.window.refresh_at - 0.001)
+            await anyio.wait_all_tasks_blocked()
             assert token_mock.state.token_requests == 1  # fresh: nothing asked
-            clock.now = tokens._window.refresh_at + 0.5  # the renewer's timer is real time,
-            tokens._wake.set()  # so nudge it to look at the (fake) clock again
-            await until(lambda: tokens.stats.renewals == 1, "renewal")
+            clock.set(tokens.window.refresh_at + 0.5)  # the renewer's timer is this clock
+            await until(lambda: tokens.stats.renewals == 1)
             second = tokens.authorization()
             assert second is not None
             assert second != first
-            assert tokens._window.expires_at == pytest.approx(clock.now + 900.0)
+            assert tokens.window.expires_at == pytest.approx(clock.now() + 900.0)
             tg.cancel_scope.cancel()
     assert token_mock.state.token_requests == 2
     assert tokens.stats.waits == 0
@@ -112,12 +101,12 @@ async def test_advisory_failures_retry_while_the_token_keeps_serving(
         first = tokens.authorization()
         token_mock.state.config = replace(token_mock.state.config, token_down=True)
         async with anyio.create_task_group() as tg:
-            clock.now = tokens._window.refresh_at
+            clock.set(tokens.window.refresh_at)
             tg.start_soon(tokens.maintain)
-            await until(lambda: token_mock.state.token_failures >= 3, "three failures")
+            await until(lambda: token_mock.state.token_failures >= 3, clock=clock, step=STEP)
             assert tokens.authorization() == first  # still serving, nobody waits
             token_mock.state.config = replace(token_mock.state.config, token_down=False)
-            await until(lambda: tokens.stats.renewals == 1, "renewal")
+            await until(lambda: tokens.stats.renewals == 1, clock=clock, step=STEP)
             assert tokens.authorization() not in (None, first)
             tg.cancel_scope.cancel()
     assert tokens.stats.failures >= 3
@@ -141,20 +130,61 @@ async def test_mandatory_window_callers_wait_for_the_one_renewal(token_mock: Moc
             got.append(header)
 
         async with anyio.create_task_group() as tg:
-            clock.now = tokens._window.mandatory_at + 0.01
+            clock.set(tokens.window.mandatory_at + 0.01)
             tg.start_soon(tokens.maintain)
             for _ in range(50):
                 tg.start_soon(call)
-            await until(lambda: token_mock.state.token_failures >= 3, "failures")
+            await until(lambda: token_mock.state.token_failures >= 3, clock=clock, step=STEP)
             assert got == []  # everyone is waiting, nobody sent the old token
             token_mock.state.config = replace(token_mock.state.config, token_down=False)
-            await until(lambda: len(got) == 50, "callers released")
+            await until(lambda: len(got) == 50, clock=clock, step=STEP)
             tg.cancel_scope.cancel()
     assert len(set(got)) == 1
     assert got[0] not in (None, first)
     assert tokens.stats.waits == 50
     assert tokens.stats.renewals == 1  # one renewal served them all
     assert token_mock.state.tokens_issued == 2
+
+
+@pytest.mark.anyio
+async def test_token_wait_bounds_are_clock_time(token_mock: MockHandle) -> None:
+    """No renewal comes: a 401 and a call in the mandatory window each wait --token-wait
+    of the clock's time, then go on with the token in hand."""
+    clock = FakeClock()
+    async with client_for(token_mock) as client:
+        tokens = OAuthToken(client, clock=clock, policy=QUICK, wait=5.0)
+        await tokens.start()
+        first = tokens.authorization()
+        token_mock.state.config = replace(token_mock.state.config, token_down=True)
+        retried: list[bool] = []
+        waited: list[str | None] = []
+
+        async def on_401() -> None:
+            retried.append(await tokens.refresh_after_401(first))
+
+        async def call() -> None:
+            waited.append(await tokens.wait_authorization())
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(tokens.maintain)
+            tg.start_soon(on_401)
+            await until(lambda: token_mock.state.token_failures >= 1)  # the forced renewal
+            clock.advance(4.9)
+            await anyio.wait_all_tasks_blocked()
+            assert retried == []
+            clock.advance(0.2)
+            await until(lambda: retried == [False])
+            clock.set(tokens.window.mandatory_at)
+            tg.start_soon(call)
+            await until(lambda: tokens.stats.waits == 1)
+            clock.advance(4.9)
+            await anyio.wait_all_tasks_blocked()
+            assert waited == []
+            clock.advance(0.2)
+            await until(lambda: waited == [first])
+            tg.cancel_scope.cancel()
+    assert tokens.stats.renewals == 0
+    assert tokens.stats.waits == 1
 
 
 @pytest.mark.anyio
@@ -195,7 +225,7 @@ async def test_gives_up_when_the_token_expired_and_credentials_are_refused(
         tokens = OAuthToken(client, clock=clock)
         await tokens.start()
         token_mock.state.config = replace(token_mock.state.config, clients=())
-        clock.now = tokens._window.expires_at + 1
+        clock.set(tokens.window.expires_at + 1)
         with pytest.raises(AuthError) as info:
             await tokens.maintain()
         # Calls are not left waiting: they go out and their 401 becomes a record.
@@ -247,7 +277,7 @@ async def test_start_rides_out_a_short_outage() -> None:
             tokens = OAuthToken(client, wait=10.0)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(tokens.start)
-                await until(lambda: mock.state.token_failures >= 2, "two failures")
+                await until(lambda: mock.state.token_failures >= 2)
                 mock.state.config = replace(mock.state.config, token_down=False)
     assert tokens.authorization() is not None
     assert tokens.stats.failures == mock.state.token_failures

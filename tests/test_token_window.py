@@ -7,8 +7,10 @@ import math
 import orjson
 import pytest
 
+from engine.core.secrets import Secrets
 from engine.core.stats import RunStats, TokenStats, summarize
-from engine.net.auth import (
+from engine.core.tokenwindow import (
+    NO_WINDOW,
     Phase,
     RefreshPolicy,
     TokenFailure,
@@ -80,6 +82,16 @@ def test_phase_of_the_empty_window_is_expired() -> None:
     # The provider starts with this window: no token yet means calls must wait.
     empty = TokenWindow(0.0, -math.inf, -math.inf, -math.inf)
     assert empty.phase(0.0) is Phase.EXPIRED
+    assert NO_WINDOW == empty
+
+
+def test_parse_token_answer_redacts_a_short_client_secret() -> None:
+    # The client secret is hunted whatever its length (min_length=1), unlike in records.
+    body = _json({"error": "invalid_client", "error_description": "secret xy is wrong"})
+    failure = parse_token_answer(401, body, secrets=Secrets(("xy",), min_length=1))
+    assert failure == TokenFailure(
+        "refused", "HTTP 401 invalid_client (secret [redacted] is wrong)"
+    )
 
 
 @pytest.mark.parametrize(
@@ -264,7 +276,7 @@ def test_parse_token_answer(status: int, body: bytes, expected: object) -> None:
 
 def test_parse_token_answer_redacts_an_echoed_secret() -> None:
     body = _json({"error": "invalid_client", "error_description": "bad secret s3cr3t-value"})
-    failure = parse_token_answer(401, body, secrets=("s3cr3t-value",))
+    failure = parse_token_answer(401, body, secrets=Secrets(("s3cr3t-value",), min_length=1))
     assert isinstance(failure, TokenFailure)
     assert "s3cr3t-value" not in failure.message
     assert failure.message == "HTTP 401 invalid_client (bad secret [redacted])"

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import orjson
 import pytest
+from conftest import read_records
 
 import engine
 from engine.mock import MockConfig, MockHandle, running_mock
@@ -40,10 +40,6 @@ def dynamic(mock: MockHandle, **options: Any) -> engine.Config:
         client_secret="mock-secret",
         **options,
     )
-
-
-def read_records(path: Path) -> list[dict[str, Any]]:
-    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
 
 
 def max_in_flight(records: list[dict[str, Any]]) -> int:
@@ -335,7 +331,8 @@ async def test_load_command_renews_tokens_too(
     tmp_path: Path, write_jsonl: Callable[..., Path]
 ) -> None:
     from engine.core.pacing import constant
-    from engine.load.driver import LoadPlan, run_load
+    from engine.load.driver import run_load
+    from engine.load.plan import LoadPlan
 
     lifetime = 1.5
     mock_config = MockConfig(token_lifetime=lifetime, fixed_body=FIXED_BODY)

@@ -10,20 +10,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 import anyio
-import orjson
 import pytest
+from conftest import config_for, read_records
 
 from engine import Config, run
 from engine.cli.main import main
 from engine.mock import MockConfig, MockHandle, running_mock
-from engine.multiproc.child import PushedToken
-from engine.multiproc.parent import (
+from engine.multiproc.driver import (
     StartMethod,
     auto_workers,
     run_workers,
     start_method,
     worker_config,
 )
+from engine.net.auth import FollowerToken
 
 pytestmark = pytest.mark.anyio
 
@@ -54,10 +54,6 @@ def _events(n: int) -> list[object]:
     return rows
 
 
-def _records(path: Path) -> list[dict[str, object]]:
-    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
-
-
 def _stable(record: dict[str, object]) -> tuple[object, ...]:
     """What does not depend on timing or on which process sent it."""
     return tuple(record[k] for k in ("seq", "id", "source", "status", "ok", "error", "response"))
@@ -79,7 +75,7 @@ async def test_two_workers_write_the_same_records_as_one_process(
     )
     sent_by_two = mock.state.delivery_requests - sent_by_one
 
-    r1, r2 = _records(one), _records(two)
+    r1, r2 = read_records(one), read_records(two)
     assert len(r2) == 294  # 300 lines less 6 blank ones: one record each, no more
     assert sorted(r["seq"] for r in r2) == list(range(294))  # type: ignore[type-var]
     assert sorted(map(_stable, r2)) == sorted(map(_stable, r1))
@@ -97,17 +93,9 @@ async def test_ordered_across_workers_and_rate_split(
 ) -> None:
     events = write_jsonl(_events(120))
     out = tmp_path / "out.jsonl"
-    config = Config(
-        inputs=(str(events),),
-        output=str(out),
-        endpoint=mock.delivery_url,
-        token="mock-token",
-        workers=2,
-        ordered=True,
-        rate=2000.0,
-    )
+    config = config_for(mock, events, out, workers=2, ordered=True, rate=2000.0)
     summary = await run(config)
-    seqs = [r["seq"] for r in _records(out)]
+    seqs = [r["seq"] for r in read_records(out)]
     assert seqs == list(range(117))
     assert summary.events == 117
 
@@ -131,7 +119,7 @@ async def test_refused_token_stops_every_worker(
     assert summary.exit_code == 3
     assert summary.stopped is not None
     assert "HTTP 401" in summary.stopped
-    records = _records(out)
+    records = read_records(out)
     assert 10 <= len(records) < 588  # stopped early; what was answered is written once
     assert len({r["seq"] for r in records}) == len(records)
     assert b"wrong-token" not in out.read_bytes()
@@ -188,7 +176,7 @@ async def test_parent_refreshes_once_for_all_workers(
     assert provider.fetches == 1  # one renewal, whatever the number of workers
     assert summary.ok == 188
     assert summary.failed == 0
-    records = _records(out)
+    records = read_records(out)
     assert any(r["attempts"] == 2 for r in records)  # refused once, then sent again
     assert all(r["ok"] or r["error_kind"] == "invalid" for r in records)
     data = out.read_bytes()
@@ -220,14 +208,18 @@ async def test_one_oauth_token_for_all_workers(
     assert b"mock-secret" not in out.read_bytes()
 
 
-async def test_pushed_token_asks_the_parent_once_per_refused_token() -> None:
+async def test_a_worker_asks_the_parent_once_per_refused_token() -> None:
     asked: list[str | None] = []
-    tokens: PushedToken
+    reply: dict[str | None, anyio.Event] = {"Bearer a": anyio.Event()}
+    answers_of = {"Bearer a": (True, "Bearer b"), "Bearer b": (False, "Bearer b")}
 
-    async def ask(used: str | None) -> None:
+    async def ask(used: str | None) -> tuple[bool, str | None]:
         asked.append(used)
+        if used in reply:
+            await reply[used].wait()  # the parent's answer comes over the pipe later
+        return answers_of[str(used)]
 
-    tokens = PushedToken("Bearer a", ask)
+    tokens = FollowerToken("Bearer a", ask)
     answers: list[bool] = []
 
     async def call() -> None:
@@ -238,13 +230,13 @@ async def test_pushed_token_asks_the_parent_once_per_refused_token() -> None:
             tg.start_soon(call)
         await anyio.wait_all_tasks_blocked()
         assert asked == ["Bearer a"]
-        tokens.answered("Bearer a", True, "Bearer b")
+        reply["Bearer a"].set()
     assert answers == [True] * 5
     assert tokens.authorization() == "Bearer b"
     assert await tokens.refresh_after_401("Bearer a") is True  # newer already here
-    tokens.answered("Bearer b", False, "Bearer b")
     assert await tokens.refresh_after_401("Bearer b") is False  # static: no help
-    assert asked == ["Bearer a"]
+    assert await tokens.refresh_after_401("Bearer b") is False  # the answer stands
+    assert asked == ["Bearer a", "Bearer b"]
 
 
 @pytest.mark.parametrize(
@@ -299,16 +291,14 @@ async def test_resume_with_workers_sends_only_what_is_missing(
 ) -> None:
     events = write_jsonl(_events(300))
     out = tmp_path / "out.jsonl"
-    base = Config(
-        inputs=(str(events),), output=str(out), endpoint=mock.delivery_url, token="mock-token"
-    )
+    base = config_for(mock, events, out)
     await run(base.with_changes(ordered=True))
     kept = out.read_bytes().splitlines(keepends=True)[:100]
     out.write_bytes(b"".join(kept))  # as if the first run had stopped after 100 records
     sent_before = mock.state.delivery_requests
 
     summary = await run(base.with_changes(resume=True, workers=2, concurrency=8))
-    records = _records(out)
+    records = read_records(out)
     assert sorted(r["seq"] for r in records) == list(range(294))  # type: ignore[type-var]
     assert summary.resumed == 100
     valid_in_kept = sum(1 for r in records[:100] if r["error_kind"] != "invalid")

@@ -1,60 +1,34 @@
-"""Command line of `adbatch load`, `adbatch replay` and `adbatch report` (no logic of its own).
+"""`adbatch load` and `adbatch replay`: parse, call engine.api.run_load, report.
 
 The run options (inputs, output, endpoint, token, --rate, ...) are the batch command's
-(`cli._add_run_options`); these subcommands add the schedule and the measurement.
+(`run_options.add_run_options`); these subcommands add the schedule and the measurement.
+Turning the schedule options into a pacer is parsing: the pacers are engine.core.pacing's.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import sys
 from functools import partial
-from typing import Any
 
 import orjson
 
+from engine.api import run_load
+from engine.cli.common import Subparsers, run_async, say, write_file
+from engine.cli.options import config_from_args, nonneg_float, positive_float, positive_int
+from engine.cli.run_options import add_run_options
 from engine.core.pacing import RatePacer, constant, parse_duration, parse_stages, ramp, stages
-from engine.errors import ConfigError, InputError
-from engine.load.driver import DEFAULT_MAX_IN_FLIGHT, DEFAULT_REORDER, LoadOutcome, LoadPlan
+from engine.errors import ConfigError
+from engine.load.plan import DEFAULT_MAX_IN_FLIGHT, DEFAULT_REORDER, LoadOutcome, LoadPlan
 
 
-def _nonneg_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (value >= 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected 0 or more, got {text}")
-    return value
+def add_parsers(sub: Subparsers) -> None:
+    """Add the load and replay subcommands to the `adbatch` parser."""
+    _add_load_parser(sub)
+    _add_replay_parser(sub)
 
 
-def _add_measure_options(p: argparse.ArgumentParser) -> None:
-    from engine.cli.main import _positive_int
-
-    g = p.add_argument_group("open model and measurement")
-    g.add_argument(
-        "--max-in-flight",
-        type=_positive_int,
-        default=DEFAULT_MAX_IN_FLIGHT,
-        metavar="N",
-        help="calls in flight at most (default: %(default)s); -c has no effect here",
-    )
-    g.add_argument(
-        "--when-full",
-        choices=("drop", "wait"),
-        default=None,
-        help="with --max-in-flight calls in flight: drop the next call (load's default) "
-        "or wait for a free slot (replay's default; the wait counts in the latency "
-        "from the schedule)",
-    )
-    g.add_argument("--summary", metavar="FILE", help="write the run's figures here as JSON")
-
-
-def add_parsers(sub: Any, add_run_options: Any) -> None:
-    """Add the load, replay and report subcommands to the `adbatch` parser."""
-    from engine.cli.main import _positive_float
-
+def _add_load_parser(sub: Subparsers) -> None:
     load_p = sub.add_parser(
         "load",
         help="open-model load test: calls on a schedule, whatever the latency",
@@ -67,8 +41,8 @@ def add_parsers(sub: Any, add_run_options: Any) -> None:
     add_run_options(load_p)
     g = load_p.add_argument_group("schedule (--rate is the constant rate)")
     g.add_argument("--duration", metavar="D", help="how long: 30s, 2m, 1m30s (seconds if bare)")
-    g.add_argument("--ramp-from", type=_nonneg_float, metavar="R0", help="ramp start rate")
-    g.add_argument("--ramp-to", type=_nonneg_float, metavar="R1", help="ramp end rate")
+    g.add_argument("--ramp-from", type=nonneg_float, metavar="R0", help="ramp start rate")
+    g.add_argument("--ramp-to", type=nonneg_float, metavar="R1", help="ramp end rate")
     g.add_argument(
         "--stages",
         metavar="SPEC",
@@ -81,8 +55,10 @@ def add_parsers(sub: Any, add_run_options: Any) -> None:
         help="stop at the end of the input instead of cycling it",
     )
     _add_measure_options(load_p)
-    load_p.set_defaults(handler=_cmd_load)
+    load_p.set_defaults(handler=cmd_load)
 
+
+def _add_replay_parser(sub: Subparsers) -> None:
     replay_p = sub.add_parser(
         "replay",
         help="send each event at its recorded timestamp (events or access logs)",
@@ -95,14 +71,14 @@ def add_parsers(sub: Any, add_run_options: Any) -> None:
     g = replay_p.add_argument_group("replay")
     g.add_argument(
         "--speed",
-        type=_positive_float,
+        type=positive_float,
         default=1.0,
         metavar="X",
         help="time factor: 2 replays twice as fast (default: %(default)s)",
     )
     g.add_argument(
         "--max-gap",
-        type=_positive_float,
+        type=positive_float,
         metavar="S",
         help="longest idle wait between two calls, in seconds of replay",
     )
@@ -120,19 +96,27 @@ def add_parsers(sub: Any, add_run_options: Any) -> None:
         help="read inputs as access logs (default: detected from .log or the first line)",
     )
     _add_measure_options(replay_p)
-    replay_p.set_defaults(handler=_cmd_replay)
+    replay_p.set_defaults(handler=cmd_replay)
 
-    report_p = sub.add_parser(
-        "report",
-        help="figures of an output file: text table, JSON, one-page HTML with plots",
-        description="Recompute a run's figures (rate, latency percentiles, statuses, "
-        "errors, per-second series) from its JSONL output.",
+
+def _add_measure_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("open model and measurement")
+    g.add_argument(
+        "--max-in-flight",
+        type=positive_int,
+        default=DEFAULT_MAX_IN_FLIGHT,
+        metavar="N",
+        help="calls in flight at most (default: %(default)s); -c has no effect here",
     )
-    report_p.add_argument("output_file", metavar="OUT.jsonl", help="records of a run ('-': stdin)")
-    report_p.add_argument("--html", metavar="FILE", help="also write a self-contained HTML page")
-    report_p.add_argument("--summary", metavar="FILE", help="also write the figures as JSON")
-    report_p.add_argument("--title", default=None, help="title of the HTML page")
-    report_p.set_defaults(handler=_cmd_report)
+    g.add_argument(
+        "--when-full",
+        choices=("drop", "wait"),
+        default=None,
+        help="with --max-in-flight calls in flight: drop the next call (load's default) "
+        "or wait for a free slot (replay's default; the wait counts in the latency "
+        "from the schedule)",
+    )
+    g.add_argument("--summary", metavar="FILE", help="write the run's figures here as JSON")
 
 
 def pacer_from_args(args: argparse.Namespace, rate: float | None) -> RatePacer:
@@ -162,52 +146,11 @@ def pacer_from_args(args: argparse.Namespace, rate: float | None) -> RatePacer:
     return constant(rate, math.inf if duration is None else duration)
 
 
-def _finish(outcome: LoadOutcome, summary_path: str | None) -> int:
-    from engine.cli.main import PROG
-
-    print(f"{PROG}: {outcome.summary.line()}", file=sys.stderr)
-    print(f"{PROG}: {outcome.line()}", file=sys.stderr)
-    if outcome.summary.stopped:
-        print(f"{PROG}: stopped: {outcome.summary.stopped}", file=sys.stderr)
-    if summary_path:
-        data = {"summary": outcome.summary, "scheduled": outcome.scheduled, **outcome.figures}
-        _write(summary_path, orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
-    return outcome.exit_code
-
-
-def _write(path: str, data: bytes) -> None:
-    try:
-        with open(path, "wb") as f:
-            f.write(data)
-    except OSError as exc:
-        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
-
-
-def _run(args: argparse.Namespace, plan: LoadPlan) -> int:
-    from engine.cli import main as cli
-    from engine.load.driver import run_load
-
-    config = cli.config_from_args(args)
-    progress = config.progress
-    if plan.mode == "load":
-        plan = LoadPlan(
-            mode="load",
-            pacer=pacer_from_args(args, config.rate),
-            loop=not args.no_loop,
-            max_in_flight=args.max_in_flight,
-            when_full=args.when_full,
-        )
-    if args.summary:
-        _write(args.summary, b"")  # a summary that cannot be written fails before the run
-    outcome: LoadOutcome = cli._run_async(partial(run_load, config, plan, progress=progress))
-    return _finish(outcome, args.summary)
-
-
-def _cmd_load(args: argparse.Namespace) -> int:
+def cmd_load(args: argparse.Namespace) -> int:
     return _run(args, LoadPlan(mode="load"))
 
 
-def _cmd_replay(args: argparse.Namespace) -> int:
+def cmd_replay(args: argparse.Namespace) -> int:
     if args.reorder < 0:
         raise ConfigError(f"--reorder must be 0 or more, got {args.reorder}")
     plan = LoadPlan(
@@ -222,24 +165,29 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return _run(args, plan)
 
 
-def _cmd_report(args: argparse.Namespace) -> int:
-    from engine.report.text import figures_from_lines, text_report
-
-    path = args.output_file
-    try:
-        stream = sys.stdin.buffer if path == "-" else open(path, "rb")
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
-    with stream:
-        figures, bad = figures_from_lines(stream)
-    data = figures.to_dict()
-    sys.stdout.write(text_report(data, bad_lines=bad))
-    sys.stdout.flush()
+def _run(args: argparse.Namespace, plan: LoadPlan) -> int:
+    config = config_from_args(args)
+    progress = config.progress
+    if plan.mode == "load":
+        plan = LoadPlan(
+            mode="load",
+            pacer=pacer_from_args(args, config.rate),
+            loop=not args.no_loop,
+            max_in_flight=args.max_in_flight,
+            when_full=args.when_full,
+        )
     if args.summary:
-        _write(args.summary, orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
-    if args.html:
-        from engine.report.html import html_report
+        write_file(args.summary, b"")  # a summary that cannot be written fails before the run
+    outcome: LoadOutcome = run_async(partial(run_load, config, plan, progress=progress))
+    return _finish(outcome, args.summary)
 
-        title = args.title or f"adbatch report: {path}"
-        _write(args.html, html_report(data, title=title).encode())
-    return 0
+
+def _finish(outcome: LoadOutcome, summary_path: str | None) -> int:
+    say(outcome.summary.line())
+    say(outcome.line())
+    if outcome.summary.stopped:
+        say(f"stopped: {outcome.summary.stopped}")
+    if summary_path:
+        data = {"summary": outcome.summary, "scheduled": outcome.scheduled, **outcome.figures}
+        write_file(summary_path, orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
+    return outcome.exit_code

@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.core.records import DROPPED, Result
+from engine.core.records import ErrorKind, RecordLine, Result
 from engine.core.stats import PERCENTILES, Histogram
 
 MAX_POINTS = 600
+#: The label of a failure whose record names no kind (a record of an older version).
+_UNNAMED = "error"
 _SETTLE = 256
 
 
@@ -103,10 +104,6 @@ def _pcts(hist: Histogram) -> dict[str, float | None]:
     return out
 
 
-def _num(value: object) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
 @dataclass(slots=True)
 class Figures:
     """Counters, histograms and the series of one run."""
@@ -141,17 +138,17 @@ class Figures:
         scheduled_at: float | None = None,
     ) -> None:
         self.events += 1
-        if error_kind == "invalid":
+        if error_kind == ErrorKind.INVALID:
             self.invalid += 1
             return
         if ok:
             self.ok += 1
         else:
             self.failed += 1
-            self.errors[error_kind or "error"] += 1
-        dropped = error_kind == DROPPED
+            self.errors[error_kind or _UNNAMED] += 1
+        dropped = error_kind == ErrorKind.DROPPED
         self.dropped += dropped
-        key = str(status) if status is not None else (error_kind or "error")
+        key = str(status) if status is not None else (error_kind or _UNNAMED)
         self.statuses[key] += 1
         corrected = latency_ms
         if latency_ms is not None and sent_at is not None and scheduled_at is not None:
@@ -226,17 +223,15 @@ class Figures:
             scheduled_at=result.scheduled_at,
         )
 
-    def add_record(self, record: Mapping[str, Any]) -> None:
-        """One output line, parsed; tolerant of records written by older versions."""
-        status = record.get("status")
-        kind = record.get("error_kind")
+    def add_record(self, record: RecordLine) -> None:
+        """One output line, as `records.parse_record` read it."""
         self.add(
-            status=status if isinstance(status, int) and not isinstance(status, bool) else None,
-            ok=record.get("ok") is True,
-            error_kind=kind if isinstance(kind, str) else None,
-            latency_ms=_num(record.get("latency_ms")),
-            sent_at=_num(record.get("sent_at")),
-            scheduled_at=_num(record.get("scheduled_at")),
+            status=record.status,
+            ok=record.ok,
+            error_kind=record.error_kind,
+            latency_ms=record.latency_ms,
+            sent_at=record.sent_at,
+            scheduled_at=record.scheduled_at,
         )
 
     @property

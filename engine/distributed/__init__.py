@@ -1,7 +1,8 @@
 """Beyond one process: static shards (`--shard I/N`), `adbatch merge`, the Ray backend.
 
 - `shard.py`: which records a shard takes; byte ranges cut at line boundaries (pure).
-- `merge.py`: join shard outputs, check they cover the input exactly once; manifests.
+- `merge.py`: join shard outputs, check they cover the input exactly once; a shard's
+  counters as JSON (the manifests themselves: engine/files/manifests.py).
 - `plan.py`: a Ray run's shards (byte ranges, whole gzip/CSV files) and their parts.
 - `actors.py`: the sender, rate and token actors, as plain classes.
 - `ray_backend.py`: `--backend ray`, the driver; imports ray only when called

@@ -29,42 +29,22 @@ import anyio
 
 from engine.config import Config
 from engine.core.events import Item, ReadCounts
+from engine.core.rates import LeaseSchedule
 from engine.core.records import Result, jsonl
-from engine.core.secrets import MIN_SECRET_LENGTH
-from engine.core.stats import TokenStats
-from engine.distributed.merge import scan_part, stats_to_dict, write_json_atomic
+from engine.distributed.merge import stats_to_dict
 from engine.distributed.plan import ShardTask, meta_path, part_path
+from engine.files.manifests import scan_part, write_json_atomic
 from engine.files.sinks import JsonlSink
-from engine.files.sources import next_batch, read_items, read_range_items
-from engine.net.auth import TokenProvider
+from engine.files.sources import read_items, read_range_items
+from engine.net.auth import FollowerToken, TokenBroker, TokenProvider
 from engine.runtime.engine import Engine
-from engine.runtime.feeds import Feed, event_defaults
+from engine.runtime.feeds import READ_BATCH, event_defaults, thread_batches
 
 #: Builds the run's token provider inside the token actor (the only place that holds one).
 TokenFactory = Callable[[Config], AbstractAsyncContextManager[TokenProvider]]
 
 _LEASE_SECONDS = 0.01
 _TOKEN_POLL_SECONDS = 2.0
-_READ_BATCH = 256
-
-
-@dataclass(slots=True)
-class LeaseSchedule:
-    """When a lease of n permits may be spent, for a global rate (pure; time is given).
-
-    Subtleness: permits are granted on a virtual schedule, never saved up, so an idle
-    moment does not turn into a burst later. Over any interval of T seconds the leases
-    granted hold at most rate * T + one lease of permits.
-    """
-
-    rate: float
-    next_at: float = -math.inf
-
-    def grant(self, now: float, n: int) -> float:
-        """The time at which `n` permits asked for at `now` may be spent (>= now)."""
-        at = max(self.next_at, now)
-        self.next_at = at + n / self.rate
-        return at
 
 
 class RateActor:
@@ -82,43 +62,36 @@ class RateActor:
 
 
 class TokenActor:
-    """Holds the run's one token provider; every sender asks here."""
+    """Holds the run's one token provider, in a TokenBroker; every sender asks here."""
 
     def __init__(self, config: Config, factory: TokenFactory) -> None:
         self._config = config
         self._factory = factory
         self._stack = AsyncExitStack()
-        self._provider: TokenProvider | None = None
+        self._broker: TokenBroker | None = None
         self._lock = asyncio.Lock()
-        self._refresh_lock = asyncio.Lock()
 
-    async def _get(self) -> TokenProvider:
+    async def _get(self) -> TokenBroker:
         async with self._lock:
-            if self._provider is None:
-                self._provider = await self._stack.enter_async_context(self._factory(self._config))
-            return self._provider
+            if self._broker is None:
+                provider = await self._stack.enter_async_context(self._factory(self._config))
+                self._broker = TokenBroker(provider)
+            return self._broker
 
     async def authorization(self) -> str | None:
-        provider = await self._get()
-        header = provider.authorization()
-        if header is None:  # a dynamic token in its mandatory window: wait for the renewal
-            header = await provider.wait_authorization()
-        return header
+        """The header to send now; in a mandatory window, once the renewal is done."""
+        return await (await self._get()).current()
 
     async def maintain(self) -> None:
         """Renew the token in the background; the driver starts it once, kills it at the end."""
         await (await self._get()).maintain()
 
     async def refresh_after_401(self, used: str | None) -> tuple[bool, str | None]:
-        provider = await self._get()
-        # One refresh at a time for the whole cluster: when a burst of 401s arrives
-        # from every sender, the first refreshes and the rest find the new token.
-        async with self._refresh_lock:
-            current = provider.authorization()
-            if current != used:
-                return current is not None, current
-            ok = await provider.refresh_after_401(used)
-            return ok, provider.authorization()
+        """A sender's 401 with `used`: (a retry may help, the header to send now).
+
+        A burst of 401s from every sender costs one renewal (the broker's single flight).
+        """
+        return await (await self._get()).renew(used)
 
     async def close(self) -> None:
         await self._stack.aclose()
@@ -141,38 +114,24 @@ class _LeasedLimiter:
         self._permits -= 1
 
 
-class _ClusterToken:
-    """TokenProvider of a sender: the token actor's current value, followed in the background."""
+class _ClusterToken(FollowerToken):
+    """A sender's TokenProvider: follows the token actor, asks it after a 401."""
+
+    __slots__ = ("_actor",)
 
     def __init__(self, token_actor: Any, header: str | None) -> None:
+        super().__init__(
+            header,
+            lambda used: token_actor.refresh_after_401.remote(used),
+            fetch=lambda: token_actor.authorization.remote(),
+        )
         self._actor = token_actor
-        self._header = header
-
-    def authorization(self) -> str | None:
-        return self._header
-
-    async def wait_authorization(self) -> str | None:
-        self._header = await self._actor.authorization.remote()
-        return self._header
-
-    async def refresh_after_401(self, used: str | None) -> bool:
-        ok, self._header = await self._actor.refresh_after_401.remote(used)
-        return bool(ok)
-
-    async def maintain(self) -> None:
-        return None  # the token actor renews; `follow` (run by the sender) keeps up
-
-    def secrets(self) -> tuple[str, ...]:
-        header = self._header
-        return (header[7:],) if header and header.startswith("Bearer ") else ()
-
-    def token_stats(self) -> TokenStats | None:
-        return None  # counted once, in the token actor
 
     async def follow(self) -> None:
+        """Keep up with the actor's renewals (run by the sender next to its shard)."""
         while True:
             await anyio.sleep(_TOKEN_POLL_SECONDS)
-            self._header = await self._actor.authorization.remote()
+            self.set(await self._actor.authorization.remote())
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,22 +186,19 @@ class SenderActor:
         assert self._tokens is not None
         tokens = self._tokens
         engine = Engine(self._config, tokens, self._transport, limiter=self._limiter)
-        # Error texts are redacted of the cluster's token too, not only a static one.
         final = part_path(self._parts_dir, task.index)
         tmp = f"{final}.tmp-{uuid.uuid4().hex}"
         counts = ReadCounts()
         sink = JsonlSink(tmp)
 
         async def emit(batch: list[Result]) -> None:
-            data = jsonl(batch)
-            for secret in _secrets(self._config, tokens):
-                data = data.replace(secret, b"[redacted]")
-            sink.write(data)
+            # The engine's secrets follow the cluster's token too, not only a static one.
+            sink.write(engine.secrets.redact_bytes(jsonl(batch)))
 
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(tokens.follow)
-                feed = _shard_feed(self._config, task, counts)
+                feed = thread_batches(_shard_items(self._config, task, counts), READ_BATCH)
                 summary = await engine.execute(feed, emit, counts)
                 tg.cancel_scope.cancel()
         finally:
@@ -270,14 +226,6 @@ def _fsync(path: str) -> None:
         os.close(fd)
 
 
-def _secrets(config: Config, tokens: _ClusterToken) -> list[bytes]:
-    out = [config.token] if config.token else []
-    header = tokens.authorization()
-    if header and header.startswith("Bearer "):
-        out.append(header[7:])
-    return [s.encode() for s in out if len(s) >= MIN_SECRET_LENGTH]
-
-
 def _shard_items(config: Config, task: ShardTask, counts: ReadCounts) -> Iterator[Item]:
     defaults = event_defaults(config)
     if task.whole:
@@ -297,14 +245,3 @@ def _shard_items(config: Config, task: ShardTask, counts: ReadCounts) -> Iterato
         max_line_bytes=config.max_line_bytes,
         counts=counts,
     )
-
-
-async def _shard_feed(config: Config, task: ShardTask, counts: ReadCounts) -> Feed:
-    items = _shard_items(config, task, counts)
-    try:
-        while batch := await anyio.to_thread.run_sync(next_batch, items, _READ_BATCH):
-            yield batch
-    finally:
-        close = getattr(items, "close", None)
-        if close is not None:
-            close()

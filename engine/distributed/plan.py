@@ -21,8 +21,8 @@ from typing import Any
 
 from engine.config import Config
 from engine.core.shard import cut_ranges
-from engine.distributed.merge import read_manifest, scan_part, write_json_atomic
 from engine.errors import ConfigError
+from engine.files.manifests import read_manifest, scan_part, write_json_atomic
 from engine.files.sources import _GZIP_MAGIC, source_format
 
 MIN_RANGE_BYTES = 1 << 20

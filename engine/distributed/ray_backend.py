@@ -45,19 +45,13 @@ import anyio
 from engine.config import Config
 from engine.core.stats import RunStats, Summary, summarize
 from engine.distributed.actors import RateActor, SenderActor, ShardDone, TokenActor, TokenFactory
-from engine.distributed.merge import (
-    add_stats,
-    copy_part,
-    read_manifest,
-    scan_part,
-    write_merged_manifest,
-)
+from engine.distributed.merge import add_stats
 from engine.distributed.plan import ShardTask, meta_path, part_path, prepare
 from engine.errors import ConfigError, FatalError
-from engine.files.sources import check_inputs
+from engine.files.manifests import copy_part, read_manifest, scan_part, write_merged_manifest
 from engine.net.auth import TokenProvider
 from engine.net.token_client import open_token_provider
-from engine.runtime.engine import start_mock
+from engine.runtime.session import open_run
 
 SENDER_NAME = "adbatch-sender-{}"
 
@@ -66,7 +60,7 @@ SENDER_NAME = "adbatch-sender-{}"
 async def config_tokens(config: Config) -> AsyncIterator[TokenProvider]:
     """The token provider the config asks for, built once per run, in the token actor.
 
-    With client credentials that is engine/net/auth.py's OAuthToken: its background renewal
+    With client credentials that is engine/net/oauth.py's OAuthToken: its background renewal
     runs in the token actor alone (`TokenActor.maintain`), one token for the cluster.
     """
     async with AsyncExitStack() as stack:
@@ -116,16 +110,16 @@ async def run_ray(
     to a fresh actor, up to `attempts` times.
     """
     ray = _import_ray()
-    config = config.with_changes(backend="ray", progress=False).validated()
-    check_inputs(config.inputs)
-    assert config.output is not None
-    output = config.output
-    parts_dir = os.path.join(os.getcwd(), output + ".parts")
-    with _ray_session(ray):
-        start = time.perf_counter()  # the run, not Ray's own start
-        async with AsyncExitStack() as stack:
-            if config.mock:
-                config = await start_mock(config, stack)
+    config = config.with_changes(backend="ray", progress=False)
+    # The driver sends nothing and writes the output only by merging complete parts; the
+    # token lives in the token actor (`token_factory`).
+    async with open_run(config, output=False, tokens=False, transport=False) as session:
+        config = session.config
+        assert config.output is not None
+        output = config.output
+        parts_dir = os.path.join(os.getcwd(), output + ".parts")
+        with _ray_session(ray):
+            start = time.perf_counter()  # the run, not Ray's own start
             count = senders or max(1, int(ray.cluster_resources().get("CPU", 1)))
             plan, todo = await anyio.to_thread.run_sync(prepare, config, parts_dir, count, shards)
             done, stopped = await _dispatch(

@@ -1,15 +1,10 @@
-"""Where records go: a JSONL file or stdout, written in batches of whole lines; resume.
+"""Where records go: a JSONL file or stdout, written in batches of whole lines.
 
 Each batch is written with one `write` of complete lines and handed to the OS at once,
 so a crash leaves at most a torn last line, never a half-written record in the middle.
 A record is written only once its call is over, so an event is in the file whole or not
 at all. The file is fsynced when the run ends (a power loss mid-run may cost the tail
-of the file, never lines in the middle: resume repairs a torn tail).
-
-Resume (`open_resume`): the records already in the output are indexed by `seq` (the
-event's ordinal over all inputs) with a 32-bit checksum of its source position and id,
-4 bytes per input event. An event is skipped when its seq is answered; a checksum that
-differs means the input changed, which resume refuses.
+of the file, never lines in the middle: resume, files/resume.py, repairs a torn tail).
 """
 
 from __future__ import annotations
@@ -19,14 +14,10 @@ import os
 import stat
 import sys
 import threading
-import zlib
-from array import array
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
-import orjson
-
-from engine.errors import FatalError, InputError, OutputError
+from engine.errors import OutputError
 
 if TYPE_CHECKING:
     from engine.core.records import Result
@@ -151,88 +142,3 @@ class TickWriter:
         if self.error is not None:
             error, self.error = self.error, None
             raise error
-
-
-def _checksum(source: str, event_id: str | None) -> int:
-    key = f"{source}\x00{event_id}" if event_id is not None else source
-    return zlib.crc32(key.encode("utf-8", "surrogatepass")) or 1
-
-
-class ResumeIndex:
-    """Which events (by seq) an earlier run's output already answers."""
-
-    __slots__ = ("_sums", "records", "repaired_bytes")
-
-    def __init__(self) -> None:
-        self._sums = array("I")
-        self.records = 0
-        self.repaired_bytes = 0
-
-    def add(self, seq: int, source: str, event_id: str | None) -> None:
-        sums = self._sums
-        if seq >= len(sums):
-            missing = seq + 1 - len(sums)
-            sums.frombytes(bytes(sums.itemsize * max(missing, len(sums) // 2)))
-        sums[seq] = _checksum(source, event_id)
-        self.records += 1
-
-    def holds(self, seq: int) -> bool:
-        """True when the output has a record for this seq (`answered` checks it is this event)."""
-        return seq < len(self._sums) and self._sums[seq] != 0
-
-    def answered(self, seq: int, source: str, event_id: str | None) -> bool:
-        """True when the output holds this event; FatalError when the input changed."""
-        if seq >= len(self._sums) or self._sums[seq] == 0:
-            return False
-        if self._sums[seq] != _checksum(source, event_id):
-            raise FatalError(
-                f"input changed since the output was written: event {seq + 1} ({source}) "
-                "does not match its record; --resume needs the same inputs, named the same way"
-            )
-        return True
-
-
-_SLACK = 1_000_000  # how far a record's seq may run ahead of the records before it
-
-
-def open_resume(path: str | None) -> ResumeIndex:
-    """Index the records of `path`, cutting a torn last line off the file first."""
-    index = ResumeIndex()
-    if path is None or path == "-":
-        return index
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        return index
-    except OSError as exc:
-        raise InputError(f"cannot read output {path}: {exc.strerror or exc}") from None
-    good_end = 0
-    line_no = 0
-    bad: str | None = None
-    with f:
-        for line in f:
-            line_no += 1
-            if bad is not None:
-                raise InputError(f"cannot resume: output {path} line {line_no - 1}: {bad}")
-            try:
-                if not line.endswith(b"\n"):
-                    raise ValueError("torn")
-                rec = orjson.loads(line)
-                seq, source, event_id = rec["seq"], rec["source"], rec["id"]
-                if not (isinstance(seq, int) and 0 <= seq <= index.records + _SLACK):
-                    raise ValueError("seq")
-                if not isinstance(source, str) or not isinstance(event_id, str | None):
-                    raise ValueError("source")
-            except (orjson.JSONDecodeError, TypeError, KeyError, ValueError):
-                bad = "not an adbatch record"
-                continue
-            index.add(seq, source, event_id)
-            good_end += len(line)
-        size = f.tell()
-    if good_end < size:  # the torn (or garbled) tail of a crash: drop it
-        try:
-            os.truncate(path, good_end)
-        except OSError as exc:
-            raise InputError(f"cannot repair output {path}: {exc.strerror or exc}") from None
-        index.repaired_bytes = size - good_end
-    return index

@@ -24,7 +24,7 @@ import sys
 import zlib
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Literal
+from typing import BinaryIO, Literal, TypeVar
 
 import orjson
 
@@ -39,6 +39,8 @@ from engine.core.events import (
     make_event,
 )
 from engine.errors import InputError
+
+T = TypeVar("T")
 
 STDIN = "-"
 STDIN_NAME = "<stdin>"
@@ -341,9 +343,9 @@ def read_range_items(
         stream.close()
 
 
-def next_batch(items: Iterator[Item], size: int) -> list[Item]:
+def next_batch(items: Iterator[T], size: int) -> list[T]:
     """Up to `size` items; an empty list means the input is done."""
-    batch: list[Item] = []
+    batch: list[T] = []
     for item in items:
         batch.append(item)
         if len(batch) >= size:

@@ -14,7 +14,8 @@ import time
 
 import anyio
 
-from engine.load.driver import LiveState
+from engine.load.plan import LiveState
+from engine.runtime.progress import show_status
 
 _REFRESH = 0.5
 
@@ -71,16 +72,13 @@ async def show_progress(live: LiveState) -> None:
 
 
 async def _plain(live: LiveState) -> None:
-    last_events, last_time = 0, time.monotonic()
-    try:
-        while True:
-            await anyio.sleep(_REFRESH)
-            now = time.monotonic()
-            events = live.figures.events
-            rate = (events - last_events) / max(1e-9, now - last_time)
-            last_events, last_time = events, now
-            sys.stderr.write("\r\x1b[2K" + progress_text(live, now=now, rate=rate))
-            sys.stderr.flush()
-    finally:
-        sys.stderr.write("\r\x1b[2K")
-        sys.stderr.flush()
+    last = [0, time.monotonic()]  # events and time at the last refresh
+
+    def text(_elapsed: float) -> str:
+        now = time.monotonic()
+        events = live.figures.events
+        rate = (events - last[0]) / max(1e-9, now - last[1])
+        last[:] = [events, now]
+        return progress_text(live, now=now, rate=rate)
+
+    await show_status(text, every=_REFRESH)

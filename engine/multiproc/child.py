@@ -1,27 +1,24 @@
 """One worker process of a `--workers N` run (the parent is engine/multiproc/parent.py).
 
 Rules:
-- The worker runs the ordinary engine (`runner.Engine`) on its own event loop (uvloop
-  when installed) with its own connection pool; its input is the parent's batches of
-  unparsed records.
+- The worker runs the ordinary engine (`runtime.engine.Engine`) on its own event loop
+  (uvloop when installed) with its own connection pool; its input is the parent's
+  batches of unparsed records.
 - Its output: when the run's output is a regular file and unordered, the worker appends
   its records to that file itself (O_APPEND: every write lands whole at the end, never
   inside another worker's line), the records of one loop tick in one write, and tells
-  the parent only how many it answered. Otherwise (stdout, a pipe, `--ordered`) it sends
-  the encoded JSONL lines to the parent, the one writer.
+  the parent only how many it answered (`Answered`). Otherwise (stdout, a pipe,
+  `--ordered`) it sends the encoded JSONL lines to the parent, the one writer.
 - The process starts before the run's configuration is known (forked early, before any
-  socket or thread exists, when that is safe) and waits for ("start", config, header,
-  ordered, output); a closed pipe before that means "nothing to do".
-- Messages from the parent: ("units", batch), ("token", header), ("refreshed", used,
-  ok, header), ("halt", reason, grace) (the run was interrupted), ("end",); to the
-  parent: ("answered", n), ("records", bytes, n) or ("ordered", [(seq, line)], n),
-  ("refresh", used), ("done", stats, stopped, budget_refused, slowed), ("error", text,
-  exit_code). The worker listens until it has sent "done", so token answers still
-  arrive after the last batch.
-- Signals: the worker ignores SIGINT and SIGTERM (the parent decides and sends "halt").
-  A parent that is gone (the pipe ends before "done") halts the worker the same way:
+  socket or thread exists, when that is safe) and waits for `Start`; a closed pipe
+  before that means "nothing to do".
+- The messages are engine/multiproc/messages.py's. The worker listens until it has sent
+  `Done`, so token answers still arrive after the last batch.
+- Signals: the worker ignores SIGINT and SIGTERM (the parent decides and sends `Halt`).
+  A parent that is gone (the pipe ends before `Done`) halts the worker the same way:
   no new calls, those in flight get --grace to end and be written.
-- The worker never sees client credentials: `PushedToken` holds what the parent pushed.
+- The worker never sees client credentials: its `FollowerToken` holds what the parent
+  pushed, and asks the parent (the run's one token broker) after a 401.
 """
 
 from __future__ import annotations
@@ -32,214 +29,200 @@ import math
 import os
 import signal
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
-from contextlib import AsyncExitStack
+from collections.abc import AsyncGenerator
 from multiprocessing.connection import Connection
-from typing import Any
 
 import anyio
+import anyio.abc
 import anyio.to_thread
-from anyio.streams.memory import MemoryObjectReceiveStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from engine.config import Config
 from engine.core.events import EventDefaults, Item
 from engine.core.records import Result, jsonl
-from engine.core.stats import TokenStats
 from engine.errors import EngineError
 from engine.files.sinks import JsonlSink
 from engine.files.sources import Unit, unit_item
+from engine.multiproc.messages import (
+    Answered,
+    Done,
+    End,
+    Failed,
+    Halt,
+    Ordered,
+    Records,
+    Refresh,
+    Refreshed,
+    Start,
+    Token,
+    ToParent,
+    Units,
+)
+from engine.net.auth import FollowerToken
 from engine.net.transport import Transport, open_transport
-from engine.runtime.engine import Engine, redact_output
+from engine.runtime.engine import Engine
 from engine.runtime.feeds import event_defaults
-from engine.runtime.loop import tune_gc
+from engine.runtime.loop import run_loop
+
+_REPORT_S = 0.02  # how often a worker that writes the output itself reports its count
+_PARENT_GONE = "the parent process ended"
 
 
-class PushedToken:
-    """A TokenProvider fed by the parent: the header value is pushed, a 401 asks for more."""
+class _Answers:
+    """The parent's answers to `Refresh`, awaited by the one question asked per token."""
 
-    __slots__ = ("_answers", "_changed", "_header", "_request", "_seen", "_waiting")
-
-    def __init__(
-        self, header: str | None, request: Callable[[str | None], Awaitable[None]]
-    ) -> None:
-        self._header = header
-        self._request = request
+    def __init__(self) -> None:
         self._waiting: dict[str | None, anyio.Event] = {}
-        self._answers: dict[str | None, bool] = {}
-        self._changed = anyio.Event()
-        self._seen: list[str] = []
-        self._remember(header)
+        self._answers: dict[str | None, tuple[bool, str | None]] = {}
 
-    def _remember(self, header: str | None) -> None:
-        if header is not None and header.startswith("Bearer ") and header[7:] not in self._seen:
-            self._seen.append(header[7:])
-
-    def authorization(self) -> str | None:
-        return self._header
-
-    def set(self, header: str | None) -> None:
-        self._header = header
-        self._remember(header)
-        changed, self._changed = self._changed, anyio.Event()
-        changed.set()
-
-    async def wait_authorization(self) -> str | None:
-        while self._header is None:  # the parent's token is in its mandatory window
-            await self._changed.wait()
-        return self._header
-
-    async def maintain(self) -> None:
-        return None  # the parent keeps the token fresh
-
-    def secrets(self) -> tuple[str, ...]:
-        return tuple(self._seen)
-
-    def token_stats(self) -> TokenStats | None:
-        return None  # the parent's provider reports for the run
-
-    async def refresh_after_401(self, used: str | None) -> bool:
-        if self._header != used:
-            return True  # the parent pushed a newer token meanwhile
-        if used in self._answers:
-            return self._answers[used]
-        event = self._waiting.get(used)
-        if event is None:  # one question to the parent per refused token, not per call
-            event = self._waiting[used] = anyio.Event()
-            await self._request(used)
+    async def wait(self, used: str | None) -> tuple[bool, str | None]:
+        event = self._waiting.setdefault(used, anyio.Event())
         await event.wait()
-        return self._answers.get(used, False)
+        return self._answers.pop(used, (False, None))
 
-    def answered(self, used: str | None, ok: bool, header: str | None) -> None:
-        self.set(header)
-        self._answers[used] = ok
-        event = self._waiting.pop(used, None)
+    def give(self, message: Refreshed) -> None:
+        self._answers[message.used] = (message.ok, message.header)
+        event = self._waiting.pop(message.used, None)
         if event is not None:
             event.set()
 
 
-_REPORT_S = 0.02  # how often a worker that writes the output itself reports its count
+class _Worker:
+    """The worker's side of the pipe and its engine."""
 
+    def __init__(self, start: Start, conn: Connection) -> None:
+        self.config = start.config
+        self.start = start
+        self.conn = conn
+        self.lock = anyio.Lock()
+        self.parent_gone = False
+        self.answers = _Answers()
+        self.tokens = FollowerToken(start.header, self._ask)
+        self.engine: Engine | None = None
+        self.tg: anyio.abc.TaskGroup | None = None
+        self.sink = JsonlSink(start.output, append=True) if start.output is not None else None
+        self.unreported = 0
 
-async def _worker(
-    config: Config, header: str | None, ordered: bool, output: str | None, conn: Connection
-) -> None:
-    lock = anyio.Lock()
+    # -- the pipe
 
-    parent_gone = False
-
-    async def send(message: tuple[Any, ...]) -> None:
-        nonlocal parent_gone
-        if parent_gone:
+    async def send(self, message: ToParent) -> None:
+        if self.parent_gone:
             return
-        async with lock:
+        async with self.lock:
             try:
-                await anyio.to_thread.run_sync(conn.send, message)
+                await anyio.to_thread.run_sync(self.conn.send, message)
             except OSError:  # the parent was killed: finish the calls in flight, then end
-                parent_gone = True
-                halt("the parent process ended", config.grace)
+                self.parent_gone = True
+                self.halt(_PARENT_GONE, self.config.grace)
 
-    async def ask(used: str | None) -> None:
-        await send(("refresh", used))
+    async def _ask(self, used: str | None) -> tuple[bool, str | None]:
+        await self.send(Refresh(used))
+        return await self.answers.wait(used)
 
-    tokens = PushedToken(header, ask)
-    engine: Engine | None = None
-
-    def halt(reason: str, grace: float) -> None:
-        if engine is None:
+    def halt(self, reason: str, grace: float) -> None:
+        if self.engine is None or self.tg is None:
             return
-        engine.shutdown.halt(reason)
-        engine.shutdown.cut_off_after(tg, grace)
+        self.engine.shutdown.halt(reason)
+        self.engine.shutdown.cut_off_after(self.tg, grace)
 
-    # Unbounded, yet bounded by the parent's credit: it never sends more than that.
-    units_send, units_receive = anyio.create_memory_object_stream[list[Unit]](math.inf)
-
-    async def listen() -> None:
-        # Until this worker has reported: token answers still come after the last units.
-        async with units_send:
+    async def listen(self, units: MemoryObjectSendStream[list[Unit]]) -> None:
+        """Until this worker has reported: token answers still come after the last units."""
+        async with units:
             while True:
                 try:
-                    message = await anyio.to_thread.run_sync(conn.recv, abandon_on_cancel=True)
+                    message = await anyio.to_thread.run_sync(self.conn.recv, abandon_on_cancel=True)
                 except (EOFError, OSError):
                     # The parent is gone (killed: a normal end closes the pipe only after
-                    # "done"): start no more calls, let those in flight end and be written.
-                    halt("the parent process ended", config.grace)
+                    # Done): start no more calls, let those in flight end and be written.
+                    self.halt(_PARENT_GONE, self.config.grace)
                     return
-                kind = message[0]
-                if kind == "units":
-                    try:
-                        units_send.send_nowait(message[1])
-                    except anyio.BrokenResourceError:
-                        pass  # this worker stopped early; the parent is stopping too
-                elif kind == "token":
-                    tokens.set(message[1])
-                elif kind == "refreshed":
-                    tokens.answered(message[1], message[2], message[3])
-                elif kind == "end":
-                    units_send.close()  # the feed ends; the calls in flight go on
-                elif kind == "halt":  # the parent was interrupted
-                    halt(message[1], message[2])
+                match message:
+                    case Units(batch):
+                        with contextlib.suppress(anyio.BrokenResourceError):
+                            units.send_nowait(batch)  # (broken: this worker stopped early)
+                    case Token(header):
+                        self.tokens.set(header)
+                    case Refreshed():
+                        self.answers.give(message)
+                    case End():
+                        units.close()  # the feed ends; the calls in flight go on
+                    case Halt(reason, grace):  # the parent was interrupted
+                        self.halt(reason, grace)
 
-    async def emit(batch: list[Result]) -> None:
-        if ordered:
-            lines = [(r.seq, _redact(r.to_json() + b"\n")) for r in batch]
-            await send(("ordered", lines, len(batch)))
+    # -- records
+
+    def _redact(self, data: bytes) -> bytes:  # a server that echoes the token must not leak it
+        assert self.engine is not None  # records exist only once the engine runs
+        return self.engine.secrets.redact_bytes(data)
+
+    async def emit(self, batch: list[Result]) -> None:
+        if self.start.ordered:
+            lines = [(r.seq, self._redact(r.to_json() + b"\n")) for r in batch]
+            await self.send(Ordered(lines, len(batch)))
         else:
-            data = _redact(jsonl(batch))
-            await send(("records", data, len(batch)))
+            await self.send(Records(self._redact(jsonl(batch)), len(batch)))
 
-    def _redact(data: bytes) -> bytes:  # a server that echoes the token must not leak it
-        assert engine is not None  # records exist only once the engine runs
-        return redact_output(data, (), engine)
+    def write(self, batch: list[Result]) -> None:
+        assert self.sink is not None
+        self.sink.write(self._redact(jsonl(batch)))
+        self.unreported += len(batch)
 
-    sink = JsonlSink(output, append=True) if output is not None else None
-    unreported = 0
-
-    def write(batch: list[Result]) -> None:
-        nonlocal unreported
-        assert sink is not None
-        sink.write(_redact(jsonl(batch)))
-        unreported += len(batch)
-
-    async def report() -> None:
-        nonlocal unreported
+    async def report(self) -> None:
         while True:
             await anyio.sleep(_REPORT_S)
-            if unreported:
-                count, unreported = unreported, 0
-                await send(("answered", count))
+            await self._report_now()
 
-    async with AsyncExitStack() as stack:
-        transport: Transport | None = None
-        if not config.dry_run:
-            transport = await stack.enter_async_context(
-                open_transport(
-                    concurrency=config.concurrency,
-                    timeout=config.timeout,
-                    client=config.http_client,
+    async def _report_now(self) -> None:
+        if self.unreported:
+            count, self.unreported = self.unreported, 0
+            await self.send(Answered(count))
+
+    # -- the run
+
+    async def run(self) -> None:
+        config = self.config
+        # Unbounded, yet bounded by the parent's credit: it never sends more than that.
+        units_send, units_receive = anyio.create_memory_object_stream[list[Unit]](math.inf)
+        async with _transport(config) as transport:
+            engine = self.engine = Engine(config, self.tokens, transport)
+            async with anyio.create_task_group() as tg:
+                self.tg = tg
+                tg.start_soon(self.listen, units_send)
+                await self._execute(engine, _unit_feed(units_receive, event_defaults(config)))
+                slowed = (
+                    None if engine.adaptive is None else engine.adaptive.summary(time.monotonic())
                 )
-            )
-        engine = Engine(config, tokens, transport)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(listen)
-            feed = _unit_feed(units_receive, event_defaults(config))
-            if sink is None:
-                await engine.execute(feed, emit)
-            else:
-                async with anyio.create_task_group() as reporting:
-                    reporting.start_soon(report)
-                    try:
-                        await engine.execute(feed, emit, write_now=write)
-                    finally:
-                        sink.close()  # fsynced before the parent hears "done"
-                    reporting.cancel_scope.cancel()
-                if unreported:
-                    await send(("answered", unreported))
-            slowed = None if engine.adaptive is None else engine.adaptive.summary(time.monotonic())
-            stats, stopped = engine.state.stats, engine.state.stopped
-            await send(("done", stats, stopped, engine.policy.budget.refused, slowed))
-            # Nothing more to wait for: not the parent's next message, not a --grace timer
-            # still pending after an interrupted run ended early.
-            tg.cancel_scope.cancel()
+                state = engine.state
+                await self.send(
+                    Done(state.stats, state.stopped, engine.policy.budget.refused, slowed)
+                )
+                # Nothing more to wait for: not the parent's next message, not a --grace
+                # timer still pending after an interrupted run ended early.
+                tg.cancel_scope.cancel()
+
+    async def _execute(self, engine: Engine, feed: AsyncGenerator[list[Item], None]) -> None:
+        if self.sink is None:
+            await engine.execute(feed, self.emit)
+            return
+        async with anyio.create_task_group() as reporting:
+            reporting.start_soon(self.report)
+            try:
+                await engine.execute(feed, self.emit, write_now=self.write)
+            finally:
+                self.sink.close()  # fsynced before the parent hears Done
+            reporting.cancel_scope.cancel()
+        await self._report_now()
+
+
+@contextlib.asynccontextmanager
+async def _transport(config: Config) -> AsyncGenerator[Transport | None, None]:
+    if config.dry_run:
+        yield None
+        return
+    async with open_transport(
+        concurrency=config.concurrency, timeout=config.timeout, client=config.http_client
+    ) as transport:
+        yield transport
 
 
 async def _unit_feed(
@@ -248,6 +231,10 @@ async def _unit_feed(
     async with receive:
         async for units in receive:
             yield [unit_item(unit, defaults) for unit in units]
+
+
+async def _work(start: Start, conn: Connection) -> None:
+    await _Worker(start, conn).run()
 
 
 def worker_main(index: int, conn: Connection, inherited: tuple[int, ...] = ()) -> None:
@@ -265,33 +252,19 @@ def worker_main(index: int, conn: Connection, inherited: tuple[int, ...] = ()) -
         with contextlib.suppress(OSError):
             os.close(fd)
     try:
-        message = conn.recv()
+        start = conn.recv()
     except (EOFError, OSError, KeyboardInterrupt):
         conn.close()
         return  # the run ended (or failed) before it needed this worker
-    _, config, header, ordered, output = message
-    tune_gc()
     try:
-        try:
-            import uvloop  # noqa: F401
-        except ImportError:
-            options = {}
-        else:
-            options = {"use_uvloop": True}
         # A forked worker starts inside the parent's running task: a fresh context, so
         # nothing of the parent's loop (sniffio's "asyncio is running") is seen here.
-        contextvars.Context().run(
-            lambda: anyio.run(
-                _worker, config, header, ordered, output, conn, backend_options=options
-            )
-        )
+        contextvars.Context().run(run_loop, _work, start, conn)
     except KeyboardInterrupt:
         pass
     except BaseException as exc:  # reported to the parent, which fails the run with it
         code = exc.exit_code if isinstance(exc, EngineError) else 1
-        try:
-            conn.send(("error", f"worker {index}: {type(exc).__name__}: {exc}", code))
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):
+            conn.send(Failed(f"worker {index}: {type(exc).__name__}: {exc}", code))
     finally:
         conn.close()

@@ -9,19 +9,21 @@ This is the parent; one worker process is engine/multiproc/child.py.
 Rules:
 - The parent reads the input and numbers the records (seq, source, blank lines) exactly
   as a 1-process run does (`sources.read_units`); the workers do the CPU work (JSON
-  parsing, checks, query building, HTTP, encoding the records). The parent is the only
-  writer: every input record gets exactly one output line whatever N is, with
-  `--ordered` in the order the records were handed out, and `--resume` skips in the
-  parent what the output already answers.
+  parsing, checks, query building, HTTP, encoding the records). Every input record gets
+  exactly one output line whatever N is: unordered into a regular file each worker
+  appends its own records (O_APPEND); otherwise the parent is the one writer, with
+  `--ordered` in the order the records were handed out. `--resume` skips in the parent
+  what the output already answers.
 - Flow control by credit: a worker never holds more than `_credit()` unanswered records,
   so memory is bounded by the concurrency, not by the input size, and a slow worker is
   simply given less. The input is split by demand, not by a fixed modulo, for that reason.
-- Tokens: the parent owns the run's one TokenProvider (so one token request per renewal
-  whatever N is) and pushes every new Authorization value to all workers; a worker's
-  401 asks the parent, which refreshes once for everyone. Workers never see client
-  secrets, only the bearer token they must send (and redact).
-- `--rate R` is split R/N, `--concurrency C` ceil(C/N) per worker: the options keep their
-  meaning for the whole run.
+- Tokens: the parent owns the run's one token provider behind the run's one
+  `TokenBroker` (so one token request per renewal whatever N is) and pushes every new
+  Authorization value to all workers; a worker's 401 asks the parent, whose broker
+  renews once for everyone. Workers never see client secrets, only the bearer token
+  they must send (and redact).
+- Messages are engine/multiproc/messages.py's; starting and stopping the processes is
+  engine/multiproc/driver.py's.
 - A worker that stops the run (token refused, endpoint unreachable) stops them all; a
   worker that dies is a FatalError, raised after everything answered is written.
 """
@@ -29,75 +31,51 @@ Rules:
 from __future__ import annotations
 
 import math
-import multiprocessing
-import os
 import signal
-import sys
-import time
 from collections import deque
-from collections.abc import Iterator
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import Any, Literal
 
 import anyio
 import anyio.to_thread
 from anyio.abc import TaskGroup
 
 from engine.config import Config
-from engine.core.events import ReadCounts
-from engine.core.secrets import MIN_SECRET_LENGTH
-from engine.core.stats import RunStats, Summary, summarize
-from engine.errors import AuthError, FatalError, plain_engine_errors
-from engine.files.sinks import JsonlSink, ResumeIndex, open_resume
-from engine.files.sources import Unit, check_inputs, read_units, unit_item
-from engine.multiproc.child import worker_main
-from engine.net.auth import TokenProvider
-from engine.net.token_client import open_token_provider
-from engine.runtime.engine import start_mock
-from engine.runtime.feeds import event_defaults
+from engine.core.stats import RunStats
+from engine.errors import AuthError, FatalError
+from engine.files.sources import Unit, read_units, unit_item
+from engine.multiproc.messages import (
+    Answered,
+    Done,
+    End,
+    Failed,
+    Halt,
+    Ordered,
+    Records,
+    Refresh,
+    Refreshed,
+    Start,
+    Token,
+    ToWorker,
+    Units,
+)
+from engine.net.auth import TokenBroker
+from engine.runtime.feeds import event_defaults, thread_batches
+from engine.runtime.progress import show_status
+from engine.runtime.session import RunSession
 from engine.runtime.shutdown import interrupt_reason
 
 _UNIT_BATCH = 256
 _TOKEN_POLL_S = 1.0
-_JOIN_TIMEOUT_S = 5.0
-
-
-def auto_workers() -> int:
-    """`--workers auto`: one process per CPU this process may run on."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def worker_config(config: Config) -> Config:
-    """One worker's share of the run: rate/N, ceil(concurrency/N), no output of its own."""
-    n = config.workers
-    return config.with_changes(
-        workers=1,
-        rate=None if config.rate is None else config.rate / n,
-        concurrency=max(1, math.ceil(config.concurrency / n)),
-        ordered=False,  # the parent restores the order across workers
-        progress=False,
-        output=None,
-        mock=False,
-        inputs=("<parent>",),
-        # Workers get the Authorization values from the parent, never the credentials.
-        token=None,
-        client_id=None,
-        client_secret=None,
-        resume=False,
-    )
-
-
-# -- the parent side -----------------------------------------------------------------------
 
 
 @dataclass(slots=True, eq=False)
-class _Worker:
+class WorkerHandle:
+    """The parent's end of one worker process."""
+
     index: int
     process: BaseProcess
     conn: Connection
@@ -107,66 +85,43 @@ class _Worker:
     ended: bool = False
 
 
-@dataclass(slots=True, eq=False)
-class _Flight:
-    """One renewal after a 401, awaited by every worker that reported the same token."""
-
-    done: anyio.Event = field(default_factory=anyio.Event)
-    ok: bool = False
-
-
 class _Parent:
-    def __init__(
-        self,
-        config: Config,
-        tokens: TokenProvider,
-        sink: JsonlSink,
-        index: ResumeIndex | None,
-        workers: list[_Worker],
-    ) -> None:
-        self.config = config
-        self.tokens = tokens
-        self.sink = sink
-        self.counts = ReadCounts()
+    def __init__(self, session: RunSession, workers: list[WorkerHandle]) -> None:
+        config = self.config = session.config
+        self.session = session
+        self.tokens = TokenBroker(session.tokens)
+        self.sink = session.sink
+        assert self.sink is not None
         self.stats = RunStats()
         self.stopped: str | None = None
         self.error: FatalError | None = None
         self.workers = workers
         # Unordered into a regular file: the workers append their records themselves.
         self.direct_output = (
-            config.output if not config.ordered and sink.is_regular_file() else None
+            config.output if not config.ordered and self.sink.is_regular_file() else None
         )
         self.credit = anyio.Event()
         self.all_done = anyio.Event()
-        self.pushed = tokens.authorization()
+        self.pushed = self.tokens.authorization()
         self.pending: dict[int, bytes] = {}
         self.fed: deque[int] = deque()  # seqs in the order handed out, for --ordered
         self.answered = 0
         self.budget_refused = 0
         self.slowed: str | None = None
         self.resumed = 0
-        self.index = index
-        self.secrets = tuple(
-            s.encode()
-            for s in (config.token, config.client_secret)
-            if s and len(s) >= MIN_SECRET_LENGTH
-        )
         self.receive_limiter = anyio.CapacityLimiter(config.workers + 1)
         self.interrupted: int | None = None  # the signal number
-        self.refreshes: dict[str | None, _Flight] = {}  # renewals, by the refused value
         self.feed_scope = anyio.CancelScope()  # reading the input
 
     def _credit(self) -> int:
         per_worker = max(1, math.ceil(self.config.concurrency / self.config.workers))
         return max(2 * _UNIT_BATCH, 4 * per_worker)
 
-    async def begin(self) -> None:
+    async def begin(self, share: Config) -> None:
         """Send every worker its share of the run (they were started before)."""
-        share = worker_config(self.config)
+        start = Start(share, self.pushed, self.config.ordered, self.direct_output)
         for worker in self.workers:
-            await self._send(
-                worker, ("start", share, self.pushed, self.config.ordered, self.direct_output)
-            )
+            await self._send(worker, start)
 
     async def run(self, *, handle_signals: bool = False) -> None:
         async with anyio.create_task_group() as tg:
@@ -177,7 +132,7 @@ class _Parent:
             tg.start_soon(self._watch_tokens)
             tg.start_soon(self._keep_tokens)
             if self.config.progress:
-                tg.start_soon(self._progress)
+                tg.start_soon(show_status, self._progress_text)
             await self._dispatch()
             await self.all_done.wait()
             tg.cancel_scope.cancel()
@@ -193,33 +148,29 @@ class _Parent:
             config.inputs,
             input_format=config.input_format,
             max_line_bytes=config.max_line_bytes,
-            counts=self.counts,
+            counts=self.session.counts,
         )
         try:
             # A signal cancels this scope, also a read blocked on a silent stdin (that
-            # thread is abandoned: the generator it runs is left alone, not closed).
+            # read is abandoned: the generator it runs is left alone, not closed).
             with self.feed_scope:
-                await self._hand_out(units)
+                async with aclosing(thread_batches(units, _UNIT_BATCH)) as batches:
+                    await self._hand_out(batches)
         finally:
-            if not self.feed_scope.cancel_called:
-                units.close()
             for worker in self.workers:
                 await self._end(worker)
 
-    async def _hand_out(self, units: Iterator[Unit]) -> None:
+    async def _hand_out(self, batches: AsyncIterator[list[Unit]]) -> None:
         config = self.config
-        while self.stopped is None:
-            batch = await anyio.to_thread.run_sync(
-                _take, units, _UNIT_BATCH, abandon_on_cancel=True
-            )
-            if not batch:
+        async for batch in batches:
+            if self.stopped is not None:
                 return
             # A full batch goes to one worker (fewer, larger messages keep every worker's
             # pool full); a short one (the end of the input, a slow stdin) is shared out,
             # so a short input still runs on every worker.
             full = len(batch) == _UNIT_BATCH
             part_size = len(batch) if full else math.ceil(len(batch) / config.workers)
-            if self.index is not None:
+            if self.session.resume is not None:
                 batch = self._unanswered(batch)
             for start in range(0, len(batch), part_size):
                 part = batch[start : start + part_size]
@@ -229,25 +180,24 @@ class _Parent:
                 if config.ordered:
                     self.fed.extend(unit[0] for unit in part)
                 worker.outstanding += len(part)
-                await self._send(worker, ("units", part))
+                await self._send(worker, Units(part))
 
     def _unanswered(self, batch: list[Unit]) -> list[Unit]:
         """--resume: drop what the output answers. Only those records are parsed here (for
         their id, which the check needs); the others go to the workers unparsed."""
-        assert self.index is not None
+        index = self.session.resume
+        assert index is not None
         defaults = event_defaults(self.config)
         kept = []
         for unit in batch:
             seq, source, _ = unit
-            if self.index.holds(seq) and self.index.answered(
-                seq, source, unit_item(unit, defaults).id
-            ):
+            if index.holds(seq) and index.answered(seq, source, unit_item(unit, defaults).id):
                 continue
             kept.append(unit)
         self.resumed += len(batch) - len(kept)
         return kept
 
-    async def _pick(self) -> _Worker | None:
+    async def _pick(self) -> WorkerHandle | None:
         limit = self._credit()
         while self.stopped is None:
             alive = [w for w in self.workers if not w.done]
@@ -260,7 +210,7 @@ class _Parent:
             await self.credit.wait()
         return None
 
-    async def _send(self, worker: _Worker, message: tuple[Any, ...]) -> None:
+    async def _send(self, worker: WorkerHandle, message: ToWorker) -> None:
         if worker.done:
             return
         async with worker.lock:
@@ -269,14 +219,14 @@ class _Parent:
             except OSError:
                 pass  # the worker is gone; its receiver reports it
 
-    async def _end(self, worker: _Worker) -> None:
+    async def _end(self, worker: WorkerHandle) -> None:
         if not worker.ended:
-            await self._send(worker, ("end",))
+            await self._send(worker, End())
             worker.ended = True
 
     # -- workers -> output
 
-    async def _receive(self, worker: _Worker, tg: TaskGroup) -> None:
+    async def _receive(self, worker: WorkerHandle, tg: TaskGroup) -> None:
         try:
             while True:
                 try:
@@ -286,28 +236,7 @@ class _Parent:
                 except (EOFError, OSError):
                     self._died(worker)
                     return
-                kind = message[0]
-                if kind == "answered":
-                    self._answered(worker, message[1])
-                elif kind == "records":
-                    self._write(message[1])
-                    self._answered(worker, message[2])
-                elif kind == "ordered":
-                    self._ordered(message[1])
-                    self._answered(worker, message[2])
-                elif kind == "refresh":
-                    tg.start_soon(self._refresh, worker, message[1])
-                elif kind == "done":
-                    self.stats.merge(message[1])
-                    if message[2] is not None and self.stopped is None:
-                        self.stopped = message[2]
-                    self.budget_refused += message[3]
-                    self.slowed = self.slowed or message[4]
-                    return
-                elif kind == "error":
-                    if self.error is None:
-                        self.error = FatalError(message[1])
-                    self.stopped = self.stopped or message[1]
+                if self._handle(worker, message, tg):
                     return
         finally:
             worker.done = True
@@ -317,30 +246,45 @@ class _Parent:
             if all(w.done for w in self.workers):
                 self.all_done.set()
 
-    def _write(self, data: bytes) -> None:
-        for secret in self.secrets:  # the workers never saw these; a server could echo them
-            if secret in data:
-                data = data.replace(secret, b"[redacted]")
-        self.sink.write(data)
+    def _handle(self, worker: WorkerHandle, message: object, tg: TaskGroup) -> bool:
+        """Act on one message of `worker`; True when it was the worker's last."""
+        match message:
+            case Answered(count):
+                self._answered(worker, count)
+            case Records(data, count):
+                self._write(data)
+                self._answered(worker, count)
+            case Ordered(lines, count):
+                self._ordered(lines)
+                self._answered(worker, count)
+            case Refresh(used):
+                tg.start_soon(self._refresh, worker, used)
+            case Done(stats, stopped, budget_refused, slowed):
+                self.stats.merge(stats)
+                self.stopped = self.stopped or stopped
+                self.budget_refused += budget_refused
+                self.slowed = self.slowed or slowed
+                return True
+            case Failed(text):
+                if self.error is None:
+                    self.error = FatalError(text)
+                self.stopped = self.stopped or text
+                return True
+        return False
 
-    def _answered(self, worker: _Worker, count: int) -> None:
+    def _write(self, data: bytes) -> None:
+        # The workers never saw the client secret; a server could echo it.
+        assert self.sink is not None
+        self.sink.write(self.session.secrets.redact_bytes(data))
+
+    def _answered(self, worker: WorkerHandle, count: int) -> None:
         worker.outstanding -= count
         self.answered += count
         self.credit.set()
 
-    async def _progress(self) -> None:
-        start = time.perf_counter()
-        try:
-            while True:
-                await anyio.sleep(0.5)
-                rate = self.answered / (time.perf_counter() - start)
-                sys.stderr.write(
-                    f"\r\x1b[2Kadbatch: {self.answered} done, {rate:.0f}/s, "
-                    f"{self.config.workers} workers"
-                )
-                sys.stderr.flush()
-        finally:
-            sys.stderr.write("\r\x1b[2K")
+    def _progress_text(self, elapsed: float) -> str:
+        rate = self.answered / elapsed
+        return f"adbatch: {self.answered} done, {rate:.0f}/s, {self.config.workers} workers"
 
     def _ordered(self, lines: list[tuple[int, bytes]]) -> None:
         pending = self.pending
@@ -353,7 +297,7 @@ class _Parent:
         if ready:
             self._write(b"".join(ready))
 
-    def _died(self, worker: _Worker) -> None:
+    def _died(self, worker: WorkerHandle) -> None:
         if worker.done:
             return
         code = worker.process.exitcode
@@ -379,10 +323,10 @@ class _Parent:
                     self.feed_scope.cancel()
                     self.credit.set()
                     for worker in self.workers:
-                        await self._send(worker, ("halt", reason, grace))
+                        await self._send(worker, Halt(reason, grace))
                 else:
                     for worker in self.workers:
-                        await self._send(worker, ("halt", self.stopped, 0.0))
+                        await self._send(worker, Halt(self.stopped or reason, 0.0))
                     return
 
     # -- tokens
@@ -392,7 +336,7 @@ class _Parent:
         if header != self.pushed:
             self.pushed = header
             for worker in self.workers:
-                await self._send(worker, ("token", header))
+                await self._send(worker, Token(header))
 
     async def _keep_tokens(self) -> None:
         try:
@@ -406,142 +350,8 @@ class _Parent:
             await anyio.sleep(_TOKEN_POLL_S)
             await self._broadcast_token()
 
-    async def _refresh(self, worker: _Worker, used: str | None) -> None:
-        # One renewal per refused token however many workers report it at once, even
-        # with a provider that is not single-flight itself.
-        flight = self.refreshes.get(used)
-        if flight is None:
-            flight = self.refreshes[used] = _Flight()
-            try:
-                flight.ok = await self.tokens.refresh_after_401(used)
-            finally:
-                flight.done.set()
-            await self._broadcast_token()
-        else:
-            await flight.done.wait()
-        await self._send(worker, ("refreshed", used, flight.ok, self.tokens.authorization()))
-
-
-StartMethod = Literal["fork", "spawn"]
-
-
-def start_method() -> StartMethod:
-    """ "fork" when it is safe (Linux, this process has one thread: no lock can be held by
-    a thread the child would not have), else "spawn". A forked worker starts in
-    milliseconds, with the modules already imported; a spawned one imports them again
-    (about half a second of CPU each)."""
-    if sys.platform != "linux":
-        return "spawn"
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            threads = next((int(line.split()[1]) for line in f if line.startswith("Threads:")), 0)
-    except OSError:
-        return "spawn"
-    return "fork" if threads == 1 else "spawn"
-
-
-def start_workers(count: int, method: StartMethod | None = None) -> list[_Worker]:
-    """Start `count` idle worker processes; each waits for its ("start", ...) message.
-
-    Called first thing in a run, before the mock, the token or any socket exists, so a
-    forked worker inherits nothing but the modules (and its pipe)."""
-    method = method or start_method()
-    ctx = (
-        multiprocessing.get_context("fork")
-        if method == "fork"
-        else multiprocessing.get_context("spawn")
-    )
-    workers: list[_Worker] = []
-    for index in range(count):
-        parent_conn, child_conn = ctx.Pipe(duplex=True)
-        inherited = (
-            tuple(c.fileno() for c in [*(w.conn for w in workers), parent_conn])
-            if method == "fork"
-            else ()
-        )
-        process = ctx.Process(
-            target=worker_main,
-            args=(index, child_conn, inherited),
-            name=f"adbatch-worker-{index}",
-            daemon=True,
-        )
-        process.start()
-        child_conn.close()
-        workers.append(_Worker(index, process, parent_conn))
-    return workers
-
-
-async def _stop_processes(workers: list[_Worker]) -> None:
-    # After a normal end every pipe is closed already; after a failure closing them
-    # makes each worker's listener see EOF, so it finishes its calls and exits.
-    with anyio.CancelScope(shield=True):
-        for worker in workers:
-            if not worker.conn.closed:
-                worker.conn.close()
-        for worker in workers:
-            await anyio.to_thread.run_sync(worker.process.join, _JOIN_TIMEOUT_S)
-            if worker.process.is_alive():  # it ignores SIGTERM (the parent decides)
-                worker.process.kill()
-                await anyio.to_thread.run_sync(worker.process.join, _JOIN_TIMEOUT_S)
-
-
-def _take(units: Iterator[Unit], size: int) -> list[Unit]:
-    batch: list[Unit] = []
-    for unit in units:
-        batch.append(unit)
-        if len(batch) >= size:
-            break
-    return batch
-
-
-async def run_workers(
-    config: Config,
-    *,
-    tokens: TokenProvider | None = None,
-    start: StartMethod | None = None,
-    handle_signals: bool = False,
-) -> Summary:
-    """`runner.run` over `config.workers` processes (see the module's rules).
-
-    `tokens`: the run's token provider (default: from the config); it lives in this
-    process and only its `authorization()` values reach the workers. `start`: "fork" or
-    "spawn" (default: `start_method()`). `handle_signals` (the CLI): SIGINT/SIGTERM stop
-    the run as in one process, with --grace for the calls in flight.
-    """
-    config = config.validated()
-    check_inputs(config.inputs)
-    index = open_resume(config.output) if config.resume else None
-    sink = JsonlSink(config.output, append=config.resume)
-    started = time.perf_counter()
-    parent: _Parent | None = None
-    try:
-        with plain_engine_errors():
-            async with AsyncExitStack() as stack:
-                workers = start_workers(config.workers, start)
-                stack.push_async_callback(_stop_processes, workers)
-                if config.mock:
-                    config = await start_mock(config, stack)
-                # The run's one token provider (static or OAuth, renewed in the background
-                # here); the workers only ever see its `authorization()` values.
-                provider = (
-                    tokens if tokens is not None else await open_token_provider(config, stack)
-                )
-                parent = _Parent(config, provider, sink, index, workers)
-                await parent.begin()
-                await parent.run(handle_signals=handle_signals)
-    finally:
-        sink.close()
-    if parent.error is not None:
-        raise parent.error
-    stats = parent.stats
-    stats.blank_lines = parent.counts.blank_lines
-    return summarize(
-        stats,
-        elapsed_s=time.perf_counter() - started,
-        stopped=parent.stopped,
-        retry_budget_refused=parent.budget_refused,
-        slowed=parent.slowed,
-        resumed=parent.resumed,
-        tokens=parent.tokens.token_stats(),
-        interrupted=parent.interrupted,
-    )
+    async def _refresh(self, worker: WorkerHandle, used: str | None) -> None:
+        # The broker renews once per refused token however many workers report it.
+        ok, header = await self.tokens.renew(used)
+        await self._broadcast_token()
+        await self._send(worker, Refreshed(used, ok, header))

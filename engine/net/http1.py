@@ -18,8 +18,9 @@ deflate, bodies up to EOF, 1xx, `Connection: close`, HTTP/1.0), and does the res
 - a deadline for the whole call (connecting included), after which the connection is
   dropped, never reused half-read.
 
-Failures raise `HttpError` with a `kind` (connect, timeout, disconnected, payload,
-protocol, network) and a one-line message; `engine.net.transport` turns them into records.
+Failures raise `HttpError` with a `kind` (an `ErrorKind`: connect, timeout, disconnected,
+payload, protocol, network, request) and a one-line message; `engine.net.transport` turns
+them into records.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from aiohttp import ClientPayloadError, ServerDisconnectedError
 from aiohttp.client_proto import ResponseHandler
 from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDictProxy
+
+from engine.core.records import ErrorKind
 
 # gzip and deflate: what every server speaks and the parser decodes without extras.
 _ACCEPT_ENCODING = "gzip, deflate"
@@ -142,7 +145,7 @@ class _Pool:
             if proto is not None:
                 return proto
         if self.closed:
-            raise HttpError("network", "the HTTP client is closed")
+            raise HttpError(ErrorKind.NETWORK, "the HTTP client is closed")
         loop = self.loop
         proto = None
         self._connecting += 1
@@ -156,12 +159,13 @@ class _Pool:
             )
         except ssl.SSLError as exc:
             raise HttpError(
-                "connect", f"TLS handshake with {self.host}:{self.port} failed: {exc.reason}"
+                ErrorKind.CONNECT,
+                f"TLS handshake with {self.host}:{self.port} failed: {exc.reason}",
             ) from None
         except OSError as exc:
             reason = exc.strerror or str(exc) or type(exc).__name__
             raise HttpError(
-                "connect", f"cannot connect to {self.host}:{self.port}: {reason}"
+                ErrorKind.CONNECT, f"cannot connect to {self.host}:{self.port}: {reason}"
             ) from None
         finally:
             self._connecting -= 1
@@ -243,7 +247,7 @@ class Http1Client:
         url = yarl.URL(base, encoded=True)
         scheme = url.scheme
         if scheme not in _DEFAULT_PORTS or not url.host:
-            raise HttpError("request", f"not an http(s) URL: {base}")
+            raise HttpError(ErrorKind.REQUEST, f"not an http(s) URL: {base}")
         port = url.port or _DEFAULT_PORTS[scheme]
         key = (scheme, url.host, port)
         pool = self._pools.get(key)
@@ -284,7 +288,7 @@ class Http1Client:
         if authorization is not None:
             parts.append(f"Authorization: {authorization}\r\n")
         if _has_line_break(query, headers, authorization):
-            raise HttpError("request", "a header value or the URL contains a line break")
+            raise HttpError(ErrorKind.REQUEST, "a header value or the URL contains a line break")
         parts.append("\r\n")
         head = "".join(parts).encode("utf-8", "surrogateescape")
         pool = target.pool
@@ -294,11 +298,7 @@ class Http1Client:
         reused = proto is not None
         while True:
             if proto is None:
-                try:
-                    async with asyncio.timeout_at(deadline):
-                        proto = await pool.connect()
-                except TimeoutError:
-                    raise self._timed_out() from None
+                proto = await self._connect(pool, deadline)
             transport = proto.transport
             assert transport is not None  # the pool hands out connected ones only
             # The deadline drops the connection, which ends the read below with an error
@@ -310,28 +310,15 @@ class Http1Client:
             # ClientOSError (an OSError only), and a stale connection may well be reset.
             except (ServerDisconnectedError, OSError) as exc:
                 pool.discard(proto)
-                if loop.time() >= deadline:
-                    raise self._timed_out() from None
-                if reused:
+                if reused and loop.time() < deadline:
                     # An idle keep-alive connection the server had closed (or reset):
                     # send again on a fresh one, once.
                     proto, reused = None, False
                     continue
-                if isinstance(exc, ServerDisconnectedError):
-                    raise HttpError(
-                        "disconnected", "server closed the connection without answering"
-                    ) from None
-                raise HttpError("network", f"network error: {_reason(exc)}") from None
-            except ClientPayloadError as exc:
+                raise self._failure(exc, loop.time() >= deadline) from None
+            except (ClientPayloadError, HttpProcessingError) as exc:
                 pool.discard(proto)
-                if loop.time() >= deadline:
-                    raise self._timed_out() from None
-                raise HttpError("payload", _one_line(f"incomplete response body: {exc}")) from None
-            except HttpProcessingError as exc:
-                pool.discard(proto)
-                raise HttpError(
-                    "protocol", _one_line(f"malformed HTTP response: {exc.message or exc}")
-                ) from None
+                raise self._failure(exc, loop.time() >= deadline) from None
             except BaseException:
                 pool.discard(proto)
                 raise
@@ -340,8 +327,37 @@ class Http1Client:
             pool.release(proto)
             return answer
 
+    # The helpers below run on the rare paths only (a new connection, a failed call): the
+    # path of a call on a kept-alive connection stays one frame deep, as it was measured.
+
+    async def _connect(self, pool: _Pool, deadline: float) -> ResponseHandler:
+        """A new connection within what is left of the call's deadline."""
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await pool.connect()
+        except TimeoutError:
+            raise self._timed_out() from None
+
+    def _failure(self, exc: Exception, late: bool) -> HttpError:
+        """What an exchange that failed raises; `late`: the call's deadline had passed."""
+        if late and isinstance(exc, (ServerDisconnectedError, OSError, ClientPayloadError)):
+            return self._timed_out()
+        if isinstance(exc, ServerDisconnectedError):
+            return HttpError(
+                ErrorKind.DISCONNECTED, "server closed the connection without answering"
+            )
+        if isinstance(exc, OSError):
+            return HttpError(ErrorKind.NETWORK, f"network error: {_reason(exc)}")
+        if isinstance(exc, ClientPayloadError):
+            return HttpError(ErrorKind.PAYLOAD, _one_line(f"incomplete response body: {exc}"))
+        # A malformed answer is one whenever it came: no deadline check.
+        message = exc.message if isinstance(exc, HttpProcessingError) else ""
+        return HttpError(
+            ErrorKind.PROTOCOL, _one_line(f"malformed HTTP response: {message or exc}")
+        )
+
     def _timed_out(self) -> HttpError:
-        return HttpError("timeout", f"no answer within {self._timeout:g}s")
+        return HttpError(ErrorKind.TIMEOUT, f"no answer within {self._timeout:g}s")
 
 
 async def _exchange(proto: ResponseHandler, transport: asyncio.Transport, head: bytes) -> Answer:

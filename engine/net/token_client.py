@@ -4,7 +4,7 @@ Rules:
 - Its own small session and connector: a delivery pool saturated by thousands of calls
   in flight never delays a renewal, and a slow token endpoint never takes a delivery slot.
 - `fetch()` never raises for a network or server failure: it returns a `TokenFailure`
-  (failures are data); the provider in engine/net/auth.py decides about retries.
+  (failures are data); the provider in engine/net/oauth.py decides about retries.
 - The secret goes in the form body only (Criteo's documented form; no Basic header, which
   would need aiohttp.BasicAuth) and is redacted from every message.
 """
@@ -17,14 +17,10 @@ from types import TracebackType
 import aiohttp
 
 from engine.config import Config
-from engine.net.auth import (
-    OAuthToken,
-    StaticToken,
-    TokenFailure,
-    TokenGrant,
-    TokenProvider,
-    parse_token_answer,
-)
+from engine.core.secrets import Secrets
+from engine.core.tokenwindow import TokenFailure, TokenGrant, endpoint_message, parse_token_answer
+from engine.net.auth import StaticToken, TokenProvider
+from engine.net.oauth import OAuthToken
 
 _POOL = 2  # one renewal at a time, plus one spare connection
 DEFAULT_TOKEN_TIMEOUT = 10.0
@@ -48,7 +44,8 @@ class TokenClient:
             "client_id": client_id,
             "client_secret": client_secret,
         }
-        self._secrets = (client_secret,)
+        # Whatever its length, the client secret never reaches a message.
+        self._secrets = Secrets((client_secret,), min_length=1)
         self._timeout = timeout
         self._verify_tls = verify_tls
         self._session: aiohttp.ClientSession | None = None
@@ -87,15 +84,15 @@ class TokenClient:
             reason = getattr(exc.os_error, "strerror", None) or str(exc.os_error)
             return TokenFailure("unavailable", f"cannot connect: {reason}")
         except aiohttp.ClientError as exc:
-            return TokenFailure("unavailable", self._clean(f"{type(exc).__name__}: {exc}"))
+            return TokenFailure(
+                "unavailable", endpoint_message(f"{type(exc).__name__}: {exc}", self._secrets)
+            )
         except OSError as exc:
-            return TokenFailure("unavailable", self._clean(f"network error: {exc.strerror or exc}"))
+            return TokenFailure(
+                "unavailable",
+                endpoint_message(f"network error: {exc.strerror or exc}", self._secrets),
+            )
         return parse_token_answer(status, body, secrets=self._secrets)
-
-    def _clean(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "[redacted]")
-        return text[:300]
 
 
 async def open_token_provider(config: Config, stack: AsyncExitStack) -> TokenProvider:

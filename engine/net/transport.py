@@ -21,7 +21,7 @@ import yarl
 
 from engine.config import HTTP_CLIENTS
 from engine.core.query import Request
-from engine.core.records import Response
+from engine.core.records import ErrorKind, Response
 from engine.net.http1 import Http1Client, HttpError
 
 
@@ -126,22 +126,32 @@ class SessionTransport:
                 status = resp.status
                 retry_after = resp.headers.get("Retry-After")
         except TimeoutError:
-            return _failed(sent_at, start, "timeout", f"no answer within {self._timeout:g}s")
+            return _failed(
+                sent_at, start, ErrorKind.TIMEOUT, f"no answer within {self._timeout:g}s"
+            )
         except aiohttp.ClientConnectorError as exc:
             reason = getattr(exc.os_error, "strerror", None) or str(exc.os_error)
             return _failed(
-                sent_at, start, "connect", f"cannot connect to {exc.host}:{exc.port}: {reason}"
+                sent_at,
+                start,
+                ErrorKind.CONNECT,
+                f"cannot connect to {exc.host}:{exc.port}: {reason}",
             )
         except aiohttp.ServerDisconnectedError:
             return _failed(
-                sent_at, start, "disconnected", "server closed the connection without answering"
+                sent_at,
+                start,
+                ErrorKind.DISCONNECTED,
+                "server closed the connection without answering",
             )
         except aiohttp.ClientPayloadError as exc:
-            return _failed(sent_at, start, "payload", f"incomplete response body: {exc}")
+            return _failed(sent_at, start, ErrorKind.PAYLOAD, f"incomplete response body: {exc}")
         except aiohttp.ClientError as exc:
-            return _failed(sent_at, start, "network", f"{type(exc).__name__}: {exc}")
+            return _failed(sent_at, start, ErrorKind.NETWORK, f"{type(exc).__name__}: {exc}")
         except OSError as exc:
-            return _failed(sent_at, start, "network", f"network error: {exc.strerror or exc}")
+            return _failed(
+                sent_at, start, ErrorKind.NETWORK, f"network error: {exc.strerror or exc}"
+            )
         latency_ms = (time.perf_counter() - start) * 1000.0
         return Response(status, body, sent_at, latency_ms, retry_after=retry_after)
 

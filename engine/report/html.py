@@ -231,10 +231,7 @@ height:10px;margin-right:4px;border-radius:2px}.cards{display:flex;gap:10px;flex
 """
 
 
-def html_report(data: Mapping[str, Any], *, title: str) -> str:
-    """The whole page for `Figures.to_dict()` output."""
-    series = data["series"]
-    width = float(data.get("series_width_s") or 1.0)
+def _cards(data: Mapping[str, Any]) -> str:
     lat, cor = data["latency_ms"], data["corrected_latency_ms"]
     cards = [
         ("calls sent", str(data["sent"])),
@@ -245,21 +242,32 @@ def html_report(data: Mapping[str, Any], *, title: str) -> str:
         ("p99 from send", f"{_ms(lat.get('p99'))} ms"),
         ("p99 from schedule", f"{_ms(cor.get('p99'))} ms"),
     ]
+    return "".join(f'<div class="card">{escape(k)}<b>{escape(v)}</b></div>' for k, v in cards)
+
+
+def _latency_table(data: Mapping[str, Any]) -> str:
+    lat, cor = data["latency_ms"], data["corrected_latency_ms"]
     keys = ("p50", "p90", "p99", "p99.9", "max", "mean")
-    lat_table = _table(
+    return _table(
         [
             ("latency (ms)", *keys),
             ("from send", *(_ms(lat.get(k)) for k in keys)),
             ("from schedule", *(_ms(cor.get(k)) for k in keys)),
         ]
     )
-    total = sum(data["statuses"].values()) or 1
-    status_table = _table(
+
+
+def _status_table(statuses: Mapping[str, int]) -> str:
+    total = sum(statuses.values()) or 1
+    return _table(
         [("status", "calls", "share")]
-        + [(k, str(v), f"{100 * v / total:.1f}%") for k, v in data["statuses"].items()]
+        + [(k, str(v), f"{100 * v / total:.1f}%") for k, v in statuses.items()]
     )
+
+
+def _rate_plot(series: Sequence[Mapping[str, Any]], width: float) -> str:
     t = [p["t"] for p in series]
-    rate_plot = line_chart(
+    return line_chart(
         [
             ("calls/s", _PALETTE[0], list(zip(t, [p["rate"] for p in series], strict=True)), False),
             (
@@ -279,6 +287,10 @@ def html_report(data: Mapping[str, Any], *, title: str) -> str:
         y_label="per second",
         label="rate over time",
     )
+
+
+def _latency_plot(series: Sequence[Mapping[str, Any]]) -> str:
+    t = [p["t"] for p in series]
     lines: list[Line] = [
         (
             f"{q} from send",
@@ -296,8 +308,13 @@ def html_report(data: Mapping[str, Any], *, title: str) -> str:
             True,
         )
     )
-    latency_plot = line_chart(lines, x_label="seconds", y_label="ms", label="latency over time")
-    card_html = "".join(f'<div class="card">{escape(k)}<b>{escape(v)}</b></div>' for k, v in cards)
+    return line_chart(lines, x_label="seconds", y_label="ms", label="latency over time")
+
+
+def html_report(data: Mapping[str, Any], *, title: str) -> str:
+    """The whole page for `Figures.to_dict()` output."""
+    series = data["series"]
+    width = float(data.get("series_width_s") or 1.0)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width,initial-scale=1">
@@ -305,12 +322,12 @@ def html_report(data: Mapping[str, Any], *, title: str) -> str:
 <h1>{escape(title)}</h1>
 <p class="sub">{data["events"]} records over {data["elapsed_s"]:.2f} s; series per {width:g} s.
 Latency "from schedule" counts the wait before a late send (coordinated omission corrected).</p>
-<div class="cards">{card_html}</div>
-<h2>Latency</h2>{lat_table}
-<h2>Rate over time</h2>{rate_plot}
-<h2>Latency percentiles over time</h2>{latency_plot}
+<div class="cards">{_cards(data)}</div>
+<h2>Latency</h2>{_latency_table(data)}
+<h2>Rate over time</h2>{_rate_plot(series, width)}
+<h2>Latency percentiles over time</h2>{_latency_plot(series)}
 <h2>Latency histogram</h2>{histogram_chart(data["latency_histogram"], label="latency histogram")}
 <h2>Status codes over time</h2>{status_chart(series, width, label="status codes over time")}
-<h2>Status codes</h2>{status_table}
+<h2>Status codes</h2>{_status_table(data["statuses"])}
 </body></html>
 """

@@ -4,6 +4,7 @@ Rules:
 - The figures come from the same accumulator as the live run (series.Figures), so the
   report of a file agrees with the run's `--summary`.
 - Streaming: one record at a time; memory is the histograms and the bounded series.
+- Lines are read by `records.parse_record`, the record format's one reader.
 - A line that is not a JSON object (a torn last line after a crash) is counted and
   skipped, never fatal.
 """
@@ -13,8 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import orjson
-
+from engine.core.records import parse_record
 from engine.core.series import Figures
 
 
@@ -25,12 +25,8 @@ def figures_from_lines(lines: Iterable[bytes]) -> tuple[Figures, int]:
     for line in lines:
         if not line.strip():
             continue
-        try:
-            record = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            bad += 1
-            continue
-        if not isinstance(record, dict):
+        record = parse_record(line)
+        if record is None:
             bad += 1
             continue
         figures.add_record(record)

@@ -14,7 +14,7 @@
   oldest unanswered event) and hands complete batches to `emit`.
 - A run that cannot go on (every call refused with 401, or the endpoint unreachable,
   before any success) stops reading; the calls in flight finish and are written.
-- Retries happen inside the worker that holds the event (engine/core/retry.py decides), so
+- Retries happen inside the worker that holds the event (engine/core/call.py decides), so
   the events waiting for a retry are bounded by the pool size; each retry takes a rate
   permit like a first attempt.
 - SIGINT/SIGTERM (CLI runs only) halts: reading stops, no new call starts, calls in
@@ -25,14 +25,13 @@
 from __future__ import annotations
 
 import random
-import sys
 import time
 from collections import deque
 from collections.abc import (
     Awaitable,
     Callable,
 )
-from contextlib import AsyncExitStack, aclosing
+from contextlib import aclosing
 from dataclasses import dataclass, field
 
 import anyio
@@ -40,30 +39,21 @@ import orjson
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from engine.config import Config
+from engine.core.call import Authorize, Backoff, CallFlow, Permit, Renew, Send, SlowDown
 from engine.core.events import Event, Invalid, Item, ReadCounts
 from engine.core.query import RequestBuilder
-from engine.core.records import (
-    Result,
-    answered,
-    dry_run,
-    invalid,
-)
-from engine.core.retry import (
-    THROTTLE_STATUSES,
-    AdaptiveRate,
-    RetryPolicy,
-    RetrySettings,
-    retry_reason,
-)
-from engine.core.secrets import MIN_SECRET_LENGTH, Secrets
+from engine.core.rates import AdaptiveRate
+from engine.core.records import Result, dry_run, invalid
+from engine.core.retry import RetryPolicy, RetrySettings
+from engine.core.secrets import Secrets
 from engine.core.stats import RunStats, Summary, summarize
 from engine.errors import AuthError
-from engine.files.sinks import ResumeIndex, TickWriter
+from engine.files.sinks import TickWriter
 from engine.net.auth import TokenProvider
-from engine.net.token_client import open_token_provider
-from engine.net.transport import Transport, open_transport
+from engine.net.transport import Transport
 from engine.runtime.feeds import Feed
 from engine.runtime.limits import Limiter, make_limiter
+from engine.runtime.progress import show_status
 from engine.runtime.shutdown import Shutdown
 from engine.version import DEFAULT_USER_AGENT
 
@@ -81,6 +71,9 @@ class _State:
     first_fatal: str | None = None
     first_fatal_kind: str | None = None
     resumed: int = 0
+
+    def count_resumed(self, skipped: int) -> None:
+        self.resumed += skipped
 
 
 class Engine:
@@ -121,6 +114,13 @@ class Engine:
             rand=random.random,
         )
         self.adaptive = AdaptiveRate() if config.adaptive else None
+        self.calls = CallFlow(
+            self.policy,
+            adaptive=self.adaptive,
+            secrets=self.secrets,
+            clock=time.monotonic,
+            wall_clock=time.time,
+        )
         self.shutdown = Shutdown()
         self._tick: TickWriter | None = None
 
@@ -188,63 +188,44 @@ class Engine:
                     await send.send(result)
 
     async def process(self, item: Item) -> Result | None:
-        """The record of one item; None when the run halted before it was answered."""
+        """The record of one item; None when the run halted before it was answered.
+
+        Drives core/call.py's flow: the decisions are there, the waiting and the I/O here.
+        """
         if isinstance(item, Invalid):
             return invalid(item)
-        if self.transport is None:
+        transport = self.transport
+        if transport is None:
             return self._dry_run(item)
         request = self.builder.build(item)
-        attempts = 0
-        reasons: list[str] = []
-        refreshed = False
-        while True:
-            if not await self._permit():
-                return None
-            if attempts == 0:
-                self.policy.budget.on_first_attempt()
-            authorization = self.tokens.authorization()
-            if authorization is None:  # the token is in its mandatory window
-                authorization = await self.tokens.wait_authorization()
-            response = await self.transport.send(request, authorization)
-            attempts += 1
-            if (
-                response.status == 401
-                and not refreshed
-                and await self.tokens.refresh_after_401(authorization)
-            ):
-                refreshed = True
-                reasons.append("http_401")
-                continue
-            reason = retry_reason(response.status, response.error_kind)
-            note = None
-            if reason is not None:
-                if response.status in THROTTLE_STATUSES and self.adaptive is not None:
-                    self.adaptive.on_throttle(time.monotonic())
-                done = len(reasons) - refreshed
-                decision = self.policy.decide(done, response.retry_after, now=time.time())
-                if decision.final is None:
-                    reasons.append(reason)
-                    if not await self.shutdown.pause(decision.wait):
-                        return None
-                    continue
-                note = decision.final
-            return answered(
-                item, response, attempts, self.secrets, retries=tuple(reasons), note=note
-            )
+        flow = self.calls.start(item)
+        answer = flow.send
+        try:
+            effect = next(flow)
+            while True:
+                match effect:  # in the order of the common path
+                    case Permit():
+                        effect = answer(await self._permit())
+                    case Authorize():
+                        authorization = self.tokens.authorization()
+                        if authorization is None:  # the token is in its mandatory window
+                            authorization = await self.tokens.wait_authorization()
+                        effect = answer(authorization)
+                    case Send():
+                        effect = answer(await transport.send(request, effect.authorization))
+                    case Renew():
+                        effect = answer(await self.tokens.refresh_after_401(effect.used))
+                    case Backoff() | SlowDown():
+                        effect = answer(await self.shutdown.pause(effect.seconds))
+        except StopIteration as done:
+            result: Result | None = done.value
+            return result
 
     async def _permit(self) -> bool:
-        """Wait for the right to start a call (adaptive limit, then --rate); False on halt."""
-        if self.adaptive is not None:
-            wait = self.adaptive.reserve(time.monotonic())
-            if wait > 0 and not await self.shutdown.pause(wait):
-                return False
+        """Wait for a --rate permit; False when the run halted meanwhile."""
         if self.limiter is not None:
             await self.limiter.acquire()
-        if self.shutdown.halted.is_set():
-            return False
-        if self.adaptive is not None:
-            self.adaptive.on_send(time.monotonic())
-        return True
+        return not self.shutdown.halted.is_set()
 
     def _dry_run(self, event: Event) -> Result:
         request = self.builder.build(event)
@@ -341,7 +322,7 @@ class Engine:
         workers = 1 if self.transport is None else self.config.concurrency
         async with anyio.create_task_group() as tg:
             if self.config.progress:
-                tg.start_soon(self._progress, start)
+                tg.start_soon(show_status, self._progress_text)
             if handle_signals:
                 tg.start_soon(self.shutdown.watch_signals, tg, self.config.grace)
             tg.start_soon(self.keep_tokens)
@@ -361,8 +342,6 @@ class Engine:
             state.stopped = self._fatal_message()
         if counts is not None:
             stats.blank_lines = counts.blank_lines
-        if self.config.progress:
-            sys.stderr.write("\r\x1b[2K")
         return summarize(
             stats,
             elapsed_s=time.perf_counter() - start,
@@ -382,75 +361,11 @@ class Engine:
             if self.state.stopped is None:
                 self.state.stopped = str(exc)
 
-    async def _progress(self, start: float) -> None:
+    def _progress_text(self, elapsed: float) -> str:
         stats = self.state.stats
-        while True:
-            await anyio.sleep(0.5)
-            elapsed = time.perf_counter() - start
-            p99 = stats.latency.percentile(99)
-            p99_text = "-" if p99 is None else f"{p99:.0f} ms"
-            sys.stderr.write(
-                f"\r\x1b[2Kadbatch: {stats.events} done, {stats.events / elapsed:.0f}/s, "
-                f"{stats.ok} ok, {stats.failed} failed, {stats.invalid} invalid, p99 {p99_text}"
-            )
-            sys.stderr.flush()
-
-
-# -- resume ------------------------------------------------------------------------------
-
-
-async def _skip_answered(feed: Feed, index: ResumeIndex, state: _State) -> Feed:
-    """`feed` without the events the output already answers (counted in `state`)."""
-    async with aclosing(feed):
-        async for batch in feed:
-            kept = [item for item in batch if not index.answered(item.seq, item.source, item.id)]
-            state.resumed += len(batch) - len(kept)
-            if kept:
-                yield kept
-
-
-# -- entry points -----------------------------------------------------------------------
-
-
-async def start_mock(config: Config, stack: AsyncExitStack) -> Config:
-    """Start the embedded mock on `stack`; `config` pointed at it, with its OAuth client
-    (so `--mock` exercises dynamic tokens)."""
-    from engine.mock import running_mock  # the mock's server side loads only when asked
-
-    handle = await stack.enter_async_context(running_mock())
-    client_id, client_secret = handle.config.clients[0]
-    return config.with_changes(
-        endpoint=handle.delivery_url,
-        token=None,
-        token_url=handle.token_url,
-        client_id=client_id,
-        client_secret=client_secret,
-        mock=False,
-    )
-
-
-async def _open(config: Config, stack: AsyncExitStack) -> Engine:
-    """Start what the run needs (embedded mock, HTTP session) on `stack`."""
-    if config.mock:
-        config = await start_mock(config, stack)
-    tokens = await open_token_provider(config, stack)
-    transport: Transport | None = None
-    if not config.dry_run:
-        transport = await stack.enter_async_context(
-            open_transport(
-                concurrency=config.concurrency,
-                timeout=config.timeout,
-                client=config.http_client,
-            )
+        p99 = stats.latency.percentile(99)
+        p99_text = "-" if p99 is None else f"{p99:.0f} ms"
+        return (
+            f"adbatch: {stats.events} done, {stats.events / elapsed:.0f}/s, "
+            f"{stats.ok} ok, {stats.failed} failed, {stats.invalid} invalid, p99 {p99_text}"
         )
-    return Engine(config, tokens, transport)
-
-
-def redact_output(data: bytes, secrets: tuple[bytes, ...], engine: Engine | None) -> bytes:
-    """`data` without `secrets` and the tokens handed out so far (a server may echo them)."""
-    issued = () if engine is None else engine.tokens.secrets()
-    tokens = tuple(t.encode() for t in issued if len(t) >= MIN_SECRET_LENGTH)
-    for secret in secrets + tokens:
-        if secret in data:
-            data = data.replace(secret, b"[redacted]")
-    return data

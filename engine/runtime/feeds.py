@@ -1,30 +1,67 @@
 """Feeds: where the runner's items come from, as batches (async generators).
 
-`file_feed` reads the configured inputs on a worker thread (never blocking the loop on a
-disk or a pipe); `mapping_feed` takes a library caller's dicts. Both number items
+`thread_batches` is the one loop that reads input on a worker thread (never blocking the
+event loop on a disk or a pipe); every driver reads through it. `file_feed` reads the
+configured inputs; `mapping_feed` takes a library caller's dicts. Both number items
 0, 1, ... in input order: `seq` is what resume, ordering and sharding rely on.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping
-from contextlib import suppress
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Callable,
+    Generator,
+    Iterable,
+    Iterator,
+    Mapping,
+)
+from contextlib import aclosing, suppress
+from typing import Any, TypeVar
 
 import anyio
 
 from engine.config import Config
 from engine.core.events import EventDefaults, Invalid, Item, ReadCounts, make_event
+from engine.files.resume import ResumeIndex
 from engine.files.sources import next_batch, read_items
 
 Feed = AsyncGenerator[list[Item], None]
 READ_BATCH = 256
+T = TypeVar("T")
+
+
+async def thread_batches(
+    items: Iterator[T],
+    size: int = READ_BATCH,
+    *,
+    reader: Generator[Any, None, None] | None = None,
+) -> AsyncGenerator[list[T], None]:
+    """`items` in lists of up to `size`, each list read on a worker thread.
+
+    A cancelled read is abandoned (`abandon_on_cancel`): a halted run must not wait for
+    a read blocked on a silent pipe. At the end `reader` (default: `items`, when it is a
+    generator) is closed, unless that abandoned read is still running it.
+    """
+    owner = reader if reader is not None else items
+    try:
+        while batch := await anyio.to_thread.run_sync(
+            next_batch, items, size, abandon_on_cancel=True
+        ):
+            yield batch
+    finally:
+        close = getattr(owner, "close", None)
+        if close is not None:
+            with suppress(ValueError):  # "generator already executing": the abandoned read
+                close()
 
 
 def event_defaults(config: Config) -> EventDefaults:
     return EventDefaults(partner_id=config.partner_id, user_agent=None, ip=config.ip)
 
 
-async def file_feed(config: Config, counts: ReadCounts) -> Feed:
+def file_feed(config: Config, counts: ReadCounts) -> Feed:
     """The configured inputs, read in batches on a worker thread."""
     reader = read_items(
         config.inputs,
@@ -38,15 +75,7 @@ async def file_feed(config: Config, counts: ReadCounts) -> Feed:
         from engine.core.shard import ShardSpec, select
 
         items = select(reader, ShardSpec(*config.shard, by=config.shard_by), counts)
-    try:
-        # abandon_on_cancel: a halted run must not wait for a read blocked on a pipe.
-        while batch := await anyio.to_thread.run_sync(
-            next_batch, items, READ_BATCH, abandon_on_cancel=True
-        ):
-            yield batch
-    finally:
-        with suppress(ValueError):  # "generator already executing": the abandoned read
-            reader.close()
+    return thread_batches(items, READ_BATCH, reader=reader)
 
 
 async def mapping_feed(
@@ -76,3 +105,21 @@ async def mapping_feed(
                 batch = []
         if batch:
             yield batch
+
+
+def skip_answered(feed: Feed, index: ResumeIndex, skipped: Callable[[int], None]) -> Feed:
+    """`feed` without the events the output already answers (`--resume`); `skipped` is
+    told how many each batch lost."""
+
+    async def kept_batches() -> Feed:
+        async with aclosing(feed):
+            async for batch in feed:
+                kept = [
+                    item for item in batch if not index.answered(item.seq, item.source, item.id)
+                ]
+                if len(kept) != len(batch):
+                    skipped(len(batch) - len(kept))
+                if kept:
+                    yield kept
+
+    return kept_batches()

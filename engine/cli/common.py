@@ -1,0 +1,45 @@
+"""What every command does the same way: its name in messages, small files, the event loop.
+
+Imports no other module of engine.cli, so every command module may import it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from typing import Any, TypeAlias
+
+import anyio
+
+from engine.errors import InputError
+from engine.runtime.loop import tune_gc
+
+PROG = "adbatch"
+
+#: What `add_subparsers` returns: each command module adds its subcommands to it. A
+#: string, as argparse's class is not subscriptable at run time.
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def say(text: str) -> None:
+    """One line on stderr, after the program's name."""
+    print(f"{PROG}: {text}", file=sys.stderr)
+
+
+def run_async(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run `fn(*args)` on a fresh event loop: uvloop when installed, as the benchmarks ran."""
+    tune_gc()
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return anyio.run(fn, *args)
+    return anyio.run(fn, *args, backend_options={"use_uvloop": True})
+
+
+def write_file(path: str, data: bytes) -> None:
+    try:
+        with open(path, "wb") as f:
+            f.write(data)
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None

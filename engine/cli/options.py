@@ -1,0 +1,231 @@
+"""Argument types, the refusal of secrets on the command line, and args -> one Config.
+
+Precedence for every run option: command line, then environment (ADBATCH_*), then the
+TOML file given with --config, then the built-in default. Secrets are never taken on the
+command line or from a config file: only from the environment or a file of their own.
+A bad value is an argparse error on the command line and a ConfigError (exit 2) from
+the environment or the config file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import tomllib
+from dataclasses import fields
+from typing import Any
+
+from engine.config import Config
+from engine.core.shard import parse_shard
+from engine.errors import ConfigError
+
+#: Options that may also come from the environment.
+ENV_VARS = {
+    "token": "ADBATCH_TOKEN",
+    "client_id": "ADBATCH_CLIENT_ID",
+    "client_secret": "ADBATCH_CLIENT_SECRET",
+    "token_url": "ADBATCH_TOKEN_URL",
+    "endpoint": "ADBATCH_ENDPOINT",
+    "partner_id": "ADBATCH_PARTNER_ID",
+    "concurrency": "ADBATCH_CONCURRENCY",
+    "rate": "ADBATCH_RATE",
+    "timeout": "ADBATCH_TIMEOUT",
+    "http_client": "ADBATCH_HTTP_CLIENT",
+}
+
+_CONFIG_FIELDS = {f.name for f in fields(Config)}
+
+
+# -- argument types ----------------------------------------------------------------------
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def nonneg_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {text}")
+    return value
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not (value >= 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text}")
+    return value
+
+
+def count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
+    return value
+
+
+def shard(text: str) -> tuple[int, int]:
+    try:
+        return parse_shard(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def workers(text: str) -> int:
+    if text == "auto":
+        return _auto_workers()
+    return positive_int(text)
+
+
+def _auto_workers() -> int:
+    # Lazy: the multiprocessing machinery is loaded only when --workers auto asks for it.
+    from engine.multiproc.driver import auto_workers
+
+    return auto_workers()
+
+
+class RefuseSecret(argparse.Action):
+    """`--client-secret VALUE` would put the secret in the process list: refuse it.
+
+    It also keeps argparse from taking `--client-secret` as short for
+    `--client-secret-file` and echoing the secret back as a file name.
+    """
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        parser.error(
+            "the client secret is not taken on the command line; "
+            "use --client-secret-file PATH or ADBATCH_CLIENT_SECRET"
+        )
+
+
+# -- command line + environment + config file -> Config ---------------------------------
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """Merge command line, environment and config file into one validated Config."""
+    merged: dict[str, Any] = _load_toml(args.config) if args.config else {}
+    for name, var in ENV_VARS.items():
+        value = _env_value(name, var)
+        if value is not None:
+            merged[name] = value
+    for name in _CONFIG_FIELDS:
+        value = getattr(args, name, None)
+        if value is not None and name != "inputs":
+            merged[name] = value
+    if args.token_file:
+        if args.token is not None:
+            raise ConfigError("give --token or --token-file, not both")
+        merged["token"] = _read_secret_file(args.token_file, "token")
+    if args.client_secret_file:
+        merged["client_secret"] = _read_secret_file(args.client_secret_file, "client secret")
+    if args.inputs:
+        merged["inputs"] = tuple(args.inputs)
+    elif "inputs" in merged:
+        merged["inputs"] = tuple(merged["inputs"])
+    merged["progress"] = (not args.no_progress) and sys.stderr.isatty()
+    _coerce_file_values(merged)
+    try:
+        return Config(**merged).validated()
+    except TypeError as exc:
+        raise ConfigError(f"bad option value: {exc}") from None
+
+
+def _coerce_file_values(merged: dict[str, Any]) -> None:
+    """A config file writes some values as the command line would: give them their type."""
+    if merged.get("workers") == "auto":
+        merged["workers"] = _auto_workers()
+    if merged.get("partner_id") is not None:
+        merged["partner_id"] = str(merged["partner_id"])
+    if isinstance(merged.get("shard"), str):  # shard = "0/4" in a config file
+        try:
+            merged["shard"] = shard(merged["shard"])
+        except argparse.ArgumentTypeError as exc:
+            raise ConfigError(f"shard: {exc}") from None
+
+
+def _load_toml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    table = data.get("adbatch", data)
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        name = key.replace("-", "_")
+        if name == "format":
+            name = "input_format"
+        if name not in _CONFIG_FIELDS:
+            raise ConfigError(f"config file {path}: unknown option {key!r}")
+        if name == "token":
+            raise ConfigError(
+                f"config file {path}: keep the token out of config files; "
+                "use ADBATCH_TOKEN or --token-file"
+            )
+        if name == "client_secret":
+            raise ConfigError(
+                f"config file {path}: keep the client secret out of config files; "
+                "use ADBATCH_CLIENT_SECRET or --client-secret-file"
+            )
+        out[name] = value
+    return out
+
+
+def _read_secret_file(path: str, what: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = f.read().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} file {path}: {exc.strerror or exc}") from None
+    if not value:
+        raise ConfigError(f"{what} file {path} is empty")
+    return value
+
+
+def _env_value(name: str, var: str) -> Any:
+    text = os.environ.get(var)
+    if text is None or text == "":
+        return None
+    try:
+        if name == "concurrency":
+            return positive_int(text)
+        if name in ("rate", "timeout"):
+            return positive_float(text)
+    except argparse.ArgumentTypeError as exc:
+        raise ConfigError(f"{var}: {exc}") from None
+    return text

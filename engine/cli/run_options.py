@@ -1,0 +1,240 @@
+"""The options of run, load and replay (inputs and every option that shapes the calls).
+
+Declarations only, group by group: the groups are added in the order `--help` lists them,
+and the values keep argparse's None for "not given", so that config_from_args can tell
+the command line from the environment and the config file.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from engine.cli.options import (
+    RefuseSecret,
+    count,
+    positive_float,
+    positive_int,
+    seconds,
+    workers,
+)
+from engine.config import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_ENDPOINT,
+    DEFAULT_MAX_LINE_BYTES,
+    DEFAULT_TIMEOUT,
+    DEFAULT_TOKEN_URL,
+    DEFAULT_TOKEN_WAIT,
+    HTTP_CLIENTS,
+)
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """Inputs and every option that shapes the calls (run, load and replay share them)."""
+    p.add_argument(
+        "inputs",
+        nargs="*",
+        metavar="INPUT",
+        help="event files (.jsonl, .ndjson, .csv, optionally .gz); '-' or none reads stdin",
+    )
+    _add_io_options(p.add_argument_group("input and output"))
+    api = p.add_argument_group("delivery API")
+    _add_api_options(api)
+    _add_token_options(api)
+    _add_speed_options(p.add_argument_group("concurrency and limits"))
+    _add_reliability_options(
+        p.add_argument_group("retries, interruption and resume (docs/reliability.md)")
+    )
+    _add_other_options(p.add_argument_group("other"))
+
+
+def _add_io_options(io: argparse._ArgumentGroup) -> None:
+    io.add_argument(
+        "-o", "--output", metavar="PATH", help="write JSONL records here (default: stdout)"
+    )
+    io.add_argument(
+        "--format",
+        dest="input_format",
+        choices=("auto", "jsonl", "csv"),
+        help="input format (default: auto, from the file name; stdin is jsonl)",
+    )
+    io.add_argument(
+        "--ordered",
+        action="store_true",
+        default=None,
+        help="write records in input order (default: completion order)",
+    )
+    io.add_argument(
+        "--max-line-bytes",
+        type=positive_int,
+        metavar="N",
+        help=f"longest input line accepted (default: {DEFAULT_MAX_LINE_BYTES})",
+    )
+    io.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML file of options (keys as the long options: concurrency = 32)",
+    )
+
+
+def _add_api_options(api: argparse._ArgumentGroup) -> None:
+    api.add_argument(
+        "--endpoint",
+        metavar="URL",
+        help=f"delivery URL (default: {DEFAULT_ENDPOINT}; env ADBATCH_ENDPOINT)",
+    )
+    api.add_argument(
+        "--partner-id",
+        metavar="ID",
+        help="criteo-partner-id for events without one (env ADBATCH_PARTNER_ID)",
+    )
+    api.add_argument(
+        "--user-agent",
+        metavar="UA",
+        help="User-Agent for events without one (default: adbatch/VERSION)",
+    )
+    api.add_argument("--ip", metavar="IP", help="X-Forwarded-For for events without one")
+
+
+def _add_token_options(api: argparse._ArgumentGroup) -> None:
+    api.add_argument(
+        "--token",
+        metavar="TOKEN",
+        help="static bearer token; prefer env ADBATCH_TOKEN or --token-file, "
+        "which keep it out of the process list",
+    )
+    api.add_argument("--token-file", metavar="PATH", help="read the static token from a file")
+    api.add_argument(
+        "--client-id",
+        metavar="ID",
+        help="OAuth2 client id: dynamic tokens, renewed in the background (env ADBATCH_CLIENT_ID)",
+    )
+    api.add_argument(
+        "--client-secret-file",
+        metavar="PATH",
+        help="read the OAuth2 client secret from a file (or env ADBATCH_CLIENT_SECRET; "
+        "never on the command line)",
+    )
+    api.add_argument("--client-secret", action=RefuseSecret, help=argparse.SUPPRESS)
+    api.add_argument(
+        "--token-url",
+        metavar="URL",
+        help=f"OAuth2 token endpoint (default: {DEFAULT_TOKEN_URL}; env ADBATCH_TOKEN_URL)",
+    )
+    api.add_argument(
+        "--token-wait",
+        type=positive_float,
+        metavar="S",
+        help="how long to keep asking an unavailable token endpoint before stopping "
+        f"(default: {DEFAULT_TOKEN_WAIT:g})",
+    )
+    api.add_argument(
+        "--mock",
+        action="store_true",
+        default=None,
+        help="start the embedded mock server on a free loopback port and run "
+        "against it (token handled for you)",
+    )
+
+
+def _add_speed_options(speed: argparse._ArgumentGroup) -> None:
+    speed.add_argument(
+        "-c",
+        "--concurrency",
+        type=positive_int,
+        metavar="N",
+        help=f"calls in flight (default: {DEFAULT_CONCURRENCY})",
+    )
+    speed.add_argument(
+        "--rate",
+        type=positive_float,
+        metavar="R",
+        help="calls per second across the run (default: unlimited)",
+    )
+    speed.add_argument(
+        "--workers",
+        type=workers,
+        metavar="N|auto",
+        help="processes sharing the run, each with its own event loop and connections; "
+        "auto = one per CPU core (default: 1)",
+    )
+    speed.add_argument(
+        "--timeout",
+        type=positive_float,
+        metavar="S",
+        help=f"seconds per call (default: {DEFAULT_TIMEOUT:g})",
+    )
+    speed.add_argument(
+        "--http-client",
+        choices=HTTP_CLIENTS,
+        help="http1: adbatch's lean keep-alive client on aiohttp's protocol layer, about "
+        "a fifth of the CPU per call; session: a plain aiohttp ClientSession, for a "
+        "server the lean client trips on (default: http1)",
+    )
+
+
+def _add_reliability_options(rel: argparse._ArgumentGroup) -> None:
+    rel.add_argument(
+        "--retries",
+        type=count,
+        metavar="N",
+        help="retries per event after the first attempt, for timeouts, connection errors, "
+        "429, 500, 502, 503, 504 (default: 3)",
+    )
+    rel.add_argument(
+        "--backoff-base", type=seconds, metavar="S", help="first backoff step (default: 0.1)"
+    )
+    rel.add_argument(
+        "--backoff-cap", type=seconds, metavar="S", help="longest backoff (default: 10)"
+    )
+    rel.add_argument(
+        "--retry-after-cap",
+        type=seconds,
+        metavar="S",
+        help="longest Retry-After honoured; longer is a final failure (default: 30)",
+    )
+    rel.add_argument(
+        "--retry-budget",
+        type=float,
+        metavar="R",
+        help="retries allowed per first attempt, beyond a reserve of 100 (default: 0.2)",
+    )
+    rel.add_argument(
+        "--no-adaptive",
+        dest="adaptive",
+        action="store_false",
+        default=None,
+        help="do not lower the sending rate on a 429/503 storm",
+    )
+    rel.add_argument(
+        "--resume",
+        action="store_true",
+        default=None,
+        help="-o FILE holds records of an interrupted run: send only the events it lacks",
+    )
+    rel.add_argument(
+        "--grace",
+        type=seconds,
+        metavar="S",
+        help="on SIGINT/SIGTERM, seconds the calls in flight may take to finish (default: 10)",
+    )
+    rel.add_argument(
+        "--allow-insecure",
+        action="store_true",
+        default=None,
+        help="allow sending the token over plain http:// to a host that is not loopback",
+    )
+
+
+def _add_other_options(misc: argparse._ArgumentGroup) -> None:
+    misc.add_argument(
+        "--dry-run",
+        action="store_true",
+        default=None,
+        help="write the URL and headers each event would send; send nothing",
+    )
+    misc.add_argument(
+        "--no-progress",
+        action="store_true",
+        default=False,
+        help="no progress line (it shows only when stderr is a terminal)",
+    )

@@ -1,0 +1,208 @@
+"""When a token is to be renewed, and what the token endpoint answered (pure).
+
+Rules:
+- Clock-free: every time comes in as an argument, on the monotonic clock of the provider
+  that asks (engine/net/auth.py); a token's window is measured from when its request was
+  sent, so the server's clock and the transit time only ever make us renew early.
+- Randomness comes in as a `draw` in [0, 1): the same draw gives the same window or delay.
+- A failed answer is a value (`TokenFailure`), never an exception; its message is short
+  and never carries the secrets it was given (one redactor: engine.core.secrets).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import Enum
+from typing import Literal
+
+import orjson
+
+from engine.core.secrets import Secrets
+
+#: Criteo's documented lifetime; assumed when an answer carries no `expires_in`.
+DEFAULT_LIFETIME = 900.0
+#: Shorter lifetimes are refused: renewing them would be a loop of token requests.
+MIN_LIFETIME = 0.5
+_MESSAGE_CHARS = 300
+
+
+class Phase(Enum):
+    FRESH = "fresh"  # nothing to do
+    ADVISORY = "advisory"  # renew in the background; calls keep using the token
+    MANDATORY = "mandatory"  # calls wait for the renewal in progress
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True, slots=True)
+class TokenWindow:
+    """When one token is to be renewed, on the monotonic clock."""
+
+    sent_at: float
+    refresh_at: float
+    mandatory_at: float
+    expires_at: float
+
+    def phase(self, now: float) -> Phase:
+        if now < self.refresh_at:
+            return Phase.FRESH
+        if now < self.mandatory_at:
+            return Phase.ADVISORY
+        if now < self.expires_at:
+            return Phase.MANDATORY
+        return Phase.EXPIRED
+
+
+#: The window before the first token: calls must wait, the renewer has work to do.
+NO_WINDOW = TokenWindow(0.0, -math.inf, -math.inf, -math.inf)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RefreshPolicy:
+    """Advisory/mandatory refresh (botocore's model), scaled to the token's lifetime.
+
+    With Criteo's 900 s tokens: renew 225-169 s before expiry (google-auth's 3 min 45 s),
+    retry failures with backoff (0.5 s doubling to 8 s) while the token keeps serving,
+    and make calls wait only in the last 10 s. With a 2 s test token: renew 0.5-0.375 s
+    before expiry, retry every 16-31 ms, wait in the last 0.25 s.
+
+    The mandatory window is at least `mandatory_min` (a call read its token before the
+    window must still arrive before expiry, even on a lagging event loop), but never more
+    than half the advisory window.
+    """
+
+    advisory_fraction: float = 0.25  # the advisory window: the last 25% of the lifetime
+    jitter: float = 0.25  # renewal starts within the first quarter of that window
+    mandatory_fraction: float = 0.05
+    mandatory_min: float = 0.25  # seconds
+    mandatory_max: float = 10.0  # seconds
+    retry_initial_max: float = 0.5
+    retry_cap_max: float = 8.0
+
+    def _spans(self, lifetime: float) -> tuple[float, float]:
+        """(advisory, mandatory) window lengths in seconds."""
+        advisory = max(0.0, lifetime) * self.advisory_fraction
+        mandatory = max(self.mandatory_min, lifetime * self.mandatory_fraction)
+        return advisory, min(self.mandatory_max, mandatory, advisory / 2)
+
+    def window(self, *, sent_at: float, lifetime: float, draw: float) -> TokenWindow:
+        """The window of a token asked for at `sent_at`; `draw` in [0, 1) sets the jitter."""
+        advisory, mandatory = self._spans(lifetime)
+        expires_at = sent_at + max(0.0, lifetime)
+        refresh_at = expires_at - advisory * (1.0 - self.jitter * draw)
+        mandatory_at = expires_at - mandatory
+        return TokenWindow(sent_at, min(refresh_at, mandatory_at), mandatory_at, expires_at)
+
+    def retry_delay(self, attempt: int, *, lifetime: float, draw: float) -> float:
+        """Seconds before retry number `attempt` (0-based) of a failed renewal.
+
+        Exponential with "equal jitter" (half fixed, half drawn), scaled to the room
+        between the latest renewal start and the mandatory window, so that a short
+        lifetime still gets several tries before calls have to wait.
+        """
+        advisory, mandatory = self._spans(lifetime)
+        room = advisory * (1.0 - self.jitter) - mandatory
+        initial = min(self.retry_initial_max, max(0.005, room / 8))
+        cap = min(self.retry_cap_max, max(initial, room / 4))
+        base = min(cap, initial * 2.0 ** min(attempt, 30))
+        return base * (0.5 + 0.5 * draw)
+
+
+def startup_delay(attempt: int, *, wait: float, draw: float) -> float:
+    """Seconds before retry `attempt` of the first token (endpoint down at start)."""
+    initial = min(0.25, max(0.005, wait / 16))
+    base = min(4.0, initial * 2.0 ** min(attempt, 30))
+    return base * (0.5 + 0.5 * draw)
+
+
+# -- token endpoint answers ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TokenGrant:
+    access_token: str
+    lifetime: float  # seconds, from `expires_in`
+
+
+@dataclass(frozen=True, slots=True)
+class TokenFailure:
+    """Why no token came back. `refused`: the credentials were rejected (400/401/403)."""
+
+    kind: Literal["refused", "unavailable"]
+    message: str
+
+
+_NO_SECRETS = Secrets()
+
+
+def endpoint_message(text: str, secrets: Secrets = _NO_SECRETS) -> str:
+    """`text` fit for a TokenFailure: redacted first, then cut short."""
+    return secrets.redact(text)[:_MESSAGE_CHARS]
+
+
+def _oauth_error(body: bytes) -> str | None:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("error"), str):
+        return None
+    text = str(data["error"])
+    if isinstance(data.get("error_description"), str):
+        text += f" ({data['error_description']})"
+    return text
+
+
+def _lifetime(data: dict[str, object]) -> float | None:
+    """`expires_in` in seconds, or None when it is missing its point (too short, not a number)."""
+    lifetime = data.get("expires_in", DEFAULT_LIFETIME)
+    if isinstance(lifetime, str):
+        try:
+            lifetime = float(lifetime)
+        except ValueError:
+            return None
+    if (
+        isinstance(lifetime, bool)
+        or not isinstance(lifetime, int | float)
+        or not (lifetime >= MIN_LIFETIME and math.isfinite(lifetime))
+    ):
+        return None
+    return float(lifetime)
+
+
+def _grant(body: bytes) -> TokenGrant | TokenFailure:
+    """An HTTP 200 answer: a usable token, or why it is not one."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return TokenFailure("unavailable", "HTTP 200 with a body that is not JSON")
+    token = data.get("access_token") if isinstance(data, dict) else None
+    if not isinstance(token, str) or not token.strip():
+        return TokenFailure("unavailable", "HTTP 200 without an access_token")
+    token_type = data.get("token_type", "Bearer")
+    if not isinstance(token_type, str) or token_type.lower() != "bearer":
+        return TokenFailure("refused", f"token_type {str(token_type)[:40]!r} is not Bearer")
+    lifetime = _lifetime(data)
+    if lifetime is None:
+        return TokenFailure(
+            "unavailable", f"HTTP 200 with no usable expires_in (at least {MIN_LIFETIME:g}s)"
+        )
+    return TokenGrant(token.strip(), lifetime)
+
+
+def parse_token_answer(
+    status: int, body: bytes, *, secrets: Secrets = _NO_SECRETS
+) -> TokenGrant | TokenFailure:
+    """Classify one answer of the token endpoint; messages never carry `secrets`."""
+    if status == 200:
+        return _grant(body)
+    detail = _oauth_error(body)
+    if detail is None:
+        text = body[:200].decode("utf-8", "replace").strip()
+        detail = " ".join(text.split()) or "no body"
+    message = endpoint_message(f"HTTP {status} {detail}", secrets)
+    # 408, 429 and 5xx may pass; any other 4xx (a wrong --token-url answering 404, a
+    # refused client) will not get better by asking again.
+    if 400 <= status < 500 and status not in (408, 429):
+        return TokenFailure("refused", message)
+    return TokenFailure("unavailable", message)

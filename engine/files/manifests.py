@@ -1,0 +1,129 @@
+"""Manifests: what a part file holds (rows, sha256), written beside it as JSON.
+
+Rules:
+- A part is read as whole blocks of 1 MiB, counting rows (newlines) and hashing its
+  bytes (sha256) in the same pass; copying a part does both as it copies.
+- A manifest is written through a temporary file, fsync and a rename: it is there whole
+  or not at all, so a manifest that exists describes a part that was complete.
+- A static shard's output (`run --shard I/N -o part`) gets `part.manifest.json` (shard,
+  records in the whole input, rows, sha256); a merged file gets `OUT.manifest.json`
+  (rows and sha256 per part, in the order they were joined), from `merge` and the Ray
+  backend alike.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import orjson
+
+from engine.config import Config
+from engine.errors import InputError
+
+MANIFEST_SUFFIX = ".manifest.json"
+_BLOCK = 1 << 20
+
+
+def manifest_path(output: str) -> str:
+    return output + MANIFEST_SUFFIX
+
+
+@dataclass(frozen=True, slots=True)
+class PartInfo:
+    """A part file as it is on disk: whole lines, their bytes' sha256."""
+
+    path: str
+    rows: int
+    sha256: str
+    size: int
+
+
+def scan_part(path: str) -> PartInfo:
+    """Rows and sha256 of a file (one pass)."""
+    digest = hashlib.sha256()
+    rows = size = 0
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(_BLOCK):
+                digest.update(block)
+                rows += block.count(b"\n")
+                size += len(block)
+    except OSError as exc:
+        raise InputError(f"cannot read part {path}: {exc.strerror or exc}") from None
+    return PartInfo(path, rows, digest.hexdigest(), size)
+
+
+def copy_part(path: str, out: BinaryIO) -> PartInfo:
+    """Append the file at `path` to `out` in blocks; its rows and sha256 as copied."""
+    digest = hashlib.sha256()
+    rows = size = 0
+    try:
+        f = open(path, "rb")
+    except OSError as exc:
+        raise InputError(f"cannot read part {path}: {exc.strerror or exc}") from None
+    with f:
+        while block := f.read(_BLOCK):
+            digest.update(block)
+            rows += block.count(b"\n")
+            size += len(block)
+            out.write(block)
+    return PartInfo(path, rows, digest.hexdigest(), size)
+
+
+def write_json_atomic(path: str, data: dict[str, Any]) -> None:
+    """Write `data` to `path` through a temporary file and a rename (never half a file)."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS) + b"\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_shard_manifest(config: Config, *, records: int) -> None:
+    """The manifest of a static shard's output (called by `run` when `--shard` is set)."""
+    assert config.shard is not None
+    assert config.output is not None
+    info = scan_part(config.output)
+    write_json_atomic(
+        manifest_path(config.output),
+        {
+            "adbatch": "shard",
+            "shard": list(config.shard),
+            "by": config.shard_by,
+            "inputs": list(config.inputs),
+            "records": records,
+            "rows": info.rows,
+            "sha256": info.sha256,
+        },
+    )
+
+
+def read_manifest(path: str) -> dict[str, Any] | None:
+    """The JSON object at `path`; None when there is no file (or it holds no object)."""
+    try:
+        with open(path, "rb") as f:
+            data = orjson.loads(f.read())
+    except FileNotFoundError:
+        return None
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise InputError(f"cannot read manifest {path}: {exc}") from None
+    return data if isinstance(data, dict) else None
+
+
+def write_merged_manifest(output: str, parts: Iterable[dict[str, Any]], **extra: Any) -> None:
+    """`OUT.manifest.json` of a merged file: `parts` in the order they were joined."""
+    entries = list(parts)
+    write_json_atomic(
+        manifest_path(output),
+        {
+            "adbatch": "merged",
+            **extra,
+            "rows": sum(int(p["rows"]) for p in entries),
+            "parts": entries,
+        },
+    )

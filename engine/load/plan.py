@@ -1,0 +1,96 @@
+"""What a load test or a replay is asked to do (`LoadPlan`), what it shows while it runs
+(`LiveState`) and what it found (`LoadOutcome`). No I/O."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+from engine.core.errors import ConfigError
+from engine.core.events import Item
+from engine.core.pacing import Pacer
+from engine.core.series import Figures
+from engine.core.stats import Summary
+
+Scheduled = tuple[float | None, Item]  # (due offset in seconds, item); None: write at once
+
+DEFAULT_MAX_IN_FLIGHT = 256
+DEFAULT_REORDER = 256
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoadPlan:
+    """What `load` / `replay` adds to the batch Config (the schedule and its limits)."""
+
+    mode: Literal["load", "replay"] = "load"
+    pacer: Pacer | None = None
+    loop: bool = True
+    speed: float = 1.0
+    max_gap: float | None = None
+    reorder: int = DEFAULT_REORDER
+    access_log: bool = False
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    #: With every slot busy: "drop" the call (load's default) or "wait" for a slot
+    #: (replay's default; wrk2's model: the wait counts in the latency from the schedule).
+    when_full: Literal["drop", "wait"] | None = None
+
+    @property
+    def drops(self) -> bool:
+        return (self.when_full or ("drop" if self.mode == "load" else "wait")) == "drop"
+
+    def validated(self) -> LoadPlan:
+        if self.mode == "load" and self.pacer is None:
+            raise ConfigError("load needs a schedule: --rate, --ramp-from/--ramp-to or --stages")
+        if self.max_in_flight < 1:
+            raise ConfigError(f"--max-in-flight must be at least 1, got {self.max_in_flight}")
+        if not (self.speed > 0 and math.isfinite(self.speed)):
+            raise ConfigError(f"--speed must be a positive number, got {self.speed}")
+        if self.max_gap is not None and not self.max_gap > 0:
+            raise ConfigError(f"--max-gap must be a positive number of seconds, got {self.max_gap}")
+        if self.reorder < 0:
+            raise ConfigError(f"--reorder must be 0 or more, got {self.reorder}")
+        if self.when_full not in (None, "drop", "wait"):
+            raise ConfigError(f"--when-full must be drop or wait, got {self.when_full!r}")
+        return self
+
+
+@dataclass(slots=True)
+class LiveState:
+    """What the progress display reads while the run goes on."""
+
+    figures: Figures = field(default_factory=Figures)
+    scheduled: int = 0
+    in_flight: int = 0
+    total: int | None = None
+    duration: float | None = None
+    started: float = 0.0
+    token: str = "static"
+
+
+@dataclass(frozen=True, slots=True)
+class LoadOutcome:
+    """A finished load or replay: the batch summary plus the open-model figures."""
+
+    summary: Summary
+    figures: dict[str, object]
+    scheduled: int
+    late_in_log: int = 0
+
+    @property
+    def exit_code(self) -> int:
+        return self.summary.exit_code
+
+    def line(self) -> str:
+        f = self.figures
+        lat = f["corrected_latency_ms"]
+        assert isinstance(lat, dict)
+        text = f"{self.scheduled} scheduled, {f['sent']} sent, {f['dropped']} dropped"
+        if lat.get("p50") is not None:
+            text += (
+                f"; latency from schedule p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms, "
+                f"max {lat['max']:.1f} ms"
+            )
+        if self.late_in_log:
+            text += f"; {self.late_in_log} log lines past the reorder window sent at once"
+        return text

@@ -1,0 +1,172 @@
+"""`--workers N`: start the worker processes, open the run, let the parent drive it.
+
+The parent's rules are engine/multiproc/parent.py's, a worker's engine/multiproc/child.py's.
+
+Rules:
+- The processes start first thing in the run (`open_run`'s `prepare`), before the mock,
+  the token or any socket exists: forked when this process has one thread (a forked
+  worker inherits nothing but the modules and its pipe, and starts in milliseconds),
+  else spawned.
+- `--rate R` is split R/N, `--concurrency C` ceil(C/N) per worker: the options keep their
+  meaning for the whole run. Workers get no credentials and no output of their own
+  beyond what the parent allows.
+- However the run ends, every pipe is closed and every process joined (killed after
+  `_JOIN_TIMEOUT_S` if it will not end).
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import sys
+import time
+from contextlib import AsyncExitStack
+from typing import Literal
+
+import anyio
+import anyio.to_thread
+
+from engine.config import Config
+from engine.core.stats import Summary, summarize
+from engine.multiproc.child import worker_main
+from engine.multiproc.parent import WorkerHandle, _Parent
+from engine.net.auth import TokenProvider
+from engine.runtime.session import open_run
+
+_JOIN_TIMEOUT_S = 5.0
+
+StartMethod = Literal["fork", "spawn"]
+
+
+def auto_workers() -> int:
+    """`--workers auto`: one process per CPU this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def worker_config(config: Config) -> Config:
+    """One worker's share of the run: rate/N, ceil(concurrency/N), no output of its own."""
+    n = config.workers
+    return config.with_changes(
+        workers=1,
+        rate=None if config.rate is None else config.rate / n,
+        concurrency=max(1, math.ceil(config.concurrency / n)),
+        ordered=False,  # the parent restores the order across workers
+        progress=False,
+        output=None,
+        mock=False,
+        inputs=("<parent>",),
+        # Workers get the Authorization values from the parent, never the credentials.
+        token=None,
+        client_id=None,
+        client_secret=None,
+        resume=False,
+    )
+
+
+def start_method() -> StartMethod:
+    """ "fork" when it is safe (Linux, this process has one thread: no lock can be held by
+    a thread the child would not have), else "spawn". A forked worker starts in
+    milliseconds, with the modules already imported; a spawned one imports them again
+    (about half a second of CPU each)."""
+    if sys.platform != "linux":
+        return "spawn"
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            threads = next((int(line.split()[1]) for line in f if line.startswith("Threads:")), 0)
+    except OSError:
+        return "spawn"
+    return "fork" if threads == 1 else "spawn"
+
+
+def start_workers(count: int, method: StartMethod | None = None) -> list[WorkerHandle]:
+    """Start `count` idle worker processes; each waits for its ("start", ...) message.
+
+    Called first thing in a run, before the mock, the token or any socket exists, so a
+    forked worker inherits nothing but the modules (and its pipe)."""
+    method = method or start_method()
+    ctx = (
+        multiprocessing.get_context("fork")
+        if method == "fork"
+        else multiprocessing.get_context("spawn")
+    )
+    workers: list[WorkerHandle] = []
+    for index in range(count):
+        parent_conn, child_conn = ctx.Pipe(duplex=True)
+        inherited = (
+            tuple(c.fileno() for c in [*(w.conn for w in workers), parent_conn])
+            if method == "fork"
+            else ()
+        )
+        process = ctx.Process(
+            target=worker_main,
+            args=(index, child_conn, inherited),
+            name=f"adbatch-worker-{index}",
+            daemon=True,
+        )
+        process.start()
+        child_conn.close()
+        workers.append(WorkerHandle(index, process, parent_conn))
+    return workers
+
+
+async def _stop_processes(workers: list[WorkerHandle]) -> None:
+    # After a normal end every pipe is closed already; after a failure closing them
+    # makes each worker's listener see EOF, so it finishes its calls and exits.
+    with anyio.CancelScope(shield=True):
+        for worker in workers:
+            if not worker.conn.closed:
+                worker.conn.close()
+        for worker in workers:
+            await anyio.to_thread.run_sync(worker.process.join, _JOIN_TIMEOUT_S)
+            if worker.process.is_alive():  # it ignores SIGTERM (the parent decides)
+                worker.process.kill()
+                await anyio.to_thread.run_sync(worker.process.join, _JOIN_TIMEOUT_S)
+
+
+async def run_workers(
+    config: Config,
+    *,
+    tokens: TokenProvider | None = None,
+    start: StartMethod | None = None,
+    handle_signals: bool = False,
+) -> Summary:
+    """`api.run` over `config.workers` processes (see engine/multiproc/parent.py's rules).
+
+    `tokens`: the run's token provider (default: from the config); it lives in this
+    process and only its `authorization()` values reach the workers. `start`: "fork" or
+    "spawn" (default: `start_method()`). `handle_signals` (the CLI): SIGINT/SIGTERM stop
+    the run as in one process, with --grace for the calls in flight.
+    """
+    config = config.validated()
+    started = time.perf_counter()
+    workers: list[WorkerHandle] = []
+
+    def start_processes(stack: AsyncExitStack) -> None:
+        workers.extend(start_workers(config.workers, start))
+        stack.push_async_callback(_stop_processes, workers)
+
+    provider: TokenProvider | bool = tokens if tokens is not None else True
+    async with open_run(
+        config, tokens=provider, transport=False, prepare=start_processes
+    ) as session:
+        parent = _Parent(session, workers)
+        await parent.begin(worker_config(session.config))
+        await parent.run(handle_signals=handle_signals)
+    if parent.error is not None:
+        raise parent.error
+    stats = parent.stats
+    stats.blank_lines = session.counts.blank_lines
+    return summarize(
+        stats,
+        elapsed_s=time.perf_counter() - started,
+        stopped=parent.stopped,
+        retry_budget_refused=parent.budget_refused,
+        slowed=parent.slowed,
+        resumed=parent.resumed,
+        tokens=session.tokens.token_stats(),
+        interrupted=parent.interrupted,
+    )

@@ -1,0 +1,120 @@
+"""What the parent and the workers of a `--workers N` run say to each other over their pipe.
+
+Every message is a frozen slotted dataclass (pickled by `multiprocessing`), matched by
+type with `match`; nothing is read by position.
+
+    parent -> worker: Start, Units, Token, Refreshed, Halt, End
+    worker -> parent: Answered, Records, Ordered, Refresh, Done, Failed
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.config import Config
+from engine.core.stats import RunStats
+from engine.files.sources import Unit
+
+# -- parent -> worker -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    """The worker's share of the run; until it comes, the worker only waits."""
+
+    config: Config
+    header: str | None  # the current Authorization value
+    ordered: bool  # send encoded lines with their seq, for the parent to order
+    output: str | None  # the file to append records to itself (unordered, regular file)
+
+
+@dataclass(frozen=True, slots=True)
+class Units:
+    """Input records to parse, check and send (at most the parent's credit)."""
+
+    units: list[Unit]
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """The run's token changed."""
+
+    header: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Refreshed:
+    """The answer to `Refresh(used)`: whether a retry may help, and the header to use."""
+
+    used: str | None
+    ok: bool
+    header: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Halt:
+    """The run was interrupted: start no call, give those in flight `grace` seconds."""
+
+    reason: str
+    grace: float
+
+
+@dataclass(frozen=True, slots=True)
+class End:
+    """No more input: finish the calls in flight, then report `Done`."""
+
+
+ToWorker = Start | Units | Token | Refreshed | Halt | End
+
+# -- worker -> parent -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """`count` records were appended to the output by the worker itself."""
+
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Records:
+    """Encoded JSONL records for the parent to write (stdout, a pipe)."""
+
+    data: bytes
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ordered:
+    """Encoded records with their seq, for the parent to write in input order."""
+
+    lines: list[tuple[int, bytes]]
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Refresh:
+    """A call sent with `used` got a 401: may the run have a new token?"""
+
+    used: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """The worker's last word: its figures, and why it stopped the run (if it did)."""
+
+    stats: RunStats
+    stopped: str | None
+    budget_refused: int
+    slowed: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """The worker failed; the parent fails the run with this text."""
+
+    text: str
+    exit_code: int
+
+
+ToParent = Answered | Records | Ordered | Refresh | Done | Failed

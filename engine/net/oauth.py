@@ -1,0 +1,245 @@
+"""OAuthToken: one OAuth2 client-credentials token for a run, renewed in the background.
+
+Rules:
+- `start()` gets the first token before any delivery call; `maintain()` (one background
+  task in the engine's task group) renews it ahead of expiry and is the only code that
+  fetches after that.
+- Calls never wait for a fresh token except in its mandatory window (all of them on the
+  one renewal in progress) and after a 401 (single flight: one renewal for any number of
+  401s on the current token, at most one per `min_401_interval`).
+- Every timer (the renewal timer, retry delays, the --token-wait bounds) goes through the
+  injected `Clock`: a test moves time, nothing sleeps for real. Expiry is measured from
+  when the token request was sent (the window arithmetic is engine/core/tokenwindow.py).
+- The client secret and the tokens never go into a message; server text is redacted.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+import anyio
+
+from engine.config import DEFAULT_TOKEN_WAIT
+from engine.core.stats import TokenStats
+from engine.core.tokenwindow import (
+    NO_WINDOW,
+    RefreshPolicy,
+    TokenFailure,
+    TokenGrant,
+    TokenWindow,
+    startup_delay,
+)
+from engine.errors import AuthError
+from engine.net.auth import MONOTONIC, Clock, SingleFlight, move_on_at
+
+if TYPE_CHECKING:
+    from engine.net.auth import FollowerToken, StaticToken, TokenBroker, TokenProvider
+
+
+class TokenSource(Protocol):
+    """One token request (engine/net/token_client.py does it over HTTP)."""
+
+    url: str
+
+    async def fetch(self) -> TokenGrant | TokenFailure: ...
+
+
+class OAuthToken:
+    """One shared OAuth2 client-credentials token, renewed in the background.
+
+    `start()` gets the first token (exit 3 when refused, or after `wait` seconds of an
+    unavailable endpoint); `maintain()` then runs in the engine's task group.
+    """
+
+    def __init__(
+        self,
+        source: TokenSource,
+        *,
+        wait: float = DEFAULT_TOKEN_WAIT,
+        policy: RefreshPolicy | None = None,
+        min_401_interval: float = 1.0,
+        clock: Clock = MONOTONIC,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._source = source
+        self._wait = wait
+        self._policy = policy or RefreshPolicy()
+        self._min_401_interval = min_401_interval
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._header: str | None = None
+        self._tokens: list[str] = []
+        self._lifetime = 0.0
+        self._window = NO_WINDOW
+        self._generation = 0  # bumped by every new token
+        self._renewed = anyio.Event()  # set (then replaced) after every renewal attempt
+        self._wake = anyio.Event()  # a 401 asks for a renewal now
+        self._after_401: SingleFlight[str | None, bool] = SingleFlight()
+        self._forced = False
+        self._last_forced = -float("inf")
+        self._failed: str | None = None
+        self.stats = TokenStats()
+
+    @property
+    def window(self) -> TokenWindow:
+        """The current token's window (on the provider's clock)."""
+        return self._window
+
+    # -- the hot path -------------------------------------------------------------------
+
+    def authorization(self) -> str | None:
+        if self._clock.now() < self._window.mandatory_at:
+            return self._header
+        return None
+
+    async def wait_authorization(self) -> str | None:
+        self.stats.waits += 1
+        await self._until(
+            self._clock.now() + self._wait,
+            lambda: self._failed is not None or self._clock.now() < self._window.mandatory_at,
+        )
+        # Still no fresh token: send what there is; a 401 becomes that event's record.
+        return self._header
+
+    async def refresh_after_401(self, used: str | None) -> bool:
+        if used != self._header:
+            return self._header is not None  # renewed since that call was sent
+        if self._failed is not None:
+            return False
+        return await self._after_401.run(used, self._renew_after_401)
+
+    async def _renew_after_401(self) -> bool:
+        """Have the renewer renew now (unless it just did for a 401) and wait for it."""
+        if not self._forced:
+            now = self._clock.now()
+            # A server that refuses fresh tokens too must not cost a token per event.
+            if now - self._last_forced < self._min_401_interval:
+                return False
+            self._forced, self._last_forced = True, now
+            self._wake.set()
+        generation = self._generation
+        await self._until(
+            self._clock.now() + self._wait,
+            lambda: self._generation != generation or self._failed is not None,
+        )
+        return self._generation != generation
+
+    async def _until(self, deadline: float, ready: Callable[[], bool]) -> None:
+        """Wait for renewal attempts until `ready()`, or until `deadline`."""
+        if ready():
+            return
+        async with move_on_at(self._clock, deadline):
+            while not ready():
+                await self._renewed.wait()
+
+    def secrets(self) -> tuple[str, ...]:
+        return tuple(self._tokens)
+
+    def token_stats(self) -> TokenStats:
+        return self.stats
+
+    # -- fetching -----------------------------------------------------------------------
+
+    def _install(self, grant: TokenGrant, sent_at: float) -> None:
+        self._window = self._policy.window(
+            sent_at=sent_at, lifetime=grant.lifetime, draw=self._rng.random()
+        )
+        self._lifetime = grant.lifetime
+        self._header = f"Bearer {grant.access_token}"
+        self._tokens.append(grant.access_token)
+        self._generation += 1
+        self.stats.fetched += 1
+
+    async def _fetch(self, limit: float) -> tuple[TokenGrant | TokenFailure, float]:
+        sent_at = self._clock.now()
+        outcome: TokenGrant | TokenFailure = TokenFailure(
+            "unavailable", f"no answer within {limit:.3g}s"
+        )
+        async with move_on_at(self._clock, sent_at + limit):
+            outcome = await self._source.fetch()
+        self.stats.requests += 1
+        if isinstance(outcome, TokenFailure):
+            self.stats.failures += 1
+        return outcome, sent_at
+
+    async def start(self) -> None:
+        """Get the first token, before any delivery call; raises AuthError."""
+        url = self._source.url
+        deadline = self._clock.now() + self._wait
+        attempt = 0
+        while True:
+            outcome, sent_at = await self._fetch(max(0.001, deadline - self._clock.now()))
+            if isinstance(outcome, TokenGrant):
+                self._install(outcome, sent_at)
+                return
+            if outcome.kind == "refused":
+                raise AuthError(
+                    f"token endpoint {url} refused the client credentials: {outcome.message}"
+                )
+            delay = startup_delay(attempt, wait=self._wait, draw=self._rng.random())
+            if self._clock.now() + delay >= deadline:
+                raise AuthError(
+                    f"token endpoint {url} gave no token within {self._wait:g}s "
+                    f"(--token-wait): {outcome.message}"
+                )
+            await self._clock.sleep_until(self._clock.now() + delay)
+            attempt += 1
+
+    async def maintain(self) -> None:
+        while True:
+            if not self._forced:
+                async with move_on_at(self._clock, self._window.refresh_at):
+                    await self._wake.wait()
+            self._wake = anyio.Event()
+            if self._forced or self._clock.now() >= self._window.refresh_at:
+                await self._renew()
+
+    async def _renew(self) -> None:
+        started = self._clock.now()
+        attempt = 0
+        while True:
+            outcome, sent_at = await self._fetch(max(0.001, self._wait))
+            if isinstance(outcome, TokenGrant):
+                self.stats.renewals += 1
+                if self._forced:
+                    self.stats.after_401 += 1
+                self.stats.record_renewal((self._clock.now() - started) * 1000.0)
+                self._install(outcome, sent_at)
+                self._forced = False
+                self._signal()
+                return
+            self._signal()
+            now = self._clock.now()
+            expired = now >= self._window.expires_at
+            refused = outcome.kind == "refused"
+            # Refused credentials will not come back: give up once the token in hand is
+            # dead too (expired, or refused by the delivery host). An unavailable endpoint
+            # is tried until the token has expired and `wait` seconds have gone by.
+            if (refused and (expired or self._forced)) or (expired and now - started >= self._wait):
+                why = "it expired" if expired else "the delivery host refused it (HTTP 401)"
+                self._failed = (
+                    f"token endpoint {self._source.url} could not renew the token "
+                    f"and {why}: {outcome.message}"
+                )
+                self._signal()
+                raise AuthError(self._failed)
+            delay = self._policy.retry_delay(
+                attempt, lifetime=self._lifetime, draw=self._rng.random()
+            )
+            await self._clock.sleep_until(self._clock.now() + delay)
+            attempt += 1
+
+    def _signal(self) -> None:
+        self._renewed.set()
+        self._renewed = anyio.Event()
+
+
+if TYPE_CHECKING:  # mypy proves that every provider type is a TokenProvider
+    _PROVIDERS: tuple[type[TokenProvider], ...] = (
+        StaticToken,
+        OAuthToken,
+        TokenBroker,
+        FollowerToken,
+    )

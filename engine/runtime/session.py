@@ -1,0 +1,141 @@
+"""`open_run`: what every run needs, opened in one place, in one order, for every driver.
+
+`run` (one process), `--workers` (the parent), `load`/`replay` and the Ray driver all
+start here, so a guarantee about starting or ending a run is written once.
+
+Rules:
+- Everything that can be refused is refused before anything is sent, in this order: the
+  configuration, the inputs (each must open), the output of an earlier run (`--resume`
+  indexes it and cuts a torn last line), the output (opened, or created).
+- Then, on one exit stack: the driver's own early start (`prepare`: `--workers` forks
+  its processes first, before any socket or thread exists), the embedded mock
+  (`--mock`), the token provider (a dynamic token is fetched before any call), the
+  transport.
+- The run's secrets are gathered once (`Secrets`: the given token and client secret,
+  then every token the provider issues) and every record written through `write` is
+  redacted with them.
+- On every way out the output is closed (fsynced), and an EngineError raised inside a
+  task group comes out as itself, so the CLI prints its one line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+
+from engine.config import Config
+from engine.core.events import ReadCounts
+from engine.core.records import Result, jsonl
+from engine.core.secrets import Secrets
+from engine.errors import plain_engine_errors
+from engine.files.resume import ResumeIndex, open_resume
+from engine.files.sinks import JsonlSink
+from engine.files.sources import check_inputs
+from engine.net.auth import StaticToken, TokenProvider
+from engine.net.token_client import open_token_provider
+from engine.net.transport import Transport, open_transport
+from engine.runtime.engine import Engine
+
+
+@dataclass(slots=True, eq=False)
+class RunSession:
+    """One open run: its effective config and the parts every driver builds on."""
+
+    config: Config  # pointed at the embedded mock with --mock
+    tokens: TokenProvider
+    transport: Transport | None
+    secrets: Secrets
+    sink: JsonlSink | None
+    resume: ResumeIndex | None
+    counts: ReadCounts
+    stack: AsyncExitStack
+
+    def engine(self, config: Config | None = None) -> Engine:
+        """The batch engine on this run's tokens and transport."""
+        return Engine(config or self.config, self.tokens, self.transport)
+
+    def write(self, batch: list[Result]) -> None:
+        """Append `batch` to the output as JSONL, redacted (a server may echo a token)."""
+        assert self.sink is not None, "this run was opened without an output"
+        self.sink.write(self.secrets.redact_bytes(jsonl(batch)))
+
+    async def emit(self, batch: list[Result]) -> None:
+        """`write` as the engine's asynchronous emit."""
+        self.write(batch)
+
+
+async def start_mock(config: Config, stack: AsyncExitStack) -> Config:
+    """Start the embedded mock on `stack`; `config` pointed at it, with its OAuth client
+    (so `--mock` exercises dynamic tokens)."""
+    from engine.mock import running_mock  # the mock's server side loads only when asked
+
+    handle = await stack.enter_async_context(running_mock())
+    client_id, client_secret = handle.config.clients[0]
+    return config.with_changes(
+        endpoint=handle.delivery_url,
+        token=None,
+        token_url=handle.token_url,
+        client_id=client_id,
+        client_secret=client_secret,
+        mock=False,
+    )
+
+
+@asynccontextmanager
+async def open_run(
+    config: Config,
+    *,
+    output: bool = True,
+    inputs: bool = True,
+    tokens: TokenProvider | bool = True,
+    transport: bool = True,
+    prepare: Callable[[AsyncExitStack], None] | None = None,
+) -> AsyncIterator[RunSession]:
+    """Open a run as the module's rules say; close it on exit.
+
+    `output`: open `config.output` (False: the driver writes elsewhere: `deliver`, Ray).
+    `inputs`: check that the inputs open (False: the events come from a library caller).
+    `tokens`: True for the config's provider, a provider to use instead, or False for
+    none here (the Ray driver's token lives in an actor). `transport`: open the delivery
+    transport (False in a process that sends nothing itself; never with --dry-run).
+    """
+    config = given = config.validated()
+    if inputs:
+        check_inputs(config.inputs)
+    index = open_resume(config.output) if output and config.resume else None
+    sink = JsonlSink(config.output, append=config.resume) if output else None
+    try:
+        with plain_engine_errors():
+            async with AsyncExitStack() as stack:
+                if prepare is not None:
+                    prepare(stack)
+                if config.mock:
+                    config = await start_mock(config, stack)
+                provider = await _provider(config, stack, tokens)
+                sender: Transport | None = None
+                if transport and not config.dry_run:
+                    sender = await stack.enter_async_context(
+                        open_transport(
+                            concurrency=config.concurrency,
+                            timeout=config.timeout,
+                            client=config.http_client,
+                        )
+                    )
+                # The given token and secret, and the mock's with --mock.
+                named = (given.token, given.client_secret, config.token, config.client_secret)
+                secrets = Secrets(named, issued=provider.secrets)
+                yield RunSession(
+                    config, provider, sender, secrets, sink, index, ReadCounts(), stack
+                )
+    finally:
+        if sink is not None:
+            sink.close()
+
+
+async def _provider(
+    config: Config, stack: AsyncExitStack, tokens: TokenProvider | bool
+) -> TokenProvider:
+    if not isinstance(tokens, bool):
+        return tokens
+    return await open_token_provider(config, stack) if tokens else StaticToken(None)

@@ -1,0 +1,307 @@
+"""The one single flight: TokenBroker (where the token is) and FollowerToken (where it is not).
+
+Tables of 401 storms against in-process providers; no network, no clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import anyio
+import pytest
+
+from engine.core.stats import TokenStats
+from engine.net.auth import FollowerToken, SingleFlight, StaticToken, TokenBroker, TokenProvider
+
+pytestmark = pytest.mark.anyio
+
+
+class Renewing:
+    """A provider that is NOT single-flight itself: every 401 it hears costs a renewal.
+
+    Renewals wait for `gate`, so that a whole storm of 401s arrives while one is running.
+    """
+
+    def __init__(self, header: str | None = "Bearer t0") -> None:
+        self.header = header
+        self.renewals = 0
+        self.gate = anyio.Event()
+
+    def authorization(self) -> str | None:
+        return self.header
+
+    async def wait_authorization(self) -> str | None:
+        await self.gate.wait()
+        return self.header
+
+    async def refresh_after_401(self, used: str | None) -> bool:
+        self.renewals += 1
+        await self.gate.wait()
+        self.header = f"Bearer t{self.renewals}"
+        return True
+
+    async def maintain(self) -> None:
+        return None
+
+    def secrets(self) -> tuple[str, ...]:
+        return ()
+
+    def token_stats(self) -> TokenStats | None:
+        return None
+
+
+class Counted:
+    """Counts the 401s that reach a provider."""
+
+    def __init__(self, provider: TokenProvider) -> None:
+        self.provider = provider
+        self.asked = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.provider, name)
+
+    async def refresh_after_401(self, used: str | None) -> bool:
+        self.asked += 1
+        return await self.provider.refresh_after_401(used)
+
+
+async def storm(
+    refresh: Callable[[str | None], Awaitable[bool]],
+    reports: list[str | None],
+    release: Callable[[], None] = lambda: None,
+) -> list[bool]:
+    """Every report at once; `release` once all of them are waiting."""
+    answers: list[bool] = []
+
+    async def report(used: str | None) -> None:
+        answers.append(await refresh(used))
+
+    async with anyio.create_task_group() as tg:
+        for used in reports:
+            tg.start_soon(report, used)
+        await anyio.wait_all_tasks_blocked()
+        release()
+    return answers
+
+
+@pytest.mark.parametrize(
+    ("make", "reports", "answers", "calls"),
+    [
+        pytest.param(Renewing, ["Bearer t0"] * 50, [True] * 50, 1, id="50-401s-one-renewal"),
+        pytest.param(
+            lambda: Renewing("Bearer t1"),
+            ["Bearer t0"] * 5,
+            [True] * 5,
+            0,
+            id="401s-for-a-replaced-token-ask-nothing",
+        ),
+        pytest.param(
+            Renewing,
+            ["Bearer t0"] * 5 + ["Bearer old"] * 5,
+            [True] * 10,
+            1,
+            id="current-and-replaced-one-renewal",
+        ),
+        # A static token answers at once (nothing to share): False, and no token asked for.
+        pytest.param(
+            lambda: StaticToken("abc"), ["Bearer abc"] * 5, [False] * 5, 5, id="static-token"
+        ),
+        pytest.param(lambda: StaticToken(None), [None] * 3, [False] * 3, 3, id="no-token"),
+    ],
+)
+async def test_broker_single_flight(
+    make: Callable[[], TokenProvider],
+    reports: list[str | None],
+    answers: list[bool],
+    calls: int,
+) -> None:
+    provider = Counted(make())
+    inner = provider.provider
+    broker = TokenBroker(provider)
+    release = inner.gate.set if isinstance(inner, Renewing) else lambda: None
+    got = await storm(broker.refresh_after_401, reports, release)
+    assert sorted(got) == sorted(answers)
+    assert provider.asked == calls
+
+
+async def test_broker_renew_answers_the_new_header() -> None:
+    provider = Renewing()
+    provider.gate.set()
+    broker = TokenBroker(provider)
+    assert await broker.renew("Bearer t0") == (True, "Bearer t1")
+    assert await broker.renew("Bearer t0") == (True, "Bearer t1")  # late: nothing asked
+    assert provider.renewals == 1
+    assert await broker.current() == "Bearer t1"
+
+
+async def test_broker_current_waits_out_a_mandatory_window() -> None:
+    provider = Renewing(None)  # None: the token is in its mandatory window
+    broker = TokenBroker(provider)
+    got: list[str | None] = []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: _append(got, broker.current()))
+        await anyio.wait_all_tasks_blocked()
+        assert got == []
+        provider.header = "Bearer t9"
+        provider.gate.set()
+    assert got == ["Bearer t9"]
+
+
+async def _append(got: list[str | None], value: Awaitable[str | None]) -> None:
+    got.append(await value)
+
+
+class Asker:
+    """The broker side of a follower: records the questions, answers when released."""
+
+    def __init__(self, answer: tuple[bool, str | None]) -> None:
+        self.answer = answer
+        self.asked: list[str | None] = []
+        self.gate = anyio.Event()
+
+    async def __call__(self, used: str | None) -> tuple[bool, str | None]:
+        self.asked.append(used)
+        await self.gate.wait()
+        return self.answer
+
+
+@pytest.mark.parametrize(
+    ("header", "reports", "answer", "answers", "asked", "after"),
+    [
+        pytest.param(
+            "Bearer a",
+            ["Bearer a"] * 50,
+            (True, "Bearer b"),
+            [True] * 50,
+            ["Bearer a"],
+            "Bearer b",
+            id="50-401s-one-question",
+        ),
+        pytest.param(
+            "Bearer b",
+            ["Bearer a"] * 5,
+            (True, "Bearer c"),
+            [True] * 5,
+            [],
+            "Bearer b",
+            id="newer-token-already-pushed-no-question",
+        ),
+        pytest.param(
+            "Bearer s",
+            ["Bearer s"] * 5,
+            (False, "Bearer s"),
+            [False] * 5,
+            ["Bearer s"],
+            "Bearer s",
+            id="static-token",
+        ),
+        pytest.param(
+            "Bearer a",
+            ["Bearer a"] * 3,
+            (True, None),
+            [True] * 3,
+            ["Bearer a"],
+            None,
+            id="broker-in-its-mandatory-window",
+        ),
+    ],
+)
+async def test_follower_single_flight(
+    header: str,
+    reports: list[str | None],
+    answer: tuple[bool, str | None],
+    answers: list[bool],
+    asked: list[str | None],
+    after: str | None,
+) -> None:
+    ask = Asker(answer)
+    tokens = FollowerToken(header, ask)
+    assert await storm(tokens.refresh_after_401, reports, ask.gate.set) == answers
+    assert ask.asked == asked
+    assert tokens.authorization() == after
+    # The answer stands for that value: the same 401 again asks nothing more.
+    assert await storm(tokens.refresh_after_401, reports[:2]) == answers[:2]
+    assert ask.asked == asked
+
+
+async def test_followers_and_broker_one_renewal_for_the_run() -> None:
+    """Three processes' worth of followers, twenty 401s each: one renewal, one question each."""
+    provider = Renewing()
+    broker = TokenBroker(provider)
+    asked: list[str | None] = []
+
+    async def ask(used: str | None) -> tuple[bool, str | None]:
+        asked.append(used)
+        return await broker.renew(used)
+
+    followers = [FollowerToken("Bearer t0", ask) for _ in range(3)]
+    answers: list[bool] = []
+
+    async def report(tokens: FollowerToken) -> None:
+        answers.append(await tokens.refresh_after_401("Bearer t0"))
+
+    async with anyio.create_task_group() as tg:
+        for tokens in followers:
+            for _ in range(20):
+                tg.start_soon(report, tokens)
+        await anyio.wait_all_tasks_blocked()
+        provider.gate.set()
+    assert answers == [True] * 60
+    assert provider.renewals == 1
+    assert asked == ["Bearer t0"] * 3
+    assert {f.authorization() for f in followers} == {"Bearer t1"}
+    assert followers[0].secrets() == ("t0", "t1")  # every token it has seen
+
+
+async def test_follower_waits_for_a_push_or_fetches() -> None:
+    pushed = FollowerToken(None, Asker((False, None)))
+    got: list[str | None] = []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: _append(got, pushed.wait_authorization()))
+        await anyio.wait_all_tasks_blocked()
+        assert got == []
+        pushed.set("Bearer p")
+    assert got == ["Bearer p"]
+
+    async def fetch() -> str | None:
+        return "Bearer f"
+
+    fetched = FollowerToken(None, Asker((False, None)), fetch=fetch)
+    assert await fetched.wait_authorization() == "Bearer f"
+    assert fetched.authorization() == "Bearer f"
+    assert (fetched.token_stats(), await fetched.maintain()) == (None, None)
+
+
+async def test_single_flight_survives_a_cancelled_caller() -> None:
+    """The caller whose call runs is cancelled: a waiter calls anew, nobody hangs."""
+    flights: SingleFlight[str, int] = SingleFlight()
+    calls: list[str] = []
+    gate = anyio.Event()
+
+    async def call() -> int:
+        calls.append("call")
+        await gate.wait()
+        return len(calls)
+
+    got: list[int] = []
+    first = anyio.CancelScope()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: _cancellable(first, flights.run("k", call)))
+        await anyio.wait_all_tasks_blocked()
+        tg.start_soon(lambda: _append_int(got, flights.run("k", call)))
+        await anyio.wait_all_tasks_blocked()
+        first.cancel()
+        await anyio.wait_all_tasks_blocked()
+        gate.set()
+    assert calls == ["call", "call"]
+    assert got == [2]
+    assert await flights.run("k", call) == 3  # nothing remembered: the next 401 calls again
+
+
+async def _cancellable(scope: anyio.CancelScope, value: Awaitable[int]) -> None:
+    with scope:
+        await value
+
+
+async def _append_int(got: list[int], value: Awaitable[int]) -> None:
+    got.append(await value)
