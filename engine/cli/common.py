@@ -10,10 +10,8 @@ import sys
 from collections.abc import Callable
 from typing import Any, TypeAlias
 
-import anyio
-
 from engine.errors import InputError
-from engine.runtime.loop import tune_gc
+from engine.runtime.loop import run_loop
 
 PROG = "adbatch"
 
@@ -29,12 +27,7 @@ def say(text: str) -> None:
 
 def run_async(fn: Callable[..., Any], *args: Any) -> Any:
     """Run `fn(*args)` on a fresh event loop: uvloop when installed, as the benchmarks ran."""
-    tune_gc()
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return anyio.run(fn, *args)
-    return anyio.run(fn, *args, backend_options={"use_uvloop": True})
+    return run_loop(fn, *args)
 
 
 def write_file(path: str, data: bytes) -> None:

@@ -1,7 +1,7 @@
 """`adbatch run`, `adbatch merge` and `adbatch mock`: parse, call the entry point, report.
 
-Each command reads its arguments, calls one entry point (engine.api.run, the Ray
-backend, engine.distributed.merge, engine.mock.serve) and turns its answer into stderr
+Each command reads its arguments, calls one entry point (engine.api.run, which picks
+one process, --workers or Ray; engine.distributed.merge; engine.mock.serve) and turns its answer into stderr
 lines and an exit code; nothing else.
 """
 
@@ -113,13 +113,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         say("reading events from stdin (JSONL; Ctrl-D ends, Ctrl-C aborts)")
     if args.summary:
         write_file(args.summary, b"")  # a summary that cannot be written fails before the run
-    if config.backend == "ray":
-        # Lazy: Ray's backend is an optional extra, loaded only when asked for.
-        from engine.distributed.ray_backend import run_ray
-
-        summary = run_async(run_ray, config)
-    else:
-        summary = run_async(partial(api.run, handle_signals=True), config)
+    summary = run_async(partial(api.run, handle_signals=True), config)
     say(summary.line())
     if summary.stopped:
         say(f"stopped: {summary.stopped}")

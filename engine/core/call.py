@@ -14,16 +14,17 @@ halted). The table of effects and their answers:
 Rules:
 - Each attempt: the adaptive rate's wait, a permit, then (first attempt only) the retry
   budget's deposit, then Authorize and Send: a retry takes a permit like a first call.
-- A 401 asks for a renewal once per event; when one comes the call is sent again and
-  "http_401" is listed in `retries` but not counted against --retries. A refused
-  renewal, or a second 401, is the event's record.
+- A 401 asks for a renewal, at most once per event; when one comes the call is sent
+  again and "http_401" is listed in `retries` but not counted against --retries. A
+  refused renewal, or a second 401, is the event's record.
 - A retryable answer (core/retry.py's `retry_reason`) goes to the `RetryPolicy`: a wait
   (Backoff) or a final record whose error carries the policy's `final` text. A 429/503
   is first told to the adaptive rate.
 - No clock is read here but through the injected `clock` (monotonic, for the adaptive
   rate) and `wall_clock` (epoch seconds, for Retry-After dates).
-- The hot path (permit, authorize, send, 2xx) allocates nothing here but the generator:
-  Permit and Authorize are singletons and Send is reused while the header is the same.
+- The common path (permit, authorize, send, done) allocates nothing but the generator
+  and the record: Permit and Authorize are singletons, and one Send is reused while the
+  header stays the same object (until the token is renewed).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
-from engine.core.records import ErrorKind
+from engine.core.records import ErrorKind, http_kind
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 RETRY_ERROR_KINDS = frozenset(
@@ -44,7 +44,7 @@ def retry_reason(status: int | None, error_kind: str | None) -> str | None:
     if error_kind in RETRY_ERROR_KINDS:
         return error_kind
     if status in RETRY_STATUSES:
-        return f"http_{status}"
+        return http_kind(status)
     return None
 
 

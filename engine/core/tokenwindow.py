@@ -2,7 +2,7 @@
 
 Rules:
 - Clock-free: every time comes in as an argument, on the monotonic clock of the provider
-  that asks (engine/net/auth.py); a token's window is measured from when its request was
+  that asks (engine/net/oauth.py); a token's window is measured from when its request was
   sent, so the server's clock and the transit time only ever make us renew early.
 - Randomness comes in as a `draw` in [0, 1): the same draw gives the same window or delay.
 - A failed answer is a value (`TokenFailure`), never an exception; its message is short

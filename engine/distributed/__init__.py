@@ -1,6 +1,7 @@
 """Beyond one process: static shards (`--shard I/N`), `adbatch merge`, the Ray backend.
 
-- `shard.py`: which records a shard takes; byte ranges cut at line boundaries (pure).
+- which records a shard takes and byte ranges cut at line boundaries are pure:
+  engine/core/shard.py.
 - `merge.py`: join shard outputs, check they cover the input exactly once; a shard's
   counters as JSON (the manifests themselves: engine/files/manifests.py).
 - `plan.py`: a Ray run's shards (byte ranges, whole gzip/CSV files) and their parts.

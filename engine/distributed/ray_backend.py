@@ -150,69 +150,92 @@ async def _dispatch(
     attempts: int,
 ) -> tuple[list[ShardDone], str | None]:
     """Run every shard of `todo` on `count` sender actors; (results, why it stopped)."""
-    from ray.exceptions import RayActorError, RayTaskError
-
     if not todo:
         return [], None
-    helper = {"num_cpus": 0}
-    rate_actor = (
-        ray.remote(RateActor).options(**helper).remote(config.rate)
-        if config.rate is not None
-        else None
-    )
-    token_actor = ray.remote(TokenActor).options(**helper).remote(config, token_factory)
-    token_actor.maintain.remote()  # runs until the actor is killed in _close_actors
-    sender_cls = ray.remote(SenderActor)
-
-    def new_sender(slot: int, generation: int) -> Any:
-        name = SENDER_NAME.format(slot) if generation == 0 else None
-        return sender_cls.options(name=name, num_cpus=1).remote(
-            config, rate_actor, token_actor, parts_dir, os.getcwd()
+    run = _Dispatch(ray, config, todo, parts_dir, token_factory, attempts)
+    slots = min(count, len(todo))
+    try:
+        async with anyio.create_task_group() as tg:
+            for index in range(slots):
+                tg.start_soon(run.slot, index)
+    finally:
+        with anyio.CancelScope(shield=True):  # an interrupted run still frees its actors
+            await _close_actors(ray, run.actors, run.token_actor, run.rate_actor, slots)
+    if run.failures:
+        return run.done, (
+            f"{run.failures[0]}; the complete shards are kept in {parts_dir}: run again to finish"
         )
+    return run.done, None
 
-    queue = list(reversed(todo))
-    tries: dict[int, int] = {}
-    done: list[ShardDone] = []
-    failures: list[str] = []
-    actors: list[Any] = []
 
-    async def slot(index: int) -> None:
+class _Dispatch:
+    """The shards of one run handed to sender slots; a slot whose actor dies gets a fresh one."""
+
+    def __init__(
+        self,
+        ray: Any,
+        config: Config,
+        todo: list[ShardTask],
+        parts_dir: str,
+        token_factory: TokenFactory,
+        attempts: int,
+    ) -> None:
+        helper = {"num_cpus": 0}
+        self.rate_actor = (
+            ray.remote(RateActor).options(**helper).remote(config.rate)
+            if config.rate is not None
+            else None
+        )
+        self.token_actor = ray.remote(TokenActor).options(**helper).remote(config, token_factory)
+        self.token_actor.maintain.remote()  # runs until the actor is killed in _close_actors
+        self._sender_cls = ray.remote(SenderActor)
+        self._config = config
+        self._parts_dir = parts_dir
+        self._attempts = attempts
+        self._queue = list(reversed(todo))
+        self._tries: dict[int, int] = {}
+        self.done: list[ShardDone] = []
+        self.failures: list[str] = []
+        self.actors: list[Any] = []
+
+    def _new_sender(self, slot: int, generation: int) -> Any:
+        name = SENDER_NAME.format(slot) if generation == 0 else None
+        actor = self._sender_cls.options(name=name, num_cpus=1).remote(
+            self._config, self.rate_actor, self.token_actor, self._parts_dir, os.getcwd()
+        )
+        self.actors.append(actor)
+        return actor
+
+    async def slot(self, index: int) -> None:
+        from ray.exceptions import RayActorError, RayTaskError
+
         generation = 0
-        actor = new_sender(index, generation)
-        actors.append(actor)
-        while queue and not failures:
-            task = queue.pop()
+        actor = self._new_sender(index, generation)
+        while self._queue and not self.failures:
+            task = self._queue.pop()
             try:
                 result: ShardDone = await actor.run_shard.remote(task)
             except RayActorError:
-                tries[task.index] = tries.get(task.index, 0) + 1
-                if tries[task.index] >= attempts:
-                    failures.append(f"shard {task.index} lost its actor {attempts} times")
+                if not self._retry(task):
                     return
-                queue.append(task)  # run again, from its start, by a fresh actor
                 generation += 1
-                actor = new_sender(index, generation)
-                actors.append(actor)
+                actor = self._new_sender(index, generation)
                 continue
             except RayTaskError as exc:
-                failures.append(f"shard {task.index} ({task.path}) failed: {exc.cause}")
+                self.failures.append(f"shard {task.index} ({task.path}) failed: {exc.cause}")
                 return
             if result.stopped is not None:
-                failures.append(result.stopped)
-            done.append(result)
+                self.failures.append(result.stopped)
+            self.done.append(result)
 
-    try:
-        async with anyio.create_task_group() as tg:
-            for index in range(min(count, len(todo))):
-                tg.start_soon(slot, index)
-    finally:
-        with anyio.CancelScope(shield=True):  # an interrupted run still frees its actors
-            await _close_actors(ray, actors, token_actor, rate_actor, min(count, len(todo)))
-    if failures:
-        return done, (
-            f"{failures[0]}; the complete shards are kept in {parts_dir}: run again to finish"
-        )
-    return done, None
+    def _retry(self, task: ShardTask) -> bool:
+        """Queue `task` again (from its start, for a fresh actor); False past `attempts`."""
+        tries = self._tries[task.index] = self._tries.get(task.index, 0) + 1
+        if tries >= self._attempts:
+            self.failures.append(f"shard {task.index} lost its actor {self._attempts} times")
+            return False
+        self._queue.append(task)
+        return True
 
 
 async def _close_actors(

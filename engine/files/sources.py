@@ -9,7 +9,7 @@ Rules:
   bounded by `max_line_bytes` whatever the input holds.
 - Gzip is recognised by its magic bytes in a `.gz` file or on stdin; the format (JSONL or CSV)
   by the name without `.gz`, or the explicit `input_format`.
-- Reading is synchronous and streamed; the runner calls `next_batch` from a worker
+- Reading is synchronous and streamed; runtime/feeds.py calls `next_batch` from a worker
   thread so the event loop never blocks on a disk or a pipe.
 """
 
@@ -355,9 +355,17 @@ def next_batch(items: Iterator[T], size: int) -> list[T]:
 
 # -- units: input records split off before parsing (multi-process runs) -----------------
 
-#: One input record, numbered, not yet parsed: JSONL line bytes to parse, a CSV row's
-#: fields, or the error text of a line that could not be read. Cheap to pickle.
-Unit = tuple[int, str, bytes | dict[str, object] | str]
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    """One input record, numbered, not yet parsed (what a --workers parent hands out).
+
+    `raw`: the JSONL line's bytes to parse, a CSV row's fields, or the error text of a
+    line that could not be read."""
+
+    seq: int
+    source: str
+    raw: bytes | dict[str, object] | str
 
 
 def read_units(
@@ -378,7 +386,7 @@ def read_units(
             if source_format(path, input_format) == "csv":
                 for record in _csv_records(stream, max_line_bytes, counts):
                     row = record.obj if record.obj is not None else record.error or ""
-                    yield seq, f"{name}:{record.line}", row
+                    yield Unit(seq, f"{name}:{record.line}", row)
                     seq += 1
                 continue
             for line_no, data in _physical_lines(stream, max_line_bytes):
@@ -392,7 +400,7 @@ def read_units(
                         counts.blank_lines += 1
                         continue
                     payload = data
-                yield seq, f"{name}:{line_no}", payload
+                yield Unit(seq, f"{name}:{line_no}", payload)
                 seq += 1
         finally:
             close()
@@ -400,7 +408,7 @@ def read_units(
 
 def unit_item(unit: Unit, defaults: EventDefaults = NO_DEFAULTS) -> Item:
     """The Event or Invalid that `read_items` gives for the same input record."""
-    seq, source, payload = unit
+    seq, source, payload = unit.seq, unit.source, unit.raw
     if isinstance(payload, bytes):
         obj, error = parse_json_line(payload)
         if obj is None:

@@ -178,7 +178,7 @@ class _Parent:
                 if worker is None:
                     return
                 if config.ordered:
-                    self.fed.extend(unit[0] for unit in part)
+                    self.fed.extend(unit.seq for unit in part)
                 worker.outstanding += len(part)
                 await self._send(worker, Units(part))
 
@@ -190,8 +190,8 @@ class _Parent:
         defaults = event_defaults(self.config)
         kept = []
         for unit in batch:
-            seq, source, _ = unit
-            if index.holds(seq) and index.answered(seq, source, unit_item(unit, defaults).id):
+            seq = unit.seq
+            if index.holds(seq) and index.answered(seq, unit.source, unit_item(unit, defaults).id):
                 continue
             kept.append(unit)
         self.resumed += len(batch) - len(kept)

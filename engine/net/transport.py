@@ -1,7 +1,7 @@
 """How delivery calls go out: `Http1Transport` (the default) or `SessionTransport`.
 
 `send(request, authorization)` never raises for a per-call failure: a timeout, a refused
-connection or a dropped socket come back as a `Response` with `error` set, so the runner
+connection or a dropped socket come back as a `Response` with `error` set, so the engine
 turns them into records (failures are data).
 
 `Http1Transport` runs on `engine.net.http1` (aiohttp's protocol and C parser, our own

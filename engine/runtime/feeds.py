@@ -1,4 +1,4 @@
-"""Feeds: where the runner's items come from, as batches (async generators).
+"""Feeds: where the engine's items come from, as batches (async generators).
 
 `thread_batches` is the one loop that reads input on a worker thread (never blocking the
 event loop on a disk or a pipe); every driver reads through it. `file_feed` reads the

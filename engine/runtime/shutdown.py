@@ -25,7 +25,7 @@ def interrupt_reason(signum: int, grace: float) -> str:
 
 
 class Shutdown:
-    """The stop switches of one run; the runner wraps its stages in the two scopes."""
+    """The stop switches of one run; the engine wraps its stages in the two scopes."""
 
     __slots__ = ("feed_scope", "halted", "interrupted", "reason", "work_scope")
 
