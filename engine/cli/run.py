@@ -1,8 +1,8 @@
 """`adbatch run`, `adbatch merge` and `adbatch mock`: parse, call the entry point, report.
 
 Each command reads its arguments, calls one entry point (engine.api.run, which picks
-one process, --workers or Ray; engine.distributed.merge; engine.mock.serve) and turns its answer into stderr
-lines and an exit code; nothing else.
+one process, --workers or Ray; engine.distributed.merge; engine.mock.serve) and turns
+its answer into stderr lines and an exit code; nothing else.
 """
 
 from __future__ import annotations

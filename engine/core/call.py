@@ -35,9 +35,11 @@ from typing import Any
 
 from engine.core.events import Event
 from engine.core.rates import AdaptiveRate
-from engine.core.records import NO_SECRETS, Response, Result, answered
+from engine.core.records import NO_SECRETS, Response, Result, answered, http_kind
 from engine.core.retry import THROTTLE_STATUSES, RetryPolicy, retry_reason
 from engine.core.secrets import Secrets
+
+_UNAUTHORIZED = http_kind(401)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +144,7 @@ class CallFlow:
                 fresh: bool = yield Renew(authorization)
                 if fresh:
                     renewed = True
-                    retries += ("http_401",)
+                    retries += (_UNAUTHORIZED,)
                     continue
             reason = retry_reason(status, response.error_kind)
             note = None

@@ -51,7 +51,7 @@ from engine.core.call import (
 from engine.core.events import Event, Invalid, Item, ReadCounts
 from engine.core.query import RequestBuilder
 from engine.core.rates import AdaptiveRate
-from engine.core.records import Result, dry_run, invalid
+from engine.core.records import ErrorKind, Result, dry_run, http_kind, invalid
 from engine.core.retry import RetryPolicy, RetrySettings
 from engine.core.secrets import Secrets
 from engine.core.stats import RunStats, Summary, summarize
@@ -68,7 +68,8 @@ from engine.version import DEFAULT_USER_AGENT
 Emit = Callable[[list[Result]], Awaitable[None]]
 
 
-_FATAL_KINDS = ("http_401", "connect")
+_UNAUTHORIZED = http_kind(401)
+_FATAL_KINDS = (_UNAUTHORIZED, ErrorKind.CONNECT)
 
 
 @dataclass(slots=True)
@@ -100,6 +101,7 @@ class Engine:
         transport: Transport | None,
         *,
         limiter: Limiter | None = None,
+        secrets: Secrets | None = None,
     ) -> None:
         self.config = config
         self.tokens = tokens
@@ -108,7 +110,10 @@ class Engine:
             config.endpoint, user_agent=config.user_agent or DEFAULT_USER_AGENT
         )
         self.limiter: Limiter | None = limiter if limiter is not None else make_limiter(config.rate)
-        self.secrets = Secrets((config.token, config.client_secret), issued=tokens.secrets)
+        # The run's secrets (open_run gathers them); alone, this config's and the tokens'.
+        self.secrets = secrets or Secrets(
+            (config.token, config.client_secret), issued=tokens.secrets
+        )
         self.state = _State()
         self.window = anyio.Semaphore(max(1024, config.concurrency * 8)) if config.ordered else None
         self.fed: deque[int] = deque()  # seqs in feed order, for the ordered writer
@@ -280,7 +285,7 @@ class Engine:
         state.stats.add(
             status=result.status,
             ok=result.ok,
-            invalid=result.error_kind == "invalid",
+            invalid=result.error_kind == ErrorKind.INVALID,
             latency_ms=result.latency_ms,
             error_kind=result.error_kind,
         )
@@ -296,7 +301,7 @@ class Engine:
 
     def _fatal_message(self) -> str:
         state = self.state
-        if state.first_fatal_kind == "http_401":
+        if state.first_fatal_kind == _UNAUTHORIZED:
             return (
                 "the delivery host refused the token (HTTP 401): check --token or "
                 "ADBATCH_TOKEN, or the client credentials"

@@ -53,7 +53,7 @@ class RunSession:
 
     def engine(self, config: Config | None = None) -> Engine:
         """The batch engine on this run's tokens and transport."""
-        return Engine(config or self.config, self.tokens, self.transport)
+        return Engine(config or self.config, self.tokens, self.transport, secrets=self.secrets)
 
     def write(self, batch: list[Result]) -> None:
         """Append `batch` to the output as JSONL, redacted (a server may echo a token)."""
