@@ -206,9 +206,9 @@ def mock_server(body: Path) -> Iterator[tuple[str, str]]:
             proc.stdout.close()
 
 
-def _env() -> dict[str, str]:
+def _env(root: Path = ROOT) -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
     return env
 
 
@@ -240,11 +240,12 @@ class Measure:
     stderr: str
 
 
-def measure(argv: Sequence[str], *, stdin: Path | None = None) -> Measure:
+def measure(argv: Sequence[str], *, stdin: Path | None = None, root: Path = ROOT) -> Measure:
+    """Run `argv` (from `root`, whose engine package it imports) and measure it."""
     err = tempfile.TemporaryFile()
     src = stdin.open("rb") if stdin is not None else subprocess.DEVNULL
     start = time.perf_counter()
-    proc = subprocess.Popen(argv, cwd=ROOT, env=_env(), stdin=src, stdout=err, stderr=err)
+    proc = subprocess.Popen(argv, cwd=root, env=_env(root), stdin=src, stdout=err, stderr=err)
     peak = 0
     done = threading.Event()
 
@@ -296,31 +297,52 @@ class Row:
 
 
 def client_commands(
-    events: Path, out: Path, url: str, concurrency: int, workers: int
-) -> list[tuple[str, list[str]]]:
+    events: Path,
+    out: Path,
+    url: str,
+    concurrency: int,
+    workers: int,
+    compare: tuple[str, Path] | None = None,
+) -> list[tuple[str, list[str], Path]]:
+    """(row name, argv, the root whose engine it runs); with `compare` (a name and a
+    checkout of another version), that version's adbatch rows come right after ours."""
     py = sys.executable
     base = [py, str(ROOT / "benchmarks" / "baseline.py"), str(events), "-o", str(out)]
     base += ["--endpoint", url, "--token", TOKEN, "-c", str(concurrency)]
     run = [py, "-m", "engine", "run", str(events), "-o", str(out), "--endpoint", url]
     run += ["--token", TOKEN, "-c", str(concurrency), "--no-progress"]
-    return [
-        ("baseline (asyncio + aiohttp)", base),
-        ("baseline on uvloop", [*base, "--uvloop"]),
-        ("adbatch run, 1 process", run),
-        (f"adbatch run --workers {workers}", [*run, "--workers", str(workers)]),
+    many = [*run, "--workers", str(workers)]
+    rows = [
+        ("baseline (asyncio + aiohttp)", base, ROOT),
+        ("baseline on uvloop", [*base, "--uvloop"], ROOT),
+        ("adbatch run, 1 process", run, ROOT),
     ]
+    if compare is not None:
+        rows.append((f"adbatch run, 1 process @ {compare[0]}", run, compare[1]))
+    rows.append((f"adbatch run --workers {workers}", many, ROOT))
+    if compare is not None:
+        rows.append((f"adbatch run --workers {workers} @ {compare[0]}", many, compare[1]))
+    return rows
 
 
 def run_clients(
-    events: Path, n: int, work: Path, url: str, *, concurrency: int, workers: int, rounds: int
+    events: Path,
+    n: int,
+    work: Path,
+    url: str,
+    *,
+    concurrency: int,
+    workers: int,
+    rounds: int,
+    compare: tuple[str, Path] | None = None,
 ) -> list[Row]:
     """Every client once per round, rounds interleaved (a neighbour's load hits all alike)."""
     out = work / "out.jsonl"
-    commands = client_commands(events, out, url, concurrency, workers)
-    runs: dict[str, list[Measure]] = {name: [] for name, _ in commands}
+    commands = client_commands(events, out, url, concurrency, workers, compare)
+    runs: dict[str, list[Measure]] = {name: [] for name, _, _ in commands}
     for _ in range(rounds):
-        for name, argv in commands:
-            m = measure(argv)
+        for name, argv, root in commands:
+            m = measure(argv, root=root)
             got = count_lines(out) if out.exists() else 0
             if m.code not in (0, 1) or got != n:
                 raise SystemExit(
@@ -390,6 +412,20 @@ def rss_check(work: Path, url: str, small: int, large: int, concurrency: int) ->
     )
 
 
+def checkout(rev: str, work: Path) -> Path:
+    """The engine package of git revision `rev`, extracted under `work` (compiled)."""
+    root = work / "compare"
+    root.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", rev, "engine"], capture_output=True, check=False
+    )
+    if archive.returncode != 0:
+        raise SystemExit(f"--compare {rev}: {archive.stderr.decode(errors='replace').strip()}")
+    subprocess.run(["tar", "-x", "-C", str(root)], input=archive.stdout, check=True)
+    compileall.compile_dir(str(root / "engine"), quiet=1)
+    return root
+
+
 # -- report -------------------------------------------------------------------------------
 
 
@@ -435,6 +471,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-rss", action="store_true", help="skip the RSS check")
     p.add_argument("--quick", action="store_true", help="no wrk/hey (smoke test)")
     p.add_argument("--tool-seconds", type=float, default=3.0)
+    p.add_argument(
+        "--compare",
+        metavar="REV",
+        help="also run the adbatch of git revision REV (e.g. a commit before a change), "
+        "interleaved with this one's, for a before/after table from one run",
+    )
     args = p.parse_args(argv)
 
     # Byte-compile the package, as `pip install` does: with PYTHONDONTWRITEBYTECODE set
@@ -443,6 +485,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     compileall.compile_dir(str(ROOT / "engine"), quiet=1)
     with tempfile.TemporaryDirectory(prefix="adbatch-bench-") as tmp:
         work = Path(tmp)
+        compare = None if args.compare is None else (args.compare, checkout(args.compare, work))
         events = work / "events.jsonl"
         make_events(args.events, events)
         body = work / "body.json"
@@ -465,6 +508,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 concurrency=args.concurrency,
                 workers=args.workers,
                 rounds=args.rounds,
+                compare=compare,
             )
             if not args.quick:
                 rows += run_tools(
@@ -474,7 +518,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not args.no_rss:
                 small = args.rss_small or max(1, args.rss_events // 10)
                 rss = rss_check(work, url, small, args.rss_events, args.concurrency)
-    baseline, one, multi = rows[0].rate, rows[2].rate, rows[3].rate
+    rate = {row.name: row.rate for row in rows}
+    baseline = rate["baseline (asyncio + aiohttp)"]
+    one, multi = rate["adbatch run, 1 process"], rate[f"adbatch run --workers {args.workers}"]
     print()
     print(table(rows, baseline, one))
     print()
@@ -482,6 +528,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"adbatch 1 process / baseline: {one / baseline:.2f}x (target 1.3x); "
         f"--workers {args.workers} / 1 process: {multi / one:.2f}x (target 1.6x)"
     )
+    if compare is not None:
+        before_one = rate[f"adbatch run, 1 process @ {args.compare}"]
+        before_multi = rate[f"adbatch run --workers {args.workers} @ {args.compare}"]
+        print(
+            f"this version / {args.compare}: 1 process {one / before_one:.3f}x, "
+            f"--workers {args.workers} {multi / before_multi:.3f}x"
+        )
     if rss is not None:
         print(rss)
     return 0

@@ -28,6 +28,7 @@ def test_harness_completes_and_prints_the_table() -> None:
         "--rss-events", "300",
         "--rss-small", "100",
         "--quick",
+        "--compare", "HEAD",  # the committed version, interleaved with the work tree's
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=220, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -36,4 +37,6 @@ def test_harness_completes_and_prints_the_table() -> None:
     for row in ("baseline (asyncio + aiohttp)", "adbatch run, 1 process", "--workers 2"):
         assert f"| {row}" in out or row in out, row
     assert "adbatch 1 process / baseline:" in out
+    assert "| adbatch run, 1 process @ HEAD |" in out
+    assert "this version / HEAD: 1 process" in out
     assert "Peak RSS on stdin" in out

@@ -1,0 +1,61 @@
+"""The package's entry points: what `deliver` refuses, what `run` dispatches, one version."""
+
+from __future__ import annotations
+
+import importlib.metadata
+from contextlib import aclosing
+from typing import Any
+
+import pytest
+from conftest import MOCK_TOKEN
+
+import engine
+from engine.mock import MockHandle
+
+pytestmark = pytest.mark.anyio
+
+EVENT = {
+    "id": "e1",
+    "criteo-partner-id": 12345,
+    "retailer-visitor-id": "v-1",
+    "event-type": "viewHome",
+    "page-id": "viewHome_API_desktop",
+}
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        pytest.param({"workers": 2}, "workers", id="workers"),
+        pytest.param({"output": "out.jsonl"}, "output", id="output"),
+        pytest.param({"output": "out.jsonl", "resume": True}, "output, resume", id="resume"),
+    ],
+)
+async def test_deliver_refuses_what_it_cannot_honour(
+    mock: MockHandle, options: dict[str, Any], named: str
+) -> None:
+    config = engine.Config(endpoint=mock.delivery_url, token=MOCK_TOKEN, **options)
+
+    async def drain() -> None:
+        async with aclosing(engine.deliver([EVENT], config)) as results:
+            async for _ in results:
+                pass
+
+    with pytest.raises(engine.ConfigError, match=f"cannot honour {named}"):
+        await drain()
+    assert mock.state.delivery_requests == 0
+
+
+async def test_deliver_yields_one_result_per_event(mock: MockHandle) -> None:
+    config = engine.Config(endpoint=mock.delivery_url, token=MOCK_TOKEN)
+    async with aclosing(engine.deliver([EVENT, {"id": "bad"}], config)) as results:
+        got = sorted([(r.seq, r.ok, r.error_kind) async for r in results])
+    assert got == [(0, True, None), (1, False, "invalid")]
+
+
+def test_the_version_lives_in_one_place() -> None:
+    assert importlib.metadata.version("adbatch") == engine.__version__
+    from engine.version import DEFAULT_USER_AGENT
+
+    major_minor = ".".join(engine.__version__.split(".")[:2])
+    assert DEFAULT_USER_AGENT == f"adbatch/{major_minor}"
