@@ -39,7 +39,8 @@ class Secrets:
         min_length: int = MIN_SECRET_LENGTH,
     ) -> None:
         self._min_length = min_length
-        self._given = tuple(s for s in given if s and len(s) >= min_length)
+        # Each secret once, however many names it goes by: every redaction scans for each.
+        self._given = tuple(dict.fromkeys(s for s in given if s and len(s) >= min_length))
         self._issued = issued
         self._encoded: dict[str, bytes] = {}
 
@@ -49,8 +50,9 @@ class Secrets:
 
     def texts(self) -> tuple[str, ...]:
         """Every secret to hunt now: the given ones, then the tokens issued so far."""
-        issued = tuple(t for t in self._issued() if t and len(t) >= self._min_length)
-        return self._given + issued if issued else self._given
+        given = self._given
+        issued = [t for t in self._issued() if len(t) >= self._min_length and t not in given]
+        return given + tuple(issued) if issued else given
 
     def redact(self, text: str) -> str:
         for secret in self.texts():

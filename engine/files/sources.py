@@ -356,7 +356,10 @@ def next_batch(items: Iterator[T], size: int) -> list[T]:
 # -- units: input records split off before parsing (multi-process runs) -----------------
 
 
-@dataclass(frozen=True, slots=True)
+# Slotted, not frozen, and pickled as its three fields, by measurement: tens of thousands
+# cross a pipe each second, and a frozen dataclass's default pickling costs 3.5 us a unit
+# where this costs 0.9 (a --workers 2 run was 8% slower). Never mutated.
+@dataclass(slots=True)
 class Unit:
     """One input record, numbered, not yet parsed (what a --workers parent hands out).
 
@@ -366,6 +369,9 @@ class Unit:
     seq: int
     source: str
     raw: bytes | dict[str, object] | str
+
+    def __reduce__(self) -> tuple[type[Unit], tuple[int, str, bytes | dict[str, object] | str]]:
+        return (Unit, (self.seq, self.source, self.raw))
 
 
 def read_units(

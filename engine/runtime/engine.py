@@ -228,10 +228,10 @@ class Engine:
                     if authorization is None:  # the token is in its mandatory window
                         authorization = await self.tokens.wait_authorization()
                     effect = answer(authorization)
+                elif type(effect) is Send:  # every call, so also before the match
+                    effect = answer(await transport.send(request, effect.authorization))
                 else:
                     match effect:
-                        case Send():
-                            effect = answer(await transport.send(request, effect.authorization))
                         case Renew():
                             effect = answer(await self.tokens.refresh_after_401(effect.used))
                         case Backoff() | SlowDown():
