@@ -102,11 +102,11 @@ async def storm(
             1,
             id="current-and-replaced-one-renewal",
         ),
-        # A static token answers at once (nothing to share): False, and no token asked for.
+        # A static token answers False; the answer stands for the run: asked once.
         pytest.param(
-            lambda: StaticToken("abc"), ["Bearer abc"] * 5, [False] * 5, 5, id="static-token"
+            lambda: StaticToken("abc"), ["Bearer abc"] * 5, [False] * 5, 1, id="static-token"
         ),
-        pytest.param(lambda: StaticToken(None), [None] * 3, [False] * 3, 3, id="no-token"),
+        pytest.param(lambda: StaticToken(None), [None] * 3, [False] * 3, 1, id="no-token"),
     ],
 )
 async def test_broker_single_flight(

@@ -16,6 +16,7 @@ from conftest import config_for, read_records
 from engine import Config, run
 from engine.cli.main import main
 from engine.mock import MockConfig, MockHandle, running_mock
+from engine.multiproc.child import Answers
 from engine.multiproc.driver import (
     StartMethod,
     auto_workers,
@@ -23,6 +24,7 @@ from engine.multiproc.driver import (
     start_method,
     worker_config,
 )
+from engine.multiproc.messages import Refreshed
 from engine.net.auth import FollowerToken
 
 pytestmark = pytest.mark.anyio
@@ -316,3 +318,15 @@ def test_fork_only_when_this_process_has_one_thread() -> None:
     finally:
         stop.set()
         thread.join()
+
+
+async def test_an_answer_that_comes_before_the_wait_is_not_lost() -> None:
+    """The parent may answer `Refresh` before the asking task runs again."""
+    answers = Answers()
+
+    async def send_and_hear_the_answer_at_once() -> None:
+        answers.give(Refreshed("Bearer a", True, "Bearer b"))
+
+    with anyio.fail_after(2):
+        got = await answers.ask("Bearer a", send_and_hear_the_answer_at_once)
+    assert got == (True, "Bearer b")

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, TypeAlias
 
-from engine.errors import InputError
+from engine.errors import OutputError
 from engine.runtime.loop import run_loop
 
 PROG = "adbatch"
@@ -35,4 +35,4 @@ def write_file(path: str, data: bytes) -> None:
         with open(path, "wb") as f:
             f.write(data)
     except OSError as exc:
-        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}", before_run=True) from None

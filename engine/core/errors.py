@@ -5,7 +5,7 @@
      +-- InputError(OSError)       an input cannot be opened: exit code 2
      +-- FatalError                the run cannot go on (auth refused, ...): exit code 3
           +-- AuthError            credentials or a token were refused
-          +-- OutputError(OSError) the output cannot be written (or would destroy an input)
+          +-- OutputError(OSError) the output cannot be written
 
 Per-event failures are never exceptions: they become result records.
 """

@@ -3,8 +3,7 @@
 Rules:
 - This module owns the record format. Records are built by the named constructors
   (`answered`, `invalid`, `dropped`, `dry_run`) and read back only through
-  `parse_record` (and `record_seq`, its fast path for the seq alone): resume, merge
-  and the report read output lines through them.
+  `parse_record`: resume, merge and the report read output lines through it.
 - An error kind is one of `ErrorKind`'s values or `http_kind(status)`; no other module
   spells one.
 - `response` is the body as the server sent it: embedded as raw JSON (orjson.Fragment,
@@ -16,7 +15,6 @@ Rules:
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -54,11 +52,6 @@ class ErrorKind:
 def http_kind(status: int) -> str:
     """The kind of a call answered with a non-2xx `status` ("http_404")."""
     return f"http_{status}"
-
-
-INVALID = ErrorKind.INVALID
-DROPPED = ErrorKind.DROPPED
-DRY_RUN = ErrorKind.DRY_RUN
 
 
 @dataclass(slots=True)  # not frozen: one per call, see `Result`; never mutated
@@ -120,7 +113,17 @@ def embed_body(body: bytes) -> object:
 def invalid(item: Invalid) -> Result:
     """The record of an input line that is not a valid event: nothing was sent."""
     return Result(
-        item.seq, item.id, item.source, None, False, 0, None, None, item.error, None, INVALID
+        item.seq,
+        item.id,
+        item.source,
+        None,
+        False,
+        0,
+        None,
+        None,
+        item.error,
+        None,
+        ErrorKind.INVALID,
     )
 
 
@@ -137,7 +140,7 @@ def dropped(event: Event, scheduled_at: float, limit: int) -> Result:
         None,
         f"dropped: {limit} calls already in flight (--max-in-flight)",
         None,
-        DROPPED,
+        ErrorKind.DROPPED,
         round(scheduled_at, 6),
     )
 
@@ -155,7 +158,7 @@ def dry_run(event: Event, shown: bytes) -> Result:
         None,
         None,
         orjson.Fragment(shown),
-        DRY_RUN,
+        ErrorKind.DRY_RUN,
     )
 
 
@@ -302,26 +305,3 @@ def parse_record(line: bytes) -> RecordLine | None:
     ):
         return RecordLine(seq, event_id, source, obj)
     return RecordLine(None, None, "", obj)
-
-
-# A line adbatch wrote starts with `Result`'s first fields, in order (orjson keeps the
-# dataclass's order): the seq, then an id that is null or a JSON string, then the source.
-# (The id's pattern is the unrolled loop of a JSON string, possessive: no backtracking.)
-_KEY_PREFIX = re.compile(
-    rb'\{"seq":(0|[1-9][0-9]*+),"id":(?:null|"[^"\\]*+(?:\\.[^"\\]*+)*+"),"source":"'
-)
-
-
-def record_seq(line: bytes) -> int | None:
-    """The seq of an output line, None when it is not an adbatch record.
-
-    The fast path for readers of millions of lines that need only the seq (merge): a
-    line that starts as adbatch writes records is read from that start alone, without
-    parsing the rest of the line (a torn line must be caught by its missing newline);
-    any other line goes through `parse_record`.
-    """
-    match = _KEY_PREFIX.match(line)
-    if match is not None:
-        return int(match.group(1))
-    record = parse_record(line)
-    return None if record is None else record.seq

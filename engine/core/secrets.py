@@ -44,10 +44,6 @@ class Secrets:
         self._issued = issued
         self._encoded: dict[str, bytes] = {}
 
-    def with_issued(self, issued: Callable[[], Iterable[str]]) -> Secrets:
-        """The same given secrets, following another provider's tokens."""
-        return Secrets(self._given, issued=issued, min_length=self._min_length)
-
     def texts(self) -> tuple[str, ...]:
         """Every secret to hunt now: the given ones, then the tokens issued so far."""
         given = self._given

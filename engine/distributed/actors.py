@@ -39,6 +39,7 @@ from engine.files.sources import read_items, read_range_items
 from engine.net.auth import FollowerToken, TokenBroker, TokenProvider
 from engine.runtime.engine import Engine
 from engine.runtime.feeds import READ_BATCH, event_defaults, thread_batches
+from engine.runtime.session import transport_for
 
 #: Builds the run's token provider inside the token actor (the only place that holds one).
 TokenFactory = Callable[[Config], AbstractAsyncContextManager[TokenProvider]]
@@ -163,17 +164,8 @@ class SenderActor:
         self._limiter: _LeasedLimiter | None = None
 
     async def _start(self) -> None:
-        from engine.net.transport import open_transport
-
         config = self._config
-        if not config.dry_run:
-            self._transport = await self._stack.enter_async_context(
-                open_transport(
-                    concurrency=config.concurrency,
-                    timeout=config.timeout,
-                    client=config.http_client,
-                )
-            )
+        self._transport = await self._stack.enter_async_context(transport_for(config))
         header = await self._tokens_actor.authorization.remote()
         self._tokens = _ClusterToken(self._tokens_actor, header)
         if config.rate is not None:

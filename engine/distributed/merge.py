@@ -2,8 +2,8 @@
 
 Rules:
 - A part is read as whole lines; a last line without its newline (a process killed
-  mid-write) is never copied, and is reported. Lines are read by `records.record_seq`,
-  the record format's own reader.
+  mid-write) is never copied, and is reported. Lines are read by `records.parse_record`,
+  the record format's one parser.
 - Static shards (`adbatch run --shard I/N -o part`) leave a manifest beside their output
   (files/manifests.py). `merge` checks the manifests (every shard 0..N-1 once, same
   input, part unchanged) and the records themselves: each `seq` of 0..records-1 exactly
@@ -21,9 +21,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-from engine.core.records import record_seq
+from engine.core.records import parse_record
 from engine.core.stats import Histogram, RunStats
-from engine.errors import ConfigError, InputError
+from engine.errors import ConfigError, InputError, OutputError
 from engine.files.manifests import manifest_path, read_manifest, scan_part, write_merged_manifest
 
 _EXAMPLES = 5
@@ -138,7 +138,8 @@ def _join_part(path: str, out: BinaryIO, coverage: Coverage, report: MergeReport
             if not line.endswith(b"\n"):
                 report.problems.append(f"{path} ends with a torn line (not merged)")
                 break
-            seq = record_seq(line)
+            record = parse_record(line)
+            seq = None if record is None else record.seq
             if seq is None:
                 unreadable += 1
                 continue
@@ -182,7 +183,9 @@ def merge_outputs(parts: Sequence[str], output: str) -> MergeReport:
     try:
         out = open(output, "wb")
     except OSError as exc:
-        raise InputError(f"cannot write output {output}: {exc.strerror or exc}") from None
+        raise OutputError(
+            f"cannot write output {output}: {exc.strerror or exc}", before_run=True
+        ) from None
     with out:
         for path in ordered:
             before = report.rows

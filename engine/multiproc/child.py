@@ -29,7 +29,8 @@ import math
 import os
 import signal
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from functools import partial
 from multiprocessing.connection import Connection
 
 import anyio
@@ -37,10 +38,8 @@ import anyio.abc
 import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from engine.config import Config
 from engine.core.events import EventDefaults, Item
 from engine.core.records import Result, jsonl
-from engine.errors import EngineError
 from engine.files.sinks import JsonlSink
 from engine.files.sources import Unit, unit_item
 from engine.multiproc.messages import (
@@ -59,24 +58,33 @@ from engine.multiproc.messages import (
     Units,
 )
 from engine.net.auth import FollowerToken
-from engine.net.transport import Transport, open_transport
 from engine.runtime.engine import Engine
 from engine.runtime.feeds import event_defaults
 from engine.runtime.loop import run_loop
+from engine.runtime.session import transport_for
 
 _REPORT_S = 0.02  # how often a worker that writes the output itself reports its count
 _PARENT_GONE = "the parent process ended"
 
 
-class _Answers:
-    """The parent's answers to `Refresh`, awaited by the one question asked per token."""
+class Answers:
+    """The parent's answers to `Refresh`, by the refused value asked about.
+
+    Subtleness: the waiter is registered before the question goes out. The listener may
+    hear the answer before the asking task runs again, and an answer that found no
+    waiter would leave the asker waiting for good.
+    """
 
     def __init__(self) -> None:
         self._waiting: dict[str | None, anyio.Event] = {}
         self._answers: dict[str | None, tuple[bool, str | None]] = {}
 
-    async def wait(self, used: str | None) -> tuple[bool, str | None]:
+    async def ask(
+        self, used: str | None, send: Callable[[], Awaitable[None]]
+    ) -> tuple[bool, str | None]:
+        """Send the question (`send`) about `used`, then wait for its answer."""
         event = self._waiting.setdefault(used, anyio.Event())
+        await send()
         await event.wait()
         return self._answers.pop(used, (False, None))
 
@@ -96,7 +104,7 @@ class _Worker:
         self.conn = conn
         self.lock = anyio.Lock()
         self.parent_gone = False
-        self.answers = _Answers()
+        self.answers = Answers()
         self.tokens = FollowerToken(start.header, self._ask)
         self.engine: Engine | None = None
         self.tg: anyio.abc.TaskGroup | None = None
@@ -116,8 +124,7 @@ class _Worker:
                 self.halt(_PARENT_GONE, self.config.grace)
 
     async def _ask(self, used: str | None) -> tuple[bool, str | None]:
-        await self.send(Refresh(used))
-        return await self.answers.wait(used)
+        return await self.answers.ask(used, partial(self.send, Refresh(used)))
 
     def halt(self, reason: str, grace: float) -> None:
         if self.engine is None or self.tg is None:
@@ -183,7 +190,7 @@ class _Worker:
         config = self.config
         # Unbounded, yet bounded by the parent's credit: it never sends more than that.
         units_send, units_receive = anyio.create_memory_object_stream[list[Unit]](math.inf)
-        async with _transport(config) as transport:
+        async with transport_for(config) as transport:
             engine = self.engine = Engine(config, self.tokens, transport)
             async with anyio.create_task_group() as tg:
                 self.tg = tg
@@ -212,17 +219,6 @@ class _Worker:
                 self.sink.close()  # fsynced before the parent hears Done
             reporting.cancel_scope.cancel()
         await self._report_now()
-
-
-@contextlib.asynccontextmanager
-async def _transport(config: Config) -> AsyncGenerator[Transport | None, None]:
-    if config.dry_run:
-        yield None
-        return
-    async with open_transport(
-        concurrency=config.concurrency, timeout=config.timeout, client=config.http_client
-    ) as transport:
-        yield transport
 
 
 async def _unit_feed(
@@ -263,8 +259,7 @@ def worker_main(index: int, conn: Connection, inherited: tuple[int, ...] = ()) -
     except KeyboardInterrupt:
         pass
     except BaseException as exc:  # reported to the parent, which fails the run with it
-        code = exc.exit_code if isinstance(exc, EngineError) else 1
         with contextlib.suppress(OSError):
-            conn.send(Failed(f"worker {index}: {type(exc).__name__}: {exc}", code))
+            conn.send(Failed(f"worker {index}: {type(exc).__name__}: {exc}"))
     finally:
         conn.close()

@@ -83,7 +83,7 @@ def start_method() -> StartMethod:
 
 
 def start_workers(count: int, method: StartMethod | None = None) -> list[WorkerHandle]:
-    """Start `count` idle worker processes; each waits for its ("start", ...) message.
+    """Start `count` idle worker processes; each waits for its `Start` message.
 
     Called first thing in a run, before the mock, the token or any socket exists, so a
     forked worker inherits nothing but the modules (and its pipe)."""

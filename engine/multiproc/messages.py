@@ -114,7 +114,6 @@ class Failed:
     """The worker failed; the parent fails the run with this text."""
 
     text: str
-    exit_code: int
 
 
 ToParent = Answered | Records | Ordered | Refresh | Done | Failed

@@ -191,14 +191,15 @@ class TokenBroker:
 
     Lives where the credentials are (the --workers parent, the Ray token actor) and is a
     TokenProvider itself. Followers elsewhere call `renew` after a 401 and `current` for
-    the header to send.
+    the header to send. One renewal per refused value for the whole run: its answer
+    stands for every later report of that value, however many followers make it.
     """
 
     __slots__ = ("_flights", "provider")
 
     def __init__(self, provider: TokenProvider) -> None:
         self.provider = provider
-        self._flights: SingleFlight[str | None, bool] = SingleFlight()
+        self._flights: SingleFlight[str | None, bool] = SingleFlight(remember=True)
 
     def authorization(self) -> str | None:
         return self.provider.authorization()

@@ -49,7 +49,6 @@ class RunSession:
     sink: JsonlSink | None
     resume: ResumeIndex | None
     counts: ReadCounts
-    stack: AsyncExitStack
 
     def engine(self, config: Config | None = None) -> Engine:
         """The batch engine on this run's tokens and transport."""
@@ -83,6 +82,20 @@ async def start_mock(config: Config, stack: AsyncExitStack) -> Config:
 
 
 @asynccontextmanager
+async def transport_for(config: Config) -> AsyncIterator[Transport | None]:
+    """The delivery transport `config` asks for (None with --dry-run: nothing is sent).
+
+    Every process that sends opens it here: a run, a --workers child, a Ray sender."""
+    if config.dry_run:
+        yield None
+        return
+    async with open_transport(
+        concurrency=config.concurrency, timeout=config.timeout, client=config.http_client
+    ) as transport:
+        yield transport
+
+
+@asynccontextmanager
 async def open_run(
     config: Config,
     *,
@@ -113,21 +126,13 @@ async def open_run(
                 if config.mock:
                     config = await start_mock(config, stack)
                 provider = await _provider(config, stack, tokens)
-                sender: Transport | None = None
-                if transport and not config.dry_run:
-                    sender = await stack.enter_async_context(
-                        open_transport(
-                            concurrency=config.concurrency,
-                            timeout=config.timeout,
-                            client=config.http_client,
-                        )
-                    )
+                sender = (
+                    await stack.enter_async_context(transport_for(config)) if transport else None
+                )
                 # The given token and secret, and the mock's with --mock.
                 named = (given.token, given.client_secret, config.token, config.client_secret)
                 secrets = Secrets(named, issued=provider.secrets)
-                yield RunSession(
-                    config, provider, sender, secrets, sink, index, ReadCounts(), stack
-                )
+                yield RunSession(config, provider, sender, secrets, sink, index, ReadCounts())
     finally:
         if sink is not None:
             sink.close()
