@@ -10,6 +10,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from conftest import config_for, read_records
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -191,21 +192,6 @@ def test_range_reads_equal_one_whole_read(tmp_path: Path, parts: int) -> None:
 # -- --shard end to end -------------------------------------------------------------------
 
 
-def _config(mock: MockHandle, path: Path, out: Path, **kw: object) -> engine.Config:
-    return engine.Config(
-        inputs=(str(path),),
-        output=str(out),
-        endpoint=mock.delivery_url,
-        token="mock-token",
-        concurrency=8,
-        **kw,  # type: ignore[arg-type]
-    )
-
-
-def _rows(path: Path) -> list[dict[str, object]]:
-    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
-
-
 @pytest.mark.anyio
 @pytest.mark.parametrize("by", ["position", "id"])
 async def test_two_shards_are_disjoint_and_cover_the_input(
@@ -215,9 +201,11 @@ async def test_two_shards_are_disjoint_and_cover_the_input(
     path.write_bytes(_mixed_input())
     outs = [tmp_path / f"part-{i}.jsonl" for i in range(2)]
     for i, out in enumerate(outs):
-        summary = await engine.run(_config(mock, path, out, shard=(i, 2), shard_by=by))
-        assert summary.events == len(_rows(out))
-    parts = [_rows(out) for out in outs]
+        summary = await engine.run(
+            config_for(mock, path, out, concurrency=8, shard=(i, 2), shard_by=by)
+        )
+        assert summary.events == len(read_records(out))
+    parts = [read_records(out) for out in outs]
     seqs = [{r["seq"] for r in part} for part in parts]
     assert seqs[0]
     assert seqs[1]
@@ -236,7 +224,7 @@ async def test_two_shards_are_disjoint_and_cover_the_input(
     report = merge_outputs([str(outs[1]), str(outs[0])], str(merged))
     assert report.exactly_once, report.problems
     assert report.records == 41
-    assert sorted(r["seq"] for r in _rows(merged)) == list(range(41))
+    assert sorted(r["seq"] for r in read_records(merged)) == list(range(41))
 
 
 @pytest.mark.anyio
@@ -246,8 +234,8 @@ async def test_an_ordered_shard_writes_its_records_in_input_order(
     path = tmp_path / "in.jsonl"
     path.write_bytes(b"".join(_event(n) + b"\n" for n in range(60)))
     out = tmp_path / "part-1.jsonl"
-    await engine.run(_config(mock, path, out, shard=(1, 3), ordered=True))
-    assert [r["seq"] for r in _rows(out)] == list(range(1, 60, 3))
+    await engine.run(config_for(mock, path, out, concurrency=8, shard=(1, 3), ordered=True))
+    assert [r["seq"] for r in read_records(out)] == list(range(1, 60, 3))
 
 
 @pytest.mark.anyio
@@ -258,7 +246,7 @@ async def test_merge_names_a_missing_shard_and_duplicates(
     path.write_bytes(b"".join(_event(n) + b"\n" for n in range(9)))
     outs = [tmp_path / f"part-{i}.jsonl" for i in range(3)]
     for i, out in enumerate(outs):
-        await engine.run(_config(mock, path, out, shard=(i, 3)))
+        await engine.run(config_for(mock, path, out, concurrency=8, shard=(i, 3)))
     merged = tmp_path / "merged.jsonl"
 
     assert main(["merge", str(outs[0]), str(outs[2]), "-o", str(merged)]) == 1
@@ -274,7 +262,7 @@ async def test_merge_names_a_missing_shard_and_duplicates(
         os.remove(manifest_path(str(out)))
     assert main(["merge", *map(str, outs), str(outs[0]), "-o", str(merged)]) == 1
     assert "3 records given more than once (seq 0, 3, 6" in capsys.readouterr().err
-    assert sorted(r["seq"] for r in _rows(merged)) == list(range(9))
+    assert sorted(r["seq"] for r in read_records(merged)) == list(range(9))
 
 
 @pytest.mark.anyio
@@ -283,7 +271,7 @@ async def test_merge_catches_a_part_changed_or_torn(mock: MockHandle, tmp_path: 
     path.write_bytes(b"".join(_event(n) + b"\n" for n in range(6)))
     outs = [tmp_path / f"part-{i}.jsonl" for i in range(2)]
     for i, out in enumerate(outs):
-        await engine.run(_config(mock, path, out, shard=(i, 2)))
+        await engine.run(config_for(mock, path, out, concurrency=8, shard=(i, 2)))
     data = outs[1].read_bytes()
     outs[1].write_bytes(data[: len(data) - 10])  # a crash mid-write: torn last line
     report = merge_outputs([str(o) for o in outs], str(tmp_path / "m.jsonl"))
@@ -309,7 +297,7 @@ def test_merge_reads_parts_through_the_record_parser(tmp_path: Path) -> None:
         "2 lines are not adbatch records (not merged)",
         "1 records given more than once (seq 0...; kept the first)",
     ]
-    assert [r["seq"] for r in _rows(merged)] == [0, 1, 2, 3]
+    assert [r["seq"] for r in read_records(merged)] == [0, 1, 2, 3]
     assert read_manifest(manifest_path(str(merged)))["parts"] == [  # type: ignore[index]
         {"part": str(first), "rows": 2},
         {"part": str(second), "rows": 2},

@@ -41,7 +41,6 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from engine.core.events import EventDefaults, Item
 from engine.core.records import Result, jsonl
 from engine.files.sinks import JsonlSink
-from engine.files.sources import Unit, unit_item
 from engine.multiproc.messages import (
     Answered,
     Done,
@@ -132,7 +131,7 @@ class _Worker:
         self.engine.shutdown.halt(reason)
         self.engine.shutdown.cut_off_after(self.tg, grace)
 
-    async def listen(self, units: MemoryObjectSendStream[list[Unit]]) -> None:
+    async def listen(self, units: MemoryObjectSendStream[Units]) -> None:
         """Until this worker has reported: token answers still come after the last units."""
         async with units:
             while True:
@@ -144,9 +143,9 @@ class _Worker:
                     self.halt(_PARENT_GONE, self.config.grace)
                     return
                 match message:
-                    case Units(batch):
+                    case Units():
                         with contextlib.suppress(anyio.BrokenResourceError):
-                            units.send_nowait(batch)  # (broken: this worker stopped early)
+                            units.send_nowait(message)  # (broken: this worker stopped early)
                     case Token(header):
                         self.tokens.set(header)
                     case Refreshed():
@@ -189,7 +188,7 @@ class _Worker:
     async def run(self) -> None:
         config = self.config
         # Unbounded, yet bounded by the parent's credit: it never sends more than that.
-        units_send, units_receive = anyio.create_memory_object_stream[list[Unit]](math.inf)
+        units_send, units_receive = anyio.create_memory_object_stream[Units](math.inf)
         async with transport_for(config) as transport:
             engine = self.engine = Engine(config, self.tokens, transport)
             async with anyio.create_task_group() as tg:
@@ -222,11 +221,11 @@ class _Worker:
 
 
 async def _unit_feed(
-    receive: MemoryObjectReceiveStream[list[Unit]], defaults: EventDefaults
+    receive: MemoryObjectReceiveStream[Units], defaults: EventDefaults
 ) -> AsyncGenerator[list[Item], None]:
     async with receive:
         async for units in receive:
-            yield [unit_item(unit, defaults) for unit in units]
+            yield units.items(defaults)
 
 
 async def _work(start: Start, conn: Connection) -> None:

@@ -12,8 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from engine.config import Config
+from engine.core.events import EventDefaults, Item
 from engine.core.stats import RunStats
-from engine.files.sources import Unit
+from engine.files.sources import Unit, raw_item
 
 # -- parent -> worker -------------------------------------------------------------------
 
@@ -30,9 +31,25 @@ class Start:
 
 @dataclass(frozen=True, slots=True)
 class Units:
-    """Input records to parse, check and send (at most the parent's credit)."""
+    """Input records to parse, check and send (at most the parent's credit).
 
-    units: list[Unit]
+    As three columns, not a list of `Unit`s: three lists pickle in a tenth of the time
+    of as many small objects, and this is most of what crosses the pipe."""
+
+    seqs: list[int]
+    sources: list[str]
+    raws: list[bytes | dict[str, object] | str]
+
+    @classmethod
+    def of(cls, units: list[Unit]) -> Units:
+        return cls([u.seq for u in units], [u.source for u in units], [u.raw for u in units])
+
+    def items(self, defaults: EventDefaults) -> list[Item]:
+        """The Event or Invalid of each unit, as `files.sources.unit_item` gives it."""
+        return [
+            raw_item(seq, source, raw, defaults)
+            for seq, source, raw in zip(self.seqs, self.sources, self.raws, strict=True)
+        ]
 
 
 @dataclass(frozen=True, slots=True)

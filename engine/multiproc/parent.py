@@ -180,7 +180,7 @@ class _Parent:
                 if config.ordered:
                     self.fed.extend(unit.seq for unit in part)
                 worker.outstanding += len(part)
-                await self._send(worker, Units(part))
+                await self._send(worker, Units.of(part))
 
     def _unanswered(self, batch: list[Unit]) -> list[Unit]:
         """--resume: drop what the output answers. Only those records are parsed here (for
