@@ -15,7 +15,7 @@ import os
 import sys
 import tomllib
 from dataclasses import fields
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 
 from engine.config import Config
 from engine.core.shard import parse_shard
@@ -40,54 +40,53 @@ _CONFIG_FIELDS = {f.name for f in fields(Config)}
 
 # -- argument types ----------------------------------------------------------------------
 
+T = TypeVar("T", int, float)
+
+
+def _number(text: str, kind: type[T], what: str) -> T:
+    """`text` as an int or float; argparse's one-line error naming `what` when it is not."""
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+
+
+def _refuse(message: str) -> NoReturn:
+    raise argparse.ArgumentTypeError(message)
+
 
 def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    value = _number(text, int, "a whole number")
     if value < 1:
-        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
+        _refuse(f"expected at least 1, got {value}")
     return value
 
 
 def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    value = _number(text, float, "a number")
     if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+        _refuse(f"expected a positive number, got {text}")
     return value
 
 
 def nonneg_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    value = _number(text, float, "a number")
     if not (value >= 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected 0 or more, got {text}")
+        _refuse(f"expected 0 or more, got {text}")
     return value
 
 
 def seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    value = _number(text, float, "a number of seconds")
     if not (value >= 0 and value != float("inf")):
-        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text}")
+        _refuse(f"expected a number of seconds >= 0, got {text}")
     return value
 
 
 def count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    value = _number(text, int, "a whole number")
     if value < 0:
-        raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
+        _refuse(f"expected 0 or more, got {value}")
     return value
 
 
