@@ -22,6 +22,10 @@ DEFAULT_CONCURRENCY = 64
 DEFAULT_TIMEOUT = 2.0
 #: Longer input lines become error records (memory stays bounded).
 DEFAULT_MAX_LINE_BYTES = 1 << 20
+#: Larger answers (after decompression) become `too_large` records (memory stays bounded).
+DEFAULT_MAX_RESPONSE_BYTES = 8 << 20
+#: Seconds of nothing but 429/503 (retry budget spent) after which a run stops (exit 3).
+DEFAULT_GIVE_UP_AFTER = 60.0
 
 #: `--format`: auto goes by file name.
 Format = Literal["auto", "jsonl", "csv"]
@@ -67,12 +71,14 @@ class Config:
     mock: bool = False
     input_format: Format = "auto"
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
     fail_fast_401: int = 20
     retries: int = 3
     backoff_base: float = 0.1
     backoff_cap: float = 10.0
     retry_after_cap: float = 30.0
     retry_budget: float = 0.2
+    give_up_after: float = DEFAULT_GIVE_UP_AFTER
     adaptive: bool = True
     resume: bool = False
     grace: float = 10.0
@@ -102,6 +108,10 @@ class Config:
             )
         if self.max_line_bytes < 64:
             raise ConfigError("--max-line-bytes must be at least 64")
+        if self.max_response_bytes < 1024:
+            raise ConfigError(
+                f"--max-response-bytes must be at least 1024, got {self.max_response_bytes}"
+            )
         if not (self.token_wait > 0 and math.isfinite(self.token_wait)):
             raise ConfigError(
                 f"--token-wait must be a positive number of seconds, got {self.token_wait}"
@@ -124,7 +134,7 @@ class Config:
     def _validate_reliability(self) -> None:
         if self.retries < 0:
             raise ConfigError(f"--retries must be 0 or more, got {self.retries}")
-        for name in ("backoff_base", "backoff_cap", "retry_after_cap", "grace"):
+        for name in ("backoff_base", "backoff_cap", "retry_after_cap", "grace", "give_up_after"):
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
                 option = "--" + name.replace("_", "-")

@@ -21,6 +21,7 @@ from engine.config import (
     DEFAULT_CONCURRENCY,
     DEFAULT_ENDPOINT,
     DEFAULT_MAX_LINE_BYTES,
+    DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_TIMEOUT,
     DEFAULT_TOKEN_URL,
     DEFAULT_TOKEN_WAIT,
@@ -68,6 +69,13 @@ def _add_io_options(io: argparse._ArgumentGroup) -> None:
         type=positive_int,
         metavar="N",
         help=f"longest input line accepted (default: {DEFAULT_MAX_LINE_BYTES})",
+    )
+    io.add_argument(
+        "--max-response-bytes",
+        type=positive_int,
+        metavar="N",
+        help="largest answer kept, after decompression; a larger one becomes a too_large "
+        f"record (default: {DEFAULT_MAX_RESPONSE_BYTES}, 8 MiB)",
     )
     io.add_argument(
         "--config",
@@ -197,6 +205,13 @@ def _add_reliability_options(rel: argparse._ArgumentGroup) -> None:
         type=float,
         metavar="R",
         help="retries allowed per first attempt, beyond a reserve of 100 (default: 0.2)",
+    )
+    rel.add_argument(
+        "--give-up-after",
+        type=seconds,
+        metavar="S",
+        help="stop (exit 3) when, with the retry budget spent, every call has been "
+        "throttled (429/503) for this long; --resume picks up the rest (default: 60)",
     )
     rel.add_argument(
         "--no-adaptive",

@@ -43,6 +43,9 @@ class ErrorKind:
     NETWORK: Final = "network"
     PROTOCOL: Final = "protocol"  # a malformed HTTP answer
     REQUEST: Final = "request"  # a call that cannot be sent (a bad URL or header)
+    TOO_LARGE: Final = "too_large"  # an answer over --max-response-bytes (status kept)
+    #: An unexpected exception while handling one event (a bug): retried by --resume.
+    INTERNAL: Final = "internal"
     #: The kinds of records that no server answer caused.
     INVALID: Final = "invalid"
     DROPPED: Final = "dropped"
