@@ -2,7 +2,7 @@
 
 Rules:
 - This module owns the record format. Records are built by the named constructors
-  (`answered`, `invalid`, `dropped`, `dry_run`) and read back only through
+  (`answered`, `invalid`, `dropped`, `dry_run`, `internal`) and read back only through
   `parse_record`: resume, merge and the report read output lines through it.
 - An error kind is one of `ErrorKind`'s values or `http_kind(status)`; no other module
   spells one.
@@ -165,6 +165,31 @@ def dry_run(event: Event, shown: bytes) -> Result:
     )
 
 
+#: What an internal error's text may hold: a record stays one short line.
+_INTERNAL_TEXT_MAX = 300
+
+
+def internal(event: Event, exc: Exception, secrets: Secrets = NO_SECRETS) -> Result:
+    """The record of an event whose handling raised `exc` (a bug, not the server's doing):
+    nothing is known of its call; the exception's type and message on one line."""
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    if len(text) > _INTERNAL_TEXT_MAX:
+        text = text[: _INTERNAL_TEXT_MAX - 3] + "..."
+    return Result(
+        event.seq,
+        event.id,
+        event.source,
+        None,
+        False,
+        0,
+        None,
+        None,
+        secrets.redact(text),
+        None,
+        ErrorKind.INTERNAL,
+    )
+
+
 def server_message(body: bytes) -> str | None:
     """The server's own words for a failure, short and on one line (None when silent)."""
     if not body:
@@ -276,12 +301,41 @@ class RecordLine:
         return _num(self.fields.get("latency_ms"))
 
     @property
+    def transient(self) -> bool:
+        """`is_transient` of this record: `--resume` sends its event again."""
+        return is_transient(self.status, self.error_kind)
+
+    @property
     def sent_at(self) -> float | None:
         return _num(self.fields.get("sent_at"))
 
     @property
     def scheduled_at(self) -> float | None:
         return _num(self.fields.get("scheduled_at"))
+
+
+#: The error kinds of records `--resume` sends again: no answer came (the transport's
+#: kinds) or the handling failed (internal); another try may well succeed.
+TRANSIENT_KINDS = frozenset(
+    {
+        ErrorKind.TIMEOUT,
+        ErrorKind.CONNECT,
+        ErrorKind.DISCONNECTED,
+        ErrorKind.PAYLOAD,
+        ErrorKind.NETWORK,
+        ErrorKind.INTERNAL,
+    }
+)
+#: The statuses of records `--resume` sends again (with every 5xx).
+TRANSIENT_STATUSES = frozenset({401, 408, 429})
+
+
+def is_transient(status: int | None, error_kind: str | None) -> bool:
+    """True when a record so ended may end otherwise if sent again (401, 408, 429, 5xx,
+    timeout, connect, network, internal...): `--resume` does not count it as answered."""
+    if error_kind in TRANSIENT_KINDS:
+        return True
+    return status is not None and (status in TRANSIENT_STATUSES or 500 <= status <= 599)
 
 
 def _num(value: object) -> float | None:
