@@ -40,6 +40,9 @@ NOW = 1_800_000_000.0
         pytest.param(None, "payload", "payload", id="truncated-body"),
         pytest.param(None, "network", "network", id="network"),
         pytest.param(None, "invalid", None, id="invalid-input"),
+        pytest.param(200, "too_large", None, id="too-large-final"),
+        pytest.param(503, "too_large", None, id="too-large-503-final"),
+        pytest.param(None, "protocol", None, id="protocol-final"),
     ],
 )
 def test_retry_reason(status: int | None, kind: str | None, expected: str | None) -> None:
@@ -71,6 +74,68 @@ def test_parse_retry_after(value: str | None, expected: float | None) -> None:
         assert got is None
     else:
         assert got == pytest.approx(expected)
+
+
+_FAR = 1e12  # engine.core.retry.FAR_FUTURE
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        pytest.param("9" * 400, _FAR, id="hundreds-of-digits"),
+        pytest.param("9" * 5000, _FAR, id="past-int-str-digits-limit"),
+        pytest.param("9" * 13, _FAR, id="thirteen-digits"),
+        pytest.param("999999999999", 999999999999.0, id="twelve-digits"),
+        pytest.param("0" * 500 + "7", 7.0, id="leading-zeros"),
+        pytest.param("0000", 0.0, id="zeros"),
+        pytest.param("-" + "9" * 400, None, id="huge-negative"),
+        pytest.param("-0", 0.0, id="negative-zero"),
+        pytest.param("+5", 5.0, id="plus-sign"),
+        pytest.param("1e308", _FAR, id="huge-float"),
+        pytest.param("1e400", None, id="float-overflow"),
+        pytest.param("1e-400", 0.0, id="float-underflow"),
+        pytest.param("-1.5", None, id="negative-float"),
+        pytest.param("1_0", None, id="underscore"),
+        pytest.param("0x10", None, id="hex"),
+        pytest.param("\uff11\uff12", None, id="fullwidth-digits"),
+        pytest.param("\u0663", None, id="arabic-digit"),
+        pytest.param("\x00", None, id="nul"),
+        pytest.param("7 seconds", None, id="words"),
+        pytest.param("x" * 10_000, None, id="long-garbage"),
+        pytest.param("Fri, 31 Dec 9999 23:59:59 GMT", 253402300799.0 - NOW, id="date-year-9999"),
+        pytest.param("Mon, 01 Jan 0001 00:00:00 GMT", 0.0, id="date-year-1"),
+        pytest.param("Mon, 01 Jan 0001 00:00:00 +0100", 0.0, id="date-year-1-east"),
+        pytest.param("Fri, 31 Dec 9999 23:59:59 -2359", 253402386739.0 - NOW, id="date-9999-west"),
+        pytest.param("Mon, 01 Jan 99999 00:00:00 GMT", None, id="date-year-99999"),
+        pytest.param("Mon, 01 Jan " + "9" * 40 + " 00:00:00 GMT", None, id="date-year-overflow"),
+        pytest.param("Mon, 01 Jan 2024 00:00:" + "9" * 30 + " GMT", None, id="date-sec-overflow"),
+        pytest.param("Mon, 01 Jan 2024 99:99:99 GMT", None, id="date-bad-time"),
+        pytest.param("Mon, 01 Jan 2024 00:00:00 +9999", None, id="date-bad-zone"),
+    ],
+)
+def test_retry_after_of_any_form_makes_sense_or_is_ignored(
+    value: str, expected: float | None
+) -> None:
+    got = parse_retry_after(value, now=NOW)
+    if expected is None:
+        assert got is None
+    else:
+        assert got == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("value", ["9" * 400, "1e308", "Fri, 31 Dec 9999 23:59:59 GMT"])
+def test_retry_after_far_out_is_final_with_its_reason(value: str) -> None:
+    policy = RetryPolicy(RetrySettings(), rand=lambda: 0.5)
+    decision = policy.decide(0, value, now=NOW)
+    assert decision.final is not None
+    assert "--retry-after-cap" in decision.final
+    assert "\n" not in decision.final
+
+
+@pytest.mark.parametrize("value", ["-" + "9" * 400, "x" * 10_000, "1e400", "\x00"])
+def test_retry_after_garbage_gets_the_usual_backoff(value: str) -> None:
+    policy = RetryPolicy(RetrySettings(backoff_base=0.1), rand=lambda: 0.5)
+    assert policy.decide(0, value, now=NOW).wait == pytest.approx(0.05)
 
 
 @pytest.mark.parametrize(

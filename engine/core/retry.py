@@ -41,39 +41,58 @@ THROTTLE_STATUSES = frozenset({429, 503})
 
 def retry_reason(status: int | None, error_kind: str | None) -> str | None:
     """The reason to retry a call that ended so (its error kind), or None when final."""
-    if error_kind in RETRY_ERROR_KINDS:
-        return error_kind
+    if error_kind is not None:
+        # An answer with an error of its own (too_large keeps its status) is final
+        # whatever its status: the same answer would come back.
+        return error_kind if error_kind in RETRY_ERROR_KINDS else None
     if status in RETRY_STATUSES:
         return http_kind(status)
     return None
+
+
+#: What a Retry-After too far out to mean anything reads as (about 31,700 years): past
+#: any --retry-after-cap, so the call is final, and still a float that prints.
+FAR_FUTURE = 1e12
+# An HTTP date is 29 characters, a sane delay a few digits; anything longer is not read
+# as a number or a date (int() of thousands of digits raises, floats overflow).
+_MAX_TEXT = 64
 
 
 def parse_retry_after(value: str | None, *, now: float) -> float | None:
     """Seconds to wait from a Retry-After header (RFC 9110 10.2.3), None when absent or bad.
 
     `now` is the wall-clock time (epoch seconds) an HTTP date is measured against; a
-    date in the past means 0.
+    date in the past means 0. Any header value is data: a delay of any number of digits
+    reads as at most FAR_FUTURE; what is neither a delay nor a date is None (the usual
+    backoff); nothing raises.
     """
     if value is None:
         return None
     text = value.strip()
-    if not text:
+    if not text or not text.isascii():
         return None
-    if text.isascii() and text.isdigit():
-        return float(int(text))
-    try:
-        seconds = float(text)  # not in the RFC, but sent by some servers ("1.5")
-    except ValueError:
-        pass
-    else:
-        return seconds if math.isfinite(seconds) and seconds >= 0 else None
+    if text.isdigit():
+        digits = text.lstrip("0") or "0"
+        return float(int(digits)) if len(digits) <= 12 else FAR_FUTURE
+    if len(text) > _MAX_TEXT:
+        return None
+    if "_" not in text:  # float() reads "1_0" as 10
+        try:
+            seconds = float(text)  # not in the RFC, but sent by some servers ("1.5")
+        except ValueError:
+            pass
+        else:
+            if not math.isfinite(seconds) or seconds < 0:
+                return None
+            return min(seconds + 0.0, FAR_FUTURE)  # + 0.0: "-0" is 0
     try:
         when = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
+        if when.tzinfo is None:  # RFC 9110 dates are GMT
+            return None
+        seconds = when.timestamp() - now
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if when.tzinfo is None:  # RFC 9110 dates are GMT
-        return None
-    return max(0.0, when.timestamp() - now)
+    return min(max(0.0, seconds), FAR_FUTURE)
 
 
 def full_jitter(retry: int, *, base: float, cap: float, rand: float) -> float:
