@@ -13,6 +13,7 @@ from engine.core.events import (
     make_event,
     parse_timestamp,
 )
+from engine.core.records import invalid
 
 BASE = {
     "criteo-partner-id": 12345,
@@ -101,8 +102,45 @@ def test_every_event_type_is_valid_with_its_fields(event_type: str) -> None:
         ),
         pytest.param(
             {**BASE, "event-type": "viewHome", "user-agent": "a\r\nX-Evil: 1"},
-            "user-agent must not contain a line break",
+            "user-agent holds a control character (U+000D) that a header cannot carry",
             id="header-injection",
+        ),
+        *[
+            pytest.param(
+                {**BASE, "event-type": "viewHome", key: f"a{ch}b"},
+                f"{key} holds a control character (U+{ord(ch):04X}) that a header cannot carry",
+                id=f"{key}-U+{ord(ch):04X}",
+            )
+            for key in ("user-agent", "referer", "ip")
+            for ch in ("\x00", "\t", "\x0b", "\x0c", "\x1f", "\x7f")
+        ],
+        *[
+            pytest.param(
+                {**BASE, "event-type": "viewHome", key: "a\ud800b"},
+                f"{key} holds a lone surrogate (U+D800) that UTF-8 cannot carry",
+                id=f"{key}-surrogate",
+            )
+            for key in ("user-agent", "referer", "ip")
+        ],
+        pytest.param(
+            {**BASE, "event-type": "viewHome", "retailer-visitor-id": "v\udc00"},
+            "parameter retailer-visitor-id holds a lone surrogate (U+DC00) that UTF-8 cannot carry",
+            id="value-surrogate",
+        ),
+        pytest.param(
+            {**BASE, "event-type": "viewItem", "item": ["a", "b\udfff"], "price": 1},
+            "parameter item holds a lone surrogate (U+DFFF) that UTF-8 cannot carry",
+            id="list-surrogate",
+        ),
+        pytest.param(
+            {**BASE, "event-type": "viewHome", "x\ud800": "1"},
+            "parameter name 'x\\\\ud800' holds a lone surrogate (U+D800) that UTF-8 cannot carry",
+            id="key-surrogate",
+        ),
+        pytest.param(
+            {**BASE, "event-type": "viewHome", "timestamp": "\ud800"},
+            "timestamp '\\ud800' is not epoch seconds or ISO 8601",
+            id="timestamp-surrogate",
         ),
     ],
 )
@@ -110,6 +148,20 @@ def test_invalid_events_say_why(obj: dict[str, object], error: str) -> None:
     item = make_event(obj, seq=0, source="s:1")
     assert isinstance(item, Invalid)
     assert item.error == error
+
+
+def test_an_id_with_a_lone_surrogate_is_kept_escaped_and_the_event_invalid() -> None:
+    item = make_event({**BASE, "event-type": "viewHome", "id": "a\ud800b"}, seq=0, source="s:1")
+    assert isinstance(item, Invalid)
+    assert item.id == "a\\ud800b"  # printable: a backslash, then ud800
+    assert item.error == "id holds a lone surrogate (U+D800) that UTF-8 cannot carry"
+    assert invalid(item).to_json()  # the record can be written
+
+
+def test_printable_characters_and_utf8_stay_valid_in_headers_and_values() -> None:
+    ua = "Mozilla/5.0 (é 日本) ~!"
+    item = _event(**{"event-type": "viewHome", "user-agent": ua, "keywords": "\x00\x7f"})
+    assert isinstance(item, Event)  # a control character is fine in the query string
 
 
 def test_values_reserved_keys_and_order() -> None:

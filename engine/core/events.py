@@ -11,12 +11,19 @@ Rules:
   unknown ones (the API grows) sorted by name.
 - An event that lacks a parameter its event type requires is not sent: it becomes an
   `Invalid` naming the parameter.
+- Any JSON is an input: a value that cannot become a URL or a header makes the event
+  `Invalid`, naming the field. A lone surrogate (an escaped `"\\ud800"` is valid JSON that
+  UTF-8 cannot carry) in a key, a value or the `id`; a C0 control character (tab
+  included) or DEL in a header value. An `id` holding a lone surrogate is kept with each
+  one written as its escape (`a\\ud800b`, backslash and all: `printable`), so the record
+  can be written and --resume finds it again.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -127,6 +134,32 @@ class _BadValue(ValueError):
     pass
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]").search
+_CONTROL = re.compile("[\x00-\x1f\x7f]").search
+
+
+def printable(text: str) -> str:
+    """`text` with each lone surrogate written as its escape (`\\ud800`): UTF-8 can carry it."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _surrogate(text: str) -> str | None:
+    """The first lone surrogate of `text` as `U+D800`, or None (ASCII costs one check)."""
+    if text.isascii():
+        return None
+    found = _SURROGATE(text)
+    return None if found is None else f"U+{ord(found.group()):04X}"
+
+
+def header_problem(text: str) -> str | None:
+    """Why `text` cannot be a header value (a lone surrogate, a control character), or None."""
+    found = _CONTROL(text)
+    if found is not None:
+        return f"a control character (U+{ord(found.group()):04X}) that a header cannot carry"
+    bad = _surrogate(text)
+    return None if bad is None else f"a lone surrogate ({bad}) that UTF-8 cannot carry"
+
+
 def _scalar(key: str, value: object) -> str:
     if isinstance(value, str):
         return value
@@ -212,10 +245,18 @@ def make_event(
     raw_id = obj.get("id")
     event_id = None if raw_id is None or isinstance(raw_id, Mapping | list) else str(raw_id)
     try:
+        if event_id is not None and (bad := _surrogate(event_id)) is not None:
+            event_id = printable(event_id)
+            raise _BadValue(f"id holds a lone surrogate ({bad}) that UTF-8 cannot carry")
         params: dict[str, str] = {}
         headers: list[tuple[str, str]] = []
         timestamp: float | None = None
         for key, value in obj.items():
+            if (bad := _surrogate(key)) is not None:
+                raise _BadValue(
+                    f"parameter name {printable(key)!r} holds a lone surrogate ({bad}) "
+                    "that UTF-8 cannot carry"
+                )
             if key == "id":
                 continue
             if key == "timestamp":
@@ -228,10 +269,14 @@ def make_event(
                 continue
             header = HEADER_KEYS.get(key)
             if header is not None:
-                if "\r" in text or "\n" in text:
-                    raise _BadValue(f"{key} must not contain a line break")
+                if (problem := header_problem(text)) is not None:
+                    raise _BadValue(f"{key} holds {problem}")
                 headers.append((header, text))
             else:
+                if (bad := _surrogate(text)) is not None:
+                    raise _BadValue(
+                        f"parameter {key} holds a lone surrogate ({bad}) that UTF-8 cannot carry"
+                    )
                 params[key] = text
     except _BadValue as exc:
         return Invalid(seq, source, event_id, str(exc))
