@@ -52,6 +52,9 @@ class Config:
 
     inputs: tuple[str, ...] = ("-",)
     output: str | None = None
+    # --summary: the CLI writes the run's figures here at the end; open_run checks it
+    # against the inputs and -o and creates it (empty) before the run.
+    summary: str | None = None
     endpoint: str = DEFAULT_ENDPOINT
     partner_id: str | None = None
     user_agent: str | None = None

@@ -176,10 +176,9 @@ def _run(args: argparse.Namespace, plan: LoadPlan) -> int:
             max_in_flight=args.max_in_flight,
             when_full=args.when_full,
         )
-    if args.summary:
-        write_file(args.summary, b"")  # a summary that cannot be written fails before the run
+    # open_run checks --summary against the inputs and -o, and creates it, before the run.
     outcome: LoadOutcome = run_async(partial(run_load, config, plan, progress=progress))
-    return _finish(outcome, args.summary)
+    return _finish(outcome, config.summary)
 
 
 def _finish(outcome: LoadOutcome, summary_path: str | None) -> int:

@@ -12,6 +12,7 @@ import orjson
 
 from engine.cli.common import Subparsers, write_file
 from engine.errors import InputError
+from engine.files.paths import check_outputs
 
 
 def add_parser(sub: Subparsers) -> None:
@@ -34,6 +35,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from engine.report.text import figures_from_lines, text_report
 
     path = args.output_file
+    check_outputs([("input", path)], [("--summary", args.summary), ("--html", args.html)])
     try:
         stream = sys.stdin.buffer if path == "-" else open(path, "rb")
     except OSError as exc:

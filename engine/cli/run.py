@@ -111,15 +111,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     if "-" in config.inputs and sys.stdin.isatty():
         say("reading events from stdin (JSONL; Ctrl-D ends, Ctrl-C aborts)")
-    if args.summary:
-        write_file(args.summary, b"")  # a summary that cannot be written fails before the run
+    # open_run checks --summary against the inputs and -o, and creates it, before the run.
     summary = run_async(partial(api.run, handle_signals=True), config)
     say(summary.line())
     if summary.stopped:
         say(f"stopped: {summary.stopped}")
-    if args.summary:
+    if config.summary:
         data = {"summary": summary, "exit_code": summary.exit_code}
-        write_file(args.summary, orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
+        write_file(config.summary, orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
     if summary.interrupted is not None:
         # The output is closed and synced; a reader thread may still block on stdin,
         # and the interpreter would wait for it at exit: leave now.

@@ -25,6 +25,7 @@ from engine.core.records import parse_record
 from engine.core.stats import Histogram, RunStats
 from engine.errors import ConfigError, InputError, OutputError
 from engine.files.manifests import manifest_path, read_manifest, scan_part, write_merged_manifest
+from engine.files.paths import check_outputs
 
 _EXAMPLES = 5
 
@@ -173,8 +174,9 @@ def merge_outputs(parts: Sequence[str], output: str) -> MergeReport:
     """Join static-shard outputs into `output` (each record once) and check coverage."""
     if not parts:
         raise ConfigError("merge: no part given")
-    if output in parts:
-        raise ConfigError(f"merge: the output {output} is also a part")
+    # Before anything is written: neither the output nor its manifest is a part.
+    written = [("-o", output), ("the manifest of -o", manifest_path(output))]
+    check_outputs([("input", p) for p in parts], written)
     report = MergeReport(parts=len(parts))
     ordered = _check_manifests(parts, report)
     coverage = Coverage()

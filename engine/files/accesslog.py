@@ -16,7 +16,9 @@ Rules:
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import re
+import stat
 from collections.abc import Generator, Iterable
 from dataclasses import replace
 from urllib.parse import parse_qsl, urlsplit
@@ -105,10 +107,16 @@ def parse_log_line(line: str) -> tuple[dict[str, object] | None, str | None]:
 
 
 def is_access_log(path: str) -> bool:
-    """Whether `auto` reads this input as an access log (by name, else its first line)."""
+    """Whether `auto` reads this input as an access log (by name, else its first line).
+
+    Only stdin and a regular file are looked into: a named pipe, a device or `/dev/fd/N`
+    is opened once, to be read (a look would take its first bytes, or its writer), so
+    such an input is an access log only by its name or `--access-log`."""
     name = path.lower().removesuffix(".gz")
     if name.endswith(".log"):
         return True
+    if path != STDIN and not _is_regular(path):
+        return False
     stream, close = _open_binary(path)
     try:
         head = stream.peek(4096)[:4096] if hasattr(stream, "peek") else stream.read(4096)
@@ -120,6 +128,13 @@ def is_access_log(path: str) -> bool:
         close()
     first = head.lstrip().split(b"\n", 1)[0].decode("utf-8", "replace")
     return _LINE.match(first) is not None
+
+
+def _is_regular(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return True  # opening it will say what is wrong
 
 
 def read_log_items(

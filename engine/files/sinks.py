@@ -5,6 +5,9 @@ so a crash leaves at most a torn last line, never a half-written record in the m
 A record is written only once its call is over, so an event is in the file whole or not
 at all. The file is fsynced when the run ends (a power loss mid-run may cost the tail
 of the file, never lines in the middle: resume, files/resume.py, repairs a torn tail).
+An output file deleted or replaced (renamed over) during the run is noticed (`check`,
+at most once a second from `write`, and at `close`): the run ends with exit 3, as the
+records it goes on writing would reach no file anyone can read.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import os
 import stat
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
@@ -30,6 +34,8 @@ class Sink(Protocol):
 
 #: Bytes written to a file between two background syncs.
 SYNC_EVERY = 16 << 20
+#: Seconds between two looks at whether the output file is still the one being written.
+CHECK_EVERY_S = 1.0
 
 
 class JsonlSink:
@@ -40,11 +46,15 @@ class JsonlSink:
     the disk works while the run does (on the benchmark machine, 150 MB took 0.28 s to
     sync at the end, I/O wait, not CPU), and a crash loses at most the last stretch."""
 
-    __slots__ = ("_fd", "_owned", "_sync", "_unsynced", "name")
+    __slots__ = ("_fd", "_identity", "_next_check", "_owned", "_sync", "_unsynced", "name")
 
-    def __init__(self, path: str | None, *, append: bool = False) -> None:
+    def __init__(self, path: str | None, *, append: bool = False, watch: bool = True) -> None:
+        """`watch`: check from `write` that the file is still there (False in a --workers
+        child: the parent watches the output it owns)."""
         self._unsynced = 0
         self._sync: threading.Thread | None = None
+        self._identity: tuple[int, int] | None = None
+        self._next_check = 0.0
         if path is None or path == "-":
             sys.stdout.flush()
             self._fd = sys.stdout.fileno()
@@ -60,6 +70,26 @@ class JsonlSink:
             ) from None
         self._owned = True
         self.name = path
+        info = os.fstat(self._fd)
+        if watch and stat.S_ISREG(info.st_mode):  # a pipe or a device is no file to lose
+            self._identity = (info.st_dev, info.st_ino)
+            self._next_check = time.monotonic() + CHECK_EVERY_S
+
+    def check(self) -> None:
+        """Raise OutputError (exit 3) when the output file was deleted or replaced since
+        it was opened: the path no longer names the file this sink writes."""
+        if self._identity is None:
+            return
+        try:
+            info = os.stat(self.name)
+        except FileNotFoundError:
+            raise OutputError(f"output {self.name} was deleted during the run") from None
+        except OSError:
+            return  # cannot look (a directory's permissions changed): keep writing
+        if (info.st_dev, info.st_ino) != self._identity:
+            raise OutputError(
+                f"output {self.name} was replaced by another file during the run"
+            ) from None
 
     def is_regular_file(self) -> bool:
         """A file several processes can append whole lines to (not a pipe or a tty)."""
@@ -79,6 +109,9 @@ class JsonlSink:
         except OSError as exc:
             raise OutputError(f"cannot write output {self.name}: {exc.strerror or exc}") from None
         if self._owned:
+            if self._identity is not None and (now := time.monotonic()) >= self._next_check:
+                self._next_check = now + CHECK_EVERY_S
+                self.check()
             self._unsynced += len(data)
             if self._unsynced >= SYNC_EVERY and (self._sync is None or not self._sync.is_alive()):
                 self._unsynced = 0
@@ -87,12 +120,28 @@ class JsonlSink:
                 )
                 self._sync.start()
 
-    def close(self) -> None:
+    def close(self, *, check: bool = False) -> None:
+        """Sync and close the file; `check`: then raise OutputError if it was deleted or
+        replaced during the run (a run that ended well must not claim an output that is
+        gone)."""
         if self._owned:
             if self._sync is not None:
                 self._sync.join()  # before the descriptor goes
-            _sync_quietly(self._fd)
-            os.close(self._fd)
+            try:
+                if check:
+                    self.check()
+            finally:
+                _sync_quietly(self._fd)
+                os.close(self._fd)
+
+
+def create_output(path: str) -> None:
+    """An empty file at `path` (a file that cannot be written fails before the run)."""
+    try:
+        with open(path, "wb"):
+            pass
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}", before_run=True) from None
 
 
 def _sync_quietly(fd: int) -> None:

@@ -20,6 +20,7 @@ import gzip
 import io
 import json
 import os
+import stat
 import sys
 import zlib
 from collections.abc import Callable, Generator, Iterable, Iterator
@@ -66,17 +67,23 @@ def source_format(path: str, input_format: Format) -> Literal["jsonl", "csv"]:
 
 
 def check_inputs(paths: Iterable[str]) -> None:
-    """Fail early, with one clear line, on an input that cannot be read."""
+    """Fail early, with one clear line, on an input that cannot be read.
+
+    By `stat` and `access` only: each input is opened once, when it is read. A probing
+    open would consume a named pipe's writer (the real open then waits forever) or a
+    process substitution's `/dev/fd/N`."""
     for path in paths:
         if path == STDIN:
             continue
-        if os.path.isdir(path):
-            raise InputError(f"input {path} is a directory, not a file of events")
         try:
-            with open(path, "rb"):
-                pass
-        except OSError as exc:
-            raise InputError(f"cannot read input {path}: {exc.strerror or exc}") from None
+            info = os.stat(path)
+        except (OSError, ValueError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise InputError(f"cannot read input {path}: {reason}") from None
+        if stat.S_ISDIR(info.st_mode):
+            raise InputError(f"input {path} is a directory, not a file of events")
+        if not os.access(path, os.R_OK):
+            raise InputError(f"cannot read input {path}: Permission denied")
 
 
 def _open_binary(path: str) -> tuple[BinaryIO, Callable[[], None]]:

@@ -107,7 +107,9 @@ class _Worker:
         self.tokens = FollowerToken(start.header, self._ask)
         self.engine: Engine | None = None
         self.tg: anyio.abc.TaskGroup | None = None
-        self.sink = JsonlSink(start.output, append=True) if start.output is not None else None
+        self.sink = (  # the parent watches the output for deletion (it owns it)
+            JsonlSink(start.output, append=True, watch=False) if start.output is not None else None
+        )
         self.unreported = 0
 
     # -- the pipe

@@ -45,7 +45,8 @@ from anyio.abc import TaskGroup
 
 from engine.config import Config
 from engine.core.stats import RunStats
-from engine.errors import AuthError, FatalError
+from engine.errors import AuthError, FatalError, OutputError
+from engine.files.sinks import CHECK_EVERY_S
 from engine.files.sources import Unit, read_units, unit_item
 from engine.multiproc.messages import (
     Answered,
@@ -131,6 +132,7 @@ class _Parent:
                 tg.start_soon(self._receive, worker, tg)
             tg.start_soon(self._watch_tokens)
             tg.start_soon(self._keep_tokens)
+            tg.start_soon(self._watch_output)
             if self.config.progress:
                 tg.start_soon(show_status, self._progress_text)
             await self._dispatch()
@@ -307,6 +309,23 @@ class _Parent:
         if self.error is None:
             self.error = FatalError(message)
         self.stopped = self.stopped or message
+
+    async def _watch_output(self) -> None:
+        """The output deleted or replaced during the run stops it (exit 3). The parent
+        owns the output: the workers that append to it directly do not look."""
+        assert self.sink is not None
+        while True:
+            await anyio.sleep(CHECK_EVERY_S)
+            try:
+                self.sink.check()
+            except OutputError as exc:
+                self.error = self.error or exc
+                self.stopped = self.stopped or str(exc)
+                self.feed_scope.cancel()
+                self.credit.set()
+                for worker in self.workers:  # what they write now reaches no file
+                    await self._send(worker, Halt(str(exc), 0.0))
+                return
 
     # -- signals
 

@@ -1,4 +1,10 @@
-"""The event loop of a run: uvloop when installed, and the collector tuned once per process.
+"""The event loop of a run: uvloop when installed, and the process set up once: the
+collector tuned, the soft limit on open files raised to the hard one.
+
+Open files: a run holds one socket per call in flight. The soft limit is often 1024
+while the hard one is far higher; raising it is what `ulimit -n` would do, once per
+process (a --workers child too). A run that still does not fit is refused before it
+starts (`check_open_files`), rather than failing its calls one by one with EMFILE.
 
 Garbage-collector settings for a long run (once per process, before the event loop).
 
@@ -15,10 +21,14 @@ stays flat (benchmarks/run.py's RSS check).
 from __future__ import annotations
 
 import gc
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import anyio
+
+from engine.config import Config
+from engine.errors import ConfigError
 
 T = TypeVar("T")
 
@@ -40,6 +50,55 @@ def tune_gc() -> None:
     gc.set_threshold(max(YOUNG_THRESHOLD, young), older, oldest)
 
 
+#: Open files a process needs beside one socket per call in flight: stdio, the inputs and
+#: outputs, the event loop's, the token client's connections, the --workers pipes.
+SPARE_FILES = 100
+
+_raised = False
+
+
+def raise_open_files() -> tuple[int, int] | None:
+    """Raise the soft limit on open files to the hard one (the first call acts);
+    (soft, hard) as they are then, None where there is no such limit (or it is infinite)."""
+    global _raised
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if not _raised:
+        _raised = True
+        if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            except (ValueError, OSError):
+                pass  # (macOS refuses an infinite soft limit): keep what there is
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    return soft, hard
+
+
+def check_open_files(config: Config) -> None:
+    """Raise ConfigError (exit 2) when one process of this run would need more open files
+    than its limit allows, even raised: -c sockets (a --workers child: its share), the
+    embedded mock's side of them with --mock, and SPARE_FILES."""
+    limits = raise_open_files()
+    if limits is None or config.dry_run:
+        return
+    soft, hard = limits
+    concurrency = config.concurrency
+    share = math.ceil(concurrency / config.workers)
+    needed = share + (concurrency if config.mock else 0) + SPARE_FILES
+    if needed > soft:
+        per = f" per process ({config.workers} workers)" if config.workers > 1 else ""
+        raise ConfigError(
+            f"-c {concurrency} needs about {needed} open files{per} but the limit is {soft}"
+            f"{'' if hard == soft else f' (hard limit {hard})'}: lower -c (--max-in-flight "
+            "for load and replay) or raise the limit (ulimit -n)"
+        )
+
+
 def backend_options() -> dict[str, Any]:
     """anyio's asyncio options: uvloop when it is installed (a faster event loop)."""
     try:
@@ -53,4 +112,5 @@ def run_loop(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
     """Run `fn(*args)` on a new event loop (uvloop when installed), the collector tuned
     first: the one way this package starts a loop for a run (the CLI, a --workers child)."""
     tune_gc()
+    raise_open_files()
     return anyio.run(fn, *args, backend_options=backend_options())

@@ -5,8 +5,12 @@ start here, so a guarantee about starting or ending a run is written once.
 
 Rules:
 - Everything that can be refused is refused before anything is sent, in this order: the
-  configuration, the inputs (each must open), the output of an earlier run (`--resume`
-  indexes it and cuts a torn last line), the output (opened, or created).
+  configuration, the inputs (each must be readable: `stat` only, each is opened once,
+  when it is read, so a named pipe works), the outputs (`-o`, `--summary`: none may be
+  an input or another output, files/paths.py, checked before anything is opened for
+  writing), the open-files limit (raised to the hard limit; -c must fit), the output
+  of an earlier run (`--resume` indexes it and cuts a torn last line), the summary file
+  (created empty), the output (opened, or created).
 - Then, on one exit stack: the driver's own early start (`prepare`: `--workers` forks
   its processes first, before any socket or thread exists), the embedded mock
   (`--mock`), the token provider (a dynamic token is fetched before any call), the
@@ -15,7 +19,9 @@ Rules:
   then every token the provider issues) and every record written through `write` is
   redacted with them.
 - On every way out the output is closed (fsynced), and an EngineError raised inside a
-  task group comes out as itself, so the CLI prints its one line.
+  task group comes out as itself, so the CLI prints its one line. An output file
+  deleted or replaced during the run ends it with exit 3 (files/sinks.py), also when
+  that is only seen as the run ends.
 """
 
 from __future__ import annotations
@@ -29,13 +35,15 @@ from engine.core.events import ReadCounts
 from engine.core.records import Result, jsonl
 from engine.core.secrets import Secrets
 from engine.errors import plain_engine_errors
+from engine.files.paths import check_outputs
 from engine.files.resume import ResumeIndex, open_resume
-from engine.files.sinks import JsonlSink
+from engine.files.sinks import JsonlSink, create_output
 from engine.files.sources import check_inputs
 from engine.net.auth import StaticToken, TokenProvider
 from engine.net.token_client import open_token_provider
 from engine.net.transport import Transport, open_transport
 from engine.runtime.engine import Engine
+from engine.runtime.loop import check_open_files
 
 
 @dataclass(slots=True, eq=False)
@@ -116,8 +124,15 @@ async def open_run(
     config = given = config.validated()
     if inputs:
         check_inputs(config.inputs)
+    read = [("input", path) for path in config.inputs] if inputs else []
+    check_outputs(read, [("-o", config.output), ("--summary", config.summary)])
+    if config.backend != "ray":  # a Ray run's calls go out on other machines
+        check_open_files(config)
     index = open_resume(config.output) if output and config.resume else None
+    if config.summary is not None:
+        create_output(config.summary)
     sink = JsonlSink(config.output, append=config.resume) if output else None
+    ended = False
     try:
         with plain_engine_errors():
             async with AsyncExitStack() as stack:
@@ -133,9 +148,10 @@ async def open_run(
                 named = (given.token, given.client_secret, config.token, config.client_secret)
                 secrets = Secrets(named, issued=provider.secrets)
                 yield RunSession(config, provider, sender, secrets, sink, index, ReadCounts())
+        ended = True
     finally:
         if sink is not None:
-            sink.close()
+            sink.close(check=ended)
 
 
 async def _provider(
