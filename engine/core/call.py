@@ -20,6 +20,9 @@ Rules:
 - A retryable answer (core/retry.py's `retry_reason`) goes to the `RetryPolicy`: a wait
   (Backoff) or a final record whose error carries the policy's `final` text. A 429/503
   is first told to the adaptive rate.
+- Every attempt's status is told to the run's `ThrottleWatch` (core/stops.py), which
+  times how long the server has refused every call; the driver asks it when a record
+  ends refused.
 - No clock is read here but through the injected `clock` (monotonic, for the adaptive
   rate) and `wall_clock` (epoch seconds, for Retry-After dates).
 - The common path (permit, authorize, send, done) allocates nothing but the generator
@@ -38,6 +41,7 @@ from engine.core.rates import AdaptiveRate
 from engine.core.records import NO_SECRETS, Response, Result, answered, http_kind
 from engine.core.retry import THROTTLE_STATUSES, RetryPolicy, retry_reason
 from engine.core.secrets import Secrets
+from engine.core.stops import ThrottleWatch
 
 _UNAUTHORIZED = http_kind(401)
 
@@ -94,7 +98,15 @@ Flow = Generator[Effect, Any, Result | None]
 class CallFlow:
     """The rules of one run's calls; `start(event)` is the flow of one event."""
 
-    __slots__ = ("_adaptive", "_clock", "_policy", "_secrets", "_send", "_wall_clock")
+    __slots__ = (
+        "_adaptive",
+        "_clock",
+        "_policy",
+        "_secrets",
+        "_send",
+        "_throttle",
+        "_wall_clock",
+    )
 
     def __init__(
         self,
@@ -104,8 +116,10 @@ class CallFlow:
         secrets: Secrets = NO_SECRETS,
         clock: Callable[[], float],
         wall_clock: Callable[[], float],
+        throttle: ThrottleWatch | None = None,
     ) -> None:
         self._policy = policy
+        self._throttle = throttle
         self._adaptive = adaptive
         self._secrets = secrets
         self._clock = clock
@@ -116,6 +130,7 @@ class CallFlow:
         """The flow of `event` (see the module's table of effects)."""
         policy = self._policy
         adaptive = self._adaptive
+        throttle = self._throttle
         attempts = 0
         retries: tuple[str, ...] = ()
         renewed = False
@@ -140,6 +155,8 @@ class CallFlow:
             response: Response = yield send
             attempts += 1
             status = response.status
+            if throttle is not None:
+                throttle.saw(status)
             if status == 401 and not renewed:
                 fresh: bool = yield Renew(authorization)
                 if fresh:

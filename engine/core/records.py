@@ -169,16 +169,16 @@ def dry_run(event: Event, shown: bytes) -> Result:
 _INTERNAL_TEXT_MAX = 300
 
 
-def internal(event: Event, exc: Exception, secrets: Secrets = NO_SECRETS) -> Result:
-    """The record of an event whose handling raised `exc` (a bug, not the server's doing):
+def internal(item: Event | Invalid, exc: Exception, secrets: Secrets = NO_SECRETS) -> Result:
+    """The record of an item whose handling raised `exc` (a bug, not the server's doing):
     nothing is known of its call; the exception's type and message on one line."""
     text = " ".join(f"{type(exc).__name__}: {exc}".split())
     if len(text) > _INTERNAL_TEXT_MAX:
         text = text[: _INTERNAL_TEXT_MAX - 3] + "..."
     return Result(
-        event.seq,
-        event.id,
-        event.source,
+        item.seq,
+        item.id,
+        item.source,
         None,
         False,
         0,

@@ -180,6 +180,9 @@ class Summary:
     statuses: dict[str, int]
     errors: dict[str, int]
     stopped: str | None = None
+    #: The exit code of `stopped`: 3 (the run could not go on) or 70 (a streak of
+    #: internal errors: a bug); see core/stops.py.
+    stop_code: int = 3
     retries: dict[str, int] = field(default_factory=dict)
     retry_budget_refused: int = 0
     slowed: str | None = None
@@ -199,7 +202,7 @@ class Summary:
         if self.interrupted is not None:
             return 128 + self.interrupted
         if self.stopped is not None:
-            return 3
+            return self.stop_code
         return 0 if self.failed == 0 and self.invalid == 0 else 1
 
     def line(self) -> str:
@@ -256,6 +259,7 @@ def summarize(
     *,
     elapsed_s: float,
     stopped: str | None = None,
+    stop_code: int = 3,
     retry_budget_refused: int = 0,
     slowed: str | None = None,
     interrupted: int | None = None,
@@ -281,6 +285,7 @@ def summarize(
         statuses={str(k): v for k, v in sorted(stats.statuses.items())},
         errors=dict(stats.errors),
         stopped=stopped,
+        stop_code=stop_code,
         retries=dict(stats.retries),
         retry_budget_refused=retry_budget_refused,
         slowed=slowed,

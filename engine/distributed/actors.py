@@ -142,6 +142,7 @@ class ShardDone:
     sha256: str
     stats: dict[str, Any]
     stopped: str | None
+    stop_code: int = 3  # the exit code of `stopped` (70: a streak of internal errors)
 
 
 class SenderActor:
@@ -198,7 +199,7 @@ class SenderActor:
         stats = stats_to_dict(engine.state.stats)
         if summary.stopped is not None:
             os.remove(tmp)  # an incomplete part is never renamed
-            return ShardDone(task.index, 0, "", stats, summary.stopped)
+            return ShardDone(task.index, 0, "", stats, summary.stopped, summary.stop_code)
         _fsync(tmp)
         info = scan_part(tmp)
         os.replace(tmp, final)

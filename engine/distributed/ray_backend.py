@@ -122,7 +122,7 @@ async def run_ray(
             start = time.perf_counter()  # the run, not Ray's own start
             count = senders or max(1, int(ray.cluster_resources().get("CPU", 1)))
             plan, todo = await anyio.to_thread.run_sync(prepare, config, parts_dir, count, shards)
-            done, stopped = await _dispatch(
+            done, stopped, stop_code = await _dispatch(
                 ray, config, todo, parts_dir, count, token_factory, attempts
             )
     stats = RunStats()
@@ -137,7 +137,9 @@ async def run_ray(
                 f"{rows} rows in {output}",
                 file=sys.stderr,
             )
-    return summarize(stats, elapsed_s=time.perf_counter() - start, stopped=stopped)
+    return summarize(
+        stats, elapsed_s=time.perf_counter() - start, stopped=stopped, stop_code=stop_code
+    )
 
 
 async def _dispatch(
@@ -148,10 +150,11 @@ async def _dispatch(
     count: int,
     token_factory: TokenFactory,
     attempts: int,
-) -> tuple[list[ShardDone], str | None]:
-    """Run every shard of `todo` on `count` sender actors; (results, why it stopped)."""
+) -> tuple[list[ShardDone], str | None, int]:
+    """Run every shard of `todo` on `count` sender actors; (results, why it stopped, the
+    exit code of that stop)."""
     if not todo:
-        return [], None
+        return [], None, 3
     run = _Dispatch(ray, config, todo, parts_dir, token_factory, attempts)
     slots = min(count, len(todo))
     try:
@@ -162,10 +165,12 @@ async def _dispatch(
         with anyio.CancelScope(shield=True):  # an interrupted run still frees its actors
             await _close_actors(ray, run.actors, run.token_actor, run.rate_actor, slots)
     if run.failures:
-        return run.done, (
-            f"{run.failures[0]}; the complete shards are kept in {parts_dir}: run again to finish"
+        return (
+            run.done,
+            f"{run.failures[0]}; the complete shards are kept in {parts_dir}: run again to finish",
+            run.stop_code,
         )
-    return run.done, None
+    return run.done, None, 3
 
 
 class _Dispatch:
@@ -196,6 +201,7 @@ class _Dispatch:
         self._tries: dict[int, int] = {}
         self.done: list[ShardDone] = []
         self.failures: list[str] = []
+        self.stop_code = 3  # the exit code of the first failure (70: internal errors)
         self.actors: list[Any] = []
 
     def _new_sender(self, slot: int, generation: int) -> Any:
@@ -225,6 +231,8 @@ class _Dispatch:
                 self.failures.append(f"shard {task.index} ({task.path}) failed: {exc.cause}")
                 return
             if result.stopped is not None:
+                if not self.failures:
+                    self.stop_code = result.stop_code
                 self.failures.append(result.stopped)
             self.done.append(result)
 

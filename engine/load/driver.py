@@ -175,7 +175,11 @@ async def run_load(
     stats = engine.state.stats
     stats.blank_lines = counts.blank_lines
     summary = summarize(
-        stats, elapsed_s=elapsed, stopped=engine.state.stopped, tokens=engine.tokens.token_stats()
+        stats,
+        elapsed_s=elapsed,
+        stopped=engine.state.stopped,
+        stop_code=engine.state.stop_code,
+        tokens=engine.tokens.token_stats(),
     )
     sent = stats.events - stats.invalid - figures.dropped
     summary = replace(summary, rate=sent / elapsed if elapsed > 0 else 0.0)

@@ -202,7 +202,13 @@ class _Worker:
                 )
                 state = engine.state
                 await self.send(
-                    Done(state.stats, state.stopped, engine.policy.budget.refused, slowed)
+                    Done(
+                        state.stats,
+                        state.stopped,
+                        engine.policy.budget.refused,
+                        slowed,
+                        state.stop_code,
+                    )
                 )
                 # Nothing more to wait for: not the parent's next message, not a --grace
                 # timer still pending after an interrupted run ended early.

@@ -164,6 +164,7 @@ async def run_workers(
         stats,
         elapsed_s=time.perf_counter() - started,
         stopped=parent.stopped,
+        stop_code=parent.stop_code,
         retry_budget_refused=parent.budget_refused,
         slowed=parent.slowed,
         resumed=parent.resumed,

@@ -124,6 +124,7 @@ class Done:
     stopped: str | None
     budget_refused: int
     slowed: str | None
+    stop_code: int = 3  # the exit code of `stopped` (70: a streak of internal errors)
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,8 @@ Rules:
   they must send (and redact).
 - Messages are engine/multiproc/messages.py's; starting and stopping the processes is
   engine/multiproc/driver.py's.
-- A worker that stops the run (token refused, endpoint unreachable) stops them all; a
+- A worker that stops the run (token refused, endpoint unreachable, throttled for good,
+  a streak of internal errors) stops them all, with its exit code (3, or 70); a
   worker that dies is a FatalError, raised after everything answered is written.
 """
 
@@ -95,6 +96,7 @@ class _Parent:
         assert self.sink is not None
         self.stats = RunStats()
         self.stopped: str | None = None
+        self.stop_code = 3  # the exit code of `stopped` when a worker stopped the run
         self.error: FatalError | None = None
         self.workers = workers
         # Unordered into a regular file: the workers append their records themselves.
@@ -261,9 +263,10 @@ class _Parent:
                 self._answered(worker, count)
             case Refresh(used):
                 tg.start_soon(self._refresh, worker, used)
-            case Done(stats, stopped, budget_refused, slowed):
+            case Done(stats, stopped, budget_refused, slowed, stop_code):
                 self.stats.merge(stats)
-                self.stopped = self.stopped or stopped
+                if self.stopped is None and stopped is not None:
+                    self.stopped, self.stop_code = stopped, stop_code
                 self.budget_refused += budget_refused
                 self.slowed = self.slowed or slowed
                 return True

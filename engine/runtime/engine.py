@@ -13,7 +13,12 @@
   order when asked (a bounded window: the feed waits when it runs too far ahead of the
   oldest unanswered event) and hands complete batches to `emit`.
 - A run that cannot go on (every call refused with 401, or the endpoint unreachable,
-  before any success) stops reading; the calls in flight finish and are written.
+  before any success; every call throttled for --give-up-after seconds; 20 events in a
+  row failed with an internal error: core/stops.py) stops reading and starts no new
+  call; the calls in flight finish and are written.
+- An unexpected exception while handling one event (building its request, the call,
+  the token, its record) is that event's record (error kind "internal"), never the
+  run's end; cancellation and the engine's own errors (EngineError) pass through.
 - Retries happen inside the worker that holds the event (engine/core/call.py decides), so
   the events waiting for a retry are bounded by the pool size; each retry takes a rate
   permit like a first attempt.
@@ -51,11 +56,12 @@ from engine.core.call import (
 from engine.core.events import Event, Invalid, Item, ReadCounts
 from engine.core.query import RequestBuilder
 from engine.core.rates import AdaptiveRate
-from engine.core.records import ErrorKind, Result, dry_run, http_kind, invalid
-from engine.core.retry import RetryPolicy, RetrySettings
+from engine.core.records import ErrorKind, Result, dry_run, http_kind, internal, invalid
+from engine.core.retry import THROTTLE_STATUSES, RetryPolicy, RetrySettings
 from engine.core.secrets import Secrets
 from engine.core.stats import RunStats, Summary, summarize
-from engine.errors import AuthError
+from engine.core.stops import EXIT_STOPPED, InternalStreak, Stop, ThrottleWatch
+from engine.errors import AuthError, EngineError, first_engine_error
 from engine.files.sinks import TickWriter
 from engine.net.auth import TokenProvider
 from engine.net.transport import Transport
@@ -76,6 +82,7 @@ _FATAL_KINDS = (_UNAUTHORIZED, ErrorKind.CONNECT)
 class _State:
     stats: RunStats = field(default_factory=RunStats)
     stopped: str | None = None
+    stop_code: int = EXIT_STOPPED  # the exit code of `stopped`
     fatal_streak: int = 0
     first_fatal: str | None = None
     first_fatal_kind: str | None = None
@@ -128,12 +135,15 @@ class Engine:
             rand=random.random,
         )
         self.adaptive = AdaptiveRate() if config.adaptive else None
+        self.internals = InternalStreak()
+        self.throttle = ThrottleWatch(config.give_up_after, time.monotonic)
         self.calls = CallFlow(
             self.policy,
             adaptive=self.adaptive,
             secrets=self.secrets,
             clock=time.monotonic,
             wall_clock=time.time,
+            throttle=self.throttle,
         )
         self.shutdown = Shutdown()
         self._tick: TickWriter | None = None
@@ -189,6 +199,8 @@ class Engine:
                     return
                 if self.shutdown.halted.is_set():
                     return
+                if self.state.stopped is not None:
+                    continue  # the run stopped itself: not sent, not written (--resume)
                 result = await self.process(item)
                 if result is None:
                     continue
@@ -205,16 +217,17 @@ class Engine:
         """The record of one item; None when the run halted before it was answered.
 
         Drives core/call.py's flow: the decisions are there, the waiting and the I/O here.
+        An unexpected exception is the item's record (error kind "internal").
         """
-        if isinstance(item, Invalid):
-            return invalid(item)
-        transport = self.transport
-        if transport is None:
-            return self._dry_run(item)
-        request = self.builder.build(item)
-        flow = self.calls.start(item)
-        answer = flow.send
         try:
+            if isinstance(item, Invalid):
+                return invalid(item)
+            transport = self.transport
+            if transport is None:
+                return self._dry_run(item)
+            request = self.builder.build(item)
+            flow = self.calls.start(item)
+            answer = flow.send
             effect = next(flow)
             while True:
                 # The two commonest effects are singletons, told apart by identity: a class
@@ -241,6 +254,12 @@ class Engine:
         except StopIteration as done:
             result: Result | None = done.value
             return result
+        except Exception as exc:
+            if isinstance(exc, EngineError) or (
+                isinstance(exc, ExceptionGroup) and first_engine_error(exc) is not None
+            ):
+                raise  # the engine's own: the run ends as that error says
+            return internal(item, exc, self.secrets)
 
     def _dry_run(self, event: Event) -> Result:
         request = self.builder.build(event)
@@ -292,12 +311,28 @@ class Engine:
         if result.ok:
             state.fatal_streak = 0
             state.first_fatal = None
+            if self.internals.count:
+                self.internals.add(None, None)  # the streak is broken
+            return
+        stop = self.internals.add(result.error_kind, result.error)
+        if stop is None and result.status in THROTTLE_STATUSES:
+            stop = self.throttle.final(result.status)
+        if stop is not None:
+            self.stop(stop)
         elif result.error_kind in _FATAL_KINDS and state.stats.ok == 0:
             state.fatal_streak += 1
             if state.first_fatal is None:
                 state.first_fatal, state.first_fatal_kind = result.error, result.error_kind
-            if state.fatal_streak >= self.config.fail_fast_401 and state.stopped is None:
-                state.stopped = self._fatal_message()
+            if state.fatal_streak >= self.config.fail_fast_401:
+                self.stop(Stop(self._fatal_message()))
+
+    def stop(self, stop: Stop) -> None:
+        """The run stops itself (the first stop is the run's): no more input is read and
+        no new call starts; the calls in flight finish and are written."""
+        state = self.state
+        if state.stopped is None:
+            state.stopped, state.stop_code = stop.reason, stop.exit_code
+            self.shutdown.feed_scope.cancel()
 
     def _fatal_message(self) -> str:
         state = self.state
@@ -361,6 +396,7 @@ class Engine:
             stats,
             elapsed_s=time.perf_counter() - start,
             stopped=self.shutdown.reason or state.stopped,
+            stop_code=EXIT_STOPPED if self.shutdown.reason else state.stop_code,
             retry_budget_refused=self.policy.budget.refused,
             slowed=None if self.adaptive is None else self.adaptive.summary(time.monotonic()),
             interrupted=self.shutdown.interrupted,
