@@ -67,7 +67,8 @@ def test_an_output_naming_an_input_is_refused(
     read, written = _spell(tmp_path, how)
     with pytest.raises(ConfigError, match="the same file as the input") as exc:
         check_outputs([("input", read)], [("-o", written)])
-    assert read in str(exc.value) and written in str(exc.value)
+    assert read in str(exc.value)
+    assert written in str(exc.value)
 
 
 @pytest.mark.parametrize(
@@ -203,7 +204,8 @@ async def test_an_output_lost_mid_run_ends_it_with_exit_3(
         lost_at = time.monotonic()
         rc, err = await _ended(proc)
     assert rc == 3, err
-    assert f"was {fate}" in err and "during the run" in err, err
+    assert f"was {fate}" in err, err
+    assert "during the run" in err
     assert "Traceback" not in err
     assert time.monotonic() - lost_at < 10  # 400 calls at 2 in flight would take longer
     if fate == "replaced":
