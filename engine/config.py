@@ -14,6 +14,8 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from engine.core.errors import ConfigError
+from engine.core.events import header_problem
+from engine.core.secrets import token_problem
 
 DEFAULT_ENDPOINT = "https://d.us.criteo.com/delivery/retailmedia"
 DEFAULT_TOKEN_URL = "https://api.criteo.com/oauth2/token"
@@ -123,6 +125,7 @@ class Config:
             raise ConfigError(f"--format must be auto, jsonl or csv, got {self.input_format!r}")
         if self.partner_id is not None and not self.partner_id.isdigit():
             raise ConfigError(f"--partner-id must be an integer, got {self.partner_id!r}")
+        self._check_header_values()
         if not self.mock:
             url = urlsplit(self.endpoint)
             if url.scheme not in ("http", "https") or not url.hostname:
@@ -192,6 +195,17 @@ class Config:
                 raise ConfigError(
                     "--backend ray resumes by itself (a rerun skips complete shards); drop --resume"
                 )
+
+    def _check_header_values(self) -> None:
+        for option, value in (("--user-agent", self.user_agent), ("--ip", self.ip)):
+            if value is not None and (problem := header_problem(value)) is not None:
+                raise ConfigError(f"{option} holds {problem}")
+        if self.token is not None and (problem := token_problem(self.token)) is not None:
+            # The token itself is never echoed, not even in part.
+            raise ConfigError(
+                f"the static token (--token, --token-file, ADBATCH_TOKEN) holds {problem}; "
+                "an Authorization header cannot carry it: check how the token was copied"
+            )
 
     def _check_credentials(self) -> None:
         if self.token is not None and (

@@ -211,6 +211,8 @@ def _read_secret_file(path: str, what: str) -> str:
             value = f.read().strip()
     except OSError as exc:
         raise ConfigError(f"cannot read {what} file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:  # its bytes are never echoed
+        raise ConfigError(f"{what} file {path} is not UTF-8 text") from None
     if not value:
         raise ConfigError(f"{what} file {path} is empty")
     return value

@@ -9,18 +9,20 @@ Rules:
 - `response` is the body as the server sent it: embedded as raw JSON (orjson.Fragment,
   no parse-and-re-encode) when it is JSON on one line, re-encoded compactly only when
   it spans lines (a JSONL record must stay on one), and a string when it is not JSON.
+- A record is always writable: a string UTF-8 cannot carry (a lone surrogate) is
+  written escaped (`events.printable`).
 - Every error text passes through the run's `Secrets` so a token can never reach an
   output file.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Final
 
 import orjson
 
-from engine.core.events import Event, Invalid
+from engine.core.events import Event, Invalid, printable
 from engine.core.secrets import Secrets
 
 NO_SECRETS = Secrets()
@@ -92,7 +94,22 @@ class Result:
     retries: tuple[str, ...] = ()
 
     def to_json(self) -> bytes:
-        return orjson.dumps(self)
+        try:
+            return orjson.dumps(self)
+        except orjson.JSONEncodeError:  # a lone surrogate (a path, a library's id): escape it
+            return orjson.dumps(_writable(self))
+
+
+def _writable(value: Any) -> Any:
+    """`value` with every string made printable (UTF-8 can carry it). Rare: make_event
+    escapes ids already, and a body orjson parsed holds no lone surrogate."""
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, Result):
+        return Result(**{f.name: _writable(getattr(value, f.name)) for f in fields(value)})
+    if isinstance(value, tuple):
+        return [_writable(v) for v in value]
+    return value
 
 
 def jsonl(batch: list[Result]) -> bytes:
@@ -190,14 +207,15 @@ def internal(item: Event | Invalid, exc: Exception, secrets: Secrets = NO_SECRET
     )
 
 
-def server_message(body: bytes) -> str | None:
-    """The server's own words for a failure, short and on one line (None when silent)."""
+def server_message(body: bytes, secrets: Secrets = NO_SECRETS) -> str | None:
+    """The server's own words for a failure, short and on one line (None when silent).
+    Redacted before it is cut short: a cut secret would escape its redaction."""
     if not body:
         return None
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
-        text = body[:200].decode("utf-8", "replace")
+        text = secrets.redact_bytes(body)[:800].decode("utf-8", "replace")[:200]
     else:
         if not isinstance(data, dict):
             return None
@@ -213,7 +231,7 @@ def server_message(body: bytes) -> str | None:
             found = "; ".join(str(m) for m in found[:3])
         if not isinstance(found, str) or not found:
             return None
-        text = found
+        text = secrets.redact(found)
     text = " ".join(text.split())
     return text[:160] or None
 
@@ -236,8 +254,8 @@ def answered(
     if resp.error is not None:
         error, kind = secrets.redact(resp.error), resp.error_kind
     elif not ok:
-        detail = server_message(resp.body)
-        error = f"HTTP {status}: {secrets.redact(detail)}" if detail else f"HTTP {status}"
+        detail = server_message(resp.body, secrets)
+        error = f"HTTP {status}: {detail}" if detail else f"HTTP {status}"
         kind = http_kind(status) if status is not None else None
     else:
         error, kind = None, None

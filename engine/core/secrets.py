@@ -7,6 +7,21 @@ Rules:
   from the moment it exists.
 - Every text or byte string that leaves the process (records, error messages, the
   summary) goes through `redact` / `redact_bytes`; each secret becomes `[redacted]`.
+- A secret is hunted in every spelling a server or a library may echo it in, in any mix
+  character by character: raw; JSON-escaped (`\\uXXXX` in either hex case for any
+  character, a surrogate pair beyond the BMP, `\\/` and the other short escapes, with
+  the backslash itself escaped again when a text body holding it is written as a JSON
+  string); percent-encoded (`%XX` of each UTF-8 byte in either hex case, `+` for a
+  space). Client credentials also give the base64 of `id:secret` (HTTP Basic), standard
+  and URL-safe, hunted in the same spellings (a raw one may leave its `=` padding).
+- A redaction never breaks JSON: a match that starts or ends inside an escape takes the
+  whole escape, so a body that was valid JSON stays valid JSON.
+- Cheap when there is nothing to find: without a backslash or a percent sign (nor a `+`
+  when a secret holds a space) only the raw spellings can occur, and a few substring
+  scans say so. With escapes, a rough unescaping (`_unspelled`) and a substring scan
+  filter first; the spelled-out pattern (compiled once per set of secrets, when first
+  needed) runs only when the filter finds a secret, or for a secret it cannot filter
+  (one holding a backslash, `%`, `"` or a control character, or too short).
 - Secrets shorter than `min_length` are not hunted in records: replacing them would mangle
   ordinary words. Token-endpoint messages use a `min_length` of 1 (the client secret,
   whatever its length, never reaches a message).
@@ -14,22 +29,235 @@ Rules:
 
 from __future__ import annotations
 
+import base64
+import re
 from collections.abc import Callable, Iterable
+from urllib.parse import unquote_to_bytes
 
 #: Shorter "secrets" are not hunted in records: replacing them would mangle ordinary words.
 MIN_SECRET_LENGTH = 8
 REDACTED = "[redacted]"
 _REDACTED_BYTES = REDACTED.encode()
+_BACKSLASH = ord("\\")
+_U = ord("u")
+
+
+_NOT_IN_A_TOKEN = re.compile("[^\x20-\x7e]").search
+
+
+def token_problem(token: str) -> str | None:
+    """Why `token` cannot be sent as a bearer token (a control or non-ASCII character:
+    a header cannot carry it as it is), or None. Names the character, never the token."""
+    found = _NOT_IN_A_TOKEN(token)
+    if found is None:
+        return None
+    code = ord(found.group())
+    kind = "a control character" if code < 0x20 or 0x7F <= code < 0xA0 else "a non-ASCII character"
+    return f"{kind} (U+{code:04X})"
 
 
 def _no_tokens() -> tuple[str, ...]:
     return ()
 
 
+def _hex(value: int, width: int) -> str:
+    """A regex for `value` in hex, either case: 0x2f -> `2[fF]`."""
+    return "".join(f"[{c}{c.upper()}]" if c.isalpha() else c for c in format(value, f"0{width}x"))
+
+
+_SHORT_ESCAPES = {
+    '"': '"',
+    "\\": "\\",
+    "/": "/",
+    "\b": "b",
+    "\f": "f",
+    "\n": "n",
+    "\r": "r",
+    "\t": "t",
+}
+
+
+def _spellings(ch: str) -> str:
+    """A regex for one character of a secret in any of its spellings (module rules).
+    Escapes come before the raw character: a backslash prefers its escaped pair."""
+    code = ord(ch)
+    if code > 0xFFFF:
+        high, low = 0xD800 + ((code - 0x10000) >> 10), 0xDC00 + ((code - 0x10000) & 0x3FF)
+        alts = [rf"\\+u{_hex(high, 4)}\\+u{_hex(low, 4)}"]
+    else:
+        alts = [rf"\\+u{_hex(code, 4)}"]
+    if ch in _SHORT_ESCAPES:
+        alts.append(r"\\+" + re.escape(_SHORT_ESCAPES[ch]))
+    alts.append("".join("%" + _hex(b, 2) for b in ch.encode("utf-8", "surrogatepass")))
+    if ch == " ":
+        alts.append(r"\+")
+    alts.append(re.escape(ch))
+    return "(?:" + "|".join(alts) + ")"
+
+
+#: Base64's padding, which a secret's base64 form (held without it) may be followed by;
+#: taking it after any secret is harmless (`=` is nothing to JSON).
+_PADDING = _spellings("=") + "{0,2}"
+
+
+def _pattern(secret: str) -> str:
+    return "".join(_spellings(ch) for ch in secret) + _PADDING
+
+
+def _basic(client_id: str, secret: str) -> tuple[str, ...]:
+    """Base64 of `id:secret` (an HTTP Basic header's value), standard and URL-safe,
+    without the `=` padding."""
+    raw = f"{client_id}:{secret}".encode("utf-8", "surrogatepass")
+    return tuple(
+        dict.fromkeys(
+            encode(raw).decode("ascii").rstrip("=")
+            for encode in (base64.b64encode, base64.urlsafe_b64encode)
+        )
+    )
+
+
+#: JSON's `\uXXXX` escapes (a surrogate pair first), the backslash perhaps escaped again.
+_JSON_U = re.compile(
+    rb"\\+u([dD][89abAB][0-9a-fA-F]{2})\\+u([dD][c-fC-F][0-9a-fA-F]{2})|\\+u([0-9a-fA-F]{4})"
+)
+
+
+def _json_u(found: re.Match[bytes]) -> bytes:
+    single = found.group(3)
+    if single is not None:
+        return chr(int(single, 16)).encode("utf-8", "surrogatepass")
+    high, low = int(found.group(1), 16), int(found.group(2), 16)
+    return chr(0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00)).encode("utf-8")
+
+
+def _unspelled(data: bytes) -> bytes:
+    """`data` with every escape a secret may hide behind undone, roughly: `\\uXXXX`
+    decoded, backslashes dropped, `%XX` decoded, `+` read as a space. Only a filter: a
+    spelled secret leaves its probe (`_probe`) in the result; the pattern decides."""
+    if b"\\" in data:
+        if b"\\u" in data:
+            data = _JSON_U.sub(_json_u, data)
+        data = data.replace(b"\\", b"")
+    if b"%" in data:
+        data = unquote_to_bytes(data)
+    return data.replace(b"+", b" ")
+
+
+#: Characters that defeat `_unspelled` as a filter (they are escapes themselves, or are
+#: written as `\n`-like escapes): a secret holding one is always looked for by pattern.
+_NO_PROBE = re.compile('[\\\\%"\\x00-\\x1f\\x7f]')
+#: Undoing an escape just before a secret may eat its first characters (`\u004` then
+#: a secret starting `1...`): the probe skips as many as an escape can eat.
+_EATEN = 5
+
+
+def _probe(secret: str) -> bytes | None:
+    if _NO_PROBE.search(secret):
+        return None
+    probe = secret.encode("utf-8", "surrogatepass")[_EATEN:].replace(b"+", b" ")
+    return probe or None  # a secret too short to probe: looked for by pattern
+
+
+_HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
+
+
+def _escape_around(data: bytes, i: int, floor: int) -> tuple[int, int] | None:
+    """The (start, end) of the JSON escape (`\\n`, `\\u00e9`) that position `i` falls
+    strictly inside, looking no further back than `floor`; None when it falls in none."""
+    for back in range(1, 6):  # the escape's backslash is at most 5 bytes before `i`
+        at = i - back
+        if at < floor:
+            return None
+        byte = data[at]
+        if byte == _BACKSLASH:
+            run = 1  # an even run of backslashes is escaped backslashes, no escape
+            while at - run >= floor and data[at - run] == _BACKSLASH:
+                run += 1
+            if run % 2 == 0:
+                return None
+            is_u = at + 1 < len(data) and data[at + 1] == _U
+            if back == 1:
+                return at, min(len(data), at + (6 if is_u else 2))
+            if is_u and all(b in _HEX_DIGITS for b in data[at + 2 : i]):
+                return at, min(len(data), at + 6)
+            return None
+        if byte not in _HEX_DIGITS and byte != _U:
+            return None
+    return None
+
+
+class _Finder:
+    """One set of secrets, hunted in UTF-8 bytes (text is hunted as its UTF-8)."""
+
+    __slots__ = ("_probes", "_raws", "_regex", "_secrets", "_space")
+
+    def __init__(self, secrets: tuple[str, ...]) -> None:
+        self._secrets = secrets
+        self._raws = tuple(s.encode("utf-8", "surrogatepass") for s in secrets)
+        self._space = any(" " in s for s in secrets)  # then `+` may spell it
+        probes = [_probe(s) for s in secrets]
+        self._probes = None if None in probes else tuple(p for p in probes if p is not None)
+        self._regex: re.Pattern[bytes] | None = None  # compiled when first needed
+
+    def redact_text(self, text: str) -> str:
+        if "\\" not in text and "%" not in text and "+" not in text:
+            for secret in self._secrets:
+                if secret in text:
+                    break
+            else:
+                return text
+        return self.redact(text.encode("utf-8", "surrogatepass")).decode("utf-8", "surrogatepass")
+
+    def redact(self, data: bytes) -> bytes:
+        if b"\\" not in data and b"%" not in data and not (self._space and b"+" in data):
+            # Only raw spellings can occur, and no escape can be broken.
+            for raw in self._raws:
+                if raw in data:
+                    data = data.replace(raw, _REDACTED_BYTES)
+            return data
+        if not self._raws:
+            return data
+        probes = self._probes
+        if probes is not None:
+            plain = _unspelled(data)
+            if not any(p in plain for p in probes):
+                return data
+        return self._spelled(data)
+
+    def _spelled(self, data: bytes) -> bytes:
+        parts: list[bytes] = []
+        pos = 0
+        regex = self._regex
+        if regex is None:
+            # Longest first: a secret holding another is taken whole.
+            ordered = sorted(self._secrets, key=len, reverse=True)
+            pattern = "|".join(_pattern(s) for s in ordered)
+            regex = self._regex = re.compile(pattern.encode("utf-8", "surrogatepass"))
+        for found in regex.finditer(data):
+            start, end = found.span()
+            start = max(start, pos)
+            # A match that starts or ends inside a JSON escape takes the whole escape.
+            escape = _escape_around(data, start, pos)
+            if escape is not None:
+                start = escape[0]
+            escape = _escape_around(data, end, start)
+            if escape is not None:
+                end = escape[1]
+            if end <= pos:
+                continue
+            parts.append(data[pos:start])
+            parts.append(_REDACTED_BYTES)
+            pos = end
+        if not parts:
+            return data
+        parts.append(data[pos:])
+        return b"".join(parts)
+
+
 class Secrets:
     """What must never be written, and the redactor for it."""
 
-    __slots__ = ("_encoded", "_given", "_issued", "_min_length")
+    __slots__ = ("_finders", "_given", "_issued", "_min_length")
 
     def __init__(
         self,
@@ -37,12 +265,18 @@ class Secrets:
         *,
         issued: Callable[[], Iterable[str]] = _no_tokens,
         min_length: int = MIN_SECRET_LENGTH,
+        basic: Iterable[tuple[str | None, str | None]] = (),
     ) -> None:
+        """`basic`: (client id, client secret) pairs, whose HTTP Basic form is hunted too."""
         self._min_length = min_length
+        derived = [b for cid, secret in basic if cid and secret for b in _basic(cid, secret)]
         # Each secret once, however many names it goes by: every redaction scans for each.
-        self._given = tuple(dict.fromkeys(s for s in given if s and len(s) >= min_length))
+        self._given = tuple(
+            dict.fromkeys(s for s in (*given, *derived) if s and len(s) >= min_length)
+        )
         self._issued = issued
-        self._encoded: dict[str, bytes] = {}
+        # Compiled patterns by set of secrets (a renewal adds one set; few per run).
+        self._finders: dict[tuple[str, ...], _Finder] = {}
 
     def texts(self) -> tuple[str, ...]:
         """Every secret to hunt now: the given ones, then the tokens issued so far."""
@@ -50,18 +284,17 @@ class Secrets:
         issued = [t for t in self._issued() if len(t) >= self._min_length and t not in given]
         return given + tuple(issued) if issued else given
 
+    def _finder(self) -> _Finder:
+        texts = self.texts()
+        found = self._finders.get(texts)
+        if found is None:
+            if len(self._finders) >= 64:  # tokens renewed many times: keep the newest sets
+                self._finders.clear()
+            found = self._finders[texts] = _Finder(texts)
+        return found
+
     def redact(self, text: str) -> str:
-        for secret in self.texts():
-            if secret in text:
-                text = text.replace(secret, REDACTED)
-        return text
+        return self._finder().redact_text(text)
 
     def redact_bytes(self, data: bytes) -> bytes:
-        encoded = self._encoded
-        for secret in self.texts():
-            raw = encoded.get(secret)
-            if raw is None:
-                raw = encoded[secret] = secret.encode("utf-8", "surrogatepass")
-            if raw in data:
-                data = data.replace(raw, _REDACTED_BYTES)
-        return data
+        return self._finder().redact(data)

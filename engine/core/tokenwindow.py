@@ -18,7 +18,7 @@ from typing import Literal
 
 import orjson
 
-from engine.core.secrets import Secrets
+from engine.core.secrets import Secrets, token_problem
 
 #: Criteo's documented lifetime; assumed when an answer carries no `expires_in`.
 DEFAULT_LIFETIME = 900.0
@@ -179,6 +179,11 @@ def _grant(body: bytes) -> TokenGrant | TokenFailure:
     token = data.get("access_token") if isinstance(data, dict) else None
     if not isinstance(token, str) or not token.strip():
         return TokenFailure("unavailable", "HTTP 200 without an access_token")
+    problem = token_problem(token.strip())
+    if problem is not None:  # never sent: the endpoint counts as having refused
+        return TokenFailure(
+            "refused", f"HTTP 200 with an access_token holding {problem}, which no header can carry"
+        )
     token_type = data.get("token_type", "Bearer")
     if not isinstance(token_type, str) or token_type.lower() != "bearer":
         return TokenFailure("refused", f"token_type {str(token_type)[:40]!r} is not Bearer")
@@ -198,7 +203,8 @@ def parse_token_answer(
         return _grant(body)
     detail = _oauth_error(body)
     if detail is None:
-        text = body[:200].decode("utf-8", "replace").strip()
+        # Redacted before it is cut short: a cut secret would escape its redaction.
+        text = secrets.redact_bytes(body)[:800].decode("utf-8", "replace")[:200].strip()
         detail = " ".join(text.split()) or "no body"
     message = endpoint_message(f"HTTP {status} {detail}", secrets)
     # 408, 429 and 5xx may pass; any other 4xx (a wrong --token-url answering 404, a

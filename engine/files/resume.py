@@ -23,7 +23,9 @@ from engine.errors import FatalError, InputError
 
 def _checksum(source: str, event_id: str | None) -> int:
     key = f"{source}\x00{event_id}" if event_id is not None else source
-    return zlib.crc32(key.encode("utf-8", "surrogatepass")) or 1
+    # backslashreplace: a lone surrogate (a path's undecodable byte) sums as the escape
+    # the record holds it as (records.Result.to_json), so resume finds the event again.
+    return zlib.crc32(key.encode("utf-8", "backslashreplace")) or 1
 
 
 class ResumeIndex:

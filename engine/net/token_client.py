@@ -45,7 +45,7 @@ class TokenClient:
             "client_secret": client_secret,
         }
         # Whatever its length, the client secret never reaches a message.
-        self._secrets = Secrets((client_secret,), min_length=1)
+        self._secrets = Secrets((client_secret,), min_length=1, basic=((client_id, client_secret),))
         self._timeout = timeout
         self._verify_tls = verify_tls
         self._session: aiohttp.ClientSession | None = None

@@ -119,7 +119,9 @@ class Engine:
         self.limiter: Limiter | None = limiter if limiter is not None else make_limiter(config.rate)
         # The run's secrets (open_run gathers them); alone, this config's and the tokens'.
         self.secrets = secrets or Secrets(
-            (config.token, config.client_secret), issued=tokens.secrets
+            (config.token, config.client_secret),
+            issued=tokens.secrets,
+            basic=((config.client_id, config.client_secret),),
         )
         self.state = _State()
         self.window = anyio.Semaphore(max(1024, config.concurrency * 8)) if config.ordered else None
@@ -239,7 +241,11 @@ class Engine:
                 elif effect is AUTHORIZE:
                     authorization = self.tokens.authorization()
                     if authorization is None:  # the token is in its mandatory window
-                        authorization = await self.tokens.wait_authorization()
+                        try:
+                            authorization = await self.tokens.wait_authorization()
+                        except AuthError as exc:  # no fresh token: not sent, not written
+                            self._token_lost(str(exc))
+                            return None
                     effect = answer(authorization)
                 elif type(effect) is Send:  # every call, so also before the match
                     effect = answer(await transport.send(request, effect.authorization))
@@ -405,12 +411,20 @@ class Engine:
         )
 
     async def keep_tokens(self) -> None:
-        """The token renewer; when it gives up, the run stops as after a fatal streak."""
+        """The token renewer; when it gives up, the run stops (`_token_lost`)."""
         try:
             await self.tokens.maintain()
         except AuthError as exc:
-            if self.state.stopped is None:
-                self.state.stopped = str(exc)
+            self._token_lost(str(exc))
+
+    def _token_lost(self, reason: str) -> None:
+        """No usable token will come: the run stops (exit 3) and starts no call; the calls
+        in flight end and are written, those still to send (waiting for a token, a permit
+        or a backoff) are not, so --resume sends them."""
+        self.stop(Stop(reason))
+        # Halted too (not `shutdown.halt`: the run's stop and its exit code stay the first
+        # one's): backoffs and permits end at once, nothing can be sent any more.
+        self.shutdown.halted.set()
 
     def _progress_text(self, elapsed: float) -> str:
         stats = self.state.stats

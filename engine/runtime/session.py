@@ -146,7 +146,11 @@ async def open_run(
                 )
                 # The given token and secret, and the mock's with --mock.
                 named = (given.token, given.client_secret, config.token, config.client_secret)
-                secrets = Secrets(named, issued=provider.secrets)
+                pairs = (
+                    (given.client_id, given.client_secret),
+                    (config.client_id, config.client_secret),
+                )
+                secrets = Secrets(named, issued=provider.secrets, basic=pairs)
                 yield RunSession(config, provider, sender, secrets, sink, index, ReadCounts())
         ended = True
     finally:

@@ -1,0 +1,397 @@
+"""A run that stops itself (issue 12, items 4 and 8), against real servers on 127.0.0.1.
+
+- An unexpected exception in one event's handling is that event's record (error_kind
+  "internal"); 20 in a row stop the run with exit 70. Triggered through the engine's
+  named plug points (a TokenProvider, a Transport) and, for the CLI, by a genuine input
+  that raises today: an --endpoint whose port is past 65535 (yarl refuses it per call).
+- A server that refuses every call (429) for --give-up-after seconds stops the run with
+  exit 3; --resume against a healthy server finishes the job.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import orjson
+import pytest
+from conftest import MOCK_TOKEN, config_for, read_records
+
+from engine import Config, run
+from engine.cli.main import main
+from engine.core.query import Request
+from engine.core.records import Response
+from engine.core.stats import Summary
+from engine.mock import MockConfig, MockHandle, running_mock
+from engine.net.auth import StaticToken, TokenProvider
+from engine.net.transport import Transport
+from engine.runtime.engine import Engine
+from engine.runtime.feeds import file_feed
+from engine.runtime.session import open_run
+
+pytestmark = pytest.mark.anyio
+
+ROOT = Path(__file__).resolve().parent.parent
+#: A genuine input that makes every call raise inside the HTTP clients (ValueError from
+#: yarl: "Port out of range"); the config check does not look at the port.
+BAD_PORT = "http://127.0.0.1:99999/delivery/retailmedia"
+SECRET = "t0ken-never-written"
+
+
+def _events(n: int) -> list[dict[str, object]]:
+    return [
+        {
+            "id": f"e{i}",
+            "criteo-partner-id": 12345,
+            "retailer-visitor-id": f"v{i:04d}",
+            "event-type": "viewHome",
+            "page-id": "viewHome_API_desktop",
+        }
+        for i in range(n)
+    ]
+
+
+def _resume_resends_transient() -> bool:
+    """Whether --resume already sends a transient record's event again (issue 12 item 7,
+    another engineer's, in engine/files/resume.py): the tests of a resume after a stop
+    need it. Remove this probe and its marks once it has landed."""
+    import tempfile
+
+    from engine.core.records import Result
+    from engine.files.resume import open_resume
+
+    record = Result(0, "e0", "in.jsonl:1", 429, False, 2, 1.0, 1.0, "HTTP 429", None, "http_429")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "out.jsonl")
+        with open(path, "wb") as f:
+            f.write(record.to_json() + b"\n")
+        return not open_resume(path).holds(0)
+
+
+#: Resume after a stop needs item 7's resume of transient records (see the probe).
+needs_transient_resume = pytest.mark.xfail(
+    not _resume_resends_transient(),
+    reason="--resume does not send transient records again yet (issue 12 item 7)",
+    strict=True,
+)
+
+
+def _latest(records: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """The last record of each seq (what an output says once superseded lines go)."""
+    return {r["seq"]: r for r in records}
+
+
+async def _run_with(
+    config: Config, *, tokens: TokenProvider | None = None, transport: Transport | None = None
+) -> Summary:
+    """A one-process run, as api.run_local does it, on the given plug points."""
+    async with open_run(config, tokens=tokens if tokens is not None else True) as session:
+        engine = Engine(
+            session.config,
+            session.tokens,
+            transport or session.transport,
+            secrets=session.secrets,
+        )
+        return await engine.execute(
+            file_feed(session.config, session.counts),
+            session.emit,
+            session.counts,
+            write_now=session.write,
+        )
+
+
+class _FlakyToken(StaticToken):
+    """A token store that fails on every `every`-th read, naming the token as it fails."""
+
+    def __init__(self, token: str, every: int) -> None:
+        super().__init__(token)
+        self.every = every
+        self.reads = 0
+        self.raised = 0
+
+    def authorization(self) -> str | None:
+        self.reads += 1
+        if self.reads % self.every == 0:
+            self.raised += 1
+            raise RuntimeError(f"token store\nunreachable (had {MOCK_TOKEN})")
+        return super().authorization()
+
+
+class _OneBadEvent:
+    """A Transport that raises for one visitor's call and sends the others."""
+
+    def __init__(self, inner: Transport, visitor: str) -> None:
+        self.inner = inner
+        self.marker = f"retailer-visitor-id={visitor}&"
+
+    async def send(self, request: Request, authorization: str | None) -> Response:
+        if self.marker in request.url:
+            await anyio.lowlevel.checkpoint()
+            raise KeyError("x")
+        return await self.inner.send(request, authorization)
+
+
+# -- item 4: one event's failure is that event's record ------------------------------------
+
+
+@pytest.mark.parametrize("client", ["http1", "session"])
+async def test_a_token_provider_that_raises_fails_only_those_events(
+    mock: MockHandle, write_jsonl: Callable[..., Path], tmp_path: Path, client: str
+) -> None:
+    out = tmp_path / "out.jsonl"
+    provider = _FlakyToken(MOCK_TOKEN, every=3)
+    # "In a row" is in the order records complete, and a raise completes at once while a
+    # call takes a while: -c 4 keeps successes coming between the failures.
+    config = config_for(mock, write_jsonl(_events(60)), out, http_client=client, concurrency=4)
+    summary = await _run_with(config, tokens=provider)
+
+    records = read_records(out)
+    assert sorted(r["seq"] for r in records) == list(range(60))  # the run went on
+    internal = [r for r in records if r["error_kind"] == "internal"]
+    assert len(internal) == provider.raised == 20
+    for r in internal:
+        assert r["error"] == "RuntimeError: token store unreachable (had [redacted])"
+        assert (r["status"], r["ok"], r["response"]) == (None, False, None)
+    assert all(r["ok"] for r in records if r["error_kind"] != "internal")
+    assert mock.state.delivery_requests == 40  # the 20 were never sent
+    assert MOCK_TOKEN.encode() not in out.read_bytes()
+    assert summary.errors == {"internal": 20}
+    assert (summary.stopped, summary.exit_code) == (None, 1)
+
+
+async def test_a_transport_that_raises_for_one_event(
+    mock: MockHandle, write_jsonl: Callable[..., Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "out.jsonl"
+    config = config_for(mock, write_jsonl(_events(30)), out)
+    async with open_run(config) as session:
+        assert session.transport is not None
+        transport = _OneBadEvent(session.transport, "v0007")
+        engine = Engine(session.config, session.tokens, transport, secrets=session.secrets)
+        summary = await engine.execute(
+            file_feed(session.config, session.counts), session.emit, session.counts
+        )
+    records = _latest(read_records(out))
+    assert len(records) == 30
+    assert records[7]["error"] == "KeyError: 'x'"
+    assert records[7]["error_kind"] == "internal"
+    assert all(r["ok"] for seq, r in records.items() if seq != 7)
+    assert summary.exit_code == 1
+
+
+async def test_twenty_internal_errors_in_a_row_stop_the_run_with_70(
+    mock: MockHandle, write_jsonl: Callable[..., Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "out.jsonl"
+    provider = _FlakyToken(MOCK_TOKEN, every=1)
+    summary = await _run_with(config_for(mock, write_jsonl(_events(300)), out), tokens=provider)
+
+    assert summary.exit_code == summary.stop_code == 70
+    assert summary.stopped is not None
+    assert summary.stopped.startswith("20 events in a row failed with an internal error")
+    assert "(last: RuntimeError: token store unreachable (had [redacted]))" in summary.stopped
+    records = read_records(out)
+    assert 20 <= len(records) < 300  # stopped: the rest was neither sent nor written
+    assert all(r["error_kind"] == "internal" for r in records)
+    assert mock.state.delivery_requests == 0
+
+
+@pytest.mark.parametrize("client", ["http1", "session"])
+def test_cli_exit_70_with_a_one_line_hint(
+    client: str,
+    write_jsonl: Callable[..., Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "out.jsonl"
+    events = write_jsonl(_events(200))
+    argv = ["run", "--no-progress", "--endpoint", BAD_PORT, "--token", SECRET]
+    code = main([*argv, "--http-client", client, "-o", str(out), str(events)])
+
+    err = capsys.readouterr().err
+    assert code == 70, err
+    assert "Traceback" not in err
+    stopped = [line for line in err.splitlines() if line.startswith("adbatch: stopped:")]
+    assert stopped == [
+        "adbatch: stopped: 20 events in a row failed with an internal error (last: "
+        "ValueError: Port out of range 0-65535); this is a bug in adbatch: please report "
+        "it with the records' error lines; --resume sends them again"
+    ]
+    records = read_records(out)
+    assert 20 <= len(records) < 200
+    assert {r["error_kind"] for r in records} == {"internal"}
+    assert SECRET.encode() not in out.read_bytes()
+
+
+@pytest.mark.slow
+def test_cli_exit_70_under_two_workers(
+    write_jsonl: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out.jsonl"
+    events = write_jsonl(_events(1500))
+    argv = ["run", "--no-progress", "--endpoint", BAD_PORT, "--token", SECRET, "-c", "4"]
+    code = main([*argv, "--workers", "2", "-o", str(out), str(events)])
+
+    err = capsys.readouterr().err
+    assert code == 70, err
+    assert "stopped: 20 events in a row failed with an internal error" in err
+    assert "Traceback" not in err
+    records = read_records(out)
+    assert 20 <= len(records) < 1500  # the parent stopped handing out events
+    assert len({r["seq"] for r in records}) == len(records)
+    assert {r["error_kind"] for r in records} == {"internal"}
+
+
+@pytest.mark.parametrize(
+    "mode",
+    [
+        pytest.param(["load", "--rate", "400", "--duration", "10s"], id="load"),
+        pytest.param(["replay", "--speed", "400"], id="replay"),
+    ],
+)
+def test_load_and_replay_stop_with_70(
+    mode: list[str],
+    write_jsonl: Callable[..., Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "out.jsonl"
+    rows = [{**e, "timestamp": 1_764_331_200 + i} for i, e in enumerate(_events(400))]
+    events = write_jsonl(rows)
+    argv = [mode[0], "--no-progress", "--endpoint", BAD_PORT, "--token", SECRET, *mode[1:]]
+    code = main([*argv, "-o", str(out), str(events)])
+
+    err = capsys.readouterr().err
+    assert code == 70, err
+    assert "stopped: 20 events in a row failed with an internal error" in err
+    records = read_records(out)
+    assert 20 <= len(records) < 400  # stopped long before the schedule's end
+    assert {r["error_kind"] for r in records} == {"internal"}
+
+
+@needs_transient_resume
+async def test_resume_sends_internal_records_again(
+    mock: MockHandle, write_jsonl: Callable[..., Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "out.jsonl"
+    events = write_jsonl(_events(100))
+    first = await run(config_for(BAD_PORT, events, out))
+    assert first.exit_code == 70
+    failed = {r["seq"] for r in read_records(out)}
+
+    second = await run(config_for(mock, events, out, resume=True))
+    assert second.exit_code == 0
+    latest = _latest(read_records(out))
+    assert sorted(latest) == list(range(100))
+    assert all(r["ok"] for r in latest.values())
+    assert failed <= {r["seq"] for r in latest.values() if r["ok"]}
+    assert mock.state.delivery_requests == 100  # the internal ones were sent this time
+
+
+# -- item 8: throttled forever means stop -------------------------------------------------
+
+
+def _refusing() -> MockConfig:
+    """Every call answered 429 with Retry-After: 1, retries included."""
+    return MockConfig(fail_429=1.0, faults_first_attempt_only=False, retry_after="1")
+
+
+@needs_transient_resume
+@pytest.mark.slow
+@pytest.mark.parametrize("client", ["http1", "session"])
+async def test_throttled_for_good_stops_with_3_then_resume_finishes(
+    write_jsonl: Callable[..., Path], tmp_path: Path, client: str
+) -> None:
+    out = tmp_path / "out.jsonl"
+    events = write_jsonl(_events(40))
+    options = {"http_client": client, "concurrency": 4}
+    async with running_mock(_refusing()) as refusing:
+        first = await run(
+            config_for(refusing, events, out, give_up_after=1.0, retries=1, **options)
+        )
+    assert first.exit_code == 3
+    assert first.stopped is not None
+    assert first.stopped.startswith("the server has refused every call (HTTP 429/503) for")
+    assert "--resume picks up the rest" in first.stopped
+    refused = read_records(out)
+    assert 0 < len(refused) < 40  # stopped: not every event was tried
+    assert {r["status"] for r in refused} == {429}
+    assert all(r["attempts"] == 2 for r in refused)
+
+    async with running_mock() as healthy:
+        second = await run(config_for(healthy, events, out, resume=True, **options))
+        sent = healthy.state.delivery_requests
+    assert second.exit_code == 0
+    latest = _latest(read_records(out))
+    assert sorted(latest) == list(range(40))
+    assert all(r["ok"] for r in latest.values())
+    assert sent == 40  # the refused events too: a 429 record is not an answer
+
+
+async def _cli(*args: str, cwd: Path) -> tuple[int, str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = await anyio.run_process(
+        [sys.executable, "-m", "engine", "run", "--no-progress", *args],
+        cwd=cwd,
+        env=env,
+        check=False,
+    )
+    return proc.returncode, proc.stderr.decode()
+
+
+@needs_transient_resume
+@pytest.mark.slow
+async def test_cli_gives_up_with_3_and_the_message_then_resume_under_two_workers(
+    write_jsonl: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Each worker gives up on its own; the parent ends the run with 3 and one message."""
+    events = write_jsonl(_events(400))
+    common = ["--token", MOCK_TOKEN, "-c", "4", "--workers", "2", "-o", "out.jsonl"]
+    async with running_mock(_refusing()) as refusing:
+        code, err = await _cli(
+            "--endpoint",
+            refusing.delivery_url,
+            "--give-up-after",
+            "1",
+            "--retries",
+            "1",
+            *common,
+            str(events),
+            cwd=tmp_path,
+        )
+    assert code == 3, err
+    assert "Traceback" not in err
+    stopped = [line for line in err.splitlines() if line.startswith("adbatch: stopped:")]
+    assert len(stopped) == 1, err
+    assert "the server has refused every call (HTTP 429/503) for" in stopped[0]
+    assert "--resume picks up the rest" in stopped[0]
+    first = read_records(tmp_path / "out.jsonl")
+    assert 0 < len(first) < 400
+    assert {r["status"] for r in first} == {429}
+
+    async with running_mock() as healthy:
+        code, err = await _cli(
+            "--endpoint", healthy.delivery_url, "--resume", *common, str(events), cwd=tmp_path
+        )
+    assert code == 0, err
+    latest = _latest(read_records(tmp_path / "out.jsonl"))
+    assert sorted(latest) == list(range(400))
+    assert all(r["ok"] for r in latest.values())
+
+
+def test_summary_file_says_70(
+    write_jsonl: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
+    events = write_jsonl(_events(50))
+    argv = ["run", "--no-progress", "--endpoint", BAD_PORT, "--token", SECRET]
+    assert main([*argv, "--summary", str(summary), "-o", str(out), str(events)]) == 70
+    data = orjson.loads(summary.read_bytes())
+    assert data["exit_code"] == 70
+    assert data["summary"]["stop_code"] == 70
+    capsys.readouterr()
