@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 
 import engine
-from engine.net.auth import TokenProvider
+from engine.net.auth import Lease, TokenProvider
 
 
 class ClientCredentials:
@@ -43,6 +43,9 @@ class ClientCredentials:
 
     async def wait_authorization(self) -> str | None:
         return self._header
+
+    def lease(self) -> Lease:
+        return Lease(self._header)  # no known lifetime: until a 401
 
     async def maintain(self) -> None:
         return None  # renews only after a 401

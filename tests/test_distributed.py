@@ -54,13 +54,16 @@ def test_lease_schedule_holds_the_rate_in_every_window(lease: int) -> None:
 async def test_token_actor_renews_once_for_a_burst_of_401s(mock: MockHandle) -> None:
     config = engine.Config(endpoint=mock.delivery_url, dry_run=True)
     actor = TokenActor(config, functools.partial(oauth_tokens, mock.token_url))
-    first = await actor.authorization()
+    lease = await actor.authorization()
+    first = lease.header
     assert first is not None
+    assert lease.usable
     assert mock.state.token_requests == 1
     answers: list[tuple[bool, str | None]] = []
 
     async def refused() -> None:
-        answers.append(await actor.refresh_after_401(first))
+        ok, renewed = await actor.refresh_after_401(first)
+        answers.append((ok, renewed.header))
 
     async with anyio.create_task_group() as tg:
         for _ in range(20):  # every sender's calls in flight met a 401 at once
@@ -69,7 +72,8 @@ async def test_token_actor_renews_once_for_a_burst_of_401s(mock: MockHandle) -> 
     assert {a for a in answers} == {(True, answers[0][1])}
     assert answers[0][1] not in (None, first)
     # A 401 for a token already replaced costs nothing more.
-    assert await actor.refresh_after_401(first) == (True, answers[0][1])
+    ok, renewed = await actor.refresh_after_401(first)
+    assert (ok, renewed.header) == (True, answers[0][1])
     assert mock.state.token_requests == 2
     await actor.close()
 

@@ -6,14 +6,25 @@ Tables of 401 storms against in-process providers; no network, no clock.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import anyio
 import pytest
+from fake_clock import FakeClock
 
 from engine.core.stats import TokenStats
-from engine.net.auth import FollowerToken, SingleFlight, StaticToken, TokenBroker, TokenProvider
+from engine.errors import AuthError
+from engine.net.auth import (
+    FollowerToken,
+    Lease,
+    SingleFlight,
+    StaticToken,
+    TokenBroker,
+    TokenProvider,
+)
 
 pytestmark = pytest.mark.anyio
+T = TypeVar("T")
 
 
 class Renewing:
@@ -34,6 +45,9 @@ class Renewing:
         await self.gate.wait()
         return self.header
 
+    def lease(self) -> Lease:
+        return lease_of(self.header)
+
     async def refresh_after_401(self, used: str | None) -> bool:
         self.renewals += 1
         await self.gate.wait()
@@ -48,6 +62,11 @@ class Renewing:
 
     def token_stats(self) -> TokenStats | None:
         return None
+
+
+def lease_of(header: str | None) -> Lease:
+    """A test token's lease: a minute to go, or (None) in its mandatory window."""
+    return Lease(header, 60.0) if header is not None else Lease(None, 0.0)
 
 
 class Counted:
@@ -128,26 +147,38 @@ async def test_broker_renew_answers_the_new_header() -> None:
     provider = Renewing()
     provider.gate.set()
     broker = TokenBroker(provider)
-    assert await broker.renew("Bearer t0") == (True, "Bearer t1")
-    assert await broker.renew("Bearer t0") == (True, "Bearer t1")  # late: nothing asked
+    assert await broker.renew("Bearer t0") == (True, lease_of("Bearer t1"))
+    assert await broker.renew("Bearer t0") == (True, lease_of("Bearer t1"))  # late: no ask
     assert provider.renewals == 1
-    assert await broker.current() == "Bearer t1"
+    assert await broker.current() == lease_of("Bearer t1")
 
 
 async def test_broker_current_waits_out_a_mandatory_window() -> None:
     provider = Renewing(None)  # None: the token is in its mandatory window
     broker = TokenBroker(provider)
-    got: list[str | None] = []
+    got: list[Lease] = []
     async with anyio.create_task_group() as tg:
         tg.start_soon(lambda: _append(got, broker.current()))
         await anyio.wait_all_tasks_blocked()
         assert got == []
         provider.header = "Bearer t9"
         provider.gate.set()
-    assert got == ["Bearer t9"]
+    assert got == [lease_of("Bearer t9")]
 
 
-async def _append(got: list[str | None], value: Awaitable[str | None]) -> None:
+async def test_broker_current_says_why_when_no_token_comes() -> None:
+    class GivenUp(Renewing):
+        async def wait_authorization(self) -> str | None:
+            raise AuthError("token endpoint T gave no fresh token within 1s (--token-wait)")
+
+    broker = TokenBroker(GivenUp(None))
+    lease = await broker.current()
+    assert not lease.usable
+    why = "token endpoint T gave no fresh token within 1s (--token-wait)"
+    assert lease == Lease(None, 0.0, why)
+
+
+async def _append(got: list[T], value: Awaitable[T]) -> None:
     got.append(await value)
 
 
@@ -155,11 +186,11 @@ class Asker:
     """The broker side of a follower: records the questions, answers when released."""
 
     def __init__(self, answer: tuple[bool, str | None]) -> None:
-        self.answer = answer
+        self.answer = (answer[0], lease_of(answer[1]))
         self.asked: list[str | None] = []
         self.gate = anyio.Event()
 
-    async def __call__(self, used: str | None) -> tuple[bool, str | None]:
+    async def __call__(self, used: str | None) -> tuple[bool, Lease]:
         self.asked.append(used)
         await self.gate.wait()
         return self.answer
@@ -215,7 +246,7 @@ async def test_follower_single_flight(
     after: str | None,
 ) -> None:
     ask = Asker(answer)
-    tokens = FollowerToken(header, ask)
+    tokens = FollowerToken(lease_of(header), ask)
     assert await storm(tokens.refresh_after_401, reports, ask.gate.set) == answers
     assert ask.asked == asked
     assert tokens.authorization() == after
@@ -230,11 +261,11 @@ async def test_followers_and_broker_one_renewal_for_the_run() -> None:
     broker = TokenBroker(provider)
     asked: list[str | None] = []
 
-    async def ask(used: str | None) -> tuple[bool, str | None]:
+    async def ask(used: str | None) -> tuple[bool, Lease]:
         asked.append(used)
         return await broker.renew(used)
 
-    followers = [FollowerToken("Bearer t0", ask) for _ in range(3)]
+    followers = [FollowerToken(lease_of("Bearer t0"), ask) for _ in range(3)]
     answers: list[bool] = []
 
     async def report(tokens: FollowerToken) -> None:
@@ -254,19 +285,22 @@ async def test_followers_and_broker_one_renewal_for_the_run() -> None:
 
 
 async def test_follower_waits_for_a_push_or_fetches() -> None:
-    pushed = FollowerToken(None, Asker((False, None)))
+    pushed = FollowerToken(lease_of(None), Asker((False, None)))
     got: list[str | None] = []
     async with anyio.create_task_group() as tg:
         tg.start_soon(lambda: _append(got, pushed.wait_authorization()))
         await anyio.wait_all_tasks_blocked()
         assert got == []
-        pushed.set("Bearer p")
+        pushed.set(lease_of(None))  # still in the broker's mandatory window: wait on
+        await anyio.wait_all_tasks_blocked()
+        assert got == []
+        pushed.set(Lease("Bearer p"))
     assert got == ["Bearer p"]
 
-    async def fetch() -> str | None:
-        return "Bearer f"
+    async def fetch() -> Lease:
+        return Lease("Bearer f")
 
-    fetched = FollowerToken(None, Asker((False, None)), fetch=fetch)
+    fetched = FollowerToken(lease_of(None), Asker((False, None)), fetch=fetch)
     assert await fetched.wait_authorization() == "Bearer f"
     assert fetched.authorization() == "Bearer f"
     assert (fetched.token_stats(), await fetched.maintain()) == (None, None)
@@ -305,3 +339,62 @@ async def _cancellable(scope: anyio.CancelScope, value: Awaitable[int]) -> None:
 
 async def _append_int(got: list[int], value: Awaitable[int]) -> None:
     got.append(await value)
+
+
+async def test_follower_never_hands_out_a_header_past_its_lease() -> None:
+    """A pushed lease lasts its ttl on the follower's clock; then calls wait for a push,
+    at most --token-wait, and raise AuthError rather than send the old header."""
+    clock = FakeClock()
+    tokens = FollowerToken(Lease("Bearer a", 2.0), Asker((False, None)), wait=5.0, clock=clock)
+    assert tokens.authorization() == "Bearer a"
+    assert tokens.lease() == Lease("Bearer a", 2.0)
+    clock.advance(2.0)
+    assert tokens.authorization() is None
+    assert tokens.lease() == Lease(None, 0.0)
+    errors: list[AuthError] = []
+
+    async def call() -> None:
+        try:
+            await tokens.wait_authorization()
+        except AuthError as exc:
+            errors.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(call)
+        await anyio.wait_all_tasks_blocked()
+        clock.advance(4.9)
+        await anyio.wait_all_tasks_blocked()
+        assert errors == []
+        clock.advance(0.2)
+    assert [str(e) for e in errors] == ["no usable token came within 5s (--token-wait)"]
+    assert tokens.authorization() is None
+
+
+async def test_follower_told_the_provider_gave_up_stops_waiting_at_once() -> None:
+    clock = FakeClock()
+    tokens = FollowerToken(Lease(None, 0.0), Asker((False, None)), wait=30.0, clock=clock)
+    errors: list[str] = []
+
+    async def call() -> None:
+        try:
+            await tokens.wait_authorization()
+        except AuthError as exc:
+            errors.append(str(exc))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(call)
+        await anyio.wait_all_tasks_blocked()
+        tokens.set(Lease(None, 0.0, "token endpoint T could not renew the token"))
+    assert errors == ["token endpoint T could not renew the token"]  # no clock moved
+    tokens.set(Lease("Bearer late", 60.0))  # a provider that gave up stays so
+    assert tokens.authorization() is None
+    assert await tokens.refresh_after_401("Bearer a") is False
+    with pytest.raises(AuthError):
+        await tokens.wait_authorization()
+
+
+async def test_follower_with_a_static_lease_sends_no_header_without_waiting() -> None:
+    tokens = FollowerToken(Lease(None), Asker((False, None)))  # no token at all: no limit
+    assert tokens.authorization() is None
+    assert await tokens.wait_authorization() is None
+    assert TokenBroker(StaticToken("s")).lease() == Lease("Bearer s")

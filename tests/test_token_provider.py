@@ -19,6 +19,7 @@ from fake_clock import FakeClock, until
 from engine.core.tokenwindow import Phase, RefreshPolicy
 from engine.errors import AuthError
 from engine.mock import MockConfig, MockHandle, running_mock
+from engine.net.auth import Lease
 from engine.net.oauth import OAuthToken
 from engine.net.token_client import TokenClient
 
@@ -60,9 +61,13 @@ async def test_windows_on_an_injected_clock(token_mock: MockHandle) -> None:
             clock.set(now)
             assert window.phase(now) is phase
             assert tokens.authorization() == header  # no wait before the mandatory window
+            # What a --workers parent or the Ray token actor hands out: the header and
+            # how long it may still be sent (until the mandatory window).
+            assert tokens.lease() == Lease(header, pytest.approx(window.mandatory_at - now))
         for now in (window.mandatory_at, 1899.999, 1900.0, 5000.0):
             clock.set(now)
             assert tokens.authorization() is None  # the caller must wait
+            assert tokens.lease() == Lease(None, 0.0)
     assert token_mock.state.token_requests == 1
 
 
@@ -149,7 +154,8 @@ async def test_mandatory_window_callers_wait_for_the_one_renewal(token_mock: Moc
 @pytest.mark.anyio
 async def test_token_wait_bounds_are_clock_time(token_mock: MockHandle) -> None:
     """No renewal comes: a 401 and a call in the mandatory window each wait --token-wait
-    of the clock's time, then go on with the token in hand."""
+    of the clock's time; then the 401 is final and the call gets AuthError, never the
+    token in hand (about to expire)."""
     clock = FakeClock()
     async with client_for(token_mock) as client:
         tokens = OAuthToken(client, clock=clock, policy=QUICK, wait=5.0)
@@ -163,7 +169,10 @@ async def test_token_wait_bounds_are_clock_time(token_mock: MockHandle) -> None:
             retried.append(await tokens.refresh_after_401(first))
 
         async def call() -> None:
-            waited.append(await tokens.wait_authorization())
+            try:
+                waited.append(await tokens.wait_authorization())
+            except AuthError as exc:
+                waited.append(str(exc))
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(tokens.maintain)
@@ -181,8 +190,13 @@ async def test_token_wait_bounds_are_clock_time(token_mock: MockHandle) -> None:
             await anyio.wait_all_tasks_blocked()
             assert waited == []
             clock.advance(0.2)
-            await until(lambda: waited == [first])
+            await until(lambda: len(waited) == 1)
+            assert tokens.lease().header is None
             tg.cancel_scope.cancel()
+    assert waited == [
+        f"token endpoint {token_mock.token_url} gave no fresh token within 5s (--token-wait): "
+        "HTTP 503 temporarily_unavailable"
+    ]
     assert tokens.stats.renewals == 0
     assert tokens.stats.waits == 1
 
@@ -228,8 +242,12 @@ async def test_gives_up_when_the_token_expired_and_credentials_are_refused(
         clock.set(tokens.window.expires_at + 1)
         with pytest.raises(AuthError) as info:
             await tokens.maintain()
-        # Calls are not left waiting: they go out and their 401 becomes a record.
-        assert await tokens.wait_authorization() is not None
+        # Calls are not left waiting, nor sent with the dead token: they get the reason.
+        assert tokens.authorization() is None
+        with pytest.raises(AuthError) as waited:
+            await tokens.wait_authorization()
+        assert str(waited.value) == str(info.value)
+        assert tokens.lease().failed == str(info.value)
     message = str(info.value)
     assert token_mock.token_url in message
     assert "invalid_client" in message

@@ -25,7 +25,7 @@ from engine.multiproc.driver import (
     worker_config,
 )
 from engine.multiproc.messages import Refreshed
-from engine.net.auth import FollowerToken
+from engine.net.auth import FollowerToken, Lease
 
 pytestmark = pytest.mark.anyio
 
@@ -140,6 +140,9 @@ class _Renewing:
     async def wait_authorization(self) -> str | None:
         return self.current
 
+    def lease(self) -> Lease:
+        return Lease(self.current)
+
     async def maintain(self) -> None:
         return None
 
@@ -213,15 +216,15 @@ async def test_one_oauth_token_for_all_workers(
 async def test_a_worker_asks_the_parent_once_per_refused_token() -> None:
     asked: list[str | None] = []
     reply: dict[str | None, anyio.Event] = {"Bearer a": anyio.Event()}
-    answers_of = {"Bearer a": (True, "Bearer b"), "Bearer b": (False, "Bearer b")}
+    answers_of = {"Bearer a": (True, Lease("Bearer b")), "Bearer b": (False, Lease("Bearer b"))}
 
-    async def ask(used: str | None) -> tuple[bool, str | None]:
+    async def ask(used: str | None) -> tuple[bool, Lease]:
         asked.append(used)
         if used in reply:
             await reply[used].wait()  # the parent's answer comes over the pipe later
         return answers_of[str(used)]
 
-    tokens = FollowerToken("Bearer a", ask)
+    tokens = FollowerToken(Lease("Bearer a"), ask)
     answers: list[bool] = []
 
     async def call() -> None:
@@ -325,8 +328,8 @@ async def test_an_answer_that_comes_before_the_wait_is_not_lost() -> None:
     answers = Answers()
 
     async def send_and_hear_the_answer_at_once() -> None:
-        answers.give(Refreshed("Bearer a", True, "Bearer b"))
+        answers.give(Refreshed("Bearer a", True, Lease("Bearer b", 60.0)))
 
     with anyio.fail_after(2):
         got = await answers.ask("Bearer a", send_and_hear_the_answer_at_once)
-    assert got == (True, "Bearer b")
+    assert got == (True, Lease("Bearer b", 60.0))

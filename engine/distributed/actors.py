@@ -8,7 +8,8 @@ Rules:
 - The rate actor is a token bucket on a virtual schedule; senders lease permits in
   batches of ~10 ms of the global rate.
 - The token actor holds the run's only token provider; senders follow its current
-  token and, after a 401, ask it once (it refreshes once for everyone).
+  token (as a `Lease`: a header is never sent past its time) and, after a 401, ask it
+  once (it refreshes once for everyone).
 - Nothing here imports Ray; handles to other actors are `Any`.
 """
 
@@ -36,7 +37,7 @@ from engine.distributed.plan import ShardTask, meta_path, part_path
 from engine.files.manifests import scan_part, write_json_atomic
 from engine.files.sinks import JsonlSink
 from engine.files.sources import read_items, read_range_items
-from engine.net.auth import FollowerToken, TokenBroker, TokenProvider
+from engine.net.auth import FollowerToken, Lease, TokenBroker, TokenProvider
 from engine.runtime.engine import Engine
 from engine.runtime.feeds import READ_BATCH, event_defaults, thread_batches
 from engine.runtime.session import transport_for
@@ -79,16 +80,17 @@ class TokenActor:
                 self._broker = TokenBroker(provider)
             return self._broker
 
-    async def authorization(self) -> str | None:
-        """The header to send now; in a mandatory window, once the renewal is done."""
+    async def authorization(self) -> Lease:
+        """The header to send now and for how long; in a mandatory window, once the
+        renewal is done (or, with none within --token-wait, why: `Lease.failed`)."""
         return await (await self._get()).current()
 
     async def maintain(self) -> None:
         """Renew the token in the background; the driver starts it once, kills it at the end."""
         await (await self._get()).maintain()
 
-    async def refresh_after_401(self, used: str | None) -> tuple[bool, str | None]:
-        """A sender's 401 with `used`: (a retry may help, the header to send now).
+    async def refresh_after_401(self, used: str | None) -> tuple[bool, Lease]:
+        """A sender's 401 with `used`: (a retry may help, the lease to send now).
 
         A burst of 401s from every sender costs one renewal (the broker's single flight).
         """
@@ -120,11 +122,13 @@ class _ClusterToken(FollowerToken):
 
     __slots__ = ("_actor",)
 
-    def __init__(self, token_actor: Any, header: str | None) -> None:
+    def __init__(self, token_actor: Any, lease: Lease, *, wait: float) -> None:
+        # Past its lease a header is not sent: the call fetches the actor's current one.
         super().__init__(
-            header,
+            lease,
             lambda used: token_actor.refresh_after_401.remote(used),
             fetch=lambda: token_actor.authorization.remote(),
+            wait=wait,
         )
         self._actor = token_actor
 
@@ -167,8 +171,8 @@ class SenderActor:
     async def _start(self) -> None:
         config = self._config
         self._transport = await self._stack.enter_async_context(transport_for(config))
-        header = await self._tokens_actor.authorization.remote()
-        self._tokens = _ClusterToken(self._tokens_actor, header)
+        lease = await self._tokens_actor.authorization.remote()
+        self._tokens = _ClusterToken(self._tokens_actor, lease, wait=config.token_wait)
         if config.rate is not None:
             lease = max(1, math.floor(config.rate * _LEASE_SECONDS))
             self._limiter = _LeasedLimiter(self._rate, lease)

@@ -56,7 +56,7 @@ from engine.multiproc.messages import (
     ToParent,
     Units,
 )
-from engine.net.auth import FollowerToken
+from engine.net.auth import FollowerToken, Lease
 from engine.runtime.engine import Engine
 from engine.runtime.feeds import event_defaults
 from engine.runtime.loop import run_loop
@@ -64,6 +64,7 @@ from engine.runtime.session import transport_for
 
 _REPORT_S = 0.02  # how often a worker that writes the output itself reports its count
 _PARENT_GONE = "the parent process ended"
+_NO_LEASE = Lease(None, 0.0)  # no header now: wait for the parent's next push
 
 
 class Answers:
@@ -76,19 +77,19 @@ class Answers:
 
     def __init__(self) -> None:
         self._waiting: dict[str | None, anyio.Event] = {}
-        self._answers: dict[str | None, tuple[bool, str | None]] = {}
+        self._answers: dict[str | None, tuple[bool, Lease]] = {}
 
     async def ask(
         self, used: str | None, send: Callable[[], Awaitable[None]]
-    ) -> tuple[bool, str | None]:
+    ) -> tuple[bool, Lease]:
         """Send the question (`send`) about `used`, then wait for its answer."""
         event = self._waiting.setdefault(used, anyio.Event())
         await send()
         await event.wait()
-        return self._answers.pop(used, (False, None))
+        return self._answers.pop(used, (False, _NO_LEASE))
 
     def give(self, message: Refreshed) -> None:
-        self._answers[message.used] = (message.ok, message.header)
+        self._answers[message.used] = (message.ok, message.lease)
         event = self._waiting.pop(message.used, None)
         if event is not None:
             event.set()
@@ -104,7 +105,7 @@ class _Worker:
         self.lock = anyio.Lock()
         self.parent_gone = False
         self.answers = Answers()
-        self.tokens = FollowerToken(start.header, self._ask)
+        self.tokens = FollowerToken(start.lease, self._ask, wait=start.config.token_wait)
         self.engine: Engine | None = None
         self.tg: anyio.abc.TaskGroup | None = None
         self.sink = (  # the parent watches the output for deletion (it owns it)
@@ -124,7 +125,7 @@ class _Worker:
                 self.parent_gone = True
                 self.halt(_PARENT_GONE, self.config.grace)
 
-    async def _ask(self, used: str | None) -> tuple[bool, str | None]:
+    async def _ask(self, used: str | None) -> tuple[bool, Lease]:
         return await self.answers.ask(used, partial(self.send, Refresh(used)))
 
     def halt(self, reason: str, grace: float) -> None:
@@ -148,8 +149,8 @@ class _Worker:
                     case Units():
                         with contextlib.suppress(anyio.BrokenResourceError):
                             units.send_nowait(message)  # (broken: this worker stopped early)
-                    case Token(header):
-                        self.tokens.set(header)
+                    case Token(lease):
+                        self.tokens.set(lease)
                     case Refreshed():
                         self.answers.give(message)
                     case End():

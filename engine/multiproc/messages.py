@@ -15,6 +15,7 @@ from engine.config import Config
 from engine.core.events import EventDefaults, Item
 from engine.core.stats import RunStats
 from engine.files.sources import Unit, raw_item
+from engine.net.auth import Lease
 
 # -- parent -> worker -------------------------------------------------------------------
 
@@ -24,7 +25,7 @@ class Start:
     """The worker's share of the run; until it comes, the worker only waits."""
 
     config: Config
-    header: str | None  # the current Authorization value
+    lease: Lease  # the current Authorization value, and for how long it may be sent
     ordered: bool  # send encoded lines with their seq, for the parent to order
     output: str | None  # the file to append records to itself (unordered, regular file)
 
@@ -54,18 +55,18 @@ class Units:
 
 @dataclass(frozen=True, slots=True)
 class Token:
-    """The run's token changed."""
+    """The run's token changed (or cannot be had any more: `lease.failed`)."""
 
-    header: str | None
+    lease: Lease
 
 
 @dataclass(frozen=True, slots=True)
 class Refreshed:
-    """The answer to `Refresh(used)`: whether a retry may help, and the header to use."""
+    """The answer to `Refresh(used)`: whether a retry may help, and the lease to use."""
 
     used: str | None
     ok: bool
-    header: str | None
+    lease: Lease
 
 
 @dataclass(frozen=True, slots=True)

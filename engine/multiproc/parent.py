@@ -64,14 +64,14 @@ from engine.multiproc.messages import (
     ToWorker,
     Units,
 )
-from engine.net.auth import TokenBroker
+from engine.net.auth import Lease, TokenBroker
 from engine.runtime.feeds import event_defaults, thread_batches
 from engine.runtime.progress import show_status
 from engine.runtime.session import RunSession
 from engine.runtime.shutdown import interrupt_reason
 
 _UNIT_BATCH = 256
-_TOKEN_POLL_S = 1.0
+_TOKEN_POLL_S = 0.05  # a renewed token reaches the workers well within its mandatory window
 
 
 @dataclass(slots=True, eq=False)
@@ -105,7 +105,7 @@ class _Parent:
         )
         self.credit = anyio.Event()
         self.all_done = anyio.Event()
-        self.pushed = self.tokens.authorization()
+        self.pushed = self.tokens.lease()
         self.pending: dict[int, bytes] = {}
         self.fed: deque[int] = deque()  # seqs in the order handed out, for --ordered
         self.answered = 0
@@ -122,6 +122,7 @@ class _Parent:
 
     async def begin(self, share: Config) -> None:
         """Send every worker its share of the run (they were started before)."""
+        self.pushed = self.tokens.lease()
         start = Start(share, self.pushed, self.config.ordered, self.direct_output)
         for worker in self.workers:
             await self._send(worker, start)
@@ -353,12 +354,14 @@ class _Parent:
 
     # -- tokens
 
-    async def _broadcast_token(self) -> None:
-        header = self.tokens.authorization()
-        if header != self.pushed:
-            self.pushed = header
+    async def _broadcast_token(self, lease: Lease | None = None) -> None:
+        # Each lease carries how long its header may be sent: a worker stops using it in
+        # time even when the next push is late.
+        lease = lease or self.tokens.lease()
+        if (lease.header, lease.failed) != (self.pushed.header, self.pushed.failed):
+            self.pushed = lease
             for worker in self.workers:
-                await self._send(worker, Token(header))
+                await self._send(worker, Token(lease))
 
     async def _keep_tokens(self) -> None:
         try:
@@ -366,6 +369,8 @@ class _Parent:
         except AuthError as exc:  # the renewer gave up: stop as after a fatal streak
             self.stopped = self.stopped or str(exc)
             self.credit.set()
+            # The workers' calls waiting for a token end now, unsent and unwritten.
+            await self._broadcast_token(Lease(None, 0.0, str(exc)))
 
     async def _watch_tokens(self) -> None:
         while True:  # a provider that renews in the background changes its value
@@ -374,6 +379,6 @@ class _Parent:
 
     async def _refresh(self, worker: WorkerHandle, used: str | None) -> None:
         # The broker renews once per refused token however many workers report it.
-        ok, header = await self.tokens.renew(used)
+        ok, lease = await self.tokens.renew(used)
         await self._broadcast_token()
-        await self._send(worker, Refreshed(used, ok, header))
+        await self._send(worker, Refreshed(used, ok, lease))

@@ -13,29 +13,57 @@ Rules:
   processes that only send (a --workers child, a Ray sender) hold a `FollowerToken`,
   whose header is pushed (`set`) or fetched and whose 401s ask the broker side. A
   follower never sees credentials, only the headers it must send and redact.
+- No header goes out past its time. A header crosses processes as a `Lease`: how many
+  more seconds it may be sent, and why none will come once the provider gave up. When
+  no usable header comes within --token-wait, `wait_authorization` raises AuthError:
+  the call is not made (the engine stops the run, and writes no record for it).
 - Time for the token timers comes from an injected `Clock` (`MONOTONIC` in a run); a
   test moves its own clock instead of sleeping.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from functools import partial
 from typing import Generic, Protocol, TypeVar
 
 import anyio
 
+from engine.config import DEFAULT_TOKEN_WAIT
 from engine.core.stats import TokenStats
+from engine.errors import AuthError
 
 K = TypeVar("K")
 V = TypeVar("V")
 
-#: A follower's question after a 401: `ask(used)` -> (a retry may help, the header now).
-Ask = Callable[[str | None], Awaitable[tuple[bool, str | None]]]
-#: A follower's way to get the header to send now (None: wait for pushes instead).
-Fetch = Callable[[], Awaitable[str | None]]
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """An Authorization value as it is handed to a process that only sends.
+
+    `ttl`: seconds it may still be sent, counted from when the lease was read (None: no
+    limit, a static token); the time a lease takes to arrive comes out of the token's
+    mandatory window, which is there for that. `failed`: the provider gave up (no header
+    will come); why, in one line.
+    """
+
+    header: str | None
+    ttl: float | None = None
+    failed: str | None = None
+
+    @property
+    def usable(self) -> bool:
+        return self.failed is None and (self.ttl is None or self.ttl > 0)
+
+
+#: A follower's question after a 401: `ask(used)` -> (a retry may help, the lease now).
+Ask = Callable[[str | None], Awaitable[tuple[bool, Lease]]]
+#: A follower's way to get the lease to send now (None: wait for pushes instead).
+Fetch = Callable[[], Awaitable[Lease]]
 
 
 class TokenProvider(Protocol):
@@ -46,7 +74,12 @@ class TokenProvider(Protocol):
         ...
 
     async def wait_authorization(self) -> str | None:
-        """The header value once the token is usable again (mandatory window)."""
+        """The header value once the token is usable again (mandatory window); AuthError
+        when none is within --token-wait (the call must not go out)."""
+        ...
+
+    def lease(self) -> Lease:
+        """The current header and how long it may still be sent (no await, no I/O)."""
         ...
 
     async def refresh_after_401(self, used: str | None) -> bool:
@@ -170,6 +203,9 @@ class StaticToken:
     async def wait_authorization(self) -> str | None:
         return self._header
 
+    def lease(self) -> Lease:
+        return Lease(self._header)
+
     async def refresh_after_401(self, used: str | None) -> bool:
         return False
 
@@ -191,7 +227,7 @@ class TokenBroker:
 
     Lives where the credentials are (the --workers parent, the Ray token actor) and is a
     TokenProvider itself. Followers elsewhere call `renew` after a 401 and `current` for
-    the header to send. One renewal per refused value for the whole run: its answer
+    the lease to send. One renewal per refused value for the whole run: its answer
     stands for every later report of that value, however many followers make it.
     """
 
@@ -207,10 +243,20 @@ class TokenBroker:
     async def wait_authorization(self) -> str | None:
         return await self.provider.wait_authorization()
 
-    async def current(self) -> str | None:
-        """The header to send now; in a mandatory window, once the renewal is done."""
-        header = self.provider.authorization()
-        return header if header is not None else await self.provider.wait_authorization()
+    def lease(self) -> Lease:
+        return self.provider.lease()
+
+    async def current(self) -> Lease:
+        """The lease to send now; in a mandatory window, once the renewal is done (or,
+        when none came within --token-wait, a lease that says why: `failed`)."""
+        lease = self.provider.lease()
+        if lease.usable or lease.failed is not None:
+            return lease
+        try:
+            await self.provider.wait_authorization()
+        except AuthError as exc:
+            return Lease(None, 0.0, str(exc))
+        return self.provider.lease()
 
     async def refresh_after_401(self, used: str | None) -> bool:
         current = self.provider.authorization()
@@ -219,10 +265,10 @@ class TokenBroker:
         # Even around a provider that is not single-flight itself, one renewal for all.
         return await self._flights.run(used, partial(self.provider.refresh_after_401, used))
 
-    async def renew(self, used: str | None) -> tuple[bool, str | None]:
-        """A follower's 401 with `used`: (a retry may help, the header to send now)."""
+    async def renew(self, used: str | None) -> tuple[bool, Lease]:
+        """A follower's 401 with `used`: (a retry may help, the lease to send now)."""
         ok = await self.refresh_after_401(used)
-        return ok, self.provider.authorization()
+        return ok, self.provider.lease()
 
     async def maintain(self) -> None:
         await self.provider.maintain()
@@ -237,26 +283,57 @@ class TokenBroker:
 class FollowerToken:
     """A TokenProvider without credentials: follows the broker of its run.
 
-    Its header is pushed (`set`, by whoever hears of a new one) or fetched (`fetch`,
-    when given: `wait_authorization` asks it); without `fetch`, a call in a mandatory
-    window waits for the next push. A 401 asks the broker side (`ask`) once per refused
-    value, however many calls report it, and its answer stands for that value.
+    Its lease is pushed (`set`, by whoever hears of a new one) or fetched (`fetch`,
+    when given: `wait_authorization` asks it). The header is sent only while its lease
+    lasts (on this process's clock); past it, a call waits for the next push (or
+    fetches), at most `wait` seconds (--token-wait), then raises AuthError, as at once
+    when a lease says the provider gave up. A 401 asks the broker side (`ask`) once per
+    refused value, however many calls report it, and its answer stands for that value.
     """
 
-    __slots__ = ("_ask", "_changed", "_fetch", "_flights", "_header", "_seen")
+    __slots__ = (
+        "_ask",
+        "_changed",
+        "_clock",
+        "_failed",
+        "_fetch",
+        "_flights",
+        "_header",
+        "_seen",
+        "_until",
+        "_wait",
+    )
 
-    def __init__(self, header: str | None, ask: Ask, *, fetch: Fetch | None = None) -> None:
+    def __init__(
+        self,
+        lease: Lease,
+        ask: Ask,
+        *,
+        fetch: Fetch | None = None,
+        wait: float = DEFAULT_TOKEN_WAIT,
+        clock: Clock = MONOTONIC,
+    ) -> None:
         self._header: str | None = None
+        self._until = -math.inf  # on `clock`: the header may be sent before this
+        self._failed: str | None = None
         self._ask = ask
         self._fetch = fetch
+        self._wait = wait
+        self._clock = clock
         self._flights: SingleFlight[str | None, bool] = SingleFlight(remember=True)
         self._changed: anyio.Event | None = None  # made by the first waiter
         self._seen: list[str] = []
-        self.set(header)
+        self.set(lease)
 
-    def set(self, header: str | None) -> None:
-        """A new header value (a push, or the broker's answer)."""
+    def set(self, lease: Lease) -> None:
+        """A new lease (a push, or the broker's answer). A provider that gave up stays so."""
+        header = lease.header
         self._header = header
+        self._failed = self._failed or lease.failed
+        if self._failed is not None:
+            self._until = -math.inf
+        else:
+            self._until = math.inf if lease.ttl is None else self._clock.now() + lease.ttl
         if header is not None and header.startswith("Bearer ") and header[7:] not in self._seen:
             self._seen.append(header[7:])
         changed, self._changed = self._changed, None
@@ -264,26 +341,46 @@ class FollowerToken:
             changed.set()
 
     def authorization(self) -> str | None:
-        return self._header
+        if self._clock.now() < self._until:
+            return self._header
+        return None
+
+    def lease(self) -> Lease:
+        if self._failed is not None:
+            return Lease(None, 0.0, self._failed)
+        if self._until == math.inf:
+            return Lease(self._header)
+        left = self._until - self._clock.now()
+        return Lease(self._header, left) if left > 0 else Lease(None, 0.0)
+
+    def _settled(self) -> bool:
+        return self._failed is not None or self._clock.now() < self._until
 
     async def wait_authorization(self) -> str | None:
-        if self._fetch is not None:
-            self.set(await self._fetch())
+        if not self._settled() and self._fetch is not None:
+            self.set(await self._fetch())  # the broker side waits for its renewal
+        if not self._settled():  # wait for a push
+            async with move_on_at(self._clock, self._clock.now() + self._wait):
+                while not self._settled():
+                    if self._changed is None:
+                        self._changed = anyio.Event()
+                    await self._changed.wait()
+        if self._failed is None and self._clock.now() < self._until:
             return self._header
-        while self._header is None:  # the broker's token is in its mandatory window
-            if self._changed is None:
-                self._changed = anyio.Event()
-            await self._changed.wait()
-        return self._header
+        raise AuthError(
+            self._failed or f"no usable token came within {self._wait:g}s (--token-wait)"
+        )
 
     async def refresh_after_401(self, used: str | None) -> bool:
+        if self._failed is not None:
+            return False
         if self._header != used:
             return True  # a newer token arrived meanwhile
         return await self._flights.run(used, partial(self._ask_broker, used))
 
     async def _ask_broker(self, used: str | None) -> bool:
-        ok, header = await self._ask(used)
-        self.set(header)
+        ok, lease = await self._ask(used)
+        self.set(lease)
         return ok
 
     async def maintain(self) -> None:

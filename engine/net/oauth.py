@@ -7,6 +7,10 @@ Rules:
 - Calls never wait for a fresh token except in its mandatory window (all of them on the
   one renewal in progress) and after a 401 (single flight: one renewal for any number of
   401s on the current token, at most one per `min_401_interval`).
+- A token is never handed out in its mandatory window or past it: a call that found no
+  fresh token within `wait` (--token-wait), or after the renewer gave up, gets AuthError
+  from `wait_authorization`, not the old token (the engine stops the run; that event is
+  not written, so --resume sends it).
 - Every timer (the renewal timer, retry delays, the --token-wait bounds) goes through the
   injected `Clock`: a test moves time, nothing sleeps for real. Expiry is measured from
   when the token request was sent (the window arithmetic is engine/core/tokenwindow.py).
@@ -15,6 +19,7 @@ Rules:
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
@@ -32,7 +37,7 @@ from engine.core.tokenwindow import (
     startup_delay,
 )
 from engine.errors import AuthError
-from engine.net.auth import MONOTONIC, Clock, SingleFlight, move_on_at
+from engine.net.auth import MONOTONIC, Clock, Lease, SingleFlight, move_on_at
 
 if TYPE_CHECKING:
     from engine.net.auth import FollowerToken, StaticToken, TokenBroker, TokenProvider
@@ -73,6 +78,9 @@ class OAuthToken:
         self._tokens: list[str] = []
         self._lifetime = 0.0
         self._window = NO_WINDOW
+        # The header may be handed out before this (the window's mandatory_at; -inf
+        # before the first token and once the renewer gave up).
+        self._usable_until = -math.inf
         self._generation = 0  # bumped by every new token
         self._renewed = anyio.Event()  # set (then replaced) after every renewal attempt
         self._wake = anyio.Event()  # a 401 asks for a renewal now
@@ -80,6 +88,7 @@ class OAuthToken:
         self._forced = False
         self._last_forced = -float("inf")
         self._failed: str | None = None
+        self._last_failure: str | None = None  # the token endpoint's last failed answer
         self.stats = TokenStats()
 
     @property
@@ -90,18 +99,31 @@ class OAuthToken:
     # -- the hot path -------------------------------------------------------------------
 
     def authorization(self) -> str | None:
-        if self._clock.now() < self._window.mandatory_at:
+        if self._clock.now() < self._usable_until:
             return self._header
         return None
+
+    def lease(self) -> Lease:
+        if self._failed is not None:
+            return Lease(None, 0.0, self._failed)
+        left = self._usable_until - self._clock.now()
+        return Lease(self._header, left) if left > 0 else Lease(None, 0.0)
 
     async def wait_authorization(self) -> str | None:
         self.stats.waits += 1
         await self._until(
             self._clock.now() + self._wait,
-            lambda: self._failed is not None or self._clock.now() < self._window.mandatory_at,
+            lambda: self._failed is not None or self._clock.now() < self._usable_until,
         )
-        # Still no fresh token: send what there is; a 401 becomes that event's record.
-        return self._header
+        header = self.authorization()
+        if header is None:  # never the old token: it is about to expire, or has
+            raise AuthError(self._failed or self._no_fresh_token())
+        return header
+
+    def _no_fresh_token(self) -> str:
+        text = f"token endpoint {self._source.url} gave no fresh token within {self._wait:g}s"
+        text += " (--token-wait)"
+        return text + (f": {self._last_failure}" if self._last_failure else "")
 
     async def refresh_after_401(self, used: str | None) -> bool:
         if used != self._header:
@@ -146,6 +168,7 @@ class OAuthToken:
         self._window = self._policy.window(
             sent_at=sent_at, lifetime=grant.lifetime, draw=self._rng.random()
         )
+        self._usable_until = self._window.mandatory_at
         self._lifetime = grant.lifetime
         self._header = f"Bearer {grant.access_token}"
         self._tokens.append(grant.access_token)
@@ -162,6 +185,7 @@ class OAuthToken:
         self.stats.requests += 1
         if isinstance(outcome, TokenFailure):
             self.stats.failures += 1
+            self._last_failure = outcome.message
         return outcome, sent_at
 
     async def start(self) -> None:
@@ -223,6 +247,7 @@ class OAuthToken:
                     f"token endpoint {self._source.url} could not renew the token "
                     f"and {why}: {outcome.message}"
                 )
+                self._usable_until = -math.inf  # nothing more goes out with it
                 self._signal()
                 raise AuthError(self._failed)
             delay = self._policy.retry_delay(
