@@ -155,7 +155,8 @@ class CallFlow:
             response: Response = yield send
             attempts += 1
             status = response.status
-            if throttle is not None:
+            # (a call and its clock read only when the watch has something to note)
+            if throttle is not None and (status in THROTTLE_STATUSES or throttle.since is not None):
                 throttle.saw(status)
             if status == 401 and not renewed:
                 fresh: bool = yield Renew(authorization)
