@@ -125,6 +125,8 @@ async def run_ray(
             done, stopped, stop_code = await _dispatch(
                 ray, config, todo, parts_dir, count, token_factory, attempts
             )
+            # An actor's failure may quote a server: it reaches stderr through the one redactor.
+            stopped = None if stopped is None else session.secrets.redact(stopped)
     stats = RunStats()
     for result in done:
         add_stats(stats, result.stats)

@@ -267,11 +267,14 @@ class _Parent:
             case Done(stats, stopped, budget_refused, slowed, stop_code):
                 self.stats.merge(stats)
                 if self.stopped is None and stopped is not None:
-                    self.stopped, self.stop_code = stopped, stop_code
+                    self.stopped = self.session.secrets.redact(stopped)
+                    self.stop_code = stop_code
                 self.budget_refused += budget_refused
                 self.slowed = self.slowed or slowed
                 return True
             case Failed(text):
+                # A worker's exception may quote a server, and it never saw the client secret.
+                text = self.session.secrets.redact(text)
                 if self.error is None:
                     self.error = FatalError(text)
                 self.stopped = self.stopped or text

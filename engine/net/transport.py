@@ -20,6 +20,7 @@ import aiohttp
 import yarl
 
 from engine.config import HTTP_CLIENTS
+from engine.core.events import header_problem
 from engine.core.query import Request
 from engine.core.records import ErrorKind, Response
 from engine.net.http1 import Http1Client, HttpError
@@ -118,6 +119,9 @@ class SessionTransport:
             headers["Authorization"] = authorization
         sent_at = time.time()
         start = time.perf_counter()
+        # make_event refuses such values; an Event built by hand must not raise in aiohttp.
+        if any(header_problem(value) is not None for value in headers.values()):
+            return _failed(sent_at, start, ErrorKind.REQUEST, "a header value cannot be sent")
         try:
             async with self._session.get(
                 yarl.URL(request.url, encoded=True), headers=headers, allow_redirects=False
