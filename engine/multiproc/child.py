@@ -40,6 +40,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from engine.core.events import EventDefaults, Item
 from engine.core.records import Result, jsonl
+from engine.core.secrets import Secrets
 from engine.files.sinks import JsonlSink
 from engine.multiproc.messages import (
     Answered,
@@ -193,7 +194,9 @@ class _Worker:
         # Unbounded, yet bounded by the parent's credit: it never sends more than that.
         units_send, units_receive = anyio.create_memory_object_stream[Units](math.inf)
         async with transport_for(config) as transport:
-            engine = self.engine = Engine(config, self.tokens, transport)
+            # It writes records itself (direct output): it redacts what the parent would.
+            secrets = Secrets(self.start.secrets, issued=self.tokens.secrets)
+            engine = self.engine = Engine(config, self.tokens, transport, secrets=secrets)
             async with anyio.create_task_group() as tg:
                 self.tg = tg
                 tg.start_soon(self.listen, units_send)

@@ -28,6 +28,9 @@ class Start:
     lease: Lease  # the current Authorization value, and for how long it may be sent
     ordered: bool  # send encoded lines with their seq, for the parent to order
     output: str | None  # the file to append records to itself (unordered, regular file)
+    #: What the worker must redact from what it writes (the run's Secrets.texts(): the
+    #: client secret and its Basic form too). Never used to ask for a token.
+    secrets: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,8 +20,8 @@ Rules:
 - Tokens: the parent owns the run's one token provider behind the run's one
   `TokenBroker` (so one token request per renewal whatever N is) and pushes every new
   Authorization value to all workers; a worker's 401 asks the parent, whose broker
-  renews once for everyone. Workers never see client secrets, only the bearer token
-  they must send (and redact).
+  renews once for everyone. Workers never use client secrets: they get the bearer token
+  they must send, and the run's secrets only to redact what they write themselves.
 - Messages are engine/multiproc/messages.py's; starting and stopping the processes is
   engine/multiproc/driver.py's.
 - A worker that stops the run (token refused, endpoint unreachable, throttled for good,
@@ -123,7 +123,13 @@ class _Parent:
     async def begin(self, share: Config) -> None:
         """Send every worker its share of the run (they were started before)."""
         self.pushed = self.tokens.lease()
-        start = Start(share, self.pushed, self.config.ordered, self.direct_output)
+        start = Start(
+            share,
+            self.pushed,
+            self.config.ordered,
+            self.direct_output,
+            self.session.secrets.texts(),
+        )
         for worker in self.workers:
             await self._send(worker, start)
 
