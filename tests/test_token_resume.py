@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import anyio
+import orjson
 import pytest
 from conftest import exactly_once, read_records
 
@@ -147,6 +148,59 @@ async def test_dead_token_endpoint_stops_the_run_unsent_events_unwritten_then_re
         # Every event was sent exactly once over the two runs.
         assert mock.state.delivery_requests == n
         assert mock.state.expired_token_uses == 0
+    final = read_records(out)
+    exactly_once(final, n)
+    assert all(r["ok"] for r in final)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "options", [pytest.param([], id="1-process"), pytest.param(["--workers", "2"], id="workers")]
+)
+async def test_a_resume_stopped_by_a_dead_token_endpoint_still_leaves_one_line_per_event(
+    tmp_path: Path, write_jsonl: Callable[..., Path], options: list[str]
+) -> None:
+    """Exit 3 in the middle of a --resume: the events it sent again replace their old
+    records, the others keep theirs; one line per event either way."""
+    n = 2000
+    inputs = write_jsonl(events(n))
+    out = tmp_path / "out.jsonl"
+    old = {
+        "status": 503,
+        "ok": False,
+        "attempts": 4,
+        "latency_ms": 1.0,
+        "sent_at": 1.0,
+        "error": "HTTP 503; gave up after 4 attempts",
+        "response": None,
+        "error_kind": "http_503",
+        "scheduled_at": None,
+        "retries": [],
+    }
+    out.write_bytes(
+        b"".join(
+            orjson.dumps({"seq": i, "id": f"ev-{i}", "source": f"{inputs}:{i + 1}", **old}) + b"\n"
+            for i in range(n)
+        )
+    )
+    mock_config = MockConfig(token_lifetime=1.5, fixed_body=FIXED_BODY)
+    async with running_mock(mock_config) as mock:
+        args = ["--resume", "-c", "16", "--token-wait", "0.3", *options]
+        proc = start(mock, inputs, out, "--rate", "400", *args)
+        await kill_token_endpoint_after_first_token(mock, proc)
+        rc, stderr = await ended(proc)
+        assert rc == 3, stderr
+        assert (mock.state.expired_token_uses, mock.state.unauthorized) == (0, 0)
+        middle = read_records(out)
+        exactly_once(middle, n)
+        sent = mock.state.delivery_requests
+        assert 0 < sum(r["status"] == 200 for r in middle) == sent < n
+        assert {r["status"] for r in middle} == {200, 503}
+
+        mock.state.config = replace(mock.state.config, token_down=False, token_lifetime=900.0)
+        rc, stderr = await ended(start(mock, inputs, out, *args))
+        assert rc == 0, stderr
+        assert mock.state.delivery_requests == n
     final = read_records(out)
     exactly_once(final, n)
     assert all(r["ok"] for r in final)

@@ -333,7 +333,8 @@ class RecordLine:
 
 
 #: The error kinds of records `--resume` sends again: no answer came (the transport's
-#: kinds) or the handling failed (internal); another try may well succeed.
+#: kinds: `disconnected` and `payload` are the network failing mid-answer, as retryable
+#: as a reset) or the handling failed (internal); another try may well succeed.
 TRANSIENT_KINDS = frozenset(
     {
         ErrorKind.TIMEOUT,
@@ -350,10 +351,34 @@ TRANSIENT_STATUSES = frozenset({401, 408, 429})
 
 def is_transient(status: int | None, error_kind: str | None) -> bool:
     """True when a record so ended may end otherwise if sent again (401, 408, 429, 5xx,
-    timeout, connect, network, internal...): `--resume` does not count it as answered."""
+    timeout, connect, network, internal...): `--resume` does not count it as answered.
+
+    Final: 2xx, the other 4xx, and a record whose kind is its own, whatever its status
+    (`too_large`: the answer came, only too big; `invalid`, `request`, `protocol`...)."""
     if error_kind in TRANSIENT_KINDS:
         return True
+    if error_kind is not None and not error_kind.startswith("http_"):
+        return False
     return status is not None and (status in TRANSIENT_STATUSES or 500 <= status <= 599)
+
+
+_SEQ_HEAD = b'{"seq":'
+
+
+def record_seq(line: bytes, *, checked: bool = False) -> int | None:
+    """The seq of an output line; None when it is not an adbatch record (`parse_record`).
+
+    `checked`: the line was read by `parse_record` already (resume indexed it), so its
+    seq is taken from its head as the writers put it (`{"seq":N,`, the first field of
+    `Result`) without parsing the whole line again.
+    """
+    if checked and line.startswith(_SEQ_HEAD):
+        comma = line.find(b",", 7, 40)
+        digits = line[7:comma]
+        if comma > 7 and digits.isdigit():
+            return int(digits)
+    record = parse_record(line)
+    return None if record is None else record.seq
 
 
 def _num(value: object) -> float | None:

@@ -202,7 +202,9 @@ class _Parent:
         kept = []
         for unit in batch:
             seq = unit.seq
-            if index.holds(seq) and index.answered(seq, unit.source, unit_item(unit, defaults).id):
+            if index.recorded(seq) and index.answered(
+                seq, unit.source, unit_item(unit, defaults).id
+            ):
                 continue
             kept.append(unit)
         self.resumed += len(batch) - len(kept)

@@ -22,6 +22,9 @@ Rules:
   task group comes out as itself, so the CLI prints its one line. An output file
   deleted or replaced during the run ends it with exit 3 (files/sinks.py), also when
   that is only seen as the run ends.
+- After a `--resume` run, however it ended, the output is left with one line per event,
+  its latest record (files/resume.py's `compact`: the records the run superseded go,
+  by an atomic rewrite).
 """
 
 from __future__ import annotations
@@ -34,9 +37,9 @@ from engine.config import Config
 from engine.core.events import ReadCounts
 from engine.core.records import Result, jsonl
 from engine.core.secrets import Secrets
-from engine.errors import plain_engine_errors
+from engine.errors import OutputError, plain_engine_errors
 from engine.files.paths import check_outputs
-from engine.files.resume import ResumeIndex, open_resume
+from engine.files.resume import ResumeIndex, compact, open_resume
 from engine.files.sinks import JsonlSink, create_output
 from engine.files.sources import check_inputs
 from engine.net.auth import StaticToken, TokenProvider
@@ -156,6 +159,18 @@ async def open_run(
     finally:
         if sink is not None:
             sink.close(check=ended)
+            if index is not None and config.output is not None:
+                _compact(config.output, index, quiet=not ended)
+
+
+def _compact(path: str, index: ResumeIndex, *, quiet: bool) -> None:
+    """--resume: one line per event in the output, its latest record, however the run
+    ended (an error on the way out is not masked by one of this rewrite's)."""
+    try:
+        compact(path, index)
+    except OutputError:
+        if not quiet:
+            raise
 
 
 async def _provider(
