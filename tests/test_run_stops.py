@@ -14,13 +14,12 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import anyio
 import anyio.lowlevel
 import orjson
 import pytest
-from conftest import MOCK_TOKEN, config_for, read_records
+from conftest import MOCK_TOKEN, config_for, exactly_once, read_records
 
 from engine import Config, run
 from engine.cli.main import main
@@ -54,34 +53,6 @@ def _events(n: int) -> list[dict[str, object]]:
         }
         for i in range(n)
     ]
-
-
-def _resume_resends_transient() -> bool:
-    """Whether --resume already sends a transient record's event again (issue 12 item 7,
-    another engineer's, in engine/files/resume.py): the tests of a resume after a stop
-    need it. Remove this probe and its marks once it has landed."""
-    import tempfile
-
-    from engine.core.records import Result
-    from engine.files.resume import open_resume
-
-    record = Result(0, "e0", "in.jsonl:1", 429, False, 2, 1.0, 1.0, "HTTP 429", None, "http_429")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "out.jsonl")
-        with open(path, "wb") as f:
-            f.write(record.to_json() + b"\n")
-        return not open_resume(path).holds(0)
-
-
-def _needs_transient_resume() -> None:
-    """Called between a test's stop and its resume: what came before is checked either way."""
-    if not _resume_resends_transient():
-        pytest.xfail("--resume does not send transient records again yet (issue 12 item 7)")
-
-
-def _latest(records: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
-    """The last record of each seq (what an output says once superseded lines go)."""
-    return {r["seq"]: r for r in records}
 
 
 async def _run_with(
@@ -174,7 +145,7 @@ async def test_a_transport_that_raises_for_one_event(
         summary = await engine.execute(
             file_feed(session.config, session.counts), session.emit, session.counts
         )
-    records = _latest(read_records(out))
+    records = {r["seq"]: r for r in read_records(out)}
     assert len(records) == 30
     assert records[7]["error"] == "KeyError: 'x'"
     assert records[7]["error_kind"] == "internal"
@@ -281,13 +252,12 @@ async def test_resume_sends_internal_records_again(
     assert first.exit_code == 70
     failed = {r["seq"] for r in read_records(out)}
 
-    _needs_transient_resume()
     second = await run(config_for(mock, events, out, resume=True))
     assert second.exit_code == 0
-    latest = _latest(read_records(out))
-    assert sorted(latest) == list(range(100))
-    assert all(r["ok"] for r in latest.values())
-    assert failed <= {r["seq"] for r in latest.values() if r["ok"]}
+    records = read_records(out)
+    exactly_once(records, 100)  # the internal lines were replaced by their new record
+    assert all(r["ok"] for r in records)
+    assert failed
     assert mock.state.delivery_requests == 100  # the internal ones were sent this time
 
 
@@ -320,14 +290,13 @@ async def test_throttled_for_good_stops_with_3_then_resume_finishes(
     assert {r["status"] for r in refused} == {429}
     assert all(r["attempts"] == 2 for r in refused)
 
-    _needs_transient_resume()
     async with running_mock() as healthy:
         second = await run(config_for(healthy, events, out, resume=True, **options))
         sent = healthy.state.delivery_requests
     assert second.exit_code == 0
-    latest = _latest(read_records(out))
-    assert sorted(latest) == list(range(40))
-    assert all(r["ok"] for r in latest.values())
+    records = read_records(out)
+    exactly_once(records, 40)  # one line per input line, its latest outcome
+    assert all(r["ok"] for r in records)
     assert sent == 40  # the refused events too: a 429 record is not an answer
 
 
@@ -371,15 +340,14 @@ async def test_cli_gives_up_with_3_and_the_message_then_resume_under_two_workers
     assert 0 < len(first) < 400
     assert {r["status"] for r in first} == {429}
 
-    _needs_transient_resume()
     async with running_mock() as healthy:
         code, err = await _cli(
             "--endpoint", healthy.delivery_url, "--resume", *common, str(events), cwd=tmp_path
         )
     assert code == 0, err
-    latest = _latest(read_records(tmp_path / "out.jsonl"))
-    assert sorted(latest) == list(range(400))
-    assert all(r["ok"] for r in latest.values())
+    records = read_records(tmp_path / "out.jsonl")
+    exactly_once(records, 400)
+    assert all(r["ok"] for r in records)
 
 
 def test_summary_file_says_70(
