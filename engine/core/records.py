@@ -248,7 +248,8 @@ def answered(
     """The record of an answered event; `retries` says why earlier attempts failed and
     `note` why the last failure was not retried."""
     status = resp.status
-    ok = status is not None and 200 <= status < 300
+    # An error with a status (too_large keeps the status it came with) is not ok.
+    ok = status is not None and 200 <= status < 300 and resp.error is None
     error: str | None
     kind: str | None
     if resp.error is not None:

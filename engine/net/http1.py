@@ -4,8 +4,8 @@
 hooks, a cookie filter and a header multidict for every call: about 250 µs of CPU per
 call on our benchmark machine, most of a delivery call's cost. A delivery call needs
 none of that: the same GET to the same host, over and over. This module keeps aiohttp's
-protocol (`ResponseHandler`) and its C response parser (llhttp: chunked bodies, gzip and
-deflate, bodies up to EOF, 1xx, `Connection: close`, HTTP/1.0), and does the rest itself:
+protocol (`ResponseHandler`) and its C response parser (llhttp: chunked bodies, bodies
+up to EOF, 1xx, `Connection: close`, HTTP/1.0), and does the rest itself:
 
 - a pool of keep-alive connections per (scheme, host, port), at most `limit` open, the
   most recently used handed out first (LIFO keeps the pool warm and lets idle ones age);
@@ -16,11 +16,17 @@ deflate, bodies up to EOF, 1xx, `Connection: close`, HTTP/1.0), and does the res
   connection (RFC 9112 §9.3.1: a client may retry an idempotent request then; aiohttp's
   session does the same);
 - a deadline for the whole call (connecting included), after which the connection is
-  dropped, never reused half-read.
+  dropped, never reused half-read;
+- bodies read and decompressed by `engine.net.bodies` under `max_body` bytes (gzip and
+  deflate in bounded steps; aiohttp's own decompression is off); an answer over it is a
+  `too_large` failure that keeps its status, and its connection is dropped;
+- a connection that received anything while it sat idle in the pool (an answer nobody
+  asked for, part of one, garbage) or was closed is never handed out again: the next
+  call would read those bytes as its own answer.
 
 Failures raise `HttpError` with a `kind` (an `ErrorKind`: connect, timeout, disconnected,
-payload, protocol, network, request) and a one-line message; `engine.net.transport` turns
-them into records.
+payload, protocol, network, request, too_large) and a one-line message; `engine.net.transport`
+turns them into records.
 """
 
 from __future__ import annotations
@@ -38,20 +44,22 @@ from aiohttp.client_proto import ResponseHandler
 from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDictProxy
 
+from engine.config import DEFAULT_MAX_RESPONSE_BYTES
 from engine.core.records import ErrorKind
+from engine.net.bodies import ACCEPT_ENCODING, BodyError, read_body
 
-# gzip and deflate: what every server speaks and the parser decodes without extras.
-_ACCEPT_ENCODING = "gzip, deflate"
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class HttpError(Exception):
-    """One call failed without an HTTP answer; `kind` says how."""
+    """One call failed without a usable HTTP answer; `kind` says how, `status` is the
+    answer's status when one came (too_large only)."""
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: str, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.kind = kind
         self.message = message
+        self.status = status
 
 
 class Answer(NamedTuple):
@@ -64,6 +72,18 @@ class Answer(NamedTuple):
 class _Target:
     pool: _Pool
     path: str
+
+
+class _Connection(ResponseHandler):
+    """aiohttp's protocol, counting the reads of its socket: the pool compares the count
+    when a connection is handed out with the count when it was put back."""
+
+    reads = 0
+    reads_at_rest = 0
+
+    def data_received(self, data: bytes) -> None:
+        self.reads += 1
+        super().data_received(data)
 
 
 def _tls_context(verify: bool) -> ssl.SSLContext:
@@ -107,8 +127,8 @@ class _Pool:
         self.loop = loop
         self._ssl = tls
         self._limit = limit
-        self._idle: list[ResponseHandler] = []
-        self._open: set[ResponseHandler] = set()
+        self._idle: list[_Connection] = []
+        self._open: set[_Connection] = set()
         # Connections being opened count against `limit` too: without this, N calls
         # arriving together on an empty pool all passed the check and opened N sockets.
         self._connecting = 0
@@ -117,16 +137,22 @@ class _Pool:
         self.head_start = f"Host: {host_header}\r\n{user_headers}"
         self.closed = False
 
-    def take_idle(self) -> ResponseHandler | None:
+    def take_idle(self) -> _Connection | None:
         idle = self._idle
         while idle:
             proto = idle.pop()
-            if proto.is_connected() and not proto.should_close:
+            # Anything read while idle (a stray answer, part of one, garbage: should_close
+            # sees only whole ones) or an EOF spoils it.
+            if (
+                proto.reads == proto.reads_at_rest
+                and proto.is_connected()
+                and not proto.should_close
+            ):
                 return proto
             self._drop(proto)
         return None
 
-    async def connect(self) -> ResponseHandler:
+    async def connect(self) -> _Connection:
         while len(self._open) + self._connecting >= self._limit:
             waiter = self.loop.create_future()
             self._waiters.append(waiter)
@@ -151,7 +177,7 @@ class _Pool:
         self._connecting += 1
         try:
             _, proto = await loop.create_connection(
-                lambda: ResponseHandler(loop),
+                lambda: _Connection(loop),
                 self.host,
                 self.port,
                 ssl=self._ssl,
@@ -172,24 +198,26 @@ class _Pool:
             if proto is None:
                 self._wake()  # a failed or cancelled connect frees its slot
         # One parser for the connection's life: llhttp reads one answer after another.
-        proto.set_response_params(read_until_eof=True, auto_decompress=True)
+        # Bodies are decompressed by engine.net.bodies, under the size limit.
+        proto.set_response_params(read_until_eof=True, auto_decompress=False)
         self._open.add(proto)
         return proto
 
-    def release(self, proto: ResponseHandler) -> None:
+    def release(self, proto: _Connection) -> None:
         """Back to the pool when it can carry another call, else closed."""
         if self.closed or proto.should_close or not proto.is_connected():
             self._drop(proto)
             return
+        proto.reads_at_rest = proto.reads
         self._idle.append(proto)
         self._wake()
 
-    def _drop(self, proto: ResponseHandler) -> None:
+    def _drop(self, proto: _Connection) -> None:
         proto.close()
         self._open.discard(proto)
         self._wake()
 
-    def discard(self, proto: ResponseHandler) -> None:
+    def discard(self, proto: _Connection) -> None:
         """A connection in an unknown state (a timeout, a cancel): never reused."""
         proto.abort()
         self._open.discard(proto)
@@ -215,7 +243,8 @@ class _Pool:
 
 
 class Http1Client:
-    """GETs over keep-alive connections, `limit` per origin, `timeout` seconds per call."""
+    """GETs over keep-alive connections, `limit` per origin, `timeout` seconds per call,
+    bodies of at most `max_body` bytes (after decompression)."""
 
     def __init__(
         self,
@@ -223,16 +252,18 @@ class Http1Client:
         limit: int,
         timeout: float,
         verify_tls: bool = True,
+        max_body: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         if limit < 1:
             raise ValueError("limit must be at least 1")
         self._limit = limit
         self._timeout = timeout
+        self._max_body = max_body
         self._verify_tls = verify_tls
         self._tls: ssl.SSLContext | None = None
         self._pools: dict[tuple[str, str, int], _Pool] = {}
         self._targets: dict[str, _Target] = {}
-        self._common = f"Accept-Encoding: {_ACCEPT_ENCODING}\r\n"
+        self._common = f"Accept-Encoding: {ACCEPT_ENCODING}\r\n"
 
     def close(self) -> None:
         for pool in self._pools.values():
@@ -305,7 +336,7 @@ class Http1Client:
             # (cheaper per call than a cancel scope; connecting has its own above).
             timer = loop.call_at(deadline, transport.abort)
             try:
-                answer = await _exchange(proto, transport, head)
+                answer = await _exchange(proto, transport, head, self._max_body)
             # OSError, not just ConnectionError: aiohttp's protocol hands a reset over as
             # ClientOSError (an OSError only), and a stale connection may well be reset.
             except (ServerDisconnectedError, OSError) as exc:
@@ -330,7 +361,7 @@ class Http1Client:
     # The helpers below run on the rare paths only (a new connection, a failed call): the
     # path of a call on a kept-alive connection stays one frame deep, as it was measured.
 
-    async def _connect(self, pool: _Pool, deadline: float) -> ResponseHandler:
+    async def _connect(self, pool: _Pool, deadline: float) -> _Connection:
         """A new connection within what is left of the call's deadline."""
         try:
             async with asyncio.timeout_at(deadline):
@@ -360,15 +391,22 @@ class Http1Client:
         return HttpError(ErrorKind.TIMEOUT, f"no answer within {self._timeout:g}s")
 
 
-async def _exchange(proto: ResponseHandler, transport: asyncio.Transport, head: bytes) -> Answer:
+async def _exchange(
+    proto: _Connection, transport: asyncio.Transport, head: bytes, max_body: int
+) -> Answer:
     transport.write(head)
     while True:
         message, payload = await proto.read()
         # 1xx are interim answers (101 would be an upgrade, which we never ask for).
         if not 100 <= message.code < 200:
             break
-    body = await payload.read()
-    return Answer(message.code, body, message.headers)
+    headers = message.headers
+    try:
+        body = await read_body(payload, headers.get("Content-Encoding"), max_body)
+    except BodyError as exc:  # the caller drops the connection: the rest is on the wire
+        status = message.code if exc.kind == ErrorKind.TOO_LARGE else None
+        raise HttpError(exc.kind, exc.message, status) from None
+    return Answer(message.code, body, headers)
 
 
 def _reason(exc: OSError) -> str:

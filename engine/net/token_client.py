@@ -7,6 +7,9 @@ Rules:
   (failures are data); the provider in engine/net/oauth.py decides about retries.
 - The secret goes in the form body only (Criteo's documented form; no Basic header, which
   would need aiohttp.BasicAuth) and is redacted from every message.
+- An answer is read through engine.net.bodies under `max_bytes` (TOKEN_MAX_BYTES, or
+  --max-response-bytes when smaller): a larger one, or one that cannot be decoded, is a
+  failed request ("unavailable"), never a crash or a held gigabyte.
 """
 
 from __future__ import annotations
@@ -17,13 +20,17 @@ from types import TracebackType
 import aiohttp
 
 from engine.config import Config
+from engine.core.records import ErrorKind
 from engine.core.secrets import Secrets
 from engine.core.tokenwindow import TokenFailure, TokenGrant, endpoint_message, parse_token_answer
 from engine.net.auth import StaticToken, TokenProvider
+from engine.net.bodies import ACCEPT_ENCODING, BodyError, read_body
 from engine.net.oauth import OAuthToken
 
 _POOL = 2  # one renewal at a time, plus one spare connection
 DEFAULT_TOKEN_TIMEOUT = 10.0
+#: A token answer is a few hundred bytes (a few KB for a JWT with many claims).
+TOKEN_MAX_BYTES = 64 * 1024
 
 
 class TokenClient:
@@ -37,8 +44,10 @@ class TokenClient:
         client_secret: str,
         timeout: float = DEFAULT_TOKEN_TIMEOUT,
         verify_tls: bool = True,
+        max_bytes: int = TOKEN_MAX_BYTES,
     ) -> None:
         self.url = url
+        self._max_bytes = max_bytes
         self._form = {
             "grant_type": "client_credentials",
             "client_id": client_id,
@@ -54,6 +63,7 @@ class TokenClient:
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=_POOL, ssl=self._verify_tls),
             timeout=aiohttp.ClientTimeout(total=self._timeout),
+            auto_decompress=False,  # engine.net.bodies decompresses, under the limit
         )
         return self
 
@@ -73,11 +83,17 @@ class TokenClient:
             async with self._session.post(
                 self.url,
                 data=self._form,
-                headers={"Accept": "application/json"},
+                headers={"Accept": "application/json", "Accept-Encoding": ACCEPT_ENCODING},
                 allow_redirects=False,
             ) as resp:
-                body = await resp.read()
                 status = resp.status
+                try:
+                    body = await read_body(
+                        resp.content, resp.headers.get("Content-Encoding"), self._max_bytes
+                    )
+                except BodyError as exc:
+                    resp.close()  # the rest is still on the wire
+                    return TokenFailure("unavailable", self._unreadable(status, exc))
         except TimeoutError:
             return TokenFailure("unavailable", f"no answer within {self._timeout:g}s")
         except aiohttp.ClientConnectorError as exc:
@@ -94,6 +110,11 @@ class TokenClient:
             )
         return parse_token_answer(status, body, secrets=self._secrets)
 
+    def _unreadable(self, status: int, exc: BodyError) -> str:
+        if exc.kind == ErrorKind.TOO_LARGE:
+            return f"HTTP {status}: token answer larger than {self._max_bytes} bytes; not read"
+        return endpoint_message(f"HTTP {status}: {exc.message}", self._secrets)
+
 
 async def open_token_provider(config: Config, stack: AsyncExitStack) -> TokenProvider:
     """The run's token provider; a dynamic one has its first token before any call.
@@ -109,7 +130,10 @@ async def open_token_provider(config: Config, stack: AsyncExitStack) -> TokenPro
     assert config.client_secret is not None
     client = await stack.enter_async_context(
         TokenClient(
-            config.token_url, client_id=config.client_id, client_secret=config.client_secret
+            config.token_url,
+            client_id=config.client_id,
+            client_secret=config.client_secret,
+            max_bytes=min(config.max_response_bytes, TOKEN_MAX_BYTES),
         )
     )
     provider = OAuthToken(client, wait=config.token_wait)

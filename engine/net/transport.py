@@ -8,21 +8,26 @@ turns them into records (failures are data).
 keep-alive pool: about a fifth of the CPU per call). `SessionTransport` is the plain
 `aiohttp.ClientSession`, kept as `--http-client session` for servers or set-ups the lean
 client does not cover (it is the reference the lean one is tested against).
+
+Both read bodies through `engine.net.bodies` (the size limit, `max_response_bytes`, and
+bounded decompression: aiohttp's own is off in both): an answer over the limit is a
+`too_large` Response that keeps its status, not its body, and its connection is closed.
 """
 
 from __future__ import annotations
 
 import time
 from types import TracebackType
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiohttp
 import yarl
 
-from engine.config import HTTP_CLIENTS
+from engine.config import DEFAULT_MAX_RESPONSE_BYTES, HTTP_CLIENTS
 from engine.core.events import header_problem
 from engine.core.query import Request
 from engine.core.records import ErrorKind, Response
+from engine.net.bodies import ACCEPT_ENCODING, BodyError, read_body
 from engine.net.http1 import Http1Client, HttpError
 
 
@@ -31,21 +36,41 @@ class Transport(Protocol):
 
 
 def open_transport(
-    *, concurrency: int, timeout: float, client: str = "http1", verify_tls: bool = True
+    *,
+    concurrency: int,
+    timeout: float,
+    client: str = "http1",
+    verify_tls: bool = True,
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
 ) -> Http1Transport | SessionTransport:
     """The transport named by `client` (one of HTTP_CLIENTS), to use with `async with`."""
+    options: dict[str, Any] = {
+        "concurrency": concurrency,
+        "timeout": timeout,
+        "verify_tls": verify_tls,
+        "max_response_bytes": max_response_bytes,
+    }
     if client == "session":
-        return SessionTransport(concurrency=concurrency, timeout=timeout, verify_tls=verify_tls)
+        return SessionTransport(**options)
     if client == "http1":
-        return Http1Transport(concurrency=concurrency, timeout=timeout, verify_tls=verify_tls)
+        return Http1Transport(**options)
     raise ValueError(f"unknown HTTP client {client!r}; use one of {', '.join(HTTP_CLIENTS)}")
 
 
 class Http1Transport:
     """Keep-alive connections (at most `concurrency`) on `engine.net.http1`."""
 
-    def __init__(self, *, concurrency: int, timeout: float, verify_tls: bool = True) -> None:
-        self._client = Http1Client(limit=concurrency, timeout=timeout, verify_tls=verify_tls)
+    def __init__(
+        self,
+        *,
+        concurrency: int,
+        timeout: float,
+        verify_tls: bool = True,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+    ) -> None:
+        self._client = Http1Client(
+            limit=concurrency, timeout=timeout, verify_tls=verify_tls, max_body=max_response_bytes
+        )
 
     async def __aenter__(self) -> Http1Transport:
         return self
@@ -64,7 +89,7 @@ class Http1Transport:
         try:
             answer = await self._client.get(request.url, request.headers, authorization)
         except HttpError as exc:
-            return _failed(sent_at, start, exc.kind, exc.message)
+            return _failed(sent_at, start, exc.kind, exc.message, exc.status)
         latency_ms = (time.perf_counter() - start) * 1000.0
         return Response(
             answer.status,
@@ -78,14 +103,22 @@ class Http1Transport:
 class SessionTransport:
     """One aiohttp session with a connection pool sized to the run's concurrency."""
 
-    def __init__(self, *, concurrency: int, timeout: float, verify_tls: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        concurrency: int,
+        timeout: float,
+        verify_tls: bool = True,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+    ) -> None:
         self._concurrency = concurrency
         self._timeout = timeout
         self._verify_tls = verify_tls
+        self._max_body = max_response_bytes
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> SessionTransport:
-        connector = aiohttp.TCPConnector(
+        connector = _CheckedConnector(
             limit=self._concurrency,
             limit_per_host=0,
             ttl_dns_cache=300,
@@ -94,7 +127,7 @@ class SessionTransport:
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=self._timeout),
-            auto_decompress=True,
+            auto_decompress=False,  # engine.net.bodies decompresses, under the limit
             skip_auto_headers=("Content-Type",),
             # The delivery API sets no cookies worth keeping; a real jar filters every
             # request's cookies, a measurable cost per call.
@@ -115,6 +148,8 @@ class SessionTransport:
     async def send(self, request: Request, authorization: str | None) -> Response:
         assert self._session is not None, "use the transport inside `async with`"
         headers = dict(request.headers)
+        # What bodies decodes (aiohttp would add br or zstd when their modules are there).
+        headers["Accept-Encoding"] = ACCEPT_ENCODING
         if authorization is not None:
             headers["Authorization"] = authorization
         sent_at = time.time()
@@ -126,9 +161,16 @@ class SessionTransport:
             async with self._session.get(
                 yarl.URL(request.url, encoded=True), headers=headers, allow_redirects=False
             ) as resp:
-                body = await resp.read()
                 status = resp.status
                 retry_after = resp.headers.get("Retry-After")
+                try:
+                    body = await read_body(
+                        resp.content, resp.headers.get("Content-Encoding"), self._max_body
+                    )
+                except BodyError as exc:
+                    resp.close()  # the rest of the body is still on the wire: drop it
+                    kept = status if exc.kind == ErrorKind.TOO_LARGE else None
+                    return _failed(sent_at, start, exc.kind, exc.message, kept)
         except TimeoutError:
             return _failed(
                 sent_at, start, ErrorKind.TIMEOUT, f"no answer within {self._timeout:g}s"
@@ -160,7 +202,33 @@ class SessionTransport:
         return Response(status, body, sent_at, latency_ms, retry_after=retry_after)
 
 
-def _failed(sent_at: float, start: float, kind: str, message: str) -> Response:
-    return Response(
-        None, b"", sent_at, (time.perf_counter() - start) * 1000.0, error=message, error_kind=kind
-    )
+def _failed(
+    sent_at: float, start: float, kind: str, message: str, status: int | None = None
+) -> Response:
+    latency_ms = (time.perf_counter() - start) * 1000.0
+    return Response(status, b"", sent_at, latency_ms, error=message, error_kind=kind)
+
+
+class _CheckedConnector(aiohttp.TCPConnector):
+    """aiohttp's connector, except that a pooled connection holding an answer nobody asked
+    for (a whole one, or a head whose body is still coming) or an error is closed instead
+    of being handed to the next call, which would read it as its own answer.
+
+    aiohttp checks this when a connection goes back to the pool, not when it comes out;
+    bytes that arrive in between are what this closes the gap on. `_get` is aiohttp's
+    (private) pool lookup: taken as *args so that a change of signature passes through,
+    and should it be renamed, this is simply never called. A partial stray head is not
+    seen here, and need not be: aiohttp gives each request a new parser, which never
+    sees the old one's bytes. The http1 client keeps one parser and drops a connection
+    on any stray byte.
+    """
+
+    async def _get(self, *args: Any, **kwargs: Any) -> Any:
+        while True:
+            conn = await super()._get(*args, **kwargs)
+            if conn is None:
+                return None
+            protocol = getattr(conn, "protocol", None)
+            if protocol is None or not protocol.should_close:
+                return conn
+            conn.close()

@@ -101,7 +101,10 @@ async def transport_for(config: Config) -> AsyncIterator[Transport | None]:
         yield None
         return
     async with open_transport(
-        concurrency=config.concurrency, timeout=config.timeout, client=config.http_client
+        concurrency=config.concurrency,
+        timeout=config.timeout,
+        client=config.http_client,
+        max_response_bytes=config.max_response_bytes,
     ) as transport:
         yield transport
 
