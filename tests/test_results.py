@@ -114,6 +114,8 @@ def test_error_kind_values_stay_as_they_were() -> None:
         "NETWORK": "network",
         "PROTOCOL": "protocol",
         "REQUEST": "request",
+        "TOO_LARGE": "too_large",
+        "INTERNAL": "internal",
         "INVALID": "invalid",
         "DROPPED": "dropped",
         "DRY_RUN": "dry_run",
