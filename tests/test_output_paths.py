@@ -85,7 +85,7 @@ def test_two_outputs_naming_one_new_file_are_refused(
     monkeypatch.chdir(tmp_path)
     (tmp_path / "sub").mkdir()
     (tmp_path / "dangling").symlink_to("new.jsonl")
-    with pytest.raises(ConfigError, match="the same file as the output -o"):
+    with pytest.raises(ConfigError, match="the same file as -o"):
         check_outputs([], [("-o", first), ("--summary", second)])
 
 
@@ -129,10 +129,12 @@ def _commands(inp: str, out: str, link: str) -> list[tuple[str, list[str]]]:
         ("merge -o part", ["merge", inp, "-o", link]),
         ("report --html input", ["report", inp, "--html", link]),
         ("report --summary --html", ["report", inp, "--summary", out, "--html", f"./{out}"]),
+        ("run -o --token-file", [*run, "--token-file", "token.txt", inp, "-o", "./token.txt"]),
+        ("load --summary --config", [*load, "--config", "a.toml", inp, "--summary", "a.toml"]),
     ]
 
 
-@pytest.mark.parametrize("case", range(11))
+@pytest.mark.parametrize("case", range(13))
 def test_every_command_refuses_before_writing(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -144,12 +146,16 @@ def test_every_command_refuses_before_writing(
     data = b"".join(b'{"id": "e%d", "partner": 1}\n' % i for i in range(5))
     (tmp_path / "in.jsonl").write_bytes(data)
     (tmp_path / "link").symlink_to(tmp_path / "in.jsonl")
+    (tmp_path / "token.txt").write_bytes(b"mock-token\n")
+    (tmp_path / "a.toml").write_bytes(b"timeout = 3\n")
     name, argv = _commands("in.jsonl", "out.jsonl", "link")[case]
     assert main(argv) == 2, name
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0, err
     assert "is the same file as" in err
     assert (tmp_path / "in.jsonl").read_bytes() == data
+    assert (tmp_path / "token.txt").read_bytes() == b"mock-token\n"
+    assert (tmp_path / "a.toml").read_bytes() == b"timeout = 3\n"
     assert not (tmp_path / "out.jsonl").exists(), "an output was opened before the check"
 
 

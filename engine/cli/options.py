@@ -20,6 +20,7 @@ from typing import Any, NoReturn, TypeVar
 from engine.config import Config
 from engine.core.shard import parse_shard
 from engine.errors import ConfigError
+from engine.files.paths import check_outputs
 
 #: Options that may also come from the environment.
 ENV_VARS = {
@@ -157,9 +158,17 @@ def config_from_args(args: argparse.Namespace) -> Config:
     merged["progress"] = (not args.no_progress) and sys.stderr.isatty()
     _coerce_file_values(merged)
     try:
-        return Config(**merged).validated()
+        config = Config(**merged).validated()
     except TypeError as exc:
         raise ConfigError(f"bad option value: {exc}") from None
+    # The files options are read from are inputs too (open_run checks the event inputs).
+    option_files = [(f"--{name.replace('_', '-')}", getattr(args, name)) for name in _READ]
+    check_outputs(option_files, [("-o", config.output), ("--summary", config.summary)])
+    return config
+
+
+#: Options whose value is a file adbatch reads (no output may overwrite it).
+_READ = ("config", "token_file", "client_secret_file")
 
 
 def _coerce_file_values(merged: dict[str, Any]) -> None:

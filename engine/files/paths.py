@@ -40,23 +40,18 @@ def file_key(path: str) -> tuple[object, ...] | None:
 
 def check_outputs(inputs: Iterable[Named], outputs: Iterable[Named]) -> None:
     """Raise ConfigError (exit 2) naming both paths when an output is the same file as
-    an input or as another output."""
-    seen: dict[tuple[object, ...], tuple[str, str]] = {}
+    an input (role "input", or the option that reads it: "--token-file") or as another
+    output."""
+    seen: dict[tuple[object, ...], str] = {}
     for role, path in inputs:
         if path is not None and (key := file_key(path)) is not None:
-            seen.setdefault(key, (role, path))
+            seen.setdefault(key, f"the input {path}" if role == "input" else f"{role} {path}")
     for role, path in outputs:
         if path is None or (key := file_key(path)) is None:
             continue
         if key in seen:
-            other_role, other = seen[key]
-            what = "input" if other_role == "input" else "output"
             raise ConfigError(
-                f"{role} {path} is the same file as the {what} {_named(other_role, other)}: "
+                f"{role} {path} is the same file as {seen[key]}: "
                 "an output must not overwrite an input or another output"
             )
-        seen[key] = (role, path)
-
-
-def _named(role: str, path: str) -> str:
-    return path if role == "input" else f"{role} {path}"
+        seen[key] = f"{role} {path}"
