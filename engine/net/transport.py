@@ -164,9 +164,8 @@ class SessionTransport:
                 status = resp.status
                 retry_after = resp.headers.get("Retry-After")
                 try:
-                    body = await read_body(
-                        resp.content, resp.headers.get("Content-Encoding"), self._max_body
-                    )
+                    coding = resp.headers.get(aiohttp.hdrs.CONTENT_ENCODING)
+                    body = await read_body(resp.content, coding, self._max_body)
                 except BodyError as exc:
                     resp.close()  # the rest of the body is still on the wire: drop it
                     kept = status if exc.kind == ErrorKind.TOO_LARGE else None
