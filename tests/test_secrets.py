@@ -128,7 +128,7 @@ def test_every_spelling_is_redacted(spelled: str, before: str, after: str) -> No
     if before.startswith("{"):  # still JSON (a base64 form may leave its `=` padding)
         parsed = orjson.loads(redacted)
         assert parsed["n"] == 1
-        assert parsed["echo"].rstrip("=") == REDACTED
+        assert parsed["echo"].replace("%3D", "").rstrip("=") == REDACTED
 
 
 @pytest.mark.parametrize("spelled", SPELLINGS)
@@ -174,7 +174,9 @@ def test_nothing_to_find_leaves_the_bytes_as_they_are() -> None:
     secret=st.text(
         st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=8, max_size=24
     ),
-    choices=st.lists(st.integers(0, 4), min_size=24, max_size=24),
+    # Mixed (pattern), or one spelling throughout (the substring scans' common case).
+    choices=st.lists(st.integers(0, 4), min_size=24, max_size=24)
+    | st.integers(0, 4).map(lambda how: [how] * 24),
     prefix=st.text(max_size=8) | st.text('\\u0%+/1aA \x10"', max_size=8),
 )
 def test_any_secret_in_any_mix_of_spellings(secret: str, choices: list[int], prefix: str) -> None:
