@@ -16,6 +16,7 @@ bounded decompression: aiohttp's own is off in both): an answer over the limit i
 
 from __future__ import annotations
 
+import inspect
 import time
 from types import TracebackType
 from typing import Any, Protocol
@@ -118,7 +119,7 @@ class SessionTransport:
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> SessionTransport:
-        connector = _CheckedConnector(
+        connector = _connector_class()(
             limit=self._concurrency,
             limit_per_host=0,
             ttl_dns_cache=300,
@@ -215,11 +216,13 @@ class _CheckedConnector(aiohttp.TCPConnector):
 
     aiohttp checks this when a connection goes back to the pool, not when it comes out;
     bytes that arrive in between are what this closes the gap on. `_get` is aiohttp's
-    (private) pool lookup: taken as *args so that a change of signature passes through,
-    and should it be renamed, this is simply never called. A partial stray head is not
-    seen here, and need not be: aiohttp gives each request a new parser, which never
-    sees the old one's bytes. The http1 client keeps one parser and drops a connection
-    on any stray byte.
+    (private) pool lookup: taken as *args so that a change of signature passes through;
+    should it be renamed, this is never called, and should it not be a coroutine
+    function (older aiohttp), the plain connector is used (`_connector_class`).
+
+    A partial stray head is not seen here, and need not be: aiohttp gives each request
+    a new parser, which never sees the old one's bytes. The http1 client keeps one
+    parser and drops a connection on any stray byte.
     """
 
     async def _get(self, *args: Any, **kwargs: Any) -> Any:
@@ -231,3 +234,8 @@ class _CheckedConnector(aiohttp.TCPConnector):
             if protocol is None or not protocol.should_close:
                 return conn
             conn.close()
+
+
+def _connector_class() -> type[aiohttp.TCPConnector]:
+    base_get = getattr(aiohttp.TCPConnector, "_get", None)
+    return _CheckedConnector if inspect.iscoroutinefunction(base_get) else aiohttp.TCPConnector
