@@ -26,6 +26,8 @@ import pytest
 from aiohttp import web
 from conftest import read_records
 
+from engine.cli.main import main
+
 pytestmark = pytest.mark.anyio
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -247,3 +249,40 @@ async def test_an_echoed_form_body_puts_no_secret_in_the_exit_3_message(
     assert "client_secret=[redacted]" in err  # the echo was there, and redacted
     for spelled in _forbidden(SECRET):
         assert spelled not in err, spelled
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        pytest.param("abc\r\nX: y", id="crlf"),
+        pytest.param("abc\x00def", id="nul"),
+        pytest.param("abc\x1bdef", id="esc"),
+        pytest.param("tökén-1234", id="latin-1"),
+        pytest.param("tok\u20acn-1234", id="not-latin-1"),
+    ],
+)
+@pytest.mark.parametrize("how", ["option", "file", "env"])
+def test_a_static_token_no_header_can_carry_is_exit_2(
+    token: str,
+    how: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.delenv("ADBATCH_TOKEN", raising=False)
+    argv = ["run", "--endpoint", "http://127.0.0.1:9/delivery", "x.jsonl"]
+    if how == "option":
+        argv += ["--token", token]
+    elif how == "file":
+        (tmp_path / "token").write_text(token + "\n", encoding="utf-8")
+        argv += ["--token-file", str(tmp_path / "token")]
+    elif "\x00" in token:
+        pytest.skip("no environment variable can hold a NUL")
+    else:
+        monkeypatch.setenv("ADBATCH_TOKEN", token)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "the static token" in err
+    assert token.strip() not in err
+    assert "X: y" not in err
