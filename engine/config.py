@@ -197,7 +197,13 @@ class Config:
                 )
 
     def _check_header_values(self) -> None:
-        for option, value in (("--user-agent", self.user_agent), ("--ip", self.ip)):
+        sent = (
+            ("--user-agent", self.user_agent),
+            ("--ip", self.ip),
+            ("--endpoint", self.endpoint),  # the request line, the Host header
+            ("--token-url", self.token_url),
+        )
+        for option, value in sent:
             if value is not None and (problem := header_problem(value)) is not None:
                 raise ConfigError(f"{option} holds {problem}")
         if self.token is not None and (problem := token_problem(self.token)) is not None:

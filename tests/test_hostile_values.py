@@ -113,6 +113,8 @@ async def test_unsendable_values_are_invalid_records_and_resume_completes(
         pytest.param("--user-agent", "a\udcffb", "--user-agent", id="ua-undecodable"),
         pytest.param("--ip", "1.2.3.4\x00", "--ip", id="ip-nul"),
         pytest.param("--ip", "1.2.3.4\r\nX: y", "--ip", id="ip-crlf"),
+        pytest.param("--endpoint", "http://127.0.0.1:9/d\x01", "--endpoint", id="endpoint-soh"),
+        pytest.param("--endpoint", "http://127.0.0.1:9/\udcff", "--endpoint", id="endpoint-byte"),
     ],
 )
 def test_a_header_option_that_cannot_be_sent_is_exit_2(
