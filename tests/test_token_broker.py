@@ -5,6 +5,7 @@ Tables of 401 storms against in-process providers; no network, no clock.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -398,3 +399,19 @@ async def test_follower_with_a_static_lease_sends_no_header_without_waiting() ->
     assert tokens.authorization() is None
     assert await tokens.wait_authorization() is None
     assert TokenBroker(StaticToken("s")).lease() == Lease("Bearer s")
+
+
+async def test_follower_takes_the_time_a_lease_spent_on_the_way_off_its_ttl() -> None:
+    """A lease read 1.5 s ago (a worker that took that long to start, a full pipe) has
+    0.5 s left of its 2 s, not 2 s from when it arrived."""
+    clock = FakeClock()
+    tokens = FollowerToken(
+        Lease("Bearer a", 2.0, at=time.time() - 1.5), Asker((False, None)), clock=clock
+    )
+    assert tokens.authorization() == "Bearer a"
+    clock.advance(0.6)
+    assert tokens.authorization() is None
+    stamped = TokenBroker(Renewing("Bearer b")).lease()
+    assert stamped == Lease("Bearer b", 60.0)  # `at` is not compared
+    assert stamped.at is not None
+    assert abs(stamped.at - time.time()) < 5

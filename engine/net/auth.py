@@ -27,7 +27,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Generic, Protocol, TypeVar
 
@@ -46,14 +46,17 @@ class Lease:
     """An Authorization value as it is handed to a process that only sends.
 
     `ttl`: seconds it may still be sent, counted from when the lease was read (None: no
-    limit, a static token); the time a lease takes to arrive comes out of the token's
-    mandatory window, which is there for that. `failed`: the provider gave up (no header
-    will come); why, in one line.
+    limit, a static token). `failed`: the provider gave up (no header will come); why,
+    in one line. `at`: when the lease was read (`time.time()`, stamped by the broker):
+    a follower takes the time it spent on the way (in a pipe, behind a worker's start)
+    off its ttl; a clock behind ours counts as no time (what is left of the token's
+    mandatory window covers the rest).
     """
 
     header: str | None
     ttl: float | None = None
     failed: str | None = None
+    at: float | None = field(default=None, compare=False)
 
     @property
     def usable(self) -> bool:
@@ -244,19 +247,19 @@ class TokenBroker:
         return await self.provider.wait_authorization()
 
     def lease(self) -> Lease:
-        return self.provider.lease()
+        return _stamped(self.provider.lease())
 
     async def current(self) -> Lease:
         """The lease to send now; in a mandatory window, once the renewal is done (or,
         when none came within --token-wait, a lease that says why: `failed`)."""
-        lease = self.provider.lease()
+        lease = self.lease()
         if lease.usable or lease.failed is not None:
             return lease
         try:
             await self.provider.wait_authorization()
         except AuthError as exc:
             return Lease(None, 0.0, str(exc))
-        return self.provider.lease()
+        return self.lease()
 
     async def refresh_after_401(self, used: str | None) -> bool:
         current = self.provider.authorization()
@@ -268,7 +271,7 @@ class TokenBroker:
     async def renew(self, used: str | None) -> tuple[bool, Lease]:
         """A follower's 401 with `used`: (a retry may help, the lease to send now)."""
         ok = await self.refresh_after_401(used)
-        return ok, self.provider.lease()
+        return ok, self.lease()
 
     async def maintain(self) -> None:
         await self.provider.maintain()
@@ -278,6 +281,13 @@ class TokenBroker:
 
     def token_stats(self) -> TokenStats | None:
         return self.provider.token_stats()
+
+
+def _stamped(lease: Lease) -> Lease:
+    """`lease` with the time it was read, for a follower in another process."""
+    if lease.ttl is None or lease.failed is not None:
+        return lease
+    return Lease(lease.header, lease.ttl, None, time.time())
 
 
 class FollowerToken:
@@ -332,8 +342,11 @@ class FollowerToken:
         self._failed = self._failed or lease.failed
         if self._failed is not None:
             self._until = -math.inf
+        elif lease.ttl is None:
+            self._until = math.inf
         else:
-            self._until = math.inf if lease.ttl is None else self._clock.now() + lease.ttl
+            on_the_way = 0.0 if lease.at is None else max(0.0, time.time() - lease.at)
+            self._until = self._clock.now() + lease.ttl - on_the_way
         if header is not None and header.startswith("Bearer ") and header[7:] not in self._seen:
             self._seen.append(header[7:])
         changed, self._changed = self._changed, None
