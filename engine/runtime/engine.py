@@ -16,6 +16,9 @@
   before any success; every call throttled for --give-up-after seconds; 20 events in a
   row failed with an internal error: core/stops.py) stops reading and starts no new
   call; the calls in flight finish and are written.
+- No call goes out without a usable token: when none comes within --token-wait (the
+  provider raises AuthError) the run stops (exit 3) and halts; the events still to send
+  are not written, so `--resume` sends them (`_token_lost`).
 - An unexpected exception while handling one event (building its request, the call,
   the token, its record) is that event's record (error kind "internal"), never the
   run's end; cancellation and the engine's own errors (EngineError) pass through.
