@@ -245,14 +245,16 @@ def make_event(
     raw_id = obj.get("id")
     event_id = None if raw_id is None or isinstance(raw_id, Mapping | list) else str(raw_id)
     try:
-        if event_id is not None and (bad := _surrogate(event_id)) is not None:
+        if event_id is not None and not event_id.isascii() and (bad := _surrogate(event_id)):
             event_id = printable(event_id)
             raise _BadValue(f"id holds a lone surrogate ({bad}) that UTF-8 cannot carry")
         params: dict[str, str] = {}
         headers: list[tuple[str, str]] = []
         timestamp: float | None = None
+        # The checks inline a C-level test first (isascii, isprintable): this loop runs
+        # for every key of every event.
         for key, value in obj.items():
-            if (bad := _surrogate(key)) is not None:
+            if not key.isascii() and (bad := _surrogate(key)) is not None:
                 raise _BadValue(
                     f"parameter name {printable(key)!r} holds a lone surrogate ({bad}) "
                     "that UTF-8 cannot carry"
@@ -269,11 +271,11 @@ def make_event(
                 continue
             header = HEADER_KEYS.get(key)
             if header is not None:
-                if (problem := header_problem(text)) is not None:
+                if not text.isprintable() and (problem := header_problem(text)) is not None:
                     raise _BadValue(f"{key} holds {problem}")
                 headers.append((header, text))
             else:
-                if (bad := _surrogate(text)) is not None:
+                if not text.isascii() and (bad := _surrogate(text)) is not None:
                     raise _BadValue(
                         f"parameter {key} holds a lone surrogate ({bad}) that UTF-8 cannot carry"
                     )
