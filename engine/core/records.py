@@ -130,56 +130,36 @@ def embed_body(body: bytes) -> object:
     return orjson.Fragment(body)
 
 
+def _unsent(
+    item: Event | Invalid,
+    error: str | None,
+    kind: str,
+    *,
+    ok: bool = False,
+    response: object = None,
+    scheduled_at: float | None = None,
+) -> Result:
+    """The record of an item no HTTP answer decided: no status, no attempt, no latency."""
+    return Result(
+        item.seq, item.id, item.source, None, ok, 0, None, None, error, response, kind,
+        scheduled_at,
+    )  # fmt: skip
+
+
 def invalid(item: Invalid) -> Result:
     """The record of an input line that is not a valid event: nothing was sent."""
-    return Result(
-        item.seq,
-        item.id,
-        item.source,
-        None,
-        False,
-        0,
-        None,
-        None,
-        item.error,
-        None,
-        ErrorKind.INVALID,
-    )
+    return _unsent(item, item.error, ErrorKind.INVALID)
 
 
 def dropped(event: Event, scheduled_at: float, limit: int) -> Result:
     """The record of a scheduled call that found every slot busy (load's open model)."""
-    return Result(
-        event.seq,
-        event.id,
-        event.source,
-        None,
-        False,
-        0,
-        None,
-        None,
-        f"dropped: {limit} calls already in flight (--max-in-flight)",
-        None,
-        ErrorKind.DROPPED,
-        round(scheduled_at, 6),
-    )
+    error = f"dropped: {limit} calls already in flight (--max-in-flight)"
+    return _unsent(event, error, ErrorKind.DROPPED, scheduled_at=round(scheduled_at, 6))
 
 
 def dry_run(event: Event, shown: bytes) -> Result:
     """The record of `--dry-run`: `shown` (the call as JSON) instead of an answer."""
-    return Result(
-        event.seq,
-        event.id,
-        event.source,
-        None,
-        True,
-        0,
-        None,
-        None,
-        None,
-        orjson.Fragment(shown),
-        ErrorKind.DRY_RUN,
-    )
+    return _unsent(event, None, ErrorKind.DRY_RUN, ok=True, response=orjson.Fragment(shown))
 
 
 #: What an internal error's text may hold: a record stays one short line.
@@ -188,23 +168,12 @@ _INTERNAL_TEXT_MAX = 300
 
 def internal(item: Event | Invalid, exc: Exception, secrets: Secrets = NO_SECRETS) -> Result:
     """The record of an item whose handling raised `exc` (a bug, not the server's doing):
-    nothing is known of its call; the exception's type and message on one line."""
-    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    nothing is known of its call; the exception's type and message on one line.
+    Redacted before it is cut short: a cut secret would escape its redaction."""
+    text = secrets.redact(" ".join(f"{type(exc).__name__}: {exc}".split()))
     if len(text) > _INTERNAL_TEXT_MAX:
         text = text[: _INTERNAL_TEXT_MAX - 3] + "..."
-    return Result(
-        item.seq,
-        item.id,
-        item.source,
-        None,
-        False,
-        0,
-        None,
-        None,
-        secrets.redact(text),
-        None,
-        ErrorKind.INTERNAL,
-    )
+    return _unsent(item, text, ErrorKind.INTERNAL)
 
 
 def server_message(body: bytes, secrets: Secrets = NO_SECRETS) -> str | None:
