@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from engine.core.errors import ConfigError
 from engine.core.events import header_problem
+from engine.core.headers import parse_headers
 from engine.core.secrets import token_problem
 
 DEFAULT_ENDPOINT = "https://d.us.criteo.com/delivery/retailmedia"
@@ -88,6 +89,13 @@ class Config:
     resume: bool = False
     grace: float = 10.0
     allow_insecure: bool = False
+    # TLS (net/tls.py): a PEM bundle trusted instead of the system store, and a client
+    # certificate (its key in the same file or in client_key) for mutual TLS.
+    cacert: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+    # --header 'Name: value' (repeatable): added to every delivery call (core/headers.py).
+    headers: tuple[str, ...] = ()
     shard: tuple[int, int] | None = None  # (I, N): this process takes shard I of N
     shard_by: Literal["position", "id"] = "position"
     backend: Literal["local", "ray"] = "local"
@@ -126,6 +134,7 @@ class Config:
         if self.partner_id is not None and not self.partner_id.isdigit():
             raise ConfigError(f"--partner-id must be an integer, got {self.partner_id!r}")
         self._check_header_values()
+        self._check_extra_headers()
         if not self.mock:
             url = urlsplit(self.endpoint)
             if url.scheme not in ("http", "https") or not url.hostname:
@@ -212,6 +221,20 @@ class Config:
                 f"the static token (--token, --token-file, ADBATCH_TOKEN) holds {problem}; "
                 "an Authorization header cannot carry it: check how the token was copied"
             )
+
+    def _check_extra_headers(self) -> None:
+        names = {name.lower() for name, _ in self.extra_headers}
+        if self.user_agent is not None and "user-agent" in names:
+            raise ConfigError("give --user-agent or --header 'User-Agent: ...', not both")
+        if self.ip is not None and "x-forwarded-for" in names:
+            raise ConfigError("give --ip or --header 'X-Forwarded-For: ...', not both")
+        if self.client_key is not None and self.client_cert is None:
+            raise ConfigError("--client-key needs --client-cert")
+
+    @property
+    def extra_headers(self) -> tuple[tuple[str, str], ...]:
+        """The `--header`s as (name, value) pairs; raises ConfigError when one is bad."""
+        return parse_headers(self.headers)
 
     def _check_credentials(self) -> None:
         if self.token is not None and (

@@ -119,6 +119,7 @@ def test_error_kind_values_stay_as_they_were() -> None:
         "INVALID": "invalid",
         "DROPPED": "dropped",
         "DRY_RUN": "dry_run",
+        "TLS": "tls",
     }
     assert http_kind(503) == "http_503"
 

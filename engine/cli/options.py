@@ -163,6 +163,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         raise ConfigError(f"bad option value: {exc}") from None
     # The files options are read from are inputs too (open_run checks the event inputs).
     option_files = [(f"--{name.replace('_', '-')}", getattr(args, name)) for name in _READ]
+    tls_files = [("--cacert", config.cacert), ("--client-cert", config.client_cert)]
+    option_files += [*tls_files, ("--client-key", config.client_key)]
     check_outputs(option_files, [("-o", config.output), ("--summary", config.summary)])
     return config
 
@@ -175,6 +177,9 @@ def _coerce_file_values(merged: dict[str, Any]) -> None:
     """A config file writes some values as the command line would: give them their type."""
     if merged.get("workers") == "auto":
         merged["workers"] = _auto_workers()
+    if isinstance(merged.get("headers"), list | str):  # argparse's list, a TOML array
+        headers = merged["headers"]
+        merged["headers"] = (headers,) if isinstance(headers, str) else tuple(headers)
     if merged.get("partner_id") is not None:
         merged["partner_id"] = str(merged["partner_id"])
     if isinstance(merged.get("shard"), str):  # shard = "0/4" in a config file
@@ -198,6 +203,8 @@ def _load_toml(path: str) -> dict[str, Any]:
         name = key.replace("-", "_")
         if name == "format":
             name = "input_format"
+        if name == "header":  # header = ["X-Gateway: staging"], as --header
+            name = "headers"
         if name not in _CONFIG_FIELDS:
             raise ConfigError(f"config file {path}: unknown option {key!r}")
         if name == "token":

@@ -41,6 +41,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     api = p.add_argument_group("delivery API")
     _add_api_options(api)
     _add_token_options(api)
+    _add_tls_header_options(api)
     _add_speed_options(p.add_argument_group("concurrency and limits"))
     _add_reliability_options(
         p.add_argument_group("retries, interruption and resume (docs/reliability.md)")
@@ -141,6 +142,29 @@ def _add_token_options(api: argparse._ArgumentGroup) -> None:
         default=None,
         help="start the embedded mock server on a free loopback port and run "
         "against it (token handled for you)",
+    )
+
+
+def _add_tls_header_options(api: argparse._ArgumentGroup) -> None:
+    api.add_argument(
+        "--cacert",
+        metavar="FILE",
+        help="PEM bundle of the CAs to trust, instead of the system store, for delivery "
+        "and token calls (as curl's --cacert)",
+    )
+    api.add_argument(
+        "--client-cert",
+        metavar="FILE",
+        help="PEM client certificate for mutual TLS (its key in the same file, or --client-key)",
+    )
+    api.add_argument("--client-key", metavar="FILE", help="PEM key of --client-cert (unencrypted)")
+    api.add_argument(
+        "--header",
+        dest="headers",
+        action="append",
+        metavar="'NAME: VALUE'",
+        help="add this header to every delivery call (repeatable; not to token calls); "
+        "an event's own user-agent, referer or ip still win",
     )
 
 

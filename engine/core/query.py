@@ -59,9 +59,13 @@ class RequestBuilder:
 
     __slots__ = ("_base", "_default_headers")
 
-    def __init__(self, endpoint: str, *, user_agent: str) -> None:
+    def __init__(
+        self, endpoint: str, *, user_agent: str, headers: tuple[tuple[str, str], ...] = ()
+    ) -> None:
         self._base = endpoint + ("&" if "?" in endpoint else "?")
-        self._default_headers = {"User-Agent": user_agent}
+        # `headers` (--header, core/headers.py) come after the default User-Agent, which
+        # one of them may replace, and before the event's own, which replace them.
+        self._default_headers = {"User-Agent": user_agent, **dict(headers)}
 
     def build(self, event: Event) -> Request:
         headers = dict(self._default_headers)

@@ -52,6 +52,10 @@ class ErrorKind:
     INVALID: Final = "invalid"
     DROPPED: Final = "dropped"
     DRY_RUN: Final = "dry_run"
+    #: A server certificate that failed verification, or a TLS handshake alert: not
+    #: retried, the run stops at the first; --resume sends it again, once --cacert or
+    #: the client certificate is fixed (net/tls.py).
+    TLS: Final = "tls"
 
 
 def http_kind(status: int) -> str:
@@ -307,6 +311,7 @@ class RecordLine:
 #: as a reset) or the handling failed (internal); another try may well succeed.
 TRANSIENT_KINDS = frozenset(
     {
+        ErrorKind.TLS,  # final for this run, but fixable by its options (see above)
         ErrorKind.TIMEOUT,
         ErrorKind.CONNECT,
         ErrorKind.DISCONNECTED,

@@ -126,9 +126,10 @@ class TokenGrant:
 
 @dataclass(frozen=True, slots=True)
 class TokenFailure:
-    """Why no token came back. `refused`: the credentials were rejected (400/401/403)."""
+    """Why no token came back. `refused`: the credentials were rejected (400/401/403);
+    `tls`: the endpoint's certificate failed verification, or a handshake alert."""
 
-    kind: Literal["refused", "unavailable"]
+    kind: Literal["refused", "unavailable", "tls"]
     message: str
 
 

@@ -47,6 +47,7 @@ from multidict import CIMultiDictProxy
 from engine.config import DEFAULT_MAX_RESPONSE_BYTES
 from engine.core.records import ErrorKind
 from engine.net.bodies import ACCEPT_ENCODING, BodyError, read_body
+from engine.net.tls import client_context, tls_failure
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -184,6 +185,8 @@ class _Pool:
                 server_hostname=self.host if self._ssl is not None else None,
             )
         except ssl.SSLError as exc:
+            if (failure := tls_failure(exc, f"{self.host}:{self.port}")) is not None:
+                raise HttpError(ErrorKind.TLS, failure) from None
             raise HttpError(
                 ErrorKind.CONNECT,
                 f"TLS handshake with {self.host}:{self.port} failed: {exc.reason}",
@@ -253,6 +256,7 @@ class Http1Client:
         timeout: float,
         verify_tls: bool = True,
         max_body: int = DEFAULT_MAX_RESPONSE_BYTES,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         if limit < 1:
             raise ValueError("limit must be at least 1")
@@ -260,7 +264,7 @@ class Http1Client:
         self._timeout = timeout
         self._max_body = max_body
         self._verify_tls = verify_tls
-        self._tls: ssl.SSLContext | None = None
+        self._tls = tls  # net/tls.py's, with the run's --cacert and client certificate
         self._pools: dict[tuple[str, str, int], _Pool] = {}
         self._targets: dict[str, _Target] = {}
         self._common = f"Accept-Encoding: {ACCEPT_ENCODING}\r\n"
@@ -286,7 +290,7 @@ class Http1Client:
             tls = None
             if scheme == "https":
                 if self._tls is None:
-                    self._tls = _tls_context(self._verify_tls)
+                    self._tls = client_context(verify=self._verify_tls)
                 tls = self._tls
             host = url.raw_host or url.host
             if ":" in host:  # an IPv6 literal
@@ -346,7 +350,7 @@ class Http1Client:
                     # send again on a fresh one, once.
                     proto, reused = None, False
                     continue
-                raise self._failure(exc, loop.time() >= deadline) from None
+                raise self._failure(exc, loop.time() >= deadline, pool) from None
             except (ClientPayloadError, HttpProcessingError) as exc:
                 pool.discard(proto)
                 raise self._failure(exc, loop.time() >= deadline) from None
@@ -369,8 +373,11 @@ class Http1Client:
         except TimeoutError:
             raise self._timed_out() from None
 
-    def _failure(self, exc: Exception, late: bool) -> HttpError:
+    def _failure(self, exc: Exception, late: bool, pool: _Pool | None = None) -> HttpError:
         """What an exchange that failed raises; `late`: the call's deadline had passed."""
+        # A TLS 1.3 server's alert (no client certificate) comes on the first read.
+        if pool is not None and (failure := tls_failure(exc, f"{pool.host}:{pool.port}")):
+            return HttpError(ErrorKind.TLS, failure)
         if late and isinstance(exc, (ServerDisconnectedError, OSError, ClientPayloadError)):
             return self._timed_out()
         if isinstance(exc, ServerDisconnectedError):

@@ -202,6 +202,8 @@ class OAuthToken:
                 raise AuthError(
                     f"token endpoint {url} refused the client credentials: {outcome.message}"
                 )
+            if outcome.kind == "tls":  # as on delivery calls: not retried
+                raise AuthError(f"token endpoint {url}: {outcome.message}")
             delay = startup_delay(attempt, wait=self._wait, draw=self._rng.random())
             if self._clock.now() + delay >= deadline:
                 raise AuthError(

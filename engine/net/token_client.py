@@ -14,6 +14,7 @@ Rules:
 
 from __future__ import annotations
 
+import ssl
 from contextlib import AsyncExitStack
 from types import TracebackType
 
@@ -26,6 +27,7 @@ from engine.core.tokenwindow import TokenFailure, TokenGrant, endpoint_message, 
 from engine.net.auth import StaticToken, TokenProvider
 from engine.net.bodies import ACCEPT_ENCODING, BodyError, read_body
 from engine.net.oauth import OAuthToken
+from engine.net.tls import client_context, tls_context, tls_failure
 
 _POOL = 2  # one renewal at a time, plus one spare connection
 DEFAULT_TOKEN_TIMEOUT = 10.0
@@ -45,6 +47,7 @@ class TokenClient:
         timeout: float = DEFAULT_TOKEN_TIMEOUT,
         verify_tls: bool = True,
         max_bytes: int = TOKEN_MAX_BYTES,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.url = url
         self._max_bytes = max_bytes
@@ -56,12 +59,13 @@ class TokenClient:
         # Whatever its length, the client secret never reaches a message.
         self._secrets = Secrets((client_secret,), min_length=1, basic=((client_id, client_secret),))
         self._timeout = timeout
-        self._verify_tls = verify_tls
+        # net/tls.py's: the delivery calls' CAs and client certificate
+        self._tls = tls if tls is not None else client_context(verify=verify_tls)
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> TokenClient:
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=_POOL, ssl=self._verify_tls),
+            connector=aiohttp.TCPConnector(limit=_POOL, ssl=self._tls),
             timeout=aiohttp.ClientTimeout(total=self._timeout),
             auto_decompress=False,  # engine.net.bodies decompresses, under the limit
         )
@@ -97,9 +101,13 @@ class TokenClient:
         except TimeoutError:
             return TokenFailure("unavailable", f"no answer within {self._timeout:g}s")
         except aiohttp.ClientConnectorError as exc:
+            if (failure := tls_failure(exc, f"{exc.host}:{exc.port}")) is not None:
+                return TokenFailure("tls", failure)  # not retried: AuthError at once
             reason = getattr(exc.os_error, "strerror", None) or str(exc.os_error)
             return TokenFailure("unavailable", f"cannot connect: {reason}")
         except aiohttp.ClientError as exc:
+            if (failure := tls_failure(exc, self.url)) is not None:  # an alert after TLS 1.3
+                return TokenFailure("tls", failure)
             return TokenFailure(
                 "unavailable", endpoint_message(f"{type(exc).__name__}: {exc}", self._secrets)
             )
@@ -134,6 +142,7 @@ async def open_token_provider(config: Config, stack: AsyncExitStack) -> TokenPro
             client_id=config.client_id,
             client_secret=config.client_secret,
             max_bytes=min(config.max_response_bytes, TOKEN_MAX_BYTES),
+            tls=tls_context(config),
         )
     )
     provider = OAuthToken(client, wait=config.token_wait)

@@ -17,6 +17,7 @@ bounded decompression: aiohttp's own is off in both): an answer over the limit i
 from __future__ import annotations
 
 import inspect
+import ssl
 import time
 from types import TracebackType
 from typing import Any, Protocol
@@ -30,6 +31,7 @@ from engine.core.query import Request
 from engine.core.records import ErrorKind, Response
 from engine.net.bodies import ACCEPT_ENCODING, BodyError, read_body
 from engine.net.http1 import Http1Client, HttpError
+from engine.net.tls import client_context, tls_failure
 
 
 class Transport(Protocol):
@@ -43,6 +45,7 @@ def open_transport(
     client: str = "http1",
     verify_tls: bool = True,
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+    tls: ssl.SSLContext | None = None,
 ) -> Http1Transport | SessionTransport:
     """The transport named by `client` (one of HTTP_CLIENTS), to use with `async with`."""
     options: dict[str, Any] = {
@@ -50,6 +53,7 @@ def open_transport(
         "timeout": timeout,
         "verify_tls": verify_tls,
         "max_response_bytes": max_response_bytes,
+        "tls": tls,  # net/tls.py's context (--cacert, --client-cert); None: the default
     }
     if client == "session":
         return SessionTransport(**options)
@@ -68,9 +72,14 @@ class Http1Transport:
         timeout: float,
         verify_tls: bool = True,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self._client = Http1Client(
-            limit=concurrency, timeout=timeout, verify_tls=verify_tls, max_body=max_response_bytes
+            limit=concurrency,
+            timeout=timeout,
+            verify_tls=verify_tls,
+            max_body=max_response_bytes,
+            tls=tls,
         )
 
     async def __aenter__(self) -> Http1Transport:
@@ -111,8 +120,10 @@ class SessionTransport:
         timeout: float,
         verify_tls: bool = True,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self._concurrency = concurrency
+        self._tls = tls if tls is not None else client_context(verify=verify_tls)
         self._timeout = timeout
         self._verify_tls = verify_tls
         self._max_body = max_response_bytes
@@ -123,7 +134,7 @@ class SessionTransport:
             limit=self._concurrency,
             limit_per_host=0,
             ttl_dns_cache=300,
-            ssl=self._verify_tls,
+            ssl=self._tls,
         )
         self._session = aiohttp.ClientSession(
             connector=connector,
@@ -176,6 +187,8 @@ class SessionTransport:
                 sent_at, start, ErrorKind.TIMEOUT, f"no answer within {self._timeout:g}s"
             )
         except aiohttp.ClientConnectorError as exc:
+            if (failure := tls_failure(exc, f"{exc.host}:{exc.port}")) is not None:
+                return _failed(sent_at, start, ErrorKind.TLS, failure)
             reason = getattr(exc.os_error, "strerror", None) or str(exc.os_error)
             return _failed(
                 sent_at,
@@ -193,6 +206,9 @@ class SessionTransport:
         except aiohttp.ClientPayloadError as exc:
             return _failed(sent_at, start, ErrorKind.PAYLOAD, f"incomplete response body: {exc}")
         except aiohttp.ClientError as exc:
+            # A TLS 1.3 server's alert (no client certificate) comes on the first read.
+            if (failure := tls_failure(exc, _where(request.url))) is not None:
+                return _failed(sent_at, start, ErrorKind.TLS, failure)
             return _failed(sent_at, start, ErrorKind.NETWORK, f"{type(exc).__name__}: {exc}")
         except OSError as exc:
             return _failed(
@@ -207,6 +223,11 @@ def _failed(
 ) -> Response:
     latency_ms = (time.perf_counter() - start) * 1000.0
     return Response(status, b"", sent_at, latency_ms, error=message, error_kind=kind)
+
+
+def _where(url: str) -> str:
+    parsed = yarl.URL(url, encoded=True)
+    return f"{parsed.host}:{parsed.port}"
 
 
 class _CheckedConnector(aiohttp.TCPConnector):

@@ -67,6 +67,7 @@ from engine.core.stops import EXIT_STOPPED, InternalStreak, Stop, ThrottleWatch
 from engine.errors import AuthError, EngineError, first_engine_error
 from engine.files.sinks import TickWriter
 from engine.net.auth import TokenProvider
+from engine.net.tls import tls_stop
 from engine.net.transport import Transport
 from engine.runtime.feeds import Feed
 from engine.runtime.limits import Limiter, make_limiter
@@ -117,7 +118,9 @@ class Engine:
         self.tokens = tokens
         self.transport = transport
         self.builder = RequestBuilder(
-            config.endpoint, user_agent=config.user_agent or DEFAULT_USER_AGENT
+            config.endpoint,
+            user_agent=config.user_agent or DEFAULT_USER_AGENT,
+            headers=config.extra_headers,  # --header; an event's own still win
         )
         self.limiter: Limiter | None = limiter if limiter is not None else make_limiter(config.rate)
         # The run's secrets (open_run gathers them); alone, this config's and the tokens'.
@@ -326,6 +329,8 @@ class Engine:
         stop = self.internals.add(result.error_kind, result.error)
         if stop is None and result.status in THROTTLE_STATUSES:
             stop = self.throttle.final(result.status)
+        if stop is None and result.error_kind == ErrorKind.TLS:  # no retry will help
+            stop = Stop(tls_stop(result.error, self.config.endpoint))
         if stop is not None:
             self.stop(stop)
         elif result.error_kind in _FATAL_KINDS and state.stats.ok == 0:

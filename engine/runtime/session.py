@@ -43,6 +43,7 @@ from engine.files.resume import ResumeIndex, compact, open_resume
 from engine.files.sinks import JsonlSink, create_output
 from engine.files.sources import check_inputs
 from engine.net.auth import StaticToken, TokenProvider
+from engine.net.tls import tls_context
 from engine.net.token_client import open_token_provider
 from engine.net.transport import Transport, open_transport
 from engine.runtime.engine import Engine
@@ -105,6 +106,7 @@ async def transport_for(config: Config) -> AsyncIterator[Transport | None]:
         timeout=config.timeout,
         client=config.http_client,
         max_response_bytes=config.max_response_bytes,
+        tls=tls_context(config),
     ) as transport:
         yield transport
 
@@ -128,6 +130,7 @@ async def open_run(
     transport (False in a process that sends nothing itself; never with --dry-run).
     """
     config = given = config.validated()
+    tls_context(config)  # --cacert, --client-cert, --client-key: exit 2 now (net/tls.py)
     if inputs:
         check_inputs(config.inputs)
     read = [("input", path) for path in config.inputs] if inputs else []
