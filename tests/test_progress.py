@@ -1,15 +1,132 @@
-"""The live progress line (pure text; the terminal part is rich's)."""
+"""What the live display says (pure rows; tests/test_live_display.py reads the terminal),
+and the reader's byte counter it is built on."""
 
 from __future__ import annotations
 
+import gzip
+import os
+from pathlib import Path
+
 import pytest
 
+from engine.core.events import ReadCounts
+from engine.core.pacing import constant, ramp, stages
+from engine.files.sources import input_size, read_items, read_units
 from engine.load.plan import LiveState
-from engine.load.progress import progress_text
+from engine.load.progress import load_rows, target_rate
+from engine.net.auth import StaticToken
+from engine.runtime.display import Bar, RateMeter, eta, size, span
+from engine.runtime.progress import RunFigures, RunView, token_state
+
+LINE = b'{"criteo-partner-id": 1, "event-type": "viewHome", "retailer-visitor-id": "v"}\n'
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        pytest.param(None, "-", id="unknown"),
+        pytest.param(float("inf"), "-", id="infinite"),
+        pytest.param(0.4, "0s", id="zero"),
+        pytest.param(42.0, "42s", id="seconds"),
+        pytest.param(185.0, "3m05s", id="minutes"),
+        pytest.param(7620.0, "2h07m", id="hours"),
+    ],
+)
+def test_span(seconds: float | None, text: str) -> None:
+    assert span(seconds) == text
+
+
+@pytest.mark.parametrize(
+    ("n", "text"),
+    [
+        pytest.param(812, "812 B", id="bytes"),
+        pytest.param(4100, "4.1 KB", id="kilo"),
+        pytest.param(1_200_000_000, "1.2 GB", id="giga"),
+        pytest.param(3e15, "3000.0 TB", id="beyond"),
+    ],
+)
+def test_size(n: float, text: str) -> None:
+    assert size(n) == text
+
+
+@pytest.mark.parametrize(
+    ("done", "total", "elapsed", "left"),
+    [
+        pytest.param(0, 100, 5.0, None, id="nothing-yet"),
+        pytest.param(25, 100, 5.0, 15.0, id="quarter"),
+        pytest.param(100, 100, 5.0, 0.0, id="done"),
+    ],
+)
+def test_eta(done: int, total: int, elapsed: float, left: float | None) -> None:
+    assert eta(done, total, elapsed) == left
+
+
+def test_rate_meter_reads_about_the_last_second() -> None:
+    meter = RateMeter(window=1.0)
+    assert meter.rate(0.0, 0) == 0.0
+    assert meter.rate(0.5, 100) == pytest.approx(200.0)
+    assert meter.rate(1.0, 200) == pytest.approx(200.0)
+    # a stall: the last second's rate falls, not the average since the start
+    assert meter.rate(2.0, 200) == pytest.approx(0.0)
+
+
+def run_view(total: int | None, bytes_read: int, figures: RunFigures, note: str = "") -> list:
+    counts = ReadCounts(bytes_read=bytes_read)
+    return list(RunView(lambda: figures, counts, total, note=note)(10.0))
+
+
+@pytest.mark.parametrize(
+    ("total", "bytes_read", "figures", "bar", "texts"),
+    [
+        pytest.param(
+            4000, 1000, RunFigures(250, 250, 240, 8, 2, 12.3), (0.25, "25%  1.0 KB / 4.0 KB"),
+            ["ETA 30s", "250 done", "240 ok", "8 failed", "2 invalid", "p99 12 ms"],
+            id="file",
+        ),
+        pytest.param(
+            4000, 4000, RunFigures(100, 400, 100, 0, 0, None), (0.25, "25%  1.0 KB / 4.0 KB"),
+            ["ETA 30s", "p99 -"], id="read-ahead",
+        ),
+        pytest.param(
+            4000, 4000, RunFigures(400, 400, 400, 0, 0, 1.0), (1.0, "100%"), ["ETA 0s"],
+            id="finished",
+        ),
+        pytest.param(
+            None, 1000, RunFigures(250, 300, 250, 0, 0, 1.0), None, ["250 done", "10s"],
+            id="stdin",
+        ),
+        pytest.param(
+            0, 0, RunFigures(0, 0, 0, 0, 0, None), None, ["0 done"], id="empty-file",
+        ),
+    ],
+)  # fmt: skip
+def test_run_view(
+    total: int | None,
+    bytes_read: int,
+    figures: RunFigures,
+    bar: tuple[float, str] | None,
+    texts: list[str],
+) -> None:
+    rows = run_view(total, bytes_read, figures)
+    text = " | ".join(r.text if isinstance(r, Bar) else r for r in rows)
+    if bar is None:
+        assert len(rows) == 1
+        assert not isinstance(rows[0], Bar)
+    else:
+        assert isinstance(rows[0], Bar)
+        assert rows[0].fraction == pytest.approx(bar[0])
+        assert bar[1] in rows[0].text
+    for part in texts:
+        assert part in text
+
+
+def test_run_view_of_a_workers_parent_knows_done_only() -> None:
+    rows = run_view(None, 0, RunFigures(1000, 1200), note="4 workers")
+    assert rows == ["1,000 done · 0/s · 4 workers · 10s"]
 
 
 def live_with(calls: int, *, duration: float | None = None, total: int | None = None) -> LiveState:
-    live = LiveState(duration=duration, total=total, started=100.0, token="mock token")
+    live = LiveState(duration=duration, total=total, started=100.0)
     live.figures.origin = 1000.0
     for i in range(calls):
         live.figures.add(
@@ -24,19 +141,84 @@ def live_with(calls: int, *, duration: float | None = None, total: int | None = 
 
 
 @pytest.mark.parametrize(
-    ("live", "parts"),
+    ("live", "target", "where", "parts"),
     [
         pytest.param(
-            live_with(100, duration=10),
-            ["2.0s / 10s (8s left)", "101 done", "48/s", "3 in flight", "10 errors, 1 dropped",
-             "token: mock token", "p50 6.0 ms"],
+            live_with(100, duration=10), 50.0, (0.2, "2s / 10s, 8s left"),
+            ["48/s of 50/s target", "101 done", "3 in flight", "p50 6.0 ms",
+             "10 errors (http_503 10)", "1 dropped", "token static"],
             id="duration",
         ),
-        pytest.param(live_with(20, total=600), ["21/600", "2 errors, 1 dropped"], id="total"),
-        pytest.param(live_with(0), ["2.0s |", "| - |", "0 errors, 1 dropped"], id="no-latency"),
+        pytest.param(
+            live_with(20, total=600), 50.0, (21 / 600, "21 / 600 calls"),
+            ["2 errors (http_503 2)", "1 dropped"], id="total",
+        ),
+        pytest.param(
+            live_with(0), None, "2s elapsed", ["48/s ·", "p50 -", "0 errors ·", "1 dropped"],
+            id="replay",
+        ),
     ],
 )  # fmt: skip
-def test_progress_text(live: LiveState, parts: list[str]) -> None:
-    text = progress_text(live, now=102.0, rate=48.0)
+def test_load_rows(
+    live: LiveState, target: float | None, where: object, parts: list[str]
+) -> None:
+    rows = load_rows(live, elapsed=2.0, rate=48.0, target=target, token="static")
+    assert len(rows) == 3
+    if isinstance(where, tuple):
+        assert isinstance(rows[0], Bar)
+        assert rows[0].fraction == pytest.approx(where[0])
+        assert rows[0].text == where[1]
+    else:
+        assert rows[0] == where
+    text = " | ".join(str(r) for r in rows[1:])
     for part in parts:
         assert part in text
+
+
+@pytest.mark.parametrize(
+    ("pacer", "elapsed", "rate"),
+    [
+        pytest.param(constant(50.0), 1e6, 50.0, id="constant-forever"),
+        pytest.param(constant(50.0, 10.0), 12.0, 0.0, id="past-the-end"),
+        pytest.param(ramp(0.0, 100.0, 10.0), 2.5, 25.0, id="ramp"),
+        pytest.param(stages([(10.0, 100.0), (10.0, 100.0), (10.0, 0.0)]), 25.0, 50.0,
+                     id="stages"),
+        pytest.param(None, 3.0, None, id="replay"),
+    ],
+)  # fmt: skip
+def test_target_rate(pacer: object, elapsed: float, rate: float | None) -> None:
+    assert target_rate(pacer, elapsed) == rate  # type: ignore[arg-type]
+
+
+def test_token_state_of_static_tokens() -> None:
+    assert token_state(StaticToken("Bearer x")) == "static"
+    assert token_state(StaticToken(None)) == "none"
+
+
+def test_input_size_is_known_for_regular_files_only(tmp_path: Path) -> None:
+    a = tmp_path / "a.jsonl"
+    b = tmp_path / "b.jsonl.gz"
+    a.write_bytes(LINE * 3)
+    b.write_bytes(gzip.compress(LINE * 100))
+    assert input_size([str(a), str(b)]) == a.stat().st_size + b.stat().st_size
+    assert input_size([str(a), "-"]) is None
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert input_size([str(a), str(fifo)]) is None
+    assert input_size([str(tmp_path / "missing")]) is None
+
+
+@pytest.mark.parametrize("reader", [read_items, read_units])
+@pytest.mark.parametrize("gzipped", [False, True])
+def test_bytes_read_count_the_files_bytes(tmp_path: Path, reader: object, gzipped: bool) -> None:
+    """Compressed bytes for gzip: the position in the file, what its size is compared to."""
+    path = tmp_path / ("e.jsonl.gz" if gzipped else "e.jsonl")
+    data = LINE * 5000
+    path.write_bytes(gzip.compress(data) if gzipped else data)
+    counts = ReadCounts()
+    items = reader([str(path)], counts=counts)  # type: ignore[operator]
+    first = next(items)
+    assert first.seq == 0
+    assert 0 < counts.bytes_read <= path.stat().st_size
+    assert sum(1 for _ in items) == 4999
+    assert counts.bytes_read == path.stat().st_size == input_size([str(path)])

@@ -155,7 +155,10 @@ def config_from_args(args: argparse.Namespace) -> Config:
         merged["inputs"] = tuple(args.inputs)
     elif "inputs" in merged:
         merged["inputs"] = tuple(merged["inputs"])
-    merged["progress"] = (not args.no_progress) and sys.stderr.isatty()
+    # The live display redraws stderr's last lines: never while the records scroll by on
+    # the same terminal (no -o, stdout a terminal), nor on a file or a pipe.
+    to_terminal = merged.get("output") in (None, "-") and sys.stdout.isatty()
+    merged["progress"] = (not args.no_progress) and sys.stderr.isatty() and not to_terminal
     _coerce_file_values(merged)
     try:
         config = Config(**merged).validated()

@@ -319,3 +319,6 @@ class ReadCounts:
 
     blank_lines: int = 0
     records: int = 0  # every record read, kept or not (counted by shard filters)
+    # Bytes taken from regular input files so far (gzip: compressed bytes), read by the
+    # progress display from another thread: a position, never exact mid-buffer.
+    bytes_read: int = 0

@@ -40,6 +40,8 @@ from engine.core.events import (
     make_event,
 )
 from engine.errors import InputError
+from engine.files.position import Counted
+from engine.files.position import input_size as input_size  # re-exported
 
 T = TypeVar("T")
 
@@ -86,17 +88,24 @@ def check_inputs(paths: Iterable[str]) -> None:
             raise InputError(f"cannot read input {path}: Permission denied")
 
 
-def _open_binary(path: str) -> tuple[BinaryIO, Callable[[], None]]:
+def _open_binary(
+    path: str, counts: ReadCounts | None = None
+) -> tuple[BinaryIO, Callable[[], None]]:
     """The byte stream of one input (gunzipped when it starts with the gzip magic),
-    and how to close it."""
+    and how to close it; a file's bytes read are counted into `counts`."""
     if path == STDIN:
         raw: BinaryIO = sys.stdin.buffer
         close: Callable[[], None] = lambda: None  # noqa: E731 - stdin stays open
     else:
         try:
-            raw = open(path, "rb")
+            file = open(path, "rb", buffering=0)
         except OSError as exc:
             raise InputError(f"cannot read input {path}: {exc.strerror or exc}") from None
+        raw = (
+            io.BufferedReader(Counted(file, counts), 1 << 16)
+            if counts is not None
+            else io.BufferedReader(file)
+        )
         close = raw.close
     buffered = raw if isinstance(raw, io.BufferedReader) else io.BufferedReader(raw)  # type: ignore[type-var]
     # Gzip by content, so a misnamed or piped .gz still reads; but a plain file whose
@@ -275,7 +284,7 @@ def read_items(
     for path in paths:
         name = STDIN_NAME if path == STDIN else path
         fmt = source_format(path, input_format)
-        stream, close = _open_binary(path)
+        stream, close = _open_binary(path, counts)
         try:
             records = (_csv_records if fmt == "csv" else _jsonl_records)(
                 stream, max_line_bytes, counts
@@ -391,7 +400,7 @@ def read_units(
     seq = 0
     for path in paths:
         name = STDIN_NAME if path == STDIN else path
-        stream, close = _open_binary(path)
+        stream, close = _open_binary(path, counts)
         try:
             if source_format(path, input_format) == "csv":
                 for record in _csv_records(stream, max_line_bytes, counts):

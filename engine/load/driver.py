@@ -169,7 +169,7 @@ async def run_load(
             if progress:
                 from engine.load.progress import show_progress
 
-                tg.start_soon(show_progress, live)
+                tg.start_soon(show_progress, live, engine.tokens, plan.pacer)
             elapsed = await _Driver(engine, plan, live).run(schedule, emit)
             tg.cancel_scope.cancel()
     stats = engine.state.stats

@@ -1,84 +1,103 @@
-"""Live progress of a load or replay on a terminal (rich when installed, else one line).
+"""What the live display of a load test or a replay says; runtime/display.py draws it.
 
 Rules:
-- Shown only when stderr is a terminal (the CLI decides); never written to the output.
-- Reads the live figures, never waits on the run: a refresh every half second.
-- The text is built by `progress_text` (pure, tested); this module's only I/O is the
-  terminal.
+- Three rows: where the schedule is (elapsed / duration, or calls / total, as a bar);
+  the achieved rate against the schedule's target and the last full second's latency
+  from the schedule (coordinated omission corrected); errors, dropped calls and the
+  token's state.
+- The rows are built by `load_rows` (pure, tested); `LoadView` only reads the clock,
+  the live figures and the token provider.
 """
 
 from __future__ import annotations
 
-import sys
 import time
+from collections.abc import Sequence
 
-import anyio
-
+from engine.core.pacing import Pacer, RatePacer
 from engine.load.plan import LiveState
-from engine.runtime.progress import show_status
+from engine.net.auth import TokenProvider
+from engine.runtime.display import Bar, RateMeter, Row, count, show_live, span
+from engine.runtime.progress import token_state
 
-_REFRESH = 0.5
+
+def target_rate(pacer: Pacer | None, elapsed: float) -> float | None:
+    """The rate the schedule asks for `elapsed` seconds in (None: no rate schedule)."""
+    if not isinstance(pacer, RatePacer):
+        return None
+    start = 0.0
+    for seg in pacer.segments:
+        if elapsed < start + seg.duration:
+            into = elapsed - start
+            return seg.start + (seg.end - seg.start) * into / seg.duration
+        start += seg.duration
+    return 0.0  # past the end
 
 
-def progress_text(live: LiveState, *, now: float, rate: float) -> str:
-    """One status line: done/total or time left, rate, p50/p99, errors, token state."""
+def _errors(live: LiveState) -> str:
     f = live.figures
-    done = f.events
-    elapsed = max(0.0, now - live.started)
+    kinds = [(k, n) for k, n in f.errors.most_common(3) if k != "dropped"][:2]
+    text = f"{count(f.failed - f.dropped)} errors"
+    if kinds:
+        text += " (" + ", ".join(f"{k} {count(n)}" for k, n in kinds) + ")"
+    return text
+
+
+def load_rows(
+    live: LiveState, *, elapsed: float, rate: float, target: float | None, token: str
+) -> list[Row]:
+    """The display's rows `elapsed` seconds into the schedule."""
+    f = live.figures
     if live.duration is not None:
-        where = (
-            f"{elapsed:5.1f}s / {live.duration:g}s ({max(0.0, live.duration - elapsed):.0f}s left)"
+        left = max(0.0, live.duration - elapsed)
+        where: Row = Bar(
+            elapsed / live.duration if live.duration else 1.0,
+            f"{span(elapsed)} / {span(live.duration)}, {span(left)} left",
         )
-    elif live.total is not None:
-        where = f"{done}/{live.total}"
+    elif live.total:
+        where = Bar(f.events / live.total, f"{count(f.events)} / {count(live.total)} calls")
     else:
-        where = f"{elapsed:5.1f}s"
+        where = f"{span(elapsed)} elapsed"
+    achieved = f"{rate:,.0f}/s" + ("" if target is None else f" of {target:,.0f}/s target")
     latest = None
     timeline = f.timeline()
     if timeline is not None:
         points = timeline.points()
         # the last full second: the current one is still filling up
         latest = points[-2][1] if len(points) > 1 else points[-1][1]
-    p50 = latest.latency.percentile(50) if latest is not None else None
+    p50 = latest.corrected.percentile(50) if latest is not None else None
     p99 = latest.corrected.percentile(99) if latest is not None else None
-    lat = (
-        "-" if p50 is None or p99 is None else f"p50 {p50:.1f} ms, p99 {p99:.1f} ms (from schedule)"
-    )
-    return (
-        f"{where} | {done} done, {rate:.0f}/s, {live.in_flight} in flight | {lat} | "
-        f"{f.failed - f.dropped} errors, {f.dropped} dropped | token: {live.token}"
-    )
+    lat = "p50 -" if p50 is None or p99 is None else f"p50 {p50:,.1f} ms, p99 {p99:,.1f} ms"
+    return [
+        where,
+        f"{achieved} · {count(f.events)} done · {live.in_flight} in flight · last s {lat}",
+        f"{_errors(live)} · {count(f.dropped)} dropped · token {token}",
+    ]
 
 
-async def show_progress(live: LiveState) -> None:
-    """Refresh the progress display until cancelled."""
-    try:
-        from rich.console import Console
-        from rich.live import Live
-        from rich.text import Text
-    except ImportError:  # rich is an optional extra: fall back to a plain line
-        await _plain(live)
-        return
-    console = Console(file=sys.stderr)
-    last_events, last_time = 0, time.monotonic()
-    with Live(console=console, auto_refresh=False, transient=True) as display:
-        while True:
-            await anyio.sleep(_REFRESH)
-            now = time.monotonic()
-            events = live.figures.events
-            rate = (events - last_events) / max(1e-9, now - last_time)
-            last_events, last_time = events, now
-            display.update(Text(progress_text(live, now=now, rate=rate)), refresh=True)
+class LoadView:
+    """`view(elapsed)` as display.show_live calls it, for a load test or a replay."""
 
+    def __init__(self, live: LiveState, tokens: TokenProvider, pacer: Pacer | None) -> None:
+        self.live = live
+        self.tokens = tokens
+        self.pacer = pacer
+        self.meter = RateMeter()
 
-async def _plain(live: LiveState) -> None:
-    last = [0, time.monotonic()]  # events and time at the last refresh
-
-    def text(_elapsed: float) -> str:
+    def __call__(self, _shown: float) -> Sequence[Row]:
+        live = self.live
         now = time.monotonic()
-        events = live.figures.events
-        rate = (events - last[0]) / max(1e-9, now - last[1])
-        last[:] = [events, now]
-        return progress_text(live, now=now, rate=rate)
+        elapsed = max(0.0, now - live.started) if live.started else 0.0
+        sent = live.scheduled - live.figures.dropped
+        return load_rows(
+            live,
+            elapsed=elapsed,
+            rate=self.meter.rate(now, sent),
+            target=target_rate(self.pacer, elapsed),
+            token=token_state(self.tokens),
+        )
 
-    await show_status(text, every=_REFRESH)
+
+async def show_progress(live: LiveState, tokens: TokenProvider, pacer: Pacer | None) -> None:
+    """Refresh the display until cancelled."""
+    await show_live(LoadView(live, tokens, pacer))

@@ -65,8 +65,9 @@ from engine.multiproc.messages import (
     Units,
 )
 from engine.net.auth import Lease, TokenBroker
+from engine.runtime.display import show_live
 from engine.runtime.feeds import event_defaults, thread_batches
-from engine.runtime.progress import show_status
+from engine.runtime.progress import RunFigures, RunView
 from engine.runtime.session import RunSession
 from engine.runtime.shutdown import interrupt_reason
 
@@ -109,6 +110,7 @@ class _Parent:
         self.pending: dict[int, bytes] = {}
         self.fed: deque[int] = deque()  # seqs in the order handed out, for --ordered
         self.answered = 0
+        self.taken = 0  # records handed out (the progress display's read-ahead)
         self.budget_refused = 0
         self.slowed: str | None = None
         self.resumed = 0
@@ -143,7 +145,13 @@ class _Parent:
             tg.start_soon(self._keep_tokens)
             tg.start_soon(self._watch_output)
             if self.config.progress:
-                tg.start_soon(show_status, self._progress_text)
+                view = RunView.of_inputs(
+                    lambda: RunFigures(self.answered, self.taken),
+                    self.session.counts,
+                    self.config.inputs,
+                    note=f"{self.config.workers} workers",
+                )
+                tg.start_soon(show_live, view)
             await self._dispatch()
             await self.all_done.wait()
             tg.cancel_scope.cancel()
@@ -183,6 +191,7 @@ class _Parent:
             part_size = len(batch) if full else math.ceil(len(batch) / config.workers)
             if self.session.resume is not None:
                 batch = self._unanswered(batch)
+            self.taken += len(batch)
             for start in range(0, len(batch), part_size):
                 part = batch[start : start + part_size]
                 worker = await self._pick()
@@ -298,10 +307,6 @@ class _Parent:
         worker.outstanding -= count
         self.answered += count
         self.credit.set()
-
-    def _progress_text(self, elapsed: float) -> str:
-        rate = self.answered / elapsed
-        return f"adbatch: {self.answered} done, {rate:.0f}/s, {self.config.workers} workers"
 
     def _ordered(self, lines: list[tuple[int, bytes]]) -> None:
         pending = self.pending

@@ -69,9 +69,10 @@ from engine.files.sinks import TickWriter
 from engine.net.auth import TokenProvider
 from engine.net.tls import tls_stop
 from engine.net.transport import Transport
+from engine.runtime.display import show_live
 from engine.runtime.feeds import Feed
 from engine.runtime.limits import Limiter, make_limiter
-from engine.runtime.progress import show_status
+from engine.runtime.progress import RunFigures, RunView
 from engine.runtime.shutdown import Shutdown
 from engine.version import DEFAULT_USER_AGENT
 
@@ -132,6 +133,7 @@ class Engine:
         self.state = _State()
         self.window = anyio.Semaphore(max(1024, config.concurrency * 8)) if config.ordered else None
         self.fed: deque[int] = deque()  # seqs in feed order, for the ordered writer
+        self.taken = 0  # items taken from the feed (the progress display's read-ahead)
         self.policy = RetryPolicy(
             RetrySettings(
                 retries=config.retries,
@@ -166,6 +168,7 @@ class Engine:
         with self.shutdown.feed_scope:
             async with send, aclosing(feed):
                 async for batch in feed:
+                    self.taken += len(batch)
                     for item in batch:
                         if self.state.stopped is not None:
                             return
@@ -386,7 +389,7 @@ class Engine:
         workers = 1 if self.transport is None else self.config.concurrency
         async with anyio.create_task_group() as tg:
             if self.config.progress:
-                tg.start_soon(show_status, self._progress_text)
+                tg.start_soon(show_live, self._progress_view(counts))
             if handle_signals:
                 tg.start_soon(self.shutdown.watch_signals, tg, self.config.grace)
             tg.start_soon(self.keep_tokens)
@@ -434,11 +437,10 @@ class Engine:
         # one's): backoffs and permits end at once, nothing can be sent any more.
         self.shutdown.halted.set()
 
-    def _progress_text(self, elapsed: float) -> str:
+    def _progress_view(self, counts: ReadCounts | None) -> RunView:
+        return RunView.of_inputs(self._progress_figures, counts, self.config.inputs)
+
+    def _progress_figures(self) -> RunFigures:
         stats = self.state.stats
         p99 = stats.latency.percentile(99)
-        p99_text = "-" if p99 is None else f"{p99:.0f} ms"
-        return (
-            f"adbatch: {stats.events} done, {stats.events / elapsed:.0f}/s, "
-            f"{stats.ok} ok, {stats.failed} failed, {stats.invalid} invalid, p99 {p99_text}"
-        )
+        return RunFigures(stats.events, self.taken, stats.ok, stats.failed, stats.invalid, p99)

@@ -1,0 +1,159 @@
+"""The live display in a real pseudo-terminal, read back through a VT100 emulator (pyte).
+
+Each test runs the CLI for a few seconds with stdin, stdout and stderr on a pty of 80 or
+200 columns (the records go to -o) and checks what a user would see:
+- while it ran the display showed its figures (a percent, the load's target rate...),
+  and never took more rows than it has: a row wider than the terminal would wrap onto
+  another one;
+- at the end the screen holds the summary and nothing else: no line of the display is
+  left behind, nothing scrolled.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("pyte", reason="pyte (the test extra) reads the terminal's screen")
+
+from pty_screen import PtyRun, run_in_pty
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+CSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|\x1b[=>]")
+BAR = ("━", "╸", "╺")
+
+pytestmark = pytest.mark.slow
+
+
+def adbatch(*args: str | Path) -> list[str]:
+    return [sys.executable, "-m", "engine", *map(str, args)]
+
+
+@pytest.fixture
+def events(tmp_path: Path) -> Path:
+    """240 valid page views: 5 s at --rate 48."""
+    path = tmp_path / "events.jsonl"
+    path.write_bytes((EXAMPLES / "pageviews.jsonl").read_bytes() * 6)
+    return path
+
+
+def summary_lines(run: PtyRun) -> list[str]:
+    """The lines the CLI printed once the display was gone (they start `adbatch:`; the
+    display never does)."""
+    text = CSI.sub("", run.raw.decode("utf-8", "replace"))
+    return [line for line in re.split(r"\r?\n|\r", text) if line.startswith("adbatch:")]
+
+
+def wrapped(lines: list[str], columns: int) -> list[str]:
+    rows = []
+    for line in lines:
+        rows += [line[i : i + columns].rstrip() for i in range(0, len(line), columns)]
+    return rows
+
+
+def check_screens(run: PtyRun, *, display_rows: int, summaries: int) -> None:
+    columns = run.columns
+    lines = summary_lines(run)
+    assert len(lines) == summaries, run.final
+    # The end: the summary, wrapped as the terminal wraps it, and nothing else.
+    assert run.final == wrapped(lines, columns)
+    assert len(run.final) == sum(math.ceil(len(line) / columns) for line in lines)
+    # Meanwhile: never more rows than the display has (a too-wide row would wrap).
+    showing = [s for s in run.seen if s and not s[0].startswith("adbatch:")]
+    assert showing, "the display never showed"
+    assert max(len(screen) for screen in showing) <= display_rows, showing
+    for screen in showing:
+        assert all(len(row) <= columns for row in screen)
+
+
+@pytest.mark.parametrize("columns", [80, 200])
+def test_run_shows_percent_and_eta_then_only_the_summary(events: Path, columns: int) -> None:
+    run = run_in_pty(
+        adbatch("run", "--mock", "--rate", "48", events, "-o", events.with_suffix(".out")),
+        columns=columns,
+        cwd=str(ROOT),
+    )
+    assert run.returncode == 0, run.final
+    check_screens(run, display_rows=2, summaries=1)
+    seen = run.seen_text()
+    assert re.search(r"\b[1-9]\d?%  [\d.]+ KB / [\d.]+ KB", seen), seen  # mid-run, by bytes
+    assert "ETA" in seen
+    assert re.search(r"\b[1-9]\d* done", seen)
+    assert any(ch in seen for ch in BAR)
+
+
+@pytest.mark.parametrize("columns", [80, 200])
+def test_run_with_workers_shows_the_parent_s_progress(events: Path, columns: int) -> None:
+    run = run_in_pty(
+        adbatch(
+            "run", "--mock", "--workers", "2", "--rate", "48", events,
+            "-o", events.with_suffix(".out"),
+        ),
+        columns=columns,
+        cwd=str(ROOT),
+    )  # fmt: skip
+    assert run.returncode == 0, run.final
+    check_screens(run, display_rows=2, summaries=1)
+    seen = run.seen_text()
+    assert re.search(r"\b[1-9]\d?%  ", seen), seen
+    assert "2 workers" in seen
+
+
+@pytest.mark.parametrize("columns", [80, 200])
+def test_load_shows_rate_latency_and_token(tmp_path: Path, columns: int) -> None:
+    run = run_in_pty(
+        adbatch(
+            "load", "--mock", EXAMPLES / "pageviews.jsonl", "--rate", "50", "--duration", "5s",
+            "-o", tmp_path / "out.jsonl",
+        ),
+        columns=columns,
+        cwd=str(ROOT),
+    )  # fmt: skip
+    assert run.returncode == 0, run.final
+    check_screens(run, display_rows=3, summaries=2)
+    seen = run.seen_text()
+    assert re.search(r"\ds / 5s", seen), seen
+    if columns >= 200:  # at 80 columns the rows may be cut before their end
+        assert "of 50/s target" in seen
+        assert "last s p50" in seen
+        assert "token valid" in seen
+        assert re.search(r"0 errors · 0 dropped", seen)
+
+
+def test_replay_shows_the_display(tmp_path: Path) -> None:
+    run = run_in_pty(
+        adbatch(
+            "replay", "--mock", EXAMPLES / "access.log", "--speed", "20", "--max-gap", "2",
+            "-o", tmp_path / "out.jsonl",
+        ),
+        columns=80,
+        cwd=str(ROOT),
+    )  # fmt: skip
+    assert run.returncode == 0, run.final
+    check_screens(run, display_rows=3, summaries=2)
+    assert re.search(r"\ds elapsed", run.seen_text())
+
+
+@pytest.mark.parametrize(
+    ("args", "why"),
+    [
+        pytest.param(["--no-progress", "-o", "{out}"], "asked", id="no-progress"),
+        pytest.param([], "the records are on the terminal", id="records-on-stdout"),
+    ],
+)
+def test_no_display(events: Path, args: list[str], why: str) -> None:
+    out = str(events.with_suffix(".out"))
+    run = run_in_pty(
+        adbatch("run", "--mock", "--rate", "200", events, *(a.format(out=out) for a in args)),
+        columns=80,
+        cwd=str(ROOT),
+    )
+    assert run.returncode == 0
+    text = run.raw.decode("utf-8", "replace")
+    assert not any(ch in text for ch in BAR), why
+    assert " done · " not in text, why
