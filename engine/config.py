@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from engine.core.errors import ConfigError
 from engine.core.events import header_problem
 from engine.core.headers import parse_headers
+from engine.core.proxies import parse_proxy_url
 from engine.core.secrets import token_problem
 
 DEFAULT_ENDPOINT = "https://d.us.criteo.com/delivery/retailmedia"
@@ -89,6 +90,10 @@ class Config:
     resume: bool = False
     grace: float = 10.0
     allow_insecure: bool = False
+    # --proxy: an http:// proxy for every call instead of HTTP(S)_PROXY/ALL_PROXY (its
+    # credentials are secrets: out of repr); --no-proxy: read none of those variables.
+    proxy: str | None = field(default=None, repr=False)
+    no_proxy: bool = False
     # TLS (net/tls.py): a PEM bundle trusted instead of the system store, and a client
     # certificate (its key in the same file or in client_key) for mutual TLS.
     cacert: str | None = None
@@ -144,6 +149,10 @@ class Config:
         if self.inputs.count("-") > 1:
             raise ConfigError("stdin ('-') can be read only once")
         self._validate_distribution()
+        if self.proxy is not None:
+            if self.no_proxy:
+                raise ConfigError("give --proxy or --no-proxy, not both")
+            parse_proxy_url(self.proxy, source="--proxy")
         return self
 
     def _validate_reliability(self) -> None:

@@ -120,6 +120,7 @@ def test_error_kind_values_stay_as_they_were() -> None:
         "DROPPED": "dropped",
         "DRY_RUN": "dry_run",
         "TLS": "tls",
+        "PROXY": "proxy",
     }
     assert http_kind(503) == "http_503"
 

@@ -102,6 +102,19 @@ def _add_api_options(api: argparse._ArgumentGroup) -> None:
         help="User-Agent for events without one (default: adbatch/VERSION)",
     )
     api.add_argument("--ip", metavar="IP", help="X-Forwarded-For for events without one")
+    api.add_argument(
+        "--proxy",
+        metavar="URL",
+        help="http://[user:password@]host:port proxy for every call, instead of "
+        "HTTPS_PROXY / HTTP_PROXY / ALL_PROXY (NO_PROXY still applies; credentials on "
+        "the command line show in the process list: prefer the variables)",
+    )
+    api.add_argument(
+        "--no-proxy",
+        action="store_true",
+        default=None,
+        help="ignore HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and NO_PROXY: every call goes direct",
+    )
 
 
 def _add_token_options(api: argparse._ArgumentGroup) -> None:

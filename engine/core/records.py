@@ -46,6 +46,9 @@ class ErrorKind:
     PROTOCOL: Final = "protocol"  # a malformed HTTP answer
     REQUEST: Final = "request"  # a call that cannot be sent (a bad URL or header)
     TOO_LARGE: Final = "too_large"  # an answer over --max-response-bytes (status kept)
+    #: A proxy refused to carry the call (407, 403, a CONNECT answered non-2xx): not
+    #: retried, the run stops; --resume sends it again (core/proxies.py).
+    PROXY: Final = "proxy"
     #: An unexpected exception while handling one event (a bug): retried by --resume.
     INTERNAL: Final = "internal"
     #: The kinds of records that no server answer caused.
@@ -308,7 +311,8 @@ class RecordLine:
 
 #: The error kinds of records `--resume` sends again: no answer came (the transport's
 #: kinds: `disconnected` and `payload` are the network failing mid-answer, as retryable
-#: as a reset) or the handling failed (internal); another try may well succeed.
+#: as a reset), the handling failed (internal) or a proxy refused it (proxy: once the proxy
+#: or its credentials are fixed); another try may well succeed.
 TRANSIENT_KINDS = frozenset(
     {
         ErrorKind.TLS,  # final for this run, but fixable by its options (see above)
@@ -318,6 +322,7 @@ TRANSIENT_KINDS = frozenset(
         ErrorKind.PAYLOAD,
         ErrorKind.NETWORK,
         ErrorKind.INTERNAL,
+        ErrorKind.PROXY,
     }
 )
 #: The statuses of records `--resume` sends again (with every 5xx).

@@ -20,6 +20,8 @@ up to EOF, 1xx, `Connection: close`, HTTP/1.0), and does the rest itself:
 - bodies read and decompressed by `engine.net.bodies` under `max_body` bytes (gzip and
   deflate in bounded steps; aiohttp's own decompression is off); an answer over it is a
   `too_large` failure that keeps its status, and its connection is dropped;
+- through a proxy (net/proxy.py), absolute-form requests for `http://`, a CONNECT
+  tunnel for `https://` (TLS inside it), pooled alike; the proxy's 407 fails the call;
 - a connection that received anything while it sat idle in the pool (an answer nobody
   asked for, part of one, garbage) or was closed is never handed out again: the next
   call would read those bytes as its own answer.
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -45,8 +48,10 @@ from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDictProxy
 
 from engine.config import DEFAULT_MAX_RESPONSE_BYTES
+from engine.core.proxies import Proxies, ProxyURL, refusal
 from engine.core.records import ErrorKind
 from engine.net.bodies import ACCEPT_ENCODING, BodyError, read_body
+from engine.net.proxy import ProxyError, dial, forwarded_headers
 from engine.net.tls import client_context, tls_failure
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -87,15 +92,6 @@ class _Connection(ResponseHandler):
         ResponseHandler.data_received(self, data)  # not super(): 130 ns less a read
 
 
-def _tls_context(verify: bool) -> ssl.SSLContext:
-    if verify:
-        return ssl.create_default_context()
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
-
-
 class _Pool:
     """Keep-alive connections to one origin; at most `limit` open at once."""
 
@@ -111,6 +107,7 @@ class _Pool:
         "host",
         "loop",
         "port",
+        "via",
     )
 
     def __init__(
@@ -122,8 +119,10 @@ class _Pool:
         limit: int,
         host_header: str,
         user_headers: str,
+        via: ProxyURL | None = None,
     ) -> None:
         self.host = host
+        self.via = via  # the proxy connections go through (CONNECT for https)
         self.port = port
         self.loop = loop
         self._ssl = tls
@@ -177,13 +176,10 @@ class _Pool:
         proto = None
         self._connecting += 1
         try:
-            _, proto = await loop.create_connection(
-                lambda: _Connection(loop),
-                self.host,
-                self.port,
-                ssl=self._ssl,
-                server_hostname=self.host if self._ssl is not None else None,
-            )
+            factory = functools.partial(_Connection, loop)
+            proto = await dial(loop, factory, self.host, self.port, self._ssl, self.via)
+        except ProxyError as exc:
+            raise HttpError(exc.kind, exc.message) from None
         except ssl.SSLError as exc:
             if (failure := tls_failure(exc, f"{self.host}:{self.port}")) is not None:
                 raise HttpError(ErrorKind.TLS, failure) from None
@@ -256,6 +252,7 @@ class Http1Client:
         timeout: float,
         verify_tls: bool = True,
         max_body: int = DEFAULT_MAX_RESPONSE_BYTES,
+        proxies: Proxies | None = None,
         tls: ssl.SSLContext | None = None,
     ) -> None:
         if limit < 1:
@@ -268,6 +265,7 @@ class Http1Client:
         self._pools: dict[tuple[str, str, int], _Pool] = {}
         self._targets: dict[str, _Target] = {}
         self._common = f"Accept-Encoding: {ACCEPT_ENCODING}\r\n"
+        self._proxies = proxies if proxies is not None and proxies.any else None
 
     def close(self) -> None:
         for pool in self._pools.values():
@@ -296,6 +294,7 @@ class Http1Client:
             if ":" in host:  # an IPv6 literal
                 host = f"[{host}]"
             host_header = host if port == _DEFAULT_PORTS[scheme] else f"{host}:{port}"
+            via = None if self._proxies is None else self._proxies.route(scheme, url.host, port)
             pool = _Pool(
                 asyncio.get_running_loop(),
                 url.host,
@@ -303,10 +302,13 @@ class Http1Client:
                 tls,
                 self._limit,
                 host_header,
-                self._common,
+                self._common + (forwarded_headers(via) if tls is None else ""),
+                via,
             )
             self._pools[key] = pool
-        target = _Target(pool, url.raw_path or "/")
+        # Absolute form (`GET http://host/path`) when the proxy reads the request.
+        origin = str(url.origin()) if pool.via is not None and scheme == "http" else ""
+        target = _Target(pool, origin + (url.raw_path or "/"))
         if len(self._targets) < 1024:
             self._targets[base] = target
         return target
@@ -360,6 +362,8 @@ class Http1Client:
             finally:
                 timer.cancel()
             pool.release(proto)
+            if answer.status == 407 and pool.via is not None:
+                raise HttpError(*refusal(pool.via, 407, "", f"{pool.host}:{pool.port}"))
             return answer
 
     # The helpers below run on the rare paths only (a new connection, a failed call): the

@@ -19,15 +19,19 @@ from contextlib import AsyncExitStack
 from types import TracebackType
 
 import aiohttp
+import yarl
 
 from engine.config import Config
+from engine.core.proxies import Proxies, refusal, unreachable
 from engine.core.records import ErrorKind
 from engine.core.secrets import Secrets
 from engine.core.tokenwindow import TokenFailure, TokenGrant, endpoint_message, parse_token_answer
 from engine.net.auth import StaticToken, TokenProvider
 from engine.net.bodies import ACCEPT_ENCODING, BodyError, read_body
 from engine.net.oauth import OAuthToken
+from engine.net.proxy import run_proxies
 from engine.net.tls import client_context, tls_context, tls_failure
+from engine.net.transport import aiohttp_proxy
 
 _POOL = 2  # one renewal at a time, plus one spare connection
 DEFAULT_TOKEN_TIMEOUT = 10.0
@@ -48,8 +52,14 @@ class TokenClient:
         verify_tls: bool = True,
         max_bytes: int = TOKEN_MAX_BYTES,
         tls: ssl.SSLContext | None = None,
+        proxies: Proxies | None = None,
     ) -> None:
         self.url = url
+        # The proxy the token requests go through (the proxy variables or --proxy).
+        target = yarl.URL(url)
+        self._via = None
+        if proxies is not None and target.host is not None and target.port is not None:
+            self._via = proxies.route(target.scheme, target.host, target.port)
         self._max_bytes = max_bytes
         self._form = {
             "grant_type": "client_credentials",
@@ -89,8 +99,12 @@ class TokenClient:
                 data=self._form,
                 headers={"Accept": "application/json", "Accept-Encoding": ACCEPT_ENCODING},
                 allow_redirects=False,
+                proxy=aiohttp_proxy(self._via),
             ) as resp:
                 status = resp.status
+                if status == 407 and self._via is not None:
+                    _, message = refusal(self._via, 407, resp.reason or "", "")
+                    return TokenFailure("refused", message)
                 try:
                     body = await read_body(
                         resp.content, resp.headers.get("Content-Encoding"), self._max_bytes
@@ -100,10 +114,17 @@ class TokenClient:
                     return TokenFailure("unavailable", self._unreadable(status, exc))
         except TimeoutError:
             return TokenFailure("unavailable", f"no answer within {self._timeout:g}s")
+        except aiohttp.ClientHttpProxyError as exc:  # CONNECT answered non-2xx
+            if self._via is None:
+                return TokenFailure("unavailable", f"proxy answered HTTP {exc.status}")
+            kind, message = refusal(self._via, exc.status, exc.message, self._authority())
+            return TokenFailure("refused" if kind == ErrorKind.PROXY else "unavailable", message)
         except aiohttp.ClientConnectorError as exc:
             if (failure := tls_failure(exc, f"{exc.host}:{exc.port}")) is not None:
                 return TokenFailure("tls", failure)  # not retried: AuthError at once
             reason = getattr(exc.os_error, "strerror", None) or str(exc.os_error)
+            if self._via is not None and isinstance(exc, aiohttp.ClientProxyConnectionError):
+                return TokenFailure("unavailable", unreachable(self._via, reason))
             return TokenFailure("unavailable", f"cannot connect: {reason}")
         except aiohttp.ClientError as exc:
             if (failure := tls_failure(exc, self.url)) is not None:  # an alert after TLS 1.3
@@ -117,6 +138,10 @@ class TokenClient:
                 endpoint_message(f"network error: {exc.strerror or exc}", self._secrets),
             )
         return parse_token_answer(status, body, secrets=self._secrets)
+
+    def _authority(self) -> str:
+        target = yarl.URL(self.url)
+        return f"{target.host}:{target.port}"
 
     def _unreadable(self, status: int, exc: BodyError) -> str:
         if exc.kind == ErrorKind.TOO_LARGE:
@@ -143,6 +168,7 @@ async def open_token_provider(config: Config, stack: AsyncExitStack) -> TokenPro
             client_secret=config.client_secret,
             max_bytes=min(config.max_response_bytes, TOKEN_MAX_BYTES),
             tls=tls_context(config),
+            proxies=run_proxies(config),
         )
     )
     provider = OAuthToken(client, wait=config.token_wait)

@@ -27,6 +27,7 @@ import yarl
 
 from engine.config import DEFAULT_MAX_RESPONSE_BYTES, HTTP_CLIENTS
 from engine.core.events import header_problem
+from engine.core.proxies import Proxies, ProxyURL, refusal, unreachable
 from engine.core.query import Request
 from engine.core.records import ErrorKind, Response
 from engine.net.bodies import ACCEPT_ENCODING, BodyError, read_body
@@ -45,6 +46,7 @@ def open_transport(
     client: str = "http1",
     verify_tls: bool = True,
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+    proxies: Proxies | None = None,
     tls: ssl.SSLContext | None = None,
 ) -> Http1Transport | SessionTransport:
     """The transport named by `client` (one of HTTP_CLIENTS), to use with `async with`."""
@@ -56,9 +58,9 @@ def open_transport(
         "tls": tls,  # net/tls.py's context (--cacert, --client-cert); None: the default
     }
     if client == "session":
-        return SessionTransport(**options)
+        return SessionTransport(**options, proxies=proxies)
     if client == "http1":
-        return Http1Transport(**options)
+        return Http1Transport(**options, proxies=proxies)
     raise ValueError(f"unknown HTTP client {client!r}; use one of {', '.join(HTTP_CLIENTS)}")
 
 
@@ -72,6 +74,7 @@ class Http1Transport:
         timeout: float,
         verify_tls: bool = True,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        proxies: Proxies | None = None,
         tls: ssl.SSLContext | None = None,
     ) -> None:
         self._client = Http1Client(
@@ -79,6 +82,7 @@ class Http1Transport:
             timeout=timeout,
             verify_tls=verify_tls,
             max_body=max_response_bytes,
+            proxies=proxies,
             tls=tls,
         )
 
@@ -120,10 +124,13 @@ class SessionTransport:
         timeout: float,
         verify_tls: bool = True,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        proxies: Proxies | None = None,
         tls: ssl.SSLContext | None = None,
     ) -> None:
         self._concurrency = concurrency
         self._tls = tls if tls is not None else client_context(verify=verify_tls)
+        self._proxies = proxies if proxies is not None and proxies.any else None
+        self._routes: dict[tuple[str, str, int], ProxyURL | None] = {}
         self._timeout = timeout
         self._verify_tls = verify_tls
         self._max_body = max_response_bytes
@@ -157,21 +164,29 @@ class SessionTransport:
             await self._session.close()
             self._session = None
 
+    def _route(self, text: str) -> tuple[yarl.URL, ProxyURL | None]:
+        """`text` as a URL, and the proxy of a call to it (NO_PROXY decides once per
+        origin)."""
+        url = yarl.URL(text, encoded=True)
+        if self._proxies is None:
+            return url, None
+        key = (url.scheme, url.host or "", url.port or 0)
+        if key not in self._routes:
+            self._routes[key] = self._proxies.route(*key)
+        return url, self._routes[key]
+
     async def send(self, request: Request, authorization: str | None) -> Response:
         assert self._session is not None, "use the transport inside `async with`"
-        headers = dict(request.headers)
-        # What bodies decodes (aiohttp would add br or zstd when their modules are there).
-        headers["Accept-Encoding"] = ACCEPT_ENCODING
-        if authorization is not None:
-            headers["Authorization"] = authorization
+        headers = _session_headers(request, authorization)
         sent_at = time.time()
         start = time.perf_counter()
         # make_event refuses such values; an Event built by hand must not raise in aiohttp.
         if any(header_problem(value) is not None for value in headers.values()):
             return _failed(sent_at, start, ErrorKind.REQUEST, "a header value cannot be sent")
+        url, via = self._route(request.url)
         try:
             async with self._session.get(
-                yarl.URL(request.url, encoded=True), headers=headers, allow_redirects=False
+                url, headers=headers, allow_redirects=False, proxy=aiohttp_proxy(via)
             ) as resp:
                 status = resp.status
                 retry_after = resp.headers.get("Retry-After")
@@ -186,6 +201,8 @@ class SessionTransport:
             return _failed(
                 sent_at, start, ErrorKind.TIMEOUT, f"no answer within {self._timeout:g}s"
             )
+        except (aiohttp.ClientHttpProxyError, aiohttp.ClientProxyConnectionError) as exc:
+            return _failed(sent_at, start, *_proxy_failure(exc, via, url))
         except aiohttp.ClientConnectorError as exc:
             if (failure := tls_failure(exc, f"{exc.host}:{exc.port}")) is not None:
                 return _failed(sent_at, start, ErrorKind.TLS, failure)
@@ -214,8 +231,42 @@ class SessionTransport:
             return _failed(
                 sent_at, start, ErrorKind.NETWORK, f"network error: {exc.strerror or exc}"
             )
+        if status == 407 and via is not None:  # the proxy wants (other) credentials
+            return _failed(sent_at, start, *refusal(via, 407, "", ""))
         latency_ms = (time.perf_counter() - start) * 1000.0
         return Response(status, body, sent_at, latency_ms, retry_after=retry_after)
+
+
+def _session_headers(request: Request, authorization: str | None) -> dict[str, str]:
+    headers = dict(request.headers)
+    # What bodies decodes (aiohttp would add br or zstd when their modules are there).
+    headers["Accept-Encoding"] = ACCEPT_ENCODING
+    if authorization is not None:
+        headers["Authorization"] = authorization
+    return headers
+
+
+def _proxy_failure(
+    exc: aiohttp.ClientHttpProxyError | aiohttp.ClientProxyConnectionError,
+    via: ProxyURL | None,
+    url: yarl.URL,
+) -> tuple[str, str]:
+    """(kind, message) of a proxy that refused a CONNECT or could not be reached."""
+    if via is None:  # cannot be: aiohttp raises these for a proxied call only
+        return ErrorKind.PROXY, f"proxy failure: {type(exc).__name__}"
+    if isinstance(exc, aiohttp.ClientHttpProxyError):
+        return refusal(via, exc.status, exc.message, f"{url.host}:{url.port}")
+    reason = getattr(exc.os_error, "strerror", None) or str(exc.os_error)
+    return ErrorKind.CONNECT, unreachable(via, reason)
+
+
+def aiohttp_proxy(via: ProxyURL | None) -> yarl.URL | None:
+    """`via` as aiohttp's `proxy=` (its credentials become Proxy-Authorization)."""
+    if via is None:
+        return None
+    return yarl.URL.build(
+        scheme="http", user=via.user, password=via.password, host=via.host, port=via.port
+    )
 
 
 def _failed(

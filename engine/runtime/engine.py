@@ -57,6 +57,7 @@ from engine.core.call import (
     SlowDown,
 )
 from engine.core.events import Event, Invalid, Item, ReadCounts
+from engine.core.proxies import refused_stop, unreachable_stop
 from engine.core.query import RequestBuilder
 from engine.core.rates import AdaptiveRate
 from engine.core.records import ErrorKind, Result, dry_run, http_kind, internal, invalid
@@ -334,6 +335,8 @@ class Engine:
             stop = self.throttle.final(result.status)
         if stop is None and result.error_kind == ErrorKind.TLS:  # no retry will help
             stop = Stop(tls_stop(result.error, self.config.endpoint))
+        if stop is None and result.error_kind == ErrorKind.PROXY:  # refused: stop at once
+            stop = Stop(refused_stop(result.error))
         if stop is not None:
             self.stop(stop)
         elif result.error_kind in _FATAL_KINDS and state.stats.ok == 0:
@@ -358,7 +361,7 @@ class Engine:
                 "the delivery host refused the token (HTTP 401): check --token or "
                 "ADBATCH_TOKEN, or the client credentials"
             )
-        return (
+        return unreachable_stop(state.first_fatal) or (
             f"cannot reach the delivery endpoint {self.config.endpoint} "
             f"({state.first_fatal}); check --endpoint and that the server is up"
         )

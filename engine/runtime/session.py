@@ -15,9 +15,9 @@ Rules:
   its processes first, before any socket or thread exists), the embedded mock
   (`--mock`), the token provider (a dynamic token is fetched before any call), the
   transport.
-- The run's secrets are gathered once (`Secrets`: the given token and client secret,
-  then every token the provider issues) and every record written through `write` is
-  redacted with them.
+- The run's secrets are gathered once (`Secrets`: the given token, client secret and
+  proxy credentials, then every token the provider issues) and every record written
+  through `write` is redacted with them.
 - On every way out the output is closed (fsynced), and an EngineError raised inside a
   task group comes out as itself, so the CLI prints its one line. An output file
   deleted or replaced during the run ends it with exit 3 (files/sinks.py), also when
@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 from engine.config import Config
 from engine.core.events import ReadCounts
+from engine.core.proxies import Proxies
 from engine.core.records import Result, jsonl
 from engine.core.secrets import Secrets
 from engine.errors import OutputError, plain_engine_errors
@@ -43,6 +44,7 @@ from engine.files.resume import ResumeIndex, compact, open_resume
 from engine.files.sinks import JsonlSink, create_output
 from engine.files.sources import check_inputs
 from engine.net.auth import StaticToken, TokenProvider
+from engine.net.proxy import run_proxies
 from engine.net.tls import tls_context
 from engine.net.token_client import open_token_provider
 from engine.net.transport import Transport, open_transport
@@ -90,6 +92,8 @@ async def start_mock(config: Config, stack: AsyncExitStack) -> Config:
         client_id=client_id,
         client_secret=client_secret,
         mock=False,
+        proxy=None,  # the embedded mock is on this machine: never through a proxy
+        no_proxy=True,
     )
 
 
@@ -107,6 +111,7 @@ async def transport_for(config: Config) -> AsyncIterator[Transport | None]:
         client=config.http_client,
         max_response_bytes=config.max_response_bytes,
         tls=tls_context(config),
+        proxies=run_proxies(config),
     ) as transport:
         yield transport
 
@@ -131,6 +136,7 @@ async def open_run(
     """
     config = given = config.validated()
     tls_context(config)  # --cacert, --client-cert, --client-key: exit 2 now (net/tls.py)
+    proxies = run_proxies(config)  # a proxy variable that cannot be used: exit 2, now
     if inputs:
         check_inputs(config.inputs)
     read = [("input", path) for path in config.inputs] if inputs else []
@@ -153,13 +159,7 @@ async def open_run(
                 sender = (
                     await stack.enter_async_context(transport_for(config)) if transport else None
                 )
-                # The given token and secret, and the mock's with --mock.
-                named = (given.token, given.client_secret, config.token, config.client_secret)
-                pairs = (
-                    (given.client_id, given.client_secret),
-                    (config.client_id, config.client_secret),
-                )
-                secrets = Secrets(named, issued=provider.secrets, basic=pairs)
+                secrets = _run_secrets(given, config, provider, proxies)
                 yield RunSession(config, provider, sender, secrets, sink, index, ReadCounts())
         ended = True
     finally:
@@ -167,6 +167,20 @@ async def open_run(
             sink.close(check=ended)
             if index is not None and config.output is not None:
                 _compact(config.output, index, quiet=not ended)
+
+
+def _run_secrets(
+    given: Config, config: Config, provider: TokenProvider, proxies: Proxies
+) -> Secrets:
+    """The given token and secret, the mock's with --mock, the proxy credentials (the
+    password and the Proxy-Authorization form), then every token the provider issues."""
+    named = (given.token, given.client_secret, config.token, config.client_secret)
+    pairs = (
+        (given.client_id, given.client_secret),
+        (config.client_id, config.client_secret),
+        *proxies.basic(),
+    )
+    return Secrets((*named, *proxies.secrets()), issued=provider.secrets, basic=pairs)
 
 
 def _compact(path: str, index: ResumeIndex, *, quiet: bool) -> None:
