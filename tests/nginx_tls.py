@@ -15,7 +15,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +42,16 @@ class NginxTls:
 
     def url(self, name: str, path: str = "/delivery/retailmedia", host: str = "127.0.0.1") -> str:
         return f"https://{host}:{self.ports[name]}{path}"
+
+    def logged(self, text: str, timeout: float = 5.0) -> bool:
+        """Whether an access-log line holds `text`, waiting for it: nginx writes the line
+        after the answer, so it may come a moment after the client read it."""
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in self.requests()):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
 
     def requests(self) -> list[str]:
         """The access log's lines (`listener method uri client-subject`)."""
@@ -123,9 +133,9 @@ http {{
             proc.stderr.close()
 
 
-def _wait(ports: object, proc: subprocess.Popen[bytes]) -> None:
+def _wait(ports: Iterable[int], proc: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + 10
-    for port in ports:  # type: ignore[attr-defined]
+    for port in ports:
         while True:
             if proc.poll() is not None:
                 err = proc.stderr.read().decode() if proc.stderr else ""

@@ -133,10 +133,17 @@ def _ssl_error(exc: BaseException | None) -> ssl.SSLError | None:
     """The SSLError behind `exc`: itself, its `os_error`/`certificate_error` (aiohttp's
     connector errors) or its cause (a ClientOSError from a read)."""
     for _ in range(4):
-        if exc is None or isinstance(exc, ssl.SSLError):
-            return exc
+        if exc is None:
+            return None
+        # aiohttp's connector errors are SSLErrors too (by their bases) but carry none
+        # of the fields: the real one is inside.
         inner = getattr(exc, "certificate_error", None) or getattr(exc, "os_error", None)
-        exc = inner if isinstance(inner, BaseException) else exc.__cause__
+        if isinstance(inner, BaseException):
+            exc = inner
+        elif isinstance(exc, ssl.SSLError):
+            return exc
+        else:
+            exc = exc.__cause__
     return None
 
 
@@ -158,7 +165,10 @@ def _verify_failure(error: ssl.SSLCertVerificationError, where: str) -> str:
     code = error.verify_code
     detail = str(error.verify_message or error.reason or "certificate verify failed").rstrip(".")
     if code in _HOSTNAME:
-        return f"TLS: hostname mismatch: the certificate of {where} is not for it ({detail})"
+        return (
+            f"TLS: hostname mismatch: the certificate of {where} is not for it ({detail}); "
+            "check --endpoint"
+        )
     if code in _SELF_SIGNED:
         return (
             f"TLS: self-signed certificate at {where}, not trusted ({detail}); "
@@ -178,8 +188,9 @@ def _verify_failure(error: ssl.SSLCertVerificationError, where: str) -> str:
 
 def tls_stop(error: str | None, endpoint: str) -> str:
     """The run's stop message after a call's TLS failure (`error`, its record's)."""
+    text = error or "TLS failure"
+    fix = "" if "--" in text else "; --cacert FILE names the CAs to trust"
     return (
-        f"{error or 'TLS failure'} (delivery endpoint {endpoint}); nothing more is sent: "
-        "trust the server's CA with --cacert FILE (or fix --endpoint, --client-cert), "
-        "then --resume sends the rest"
+        f"{text} (delivery endpoint {endpoint}){fix}; nothing more is sent: "
+        "once that is fixed, --resume sends the rest"
     )
