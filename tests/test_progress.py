@@ -222,3 +222,26 @@ def test_bytes_read_count_the_files_bytes(tmp_path: Path, reader: object, gzippe
     assert 0 < counts.bytes_read <= path.stat().st_size
     assert sum(1 for _ in items) == 4999
     assert counts.bytes_read == path.stat().st_size == input_size([str(path)])
+
+
+@pytest.mark.parametrize("width", [1, 5, 20, 40, 80, 200])
+def test_rows_are_cut_to_the_width_never_wrapped(width: int) -> None:
+    """What keeps the display in place: one line per row, none wider than the console
+    (wide characters counted as two cells)."""
+    import io
+
+    from rich.cells import cell_len
+    from rich.console import Console
+
+    from engine.runtime.display import _render
+
+    rows = [
+        Bar(0.3, "30%  31.8 KB / 104.6 KB  2s, ETA 3s"),
+        "73 done · 48/s · 73 ok · 0 failed · 0 invalid · p99 1 ms · 漢字漢字漢字 " * 3,
+        "",
+    ]
+    out = io.StringIO()
+    Console(file=out, width=width, force_terminal=True, color_system=None).print(_render(rows))
+    lines = out.getvalue().split("\n")[:-1]
+    assert len(lines) == len(rows)
+    assert max(cell_len(line) for line in lines) <= width
