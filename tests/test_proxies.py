@@ -183,6 +183,7 @@ def test_no_proxy_lowercase_wins() -> None:
     [
         pytest.param(407, "u", ErrorKind.PROXY, "refused the credentials", id="407-with-creds"),
         pytest.param(407, None, ErrorKind.PROXY, "asks for credentials", id="407-without"),
+        pytest.param(401, "u", ErrorKind.PROXY, "refused the credentials", id="401-tinyproxy"),
         pytest.param(403, None, ErrorKind.PROXY, "refused to carry the call to h:443", id="403"),
         pytest.param(502, None, ErrorKind.CONNECT, "could not reach h:443", id="502"),
     ],

@@ -263,9 +263,12 @@ def _variable(env: Mapping[str, str], lower: str) -> tuple[str, str | None]:
 def refusal(proxy: ProxyURL, status: int, reason: str, target: str) -> tuple[str, str]:
     """(error kind, one-line message) for a proxy that answered `status` instead of
     carrying a call to `target` (`host:port`): 407 and the other refusals are `proxy`
-    (final; the run stops), a 5xx is the proxy failing to reach `target`: `connect`."""
+    (final; the run stops), a 5xx is the proxy failing to reach `target`: `connect`.
+    Called for any answer to CONNECT, and for a 407 to an absolute-form request."""
     said = f"HTTP {status}" + (f" {words}" if (words := _words(reason)) else "")
-    if status == 407:
+    # A proxy's 401 to CONNECT is about its credentials too: tinyproxy up to 1.11 answers
+    # wrong ones so (its issue 532). To an absolute-form GET, a 401 is the server's.
+    if status in (401, 407):
         if proxy.user is not None:
             return ErrorKind.PROXY, f"proxy {proxy.shown} refused the credentials ({said})"
         return ErrorKind.PROXY, (
