@@ -2,21 +2,27 @@
 
 Each picks its driver; every driver opens its run with `runtime.session.open_run`, so
 what a run checks before sending, how it redacts and how it ends are written once.
+`run` and `run_load` are watched here when the config asks (--metrics-addr,
+--dashboard: engine/observe), around the driver, which feeds the `Watch`.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
 
 import anyio
 
 from engine.config import Config
 from engine.core.records import Result
 from engine.core.stats import Summary
+from engine.core.tally import Mode
 from engine.errors import ConfigError, plain_engine_errors
-from engine.load.driver import run_load
+from engine.load import driver as load_driver
+from engine.load.plan import LiveState, LoadOutcome, LoadPlan
 from engine.runtime.feeds import event_defaults, file_feed, mapping_feed, skip_answered
 from engine.runtime.session import open_run
+from engine.runtime.watch import Watch, engine_probe, input_progress
 
 __all__ = ["deliver", "run", "run_load"]
 
@@ -34,17 +40,44 @@ async def run(config: Config, *, handle_signals: bool = False) -> Summary:
         from engine.distributed.ray_backend import run_ray  # Ray loads only when asked
 
         return await run_ray(config)
-    if config.workers > 1:
-        from engine.multiproc.driver import run_workers
+    async with watched(config, "run") as watch:
+        if config.workers > 1:
+            from engine.multiproc.driver import run_workers
 
-        return await run_workers(config, handle_signals=handle_signals)
-    return await run_local(config, handle_signals=handle_signals)
+            return await run_workers(config, handle_signals=handle_signals, watch=watch)
+        return await run_local(config, handle_signals=handle_signals, watch=watch)
 
 
-async def run_local(config: Config, *, handle_signals: bool = False) -> Summary:
+async def run_load(
+    config: Config, plan: LoadPlan, *, live: LiveState | None = None, progress: bool = False
+) -> LoadOutcome:
+    """Run `load` or `replay` as planned (engine/load/driver.py), watched when asked."""
+    config = config.validated()
+    async with watched(config, plan.mode) as watch:
+        return await load_driver.run_load(config, plan, live=live, progress=progress, watch=watch)
+
+
+@asynccontextmanager
+async def watched(config: Config, mode: Mode) -> AsyncIterator[Watch | None]:
+    """The run's `Watch` and its servers when the config asks for them, else None."""
+    if config.metrics_addr is None and config.dashboard is None:
+        yield None
+        return
+    from engine.observe.serve import observed  # aiohttp.web, prometheus_client: when asked
+
+    async with observed(config, mode) as watch:
+        yield watch
+
+
+async def run_local(
+    config: Config, *, handle_signals: bool = False, watch: Watch | None = None
+) -> Summary:
     """`run` in this process: one engine, one task group."""
     async with open_run(config) as session:
         engine = session.engine()
+        if watch is not None:
+            progress = input_progress(session.counts, session.config.inputs)
+            watch.attach(engine_probe(engine, progress=progress))
         feed = file_feed(session.config, session.counts)
         if session.resume is not None:
             feed = skip_answered(feed, session.resume, engine.state.count_resumed)
@@ -79,6 +112,8 @@ async def deliver(
             ("workers", config.workers != 1),
             ("output", config.output is not None),
             ("resume", config.resume),
+            ("metrics_addr", config.metrics_addr is not None),
+            ("dashboard", config.dashboard is not None),
         )
         if given
     ]

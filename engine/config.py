@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from engine.core.addresses import parse_listen
 from engine.core.errors import ConfigError
 from engine.core.events import header_problem
 from engine.core.headers import parse_headers
@@ -105,6 +106,11 @@ class Config:
     shard_by: Literal["position", "id"] = "position"
     backend: Literal["local", "ray"] = "local"
     workers: int = 1
+    # Watching a run (engine/observe): Prometheus /metrics and the live dashboard, each
+    # on HOST:PORT (a bare :PORT is loopback), up `metrics_linger` seconds after the run.
+    metrics_addr: str | None = None
+    dashboard: str | None = None
+    metrics_linger: float = 0.0
 
     def validated(self) -> Config:
         """This config, checked; raises ConfigError naming the option at fault."""
@@ -149,6 +155,7 @@ class Config:
         if self.inputs.count("-") > 1:
             raise ConfigError("stdin ('-') can be read only once")
         self._validate_distribution()
+        self._check_observers()
         if self.proxy is not None:
             if self.no_proxy:
                 raise ConfigError("give --proxy or --no-proxy, not both")
@@ -213,6 +220,19 @@ class Config:
                 raise ConfigError(
                     "--backend ray resumes by itself (a rerun skips complete shards); drop --resume"
                 )
+
+    def _check_observers(self) -> None:
+        if self.metrics_addr is not None:
+            parse_listen(self.metrics_addr, "--metrics-addr")
+        if self.dashboard is not None:
+            parse_listen(self.dashboard, "--dashboard")
+        linger = self.metrics_linger
+        if isinstance(linger, bool) or not isinstance(linger, int | float) or not (
+            linger >= 0 and math.isfinite(linger)
+        ):
+            raise ConfigError(f"--metrics-linger must be a number of seconds >= 0, got {linger!r}")
+        if self.backend == "ray" and (self.metrics_addr or self.dashboard):
+            raise ConfigError("--metrics-addr and --dashboard watch a local run, not --backend ray")
 
     def _check_header_values(self) -> None:
         sent = (

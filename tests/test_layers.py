@@ -36,7 +36,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("engine.errors", "engine.config", "engine.version"),
     ("engine.files", "engine.net", "engine.report", "engine.mock"),
     ("engine.runtime",),
-    ("engine.multiproc", "engine.load", "engine.distributed"),
+    # observe: the servers that watch a run (/metrics, the dashboard); they read the
+    # runtime's Watch, which the drivers feed, and engine.api wires the two.
+    ("engine.multiproc", "engine.load", "engine.distributed", "engine.observe"),
     ("engine.api",),
     ("engine.cli",),
     ("engine", "engine.__main__"),

@@ -46,6 +46,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     _add_reliability_options(
         p.add_argument_group("retries, interruption and resume (docs/reliability.md)")
     )
+    _add_watch_options(p.add_argument_group("watching the run (README: Watching a run)"))
     _add_other_options(p.add_argument_group("other"))
 
 
@@ -274,6 +275,27 @@ def _add_reliability_options(rel: argparse._ArgumentGroup) -> None:
         action="store_true",
         default=None,
         help="allow sending the token over plain http:// to a host that is not loopback",
+    )
+
+
+def _add_watch_options(watch: argparse._ArgumentGroup) -> None:
+    watch.add_argument(
+        "--metrics-addr",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics while the run goes on "
+        "(a bare :PORT is 127.0.0.1)",
+    )
+    watch.add_argument(
+        "--dashboard",
+        metavar="HOST:PORT",
+        help="serve a live dashboard page at http://HOST:PORT/ (a bare :PORT is 127.0.0.1)",
+    )
+    watch.add_argument(
+        "--metrics-linger",
+        type=seconds,
+        metavar="S",
+        help="keep /metrics and the dashboard up S seconds after the run, for a last "
+        "scrape (default: 0)",
     )
 
 

@@ -46,6 +46,23 @@ class Histogram:
         self.max = max(self.max, other.max)
         self.min = min(self.min, other.min)
 
+    def copy(self) -> Histogram:
+        hist = Histogram()
+        hist.merge(self)
+        return hist
+
+    def minus(self, base: Histogram) -> Histogram:
+        """What was recorded since `base` (an earlier copy of this histogram): exact
+        bucket counts, count and total; min and max are this one's (percentiles stay
+        within what was seen)."""
+        delta = Histogram()
+        delta._buckets = self._buckets - base._buckets
+        delta.count = self.count - base.count
+        delta.total = self.total - base.total
+        if delta.count:
+            delta.min, delta.max = self.min, self.max
+        return delta
+
     def percentile(self, p: float) -> float | None:
         """The value at percentile p (0-100), or None when empty."""
         if self.count == 0:
@@ -106,6 +123,10 @@ class RunStats:
     errors: Counter[str] = field(default_factory=Counter)
     latency: Histogram = field(default_factory=Histogram)
     retries: Counter[str] = field(default_factory=Counter)
+    attempts: int = 0  # calls sent, retries included
+    #: (status, error kind) of every record that is not ok (the live metrics' labels;
+    #: the ok ones are `statuses` less these, so the common path counts nothing more).
+    failures: Counter[tuple[int | None, str]] = field(default_factory=Counter)
 
     def add(
         self,
@@ -115,14 +136,18 @@ class RunStats:
         invalid: bool,
         latency_ms: float | None,
         error_kind: str | None,
+        attempts: int = 0,
     ) -> None:
         self.events += 1
+        self.attempts += attempts
         if ok:
             self.ok += 1
         elif invalid:
             self.invalid += 1
+            self.failures[(status, error_kind or "invalid")] += 1
         else:
             self.failed += 1
+            self.failures[(status, error_kind or "error")] += 1
         if status is not None:
             self.statuses[status] += 1
             if status == 401:
@@ -144,6 +169,8 @@ class RunStats:
         self.errors.update(other.errors)
         self.latency.merge(other.latency)
         self.retries.update(other.retries)
+        self.attempts += other.attempts
+        self.failures.update(other.failures)
 
 
 @dataclass(slots=True)

@@ -41,11 +41,13 @@ from engine.config import Config
 from engine.core.events import Event, Invalid, ReadCounts
 from engine.core.pacing import BurstCap, ReorderWindow
 from engine.core.records import Result, dropped, invalid
-from engine.core.stats import summarize
+from engine.core.stats import Histogram, summarize
+from engine.core.tally import Progress, record_lag
 from engine.load.plan import LiveState, LoadOutcome, LoadPlan, Scheduled
 from engine.load.schedules import load_schedule, replay_schedule
 from engine.runtime.engine import Emit, Engine
 from engine.runtime.session import open_run
+from engine.runtime.watch import Probe, Watch, engine_probe, input_progress
 
 # -- the dispatcher -------------------------------------------------------------------------
 
@@ -137,9 +139,15 @@ class _Driver:
 
 
 async def run_load(
-    config: Config, plan: LoadPlan, *, live: LiveState | None = None, progress: bool = False
+    config: Config,
+    plan: LoadPlan,
+    *,
+    live: LiveState | None = None,
+    progress: bool = False,
+    watch: Watch | None = None,
 ) -> LoadOutcome:
-    """Run `load` or `replay` as planned: input -> scheduled calls -> JSONL records."""
+    """Run `load` or `replay` as planned: input -> scheduled calls -> JSONL records.
+    `watch`: the run's figures go there (--metrics-addr, --dashboard)."""
     config = config.validated()
     plan = plan.validated()
     live = live or LiveState()
@@ -157,11 +165,18 @@ async def run_load(
         counts = session.counts
         schedule = _schedule(config, plan, live, counts, window)
         engine = session.engine()
+        lag = Histogram() if watch is not None else None  # schedule -> send, when watched
 
         async def emit(batch: list[Result]) -> None:
             for result in batch:
                 figures.add_result(result)
+            if lag is not None:
+                record_lag(lag, batch)
             session.write(batch)
+
+        if watch is not None:
+            assert lag is not None
+            watch.attach(_probe(engine, session.config, plan, live, lag, counts))
 
         live.token = "mock token" if config.mock else type(engine.tokens).__name__
         async with anyio.create_task_group() as tg:
@@ -184,6 +199,41 @@ async def run_load(
     sent = stats.events - stats.invalid - figures.dropped
     summary = replace(summary, rate=sent / elapsed if elapsed > 0 else 0.0)
     return LoadOutcome(summary, figures.to_dict(), live.scheduled, window.late)
+
+
+def _probe(
+    engine: Engine,
+    config: Config,
+    plan: LoadPlan,
+    live: LiveState,
+    lag: Histogram,
+    counts: ReadCounts,
+) -> Probe:
+    """What --metrics-addr and --dashboard read of a load test or a replay."""
+    from engine.load.progress import target_rate
+
+    by_bytes = input_progress(counts, config.inputs)
+
+    def progress(read: int, done: int) -> Progress | None:
+        if plan.mode == "replay":
+            return by_bytes(read, done)
+        if live.duration is not None:
+            elapsed = time.monotonic() - live.started if live.started else 0.0
+            return Progress(min(elapsed, live.duration), live.duration, "seconds")
+        if live.total:
+            return Progress(float(live.scheduled), float(live.total), "events")
+        return None
+
+    return engine_probe(
+        engine,
+        mode=plan.mode,
+        progress=progress,
+        target_rate=(lambda t: target_rate(plan.pacer, t)) if plan.mode == "load" else None,
+        corrected=live.figures.corrected,
+        lag=lag,
+        scheduled=lambda: live.scheduled,
+        events_read=lambda: live.scheduled + engine.state.stats.invalid,
+    )
 
 
 def _schedule(

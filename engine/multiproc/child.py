@@ -41,6 +41,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from engine.core.events import EventDefaults, Item
 from engine.core.records import Result, jsonl
 from engine.core.secrets import Secrets
+from engine.core.tally import Tally, tally_of
 from engine.files.sinks import JsonlSink
 from engine.multiproc.messages import (
     Answered,
@@ -48,6 +49,7 @@ from engine.multiproc.messages import (
     End,
     Failed,
     Halt,
+    LiveFigures,
     Ordered,
     Records,
     Refresh,
@@ -62,8 +64,10 @@ from engine.runtime.engine import Engine
 from engine.runtime.feeds import event_defaults
 from engine.runtime.loop import run_loop
 from engine.runtime.session import transport_for
+from engine.runtime.watch import count_in_flight
 
 _REPORT_S = 0.02  # how often a worker that writes the output itself reports its count
+_LIVE_S = 0.5  # how often a watched run's worker sends its figures (LiveFigures)
 _PARENT_GONE = "the parent process ended"
 _NO_LEASE = Lease(None, 0.0)  # no header now: wait for the parent's next push
 
@@ -113,6 +117,8 @@ class _Worker:
             JsonlSink(start.output, append=True, watch=False) if start.output is not None else None
         )
         self.unreported = 0
+        self.live_sent = Tally()  # the figures sent so far (LiveFigures carries deltas)
+        self.in_flight: Callable[[], int] = lambda: 0
 
     # -- the pipe
 
@@ -187,6 +193,20 @@ class _Worker:
             count, self.unreported = self.unreported, 0
             await self.send(Answered(count))
 
+    async def report_live(self) -> None:
+        while True:
+            await anyio.sleep(_LIVE_S)
+            await self._send_live()
+
+    async def _send_live(self) -> None:
+        """What was counted since the last report: a copy of the counters, once per
+        report, never a hook on each call."""
+        if not self.start.live or self.engine is None:
+            return
+        now = tally_of(self.engine.state.stats)
+        delta, self.live_sent = now.minus(self.live_sent), now
+        await self.send(LiveFigures(delta, self.in_flight()))
+
     # -- the run
 
     async def run(self) -> None:
@@ -197,10 +217,15 @@ class _Worker:
             # It writes records itself (direct output): it redacts what the parent would.
             secrets = Secrets(self.start.secrets, issued=self.tokens.secrets)
             engine = self.engine = Engine(config, self.tokens, transport, secrets=secrets)
+            if self.start.live:
+                self.in_flight = count_in_flight(engine)
             async with anyio.create_task_group() as tg:
                 self.tg = tg
                 tg.start_soon(self.listen, units_send)
+                if self.start.live:
+                    tg.start_soon(self.report_live)
                 await self._execute(engine, _unit_feed(units_receive, event_defaults(config)))
+                await self._send_live()  # the last figures, before Done
                 slowed = (
                     None if engine.adaptive is None else engine.adaptive.summary(time.monotonic())
                 )

@@ -29,10 +29,12 @@ import anyio.to_thread
 
 from engine.config import Config
 from engine.core.stats import Summary, summarize
+from engine.core.tally import Snapshot
 from engine.multiproc.child import worker_main
 from engine.multiproc.parent import WorkerHandle, _Parent
 from engine.net.auth import TokenProvider
 from engine.runtime.session import open_run
+from engine.runtime.watch import Probe, Watch, input_progress, token_view
 
 _JOIN_TIMEOUT_S = 5.0
 
@@ -64,6 +66,8 @@ def worker_config(config: Config) -> Config:
         client_id=None,
         client_secret=None,
         resume=False,
+        metrics_addr=None,  # the parent serves the sum of the workers' figures
+        dashboard=None,
     )
 
 
@@ -113,6 +117,29 @@ def start_workers(count: int, method: StartMethod | None = None) -> list[WorkerH
     return workers
 
 
+def _probe(parent: _Parent) -> Probe:
+    """The run's figures in the parent: the workers' LiveFigures summed, the input read
+    and the token here."""
+    progress = input_progress(parent.session.counts, parent.config.inputs)
+
+    def probe(elapsed: float) -> Snapshot:
+        tally = parent.live.copy()
+        tokens = parent.tokens.token_stats()
+        tally.token_renewals = 0 if tokens is None else tokens.renewals
+        tally.events_read = parent.read
+        return Snapshot(
+            "run",
+            elapsed,
+            tally,
+            in_flight=sum(parent.live_in_flight.values()),
+            target_rate=parent.config.rate,
+            token=token_view(parent.tokens),
+            progress=progress(parent.read, tally.done),
+        )
+
+    return probe
+
+
 async def _stop_processes(workers: list[WorkerHandle]) -> None:
     # After a normal end every pipe is closed already; after a failure closing them
     # makes each worker's listener see EOF, so it finishes its calls and exits.
@@ -133,13 +160,15 @@ async def run_workers(
     tokens: TokenProvider | None = None,
     start: StartMethod | None = None,
     handle_signals: bool = False,
+    watch: Watch | None = None,
 ) -> Summary:
     """`api.run` over `config.workers` processes (see engine/multiproc/parent.py's rules).
 
     `tokens`: the run's token provider (default: from the config); it lives in this
     process and only its `authorization()` values reach the workers. `start`: "fork" or
     "spawn" (default: `start_method()`). `handle_signals` (the CLI): SIGINT/SIGTERM stop
-    the run as in one process, with --grace for the calls in flight.
+    the run as in one process, with --grace for the calls in flight. `watch`: the sum of
+    the workers' figures goes there (--metrics-addr, --dashboard).
     """
     config = config.validated()
     started = time.perf_counter()
@@ -154,7 +183,9 @@ async def run_workers(
         config, tokens=provider, transport=False, prepare=start_processes
     ) as session:
         parent = _Parent(session, workers)
-        await parent.begin(worker_config(session.config))
+        if watch is not None:
+            watch.attach(_probe(parent))
+        await parent.begin(worker_config(session.config), live=watch is not None)
         await parent.run(handle_signals=handle_signals)
     if parent.error is not None:
         raise parent.error

@@ -4,7 +4,7 @@ Every message is a frozen slotted dataclass (pickled by `multiprocessing`), matc
 type with `match`; nothing is read by position.
 
     parent -> worker: Start, Units, Token, Refreshed, Halt, End
-    worker -> parent: Answered, Records, Ordered, Refresh, Done, Failed
+    worker -> parent: Answered, Records, Ordered, Refresh, LiveFigures, Done, Failed
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from engine.config import Config
 from engine.core.events import EventDefaults, Item
 from engine.core.stats import RunStats
+from engine.core.tally import Tally
 from engine.files.sources import Unit, raw_item
 from engine.net.auth import Lease
 
@@ -31,6 +32,8 @@ class Start:
     #: What the worker must redact from what it writes (the run's Secrets.texts(): the
     #: client secret and its Basic form too). Never used to ask for a token.
     secrets: tuple[str, ...] = ()
+    #: Someone watches the run (--metrics-addr, --dashboard): send `LiveFigures`.
+    live: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +124,15 @@ class Refresh:
 
 
 @dataclass(frozen=True, slots=True)
+class LiveFigures:
+    """What the worker counted since its last `LiveFigures` (a delta: the parent adds
+    them up), and its calls in flight now. About twice a second, and once before `Done`."""
+
+    tally: Tally
+    in_flight: int
+
+
+@dataclass(frozen=True, slots=True)
 class Done:
     """The worker's last word: its figures, and why it stopped the run (if it did)."""
 
@@ -138,4 +150,4 @@ class Failed:
     text: str
 
 
-ToParent = Answered | Records | Ordered | Refresh | Done | Failed
+ToParent = Answered | Records | Ordered | Refresh | LiveFigures | Done | Failed

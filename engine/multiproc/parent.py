@@ -46,6 +46,7 @@ from anyio.abc import TaskGroup
 
 from engine.config import Config
 from engine.core.stats import RunStats
+from engine.core.tally import Tally
 from engine.errors import AuthError, FatalError, OutputError
 from engine.files.sinks import CHECK_EVERY_S
 from engine.files.sources import Unit, read_units, unit_item
@@ -55,6 +56,7 @@ from engine.multiproc.messages import (
     End,
     Failed,
     Halt,
+    LiveFigures,
     Ordered,
     Records,
     Refresh,
@@ -117,13 +119,18 @@ class _Parent:
         self.receive_limiter = anyio.CapacityLimiter(config.workers + 1)
         self.interrupted: int | None = None  # the signal number
         self.feed_scope = anyio.CancelScope()  # reading the input
+        # A watched run (--metrics-addr, --dashboard): the sum of the workers' LiveFigures.
+        self.live = Tally()
+        self.live_in_flight: dict[int, int] = {}  # worker index -> its calls in flight
+        self.read = 0  # input records read
 
     def _credit(self) -> int:
         per_worker = max(1, math.ceil(self.config.concurrency / self.config.workers))
         return max(2 * _UNIT_BATCH, 4 * per_worker)
 
-    async def begin(self, share: Config) -> None:
-        """Send every worker its share of the run (they were started before)."""
+    async def begin(self, share: Config, *, live: bool = False) -> None:
+        """Send every worker its share of the run (they were started before); `live`:
+        ask them for their figures while the run goes on (LiveFigures)."""
         self.pushed = self.tokens.lease()
         start = Start(
             share,
@@ -131,6 +138,7 @@ class _Parent:
             self.config.ordered,
             self.direct_output,
             self.session.secrets.texts(),
+            live=live,
         )
         for worker in self.workers:
             await self._send(worker, start)
@@ -184,6 +192,7 @@ class _Parent:
         async for batch in batches:
             if self.stopped is not None:
                 return
+            self.read += len(batch)
             # A full batch goes to one worker (fewer, larger messages keep every worker's
             # pool full); a short one (the end of the input, a slow stdin) is shared out,
             # so a short input still runs on every worker.
@@ -281,8 +290,12 @@ class _Parent:
                 self._answered(worker, count)
             case Refresh(used):
                 tg.start_soon(self._refresh, worker, used)
+            case LiveFigures(tally, in_flight):
+                self.live.add(tally)
+                self.live_in_flight[worker.index] = in_flight
             case Done(stats, stopped, budget_refused, slowed, stop_code):
                 self.stats.merge(stats)
+                self.live_in_flight.pop(worker.index, None)
                 if self.stopped is None and stopped is not None:
                     self.stopped = self.session.secrets.redact(stopped)
                     self.stop_code = stop_code

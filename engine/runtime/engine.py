@@ -323,6 +323,7 @@ class Engine:
             invalid=result.error_kind == ErrorKind.INVALID,
             latency_ms=result.latency_ms,
             error_kind=result.error_kind,
+            attempts=result.attempts,
         )
         if result.ok:
             state.fatal_streak = 0
