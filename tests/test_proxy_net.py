@@ -162,8 +162,9 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def _events(tmp_path: Path, n: int) -> Path:
     path = tmp_path / "events.jsonl"
     rows = [
-        {"id": f"e{i}", "criteo-partner-id": 1, "retailer-visitor-id": f"v{i}",
-         "event-type": "viewHome", "page-id": "viewHome_API_desktop"}
+        {"id": f"e{i}", "timestamp": 1717243200 + i / 100, "criteo-partner-id": 1,
+         "retailer-visitor-id": f"v{i}", "event-type": "viewHome",
+         "page-id": "viewHome_API_desktop"}
         for i in range(n)
     ]  # fmt: skip
     path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
@@ -184,6 +185,7 @@ async def adbatch(
     env: dict[str, str] | None = None,
     n: int = 10,
     static: bool = False,
+    command: tuple[str, ...] = ("run",),
 ) -> Ran:
     """`adbatch run` on n events against `server`, `env` added to a proxy-free
     environment; with dynamic tokens (the token client's calls are proxied too) unless
@@ -191,7 +193,7 @@ async def adbatch(
     out = tmp_path / "out.jsonl"
     out.unlink(missing_ok=True)
     clean = {k: v for k, v in os.environ.items() if k.lower() not in _VARIABLES}
-    argv = [sys.executable, "-m", "engine", "run", str(_events(tmp_path, n)), "-o", str(out),
+    argv = [sys.executable, "-m", "engine", *command, str(_events(tmp_path, n)), "-o", str(out),
             "--endpoint", server.delivery_url, "--no-progress", *args]  # fmt: skip
     if static:
         clean["ADBATCH_TOKEN"] = "mock-token"
@@ -258,6 +260,7 @@ async def test_https_goes_through_a_connect_tunnel_kept_alive(
     assert set(server.remotes) == {PROXY_SIDE}
 
 
+@pytest.mark.slow
 async def test_no_proxy_option_and_variable(tmp_path: Path) -> None:
     with running_tinyproxy(tmp_path) as proxy:
         async with running_server() as server:
@@ -282,6 +285,47 @@ async def test_no_proxy_option_and_variable(tmp_path: Path) -> None:
             _all_ok(overridden, 10)
             assert set(server.remotes) == {PROXY_SIDE}
             assert len([r for r in proxy.requests() if r.startswith("GET ")]) == 10
+            # The same from the config file; and no-proxy = true there.
+            toml = tmp_path / "adbatch.toml"
+            toml.write_text(f'proxy = "{proxy.url()}"\n')
+            from_file = await adbatch(
+                tmp_path, server, "--config", str(toml), env={"ALL_PROXY": "http://127.0.0.1:9"}
+            )
+            _all_ok(from_file, 10)
+            assert len([r for r in proxy.requests() if r.startswith("GET ")]) == 20
+            toml.write_text("no-proxy = true\n")
+            direct = await adbatch(
+                tmp_path, server, "--config", str(toml), env={"ALL_PROXY": "http://127.0.0.1:9"}
+            )
+            _all_ok(direct, 10)
+            assert len([r for r in proxy.requests() if r.startswith("GET ")]) == 20
+
+
+async def test_bad_proxy_settings_are_exit_2_and_mock_is_never_proxied(tmp_path: Path) -> None:
+    clean = {k: v for k, v in os.environ.items() if k.lower() not in _VARIABLES}
+    events = str(_events(tmp_path, 5))
+    base = [sys.executable, "-m", "engine", "run", events, "--no-progress", "-o"]
+    cases = [
+        ({"ALL_PROXY": "socks5://u:pw-s3cret@127.0.0.1:1080"}, [], "ALL_PROXY: only http://"),
+        ({}, ["--proxy", "https://127.0.0.1:3128"], "--proxy: only http://"),
+        ({}, ["--proxy", "http://127.0.0.1:3128", "--no-proxy"], "not both"),
+    ]
+    for env, args, message in cases:
+        done = await anyio.run_process(
+            [*base, str(tmp_path / "x.jsonl"), "--mock", *args], env=clean | env, check=False
+        )
+        stderr = done.stderr.decode()
+        assert done.returncode == 2, stderr
+        assert message in stderr
+        assert "pw-s3cret" not in stderr
+        assert len(stderr.strip().splitlines()) == 1
+    # --mock: the embedded server is on this machine, never behind the (dead) proxy.
+    done = await anyio.run_process(
+        [*base, str(tmp_path / "m.jsonl"), "--mock"],
+        env=clean | {"HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()
 
 
 @CLIENTS
@@ -387,3 +431,28 @@ async def test_two_workers_send_through_the_proxy(tmp_path: Path) -> None:
     assert len(gets) == 60
     assert set(server.remotes) == {PROXY_SIDE}
     assert len({r["id"] for r in ran.records}) == 60
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        pytest.param(("load", "--rate", "100", "--duration", "0.3s"), id="load"),
+        pytest.param(("replay", "--speed", "10"), id="replay"),
+    ],
+)
+async def test_load_and_replay_send_through_the_proxy(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    with running_tinyproxy(tmp_path) as proxy:
+        async with running_server() as server:
+            ran = await adbatch(
+                tmp_path, server, command=command, env={"HTTPS_PROXY": "http://127.0.0.1:9",
+                "http_proxy": proxy.url()}, n=20, static=True,
+            )  # fmt: skip
+        gets = [r for r in proxy.requests() if r.startswith("GET ")]
+    assert ran.code == 0, ran.stderr
+    answered = [r for r in ran.records if r["status"] is not None]
+    assert answered
+    assert all(r["ok"] for r in answered)
+    assert len(gets) == len(answered) == len(server.remotes)
+    assert set(server.remotes) == {PROXY_SIDE}
