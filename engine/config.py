@@ -7,6 +7,7 @@ that decides whether a combination of options makes sense. Secrets are kept out 
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import math
 from dataclasses import dataclass, field, replace
@@ -46,9 +47,17 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-HttpClient = Literal["http1", "session"]
-#: `--http-client` values: adbatch's lean client (engine/net/http1.py) or aiohttp's session.
-HTTP_CLIENTS: tuple[HttpClient, ...] = ("http1", "session")
+HttpClient = Literal["http1", "session", "http2"]
+#: `--http-client` values: adbatch's lean client (engine/net/http1.py), aiohttp's session,
+#: or HTTP/2 on httpx (engine/net/http2.py, the extra adbatch[http2]; `--http2` for short).
+HTTP_CLIENTS: tuple[HttpClient, ...] = ("http1", "session", "http2")
+#: What `--http2` needs and lacks when the extra is not installed.
+HTTP2_EXTRA = "--http2 needs the http2 extra: pip install 'adbatch[http2]'"
+
+
+def http2_installed() -> bool:
+    """httpx and h2 can be imported (looked up, not imported: no I/O beyond the path)."""
+    return all(importlib.util.find_spec(name) is not None for name in ("httpx", "h2"))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -125,7 +134,11 @@ class Config:
         if not (self.timeout > 0 and math.isfinite(self.timeout)):
             raise ConfigError(f"--timeout must be a positive number of seconds, got {self.timeout}")
         if self.http_client not in HTTP_CLIENTS:
-            raise ConfigError(f"--http-client must be http1 or session, got {self.http_client!r}")
+            raise ConfigError(
+                f"--http-client must be http1, session or http2, got {self.http_client!r}"
+            )
+        if self.http_client == "http2" and not http2_installed():
+            raise ConfigError(HTTP2_EXTRA)
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
             raise ConfigError(
                 f"--workers must be a whole number >= 1 or auto, got {self.workers!r}"

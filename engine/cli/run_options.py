@@ -209,12 +209,23 @@ def _add_speed_options(speed: argparse._ArgumentGroup) -> None:
         metavar="S",
         help=f"seconds per call (default: {DEFAULT_TIMEOUT:g})",
     )
-    speed.add_argument(
+    client = speed.add_mutually_exclusive_group()
+    client.add_argument(
         "--http-client",
         choices=HTTP_CLIENTS,
         help="http1: adbatch's lean keep-alive client on aiohttp's protocol layer, about "
         "a fifth of the CPU per call; session: a plain aiohttp ClientSession, for a "
-        "server the lean client trips on (default: http1)",
+        "server the lean client trips on; http2: HTTP/2 on httpx, calls multiplexed over "
+        "one connection per 100 in flight (needs pip install 'adbatch[http2]') "
+        "(default: http1)",
+    )
+    client.add_argument(
+        "--http2",
+        dest="http_client",
+        action="store_const",
+        const="http2",
+        help="short for --http-client http2 (HTTP/2 negotiated over https://; "
+        "HTTP/1.1 where the server does not offer it)",
     )
 
 

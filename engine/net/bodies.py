@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import zlib
-
-from aiohttp import StreamReader
+from typing import Protocol
 
 from engine.core.records import ErrorKind
 
@@ -32,6 +31,12 @@ _STEP = 64 * 1024  # bytes inflated per zlib call
 _YIELD_EVERY = 512 * 1024  # inflated bytes between turns given to the event loop
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
 _CODINGS = {"gzip": _GZIP_WBITS, "x-gzip": _GZIP_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+class Chunks(Protocol):
+    """A body as it arrives: aiohttp's StreamReader, or the http2 client's raw chunks."""
+
+    async def readany(self) -> bytes: ...
 
 
 class BodyError(Exception):
@@ -50,7 +55,7 @@ def too_large_message(limit: int) -> str:
     )
 
 
-async def read_body(stream: StreamReader, content_encoding: str | None, limit: int) -> bytes:
+async def read_body(stream: Chunks, content_encoding: str | None, limit: int) -> bytes:
     """The whole body of `stream`, decoded; raises BodyError (see the module's rules)."""
     if content_encoding is not None:
         wbits = _wbits(content_encoding)
@@ -82,7 +87,7 @@ def _wbits(content_encoding: str) -> int | None:
     )
 
 
-async def _inflate(stream: StreamReader, wbits: int, limit: int) -> bytes:
+async def _inflate(stream: Chunks, wbits: int, limit: int) -> bytes:
     out: list[bytes] = []
     size = 0
     unyielded = 0

@@ -44,11 +44,11 @@ def _read(option: str, path: str) -> bytes:
         raise ConfigError(f"{option} {path}: cannot read it: {exc.strerror or exc}") from None
 
 
-def tls_context(config: Config) -> ssl.SSLContext:
-    """The context `config`'s TLS options ask for; raises ConfigError."""
-    return client_context(
-        cacert=config.cacert, client_cert=config.client_cert, client_key=config.client_key
-    )
+def tls_context(config: Config, *, own: bool = False) -> ssl.SSLContext:
+    """The context `config`'s TLS options ask for; raises ConfigError. `own`: a new one,
+    not the process's shared one (the http2 client's: httpcore sets ALPN on it)."""
+    make = client_context.__wrapped__ if own else client_context
+    return make(cacert=config.cacert, client_cert=config.client_cert, client_key=config.client_key)
 
 
 @functools.lru_cache(maxsize=8)

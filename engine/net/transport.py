@@ -4,6 +4,9 @@
 connection or a dropped socket come back as a `Response` with `error` set, so the engine
 turns them into records (failures are data).
 
+`Http2Transport` (`--http2`, engine/net/http2.py, the extra adbatch[http2]) is HTTP/2 on
+httpx, imported only when asked for.
+
 `Http1Transport` runs on `engine.net.http1` (aiohttp's protocol and C parser, our own
 keep-alive pool: about a fifth of the CPU per call). `SessionTransport` is the plain
 `aiohttp.ClientSession`, kept as `--http-client session` for servers or set-ups the lean
@@ -20,7 +23,7 @@ import inspect
 import ssl
 import time
 from types import TracebackType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 import yarl
@@ -33,6 +36,9 @@ from engine.core.records import ErrorKind, Response
 from engine.net.bodies import ACCEPT_ENCODING, BodyError, read_body
 from engine.net.http1 import Http1Client, HttpError
 from engine.net.tls import client_context, tls_failure
+
+if TYPE_CHECKING:  # imported when asked for: httpx is an optional extra
+    from engine.net.http2 import Http2Transport
 
 
 class Transport(Protocol):
@@ -48,7 +54,7 @@ def open_transport(
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     proxies: Proxies | None = None,
     tls: ssl.SSLContext | None = None,
-) -> Http1Transport | SessionTransport:
+) -> Http1Transport | SessionTransport | Http2Transport:
     """The transport named by `client` (one of HTTP_CLIENTS), to use with `async with`."""
     options: dict[str, Any] = {
         "concurrency": concurrency,
@@ -61,6 +67,10 @@ def open_transport(
         return SessionTransport(**options, proxies=proxies)
     if client == "http1":
         return Http1Transport(**options, proxies=proxies)
+    if client == "http2":
+        from engine.net.http2 import Http2Transport  # only now: httpx loads with it
+
+        return Http2Transport(**options, proxies=proxies)
     raise ValueError(f"unknown HTTP client {client!r}; use one of {', '.join(HTTP_CLIENTS)}")
 
 

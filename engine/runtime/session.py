@@ -110,7 +110,9 @@ async def transport_for(config: Config) -> AsyncIterator[Transport | None]:
         timeout=config.timeout,
         client=config.http_client,
         max_response_bytes=config.max_response_bytes,
-        tls=tls_context(config),
+        # http2 gets a context of its own: httpcore sets ALPN (h2) on it, which the token
+        # client, on the shared one, must not offer.
+        tls=tls_context(config, own=config.http_client == "http2"),
         proxies=run_proxies(config),
     ) as transport:
         yield transport

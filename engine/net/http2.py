@@ -1,0 +1,436 @@
+"""`--http-client http2` (`--http2`): delivery calls over HTTP/2, on httpx with h2.
+
+Rules:
+- Optional: the extra `adbatch[http2]` brings httpx and h2. Only
+  `engine.net.transport.open_transport` imports this module, and only when the client is
+  asked for, so `import engine` and the other two clients never load httpx; without the
+  extra, Config.validated() refuses the option (exit 2) before anything runs.
+- HTTP/2 is negotiated by ALPN over https://. A server that does not offer it, and plain
+  http://, get HTTP/1.1 from the same client (as `curl --http2` does over TLS).
+- Multiplexing: httpcore sends every call to an origin over one HTTP/2 connection, at
+  most 100 streams at a time (its own MAX_CONCURRENT_STREAMS; the server may allow fewer),
+  the rest waiting inside their deadline. So there is one client (one connection) per 100
+  calls of `concurrency`, and each call goes to the least busy one.
+- The records are the other clients': the status, the body read raw (`aiter_raw`: httpx's
+  decoding is not used) through `engine.net.bodies` under the size limit, with their
+  Accept-Encoding; Retry-After; httpx's exceptions become the same error kinds (`_failure`,
+  the one place). httpx's default headers are dropped: the call carries what http1 sends.
+- One deadline per call (`asyncio.timeout`) and none of httpx's own timeouts: an httpx
+  read timeout fails every stream of the connection, a cancel only its own call.
+- A call given up on (its deadline, a too_large answer, an error) has its stream reset
+  (RST_STREAM) by `_reset_abandoned`. httpcore 1.0 does not reset it (encode/httpcore#943):
+  the stream stays open in h2's accounting, its late DATA frames take connection window
+  for good, and once as many are open as the server allows streams (nginx: 128), every
+  new call on the connection fails ("Max outbound streams is 128, 128 open").
+- Nothing from the environment (`trust_env=False`): TLS is net/tls.py's (--cacert,
+  --client-cert; the system store, which honours SSL_CERT_FILE), in a context of this
+  client's own: httpcore sets ALPN on it. Proxies are core/proxies.py's (--proxy, the
+  proxy variables, NO_PROXY), one route per origin: a `CONNECT` tunnel for https://
+  (HTTP/2 inside it); a refusal and an unreachable proxy read as with the other clients;
+  a certificate failure is a `tls` record (final).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import h2.errors
+import h2.events
+import h2.exceptions
+import httpcore
+import httpx
+
+from engine.config import DEFAULT_MAX_RESPONSE_BYTES
+from engine.core.events import header_problem
+from engine.core.proxies import Proxies, ProxyURL, refusal, unreachable
+from engine.core.query import Request
+from engine.core.records import ErrorKind, Response
+from engine.net.bodies import ACCEPT_ENCODING, BodyError, read_body
+from engine.net.tls import client_context, tls_failure
+
+#: Streams httpcore opens at once on one HTTP/2 connection (its MAX_CONCURRENT_STREAMS).
+STREAMS_PER_CONNECTION = 100
+
+
+class Http2Transport:
+    """httpx AsyncClients with HTTP/2, one per `STREAMS_PER_CONNECTION` of `concurrency`
+    (per proxy route: calls to one endpoint have one)."""
+
+    def __init__(
+        self,
+        *,
+        concurrency: int,
+        timeout: float,
+        verify_tls: bool = True,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        tls: ssl.SSLContext | None = None,
+        proxies: Proxies | None = None,
+    ) -> None:
+        self._concurrency = concurrency
+        self._timeout = timeout
+        # Its own context, never one shared with the token client: httpcore sets ALPN
+        # (h2) on the context it is given (runtime/session.py makes one for it).
+        self._tls = tls if tls is not None else client_context.__wrapped__(verify=verify_tls)
+        self._max_body = max_response_bytes
+        self._proxies = proxies if proxies is not None and proxies.any else None
+        self._routes: dict[tuple[str, str, int], ProxyURL | None] = {}
+        self._groups: dict[ProxyURL | None, _Group] = {}
+        self._open = False
+
+    async def __aenter__(self) -> Http2Transport:
+        self._open = True
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._open = False
+        groups, self._groups = self._groups, {}
+        for group in groups.values():
+            for client in group.clients:
+                await client.aclose()
+
+    def _group(self, url: str) -> tuple[_Group, ProxyURL | None]:
+        via = None
+        if self._proxies is not None:
+            parsed = httpx.URL(url)
+            key = (parsed.scheme, parsed.host, parsed.port or _PORTS.get(parsed.scheme, 0))
+            if key not in self._routes:
+                self._routes[key] = self._proxies.route(*key)
+            via = self._routes[key]
+        group = self._groups.get(via)
+        if group is None:
+            count = -(-self._concurrency // STREAMS_PER_CONNECTION)
+            group = self._groups[via] = _Group([self._client(via) for _ in range(count)])
+        return group, via
+
+    def _client(self, via: ProxyURL | None) -> httpx.AsyncClient:
+        proxy = None
+        if via is not None:
+            auth = None if via.user is None else (via.user, via.password or "")
+            proxy = httpx.Proxy(f"http://{via.authority}", auth=auth)
+        transport = httpx.AsyncHTTPTransport(
+            http2=True,
+            verify=self._tls,
+            proxy=proxy,
+            trust_env=False,
+            limits=httpx.Limits(
+                max_connections=self._concurrency,
+                max_keepalive_connections=self._concurrency,
+            ),
+        )
+        _whole_writes(transport)
+        client = httpx.AsyncClient(
+            transport=transport,
+            trust_env=False,
+            follow_redirects=False,
+            timeout=httpx.Timeout(None),  # the call's deadline is ours (module rules)
+        )
+        client.headers.clear()  # no python-httpx User-Agent, Accept, Connection
+        return client
+
+    async def send(self, request: Request, authorization: str | None) -> Response:
+        assert self._open, "use the transport inside `async with`"
+        headers = dict(request.headers)
+        headers["Accept-Encoding"] = ACCEPT_ENCODING
+        if authorization is not None:
+            headers["Authorization"] = authorization
+        sent_at = time.time()
+        start = time.perf_counter()
+        # make_event refuses such values; an Event built by hand must not raise in h2.
+        if any(header_problem(value) is not None for value in headers.values()):
+            return _failed(sent_at, start, ErrorKind.REQUEST, "a header value cannot be sent")
+        try:
+            group, via = self._group(request.url)
+        except httpx.InvalidURL as exc:
+            return _failed(sent_at, start, ErrorKind.REQUEST, f"cannot send: {exc}")
+        busy = group.busy
+        index = busy.index(min(busy)) if len(busy) > 1 else 0
+        busy[index] += 1
+        client = group.clients[index]
+        _hook(client)  # a new connection since the last call: give it the hook
+        try:
+            async with asyncio.timeout(self._timeout):
+                status, body, retry_after = await self._exchange(client, request.url, headers)
+        except TimeoutError:
+            _reset_abandoned(client)
+            return _failed(
+                sent_at, start, ErrorKind.TIMEOUT, f"no answer within {self._timeout:g}s"
+            )
+        except _BodyFailed as exc:
+            _reset_abandoned(client)
+            return _failed(sent_at, start, exc.kind, exc.message, exc.status)
+        except (httpx.HTTPError, h2.exceptions.ProtocolError, OSError) as exc:
+            _reset_abandoned(client)
+            return _failed(sent_at, start, *_failure(exc, request.url, via))
+        finally:
+            busy[index] -= 1
+        if status == 407 and via is not None:  # a plain-http call the proxy refused
+            return _failed(sent_at, start, *refusal(via, 407, "", ""))
+        latency_ms = (time.perf_counter() - start) * 1000.0
+        return Response(status, body, sent_at, latency_ms, retry_after=retry_after)
+
+    async def _exchange(
+        self, client: httpx.AsyncClient, url: str, headers: dict[str, str]
+    ) -> tuple[int, bytes, str | None]:
+        response = await client.send(client.build_request("GET", url, headers=headers), stream=True)
+        try:
+            status = response.status_code
+            coding = response.headers.get("Content-Encoding")
+            async with _raw_chunks(response) as chunks:
+                try:
+                    body = await read_body(chunks, coding, self._max_body)
+                except BodyError as exc:
+                    # The rest is still coming: the hooked connection resets the stream
+                    # once it is closed, below.
+                    _hook(client)
+                    kept = status if exc.kind == ErrorKind.TOO_LARGE else None
+                    raise _BodyFailed(exc.kind, exc.message, kept) from None
+            return status, body, response.headers.get("Retry-After")
+        finally:
+            await response.aclose()
+
+
+_PORTS = {"http": 80, "https": 443}
+
+
+@dataclass(slots=True)
+class _Group:
+    """The clients of one proxy route, and the calls each has in flight."""
+
+    clients: list[httpx.AsyncClient]
+    busy: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.busy = [0] * len(self.clients)
+
+
+class _BodyFailed(Exception):
+    """A BodyError with the status to keep (too_large) or none (payload, protocol)."""
+
+    def __init__(self, kind: str, message: str, status: int | None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.status = status
+
+
+class _Chunks:
+    """What engine.net.bodies reads: `readany()`, b"" at the end."""
+
+    __slots__ = ("_chunks",)
+
+    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+        self._chunks = chunks
+
+    async def readany(self) -> bytes:
+        return await anext(self._chunks, b"")
+
+
+@contextlib.asynccontextmanager
+async def _raw_chunks(response: httpx.Response) -> AsyncIterator[_Chunks]:
+    chunks = response.aiter_raw()
+    try:
+        yield _Chunks(chunks)
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]  # an async generator
+
+
+def _failure(exc: Exception, url: str, via: ProxyURL | None) -> tuple[str, str]:
+    """The error kind and one-line message of a call that got no usable answer."""
+    text = _one_line(str(exc)) or type(exc).__name__
+    if isinstance(exc, httpx.ProxyError) and via is not None:  # CONNECT answered non-2xx
+        status, _, reason = text.partition(" ")
+        target = _where(url)
+        return refusal(via, int(status) if status.isdigit() else 502, reason, target)
+    if isinstance(exc, httpx.ConnectError | httpx.ReadError | httpx.WriteError):
+        if (failure := tls_failure(exc, _where(url))) is not None:
+            return ErrorKind.TLS, failure
+    if isinstance(exc, httpx.ConnectError):
+        if via is not None:
+            return ErrorKind.CONNECT, unreachable(via, text)
+        return ErrorKind.CONNECT, f"cannot connect to {_where(url)}: {text}"
+    if isinstance(exc, httpx.TimeoutException):  # not armed (module rules); kept for safety
+        return ErrorKind.TIMEOUT, f"timed out: {text}"
+    if isinstance(exc, httpx.RemoteProtocolError):
+        # httpcore's words for a connection that ended (EOF, GOAWAY) or a stream the
+        # server reset before the whole answer came.
+        lowered = text.lower()
+        if "disconnected" in lowered or "connectionterminated" in lowered:
+            return ErrorKind.DISCONNECTED, "server closed the connection without answering"
+        if "streamreset" in lowered:
+            return ErrorKind.DISCONNECTED, f"server reset the stream: {text}"
+        if "peer closed connection" in lowered or "incomplete" in lowered:
+            return ErrorKind.PAYLOAD, f"incomplete response body: {text}"
+        return ErrorKind.PROTOCOL, f"malformed HTTP response: {text}"
+    if isinstance(exc, httpx.LocalProtocolError | h2.exceptions.ProtocolError):
+        return ErrorKind.PROTOCOL, f"HTTP/2 protocol error: {text}"
+    if isinstance(exc, httpx.ReadError | httpx.WriteError | httpx.CloseError):
+        return ErrorKind.NETWORK, f"network error: {text}"
+    if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
+        return ErrorKind.REQUEST, f"cannot send: {text}"
+    if isinstance(exc, OSError):
+        return ErrorKind.NETWORK, f"network error: {_one_line(exc.strerror or text)}"
+    return ErrorKind.NETWORK, f"{type(exc).__name__}: {text}"
+
+
+def _where(url: str) -> str:
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:
+        return "the endpoint"
+    return f"{parsed.host}:{parsed.port or _PORTS.get(parsed.scheme, 0)}"
+
+
+def _whole_writes(transport: httpx.AsyncHTTPTransport) -> None:
+    """Give `transport`'s connections writes that a cancel cannot cut (module rules)."""
+    pool = getattr(transport, "_pool", None)
+    backend = getattr(pool, "_network_backend", None)
+    if isinstance(backend, httpcore.AsyncNetworkBackend):
+        pool._network_backend = _WholeWritesBackend(backend)  # type: ignore[union-attr]
+
+
+class _WholeWritesBackend(httpcore.AsyncNetworkBackend):
+    def __init__(self, inner: httpcore.AsyncNetworkBackend) -> None:
+        self._inner = inner
+
+    async def connect_tcp(self, *args: Any, **kwargs: Any) -> httpcore.AsyncNetworkStream:
+        return _WholeWrites(await self._inner.connect_tcp(*args, **kwargs))
+
+    async def connect_unix_socket(self, *args: Any, **kwargs: Any) -> httpcore.AsyncNetworkStream:
+        return _WholeWrites(await self._inner.connect_unix_socket(*args, **kwargs))
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+class _WholeWrites(httpcore.AsyncNetworkStream):
+    """A network stream whose writes finish even when the caller is cancelled.
+
+    httpcore takes frames out of h2's buffer, and anyio's TLS stream takes the encrypted
+    bytes out of its BIO, before the socket write's first await: a cancel there loses
+    them, and the next frame corrupts the connection for every call on it (the server
+    closes it). So each write runs in a task of its own, shielded, after the one before
+    it (the order on the wire is kept); its caller may leave at once."""
+
+    def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
+        self._inner = inner
+        self._last: asyncio.Future[None] | None = None
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
+        return await self._inner.read(max_bytes, timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        if not buffer:
+            return
+        last = self._last = asyncio.ensure_future(self._write(self._last, buffer, timeout))
+        last.add_done_callback(_retrieved)
+        await asyncio.shield(last)
+
+    async def _write(
+        self,
+        before: asyncio.Future[None] | None,
+        buffer: bytes,
+        timeout: float | None,  # noqa: ASYNC109 (httpcore's, passed on)
+    ) -> None:
+        if before is not None and not before.done():
+            await asyncio.wait([before])
+        await self._inner.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's signature)
+    ) -> httpcore.AsyncNetworkStream:
+        return _WholeWrites(await self._inner.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+def _retrieved(task: asyncio.Future[None]) -> None:
+    # A write whose caller left: its failure shows on the next read or write.
+    if not task.cancelled():
+        task.exception()
+
+
+def _h2_connections(client: httpx.AsyncClient) -> list[Any]:
+    """httpcore's HTTP/2 connections in `client`'s pool (private attributes: [] should
+    they change)."""
+    pool = getattr(getattr(client, "_transport", None), "_pool", None)
+    found = []
+    for pooled in getattr(pool, "connections", ()):
+        conn = getattr(pooled, "_connection", None)
+        if isinstance(getattr(conn, "_events", None), dict) and hasattr(conn, "_h2_state"):
+            found.append(conn)
+    return found
+
+
+def _hook(client: httpx.AsyncClient) -> None:
+    """Make each HTTP/2 connection of `client` settle the streams it lets go of: reset
+    one still open, and acknowledge the DATA it had received but nobody read (else that
+    connection window is gone for good: after ~16 MiB of it, the connection stalls)."""
+    for conn in _h2_connections(client):
+        if getattr(conn, "_adbatch_hooked", False):
+            continue
+        state, events, closed = conn._h2_state, conn._events, conn._response_closed
+
+        async def response_closed(
+            *, stream_id: int, state: Any = state, events: Any = events, closed: Any = closed
+        ) -> None:
+            unread = sum(
+                e.flow_controlled_length or 0
+                for e in events.get(stream_id, ())
+                if isinstance(e, h2.events.DataReceived)
+            )
+            _reset(state, stream_id)
+            if unread:
+                state.acknowledge_received_data(unread, stream_id)
+            await closed(stream_id=stream_id)
+
+        conn._response_closed = response_closed
+        conn._adbatch_hooked = True
+
+
+def _reset_abandoned(client: httpx.AsyncClient) -> None:
+    """Reset the streams httpcore let go of before `_hook` reached their connection (the
+    first calls of a new one): h2 counts them open, httpcore no longer follows them (it
+    adds the `_events` entry before it opens a stream, drops it when it lets go)."""
+    for conn in _h2_connections(client):
+        for stream_id in list(conn._h2_state.streams):
+            if stream_id not in conn._events:
+                _reset(conn._h2_state, stream_id)
+
+
+def _reset(state: Any, stream_id: int) -> None:
+    """RST_STREAM for a stream h2 counts open; queued, not flushed (the next write on the
+    connection carries it: taking the write lock here could deadlock)."""
+    stream = state.streams.get(stream_id)
+    if stream is not None and stream.open:
+        with contextlib.suppress(h2.exceptions.ProtocolError):
+            state.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
+
+
+def _failed(
+    sent_at: float, start: float, kind: str, message: str, status: int | None = None
+) -> Response:
+    latency_ms = (time.perf_counter() - start) * 1000.0
+    return Response(status, b"", sent_at, latency_ms, error=message, error_kind=kind)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
