@@ -102,6 +102,8 @@ def test_run_with_workers_shows_the_parent_s_progress(events: Path, columns: int
     seen = run.seen_text()
     assert re.search(r"\b[1-9]\d?%  ", seen), seen
     assert "2 workers" in seen
+    # the workers' own figures, summed in the parent
+    assert re.search(r"\b[1-9][\d,]* ok · 0 failed · 0 invalid · p99 \d", seen), seen
 
 
 @pytest.mark.parametrize("columns", [80, 200])

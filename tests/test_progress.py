@@ -16,7 +16,7 @@ from engine.load.plan import LiveState
 from engine.load.progress import load_rows, target_rate
 from engine.net.auth import StaticToken
 from engine.runtime.display import Bar, RateMeter, eta, size, span
-from engine.runtime.progress import RunFigures, RunView, token_state
+from engine.runtime.progress import RunFigures, RunView, tally_figures, token_state
 
 LINE = b'{"criteo-partner-id": 1, "event-type": "viewHome", "retailer-visitor-id": "v"}\n'
 
@@ -123,6 +123,21 @@ def test_run_view(
 def test_run_view_of_a_workers_parent_knows_done_only() -> None:
     rows = run_view(None, 0, RunFigures(1000, 1200), note="4 workers")
     assert rows == ["1,000 done · 0/s · 4 workers · 10s"]
+
+
+def test_tally_figures_of_a_workers_parent() -> None:
+    from collections import Counter
+
+    from engine.core.tally import Tally
+
+    tally = Tally(calls=Counter({("200", ""): 90, ("503", "http_503"): 6, ("", "invalid"): 4}))
+    for ms in range(1, 101):
+        tally.latency.record(float(ms))
+    figures = tally_figures(tally, 120)
+    assert (figures.done, figures.taken, figures.ok, figures.failed, figures.invalid) == (
+        100, 120, 90, 6, 4,
+    )  # fmt: skip
+    assert figures.p99_ms == pytest.approx(99.0, rel=0.02)
 
 
 def live_with(calls: int, *, duration: float | None = None, total: int | None = None) -> LiveState:

@@ -185,7 +185,9 @@ async def run_workers(
         parent = _Parent(session, workers)
         if watch is not None:
             watch.attach(_probe(parent))
-        await parent.begin(worker_config(session.config), live=watch is not None)
+        # The workers' figures also feed the live display (ok, failed, p99).
+        live = watch is not None or session.config.progress
+        await parent.begin(worker_config(session.config), live=live)
         await parent.run(handle_signals=handle_signals)
     if parent.error is not None:
         raise parent.error

@@ -69,7 +69,7 @@ from engine.multiproc.messages import (
 from engine.net.auth import Lease, TokenBroker
 from engine.runtime.display import show_live
 from engine.runtime.feeds import event_defaults, thread_batches
-from engine.runtime.progress import RunFigures, RunView
+from engine.runtime.progress import RunView, tally_figures
 from engine.runtime.session import RunSession
 from engine.runtime.shutdown import interrupt_reason
 
@@ -154,7 +154,7 @@ class _Parent:
             tg.start_soon(self._watch_output)
             if self.config.progress:
                 view = RunView.of_inputs(
-                    lambda: RunFigures(self.answered, self.taken),
+                    lambda: tally_figures(self.live, self.taken),
                     self.session.counts,
                     self.config.inputs,
                     note=f"{self.config.workers} workers",

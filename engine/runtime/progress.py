@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from engine.core.events import ReadCounts
+from engine.core.records import ErrorKind
+from engine.core.tally import NONE, Tally
 from engine.files.sources import input_size
 from engine.net.auth import TokenProvider
 from engine.runtime.display import Bar, RateMeter, Row, count, eta, size, span
@@ -33,6 +35,15 @@ class RunFigures:
     failed: int | None = None
     invalid: int | None = None
     p99_ms: float | None = None
+
+
+def tally_figures(tally: Tally, taken: int) -> RunFigures:
+    """The figures of a --workers parent: its workers' LiveFigures summed."""
+    ok = sum(n for (_, kind), n in tally.calls.items() if kind == NONE)
+    done = tally.done
+    invalid = tally.errors()[ErrorKind.INVALID]
+    p99 = tally.latency.percentile(99)
+    return RunFigures(done, taken, ok, done - ok - invalid, invalid, p99)
 
 
 class RunView:
