@@ -440,3 +440,17 @@ def test_import_engine_does_not_load_httpx() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=30
     )
     assert out.stdout.strip() == "[]", out.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_the_benchmark_runs_and_every_http2_call_is_http2() -> None:
+    """docs/network.md's `python benchmarks/http2.py`, on a few events."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "http2.py"), "--events", "200"]
+    proc = subprocess.run(
+        [*cmd, "--rounds", "1"], capture_output=True, text=True, timeout=170, cwd=ROOT
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "| http2 |" in proc.stdout
+    assert "HTTP/2.0 x200 |" in proc.stdout
+    assert "| http1 |" in proc.stdout
