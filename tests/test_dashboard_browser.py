@@ -1,0 +1,99 @@
+"""The live dashboard in headless Chromium during a real run (issue 14 item 2).
+
+The README's dashboard command runs (ports made free ones); Chromium loads the page twice
+while it goes on, each time running its script until the page has polled its JSON
+(--virtual-time-budget): the count of finished calls (id="done") grows between the two
+looks. Any request beyond the page's own host would go to a dead proxy (and the page's
+Content-Security-Policy forbids it). A screenshot is taken as docs/dashboard.png was.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+#: The README's command (section "Watching a run").
+README_COMMAND = (
+    'adbatch load --mock examples/pageviews.jsonl --stages "5s:50,10s:200" '
+    "--dashboard :8000 --metrics-addr :9100 -o out.jsonl"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def look(browser: str, url: str, profile: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+         "--hide-scrollbars", "--proxy-server=127.0.0.1:9", f"--user-data-dir={profile}",
+         "--virtual-time-budget=3000", *extra, url],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "HOME": str(profile)},
+    )  # fmt: skip
+
+
+def test_the_readme_states_the_command() -> None:
+    assert README_COMMAND in (ROOT / "README.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_the_count_grows_in_chromium_during_a_run(tmp_path: Path) -> None:
+    browser = chromium()
+    if browser is None:
+        pytest.skip("no chromium on this machine")
+    board, metrics = free_port(), free_port()
+    argv = shlex.split(README_COMMAND)[1:]
+    argv[argv.index(":8000")] = f":{board}"
+    argv[argv.index(":9100")] = f":{metrics}"
+    argv[argv.index("out.jsonl")] = str(tmp_path / "out.jsonl")
+    run = subprocess.Popen(
+        [sys.executable, "-m", "engine", *argv, "--no-progress"],
+        cwd=ROOT, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{board}/"
+    try:
+        assert run.stderr is not None
+        served = [run.stderr.readline().strip() for _ in range(2)]  # both URLs, then the run
+        assert served[1] == f"adbatch: dashboard on {url}", served
+        time.sleep(2)
+        counts = []
+        for i in range(2):
+            page = look(browser, url, tmp_path / f"profile{i}", "--dump-dom")
+            assert page.returncode == 0, page.stderr[-2000:]
+            found = re.search(r'id="done">([\d,]+)<', page.stdout)
+            assert found is not None, page.stdout[-2000:]
+            counts.append(int(found.group(1).replace(",", "")))
+            time.sleep(1.5)
+        shot = tmp_path / "dashboard.png"
+        taken = look(browser, url, tmp_path / "profile2", "--window-size=1280,820",
+                     f"--screenshot={shot}")  # fmt: skip
+        assert taken.returncode == 0, taken.stderr[-2000:]
+        assert shot.stat().st_size > 10_000
+        _, err = run.communicate(timeout=30)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 0, err
+    assert 0 < counts[0] < counts[1], counts
