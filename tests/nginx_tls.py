@@ -5,8 +5,10 @@ one HTTPS listener per certificate of the PKI, and one that asks for a client
 certificate (`ssl_verify_client on`, trusting the test CA). Every listener answers
 `/delivery/retailmedia` with a small Criteo-shaped JSON body and `/oauth2/token` with a
 token answer, and logs each request (`access.log`: listener, method, URI, client
-certificate subject). Ports come back by name: good, expired, wrong_host, self_signed,
-other_ca, mutual.
+certificate subject). Every listener offers HTTP/2 by ALPN (`http2`: the http2 client's
+TLS tests); `calls()` reads a second log, one JSON object per request: listener,
+protocol, peer address, status, URI and the headers the tests look at. Ports come back
+by name: good, expired, wrong_host, self_signed, other_ca, mutual.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import orjson
 from tls_pki import Pki
 
 #: The static answer of the delivery path (valid JSON, one line).
@@ -39,6 +43,7 @@ def nginx() -> str | None:
 class NginxTls:
     ports: dict[str, int]
     log: Path
+    calls_log: Path
 
     def url(self, name: str, path: str = "/delivery/retailmedia", host: str = "127.0.0.1") -> str:
         return f"https://{host}:{self.ports[name]}{path}"
@@ -59,6 +64,36 @@ class NginxTls:
             return []
         return self.log.read_text().splitlines()
 
+    def calls(self) -> list[dict[str, Any]]:
+        """Every request so far as `_CALLS` logs it (`protocol` is "HTTP/2.0" or "HTTP/1.1",
+        `remote` the peer's address, headers absent as "")."""
+        if not self.calls_log.exists():
+            return []
+        return [orjson.loads(line) for line in self.calls_log.read_bytes().splitlines()]
+
+    def called(self, timeout: float = 5.0, **fields: str) -> dict[str, Any] | None:
+        """The first call whose fields (`uri`, `protocol`, ...) are `fields`, waiting for
+        nginx to log it (after its answer); None if none comes within `timeout`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for call in self.calls():
+                if all(call.get(k) == v for k, v in fields.items()):
+                    return call
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.01)
+
+
+#: One JSON object per request (nginx escapes the values): see NginxTls.calls.
+_CALLS = (
+    '\'{"listener":"$listener","protocol":"$server_protocol",'
+    '"remote":"$remote_addr","status":"$status","uri":"$request_uri",'
+    '"client":"$ssl_client_s_dn",'
+    '"user_agent":"$http_user_agent","referer":"$http_referer",'
+    '"forwarded":"$http_x_forwarded_for","gateway":"$http_x_gateway",'
+    '"team":"$http_x_team"}\''
+)
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -69,7 +104,7 @@ def _free_port() -> int:
 def _server(name: str, port: int, cert: Path, key: Path, extra: str = "") -> str:
     return f"""
     server {{
-        listen 127.0.0.1:{port} ssl;
+        listen 127.0.0.1:{port} ssl http2;
         ssl_certificate {cert};
         ssl_certificate_key {key};
         set $listener {name};
@@ -96,6 +131,7 @@ def nginx_tls(pki: Pki, work: Path) -> Iterator[NginxTls]:
     mutual = f"ssl_verify_client on; ssl_client_certificate {pki.ca};"
     servers.append(_server("mutual", ports["mutual"], pki.good, pki.server_key, mutual))
     log = work / "access.log"
+    calls = work / "calls.log"
     temp = "\n".join(
         f"    {kind}_temp_path {work}/{kind};" for kind in ("client_body", "proxy", "fastcgi")
     )
@@ -109,7 +145,9 @@ error_log {work}/error.log warn;
 events {{ worker_connections 256; }}
 http {{
     log_format calls '$listener $request_method $request_uri $ssl_client_s_dn';
+    log_format json escape=json {_CALLS};
     access_log {log} calls;
+    access_log {calls} json;
     default_type application/json;
 {temp}
     uwsgi_temp_path {work}/uwsgi;
@@ -125,7 +163,7 @@ http {{
     )
     try:
         _wait(ports.values(), proc)
-        yield NginxTls(ports, log)
+        yield NginxTls(ports, log, calls)
     finally:
         proc.terminate()
         proc.wait(5)

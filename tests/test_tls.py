@@ -4,18 +4,22 @@
 - Each certificate failure (hostname mismatch, self-signed, unknown issuer, expired) and
   each handshake alert (no client certificate, one from a CA the server does not trust;
   after a TLS 1.3 handshake and during a TLS 1.2 one) is a `tls` record that names it
-  on one line, for both clients.
+  on one line, for every client (http2: the same line as http1's, word for word).
 - `--cacert` and `--client-cert`/`--client-key` work for delivery and token calls.
 - A tls record stops the run at once (exit 3, one line suggesting --cacert), with and
-  without --workers 2, for run and load; --resume with --cacert then sends the rest.
+  without --workers 2, --http2 too, for run and load; --resume with --cacert then sends
+  the rest.
 - A TLS file that cannot be used is exit 2, one line naming it.
 
 nginx answers a missing client certificate with HTTP 400 ("No required SSL certificate
 was sent"), after the handshake, never with an alert: that case is a 400 record.
+nginx offers HTTP/2 (ALPN) on every listener: the http2 client's calls are HTTP/2.0 in
+its log (`openssl s_server` speaks no HTTP/2; the alerts come before ALPN matters).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import socket
 import subprocess
@@ -36,7 +40,10 @@ from engine.net.transport import open_transport
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is missing")
 
-CLIENTS = ("http1", "session")
+#: http2 when its extra is installed (else its cases are not collected; test_http2 says so).
+HTTP2 = all(importlib.util.find_spec(m) is not None for m in ("httpx", "h2"))
+CLIENTS = ("http1", "session", *(("http2",) if HTTP2 else ()))
+NEEDS_HTTP2 = pytest.mark.skipif(not HTTP2, reason="httpx, h2 missing: pip install '.[http2]'")
 
 
 @pytest.fixture(scope="session")
@@ -103,7 +110,9 @@ def s_server(request: pytest.FixtureRequest, pki: Pki) -> Iterator[str]:
 
 async def _send(client: str, url: str, **tls: str | None) -> tuple[int | None, str, str | None]:
     """One call to `url`: (status, body or error, error_kind)."""
-    context = client_context(**{k: str(v) if v else None for k, v in tls.items()})
+    # http2's context is its own (httpcore sets ALPN h2 on it), as open_run makes it.
+    make = client_context.__wrapped__ if client == "http2" else client_context
+    context = make(**{k: str(v) if v else None for k, v in tls.items()})
     async with open_transport(concurrency=1, timeout=5.0, client=client, tls=context) as t:
         resp = await t.send(Request(url, {}), None)
     return resp.status, resp.error or resp.body.decode(), resp.error_kind
@@ -132,6 +141,8 @@ async def test_each_certificate_failure_is_named(
     assert error.startswith(start), error
     assert f"{host}:{server.ports[name]}" in error
     assert "\n" not in error
+    if client != "http1":  # every client says it in the same words
+        assert error == (await _send("http1", server.url(name, host=host), cacert=pki.ca))[1]
 
 
 @pytest.mark.anyio
@@ -164,6 +175,8 @@ async def test_a_handshake_alert_is_named(
     assert any(f"alert {alert} " in error for alert in alerts), error
     hint = "--client-key" if cert is None else "refused the client certificate"
     assert hint in error
+    if client != "http1":
+        assert error == (await _send("http1", s_server, cacert=str(pki.ca), **files))[1]
 
 
 # -- happy paths -----------------------------------------------------------------------
@@ -172,14 +185,20 @@ async def test_a_handshake_alert_is_named(
 @pytest.mark.anyio
 @pytest.mark.parametrize("client", CLIENTS)
 async def test_cacert_and_client_certificate(server: NginxTls, pki: Pki, client: str) -> None:
-    status, body, _ = await _send(client, server.url("good", host="localhost"), cacert=pki.ca)
+    protocol = "HTTP/2.0" if client == "http2" else "HTTP/1.1"
+    good = server.url("good", f"/delivery/retailmedia?cacert={client}", host="localhost")
+    status, body, _ = await _send(client, good, cacert=pki.ca)
     assert (status, body) == (200, '{"status":"OK","placements":[]}')
+    assert server.called(uri=f"/delivery/retailmedia?cacert={client}", protocol=protocol)
 
     mutual = server.url("mutual")
     files = {"client_cert": pki.client_cert, "client_key": pki.client_key}
-    status, body, _ = await _send(client, mutual, cacert=pki.ca, **files)  # type: ignore[arg-type]
+    mine = f"{mutual}?mutual={client}"
+    status, body, _ = await _send(client, mine, cacert=pki.ca, **files)  # type: ignore[arg-type]
     assert status == 200, body
-    assert server.logged("mutual GET /delivery/retailmedia CN=adbatch test")
+    assert server.logged("mutual GET /delivery/retailmedia")
+    uri = f"/delivery/retailmedia?mutual={client}"
+    assert server.called(uri=uri, protocol=protocol, client="CN=adbatch test")
 
     # nginx asks for the certificate after the handshake: a 400 answer, not an alert.
     status, body, kind = await _send(client, mutual, cacert=pki.ca)
@@ -228,6 +247,8 @@ def _stopped(err: str) -> list[str]:
         pytest.param(["--http-client", "http1"], id="http1"),
         pytest.param(["--http-client", "session"], id="session"),
         pytest.param(["--workers", "2"], id="workers"),
+        pytest.param(["--http2"], id="http2", marks=NEEDS_HTTP2),
+        pytest.param(["--http2", "--workers", "2"], id="http2-workers", marks=NEEDS_HTTP2),
     ],
 )
 def test_a_run_stops_at_the_first_tls_failure_then_resume_with_cacert(
@@ -260,6 +281,8 @@ def test_a_run_stops_at_the_first_tls_failure_then_resume_with_cacert(
     records = read_records(out)
     exactly_once(records, 300)
     assert all(r["ok"] for r in records)
+    if "--http2" in extra:
+        assert server.called(listener="good", protocol="HTTP/2.0")
 
 
 @pytest.mark.parametrize(
@@ -267,6 +290,11 @@ def test_a_run_stops_at_the_first_tls_failure_then_resume_with_cacert(
     [
         pytest.param(["load", "--rate", "200", "--duration", "5s"], id="load"),
         pytest.param(["replay", "--speed", "100"], id="replay"),
+        pytest.param(
+            ["load", "--rate", "200", "--duration", "5s", "--http2"],
+            id="load-http2",
+            marks=NEEDS_HTTP2,
+        ),
     ],
 )
 def test_load_and_replay_stop_at_the_first_tls_failure(
@@ -378,9 +406,14 @@ def test_tls_files_that_cannot_be_used_are_exit_2(
     assert message.replace("PKI", str(pki.dir)) in err
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [pytest.param([], id="http1"), pytest.param(["--http2"], id="http2", marks=NEEDS_HTTP2)],
+)
 def test_mutual_tls_from_the_command_line(
     server: NginxTls,
     pki: Pki,
+    extra: list[str],
     write_jsonl: Callable[..., Path],
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
@@ -388,6 +421,7 @@ def test_mutual_tls_from_the_command_line(
     out = tmp_path / "out.jsonl"
     argv = [
         "run",
+        *extra,
         "--no-progress",
         "--token",
         "t",
@@ -406,6 +440,8 @@ def test_mutual_tls_from_the_command_line(
     assert main(argv) == 0, capsys.readouterr().err
     assert [r["status"] for r in read_records(out)] == [200, 200, 200]
     assert server.logged("mutual GET /delivery/retailmedia?criteo-partner-id=12345")
+    protocol = "HTTP/2.0" if extra else "HTTP/1.1"
+    assert server.called(listener="mutual", protocol=protocol, client="CN=adbatch test")
 
     # the certificate and its key in one file
     both = tmp_path / "client-and-key.pem"

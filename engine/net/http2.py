@@ -253,9 +253,9 @@ def _failure(exc: Exception, url: str, via: ProxyURL | None) -> tuple[str, str]:
         status, _, reason = text.partition(" ")
         target = _where(url)
         return refusal(via, int(status) if status.isdigit() else 502, reason, target)
-    if isinstance(exc, httpx.ConnectError | httpx.ReadError | httpx.WriteError):
-        if (failure := tls_failure(exc, _where(url))) is not None:
-            return ErrorKind.TLS, failure
+    # Any exception: a TLS 1.3 server's alert comes on the first read, as a bare SSLError.
+    if (failure := tls_failure(exc, _where(url))) is not None:
+        return ErrorKind.TLS, failure
     if isinstance(exc, httpx.ConnectError):
         if via is not None:
             return ErrorKind.CONNECT, unreachable(via, text)

@@ -12,10 +12,10 @@ Rules:
   refused rather than letting OpenSSL prompt on the terminal of a batch job.
 - `tls_failure(exc, where)` turns a certificate verification failure or a handshake
   alert, found on `exc` or its cause (aiohttp wraps an alert read after a TLS 1.3
-  handshake in a ClientOSError), into one line saying which it was: hostname mismatch,
-  self-signed, unknown issuer, expired, not yet valid, or the server's alert. Other
-  SSL errors (a plain-HTTP server, an EOF mid-handshake) are None: the caller keeps
-  them as connection errors, retried.
+  handshake in a ClientOSError; httpcore raises its own with the SSLError as context),
+  into one line saying which it was: hostname mismatch, self-signed, unknown issuer,
+  expired, not yet valid, or the server's alert. Other SSL errors (a plain-HTTP server,
+  an EOF mid-handshake) are None: the caller keeps them as connection errors, retried.
 """
 
 from __future__ import annotations
@@ -131,7 +131,8 @@ _ALERT_HINTS = {
 
 def _ssl_error(exc: BaseException | None) -> ssl.SSLError | None:
     """The SSLError behind `exc`: itself, its `os_error`/`certificate_error` (aiohttp's
-    connector errors) or its cause (a ClientOSError from a read)."""
+    connector errors), its cause (a ClientOSError from a read) or, without a cause, its
+    context (httpcore raises its ConnectError inside the `except` of the SSLError)."""
     for _ in range(4):
         if exc is None:
             return None
@@ -143,7 +144,7 @@ def _ssl_error(exc: BaseException | None) -> ssl.SSLError | None:
         elif isinstance(exc, ssl.SSLError):
             return exc
         else:
-            exc = exc.__cause__
+            exc = exc.__cause__ or exc.__context__
     return None
 
 
