@@ -209,7 +209,7 @@ def merge_outputs(parts: Sequence[str], output: str) -> MergeReport:
 
 # -- stats of many shards --------------------------------------------------------------
 
-_COUNTERS = ("events", "ok", "failed", "invalid", "blank_lines", "unauthorized")
+_COUNTERS = ("events", "ok", "failed", "invalid", "blank_lines", "unauthorized", "attempts")
 
 
 def stats_to_dict(stats: RunStats) -> dict[str, Any]:
@@ -220,6 +220,7 @@ def stats_to_dict(stats: RunStats) -> dict[str, Any]:
         "errors": dict(stats.errors),
         "retries": dict(stats.retries),
         "latency": stats.latency.to_dict(),
+        "failures": [[status, kind, n] for (status, kind), n in stats.failures.items()],
     }
 
 
@@ -231,3 +232,5 @@ def add_stats(total: RunStats, data: dict[str, Any]) -> None:
     total.errors.update({str(k): int(v) for k, v in data.get("errors", {}).items()})
     total.retries.update({str(k): int(v) for k, v in data.get("retries", {}).items()})
     total.latency.merge(Histogram.from_dict(data.get("latency", {})))
+    for status, kind, n in data.get("failures", []):
+        total.failures[(None if status is None else int(status), str(kind))] += int(n)
