@@ -43,7 +43,7 @@ def error_body(messages: Sequence[str]) -> bytes:
 
 def token_body(access_token: str, expires_in: float) -> bytes:
     # 900.0 goes out as 900, like Criteo; a fractional lifetime stays fractional.
-    lifetime: float | int = int(expires_in) if expires_in.is_integer() else expires_in
+    lifetime: float | int = int(expires_in) if float(expires_in).is_integer() else expires_in
     return orjson.dumps(
         {"access_token": access_token, "token_type": "Bearer", "expires_in": lifetime}
     )
