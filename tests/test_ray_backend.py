@@ -26,6 +26,9 @@ from engine.mock import MockConfig, MockHandle, running_mock
 
 ray = pytest.importorskip("ray")
 
+# A Ray cluster starts in seconds: these run with the end-to-end tests (`-m slow`).
+pytestmark = pytest.mark.slow
+
 from engine.distributed.ray_backend import SENDER_NAME, run_ray  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

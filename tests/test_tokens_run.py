@@ -109,6 +109,7 @@ async def test_long_run_renews_ahead_without_blocking(
     assert "tokens: " in summary.line()
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
 async def test_token_endpoint_failing_every_other_request(
     tmp_path: Path, write_jsonl: Callable[..., Path]
@@ -134,6 +135,7 @@ async def test_token_endpoint_failing_every_other_request(
     assert "failed" in summary.token_line()
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
 async def test_401_storm_one_renewal_every_call_retried_once() -> None:
     # 200 calls answered, then the mock revokes every token, then 300 calls go out with
@@ -269,6 +271,7 @@ async def test_token_endpoint_lost_mid_run_stops_and_keeps_the_records(
     assert {r["status"] for r in records} <= {200, 401}
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
 async def test_slow_renewal_makes_calls_wait_never_send_an_expired_token(
     tmp_path: Path, write_jsonl: Callable[..., Path]
@@ -293,6 +296,7 @@ async def test_slow_renewal_makes_calls_wait_never_send_an_expired_token(
     assert summary.token_renewal_ms_max >= 500.0
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
 async def test_renewal_does_not_queue_behind_a_saturated_delivery_pool(
     tmp_path: Path, write_jsonl: Callable[..., Path]
@@ -326,6 +330,7 @@ async def test_library_deliver_raises_auth_error_for_wrong_credentials() -> None
     assert "wrong-secret-123" not in str(info.value)
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
 async def test_load_command_renews_tokens_too(
     tmp_path: Path, write_jsonl: Callable[..., Path]
