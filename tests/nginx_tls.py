@@ -88,6 +88,7 @@ class NginxTls:
 _CALLS = (
     '\'{"listener":"$listener","protocol":"$server_protocol",'
     '"remote":"$remote_addr","status":"$status","uri":"$request_uri",'
+    '"connection":"$connection",'
     '"client":"$ssl_client_s_dn",'
     '"user_agent":"$http_user_agent","referer":"$http_referer",'
     '"forwarded":"$http_x_forwarded_for","gateway":"$http_x_gateway",'

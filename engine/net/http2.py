@@ -39,12 +39,10 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
 
 import h2.errors
 import h2.events
 import h2.exceptions
-import httpcore
 import httpx
 
 from engine.config import DEFAULT_MAX_RESPONSE_BYTES
@@ -53,6 +51,7 @@ from engine.core.proxies import Proxies, ProxyURL, refusal, unreachable
 from engine.core.query import Request
 from engine.core.records import ErrorKind, Response
 from engine.net.bodies import ACCEPT_ENCODING, BodyError, read_body
+from engine.net.http2_pool import hook, reset_abandoned, shared_tunnels, whole_writes
 from engine.net.tls import client_context, tls_failure
 
 #: Streams httpcore opens at once on one HTTP/2 connection (its MAX_CONCURRENT_STREAMS).
@@ -129,7 +128,8 @@ class Http2Transport:
                 max_keepalive_connections=self._concurrency,
             ),
         )
-        _whole_writes(transport)
+        whole_writes(transport)
+        shared_tunnels(transport)
         client = httpx.AsyncClient(
             transport=transport,
             trust_env=False,
@@ -158,20 +158,20 @@ class Http2Transport:
         index = busy.index(min(busy)) if len(busy) > 1 else 0
         busy[index] += 1
         client = group.clients[index]
-        _hook(client)  # a new connection since the last call: give it the hook
+        hook(client)  # a new connection since the last call: give it the hook
         try:
             async with asyncio.timeout(self._timeout):
                 status, body, retry_after = await self._exchange(client, request.url, headers)
         except TimeoutError:
-            _reset_abandoned(client)
+            reset_abandoned(client)
             return _failed(
                 sent_at, start, ErrorKind.TIMEOUT, f"no answer within {self._timeout:g}s"
             )
         except _BodyFailed as exc:
-            _reset_abandoned(client)
+            reset_abandoned(client)
             return _failed(sent_at, start, exc.kind, exc.message, exc.status)
         except (httpx.HTTPError, h2.exceptions.ProtocolError, OSError) as exc:
-            _reset_abandoned(client)
+            reset_abandoned(client)
             return _failed(sent_at, start, *_failure(exc, request.url, via))
         finally:
             busy[index] -= 1
@@ -183,7 +183,10 @@ class Http2Transport:
     async def _exchange(
         self, client: httpx.AsyncClient, url: str, headers: dict[str, str]
     ) -> tuple[int, bytes, str | None]:
-        response = await client.send(client.build_request("GET", url, headers=headers), stream=True)
+        # Values in UTF-8, as http1 sends them (httpx would encode a str in ASCII, and
+        # raise on `--header 'X-Team: é'` or an event's non-ASCII user-agent).
+        raw = [(name.encode("ascii"), value.encode()) for name, value in headers.items()]
+        response = await client.send(client.build_request("GET", url, headers=raw), stream=True)
         try:
             status = response.status_code
             coding = response.headers.get("Content-Encoding")
@@ -193,9 +196,14 @@ class Http2Transport:
                 except BodyError as exc:
                     # The rest is still coming: the hooked connection resets the stream
                     # once it is closed, below.
-                    _hook(client)
+                    hook(client)
                     kept = status if exc.kind == ErrorKind.TOO_LARGE else None
                     raise _BodyFailed(exc.kind, exc.message, kept) from None
+                except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+                    # The answer began and was cut short (reset, GOAWAY, connection
+                    # closed): a payload failure, as with http1, whatever the words.
+                    message = f"incomplete response body: {_ended(exc)}"
+                    raise _BodyFailed(ErrorKind.PAYLOAD, message, None) from None
             return status, body, response.headers.get("Retry-After")
         finally:
             await response.aclose()
@@ -263,13 +271,13 @@ def _failure(exc: Exception, url: str, via: ProxyURL | None) -> tuple[str, str]:
     if isinstance(exc, httpx.TimeoutException):  # not armed (module rules); kept for safety
         return ErrorKind.TIMEOUT, f"timed out: {text}"
     if isinstance(exc, httpx.RemoteProtocolError):
-        # httpcore's words for a connection that ended (EOF, GOAWAY) or a stream the
-        # server reset before the whole answer came.
+        # Before any answer (one cut short is _exchange's payload failure): a connection
+        # that ended (EOF, GOAWAY) or a stream the server reset.
         lowered = text.lower()
         if "disconnected" in lowered or "connectionterminated" in lowered:
             return ErrorKind.DISCONNECTED, "server closed the connection without answering"
         if "streamreset" in lowered:
-            return ErrorKind.DISCONNECTED, f"server reset the stream: {text}"
+            return ErrorKind.DISCONNECTED, f"no answer: {_ended(exc)}"
         if "peer closed connection" in lowered or "incomplete" in lowered:
             return ErrorKind.PAYLOAD, f"incomplete response body: {text}"
         return ErrorKind.PROTOCOL, f"malformed HTTP response: {text}"
@@ -284,145 +292,28 @@ def _failure(exc: Exception, url: str, via: ProxyURL | None) -> tuple[str, str]:
     return ErrorKind.NETWORK, f"{type(exc).__name__}: {text}"
 
 
+def _ended(exc: Exception) -> str:
+    """How an exchange ended early, in words: h2's event (a stream reset, a GOAWAY) from
+    httpcore's error behind httpx's, else the error's own text."""
+    inner: BaseException | None = exc
+    for _ in range(3):
+        event = inner.args[0] if inner is not None and inner.args else None
+        code = getattr(getattr(event, "error_code", None), "name", None)
+        if isinstance(event, h2.events.StreamReset):
+            return f"the server reset the stream ({code})"
+        if isinstance(event, h2.events.ConnectionTerminated):
+            return f"the server closed the connection (GOAWAY {code})"
+        inner = inner and (inner.__cause__ or inner.__context__)
+    text = _one_line(str(exc))
+    return "the server closed the connection" if text == "Server disconnected" else text
+
+
 def _where(url: str) -> str:
     try:
         parsed = httpx.URL(url)
     except httpx.InvalidURL:
         return "the endpoint"
     return f"{parsed.host}:{parsed.port or _PORTS.get(parsed.scheme, 0)}"
-
-
-def _whole_writes(transport: httpx.AsyncHTTPTransport) -> None:
-    """Give `transport`'s connections writes that a cancel cannot cut (module rules)."""
-    pool = getattr(transport, "_pool", None)
-    backend = getattr(pool, "_network_backend", None)
-    if isinstance(backend, httpcore.AsyncNetworkBackend):
-        pool._network_backend = _WholeWritesBackend(backend)  # type: ignore[union-attr]
-
-
-class _WholeWritesBackend(httpcore.AsyncNetworkBackend):
-    def __init__(self, inner: httpcore.AsyncNetworkBackend) -> None:
-        self._inner = inner
-
-    async def connect_tcp(self, *args: Any, **kwargs: Any) -> httpcore.AsyncNetworkStream:
-        return _WholeWrites(await self._inner.connect_tcp(*args, **kwargs))
-
-    async def connect_unix_socket(self, *args: Any, **kwargs: Any) -> httpcore.AsyncNetworkStream:
-        return _WholeWrites(await self._inner.connect_unix_socket(*args, **kwargs))
-
-    async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
-
-
-class _WholeWrites(httpcore.AsyncNetworkStream):
-    """A network stream whose writes finish even when the caller is cancelled.
-
-    httpcore takes frames out of h2's buffer, and anyio's TLS stream takes the encrypted
-    bytes out of its BIO, before the socket write's first await: a cancel there loses
-    them, and the next frame corrupts the connection for every call on it (the server
-    closes it). So each write runs in a task of its own, shielded, after the one before
-    it (the order on the wire is kept); its caller may leave at once."""
-
-    def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
-        self._inner = inner
-        self._last: asyncio.Future[None] | None = None
-
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
-        return await self._inner.read(max_bytes, timeout)
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
-        if not buffer:
-            return
-        last = self._last = asyncio.ensure_future(self._write(self._last, buffer, timeout))
-        last.add_done_callback(_retrieved)
-        await asyncio.shield(last)
-
-    async def _write(
-        self,
-        before: asyncio.Future[None] | None,
-        buffer: bytes,
-        timeout: float | None,  # noqa: ASYNC109 (httpcore's, passed on)
-    ) -> None:
-        if before is not None and not before.done():
-            await asyncio.wait([before])
-        await self._inner.write(buffer, timeout)
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-    async def start_tls(
-        self,
-        ssl_context: ssl.SSLContext,
-        server_hostname: str | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's signature)
-    ) -> httpcore.AsyncNetworkStream:
-        return _WholeWrites(await self._inner.start_tls(ssl_context, server_hostname, timeout))
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._inner.get_extra_info(info)
-
-
-def _retrieved(task: asyncio.Future[None]) -> None:
-    # A write whose caller left: its failure shows on the next read or write.
-    if not task.cancelled():
-        task.exception()
-
-
-def _h2_connections(client: httpx.AsyncClient) -> list[Any]:
-    """httpcore's HTTP/2 connections in `client`'s pool (private attributes: [] should
-    they change)."""
-    pool = getattr(getattr(client, "_transport", None), "_pool", None)
-    found = []
-    for pooled in getattr(pool, "connections", ()):
-        conn = getattr(pooled, "_connection", None)
-        if isinstance(getattr(conn, "_events", None), dict) and hasattr(conn, "_h2_state"):
-            found.append(conn)
-    return found
-
-
-def _hook(client: httpx.AsyncClient) -> None:
-    """Make each HTTP/2 connection of `client` settle the streams it lets go of: reset
-    one still open, and acknowledge the DATA it had received but nobody read (else that
-    connection window is gone for good: after ~16 MiB of it, the connection stalls)."""
-    for conn in _h2_connections(client):
-        if getattr(conn, "_adbatch_hooked", False):
-            continue
-        state, events, closed = conn._h2_state, conn._events, conn._response_closed
-
-        async def response_closed(
-            *, stream_id: int, state: Any = state, events: Any = events, closed: Any = closed
-        ) -> None:
-            unread = sum(
-                e.flow_controlled_length or 0
-                for e in events.get(stream_id, ())
-                if isinstance(e, h2.events.DataReceived)
-            )
-            _reset(state, stream_id)
-            if unread:
-                state.acknowledge_received_data(unread, stream_id)
-            await closed(stream_id=stream_id)
-
-        conn._response_closed = response_closed
-        conn._adbatch_hooked = True
-
-
-def _reset_abandoned(client: httpx.AsyncClient) -> None:
-    """Reset the streams httpcore let go of before `_hook` reached their connection (the
-    first calls of a new one): h2 counts them open, httpcore no longer follows them (it
-    adds the `_events` entry before it opens a stream, drops it when it lets go)."""
-    for conn in _h2_connections(client):
-        for stream_id in list(conn._h2_state.streams):
-            if stream_id not in conn._events:
-                _reset(conn._h2_state, stream_id)
-
-
-def _reset(state: Any, stream_id: int) -> None:
-    """RST_STREAM for a stream h2 counts open; queued, not flushed (the next write on the
-    connection carries it: taking the write lock here could deadlock)."""
-    stream = state.streams.get(stream_id)
-    if stream is not None and stream.open:
-        with contextlib.suppress(h2.exceptions.ProtocolError):
-            state.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
 
 
 def _failed(

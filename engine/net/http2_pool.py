@@ -1,0 +1,202 @@
+"""What engine/net/http2.py changes in httpcore's connection pool: private attributes,
+each found with getattr (should httpcore rename them, the change is skipped, not a
+crash), and its tunnel class, from a private module (there since httpcore 0.14).
+
+Rules:
+- `whole_writes`: writes that a cancel cannot cut (a deadline mid-write would corrupt
+  the HTTP/2 connection for every call on it).
+- `hook`, `reset_abandoned`: a stream given up on is reset (RST_STREAM) and the DATA it
+  had received acknowledged, else h2 counts it open and its window is gone for good
+  (httpcore 1.0 does not: encode/httpcore#943).
+- `shared_tunnels`: through a proxy, the calls that come while the first CONNECT tunnel
+  opens wait for it, as they wait for a direct connection, instead of each opening a
+  tunnel (and an HTTP/2 connection) of its own: one connection per 100 calls, as direct.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from typing import Any
+
+import h2.errors
+import h2.events
+import h2.exceptions
+import httpcore
+import httpx
+from httpcore._async.http_proxy import AsyncTunnelHTTPConnection
+
+
+def whole_writes(transport: httpx.AsyncHTTPTransport) -> None:
+    """Give `transport`'s connections writes that a cancel cannot cut (module rules)."""
+    pool = getattr(transport, "_pool", None)
+    backend = getattr(pool, "_network_backend", None)
+    if isinstance(backend, httpcore.AsyncNetworkBackend):
+        pool._network_backend = _WholeWritesBackend(backend)  # type: ignore[union-attr]
+
+
+class _WholeWritesBackend(httpcore.AsyncNetworkBackend):
+    def __init__(self, inner: httpcore.AsyncNetworkBackend) -> None:
+        self._inner = inner
+
+    async def connect_tcp(self, *args: Any, **kwargs: Any) -> httpcore.AsyncNetworkStream:
+        return _WholeWrites(await self._inner.connect_tcp(*args, **kwargs))
+
+    async def connect_unix_socket(self, *args: Any, **kwargs: Any) -> httpcore.AsyncNetworkStream:
+        return _WholeWrites(await self._inner.connect_unix_socket(*args, **kwargs))
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+class _WholeWrites(httpcore.AsyncNetworkStream):
+    """A network stream whose writes finish even when the caller is cancelled.
+
+    httpcore takes frames out of h2's buffer, and anyio's TLS stream takes the encrypted
+    bytes out of its BIO, before the socket write's first await: a cancel there loses
+    them, and the next frame corrupts the connection for every call on it (the server
+    closes it). So each write runs in a task of its own, shielded, after the one before
+    it (the order on the wire is kept); its caller may leave at once."""
+
+    def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
+        self._inner = inner
+        self._last: asyncio.Future[None] | None = None
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
+        return await self._inner.read(max_bytes, timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        if not buffer:
+            return
+        last = self._last = asyncio.ensure_future(self._write(self._last, buffer, timeout))
+        last.add_done_callback(_retrieved)
+        await asyncio.shield(last)
+
+    async def _write(
+        self,
+        before: asyncio.Future[None] | None,
+        buffer: bytes,
+        timeout: float | None,  # noqa: ASYNC109 (httpcore's, passed on)
+    ) -> None:
+        if before is not None and not before.done():
+            await asyncio.wait([before])
+        await self._inner.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's signature)
+    ) -> httpcore.AsyncNetworkStream:
+        return _WholeWrites(await self._inner.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+def _retrieved(task: asyncio.Future[None]) -> None:
+    # A write whose caller left: its failure shows on the next read or write.
+    if not task.cancelled():
+        task.exception()
+
+
+def _h2_connections(client: httpx.AsyncClient) -> list[Any]:
+    """httpcore's HTTP/2 connections in `client`'s pool (private attributes: [] should
+    they change)."""
+    pool = getattr(getattr(client, "_transport", None), "_pool", None)
+    found = []
+    for pooled in getattr(pool, "connections", ()):
+        conn = getattr(pooled, "_connection", None)
+        if isinstance(getattr(conn, "_events", None), dict) and hasattr(conn, "_h2_state"):
+            found.append(conn)
+    return found
+
+
+def hook(client: httpx.AsyncClient) -> None:
+    """Make each HTTP/2 connection of `client` settle the streams it lets go of: reset
+    one still open, and acknowledge the DATA it had received but nobody read (else that
+    connection window is gone for good: after ~16 MiB of it, the connection stalls)."""
+    for conn in _h2_connections(client):
+        if getattr(conn, "_adbatch_hooked", False):
+            continue
+        state, events, closed = conn._h2_state, conn._events, conn._response_closed
+
+        async def response_closed(
+            *, stream_id: int, state: Any = state, events: Any = events, closed: Any = closed
+        ) -> None:
+            unread = sum(
+                e.flow_controlled_length or 0
+                for e in events.get(stream_id, ())
+                if isinstance(e, h2.events.DataReceived)
+            )
+            _reset(state, stream_id)
+            if unread:
+                state.acknowledge_received_data(unread, stream_id)
+            await closed(stream_id=stream_id)
+
+        conn._response_closed = response_closed
+        conn._adbatch_hooked = True
+
+
+def reset_abandoned(client: httpx.AsyncClient) -> None:
+    """Reset the streams httpcore let go of before `_hook` reached their connection (the
+    first calls of a new one): h2 counts them open, httpcore no longer follows them (it
+    adds the `_events` entry before it opens a stream, drops it when it lets go)."""
+    for conn in _h2_connections(client):
+        for stream_id in list(conn._h2_state.streams):
+            if stream_id not in conn._events:
+                _reset(conn._h2_state, stream_id)
+
+
+def _reset(state: Any, stream_id: int) -> None:
+    """RST_STREAM for a stream h2 counts open; queued, not flushed (the next write on the
+    connection carries it: taking the write lock here could deadlock)."""
+    stream = state.streams.get(stream_id)
+    if stream is not None and stream.open:
+        with contextlib.suppress(h2.exceptions.ProtocolError):
+            state.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
+
+
+def shared_tunnels(transport: httpx.AsyncHTTPTransport) -> None:
+    """Let the calls to an origin share the CONNECT tunnel being opened (module rules):
+    the tunnels `transport`'s proxy pool makes are `_SharedTunnel`s."""
+    pool = getattr(transport, "_pool", None)
+    create = getattr(pool, "create_connection", None)
+    if not isinstance(pool, httpcore.AsyncHTTPProxy) or create is None:
+        return
+
+    def create_connection(origin: Any) -> Any:
+        connection = create(origin)
+        if type(connection) is AsyncTunnelHTTPConnection:
+            connection.__class__ = _SharedTunnel
+        return connection
+
+    pool.create_connection = create_connection  # type: ignore[method-assign]
+
+
+class _SharedTunnel(AsyncTunnelHTTPConnection):
+    """A tunnel that takes calls while it opens, as httpcore's direct connection does
+    when it may become HTTP/2: they wait for it (its connect lock), then go on as
+    streams of the one HTTP/2 connection (an HTTP/1.1 one sends the extra calls back to
+    the pool). httpcore's tunnel asks the proxy connection, which says no until it is
+    open, so each call of the first burst opened a tunnel (`-c 64`: 64 connections).
+    A tunnel whose opening failed (refused, TLS) takes no more calls."""
+
+    _failed = False
+
+    def is_available(self) -> bool:
+        if not self._connected:
+            return bool(self._http2) and not self._failed and not self._connection.is_closed()
+        return bool(self._connection.is_available())
+
+    async def handle_async_request(self, request: Any) -> Any:
+        try:
+            return await super().handle_async_request(request)
+        except BaseException:
+            if not self._connected:
+                self._failed = True
+            raise
