@@ -14,11 +14,12 @@ Rules:
 - The records are the other clients': the status, the body read raw (`aiter_raw`: httpx's
   decoding is not used) through `engine.net.bodies` under the size limit, with their
   Accept-Encoding; Retry-After; httpx's exceptions become the same error kinds (`_failure`,
-  the one place). httpx's default headers are dropped: the call carries what http1 sends.
+  the one place; an answer cut short after its headers is `payload`, in `_exchange`).
+  httpx's default headers are dropped: the call carries what http1 sends, values in UTF-8.
 - One deadline per call (`asyncio.timeout`) and none of httpx's own timeouts: an httpx
   read timeout fails every stream of the connection, a cancel only its own call.
 - A call given up on (its deadline, a too_large answer, an error) has its stream reset
-  (RST_STREAM) by `_reset_abandoned`. httpcore 1.0 does not reset it (encode/httpcore#943):
+  (RST_STREAM: net/http2_pool.py). httpcore 1.0 does not reset it (encode/httpcore#943):
   the stream stays open in h2's accounting, its late DATA frames take connection window
   for good, and once as many are open as the server allows streams (nginx: 128), every
   new call on the connection fails ("Max outbound streams is 128, 128 open").
@@ -26,8 +27,9 @@ Rules:
   --client-cert; the system store, which honours SSL_CERT_FILE), in a context of this
   client's own: httpcore sets ALPN on it. Proxies are core/proxies.py's (--proxy, the
   proxy variables, NO_PROXY), one route per origin: a `CONNECT` tunnel for https://
-  (HTTP/2 inside it); a refusal and an unreachable proxy read as with the other clients;
-  a certificate failure is a `tls` record (final).
+  (HTTP/2 inside it; the calls that come while it opens wait for it, as for a direct
+  connection: net/http2_pool.shared_tunnels); a refusal and an unreachable proxy read as
+  with the other clients; a certificate failure is a `tls` record (final).
 """
 
 from __future__ import annotations
