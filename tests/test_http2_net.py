@@ -30,6 +30,7 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 pytest.importorskip("httpx", reason="httpx not installed: pip install 'adbatch[http2]'")
@@ -42,10 +43,18 @@ import h2.events
 from conftest import read_records
 from nginx_tls import NginxTls, nginx, nginx_tls
 from test_http2 import nginx_h2
-from test_proxy_net import PASSWORD, PROXY_SIDE, USER, running_tinyproxy
+from test_proxy_net import (
+    PASSWORD,
+    PROXY_SIDE,
+    USER,
+    _free_port,
+    running_server,
+    running_tinyproxy,
+)
 from tls_pki import Pki, make_pki, openssl
 
 from engine.cli.main import main
+from engine.core.proxies import Proxies, parse_proxy_url
 from engine.core.query import Request
 from engine.net.tls import client_context
 from engine.net.transport import open_transport
@@ -261,6 +270,78 @@ def test_an_unreachable_proxy_is_connect_records_and_a_stop_naming_it(
     assert records
     assert {r["error_kind"] for r in records} == {"connect"}
     assert PASSWORD not in err + str(records)
+
+
+async def _burst(transport: Any, bases: list[str]) -> list[Any]:
+    """One call to each of `bases`, all at once: the answers."""
+    answers: list[Any] = []
+
+    async def call(base: str) -> None:
+        query = "criteo-partner-id=1&retailer-visitor-id=v&event-type=viewHome&page-id=h"
+        url = f"{base}/delivery/retailmedia?{query}"
+        answers.append(await transport.send(Request(url, {}), "Bearer mock-token"))
+
+    async with anyio.create_task_group() as tg:
+        for base in bases:
+            tg.start_soon(call, base)
+    return answers
+
+
+@NEEDS_TINYPROXY
+@pytest.mark.anyio
+async def test_http1_where_http2_is_not_offered_direct_and_through_a_tunnel(
+    pki: Pki, tmp_path: Path
+) -> None:
+    """An aiohttp.web server (HTTP/1.1 only) over TLS and over plain http: the same client
+    speaks HTTP/1.1 to it. Through a proxy, the calls that waited for the first tunnel
+    find an HTTP/1.1 connection there and go back to the pool for tunnels of their own."""
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(pki.good, pki.server_key)
+    context = client_context.__wrapped__(cacert=str(pki.ca))
+    async with running_server(tls) as secure, running_server() as plain:
+        port = int(secure.base_url.rsplit(":", 1)[1])
+        with running_tinyproxy(tmp_path, connect_port=port) as proxy:
+            proxies = Proxies(https=parse_proxy_url(proxy.url(), source="--proxy"))
+            for via in (None, proxies):
+                async with open_transport(
+                    concurrency=8, timeout=5.0, client="http2", tls=context, proxies=via
+                ) as transport:
+                    answers = await _burst(transport, [secure.base_url, plain.base_url] * 40)
+                assert [(r.status, r.error_kind) for r in answers] == [(200, None)] * 80
+            tunnels = proxy.requests()
+    assert 1 <= len(tunnels) <= 8  # one per HTTP/1.1 connection
+    assert set(tunnels) == {f"CONNECT 127.0.0.1:{port}"}
+    assert Counter(secure.remotes) == {"127.0.0.1": 40, PROXY_SIDE: 40}
+    assert set(plain.remotes) == {"127.0.0.1"}
+
+
+@NEEDS_TINYPROXY
+@pytest.mark.anyio
+async def test_a_proxy_refusing_the_tunnel_or_the_server_reads_as_with_http1(
+    tmp_path: Path,
+) -> None:
+    """tinyproxy answers 403 to a CONNECT to a port it does not allow (a `proxy` record)
+    and 500 when it cannot reach the server (a `connect` record): http2 says what http1
+    says."""
+    closed = _free_port()
+    with running_tinyproxy(tmp_path, connect_port=closed) as proxy:
+        proxies = Proxies(https=parse_proxy_url(proxy.url(), source="--proxy"))
+        said = {}
+        for client in ("http1", "http2"):
+            for port in (closed, 443):
+                context = client_context.__wrapped__()
+                async with open_transport(
+                    concurrency=1, timeout=5.0, client=client, tls=context, proxies=proxies
+                ) as transport:
+                    resp = await transport.send(Request(f"https://127.0.0.1:{port}/d", {}), None)
+                said[client, port] = (resp.status, resp.error_kind, resp.error)
+    where = f"proxy http://127.0.0.1:{proxy.port}"
+    assert said["http2", closed] == said["http1", closed] == (
+        None, "connect", f"{where} could not reach 127.0.0.1:{closed} (HTTP 500 Unable to connect)"
+    )  # fmt: skip
+    assert said["http2", 443] == said["http1", 443]
+    assert said["http2", 443][:2] == (None, "proxy")
+    assert f"{where} refused to carry the call to 127.0.0.1:443 (HTTP 403" in said["http2", 443][2]
 
 
 # -- --header --------------------------------------------------------------------------
