@@ -112,6 +112,11 @@ def user(
     client_context.cache_clear()
 
 
+def _own(directory: Path) -> Path:
+    directory.mkdir()
+    return directory
+
+
 def adbatch(command: str, **replace: str) -> int:
     """Run the page's `command` (it must be there as written), with `replace`'s swaps."""
     assert command in RUN, command
@@ -233,7 +238,7 @@ def test_proxy_variables(
     covered), then README's one-line form."""
     monkeypatch.setenv("SSL_CERT_FILE", str(pki.ca))
     port = server.ports["good"]
-    with running_tinyproxy(user.parent, connect_port=port) as proxy:
+    with running_tinyproxy(_own(user / "proxy"), connect_port=port) as proxy:
         export(
             "export HTTPS_PROXY=http://proxy.corp.example:3128 NO_PROXY=localhost,.corp.example",
             monkeypatch,
@@ -266,7 +271,7 @@ def test_proxy_option(
 ) -> None:
     monkeypatch.setenv("SSL_CERT_FILE", str(pki.ca))
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # nobody there
-    with running_tinyproxy(user.parent, connect_port=server.ports["good"]) as proxy:
+    with running_tinyproxy(_own(user / "proxy"), connect_port=server.ports["good"]) as proxy:
         before = len(server.calls())
         command = "adbatch run --proxy http://proxy2.corp.example:8080 events.jsonl -o ads.jsonl"
         assert adbatch(command, **{"http://proxy2.corp.example:8080": proxy.url()}) == 0
