@@ -53,7 +53,8 @@ def bind(addr: str, option: str) -> socket.socket:
     except OSError as exc:
         sock.close()
         reason = exc.strerror or str(exc)
-        raise ConfigError(f"{option} {addr}: cannot listen on {host}:{port} ({reason})") from None
+        where = f"{url_host(host)}:{port}"
+        raise ConfigError(f"{option} {addr}: cannot listen on {where} ({reason})") from None
     sock.setblocking(False)
     return sock
 
