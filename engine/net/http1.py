@@ -342,7 +342,7 @@ class Http1Client:
             # (cheaper per call than a cancel scope; connecting has its own above).
             timer = loop.call_at(deadline, transport.abort)
             try:
-                answer = await _exchange(proto, transport, head, self._max_body)
+                answer = await _exchange(proto, transport, head, self._max_body, deadline)
             # OSError, not just ConnectionError: aiohttp's protocol hands a reset over as
             # ClientOSError (an OSError only), and a stale connection may well be reset.
             except (ServerDisconnectedError, OSError) as exc:
@@ -356,6 +356,11 @@ class Http1Client:
             except (ClientPayloadError, HttpProcessingError) as exc:
                 pool.discard(proto)
                 raise self._failure(exc, loop.time() >= deadline) from None
+            except HttpError as exc:  # a body that could not be had (bodies.py)
+                pool.discard(proto)
+                if exc.kind == ErrorKind.TIMEOUT:  # its inflating reached the deadline
+                    raise self._timed_out() from None
+                raise
             except BaseException:
                 pool.discard(proto)
                 raise
@@ -403,7 +408,7 @@ class Http1Client:
 
 
 async def _exchange(
-    proto: _Connection, transport: asyncio.Transport, head: bytes, max_body: int
+    proto: _Connection, transport: asyncio.Transport, head: bytes, max_body: int, deadline: float
 ) -> Answer:
     transport.write(head)
     while True:
@@ -414,7 +419,7 @@ async def _exchange(
     headers = message.headers
     try:
         # An istr key: a third of the cost of a str one.
-        body = await read_body(payload, headers.get(hdrs.CONTENT_ENCODING), max_body)
+        body = await read_body(payload, headers.get(hdrs.CONTENT_ENCODING), max_body, deadline)
     except BodyError as exc:  # the caller drops the connection: the rest is on the wire
         status = message.code if exc.kind == ErrorKind.TOO_LARGE else None
         raise HttpError(exc.kind, exc.message, status) from None

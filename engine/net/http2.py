@@ -188,17 +188,20 @@ class Http2Transport:
         # Values in UTF-8, as http1 sends them (httpx would encode a str in ASCII, and
         # raise on `--header 'X-Team: é'` or an event's non-ASCII user-agent).
         raw = [(name.encode("ascii"), value.encode()) for name, value in headers.items()]
+        deadline = asyncio.get_running_loop().time() + self._timeout  # send's, near enough
         response = await client.send(client.build_request("GET", url, headers=raw), stream=True)
         try:
             status = response.status_code
             coding = response.headers.get("Content-Encoding")
             async with _raw_chunks(response) as chunks:
                 try:
-                    body = await read_body(chunks, coding, self._max_body)
+                    body = await read_body(chunks, coding, self._max_body, deadline)
                 except BodyError as exc:
                     # The rest is still coming: the hooked connection resets the stream
                     # once it is closed, below.
                     hook(client)
+                    if exc.kind == ErrorKind.TIMEOUT:
+                        raise TimeoutError from None  # send's timeout record
                     kept = status if exc.kind == ErrorKind.TOO_LARGE else None
                     raise _BodyFailed(exc.kind, exc.message, kept) from None
                 except (httpx.RemoteProtocolError, httpx.ReadError) as exc:

@@ -19,6 +19,7 @@ bounded decompression: aiohttp's own is off in both): an answer over the limit i
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import ssl
 import time
@@ -194,6 +195,7 @@ class SessionTransport:
         if any(header_problem(value) is not None for value in headers.values()):
             return _failed(sent_at, start, ErrorKind.REQUEST, "a header value cannot be sent")
         url, via = self._route(request.url)
+        deadline = asyncio.get_running_loop().time() + self._timeout
         try:
             async with self._session.get(
                 url, headers=headers, allow_redirects=False, proxy=aiohttp_proxy(via)
@@ -202,9 +204,11 @@ class SessionTransport:
                 retry_after = resp.headers.get("Retry-After")
                 try:
                     coding = resp.headers.get(aiohttp.hdrs.CONTENT_ENCODING)
-                    body = await read_body(resp.content, coding, self._max_body)
+                    body = await read_body(resp.content, coding, self._max_body, deadline)
                 except BodyError as exc:
                     resp.close()  # the rest of the body is still on the wire: drop it
+                    if exc.kind == ErrorKind.TIMEOUT:
+                        raise TimeoutError from None
                     kept = status if exc.kind == ErrorKind.TOO_LARGE else None
                     return _failed(sent_at, start, exc.kind, exc.message, kept)
         except TimeoutError:
