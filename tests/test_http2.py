@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 pytestmark = [
     pytest.mark.anyio,
+    pytest.mark.slow,  # a real proxy / nginx per test: seconds in all
     pytest.mark.skipif(NGINX is None, reason="nginx not installed (apt-get install nginx)"),
     pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed"),
 ]

@@ -34,6 +34,7 @@ from engine.mock.state import MockState
 
 pytestmark = [
     pytest.mark.anyio,
+    pytest.mark.slow,  # a real proxy / nginx per test: seconds in all
     pytest.mark.skipif(shutil.which("tinyproxy") is None, reason="tinyproxy is not installed"),
 ]
 
