@@ -11,10 +11,8 @@ import argparse
 import math
 from functools import partial
 
-import orjson
-
 from engine.api import run_load
-from engine.cli.common import Subparsers, run_async, say, write_file
+from engine.cli.common import Subparsers, json_bytes, run_async, say, write_file
 from engine.cli.options import config_from_args, nonneg_float, positive_float, positive_int
 from engine.cli.run_options import add_run_options
 from engine.core.pacing import RatePacer, constant, parse_duration, parse_stages, ramp, stages
@@ -188,5 +186,5 @@ def _finish(outcome: LoadOutcome, summary_path: str | None) -> int:
         say(f"stopped: {outcome.summary.stopped}")
     if summary_path:
         data = {"summary": outcome.summary, "scheduled": outcome.scheduled, **outcome.figures}
-        write_file(summary_path, orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
+        write_file(summary_path, json_bytes(data))
     return outcome.exit_code

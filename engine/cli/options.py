@@ -20,7 +20,7 @@ from typing import Any, NoReturn, TypeVar
 from engine.config import Config
 from engine.core.shard import parse_shard
 from engine.errors import ConfigError
-from engine.files.paths import check_outputs
+from engine.files.paths import check_outputs, written_by
 
 #: Options that may also come from the environment.
 ENV_VARS = {
@@ -168,7 +168,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     option_files = [(f"--{name.replace('_', '-')}", getattr(args, name)) for name in _READ]
     tls_files = [("--cacert", config.cacert), ("--client-cert", config.client_cert)]
     option_files += [*tls_files, ("--client-key", config.client_key)]
-    check_outputs(option_files, [("-o", config.output), ("--summary", config.summary)])
+    check_outputs(option_files, written_by(config))
     return config
 
 

@@ -8,9 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-import orjson
-
-from engine.cli.common import Subparsers, write_file
+from engine.cli.common import Subparsers, json_bytes, write_file
+from engine.core.events import printable
 from engine.errors import InputError
 from engine.files.paths import check_outputs
 
@@ -35,7 +34,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     from engine.report.text import figures_from_lines, text_report
 
     path = args.output_file
-    check_outputs([("input", path)], [("--summary", args.summary), ("--html", args.html)])
+    # --summary and --html write files (one named `-` too); the text goes to stdout.
+    files = [("--summary", args.summary), ("--html", args.html)]
+    written = [(o, "./-" if p == "-" else p) for o, p in files] + [("the text report", "-")]
+    check_outputs([("input", path)], written)
     try:
         stream = sys.stdin.buffer if path == "-" else open(path, "rb")
     except OSError as exc:
@@ -46,10 +48,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     sys.stdout.write(text_report(data, bad_lines=bad))
     sys.stdout.flush()
     if args.summary:
-        write_file(args.summary, orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
+        write_file(args.summary, json_bytes(data))
     if args.html:
         from engine.report.html import html_report
 
-        title = args.title or f"adbatch report: {path}"
+        # A path's (or --title's) undecodable byte is shown as its escape, as records do.
+        title = printable(args.title or f"adbatch report: {path}")
         write_file(args.html, html_report(data, title=title).encode())
     return 0

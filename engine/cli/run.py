@@ -12,10 +12,8 @@ import os
 import sys
 from functools import partial
 
-import orjson
-
 from engine import api
-from engine.cli.common import Subparsers, run_async, say, write_file
+from engine.cli.common import Subparsers, json_bytes, run_async, say, write_file
 from engine.cli.options import config_from_args, shard
 from engine.cli.run_options import add_run_options
 from engine.errors import ConfigError
@@ -118,7 +116,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         say(f"stopped: {summary.stopped}")
     if config.summary:
         data = {"summary": summary, "exit_code": summary.exit_code}
-        write_file(config.summary, orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
+        write_file(config.summary, json_bytes(data))
     if summary.interrupted is not None:
         # The output is closed and synced; a reader thread may still block on stdin,
         # and the interpreter would wait for it at exit: leave now.

@@ -170,13 +170,21 @@ def _coverage_problems(coverage: Coverage, report: MergeReport) -> None:
         report.problems.append(f"{extra} records lie beyond the input's {report.records}")
 
 
+def _file(path: str) -> str:
+    return "./-" if path == "-" else path
+
+
 def merge_outputs(parts: Sequence[str], output: str) -> MergeReport:
     """Join static-shard outputs into `output` (each record once) and check coverage."""
     if not parts:
         raise ConfigError("merge: no part given")
-    # Before anything is written: neither the output nor its manifest is a part.
-    written = [("-o", output), ("the manifest of -o", manifest_path(output))]
-    check_outputs([("input", p) for p in parts], written)
+    # Before anything is written: neither the output nor its manifest is a part or the
+    # manifest of one (read by _check_manifests).
+    # `-` is a file of that name here, not stdin or stdout.
+    written = [("-o", _file(output)), ("the manifest of -o", manifest_path(output))]
+    read = [("input", _file(p)) for p in parts]
+    read += [("the manifest of a part", manifest_path(p)) for p in parts]
+    check_outputs(read, written)
     report = MergeReport(parts=len(parts))
     ordered = _check_manifests(parts, report)
     coverage = Coverage()

@@ -13,8 +13,11 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -74,14 +77,33 @@ def copy_part(path: str, out: BinaryIO) -> PartInfo:
     return PartInfo(path, rows, digest.hexdigest(), size)
 
 
+def _dumps(data: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
+    except orjson.JSONEncodeError:
+        # A lone surrogate (a path's undecodable byte, from surrogateescape), which UTF-8
+        # cannot carry: written as its JSON escape (`\udcff`), which `read_manifest`
+        # reads back as the same string, so a path compared or opened again is the same.
+        return json.dumps(data, indent=2, ensure_ascii=True).encode()
+
+
 def write_json_atomic(path: str, data: dict[str, Any]) -> None:
-    """Write `data` to `path` through a temporary file and a rename (never half a file)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS) + b"\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write `data` to `path` through a temporary file and a rename (never half a file).
+    The temporary file is new (mkstemp), so it can never be an existing file."""
+    text = _dumps(data) + b"\n"
+    directory, name = os.path.split(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.tmp-", dir=directory or ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(text)
+            f.flush()
+            os.fchmod(f.fileno(), 0o644)
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def write_shard_manifest(config: Config, *, records: int) -> None:
@@ -107,11 +129,18 @@ def read_manifest(path: str) -> dict[str, Any] | None:
     """The JSON object at `path`; None when there is no file (or it holds no object)."""
     try:
         with open(path, "rb") as f:
-            data = orjson.loads(f.read())
+            text = f.read()
     except FileNotFoundError:
         return None
-    except (OSError, orjson.JSONDecodeError) as exc:
-        raise InputError(f"cannot read manifest {path}: {exc}") from None
+    except OSError as exc:
+        raise InputError(f"cannot read manifest {path}: {exc.strerror or exc}") from None
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        try:  # a path's lone surrogate, escaped by `write_json_atomic` (orjson refuses it)
+            data = json.loads(text)
+        except ValueError:
+            raise InputError(f"cannot read manifest {path}: {exc}") from None
     return data if isinstance(data, dict) else None
 
 

@@ -17,9 +17,10 @@ Rules:
 - When the run ends (however: done, stopped, interrupted, failed), `compact` leaves one
   line per event, its latest: an old line goes when the run appended a newer record of
   its event, or when a later old line had (a resume that crashed before compacting).
-  Only when a line must go is the file rewritten: streamed into a temporary file in the
-  same directory, fsynced, renamed over the output, and the directory fsynced, so a
-  crash at any point leaves the old file or the new one, whole. The lines to keep are
+  Only when a line must go is the file rewritten: streamed into a new temporary file
+  in the same directory (mkstemp: never an existing file, an input say), fsynced,
+  renamed over the output, and the directory fsynced, so a crash at any point leaves
+  the old file or the new one, whole. The lines to keep are
   known from the index (no record is held in memory).
 """
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import os
 import stat
+import tempfile
 import zlib
 from array import array
 from collections.abc import Iterator
@@ -219,8 +221,8 @@ def compact(path: str, index: ResumeIndex) -> bool:
 
 def _rewrite(f: BinaryIO, target: str, index: ResumeIndex, mode: int, *, torn: bool) -> None:
     directory, name = os.path.split(target)
-    tmp = os.path.join(directory, f".{name}.adbatch-compact")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # A new file (mkstemp: O_EXCL, a random name), never an existing one.
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".compact", dir=directory or ".")
     try:
         with os.fdopen(fd, "wb", buffering=1 << 20) as out:
             line_no = 0

@@ -46,6 +46,7 @@ from engine.core.tally import Progress, record_lag
 from engine.load.plan import LiveState, LoadOutcome, LoadPlan, Scheduled
 from engine.load.schedules import load_schedule, replay_schedule
 from engine.runtime.engine import Emit, Engine
+from engine.runtime.loop import check_open_files
 from engine.runtime.session import open_run
 from engine.runtime.watch import Probe, Watch, engine_probe, input_progress
 
@@ -161,6 +162,8 @@ async def run_load(
         resume=False,
     )
     figures = live.figures
+    # Here the calls in flight are --max-in-flight's: the refusal names it, not -c.
+    check_open_files(engine_config, option="--max-in-flight")
     async with open_run(engine_config) as session:
         counts = session.counts
         schedule = _schedule(config, plan, live, counts, window)

@@ -79,10 +79,11 @@ def raise_open_files() -> tuple[int, int] | None:
     return soft, hard
 
 
-def check_open_files(config: Config) -> None:
+def check_open_files(config: Config, *, option: str = "-c") -> None:
     """Raise ConfigError (exit 2) when one process of this run would need more open files
     than its limit allows, even raised: -c sockets (a --workers child: its share), the
-    embedded mock's side of them with --mock, and SPARE_FILES."""
+    embedded mock's side of them with --mock, and SPARE_FILES. `option`: the option the
+    user gave the number with (load and replay: --max-in-flight)."""
     limits = raise_open_files()
     if limits is None or config.dry_run:
         return
@@ -93,9 +94,9 @@ def check_open_files(config: Config) -> None:
     if needed > soft:
         per = f" per process ({config.workers} workers)" if config.workers > 1 else ""
         raise ConfigError(
-            f"-c {concurrency} needs about {needed} open files{per} but the limit is {soft}"
-            f"{'' if hard == soft else f' (hard limit {hard})'}: lower -c (--max-in-flight "
-            "for load and replay) or raise the limit (ulimit -n)"
+            f"{option} {concurrency} needs about {needed} open files{per} but the limit is "
+            f"{soft}{'' if hard == soft else f' (hard limit {hard})'}: lower {option} or "
+            "raise the limit (ulimit -n)"
         )
 
 

@@ -36,10 +36,10 @@ from dataclasses import dataclass
 from engine.config import Config
 from engine.core.events import ReadCounts
 from engine.core.proxies import Proxies
-from engine.core.records import Result, jsonl
+from engine.core.records import Result, jsonl_parts
 from engine.core.secrets import Secrets
 from engine.errors import OutputError, plain_engine_errors
-from engine.files.paths import check_outputs
+from engine.files.paths import check_outputs, written_by
 from engine.files.resume import ResumeIndex, compact, open_resume
 from engine.files.sinks import JsonlSink, create_output
 from engine.files.sources import check_inputs
@@ -71,7 +71,8 @@ class RunSession:
     def write(self, batch: list[Result]) -> None:
         """Append `batch` to the output as JSONL, redacted (a server may echo a token)."""
         assert self.sink is not None, "this run was opened without an output"
-        self.sink.write(self.secrets.redact_bytes(jsonl(batch)))
+        for part in jsonl_parts(batch):  # big answers: one record at a time
+            self.sink.write(self.secrets.redact_bytes(part))
 
     async def emit(self, batch: list[Result]) -> None:
         """`write` as the engine's asynchronous emit."""
@@ -142,7 +143,7 @@ async def open_run(
     if inputs:
         check_inputs(config.inputs)
     read = [("input", path) for path in config.inputs] if inputs else []
-    check_outputs(read, [("-o", config.output), ("--summary", config.summary)])
+    check_outputs(read, written_by(config, records=output))
     if config.backend != "ray":  # a Ray run's calls go out on other machines
         check_open_files(config)
     index = open_resume(config.output) if output and config.resume else None
