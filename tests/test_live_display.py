@@ -11,8 +11,12 @@ Each test runs the CLI for a few seconds with stdin, stdout and stderr on a pty 
 
 from __future__ import annotations
 
+import gzip
 import math
+import os
+import pty
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -127,18 +131,83 @@ def test_load_shows_rate_latency_and_token(tmp_path: Path, columns: int) -> None
         assert re.search(r"0 errors · 0 dropped", seen)
 
 
-def test_replay_shows_the_display(tmp_path: Path) -> None:
+@pytest.mark.parametrize("columns", [80, 200])
+def test_replay_shows_the_display(tmp_path: Path, columns: int) -> None:
     run = run_in_pty(
         adbatch(
             "replay", "--mock", EXAMPLES / "access.log", "--speed", "20", "--max-gap", "2",
             "-o", tmp_path / "out.jsonl",
         ),
-        columns=80,
+        columns=columns,
         cwd=str(ROOT),
     )  # fmt: skip
     assert run.returncode == 0, run.final
     check_screens(run, display_rows=3, summaries=2)
     assert re.search(r"\ds elapsed", run.seen_text())
+
+
+@pytest.mark.parametrize(
+    ("workers", "columns"),
+    [pytest.param("1", 80, id="1-process"), pytest.param("2", 200, id="workers")],
+)
+def test_run_of_a_gzip_file_goes_by_compressed_bytes(
+    tmp_path: Path, workers: str, columns: int
+) -> None:
+    from engine.runtime.display import size
+
+    raw = (EXAMPLES / "pageviews.jsonl").read_bytes() * 6  # 240 events: 5 s at --rate 48
+    path = tmp_path / "events.jsonl.gz"
+    path.write_bytes(gzip.compress(raw))
+    run = run_in_pty(
+        adbatch("run", "--mock", "--workers", workers, "--rate", "48", path,
+                "-o", tmp_path / "out.jsonl"),
+        columns=columns,
+        cwd=str(ROOT),
+    )  # fmt: skip
+    assert run.returncode == 0, run.final
+    check_screens(run, display_rows=2, summaries=1)
+    seen = run.seen_text()
+    compressed = re.escape(size(path.stat().st_size))
+    assert re.search(rf"\b[1-9]\d?%  [\d.]+ k?B / {compressed}  .*ETA", seen, re.I), seen
+    assert f"/ {size(len(raw))}" not in seen  # not the bytes gzip gives
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        pytest.param({}, id="plain"),
+        # rich alone would believe these and draw on a file: the CLI asks the file itself
+        pytest.param({"FORCE_COLOR": "1", "TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1"},
+                     id="forced-terminal"),
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize("command", ["run", "load"])
+def test_no_display_when_stderr_is_not_a_terminal(
+    tmp_path: Path, command: str, env: dict[str, str]
+) -> None:
+    """stdin and stdout on a terminal, stderr to a file (`2> log`): the file holds the
+    summary lines and nothing else."""
+    master, slave = pty.openpty()
+    log = tmp_path / "stderr.log"
+    schedule = ["--rate", "50", "--duration", "2s"] if command == "load" else ["--rate", "100"]
+    try:
+        with open(log, "wb") as err:
+            done = subprocess.run(
+                adbatch(command, "--mock", EXAMPLES / "pageviews.jsonl", *schedule,
+                        "-o", tmp_path / "out.jsonl"),
+                stdin=slave, stdout=slave, stderr=err, cwd=ROOT, timeout=60, check=False,
+                env={**os.environ, "TERM": "xterm-256color", **env},
+            )  # fmt: skip
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert done.returncode == 0
+    text = log.read_text()
+    lines = text.splitlines()
+    assert lines
+    assert all(line.startswith("adbatch: ") for line in lines), text
+    assert "\x1b" not in text
+    assert not any(ch in text for ch in BAR)
 
 
 @pytest.mark.parametrize(

@@ -260,3 +260,25 @@ def test_rows_are_cut_to_the_width_never_wrapped(width: int) -> None:
     lines = out.getvalue().split("\n")[:-1]
     assert len(lines) == len(rows)
     assert max(cell_len(line) for line in lines) <= width
+
+
+@pytest.mark.anyio
+async def test_no_display_on_a_stream_that_is_not_a_terminal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A library caller asking for the display (Config.progress) with stderr on a file,
+    under FORCE_COLOR (which rich believes): nothing is drawn."""
+    from engine import api
+    from engine.config import Config
+
+    for name, value in (("FORCE_COLOR", "1"), ("TTY_COMPATIBLE", "1"), ("TERM", "xterm")):
+        monkeypatch.setenv(name, value)
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(LINE.replace(b'"v"}', b'"v", "page-id": "viewHome_API_desktop"}') * 40)
+    config = Config(inputs=(str(events),), output=str(tmp_path / "out.jsonl"), mock=True,
+                    rate=40.0, progress=True)  # fmt: skip
+    summary = await api.run(config)
+    assert summary.exit_code == 0
+    err = capsys.readouterr().err
+    assert "done" not in err
+    assert "\x1b" not in err

@@ -54,7 +54,9 @@ async def show_live(view: View, *, every: float = REFRESH_S) -> None:
     from rich.live import Live
 
     console = Console(file=sys.stderr, highlight=False)
-    if not console.is_terminal or console.is_dumb_terminal:
+    # rich believes FORCE_COLOR or TTY_COMPATIBLE (set by many CI systems) and would draw
+    # on a file or a pipe: ask the stream itself too.
+    if not _isatty(sys.stderr) or not console.is_terminal or console.is_dumb_terminal:
         return  # no cursor to move: no display rather than lines that scroll
     start = time.perf_counter()
     with Live(
@@ -69,6 +71,14 @@ async def show_live(view: View, *, every: float = REFRESH_S) -> None:
             await anyio.sleep(every)
             _fit(console)
             live.update(_render(view(time.perf_counter() - start)), refresh=True)
+
+
+def _isatty(stream: object) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty()) if callable(isatty) else False
+    except (OSError, ValueError):  # closed
+        return False
 
 
 def _fit(console: Console) -> None:
