@@ -321,5 +321,6 @@ def _add_other_options(misc: argparse._ArgumentGroup) -> None:
         "--no-progress",
         action="store_true",
         default=False,
-        help="no progress line (it shows only when stderr is a terminal)",
+        help="no live display (it shows only when stderr is a terminal and the records "
+        "go elsewhere)",
     )
