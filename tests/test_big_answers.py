@@ -6,11 +6,16 @@ from __future__ import annotations
 
 import contextlib
 import zlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import anyio
+import orjson
 import pytest
+from aiohttp import web
+from conftest import read_records
 from test_http1 import Conn, raw_server
-from test_net_edges import bomb
+from test_net_edges import EVENT, _cli, bomb
 
 from engine.core.query import Request
 from engine.net.transport import open_transport
@@ -45,3 +50,47 @@ async def test_inflating_stops_at_the_call_deadline() -> None:
                 resp = await transport.send(Request(server.base + "/", {}), None)
             assert (resp.error_kind, resp.status, resp.body) == ("timeout", None, b""), name
             assert resp.error == "no answer within 0.1s", name
+
+
+@contextlib.asynccontextmanager
+async def big_answers(size: int) -> AsyncIterator[str]:
+    """An aiohttp.web server answering every GET with `size` bytes (not JSON)."""
+    body = b"x" * size
+
+    async def handle(request: web.Request) -> web.Response:
+        return web.Response(body=body)
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    try:
+        yield f"http://{host}:{port}/delivery"
+    finally:
+        await runner.cleanup()
+
+
+# The session client is left out: its peak varied from 120 to 357 MiB between runs
+# (not understood yet; see the report of issue 12 item 1).
+@pytest.mark.parametrize("client", ["http1"])
+async def test_peak_memory_within_the_readme_bound(tmp_path: Path, client: str) -> None:
+    """README: at worst about 2 x concurrency x --max-response-bytes, plus the engine's
+    own few tens of MiB. 24 answers of exactly the limit (4 MiB) at -c 8: the bound is
+    2 x 8 x 4 = 64 MiB plus 100 MiB for the interpreter and engine (~45 MiB idle) and
+    the margin a shared machine needs. Before: jsonl joined a tick's records after
+    encoding them, each line copied once more for its newline (about 4 x)."""
+    limit, concurrency = 4 * MIB, 8
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(b"".join(orjson.dumps({**EVENT, "id": f"e{i}"}) + b"\n" for i in range(24)))
+    async with big_answers(limit) as endpoint:
+        args = ["--endpoint", endpoint, "-c", str(concurrency), "--http-client", client]
+        args += ["--max-response-bytes", str(limit), "-o", "out.jsonl", "events.jsonl"]
+        rc, stderr, peak_mb = await anyio.to_thread.run_sync(_cli, args, tmp_path)
+    assert rc == 0, stderr
+    records = read_records(tmp_path / "out.jsonl")
+    assert len(records) == 24
+    assert all(r["ok"] and len(r["response"]) == limit for r in records)
+    assert peak_mb < 2 * concurrency * limit // MIB + 100, f"peak RSS {peak_mb} MiB"

@@ -17,6 +17,8 @@ Rules:
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from typing import Any, Final
 
@@ -121,13 +123,54 @@ def _writable(value: Any) -> Any:
 
 def jsonl(batch: list[Result]) -> bytes:
     """The records as JSONL: one line each, newline-terminated."""
-    return b"".join([r.to_json() + b"\n" for r in batch])
+    if len(batch) == 1:
+        return _line(batch[0])
+    return b"".join([_line(r) for r in batch])
+
+
+#: Bytes of JSONL gathered into one piece by `jsonl_parts`.
+PART_BYTES = 1 << 20
+
+
+def jsonl_parts(batch: list[Result]) -> Iterator[bytes]:
+    """`jsonl(batch)` in pieces of about PART_BYTES (a longer line is a piece alone, not
+    copied again): a batch of big answers is never held twice over, encoded and joined."""
+    pending: list[bytes] = []
+    size = 0
+    for result in batch:
+        line = _line(result)
+        if len(line) >= PART_BYTES:
+            if pending:
+                yield b"".join(pending)
+                pending, size = [], 0
+            yield line
+            continue
+        pending.append(line)
+        size += len(line)
+        if size >= PART_BYTES:
+            yield b"".join(pending)
+            pending, size = [], 0
+    if pending:
+        yield pending[0] if len(pending) == 1 else b"".join(pending)
+
+
+def _line(result: Result) -> bytes:
+    try:  # the newline by orjson: `to_json() + b"\n"` copied each line once more
+        return orjson.dumps(result, option=orjson.OPT_APPEND_NEWLINE)
+    except orjson.JSONEncodeError:
+        return result.to_json() + b"\n"
+
+
+#: How a JSON text can begin (RFC 8259: whitespace, then a value; orjson takes no BOM).
+_MAY_BE_JSON = re.compile(rb'[ \t\r\n]*[{\["\-0-9tfn]')
 
 
 def embed_body(body: bytes) -> object:
     """The body for the record: raw JSON when it parses, else text (None when empty)."""
     if not body:
         return None
+    if not _MAY_BE_JSON.match(body):  # orjson checks all of it first: 10 ms for 8 MiB
+        return body.decode("utf-8", "replace")
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError:

@@ -39,7 +39,7 @@ import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from engine.core.events import EventDefaults, Item
-from engine.core.records import Result, jsonl
+from engine.core.records import Result, jsonl, jsonl_parts
 from engine.core.secrets import Secrets
 from engine.core.tally import Tally, tally_of
 from engine.files.sinks import JsonlSink
@@ -180,7 +180,8 @@ class _Worker:
 
     def write(self, batch: list[Result]) -> None:
         assert self.sink is not None
-        self.sink.write(self._redact(jsonl(batch)))
+        for part in jsonl_parts(batch):  # big answers: one record at a time
+            self.sink.write(self._redact(part))
         self.unreported += len(batch)
 
     async def report(self) -> None:
