@@ -13,6 +13,7 @@ what a user types, run as a process, as the docs say.
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import shutil
@@ -238,12 +239,27 @@ def test_the_dashboard_of_a_run_with_workers_in_chromium(tmp_path: Path) -> None
         assert run.stderr is not None
         assert run.stderr.readline() == f"adbatch: dashboard on http://127.0.0.1:{board}/\n"
         time.sleep(3)  # a few points to draw
-        page = look(browser, f"http://127.0.0.1:{board}/", tmp_path / "profile", "--dump-dom")
+        netlog = tmp_path / "netlog.json"
+        page = look(browser, f"http://127.0.0.1:{board}/", tmp_path / "profile", "--dump-dom",
+                    f"--log-net-log={netlog}")  # fmt: skip
         assert page.returncode == 0, page.stderr[-2000:]
         assert run.poll() is None, "the run ended before the look"
     finally:
         run.kill()
         run.communicate()
+    # Every request the page made went to its own host, and it polled more than once in
+    # its 3 s (of virtual time): once a second. (Chromium's own background requests,
+    # initiated by no page, go to a dead proxy.)
+    origin = f"http://127.0.0.1:{board}"
+    asked = [
+        event["params"]["url"]
+        for event in json.loads(netlog.read_text())["events"]
+        if event.get("params", {}).get("initiator") == origin and "url" in event["params"]
+    ]
+    assert asked
+    assert all(url.startswith(origin + "/") for url in asked), asked
+    polls = {url for url in asked if url.startswith(f"{origin}/data.json?since=")}
+    assert len(polls) >= 2, asked
     dom = page.stdout
     progress = re.search(r'id="progresstext">([^<]*)<', dom)
     assert progress is not None
