@@ -16,6 +16,7 @@ import math
 import os
 import pty
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -170,6 +171,21 @@ def test_run_of_a_gzip_file_goes_by_compressed_bytes(
     compressed = re.escape(size(path.stat().st_size))
     assert re.search(rf"\b[1-9]\d?%  [\d.]+ k?B / {compressed}  .*ETA", seen, re.I), seen
     assert f"/ {size(len(raw))}" not in seen  # not the bytes gzip gives
+
+
+def test_run_of_a_pipe_shows_counts_and_rate_without_a_total(events: Path) -> None:
+    """stdin from a pipe has no size: no bar, no percent, no ETA; counts and the rate."""
+    command = " ".join(shlex.quote(str(a)) for a in adbatch(
+        "run", "--mock", "--rate", "48", "-", "-o", events.with_suffix(".out")))  # fmt: skip
+    run = run_in_pty(
+        ["sh", "-c", f"cat {shlex.quote(str(events))} | {command}"], columns=80, cwd=str(ROOT)
+    )
+    assert run.returncode == 0, run.final
+    check_screens(run, display_rows=1, summaries=1)
+    seen = run.seen_text()
+    assert re.search(r"\b[1-9][\d,]* done · \d+/s · ", seen), seen
+    assert "ETA" not in seen
+    assert not any(ch in seen for ch in BAR)
 
 
 @pytest.mark.parametrize(
