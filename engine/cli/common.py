@@ -7,21 +7,77 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import sys
-from collections.abc import Callable
-from typing import Any, TypeAlias
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn, TypeAlias
 
 import orjson
 
 from engine.core.events import printable
 from engine.errors import OutputError
 from engine.runtime.loop import run_loop
+from engine.version import __version__
 
 PROG = "adbatch"
 
 #: What `add_subparsers` returns: each command module adds its subcommands to it. A
 #: string, as argparse's class is not subscriptable at run time.
-Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+Subparsers: TypeAlias = "argparse._SubParsersAction[Parser]"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse without its surprises: no prefix matching (`--rat 5` is not `--rate 5`),
+    `--version`, and a usage error in one line, not a usage dump; an unknown option gets
+    the command's usage line and the nearest option. `add_subparsers` makes its
+    subcommands of this class too.
+    """
+
+    def __init__(self, *, allow_abbrev: bool = False, **kwargs: Any) -> None:
+        super().__init__(allow_abbrev=allow_abbrev, **kwargs)
+        self.add_argument(
+            "--version",
+            action="version",
+            version=f"{PROG} {__version__}",
+            help="print the version and exit",
+        )
+
+    def error(self, message: str) -> NoReturn:
+        usage = self.usage_line() + "\n" if message.startswith("the following arg") else ""
+        self.exit(2, f"{usage}{self.prog}: error: {message}\n")
+
+    def usage_line(self) -> str:
+        """`usage: adbatch run [OPTION ...] [INPUT ...]`: the options in one word."""
+        words = [self.prog, "[OPTION ...]"]
+        for action in self._get_positional_actions():
+            name = action.metavar if isinstance(action.metavar, str) else action.dest
+            if action.nargs == "*":
+                words.append(f"[{name} ...]")
+            elif action.nargs == "+":
+                words.append(f"{name} [{name} ...]")
+            elif action.nargs == "?":
+                words.append(f"[{name}]")
+            elif action.nargs == argparse.PARSER:
+                words.append(f"{name} ...")
+            else:
+                words.append(name)
+        return "usage: " + " ".join(words)
+
+    def unknown(self, extras: Sequence[str]) -> NoReturn:
+        """Exit 2 on arguments this (sub)command does not take, naming the nearest option."""
+        # The first unknown option says it; a value after it may have been taken as an
+        # input already, so the words after it are not listed.
+        unknown = [arg for arg in extras if arg.startswith("-") and arg != "-"]
+        if not unknown:
+            print(self.usage_line(), file=sys.stderr)
+            self.error("unrecognized arguments: " + " ".join(extras))
+        message = f"unknown option {unknown[0]}"
+        options = [s for action in self._actions for s in action.option_strings]
+        near = difflib.get_close_matches(unknown[0].partition("=")[0], options, n=1)
+        if near:
+            message += f"; did you mean {near[0]}?"
+        print(self.usage_line(), file=sys.stderr)
+        self.error(message)
 
 
 def say(text: str) -> None:

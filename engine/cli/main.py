@@ -14,15 +14,15 @@ import sys
 from collections.abc import Callable, Sequence
 
 from engine.cli import load, report, run
-from engine.cli.common import PROG, say
+from engine.cli.common import PROG, Parser, say
 from engine.cli.options import config_from_args
 from engine.errors import EngineError
 
 __all__ = ["PROG", "build_parser", "config_from_args", "main"]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> Parser:
+    parser = Parser(
         prog=PROG,
         description="Fetch Criteo Retail Media ads for page-view events, fast, "
         "one JSONL record per event.",
@@ -37,7 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        # argparse hands a subcommand's unknown arguments up to the top-level parser,
+        # whose usage is not the one the user needs: the subcommand's says them.
+        _command_parser(parser, args.command).unknown(extras)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
@@ -47,6 +51,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         say("interrupted")
         return 130
+
+
+def _command_parser(parser: Parser, command: str) -> Parser:
+    for action in parser._subparsers._group_actions if parser._subparsers else ():
+        if isinstance(action, argparse._SubParsersAction):
+            found = action.choices.get(command)
+            if isinstance(found, Parser):
+                return found
+    return parser
 
 
 if __name__ == "__main__":
