@@ -6,6 +6,7 @@ import asyncio
 import csv
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -604,4 +605,161 @@ def test_serve_prints_its_port_and_stops_quietly_on_sigint() -> None:
             proc.kill()
             proc.communicate()
     assert proc.returncode == 0
+    assert err == ""
+
+
+# --- adbatch mock: the command -------------------------------------------------------
+
+
+def _adbatch(*args: str) -> list[str]:
+    return [sys.executable, "-m", "engine.cli.main", *args]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def _start_mock(args: list[str]) -> tuple[subprocess.Popen[str], str]:
+    """`adbatch mock ARGS` in a process, and the delivery URL it printed."""
+    proc = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline().strip()
+    if not line.startswith("adbatch mock: delivery "):
+        proc.kill()
+        _, err = proc.communicate()
+        pytest.fail(f"the mock did not start: {line!r} {err!r}")
+    return proc, line.split()[3]
+
+
+def _stop(proc: subprocess.Popen[str]) -> str:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        pytest.param(["--port", "99999"], "--port: expected a port 0..65535", id="port"),
+        pytest.param(["--port", "http"], "--port: expected a port 0..65535", id="word"),
+        pytest.param(["--host", "a b"], "--host: expected a host name", id="host"),
+        pytest.param(["--p503", "1.5"], "--p503: expected a probability", id="p"),
+        pytest.param(["--reset", "nan"], "--reset: expected a probability", id="nan"),
+        pytest.param(["--latency", "-1"], "--latency: expected seconds", id="latency"),
+        pytest.param(["--p500", "0.6", "--slow", "0.6"], "add up to more than 1", id="sum-over-1"),
+    ],
+)
+def test_mock_options_are_checked_in_one_line(args: list[str], message: str) -> None:
+    done = subprocess.run(
+        _adbatch("mock", *args), capture_output=True, text=True, env=_env(), timeout=30
+    )
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert done.stderr.count("\n") == 1
+    assert done.stdout == ""
+
+
+def test_mock_on_a_busy_port_is_one_line_exit_2() -> None:
+    first, url = _start_mock(_adbatch("mock", "--port", "0"))
+    try:
+        port = URL(url).port
+        done = subprocess.run(
+            _adbatch("mock", "--port", str(port)),
+            capture_output=True,
+            text=True,
+            env=_env(),
+            timeout=30,
+        )
+    finally:
+        _stop(first)
+    assert done.returncode == 2
+    busy = f"adbatch: error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+    assert done.stderr == busy
+
+
+@pytest.mark.parametrize(
+    ("option", "status"),
+    [
+        pytest.param("--p500", 500, id="p500"),
+        pytest.param("--p503", 503, id="p503"),
+        pytest.param("--p429", 429, id="p429"),
+    ],
+)
+@pytest.mark.anyio
+async def test_mock_fault_options_answer_as_asked(
+    option: str, status: int, session: aiohttp.ClientSession
+) -> None:
+    proc, url = _start_mock(_adbatch("mock", "--port", "0", option, "1"))
+    try:
+        query = urlencode(params_for("viewHome"))
+        first, _, _ = await get(session, f"{url}?{query}", AUTH)
+        again, _, _ = await get(session, f"{url}?{query}", AUTH)
+    finally:
+        _stop(proc)
+    assert (first, again) == (status, 200)  # a fault on a query's first call only
+
+
+@pytest.mark.anyio
+async def test_mock_reset_every_call_and_token_lifetime(
+    session: aiohttp.ClientSession,
+) -> None:
+    proc, url = _start_mock(
+        _adbatch("mock", "--port", "0", "--reset", "1", "--every-call", "--token-lifetime", "7")
+    )
+    try:
+        query = urlencode(params_for("viewHome"))
+        for _ in range(2):
+            with pytest.raises(aiohttp.ClientError):
+                await get(session, f"{url}?{query}", AUTH)
+        token_url = url.replace("/delivery/retailmedia", "/oauth2/token")
+        form = {"grant_type": "client_credentials", "client_id": "mock-client"}
+        form["client_secret"] = "mock-secret"
+        async with session.post(token_url, data=form) as resp:
+            body = await resp.json()
+    finally:
+        _stop(proc)
+    assert body["expires_in"] == 7
+
+
+@pytest.mark.slow
+def test_readme_mock_commands_run_as_written(tmp_path: Path) -> None:
+    """The README's load test against `adbatch mock` with faults on (the docs figure),
+    on a free port instead of 8080."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("### The embedded mock", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    lines = block.strip().splitlines()
+    assert lines[0].startswith("adbatch mock --port 8080 ")
+    assert lines[0].endswith(" &")
+    assert lines[-1] == "kill %1"
+    mock_argv = lines[0][: -len(" &")].split()
+    mock_argv[mock_argv.index("--port") + 1] = "0"
+    proc, url = _start_mock(_adbatch(*mock_argv[1:]))
+    try:
+        port = str(URL(url).port)
+        results = []
+        for line in lines[1:-1]:
+            argv = shlex.split(line.replace("127.0.0.1:8080", f"127.0.0.1:{port}"))
+            assert argv[0] == "adbatch"
+            argv = [str(ROOT / a) if a.startswith("examples/") else a for a in argv[1:]]
+            results.append(
+                subprocess.run(
+                    _adbatch(*argv), capture_output=True, text=True, env=_env(), cwd=tmp_path
+                )
+            )
+    finally:
+        err = _stop(proc)
+    load, report = results
+    assert load.returncode == 1, load.stderr  # the faults fail some calls
+    assert "http_503" in load.stderr
+    assert report.returncode == 0, report.stderr
+    assert "503" in report.stdout
+    assert (tmp_path / "report.html").stat().st_size > 0
     assert err == ""

@@ -8,6 +8,7 @@ its answer into stderr lines and an exit code; nothing else.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from functools import partial
@@ -16,6 +17,7 @@ from engine import api
 from engine.cli.common import Subparsers, json_bytes, run_async, say, write_file
 from engine.cli.options import config_from_args, shard
 from engine.cli.run_options import add_run_options
+from engine.core.thresholds import judged, verdict_line
 from engine.errors import ConfigError
 
 
@@ -77,41 +79,115 @@ def _add_mock_parser(sub: Subparsers) -> None:
     mock_p = sub.add_parser(
         "mock",
         help="serve the embedded mock delivery + token server",
-        description="Serve the embedded mock of the delivery host and its OAuth2 token endpoint.",
+        description="Serve the embedded mock of the delivery host and its OAuth2 token "
+        "endpoint, with faults on demand (each a probability per call).",
     )
-    mock_p.add_argument("--host", default="127.0.0.1", help="address (default: %(default)s)")
     mock_p.add_argument(
-        "--port", type=int, default=8080, help="port, 0 for any (default: %(default)s)"
+        "--host",
+        type=_host,
+        default="127.0.0.1",
+        help="address to listen on (default: %(default)s)",
+    )
+    mock_p.add_argument(
+        "--port", type=_port, default=8080, help="port, 0 for any free one (default: %(default)s)"
     )
     mock_p.add_argument(
         "--latency",
-        type=float,
+        type=_seconds,
         default=0.0,
         metavar="S",
-        help="seconds added to every answer (default: %(default)s)",
+        help="seconds added to every delivery answer (default: %(default)s)",
     )
     mock_p.add_argument(
         "--token-lifetime",
-        type=float,
+        type=_seconds,
         default=900.0,
         metavar="S",
-        help="lifetime of issued tokens (default: %(default)s)",
+        help="lifetime of the tokens the token endpoint issues (default: %(default)s)",
     )
     mock_p.add_argument(
         "--fixed-body",
         metavar="FILE",
         help="answer every valid delivery call with this file's bytes (benchmarks)",
     )
+    faults = mock_p.add_argument_group("faults (probabilities 0..1, at most 1 together)")
+    for option, what in (
+        ("--p500", "answer 500"),
+        ("--p503", "answer 503 with Retry-After: 0"),
+        ("--p429", "answer 429 with Retry-After: 0"),
+        ("--reset", "drop the connection without an answer"),
+        ("--slow", "hold the answer --slow-seconds first"),
+    ):
+        faults.add_argument(
+            option, type=_probability, default=0.0, metavar="P", help=f"{what} (default: 0)"
+        )
+    faults.add_argument(
+        "--slow-seconds",
+        type=_seconds,
+        default=5.0,
+        metavar="S",
+        help="how long a --slow answer is held (default: %(default)s)",
+    )
+    faults.add_argument(
+        "--every-call",
+        action="store_true",
+        help="draw a fault for every call (default: only for a query's first call, so a "
+        "retry, or the same event sent again by load, is answered)",
+    )
+    faults.add_argument(
+        "--seed", type=int, default=0, help="seed of the fault draws (default: %(default)s)"
+    )
     mock_p.set_defaults(handler=cmd_mock)
+
+
+def _port(text: str) -> int:
+    if not (text.isascii() and text.isdigit() and int(text) <= 65535):
+        raise argparse.ArgumentTypeError(f"expected a port 0..65535, got {text!r}")
+    return int(text)
+
+
+def _host(text: str) -> str:
+    host = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    if not host or not host.isascii() or not host.isprintable() or any(c in host for c in " /"):
+        raise argparse.ArgumentTypeError(f"expected a host name or address, got {text!r}")
+    return host
+
+
+def _number(text: str, low: float, high: float, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not low <= value <= high:  # NaN too
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    return _number(text, 0.0, 86400.0 * 366, "seconds, 0 or more (e.g. 0.05)")
+
+
+def _probability(text: str) -> float:
+    return _number(text, 0.0, 1.0, "a probability 0..1 (e.g. 0.05)")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
+    if config.records != "all":
+        raise ConfigError(
+            "run writes one record per input line (--resume reads them): --records is "
+            "for load and replay; keep the failures with: jq -c 'select(.ok|not)'"
+        )
+    if config.series is not None:
+        raise ConfigError("--series is for load and replay; run's figures: --summary FILE")
     if "-" in config.inputs and sys.stdin.isatty():
         say("reading events from stdin (JSONL; Ctrl-D ends, Ctrl-C aborts)")
     # open_run checks --summary against the inputs and -o, and creates it, before the run.
     summary = run_async(partial(api.run, handle_signals=True), config)
+    summary = judged(summary, config.thresholds)  # run has no schedule: p99 is from the send
     say(summary.line())
+    for verdict in summary.thresholds:
+        say(verdict_line(verdict))
     if summary.stopped:
         say(f"stopped: {summary.stopped}")
     if config.summary:
@@ -151,11 +227,26 @@ def cmd_mock(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"cannot read --fixed-body {args.fixed_body}: {exc.strerror or exc}"
             ) from None
-    serve(
-        host=args.host,
-        port=args.port,
-        config=MockConfig(
-            latency=args.latency, token_lifetime=args.token_lifetime, fixed_body=fixed_body
-        ),
+    if args.p500 + args.p503 + args.p429 + args.reset + args.slow > 1.0 + 1e-9:
+        raise ConfigError("--p500, --p503, --p429, --reset and --slow add up to more than 1")
+    config = MockConfig(
+        latency=args.latency,
+        token_lifetime=args.token_lifetime,
+        fixed_body=fixed_body,
+        fail_500=args.p500,
+        fail_503=args.p503,
+        fail_429=args.p429,
+        drop=args.reset,
+        slow=args.slow,
+        slow_seconds=args.slow_seconds,
+        seed=args.seed,
+        faults_first_attempt_only=not args.every_call,
     )
+    try:
+        serve(host=args.host, port=args.port, config=config)
+    except OSError as exc:  # a busy port, an address not of this machine
+        where = f"[{args.host}]" if ":" in args.host else args.host
+        # asyncio's bind error wraps the errno's text in its own sentence: say the errno's.
+        why = os.strerror(exc.errno) if (exc.errno or 0) > 0 else exc.strerror or str(exc)
+        raise ConfigError(f"cannot listen on {where}:{args.port}: {why}") from None
     return 0
