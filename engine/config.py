@@ -20,7 +20,6 @@ from engine.core.events import header_problem
 from engine.core.headers import parse_headers
 from engine.core.proxies import parse_proxy_url
 from engine.core.secrets import token_problem
-from engine.core.stops import INTERNAL_STREAK
 
 DEFAULT_ENDPOINT = "https://d.us.criteo.com/delivery/retailmedia"
 DEFAULT_TOKEN_URL = "https://api.criteo.com/oauth2/token"
@@ -91,7 +90,6 @@ class Config:
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
     fail_fast_401: int = 20
-    internal_streak: int = INTERNAL_STREAK  # records in a row with an internal error: exit 70
     retries: int = 3
     backoff_base: float = 0.1
     backoff_cap: float = 10.0

@@ -172,5 +172,5 @@ def test_unknown_http_client_is_a_usage_error(
     monkeypatch.setenv("ADBATCH_HTTP_CLIENT", "curl")
     assert main(["run", "--mock", "--dry-run", "x.jsonl"]) == 2
     err = capsys.readouterr().err
-    assert "--http-client must be http1, session or http2" in err
+    assert "ADBATCH_HTTP_CLIENT: expected one of http1, session, http2, got 'curl'" in err
     assert err.count("\n") == 1

@@ -255,7 +255,9 @@ def test_dry_run_shows_them_and_the_config_file_takes_a_list(
         pytest.param(
             [], 'header = ["X-A: 1\\r\\nX-B: 2"]', "control character (U+000D)", id="toml-crlf"
         ),
-        pytest.param([], "header = [1]", "must be 'Name: value'", id="toml-not-text"),
+        pytest.param(
+            [], "header = [1]", "header: expected a string or an array", id="toml-not-text"
+        ),
         pytest.param(["--header", "X-A 1"], None, "no colon", id="no-colon"),
         pytest.param(
             ["--header", "User-Agent: a", "--user-agent", "b"],

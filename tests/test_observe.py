@@ -315,5 +315,5 @@ def test_options_come_from_the_toml_file(tmp_path: Path) -> None:
         5,
     )
     toml.write_text('metrics-linger = "soon"\n')
-    with pytest.raises(ConfigError, match="--metrics-linger"):
+    with pytest.raises(ConfigError, match="metrics-linger: expected a duration"):
         config_from_args(build_parser().parse_args(argv))

@@ -406,7 +406,9 @@ def test_indexed_job_example_runs_shard_index_of_completions() -> None:
     [
         pytest.param('shard = "1/3"\nshard-by = "id"\n', None, id="string"),
         pytest.param('shard = "3/3"\n', "shard: the shard index I must be within 0..2", id="bad"),
-        pytest.param("shard = 7\n", "--shard must be I/N such as 0/4, got 7", id="number"),
+        pytest.param(
+            "shard = 7\n", "shard: expected I/N such as 0/4, got 7 (an integer)", id="number"
+        ),
     ],
 )
 def test_shard_from_config_file(

@@ -44,6 +44,8 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         usage = self.usage_line() + "\n" if message.startswith("the following arg") else ""
+        # A bad value: `--rate: expected a rate such as ...`, not `argument --rate: ...`.
+        message = message.removeprefix("argument ")
         self.exit(2, f"{usage}{self.prog}: error: {message}\n")
 
     def usage_line(self) -> str:

@@ -13,9 +13,16 @@ from functools import partial
 
 from engine.api import run_load
 from engine.cli.common import Subparsers, json_bytes, run_async, say, write_file
-from engine.cli.options import config_from_args, nonneg_float, positive_float, positive_int
+from engine.cli.options import (
+    config_from_args,
+    duration,
+    nonneg_rate,
+    positive_duration,
+    positive_float,
+    positive_int,
+)
 from engine.cli.run_options import add_run_options
-from engine.core.pacing import RatePacer, constant, parse_duration, parse_stages, ramp, stages
+from engine.core.pacing import RatePacer, constant, parse_stages, ramp, stages
 from engine.errors import ConfigError
 from engine.load.plan import DEFAULT_MAX_IN_FLIGHT, DEFAULT_REORDER, LoadOutcome, LoadPlan
 
@@ -38,13 +45,20 @@ def _add_load_parser(sub: Subparsers) -> None:
     )
     add_run_options(load_p)
     g = load_p.add_argument_group("schedule (--rate is the constant rate)")
-    g.add_argument("--duration", metavar="D", help="how long: 30s, 2m, 1m30s (seconds if bare)")
-    g.add_argument("--ramp-from", type=nonneg_float, metavar="R0", help="ramp start rate")
-    g.add_argument("--ramp-to", type=nonneg_float, metavar="R1", help="ramp end rate")
+    g.add_argument(
+        "--duration",
+        type=duration,
+        metavar="DURATION",
+        help="how long: 30s, 500ms, 2m, 1m30s, 1h (seconds if bare)",
+    )
+    g.add_argument(
+        "--ramp-from", type=nonneg_rate, metavar="RATE", help="ramp start rate: 0, 500/s, 1k"
+    )
+    g.add_argument("--ramp-to", type=nonneg_rate, metavar="RATE", help="ramp end rate")
     g.add_argument(
         "--stages",
         metavar="SPEC",
-        help='k6 stages, each ramping from the previous rate: "30s:100,1m:500,30s:0"; '
+        help='k6 stages, each ramping from the previous rate: "30s:100,1m:1k/s,30s:0"; '
         '"0s:R" jumps at once (steps)',
     )
     g.add_argument(
@@ -76,8 +90,8 @@ def _add_replay_parser(sub: Subparsers) -> None:
     )
     g.add_argument(
         "--max-gap",
-        type=positive_float,
-        metavar="S",
+        type=positive_duration,
+        metavar="DURATION",
         help="longest idle wait between two calls, in seconds of replay",
     )
     g.add_argument(
@@ -118,7 +132,7 @@ def _add_measure_options(p: argparse.ArgumentParser) -> None:
 
 
 def pacer_from_args(args: argparse.Namespace, rate: float | None) -> RatePacer:
-    duration = parse_duration(args.duration) if args.duration is not None else None
+    duration: float | None = args.duration
     ramping = args.ramp_from is not None or args.ramp_to is not None
     chosen = sum([args.stages is not None, ramping, rate is not None and not ramping])
     if args.stages is not None:

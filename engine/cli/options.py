@@ -1,24 +1,37 @@
-"""Argument types, the refusal of secrets on the command line, and args -> one Config.
+"""Args -> one Config: the refusal of secrets on the command line, the merge, the sources.
 
 Precedence for every run option: command line, then environment (ADBATCH_*), then the
 TOML file given with --config, then the built-in default. Secrets are never taken on the
 command line or from a config file: only from the environment or a file of their own.
-A bad value is an argparse error on the command line and a ConfigError (exit 2) from
-the environment or the config file.
+Every value is typed by its option's argument type (engine/cli/argtypes.py, re-exported
+here) wherever it comes from: a bad value is one line, exit 2, naming the option, the
+variable or the file's key (engine/cli/config_file.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
-import tomllib
-from dataclasses import fields
-from typing import Any, NoReturn, TypeVar
+from dataclasses import dataclass, fields
+from typing import Any
 
+from engine.cli.argtypes import (
+    count,
+    duration,
+    nonneg_float,
+    nonneg_rate,
+    positive_duration,
+    positive_float,
+    positive_int,
+    rate,
+    seconds,
+    shard,
+    size,
+    workers,
+)
+from engine.cli.config_file import load_toml, typed
 from engine.config import Config
-from engine.core.shard import parse_shard
 from engine.errors import ConfigError
 from engine.files.paths import check_outputs, written_by
 
@@ -39,76 +52,26 @@ ENV_VARS = {
 _CONFIG_FIELDS = {f.name for f in fields(Config)}
 
 
-# -- argument types ----------------------------------------------------------------------
+# -- argument types (engine/cli/argtypes.py; re-exported for the command modules) -------
 
-T = TypeVar("T", int, float)
-
-
-def _number(text: str, kind: type[T], what: str) -> T:
-    """`text` as an int or float; argparse's one-line error naming `what` when it is not."""
-    try:
-        return kind(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-
-
-def _refuse(message: str) -> NoReturn:
-    raise argparse.ArgumentTypeError(message)
-
-
-def positive_int(text: str) -> int:
-    value = _number(text, int, "a whole number")
-    if value < 1:
-        _refuse(f"expected at least 1, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = _number(text, float, "a number")
-    if not value > 0:
-        _refuse(f"expected a positive number, got {text}")
-    return value
-
-
-def nonneg_float(text: str) -> float:
-    value = _number(text, float, "a number")
-    if not (value >= 0 and math.isfinite(value)):
-        _refuse(f"expected 0 or more, got {text}")
-    return value
-
-
-def seconds(text: str) -> float:
-    value = _number(text, float, "a number of seconds")
-    if not (value >= 0 and value != float("inf")):
-        _refuse(f"expected a number of seconds >= 0, got {text}")
-    return value
-
-
-def count(text: str) -> int:
-    value = _number(text, int, "a whole number")
-    if value < 0:
-        _refuse(f"expected 0 or more, got {value}")
-    return value
-
-
-def shard(text: str) -> tuple[int, int]:
-    try:
-        return parse_shard(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def workers(text: str) -> int:
-    if text == "auto":
-        return _auto_workers()
-    return positive_int(text)
-
-
-def _auto_workers() -> int:
-    # Lazy: the multiprocessing machinery is loaded only when --workers auto asks for it.
-    from engine.multiproc.driver import auto_workers
-
-    return auto_workers()
+__all__ = [
+    "ENV_VARS",
+    "RefuseSecret",
+    "config_from_args",
+    "count",
+    "duration",
+    "nonneg_float",
+    "nonneg_rate",
+    "positive_duration",
+    "positive_float",
+    "positive_int",
+    "rate",
+    "resolve",
+    "seconds",
+    "shard",
+    "size",
+    "workers",
+]
 
 
 class RefuseSecret(argparse.Action):
@@ -134,32 +97,66 @@ class RefuseSecret(argparse.Action):
 # -- command line + environment + config file -> Config ---------------------------------
 
 
-def config_from_args(args: argparse.Namespace) -> Config:
-    """Merge command line, environment and config file into one validated Config."""
-    merged: dict[str, Any] = _load_toml(args.config) if args.config else {}
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """The merged values by Config field, and where each came from (`config --show`):
+    `option --rate`, `environment ADBATCH_RATE`, `file PATH`, `command default`; a field
+    absent from both is the Config default."""
+
+    values: dict[str, Any]
+    sources: dict[str, str]
+
+
+#: Fields whose option is not spelled as the field.
+_OPTION_NAMES = {"input_format": "--format", "headers": "--header"}
+
+
+def option_name(name: str) -> str:
+    return _OPTION_NAMES.get(name, "--" + name.replace("_", "-"))
+
+
+def resolve(args: argparse.Namespace, *, defaults: dict[str, Any] | None = None) -> Resolved:
+    """Command line over environment over config file over `defaults`, typed."""
+    merged: dict[str, Any] = dict(defaults or {})
+    sources = dict.fromkeys(merged, "command default")
+    if args.config:
+        from_file = load_toml(args.config)
+        merged.update(from_file)
+        sources.update(dict.fromkeys(from_file, f"file {args.config}"))
     for name, var in ENV_VARS.items():
         value = _env_value(name, var)
         if value is not None:
             merged[name] = value
+            sources[name] = f"environment {var}"
     for name in _CONFIG_FIELDS:
         value = getattr(args, name, None)
         if value is not None and name != "inputs":
-            merged[name] = value
+            merged[name] = tuple(value) if isinstance(value, list) else value
+            sources[name] = f"option {option_name(name)}"
     if args.token_file:
         if args.token is not None:
             raise ConfigError("give --token or --token-file, not both")
         merged["token"] = _read_secret_file(args.token_file, "token")
+        sources["token"] = "option --token-file"
     if args.client_secret_file:
         merged["client_secret"] = _read_secret_file(args.client_secret_file, "client secret")
+        sources["client_secret"] = "option --client-secret-file"
     if args.inputs:
         merged["inputs"] = tuple(args.inputs)
-    elif "inputs" in merged:
-        merged["inputs"] = tuple(merged["inputs"])
+        sources["inputs"] = "option INPUT"
+    return Resolved(merged, sources)
+
+
+def config_from_args(
+    args: argparse.Namespace, *, defaults: dict[str, Any] | None = None
+) -> Config:
+    """Merge command line, environment and config file into one validated Config.
+    `defaults`: the command's own defaults (load's retries=0), below all three."""
+    merged = resolve(args, defaults=defaults).values
     # The live display redraws stderr's last lines: never while the records scroll by on
     # the same terminal (no -o, stdout a terminal), nor on a file or a pipe.
     to_terminal = merged.get("output") in (None, "-") and sys.stdout.isatty()
     merged["progress"] = (not args.no_progress) and sys.stderr.isatty() and not to_terminal
-    _coerce_file_values(merged)
     try:
         config = Config(**merged).validated()
     except TypeError as exc:
@@ -176,54 +173,6 @@ def config_from_args(args: argparse.Namespace) -> Config:
 _READ = ("config", "token_file", "client_secret_file")
 
 
-def _coerce_file_values(merged: dict[str, Any]) -> None:
-    """A config file writes some values as the command line would: give them their type."""
-    if merged.get("workers") == "auto":
-        merged["workers"] = _auto_workers()
-    if isinstance(merged.get("headers"), list | str):  # argparse's list, a TOML array
-        headers = merged["headers"]
-        merged["headers"] = (headers,) if isinstance(headers, str) else tuple(headers)
-    if merged.get("partner_id") is not None:
-        merged["partner_id"] = str(merged["partner_id"])
-    if isinstance(merged.get("shard"), str):  # shard = "0/4" in a config file
-        try:
-            merged["shard"] = shard(merged["shard"])
-        except argparse.ArgumentTypeError as exc:
-            raise ConfigError(f"shard: {exc}") from None
-
-
-def _load_toml(path: str) -> dict[str, Any]:
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    table = data.get("adbatch", data)
-    out: dict[str, Any] = {}
-    for key, value in table.items():
-        name = key.replace("-", "_")
-        if name == "format":
-            name = "input_format"
-        if name == "header":  # header = ["X-Gateway: staging"], as --header
-            name = "headers"
-        if name not in _CONFIG_FIELDS:
-            raise ConfigError(f"config file {path}: unknown option {key!r}")
-        if name == "token":
-            raise ConfigError(
-                f"config file {path}: keep the token out of config files; "
-                "use ADBATCH_TOKEN or --token-file"
-            )
-        if name == "client_secret":
-            raise ConfigError(
-                f"config file {path}: keep the client secret out of config files; "
-                "use ADBATCH_CLIENT_SECRET or --client-secret-file"
-            )
-        out[name] = value
-    return out
-
-
 def _read_secret_file(path: str, what: str) -> str:
     try:
         with open(path, encoding="utf-8") as f:
@@ -238,14 +187,11 @@ def _read_secret_file(path: str, what: str) -> str:
 
 
 def _env_value(name: str, var: str) -> Any:
+    """ADBATCH_* typed as its option (`ADBATCH_RATE=1k`, `ADBATCH_TIMEOUT=2s`)."""
     text = os.environ.get(var)
     if text is None or text == "":
         return None
     try:
-        if name == "concurrency":
-            return positive_int(text)
-        if name in ("rate", "timeout"):
-            return positive_float(text)
-    except argparse.ArgumentTypeError as exc:
+        return typed(name, text)
+    except ConfigError as exc:
         raise ConfigError(f"{var}: {exc}") from None
-    return text

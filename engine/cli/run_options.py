@@ -12,9 +12,12 @@ import argparse
 from engine.cli.options import (
     RefuseSecret,
     count,
-    positive_float,
+    duration,
+    nonneg_float,
+    positive_duration,
     positive_int,
-    seconds,
+    rate,
+    size,
     workers,
 )
 from engine.config import (
@@ -68,14 +71,15 @@ def _add_io_options(io: argparse._ArgumentGroup) -> None:
     )
     io.add_argument(
         "--max-line-bytes",
-        type=positive_int,
-        metavar="N",
-        help=f"longest input line accepted (default: {DEFAULT_MAX_LINE_BYTES})",
+        type=size,
+        metavar="SIZE",
+        help="longest input line accepted, in bytes: 1048576, 512k (SI: 512000), "
+        f"1MiB (IEC: 1048576) (default: {DEFAULT_MAX_LINE_BYTES})",
     )
     io.add_argument(
         "--max-response-bytes",
-        type=positive_int,
-        metavar="N",
+        type=size,
+        metavar="SIZE",
         help="largest answer kept, after decompression; a larger one becomes a too_large "
         f"record (default: {DEFAULT_MAX_RESPONSE_BYTES}, 8 MiB)",
     )
@@ -145,8 +149,8 @@ def _add_token_options(api: argparse._ArgumentGroup) -> None:
     )
     api.add_argument(
         "--token-wait",
-        type=positive_float,
-        metavar="S",
+        type=positive_duration,
+        metavar="DURATION",
         help="how long to keep asking an unavailable token endpoint before stopping "
         f"(default: {DEFAULT_TOKEN_WAIT:g})",
     )
@@ -192,9 +196,10 @@ def _add_speed_options(speed: argparse._ArgumentGroup) -> None:
     )
     speed.add_argument(
         "--rate",
-        type=positive_float,
-        metavar="R",
-        help="calls per second across the run (default: unlimited)",
+        type=rate,
+        metavar="RATE",
+        help="calls per second across the run: 500, 500/s, 30000/m, 1k (SI: 1000/s), "
+        "1.5k/s (default: unlimited)",
     )
     speed.add_argument(
         "--workers",
@@ -205,9 +210,9 @@ def _add_speed_options(speed: argparse._ArgumentGroup) -> None:
     )
     speed.add_argument(
         "--timeout",
-        type=positive_float,
-        metavar="S",
-        help=f"seconds per call (default: {DEFAULT_TIMEOUT:g})",
+        type=positive_duration,
+        metavar="DURATION",
+        help=f"time per call: 2, 2s, 500ms, 1m30s (default: {DEFAULT_TIMEOUT:g}s)",
     )
     client = speed.add_mutually_exclusive_group()
     client.add_argument(
@@ -238,27 +243,27 @@ def _add_reliability_options(rel: argparse._ArgumentGroup) -> None:
         "429, 500, 502, 503, 504 (default: 3)",
     )
     rel.add_argument(
-        "--backoff-base", type=seconds, metavar="S", help="first backoff step (default: 0.1)"
+        "--backoff-base", type=duration, metavar="DURATION", help="first backoff (default: 0.1)"
     )
     rel.add_argument(
-        "--backoff-cap", type=seconds, metavar="S", help="longest backoff (default: 10)"
+        "--backoff-cap", type=duration, metavar="DURATION", help="longest backoff (default: 10)"
     )
     rel.add_argument(
         "--retry-after-cap",
-        type=seconds,
-        metavar="S",
+        type=duration,
+        metavar="DURATION",
         help="longest Retry-After honoured; longer is a final failure (default: 30)",
     )
     rel.add_argument(
         "--retry-budget",
-        type=float,
+        type=nonneg_float,
         metavar="R",
         help="retries allowed per first attempt, beyond a reserve of 100 (default: 0.2)",
     )
     rel.add_argument(
         "--give-up-after",
-        type=seconds,
-        metavar="S",
+        type=duration,
+        metavar="DURATION",
         help="stop (exit 3) when, with the retry budget spent, every call has been "
         "throttled (429/503) for this long; --resume picks up the rest (default: 60)",
     )
@@ -277,9 +282,9 @@ def _add_reliability_options(rel: argparse._ArgumentGroup) -> None:
     )
     rel.add_argument(
         "--grace",
-        type=seconds,
-        metavar="S",
-        help="on SIGINT/SIGTERM, seconds the calls in flight may take to finish (default: 10)",
+        type=duration,
+        metavar="DURATION",
+        help="on SIGINT/SIGTERM, how long the calls in flight may take to finish (default: 10)",
     )
     rel.add_argument(
         "--allow-insecure",
@@ -303,9 +308,9 @@ def _add_watch_options(watch: argparse._ArgumentGroup) -> None:
     )
     watch.add_argument(
         "--metrics-linger",
-        type=seconds,
-        metavar="S",
-        help="keep /metrics and the dashboard up S seconds after the run, for a last "
+        type=duration,
+        metavar="DURATION",
+        help="keep /metrics and the dashboard up DURATION after the run, for a last "
         "scrape (default: 0)",
     )
 

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import heapq
 import math
-import re
 from bisect import bisect_right
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
+from engine.core import units
 from engine.core.errors import ConfigError
 
 _EPS = 1e-9
@@ -154,31 +154,12 @@ def stages(steps: Sequence[tuple[float, float]], *, start: float = 0.0) -> RateP
 
 # -- parsing ------------------------------------------------------------------------------
 
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)")
-
-
 def parse_duration(text: str) -> float:
-    """`90`, `1.5s`, `500ms`, `2m`, `1h30m`, `1m30s` -> seconds."""
-    s = text.strip().lower()
+    """`90`, `1.5s`, `500ms`, `2m`, `1h30m`, `1m30s` -> seconds (engine/core/units.py)."""
     try:
-        value = float(s)
-    except ValueError:
-        pass
-    else:
-        if value >= 0 and math.isfinite(value):
-            return value
-        raise ConfigError(f"duration {text!r} must be a non-negative number of seconds")
-    pos = 0
-    total = 0.0
-    for match in _DURATION_PART.finditer(s):
-        if match.start() != pos:
-            break
-        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-        pos = match.end()
-    if pos != len(s) or not s:
-        raise ConfigError(f"duration {text!r} is not like 30s, 500ms, 2m or 1m30s")
-    return total
+        return units.parse_duration(text)
+    except units.UnitError as exc:
+        raise ConfigError(f"duration: {exc}") from None
 
 
 def parse_stages(text: str) -> list[tuple[float, float]]:
@@ -188,12 +169,15 @@ def parse_stages(text: str) -> list[tuple[float, float]]:
         duration, sep, target = part.strip().partition(":")
         if not sep:
             raise ConfigError(f"--stages: {part.strip()!r} is not DURATION:RATE (like 30s:100)")
-        try:
-            rate = float(target)
-        except ValueError:
-            raise ConfigError(f"--stages: rate {target!r} is not a number") from None
-        if not (rate >= 0 and math.isfinite(rate)):
+        if target.strip().startswith("-"):
             raise ConfigError(f"--stages: rate {target!r} must be 0 or more")
+        try:
+            rate = units.parse_rate(target)
+        except units.UnitError:
+            raise ConfigError(
+                f"--stages: rate {target!r} is not a number of calls per second "
+                f"such as {units.RATE_EXAMPLES}"
+            ) from None
         steps.append((parse_duration(duration), rate))
     return steps
 

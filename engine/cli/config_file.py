@@ -1,0 +1,202 @@
+"""The TOML config file and the ADBATCH_* variables, typed as the options are.
+
+Each Config field has one kind: the argument type of its option (engine/cli/argtypes.py),
+a flag, a choice, a string or a list of strings. A TOML string goes through the
+option's type exactly as on the command line (`timeout = "2s"`, `rate = "1k"`); a TOML
+number goes through it as its text; a value of the wrong TOML type, or an unknown key,
+is one ConfigError line naming the key, what was expected and, for a near-miss, the key
+meant. Tokens and client secrets are refused in files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import tomllib
+from collections.abc import Callable
+from dataclasses import fields
+from typing import Any
+
+from engine.cli import argtypes as t
+from engine.config import HTTP_CLIENTS, Config
+from engine.errors import ConfigError
+
+#: value -> typed value; raises ValueError (or argparse's type error) saying what it expected.
+Kind = Callable[[object], Any]
+
+_TOML_TYPES = {bool: "a boolean", int: "an integer", float: "a float", str: "a string"}
+
+
+def _toml_type(value: object) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return _TOML_TYPES.get(type(value), type(value).__name__)
+
+
+def _wrong(what: str, value: object) -> ValueError:
+    shown = repr(value) if isinstance(value, str) else f"{value!r} ({_toml_type(value)})"
+    return ValueError(f"expected {what}, got {shown}")
+
+
+def _option(
+    parse: Callable[[str], Any], what: str, *, floats: bool = True, ints: bool = True
+) -> Kind:
+    """The option's own type: a string as on the command line, a number as its text."""
+
+    def kind(value: object) -> Any:
+        if isinstance(value, str):
+            return parse(value)
+        if ints and isinstance(value, int) and not isinstance(value, bool):
+            return parse(str(value))
+        if floats and isinstance(value, float):
+            return parse(repr(value))
+        raise _wrong(what, value)
+
+    return kind
+
+
+def _flag(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _wrong("true or false", value)
+    return value
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise _wrong("a string", value)
+    return value
+
+
+def _texts(value: object) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _wrong("a string or an array of strings", value)
+    return tuple(value)
+
+
+def _choice(*choices: str) -> Kind:
+    def kind(value: object) -> str:
+        if not isinstance(value, str) or value not in choices:
+            raise _wrong("one of " + ", ".join(choices), value)
+        return value
+
+    return kind
+
+
+def _partner(value: object) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise _wrong("an integer", value)
+    return str(value)
+
+
+_WHOLE = "a whole number"
+_DURATION = "a duration such as 2s, 500ms, 1m30s"
+
+#: Each Config field's kind. A field missing here gets one from its annotation (`_guess`).
+KINDS: dict[str, Kind] = {
+    "inputs": _texts,
+    "headers": _texts,
+    "partner_id": _partner,
+    "concurrency": _option(t.positive_int, _WHOLE, floats=False),
+    "fail_fast_401": _option(t.positive_int, _WHOLE, floats=False),
+    "internal_streak": _option(t.positive_int, _WHOLE, floats=False),
+    "retries": _option(t.count, _WHOLE, floats=False),
+    "workers": _option(t.workers, "a whole number or auto", floats=False),
+    "rate": _option(t.rate, "a rate such as 500, 500/s, 1k"),
+    "timeout": _option(t.positive_duration, _DURATION),
+    "token_wait": _option(t.positive_duration, _DURATION),
+    "retry_budget": _option(t.nonneg_float, "a number"),
+    "max_line_bytes": _option(t.size, "a size such as 1048576, 512k, 8MiB"),
+    "max_response_bytes": _option(t.size, "a size such as 1048576, 512k, 8MiB"),
+    "shard": _option(t.shard, "I/N such as 0/4", floats=False, ints=False),
+    "http_client": _choice(*HTTP_CLIENTS),
+    "input_format": _choice("auto", "jsonl", "csv"),
+    "shard_by": _choice("position", "id"),
+    "backend": _choice("local", "ray"),
+}
+for _name in ("backoff_base", "backoff_cap", "retry_after_cap", "grace", "give_up_after"):
+    KINDS[_name] = _option(t.duration, _DURATION)
+KINDS["metrics_linger"] = _option(t.duration, _DURATION)
+
+
+def _guess(annotation: str) -> Kind:
+    """A kind from a field's annotation, for fields added without an entry in KINDS."""
+    if "bool" in annotation:
+        return _flag
+    if "int" in annotation:
+        return _option(t.count, _WHOLE, floats=False)
+    if "float" in annotation:
+        return _option(t.nonneg_float, "a number")
+    if "tuple[str" in annotation:
+        return _texts
+    return _text
+
+
+_FIELDS = {f.name: str(f.type) for f in fields(Config)}
+#: Fields a config file may not set: secrets, and what adbatch decides itself.
+_NOT_IN_FILES = {"token", "client_secret", "progress"}
+
+
+def kind_of(name: str) -> Kind:
+    return KINDS.get(name) or _guess(_FIELDS[name])
+
+
+def typed(name: str, value: object) -> Any:
+    """`value` (TOML or environment) as field `name` holds it; ConfigError(message) if not."""
+    try:
+        return kind_of(name)(value)
+    except (ValueError, argparse.ArgumentTypeError) as exc:
+        raise ConfigError(str(exc)) from None
+
+
+#: The spelling of a key in a file -> the Config field (the options' dests).
+_ALIASES = {"format": "input_format", "header": "headers"}
+
+
+def _field(key: str) -> str:
+    name = key.replace("-", "_")
+    return _ALIASES.get(name, name)
+
+
+def _keys(dashed: bool) -> list[str]:
+    hidden = {"input_format", "headers", *_NOT_IN_FILES}
+    names = [n for n in _FIELDS if n not in hidden] + list(_ALIASES)
+    return [n.replace("_", "-") for n in names] if dashed else names
+
+
+def load_toml(path: str) -> dict[str, Any]:
+    """The config file's values by Config field, typed; ConfigError for anything else."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    table = data.get("adbatch", data)
+    if not isinstance(table, dict):
+        raise ConfigError(f"config file {path}: [adbatch] must be a table")
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        name = _field(key)
+        if name in ("token", "client_secret"):
+            what, var, option = (
+                ("token", "ADBATCH_TOKEN", "--token-file")
+                if name == "token"
+                else ("client secret", "ADBATCH_CLIENT_SECRET", "--client-secret-file")
+            )
+            raise ConfigError(
+                f"config file {path}: keep the {what} out of config files; use {var} or {option}"
+            )
+        if name not in _FIELDS or name in _NOT_IN_FILES:
+            near = difflib.get_close_matches(key, _keys("-" in key), n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            raise ConfigError(f"config file {path}: unknown option {key!r}{hint}")
+        try:
+            out[name] = typed(name, value)
+        except ConfigError as exc:
+            raise ConfigError(f"config file {path}: {key}: {exc}") from None
+    return out
