@@ -14,6 +14,7 @@ import sys
 from functools import partial
 
 from engine import api
+from engine.cli import hints
 from engine.cli.common import Subparsers, json_bytes, run_async, say, write_file
 from engine.cli.options import config_from_args, shard
 from engine.cli.run_options import add_run_options
@@ -182,6 +183,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError("--series is for load and replay; run's figures: --summary FILE")
     if "-" in config.inputs and sys.stdin.isatty():
         say("reading events from stdin (JSONL; Ctrl-D ends, Ctrl-C aborts)")
+    csv_stdin = hints.stdin_looks_like_csv(config)
     # open_run checks --summary against the inputs and -o, and creates it, before the run.
     summary = run_async(partial(api.run, handle_signals=True), config)
     summary = judged(summary, config.thresholds)  # run has no schedule: p99 is from the send
@@ -190,6 +192,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         say(verdict_line(verdict))
     if summary.stopped:
         say(f"stopped: {summary.stopped}")
+    for hint in hints.after_summary(summary, csv_stdin=csv_stdin):
+        say(hint)
     if config.summary:
         data = {"summary": summary, "exit_code": summary.exit_code}
         write_file(config.summary, json_bytes(data))
@@ -247,6 +251,7 @@ def cmd_mock(args: argparse.Namespace) -> int:
     except OSError as exc:  # a busy port, an address not of this machine
         where = f"[{args.host}]" if ":" in args.host else args.host
         # asyncio's bind error wraps the errno's text in its own sentence: say the errno's.
-        why = os.strerror(exc.errno) if (exc.errno or 0) > 0 else exc.strerror or str(exc)
+        errno = exc.errno or 0
+        why = os.strerror(errno) if errno > 0 else exc.strerror or str(exc)
         raise ConfigError(f"cannot listen on {where}:{args.port}: {why}") from None
     return 0
