@@ -13,7 +13,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from engine.cli import load, report, run
+from engine.cli import config_cmd, load, report, run
 from engine.cli.common import PROG, Parser, say
 from engine.cli.options import config_from_args
 from engine.errors import EngineError
@@ -32,6 +32,7 @@ def build_parser() -> Parser:
     run.add_parsers(sub)
     load.add_parsers(sub)
     report.add_parser(sub)
+    config_cmd.add_parser(sub)
     return parser
 
 

@@ -1,0 +1,92 @@
+"""`adbatch config --show [run options...]`: the resolved configuration and where each
+value came from (option, environment, file or default), as `adbatch run` would resolve
+it. Secrets never show: the token and the client secret as [redacted], a proxy's
+credentials as in every message (ProxyURL.shown).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import fields
+
+from engine.cli.common import Subparsers
+from engine.cli.options import resolve
+from engine.cli.run_options import add_run_options
+from engine.config import Config
+from engine.core.proxies import parse_proxy_url
+from engine.core.secrets import Secrets
+from engine.errors import ConfigError
+
+#: Fields that adbatch decides itself (the live display: by the terminal).
+_HIDDEN = {"progress"}
+_SECRETS = {"token", "client_secret"}
+REDACTED = "[redacted]"
+
+
+def add_parser(sub: Subparsers) -> None:
+    """Add the config subcommand to the `adbatch` parser."""
+    p = sub.add_parser(
+        "config",
+        help="show the resolved configuration and where each value came from",
+        description="Resolve the run options as `adbatch run` does (command line, then "
+        "ADBATCH_* variables, then the --config file, then the default) and print each "
+        "value with its source. Secrets are redacted.",
+        epilog="Try it: ADBATCH_RATE=1k/s adbatch config --show --timeout 2s",
+    )
+    p.add_argument(
+        "--show", action="store_true", help="print the configuration (the only action so far)"
+    )
+    add_run_options(p)
+    p.set_defaults(handler=cmd_config)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    if not args.show:
+        raise ConfigError("adbatch config needs --show")
+    resolved = resolve(args)
+    try:
+        config = Config(**resolved.values)
+    except TypeError as exc:
+        raise ConfigError(f"bad option value: {exc}") from None
+    # Belt and braces: a secret quoted in another value (a header, a URL) goes too.
+    secrets = Secrets((config.token, config.client_secret), min_length=1)
+    for line in show_lines(config, resolved.sources):
+        print(secrets.redact(line))
+    config.validated()  # after the table: what would stop a run is still one line, exit 2
+    return 0
+
+
+def show_lines(config: Config, sources: dict[str, str]) -> list[str]:
+    """One line per field: `name = value  # source`, the value as TOML writes it."""
+    rows = []
+    for f in fields(Config):
+        if f.name in _HIDDEN:
+            continue
+        value = getattr(config, f.name)
+        rows.append((f.name, _shown(f.name, value), sources.get(f.name, "default")))
+    width = max(len(name) + len(value) for name, value, _ in rows) + 3
+    return [f"{f'{name} = {value}':<{width}} # {source}" for name, value, source in rows]
+
+
+def _shown(name: str, value: object) -> str:
+    if value is None:
+        return "(not set)"
+    if name in _SECRETS:
+        return REDACTED
+    if name == "proxy" and isinstance(value, str):
+        try:
+            return _toml(parse_proxy_url(value, source="--proxy").shown)
+        except ConfigError:
+            return REDACTED  # cannot tell its credentials apart: show none of it
+    return _toml(value)
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return json.dumps(str(value), ensure_ascii=False)
