@@ -20,6 +20,7 @@ from engine.core.events import header_problem
 from engine.core.headers import parse_headers
 from engine.core.proxies import parse_proxy_url
 from engine.core.secrets import token_problem
+from engine.core.stops import INTERNAL_STREAK
 
 DEFAULT_ENDPOINT = "https://d.us.criteo.com/delivery/retailmedia"
 DEFAULT_TOKEN_URL = "https://api.criteo.com/oauth2/token"
@@ -90,6 +91,7 @@ class Config:
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
     fail_fast_401: int = 20
+    internal_streak: int = INTERNAL_STREAK  # records in a row with an internal error: exit 70
     retries: int = 3
     backoff_base: float = 0.1
     backoff_cap: float = 10.0
@@ -120,6 +122,10 @@ class Config:
     metrics_addr: str | None = None
     dashboard: str | None = None
     metrics_linger: float = 0.0
+    # --records: which call records load and replay write (run writes all: --resume
+    # reads them); --series FILE: one line per second of mergeable figures (load, replay).
+    records: Literal["all", "errors", "none"] = "all"
+    series: str | None = None
 
     def validated(self) -> Config:
         """This config, checked; raises ConfigError naming the option at fault."""
@@ -169,6 +175,8 @@ class Config:
             raise ConfigError("stdin ('-') can be read only once")
         self._validate_distribution()
         self._check_observers()
+        if self.records not in ("all", "errors", "none"):
+            raise ConfigError(f"--records must be all, errors or none, got {self.records!r}")
         if self.proxy is not None:
             if self.no_proxy:
                 raise ConfigError("give --proxy or --no-proxy, not both")

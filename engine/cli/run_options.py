@@ -58,6 +58,12 @@ def _add_io_options(io: argparse._ArgumentGroup) -> None:
         "-o", "--output", metavar="PATH", help="write JSONL records here (default: stdout)"
     )
     io.add_argument(
+        "--records",
+        choices=("all", "errors", "none"),
+        help="which call records load and replay write: all (default), errors (the failed "
+        "calls only) or none; run writes one per input line (--resume needs them)",
+    )
+    io.add_argument(
         "--format",
         dest="input_format",
         choices=("auto", "jsonl", "csv"),

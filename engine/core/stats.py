@@ -12,6 +12,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.core.figures import MAX_MESSAGES, OTHER_MESSAGES, count_message, figures
+from engine.core.records import ErrorKind
+
+#: The exit code of a run whose --threshold failed (core/thresholds.py).
+THRESHOLD_FAILED = 4
+
 _PRECISION = 0.01
 _LOG_BASE = math.log1p(_PRECISION)
 _MIN_MS = 0.001  # one microsecond: below it every value shares bucket 0
@@ -127,6 +133,10 @@ class RunStats:
     #: (status, error kind) of every record that is not ok (the live metrics' labels;
     #: the ok ones are `statuses` less these, so the common path counts nothing more).
     failures: Counter[tuple[int | None, str]] = field(default_factory=Counter)
+    #: Error texts of the failed calls, cut short and bounded (core/figures.py).
+    messages: Counter[str] = field(default_factory=Counter)
+    bytes_in: int = 0  # answer bodies, every attempt (the engine counts them)
+    bytes_out: int = 0  # requests' URL and headers, every attempt
 
     def add(
         self,
@@ -137,6 +147,7 @@ class RunStats:
         latency_ms: float | None,
         error_kind: str | None,
         attempts: int = 0,
+        error: str | None = None,
     ) -> None:
         self.events += 1
         self.attempts += attempts
@@ -148,6 +159,8 @@ class RunStats:
         else:
             self.failed += 1
             self.failures[(status, error_kind or "error")] += 1
+            if error is not None:
+                count_message(self.messages, error)
         if status is not None:
             self.statuses[status] += 1
             if status == 401:
@@ -171,6 +184,13 @@ class RunStats:
         self.retries.update(other.retries)
         self.attempts += other.attempts
         self.failures.update(other.failures)
+        for message, n in other.messages.items():
+            if message in self.messages or len(self.messages) < MAX_MESSAGES:
+                self.messages[message] += n
+            else:
+                self.messages[OTHER_MESSAGES] += n
+        self.bytes_in += other.bytes_in
+        self.bytes_out += other.bytes_out
 
 
 @dataclass(slots=True)
@@ -223,13 +243,21 @@ class Summary:
     token_waits: int = 0
     token_renewal_ms_mean: float | None = None
     token_renewal_ms_max: float | None = None
+    #: min/mean/percentiles of both views, bytes, statuses, top errors (core/figures.py).
+    figures: dict[str, Any] = field(default_factory=dict)
+    #: Verdicts of --threshold (core/thresholds.py): [{"threshold", "value", "pass"}].
+    thresholds: tuple[dict[str, Any], ...] = ()
 
     @property
     def exit_code(self) -> int:
+        """Precedence: interrupted (130/143), stopped (3, 70), a threshold failed (4),
+        some events failed or were invalid (1), else 0."""
         if self.interrupted is not None:
             return 128 + self.interrupted
         if self.stopped is not None:
             return self.stop_code
+        if any(not t["pass"] for t in self.thresholds):
+            return THRESHOLD_FAILED
         return 0 if self.failed == 0 and self.invalid == 0 else 1
 
     def line(self) -> str:
@@ -292,7 +320,9 @@ def summarize(
     interrupted: int | None = None,
     resumed: int = 0,
     tokens: TokenStats | None = None,
+    schedule: Histogram | None = None,
 ) -> Summary:
+    """The Summary of `stats`; `schedule`: the latency from the schedule (load, replay)."""
     lat = stats.latency
     latency: dict[str, float | None] = {
         ("p" + (f"{p:g}")): (None if (v := lat.percentile(p)) is None else round(v, 3))
@@ -318,6 +348,17 @@ def summarize(
         slowed=slowed,
         interrupted=interrupted,
         resumed=resumed,
+        figures=figures(
+            send=lat,
+            schedule=schedule,
+            calls=stats.events - stats.invalid,
+            ok=stats.ok,
+            dropped=stats.errors.get(ErrorKind.DROPPED, 0),
+            statuses=stats.statuses,
+            messages=stats.messages,
+            bytes_in=stats.bytes_in,
+            bytes_out=stats.bytes_out,
+        ),
         **_token_fields(tokens),
     )
 

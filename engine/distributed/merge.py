@@ -217,7 +217,10 @@ def merge_outputs(parts: Sequence[str], output: str) -> MergeReport:
 
 # -- stats of many shards --------------------------------------------------------------
 
-_COUNTERS = ("events", "ok", "failed", "invalid", "blank_lines", "unauthorized", "attempts")
+_COUNTERS = (
+    "events", "ok", "failed", "invalid", "blank_lines", "unauthorized", "attempts",
+    "bytes_in", "bytes_out",
+)  # fmt: skip
 
 
 def stats_to_dict(stats: RunStats) -> dict[str, Any]:
@@ -229,6 +232,7 @@ def stats_to_dict(stats: RunStats) -> dict[str, Any]:
         "retries": dict(stats.retries),
         "latency": stats.latency.to_dict(),
         "failures": [[status, kind, n] for (status, kind), n in stats.failures.items()],
+        "messages": dict(stats.messages),
     }
 
 
@@ -242,3 +246,6 @@ def add_stats(total: RunStats, data: dict[str, Any]) -> None:
     total.latency.merge(Histogram.from_dict(data.get("latency", {})))
     for status, kind, n in data.get("failures", []):
         total.failures[(None if status is None else int(status), str(kind))] += int(n)
+    shard = RunStats()
+    shard.messages.update({str(k): int(v) for k, v in data.get("messages", {}).items()})
+    total.merge(shard)  # the bound on distinct messages is merge's

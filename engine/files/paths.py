@@ -81,6 +81,7 @@ def written_by(config: Config, *, records: bool = True) -> list[Named]:
     output = (config.output or "-") if records else config.output
     named: list[Named] = [("-o" if config.output else "the records", output)]
     named.append(("--summary", config.summary))
+    named.append(("--series", config.series))
     if config.output not in (None, "-") and (config.shard is not None or config.backend == "ray"):
         named.append(("the manifest of -o", manifest_path(config.output)))
     return named

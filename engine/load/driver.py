@@ -198,6 +198,7 @@ async def run_load(
         stopped=engine.state.stopped,
         stop_code=engine.state.stop_code,
         tokens=engine.tokens.token_stats(),
+        schedule=figures.corrected,
     )
     sent = stats.events - stats.invalid - figures.dropped
     summary = replace(summary, rate=sent / elapsed if elapsed > 0 else 0.0)

@@ -56,6 +56,12 @@ def worker_config(config: Config) -> Config:
         workers=1,
         rate=None if config.rate is None else config.rate / n,
         concurrency=max(1, math.ceil(config.concurrency / n)),
+        # "N records in a row" holds for the run: its N consecutive records are shared
+        # among the n workers, so one of them sees ceil(N/n) of them in a row (each
+        # worker's records are in the run's order). A worker may so stop a little early
+        # on a streak of its own; never later than the run's.
+        fail_fast_401=math.ceil(config.fail_fast_401 / n),
+        internal_streak=math.ceil(config.internal_streak / n),
         ordered=False,  # the parent restores the order across workers
         progress=False,
         output=None,

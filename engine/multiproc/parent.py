@@ -299,6 +299,8 @@ class _Parent:
                 if self.stopped is None and stopped is not None:
                     self.stopped = self.session.secrets.redact(stopped)
                     self.stop_code = stop_code
+                    # The run stopped: the other workers start no more calls either.
+                    tg.start_soon(self._halt_workers, self.stopped)
                 self.budget_refused += budget_refused
                 self.slowed = self.slowed or slowed
                 return True
@@ -359,6 +361,12 @@ class _Parent:
                 for worker in self.workers:  # what they write now reaches no file
                     await self._send(worker, Halt(str(exc), 0.0))
                 return
+
+    async def _halt_workers(self, reason: str) -> None:
+        self.feed_scope.cancel()
+        self.credit.set()
+        for worker in self.workers:  # a worker already done is skipped by _send
+            await self._send(worker, Halt(reason, self.config.grace))
 
     # -- signals
 

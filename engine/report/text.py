@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from engine.core.figures import VIEW_KEYS
 from engine.core.records import parse_record
 from engine.core.series import Figures
 
@@ -48,6 +49,38 @@ def _table(rows: list[tuple[str, ...]]) -> list[str]:
         if n == 0:
             out.append("  " + "  ".join("-" * w for w in widths))
     return out
+
+
+def figures_text(block: Mapping[str, Any]) -> str:
+    """core/figures.py's block as a compact text block (end of load/replay, the report)."""
+    views = block["latency_ms"]
+    rows: list[tuple[str, ...]] = [("latency (ms)", *VIEW_KEYS)]
+    if views.get("schedule") is not None:
+        rows.append(("from schedule", *(_ms(views["schedule"].get(k)) for k in VIEW_KEYS)))
+    rows.append(("from send", *(_ms(views["send"].get(k)) for k in VIEW_KEYS)))
+    lines = _table(rows)
+    calls, ratio = block["calls"], block["success_ratio"]
+    lines.append(
+        f"  success  {'-' if ratio is None else f'{100 * ratio:.2f}%'} "
+        f"({block['ok']} ok of {calls} calls; {block['errors']} errors, "
+        f"{block['dropped']} dropped)"
+    )
+    lines.append(f"  bytes    in {_bytes(block['bytes_in'])}, out {_bytes(block['bytes_out'])}")
+    statuses = block["statuses"]
+    if statuses:
+        lines.append("  status   " + ", ".join(f"{k} x{v}" for k, v in statuses.items()))
+    if block["top_errors"]:
+        lines.append("  top errors")
+        width = len(str(block["top_errors"][0]["count"]))
+        lines += [f"  {e['count']:>{width}}  {e['message']}" for e in block["top_errors"]]
+    return "\n".join(lines)
+
+
+def _bytes(figure: Mapping[str, Any]) -> str:
+    if figure["total"] is None:
+        return "- (not in the records)"
+    mean = figure["mean"]
+    return f"{figure['total']}" + ("" if mean is None else f" (mean {mean:g}/call)")
 
 
 def text_report(data: Mapping[str, Any], *, bad_lines: int = 0) -> str:

@@ -57,6 +57,7 @@ from engine.core.call import (
     SlowDown,
 )
 from engine.core.events import Event, Invalid, Item, ReadCounts
+from engine.core.figures import request_bytes
 from engine.core.proxies import refused_stop, unreachable_stop
 from engine.core.query import RequestBuilder
 from engine.core.rates import AdaptiveRate
@@ -146,7 +147,7 @@ class Engine:
             rand=random.random,
         )
         self.adaptive = AdaptiveRate() if config.adaptive else None
-        self.internals = InternalStreak()
+        self.internals = InternalStreak(config.internal_streak)
         self.throttle = ThrottleWatch(config.give_up_after, time.monotonic)
         self.calls = CallFlow(
             self.policy,
@@ -245,8 +246,8 @@ class Engine:
                 # The two commonest effects are singletons, told apart by identity: a class
                 # pattern for each cost 0.2 µs more per event (issue 11's benchmark).
                 if effect is PERMIT:
-                    if self.limiter is not None:
-                        await self.limiter.acquire()
+                    if self.limiter is not None:  # ends at once when the run halts
+                        await self.shutdown.wait(self.limiter.acquire)
                     effect = answer(not self.shutdown.halted.is_set())
                 elif effect is AUTHORIZE:
                     authorization = self.tokens.authorization()
@@ -258,7 +259,11 @@ class Engine:
                             return None
                     effect = answer(authorization)
                 elif type(effect) is Send:  # every call, so also before the match
-                    effect = answer(await transport.send(request, effect.authorization))
+                    response = await transport.send(request, effect.authorization)
+                    stats = self.state.stats  # bytes: counters only (core/figures.py)
+                    stats.bytes_in += len(response.body)
+                    stats.bytes_out += request_bytes(request)
+                    effect = answer(response)
                 else:
                     match effect:
                         case Renew():
@@ -324,6 +329,7 @@ class Engine:
             latency_ms=result.latency_ms,
             error_kind=result.error_kind,
             attempts=result.attempts,
+            error=result.error,
         )
         if result.ok:
             state.fatal_streak = 0
@@ -348,12 +354,13 @@ class Engine:
                 self.stop(Stop(self._fatal_message()))
 
     def stop(self, stop: Stop) -> None:
-        """The run stops itself (the first stop is the run's): no more input is read and
-        no new call starts; the calls in flight finish and are written."""
+        """The run stops itself (the first stop is the run's): no input is read, no call
+        starts (nor one waiting for a permit); the calls in flight end and are written."""
         state = self.state
         if state.stopped is None:
             state.stopped, state.stop_code = stop.reason, stop.exit_code
             self.shutdown.feed_scope.cancel()
+        self.shutdown.end_waits()
 
     def _fatal_message(self) -> str:
         state = self.state
@@ -436,10 +443,7 @@ class Engine:
         """No usable token will come: the run stops (exit 3) and starts no call; the calls
         in flight end and are written, those still to send (waiting for a token, a permit
         or a backoff) are not, so --resume sends them."""
-        self.stop(Stop(reason))
-        # Halted too (not `shutdown.halt`: the run's stop and its exit code stay the first
-        # one's): backoffs and permits end at once, nothing can be sent any more.
-        self.shutdown.halted.set()
+        self.stop(Stop(reason))  # halted too: backoffs and permits end at once
 
     def _progress_view(self, counts: ReadCounts | None) -> RunView:
         return RunView.of_inputs(self._progress_figures, counts, self.config.inputs)

@@ -41,7 +41,7 @@ from engine.core.secrets import Secrets
 from engine.errors import OutputError, plain_engine_errors
 from engine.files.paths import check_outputs, written_by
 from engine.files.resume import ResumeIndex, compact, open_resume
-from engine.files.sinks import JsonlSink, create_output
+from engine.files.sinks import JsonlSink, create_output, kept
 from engine.files.sources import check_inputs
 from engine.net.auth import StaticToken, TokenProvider
 from engine.net.proxy import run_proxies
@@ -71,6 +71,8 @@ class RunSession:
     def write(self, batch: list[Result]) -> None:
         """Append `batch` to the output as JSONL, redacted (a server may echo a token)."""
         assert self.sink is not None, "this run was opened without an output"
+        if self.config.records != "all":  # --records errors|none (load, replay)
+            batch = kept(batch, self.config.records)
         for part in jsonl_parts(batch):  # big answers: one record at a time
             self.sink.write(self.secrets.redact_bytes(part))
 

@@ -5,12 +5,15 @@ Rules:
 - The first SIGINT/SIGTERM halts and gives the calls in flight `grace` seconds, then
   cancels them; a second signal cancels them at once. A cancelled call is not written,
   so `--resume` sends its event again.
-- Waits that are not calls in flight (backoff, adaptive pacing) end at once on halt.
+- Waits that are not calls in flight (backoff, adaptive pacing, rate permits) end at
+  once on halt, and on `end_waits` (a run that stops itself: its own reason and exit
+  code stay the run's, so it does not `halt`). No call starts after either.
 """
 
 from __future__ import annotations
 
 import signal
+from collections.abc import Awaitable, Callable
 
 import anyio
 import anyio.abc
@@ -27,7 +30,7 @@ def interrupt_reason(signum: int, grace: float) -> str:
 class Shutdown:
     """The stop switches of one run; the engine wraps its stages in the two scopes."""
 
-    __slots__ = ("feed_scope", "halted", "interrupted", "reason", "work_scope")
+    __slots__ = ("_waits", "feed_scope", "halted", "interrupted", "reason", "work_scope")
 
     def __init__(self) -> None:
         self.halted = anyio.Event()
@@ -35,12 +38,32 @@ class Shutdown:
         self.work_scope = anyio.CancelScope()  # the worker pool (calls in flight)
         self.interrupted: int | None = None  # the signal number
         self.reason: str | None = None
+        self._waits: set[anyio.CancelScope] = set()  # the `wait`s under way
 
     def halt(self, reason: str) -> None:
         if self.reason is None:
             self.reason = reason
-        self.halted.set()
+        self.end_waits()
         self.feed_scope.cancel()
+
+    def end_waits(self) -> None:
+        """Halted, without a reason of its own: every wait ends now, no call starts."""
+        self.halted.set()
+        for scope in self._waits:
+            scope.cancel()
+        self._waits.clear()
+
+    async def wait(self, waiting: Callable[[], Awaitable[None]]) -> None:
+        """Await `waiting()` (a rate permit), cut short when the run halts meanwhile;
+        the caller asks `halted` after. A scope per wait: only runs with --rate pay."""
+        if self.halted.is_set():
+            return
+        with anyio.CancelScope() as scope:
+            self._waits.add(scope)
+            try:
+                await waiting()
+            finally:
+                self._waits.discard(scope)
 
     async def pause(self, seconds: float) -> bool:
         """Sleep `seconds`; False (at once) when the run halts meanwhile."""
