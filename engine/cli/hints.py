@@ -58,7 +58,7 @@ def after_summary(summary: Summary, *, csv_stdin: bool = False) -> list[str]:
 
 
 class RecordCount:
-    """Counts, as lines go by, those that are records of a run (`seq` and `ok`), so
+    """Counts, as lines go by, those that are records of a run (with `ok`), so
     `report` can refuse a file of input events."""
 
     def __init__(self, lines: Iterable[bytes]) -> None:
@@ -79,7 +79,7 @@ class RecordCount:
         if self.lines and not self.records:
             name = "stdin" if path == "-" else path
             raise InputError(
-                f"{name} holds no records of a run (lines with seq and ok): report reads "
+                f"{name} holds no records of a run (lines with an ok field): report reads "
                 "what run, load or replay wrote, not their input"
             )
 
@@ -89,4 +89,5 @@ def _is_record(line: bytes) -> bool:
         obj = orjson.loads(line)
     except orjson.JSONDecodeError:
         return False
-    return isinstance(obj, dict) and type(obj.get("seq")) is int and type(obj.get("ok")) is bool
+    # Every record says `ok` (true or false); an input event has no reason to.
+    return isinstance(obj, dict) and type(obj.get("ok")) is bool
