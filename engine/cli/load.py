@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from functools import partial
 
 from engine.api import run_load
@@ -22,6 +23,7 @@ from engine.cli.options import (
     positive_int,
 )
 from engine.cli.run_options import add_run_options
+from engine.config import Config
 from engine.core.pacing import RatePacer, constant, parse_stages, ramp, stages
 from engine.errors import ConfigError
 from engine.load.plan import DEFAULT_MAX_IN_FLIGHT, DEFAULT_REORDER, LoadOutcome, LoadPlan
@@ -129,6 +131,12 @@ def _add_measure_options(p: argparse.ArgumentParser) -> None:
         "from the schedule)",
     )
     g.add_argument("--summary", metavar="FILE", help="write the run's figures here as JSON")
+    g.add_argument(
+        "--series",
+        metavar="FILE",
+        help="write one line per second of the figures here (mergeable histograms and "
+        "counters, by scheduled and by send time); adbatch report reads it",
+    )
 
 
 def pacer_from_args(args: argparse.Namespace, rate: float | None) -> RatePacer:
@@ -179,6 +187,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, plan: LoadPlan) -> int:
     config = config_from_args(args)
+    config = _records_off_terminal(config)
     progress = config.progress
     if plan.mode == "load":
         plan = LoadPlan(
@@ -191,6 +200,15 @@ def _run(args: argparse.Namespace, plan: LoadPlan) -> int:
     # open_run checks --summary against the inputs and -o, and creates it, before the run.
     outcome: LoadOutcome = run_async(partial(run_load, config, plan, progress=progress))
     return _finish(outcome, config.summary)
+
+
+def _records_off_terminal(config: Config) -> Config:
+    """No -o and stdout a terminal: a load test's records would scroll by by the
+    thousand; write none and say how to keep them."""
+    if config.output is not None or config.records == "none" or not sys.stdout.isatty():
+        return config
+    say("records not written to the terminal: give -o FILE")
+    return config.with_changes(records="none")
 
 
 def _finish(outcome: LoadOutcome, summary_path: str | None) -> int:

@@ -41,10 +41,12 @@ from engine.config import Config
 from engine.core.events import Event, Invalid, ReadCounts
 from engine.core.pacing import BurstCap, ReorderWindow
 from engine.core.records import Result, dropped, invalid
+from engine.core.secrets import Secrets
 from engine.core.stats import Histogram, summarize
 from engine.core.tally import Progress, record_lag
 from engine.load.plan import LiveState, LoadOutcome, LoadPlan, Scheduled
 from engine.load.schedules import load_schedule, replay_schedule
+from engine.load.series_file import SeriesWriter, header
 from engine.runtime.engine import Emit, Engine
 from engine.runtime.loop import check_open_files
 from engine.runtime.session import open_run
@@ -169,10 +171,13 @@ async def run_load(
         schedule = _schedule(config, plan, live, counts, window)
         engine = session.engine()
         lag = Histogram() if watch is not None else None  # schedule -> send, when watched
+        series = _series_writer(config, session.secrets, plan)
 
         async def emit(batch: list[Result]) -> None:
             for result in batch:
                 figures.add_result(result)
+            if series is not None:
+                series.add(batch, origin=figures.origin)
             if lag is not None:
                 record_lag(lag, batch)
             session.write(batch)
@@ -190,6 +195,8 @@ async def run_load(
                 tg.start_soon(show_progress, live, engine.tokens, plan.pacer)
             elapsed = await _Driver(engine, plan, live).run(schedule, emit)
             tg.cancel_scope.cancel()
+        if series is not None:
+            series.close(elapsed_s=elapsed, events=figures.events, invalid=figures.invalid)
     stats = engine.state.stats
     stats.blank_lines = counts.blank_lines
     summary = summarize(
@@ -203,6 +210,16 @@ async def run_load(
     sent = stats.events - stats.invalid - figures.dropped
     summary = replace(summary, rate=sent / elapsed if elapsed > 0 else 0.0)
     return LoadOutcome(summary, figures.to_dict(), live.scheduled, window.late)
+
+
+def _series_writer(config: Config, secrets: Secrets, plan: LoadPlan) -> SeriesWriter | None:
+    """--series FILE: its writer, the run's options in its header (secrets redacted)."""
+    if config.series is None:
+        return None
+    head = header(config, secrets, mode=plan.mode, start=None)
+    # A second is complete once its last call can no longer be in flight.
+    horizon = config.timeout * (1 + config.retries) + 2.0
+    return SeriesWriter(config.series, head, horizon=horizon)
 
 
 def _probe(
