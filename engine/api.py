@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import replace
+from typing import Any
 
 import anyio
 
@@ -51,10 +53,60 @@ async def run(config: Config, *, handle_signals: bool = False) -> Summary:
 async def run_load(
     config: Config, plan: LoadPlan, *, live: LiveState | None = None, progress: bool = False
 ) -> LoadOutcome:
-    """Run `load` or `replay` as planned (engine/load/driver.py), watched when asked."""
+    """Run `load` or `replay` as planned (engine/load/driver.py), watched when asked;
+    with `config.workers` > 1 the schedule is split over that many processes
+    (engine/load/shares.py), with one token, one output and one summary."""
     config = config.validated()
     async with watched(config, plan.mode) as watch:
+        if config.workers > 1:
+            return await _load_workers(config, plan.validated(), watch=watch)
         return await load_driver.run_load(config, plan, live=live, progress=progress, watch=watch)
+
+
+async def _load_workers(config: Config, plan: LoadPlan, *, watch: Watch | None) -> LoadOutcome:
+    import time
+
+    from engine.load.shares import LoadShare, ShareResult, merge_results, shares
+    from engine.multiproc.driver import run_worker_jobs
+
+    n = config.workers
+    per_worker = max(1, -(-plan.max_in_flight // n))
+
+    def jobs() -> list[LoadShare]:
+        return shares(plan, inputs=config.inputs, rate=config.rate, count=n, now=time.time())
+
+    def share(worker: Config) -> Config:
+        # The schedule paces and bounds the calls: no batch limiter, one slot per call.
+        return worker.with_changes(rate=None, concurrency=per_worker)
+
+    def merged(extras: dict[int, object]) -> ShareResult:
+        return merge_results([r for r in extras.values() if isinstance(r, ShareResult)])
+
+    def summary_args(extras: dict[int, object]) -> dict[str, Any]:
+        done = merged(extras)
+        more: dict[str, Any] = {"schedule": done.figures.corrected}
+        return more | ({"elapsed_s": done.elapsed_s} if done.elapsed_s > 0 else {})
+
+    # No live display: the parent's shows input read, not a schedule (--metrics-addr does).
+    summary, extras = await run_worker_jobs(
+        config.with_changes(progress=False),
+        jobs,
+        share=share,
+        summary_args=summary_args,
+        watch=watch,
+    )
+    done = merged(extras)
+    figures = done.figures
+    elapsed = summary.elapsed_s
+    summary = replace(summary, rate=figures.sent / elapsed if elapsed > 0 else 0.0)
+    return LoadOutcome(
+        summary,
+        figures.to_dict(),
+        done.scheduled,
+        done.late_in_log,
+        attempts=done.attempts,
+        retrying=config.retries > 0,
+    )
 
 
 @asynccontextmanager

@@ -26,6 +26,7 @@ from engine.cli.run_options import add_run_options
 from engine.config import Config
 from engine.core.pacing import RatePacer, constant, parse_stages, ramp, stages
 from engine.errors import ConfigError
+from engine.files.sources import STDIN
 from engine.load.plan import DEFAULT_MAX_IN_FLIGHT, DEFAULT_REORDER, LoadOutcome, LoadPlan
 
 
@@ -185,8 +186,39 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return _run(args, plan)
 
 
+#: load and replay send the schedule, not more: no retries unless asked (run keeps 3).
+LOAD_DEFAULTS: dict[str, object] = {"retries": 0}
+
+
+def refuse_unhonoured(args: argparse.Namespace, config: Config, mode: str) -> None:
+    """Options a load test or a replay cannot honour: exit 2, one line, nothing sent."""
+    if config.resume:
+        raise ConfigError(
+            f"{mode} cannot --resume: it sends a schedule, not the events an output lacks; "
+            "start a new run with a new -o"
+        )
+    if config.ordered:
+        raise ConfigError(
+            f"{mode} cannot --ordered: calls start on a schedule and are written as they end"
+        )
+    if config.dry_run:
+        raise ConfigError(
+            f"{mode} cannot --dry-run: to see the calls, use adbatch run --dry-run on the input"
+        )
+    if args.concurrency is not None:
+        raise ConfigError(
+            f"{mode} does not take -c/--concurrency: its calls in flight are --max-in-flight's"
+        )
+    if config.workers > 1 and STDIN in config.inputs:
+        raise ConfigError(
+            f"{mode} --workers {config.workers} reads its input in every worker: "
+            "give a file, not stdin"
+        )
+
+
 def _run(args: argparse.Namespace, plan: LoadPlan) -> int:
-    config = config_from_args(args)
+    config = config_from_args(args, defaults=LOAD_DEFAULTS)
+    refuse_unhonoured(args, config, plan.mode)
     config = _records_off_terminal(config)
     progress = config.progress
     if plan.mode == "load":
@@ -217,6 +249,12 @@ def _finish(outcome: LoadOutcome, summary_path: str | None) -> int:
     if outcome.summary.stopped:
         say(f"stopped: {outcome.summary.stopped}")
     if summary_path:
-        data = {"summary": outcome.summary, "scheduled": outcome.scheduled, **outcome.figures}
+        data = {
+            "summary": outcome.summary,
+            "scheduled": outcome.scheduled,
+            # Attempts sent, retries included (== sent with --retries 0, the default).
+            "attempts": outcome.attempts,
+            **outcome.figures,
+        }
         write_file(summary_path, json_bytes(data))
     return outcome.exit_code

@@ -56,11 +56,16 @@ from engine.runtime.watch import Probe, Watch, engine_probe, input_progress
 
 
 class _Driver:
-    def __init__(self, engine: Engine, plan: LoadPlan, live: LiveState) -> None:
+    def __init__(
+        self, engine: Engine, plan: LoadPlan, live: LiveState, *, origin: float | None = None
+    ) -> None:
         self.engine = engine
         self.plan = plan
         self.live = live
         self.start: float | None = None
+        #: The wall-clock start shared by the workers of a --workers run (each drives its
+        #: share of one schedule from it); None: the first event in hand starts the clock.
+        self.origin = origin
 
     async def _dispatch(
         self,
@@ -79,6 +84,9 @@ class _Driver:
                     # waiting, so start-up work does not make the first calls late.
                     start = self.start = anyio.current_time()
                     wall_start = time.time()
+                    if self.origin is not None:
+                        start = self.start = start + (self.origin - wall_start)
+                        wall_start = self.origin
                     live.figures.origin = wall_start
                     live.started = time.monotonic()
                 if self.engine.state.stopped is not None:
@@ -209,7 +217,14 @@ async def run_load(
     )
     sent = stats.events - stats.invalid - figures.dropped
     summary = replace(summary, rate=sent / elapsed if elapsed > 0 else 0.0)
-    return LoadOutcome(summary, figures.to_dict(), live.scheduled, window.late)
+    return LoadOutcome(
+        summary,
+        figures.to_dict(),
+        live.scheduled,
+        window.late,
+        attempts=stats.attempts,
+        retrying=config.retries > 0,
+    )
 
 
 def _series_writer(config: Config, secrets: Secrets, plan: LoadPlan) -> SeriesWriter | None:

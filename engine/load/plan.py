@@ -76,6 +76,10 @@ class LoadOutcome:
     figures: dict[str, object]
     scheduled: int
     late_in_log: int = 0
+    #: Attempts sent, retries included; shown apart from the calls when `retrying`
+    #: (--retries above 0: the server gets more than the plan).
+    attempts: int = 0
+    retrying: bool = False
 
     @property
     def exit_code(self) -> int:
@@ -86,6 +90,8 @@ class LoadOutcome:
         lat = f["corrected_latency_ms"]
         assert isinstance(lat, dict)
         text = f"{self.scheduled} scheduled, {f['sent']} sent, {f['dropped']} dropped"
+        if self.retrying:
+            text += f", {self.attempts} attempts sent (retries on)"
         if lat.get("p50") is not None:
             text += (
                 f"; latency from schedule p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms, "

@@ -58,6 +58,7 @@ from engine.multiproc.messages import (
     Token,
     ToParent,
     Units,
+    WorkerJob,
 )
 from engine.net.auth import FollowerToken, Lease
 from engine.runtime.engine import Engine
@@ -66,6 +67,7 @@ from engine.runtime.loop import run_loop
 from engine.runtime.session import transport_for
 from engine.runtime.watch import count_in_flight
 
+_Go = Callable[..., Awaitable[object]]  # (emit, *, write_now) -> the job's extra
 _REPORT_S = 0.02  # how often a worker that writes the output itself reports its count
 _LIVE_S = 0.5  # how often a watched run's worker sends its figures (LiveFigures)
 _PARENT_GONE = "the parent process ended"
@@ -225,7 +227,12 @@ class _Worker:
                 tg.start_soon(self.listen, units_send)
                 if self.start.live:
                     tg.start_soon(self.report_live)
-                await self._execute(engine, _unit_feed(units_receive, event_defaults(config)))
+                job = self.start.job
+                if job is None:
+                    feed = _unit_feed(units_receive, event_defaults(config))
+                    extra = await self._execute(partial(engine.execute, feed))
+                else:  # its own share of a schedule (load, replay): no Units come
+                    extra = await self._execute(partial(_run_job, job, engine))
                 await self._send_live()  # the last figures, before Done
                 slowed = (
                     None if engine.adaptive is None else engine.adaptive.summary(time.monotonic())
@@ -238,24 +245,44 @@ class _Worker:
                         engine.policy.budget.refused,
                         slowed,
                         state.stop_code,
+                        None if job is None else extra,
                     )
                 )
                 # Nothing more to wait for: not the parent's next message, not a --grace
                 # timer still pending after an interrupted run ended early.
                 tg.cancel_scope.cancel()
 
-    async def _execute(self, engine: Engine, feed: AsyncGenerator[list[Item], None]) -> None:
+    async def _execute(self, go: _Go) -> object:
+        """`go(emit, write_now)` with this worker's way of writing records."""
         if self.sink is None:
-            await engine.execute(feed, self.emit)
-            return
+            return await go(self.emit, write_now=None)
         async with anyio.create_task_group() as reporting:
             reporting.start_soon(self.report)
             try:
-                await engine.execute(feed, self.emit, write_now=self.write)
+                extra = await go(self.emit, write_now=self.write)
             finally:
                 self.sink.close()  # fsynced before the parent hears Done
             reporting.cancel_scope.cancel()
         await self._report_now()
+        return extra
+
+
+async def _run_job(
+    job: WorkerJob,
+    engine: Engine,
+    emit: Callable[[list[Result]], Awaitable[None]],
+    *,
+    write_now: Callable[[list[Result]], None] | None,
+) -> object:
+    """A job writes its records as `execute` does: itself into the output when it may."""
+    if write_now is not None:
+        write = write_now
+
+        async def emit_now(batch: list[Result]) -> None:
+            write(batch)
+
+        emit = emit_now
+    return await job.run(engine, emit)
 
 
 async def _unit_feed(

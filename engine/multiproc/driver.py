@@ -21,8 +21,9 @@ import multiprocessing
 import os
 import sys
 import time
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
-from typing import Literal
+from typing import Any, Literal
 
 import anyio
 import anyio.to_thread
@@ -31,6 +32,7 @@ from engine.config import Config
 from engine.core.stats import Summary, summarize
 from engine.core.tally import Snapshot
 from engine.multiproc.child import worker_main
+from engine.multiproc.messages import WorkerJob
 from engine.multiproc.parent import WorkerHandle, _Parent
 from engine.net.auth import TokenProvider
 from engine.runtime.session import open_run
@@ -176,6 +178,29 @@ async def run_workers(
     the run as in one process, with --grace for the calls in flight. `watch`: the sum of
     the workers' figures goes there (--metrics-addr, --dashboard).
     """
+    summary, _ = await run_worker_jobs(
+        config, tokens=tokens, start=start, handle_signals=handle_signals, watch=watch
+    )
+    return summary
+
+
+async def run_worker_jobs(
+    config: Config,
+    jobs: Callable[[], Sequence[WorkerJob]] | None = None,
+    *,
+    share: Callable[[Config], Config] | None = None,
+    summary_args: Callable[[dict[int, object]], dict[str, Any]] | None = None,
+    tokens: TokenProvider | None = None,
+    start: StartMethod | None = None,
+    handle_signals: bool = False,
+    watch: Watch | None = None,
+) -> tuple[Summary, dict[int, object]]:
+    """`run_workers`, and what each worker's job returned (by worker index).
+
+    `jobs`: called once the run is open (the mock, the token are there), one job per
+    worker, run instead of the input handed out by the parent (load, replay). `share`:
+    adjusts a worker's config (worker_config's) for its job. `summary_args`: from the
+    jobs' results, more arguments for `summarize` (elapsed_s, schedule, ...)."""
     config = config.validated()
     started = time.perf_counter()
     workers: list[WorkerHandle] = []
@@ -193,15 +218,20 @@ async def run_workers(
             watch.attach(_probe(parent))
         # The workers' figures also feed the live display (ok, failed, p99).
         live = watch is not None or session.config.progress
-        await parent.begin(worker_config(session.config), live=live)
+        worker_share = worker_config(session.config)
+        if jobs is not None:
+            parent.jobs = list(jobs())
+            worker_share = worker_share if share is None else share(worker_share)
+        await parent.begin(worker_share, live=live)
         await parent.run(handle_signals=handle_signals)
     if parent.error is not None:
         raise parent.error
     stats = parent.stats
     stats.blank_lines = session.counts.blank_lines
-    return summarize(
+    more = {} if summary_args is None else summary_args(parent.extras)
+    summary = summarize(
         stats,
-        elapsed_s=time.perf_counter() - started,
+        elapsed_s=more.pop("elapsed_s", time.perf_counter() - started),
         stopped=parent.stopped,
         stop_code=parent.stop_code,
         retry_budget_refused=parent.budget_refused,
@@ -209,4 +239,6 @@ async def run_workers(
         resumed=parent.resumed,
         tokens=session.tokens.token_stats(),
         interrupted=parent.interrupted,
+        **more,
     )
+    return summary, parent.extras

@@ -9,7 +9,9 @@ type with `match`; nothing is read by position.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 from engine.config import Config
 from engine.core.events import EventDefaults, Item
@@ -17,6 +19,19 @@ from engine.core.stats import RunStats
 from engine.core.tally import Tally
 from engine.files.sources import Unit, raw_item
 from engine.net.auth import Lease
+
+if TYPE_CHECKING:
+    from engine.core.records import Result
+    from engine.runtime.engine import Engine
+
+
+class WorkerJob(Protocol):
+    """What a worker runs instead of the parent's input (load and replay: its share of
+    the schedule). Pickled into `Start`; `run` returns what goes back in `Done.extra`."""
+
+    async def run(
+        self, engine: Engine, emit: Callable[[list[Result]], Awaitable[None]]
+    ) -> object: ...
 
 # -- parent -> worker -------------------------------------------------------------------
 
@@ -34,6 +49,8 @@ class Start:
     secrets: tuple[str, ...] = ()
     #: Someone watches the run (--metrics-addr, --dashboard): send `LiveFigures`.
     live: bool = False
+    #: Run this instead of the parent's `Units` (which then never come).
+    job: WorkerJob | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +158,7 @@ class Done:
     budget_refused: int
     slowed: str | None
     stop_code: int = 3  # the exit code of `stopped` (70: a streak of internal errors)
+    extra: object = None  # what the worker's `Start.job` returned
 
 
 @dataclass(frozen=True, slots=True)

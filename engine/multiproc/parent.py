@@ -36,7 +36,7 @@ import signal
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
@@ -65,6 +65,7 @@ from engine.multiproc.messages import (
     Token,
     ToWorker,
     Units,
+    WorkerJob,
 )
 from engine.net.auth import Lease, TokenBroker
 from engine.runtime.display import show_live
@@ -123,6 +124,10 @@ class _Parent:
         self.live = Tally()
         self.live_in_flight: dict[int, int] = {}  # worker index -> its calls in flight
         self.read = 0  # input records read
+        #: Each worker's own job (load, replay: its share of the schedule), instead of
+        #: the input handed out here; and what each returned (Done.extra), by worker.
+        self.jobs: list[WorkerJob] | None = None
+        self.extras: dict[int, object] = {}
 
     def _credit(self) -> int:
         per_worker = max(1, math.ceil(self.config.concurrency / self.config.workers))
@@ -141,7 +146,8 @@ class _Parent:
             live=live,
         )
         for worker in self.workers:
-            await self._send(worker, start)
+            job = None if self.jobs is None else self.jobs[worker.index]
+            await self._send(worker, replace(start, job=job))
 
     async def run(self, *, handle_signals: bool = False) -> None:
         async with anyio.create_task_group() as tg:
@@ -170,6 +176,10 @@ class _Parent:
     # -- input -> workers
 
     async def _dispatch(self) -> None:
+        if self.jobs is not None:  # the workers read what their jobs need themselves
+            for worker in self.workers:
+                await self._end(worker)
+            return
         config = self.config
         units = read_units(
             config.inputs,
@@ -293,8 +303,9 @@ class _Parent:
             case LiveFigures(tally, in_flight):
                 self.live.add(tally)
                 self.live_in_flight[worker.index] = in_flight
-            case Done(stats, stopped, budget_refused, slowed, stop_code):
+            case Done(stats, stopped, budget_refused, slowed, stop_code, extra):
                 self.stats.merge(stats)
+                self.extras[worker.index] = extra
                 self.live_in_flight.pop(worker.index, None)
                 if self.stopped is None and stopped is not None:
                     self.stopped = self.session.secrets.redact(stopped)
