@@ -172,7 +172,7 @@ def sample_data() -> dict[str, Any]:
 def test_html_is_self_contained_and_escaped() -> None:
     page = html_report(sample_data(), title="run <1>")
     assert page.startswith("<!doctype html>")
-    assert page.count("<svg") == 4
+    assert page.count("<svg") == 6
     for needle in ("<script", "src=", "<link", "url(", "@import", "https://"):
         assert needle not in page.lower(), needle
     assert page.replace('xmlns="http://www.w3.org/2000/svg"', "").count("http://") == 0
@@ -185,7 +185,7 @@ def test_html_is_self_contained_and_escaped() -> None:
 
 def test_html_empty_run_does_not_crash() -> None:
     page = html_report(Figures().to_dict(), title="empty")
-    assert page.count("no data") == 4
+    assert page.count("no data") == 6
 
 
 def test_cli_report_text_json_html(
@@ -197,7 +197,7 @@ def test_cli_report_text_json_html(
     printed = capsys.readouterr().out
     assert "records   40" in printed
     assert orjson.loads(summary.read_bytes())["sent"] == 40
-    assert html.read_text().count("<svg") == 4
+    assert html.read_text().count("<svg") == 6
 
 
 def test_cli_report_missing_file_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
@@ -275,14 +275,14 @@ def test_html_report_renders_in_headless_chromium(tmp_path: Path) -> None:
         [
             chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
             "--no-first-run", "--proxy-server=127.0.0.1:9",  # any network fetch would fail
-            f"--user-data-dir={tmp_path / 'profile'}", "--window-size=800,1300",
+            f"--user-data-dir={tmp_path / 'profile'}", "--window-size=800,3200",
             f"--screenshot={shot}", page.as_uri(),
         ],
         capture_output=True, timeout=50, env=env, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     width, height, colours = png_pixels(shot.read_bytes())
-    assert (width, height) == (800, 1300)
+    assert (width, height) == (800, 3200)
     # The plots were drawn: the rate line (blue), ok bars (green), 503 bars (red).
     for name, rgb in (("blue", (0x25, 0x63, 0xEB)), ("green", (0x16, 0xA3, 0x4A)),
                       ("red", (0xDC, 0x26, 0x26))):  # fmt: skip

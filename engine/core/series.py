@@ -9,7 +9,12 @@ Rules:
 - Memory does not grow with run length: the histograms are log-linear (stats.py), and
   the series keeps at most `max_points` buckets: past that, neighbours merge and the
   bucket width doubles (1 s, 2 s, 4 s, ...).
-- A call is placed in time by its scheduled time when it has one, else by its send.
+- A call is placed in time by its scheduled time when it has one, else by its send
+  (`series`); a second series (`sends`) places each sent call by its send, so a burst of
+  late calls shows there, with the seconds of calls in flight (`busy`).
+- A bucket is mergeable (counters and log-linear histograms): the `--series` file is one
+  bucket per line (`bucket_line`), and `adbatch report` adds the lines back up
+  (`Figures.add_line`); two lines for the same second simply add.
 """
 
 from __future__ import annotations
@@ -39,6 +44,10 @@ class Bucket:
     statuses: Counter[str] = field(default_factory=Counter)
     latency: Histogram = field(default_factory=Histogram)
     corrected: Histogram = field(default_factory=Histogram)
+    #: Error kinds of the failed calls (the error table of a report read from a series).
+    kinds: Counter[str] = field(default_factory=Counter)
+    #: Seconds of calls in flight within the bucket (sends only): / width = mean in flight.
+    busy: float = 0.0
 
     def merge(self, other: Bucket) -> None:
         self.calls += other.calls
@@ -48,6 +57,35 @@ class Bucket:
         self.statuses.update(other.statuses)
         self.latency.merge(other.latency)
         self.corrected.merge(other.corrected)
+        self.kinds.update(other.kinds)
+        self.busy += other.busy
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "calls": self.calls,
+            "ok": self.ok,
+            "errors": self.errors,
+            "dropped": self.dropped,
+            "statuses": dict(self.statuses),
+            "kinds": dict(self.kinds),
+            "busy_s": round(self.busy, 6),
+            "latency": self.latency.to_dict(),
+            "corrected": self.corrected.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Bucket:
+        return cls(
+            calls=int(data.get("calls", 0)),
+            ok=int(data.get("ok", 0)),
+            errors=int(data.get("errors", 0)),
+            dropped=int(data.get("dropped", 0)),
+            statuses=Counter({str(k): int(v) for k, v in data.get("statuses", {}).items()}),
+            latency=Histogram.from_dict(data.get("latency", {})),
+            corrected=Histogram.from_dict(data.get("corrected", {})),
+            kinds=Counter({str(k): int(v) for k, v in data.get("kinds", {}).items()}),
+            busy=float(data.get("busy_s", 0.0)),
+        )
 
 
 class Series:
@@ -83,6 +121,13 @@ class Series:
         self._buckets = merged
         self.width *= 2
 
+    def take(self, before: float) -> list[tuple[float, Bucket]]:
+        """Remove and return the buckets that end at or before time `before`."""
+        done = sorted(
+            i for i in self._buckets if self.origin + (i + 1) * self.width <= before
+        )
+        return [(i * self.width, self._buckets.pop(i)) for i in done]
+
     def points(self) -> list[tuple[float, Bucket]]:
         """(seconds from the origin, bucket), in time order, gaps included as empty."""
         if not self._buckets:
@@ -104,6 +149,78 @@ def _pcts(hist: Histogram) -> dict[str, float | None]:
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One call as the series place it (from a result, a record or a test)."""
+
+    start: float  # the scheduled time, else the send
+    key: str  # the status, or the error kind when nothing was answered
+    kind: str | None  # the error kind of a failure
+    dropped: bool
+    ok: bool
+    latency_ms: float | None
+    corrected: float | None
+    sent_at: float | None
+
+
+def place(series: Series, sends: Series | None, call: Call) -> None:
+    """Add `call` to `series` (by its start) and to `sends` (by its send)."""
+    bucket = series.at(call.start)
+    bucket.statuses[call.key] += 1
+    if not call.ok:
+        bucket.kinds[call.kind or _UNNAMED] += 1
+    if call.dropped:
+        bucket.dropped += 1
+        return
+    _count(bucket, call)
+    if sends is None or call.sent_at is None:
+        return
+    sent = sends.at(call.sent_at)
+    sent.statuses[call.key] += 1
+    if not call.ok:
+        sent.kinds[call.kind or _UNNAMED] += 1
+    _count(sent, call)
+    # Seconds in flight, cut at bucket edges (a call rarely spans more than two).
+    t, end = call.sent_at, call.sent_at + (call.latency_ms or 0.0) / 1000.0
+    while t < end:
+        edge = sends.origin + (math.floor((t - sends.origin) / sends.width) + 1) * sends.width
+        sends.at(t).busy += min(end, edge) - t
+        t = edge
+
+
+def _count(bucket: Bucket, call: Call) -> None:
+    bucket.calls += 1
+    if call.ok:
+        bucket.ok += 1
+    else:
+        bucket.errors += 1
+    if call.latency_ms is not None:
+        bucket.latency.record(call.latency_ms)
+    if call.corrected is not None:
+        bucket.corrected.record(call.corrected)
+
+
+def make_call(
+    *,
+    status: int | None,
+    ok: bool,
+    error_kind: str | None,
+    latency_ms: float | None,
+    sent_at: float | None,
+    scheduled_at: float | None,
+) -> Call | None:
+    """The call to place (None: not timed, an invalid line)."""
+    corrected = latency_ms
+    if latency_ms is not None and sent_at is not None and scheduled_at is not None:
+        corrected = max(0.0, (sent_at - scheduled_at) * 1000.0) + latency_ms
+    start = scheduled_at if scheduled_at is not None else sent_at
+    if start is None:
+        return None
+    key = str(status) if status is not None else (error_kind or _UNNAMED)
+    dropped = error_kind == ErrorKind.DROPPED
+    return Call(start, key, error_kind, dropped, ok, latency_ms, corrected, sent_at)
+
+
 @dataclass(slots=True)
 class Figures:
     """Counters, histograms and the series of one run."""
@@ -121,11 +238,11 @@ class Figures:
     first: float | None = None
     last: float | None = None
     series: Series | None = None
+    #: The sent calls by their send time (a burst of late calls shows here).
+    sends: Series | None = None
     #: Start of the series (the run's start); None: the earliest of the first records.
     origin: float | None = None
-    _pending: list[tuple[float, str, bool, bool, float | None, float | None]] = field(
-        default_factory=list
-    )
+    _pending: list[Call] = field(default_factory=list)
 
     def add(
         self,
@@ -146,72 +263,81 @@ class Figures:
         else:
             self.failed += 1
             self.errors[error_kind or _UNNAMED] += 1
-        dropped = error_kind == ErrorKind.DROPPED
-        self.dropped += dropped
+        self.dropped += error_kind == ErrorKind.DROPPED
         key = str(status) if status is not None else (error_kind or _UNNAMED)
         self.statuses[key] += 1
-        corrected = latency_ms
-        if latency_ms is not None and sent_at is not None and scheduled_at is not None:
-            corrected = max(0.0, (sent_at - scheduled_at) * 1000.0) + latency_ms
+        call = make_call(
+            status=status,
+            ok=ok,
+            error_kind=error_kind,
+            latency_ms=latency_ms,
+            sent_at=sent_at,
+            scheduled_at=scheduled_at,
+        )
+        corrected = latency_ms if call is None else call.corrected
         if latency_ms is not None:
             self.latency.record(latency_ms)
         if corrected is not None:
             self.corrected.record(corrected)
-        start = scheduled_at if scheduled_at is not None else sent_at
-        if start is None:
+        if call is None:
             return
-        end = start + (corrected or 0.0) / 1000.0
-        if self.first is None or start < self.first:
-            self.first = start
+        end = call.start + (corrected or 0.0) / 1000.0
+        if self.first is None or call.start < self.first:
+            self.first = call.start
         if self.last is None or end > self.last:
             self.last = end
-        placed = (start, key, dropped, ok, latency_ms, corrected)
         if self.series is None and self.origin is not None:
-            self.series = Series(origin=self.origin, max_points=self.max_points)
+            self._open(self.origin)
         if self.series is None:
             # Records come in completion order: wait for a few before fixing the origin
             # at the earliest start, so the first bucket is a whole one.
-            self._pending.append(placed)
+            self._pending.append(call)
             if len(self._pending) >= _SETTLE:
                 self.timeline()
             return
-        self._place(self.series, *placed)
+        place(self.series, self.sends, call)
 
-    @staticmethod
-    def _place(
-        series: Series,
-        start: float,
-        key: str,
-        dropped: bool,
-        ok: bool,
-        latency_ms: float | None,
-        corrected: float | None,
-    ) -> None:
-        bucket = series.at(start)
-        bucket.statuses[key] += 1
-        if dropped:
-            bucket.dropped += 1
-            return
-        bucket.calls += 1
-        if ok:
-            bucket.ok += 1
-        else:
-            bucket.errors += 1
-        if latency_ms is not None:
-            bucket.latency.record(latency_ms)
-        if corrected is not None:
-            bucket.corrected.record(corrected)
+    def _open(self, origin: float) -> None:
+        self.series = Series(origin=origin, max_points=self.max_points)
+        self.sends = Series(origin=origin, max_points=self.max_points)
 
     def timeline(self) -> Series | None:
         """The per-second series (None before any timed record)."""
         if self._pending:
             if self.series is None:
-                origin = min(p[0] for p in self._pending)
-                self.series = Series(origin=origin, max_points=self.max_points)
-            for placed in self._pending:
-                self._place(self.series, *placed)
+                self._open(min(c.start for c in self._pending))
+            assert self.series is not None
+            for call in self._pending:
+                place(self.series, self.sends, call)
             self._pending.clear()
         return self.series
+
+    def add_line(self, line: dict[str, Any], *, origin: float) -> None:
+        """One bucket line of a `--series` file (`bucket_line`): its counters, and for
+        the scheduled view, the run's totals too."""
+        bucket = Bucket.from_dict(line)
+        at = origin + float(line["t"])
+        if self.series is None:
+            self._open(origin)
+        assert self.series is not None
+        assert self.sends is not None
+        if line.get("by") == "sent":
+            self.sends.at(at).merge(bucket)
+            return
+        self.series.at(at).merge(bucket)
+        n = bucket.calls + bucket.dropped
+        self.events += n
+        self.ok += bucket.ok
+        self.failed += n - bucket.ok
+        self.dropped += bucket.dropped
+        self.statuses.update(bucket.statuses)
+        self.errors.update(bucket.kinds)
+        self.latency.merge(bucket.latency)
+        self.corrected.merge(bucket.corrected)
+        if n:
+            self.first = at if self.first is None else min(self.first, at)
+            end = at + 1.0
+            self.last = end if self.last is None else max(self.last, end)
 
     def add_result(self, result: Result) -> None:
         self.add(
@@ -257,12 +383,28 @@ class Figures:
                     {
                         "t": round(offset, 3),
                         "rate": round(b.calls / width, 3),
+                        "scheduled": round((b.calls + b.dropped) / width, 3),
                         "ok": b.ok,
                         "errors": b.errors,
                         "dropped": b.dropped,
                         "statuses": dict(sorted(b.statuses.items())),
                         "latency_ms": _pcts(b.latency),
                         "corrected_latency_ms": _pcts(b.corrected),
+                    }
+                )
+        sends = []
+        sends_width = width
+        if self.sends is not None:
+            sends_width = self.sends.width
+            lead = (self.sends.origin - timeline.origin) if timeline is not None else 0.0
+            for offset, b in self.sends.points():
+                sends.append(
+                    {
+                        "t": round(lead + offset, 3),
+                        "rate": round(b.calls / sends_width, 3),
+                        "errors": b.errors,
+                        "in_flight": round(b.busy / sends_width, 3),
+                        "latency_ms": _pcts(b.latency),
                     }
                 )
         return {
@@ -281,6 +423,8 @@ class Figures:
             "start": self.first,
             "series_width_s": width,
             "series": series,
+            "sends_width_s": sends_width,
+            "sends": sends,
             "latency_histogram": coarse_bins(self.latency),
         }
 

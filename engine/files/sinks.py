@@ -27,6 +27,16 @@ if TYPE_CHECKING:
     from engine.core.records import Result
 
 
+def kept(batch: list[Result], which: str) -> list[Result]:
+    """The records `--records` keeps: all, errors (the calls not answered 2xx, the
+    invalid lines), or none."""
+    if which == "all":
+        return batch
+    if which == "none":
+        return []
+    return [r for r in batch if not r.ok]
+
+
 class Sink(Protocol):
     def write(self, data: bytes) -> None: ...
     def close(self) -> None: ...

@@ -6,20 +6,26 @@ Rules:
 - Plots: rate over time (calls, errors, dropped), latency percentiles over time (from
   the send and from the schedule), the latency histogram (log bins), status codes over
   time (stacked). Each mark has a <title>, so hovering shows the number.
+- The run: start, target, mode and options (from a --series file's header), the
+  target rate (calls scheduled per second) over the achieved one (sent per second, by
+  send time, so a burst of late calls shows), calls in flight, the error table and the
+  per-second figures by send time.
 - Everything from the input is escaped (statuses and error kinds come from a file).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from html import escape
 from typing import Any
 
 _W, _H = 760, 260
 _PAD_L, _PAD_R, _PAD_T, _PAD_B = 62, 16, 14, 38
-_PALETTE = ("#2563eb", "#16a34a", "#dc2626", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#64748b")
+PALETTE = ("#2563eb", "#16a34a", "#dc2626", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#64748b")
 _STATUS_COLORS = {
     "2": ("#16a34a", "#4ade80", "#166534"),
     "3": ("#0891b2", "#67e8f9"),
@@ -155,7 +161,7 @@ def histogram_chart(bins: Sequence[Mapping[str, Any]], *, label: str) -> str:
         y = frame.y(b["count"])
         body.append(
             f'<rect x="{x0:.1f}" y="{y:.1f}" width="{max(1.0, x1 - x0 - 1):.1f}" '
-            f'height="{_H - _PAD_B - y:.1f}" fill="{_PALETTE[0]}">'
+            f'height="{_H - _PAD_B - y:.1f}" fill="{PALETTE[0]}">'
             f"<title>{b['low']:.3g}-{b['high']:.3g} ms: {b['count']} calls</title></rect>"
         )
     decade = math.floor(lo)
@@ -175,7 +181,7 @@ def status_chart(series: Sequence[Mapping[str, Any]], width: float, *, label: st
     if not keys:
         return '<p class="empty">no data</p>'
     colours: dict[str, str] = {}
-    spare = iter(_PALETTE[3:] * 4)
+    spare = iter(PALETTE[3:] * 4)
     used: Counter[str] = Counter()
     for k in keys:  # one hue per status class, a shade per code; other kinds apart
         shades = _STATUS_COLORS.get(k[0], ()) if k.isdigit() and len(k) == 3 else ()
@@ -201,7 +207,7 @@ def status_chart(series: Sequence[Mapping[str, Any]], width: float, *, label: st
     return _svg(body, label) + _legend([(k, colours[k]) for k in keys])
 
 
-def _table(rows: Sequence[Sequence[str]]) -> str:
+def table(rows: Sequence[Sequence[str]]) -> str:
     head, *rest = rows
     return (
         "<table><tr>"
@@ -248,7 +254,7 @@ def _cards(data: Mapping[str, Any]) -> str:
 def _latency_table(data: Mapping[str, Any]) -> str:
     lat, cor = data["latency_ms"], data["corrected_latency_ms"]
     keys = ("p50", "p90", "p99", "p99.9", "max", "mean")
-    return _table(
+    return table(
         [
             ("latency (ms)", *keys),
             ("from send", *(_ms(lat.get(k)) for k in keys)),
@@ -259,7 +265,7 @@ def _latency_table(data: Mapping[str, Any]) -> str:
 
 def _status_table(statuses: Mapping[str, int]) -> str:
     total = sum(statuses.values()) or 1
-    return _table(
+    return table(
         [("status", "calls", "share")]
         + [(k, str(v), f"{100 * v / total:.1f}%") for k, v in statuses.items()]
     )
@@ -269,16 +275,16 @@ def _rate_plot(series: Sequence[Mapping[str, Any]], width: float) -> str:
     t = [p["t"] for p in series]
     return line_chart(
         [
-            ("calls/s", _PALETTE[0], list(zip(t, [p["rate"] for p in series], strict=True)), False),
+            ("calls/s", PALETTE[0], list(zip(t, [p["rate"] for p in series], strict=True)), False),
             (
                 "errors/s",
-                _PALETTE[2],
+                PALETTE[2],
                 [(x, p["errors"] / width) for x, p in zip(t, series, strict=True)],
                 False,
             ),
             (
                 "dropped/s",
-                _PALETTE[4],
+                PALETTE[4],
                 [(x, p["dropped"] / width) for x, p in zip(t, series, strict=True)],
                 True,
             ),
@@ -298,12 +304,12 @@ def _latency_plot(series: Sequence[Mapping[str, Any]]) -> str:
             [(x, p["latency_ms"][q]) for x, p in zip(t, series, strict=True)],
             False,
         )
-        for q, c in (("p50", _PALETTE[1]), ("p90", _PALETTE[0]), ("p99", _PALETTE[3]))
+        for q, c in (("p50", PALETTE[1]), ("p90", PALETTE[0]), ("p99", PALETTE[3]))
     ]
     lines.append(
         (
             "p99 from schedule",
-            _PALETTE[2],
+            PALETTE[2],
             [(x, p["corrected_latency_ms"]["p99"]) for x, p in zip(t, series, strict=True)],
             True,
         )
@@ -311,23 +317,126 @@ def _latency_plot(series: Sequence[Mapping[str, Any]]) -> str:
     return line_chart(lines, x_label="seconds", y_label="ms", label="latency over time")
 
 
-def html_report(data: Mapping[str, Any], *, title: str) -> str:
-    """The whole page for `Figures.to_dict()` output."""
-    series = data["series"]
-    width = float(data.get("series_width_s") or 1.0)
+def _when(epoch: object) -> str:
+    if not isinstance(epoch, int | float):
+        return "-"
+    return datetime.fromtimestamp(epoch, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _run_info(data: Mapping[str, Any]) -> str:
+    """Start, target host, mode and options (the --series header; secrets redacted there)."""
+    run = data.get("run")
+    if not isinstance(run, Mapping):
+        return (
+            f'<div id="run"><p>start {escape(_when(data.get("start")))}. Target, mode and '
+            "options are not in call records: give the run --series FILE and report that "
+            "file to see them.</p></div>"
+        )
+    options = run.get("options") or {}
+    rows: list[tuple[str, str]] = [("option", "value")]
+    rows += [(str(k), json.dumps(v) if not isinstance(v, str) else v) for k, v in options.items()]
+    return (
+        f'<div id="run"><p>start <b>{escape(_when(run.get("start")))}</b> · target '
+        f"<b>{escape(str(run.get('target')))}</b> · mode <b>{escape(str(run.get('mode')))}</b>"
+        f" · inputs {escape(', '.join(map(str, run.get('inputs') or [])))}</p>"
+        + (table(rows) if len(rows) > 1 else "<p>all options at their defaults</p>")
+        + "</div>"
+    )
+
+
+def _target_plot(data: Mapping[str, Any]) -> str:
+    series, sends = data["series"], data.get("sends") or []
+    lines: list[Line] = [
+        (
+            "target (scheduled calls/s)",
+            PALETTE[7],
+            [(p["t"], p.get("scheduled")) for p in series],
+            True,
+        ),
+        (
+            "achieved (sent calls/s, by send)",
+            PALETTE[0],
+            [(p["t"], p["rate"]) for p in sends],
+            False,
+        ),
+    ]
+    return line_chart(lines, x_label="seconds", y_label="calls per second", label="target rate")
+
+
+def _in_flight_plot(sends: Sequence[Mapping[str, Any]]) -> str:
+    points = [(p["t"], p["in_flight"]) for p in sends]
+    return line_chart(
+        [("calls in flight (mean)", PALETTE[3], points, False)],
+        x_label="seconds",
+        y_label="calls in flight",
+        label="calls in flight",
+    )
+
+
+def _error_table(data: Mapping[str, Any]) -> str:
+    messages = data.get("top_errors") or (data.get("figures") or {}).get("top_errors")
+    if messages:
+        rows = [("error message", "calls")] + [
+            (str(e["message"]), str(e["count"])) for e in messages
+        ]
+        return f'<div id="errors">{table(rows)}</div>'
+    kinds = data.get("errors") or {}
+    if not kinds:
+        return '<div id="errors"><p class="empty">no errors</p></div>'
+    rows = [("error", "calls")] + [(str(k), str(v)) for k, v in kinds.items()]
+    return f'<div id="errors">{table(rows)}</div>'
+
+
+def _sends_table(sends: Sequence[Mapping[str, Any]], width: float) -> str:
+    shown = sends if len(sends) <= 60 else sends[:: -(-len(sends) // 60)]
+    rows: list[tuple[str, ...]] = [("t (s)", "sent/s", "in flight", "errors", "p50 ms", "p99 ms")]
+    rows += [
+        (
+            f"{p['t']:g}",
+            f"{p['rate']:.1f}",
+            f"{p['in_flight']:.1f}",
+            str(p["errors"]),
+            _ms(p["latency_ms"]["p50"]),
+            _ms(p["latency_ms"]["p99"]),
+        )
+        for p in shown
+    ]
+    note = f"per {width:g} s" + (" (every few points)" if shown is not sends else "")
+    return f'<div id="sends"><p class="sub">{note}</p>{table(rows)}</div>'
+
+
+def page(title: str, body: str) -> str:
+    """A whole self-contained page around `body`."""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width,initial-scale=1">
 <title>{escape(title)}</title><style>{_CSS}</style></head><body>
 <h1>{escape(title)}</h1>
-<p class="sub">{data["events"]} records over {data["elapsed_s"]:.2f} s; series per {width:g} s.
+{body}
+</body></html>
+"""
+
+
+def html_report(data: Mapping[str, Any], *, title: str) -> str:
+    """The whole page for `Figures.to_dict()` output (with "run": a --series header)."""
+    series = data["series"]
+    sends = data.get("sends") or []
+    width = float(data.get("series_width_s") or 1.0)
+    sends_width = float(data.get("sends_width_s") or width)
+    return page(
+        title,
+        f"""{_run_info(data)}
+<p class="sub">{data["events"]} calls over {data["elapsed_s"]:.2f} s; series per {width:g} s.
 Latency "from schedule" counts the wait before a late send (coordinated omission corrected).</p>
 <div class="cards">{_cards(data)}</div>
 <h2>Latency</h2>{_latency_table(data)}
-<h2>Rate over time</h2>{_rate_plot(series, width)}
+<h2>Target rate and achieved rate</h2>{_target_plot(data)}
+<h2>Rate over time (by scheduled time)</h2>{_rate_plot(series, width)}
+<h2>Calls in flight</h2>{_in_flight_plot(sends)}
 <h2>Latency percentiles over time</h2>{_latency_plot(series)}
 <h2>Latency histogram</h2>{histogram_chart(data["latency_histogram"], label="latency histogram")}
 <h2>Status codes over time</h2>{status_chart(series, width, label="status codes over time")}
 <h2>Status codes</h2>{_status_table(data["statuses"])}
-</body></html>
-"""
+<h2>Errors</h2>{_error_table(data)}
+<h2>Per second by send time</h2>{_sends_table(sends, sends_width)}""",
+    )
