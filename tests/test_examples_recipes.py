@@ -13,7 +13,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+# End to end (bash, two adbatch processes each): 1.3-1.7 s a test, so slow.
+pytestmark = [
+    pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash"),
+    pytest.mark.slow,
+]
 
 
 def run_recipe(script: str, tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:

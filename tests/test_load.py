@@ -60,9 +60,16 @@ async def test_rate_200_for_3s_against_the_mock(
     assert 582 <= len(sent) <= 618  # within 3% of 600
     assert 582 <= mock.state.delivery_requests <= 618
     assert all(r["ok"] for r in sent)
-    # No 1-second window more than 5% above the rate, seen by the client and the server.
-    assert max_in_window([r["sent_at"] for r in sent]) <= 210
-    assert max_in_window([r.received_at for r in mock.state.requests]) <= 210
+    # No burst: nothing goes before its time, so a 1-second window of sends holds only the
+    # calls scheduled in it or in the `late` seconds before it (a stall of the shared loop
+    # on a busy 2-core machine makes a few calls late, and they go together: a fixed 210
+    # failed 1 run in 3 with 211). The server sees the same, give or take the loopback.
+    assert all(r["sent_at"] >= r["scheduled_at"] - 0.001 for r in sent)
+    late = max(r["sent_at"] - r["scheduled_at"] for r in sent)
+    assert late < 0.5  # a half-second stall would be a real fault of the schedule
+    bound = 200 * (1 + late) + 1
+    assert max_in_window([r["sent_at"] for r in sent]) <= bound
+    assert max_in_window([r.received_at for r in mock.state.requests]) <= bound + 5
     # Every record says when it was meant to go: exactly the pacer's schedule.
     scheduled = sorted(r["scheduled_at"] for r in recs)
     start = scheduled[0]

@@ -476,7 +476,9 @@ async def test_latency(session: aiohttp.ClientSession) -> None:
     async with running_mock(MockConfig(latency=0.1, latency_jitter=0.05)) as mock:
         start = time.monotonic()
         assert (await get(session, url_of(mock, params_for("viewHome"))))[0] == 200
-        assert 0.1 <= time.monotonic() - start < 0.5
+        # 0.1-0.15 s added; the upper bound only tells a delay from a hang, wide for a
+        # busy shared 2-core machine (the answer itself is checked, not its speed).
+        assert 0.1 <= time.monotonic() - start < 2.0
 
 
 def test_config_rejects_bad_probabilities() -> None:

@@ -339,6 +339,7 @@ async def test_token_echoed_by_the_server_is_redacted(
     assert data.count(b"[redacted]") == 5
 
 
+@pytest.mark.slow  # ~1.7 s end to end: 60 calls at 40/s
 @pytest.mark.anyio
 async def test_retries_take_rate_permits(tmp_path: Path, write_jsonl: Callable[..., Path]) -> None:
     n, rate = 40, 40.0

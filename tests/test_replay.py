@@ -43,7 +43,9 @@ async def test_replay_10s_at_speed_5_takes_2s_each_call_on_time(
     outcome = await run_load(
         config_for(mock, write_jsonl(rows), out), LoadPlan(mode="replay", speed=5)
     )
-    assert 1.95 <= outcome.summary.elapsed_s <= 2.5  # "about 2 s"
+    # "about 2 s": never before the schedule's end; the upper margin is for a busy 2-core
+    # machine (each call's time against its schedule is checked exactly below).
+    assert 1.95 <= outcome.summary.elapsed_s <= 3.5
     recs = {r["id"]: r for r in read_records(out)}
     assert len(recs) == len(OFFSETS)
     assert all(r["ok"] for r in recs.values())

@@ -24,6 +24,7 @@ from engine.cli.options import (
 )
 from engine.cli.run_options import add_run_options
 from engine.config import Config
+from engine.config import Config
 from engine.core.pacing import RatePacer, constant, parse_stages, ramp, stages
 from engine.errors import ConfigError
 from engine.files.sources import STDIN
