@@ -169,14 +169,22 @@ class LeaseSchedule:
 
     Subtleness: permits are granted on a virtual schedule, never saved up, so an idle
     moment does not turn into a burst later. Over any interval of T seconds the leases
-    granted hold at most rate * T + one lease of permits.
+    granted hold at most rate * (T + slack) + one lease of permits.
+
+    With `slack`, a caller that comes back up to `slack` seconds after its slot keeps
+    that slot (the permits are spent at once and the next slot follows from it): timer
+    and event-loop lateness is made up instead of lost, which is what held `run --rate`
+    10-17% under its target when every late wake-up restarted the schedule from `now`.
+    An idle moment longer than `slack` restarts the schedule from `now`: nothing is
+    saved up from it.
     """
 
     rate: float
+    slack: float = 0.0
     next_at: float = -math.inf
 
     def grant(self, now: float, n: int) -> float:
         """The time at which `n` permits asked for at `now` may be spent (>= now)."""
-        at = max(self.next_at, now)
+        at = self.next_at if self.next_at >= now - self.slack else now
         self.next_at = at + n / self.rate
-        return at
+        return max(at, now)
