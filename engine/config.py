@@ -21,6 +21,7 @@ from engine.core.headers import parse_headers
 from engine.core.proxies import parse_proxy_url
 from engine.core.secrets import token_problem
 from engine.core.stops import INTERNAL_STREAK
+from engine.core.thresholds import parse_thresholds
 
 DEFAULT_ENDPOINT = "https://d.us.criteo.com/delivery/retailmedia"
 DEFAULT_TOKEN_URL = "https://api.criteo.com/oauth2/token"
@@ -113,6 +114,8 @@ class Config:
     client_key: str | None = None
     # --header 'Name: value' (repeatable): added to every delivery call (core/headers.py).
     headers: tuple[str, ...] = ()
+    # --threshold EXPR (repeatable): pass/fail on the end figures, exit 4 (core/thresholds.py).
+    thresholds: tuple[str, ...] = ()
     shard: tuple[int, int] | None = None  # (I, N): this process takes shard I of N
     shard_by: Literal["position", "id"] = "position"
     backend: Literal["local", "ray"] = "local"
@@ -171,6 +174,7 @@ class Config:
                 raise ConfigError(f"--endpoint must be an http(s) URL, got {self.endpoint!r}")
             self._check_credentials()
         self._validate_reliability()
+        parse_thresholds(self.thresholds)  # a malformed one: ConfigError naming it
         if self.inputs.count("-") > 1:
             raise ConfigError("stdin ('-') can be read only once")
         self._validate_distribution()

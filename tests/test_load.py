@@ -239,7 +239,9 @@ def test_cli_load_on_mock_writes_summary(
     assert code == 0
     err = capsys.readouterr().err
     assert "20 scheduled, 20 sent, 0 dropped" in err
-    assert err.count("\n") == 2  # two summary lines; no progress when not a terminal
+    # two summary lines and the figures block; no progress when not a terminal
+    assert err.count("adbatch: ") == 3
+    assert "success  100.00% (20 ok of 20 calls; 0 errors, 0 dropped)" in err
     assert "\x1b" not in err
     data = orjson.loads(summary.read_bytes())
     assert data["sent"] == 20 == len(read_records(out))

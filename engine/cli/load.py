@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from dataclasses import replace
 from functools import partial
 
 from engine.api import run_load
@@ -26,6 +27,7 @@ from engine.cli.run_options import add_run_options
 from engine.config import Config
 from engine.config import Config
 from engine.core.pacing import RatePacer, constant, parse_stages, ramp, stages
+from engine.core.thresholds import judged, verdict_line
 from engine.errors import ConfigError
 from engine.files.sources import STDIN
 from engine.load.plan import DEFAULT_MAX_IN_FLIGHT, DEFAULT_REORDER, LoadOutcome, LoadPlan
@@ -232,6 +234,7 @@ def _run(args: argparse.Namespace, plan: LoadPlan) -> int:
         )
     # open_run checks --summary against the inputs and -o, and creates it, before the run.
     outcome: LoadOutcome = run_async(partial(run_load, config, plan, progress=progress))
+    outcome = replace(outcome, summary=judged(outcome.summary, config.thresholds))
     return _finish(outcome, config.summary)
 
 
@@ -245,8 +248,14 @@ def _records_off_terminal(config: Config) -> Config:
 
 
 def _finish(outcome: LoadOutcome, summary_path: str | None) -> int:
+    from engine.report.text import figures_text
+
     say(outcome.summary.line())
     say(outcome.line())
+    if outcome.summary.figures:
+        say("figures\n" + figures_text(outcome.summary.figures))
+    for verdict in outcome.summary.thresholds:
+        say(verdict_line(verdict))
     if outcome.summary.stopped:
         say(f"stopped: {outcome.summary.stopped}")
     if summary_path:

@@ -319,6 +319,15 @@ def _add_watch_options(watch: argparse._ArgumentGroup) -> None:
         help="keep /metrics and the dashboard up DURATION after the run, for a last "
         "scrape (default: 0)",
     )
+    watch.add_argument(
+        "--threshold",
+        dest="thresholds",
+        action="append",
+        metavar="EXPR",
+        help="pass/fail on the end figures, repeatable: p99<250ms (load/replay: from the "
+        "schedule; run: from the send), send.p99<200ms, errors<1%%, dropped<=0%%, "
+        "rate>=490/s; any failed: exit 4",
+    )
 
 
 def _add_other_options(misc: argparse._ArgumentGroup) -> None:

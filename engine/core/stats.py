@@ -10,10 +10,19 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from engine.core.figures import MAX_MESSAGES, OTHER_MESSAGES, count_message, figures
-from engine.core.records import ErrorKind
+from engine.core.figures import (
+    MAX_MESSAGES,
+    OTHER_MESSAGES,
+    count_message,
+    figures,
+    request_bytes,
+)
+from engine.core.records import ErrorKind, Response, Result
+
+if TYPE_CHECKING:
+    from engine.core.query import Request
 
 #: The exit code of a run whose --threshold failed (core/thresholds.py).
 THRESHOLD_FAILED = 4
@@ -169,6 +178,24 @@ class RunStats:
             self.errors[error_kind] += 1
         if latency_ms is not None:
             self.latency.record(latency_ms)
+
+    def add_result(self, result: Result) -> None:
+        """Count one record (the engine's writer, after its retries are counted)."""
+        self.add(
+            status=result.status,
+            ok=result.ok,
+            invalid=result.error_kind == ErrorKind.INVALID,
+            latency_ms=result.latency_ms,
+            error_kind=result.error_kind,
+            attempts=result.attempts,
+            error=result.error,
+        )
+
+    def count_io(self, request: Request, response: Response) -> Response:
+        """Count one attempt's bytes (counters only: lengths known at hand); `response`."""
+        self.bytes_in += len(response.body)
+        self.bytes_out += request_bytes(request)
+        return response
 
     def merge(self, other: RunStats) -> None:
         """Add another run's counters to these (worker processes, shards)."""

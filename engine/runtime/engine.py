@@ -57,7 +57,6 @@ from engine.core.call import (
     SlowDown,
 )
 from engine.core.events import Event, Invalid, Item, ReadCounts
-from engine.core.figures import request_bytes
 from engine.core.proxies import refused_stop, unreachable_stop
 from engine.core.query import RequestBuilder
 from engine.core.rates import AdaptiveRate
@@ -260,10 +259,7 @@ class Engine:
                     effect = answer(authorization)
                 elif type(effect) is Send:  # every call, so also before the match
                     response = await transport.send(request, effect.authorization)
-                    stats = self.state.stats  # bytes: counters only (core/figures.py)
-                    stats.bytes_in += len(response.body)
-                    stats.bytes_out += request_bytes(request)
-                    effect = answer(response)
+                    effect = answer(self.state.stats.count_io(request, response))  # bytes
                 else:
                     match effect:
                         case Renew():
@@ -322,15 +318,7 @@ class Engine:
         state = self.state
         for reason in result.retries:
             state.stats.retries[reason] += 1
-        state.stats.add(
-            status=result.status,
-            ok=result.ok,
-            invalid=result.error_kind == ErrorKind.INVALID,
-            latency_ms=result.latency_ms,
-            error_kind=result.error_kind,
-            attempts=result.attempts,
-            error=result.error,
-        )
+        state.stats.add_result(result)
         if result.ok:
             state.fatal_streak = 0
             state.first_fatal = None
