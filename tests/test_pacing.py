@@ -7,7 +7,7 @@ import math
 import pytest
 
 from engine.core.pacing import (
-    BurstCap,
+    CatchUp,
     RatePacer,
     ReorderWindow,
     ReplaySchedule,
@@ -215,55 +215,60 @@ def test_bad_schedules(build: object, message: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("factor", "calls", "expected"),
+    ("calls", "expected"),
     [
-        # (due, when the dispatcher is ready) -> send offset, 1-s windows
-        pytest.param(1.04, [(0, 0), (0.5, 0.5), (1.0, 1.0)], [0, 0.5, 1.0], id="on-time"),
+        pytest.param([(0, 0), (0.1, 0.1), (0.2, 0.2)], [0, 0.1, 0.2], id="on-time-never-held"),
         pytest.param(
-            1.5,
-            [(0, 0), (0.25, 0.9), (0.5, 0.9), (0.75, 0.9), (1.0, 1.0), (1.25, 1.25)],
-            [0, 0.9, 0.9, 0.9, 1.0, 1.25],
-            id="stall-made-up-within-headroom",
+            [(0, 0), (0.1, 0.5), (0.2, 0.5), (0.3, 0.5), (0.4, 0.5), (0.5, 0.5), (0.6, 0.6)],
+            [0, 0.5, 0.58, 0.66, 0.74, 0.82, 0.9],
+            id="stall-spread-at-1.25x",
         ),
+        pytest.param([(0, 0)] * 3 + [(0.5, 0.5)], [0, 0, 0, 0.5], id="scheduled-burst-allowed"),
         pytest.param(
-            1.0,
-            [(0, 0), (0.25, 0.9), (0.5, 0.9), (0.75, 0.9), (1.0, 1.0), (1.25, 1.25)],
-            [0, 0.9, 0.9, 0.9, 1.0, 1.9],
-            id="no-headroom-holds-the-next-call",
-        ),
-        pytest.param(
-            1.04,
-            [(0, 0), (0.1, 2.0), (0.2, 2.0), (0.3, 2.0), (0.4, 2.0)],
-            [0, 2.0, 2.0, 2.0, 2.0],
-            id="sends-older-than-a-window-do-not-count",
-        ),
-        pytest.param(
-            1.0, [(0, 0)] * 3 + [(0.5, 0.5)], [0, 0, 0, 0.5], id="scheduled-burst-allowed"
+            [(0, 0), (0.1, 0.35), (0.2, 0.35), (0.3, 0.35), (1.0, 1.0), (1.1, 1.1), (2, 2)],
+            [0, 0.35, 0.43, 0.51, 1.07, 1.15, 2.0],
+            id="lateness-shrinks-by-a-fifth-of-each-gap",
         ),
     ],
 )
-def test_burst_cap(factor: float, calls: list[tuple[float, float]], expected: list[float]) -> None:
-    cap = BurstCap(factor=factor)
+def test_catch_up(calls: list[tuple[float, float]], expected: list[float]) -> None:
+    """(due, when the dispatcher is ready) -> when the call goes; 10/s, factor 1.25."""
+    pacer = CatchUp()
     sends = []
     for due, ready in calls:
-        at = max(cap.earliest(due), ready)
-        cap.sent(at)
+        at = max(pacer.earliest(due), ready)
+        pacer.sent(at)
         sends.append(at)
     assert sends == pytest.approx(expected)
 
 
-def test_burst_cap_bounds_every_window_after_a_stall() -> None:
-    """200/s for 5 s with a 300 ms stall at 1 s: every 1-s window holds <= 208 sends
-    (4% headroom), every call is sent, and the run ends on schedule."""
-    cap = BurstCap()
+@pytest.mark.parametrize(
+    ("skip", "due", "elapsed", "missed"),
+    [
+        pytest.param(False, 0.0, 5.0, False, id="spread-never-misses"),
+        pytest.param(True, 1.0, 1.05, False, id="skip-slightly-late-still-sent"),
+        pytest.param(True, 1.0, 1.2, True, id="skip-missed-slot"),
+    ],
+)
+def test_catch_up_skip(skip: bool, due: float, elapsed: float, missed: bool) -> None:
+    assert CatchUp(skip=skip).missed(due, elapsed) is missed
+
+
+def test_catch_up_bounds_every_100ms_window_after_a_stall() -> None:
+    """500/s for 10 s, the client stalled from 1 s to 2 s: every 100 ms window holds at
+    most 1.25 x 50 sends + 1 (a window can start right on a send), every call is sent,
+    and the schedule is caught up 4 s later (the backlog of 500 drains at 125/s extra)."""
+    pacer = CatchUp()
     sends = []
-    for n in range(1000):
-        due = n / 200
-        ready = 1.3 if 1.0 <= due < 1.3 else due
-        at = max(cap.earliest(due), ready)
-        cap.sent(at)
+    for n in range(5000):
+        due = n / 500
+        ready = 2.0 if 1.0 <= due < 2.0 else due
+        at = max(pacer.earliest(due), ready)
+        pacer.sent(at)
         sends.append(at)
-    assert max(sum(1 for s in sends if t <= s < t + 1) for t in sends) == 208
-    late = [s - n / 200 for n, s in enumerate(sends)]
-    assert max(late) == pytest.approx(0.3)
-    assert late[-1] == pytest.approx(0.0)
+    busiest = max(sum(1 for s in sends if t <= s < t + 0.1 - 1e-9) for t in sends)
+    assert busiest <= 1.25 * 50 + 1
+    assert busiest > 55  # the backlog does go out faster than scheduled
+    late = [s - n / 500 for n, s in enumerate(sends)]
+    assert max(late) == pytest.approx(1.0)
+    assert late[3000] == pytest.approx(0.0, abs=1e-6)  # due at 6 s: on time again

@@ -134,6 +134,14 @@ def _add_measure_options(p: argparse.ArgumentParser) -> None:
         "or wait for a free slot (replay's default; the wait counts in the latency "
         "from the schedule)",
     )
+    g.add_argument(
+        "--catch-up",
+        choices=("spread", "skip"),
+        default="spread",
+        help="after a client stall (GC, SIGSTOP): spread the late calls at most 25%% above "
+        "the scheduled rate (default), or skip the calls more than 100 ms late, counted "
+        "as dropped (k6's behaviour)",
+    )
     g.add_argument("--summary", metavar="FILE", help="write the run's figures here as JSON")
     g.add_argument(
         "--series",
@@ -185,6 +193,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         access_log=args.access_log,
         max_in_flight=args.max_in_flight,
         when_full=args.when_full,
+        catch_up=args.catch_up,
     )
     return _run(args, plan)
 
@@ -231,6 +240,7 @@ def _run(args: argparse.Namespace, plan: LoadPlan) -> int:
             loop=not args.no_loop,
             max_in_flight=args.max_in_flight,
             when_full=args.when_full,
+            catch_up=args.catch_up,
         )
     # open_run checks --summary against the inputs and -o, and creates it, before the run.
     outcome: LoadOutcome = run_async(partial(run_load, config, plan, progress=progress))

@@ -15,8 +15,8 @@ Rules:
   form. The end of the schedule is exclusive: 200/s for 3 s is exactly 600 hits.
 - Replay is separate (`ReplaySchedule`): recorded timestamps scaled by a speed, idle gaps
   clamped, a minimum spacing for a rate cap (it delays, never drops).
-- `BurstCap` lets a stalled client make up its late calls without a burst above the
-  scheduled rate (4% of headroom in any 1-second window).
+- `CatchUp` lets a stalled client make up its late calls at most 25% above the
+  scheduled rate (any 100 ms window), or skip them (`--catch-up skip`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from __future__ import annotations
 import heapq
 import math
 from bisect import bisect_right
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
@@ -219,40 +218,43 @@ class ReplaySchedule:
 
 
 @dataclass(slots=True)
-class BurstCap:
-    """No `window` seconds hold more than `factor` times the calls scheduled in them.
+class CatchUp:
+    """When a late call may go out: never faster than `factor` x its scheduled rate.
 
-    A stalled client (CPU, a GC pause) has calls to make up. Sending them all at once
-    would be a burst the schedule never asked for; holding them back at the scheduled
-    rate would never catch up. This sliding-window cap lets them out as fast as the rate
-    allows with `factor` of headroom: every window of sends (whatever its alignment,
-    since each one ends at some send) stays within the cap, calls that are on time are
-    never held, and a late call's lateness stays in its record (`sent_at -
-    scheduled_at`). Memory: the sends and dues of one window.
+    A stalled client (GC, SIGSTOP, a slow disk) has calls to make up. Sending them all
+    at once would be a burst the schedule never asked for (a 1-second sliding cap let
+    520 calls out in one 100 ms window at 500/s); holding them to the scheduled rate
+    would never catch up. Here each call keeps at least its scheduled gap to the
+    previous one, divided by `factor`, counted from when the previous one really went:
+    a call on time goes at its due time, late calls leave `factor` x faster than
+    scheduled until the schedule is caught up, so a 100 ms window carries at most
+    `factor` x its scheduled share (+ one call at the window's edge). It is a function
+    of (due, previous due, previous send): no clock, tested by tables. The lateness
+    stays in the record (`sent_at - scheduled_at`).
+
+    `skip` (k6's behaviour): a call more than `skip_after` seconds behind its due time
+    when its turn comes is not sent but counted as dropped (`missed`).
     """
 
-    factor: float = 1.04
-    window: float = 1.0
-    _dues: deque[float] = field(default_factory=deque)
-    _sends: deque[float] = field(default_factory=deque)
+    factor: float = 1.25
+    skip: bool = False
+    skip_after: float = 0.1
+    _last_due: float | None = None
+    _last_sent: float = -math.inf
 
     def earliest(self, due: float) -> float:
-        """The earliest offset at which the call due at `due` may go out."""
-        dues, sends = self._dues, self._sends
-        dues.append(due)
-        while dues[0] <= due - self.window:
-            dues.popleft()
-        while sends and sends[0] <= due - self.window:
-            sends.popleft()
-        allowed = max(len(dues), math.floor(self.factor * len(dues)))
-        if len(sends) < allowed:
-            return due
-        # the moment the allowed-th most recent send leaves the window
-        return max(due, sends[len(sends) - allowed] + self.window)
+        """The earliest offset at which the call due at `due` may go out (dues in order)."""
+        gap = 0.0 if self._last_due is None else max(0.0, due - self._last_due) / self.factor
+        self._last_due = due
+        return max(due, self._last_sent + gap)
+
+    def missed(self, due: float, elapsed: float) -> bool:
+        """With `skip`: whether the call due at `due` is too late to send at `elapsed`."""
+        return self.skip and elapsed - due > self.skip_after
 
     def sent(self, at: float) -> None:
-        """A call went out at offset `at` (offsets never go back)."""
-        self._sends.append(at)
+        """A call went out at offset `at`."""
+        self._last_sent = at
 
 
 T = TypeVar("T")

@@ -34,6 +34,9 @@ class LoadPlan:
     #: With every slot busy: "drop" the call (load's default) or "wait" for a slot
     #: (replay's default; wrk2's model: the wait counts in the latency from the schedule).
     when_full: Literal["drop", "wait"] | None = None
+    #: After a client stall: "spread" the late calls at <= 1.25x the scheduled rate, or
+    #: "skip" (drop and count) the calls more than 100 ms late (k6's behaviour).
+    catch_up: Literal["spread", "skip"] = "spread"
 
     @property
     def drops(self) -> bool:
@@ -52,6 +55,8 @@ class LoadPlan:
             raise ConfigError(f"--reorder must be 0 or more, got {self.reorder}")
         if self.when_full not in (None, "drop", "wait"):
             raise ConfigError(f"--when-full must be drop or wait, got {self.when_full!r}")
+        if self.catch_up not in ("spread", "skip"):
+            raise ConfigError(f"--catch-up must be spread or skip, got {self.catch_up!r}")
         return self
 
 
