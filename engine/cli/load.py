@@ -25,7 +25,6 @@ from engine.cli.options import (
 )
 from engine.cli.run_options import add_run_options
 from engine.config import Config
-from engine.config import Config
 from engine.core.pacing import RatePacer, constant, parse_stages, ramp, stages
 from engine.core.thresholds import judged, verdict_line
 from engine.errors import ConfigError
@@ -250,7 +249,12 @@ def _run(args: argparse.Namespace, plan: LoadPlan) -> int:
 
 def _records_off_terminal(config: Config) -> Config:
     """No -o and stdout a terminal: a load test's records would scroll by by the
-    thousand; write none and say how to keep them."""
+    thousand; write none and say how to keep them. --series is one process's."""
+    if config.series is not None and config.workers > 1:
+        raise ConfigError(
+            f"--series is written by a single process: drop --workers {config.workers} "
+            "(--summary FILE holds the merged figures)"
+        )
     if config.output is not None or config.records == "none" or not sys.stdout.isatty():
         return config
     say("records not written to the terminal: give -o FILE")

@@ -1,0 +1,266 @@
+"""Long tests without giant files, and runs you can compare (issue 13 items 8, 9):
+--records, --series, no records on a terminal, adbatch report on a series file and on
+two runs, the HTML report in headless Chromium."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+import pytest
+from pty_screen import run_in_pty
+from test_report import _chromium, png_pixels
+
+from engine.cli.main import main
+from engine.config import Config
+from engine.core.records import Result
+from engine.core.secrets import Secrets
+from engine.core.series import Figures
+from engine.core.serieslog import SecondLog, read_series
+from engine.load.series_file import header
+from engine.mock import MockConfig, running_mock
+from engine.report.compare import compare_rows
+
+T0 = 1_790_000_000.0
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "pageviews.jsonl"
+
+
+def result(sched: float | None, sent: float | None, *, status: int | None = 200,
+           lat: float | None = 10.0, kind: str | None = None) -> Result:  # fmt: skip
+    ok = status is not None and 200 <= status < 300
+    return Result(
+        seq=0, id=None, source="t", status=status, ok=ok, attempts=1, latency_ms=lat,
+        sent_at=None if sent is None else T0 + sent, error=None if ok else "bad",
+        response=None, error_kind=kind if kind else (None if ok else f"http_{status}"),
+        scheduled_at=None if sched is None else T0 + sched,
+    )  # fmt: skip
+
+
+def through_series(results: list[Result], *, take_at: list[float]) -> dict[str, Any]:
+    """`results` written as a --series file would be (taken at the given times), read back."""
+    log = SecondLog(origin=T0)
+    lines = [orjson.dumps({"adbatch_series": 1, "start": T0})]
+    for r in results:
+        log.add(r)
+    for t in take_at:
+        lines += [orjson.dumps(x, option=orjson.OPT_NON_STR_KEYS) for x in log.take(T0 + t)]
+    lines += [orjson.dumps(x, option=orjson.OPT_NON_STR_KEYS) for x in log.take_all()]
+    lines.append(orjson.dumps({"end": True, "elapsed_s": 3.0, "invalid": log.invalid}))
+    figures, head, elapsed, bad = read_series(lines)
+    assert (head["start"], elapsed, bad) == (T0, 3.0, 0)
+    return figures.to_dict(elapsed_s=elapsed)
+
+
+MIXED = [
+    result(0.1, 0.1, lat=5),
+    result(0.5, 0.9, lat=40),
+    result(1.2, 1.25, status=503),
+    result(1.5, None, status=None, lat=None, kind="dropped"),
+    result(2.0, 2.0, lat=700),
+    result(None, None, status=None, lat=None, kind="invalid"),
+]
+
+
+@pytest.mark.parametrize("take_at", [pytest.param([], id="at-the-end"),
+                                      pytest.param([1.0, 2.5], id="as-the-run-goes")])  # fmt: skip
+def test_series_file_gives_the_figures_of_the_records(take_at: list[float]) -> None:
+    direct = Figures(origin=T0)
+    for r in MIXED:
+        direct.add_result(r)
+    want = direct.to_dict(elapsed_s=3.0)
+    got = through_series(MIXED, take_at=take_at)
+    for key in ("events", "sent", "ok", "failed", "invalid", "dropped", "statuses", "errors",
+                "latency_ms", "corrected_latency_ms", "rate", "series", "sends"):  # fmt: skip
+        assert got[key] == want[key], key
+
+
+def test_a_late_straggler_adds_to_its_second() -> None:
+    log = SecondLog(origin=T0)
+    log.add(result(0.2, 0.2))
+    first = log.take(T0 + 1.5)
+    log.add(result(0.4, 0.4))  # answered after its second was written
+    lines = [orjson.dumps({"adbatch_series": 1, "start": T0})]
+    lines += [orjson.dumps(x, option=orjson.OPT_NON_STR_KEYS) for x in first + log.take_all()]
+    figures, _, _, _ = read_series(lines)
+    data = figures.to_dict()
+    assert data["sent"] == 2
+    assert [p["rate"] for p in data["series"]] == [2.0]
+
+
+def test_a_burst_shows_by_send_time_not_by_schedule() -> None:
+    # 10 calls a second for 3 s on the schedule; the client stalls in second 1 and
+    # sends that second's calls at 2.0-2.1 s.
+    results = [result(i / 10, i / 10 if not 10 <= i < 20 else 2.0 + (i - 10) / 100)
+               for i in range(30)]  # fmt: skip
+    figures = Figures(origin=T0)
+    for r in results:
+        figures.add_result(r)
+    data = figures.to_dict()
+    assert [p["scheduled"] for p in data["series"]] == [10, 10, 10]
+    assert [p["rate"] for p in data["sends"]] == [10, 0, 20]
+
+
+def test_calls_in_flight_are_cut_at_second_edges() -> None:
+    figures = Figures(origin=T0)
+    figures.add_result(result(0.75, 0.75, lat=500))  # in flight 0.75-1.25 s
+    figures.add_result(result(1.0, 1.0, lat=1000))  # 1.0-2.0 s
+    assert [p["in_flight"] for p in figures.to_dict()["sends"]] == [0.25, 1.25]
+
+
+def fig(rate: float, p99: float, failed: int = 0) -> dict[str, Any]:
+    figures = Figures(origin=T0)
+    for i in range(100):
+        status = 500 if i < failed else 200
+        figures.add_result(result(i / 100, i / 100, lat=p99 if i == 99 else 1.0, status=status))
+    data = figures.to_dict(elapsed_s=100 / rate)
+    return data
+
+
+@pytest.mark.parametrize(
+    ("b", "metric", "verdict"),
+    [
+        pytest.param(fig(100, 50), "p99.9 from send", "worse", id="slower"),
+        pytest.param(fig(100, 5), "p99.9 from send", "better", id="faster"),
+        pytest.param(fig(80, 10), "rate", "worse", id="lower-rate"),
+        pytest.param(fig(100, 10, failed=3), "errors", "worse", id="more-errors"),
+        pytest.param(fig(100.5, 10), "rate", "", id="under-1%-is-noise"),
+    ],
+)
+def test_compare_marks_the_change(b: dict[str, Any], metric: str, verdict: str) -> None:
+    rows = {r["metric"]: r for r in compare_rows(fig(100, 10), b)}
+    assert rows[metric]["verdict"] == verdict
+
+
+def test_series_header_redacts_secrets() -> None:
+    config = Config(
+        token="tok-SECRET-1234567890", proxy="http://user:pw-SECRET@127.0.0.1:3128",
+        headers=("X-Api-Key: key-SECRET",), rate=50.0, endpoint="https://ads.example/d",
+    )  # fmt: skip
+    secrets = Secrets(["tok-SECRET-1234567890", "pw-SECRET"])
+    head = header(config, secrets, mode="load", start=T0)
+    text = orjson.dumps(head).decode()
+    assert "SECRET" not in text
+    assert head["options"]["rate"] == 50.0
+    assert head["options"]["token"] == "(redacted)"
+    assert head["target"] == "ads.example"
+
+
+# -- against the mock ---------------------------------------------------------------------
+
+
+def adbatch(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "engine", *argv], cwd=cwd, capture_output=True, text=True,
+        timeout=60, check=False, env={**os.environ, "PYTHONPATH": str(Path.cwd())},
+    )  # fmt: skip
+
+
+LOAD = ("load", "--mock", str(EXAMPLES), "--rate", "50", "--duration", "2s", "--no-progress")
+
+
+@pytest.mark.slow
+def test_load_series_records_and_report(tmp_path: Path) -> None:
+    done = adbatch(*LOAD, "-o", "all.jsonl", "--series", "a.series", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    records = (tmp_path / "all.jsonl").read_bytes().splitlines()
+    assert len(records) == 100
+    lines = [orjson.loads(x) for x in (tmp_path / "a.series").read_bytes().splitlines()]
+    assert lines[0]["mode"] == "load"
+    assert lines[0]["options"]["rate"] == 50.0
+    assert lines[-1]["end"] is True
+    assert {x["by"] for x in lines[1:-1]} == {"scheduled", "sent"}
+    assert sum(x["calls"] for x in lines[1:-1] if x["by"] == "scheduled") == 100
+
+    # The same figures from either file.
+    for name in ("all.jsonl", "a.series"):
+        shown = adbatch("report", name, "--summary", f"{name}.json", cwd=tmp_path)
+        assert shown.returncode == 0, shown.stderr
+        data = orjson.loads((tmp_path / f"{name}.json").read_bytes())
+        assert (data["sent"], data["ok"]) == (100, 100), name
+
+    # --records errors and none: nothing written when all is well; the series still is.
+    for which in ("errors", "none"):
+        done = adbatch(*LOAD, "-o", f"{which}.jsonl", "--records", which,
+                       "--series", f"{which}.series", cwd=tmp_path)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert (tmp_path / f"{which}.jsonl").read_bytes() == b""
+        assert (tmp_path / f"{which}.series").stat().st_size > 0
+
+    compared = adbatch("report", "a.series", "none.series", "--html", "cmp.html", cwd=tmp_path)
+    assert compared.returncode == 0, compared.stderr
+    assert "p99 from schedule (ms)" in compared.stdout
+    assert "change B - A" in compared.stdout
+    assert 'id="compare"' in (tmp_path / "cmp.html").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+async def test_load_errors_only_keeps_the_failures(tmp_path: Path) -> None:
+    async with running_mock(MockConfig(fail_500=0.3)) as server:
+        argv = ["load", str(EXAMPLES), "--rate", "50", "--duration", "2s", "--no-progress",
+                "--endpoint", server.delivery_url, "--token", "mock-token", "-o", "e.jsonl",
+                "--records", "errors"]  # fmt: skip
+        done = await anyio.to_thread.run_sync(lambda: adbatch(*argv, cwd=tmp_path))
+    assert done.returncode == 1, done.stderr
+    records = [orjson.loads(x) for x in (tmp_path / "e.jsonl").read_bytes().splitlines()]
+    assert 0 < len(records) < 100  # the mock failed some calls, not all
+    assert all(r["status"] == 500 for r in records)
+
+
+def test_run_refuses_records_other_than_all(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["run", "--mock", str(EXAMPLES), "-o", str(tmp_path / "o"), "--records",
+                 "errors"]) == 2  # fmt: skip
+    assert "--records is for load and replay" in capsys.readouterr().err
+    config = tmp_path / "c.toml"
+    config.write_text('records = "none"\n')
+    assert main(["run", "--mock", str(EXAMPLES), "-o", str(tmp_path / "o"),
+                 "--config", str(config)]) == 2  # fmt: skip
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_load_to_a_terminal_writes_no_records() -> None:
+    screen = run_in_pty([sys.executable, "-m", "engine", *LOAD], columns=120)
+    text = screen.seen_text()
+    assert screen.returncode == 0, text
+    assert "records not written to the terminal: give -o FILE" in text
+    assert '"seq"' not in text
+
+
+@pytest.mark.slow
+def test_series_report_renders_in_headless_chromium(tmp_path: Path) -> None:
+    chromium = _chromium()
+    if chromium is None:
+        pytest.skip("no chromium on this machine")
+    done = adbatch(*LOAD, "-o", "/dev/null", "--series", "s.series", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    shown = adbatch("report", "s.series", "--html", "r.html", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    page = tmp_path / "r.html"
+    base = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+            "--no-first-run", "--proxy-server=127.0.0.1:9",
+            f"--user-data-dir={tmp_path / 'profile'}"]  # fmt: skip
+    env = {**os.environ, "HOME": str(tmp_path)}
+    dom = subprocess.run([*base, "--dump-dom", page.as_uri()], capture_output=True,
+                         text=True, timeout=50, env=env, check=False)  # fmt: skip
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    for needle in ("mode <b>load</b>", "embedded mock", "UTC", "rate", "Calls in flight",
+                   'id="errors"', 'id="sends"', 'aria-label="target rate"'):  # fmt: skip
+        assert needle in dom.stdout, needle
+    shot = tmp_path / "shot.png"
+    proc = subprocess.run([*base, "--window-size=800,1600", f"--screenshot={shot}",
+                           page.as_uri()], capture_output=True, timeout=50, env=env,
+                          check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    _, _, colours = png_pixels(shot.read_bytes())
+    # Achieved rate (blue), target (slate, dashed), calls in flight (purple) were drawn.
+    for name, rgb in (("blue", (0x25, 0x63, 0xEB)), ("slate", (0x64, 0x74, 0x8B)),
+                      ("purple", (0x93, 0x33, 0xEA))):  # fmt: skip
+        assert colours[rgb] > 5, name
