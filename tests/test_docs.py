@@ -166,6 +166,12 @@ RUN = {
     "-o out.jsonl",
     "adbatch replay --mock examples/access.log --speed 5 --max-gap 2 --rate 100 -o out.jsonl",
     "adbatch report out.jsonl --html report.html --summary figures.json",
+    "adbatch load --mock examples/pageviews.jsonl --rate 50 --duration 10s --records errors "
+    "--series base.series -o errors.jsonl",
+    "adbatch load --mock examples/pageviews.jsonl --rate 50 --duration 10s --series new.series "
+    "-o /dev/null",
+    "adbatch report new.series --html series.html",
+    "adbatch report base.series new.series --html compare.html",
     "adbatch run events.jsonl -o out.jsonl",
     "adbatch run events.jsonl -o out.jsonl --resume",
     "adbatch run pageviews.jsonl -o ads.jsonl",
