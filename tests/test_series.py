@@ -264,3 +264,15 @@ def test_series_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     for name, rgb in (("blue", (0x25, 0x63, 0xEB)), ("slate", (0x64, 0x74, 0x8B)),
                       ("purple", (0x93, 0x33, 0xEA))):  # fmt: skip
         assert colours[rgb] > 5, name
+
+
+@pytest.mark.slow
+def test_load_workers_honour_records_and_refuse_series(tmp_path: Path) -> None:
+    done = adbatch(*LOAD, "--workers", "2", "--records", "none", "-o", "w.jsonl",
+                   "--summary", "w.json", cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "w.jsonl").read_bytes() == b""
+    assert orjson.loads((tmp_path / "w.json").read_bytes())["ok"] == 100
+    refused = adbatch(*LOAD, "--workers", "2", "--series", "s", "-o", "w.jsonl", cwd=tmp_path)
+    assert refused.returncode == 2
+    assert "--series is written by a single process" in refused.stderr

@@ -42,7 +42,7 @@ from engine.core.events import EventDefaults, Item
 from engine.core.records import Result, jsonl, jsonl_parts
 from engine.core.secrets import Secrets
 from engine.core.tally import Tally, tally_of
-from engine.files.sinks import JsonlSink
+from engine.files.sinks import JsonlSink, kept
 from engine.multiproc.messages import (
     Answered,
     Done,
@@ -178,11 +178,12 @@ class _Worker:
             lines = [(r.seq, self._redact(r.to_json() + b"\n")) for r in batch]
             await self.send(Ordered(lines, len(batch)))
         else:
-            await self.send(Records(self._redact(jsonl(batch)), len(batch)))
+            kept_ = kept(batch, self.config.records)  # --records errors|none (load, replay)
+            await self.send(Records(self._redact(jsonl(kept_)) if kept_ else b"", len(batch)))
 
     def write(self, batch: list[Result]) -> None:
         assert self.sink is not None
-        for part in jsonl_parts(batch):  # big answers: one record at a time
+        for part in jsonl_parts(kept(batch, self.config.records)):  # big answers: one by one
             self.sink.write(self._redact(part))
         self.unreported += len(batch)
 
