@@ -109,3 +109,20 @@ def test_404_on_every_call_names_the_endpoint(mock_url: str, path: str, hinted: 
     else:
         assert done.returncode == 0, done.stderr
         assert hints == []
+
+
+def test_report_refuses_an_input_file(tmp_path: Path) -> None:
+    done = _adbatch("report", str(EXAMPLES / "pageviews.jsonl"))
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.count("\n") == 1
+    assert "holds no records of a run" in done.stderr
+
+
+def test_report_reads_a_runs_output(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    run = _adbatch("run", "--mock", str(EXAMPLES / "pageviews.jsonl"), "-o", str(out))
+    assert run.returncode == 0, run.stderr
+    done = _adbatch("report", str(out))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("records   40")

@@ -181,13 +181,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     if config.series is not None:
         raise ConfigError("--series is for load and replay; run's figures: --summary FILE")
-    if config.records != "all":
-        raise ConfigError(
-            "run writes one record per input line (--resume reads them): --records is "
-            "for load and replay; keep the failures with: jq -c 'select(.ok|not)'"
-        )
-    if config.series is not None:
-        raise ConfigError("--series is for load and replay; run's figures: --summary FILE")
     if "-" in config.inputs and sys.stdin.isatty():
         say("reading events from stdin (JSONL; Ctrl-D ends, Ctrl-C aborts)")
     csv_stdin = hints.stdin_looks_like_csv(config)
