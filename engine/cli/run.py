@@ -111,7 +111,11 @@ def _add_mock_parser(sub: Subparsers) -> None:
         metavar="FILE",
         help="answer every valid delivery call with this file's bytes (benchmarks)",
     )
-    faults = mock_p.add_argument_group("faults (probabilities 0..1, at most 1 together)")
+    _add_fault_options(mock_p.add_argument_group("faults (probabilities 0..1, at most 1 together)"))
+    mock_p.set_defaults(handler=cmd_mock)
+
+
+def _add_fault_options(faults: argparse._ArgumentGroup) -> None:
     for option, what in (
         ("--p500", "answer 500"),
         ("--p503", "answer 503 with Retry-After: 0"),
@@ -138,7 +142,6 @@ def _add_mock_parser(sub: Subparsers) -> None:
     faults.add_argument(
         "--seed", type=int, default=0, help="seed of the fault draws (default: %(default)s)"
     )
-    mock_p.set_defaults(handler=cmd_mock)
 
 
 def _port(text: str) -> int:

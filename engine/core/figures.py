@@ -32,11 +32,23 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-if TYPE_CHECKING:  # stats.summarize calls figures(): no import cycle at run time
+if TYPE_CHECKING:
     from engine.core.query import Request
-    from engine.core.stats import Histogram
+
+
+class Histogram(Protocol):
+    """What the figures read of a latency histogram (core/stats.Histogram, which imports
+    this module: a protocol here keeps the two out of an import cycle)."""
+
+    count: int
+    total: float
+    min: float
+    max: float
+
+    def percentile(self, q: float) -> float | None: ...
+
 
 VIEW_KEYS = ("min", "mean", "p50", "p90", "p95", "p99", "p99.9", "max")
 MESSAGE_CHARS = 100

@@ -212,8 +212,23 @@ async def run_load(
             tg.cancel_scope.cancel()
         if series is not None:
             series.close(elapsed_s=elapsed, events=figures.events, invalid=figures.invalid)
+    return _outcome(config, engine, live, window, blank_lines=counts.blank_lines, elapsed=elapsed)
+
+
+def _outcome(
+    config: Config,
+    engine: Engine,
+    live: LiveState,
+    window: ReorderWindow[Event],
+    *,
+    blank_lines: int,
+    elapsed: float,
+) -> LoadOutcome:
+    """The figures of a finished load or replay: the summary (its rate counts the calls
+    sent, not the dropped), the schedule's view, and what was scheduled and late."""
+    figures = live.figures
     stats = engine.state.stats
-    stats.blank_lines = counts.blank_lines
+    stats.blank_lines = blank_lines
     summary = summarize(
         stats,
         elapsed_s=elapsed,
