@@ -49,6 +49,16 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def check_port(option: str, text: str) -> None:
+    """A URL's port, when it names one, is 1..65535 (else every call would fail)."""
+    try:
+        port = urlsplit(text).port
+    except ValueError:
+        port = 0
+    if port == 0:
+        raise ConfigError(f"{option}: the port must be 1..65535, got {text!r}")
+
+
 HttpClient = Literal["http1", "session", "http2"]
 #: `--http-client` values: adbatch's lean client (engine/net/http1.py), aiohttp's session,
 #: or HTTP/2 on httpx (engine/net/http2.py, the extra adbatch[http2]; `--http2` for short).
@@ -172,6 +182,7 @@ class Config:
             url = urlsplit(self.endpoint)
             if url.scheme not in ("http", "https") or not url.hostname:
                 raise ConfigError(f"--endpoint must be an http(s) URL, got {self.endpoint!r}")
+            check_port("--endpoint", self.endpoint)
             self._check_credentials()
         self._validate_reliability()
         parse_thresholds(self.thresholds)  # a malformed one: ConfigError naming it
@@ -309,6 +320,7 @@ class Config:
             url = urlsplit(self.token_url)
             if url.scheme not in ("http", "https") or not url.hostname:
                 raise ConfigError(f"--token-url must be an http(s) URL, got {self.token_url!r}")
+            check_port("--token-url", self.token_url)
             if url.scheme == "http" and not self.allow_insecure and not is_loopback(url.hostname):
                 raise ConfigError(
                     f"refusing to send the client secret over plain http:// to {url.hostname}; "

@@ -50,6 +50,19 @@ def test_help_lists_options_with_defaults(capsys: pytest.CaptureFixture[str]) ->
             "--endpoint must be an http(s) URL",
             id="bad-endpoint",
         ),
+        *(
+            pytest.param(
+                [cmd, "--token", "t", "--endpoint", f"http://127.0.0.1:{port}/d", "-"],
+                f"--endpoint: the port must be 1..65535, got 'http://127.0.0.1:{port}/d'",
+                id=f"{cmd}-endpoint-port-{port}",
+            )
+            for cmd, port in [("run", 99999), ("run", 70000), ("load", 0), ("replay", 99999)]
+        ),
+        pytest.param(
+            ["run", "--token", "t", "--proxy", "http://127.0.0.1:70000", "-"],
+            "--proxy: the proxy URL has a bad port (127.0.0.1)",
+            id="proxy-port",
+        ),
         pytest.param(
             ["run", "--mock", "--config", "nope.toml"],
             "cannot read config file",

@@ -28,7 +28,7 @@ from engine.mock import MockConfig, running_mock
 pytestmark = pytest.mark.anyio
 
 ROOT = Path(__file__).resolve().parent.parent
-BAD_PORT = "http://127.0.0.1:99999/delivery/retailmedia"  # every call raises: internal
+BAD_PORT = "http://127.0.0.1:99999/delivery/retailmedia"  # a ConfigError since issue 16
 
 
 def _events(n: int) -> list[dict[str, object]]:
@@ -103,6 +103,10 @@ async def test_sigint_ends_the_permit_waits_at_once(
     assert all(r["ok"] for r in records)
 
 
+@pytest.mark.skip(
+    reason="no trigger: an --endpoint port past 65535 is now a ConfigError (exit 2) and "
+    "no other input raises in a worker's engine; the shared streak: tests/test_stops.py"
+)
 async def test_twenty_internal_in_a_row_exit_70_under_two_workers(
     write_jsonl: Callable[..., Path], tmp_path: Path
 ) -> None:

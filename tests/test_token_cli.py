@@ -124,6 +124,12 @@ def test_no_secret_on_argv(option: str, capsys: pytest.CaptureFixture[str]) -> N
             id="bad-token-url",
         ),
         pytest.param(
+            ["--client-id", "c", "--token-url", "https://auth.example.com:70000/token"],
+            {"ADBATCH_CLIENT_SECRET": "s"},
+            "--token-url: the port must be 1..65535, got 'https://auth.example.com:70000/token'",
+            id="token-url-port",
+        ),
+        pytest.param(
             ["--client-id", "c", "--token-url", "http://auth.example.com/oauth2/token"],
             {"ADBATCH_CLIENT_SECRET": "s"},
             "refusing to send the client secret over plain http:// to auth.example.com; "

@@ -18,6 +18,8 @@ from engine.cli import hints
 from engine.cli.common import Subparsers, json_bytes, run_async, say, write_file
 from engine.cli.options import config_from_args, shard
 from engine.cli.run_options import add_run_options
+from engine.config import Config
+from engine.core.stats import Summary
 from engine.core.thresholds import judged, verdict_line
 from engine.errors import ConfigError
 
@@ -189,6 +191,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     csv_stdin = hints.stdin_looks_like_csv(config)
     # open_run checks --summary against the inputs and -o, and creates it, before the run.
     summary = run_async(partial(api.run, handle_signals=True), config)
+    return finish_run(summary, config, csv_stdin=csv_stdin)
+
+
+def finish_run(summary: Summary, config: Config, *, csv_stdin: bool = False) -> int:
+    """What `run` says of a finished run on stderr, its --summary file, its exit code."""
     summary = judged(summary, config.thresholds)  # run has no schedule: p99 is from the send
     say(summary.line())
     for verdict in summary.thresholds:
