@@ -225,12 +225,19 @@ class CatchUp:
     at once would be a burst the schedule never asked for (a 1-second sliding cap let
     520 calls out in one 100 ms window at 500/s); holding them to the scheduled rate
     would never catch up. Here each call keeps at least its scheduled gap to the
-    previous one, divided by `factor`, counted from when the previous one really went:
-    a call on time goes at its due time, late calls leave `factor` x faster than
-    scheduled until the schedule is caught up, so a 100 ms window carries at most
-    `factor` x its scheduled share (+ one call at the window's edge). It is a function
-    of (due, previous due, previous send): no clock, tested by tables. The lateness
-    stays in the record (`sent_at - scheduled_at`).
+    previous one, divided by `factor`: a call on time goes at its due time, late calls
+    leave `factor` x faster than scheduled until the schedule is caught up, so a 100 ms
+    window carries at most `factor` x its scheduled share, plus `slack` x that rate
+    (plus one call at the window's edge).
+
+    The gap is counted from the previous call's *slot* (when it was allowed to go), not
+    from when it really went: a timer wakes a little late every time (~0.1-1 ms), and
+    counting from the real send would add that to every gap (at 500/s, 1.6 ms + 0.5 ms
+    per call is 476/s: the backlog never drained). Only a previous send more than
+    `slack` seconds after its slot (the client stalled while it waited) moves the count
+    to the real send, so a stall is never made up as a burst. It is a function of (due,
+    previous due, previous slot, previous send): no clock, tested by tables. The
+    lateness stays in the record (`sent_at - scheduled_at`).
 
     `skip` (k6's behaviour): a call more than `skip_after` seconds behind its due time
     when its turn comes is not sent but counted as dropped (`missed`).
@@ -239,14 +246,18 @@ class CatchUp:
     factor: float = 1.25
     skip: bool = False
     skip_after: float = 0.1
+    slack: float = 0.005
     _last_due: float | None = None
+    _slot: float = -math.inf
     _last_sent: float = -math.inf
 
     def earliest(self, due: float) -> float:
         """The earliest offset at which the call due at `due` may go out (dues in order)."""
         gap = 0.0 if self._last_due is None else max(0.0, due - self._last_due) / self.factor
         self._last_due = due
-        return max(due, self._last_sent + gap)
+        base = max(self._slot, self._last_sent - self.slack)
+        self._slot = max(due, base + gap)
+        return self._slot
 
     def missed(self, due: float, elapsed: float) -> bool:
         """With `skip`: whether the call due at `due` is too late to send at `elapsed`."""
