@@ -3,4 +3,4 @@
 __version__ = "0.1.0"
 
 #: The User-Agent of calls for events without their own (`--user-agent`).
-DEFAULT_USER_AGENT = "adbatch/" + ".".join(__version__.split(".")[:2])
+DEFAULT_USER_AGENT = "adbatch/" + __version__

@@ -57,5 +57,12 @@ def test_the_version_lives_in_one_place() -> None:
     assert importlib.metadata.version("adbatch") == engine.__version__
     from engine.version import DEFAULT_USER_AGENT
 
-    major_minor = ".".join(engine.__version__.split(".")[:2])
-    assert DEFAULT_USER_AGENT == f"adbatch/{major_minor}"
+    assert DEFAULT_USER_AGENT == f"adbatch/{engine.__version__}"  # the full version
+
+
+async def test_calls_carry_the_full_version_as_user_agent(mock: MockHandle) -> None:
+    config = engine.Config(endpoint=mock.delivery_url, token=MOCK_TOKEN)
+    async with aclosing(engine.deliver([EVENT], config)) as results:
+        assert [r.ok async for r in results] == [True]
+    sent = {r.headers.get("User-Agent") for r in mock.state.requests}
+    assert sent == {f"adbatch/{engine.__version__}"}  # 0.1.0, not 0.1

@@ -44,7 +44,7 @@ def test_any_event_dict_round_trips_through_the_request_url(extra: dict[str, obj
     }
     item = make_event(obj, seq=0, source="s:1")
     assert isinstance(item, Event)
-    builder = RequestBuilder("http://127.0.0.1:1/delivery/retailmedia", user_agent="adbatch/0.1")
+    builder = RequestBuilder("http://127.0.0.1:1/delivery/retailmedia", user_agent="adbatch/0.1.0")
     url = builder.build(item).url
     decoded = dict(parse_qsl(urlsplit(url).query, keep_blank_values=True))
     for key, value in obj.items():

@@ -19,7 +19,7 @@ from engine.cli.main import main
 from engine.core.records import RecordLine, parse_record
 from engine.core.series import Figures, Series
 from engine.report.html import html_report, nice_ticks
-from engine.report.text import figures_from_lines, text_report
+from engine.report.text import FileTally, figures_from_lines, file_figures, text_report
 
 T0 = 1_780_000_000.0
 
@@ -133,13 +133,65 @@ def test_text_report_shows_the_figures() -> None:
     for i in range(50):
         figures.add_record(parsed(rec(i / 10, lat=5 + i, late=0.01 * (i % 3))))
     figures.add_record(parsed(rec(5.0, status=None, lat=None, kind="dropped")))
-    text = text_report(figures.to_dict(), bad_lines=1)
+    data = {**figures.to_dict(), "figures": file_figures(figures, FileTally(scheduled=True))}
+    text = text_report(data, bad_lines=1)
     assert "records   51  (sent 50, ok 50, failed 0, dropped 1, invalid 0)" in text
     assert "skipped   1 unreadable lines" in text
     assert "from schedule" in text
     assert "200" in text
     assert "dropped" in text
     assert text.count("\n  5 ") == 1  # the per-second row of t = 5
+
+
+def with_text(record: dict[str, Any], response: object = None, error: str | None = None
+              ) -> bytes:  # fmt: skip
+    return orjson.dumps({**record, "response": response, "error": error})
+
+
+def test_report_figures_block_of_a_records_file() -> None:
+    """Item 7 in `adbatch report`: both views, bytes in from the responses, no bytes
+    out, success ratio, statuses (unanswered as "none"), top error texts."""
+    lines = [with_text(rec(i / 10, lat=1.0 + i), {"ok": [1, 2]}) for i in range(10)]
+    lines += [with_text(rec(1.0, status=503), "busy", "503 Service Unavailable")] * 3
+    lines.append(with_text(rec(1.1, status=None, lat=None, kind="timeout"), None, "timed out"))
+    lines.append(with_text(rec(1.2, status=None, lat=None, kind="dropped"), None, "dropped: 8"))
+    lines.append(orjson.dumps({"error_kind": "invalid", "ok": False, "error": "bad line"}))
+    tally = FileTally()
+    acc, bad = figures_from_lines(lines, tally=tally)
+    block = file_figures(acc, tally)
+    assert bad == 0
+    assert (block["calls"], block["ok"], block["errors"], block["dropped"]) == (15, 10, 4, 1)
+    assert block["success_ratio"] == pytest.approx(10 / 15)
+    assert block["statuses"] == {"200": 10, "503": 3, "none": 2}
+    sent = 14  # calls less the dropped one
+    body = len(b'{"ok":[1,2]}') * 10 + len(b"busy") * 3
+    assert block["bytes_in"] == {"total": body, "mean": round(body / sent, 1)}
+    assert block["bytes_out"] == {"total": None, "mean": None}
+    assert block["top_errors"] == [
+        {"message": "503 Service Unavailable", "count": 3},
+        {"message": "dropped: 8", "count": 1},
+        {"message": "timed out", "count": 1},
+    ]
+    send, schedule = block["latency_ms"]["send"], block["latency_ms"]["schedule"]
+    assert (send["min"], send["max"]) == (pytest.approx(1.0, rel=0.01), pytest.approx(10.0))
+    assert set(send) == {"min", "mean", "p50", "p90", "p95", "p99", "p99.9", "max"}
+    assert schedule is not None
+    assert schedule["max"] == pytest.approx(10.0)
+
+    text = text_report({**acc.to_dict(), "figures": block})
+    for needle in ("from schedule", "p99.9", "success  66.67% (10 ok of 15 calls",
+                   f"in {body} (mean {body / sent:.1f}/call), out n/a (not in the file)",
+                   "200 x10, 503 x3",
+                   "3  503 Service Unavailable"):  # fmt: skip
+        assert needle in text, needle
+
+
+def test_report_figures_of_run_records_have_no_schedule_view() -> None:
+    tally = FileTally()
+    acc, _ = figures_from_lines([orjson.dumps(rec(0, scheduled=False))], tally=tally)
+    block = file_figures(acc, tally)
+    assert block["latency_ms"]["schedule"] is None
+    assert "from schedule" not in text_report({**acc.to_dict(), "figures": block})
 
 
 @pytest.mark.parametrize(
@@ -196,7 +248,12 @@ def test_cli_report_text_json_html(
     assert main(["report", str(out), "--html", str(html), "--summary", str(summary)]) == 0
     printed = capsys.readouterr().out
     assert "records   40" in printed
-    assert orjson.loads(summary.read_bytes())["sent"] == 40
+    data = orjson.loads(summary.read_bytes())
+    assert data["sent"] == 40
+    assert data["figures"]["statuses"] == {"200": 40}
+    assert data["figures"]["latency_ms"]["schedule"]["p99.9"] == pytest.approx(10.0, rel=0.01)
+    assert "from schedule" in printed
+    assert "p99.9" in printed
     assert html.read_text().count("<svg") == 6
 
 

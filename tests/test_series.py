@@ -25,6 +25,7 @@ from engine.core.serieslog import SecondLog, read_series
 from engine.load.series_file import header
 from engine.mock import MockConfig, running_mock
 from engine.report.compare import compare_rows
+from engine.report.text import FileTally, file_figures, text_report
 
 T0 = 1_790_000_000.0
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "pageviews.jsonl"
@@ -53,7 +54,7 @@ def through_series(results: list[Result], *, take_at: list[float]) -> dict[str, 
     lines.append(orjson.dumps({"end": True, "elapsed_s": 3.0, "invalid": log.invalid}))
     figures, head, elapsed, bad = read_series(lines)
     assert (head["start"], elapsed, bad) == (T0, 3.0, 0)
-    return figures.to_dict(elapsed_s=elapsed)
+    return {**figures.to_dict(elapsed_s=elapsed), "figures": file_figures(figures, None)}
 
 
 MIXED = [
@@ -77,6 +78,28 @@ def test_series_file_gives_the_figures_of_the_records(take_at: list[float]) -> N
     for key in ("events", "sent", "ok", "failed", "invalid", "dropped", "statuses", "errors",
                 "latency_ms", "corrected_latency_ms", "rate", "series", "sends"):  # fmt: skip
         assert got[key] == want[key], key
+
+
+def test_series_file_gives_the_figures_block() -> None:
+    """Item 7 from a --series file: the records' latencies, counts and statuses; no
+    bytes, and the error kinds stand for the messages (the lines keep no texts)."""
+    direct = Figures(origin=T0)
+    for r in MIXED:
+        direct.add_result(r)
+    want = file_figures(direct, FileTally(scheduled=True))
+    got = through_series(MIXED, take_at=[1.0])
+    block = got["figures"]
+    for key in ("calls", "ok", "errors", "dropped", "success_ratio", "latency_ms", "statuses"):
+        assert block[key] == want[key], key
+    assert block["statuses"] == {"200": 3, "503": 1, "none": 1}
+    assert block["latency_ms"]["schedule"]["max"] == pytest.approx(700.0, rel=0.01)
+    assert block["bytes_in"]["total"] is None
+    assert block["bytes_out"]["total"] is None
+    assert block["top_errors"] == [{"message": "dropped", "count": 1},
+                                   {"message": "http_503", "count": 1}]  # fmt: skip
+    text = text_report({**got, "run": {"mode": "load"}})
+    assert "p99.9" in text
+    assert "error kinds, not messages" in text
 
 
 def test_a_late_straggler_adds_to_its_second() -> None:
@@ -182,6 +205,10 @@ def test_load_series_records_and_report(tmp_path: Path) -> None:
         assert shown.returncode == 0, shown.stderr
         data = orjson.loads((tmp_path / f"{name}.json").read_bytes())
         assert (data["sent"], data["ok"]) == (100, 100), name
+        assert data["figures"]["statuses"] == {"200": 100}, name
+        assert data["figures"]["latency_ms"]["schedule"]["p99.9"] is not None, name
+        assert (data["figures"]["bytes_in"]["total"] is None) == (name == "a.series")
+        assert "p99.9" in shown.stdout
 
     # --records errors and none: nothing written when all is well; the series still is.
     for which in ("errors", "none"):

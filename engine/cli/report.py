@@ -42,10 +42,10 @@ def add_parser(sub: Subparsers) -> None:
 
 
 def read_run(path: str) -> tuple[dict[str, Any], int]:
-    """(figures as `Figures.to_dict()`, with the run's header under "run" when the file
-    is a --series file; unreadable lines) of one file."""
+    """(figures as `Figures.to_dict()`, core/figures.py's block under "figures", the
+    run's header under "run" when the file is a --series file; unreadable lines)."""
     from engine.core.serieslog import is_header, read_series
-    from engine.report.text import figures_from_lines
+    from engine.report.text import FileTally, figures_from_lines, file_figures
 
     try:
         stream = sys.stdin.buffer if path == "-" else open(path, "rb")
@@ -57,12 +57,14 @@ def read_run(path: str) -> tuple[dict[str, Any], int]:
         if is_header(first):
             figures, head, elapsed, bad = read_series(lines)
             data = figures.to_dict(elapsed_s=elapsed)
+            data["figures"] = file_figures(figures, None)
             data["run"] = head
             return data, bad
         counted = RecordCount(lines)
-        figures, bad = figures_from_lines(counted)
+        tally = FileTally()
+        figures, bad = figures_from_lines(counted, tally=tally)
     counted.refuse_inputs(path)
-    return figures.to_dict(), bad
+    return {**figures.to_dict(), "figures": file_figures(figures, tally)}, bad
 
 
 def cmd_report(args: argparse.Namespace) -> int:

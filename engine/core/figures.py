@@ -21,8 +21,8 @@ Rules:
   schedule: None there.
 - Bytes are counted where they are known at no cost (engine: the answer body's length
   and the request's URL and header lengths, per attempt; a report from a file: the
-  length of each record's `response` text, and no bytes out). `mean` is per call that
-  was sent.
+  length of each record's `response` text, and no bytes out; a `--series` file: none).
+  `mean` is per call that was sent.
 - Error messages are counted as the record's error text cut at MESSAGE_CHARS, at most
   MAX_MESSAGES distinct ones (the rest under OTHER_MESSAGES): memory stays bounded when
   every message names an id.
@@ -99,7 +99,7 @@ def figures(
     dropped: int,
     statuses: Mapping[int, int] | Mapping[str, int],
     messages: Mapping[str, int],
-    bytes_in: int,
+    bytes_in: int | None,
     bytes_out: int | None,
 ) -> dict[str, Any]:
     """The block described in the module's docstring."""

@@ -7,21 +7,54 @@ Rules:
 - Lines are read by `records.parse_record`, the record format's one reader.
 - A line that is not a JSON object (a torn last line after a crash) is counted and
   skipped, never fatal.
+- The figures block (core/figures.py, as load/replay print it at the end) is built from
+  the same counters: bytes in are the length of each record's `response` as written
+  (compact JSON, or the text); bytes out are not in a file (a request's headers are not
+  recorded). A `--series` file keeps neither bytes nor error texts: its top errors are
+  the error kinds.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from engine.core.figures import VIEW_KEYS
-from engine.core.records import parse_record
+import orjson
+
+from engine.core.figures import VIEW_KEYS, count_message, figures
+from engine.core.records import ErrorKind, RecordLine, parse_record
 from engine.core.series import Figures
 
 
-def figures_from_lines(lines: Iterable[bytes]) -> tuple[Figures, int]:
-    """(figures, number of unreadable lines) of an output file's lines."""
-    figures = Figures()
+@dataclass(slots=True)
+class FileTally:
+    """What a records file tells beyond series.Figures: bytes in, error texts, and
+    whether the calls had a schedule (load, replay) or not (run)."""
+
+    bytes_in: int = 0
+    messages: Counter[str] = field(default_factory=Counter)
+    scheduled: bool = False
+
+    def add(self, record: RecordLine) -> None:
+        response = record.fields.get("response")
+        if isinstance(response, str):
+            self.bytes_in += len(response.encode("utf-8", "surrogatepass"))
+        elif response is not None:
+            self.bytes_in += len(orjson.dumps(response))
+        error = record.fields.get("error")
+        if not record.ok and record.error_kind != ErrorKind.INVALID and isinstance(error, str):
+            count_message(self.messages, error)
+        self.scheduled = self.scheduled or record.scheduled_at is not None
+
+
+def figures_from_lines(
+    lines: Iterable[bytes], *, tally: FileTally | None = None
+) -> tuple[Figures, int]:
+    """(figures, number of unreadable lines) of an output file's lines; `tally` counts
+    bytes and error texts too."""
+    acc = Figures()
     bad = 0
     for line in lines:
         if not line.strip():
@@ -30,8 +63,27 @@ def figures_from_lines(lines: Iterable[bytes]) -> tuple[Figures, int]:
         if record is None:
             bad += 1
             continue
-        figures.add_record(record)
-    return figures, bad
+        acc.add_record(record)
+        if tally is not None:
+            tally.add(record)
+    return acc, bad
+
+
+def file_figures(acc: Figures, tally: FileTally | None) -> dict[str, Any]:
+    """core/figures.py's block of a records file (`tally` from it) or, `tally` None, of
+    a `--series` file (always scheduled; no bytes; error kinds for messages)."""
+    return figures(
+        send=acc.latency,
+        schedule=acc.corrected if tally is None or tally.scheduled else None,
+        calls=acc.events - acc.invalid,
+        ok=acc.ok,
+        dropped=acc.dropped,
+        # Figures keys an unanswered call by its error kind; the block counts it "none".
+        statuses={k: v for k, v in acc.statuses.items() if k.isdigit()},
+        messages=acc.errors if tally is None else tally.messages,
+        bytes_in=None if tally is None else tally.bytes_in,
+        bytes_out=None,
+    )
 
 
 def _ms(value: object) -> str:
@@ -78,13 +130,14 @@ def figures_text(block: Mapping[str, Any]) -> str:
 
 def _bytes(figure: Mapping[str, Any]) -> str:
     if figure["total"] is None:
-        return "- (not in the records)"
+        return "n/a (not in the file)"
     mean = figure["mean"]
     return f"{figure['total']}" + ("" if mean is None else f" (mean {mean:g}/call)")
 
 
 def text_report(data: Mapping[str, Any], *, bad_lines: int = 0) -> str:
-    """The figures (`Figures.to_dict()`) as a few aligned tables."""
+    """The figures (`Figures.to_dict()`, with `file_figures`'s block under "figures")
+    as a few aligned tables."""
     lines = [
         f"records   {data['events']}  (sent {data['sent']}, ok {data['ok']}, "
         f"failed {data['failed'] - data['dropped']}, dropped {data['dropped']}, "
@@ -94,27 +147,18 @@ def text_report(data: Mapping[str, Any], *, bad_lines: int = 0) -> str:
     if bad_lines:
         lines.append(f"skipped   {bad_lines} unreadable lines")
     lines.append("")
-    lat, cor = data["latency_ms"], data["corrected_latency_ms"]
-    keys = ("p50", "p90", "p99", "p99.9", "max", "mean")
-    lines += _table(
-        [
-            ("latency (ms)", *keys),
-            ("from send", *(_ms(lat.get(k)) for k in keys)),
-            ("from schedule", *(_ms(cor.get(k)) for k in keys)),
-        ]
-    )
-    lines.append("")
-    statuses = data["statuses"]
-    if statuses:
-        total = sum(statuses.values())
-        rows: list[tuple[str, ...]] = [("status", "calls", "share")]
-        rows += [(k, str(v), f"{100 * v / total:.1f}%") for k, v in statuses.items()]
-        lines += _table(rows)
+    block = data.get("figures")
+    if block is not None:
+        lines += ["figures", figures_text(block)]
+        if data.get("run") is not None:
+            lines.append("  (a --series file keeps error kinds, not messages, and no bytes)")
         lines.append("")
     series = data["series"]
     if series:
         width = data["series_width_s"]
-        rows = [("t (s)", "rate/s", "p50 ms", "p99 ms", "p99 sched", "errors", "dropped")]
+        rows: list[tuple[str, ...]] = [
+            ("t (s)", "rate/s", "p50 ms", "p99 ms", "p99 sched", "errors", "dropped")
+        ]
         shown = series if len(series) <= 30 else series[:: -(-len(series) // 30)]
         rows += [
             (
