@@ -148,3 +148,29 @@ def test_config_show_still_refuses_a_config_that_cannot_run(
 def test_config_needs_show(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["config"]) == 2
     assert capsys.readouterr().err == "adbatch: error: adbatch config needs --show\n"
+
+
+@pytest.mark.parametrize("key", ["thresholds", "threshold"])
+def test_thresholds_in_either_spelling(
+    key: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`thresholds = [...]` is documented; `threshold`, the option's own name, works too."""
+    conf = tmp_path / "c.toml"
+    conf.write_text(f'{key} = ["p50<3600s", "max<1ms"]\n')
+    assert main(["run", "--mock", "--config", str(conf), EXAMPLES, "-o", "/dev/null"]) == 4
+    err = capsys.readouterr().err
+    assert "p50<3600s" in err  # both judged: the second fails
+    assert "max<1ms" in err
+
+
+def test_two_spellings_of_one_key_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    conf = tmp_path / "c.toml"
+    conf.write_text('thresholds = ["p50<3600s"]\nthreshold = ["max<1ms"]\n')
+    assert main(["run", "--mock", "--config", str(conf), EXAMPLES, "-o", "/dev/null"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err
+        == f"adbatch: error: config file {conf}: 'threshold' is given twice (by two spellings)\n"
+    )

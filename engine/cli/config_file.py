@@ -153,7 +153,7 @@ def typed(name: str, value: object) -> Any:
 
 
 #: The spelling of a key in a file -> the Config field (the options' dests).
-_ALIASES = {"format": "input_format", "header": "headers"}
+_ALIASES = {"format": "input_format", "header": "headers", "threshold": "thresholds"}
 
 
 def _field(key: str) -> str:
@@ -195,6 +195,8 @@ def load_toml(path: str) -> dict[str, Any]:
             near = difflib.get_close_matches(key, _keys("-" in key), n=1)
             hint = f"; did you mean {near[0]!r}?" if near else ""
             raise ConfigError(f"config file {path}: unknown option {key!r}{hint}")
+        if name in out:  # `threshold` and `thresholds`, `header` and `headers`
+            raise ConfigError(f"config file {path}: {key!r} is given twice (by two spellings)")
         try:
             out[name] = typed(name, value)
         except ConfigError as exc:
