@@ -103,6 +103,7 @@ class Config:
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
     fail_fast_401: int = 20
     internal_streak: int = INTERNAL_STREAK  # records in a row with an internal error: exit 70
+    streak_share: int = 1  # --workers sharing the streaks above (core/stops.InternalStreak)
     retries: int = 3
     backoff_base: float = 0.1
     backoff_cap: float = 10.0

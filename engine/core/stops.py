@@ -42,12 +42,18 @@ class Stop:
 
 
 class InternalStreak:
-    """Counts the records in a row that ended with an internal error."""
+    """Counts the records in a row that ended with an internal error.
 
-    __slots__ = ("count", "limit")
+    `share`: the run's records are shared among that many --workers, each counting its
+    own; each stops at ceil(limit / share), the run's `limit` consecutive records holding
+    at least that many in a row of one worker (its records are in the run's order): never
+    later than the run's streak, at worst a little early. The message names the run's."""
 
-    def __init__(self, limit: int = INTERNAL_STREAK) -> None:
-        self.limit = limit
+    __slots__ = ("count", "limit", "run_limit")
+
+    def __init__(self, limit: int = INTERNAL_STREAK, share: int = 1) -> None:
+        self.run_limit = limit
+        self.limit = -(-limit // max(1, share))  # ceil
         self.count = 0
 
     def add(self, error_kind: str | None, error: str | None) -> Stop | None:
@@ -58,8 +64,9 @@ class InternalStreak:
         self.count += 1
         if self.count < self.limit:
             return None
+        shown = self.count if self.limit == self.run_limit else self.run_limit
         return Stop(
-            f"{self.count} events in a row failed with an internal error (last: {error}); "
+            f"{shown} events in a row failed with an internal error (last: {error}); "
             "this is a bug in adbatch: please report it with the records' error lines; "
             "--resume sends them again",
             EXIT_INTERNAL,

@@ -63,7 +63,7 @@ def worker_config(config: Config) -> Config:
         # worker's records are in the run's order). A worker may so stop a little early
         # on a streak of its own; never later than the run's.
         fail_fast_401=math.ceil(config.fail_fast_401 / n),
-        internal_streak=math.ceil(config.internal_streak / n),
+        streak_share=n,  # the internal streak: ceil(20/n), its message says 20
         ordered=False,  # the parent restores the order across workers
         progress=False,
         output=None,

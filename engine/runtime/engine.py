@@ -146,7 +146,7 @@ class Engine:
             rand=random.random,
         )
         self.adaptive = AdaptiveRate() if config.adaptive else None
-        self.internals = InternalStreak(config.internal_streak)
+        self.internals = InternalStreak(config.internal_streak, config.streak_share)
         self.throttle = ThrottleWatch(config.give_up_after, time.monotonic)
         self.calls = CallFlow(
             self.policy,
