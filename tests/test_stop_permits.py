@@ -23,6 +23,7 @@ import pytest
 from conftest import MOCK_TOKEN, config_for, exactly_once, read_records
 
 from engine import run
+from engine.core.stops import EXIT_INTERNAL, InternalStreak
 from engine.mock import MockConfig, running_mock
 
 pytestmark = pytest.mark.anyio
@@ -115,6 +116,8 @@ async def test_twenty_internal_in_a_row_exit_70_under_two_workers(
     events = write_jsonl(_events(25))
     summary = await run(config_for(BAD_PORT, events, out, workers=2))
     assert summary.exit_code == 70
+    assert summary.stopped is not None
+    assert summary.stopped.startswith("20 events in a row failed with an internal error")
     records = read_records(out)
     assert 10 <= len(records) <= 25
     assert {r["error_kind"] for r in records} == {"internal"}
@@ -139,3 +142,15 @@ async def test_unreachable_stops_after_twenty_for_the_run_under_two_workers(
     assert {r["error_kind"] for r in records} == {"connect"}
     # 20 for the run (10 per worker) and the calls in flight; each worker used to go to 20
     assert 10 <= len(records) < 30
+
+
+def test_a_shared_streak_stops_each_worker_at_its_share() -> None:
+    streak = InternalStreak(20, share=2)
+    stops = [streak.add("internal", "ValueError: x") for _ in range(10)]
+    assert stops[:9] == [None] * 9
+    stop = stops[9]
+    assert stop is not None
+    assert stop.exit_code == EXIT_INTERNAL
+    assert stop.reason.startswith("20 events in a row failed with an internal error")
+    alone = InternalStreak(20)
+    assert [alone.add("internal", "x") for _ in range(19)] == [None] * 19
