@@ -302,4 +302,5 @@ def test_load_workers_honour_records_and_refuse_series(tmp_path: Path) -> None:
     assert orjson.loads((tmp_path / "w.json").read_bytes())["ok"] == 100
     refused = adbatch(*LOAD, "--workers", "2", "--series", "s", "-o", "w.jsonl", cwd=tmp_path)
     assert refused.returncode == 2
-    assert "--series is written by a single process" in refused.stderr
+    assert "--series is written by a single process, not yet with --workers 2" in refused.stderr
+    assert refused.stderr.count("\n") == 1

@@ -246,7 +246,7 @@ def _add_reliability_options(rel: argparse._ArgumentGroup) -> None:
         type=count,
         metavar="N",
         help="retries per event after the first attempt, for timeouts, connection errors, "
-        "429, 500, 502, 503, 504 (default: 3)",
+        "429, 500, 502, 503, 504 (default: 3; load and replay: 0)",
     )
     rel.add_argument(
         "--backoff-base", type=duration, metavar="DURATION", help="first backoff (default: 0.1)"
