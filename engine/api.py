@@ -21,7 +21,7 @@ from engine.core.stats import Summary
 from engine.core.tally import Mode
 from engine.errors import ConfigError, plain_engine_errors
 from engine.load import driver as load_driver
-from engine.load.plan import LiveState, LoadOutcome, LoadPlan
+from engine.load.plan import LiveState, LoadOutcome, LoadPlan, sized_plan
 from engine.runtime.feeds import event_defaults, file_feed, mapping_feed, skip_answered
 from engine.runtime.session import open_run
 from engine.runtime.watch import Watch, engine_probe, input_progress
@@ -70,14 +70,16 @@ async def _load_workers(config: Config, plan: LoadPlan, *, watch: Watch | None) 
     from engine.multiproc.driver import run_worker_jobs
 
     n = config.workers
-    per_worker = max(1, -(-plan.max_in_flight // n))
+    plan = sized_plan(config, plan)
+    per_worker = max(1, -(-plan.slots // n))
+    pool = load_driver.connections(config, plan, per_worker)
 
     def jobs() -> list[LoadShare]:
         return shares(plan, inputs=config.inputs, rate=config.rate, count=n, now=time.time())
 
     def share(worker: Config) -> Config:
         # The schedule paces and bounds the calls: no batch limiter, one slot per call.
-        return worker.with_changes(rate=None, concurrency=per_worker)
+        return worker.with_changes(rate=None, concurrency=pool)
 
     def merged(extras: dict[int, object]) -> ShareResult:
         return merge_results([r for r in extras.values() if isinstance(r, ShareResult)])

@@ -136,7 +136,7 @@ def test_text_report_shows_the_figures() -> None:
     data = {**figures.to_dict(), "figures": file_figures(figures, FileTally(scheduled=True))}
     text = text_report(data, bad_lines=1)
     assert "records   51  (sent 50, ok 50, failed 0, dropped 1, invalid 0)" in text
-    assert "skipped   1 unreadable lines" in text
+    assert "skipped   1 unreadable line\n" in text
     assert "from schedule" in text
     assert "200" in text
     assert "dropped" in text

@@ -121,10 +121,11 @@ def _add_measure_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--max-in-flight",
         type=positive_int,
-        default=DEFAULT_MAX_IN_FLIGHT,
+        default=None,
         metavar="N",
-        help="calls in flight at most (default: %(default)s; with --workers N, "
-        "split between them); -c is refused here",
+        help="calls in flight at most (default: the peak rate x (--timeout + 1 s), at "
+        f"least {DEFAULT_MAX_IN_FLIGHT}, so a server stall up to --timeout drops nothing; "
+        "with --workers N, split between them); -c is refused here",
     )
     g.add_argument(
         "--when-full",

@@ -99,6 +99,11 @@ class RatePacer:
         return sum(s.duration for s in self.segments)
 
     @property
+    def peak(self) -> float:
+        """The highest rate of the schedule (calls per second)."""
+        return max((max(s.start, s.end) for s in self.segments if s.duration > 0), default=0.0)
+
+    @property
     def total_hits(self) -> int | None:
         """How many hits the schedule holds (None when it never ends)."""
         if not self._hit_ends or math.isinf(self._hit_ends[-1]):

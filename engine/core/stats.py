@@ -245,6 +245,7 @@ class Summary:
 
     events: int
     ok: int
+    #: Calls answered with an error; dropped calls are not failed ones (`dropped`).
     failed: int
     invalid: int
     blank_lines: int
@@ -274,6 +275,8 @@ class Summary:
     figures: dict[str, Any] = field(default_factory=dict)
     #: Verdicts of --threshold (core/thresholds.py): [{"threshold", "value", "pass"}].
     thresholds: tuple[dict[str, Any], ...] = ()
+    #: Calls never sent (load/replay: every --max-in-flight slot busy, --catch-up skip).
+    dropped: int = 0
 
     @property
     def exit_code(self) -> int:
@@ -285,24 +288,27 @@ class Summary:
             return self.stop_code
         if any(not t["pass"] for t in self.thresholds):
             return THRESHOLD_FAILED
-        return 0 if self.failed == 0 and self.invalid == 0 else 1
+        return 0 if self.failed == 0 and self.dropped == 0 and self.invalid == 0 else 1
 
     def line(self) -> str:
         """The one-line summary for stderr."""
         lat = self.latency_ms
         parts = [
-            f"{self.events} events in {self.elapsed_s:.2f}s ({self.rate:.1f}/s):",
-            f"{self.ok} ok, {self.failed} failed, {self.invalid} invalid",
+            f"{plural(self.events, 'event')} in {self.elapsed_s:.2f}s ({self.rate:.1f}/s):",
+            f"{self.ok} ok, {self.failed} failed,"
+            + (f" {self.dropped} dropped," if self.dropped else "")
+            + f" {self.invalid} invalid",
         ]
         if lat.get("p50") is not None:
             parts.append(f"; latency p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms")
         if self.resumed:
             parts.append(f"; {self.resumed} already answered in the output (resumed)")
         if self.blank_lines:
-            parts.append(f"; {self.blank_lines} blank lines skipped")
-        if self.errors:
+            parts.append(f"; {plural(self.blank_lines, 'blank line')} skipped")
+        errors = {k: v for k, v in self.errors.items() if k != ErrorKind.DROPPED}
+        if errors:  # dropped calls are not errors: counted apart above
             top = ", ".join(
-                f"{k} x{v}" for k, v in sorted(self.errors.items(), key=lambda kv: -kv[1])[:3]
+                f"{k} x{v}" for k, v in sorted(errors.items(), key=lambda kv: -kv[1])[:3]
             )
             parts.append(f"; errors: {top}")
         if self.retries:
@@ -310,7 +316,7 @@ class Summary:
             top = ", ".join(
                 f"{k} x{v}" for k, v in sorted(self.retries.items(), key=lambda kv: -kv[1])[:3]
             )
-            parts.append(f"; {total} retries ({top})")
+            parts.append(f"; {plural(total, 'retry', 'retries')} ({top})")
         if self.retry_budget_refused:
             parts.append(f"; {self.retry_budget_refused} not retried (retry budget spent)")
         if self.slowed:
@@ -321,7 +327,7 @@ class Summary:
 
     def token_line(self) -> str:
         """Token events, e.g. `tokens: 5 fetched (4 renewals, 1 after 401), 1 failed, ...`."""
-        text = f"tokens: {self.tokens_fetched} fetched ({self.token_renewals} renewals"
+        text = f"tokens: {self.tokens_fetched} fetched ({plural(self.token_renewals, 'renewal')}"
         if self.token_renewals_after_401:
             text += f", {self.token_renewals_after_401} after 401"
         text += f"), {self.token_failures} failed"
@@ -330,10 +336,15 @@ class Summary:
                 f", renewal mean {self.token_renewal_ms_mean:.1f} ms"
                 f" max {self.token_renewal_ms_max:.1f} ms"
             )
-        return text + f", {self.token_waits} calls waited"
+        return text + f", {plural(self.token_waits, 'call')} waited"
 
 
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
+
+
+def plural(n: int, one: str, many: str | None = None) -> str:
+    """`1 event`, `2 events`, `0 retries` (`many`: an irregular plural)."""
+    return f"{n} {one if n == 1 else (many or one + 's')}"
 
 
 def summarize(
@@ -357,10 +368,12 @@ def summarize(
     }
     latency["max"] = round(lat.max, 3) if lat.count else None
     latency["mean"] = round(lat.total / lat.count, 3) if lat.count else None
+    dropped = stats.errors.get(ErrorKind.DROPPED, 0)
     return Summary(
         events=stats.events,
         ok=stats.ok,
-        failed=stats.failed,
+        failed=stats.failed - dropped,
+        dropped=dropped,
         invalid=stats.invalid,
         blank_lines=stats.blank_lines,
         elapsed_s=round(elapsed_s, 6),
@@ -380,7 +393,7 @@ def summarize(
             schedule=schedule,
             calls=stats.events - stats.invalid,
             ok=stats.ok,
-            dropped=stats.errors.get(ErrorKind.DROPPED, 0),
+            dropped=dropped,
             statuses=stats.statuses,
             messages=stats.messages,
             bytes_in=stats.bytes_in,

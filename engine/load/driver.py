@@ -45,11 +45,11 @@ from engine.core.records import Result, dropped, invalid
 from engine.core.secrets import Secrets
 from engine.core.stats import Histogram, summarize
 from engine.core.tally import Progress, record_lag
-from engine.load.plan import LiveState, LoadOutcome, LoadPlan, Scheduled
+from engine.load.plan import LiveState, LoadOutcome, LoadPlan, Scheduled, sized_plan
 from engine.load.schedules import load_schedule, replay_schedule
 from engine.load.series_file import SeriesWriter, header
 from engine.runtime.engine import Emit, Engine
-from engine.runtime.loop import check_open_files
+from engine.runtime.loop import check_open_files, connection_budget
 from engine.runtime.session import open_run
 from engine.runtime.watch import Probe, Watch, engine_probe, input_progress
 
@@ -106,7 +106,7 @@ class _Driver:
                 live.scheduled += 1
                 late = anyio.current_time() - start - due
                 if cap.missed(due, due + late):  # --catch-up skip: k6's dropped iteration
-                    missed = dropped(item, scheduled_at, self.plan.max_in_flight)
+                    missed = dropped(item, scheduled_at, self.plan.slots)
                     error = f"dropped: {late:.3f}s behind the schedule (--catch-up skip)"
                     await results.send(replace(missed, error=error))
                     continue
@@ -117,7 +117,7 @@ class _Driver:
                 try:
                     jobs.send_nowait((item, scheduled_at))
                 except anyio.WouldBlock:
-                    await results.send(dropped(item, scheduled_at, self.plan.max_in_flight))
+                    await results.send(dropped(item, scheduled_at, self.plan.slots))
 
     async def _work(
         self,
@@ -139,7 +139,7 @@ class _Driver:
     async def run(self, schedule: AsyncGenerator[Scheduled, None], emit: Emit) -> float:
         """Drive the schedule to its end; returns the elapsed seconds."""
         engine = self.engine
-        limit = self.plan.max_in_flight
+        limit = self.plan.slots
         jobs_send, jobs_receive = anyio.create_memory_object_stream[tuple[Event, float]](0)
         results_send, results_receive = anyio.create_memory_object_stream[Result](
             max(64, limit * 2)
@@ -151,6 +151,14 @@ class _Driver:
                 tg.start_soon(self._dispatch, schedule, jobs_send, results_send.clone())
             await engine.write_results(results_receive, emit)
         return 0.0 if self.start is None else anyio.current_time() - self.start
+
+
+def connections(config: Config, plan: LoadPlan, slots: int) -> int:
+    """The connection pool for `slots` calls in flight: one per slot, capped by the
+    open-files limit when --max-in-flight was computed rather than given (given, a
+    number past the limit is refused with exit 2: check_open_files)."""
+    budget = connection_budget(config) if plan.computed else None
+    return slots if budget is None else min(slots, budget)
 
 
 # -- entry point ------------------------------------------------------------------------------
@@ -167,13 +175,14 @@ async def run_load(
     """Run `load` or `replay` as planned: input -> scheduled calls -> JSONL records.
     `watch`: the run's figures go there (--metrics-addr, --dashboard)."""
     config = config.validated()
-    plan = plan.validated()
+    plan = sized_plan(config, plan.validated())
     live = live or LiveState()
     window: ReorderWindow[Event] = ReorderWindow(plan.reorder)
-    # The schedule paces and bounds the calls: no batch limiter, one connection per slot.
+    # The schedule paces and bounds the calls: no batch limiter, one connection per slot
+    # (a computed --max-in-flight: at most as many as the open-files limit allows).
     engine_config = config.with_changes(
         rate=None,
-        concurrency=plan.max_in_flight,
+        concurrency=connections(config, plan, plan.slots),
         ordered=False,
         progress=False,
         resume=False,

@@ -4,18 +4,29 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from engine.config import Config
 from engine.core.errors import ConfigError
 from engine.core.events import Item
-from engine.core.pacing import Pacer
+from engine.core.pacing import Pacer, RatePacer
 from engine.core.series import Figures
 from engine.core.stats import Summary
 
 Scheduled = tuple[float | None, Item]  # (due offset in seconds, item); None: write at once
 
+#: The fewest slots a computed --max-in-flight gives (the old fixed default).
 DEFAULT_MAX_IN_FLIGHT = 256
+
+
+def max_in_flight_for(peak_rate: float | None, timeout: float) -> int:
+    """The default --max-in-flight: enough slots that a server stall no longer than
+    --timeout drops nothing, peak rate x (timeout + 1 s), at least 256. A slot is a call
+    in flight, not a connection (runtime/loop.py connection_budget)."""
+    if peak_rate is None or not math.isfinite(peak_rate):
+        return DEFAULT_MAX_IN_FLIGHT
+    return max(DEFAULT_MAX_IN_FLIGHT, math.ceil(peak_rate * (timeout + 1.0)))
 DEFAULT_REORDER = 256
 
 
@@ -30,7 +41,10 @@ class LoadPlan:
     max_gap: float | None = None
     reorder: int = DEFAULT_REORDER
     access_log: bool = False
-    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    #: Calls in flight at most; None: computed from the schedule's peak rate and
+    #: --timeout (`sized`), and then `computed` is True.
+    max_in_flight: int | None = None
+    computed: bool = False
     #: With every slot busy: "drop" the call (load's default) or "wait" for a slot
     #: (replay's default; wrk2's model: the wait counts in the latency from the schedule).
     when_full: Literal["drop", "wait"] | None = None
@@ -39,13 +53,26 @@ class LoadPlan:
     catch_up: Literal["spread", "skip"] = "spread"
 
     @property
+    def slots(self) -> int:
+        """--max-in-flight as given or computed (`sized`)."""
+        return DEFAULT_MAX_IN_FLIGHT if self.max_in_flight is None else self.max_in_flight
+
+    def sized(self, *, timeout: float, peak_rate: float | None) -> LoadPlan:
+        """This plan with its --max-in-flight computed when the user gave none:
+        `peak_rate` is the schedule's (pacing.RatePacer.peak, replay's --rate)."""
+        if self.max_in_flight is not None:
+            return self
+        slots = max_in_flight_for(peak_rate, timeout)
+        return replace(self, max_in_flight=slots, computed=True)
+
+    @property
     def drops(self) -> bool:
         return (self.when_full or ("drop" if self.mode == "load" else "wait")) == "drop"
 
     def validated(self) -> LoadPlan:
         if self.mode == "load" and self.pacer is None:
             raise ConfigError("load needs a schedule: --rate, --ramp-from/--ramp-to or --stages")
-        if self.max_in_flight < 1:
+        if self.max_in_flight is not None and self.max_in_flight < 1:
             raise ConfigError(f"--max-in-flight must be at least 1, got {self.max_in_flight}")
         if not (self.speed > 0 and math.isfinite(self.speed)):
             raise ConfigError(f"--speed must be a positive number, got {self.speed}")
@@ -58,6 +85,13 @@ class LoadPlan:
         if self.catch_up not in ("spread", "skip"):
             raise ConfigError(f"--catch-up must be spread or skip, got {self.catch_up!r}")
         return self
+
+
+def sized_plan(config: Config, plan: LoadPlan) -> LoadPlan:
+    """`plan` with its --max-in-flight computed from its peak rate (--rate, a ramp's or
+    the stages' highest; replay: its --rate cap, else the 256 floor) and --timeout."""
+    peak = plan.pacer.peak if isinstance(plan.pacer, RatePacer) else config.rate
+    return plan.sized(timeout=config.timeout, peak_rate=peak)
 
 
 @dataclass(slots=True)

@@ -82,7 +82,7 @@ def shares(
     plan: LoadPlan, *, inputs: tuple[str, ...], rate: float | None, count: int, now: float
 ) -> list[LoadShare]:
     """The N shares of one plan, starting START_LEAD_S after `now` (time.time())."""
-    per_worker = replace(plan, max_in_flight=max(1, math.ceil(plan.max_in_flight / count)))
+    per_worker = replace(plan, max_in_flight=max(1, math.ceil(plan.slots / count)))
     origin = now + START_LEAD_S
     return [LoadShare(per_worker, inputs, rate, i, count, origin) for i in range(count)]
 

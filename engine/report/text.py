@@ -26,6 +26,7 @@ import orjson
 from engine.core.figures import VIEW_KEYS, count_message, figures
 from engine.core.records import ErrorKind, RecordLine, parse_record
 from engine.core.series import Figures
+from engine.core.stats import plural
 
 
 @dataclass(slots=True)
@@ -114,7 +115,7 @@ def figures_text(block: Mapping[str, Any]) -> str:
     calls, ratio = block["calls"], block["success_ratio"]
     lines.append(
         f"  success  {'-' if ratio is None else f'{100 * ratio:.2f}%'} "
-        f"({block['ok']} ok of {calls} calls; {block['errors']} errors, "
+        f"({block['ok']} ok of {plural(calls, 'call')}; {plural(block['errors'], 'error')}, "
         f"{block['dropped']} dropped)"
     )
     lines.append(f"  bytes    in {_bytes(block['bytes_in'])}, out {_bytes(block['bytes_out'])}")
@@ -145,7 +146,7 @@ def text_report(data: Mapping[str, Any], *, bad_lines: int = 0) -> str:
         f"duration  {data['elapsed_s']:.2f} s   rate {data['rate']:.1f}/s",
     ]
     if bad_lines:
-        lines.append(f"skipped   {bad_lines} unreadable lines")
+        lines.append(f"skipped   {plural(bad_lines, 'unreadable line')}")
     lines.append("")
     block = data.get("figures")
     if block is not None:

@@ -79,6 +79,19 @@ def raise_open_files() -> tuple[int, int] | None:
     return soft, hard
 
 
+def connection_budget(config: Config) -> int | None:
+    """The connections one process of this run can open for its calls, the soft limit on
+    open files raised first: the limit less SPARE_FILES, halved with --mock (its server
+    side is in this process too); None: no limit. A computed
+    load/replay --max-in-flight caps its connection pool at this (the calls past it wait
+    for a connection, in their latency from the schedule) instead of being refused."""
+    limits = raise_open_files()
+    if limits is None:
+        return None
+    soft = limits[0] - SPARE_FILES
+    return max(1, soft // (2 if config.mock else 1))
+
+
 def check_open_files(config: Config, *, option: str = "-c") -> None:
     """Raise ConfigError (exit 2) when one process of this run would need more open files
     than its limit allows, even raised: -c sockets (a --workers child: its share), the
