@@ -172,6 +172,12 @@ RUN = {
     "-o /dev/null",
     "adbatch report new.series --html series.html",
     "adbatch report base.series new.series --html compare.html",
+    "adbatch load --mock examples/pageviews.jsonl --rate 200 --duration 10s --workers 2 "
+    "--threshold 'p99<500ms' --threshold 'errors<1%' -o out.jsonl",
+    "adbatch load --mock examples/pageviews.jsonl --rate 50 --duration 1s --retries 2 -o out.jsonl",
+    "adbatch load --mock examples/pageviews.jsonl --rate 50 --duration 1s --resume -o out.jsonl",
+    "adbatch load --mock examples/pageviews.jsonl --rate 50 --duration 1s --workers 2 "
+    "--series s.series -o out.jsonl",
     "adbatch run events.jsonl -o out.jsonl",
     "adbatch run events.jsonl -o out.jsonl --resume",
     "adbatch run pageviews.jsonl -o ads.jsonl",
