@@ -6,6 +6,7 @@ stdin, left in stdin's buffer for the run to read); none changes what the run do
 
 from __future__ import annotations
 
+import select
 import sys
 from collections.abc import Iterable, Iterator
 
@@ -17,17 +18,24 @@ from engine.errors import InputError
 from engine.files.sources import STDIN
 
 _GZIP_MAGIC = b"\x1f\x8b"
+#: How long the CSV hint waits for stdin's first bytes (seconds).
+_PEEK_WAIT = 0.2
 
 
 def stdin_looks_like_csv(config: Config) -> bool:
     """stdin is an input read as JSONL (no --format) and its first line is not JSON but
-    holds commas. Peeked, not read: the bytes stay in stdin's buffer for the run."""
+    holds commas. Peeked, not read: the bytes stay in stdin's buffer for the run.
+    Only bytes that come within `_PEEK_WAIT`: a silent pipe must not hold the run's
+    start (nor a SIGINT, whose handler the run installs)."""
     if STDIN not in config.inputs or config.input_format != "auto":
         return False
     stream = getattr(sys.stdin, "buffer", None)
     if stream is None or sys.stdin.isatty() or not hasattr(stream, "peek"):
         return False
     try:
+        ready, _, _ = select.select([stream], [], [], _PEEK_WAIT)
+        if not ready:
+            return False
         head = stream.peek(1 << 16)
     except (OSError, ValueError):
         return False
