@@ -92,8 +92,8 @@ def windows(arrivals: list[float], start: float, width: float = 0.1) -> list[int
 @pytest.mark.slow
 def test_a_stopped_client_catches_up_at_most_25_percent_above_the_rate(tmp_path: Path) -> None:
     """load --rate 200 --duration 4s, SIGSTOP for 1 s mid-run, SIGCONT: the 200 calls of
-    the stall are made up at up to 1.25x (25 a 100 ms window), never as a burst, and all
-    800 calls arrive."""
+    the stall are made up at 1.15x (CatchUp's default), so no 100 ms window carries
+    more than 1.25x its share (25), never as a burst, and all 800 calls arrive."""
     summary = tmp_path / "summary.json"
     with Server() as server:
         proc = server.load("--rate", "200", "--duration", "4s", summary=summary)
@@ -108,15 +108,16 @@ def test_a_stopped_client_catches_up_at_most_25_percent_above_the_rate(tmp_path:
     assert proc.returncode == 0, err.decode()
     assert len(arrivals) == 800  # spread: every call of the plan is sent
     after = windows(arrivals, resumed)
-    # The share of a 100 ms window is 20; 1.25x is 25. Slack, +3: a window can start on
-    # an arrival and end just after another (+1), CatchUp lets the first late call's slot
-    # sit up to 5 ms before its send (+1.25 at 250/s), and the server's event loop
-    # timestamps the calls it reads in one pass together (+~1). A burst would be 200.
-    assert max(after) <= 25 + 3, max(after)
-    # ... and it does catch up: 1.25x for the 1 s after the stall is 250 calls, where
+    # The share of a 100 ms window is 20; the promise is 1.25x, 25. Catching up at 1.15x
+    # (23 a window) leaves +1 for a window that starts on an arrival and ends just after
+    # another, and +1 for CatchUp's 5 ms slack (1.15 at 230/s). Slack of the test, +1: the
+    # server's event loop timestamps the calls it reads in one pass together. A burst
+    # would be 200.
+    assert max(after) <= 25 + 1, max(after)
+    # ... and it does catch up: 1.15x for the 1 s after the stall is 230 calls, where
     # sending the backlog at the planned rate would give 200.
     caught_up = bisect_left(arrivals, resumed + 1.0) - bisect_left(arrivals, resumed)
-    assert caught_up >= 230, caught_up
+    assert caught_up >= 215, caught_up
     data = json.loads(summary.read_text())
     assert data["dropped"] == 0
     assert data["summary"]["dropped"] == 0
