@@ -107,6 +107,10 @@ class Http1Transport:
         tb: TracebackType | None,
     ) -> None:
         self._client.close()
+        # A TLS connection's close sends its close_notify on the next loop turns; let them
+        # run, or the loop may close with the socket still open (uvloop: EBUSY).
+        for _ in range(3):
+            await asyncio.sleep(0)
 
     async def send(self, request: Request, authorization: str | None) -> Response:
         sent_at = time.time()
