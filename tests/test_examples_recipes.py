@@ -40,7 +40,7 @@ def test_load_recipe_on_mock(tmp_path: Path) -> None:
     assert "40 scheduled, 40 sent, 0 dropped" in proc.stderr
     summary = orjson.loads((tmp_path / "out" / "summary.json").read_bytes())
     assert summary["sent"] == 40
-    assert (tmp_path / "out" / "report.html").read_text().count("<svg") == 4
+    assert (tmp_path / "out" / "report.html").read_text().count("<svg") == 6
     assert "records   40" in proc.stdout
 
 

@@ -48,10 +48,22 @@ def events(tmp_path: Path) -> Path:
 
 
 def summary_lines(run: PtyRun) -> list[str]:
-    """The lines the CLI printed once the display was gone (they start `adbatch:`; the
-    display never does)."""
+    """The lines the CLI printed once the display was gone: they start `adbatch:` (the
+    display never does), and load's figures block is indented under `adbatch: figures`."""
     text = CSI.sub("", run.raw.decode("utf-8", "replace"))
-    return [line for line in re.split(r"\r?\n|\r", text) if line.startswith("adbatch:")]
+    lines: list[str] = []
+    for line in re.split(r"\r?\n|\r", text):
+        if line.startswith("adbatch:") or (
+            lines and lines[-1] != "" and line.startswith("  ") and _in_block(lines)
+        ):
+            lines.append(line)
+    return lines
+
+
+def _in_block(lines: list[str]) -> bool:
+    """The last `adbatch:` line so far opens the figures block."""
+    last = next(line for line in reversed(lines) if line.startswith("adbatch:"))
+    return last == "adbatch: figures"
 
 
 def wrapped(lines: list[str], columns: int) -> list[str]:
@@ -64,7 +76,7 @@ def wrapped(lines: list[str], columns: int) -> list[str]:
 def check_screens(run: PtyRun, *, display_rows: int, summaries: int) -> None:
     columns = run.columns
     lines = summary_lines(run)
-    assert len(lines) == summaries, run.final
+    assert sum(line.startswith("adbatch:") for line in lines) == summaries, run.final
     # The end: the summary, wrapped as the terminal wraps it, and nothing else.
     assert run.final == wrapped(lines, columns)
     assert len(run.final) == sum(math.ceil(len(line) / columns) for line in lines)
@@ -122,7 +134,7 @@ def test_load_shows_rate_latency_and_token(tmp_path: Path, columns: int) -> None
         cwd=str(ROOT),
     )  # fmt: skip
     assert run.returncode == 0, run.final
-    check_screens(run, display_rows=3, summaries=2)
+    check_screens(run, display_rows=3, summaries=3)  # + `adbatch: figures`
     seen = run.seen_text()
     assert re.search(r"\ds / 5s", seen), seen
     if columns >= 200:  # at 80 columns the rows may be cut before their end
@@ -143,7 +155,7 @@ def test_replay_shows_the_display(tmp_path: Path, columns: int) -> None:
         cwd=str(ROOT),
     )  # fmt: skip
     assert run.returncode == 0, run.final
-    check_screens(run, display_rows=3, summaries=2)
+    check_screens(run, display_rows=3, summaries=3)  # + `adbatch: figures`
     assert re.search(r"\ds elapsed", run.seen_text())
 
 
@@ -221,7 +233,8 @@ def test_no_display_when_stderr_is_not_a_terminal(
     text = log.read_text()
     lines = text.splitlines()
     assert lines
-    assert all(line.startswith("adbatch: ") for line in lines), text
+    # The summary lines, and load's figures block indented under its "adbatch: figures".
+    assert all(line.startswith(("adbatch: ", "  ")) for line in lines), text
     assert "\x1b" not in text
     assert not any(ch in text for ch in BAR)
 

@@ -748,7 +748,7 @@ def test_readme_mock_commands_run_as_written(tmp_path: Path) -> None:
         port = str(URL(url).port)
         results = []
         for line in lines[1:-1]:
-            argv = shlex.split(line.replace("127.0.0.1:8080", f"127.0.0.1:{port}"))
+            argv = shlex.split(line.replace("127.0.0.1:8080", f"127.0.0.1:{port}"), comments=True)
             assert argv[0] == "adbatch"
             argv = [str(ROOT / a) if a.startswith("examples/") else a for a in argv[1:]]
             results.append(

@@ -114,7 +114,9 @@ async def test_long_run_renews_ahead_without_blocking(
 async def test_token_endpoint_failing_every_other_request(
     tmp_path: Path, write_jsonl: Callable[..., Path]
 ) -> None:
-    lifetime, rate, seconds = 2.0, 200.0, 3.0
+    # 4 s of calls at 2 s tokens: two renewals at least (--rate is exact now: 3 s of
+    # calls took ~3.4 s before and let a second renewal in, by luck).
+    lifetime, rate, seconds = 2.0, 200.0, 4.0
     count = int(rate * seconds)
     mock_config = MockConfig(token_lifetime=lifetime, token_fail_every=2, fixed_body=FIXED_BODY)
     async with running_mock(mock_config) as mock:

@@ -122,7 +122,9 @@ async def test_refused_token_stops_every_worker(
     assert summary.stopped is not None
     assert "HTTP 401" in summary.stopped
     records = read_records(out)
-    assert 10 <= len(records) < 588  # stopped early; what was answered is written once
+    # Stopped early: each of the 2 workers stops at ceil(10/2) = 5 refusals in a row (the
+    # run's 10 in a row); what was answered is written once.
+    assert 5 <= len(records) < 588
     assert len({r["seq"] for r in records}) == len(records)
     assert b"wrong-token" not in out.read_bytes()
 
