@@ -23,7 +23,7 @@ from engine.errors import ConfigError, plain_engine_errors
 from engine.load import driver as load_driver
 from engine.load.plan import LiveState, LoadOutcome, LoadPlan, sized_plan
 from engine.runtime.feeds import event_defaults, file_feed, mapping_feed, skip_answered
-from engine.runtime.session import open_run
+from engine.runtime.session import RunSession, open_run
 from engine.runtime.watch import Watch, engine_probe, input_progress
 
 __all__ = ["deliver", "run", "run_load"]
@@ -66,6 +66,7 @@ async def run_load(
 async def _load_workers(config: Config, plan: LoadPlan, *, watch: Watch | None) -> LoadOutcome:
     import time
 
+    from engine.load.series_file import close_shared, header, open_shared
     from engine.load.shares import LoadShare, ShareResult, merge_results, shares
     from engine.multiproc.driver import run_worker_jobs
 
@@ -74,8 +75,14 @@ async def _load_workers(config: Config, plan: LoadPlan, *, watch: Watch | None) 
     per_worker = max(1, -(-plan.slots // n))
     pool = load_driver.connections(config, plan, per_worker)
 
-    def jobs() -> list[LoadShare]:
-        return shares(plan, inputs=config.inputs, rate=config.rate, count=n, now=time.time())
+    def jobs(session: RunSession) -> list[LoadShare]:
+        horizon = load_driver.series_horizon(config)
+        parts = shares(plan, inputs=config.inputs, rate=config.rate, count=n,
+                       now=time.time(), series=config.series, horizon=horizon)  # fmt: skip
+        if config.series is not None:  # the header first; the workers append their seconds
+            head = header(session.config, session.secrets, mode=plan.mode, start=None)
+            open_shared(config.series, {**head, "start": parts[0].origin}, workers=n)
+        return parts
 
     def share(worker: Config) -> Config:
         # The schedule paces and bounds the calls: no batch limiter, one slot per call.
@@ -100,6 +107,9 @@ async def _load_workers(config: Config, plan: LoadPlan, *, watch: Watch | None) 
     done = merged(extras)
     figures = done.figures
     elapsed = summary.elapsed_s
+    if config.series is not None:
+        close_shared(config.series, elapsed_s=elapsed, events=figures.events,
+                     invalid=figures.invalid)  # fmt: skip
     summary = replace(summary, rate=figures.sent / elapsed if elapsed > 0 else 0.0)
     return LoadOutcome(
         summary,

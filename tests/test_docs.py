@@ -176,8 +176,9 @@ RUN = {
     "--threshold 'p99<500ms' --threshold 'errors<1%' -o out.jsonl",
     "adbatch load --mock examples/pageviews.jsonl --rate 50 --duration 1s --retries 2 -o out.jsonl",
     "adbatch load --mock examples/pageviews.jsonl --rate 50 --duration 1s --resume -o out.jsonl",
-    "adbatch load --mock examples/pageviews.jsonl --rate 50 --duration 1s --workers 2 "
+    "adbatch load --mock examples/pageviews.jsonl --rate 100 --duration 3s --workers 2 "
     "--series s.series -o out.jsonl",
+    "adbatch report s.series",
     "adbatch run events.jsonl -o out.jsonl",
     "adbatch run events.jsonl -o out.jsonl --resume",
     "adbatch run pageviews.jsonl -o ads.jsonl",

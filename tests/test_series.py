@@ -294,13 +294,56 @@ def test_series_report_renders_in_headless_chromium(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_load_workers_honour_records_and_refuse_series(tmp_path: Path) -> None:
+def test_load_workers_honour_records(tmp_path: Path) -> None:
     done = adbatch(*LOAD, "--workers", "2", "--records", "none", "-o", "w.jsonl",
                    "--summary", "w.json", cwd=tmp_path)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "w.jsonl").read_bytes() == b""
     assert orjson.loads((tmp_path / "w.json").read_bytes())["ok"] == 100
-    refused = adbatch(*LOAD, "--workers", "2", "--series", "s", "-o", "w.jsonl", cwd=tmp_path)
+
+
+def report_of(name: str, cwd: Path) -> tuple[str, dict[str, Any]]:
+    shown = adbatch("report", name, "--summary", f"{name}.json", cwd=cwd)
+    assert shown.returncode == 0, shown.stderr
+    return shown.stdout, orjson.loads((cwd / f"{name}.json").read_bytes())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["load", "replay"])
+def test_workers_write_one_series_file(tmp_path: Path, mode: str) -> None:
+    if mode == "load":
+        argv = ["load", "--mock", str(EXAMPLES), "--rate", "100", "--duration", "3s"]
+    else:
+        argv = ["replay", "--mock", str(EXAMPLES.parent / "access.log"), "--speed", "20"]
+    done = adbatch(*argv, "--workers", "2", "--no-progress", "--series", "s.jsonl",
+                   "-o", "r.jsonl", cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = [orjson.loads(x) for x in (tmp_path / "s.jsonl").read_bytes().splitlines()]
+    assert lines[0]["mode"] == mode
+    assert lines[0]["start"] > 0
+    assert lines[-1]["end"] is True
+    records = (tmp_path / "r.jsonl").read_bytes().splitlines()
+    assert len(records) > 1
+    assert sum(x["calls"] for x in lines[1:-1] if x["by"] == "scheduled") == len(records)
+    # Both workers wrote lines for the same seconds: the report adds them up.
+    seconds = [x["t"] for x in lines[1:-1] if x["by"] == "scheduled"]
+    assert len(seconds) > len(set(seconds))
+    text_s, from_series = report_of("s.jsonl", tmp_path)
+    text_r, from_records = report_of("r.jsonl", tmp_path)
+    for key in ("events", "sent", "ok", "failed", "dropped"):
+        assert from_series[key] == from_records[key], key
+    assert from_series["figures"]["statuses"] == from_records["figures"]["statuses"]
+    status = [line for line in text_s.splitlines() if line.lstrip().startswith("status")]
+    assert status
+    assert status == [
+        line for line in text_r.splitlines() if line.lstrip().startswith("status")
+    ]
+
+
+@pytest.mark.slow
+def test_workers_refuse_a_series_that_is_no_file(tmp_path: Path) -> None:
+    refused = adbatch(*LOAD, "--workers", "2", "--series", "/dev/null", "-o", "w.jsonl",
+                      cwd=tmp_path)  # fmt: skip
     assert refused.returncode == 2
-    assert "--series is written by a single process, not yet with --workers 2" in refused.stderr
+    assert "--series /dev/null is not a regular file" in refused.stderr
     assert refused.stderr.count("\n") == 1

@@ -251,15 +251,7 @@ def _run(args: argparse.Namespace, plan: LoadPlan) -> int:
 
 def _records_off_terminal(config: Config) -> Config:
     """No -o and stdout a terminal: a load test's records would scroll by by the
-    thousand; write none and say how to keep them. --series is one process's: it is
-    written as the run goes from each second's results, which with --workers N stay in
-    the workers (only their records, filtered by --records, reach the parent); the
-    merged figures at the end are bounded to 600 points, not one line a second."""
-    if config.series is not None and config.workers > 1:
-        raise ConfigError(
-            f"--series is written by a single process, not yet with --workers "
-            f"{config.workers}: drop --workers, or keep --summary FILE (the merged figures)"
-        )
+    thousand; write none and say how to keep them."""
     if config.output is not None or config.records == "none" or not sys.stdout.isatty():
         return config
     say("records not written to the terminal: give -o FILE")

@@ -263,9 +263,12 @@ def _series_writer(config: Config, secrets: Secrets, plan: LoadPlan) -> SeriesWr
     if config.series is None:
         return None
     head = header(config, secrets, mode=plan.mode, start=None)
-    # A second is complete once its last call can no longer be in flight.
-    horizon = config.timeout * (1 + config.retries) + 2.0
-    return SeriesWriter(config.series, head, horizon=horizon)
+    return SeriesWriter(config.series, head, horizon=series_horizon(config))
+
+
+def series_horizon(config: Config) -> float:
+    """A second of --series is complete once its last call can no longer be in flight."""
+    return config.timeout * (1 + config.retries) + 2.0
 
 
 def _probe(

@@ -10,6 +10,8 @@ Rules:
 - Each returns its `ShareResult`; the parent adds them up (`merge_results`): counters,
   both latency histograms (from the schedule and from the send) and the per-second
   series, which all share the origin.
+- `--series FILE`: each worker appends its own seconds to the file the parent opened
+  with the header (series_file.open_shared); the parent writes the end line.
 - The run's token, output and summary are the --workers machinery's (engine/multiproc):
   this module knows only the schedule and the figures.
 """
@@ -29,6 +31,7 @@ from engine.core.series import Figures, Series
 from engine.core.stats import Histogram
 from engine.load.driver import _Driver, _schedule
 from engine.load.plan import LiveState, LoadPlan, Scheduled
+from engine.load.series_file import SeriesWriter
 from engine.runtime.engine import Engine
 
 #: Seconds between the workers' start message and the schedule's first slot: the
@@ -57,6 +60,10 @@ class LoadShare:
     index: int
     count: int
     origin: float  # wall clock (time.time()) of the schedule's start
+    #: --series FILE to append this share's seconds to, and how long after a second
+    #: ends its lines are written (the longest a call can take).
+    series: str | None = None
+    horizon: float = 0.0
 
     async def run(
         self, engine: Engine, emit: Callable[[list[Result]], Awaitable[None]]
@@ -66,25 +73,43 @@ class LoadShare:
         window: ReorderWindow[Event] = ReorderWindow(self.plan.reorder)
         whole = _schedule(config, self.plan, live, ReadCounts(), window)
         figures = live.figures
+        series = (
+            None if self.series is None else SeriesWriter(self.series, None, horizon=self.horizon)
+        )
 
         async def count_and_emit(batch: list[Result]) -> None:
             for result in batch:
                 figures.add_result(result)
+            if series is not None:
+                series.add(batch, origin=self.origin)
             await emit(batch)
 
         driver = _Driver(engine, self.plan, live, origin=self.origin)
-        elapsed = await driver.run(every_nth(whole, self.index, self.count), count_and_emit)
+        try:
+            elapsed = await driver.run(every_nth(whole, self.index, self.count), count_and_emit)
+        finally:
+            if series is not None:
+                series.close()
         attempts = engine.state.stats.attempts
         return ShareResult(figures, live.scheduled, window.late, elapsed, attempts)
 
 
 def shares(
-    plan: LoadPlan, *, inputs: tuple[str, ...], rate: float | None, count: int, now: float
+    plan: LoadPlan,
+    *,
+    inputs: tuple[str, ...],
+    rate: float | None,
+    count: int,
+    now: float,
+    series: str | None = None,
+    horizon: float = 0.0,
 ) -> list[LoadShare]:
     """The N shares of one plan, starting START_LEAD_S after `now` (time.time())."""
     per_worker = replace(plan, max_in_flight=max(1, math.ceil(plan.slots / count)))
     origin = now + START_LEAD_S
-    return [LoadShare(per_worker, inputs, rate, i, count, origin) for i in range(count)]
+    return [
+        LoadShare(per_worker, inputs, rate, i, count, origin, series, horizon) for i in range(count)
+    ]
 
 
 async def every_nth(

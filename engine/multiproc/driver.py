@@ -35,7 +35,7 @@ from engine.multiproc.child import worker_main
 from engine.multiproc.messages import WorkerJob
 from engine.multiproc.parent import WorkerHandle, _Parent
 from engine.net.auth import TokenProvider
-from engine.runtime.session import open_run
+from engine.runtime.session import RunSession, open_run
 from engine.runtime.watch import Probe, Watch, input_progress, token_view
 
 _JOIN_TIMEOUT_S = 5.0
@@ -186,7 +186,7 @@ async def run_workers(
 
 async def run_worker_jobs(
     config: Config,
-    jobs: Callable[[], Sequence[WorkerJob]] | None = None,
+    jobs: Callable[[RunSession], Sequence[WorkerJob]] | None = None,
     *,
     share: Callable[[Config], Config] | None = None,
     summary_args: Callable[[dict[int, object]], dict[str, Any]] | None = None,
@@ -197,7 +197,8 @@ async def run_worker_jobs(
 ) -> tuple[Summary, dict[int, object]]:
     """`run_workers`, and what each worker's job returned (by worker index).
 
-    `jobs`: called once the run is open (the mock, the token are there), one job per
+    `jobs`: called with the run's session once it is open (the mock, the token, the
+    checked output paths are there), one job per
     worker, run instead of the input handed out by the parent (load, replay). `share`:
     adjusts a worker's config (worker_config's) for its job. `summary_args`: from the
     jobs' results, more arguments for `summarize` (elapsed_s, schedule, ...)."""
@@ -220,7 +221,7 @@ async def run_worker_jobs(
         live = watch is not None or session.config.progress
         worker_share = worker_config(session.config)
         if jobs is not None:
-            parent.jobs = list(jobs())
+            parent.jobs = list(jobs(session))
             worker_share = worker_share if share is None else share(worker_share)
         await parent.begin(worker_share, live=live)
         await parent.run(handle_signals=handle_signals)
