@@ -125,6 +125,7 @@ def _add_measure_options(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="calls in flight at most (default: the peak rate x (--timeout + 1 s), at "
         f"least {DEFAULT_MAX_IN_FLIGHT}, so a server stall up to --timeout drops nothing; "
+        "replay: from its --rate, not the log's own peak, which it does not scan first; "
         "with --workers N, split between them); -c is refused here",
     )
     g.add_argument(
