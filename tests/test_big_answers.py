@@ -80,8 +80,9 @@ async def test_peak_memory_within_the_readme_bound(tmp_path: Path, client: str) 
     """README: at worst about 4 x concurrency x --max-response-bytes, plus the engine's
     own few tens of MiB. 24 answers of exactly the limit (4 MiB) at -c 8: the bound is
     4 x 8 x 4 = 128 MiB plus 100 MiB for the interpreter and engine (~45 MiB idle) and
-    the margin a shared machine needs (measured 120-170 MiB in all). Before: jsonl joined a tick's records after
-    encoding them, each line copied once more for its newline (about 4 x)."""
+    the margin a shared machine needs (measured 120-170 MiB in all). Before: jsonl
+    joined a tick's records after encoding them, each line copied once more for its
+    newline."""
     limit, concurrency = 4 * MIB, 8
     events = tmp_path / "events.jsonl"
     events.write_bytes(b"".join(orjson.dumps({**EVENT, "id": f"e{i}"}) + b"\n" for i in range(24)))

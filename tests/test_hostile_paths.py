@@ -31,6 +31,9 @@ from engine.core.stats import Summary
 from engine.files.manifests import read_manifest
 from engine.mock import running_mock
 
+# End to end: CLI runs in subprocesses, seconds in all (CI runs -m slow).
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 EVENT = {
     "criteo-partner-id": 12345,

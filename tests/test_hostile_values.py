@@ -19,7 +19,10 @@ from conftest import exactly_once, read_records
 
 from engine.cli.main import main
 
-pytestmark = pytest.mark.anyio
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.slow,  # end to end: real servers and CLI runs, seconds in all (CI runs -m slow)
+]
 
 ROOT = Path(__file__).resolve().parent.parent
 GOOD = b'"criteo-partner-id":1,"retailer-visitor-id":"v","event-type":"viewHome","page-id":"p"'

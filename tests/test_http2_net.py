@@ -59,7 +59,10 @@ from engine.core.query import Request
 from engine.net.tls import client_context
 from engine.net.transport import open_transport
 
-pytestmark = pytest.mark.skipif(openssl() is None, reason="openssl is not installed")
+pytestmark = [
+    pytest.mark.skipif(openssl() is None, reason="openssl is not installed"),
+    pytest.mark.slow,  # end to end: real servers and CLI runs, seconds in all (CI runs -m slow)
+]
 NEEDS_TINYPROXY = pytest.mark.skipif(
     subprocess.run(["which", "tinyproxy"], capture_output=True).returncode != 0,
     reason="tinyproxy is not installed",

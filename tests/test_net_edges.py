@@ -30,7 +30,10 @@ from engine.core.tokenwindow import TokenFailure
 from engine.net.token_client import TokenClient
 from engine.net.transport import Response, open_transport
 
-pytestmark = pytest.mark.anyio
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.slow,  # end to end: real servers and CLI runs, seconds in all (CI runs -m slow)
+]
 
 ROOT = Path(__file__).resolve().parent.parent
 EVENT = {

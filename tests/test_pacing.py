@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 
 import pytest
 
@@ -267,7 +268,7 @@ def test_catch_up_bounds_every_100ms_window_after_a_stall() -> None:
         at = max(pacer.earliest(due), ready)
         pacer.sent(at)
         sends.append(at)
-    busiest = max(sum(1 for s in sends if t <= s < t + 0.1 - 1e-9) for t in sends)
+    busiest = _busiest_100ms(sends)
     assert busiest <= 1.25 * 50
     assert busiest > 55  # the backlog does go out faster than scheduled
     late = [s - n / 500 for n, s in enumerate(sends)]
@@ -295,7 +296,12 @@ def test_catch_up_drains_though_every_timer_wakes_late(overshoot: float) -> None
     late = [s - n / 500 for n, s in enumerate(sends)]
     assert max(late) >= 0.99
     assert late[4500] <= 0.01 + overshoot  # due at 9 s: caught up (6.7 s at +75/s)
-    busiest = max(sum(1 for s in sends if t <= s < t + 0.1 - 1e-9) for t in sends)
+    busiest = _busiest_100ms(sends)
     assert busiest <= 1.25 * 50
     after = [sum(1 for s in sends if t <= s < t + 0.1) for t in (2.5, 3.0, 4.0)]
     assert min(after) >= 55  # catching up: ~57.5 a window, not 50
+
+
+def _busiest_100ms(sends: list[float]) -> int:
+    """The most sends in a 100 ms window starting at a send (sends in order)."""
+    return max(bisect_left(sends, t + 0.1 - 1e-9) - i for i, t in enumerate(sends))

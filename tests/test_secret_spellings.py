@@ -28,7 +28,10 @@ from conftest import read_records
 
 from engine.cli.main import main
 
-pytestmark = pytest.mark.anyio
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.slow,  # end to end: real servers and CLI runs, seconds in all (CI runs -m slow)
+]
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT_ID = "echo-client"

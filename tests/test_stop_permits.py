@@ -26,7 +26,10 @@ from engine import run
 from engine.core.stops import EXIT_INTERNAL, InternalStreak
 from engine.mock import MockConfig, running_mock
 
-pytestmark = pytest.mark.anyio
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.slow,  # end to end: real servers and CLI runs, seconds in all (CI runs -m slow)
+]
 
 ROOT = Path(__file__).resolve().parent.parent
 BAD_PORT = "http://127.0.0.1:99999/delivery/retailmedia"  # a ConfigError since issue 16

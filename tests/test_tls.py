@@ -38,7 +38,10 @@ from engine.net.tls import client_context
 from engine.net.token_client import TokenClient
 from engine.net.transport import open_transport
 
-pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is missing")
+pytestmark = [
+    pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is missing"),
+    pytest.mark.slow,  # end to end: real servers and CLI runs, seconds in all (CI runs -m slow)
+]
 
 #: http2 when its extra is installed (else its cases are not collected; test_http2 says so).
 HTTP2 = all(importlib.util.find_spec(m) is not None for m in ("httpx", "h2"))
