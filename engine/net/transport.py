@@ -215,44 +215,38 @@ class SessionTransport:
                         raise TimeoutError from None
                     kept = status if exc.kind == ErrorKind.TOO_LARGE else None
                     return _failed(sent_at, start, exc.kind, exc.message, kept)
-        except TimeoutError:
-            return _failed(
-                sent_at, start, ErrorKind.TIMEOUT, f"no answer within {self._timeout:g}s"
-            )
-        except (aiohttp.ClientHttpProxyError, aiohttp.ClientProxyConnectionError) as exc:
-            return _failed(sent_at, start, *_proxy_failure(exc, via, url))
-        except aiohttp.ClientConnectorError as exc:
-            if (failure := tls_failure(exc, f"{exc.host}:{exc.port}")) is not None:
-                return _failed(sent_at, start, ErrorKind.TLS, failure)
-            reason = getattr(exc.os_error, "strerror", None) or str(exc.os_error)
-            return _failed(
-                sent_at,
-                start,
-                ErrorKind.CONNECT,
-                f"cannot connect to {exc.host}:{exc.port}: {reason}",
-            )
-        except aiohttp.ServerDisconnectedError:
-            return _failed(
-                sent_at,
-                start,
-                ErrorKind.DISCONNECTED,
-                "server closed the connection without answering",
-            )
-        except aiohttp.ClientPayloadError as exc:
-            return _failed(sent_at, start, ErrorKind.PAYLOAD, f"incomplete response body: {exc}")
-        except aiohttp.ClientError as exc:
-            # A TLS 1.3 server's alert (no client certificate) comes on the first read.
-            if (failure := tls_failure(exc, _where(request.url))) is not None:
-                return _failed(sent_at, start, ErrorKind.TLS, failure)
-            return _failed(sent_at, start, ErrorKind.NETWORK, f"{type(exc).__name__}: {exc}")
-        except OSError as exc:
-            return _failed(
-                sent_at, start, ErrorKind.NETWORK, f"network error: {exc.strerror or exc}"
-            )
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            return _failed(sent_at, start, *self._failure(exc, via, url, request.url))
         if status == 407 and via is not None:  # the proxy wants (other) credentials
             return _failed(sent_at, start, *refusal(via, 407, "", ""))
         latency_ms = (time.perf_counter() - start) * 1000.0
         return Response(status, body, sent_at, latency_ms, retry_after=retry_after)
+
+    def _failure(
+        self, exc: BaseException, via: ProxyURL | None, url: yarl.URL, target: str
+    ) -> tuple[str, str]:
+        """The kind and one-line text of a call that raised `exc` (aiohttp's errors, the
+        one place they become outcomes)."""
+        if isinstance(exc, TimeoutError):
+            return ErrorKind.TIMEOUT, f"no answer within {self._timeout:g}s"
+        if isinstance(exc, aiohttp.ClientHttpProxyError | aiohttp.ClientProxyConnectionError):
+            return _proxy_failure(exc, via, url)
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            if (failure := tls_failure(exc, f"{exc.host}:{exc.port}")) is not None:
+                return ErrorKind.TLS, failure
+            reason = getattr(exc.os_error, "strerror", None) or str(exc.os_error)
+            return ErrorKind.CONNECT, f"cannot connect to {exc.host}:{exc.port}: {reason}"
+        if isinstance(exc, aiohttp.ServerDisconnectedError):
+            return ErrorKind.DISCONNECTED, "server closed the connection without answering"
+        if isinstance(exc, aiohttp.ClientPayloadError):
+            return ErrorKind.PAYLOAD, f"incomplete response body: {exc}"
+        if isinstance(exc, aiohttp.ClientError):
+            # A TLS 1.3 server's alert (no client certificate) comes on the first read.
+            if (failure := tls_failure(exc, _where(target))) is not None:
+                return ErrorKind.TLS, failure
+            return ErrorKind.NETWORK, f"{type(exc).__name__}: {exc}"
+        strerror = exc.strerror if isinstance(exc, OSError) else None
+        return ErrorKind.NETWORK, f"network error: {strerror or exc}"
 
 
 def _session_headers(request: Request, authorization: str | None) -> dict[str, str]:
