@@ -59,15 +59,18 @@ async def run_load(
     config = config.validated()
     async with watched(config, plan.mode) as watch:
         if config.workers > 1:
-            return await _load_workers(config, plan.validated(), watch=watch)
+            return await _load_workers(config, plan.validated(), watch=watch, progress=progress)
         return await load_driver.run_load(config, plan, live=live, progress=progress, watch=watch)
 
 
-async def _load_workers(config: Config, plan: LoadPlan, *, watch: Watch | None) -> LoadOutcome:
+async def _load_workers(
+    config: Config, plan: LoadPlan, *, watch: Watch | None, progress: bool
+) -> LoadOutcome:
     import time
 
     from engine.load.series_file import close_shared, header, open_shared
     from engine.load.shares import LoadShare, ShareResult, merge_results, shares
+    from engine.load.summed import SummedLoad
     from engine.multiproc.driver import run_worker_jobs
 
     n = config.workers
@@ -96,13 +99,15 @@ async def _load_workers(config: Config, plan: LoadPlan, *, watch: Watch | None) 
         more: dict[str, Any] = {"schedule": done.figures.corrected}
         return more | ({"elapsed_s": done.elapsed_s} if done.elapsed_s > 0 else {})
 
-    # No live display: the parent's shows input read, not a schedule (--metrics-addr does).
+    # The parent shows and serves the schedule's view of the workers' summed figures.
     summary, extras = await run_worker_jobs(
         config.with_changes(progress=False),
         jobs,
         share=share,
         summary_args=summary_args,
         watch=watch,
+        probe=lambda sums: SummedLoad(sums, plan).probe,
+        view=(lambda sums: SummedLoad(sums, plan).view) if progress else None,
     )
     done = merged(extras)
     figures = done.figures

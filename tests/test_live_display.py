@@ -145,6 +145,49 @@ def test_load_shows_rate_latency_and_token(tmp_path: Path, columns: int) -> None
 
 
 @pytest.mark.parametrize("columns", [80, 200])
+def test_load_with_workers_shows_the_schedule_from_the_workers_figures(
+    tmp_path: Path, columns: int
+) -> None:
+    """The parent draws load's display from the workers' summed figures (issue 14)."""
+    out = tmp_path / "out.jsonl"
+    run = run_in_pty(
+        adbatch(
+            "load", "--mock", "--workers", "2", EXAMPLES / "pageviews.jsonl", "--rate", "50",
+            "--duration", "5s", "-o", out,
+        ),
+        columns=columns,
+        cwd=str(ROOT),
+    )  # fmt: skip
+    assert run.returncode == 0, run.final
+    check_screens(run, display_rows=3, summaries=3)  # + `adbatch: figures`
+    seen = run.seen_text()
+    assert re.search(r"\ds / 5s", seen), seen  # the schedule's clock, not input read
+    assert "workers" not in seen  # not run's display
+    assert re.search(r"\b[1-9][\d,]* done", seen), seen  # the workers' calls, summed
+    if columns >= 200:
+        assert "of 50/s target" in seen
+        assert re.search(r"last s p50 [\d.]+ ms, p99 [\d.]+ ms", seen), seen
+        assert "token static" in seen or "token valid" in seen, seen
+        assert re.search(r"0 errors · 0 dropped", seen)
+
+
+def test_replay_with_workers_shows_the_display(tmp_path: Path) -> None:
+    run = run_in_pty(
+        adbatch(
+            "replay", "--mock", "--workers", "2", EXAMPLES / "access.log", "--speed", "20",
+            "--max-gap", "2", "-o", tmp_path / "out.jsonl",
+        ),
+        columns=200,
+        cwd=str(ROOT),
+    )  # fmt: skip
+    assert run.returncode == 0, run.final
+    check_screens(run, display_rows=3, summaries=3)  # + `adbatch: figures`
+    seen = run.seen_text()
+    assert re.search(r"\ds elapsed", seen), seen
+    assert re.search(r"\b[1-9][\d,]* done", seen), seen
+
+
+@pytest.mark.parametrize("columns", [80, 200])
 def test_replay_shows_the_display(tmp_path: Path, columns: int) -> None:
     run = run_in_pty(
         adbatch(

@@ -160,6 +160,70 @@ async def test_load_and_replay_metrics(
 
 @pytest.mark.slow
 @pytest.mark.anyio
+async def test_load_with_workers_metrics(write_jsonl: Callable[..., Path], tmp_path: Path) -> None:
+    """load --workers 2: the parent serves the workers' summed figures as a load's (issue
+    14): the schedule lag of every call, the schedule's target rate, the calls due."""
+    out = tmp_path / "out.jsonl"
+    port = free_port()
+    plan = LoadPlan(pacer=constant(150, 2))
+    async with running_mock() as mock:
+        config = config_for(
+            mock, write_jsonl([EVENT] * 5), out, workers=2, metrics_addr=f":{port}",
+            metrics_linger=1,
+        )  # fmt: skip
+        outcome, bodies = await watch_while(
+            lambda: api.run_load(config, plan), f"http://127.0.0.1:{port}/metrics"
+        )
+    records = read_records(out)
+    assert outcome.exit_code == 0
+    assert 270 <= len(records) <= 330
+    last = check_final(bodies, records)
+    assert total(last, "adbatch_schedule_lag_seconds_count") == len(records)  # all sent
+    assert total(last, "adbatch_events_read_total") == len(records)  # every call came due
+    assert total(last, "adbatch_dropped_total") == 0
+    assert last["adbatch_target_rate"] == [({}, 0.0)]  # the schedule is over
+    targets = [samples(b).get("adbatch_target_rate") for b in bodies]
+    assert [({}, 150.0)] in targets, targets  # while it ran: the schedule's rate
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["load", "replay"])
+async def test_dashboard_of_load_and_replay_with_workers_names_the_mode(
+    mode: str, write_jsonl: Callable[..., Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "out.jsonl"
+    port = free_port()
+    if mode == "load":
+        events = write_jsonl([EVENT] * 5)
+        plan = LoadPlan(pacer=constant(100, 1.5))
+    else:  # 200 events 0.01 s apart: 2 s of traffic replayed in 1
+        events = write_jsonl([{**EVENT, "timestamp": 1e9 + i / 100} for i in range(200)])
+        plan = LoadPlan(mode="replay", speed=2.0)
+    async with running_mock() as mock:
+        config = config_for(
+            mock, events, out, workers=2, dashboard=f":{port}", metrics_linger=1.5
+        )
+        outcome, bodies = await watch_while(
+            lambda: api.run_load(config, plan), f"http://127.0.0.1:{port}/data.json"
+        )
+    records = read_records(out)
+    assert outcome.exit_code == 0
+    figures = [orjson.loads(b) for b in bodies]
+    assert {f["mode"] for f in figures} == {mode}
+    assert figures[-1]["finished"] is True
+    assert figures[-1]["done"] == len(records)
+    assert any(0 < f["done"] < len(records) for f in figures)
+    if mode == "load":
+        assert any(f["target_rate"] == 100.0 for f in figures)
+        assert figures[-1]["progress"]["unit"] == "seconds"
+    else:
+        assert {f["target_rate"] for f in figures} == {None}
+        assert figures[-1]["events_read"] == 200
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
 async def test_metrics_count_errors_retries_and_token_renewals(
     write_jsonl: Callable[..., Path], tmp_path: Path
 ) -> None:

@@ -210,3 +210,20 @@ def record_lag(lag: Histogram, results: Iterable[Result]) -> None:
     for result in results:
         if result.scheduled_at is not None and result.sent_at is not None:
             lag.record(max(0.0, (result.sent_at - result.scheduled_at) * 1000.0))
+
+
+def record_schedule(into: Tally, results: Iterable[Result]) -> None:
+    """Count the scheduled calls among `results` (load, replay) into `into`: calls due
+    (`scheduled`), the wait from schedule to send (`lag`) and the latency from the
+    schedule (`corrected`, as series.make_call reckons it); a dropped call is due, never
+    sent."""
+    for result in results:
+        due = result.scheduled_at
+        if due is None:
+            continue
+        into.scheduled += 1
+        if result.sent_at is not None:
+            wait = max(0.0, (result.sent_at - due) * 1000.0)
+            into.lag.record(wait)
+            if result.latency_ms is not None:
+                into.corrected.record(wait + result.latency_ms)

@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 
 from engine.core.pacing import Pacer, RatePacer
+from engine.core.stats import Histogram
 from engine.load.plan import LiveState
 from engine.net.auth import TokenProvider
 from engine.runtime.display import Bar, RateMeter, Row, count, show_live, span
@@ -44,9 +45,17 @@ def _errors(live: LiveState) -> str:
 
 
 def load_rows(
-    live: LiveState, *, elapsed: float, rate: float, target: float | None, token: str
+    live: LiveState,
+    *,
+    elapsed: float,
+    rate: float,
+    target: float | None,
+    token: str,
+    last_second: Histogram | None = None,
 ) -> list[Row]:
-    """The display's rows `elapsed` seconds into the schedule."""
+    """The display's rows `elapsed` seconds into the schedule. `last_second`: the last
+    second's latencies from the schedule, when `live` has no per-second series (the
+    --workers parent's: summed.py)."""
     f = live.figures
     if live.duration is not None:
         left = max(0.0, live.duration - elapsed)
@@ -59,14 +68,14 @@ def load_rows(
     else:
         where = f"{span(elapsed)} elapsed"
     achieved = f"{rate:,.0f}/s" + ("" if target is None else f" of {target:,.0f}/s target")
-    latest = None
-    timeline = f.timeline()
+    latest = last_second
+    timeline = f.timeline() if latest is None else None
     if timeline is not None:
         points = timeline.points()
         # the last full second: the current one is still filling up
-        latest = points[-2][1] if len(points) > 1 else points[-1][1]
-    p50 = latest.corrected.percentile(50) if latest is not None else None
-    p99 = latest.corrected.percentile(99) if latest is not None else None
+        latest = (points[-2][1] if len(points) > 1 else points[-1][1]).corrected
+    p50 = latest.percentile(50) if latest is not None else None
+    p99 = latest.percentile(99) if latest is not None else None
     lat = "p50 -" if p50 is None or p99 is None else f"p50 {p50:,.1f} ms, p99 {p99:,.1f} ms"
     return [
         where,

@@ -41,7 +41,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from engine.core.events import EventDefaults, Item
 from engine.core.records import Result, jsonl, jsonl_parts
 from engine.core.secrets import Secrets
-from engine.core.tally import Tally, tally_of
+from engine.core.tally import Tally, record_schedule, tally_of
 from engine.files.sinks import JsonlSink, kept
 from engine.multiproc.messages import (
     Answered,
@@ -120,6 +120,9 @@ class _Worker:
         )
         self.unreported = 0
         self.live_sent = Tally()  # the figures sent so far (LiveFigures carries deltas)
+        # A watched job (load, replay): its scheduled calls, lag and latency from the
+        # schedule, counted from the records as they are emitted.
+        self.schedule = Tally() if start.live and start.job is not None else None
         self.in_flight: Callable[[], int] = lambda: 0
 
     # -- the pipe
@@ -174,6 +177,8 @@ class _Worker:
         return self.engine.secrets.redact_bytes(data)
 
     async def emit(self, batch: list[Result]) -> None:
+        if self.schedule is not None:
+            record_schedule(self.schedule, batch)
         if self.start.ordered:
             lines = [(r.seq, self._redact(r.to_json() + b"\n")) for r in batch]
             await self.send(Ordered(lines, len(batch)))
@@ -183,6 +188,8 @@ class _Worker:
 
     def write(self, batch: list[Result]) -> None:
         assert self.sink is not None
+        if self.schedule is not None:
+            record_schedule(self.schedule, batch)
         for part in jsonl_parts(kept(batch, self.config.records)):  # big answers: one by one
             self.sink.write(self._redact(part))
         self.unreported += len(batch)
@@ -207,7 +214,18 @@ class _Worker:
         report, never a hook on each call."""
         if not self.start.live or self.engine is None:
             return
-        now = tally_of(self.engine.state.stats)
+        stats, schedule = self.engine.state.stats, self.schedule
+        now = (
+            tally_of(stats)
+            if schedule is None
+            else tally_of(
+                stats,
+                corrected=schedule.corrected,
+                lag=schedule.lag,
+                scheduled=schedule.scheduled,
+                events_read=schedule.scheduled + stats.invalid,
+            )
+        )
         delta, self.live_sent = now.minus(self.live_sent), now
         await self.send(LiveFigures(delta, self.in_flight()))
 

@@ -30,11 +30,12 @@ import anyio.to_thread
 
 from engine.config import Config
 from engine.core.stats import Summary, summarize
-from engine.core.tally import Snapshot
+from engine.core.tally import Snapshot, Tally
 from engine.multiproc.child import worker_main
 from engine.multiproc.messages import WorkerJob
 from engine.multiproc.parent import WorkerHandle, _Parent
 from engine.net.auth import TokenProvider
+from engine.runtime.display import View
 from engine.runtime.session import RunSession, open_run
 from engine.runtime.watch import Probe, Watch, input_progress, token_view
 
@@ -148,6 +149,27 @@ def _probe(parent: _Parent) -> Probe:
     return probe
 
 
+class LiveSum:
+    """The workers' figures as the parent sums them (load and replay read them to show
+    and serve their own view: engine/load/summed.py)."""
+
+    def __init__(self, parent: _Parent) -> None:
+        self._parent = parent
+
+    def tally(self) -> Tally:
+        return self._parent.live.copy()
+
+    def in_flight(self) -> int:
+        return sum(self._parent.live_in_flight.values())
+
+    @property
+    def tokens(self) -> TokenProvider:
+        return self._parent.tokens
+
+    def jobs(self) -> Sequence[WorkerJob]:
+        return self._parent.jobs or ()
+
+
 async def _stop_processes(workers: list[WorkerHandle]) -> None:
     # After a normal end every pipe is closed already; after a failure closing them
     # makes each worker's listener see EOF, so it finishes its calls and exits.
@@ -194,6 +216,8 @@ async def run_worker_jobs(
     start: StartMethod | None = None,
     handle_signals: bool = False,
     watch: Watch | None = None,
+    probe: Callable[[LiveSum], Probe] | None = None,
+    view: Callable[[LiveSum], View] | None = None,
 ) -> tuple[Summary, dict[int, object]]:
     """`run_workers`, and what each worker's job returned (by worker index).
 
@@ -201,7 +225,8 @@ async def run_worker_jobs(
     checked output paths are there), one job per
     worker, run instead of the input handed out by the parent (load, replay). `share`:
     adjusts a worker's config (worker_config's) for its job. `summary_args`: from the
-    jobs' results, more arguments for `summarize` (elapsed_s, schedule, ...)."""
+    jobs' results, more arguments for `summarize` (elapsed_s, schedule, ...). `probe`,
+    `view`: what `watch` and the live display show of the summed figures (default: a run's)."""
     config = config.validated()
     started = time.perf_counter()
     workers: list[WorkerHandle] = []
@@ -216,9 +241,10 @@ async def run_worker_jobs(
     ) as session:
         parent = _Parent(session, workers)
         if watch is not None:
-            watch.attach(_probe(parent))
+            watch.attach(_probe(parent) if probe is None else probe(LiveSum(parent)))
+        parent.view = None if view is None else view(LiveSum(parent))
         # The workers' figures also feed the live display (ok, failed, p99).
-        live = watch is not None or session.config.progress
+        live = watch is not None or session.config.progress or view is not None
         worker_share = worker_config(session.config)
         if jobs is not None:
             parent.jobs = list(jobs(session))

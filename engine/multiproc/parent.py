@@ -68,7 +68,7 @@ from engine.multiproc.messages import (
     WorkerJob,
 )
 from engine.net.auth import Lease, TokenBroker
-from engine.runtime.display import show_live
+from engine.runtime.display import View, show_live
 from engine.runtime.feeds import event_defaults, thread_batches
 from engine.runtime.progress import RunView, tally_figures
 from engine.runtime.session import RunSession
@@ -128,6 +128,8 @@ class _Parent:
         #: the input handed out here; and what each returned (Done.extra), by worker.
         self.jobs: list[WorkerJob] | None = None
         self.extras: dict[int, object] = {}
+        #: The live display instead of a run's (load, replay: their schedule's view).
+        self.view: View | None = None
 
     def _credit(self) -> int:
         per_worker = max(1, math.ceil(self.config.concurrency / self.config.workers))
@@ -158,7 +160,9 @@ class _Parent:
             tg.start_soon(self._watch_tokens)
             tg.start_soon(self._keep_tokens)
             tg.start_soon(self._watch_output)
-            if self.config.progress:
+            if self.view is not None:
+                tg.start_soon(show_live, self.view)
+            elif self.config.progress:
                 view = RunView.of_inputs(
                     lambda: tally_figures(self.live, self.taken),
                     self.session.counts,
