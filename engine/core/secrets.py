@@ -151,12 +151,17 @@ def _unit(digits: bytes) -> bytes:
     return unit
 
 
+#: `re`'s literal search: `b"\\u" in data` is ~3x slower on a body with many `\\"` (each
+#: backslash a false start), and most escaped bodies hold no `\\u` at all.
+_U_ESCAPE = re.compile(rb"\\u").search
+
+
 def _unspelled(data: bytes) -> bytes:
     """`data` with every escape a secret may hide behind undone, roughly: `\\uXXXX`
     decoded, backslashes dropped, `%XX` decoded, `+` read as a space. Only a filter: a
     spelled secret leaves its probe (`_probe`) in the result; the pattern decides."""
     if b"\\" in data:
-        if b"\\u" in data:
+        if _U_ESCAPE(data) is not None:
             data = _unicode_escapes(data)
         data = data.replace(b"\\", b"")
     if b"%" in data:
@@ -213,12 +218,20 @@ class _Finder:
 
     __slots__ = ("_literals", "_probes", "_raws", "_regex", "_secrets", "_space")
 
+    _probes: tuple[Callable[[bytes], re.Match[bytes] | None], ...] | None
+
     def __init__(self, secrets: tuple[str, ...]) -> None:
         self._secrets = secrets
         self._raws = tuple(s.encode("utf-8", "surrogatepass") for s in secrets)
         self._space = any(" " in s for s in secrets)  # then `+` may spell it
         probes = [_probe(s) for s in secrets]
-        self._probes = None if None in probes else tuple(p for p in probes if p is not None)
+        # As compiled literals: `re` finds a 50-byte probe in a few KB about twice as
+        # fast as `bytes.__contains__` (measured on a 2.7 KB Criteo-shaped body).
+        self._probes = (
+            None
+            if None in probes
+            else tuple(re.compile(re.escape(p)).search for p in probes if p is not None)
+        )
         self._literals: tuple[bytes, ...] | None = None  # made when first needed
         self._regex: re.Pattern[bytes] | None = None  # compiled when first needed
 
@@ -243,7 +256,7 @@ class _Finder:
         probes = self._probes
         if probes is not None:
             plain = _unspelled(data)
-            if not any(p in plain for p in probes):
+            if not any(found(plain) for found in probes):
                 return data
         return self._spelled(data)
 
@@ -262,8 +275,10 @@ class _Finder:
         if spans:
             data = _redact_spans(data, sorted(spans))
         probes = self._probes
-        if probes is not None and not any(p in _unspelled(data) for p in probes):
-            return data
+        if probes is not None:
+            plain = _unspelled(data)
+            if not any(found(plain) for found in probes):
+                return data
         regex = self._regex
         if regex is None:
             # Longest first: a secret holding another is taken whole.
