@@ -247,7 +247,7 @@ def test_cli_load_on_mock_writes_summary(
     assert data["sent"] == 20 == len(read_records(out))
     assert data["summary"]["ok"] == 20
     assert data["scheduled"] == 20
-    assert set(data["latency_ms"]) == {"p50", "p90", "p99", "p99.9", "max", "mean"}
+    assert set(data["latency_ms"]) == {"min", "p50", "p90", "p95", "p99", "p99.9", "max", "mean"}
     assert data["series"]
     assert data["series"][0]["rate"] > 0
     assert "mock-token" not in summary.read_text() + out.read_text()

@@ -140,10 +140,9 @@ class Series:
 
 
 def _pcts(hist: Histogram) -> dict[str, float | None]:
-    out: dict[str, float | None] = {
-        "p" + f"{p:g}": (None if (v := hist.percentile(p)) is None else round(v, 3))
-        for p in PERCENTILES
-    }
+    out: dict[str, float | None] = {"min": round(hist.min, 3) if hist.count else None}
+    for p in PERCENTILES:
+        out["p" + f"{p:g}"] = None if (v := hist.percentile(p)) is None else round(v, 3)
     out["max"] = round(hist.max, 3) if hist.count else None
     out["mean"] = round(hist.total / hist.count, 3) if hist.count else None
     return out

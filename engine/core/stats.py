@@ -339,7 +339,7 @@ class Summary:
         return text + f", {plural(self.token_waits, 'call')} waited"
 
 
-PERCENTILES = (50.0, 90.0, 99.0, 99.9)
+PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.9)
 
 
 def plural(n: int, one: str, many: str | None = None) -> str:
@@ -362,10 +362,9 @@ def summarize(
 ) -> Summary:
     """The Summary of `stats`; `schedule`: the latency from the schedule (load, replay)."""
     lat = stats.latency
-    latency: dict[str, float | None] = {
-        ("p" + (f"{p:g}")): (None if (v := lat.percentile(p)) is None else round(v, 3))
-        for p in PERCENTILES
-    }
+    latency: dict[str, float | None] = {"min": round(lat.min, 3) if lat.count else None}
+    for p in PERCENTILES:
+        latency["p" + f"{p:g}"] = None if (v := lat.percentile(p)) is None else round(v, 3)
     latency["max"] = round(lat.max, 3) if lat.count else None
     latency["mean"] = round(lat.total / lat.count, 3) if lat.count else None
     dropped = stats.errors.get(ErrorKind.DROPPED, 0)
