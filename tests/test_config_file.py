@@ -135,6 +135,19 @@ def test_config_show_never_shows_a_secret(
         assert secret not in text
 
 
+def test_config_show_hides_url_credentials_and_header_values(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("ADBATCH_TOKEN", "tok-0123456789abcdef")
+    argv = ["--endpoint", "https://user:PASSW0RD@example.com/x?key=QSECRET&b"]
+    argv += ["--header", "X-Api-Key: KEYSECRET"]
+    shown = _show(argv, capsys)
+    assert shown["endpoint"][0] == '"https://user:[redacted]@example.com/x?key=[redacted]&b"'
+    assert shown["headers"][0] == '["X-Api-Key: [redacted]"]'
+    for secret in ("PASSW0RD", "QSECRET", "KEYSECRET"):
+        assert secret not in repr(shown)
+
+
 def test_config_show_still_refuses_a_config_that_cannot_run(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

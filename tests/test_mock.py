@@ -655,7 +655,8 @@ def _stop(proc: subprocess.Popen[str]) -> str:
         pytest.param(["--host", "a b"], "--host: expected a host name", id="host"),
         pytest.param(["--p503", "1.5"], "--p503: expected a probability", id="p"),
         pytest.param(["--reset", "nan"], "--reset: expected a probability", id="nan"),
-        pytest.param(["--latency", "-1"], "--latency: expected seconds", id="latency"),
+        pytest.param(["--latency", "-1"], "--latency: expected a duration", id="latency"),
+        pytest.param(["--slow-seconds", "2x"], "--slow-seconds: expected a duration", id="unit"),
         pytest.param(["--p500", "0.6", "--slow", "0.6"], "add up to more than 1", id="sum-over-1"),
     ],
 )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import fields
+from urllib.parse import urlsplit, urlunsplit
 
 from engine.cli.common import Subparsers
 from engine.cli.options import resolve
@@ -21,6 +22,8 @@ from engine.errors import ConfigError
 #: Fields that adbatch decides itself (the live display: by the terminal).
 _HIDDEN = {"progress"}
 _SECRETS = {"token", "client_secret"}
+#: URLs whose user:password and query values are not shown (a key may sit there).
+_URLS = {"endpoint", "token_url"}
 REDACTED = "[redacted]"
 
 
@@ -74,6 +77,11 @@ def _shown(name: str, value: object) -> str:
         return "(not set)"
     if name in _SECRETS:
         return REDACTED
+    if name == "headers" and isinstance(value, tuple | list):
+        # A header may carry a key (X-Api-Key): its name shows, its value does not.
+        return _toml([f"{str(h).partition(':')[0]}: {REDACTED}" for h in value])
+    if name in _URLS and isinstance(value, str):
+        return _toml(_without_credentials(value))
     if name == "proxy" and isinstance(value, str):
         try:
             return _toml(parse_proxy_url(value, source="--proxy").shown)
@@ -90,3 +98,22 @@ def _toml(value: object) -> str:
     if isinstance(value, tuple | list):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
     return json.dumps(str(value), ensure_ascii=False)
+
+
+def _without_credentials(url: str) -> str:
+    """`url` with its password and its query's values as [redacted]."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        user, _, host = netloc.rpartition("@")
+        name = user.partition(":")[0]
+        netloc = f"{name}:{REDACTED}@{host}" if ":" in user else f"{REDACTED}@{host}"
+    query = (
+        "&".join(
+            f"{pair.partition('=')[0]}={REDACTED}" if "=" in pair else pair
+            for pair in parts.query.split("&")
+        )
+        if parts.query
+        else ""
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))

@@ -15,6 +15,7 @@ from functools import partial
 
 from engine import api
 from engine.cli import hints
+from engine.cli.argtypes import duration
 from engine.cli.common import Subparsers, json_bytes, run_async, say, write_file
 from engine.cli.options import config_from_args, shard
 from engine.cli.run_options import add_run_options
@@ -170,7 +171,12 @@ def _number(text: str, low: float, high: float, what: str) -> float:
 
 
 def _seconds(text: str) -> float:
-    return _number(text, 0.0, 86400.0 * 366, "seconds, 0 or more (e.g. 0.05)")
+    """The one duration grammar (`50ms`, `2s`, `15m`, a bare number of seconds), at most
+    a year (the mock's timers)."""
+    value = duration(text)
+    if value > 86400.0 * 366:
+        raise argparse.ArgumentTypeError(f"expected at most a year, got {text!r}")
+    return value
 
 
 def _probability(text: str) -> float:
