@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+# End to end: CLI runs in subprocesses, seconds in all (CI runs -m slow).
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 CSV_HINT = "adbatch: hint: stdin looks like CSV: add --format csv\n"

@@ -22,6 +22,9 @@ from conftest import exactly_once, read_records
 from engine.cli.main import main
 from engine.mock import MockConfig, running_mock
 
+# End to end: CLI runs in subprocesses, seconds in all (CI runs -m slow).
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
