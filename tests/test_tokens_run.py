@@ -356,4 +356,6 @@ async def test_load_command_renews_tokens_too(
     assert state.unauthorized == 0
     assert summary.dynamic_tokens
     assert summary.token_renewals >= 2  # renewed in the background, not once per 401
-    assert state.token_requests == summary.tokens_fetched
+    # A renewal may be on its way as the run ends: the mock counted it, the summary (made
+    # before it came back) did not.
+    assert summary.tokens_fetched <= state.token_requests <= summary.tokens_fetched + 1
