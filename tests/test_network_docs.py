@@ -36,6 +36,7 @@ NETWORK = (ROOT / "docs" / "network.md").read_text()
 README = (ROOT / "README.md").read_text()
 
 pytestmark = [
+    pytest.mark.slow,  # nginx + tinyproxy; uvloop on 3.13 once hit EBUSY at loop close here
     pytest.mark.skipif(openssl() is None, reason="openssl is not installed"),
     pytest.mark.skipif(nginx() is None, reason="nginx is not installed"),
 ]
