@@ -30,7 +30,8 @@ from engine.core.stats import RunStats, summarize
 from engine.distributed.merge import add_stats, merge_outputs, stats_to_dict
 from engine.errors import ConfigError
 from engine.files.manifests import manifest_path, read_manifest
-from engine.files.sources import read_items, read_range_items
+from engine.files.ranges import read_range_items
+from engine.files.sources import read_items
 from engine.mock import MockHandle
 
 

@@ -35,8 +35,9 @@ from engine.core.records import Result, jsonl
 from engine.distributed.merge import stats_to_dict
 from engine.distributed.plan import ShardTask, meta_path, part_path
 from engine.files.manifests import scan_part, write_json_atomic
+from engine.files.ranges import read_range_items
 from engine.files.sinks import JsonlSink
-from engine.files.sources import read_items, read_range_items
+from engine.files.sources import read_items
 from engine.net.auth import FollowerToken, Lease, TokenBroker, TokenProvider
 from engine.runtime.engine import Engine
 from engine.runtime.feeds import READ_BATCH, event_defaults, thread_batches

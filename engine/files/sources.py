@@ -300,65 +300,6 @@ def read_items(
             close()
 
 
-class _RangeReader(io.RawIOBase):
-    """At most `length` bytes of a file, from where it stands."""
-
-    def __init__(self, raw: BinaryIO, length: int) -> None:
-        self._raw = raw
-        self._left = length
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        size = min(len(buffer), self._left)
-        if size <= 0:
-            return 0
-        got = self._raw.readinto(memoryview(buffer)[:size])  # type: ignore[attr-defined]
-        got = got or 0
-        self._left -= got
-        return int(got)
-
-    def close(self) -> None:
-        self._raw.close()
-        super().close()
-
-
-def read_range_items(
-    path: str,
-    start: int,
-    end: int,
-    *,
-    first_line: int = 1,
-    defaults: EventDefaults = NO_DEFAULTS,
-    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
-    counts: ReadCounts | None = None,
-) -> Generator[Item, None, None]:
-    """The JSONL records of bytes [start, end) of an uncompressed file, seq from 0.
-
-    The range must start at a line start and end at one (or at the end of the file), as
-    `engine.core.shard.cut_ranges` cuts them; `first_line` is the number of its
-    first line in the file, so sources read `path:line` as in a whole-file read.
-    """
-    counts = counts if counts is not None else ReadCounts()
-    try:
-        raw = open(path, "rb")
-    except OSError as exc:
-        raise InputError(f"cannot read input {path}: {exc.strerror or exc}") from None
-    raw.seek(start)
-    stream = io.BufferedReader(_RangeReader(raw, end - start))
-    offset = first_line - 1
-    try:
-        for seq, record in enumerate(_jsonl_records(stream, max_line_bytes, counts)):
-            source = f"{path}:{record.line + offset}"
-            if record.obj is None:
-                yield Invalid(seq, source, None, record.error or "unreadable line")
-            else:
-                yield make_event(record.obj, seq=seq, source=source, defaults=defaults)
-    finally:
-        stream.close()
-
-
 def next_batch(items: Iterator[T], size: int) -> list[T]:
     """Up to `size` items; an empty list means the input is done."""
     batch: list[T] = []

@@ -1,0 +1,79 @@
+"""Byte ranges of an uncompressed JSONL input (the Ray backend's shards).
+
+Rules:
+- A range starts at a line start and ends at one (or at the end of the input), as
+  `engine.core.shard.cut_ranges` cuts them, so it holds whole lines only; `first_line`
+  numbers its first line in the input, so `source` reads `path:line` (`URL:line`) as in
+  a whole-input read. `seq` counts from 0 within the range.
+- A file is opened and sought.
+- The lines are read by sources.py's JSONL reader: same items, same invalid records.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Generator
+from typing import BinaryIO
+
+from engine.config import DEFAULT_MAX_LINE_BYTES
+from engine.core.events import NO_DEFAULTS, EventDefaults, Invalid, Item, ReadCounts, make_event
+from engine.errors import InputError
+from engine.files.sources import _jsonl_records
+
+
+class _RangeReader(io.RawIOBase):
+    """At most `length` bytes of a file, from where it stands."""
+
+    def __init__(self, raw: BinaryIO, length: int) -> None:
+        self._raw = raw
+        self._left = length
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        size = min(len(buffer), self._left)
+        if size <= 0:
+            return 0
+        got = self._raw.readinto(memoryview(buffer)[:size])  # type: ignore[attr-defined]
+        got = got or 0
+        self._left -= got
+        return int(got)
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+def _open(path: str) -> BinaryIO:
+    try:
+        return open(path, "rb")
+    except OSError as exc:
+        raise InputError(f"cannot read input {path}: {exc.strerror or exc}") from None
+
+
+def read_range_items(
+    path: str,
+    start: int,
+    end: int,
+    *,
+    first_line: int = 1,
+    defaults: EventDefaults = NO_DEFAULTS,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    counts: ReadCounts | None = None,
+) -> Generator[Item, None, None]:
+    """The JSONL records of bytes [start, end) of an uncompressed file, seq from 0."""
+    counts = counts if counts is not None else ReadCounts()
+    raw = _open(path)
+    raw.seek(start)
+    stream = io.BufferedReader(_RangeReader(raw, end - start))
+    offset = first_line - 1
+    try:
+        for seq, record in enumerate(_jsonl_records(stream, max_line_bytes, counts)):
+            source = f"{path}:{record.line + offset}"
+            if record.obj is None:
+                yield Invalid(seq, source, None, record.error or "unreadable line")
+            else:
+                yield make_event(record.obj, seq=seq, source=source, defaults=defaults)
+    finally:
+        stream.close()
