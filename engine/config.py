@@ -22,6 +22,7 @@ from engine.core.proxies import parse_proxy_url
 from engine.core.secrets import token_problem
 from engine.core.stops import INTERNAL_STREAK
 from engine.core.thresholds import parse_thresholds
+from engine.core.urls import check_option as check_storage_option
 
 DEFAULT_ENDPOINT = "https://d.us.criteo.com/delivery/retailmedia"
 DEFAULT_TOKEN_URL = "https://api.criteo.com/oauth2/token"
@@ -140,6 +141,9 @@ class Config:
     # reads them); --series FILE: one line per second of mergeable figures (load, replay).
     records: Literal["all", "errors", "none"] = "all"
     series: str | None = None
+    # --storage-option key=value (repeatable): fsspec options for URL inputs and outputs
+    # (files/storage.py); values whose key names a credential are never shown.
+    storage_options: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
     def validated(self) -> Config:
         """This config, checked; raises ConfigError naming the option at fault."""
@@ -257,6 +261,13 @@ class Config:
                 raise ConfigError(
                     "--backend ray resumes by itself (a rerun skips complete shards); drop --resume"
                 )
+        self._check_storage_options()  # where the inputs and outputs live
+
+    def _check_storage_options(self) -> None:
+        for pair in self.storage_options:
+            if not (isinstance(pair, tuple | list) and len(pair) == 2 and isinstance(pair[1], str)):
+                raise ConfigError("--storage-option must be KEY=VALUE pairs")
+            check_storage_option(pair[0])
 
     def _check_observers(self) -> None:
         if self.metrics_addr is not None:

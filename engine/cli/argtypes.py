@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable
 from typing import NoReturn, TypeVar
 
+from engine.core.errors import ConfigError
 from engine.core.shard import parse_shard
 from engine.core.units import (
     DURATION_EXAMPLES,
@@ -22,6 +23,7 @@ from engine.core.units import (
     parse_rate,
     parse_size,
 )
+from engine.core.urls import parse_option
 
 T = TypeVar("T", int, float)
 Q = TypeVar("Q", int, float)
@@ -130,3 +132,11 @@ def _auto_workers() -> int:
     from engine.multiproc.driver import auto_workers
 
     return auto_workers()
+
+
+def storage_option(text: str) -> tuple[str, str]:
+    """`--storage-option KEY=VALUE` -> (key, value) (the value is never echoed)."""
+    try:
+        return parse_option(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--storage-option ")) from None

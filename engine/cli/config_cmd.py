@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import fields
-from urllib.parse import urlsplit, urlunsplit
 
 from engine.cli.common import Subparsers
 from engine.cli.options import resolve
@@ -17,6 +16,8 @@ from engine.cli.run_options import add_run_options
 from engine.config import Config
 from engine.core.proxies import parse_proxy_url
 from engine.core.secrets import Secrets
+from engine.core.urls import shown_option
+from engine.core.urls import without_credentials as _without_credentials
 from engine.errors import ConfigError
 
 #: Fields that adbatch decides itself (the live display: by the terminal).
@@ -80,6 +81,8 @@ def _shown(name: str, value: object) -> str:
     if name == "headers" and isinstance(value, tuple | list):
         # A header may carry a key (X-Api-Key): its name shows, its value does not.
         return _toml([f"{str(h).partition(':')[0]}: {REDACTED}" for h in value])
+    if name == "storage_options" and isinstance(value, tuple | list):
+        return _toml([shown_option(str(k), str(v)) for k, v in value])
     if name in _URLS and isinstance(value, str):
         return _toml(_without_credentials(value))
     if name == "proxy" and isinstance(value, str):
@@ -98,22 +101,3 @@ def _toml(value: object) -> str:
     if isinstance(value, tuple | list):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
     return json.dumps(str(value), ensure_ascii=False)
-
-
-def _without_credentials(url: str) -> str:
-    """`url` with its password and its query's values as [redacted]."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        user, _, host = netloc.rpartition("@")
-        name = user.partition(":")[0]
-        netloc = f"{name}:{REDACTED}@{host}" if ":" in user else f"{REDACTED}@{host}"
-    query = (
-        "&".join(
-            f"{pair.partition('=')[0]}={REDACTED}" if "=" in pair else pair
-            for pair in parts.query.split("&")
-        )
-        if parts.query
-        else ""
-    )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))

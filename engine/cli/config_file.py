@@ -86,6 +86,22 @@ def _choice(*choices: str) -> Kind:
     return kind
 
 
+def _storage_options(value: object) -> tuple[tuple[str, str], ...]:
+    """`storage-option = ["k=v", ...]` (or one string), or a table `{k = v}`."""
+    if isinstance(value, dict):
+        pairs = []
+        for key, item in value.items():
+            if isinstance(item, bool):
+                item = "true" if item else "false"
+            elif isinstance(item, int | float):
+                item = str(item)
+            elif not isinstance(item, str):
+                raise _wrong(f"a string, a number or a boolean for {key!r}", item)
+            pairs.append(t.storage_option(f"{key}={item}"))
+        return tuple(pairs)
+    return tuple(t.storage_option(text) for text in _texts(value))
+
+
 def _partner(value: object) -> str:
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise _wrong("an integer", value)
@@ -100,6 +116,7 @@ KINDS: dict[str, Kind] = {
     "inputs": _texts,
     "headers": _texts,
     "partner_id": _partner,
+    "storage_options": _storage_options,
     "concurrency": _option(t.positive_int, _WHOLE, floats=False),
     "fail_fast_401": _option(t.positive_int, _WHOLE, floats=False),
     "internal_streak": _option(t.positive_int, _WHOLE, floats=False),
@@ -153,7 +170,12 @@ def typed(name: str, value: object) -> Any:
 
 
 #: The spelling of a key in a file -> the Config field (the options' dests).
-_ALIASES = {"format": "input_format", "header": "headers", "threshold": "thresholds"}
+_ALIASES = {
+    "format": "input_format",
+    "header": "headers",
+    "threshold": "thresholds",
+    "storage_option": "storage_options",
+}
 
 
 def _field(key: str) -> str:

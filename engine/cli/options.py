@@ -34,6 +34,7 @@ from engine.cli.config_file import load_toml, typed
 from engine.config import Config
 from engine.errors import ConfigError
 from engine.files.paths import check_outputs, written_by
+from engine.files.storage import expand_inputs, is_url
 
 #: Options that may also come from the environment.
 ENV_VARS = {
@@ -108,7 +109,11 @@ class Resolved:
 
 
 #: Fields whose option is not spelled as the field.
-_OPTION_NAMES = {"input_format": "--format", "headers": "--header"}
+_OPTION_NAMES = {
+    "input_format": "--format",
+    "headers": "--header",
+    "storage_options": "--storage-option",
+}
 
 
 def option_name(name: str) -> str:
@@ -161,6 +166,9 @@ def config_from_args(
         config = Config(**merged).validated()
     except TypeError as exc:
         raise ConfigError(f"bad option value: {exc}") from None
+    if any(is_url(name) for name in config.inputs):  # globs and prefixes -> their objects,
+        # here, so that --resume, --shard and --workers all see the same object list
+        config = config.with_changes(inputs=expand_inputs(config.inputs, config.storage_options))
     # The files options are read from are inputs too (open_run checks the event inputs).
     option_files = [(f"--{name.replace('_', '-')}", getattr(args, name)) for name in _READ]
     tls_files = [("--cacert", config.cacert), ("--client-cert", config.client_cert)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 
+from engine.cli.argtypes import storage_option
 from engine.cli.options import (
     RefuseSecret,
     count,
@@ -40,7 +41,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
         metavar="INPUT",
         help="event files (.jsonl, .ndjson, .csv, optionally .gz); '-' or none reads stdin",
     )
-    _add_io_options(p.add_argument_group("input and output"))
+    _add_io_options(io := p.add_argument_group("input and output"))
+    _add_storage_options(io)
     api = p.add_argument_group("delivery API")
     _add_api_options(api)
     _add_token_options(api)
@@ -51,6 +53,19 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     )
     _add_watch_options(p.add_argument_group("watching the run (README: Watching a run)"))
     _add_other_options(p.add_argument_group("other"))
+
+
+def _add_storage_options(io: argparse._ArgumentGroup) -> None:
+    io.add_argument(
+        "--storage-option",
+        dest="storage_options",
+        action="append",
+        type=storage_option,
+        metavar="KEY=VALUE",
+        help="an fsspec option for URL inputs and outputs (s3://, gs://, az://, https://), "
+        "e.g. endpoint_url=http://127.0.0.1:9000 (repeatable; true/false and whole numbers "
+        "are typed; credentials come from the environment, as for the AWS CLI)",
+    )
 
 
 def _add_io_options(io: argparse._ArgumentGroup) -> None:

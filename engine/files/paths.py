@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from engine.config import Config
 from engine.errors import ConfigError
 from engine.files.manifests import manifest_path
+from engine.files.storage import is_url
 
 #: A path with what it is for in the command: ("input", "a.jsonl"), ("-o", "out.jsonl").
 #: `-` is stdin among the inputs, stdout among the outputs.
@@ -33,6 +34,8 @@ Named = tuple[str, str | None]
 def file_key(path: str, *, fd: int | None = None) -> tuple[object, ...] | None:
     """What identifies the file at `path`; None when it is not one to compare. `-` is
     the file open as `fd` (0: stdin, 1: stdout; None: not compared)."""
+    if is_url(path):  # an object or a remote file: never stat'ed; known by its URL
+        return ("url", path)
     try:
         if path == "-":
             if fd is None:

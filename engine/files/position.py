@@ -15,6 +15,7 @@ import io
 import os
 import stat
 from collections.abc import Iterable
+from typing import BinaryIO
 
 from engine.core.events import ReadCounts
 
@@ -42,7 +43,7 @@ class Counted(io.RawIOBase):
     """A file's bytes, added to `counts.bytes_read` as they are read (one call per
     buffer fill of the BufferedReader above it)."""
 
-    def __init__(self, raw: io.FileIO, counts: ReadCounts) -> None:
+    def __init__(self, raw: io.FileIO | BinaryIO, counts: ReadCounts) -> None:
         self._raw = raw
         self._counts = counts
 
@@ -50,7 +51,7 @@ class Counted(io.RawIOBase):
         return True
 
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        got = self._raw.readinto(buffer) or 0
+        got = self._raw.readinto(buffer) or 0  # type: ignore[union-attr]
         self._counts.bytes_read += got
         return got
 

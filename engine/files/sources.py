@@ -42,6 +42,7 @@ from engine.core.events import (
 from engine.errors import InputError
 from engine.files.position import Counted
 from engine.files.position import input_size as input_size  # re-exported
+from engine.files.storage import StorageOptions, is_url, open_read
 
 T = TypeVar("T")
 
@@ -75,7 +76,7 @@ def check_inputs(paths: Iterable[str]) -> None:
     open would consume a named pipe's writer (the real open then waits forever) or a
     process substitution's `/dev/fd/N`."""
     for path in paths:
-        if path == STDIN:
+        if path == STDIN or is_url(path):  # a URL was listed when expanded (files/storage.py)
             continue
         try:
             info = os.stat(path)
@@ -89,13 +90,16 @@ def check_inputs(paths: Iterable[str]) -> None:
 
 
 def _open_binary(
-    path: str, counts: ReadCounts | None = None
+    path: str, counts: ReadCounts | None = None, options: StorageOptions = ()
 ) -> tuple[BinaryIO, Callable[[], None]]:
     """The byte stream of one input (gunzipped when it starts with the gzip magic),
     and how to close it; a file's bytes read are counted into `counts`."""
     if path == STDIN:
         raw: BinaryIO = sys.stdin.buffer
         close: Callable[[], None] = lambda: None  # noqa: E731 - stdin stays open
+    elif is_url(path):  # object storage, http(s): streamed by ranged reads
+        raw = io.BufferedReader(Counted(open_read(path, options), counts or ReadCounts()), 1 << 16)
+        close = raw.close
     else:
         try:
             file = open(path, "rb", buffering=0)
@@ -277,6 +281,7 @@ def read_items(
     defaults: EventDefaults = NO_DEFAULTS,
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     counts: ReadCounts | None = None,
+    storage_options: StorageOptions = (),
 ) -> Generator[Item, None, None]:
     """Every input record of every path, in order, as Event or Invalid with seq 0, 1, ..."""
     counts = counts if counts is not None else ReadCounts()
@@ -284,7 +289,7 @@ def read_items(
     for path in paths:
         name = STDIN_NAME if path == STDIN else path
         fmt = source_format(path, input_format)
-        stream, close = _open_binary(path, counts)
+        stream, close = _open_binary(path, counts, storage_options)
         try:
             records = (_csv_records if fmt == "csv" else _jsonl_records)(
                 stream, max_line_bytes, counts
@@ -334,6 +339,7 @@ def read_units(
     input_format: Format = "auto",
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     counts: ReadCounts | None = None,
+    storage_options: StorageOptions = (),
 ) -> Generator[Unit, None, None]:
     """Like `read_items` (same seq, same source, same skipped blanks) but leaves the JSON
     parsing and the event checks to `unit_item`, so another process can do them."""
@@ -341,7 +347,7 @@ def read_units(
     seq = 0
     for path in paths:
         name = STDIN_NAME if path == STDIN else path
-        stream, close = _open_binary(path, counts)
+        stream, close = _open_binary(path, counts, storage_options)
         try:
             if source_format(path, input_format) == "csv":
                 for record in _csv_records(stream, max_line_bytes, counts):

@@ -190,6 +190,7 @@ class _Parent:
             input_format=config.input_format,
             max_line_bytes=config.max_line_bytes,
             counts=self.session.counts,
+            storage_options=config.storage_options,
         )
         try:
             # A signal cancels this scope, also a read blocked on a silent stdin (that

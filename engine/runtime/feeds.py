@@ -69,6 +69,7 @@ def file_feed(config: Config, counts: ReadCounts) -> Feed:
         defaults=event_defaults(config),
         max_line_bytes=config.max_line_bytes,
         counts=counts,
+        storage_options=config.storage_options,
     )
     items: Iterator[Item] = reader
     if config.shard is not None:

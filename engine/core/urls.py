@@ -1,0 +1,77 @@
+"""How a URL or a storage option is shown in a message (pure): never its credentials.
+
+Rules:
+- A URL's password (`user:password@`) and its query's values (a signed URL's signature,
+  an `?sig=` or `?X-Amz-Signature=`) become [redacted]; the scheme, host and path stay, so
+  the message still says which object.
+- A storage option whose key names a credential (key, secret, token, password,
+  credential, signature, sas) shows its key only.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit, urlunsplit
+
+from engine.core.errors import ConfigError
+
+REDACTED = "[redacted]"
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?")
+_SECRET_WORDS = ("key", "secret", "token", "password", "credential", "signature", "sas")
+
+
+def without_credentials(url: str) -> str:
+    """`url` with its password and its query's values as [redacted]."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return REDACTED  # cannot tell its credentials apart: show none of it
+    netloc = parts.netloc
+    if "@" in netloc:
+        user, _, host = netloc.rpartition("@")
+        name = user.partition(":")[0]
+        netloc = f"{name}:{REDACTED}@{host}" if ":" in user else f"{REDACTED}@{host}"
+    query = (
+        "&".join(
+            f"{pair.partition('=')[0]}={REDACTED}" if "=" in pair else pair
+            for pair in parts.query.split("&")
+        )
+        if parts.query
+        else ""
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def secret_option(key: str) -> bool:
+    """True when a storage option's value may be a credential (by its key's name)."""
+    lowered = key.lower()
+    return any(word in lowered for word in _SECRET_WORDS)
+
+
+def shown_option(key: str, value: str) -> str:
+    """`key=value` as a message may show it: a credential's value [redacted], a URL's
+    password and query values too."""
+    if secret_option(key):
+        return f"{key}={REDACTED}"
+    return f"{key}={without_credentials(value) if '://' in value else value}"
+
+
+def parse_option(text: str) -> tuple[str, str]:
+    """`key=value` (a `--storage-option`) -> (key, value); ConfigError, one line that never
+    shows the value, when malformed."""
+    key, eq, value = text.partition("=")
+    if not eq:  # the text may be a credential given without its key: not echoed
+        raise ConfigError("--storage-option must be KEY=VALUE (no '=' in the value given)")
+    key = key.strip()
+    check_option(key)
+    return key, value
+
+
+def check_option(key: object) -> None:
+    """ConfigError unless `key` is a storage option's name (`endpoint_url`, or one dotted
+    level: `client_kwargs.region_name`)."""
+    if not isinstance(key, str) or _KEY.fullmatch(key) is None:
+        raise ConfigError(
+            "--storage-option must be KEY=VALUE with KEY a name such as endpoint_url or "
+            f"client_kwargs.region_name, got {key!r}"
+        )

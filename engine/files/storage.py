@@ -1,0 +1,212 @@
+"""URLs: object storage and http(s) through fsspec, the one home of URL handling.
+
+Rules:
+- A URL is `scheme://...` with a scheme of two letters or more (`s3://`, `gs://`,
+  `az://`, `file://`, `https://`, `memory://`); `-` and local paths (`C:\\x` too) are not.
+- fsspec and its drivers are imported when a URL is first used, never by `import engine`.
+  A driver that is not installed is one ConfigError line naming the extra that brings it
+  (`pip install 'adbatch[s3]'`); an unknown scheme is one line too.
+- Credentials come the standard way (boto's environment and profiles, Google ADC, the
+  Azure environment): nothing here reads them. `AWS_ENDPOINT_URL` (and
+  `AWS_ENDPOINT_URL_S3`) is honoured by botocore itself, as by the AWS CLI.
+- Nothing secret reaches a message: a URL is shown without its password and query
+  values, an option whose key names a credential without its value (core/urls.py), and
+  a driver's own error text goes through the redactor with those values.
+- `--storage-option key=value` values: `true`/`false` become booleans and whole numbers
+  ints (fsspec's drivers want them typed); everything else stays a string. A dotted key
+  sets one level of a dict: `client_kwargs.region_name=eu-west-1`.
+- Reads stream: an object is opened for ranged reads of `BLOCK_SIZE` bytes, never
+  downloaded whole first.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from engine.core.errors import ConfigError, InputError
+from engine.core.secrets import Secrets
+from engine.core.urls import parse_option as parse_option  # re-exported
+from engine.core.urls import secret_option, shown_option, without_credentials
+
+if TYPE_CHECKING:
+    from fsspec import AbstractFileSystem
+
+#: `--storage-option key=value` pairs, as Config holds them (a mapping is taken too).
+StorageOptions = tuple[tuple[str, str], ...] | Mapping[str, str]
+
+#: Bytes per ranged read of an object (fsspec's `block_size`).
+BLOCK_SIZE = 8 << 20
+
+_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+)://")
+_WHOLE = re.compile(r"[+-]?[0-9]+")
+#: scheme -> (the module fsspec needs for it, the extra that installs it).
+_DRIVERS = {
+    "s3": ("s3fs", "s3"),
+    "s3a": ("s3fs", "s3"),
+    "gs": ("gcsfs", "gcs"),
+    "gcs": ("gcsfs", "gcs"),
+    "az": ("adlfs", "azure"),
+    "abfs": ("adlfs", "azure"),
+    "abfss": ("adlfs", "azure"),
+    "adl": ("adlfs", "azure"),
+    "http": ("aiohttp", ""),
+    "https": ("aiohttp", ""),
+}
+#: Schemes whose paths are not globbed (a `?` starts a query there).
+_NO_GLOB = ("http", "https")
+
+
+def is_url(name: str) -> bool:
+    """True for `scheme://...` with a scheme of 2+ letters; False for `-` and paths."""
+    return _URL.match(name) is not None
+
+
+def scheme(url: str) -> str:
+    """The URL's scheme, lower case (`S3://b/k` -> `s3`)."""
+    found = _URL.match(url)
+    return found.group(1).lower() if found else ""
+
+
+def shown(url: str) -> str:
+    """The URL as a message shows it (no password, no query values)."""
+    return without_credentials(url)
+
+
+def _typed(value: str) -> Any:
+    if value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    if _WHOLE.fullmatch(value):
+        return int(value)
+    return value
+
+
+def _pairs(options: StorageOptions) -> tuple[tuple[str, str], ...]:
+    return tuple(options.items()) if isinstance(options, Mapping) else tuple(options)
+
+
+def storage_kwargs(options: StorageOptions) -> dict[str, Any]:
+    """The options as fsspec keyword arguments (typed, dotted keys nested once)."""
+    kwargs: dict[str, Any] = {}
+    for key, value in _pairs(options):
+        outer, dot, inner = key.partition(".")
+        if dot:
+            nested = kwargs.setdefault(outer, {})
+            if not isinstance(nested, dict):
+                raise ConfigError(f"--storage-option {outer} is given both as a value and a table")
+            nested[inner] = _typed(value)
+        else:
+            kwargs[key] = _typed(value)
+    return kwargs
+
+
+def _secrets(options: StorageOptions) -> Secrets:
+    values = [value for key, value in _pairs(options) if secret_option(key)]
+    values += [os.environ.get(var, "") for var in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")]
+    return Secrets(tuple(v for v in values if v), min_length=1)
+
+
+def reason(exc: BaseException, options: StorageOptions = ()) -> str:
+    """A driver's exception as one redacted line."""
+    text = str(exc).strip().splitlines()
+    line = text[0] if text else ""
+    if isinstance(exc, FileNotFoundError):
+        line = "no such object"
+    elif isinstance(exc, PermissionError):
+        line = f"permission denied ({line})" if line else "permission denied"
+    line = line if line else type(exc).__name__
+    return _secrets(options).redact(re.sub(r"\w+://\S+", lambda m: shown(m.group()), line))
+
+
+def filesystem(url: str, options: StorageOptions = ()) -> tuple[AbstractFileSystem, str]:
+    """The fsspec filesystem for `url` and the path within it; ConfigError when its driver
+    is missing (naming the extra), its scheme unknown or an option refused."""
+    name = scheme(url)
+    if not name:
+        raise ConfigError(f"{shown(url)} is not a URL")
+    module, extra = _DRIVERS.get(name, ("", ""))
+    try:
+        import fsspec
+    except ImportError:
+        how = f"pip install 'adbatch[{extra}]'" if extra else "pip install fsspec"
+        raise ConfigError(f"{shown(url)}: URLs need fsspec: {how}") from None
+    try:
+        cls = fsspec.get_filesystem_class(name)
+    except ImportError:
+        needs = f" ({module})" if module else ""
+        raise ConfigError(
+            f"{shown(url)}: the {name}:// driver{needs} is not installed: "
+            f"pip install 'adbatch[{extra}]'"
+            if extra
+            else f"{shown(url)}: the {name}:// driver is not installed"
+        ) from None
+    except ValueError:
+        raise ConfigError(
+            f"{shown(url)}: unknown storage scheme {name}:// "
+            "(s3://, gs://, az://, file://, http(s):// and the other fsspec schemes work)"
+        ) from None
+    try:
+        fs = cls(**storage_kwargs(options))
+    except ConfigError:
+        raise
+    except Exception as exc:  # a driver refusing an option: its own words, redacted
+        given = ", ".join(shown_option(k, v) for k, v in _pairs(options)) or "none"
+        raise ConfigError(
+            f"{shown(url)}: the {name}:// driver refused the storage options "
+            f"({given}): {reason(exc, options)}"
+        ) from None
+    return fs, url if name in _NO_GLOB else cls._strip_protocol(url)
+
+
+def _url_of(name: str, path: str) -> str:
+    return path if "://" in path else f"{name}://{path}"
+
+
+def _glob(url: str) -> bool:
+    return scheme(url) not in _NO_GLOB and any(ch in url for ch in "*?[")
+
+
+def expand(url: str, options: StorageOptions = ()) -> list[str]:
+    """A glob or a prefix ending in `/` -> its objects' URLs, sorted; a plain object URL
+    -> itself, once it is known to exist. InputError (one line) when nothing matches."""
+    fs, path = filesystem(url, options)
+    name = scheme(url)
+    try:
+        if _glob(url):
+            found = fs.glob(path, detail=True)
+            objects = [p for p, info in found.items() if info.get("type") != "directory"]
+        elif url.endswith("/") and name not in _NO_GLOB:
+            objects = list(fs.find(path))
+        else:
+            info = fs.info(path)
+            if info.get("type") == "directory":
+                raise InputError(
+                    f"input {shown(url)} is a directory; end it with / for its objects"
+                )
+            return [url]
+    except (InputError, ConfigError):
+        raise
+    except Exception as exc:
+        raise InputError(f"cannot read input {shown(url)}: {reason(exc, options)}") from None
+    if not objects:
+        raise InputError(f"no objects match input {shown(url)}")
+    return [_url_of(name, p) for p in sorted(objects)]
+
+
+def expand_inputs(inputs: tuple[str, ...], options: StorageOptions = ()) -> tuple[str, ...]:
+    """Every URL input expanded (`expand`), paths and `-` as they are, in order."""
+    out: list[str] = []
+    for name in inputs:
+        out.extend(expand(name, options) if is_url(name) else [name])
+    return tuple(out)
+
+
+def open_read(url: str, options: StorageOptions = ()) -> BinaryIO:
+    """The object's bytes, streamed by ranged reads (never downloaded whole first)."""
+    fs, path = filesystem(url, options)
+    try:
+        return fs.open(path, "rb", block_size=BLOCK_SIZE)  # type: ignore[no-any-return]
+    except Exception as exc:
+        raise InputError(f"cannot read input {shown(url)}: {reason(exc, options)}") from None
