@@ -1,17 +1,22 @@
 """adbatch benchmarks: one invocation, one local server, every client side by side.
 
-    python benchmarks/run.py                 # 20,000 events, 3 rounds, RSS check 10k vs 100k
+    python benchmarks/run.py                 # 50,000 events, 3 rounds, RSS check 10k vs 100k
     python benchmarks/run.py --events 500 --rounds 1 --rss-events 300 --quick   # smoke
 
 Serves a fixed Criteo-shaped body from nginx when it is installed (it costs the 2-core
-machine the least CPU), else from the project's mock (`python -m engine mock
---fixed-body`) in another process. Then, against that one server, with the same events
-and concurrency: (a) benchmarks/baseline.py, the hand-written asyncio + aiohttp loop;
-(b) `adbatch run` in one process; (c) `adbatch run --workers 2`; (d) wrk and hey where
-installed (raw HTTP ceiling, one fixed URL, no JSONL). Each client runs as its own
-process; events/s is input events over the process's wall time (start-up included, the
-same for all), the median of the rounds; the peak RSS is the process tree's (workers
-included). Every run's output is checked for one record per event.
+machine the least CPU), over HTTP and over HTTPS with HTTP/2 offered (a CA made for the
+run, benchmarks/certs.py), else from the project's mock (`python -m engine mock
+--fixed-body`, HTTP only) in another process. Then, against that one server, with the
+same events and concurrency: (a) benchmarks/baseline.py, the hand-written asyncio +
+aiohttp loop; (b) `adbatch run` in one process; (c) `adbatch run --workers 2`; (d)
+benchmarks/floor.py, the leanest Python client (a reference); (e) wrk and hey where
+installed (one fixed URL, no JSONL; `hey -h2` over HTTPS). benchmarks/clients.py says
+what each row runs. Each client runs as its own process; events/s is events over the
+process's wall time (start-up included, the same for all), events per CPU-s is events
+over the user + system time of the process and its children (`os.wait4`), the median
+of the rounds; the hey column is that over hey's (over HTTPS, `hey -h2`'s); the peak
+RSS is the process tree's (workers included). Every Python run's output is checked for one
+record per event; wrk's and hey's events are the 2xx answers they report.
 """
 
 from __future__ import annotations
@@ -19,28 +24,49 @@ from __future__ import annotations
 import argparse
 import compileall
 import contextlib
+import importlib.util
 import os
 import platform
 import random
-import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 
-ROOT = Path(__file__).resolve().parent.parent
-TOKEN = "mock-token"
-DELIVERY_PATH = "/delivery/retailmedia"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from certs import make_certs_apart
+from clients import (
+    BASELINE,
+    HEY,
+    HEY_H2,
+    ONE,
+    ONE_TLS,
+    TOKEN,
+    Client,
+    https_clients,
+    python_clients,
+    tool_clients,
+)
+from servers import (  # noqa: F401  (http2.py imports the helpers from here)
+    DELIVERY_PATH,
+    ROOT,
+    Server,
+    _env,
+    _free_port,
+    _nginx_answer,
+    _wait_port,
+    mock_server,
+    nginx_server,
+)
+
 MIB = 1024 * 1024
 
 _TYPES = {
@@ -112,106 +138,6 @@ def fixed_body() -> bytes:
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with code {proc.returncode}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"server did not listen on port {port} within {timeout:g}s")
-
-
-def _nginx_answer(body: Path) -> str:
-    """The body from memory (`return 200 '...'`): 39 µs of nginx CPU per answer on the
-    benchmark machine against 60 µs for the file (`try_files`). The server shares the
-    two cores with the clients, so the less it takes, the more the numbers are the
-    clients'. Falls back to the file when the body has a character `return` would
-    interpret."""
-    text = body.read_text(encoding="utf-8")
-    if "$" in text or "'" in text:
-        return f"try_files /{body.name} =404;"
-    return "return 200 '" + text.replace("\\", "\\\\") + "';"
-
-
-@contextlib.contextmanager
-def nginx_server(work: Path, body: Path) -> Iterator[tuple[str, str]]:
-    port = _free_port()
-    conf = work / "nginx.conf"
-    conf.write_text(
-        f"""
-daemon off;
-{"user root;" if os.geteuid() == 0 else ""}
-worker_processes 1;
-pid {work}/nginx.pid;
-error_log {work}/nginx.err warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {work}/nginx_body;
-    proxy_temp_path {work}/nginx_proxy;
-    fastcgi_temp_path {work}/nginx_fastcgi;
-    uwsgi_temp_path {work}/nginx_uwsgi;
-    scgi_temp_path {work}/nginx_scgi;
-    keepalive_requests 1000000;
-    server {{
-        listen 127.0.0.1:{port};
-        root {body.parent};
-        location = {DELIVERY_PATH} {{
-            default_type application/json;
-            {_nginx_answer(body)}
-        }}
-    }}
-}}
-"""
-    )
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    proc = subprocess.Popen([nginx, "-c", str(conf), "-p", str(work)], stderr=subprocess.PIPE)
-    try:
-        _wait_port(port, proc)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{DELIVERY_PATH}?x=1") as answer:
-            if answer.read() != body.read_bytes():
-                raise RuntimeError("nginx does not serve the benchmark body byte for byte")
-        version = subprocess.run([nginx, "-v"], capture_output=True, text=True).stderr.strip()
-        yield f"http://127.0.0.1:{port}{DELIVERY_PATH}", version.replace("nginx version: ", "")
-    finally:
-        proc.terminate()
-        proc.wait(5)
-        if proc.stderr is not None:
-            proc.stderr.close()
-
-
-@contextlib.contextmanager
-def mock_server(body: Path) -> Iterator[tuple[str, str]]:
-    cmd = [sys.executable, "-m", "engine", "mock", "--port", "0", "--fixed-body", str(body)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().decode()
-        match = re.search(r"delivery (\S+)", line)
-        if match is None:
-            raise RuntimeError(f"the mock did not start: {line!r}")
-        yield match.group(1), "adbatch mock (aiohttp.web, fixed body)"
-    finally:
-        proc.terminate()
-        proc.wait(5)
-        if proc.stdout is not None:
-            proc.stdout.close()
-
-
-def _env(root: Path = ROOT) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
 # -- measuring one process (tree) ---------------------------------------------------------
 
 
@@ -240,12 +166,20 @@ class Measure:
     stderr: str
 
 
-def measure(argv: Sequence[str], *, stdin: Path | None = None, root: Path = ROOT) -> Measure:
-    """Run `argv` (from `root`, whose engine package it imports) and measure it."""
+def measure(
+    argv: Sequence[str],
+    *,
+    stdin: Path | None = None,
+    root: Path = ROOT,
+    env: dict[str, str] | None = None,
+) -> Measure:
+    """Run `argv` (from `root`, whose engine package it imports) and measure it: wall
+    time, and the CPU of it and its children from `os.wait4` (ru_utime + ru_stime)."""
     err = tempfile.TemporaryFile()
     src = stdin.open("rb") if stdin is not None else subprocess.DEVNULL
     start = time.perf_counter()
-    proc = subprocess.Popen(argv, cwd=root, env=_env(root), stdin=src, stdout=err, stderr=err)
+    environ = {**_env(root), **(env or {})}
+    proc = subprocess.Popen(argv, cwd=root, env=environ, stdin=src, stdout=err, stderr=err)
     peak = 0
     done = threading.Event()
 
@@ -286,6 +220,7 @@ class Row:
     rates: tuple[float, ...]
     peak_rss: int
     cpu_rates: tuple[float, ...] = ()  # events per CPU-second of the client
+    tls: bool = False
 
     @property
     def rate(self) -> float:
@@ -296,97 +231,39 @@ class Row:
         return statistics.median(self.cpu_rates) if self.cpu_rates else None
 
 
-def client_commands(
-    events: Path,
-    out: Path,
-    url: str,
-    concurrency: int,
-    workers: int,
-    compare: tuple[str, Path] | None = None,
-) -> list[tuple[str, list[str], Path]]:
-    """(row name, argv, the root whose engine it runs); with `compare` (a name and a
-    checkout of another version), that version's adbatch rows come right after ours."""
-    py = sys.executable
-    base = [py, str(ROOT / "benchmarks" / "baseline.py"), str(events), "-o", str(out)]
-    base += ["--endpoint", url, "--token", TOKEN, "-c", str(concurrency)]
-    run = [py, "-m", "engine", "run", str(events), "-o", str(out), "--endpoint", url]
-    run += ["--token", TOKEN, "-c", str(concurrency), "--no-progress"]
-    many = [*run, "--workers", str(workers)]
-    rows = [
-        ("baseline (asyncio + aiohttp)", base, ROOT),
-        ("baseline on uvloop", [*base, "--uvloop"], ROOT),
-        ("adbatch run, 1 process", run, ROOT),
-    ]
-    if compare is not None:
-        rows.append((f"adbatch run, 1 process @ {compare[0]}", run, compare[1]))
-    rows.append((f"adbatch run --workers {workers}", many, ROOT))
-    if compare is not None:
-        rows.append((f"adbatch run --workers {workers} @ {compare[0]}", many, compare[1]))
-    return rows
+def _events(client: Client, m: Measure, n: int, out: Path) -> int:
+    """The events this run answered; exits with the client's output when it failed."""
+    if client.count is not None:
+        got = client.count(m.stderr)
+        if m.code != 0 or got == 0:
+            raise SystemExit(f"{client.name}: exit {m.code}, {got} answers\n{m.stderr[-2000:]}")
+        return got
+    got = count_lines(out) if out.exists() else 0
+    if m.code not in (0, 1) or got != n:
+        raise SystemExit(
+            f"{client.name}: exit {m.code}, {got} records for {n} events\n{m.stderr[-2000:]}"
+        )
+    out.unlink()
+    return n
 
 
-def run_clients(
-    events: Path,
-    n: int,
-    work: Path,
-    url: str,
-    *,
-    concurrency: int,
-    workers: int,
-    rounds: int,
-    compare: tuple[str, Path] | None = None,
-) -> list[Row]:
+def run_clients(clients: list[Client], n: int, out: Path, *, rounds: int) -> list[Row]:
     """Every client once per round, rounds interleaved (a neighbour's load hits all alike)."""
-    out = work / "out.jsonl"
-    commands = client_commands(events, out, url, concurrency, workers, compare)
-    runs: dict[str, list[Measure]] = {name: [] for name, _, _ in commands}
+    runs: dict[str, list[tuple[int, Measure]]] = {c.name: [] for c in clients}
     for _ in range(rounds):
-        for name, argv, root in commands:
-            m = measure(argv, root=root)
-            got = count_lines(out) if out.exists() else 0
-            if m.code not in (0, 1) or got != n:
-                raise SystemExit(
-                    f"{name}: exit {m.code}, {got} records for {n} events\n{m.stderr[-2000:]}"
-                )
-            out.unlink()
-            runs[name].append(m)
+        for client in clients:
+            m = measure(client.argv, root=client.root, env=client.env)
+            runs[client.name].append((_events(client, m, n, out), m))
     return [
         Row(
-            name,
-            tuple(n / m.seconds for m in ms),
-            max(m.peak_rss for m in ms),
-            tuple(n / m.cpu for m in ms if m.cpu > 0),
+            c.name,
+            tuple(k / m.seconds for k, m in runs[c.name]),
+            max(m.peak_rss for _, m in runs[c.name]) if c.count is None else 0,
+            tuple(k / m.cpu for k, m in runs[c.name] if m.cpu > 0),
+            c.tls,
         )
-        for name, ms in runs.items()
+        for c in clients
     ]
-
-
-def _one_url(events: Path, url: str) -> str:
-    """The first event's URL, for the raw-HTTP tools."""
-    from urllib.parse import urlencode
-
-    first = orjson.loads(events.open("rb").readline())
-    params = {k: v for k, v in first.items() if k not in ("id", "timestamp", "user-agent", "ip")}
-    return url + "?" + urlencode({k: str(v) for k, v in params.items()})
-
-
-def run_tools(events: Path, url: str, *, concurrency: int, seconds: float) -> list[Row]:
-    rows = []
-    target = _one_url(events, url)
-    auth = f"Authorization: Bearer {TOKEN}"
-    if shutil.which("wrk"):
-        cmd = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds:g}s", "-H", auth, target]
-        text = subprocess.run(cmd, capture_output=True, text=True, timeout=60).stdout
-        match = re.search(r"Requests/sec:\s+([\d.]+)", text)
-        if match:
-            rows.append(Row("wrk -t1 (raw HTTP, no output)", (float(match.group(1)),), 0))
-    if shutil.which("hey"):
-        cmd = ["hey", "-z", f"{seconds:g}s", "-c", str(concurrency), "-H", auth, target]
-        text = subprocess.run(cmd, capture_output=True, text=True, timeout=60).stdout
-        match = re.search(r"Requests/sec:\s+([\d.]+)", text)
-        if match:
-            rows.append(Row("hey (raw HTTP, no output)", (float(match.group(1)),), 0))
-    return rows
 
 
 def rss_check(work: Path, url: str, small: int, large: int, concurrency: int) -> str:
@@ -442,24 +319,99 @@ def machine() -> str:
     )
 
 
+def _per_cpu(rows: list[Row]) -> dict[str, float]:
+    return {row.name: row.cpu_rate for row in rows if row.cpu_rate}
+
+
 def table(rows: list[Row], baseline: float, one: float) -> str:
+    """The rows; the hey column is events per CPU-s over hey's (HTTPS rows: over hey -h2's)."""
+    cpu_rate = _per_cpu(rows)
     lines = [
         "| client | events/s (median) | min-max | vs baseline | vs 1 process "
-        "| events per CPU-s | peak RSS |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| events per CPU-s | min-max | × hey | peak RSS |",  # noqa: RUF001
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
         spread = f"{min(row.rates):,.0f}-{max(row.rates):,.0f}" if len(row.rates) > 1 else "-"
         rss = f"{row.peak_rss / MIB:.0f} MiB" if row.peak_rss else "-"
         cpu = f"{row.cpu_rate:,.0f}" if row.cpu_rate else "-"
+        cpus = row.cpu_rates
+        cpu_spread = f"{min(cpus):,.0f}-{max(cpus):,.0f}" if len(cpus) > 1 else "-"
+        ref = cpu_rate.get(HEY_H2 if row.tls else HEY)
+        hey = f"{row.cpu_rate / ref:.2f}" if ref and row.cpu_rate else "-"
         lines.append(
             f"| {row.name} | {row.rate:,.0f} | {spread} | {row.rate / baseline:.2f}x "
-            f"| {row.rate / one:.2f}x | {cpu} | {rss} |"
+            f"| {row.rate / one:.2f}x | {cpu} | {cpu_spread} | {hey} | {rss} |"
         )
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def targets(rows: list[Row]) -> str:
+    """Issue 18's two ratios, said plainly: adbatch in one process per CPU-second against
+    hey over HTTP and against hey -h2 over HTTPS; target >= 1.0 (1.2 is the aim)."""
+    cpu_rate = _per_cpu(rows)
+    parts, short = [], []
+    for label, ours, ref in (("HTTP", ONE, HEY), ("HTTPS", ONE_TLS, HEY_H2)):
+        versus = "hey -h2" if ref == HEY_H2 else "hey"
+        if ours not in cpu_rate or ref not in cpu_rate:
+            parts.append(f"{label}: not measured (no {versus if ours in cpu_rate else ours} row)")
+            continue
+        ratio = cpu_rate[ours] / cpu_rate[ref]
+        parts.append(f"{label} {ratio:.2f}x {versus}")
+        if ratio < 1.0:
+            short.append(f"over {label} ({ratio:.2f}x)")
+    verdict = f"falls short {' and '.join(short)}" if short else "met where measured"
+    return (
+        f"adbatch 1 process, events per CPU-s: {'; '.join(parts)} "
+        f"(target >= 1.0, aim 1.2): {verdict}"
+    )
+
+
+def _clients(
+    args: argparse.Namespace,
+    events: Path,
+    out: Path,
+    server: Server,
+    compare: tuple[str, Path] | None,
+) -> tuple[list[Client], list[str]]:
+    clients = python_clients(
+        events, out, server.url, concurrency=args.concurrency, workers=args.workers,
+        compare=compare,
+    )  # fmt: skip
+    notes = []
+    https = server.https_url if not args.no_https else None
+    if https and server.ca is not None:
+        clients += https_clients(
+            events, out, https, server.ca, concurrency=args.concurrency, compare=compare
+        )
+    elif not args.no_https:
+        notes.append(
+            "no TLS listener (needs nginx, and cryptography or openssl): HTTPS rows skipped"
+        )
+    if importlib.util.find_spec("httptools") is None:
+        clients = [c for c in clients if not c.name.startswith("floor")]
+        notes.append("httptools not installed (pip install httptools): floor rows skipped")
+    if not args.quick:
+        tools, missing = tool_clients(
+            events, args.events, server.url, https, concurrency=args.concurrency,
+            seconds=args.tool_seconds,
+        )  # fmt: skip
+        clients += tools
+        notes += missing
+    return clients, notes
+
+
+def _server(
+    args: argparse.Namespace, work: Path, body: Path
+) -> contextlib.AbstractContextManager[Server]:
+    use_nginx = args.server == "nginx" or (args.server == "auto" and shutil.which("nginx"))
+    if not use_nginx:
+        return mock_server(body)
+    certs = None if args.no_https else make_certs_apart(work / "pki")
+    return nginx_server(work, body, certs)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="adbatch vs a hand-written aiohttp loop")
     p.add_argument("--events", type=int, default=50_000, help="events per run")
     p.add_argument("-c", "--concurrency", type=int, default=64)
@@ -469,16 +421,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rss-events", type=int, default=100_000, help="large stdin run")
     p.add_argument("--rss-small", type=int, default=None, help="small run (default large/10)")
     p.add_argument("--no-rss", action="store_true", help="skip the RSS check")
+    p.add_argument("--no-https", action="store_true", help="skip the HTTPS rows")
     p.add_argument("--quick", action="store_true", help="no wrk/hey (smoke test)")
-    p.add_argument("--tool-seconds", type=float, default=3.0)
+    p.add_argument("--tool-seconds", type=float, default=3.0, help="wrk's duration (whole seconds)")
     p.add_argument(
         "--compare",
         metavar="REV",
         help="also run the adbatch of git revision REV (e.g. a commit before a change), "
         "interleaved with this one's, for a before/after table from one run",
     )
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
     # Byte-compile the package, as `pip install` does: with PYTHONDONTWRITEBYTECODE set
     # (or a read-only checkout) every adbatch run would otherwise compile its modules
     # again at start-up, a cost no installed copy has.
@@ -490,37 +446,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         make_events(args.events, events)
         body = work / "body.json"
         body.write_bytes(fixed_body())
-        use_nginx = args.server == "nginx" or (args.server == "auto" and shutil.which("nginx"))
-        server = nginx_server(work, body) if use_nginx else mock_server(body)
-        with server as (url, server_name):
-            print(f"server: {server_name} at {url}", flush=True)
+        with _server(args, work, body) as server:
+            print(f"server: {server.name} at {server.url}", flush=True)
+            if server.https_url:
+                print(f"  and over TLS (HTTP/2 offered) at {server.https_url}", flush=True)
             print(f"machine: {machine()}", flush=True)
             print(
                 f"{args.events:,} events, concurrency {args.concurrency}, "
                 f"{args.rounds} round(s) per client",
                 flush=True,
             )
-            rows = run_clients(
-                events,
-                args.events,
-                work,
-                url,
-                concurrency=args.concurrency,
-                workers=args.workers,
-                rounds=args.rounds,
-                compare=compare,
-            )
-            if not args.quick:
-                rows += run_tools(
-                    events, url, concurrency=args.concurrency, seconds=args.tool_seconds
-                )
+            clients, notes = _clients(args, events, work / "out.jsonl", server, compare)
+            for note in notes:
+                print(f"note: {note}", flush=True)
+            rows = run_clients(clients, args.events, work / "out.jsonl", rounds=args.rounds)
             rss = None
             if not args.no_rss:
                 small = args.rss_small or max(1, args.rss_events // 10)
-                rss = rss_check(work, url, small, args.rss_events, args.concurrency)
+                rss = rss_check(work, server.url, small, args.rss_events, args.concurrency)
     rate = {row.name: row.rate for row in rows}
-    baseline = rate["baseline (asyncio + aiohttp)"]
-    one, multi = rate["adbatch run, 1 process"], rate[f"adbatch run --workers {args.workers}"]
+    baseline = rate[BASELINE]
+    one, multi = rate[ONE], rate[f"adbatch run --workers {args.workers}"]
     print()
     print(table(rows, baseline, one))
     print()
@@ -528,8 +474,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"adbatch 1 process / baseline: {one / baseline:.2f}x (target 1.3x); "
         f"--workers {args.workers} / 1 process: {multi / one:.2f}x (target 1.6x)"
     )
+    print(targets(rows))
     if compare is not None:
-        before_one = rate[f"adbatch run, 1 process @ {args.compare}"]
+        before_one = rate[f"{ONE} @ {args.compare}"]
         before_multi = rate[f"adbatch run --workers {args.workers} @ {args.compare}"]
         print(
             f"this version / {args.compare}: 1 process {one / before_one:.3f}x, "

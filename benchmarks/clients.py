@@ -1,0 +1,164 @@
+"""The benchmark's clients, as commands: what each row runs and how its events are counted.
+
+Python clients (the baseline, adbatch, the floor) read the events file and write one
+JSONL record per event: their events are the input's, checked against the records.
+wrk and hey send one fixed URL (the first event's query) with no input and no output:
+their events are the requests answered 2xx, parsed from their own report (`hey -n N`
+sends a fixed count, `wrk -d` runs for a duration). Every client gets the same
+concurrency (connections; hey's workers, which over HTTP/2 share connections as Go's
+transport decides). Over HTTPS the Python clients trust the benchmark's CA (`--cacert`,
+or SSL_CERT_FILE for the baseline); wrk and hey do not verify certificates.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlencode
+
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "mock-token"
+
+#: The per-CPU-second references: hey over HTTP, `hey -h2` over HTTPS.
+HEY = "hey (Go, raw HTTP)"
+HEY_H2 = "hey -h2 (Go, raw HTTP/2), HTTPS"
+ONE = "adbatch run, 1 process"
+ONE_TLS = "adbatch run, 1 process, HTTPS"
+BASELINE = "baseline (asyncio + aiohttp)"
+
+
+@dataclass(frozen=True, slots=True)
+class Client:
+    name: str
+    argv: list[str]
+    root: Path = ROOT  # whose engine package it imports (--compare runs another)
+    tls: bool = False
+    env: dict[str, str] = field(default_factory=dict)
+    # events from the client's own output (wrk, hey); None: one record per input event
+    count: Callable[[str], int] | None = None
+
+
+def parse_hey(text: str) -> int:
+    """Responses with a 2xx status in hey's "Status code distribution"."""
+    return sum(int(n) for n in re.findall(r"\[2\d\d\]\s+(\d+) responses", text))
+
+
+def parse_wrk(text: str) -> int:
+    """wrk's "N requests in Xs" less its "Non-2xx or 3xx responses: M" (0 when absent)."""
+    done = re.search(r"(\d+) requests in [\d.]+\w+", text)
+    if done is None:
+        return 0
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+    return int(done.group(1)) - (int(bad.group(1)) if bad else 0)
+
+
+def one_url(events: Path, url: str) -> str:
+    """The first event's URL, for the raw-HTTP tools."""
+    with events.open("rb") as f:
+        first = orjson.loads(f.readline())
+    params = {k: v for k, v in first.items() if k not in ("id", "timestamp", "user-agent", "ip")}
+    return url + "?" + urlencode({k: str(v) for k, v in params.items()})
+
+
+def python_clients(
+    events: Path,
+    out: Path,
+    url: str,
+    *,
+    concurrency: int,
+    workers: int,
+    compare: tuple[str, Path] | None = None,
+) -> list[Client]:
+    """The HTTP rows of the Python clients; with `compare` (a name and a checkout of
+    another version), that version's adbatch rows come right after ours."""
+    py = sys.executable
+    base = [py, str(ROOT / "benchmarks" / "baseline.py"), str(events), "-o", str(out)]
+    base += ["--endpoint", url, "--token", TOKEN, "-c", str(concurrency)]
+    run = [py, "-m", "engine", "run", str(events), "-o", str(out), "--endpoint", url]
+    run += ["--token", TOKEN, "-c", str(concurrency), "--no-progress"]
+    many = [*run, "--workers", str(workers)]
+    floor = [py, str(ROOT / "benchmarks" / "floor.py"), str(events), "-o", str(out)]
+    floor += ["--endpoint", url, "--token", TOKEN, "-c", str(concurrency)]
+    rows = [
+        Client(BASELINE, base),
+        Client("baseline on uvloop", [*base, "--uvloop"]),
+        Client(ONE, run),
+    ]
+    if compare is not None:
+        rows.append(Client(f"{ONE} @ {compare[0]}", run, compare[1]))
+    rows.append(Client(f"adbatch run --workers {workers}", many))
+    if compare is not None:
+        rows.append(Client(f"adbatch run --workers {workers} @ {compare[0]}", many, compare[1]))
+    rows.append(Client("floor (httptools + uvloop, reference)", floor))
+    return rows
+
+
+def https_clients(
+    events: Path,
+    out: Path,
+    url: str,
+    ca: Path,
+    *,
+    concurrency: int,
+    compare: tuple[str, Path] | None = None,
+) -> list[Client]:
+    """The HTTPS rows of the Python clients (HTTP/1.1 over TLS), trusting `ca`."""
+    py = sys.executable
+    run = [py, "-m", "engine", "run", str(events), "-o", str(out), "--endpoint", url]
+    run += ["--token", TOKEN, "-c", str(concurrency), "--no-progress", "--cacert", str(ca)]
+    base = [py, str(ROOT / "benchmarks" / "baseline.py"), str(events), "-o", str(out)]
+    base += ["--endpoint", url, "--token", TOKEN, "-c", str(concurrency), "--uvloop"]
+    floor = [py, str(ROOT / "benchmarks" / "floor.py"), str(events), "-o", str(out)]
+    floor += ["--endpoint", url, "--token", TOKEN, "-c", str(concurrency), "--cacert", str(ca)]
+    rows = [
+        Client("baseline on uvloop, HTTPS", base, tls=True, env={"SSL_CERT_FILE": str(ca)}),
+        Client(ONE_TLS, run, tls=True),
+    ]
+    if compare is not None:
+        rows.append(Client(f"{ONE_TLS} @ {compare[0]}", run, compare[1], tls=True))
+    rows.append(Client("floor (httptools + uvloop, reference), HTTPS", floor, tls=True))
+    return rows
+
+
+def tool_clients(
+    events: Path,
+    n: int,
+    url: str,
+    https_url: str | None,
+    *,
+    concurrency: int,
+    seconds: float,
+) -> tuple[list[Client], list[str]]:
+    """wrk and hey rows over HTTP (and HTTPS when there is a TLS listener), and a note
+    for each row skipped because its program is missing."""
+    auth = f"Authorization: Bearer {TOKEN}"
+    http, https = one_url(events, url), one_url(events, https_url) if https_url else None
+    rows: list[Client] = []
+    notes: list[str] = []
+    if shutil.which("wrk"):
+        # wrk takes whole seconds only
+        wrk = ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "-H", auth]
+        rows.append(Client("wrk -t1 (C, raw HTTP)", [*wrk, http], count=parse_wrk))
+        if https:
+            rows.append(Client("wrk -t1 (C, raw HTTP), HTTPS", [*wrk, https], tls=True,
+                               count=parse_wrk))  # fmt: skip
+    else:
+        notes.append("wrk not installed (apt-get install wrk): its rows are skipped")
+    if shutil.which("hey"):
+        hey = ["hey", "-n", str(max(n, concurrency)), "-c", str(concurrency), "-H", auth]
+        rows.append(Client(HEY, [*hey, http], count=parse_hey))
+        if https:
+            rows.append(Client("hey (Go, raw HTTP), HTTPS", [*hey, https], tls=True,
+                               count=parse_hey))  # fmt: skip
+            rows.append(Client(HEY_H2, [*hey, "-h2", https], tls=True, count=parse_hey))
+    else:
+        notes.append(
+            "hey not installed (apt-get install hey): its rows and the hey ratios are skipped"
+        )
+    return rows, notes

@@ -1,0 +1,159 @@
+"""The Python floor: adbatch's per-event work on the leanest client Python can have.
+
+    python benchmarks/floor.py events.jsonl -o out.jsonl --endpoint URL --token T -c 64
+    python benchmarks/floor.py ... --endpoint https://127.0.0.1:PORT/... --cacert ca.pem
+
+A reference row, not a product (issue 18): a raw `httptools` response parser in an
+`asyncio.BufferedProtocol` on uvloop, one keep-alive connection per concurrency slot,
+one future per request. For every event it does the work adbatch must do at least:
+read a JSONL line, build the delivery query from the dict (`urllib.parse.urlencode`,
+lists joined with `|`, the header keys as headers), check the answer is JSON
+(`orjson.loads`) and write one JSONL record to a file. No retries, no timeouts, no
+validation, no stats: what is left is the cost of Python + the kernel per call.
+
+A BufferedProtocol matters over TLS: uvloop's SSL layer hands a plain `asyncio.Protocol`
+a fresh 256 KiB buffer per read (a third of the CPU in page faults and mmap/munmap);
+a buffered protocol reads into its own buffer, reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import ssl
+import sys
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+import httptools
+import orjson
+import uvloop
+
+HEADER_KEYS = {"user-agent": b"User-Agent", "referer": b"Referer", "ip": b"X-Forwarded-For"}
+SKIP = {"id", "timestamp"}
+
+
+class Connection(asyncio.BufferedProtocol):
+    """One keep-alive HTTP/1.1 connection, one request at a time."""
+
+    def __init__(self) -> None:
+        self._buffer = memoryview(bytearray(64 * 1024))
+        self._parser = httptools.HttpResponseParser(self)
+        self._body: list[bytes] = []
+        self._waiter: asyncio.Future[tuple[int, bytes]] | None = None
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        try:
+            self._parser.feed_data(self._buffer[:nbytes])
+        except httptools.HttpParserError as exc:
+            self._fail(exc)
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        self._body = []
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result((self._parser.get_status_code(), body))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(exc or ConnectionError("connection closed"))
+
+    def _fail(self, exc: BaseException) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+
+    def request(self, data: bytes) -> asyncio.Future[tuple[int, bytes]]:
+        assert self._transport is not None
+        self._waiter = asyncio.get_running_loop().create_future()
+        self._transport.write(data)
+        return self._waiter
+
+
+def request_bytes(event: dict[str, Any], head: bytes, tail: bytes) -> bytes:
+    """GET head?query HTTP/1.1 + the event's headers + tail (Host, Authorization)."""
+    params: dict[str, object] = {}
+    headers = b""
+    for key, value in event.items():
+        name = HEADER_KEYS.get(key)
+        if name is not None:
+            headers += name + b": " + str(value).encode("latin-1") + b"\r\n"
+        elif key in SKIP or value is None:
+            continue
+        elif isinstance(value, list):
+            params[key] = "|".join(map(str, value))
+        elif isinstance(value, bool):
+            params[key] = "1" if value else "0"
+        else:
+            params[key] = value
+    return head + urlencode(params).encode() + b" HTTP/1.1\r\n" + headers + tail
+
+
+async def worker(
+    conn: Connection, lines: Iterator[bytes], seq: Iterator[int], out: Any, head: bytes, tail: bytes
+) -> None:
+    for line in lines:  # one iterator shared by every worker: each line goes to one
+        if not line.strip():
+            continue
+        event = orjson.loads(line)
+        status, body = await conn.request(request_bytes(event, head, tail))
+        try:
+            orjson.loads(body)
+            response: object = orjson.Fragment(body)
+        except orjson.JSONDecodeError:
+            response = body.decode("utf-8", "replace")
+        record = {"seq": next(seq), "id": event.get("id"), "status": status}
+        record["ok"] = 200 <= status < 300
+        record["response"] = response
+        out.write(orjson.dumps(record) + b"\n")
+
+
+async def main(args: argparse.Namespace) -> None:
+    url = urlsplit(args.endpoint)
+    host, port = url.hostname or "127.0.0.1", url.port or (443 if url.scheme == "https" else 80)
+    context = None
+    if url.scheme == "https":
+        context = ssl.create_default_context(cafile=args.cacert)
+    loop = asyncio.get_running_loop()
+    conns = [
+        (await loop.create_connection(Connection, host, port, ssl=context))[1]
+        for _ in range(args.concurrency)
+    ]
+    head = b"GET " + url.path.encode() + b"?"
+    tail = f"Host: {url.netloc}\r\nAuthorization: Bearer {args.token}\r\n\r\n".encode()
+    seq = itertools.count()
+    # Plain buffered file I/O in the loop's thread: the cheapest way, and what the floor is.
+    with open(args.input, "rb") as src, open(args.output, "wb") as out:  # noqa: ASYNC230
+        lines = iter(src)
+        await asyncio.gather(*(worker(c, lines, seq, out, head, tail) for c in conns))
+    for conn in conns:
+        if conn._transport is not None:
+            conn._transport.close()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("input")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--endpoint", required=True)
+    p.add_argument("--token", default="mock-token")
+    p.add_argument("--cacert", default=None, help="CA bundle for https:// endpoints")
+    p.add_argument("-c", "--concurrency", type=int, default=64)
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    uvloop.run(main(parse_args()))
+    sys.exit(0)
