@@ -26,6 +26,8 @@ from engine.core.urls import check_option as check_storage_option
 
 DEFAULT_ENDPOINT = "https://d.us.criteo.com/delivery/retailmedia"
 DEFAULT_TOKEN_URL = "https://api.criteo.com/oauth2/token"
+DEFAULT_PART_SIZE = 64 << 20
+DEFAULT_PART_SECONDS = 60.0
 DEFAULT_TOKEN_WAIT = 30.0
 DEFAULT_CONCURRENCY = 64
 DEFAULT_TIMEOUT = 2.0
@@ -102,6 +104,10 @@ class Config:
     input_format: Format = "auto"
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    # -o URL: the output is written as parts of at most part_size bytes or part_seconds of
+    # records each, joined when the run ends (files/parts.py).
+    part_size: int = DEFAULT_PART_SIZE
+    part_seconds: float = DEFAULT_PART_SECONDS
     fail_fast_401: int = 20
     internal_streak: int = INTERNAL_STREAK  # records in a row with an internal error: exit 70
     streak_share: int = 1  # --workers sharing the streaks above (core/stops.InternalStreak)
@@ -173,6 +179,7 @@ class Config:
             raise ConfigError(
                 f"--max-response-bytes must be at least 1024, got {self.max_response_bytes}"
             )
+        self._check_parts()
         if not (self.token_wait > 0 and math.isfinite(self.token_wait)):
             raise ConfigError(
                 f"--token-wait must be a positive number of seconds, got {self.token_wait}"
@@ -202,6 +209,15 @@ class Config:
                 raise ConfigError("give --proxy or --no-proxy, not both")
             parse_proxy_url(self.proxy, source="--proxy")
         return self
+
+    def _check_parts(self) -> None:
+        """-o URL's parts (files/parts.py)."""
+        if self.part_size < 1024:
+            raise ConfigError(f"--part-size must be at least 1024 bytes, got {self.part_size}")
+        if not (self.part_seconds > 0 and math.isfinite(self.part_seconds)):
+            raise ConfigError(
+                f"--part-seconds must be a positive number of seconds, got {self.part_seconds}"
+            )
 
     def _validate_reliability(self) -> None:
         if self.retries < 0:

@@ -128,6 +128,8 @@ KINDS: dict[str, Kind] = {
     "retry_budget": _option(t.nonneg_float, "a number"),
     "max_line_bytes": _option(t.size, "a size such as 1048576, 512k, 8MiB"),
     "max_response_bytes": _option(t.size, "a size such as 1048576, 512k, 8MiB"),
+    "part_size": _option(t.size, "a size such as 1048576, 512k, 8MiB"),
+    "part_seconds": _option(t.positive_duration, _DURATION),
     "shard": _option(t.shard, "I/N such as 0/4", floats=False, ints=False),
     "http_client": _choice(*HTTP_CLIENTS),
     "input_format": _choice("auto", "jsonl", "csv"),

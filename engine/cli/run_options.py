@@ -105,6 +105,19 @@ def _add_io_options(io: argparse._ArgumentGroup) -> None:
         f"record (default: {DEFAULT_MAX_RESPONSE_BYTES}, 8 MiB)",
     )
     io.add_argument(
+        "--part-size",
+        type=size,
+        metavar="SIZE",
+        help="-o URL (object storage) is written as parts joined at the end: bytes per "
+        "part, 64MiB, 512k (default: 64MiB; 5MiB or more lets S3 join them server-side)",
+    )
+    io.add_argument(
+        "--part-seconds",
+        type=positive_duration,
+        metavar="DURATION",
+        help="-o URL: a part is uploaded after this long even when not full (default: 60s)",
+    )
+    io.add_argument(
         "--config",
         metavar="FILE",
         help="TOML file of options (keys as the long options: concurrency = 32)",

@@ -26,6 +26,7 @@ from engine.core.stats import Histogram, RunStats
 from engine.errors import ConfigError, InputError, OutputError
 from engine.files.manifests import manifest_path, read_manifest, scan_part, write_merged_manifest
 from engine.files.paths import check_outputs
+from engine.files.storage import is_url, open_read
 
 _EXAMPLES = 5
 
@@ -130,8 +131,8 @@ def _check_manifests(parts: Sequence[str], report: MergeReport) -> list[str]:
 def _join_part(path: str, out: BinaryIO, coverage: Coverage, report: MergeReport) -> int:
     """Copy the records of `path` not seen before to `out`; the number of lines unread."""
     rows = unreadable = 0
-    try:
-        f = open(path, "rb")
+    try:  # an output on object storage (`s3://b/out.jsonl`) is read where it is
+        f = open_read(path) if is_url(path) else open(path, "rb")
     except OSError as exc:
         raise InputError(f"cannot read part {path}: {exc.strerror or exc}") from None
     with f:

@@ -87,10 +87,15 @@ def _dumps(data: dict[str, Any]) -> bytes:
         return json.dumps(data, indent=2, ensure_ascii=True).encode()
 
 
+def manifest_bytes(data: dict[str, Any]) -> bytes:
+    """A manifest's file content (an object store's manifest is written with it whole)."""
+    return _dumps(data) + b"\n"
+
+
 def write_json_atomic(path: str, data: dict[str, Any]) -> None:
     """Write `data` to `path` through a temporary file and a rename (never half a file).
     The temporary file is new (mkstemp), so it can never be an existing file."""
-    text = _dumps(data) + b"\n"
+    text = manifest_bytes(data)
     directory, name = os.path.split(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.tmp-", dir=directory or ".")
     try:
@@ -144,15 +149,17 @@ def read_manifest(path: str) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def merged_manifest(parts: Iterable[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    """The manifest of a merged file or object: `parts` in the order they were joined."""
+    entries = list(parts)
+    return {
+        "adbatch": "merged",
+        **extra,
+        "rows": sum(int(p["rows"]) for p in entries),
+        "parts": entries,
+    }
+
+
 def write_merged_manifest(output: str, parts: Iterable[dict[str, Any]], **extra: Any) -> None:
     """`OUT.manifest.json` of a merged file: `parts` in the order they were joined."""
-    entries = list(parts)
-    write_json_atomic(
-        manifest_path(output),
-        {
-            "adbatch": "merged",
-            **extra,
-            "rows": sum(int(p["rows"]) for p in entries),
-            "parts": entries,
-        },
-    )
+    write_json_atomic(manifest_path(output), merged_manifest(parts, **extra))

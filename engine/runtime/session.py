@@ -39,10 +39,13 @@ from engine.core.proxies import Proxies
 from engine.core.records import Result, jsonl_parts
 from engine.core.secrets import Secrets
 from engine.errors import OutputError, plain_engine_errors
+from engine.files.partjoin import open_part_output
+from engine.files.parts import PartSink
 from engine.files.paths import check_outputs, written_by
 from engine.files.resume import ResumeIndex, compact, open_resume
 from engine.files.sinks import JsonlSink, create_output, kept
 from engine.files.sources import check_inputs
+from engine.files.storage import is_url
 from engine.net.auth import StaticToken, TokenProvider
 from engine.net.proxy import run_proxies
 from engine.net.tls import tls_context
@@ -60,7 +63,7 @@ class RunSession:
     tokens: TokenProvider
     transport: Transport | None
     secrets: Secrets
-    sink: JsonlSink | None
+    sink: JsonlSink | PartSink | None
     resume: ResumeIndex | None
     counts: ReadCounts
 
@@ -148,10 +151,15 @@ async def open_run(
     check_outputs(read, written_by(config, records=output))
     if config.backend != "ray":  # a Ray run's calls go out on other machines
         check_open_files(config)
-    index = open_resume(config.output) if output and config.resume else None
+    to_url = output and config.output is not None and is_url(config.output)
+    index = open_resume(config.output) if output and config.resume and not to_url else None
     if config.summary is not None:
         create_output(config.summary)
-    sink = JsonlSink(config.output, append=config.resume) if output else None
+    sink: JsonlSink | PartSink | None = None
+    if to_url:  # written as parts, joined when the run ends well (files/parts.py)
+        sink, index = open_part_output(config)
+    elif output:
+        sink = JsonlSink(config.output, append=config.resume)
     ended = False
     try:
         with plain_engine_errors():
@@ -170,7 +178,7 @@ async def open_run(
     finally:
         if sink is not None:
             sink.close(check=ended)
-            if index is not None and config.output is not None:
+            if index is not None and config.output is not None and not to_url:
                 _compact(config.output, index, quiet=not ended)
 
 
