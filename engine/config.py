@@ -39,7 +39,7 @@ DEFAULT_MAX_RESPONSE_BYTES = 8 << 20
 DEFAULT_GIVE_UP_AFTER = 60.0
 
 #: `--format`: auto goes by file name.
-Format = Literal["auto", "jsonl", "csv"]
+Format = Literal["auto", "jsonl", "csv", "parquet"]
 
 
 def is_loopback(host: str) -> bool:
@@ -184,8 +184,7 @@ class Config:
             raise ConfigError(
                 f"--token-wait must be a positive number of seconds, got {self.token_wait}"
             )
-        if self.input_format not in ("auto", "jsonl", "csv"):
-            raise ConfigError(f"--format must be auto, jsonl or csv, got {self.input_format!r}")
+        self._check_input_format()
         if self.partner_id is not None and not self.partner_id.isdigit():
             raise ConfigError(f"--partner-id must be an integer, got {self.partner_id!r}")
         self._check_header_values()
@@ -297,6 +296,14 @@ class Config:
             raise ConfigError(f"--metrics-linger must be a number of seconds >= 0, got {linger!r}")
         if self.backend == "ray" and (self.metrics_addr or self.dashboard):
             raise ConfigError("--metrics-addr and --dashboard watch a local run, not --backend ray")
+
+    def _check_input_format(self) -> None:
+        if self.input_format not in ("auto", "jsonl", "csv", "parquet"):
+            raise ConfigError(
+                f"--format must be auto, jsonl, csv or parquet, got {self.input_format!r}"
+            )
+        if self.input_format == "parquet" and "-" in self.inputs:
+            raise ConfigError("Parquet is read from its footer, not from stdin: give a file")
 
     def _check_header_values(self) -> None:
         sent = (

@@ -132,7 +132,7 @@ KINDS: dict[str, Kind] = {
     "part_seconds": _option(t.positive_duration, _DURATION),
     "shard": _option(t.shard, "I/N such as 0/4", floats=False, ints=False),
     "http_client": _choice(*HTTP_CLIENTS),
-    "input_format": _choice("auto", "jsonl", "csv"),
+    "input_format": _choice("auto", "jsonl", "csv", "parquet"),
     "shard_by": _choice("position", "id"),
     "backend": _choice("local", "ray"),
 }

@@ -80,9 +80,11 @@ def _add_io_options(io: argparse._ArgumentGroup) -> None:
     )
     io.add_argument(
         "--format",
+        "--input-format",
         dest="input_format",
-        choices=("auto", "jsonl", "csv"),
-        help="input format (default: auto, from the file name; stdin is jsonl)",
+        choices=("auto", "jsonl", "csv", "parquet"),
+        help="input format (default: auto, from the file name: .parquet is parquet, which "
+        "needs adbatch[parquet]; stdin is jsonl)",
     )
     io.add_argument(
         "--ordered",

@@ -39,7 +39,9 @@ from engine.core.events import (
     ReadCounts,
     make_event,
 )
+from engine.core.shard import ShardSpec
 from engine.errors import InputError
+from engine.files import parquet
 from engine.files.position import Counted
 from engine.files.position import input_size as input_size  # re-exported
 from engine.files.storage import StorageOptions, is_url, open_read
@@ -60,21 +62,27 @@ class Record:
     error: str | None
 
 
-def source_format(path: str, input_format: Format) -> Literal["jsonl", "csv"]:
+def source_format(path: str, input_format: Format) -> Literal["jsonl", "csv", "parquet"]:
     if input_format != "auto":
         return input_format
     name = path.lower()
+    if name.endswith((".parquet", ".pq")):
+        return "parquet"  # read by row group (files/parquet.py), never gzipped
     if name.endswith(".gz"):
         name = name[:-3]
     return "csv" if name.endswith((".csv", ".tsv")) else "jsonl"
 
 
-def check_inputs(paths: Iterable[str]) -> None:
+def check_inputs(
+    paths: Iterable[str], *, input_format: Format = "auto", options: StorageOptions = ()
+) -> None:
     """Fail early, with one clear line, on an input that cannot be read.
 
     By `stat` and `access` only: each input is opened once, when it is read. A probing
     open would consume a named pipe's writer (the real open then waits forever) or a
-    process substitution's `/dev/fd/N`."""
+    process substitution's `/dev/fd/N`. A Parquet file (never a pipe: it is read from
+    its end) has its footer read now, so a bad one is exit 2 before any call."""
+    paths = list(paths)
     for path in paths:
         if path == STDIN or is_url(path):  # a URL was listed when expanded (files/storage.py)
             continue
@@ -87,6 +95,9 @@ def check_inputs(paths: Iterable[str]) -> None:
             raise InputError(f"input {path} is a directory, not a file of events")
         if not os.access(path, os.R_OK):
             raise InputError(f"cannot read input {path}: Permission denied")
+    for path in paths:
+        if path != STDIN and source_format(path, input_format) == "parquet":
+            parquet.check(path, options)
 
 
 def _open_binary(
@@ -282,13 +293,22 @@ def read_items(
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     counts: ReadCounts | None = None,
     storage_options: StorageOptions = (),
+    shard: ShardSpec | None = None,
 ) -> Generator[Item, None, None]:
-    """Every input record of every path, in order, as Event or Invalid with seq 0, 1, ..."""
+    """Every input record of every path, in order, as Event or Invalid with seq 0, 1, ...
+
+    With `shard`, only that shard's items (`core.shard`: a Parquet file's by row group),
+    and `counts.records` counts every record read."""
     counts = counts if counts is not None else ReadCounts()
     seq = 0
     for path in paths:
         name = STDIN_NAME if path == STDIN else path
         fmt = source_format(path, input_format)
+        if fmt == "parquet":  # row groups in batches, not lines
+            seq = yield from parquet.items(
+                path, seq, defaults=defaults, counts=counts, shard=shard, options=storage_options
+            )
+            continue
         stream, close = _open_binary(path, counts, storage_options)
         try:
             records = (_csv_records if fmt == "csv" else _jsonl_records)(
@@ -297,10 +317,15 @@ def read_items(
             for record in records:
                 source = f"{name}:{record.line}"
                 if record.obj is None:
-                    yield Invalid(seq, source, None, record.error or "unreadable line")
+                    item: Item = Invalid(seq, source, None, record.error or "unreadable line")
                 else:
-                    yield make_event(record.obj, seq=seq, source=source, defaults=defaults)
+                    item = make_event(record.obj, seq=seq, source=source, defaults=defaults)
                 seq += 1
+                if shard is not None:
+                    counts.records += 1
+                    if not shard.owns(item.seq, item.id):
+                        continue
+                yield item
         finally:
             close()
 
@@ -347,6 +372,9 @@ def read_units(
     seq = 0
     for path in paths:
         name = STDIN_NAME if path == STDIN else path
+        if source_format(path, input_format) == "parquet":
+            seq = yield from parquet.units(path, seq, Unit, counts=counts, options=storage_options)
+            continue
         stream, close = _open_binary(path, counts, storage_options)
         try:
             if source_format(path, input_format) == "csv":

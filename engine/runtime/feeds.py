@@ -24,6 +24,7 @@ import anyio
 
 from engine.config import Config
 from engine.core.events import EventDefaults, Invalid, Item, ReadCounts, make_event
+from engine.core.shard import ShardSpec
 from engine.files.resume import ResumeIndex
 from engine.files.sources import next_batch, read_items
 
@@ -70,13 +71,10 @@ def file_feed(config: Config, counts: ReadCounts) -> Feed:
         max_line_bytes=config.max_line_bytes,
         counts=counts,
         storage_options=config.storage_options,
+        # --shard: the reader keeps the shard's records (a Parquet file's row groups).
+        shard=None if config.shard is None else ShardSpec(*config.shard, by=config.shard_by),
     )
-    items: Iterator[Item] = reader
-    if config.shard is not None:
-        from engine.core.shard import ShardSpec, select
-
-        items = select(reader, ShardSpec(*config.shard, by=config.shard_by), counts)
-    return thread_batches(items, READ_BATCH, reader=reader)
+    return thread_batches(reader, READ_BATCH)
 
 
 async def mapping_feed(

@@ -146,7 +146,9 @@ async def open_run(
     tls_context(config)  # --cacert, --client-cert, --client-key: exit 2 now (net/tls.py)
     proxies = run_proxies(config)  # a proxy variable that cannot be used: exit 2, now
     if inputs:
-        check_inputs(config.inputs)
+        check_inputs(
+            config.inputs, input_format=config.input_format, options=config.storage_options
+        )
     read = [("input", path) for path in config.inputs] if inputs else []
     check_outputs(read, written_by(config, records=output))
     if config.backend != "ray":  # a Ray run's calls go out on other machines

@@ -1,0 +1,297 @@
+"""Parquet inputs -> events, by row group in bounded batches (pyarrow, the extra
+`adbatch[parquet]`, imported only when a Parquet input is read).
+
+Rules:
+- Columns are the event keys, exactly as a JSONL object's keys: every row goes through
+  `core.events.make_event`, so validation, defaults and hostile values behave the same.
+- A null is an absent value (the key is left out); a list column gives a list. Values
+  JSON has no type for become text first: a timestamp is ISO 8601
+  (`2026-11-29T12:00:00.500000`, `+0100` when the column has a time zone), a date or a
+  time its ISO text, a decimal its digits as stored (`12.50`), a float32 its shortest
+  decimal text (`0.1`, not `0.10000000149011612`), binary its UTF-8 text (a value that is
+  not UTF-8 makes its row invalid). A struct or a map is an object, which makes the row
+  invalid as it does in JSONL.
+- `source` is `file:row`, the row counted from 1 across the file; `seq` goes on across
+  inputs as for lines.
+- Memory: one batch of `BATCH_ROWS` rows at a time, and column chunks are streamed in
+  `_BUFFER` pieces, so it does not grow with the file (nor with a row group).
+- A file whose footer cannot be read: `InputError` (exit 2) when the run starts
+  (`check`). A read error mid-file is one Invalid record at the first row not read; the
+  rest of the file is unread (as for a truncated gzip).
+- Shards by position (`--shard I/N`) take whole row groups: group g of a file belongs
+  to shard (g + a hash of the file's base name) mod N, so each shard reads only its own
+  groups and N shards cover the file exactly once. `seq` stays the whole input's (the
+  footer gives every group's row count).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from engine.core.events import NO_DEFAULTS, EventDefaults, Invalid, Item, ReadCounts, make_event
+from engine.core.shard import ShardSpec, stable_hash
+from engine.errors import ConfigError, InputError
+from engine.files.storage import StorageOptions, is_url, open_read, reason, shown
+
+U = TypeVar("U")
+
+#: Rows per batch: a batch's rows are the Python objects held at once.
+BATCH_ROWS = 2048
+_BUFFER = 1 << 20
+MISSING = "Parquet input needs pyarrow: pip install 'adbatch[parquet]'"
+
+
+def _arrow() -> tuple[Any, Any, Any]:
+    """(pyarrow, pyarrow.compute, pyarrow.parquet), or one line naming the extra."""
+    try:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ConfigError(MISSING) from None
+    return pa, pc, pq
+
+
+def open_file(path: str, options: StorageOptions = ()) -> Any:
+    """The `pyarrow.parquet.ParquetFile` of `path` (a URL: read by ranges), its footer
+    read: InputError, one line, if it cannot be."""
+    pa, _, pq = _arrow()
+    source = open_read(path, options) if is_url(path) else path
+    try:
+        pf = pq.ParquetFile(source, buffer_size=_BUFFER, pre_buffer=False)
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        if not isinstance(source, str):
+            source.close()
+        raise InputError(
+            f"cannot read Parquet input {shown(path)}: {reason(exc, options)}"
+        ) from None
+    names = pf.schema_arrow.names
+    if len(set(names)) != len(names):
+        pf.close(force=True)  # also a URL's file, which pyarrow leaves open
+        raise InputError(f"cannot read Parquet input {shown(path)}: it repeats a column name")
+    return pf
+
+
+def check(path: str, options: StorageOptions = ()) -> None:
+    """Fail early, with one line, on a Parquet input whose footer cannot be read."""
+    open_file(path, options).close(force=True)
+
+
+def group_rows(path: str, options: StorageOptions = ()) -> list[int]:
+    """The row count of each row group of `path` (from the footer)."""
+    pf = open_file(path, options)
+    try:
+        meta = pf.metadata
+        return [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+    finally:
+        pf.close(force=True)
+
+
+def group_owner(path: str, group: int, count: int) -> int:
+    """The shard (0..count-1) that row group `group` of `path` belongs to."""
+    name = path.rstrip("/").rsplit("/", 1)[-1]
+    return (group + stable_hash(name)) % count
+
+
+# -- Arrow values -> JSON-like values ---------------------------------------------------
+
+
+def _needs_cast(t: Any) -> bool:
+    pa = _arrow()[0]
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return _needs_cast(t.value_type)
+    return bool(
+        pa.types.is_timestamp(t)
+        or pa.types.is_date(t)
+        or pa.types.is_time(t)
+        or pa.types.is_decimal(t)
+        or pa.types.is_float16(t)
+        or pa.types.is_float32(t)
+    )
+
+
+def _is_binary(t: Any) -> bool:
+    pa = _arrow()[0]
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return _is_binary(t.value_type)
+    return bool(
+        pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t)
+    )
+
+
+def _plain(arr: Any) -> Any:
+    """An Arrow array whose values JSON can hold (see the module's rules)."""
+    pa, pc, _ = _arrow()
+    t = arr.type
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        kind = pa.ListArray if pa.types.is_list(t) else pa.LargeListArray
+        return kind.from_arrays(arr.offsets, _plain(arr.values), mask=arr.is_null())
+    if pa.types.is_timestamp(t):
+        text = pc.cast(arr, pa.string())
+        return pc.replace_substring(text, pattern=" ", replacement="T", max_replacements=1)
+    if pa.types.is_float16(t) or pa.types.is_float32(t):
+        return pc.cast(pc.cast(arr, pa.string()), pa.float64())
+    return pc.cast(arr, pa.string())
+
+
+def _text(value: object) -> object:
+    """A binary value's UTF-8 text (UnicodeDecodeError when it is not)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, list):
+        return [_text(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One Parquet row before it becomes an event: `obj`, or the `error` in its place."""
+
+    row: int  # from 1 across the file
+    obj: dict[str, object] | None
+    error: str | None
+    id: str | None = None  # an invalid row's id, when it has a text one
+
+
+def _rows_of(batch: Any, first: int, binary: list[str]) -> Iterator[Row]:
+    for offset, values in enumerate(batch.to_pylist()):
+        obj = {k: v for k, v in values.items() if v is not None}
+        try:
+            for name in binary:
+                if name in obj:
+                    obj[name] = _text(obj[name])
+        except UnicodeDecodeError:
+            event_id = obj.get("id")
+            error = f"column {name!r} holds bytes that are not UTF-8"
+            yield Row(first + offset, None, error, event_id if type(event_id) is str else None)
+            continue
+        yield Row(first + offset, obj, None)
+
+
+def rows(
+    path: str,
+    groups: list[int] | None = None,
+    *,
+    counts: ReadCounts | None = None,
+    options: StorageOptions = (),
+) -> Generator[Row, None, None]:
+    """The rows of `path` (only those of `groups`, in file order, when given)."""
+    pa = _arrow()[0]
+    pf = open_file(path, options)
+    try:
+        meta = pf.metadata
+        schema = pf.schema_arrow
+        cast = [i for i, f in enumerate(schema) if _needs_cast(f.type)]
+        binary = [f.name for f in schema if _is_binary(f.type)]
+        starts = [1]
+        for g in range(meta.num_row_groups):
+            starts.append(starts[-1] + meta.row_group(g).num_rows)
+        for g in range(meta.num_row_groups) if groups is None else groups:
+            row = starts[g]
+            try:
+                for batch in pf.iter_batches(batch_size=BATCH_ROWS, row_groups=[g]):
+                    if cast:
+                        batch = _cast_batch(batch, cast)
+                    yield from _rows_of(batch, row, binary)
+                    row += batch.num_rows
+            except (OSError, ValueError, pa.ArrowException) as exc:
+                yield Row(
+                    row,
+                    None,
+                    f"Parquet input could not be read ({reason(exc, options)}); "
+                    "the rest of this file is unread",
+                )
+                return
+            if counts is not None:
+                group = meta.row_group(g)
+                counts.bytes_read += sum(
+                    group.column(c).total_compressed_size for c in range(group.num_columns)
+                )
+    finally:
+        pf.close(force=True)
+
+
+def _cast_batch(batch: Any, columns: list[int]) -> Any:
+    pa = _arrow()[0]
+    arrays = list(batch.columns)
+    for i in columns:
+        arrays[i] = _plain(arrays[i])
+    return pa.RecordBatch.from_arrays(arrays, names=batch.schema.names)
+
+
+# -- what sources.py, the shards and the Ray actors read --------------------------------
+
+
+def _item(row: Row, seq: int, name: str, defaults: EventDefaults) -> Item:
+    source = f"{name}:{row.row}"
+    if row.obj is None:
+        return Invalid(seq, source, row.id, row.error or "unreadable row")
+    return make_event(row.obj, seq=seq, source=source, defaults=defaults)
+
+
+def items(
+    path: str,
+    first_seq: int,
+    *,
+    defaults: EventDefaults = NO_DEFAULTS,
+    counts: ReadCounts | None = None,
+    shard: ShardSpec | None = None,
+    options: StorageOptions = (),
+) -> Generator[Item, None, int]:
+    """The items of one Parquet input, seq from `first_seq`; returns the next seq.
+
+    With a shard by position, only its row groups are read, and `counts.records` counts
+    the rows of every group (as `shard.select` counts every record)."""
+    if shard is None or shard.by != "position":
+        seq = first_seq
+        for row in rows(path, counts=counts, options=options):
+            seq = first_seq + row.row
+            item = _item(row, seq - 1, path, defaults)
+            if shard is not None:  # by id: every row is read
+                if counts is not None:
+                    counts.records += 1
+                if not shard.owns(item.seq, item.id):
+                    continue
+            yield item
+        return seq
+    sizes = group_rows(path, options)
+    mine = [g for g in range(len(sizes)) if group_owner(path, g, shard.count) == shard.index]
+    if counts is not None:
+        counts.records += sum(sizes)
+    for row in rows(path, mine, counts=counts, options=options):
+        yield _item(row, first_seq + row.row - 1, path, defaults)
+    return first_seq + sum(sizes)
+
+
+def units(
+    path: str,
+    first_seq: int,
+    make: Callable[[int, str, Any], U],
+    *,
+    counts: ReadCounts | None = None,
+    options: StorageOptions = (),
+) -> Generator[U, None, int]:
+    """`sources.read_units` of a Parquet input: `make(seq, source, row dict | error)`,
+    the same seq and source as `items`; returns the next seq."""
+    seq = first_seq
+    for row in rows(path, counts=counts, options=options):
+        seq = first_seq + row.row
+        yield make(seq - 1, f"{path}:{row.row}", row.obj if row.obj is not None else row.error)
+    return seq
+
+
+def range_items(
+    path: str,
+    start: int,
+    end: int,
+    *,
+    defaults: EventDefaults = NO_DEFAULTS,
+    counts: ReadCounts | None = None,
+    options: StorageOptions = (),
+) -> Generator[Item, None, None]:
+    """Row groups [start, end) of `path`, seq from 0 (a Ray shard); sources stay `path:row`."""
+    groups = list(range(start, end))
+    for seq, row in enumerate(rows(path, groups, counts=counts, options=options)):
+        yield _item(row, seq, path, defaults)
