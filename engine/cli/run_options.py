@@ -254,8 +254,8 @@ def _add_speed_options(speed: argparse._ArgumentGroup) -> None:
     client.add_argument(
         "--http-client",
         choices=HTTP_CLIENTS,
-        help="http1: adbatch's lean keep-alive client on aiohttp's protocol layer, about "
-        "a fifth of the CPU per call; session: a plain aiohttp ClientSession, for a "
+        help="http1: adbatch's lean keep-alive client (a BufferedProtocol on httptools), a "
+        "fraction of the CPU per call; session: a plain aiohttp ClientSession, for a "
         "server the lean client trips on; http2: HTTP/2 on httpx, calls multiplexed over "
         "one connection per 100 in flight (needs pip install 'adbatch[http2]') "
         "(default: http1)",

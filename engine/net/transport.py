@@ -7,8 +7,8 @@ turns them into records (failures are data).
 `Http2Transport` (`--http2`, engine/net/http2.py, the extra adbatch[http2]) is HTTP/2 on
 httpx, imported only when asked for.
 
-`Http1Transport` runs on `engine.net.http1` (aiohttp's protocol and C parser, our own
-keep-alive pool: about a fifth of the CPU per call). `SessionTransport` is the plain
+`Http1Transport` runs on `engine.net.http1` (a BufferedProtocol on httptools' llhttp,
+our own keep-alive pool: a fraction of the CPU per call). `SessionTransport` is the plain
 `aiohttp.ClientSession`, kept as `--http-client session` for servers or set-ups the lean
 client does not cover (it is the reference the lean one is tested against).
 
@@ -106,11 +106,10 @@ class Http1Transport:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._client.close()
-        # A TLS connection's close sends its close_notify on the next loop turns; let them
-        # run, or the loop may close with the socket still open (uvloop: EBUSY).
-        for _ in range(3):
-            await asyncio.sleep(0)
+        # Waits until every connection is gone: a TLS connection's close sends its
+        # close_notify on later loop turns, and a loop closed before that (uvloop) fails
+        # with EBUSY.
+        await self._client.aclose()
 
     async def send(self, request: Request, authorization: str | None) -> Response:
         sent_at = time.time()
@@ -125,7 +124,7 @@ class Http1Transport:
             answer.body,
             sent_at,
             latency_ms,
-            retry_after=answer.headers.get("Retry-After"),
+            retry_after=answer.headers.get("retry-after"),
         )
 
 
