@@ -9,12 +9,13 @@ its async tests on uvloop, as the CLI does.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from s3server import S3, point_at, s3_server
 
 from engine.config import Config
 from engine.mock import MockConfig, MockHandle, running_mock
@@ -48,6 +49,20 @@ async def mock() -> AsyncIterator[MockHandle]:
     """The embedded mock on a free loopback port, recording requests."""
     async with running_mock(MockConfig(record_requests=True)) as handle:
         yield handle
+
+
+@pytest.fixture(scope="session")
+def _s3_server() -> Iterator[S3]:
+    yield from s3_server()
+
+
+@pytest.fixture
+def s3(_s3_server: S3, monkeypatch: pytest.MonkeyPatch) -> S3:
+    """An S3 API on 127.0.0.1 (moto's server; tests/s3server.py), emptied for this test,
+    with AWS_ENDPOINT_URL and fake keys set for it (subprocesses inherit them)."""
+    _s3_server.reset()
+    point_at(_s3_server, monkeypatch)
+    return _s3_server
 
 
 @pytest.fixture

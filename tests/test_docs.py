@@ -193,6 +193,10 @@ RUN = {
 
 #: Run as written by another test.
 ELSEWHERE = {
+    "adbatch run 's3://lake/pv/2026-11-*/part-*.jsonl.gz' -o ads.jsonl":
+        "tests/test_storage_inputs.py::test_the_readme_storage_commands_run (against moto)",
+    "AWS_ENDPOINT_URL=http://127.0.0.1:9000 adbatch run s3://lake/pv/ -o ads.jsonl":
+        "tests/test_storage_inputs.py::test_the_readme_storage_commands_run (against moto)",
     "HTTPS_PROXY=http://proxy.corp.example:3128 adbatch run events.jsonl -o ads.jsonl":
         "tests/test_network_docs.py::test_proxy_variables (through a real tinyproxy)",
     "adbatch load --mock examples/pageviews.jsonl --rate 100 --duration 5s --metrics-addr :9100 "

@@ -27,6 +27,8 @@ def without_credentials(url: str) -> str:
     except ValueError:
         return REDACTED  # cannot tell its credentials apart: show none of it
     netloc = parts.netloc
+    if "@" not in netloc and not parts.query:
+        return url  # as given (urlunsplit would drop the empty host of file:///x)
     if "@" in netloc:
         user, _, host = netloc.rpartition("@")
         name = user.partition(":")[0]

@@ -173,6 +173,7 @@ def expand(url: str, options: StorageOptions = ()) -> list[str]:
     -> itself, once it is known to exist. InputError (one line) when nothing matches."""
     fs, path = filesystem(url, options)
     name = scheme(url)
+    fs.invalidate_cache()  # a listing cached by an earlier run in this process may be stale
     try:
         if _glob(url):
             found = fs.glob(path, detail=True)
