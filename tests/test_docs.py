@@ -204,6 +204,11 @@ ELSEWHERE = {
         "tests/test_observe_cli.py::test_the_load_testing_docs_commands_run",
     "curl -s http://127.0.0.1:9100/metrics | grep '^adbatch_calls_total'":
         "tests/test_observe_cli.py::test_the_load_testing_docs_commands_run (during that load)",
+    "pip install '.[parquet]' && adbatch run pageviews.parquet -o ads.jsonl":
+        "tests/test_parquet.py::test_the_readme_parquet_commands_run (on a Parquet copy of "
+        "examples/pageviews.jsonl)",
+    "adbatch run --shard 1/3 pageviews.parquet -o part-1.jsonl":
+        "tests/test_parquet.py::test_the_readme_parquet_commands_run",
 }  # fmt: skip
 
 #: Not run, with the reason.
