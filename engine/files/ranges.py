@@ -1,11 +1,12 @@
-"""Byte ranges of an uncompressed JSONL input (the Ray backend's shards).
+"""Byte ranges of an uncompressed JSONL input, a file or an object (the Ray backend's shards).
 
 Rules:
 - A range starts at a line start and ends at one (or at the end of the input), as
   `engine.core.shard.cut_ranges` cuts them, so it holds whole lines only; `first_line`
   numbers its first line in the input, so `source` reads `path:line` (`URL:line`) as in
   a whole-input read. `seq` counts from 0 within the range.
-- A file is opened and sought.
+- A file is opened and sought; an object is opened for ranged reads (files/storage.py)
+  and sought, so only the range's bytes (and one read-ahead block) cross the network.
 - The lines are read by sources.py's JSONL reader: same items, same invalid records.
 """
 
@@ -19,6 +20,7 @@ from engine.config import DEFAULT_MAX_LINE_BYTES
 from engine.core.events import NO_DEFAULTS, EventDefaults, Invalid, Item, ReadCounts, make_event
 from engine.errors import InputError
 from engine.files.sources import _jsonl_records
+from engine.files.storage import StorageOptions, is_url, open_read
 
 
 class _RangeReader(io.RawIOBase):
@@ -45,7 +47,9 @@ class _RangeReader(io.RawIOBase):
         super().close()
 
 
-def _open(path: str) -> BinaryIO:
+def _open(path: str, options: StorageOptions) -> BinaryIO:
+    if is_url(path):
+        return open_read(path, options)
     try:
         return open(path, "rb")
     except OSError as exc:
@@ -61,10 +65,11 @@ def read_range_items(
     defaults: EventDefaults = NO_DEFAULTS,
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     counts: ReadCounts | None = None,
+    storage_options: StorageOptions = (),
 ) -> Generator[Item, None, None]:
-    """The JSONL records of bytes [start, end) of an uncompressed file, seq from 0."""
+    """The JSONL records of bytes [start, end) of an uncompressed file or object, seq from 0."""
     counts = counts if counts is not None else ReadCounts()
-    raw = _open(path)
+    raw = _open(path, storage_options)
     raw.seek(start)
     stream = io.BufferedReader(_RangeReader(raw, end - start))
     offset = first_line - 1
