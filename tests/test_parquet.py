@@ -173,6 +173,18 @@ def test_three_shards_read_only_their_row_groups_and_cover_the_file(tmp_path: Pa
     assert sorted(seen) == list(range(70))
 
 
+def test_shards_by_id_read_every_row_and_keep_their_ids(tmp_path: Path) -> None:
+    path = write_parquet(tmp_path / "seven.parquet", _events(70), group_rows=10)
+    ids: list[str | None] = []
+    for index in range(3):
+        counts = ReadCounts()
+        items = list(read_items([str(path)], counts=counts, shard=ShardSpec(index, 3, "id")))
+        assert counts.records == 70
+        assert all(ShardSpec(index, 3, "id").owns(i.seq, i.id) for i in items)
+        ids += [i.id for i in items]
+    assert sorted(ids) == sorted(f"ev-{i}" for i in range(70))  # type: ignore[type-var]
+
+
 @pytest.mark.anyio
 async def test_three_shards_end_to_end_merge_exactly_once(mock: MockHandle, tmp_path: Path) -> None:
     path = write_parquet(tmp_path / "seven.parquet", _events(35), group_rows=5)
