@@ -2,9 +2,13 @@
 
 Rules:
 - A sender runs the ordinary `Engine` on one shard at a time, writing to a temporary
-  file named for that attempt; only a complete shard is fsynced and renamed, then its
-  meta (rows, sha256, stats) written the same way. A dead attempt leaves at most a
-  temporary file, never a part.
+  file named for that attempt; only a complete shard becomes a part, then its meta
+  (rows, sha256, stats) is written (store.py: renamed in a shared directory, put
+  whole on an object store). A dead attempt leaves at most a temporary file, never a part.
+- A sender reads its shard where the driver was given it: a path (relative ones from the
+  driver's directory), or an object through its store with the run's storage options
+  and the driver's storage environment (store.py's `storage_environ`): then a node
+  needs only the store.
 - The rate actor is a token bucket on a virtual schedule; senders lease permits in
   batches of ~10 ms of the global rate.
 - The token actor holds the run's only token provider; senders follow its current
@@ -20,8 +24,7 @@ import contextlib
 import math
 import os
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -33,8 +36,8 @@ from engine.core.events import Item, ReadCounts
 from engine.core.rates import LeaseSchedule
 from engine.core.records import Result, jsonl
 from engine.distributed.merge import stats_to_dict
-from engine.distributed.plan import ShardTask, meta_path, part_path
-from engine.files.manifests import scan_part, write_json_atomic
+from engine.distributed.plan import ShardTask
+from engine.distributed.store import Parts
 from engine.files.ranges import read_range_items
 from engine.files.sinks import JsonlSink
 from engine.files.sources import read_items
@@ -154,16 +157,23 @@ class SenderActor:
     """Runs shards through the ordinary engine, one at a time, over one HTTP session."""
 
     def __init__(
-        self, config: Config, rate_actor: Any, token_actor: Any, parts_dir: str, cwd: str
+        self,
+        config: Config,
+        rate_actor: Any,
+        token_actor: Any,
+        parts: Parts,
+        cwd: str,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
         # Input paths are read as the driver was given them (so sources read the same):
         # relative ones from the driver's directory, which shared storage must provide.
         with contextlib.suppress(OSError):
             os.chdir(cwd)
+        os.environ.update(environ or {})  # before any store client is made here
         self._config = config
         self._rate = rate_actor
         self._tokens_actor = token_actor
-        self._parts_dir = parts_dir
+        self._parts = parts
         self._stack = AsyncExitStack()
         self._transport: Any = None
         self._tokens: _ClusterToken | None = None
@@ -184,8 +194,7 @@ class SenderActor:
         assert self._tokens is not None
         tokens = self._tokens
         engine = Engine(self._config, tokens, self._transport, limiter=self._limiter)
-        final = part_path(self._parts_dir, task.index)
-        tmp = f"{final}.tmp-{uuid.uuid4().hex}"
+        tmp = self._parts.scratch(task.index)
         counts = ReadCounts()
         sink = JsonlSink(tmp)
 
@@ -203,25 +212,15 @@ class SenderActor:
             sink.close()
         stats = stats_to_dict(engine.state.stats)
         if summary.stopped is not None:
-            os.remove(tmp)  # an incomplete part is never renamed
+            os.remove(tmp)  # an incomplete part is never kept
             return ShardDone(task.index, 0, "", stats, summary.stopped, summary.stop_code)
-        _fsync(tmp)
-        info = scan_part(tmp)
-        os.replace(tmp, final)
-        meta = {"index": task.index, "rows": info.rows, "sha256": info.sha256, "stats": stats}
-        write_json_atomic(meta_path(self._parts_dir, task.index), meta)
+        info = await anyio.to_thread.run_sync(
+            self._parts.commit, tmp, task.index, {"index": task.index, "stats": stats}
+        )
         return ShardDone(task.index, info.rows, info.sha256, stats, None)
 
     async def close(self) -> None:
         await self._stack.aclose()
-
-
-def _fsync(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _shard_items(config: Config, task: ShardTask, counts: ReadCounts) -> Iterator[Item]:
@@ -233,6 +232,18 @@ def _shard_items(config: Config, task: ShardTask, counts: ReadCounts) -> Iterato
             defaults=defaults,
             max_line_bytes=config.max_line_bytes,
             counts=counts,
+            storage_options=config.storage_options,
+        )
+    if task.groups:
+        from engine.files.parquet import range_items  # pyarrow only for Parquet inputs
+
+        return range_items(
+            task.path,
+            task.start,
+            task.end,
+            defaults=defaults,
+            counts=counts,
+            options=config.storage_options,
         )
     return read_range_items(
         task.path,
@@ -242,4 +253,5 @@ def _shard_items(config: Config, task: ShardTask, counts: ReadCounts) -> Iterato
         defaults=defaults,
         max_line_bytes=config.max_line_bytes,
         counts=counts,
+        storage_options=config.storage_options,
     )

@@ -1,13 +1,15 @@
-"""The plan of a Ray run: input files -> shards, and where their parts live (no Ray here).
+"""The plan of a Ray run: inputs -> shards, kept with their parts (no Ray here).
 
 Rules:
-- An uncompressed JSONL file is cut into byte ranges at line starts (`shard.cut_ranges`,
-  which also numbers the lines, so `source` stays `path:line`); a gzip or CSV file is
-  one shard (a gzip stream cannot be entered mid-way, a CSV record may span lines and
-  needs its header).
-- The plan is stored in `OUT.parts/plan.json` with the inputs' sizes and mtimes; a
-  rerun with the same inputs reuses it and skips shards whose part is complete (its
-  meta names rows and sha256 that match the part on disk).
+- An uncompressed JSONL input, a file or an object, is cut into byte ranges at line
+  starts (`shard.cut_ranges`, which also numbers the lines, so `source` stays
+  `path:line`, `URL:line`); a Parquet input into runs of whole row groups; a gzip or CSV
+  input is one shard (a gzip stream cannot be entered mid-way, a CSV record may span
+  lines and needs its header). An object is read by ranged reads, never downloaded.
+- The plan is stored in `OUT.parts/plan.json` (store.py: a directory or a store prefix)
+  with each input's size and version (a file's mtime; an object's etag, else its
+  mtime); a rerun with the same inputs reuses it and skips shards whose part is
+  complete (store.py says when one is).
 """
 
 from __future__ import annotations
@@ -15,15 +17,16 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import shutil
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from engine.config import Config
-from engine.core.shard import cut_ranges
-from engine.errors import ConfigError
-from engine.files.manifests import read_manifest, scan_part, write_json_atomic
+from engine.core.shard import ReadAt, cut_ranges
+from engine.distributed.store import PLAN, LocalParts, Parts, meta_name, part_name
+from engine.errors import ConfigError, InputError
 from engine.files.sources import _GZIP_MAGIC, source_format
+from engine.files.storage import StorageOptions, filesystem, is_url, reason, shown
 
 MIN_RANGE_BYTES = 1 << 20
 SHARDS_PER_SENDER = 4
@@ -31,7 +34,8 @@ SHARDS_PER_SENDER = 4
 
 @dataclass(frozen=True, slots=True)
 class ShardTask:
-    """One shard: bytes [start, end) of `path` (whole: the entire file via `read_items`)."""
+    """One shard: bytes [start, end) of `path` (whole: the entire input via `read_items`;
+    groups: row groups [start, end) of a Parquet input, its first row `first_line`)."""
 
     index: int
     path: str
@@ -39,93 +43,129 @@ class ShardTask:
     end: int
     first_line: int
     whole: bool
+    groups: bool = False
 
 
-def _is_gzip(path: str) -> bool:
-    with open(path, "rb") as f:
-        return f.read(2) == _GZIP_MAGIC
+def is_parquet(path: str) -> bool:
+    return path.lower().endswith(".parquet")
 
 
-def _fingerprint(config: Config) -> list[list[object]]:
-    out: list[list[object]] = []
-    for path in config.inputs:
+def _stat(path: str, options: StorageOptions) -> tuple[str, int, object]:
+    """(name, size, version): a file's absolute path and mtime; an object's URL and etag."""
+    if not is_url(path):
         st = os.stat(path)
-        out.append([os.path.abspath(path), st.st_size, st.st_mtime_ns])
-    return out
+        return os.path.abspath(path), st.st_size, st.st_mtime_ns
+    fs, key = filesystem(path, options)
+    try:
+        info = fs.info(key)
+    except Exception as exc:
+        raise InputError(f"cannot read input {shown(path)}: {reason(exc, options)}") from None
+    version = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified")
+    return path, int(info.get("size") or 0), str(version)
 
 
-def plan_shards(config: Config, target: int) -> list[ShardTask]:
-    """Cut the inputs into about `target` shards, in proportion to their sizes."""
-    sizes = {path: os.path.getsize(path) for path in config.inputs}
-    total = sum(sizes.values()) or 1
-    tasks: list[ShardTask] = []
-    for path in config.inputs:
-        size = sizes[path]
-        whole = _is_gzip(path) or source_format(path, config.input_format) == "csv"
-        if whole or size == 0:
-            tasks.append(ShardTask(len(tasks), path, 0, size, 1, True))
-            continue
-        parts = max(1, round(target * size / total))
-        with open(path, "rb") as f:
-            ranges = cut_ranges(size, parts, functools.partial(_pread, f.fileno()))
-        for r in ranges:
-            tasks.append(ShardTask(len(tasks), path, r.start, r.end, r.first_line, False))
-    return tasks
+@contextlib.contextmanager
+def _reader(path: str, options: StorageOptions) -> Iterator[ReadAt]:
+    """Reads at an offset: `pread` on a file, a ranged GET on an object."""
+    if is_url(path):
+        fs, key = filesystem(path, options)
+        yield lambda offset, size: bytes(fs.cat_file(key, start=offset, end=offset + size))
+        return
+    with open(path, "rb") as f:
+        yield functools.partial(_pread, f.fileno())
 
 
 def _pread(fd: int, offset: int, size: int) -> bytes:
     return os.pread(fd, size, offset)
 
 
+def _groups(path: str, options: StorageOptions, parts: int, first: int) -> list[ShardTask]:
+    """Runs of whole row groups of a Parquet input, about `parts` of them."""
+    from engine.files.parquet import group_rows  # pyarrow only for Parquet inputs
+
+    rows = group_rows(path, options)
+    count = max(1, min(parts, len(rows)))
+    tasks: list[ShardTask] = []
+    for k in range(count):
+        start, end = len(rows) * k // count, len(rows) * (k + 1) // count
+        if start < end:
+            row = sum(rows[:start]) + 1
+            tasks.append(ShardTask(first + len(tasks), path, start, end, row, False, True))
+    return tasks
+
+
+def plan_shards(
+    config: Config, target: int, sizes: dict[str, int] | None = None
+) -> list[ShardTask]:
+    """Cut the inputs into about `target` shards, in proportion to their sizes."""
+    options = config.storage_options
+    if sizes is None:
+        sizes = {path: _stat(path, options)[1] for path in config.inputs}
+    total = sum(sizes.values()) or 1
+    tasks: list[ShardTask] = []
+    for path in config.inputs:
+        size = sizes[path]
+        parts = max(1, round(target * size / total))
+        if is_parquet(path):
+            tasks.extend(_groups(path, options, parts, len(tasks)))
+            continue
+        with _reader(path, options) as read:
+            whole = source_format(path, config.input_format) == "csv"
+            whole = whole or read(0, 2) == _GZIP_MAGIC
+            if whole or size == 0:
+                tasks.append(ShardTask(len(tasks), path, 0, size, 1, True))
+                continue
+            for r in cut_ranges(size, parts, read):
+                tasks.append(ShardTask(len(tasks), path, r.start, r.end, r.first_line, False))
+    return tasks
+
+
 def prepare(
-    config: Config, parts_dir: str, senders: int, shards: int | None
+    config: Config, parts: Parts | str, senders: int, shards: int | None
 ) -> tuple[list[ShardTask], list[ShardTask]]:
-    """(the plan, its shards still to run) -- a rerun finds some complete already."""
+    """(the plan, its shards still to run) -- a rerun finds some complete already.
+    `parts`: where they are kept (a directory's path: `LocalParts`)."""
+    parts = LocalParts(parts) if isinstance(parts, str) else parts
+    stats = {path: _stat(path, config.storage_options) for path in config.inputs}
+    fingerprint: list[list[object]] = [list(s) for s in stats.values()]
+    sizes = {path: s[1] for path, s in stats.items()}
     if shards is None:
-        total = sum(os.path.getsize(p) for p in config.inputs)
+        total = sum(sizes.values())
         shards = max(1, min(senders * SHARDS_PER_SENDER, total // MIN_RANGE_BYTES))
-    plan = _load_or_plan(config, parts_dir, shards)
-    return plan, [t for t in plan if completed(parts_dir, t) is None]
+    plan = _load_or_plan(config, parts, shards, fingerprint, sizes)
+    return plan, [t for t in plan if parts.completed(t.index) is None]
 
 
-def _load_or_plan(config: Config, parts_dir: str, target: int) -> list[ShardTask]:
+def _load_or_plan(
+    config: Config,
+    parts: Parts,
+    target: int,
+    fingerprint: list[list[object]],
+    sizes: dict[str, int],
+) -> list[ShardTask]:
     """The stored plan when the inputs are unchanged (a rerun), else a fresh one."""
-    fingerprint = _fingerprint(config)
-    plan_file = os.path.join(parts_dir, "plan.json")
-    stored = read_manifest(plan_file)
+    stored = parts.read_json(PLAN)
     if stored is not None and stored.get("inputs") == fingerprint:
-        for name in os.listdir(parts_dir):
-            if ".tmp-" in name:  # an attempt that died mid-shard
-                os.remove(os.path.join(parts_dir, name))
+        parts.drop_attempts()
         with contextlib.suppress(TypeError, KeyError):
             return [ShardTask(**t) for t in stored["shards"]]
-    if os.path.exists(parts_dir):
-        if stored is None:
-            raise ConfigError(
-                f"{parts_dir} exists and holds no adbatch plan; move it away or choose another -o"
-            )
-        shutil.rmtree(parts_dir)  # parts of other inputs are of no use
-    os.makedirs(parts_dir)
-    tasks = plan_shards(config, target)
-    write_json_atomic(
-        os.path.join(parts_dir, "plan.json"),
-        {"inputs": fingerprint, "shards": [asdict(t) for t in tasks]},
-    )
+    if stored is None and parts.exists():
+        raise ConfigError(
+            f"{shown(parts.location)} exists and holds no adbatch plan; "
+            "move it away or choose another -o"
+        )
+    parts.reset()  # parts of other inputs are of no use
+    tasks = plan_shards(config, target, sizes)
+    plan: dict[str, Any] = {"inputs": fingerprint, "shards": [asdict(t) for t in tasks]}
+    parts.write_json(PLAN, plan)
     return tasks
 
 
 def part_path(parts_dir: str, index: int) -> str:
-    return os.path.join(parts_dir, f"part-{index:05d}.jsonl")
+    """A part's file in a local `OUT.parts/`."""
+    return os.path.join(parts_dir, part_name(index))
 
 
 def meta_path(parts_dir: str, index: int) -> str:
-    return os.path.join(parts_dir, f"part-{index:05d}.json")
-
-
-def completed(parts_dir: str, task: ShardTask) -> dict[str, Any] | None:
-    """The meta of a shard whose part is complete and unchanged, else None."""
-    meta = read_manifest(meta_path(parts_dir, task.index))
-    if meta is None or not os.path.exists(part_path(parts_dir, task.index)):
-        return None
-    info = scan_part(part_path(parts_dir, task.index))
-    return meta if (info.rows, info.sha256) == (meta["rows"], meta["sha256"]) else None
+    """A part's meta in a local `OUT.parts/`."""
+    return os.path.join(parts_dir, meta_name(index))

@@ -12,18 +12,20 @@ Rules:
   a gzip or CSV file is one shard (a gzip stream cannot be entered mid-way, a CSV
   record may span lines and needs its header). `seq` counts from 0 within a shard.
 - A sender runs the ordinary `Engine` on its shard, writing to a temporary file named
-  for that attempt; when the shard is complete it is fsynced and renamed, then its
-  meta (rows, sha256, stats) is written the same way. A shard whose actor dies is run
-  again from its start by a fresh actor: its events may be *sent* twice, but the
-  output holds each exactly once, because only a complete part is ever renamed.
+  for that attempt; when the shard is complete it becomes a part (renamed in a shared
+  directory, put whole on an object store: store.py), then its meta (rows, sha256,
+  stats) is written. A shard whose actor dies is run again from its start by a fresh
+  actor: its events may be *sent* twice, but the output holds each exactly once,
+  because only a complete part is ever kept.
 - The global `--rate` lives in one actor: a token bucket that hands out permits in
   leases of ~10 ms of traffic, so the rate holds across actors whatever their number
   and the lease traffic stays ~100 calls/s. `-c` is per sender.
 - The OAuth token lives in one actor, which alone talks to the token endpoint;
   senders read its current value and, after a 401, ask it once for a new one.
-- Parts and the plan are kept in `OUT.parts/` (it must be on storage every node sees);
-  a rerun with the same inputs skips shards whose part is complete. The driver joins
-  the parts in shard order into `-o` (through a temporary file and a rename), writes
+- Parts and the plan are kept in `OUT.parts/`: for a local `-o`, on storage every node
+  sees; for an `-o` URL, on its store, which is then all a node needs (inputs may be
+  URLs too). A rerun with the same inputs skips shards whose part is complete. The
+  driver joins the parts in shard order into `-o` (join.py), writes
   `OUT.manifest.json` (rows and sha256 per shard), then removes `OUT.parts/`.
 """
 
@@ -32,28 +34,29 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import sys
 import time
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 
 from engine.config import Config
 from engine.core.stats import RunStats, Summary, summarize
 from engine.distributed.actors import RateActor, SenderActor, ShardDone, TokenActor, TokenFactory
+from engine.distributed.join import join_parts
 from engine.distributed.merge import add_stats
-from engine.distributed.plan import ShardTask, meta_path, part_path, prepare
-from engine.errors import ConfigError, FatalError
-from engine.files.manifests import copy_part, read_manifest, scan_part, write_merged_manifest
+from engine.distributed.plan import ShardTask, prepare
+from engine.distributed.store import LocalParts, Parts, parts_at, storage_environ
+from engine.errors import ConfigError, EngineError, InputError
+from engine.files.storage import reason, shown
 from engine.net.auth import TokenProvider
 from engine.net.token_client import open_token_provider
 from engine.runtime.session import open_run
 
 SENDER_NAME = "adbatch-sender-{}"
+T = TypeVar("T")
 
 
 @contextlib.asynccontextmanager
@@ -117,13 +120,13 @@ async def run_ray(
         config = session.config
         assert config.output is not None
         output = config.output
-        parts_dir = os.path.join(os.getcwd(), output + ".parts")
+        parts = parts_at(output, config.storage_options, os.getcwd())
         with _ray_session(ray):
             start = time.perf_counter()  # the run, not Ray's own start
             count = senders or max(1, int(ray.cluster_resources().get("CPU", 1)))
-            plan, todo = await anyio.to_thread.run_sync(prepare, config, parts_dir, count, shards)
+            plan, todo = await _on_store(parts, prepare, config, parts, count, shards)
             done, stopped, stop_code = await _dispatch(
-                ray, config, todo, parts_dir, count, token_factory, attempts
+                ray, config, todo, parts, count, token_factory, attempts
             )
             # An actor's failure may quote a server: it reaches stderr through the one redactor.
             stopped = None if stopped is None else session.secrets.redact(stopped)
@@ -131,12 +134,12 @@ async def run_ray(
     for result in done:
         add_stats(stats, result.stats)
     if stopped is None:
-        rows = await anyio.to_thread.run_sync(_merge, plan, parts_dir, output)
+        rows = await _on_store(parts, join_parts, plan, parts, output, config.storage_options)
         skipped = len(plan) - len(todo)
         if skipped:
             print(
                 f"adbatch: {skipped} of {len(plan)} shards were complete from an earlier run; "
-                f"{rows} rows in {output}",
+                f"{rows} rows in {shown(output)}",
                 file=sys.stderr,
             )
     return summarize(
@@ -144,11 +147,23 @@ async def run_ray(
     )
 
 
+async def _on_store(parts: Parts, func: Callable[..., T], *args: Any) -> T:
+    """`func(*args)` on a thread; a store's own failure becomes one line (exit 3)."""
+    try:
+        return await anyio.to_thread.run_sync(func, *args)
+    except EngineError:
+        raise
+    except Exception as exc:
+        if isinstance(parts, LocalParts):
+            raise
+        raise InputError(f"{shown(parts.location)}: {reason(exc)}") from None
+
+
 async def _dispatch(
     ray: Any,
     config: Config,
     todo: list[ShardTask],
-    parts_dir: str,
+    parts: Parts,
     count: int,
     token_factory: TokenFactory,
     attempts: int,
@@ -157,7 +172,7 @@ async def _dispatch(
     exit code of that stop)."""
     if not todo:
         return [], None, 3
-    run = _Dispatch(ray, config, todo, parts_dir, token_factory, attempts)
+    run = _Dispatch(ray, config, todo, parts, token_factory, attempts)
     slots = min(count, len(todo))
     try:
         async with anyio.create_task_group() as tg:
@@ -169,7 +184,8 @@ async def _dispatch(
     if run.failures:
         return (
             run.done,
-            f"{run.failures[0]}; the complete shards are kept in {parts_dir}: run again to finish",
+            f"{run.failures[0]}; the complete shards are kept in {shown(parts.location)}: "
+            "run again to finish",
             run.stop_code,
         )
     return run.done, None, 3
@@ -183,7 +199,7 @@ class _Dispatch:
         ray: Any,
         config: Config,
         todo: list[ShardTask],
-        parts_dir: str,
+        parts: Parts,
         token_factory: TokenFactory,
         attempts: int,
     ) -> None:
@@ -197,7 +213,9 @@ class _Dispatch:
         self.token_actor.maintain.remote()  # runs until the actor is killed in _close_actors
         self._sender_cls = ray.remote(SenderActor)
         self._config = config
-        self._parts_dir = parts_dir
+        self._parts = parts
+        output = [config.output] if config.output else []
+        self._environ = storage_environ([*config.inputs, *output])
         self._attempts = attempts
         self._queue = list(reversed(todo))
         self._tries: dict[int, int] = {}
@@ -209,7 +227,12 @@ class _Dispatch:
     def _new_sender(self, slot: int, generation: int) -> Any:
         name = SENDER_NAME.format(slot) if generation == 0 else None
         actor = self._sender_cls.options(name=name, num_cpus=1).remote(
-            self._config, self.rate_actor, self.token_actor, self._parts_dir, os.getcwd()
+            self._config,
+            self.rate_actor,
+            self.token_actor,
+            self._parts,
+            os.getcwd(),
+            self._environ,
         )
         self.actors.append(actor)
         return actor
@@ -267,36 +290,6 @@ async def _close_actors(
             except ValueError:
                 break
             await anyio.sleep(0.02)
-
-
-def _merge(plan: list[ShardTask], parts_dir: str, output: str) -> int:
-    """Join the parts in shard order into `output` (atomically) with its manifest."""
-    tmp = f"{output}.tmp-{uuid.uuid4().hex}"
-    entries: list[dict[str, Any]] = []
-    with open(tmp, "wb") as out:
-        for task in plan:
-            meta = read_manifest(meta_path(parts_dir, task.index))
-            if meta is None:
-                raise FatalError(f"shard {task.index} has no part in {parts_dir}")
-            info = copy_part(part_path(parts_dir, task.index), out)
-            if (info.rows, info.sha256) != (meta["rows"], meta["sha256"]):
-                raise FatalError(f"part {info.path} changed after its shard finished")
-            entries.append(
-                {
-                    "shard": task.index,
-                    "input": task.path,
-                    "bytes": [task.start, task.end],
-                    "rows": info.rows,
-                    "sha256": info.sha256,
-                }
-            )
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, output)
-    total = scan_part(output)
-    write_merged_manifest(output, entries, sha256=total.sha256, shards=len(plan))
-    shutil.rmtree(parts_dir, ignore_errors=True)
-    return total.rows
 
 
 __all__ = [
