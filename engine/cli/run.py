@@ -15,7 +15,7 @@ from functools import partial
 
 from engine import api
 from engine.cli import hints
-from engine.cli.argtypes import duration
+from engine.cli.argtypes import duration, storage_option
 from engine.cli.common import Subparsers, json_bytes, run_async, say, write_file
 from engine.cli.options import config_from_args, shard
 from engine.cli.run_options import add_run_options
@@ -74,8 +74,20 @@ def _add_merge_parser(sub: Subparsers) -> None:
         description="Join the outputs of `adbatch run --shard I/N` into one file, each "
         "record once, and check every input record is there exactly once.",
     )
-    merge_p.add_argument("parts", nargs="+", metavar="PART", help="shard output files")
-    merge_p.add_argument("-o", "--output", required=True, metavar="PATH", help="merged file")
+    merge_p.add_argument(
+        "parts", nargs="+", metavar="PART", help="shard output files or URLs (a URL glob too)"
+    )
+    merge_p.add_argument(
+        "-o", "--output", required=True, metavar="PATH", help="merged file (or URL)"
+    )
+    merge_p.add_argument(
+        "--storage-option",
+        dest="storage_options",
+        action="append",
+        type=storage_option,
+        metavar="KEY=VALUE",
+        help="an fsspec option for URL parts and output, as for run (repeatable)",
+    )
     merge_p.set_defaults(handler=cmd_merge)
 
 
@@ -226,7 +238,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     # Lazy: a command's own modules load only when it runs.
     from engine.distributed.merge import merge_outputs
 
-    report = merge_outputs(args.parts, args.output)
+    report = merge_outputs(args.parts, args.output, options=tuple(args.storage_options or ()))
     if report.exactly_once:
         say(report.line())
         return 0

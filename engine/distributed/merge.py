@@ -23,10 +23,11 @@ from typing import Any, BinaryIO
 
 from engine.core.records import parse_record
 from engine.core.stats import Histogram, RunStats
-from engine.errors import ConfigError, InputError, OutputError
-from engine.files.manifests import manifest_path, read_manifest, scan_part, write_merged_manifest
+from engine.errors import ConfigError, InputError
+from engine.files.manifests import manifest_path, read_manifest, scan_part
 from engine.files.paths import check_outputs
-from engine.files.storage import is_url, open_read
+from engine.files.storage import StorageOptions, expand_inputs, is_url, open_read
+from engine.files.urlmerge import MergeOutput
 
 _EXAMPLES = 5
 
@@ -93,9 +94,13 @@ class MergeReport:
         return f"{head}; " + "; ".join(self.problems)
 
 
-def _check_manifests(parts: Sequence[str], report: MergeReport) -> list[str]:
+def _check_manifests(
+    parts: Sequence[str], report: MergeReport, options: StorageOptions = ()
+) -> list[str]:
     """The parts in shard order when every part has a manifest; checks they agree."""
-    manifests = [read_manifest(manifest_path(p)) for p in parts]
+    found = [read_manifest(manifest_path(p), options) for p in parts]
+    # Only a shard's manifest says which shard a part is (a joined -o URL has another).
+    manifests = [m if m and m.get("adbatch") == "shard" else None for m in found]
     if not any(manifests):
         return list(parts)
     if not all(manifests):
@@ -119,7 +124,7 @@ def _check_manifests(parts: Sequence[str], report: MergeReport) -> list[str]:
             report.problems.append(f"shard {index}/{count} given twice ({by_shard[index]}, {path})")
             continue
         by_shard[index] = path
-        info = scan_part(path)
+        info = scan_part(path, options)
         if (info.rows, info.sha256) != (m.get("rows"), m.get("sha256")):
             report.problems.append(f"{path} changed after its shard finished (rows or checksum)")
     absent = [str(i) for i in range(count) if i not in by_shard]
@@ -128,11 +133,17 @@ def _check_manifests(parts: Sequence[str], report: MergeReport) -> list[str]:
     return [by_shard[i] for i in sorted(by_shard)]
 
 
-def _join_part(path: str, out: BinaryIO, coverage: Coverage, report: MergeReport) -> int:
+def _join_part(
+    path: str,
+    out: BinaryIO,
+    coverage: Coverage,
+    report: MergeReport,
+    options: StorageOptions = (),
+) -> int:
     """Copy the records of `path` not seen before to `out`; the number of lines unread."""
     rows = unreadable = 0
     try:  # an output on object storage (`s3://b/out.jsonl`) is read where it is
-        f = open_read(path) if is_url(path) else open(path, "rb")
+        f = open_read(path, options) if is_url(path) else open(path, "rb")
     except OSError as exc:
         raise InputError(f"cannot read part {path}: {exc.strerror or exc}") from None
     with f:
@@ -175,10 +186,14 @@ def _file(path: str) -> str:
     return "./-" if path == "-" else path
 
 
-def merge_outputs(parts: Sequence[str], output: str) -> MergeReport:
-    """Join static-shard outputs into `output` (each record once) and check coverage."""
+def merge_outputs(
+    parts: Sequence[str], output: str, *, options: StorageOptions = ()
+) -> MergeReport:
+    """Join static-shard outputs into `output` (each record once) and check coverage.
+    Parts and output may be URLs (a URL part may be a glob or a prefix: its objects)."""
     if not parts:
         raise ConfigError("merge: no part given")
+    parts = expand_inputs(tuple(parts), options)
     # Before anything is written: neither the output nor its manifest is a part or the
     # manifest of one (read by _check_manifests).
     # `-` is a file of that name here, not stdin or stdout.
@@ -187,30 +202,23 @@ def merge_outputs(parts: Sequence[str], output: str) -> MergeReport:
     read += [("the manifest of a part", manifest_path(p)) for p in parts]
     check_outputs(read, written)
     report = MergeReport(parts=len(parts))
-    ordered = _check_manifests(parts, report)
+    ordered = _check_manifests(parts, report, options)
     coverage = Coverage()
     unreadable = 0
     entries: list[dict[str, Any]] = []
-    try:
-        out = open(output, "wb")
-    except OSError as exc:
-        raise OutputError(
-            f"cannot write output {output}: {exc.strerror or exc}", before_run=True
-        ) from None
-    with out:
+    target = MergeOutput(output, options)
+    with target.open() as out:
         for path in ordered:
             before = report.rows
-            unreadable += _join_part(path, out, coverage, report)
+            unreadable += _join_part(path, out, coverage, report, options)
             entries.append({"part": path, "rows": report.rows - before})
     if unreadable:
         report.problems.append(f"{unreadable} lines are not adbatch records (not merged)")
     _coverage_problems(coverage, report)
-    info = scan_part(output)
-    write_merged_manifest(
-        output,
+    target.write_manifest(
         entries,
         records=report.records,
-        sha256=info.sha256,
+        sha256=target.sha256(),
         exactly_once=report.exactly_once,
     )
     return report

@@ -26,6 +26,7 @@ import orjson
 
 from engine.config import Config
 from engine.errors import InputError
+from engine.files.storage import StorageOptions, is_url, open_read, read_object, write_object
 
 MANIFEST_SUFFIX = ".manifest.json"
 _BLOCK = 1 << 20
@@ -45,12 +46,16 @@ class PartInfo:
     size: int
 
 
-def scan_part(path: str) -> PartInfo:
-    """Rows and sha256 of a file (one pass)."""
+def _open(path: str, options: StorageOptions) -> BinaryIO:
+    return open_read(path, options) if is_url(path) else open(path, "rb")
+
+
+def scan_part(path: str, options: StorageOptions = ()) -> PartInfo:
+    """Rows and sha256 of a file or an object (one pass)."""
     digest = hashlib.sha256()
     rows = size = 0
     try:
-        with open(path, "rb") as f:
+        with _open(path, options) as f:
             while block := f.read(_BLOCK):
                 digest.update(block)
                 rows += block.count(b"\n")
@@ -112,11 +117,19 @@ def write_json_atomic(path: str, data: dict[str, Any]) -> None:
 
 
 def write_shard_manifest(config: Config, *, records: int) -> None:
-    """The manifest of a static shard's output (called by `run` when `--shard` is set)."""
+    """The manifest of a static shard's output (called by `run` when `--shard` is set);
+    of an output URL, the object beside it, written whole."""
     assert config.shard is not None
     assert config.output is not None
-    info = scan_part(config.output)
-    write_json_atomic(
+    options = config.storage_options
+    info = scan_part(config.output, options)
+    write = write_json_atomic
+    if is_url(config.output):
+
+        def write(path: str, data: dict[str, Any]) -> None:
+            write_object(path, manifest_bytes(data), options)
+
+    write(
         manifest_path(config.output),
         {
             "adbatch": "shard",
@@ -130,11 +143,18 @@ def write_shard_manifest(config: Config, *, records: int) -> None:
     )
 
 
-def read_manifest(path: str) -> dict[str, Any] | None:
-    """The JSON object at `path`; None when there is no file (or it holds no object)."""
+def read_manifest(path: str, options: StorageOptions = ()) -> dict[str, Any] | None:
+    """The JSON object at `path` (a file or an object); None when there is none (or it
+    holds no object)."""
     try:
-        with open(path, "rb") as f:
-            text = f.read()
+        if is_url(path):
+            found = read_object(path, options)
+            if found is None:
+                return None
+            text = found
+        else:
+            with open(path, "rb") as f:
+                text = f.read()
     except FileNotFoundError:
         return None
     except OSError as exc:

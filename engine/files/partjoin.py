@@ -11,10 +11,11 @@ Rules:
 - The join, when the run ends well: the pieces are concatenated into the output object
   in order -- on the store's side (s3fs `merge`: multipart UploadPartCopy) when the store
   has it and every piece but the last is at least 5 MiB (S3's least part; at most
-  10,000 parts of at most 5 GiB), else streamed through this process. When the earlier
-  run left superseded records (a transient record sent again, or a join whose parts
-  were not yet removed), the join keeps one line per event, its latest, as `compact`
-  does for a local file. The object is written whole (an object store's PUT or
+  10,000 parts of at most 5 GiB), else streamed through this process. Neither leaves
+  an incomplete multipart upload when it fails (files/servermerge.py, storage.writing).
+  When the earlier run left superseded records (a transient record sent again, or a
+  join whose parts were not yet removed), the join keeps one line per event, its
+  latest, as `compact` does for a local file. The object is written whole (an object store's PUT or
   completed multipart upload; a temporary name and a rename when it is also a piece).
 - Verified, then kept: the joined object's size must be the pieces' sum (what was
   kept of them, when filtered); then `URL.manifest.json` is written (the merged
@@ -34,6 +35,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from engine.config import Config
 from engine.core.records import is_transient, parse_record, record_seq
 from engine.errors import InputError, OutputError
+from engine.files import servermerge
 from engine.files.manifests import PartInfo, manifest_bytes, manifest_path, merged_manifest
 from engine.files.parts import (
     PartLimits,
@@ -44,7 +46,7 @@ from engine.files.parts import (
     put_whole,
 )
 from engine.files.resume import ResumeIndex
-from engine.files.storage import BLOCK_SIZE, filesystem, reason, shown
+from engine.files.storage import BLOCK_SIZE, filesystem, reason, shown, writing
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
@@ -186,8 +188,8 @@ def _concatenate(fs: AbstractFileSystem, path: str, pieces: list[PartInfo]) -> s
     if [p.path for p in pieces] == [path]:
         return "already whole"
     if _mergeable(fs, pieces):
-        try:
-            fs.merge(path, [p.path for p in pieces])
+        try:  # an incomplete multipart upload is aborted (files/servermerge.py)
+            servermerge.merge(fs, path, [p.path for p in pieces])
             return "server-side"
         except Exception:  # a store that refuses UploadPartCopy: copy it through here
             pass
@@ -201,7 +203,7 @@ def _concatenate(fs: AbstractFileSystem, path: str, pieces: list[PartInfo]) -> s
 
 
 def _mergeable(fs: AbstractFileSystem, pieces: list[PartInfo]) -> bool:
-    if not hasattr(fs, "merge") or len(pieces) > MAX_MERGE_PARTS:
+    if not servermerge.can_merge(fs) or len(pieces) > MAX_MERGE_PARTS:
         return False
     if any(p.size > MAX_MERGE_PART for p in pieces):
         return False
@@ -219,7 +221,7 @@ def _write(
     of the pieces or the store is a local disk."""
     through = is_local(fs) or any(p.path == path for p in pieces)
     target = f"{path}.tmp-{uuid.uuid4().hex}" if through else path
-    with fs.open(target, "wb", block_size=BLOCK_SIZE) as out:
+    with writing(fs, target) as out:  # a failure leaves no object, nor an upload open
         fill(out)
     if through:
         fs.mv(target, path)

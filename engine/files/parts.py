@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING
 
 from engine.errors import OutputError
 from engine.files.manifests import PartInfo
+from engine.files.storage import is_local as is_local  # re-exported
+from engine.files.storage import put_whole as put_whole  # re-exported
 from engine.files.storage import reason, shown
 
 if TYPE_CHECKING:
@@ -78,24 +80,6 @@ def next_index(parts: list[str]) -> int:
     match = _PART.fullmatch(parts[-1].rpartition("/")[2])
     assert match is not None
     return int(match.group(1)) + 1
-
-
-def is_local(fs: AbstractFileSystem) -> bool:
-    """A local disk (`file://`), where a write cut short leaves half a file."""
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return protocol in ("file", "local")
-
-
-def put_whole(fs: AbstractFileSystem, path: str, data: bytes) -> None:
-    """Write the object at `path` whole: one PUT on an object store; a temporary file and
-    a rename on a local one (where a write can be cut short)."""
-    if is_local(fs):
-        fs.makedirs(path.rpartition("/")[0] or "/", exist_ok=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-        fs.pipe_file(tmp, data)
-        fs.mv(tmp, path)
-    else:
-        fs.pipe_file(path, data)
 
 
 @dataclass(frozen=True, slots=True)

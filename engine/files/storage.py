@@ -21,12 +21,14 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-from collections.abc import Mapping
+import uuid
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from engine.core.errors import ConfigError, InputError
+from engine.core.errors import ConfigError, InputError, OutputError
 from engine.core.secrets import Secrets
 from engine.core.urls import parse_option as parse_option  # re-exported
 from engine.core.urls import secret_option, shown_option, without_credentials
@@ -211,3 +213,65 @@ def open_read(url: str, options: StorageOptions = ()) -> BinaryIO:
         return fs.open(path, "rb", block_size=BLOCK_SIZE)  # type: ignore[no-any-return]
     except Exception as exc:
         raise InputError(f"cannot read input {shown(url)}: {reason(exc, options)}") from None
+
+
+def is_local(fs: AbstractFileSystem) -> bool:
+    """A local disk (`file://`), where a write cut short leaves half a file."""
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol in ("file", "local")
+
+
+def put_whole(fs: AbstractFileSystem, path: str, data: bytes) -> None:
+    """Write the object at `path` whole: one PUT on an object store; a temporary file and
+    a rename on a local one (where a write can be cut short)."""
+    if is_local(fs):
+        fs.makedirs(path.rpartition("/")[0] or "/", exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        fs.pipe_file(tmp, data)
+        fs.mv(tmp, path)
+    else:
+        fs.pipe_file(path, data)
+
+
+def write_object(url: str, data: bytes, options: StorageOptions = ()) -> None:
+    """Write the object at `url` whole (`put_whole`); OutputError (one line) when refused."""
+    fs, path = filesystem(url, options)
+    try:
+        put_whole(fs, path, data)
+    except Exception as exc:
+        raise OutputError(f"cannot write {shown(url)}: {reason(exc, options)}") from None
+
+
+def read_object(url: str, options: StorageOptions = ()) -> bytes | None:
+    """The object at `url` whole (a small one: a manifest); None when there is none."""
+    fs, path = filesystem(url, options)
+    try:
+        return bytes(fs.cat_file(path))
+    except FileNotFoundError:
+        return None
+    except Exception as exc:
+        raise InputError(f"cannot read {shown(url)}: {reason(exc, options)}") from None
+
+
+@contextlib.contextmanager
+def writing(fs: AbstractFileSystem, path: str) -> Iterator[BinaryIO]:
+    """The object at `path` open for a streamed write, kept only when the block ends
+    well: on an error the upload is discarded (s3fs aborts its multipart upload, so no
+    incomplete upload is left to bill) or the local file removed -- fsspec's own `with`
+    would commit what was written so far."""
+    from fsspec.spec import AbstractBufferedFile
+
+    out = fs.open(path, "wb", block_size=BLOCK_SIZE)
+    try:
+        yield out
+    except BaseException:
+        base = AbstractBufferedFile.discard
+        with contextlib.suppress(Exception):
+            if isinstance(out, AbstractBufferedFile) and type(out).discard is not base:
+                out.discard()  # an upload of its own (S3's multipart, GCS's resumable)
+                out.closed = True  # so that its __del__ does not complete it after all
+            else:  # a local or in-memory file: what was written is there; remove it
+                out.close()
+                fs.rm_file(path)
+        raise
+    out.close()

@@ -1,0 +1,91 @@
+"""Where `adbatch merge` writes: a local file, or an object (`-o s3://b/all.jsonl`).
+
+Rules:
+- A local output is opened as before merge reads a part (a refusal is exit 2, nothing
+  written), its manifest written atomically beside it (files/manifests.py).
+- An object is streamed up (a multipart upload on S3) and exists only when the merge
+  ended well: a failure discards the upload (storage.writing). Its sha256 is taken as it
+  is written (never read back), and its manifest is the object beside it, written whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Iterator
+from typing import Any, BinaryIO, cast
+
+from engine.errors import EngineError, OutputError
+from engine.files.manifests import (
+    manifest_bytes,
+    manifest_path,
+    merged_manifest,
+    scan_part,
+    write_merged_manifest,
+)
+from engine.files.storage import (
+    StorageOptions,
+    filesystem,
+    is_url,
+    reason,
+    shown,
+    write_object,
+    writing,
+)
+
+
+class _Hashing:
+    """A writer that hashes what goes through it."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = out
+        self.digest = hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        return self._out.write(data)
+
+
+class MergeOutput:
+    """The merged output at `name` (a path or a URL)."""
+
+    def __init__(self, name: str, options: StorageOptions = ()) -> None:
+        self.name = name
+        self.options = options
+        self._hashing: _Hashing | None = None
+
+    @contextlib.contextmanager
+    def open(self) -> Iterator[BinaryIO]:
+        if not is_url(self.name):
+            try:
+                out = open(self.name, "wb")
+            except OSError as exc:
+                raise OutputError(
+                    f"cannot write output {self.name}: {exc.strerror or exc}", before_run=True
+                ) from None
+            with out:
+                yield out
+            return
+        fs, path = filesystem(self.name, self.options)
+        try:
+            with writing(fs, path) as stream:
+                self._hashing = _Hashing(stream)
+                yield cast(BinaryIO, self._hashing)
+        except EngineError:
+            raise
+        except Exception as exc:  # the store refused (no bucket, no permission)
+            raise OutputError(
+                f"cannot write output {shown(self.name)}: {reason(exc, self.options)}"
+            ) from None
+
+    def sha256(self) -> str:
+        if self._hashing is not None:
+            return self._hashing.digest.hexdigest()
+        return scan_part(self.name).sha256
+
+    def write_manifest(self, entries: list[dict[str, Any]], **extra: Any) -> None:
+        if is_url(self.name):
+            data = manifest_bytes(merged_manifest(entries, **extra))
+            write_object(manifest_path(self.name), data, self.options)
+        else:
+            write_merged_manifest(self.name, entries, **extra)
