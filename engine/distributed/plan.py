@@ -23,7 +23,7 @@ from typing import Any
 
 from engine.config import Config
 from engine.core.shard import ReadAt, cut_ranges
-from engine.distributed.store import PLAN, LocalParts, Parts, meta_name, part_name
+from engine.distributed.store import PLAN, LocalParts, Parts, meta_name, object_version, part_name
 from engine.errors import ConfigError, InputError
 from engine.files.sources import _GZIP_MAGIC, source_format
 from engine.files.storage import StorageOptions, filesystem, is_url, reason, shown
@@ -60,8 +60,7 @@ def _stat(path: str, options: StorageOptions) -> tuple[str, int, object]:
         info = fs.info(key)
     except Exception as exc:
         raise InputError(f"cannot read input {shown(path)}: {reason(exc, options)}") from None
-    version = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified")
-    return path, int(info.get("size") or 0), str(version)
+    return path, int(info.get("size") or 0), object_version(info)
 
 
 @contextlib.contextmanager

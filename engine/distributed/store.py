@@ -52,6 +52,18 @@ STORAGE_ENV = (
 )  # fmt: skip
 
 
+#: What tells one version of an object from another, by driver: S3's ETag, Azure's
+#: etag, GCS's generation, else a time (a local or in-memory store).
+_VERSION_KEYS = (
+    "ETag", "etag", "generation", "md5Hash", "mtime", "LastModified", "last_modified", "created",
+)  # fmt: skip
+
+
+def object_version(info: dict[str, Any]) -> str:
+    """The version of an object from its `fs.info`: changes when the object is rewritten."""
+    return next((str(info[k]) for k in _VERSION_KEYS if info.get(k)), "")
+
+
 def storage_environ(names: list[str]) -> dict[str, str]:
     """The driver's storage variables, when the run reads or writes a URL (`names`)."""
     if not any(is_url(name) for name in names):
@@ -253,8 +265,7 @@ class StoreParts:
             info = self.fs.info(path)
         except FileNotFoundError:
             return None
-        version = info.get("ETag") or info.get("etag") or info.get("md5Hash") or info.get("mtime")
-        return {"size": int(info.get("size") or 0), "version": str(version)}
+        return {"size": int(info.get("size") or 0), "version": object_version(info)}
 
     def completed(self, index: int) -> dict[str, Any] | None:
         meta = self.read_json(meta_name(index))

@@ -1,0 +1,138 @@
+"""The Ray backend's plan, parts and join on an object store, without Ray or a server:
+fsspec's in-process `memory://` store (the same code paths as `s3://`, which
+tests/test_ray_store.py runs end to end against moto).
+"""
+
+from __future__ import annotations
+
+import gzip
+import uuid
+from collections.abc import Iterator
+
+import orjson
+import pytest
+
+import engine
+from engine.distributed.join import join_parts
+from engine.distributed.plan import plan_shards, prepare
+from engine.distributed.store import StoreParts, parts_at, storage_environ
+from engine.errors import ConfigError
+from engine.files.storage import filesystem
+
+pytest.importorskip("fsspec")
+
+
+@pytest.fixture
+def root() -> Iterator[str]:
+    """A fresh prefix of the in-process store, removed afterwards."""
+    url = f"memory://lake-{uuid.uuid4().hex}"
+    yield url
+    fs, path = filesystem(url)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def _put(url: str, data: bytes) -> str:
+    fs, path = filesystem(url)
+    fs.pipe_file(path, data)
+    return url
+
+
+def _get(url: str) -> bytes:
+    fs, path = filesystem(url)
+    return bytes(fs.cat_file(path))
+
+
+def _jsonl(count: int) -> bytes:
+    return b"".join(orjson.dumps({"id": f"ev-{n}", "pad": "x" * 40}) + b"\n" for n in range(count))
+
+
+def _config(*inputs: str, output: str) -> engine.Config:
+    return engine.Config(inputs=inputs, output=output, dry_run=True)
+
+
+def test_objects_are_cut_at_line_starts_and_a_gzip_object_stays_whole(root: str) -> None:
+    data = _jsonl(300)
+    plain = _put(f"{root}/pv/a.jsonl", data)
+    packed = _put(f"{root}/pv/b.jsonl.gz", gzip.compress(_jsonl(10)))
+    tasks = plan_shards(_config(plain, packed, output=f"{root}/out.jsonl"), 6)
+    ranges = [t for t in tasks if t.path == plain]
+    assert len(ranges) >= 4
+    assert b"".join(data[t.start : t.end] for t in ranges) == data
+    assert all(t.first_line == data[: t.start].count(b"\n") + 1 for t in ranges)
+    assert all(data[t.start - 1 : t.start] == b"\n" for t in ranges if t.start)
+    assert [(t.path, t.whole) for t in tasks if t.path != plain] == [(packed, True)]
+
+
+def _complete(parts: StoreParts, index: int, body: bytes) -> None:
+    """What a sender does when its shard is done: the part, then its meta."""
+    scratch = parts.scratch(index)
+    with open(scratch, "wb") as f:
+        f.write(body)
+    parts.commit(scratch, index, {"index": index, "stats": {}})
+
+
+def test_a_rerun_skips_parts_complete_on_the_store(root: str) -> None:
+    source = _put(f"{root}/pv/a.jsonl", _jsonl(300))
+    out = f"{root}/out/ads.jsonl"
+    config = _config(source, output=out)
+    parts = parts_at(out, (), "/nowhere")
+    assert isinstance(parts, StoreParts)
+    plan, todo = prepare(config, parts, 2, 4)
+    assert todo == plan
+    assert len(plan) >= 3
+    _complete(parts, 0, b'{"seq":0}\n')
+
+    again, todo = prepare(config, parts, 2, 9)  # another shard count: the plan stands
+    assert again == plan
+    assert [t.index for t in todo] == [t.index for t in plan[1:]]
+
+    _put(f"{out}.parts/part-00000.jsonl", b'{"seq":0}\n{"seq":1}\n')  # not the one its meta names
+    assert prepare(config, parts, 2, 4)[1] == plan
+
+    _put(source, _jsonl(301))  # other inputs: a fresh plan, the old parts gone
+    fresh, todo = prepare(config, parts, 2, 4)
+    assert todo == fresh
+    fs, path = filesystem(f"{out}.parts")
+    assert [name.rpartition("/")[2] for name in fs.ls(path, detail=False)] == ["plan.json"]
+
+
+def test_the_parts_are_joined_into_one_object_with_its_manifest(root: str) -> None:
+    source = _put(f"{root}/pv/a.jsonl", _jsonl(300))
+    out = f"{root}/out/ads.jsonl"
+    parts = parts_at(out, (), "/nowhere")
+    assert isinstance(parts, StoreParts)
+    plan, _ = prepare(_config(source, output=out), parts, 2, 3)
+    bodies = [b"".join(b'{"seq":%d,"shard":%d}\n' % (n, t.index) for n in range(5)) for t in plan]
+    for task, body in zip(plan, bodies, strict=True):
+        _complete(parts, task.index, body)
+
+    assert join_parts(plan, parts, out, ()) == 5 * len(plan)
+    assert _get(out) == b"".join(bodies)
+    manifest = orjson.loads(_get(f"{out}.manifest.json"))
+    assert [p["shard"] for p in manifest["parts"]] == [t.index for t in plan]
+    assert [p["bytes"] for p in manifest["parts"]] == [[t.start, t.end] for t in plan]
+    assert manifest["rows"] == 5 * len(plan)
+    assert manifest["bytes"] == len(b"".join(bodies))
+    assert not parts.exists()  # removed once joined
+
+
+def test_a_prefix_it_did_not_make_is_refused(root: str) -> None:
+    source = _put(f"{root}/pv/a.jsonl", _jsonl(10))
+    out = f"{root}/out/ads.jsonl"
+    precious = _put(f"{out}.parts/precious.txt", b"keep me")
+    with pytest.raises(ConfigError, match="holds no adbatch plan"):
+        prepare(_config(source, output=out), parts_at(out, (), "/nowhere"), 2, 4)
+    assert _get(precious) == b"keep me"
+
+
+def test_the_storage_environment_travels_only_with_urls(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "id")
+    monkeypatch.setenv("AWS_PROFILE", "mine")  # a name in the driver's files: stays there
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
+    assert storage_environ(["in.jsonl", "out.jsonl"]) == {}
+    sent = storage_environ(["s3://lake/pv/a.jsonl", "out.jsonl"])
+    assert sent["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9000"
+    assert sent["AWS_ACCESS_KEY_ID"] == "id"
+    assert "AWS_PROFILE" not in sent
