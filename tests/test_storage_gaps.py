@@ -20,12 +20,15 @@ from conftest import config_for, exactly_once
 from test_parts import events, lines
 
 from engine import api
+from engine.core.events import Event, ReadCounts
 from engine.distributed.merge import merge_outputs
 from engine.files import partjoin, servermerge
+from engine.files.accesslog import read_replay_items
 from engine.files.manifests import PartInfo, manifest_path, read_manifest
 from engine.files.partjoin import Earlier, join
 from engine.files.parts import PartLimits, PartSink
-from engine.files.storage import filesystem, writing
+from engine.files.position import input_size
+from engine.files.storage import expand_inputs, filesystem, writing
 from engine.mock import running_mock
 
 
@@ -159,3 +162,35 @@ def test_pieces_of_unequal_sizes_are_not_merged_server_side() -> None:
     big = PartInfo("/b", 1, "", 6 << 20)
     assert partjoin._mergeable(fs, [big, small]) == servermerge.can_merge(fs)
     assert not partjoin._mergeable(fs, [small, big])
+
+
+ACCESS_LOG = (Path(__file__).resolve().parent.parent / "examples" / "access.log").read_bytes()
+
+
+@pytest.mark.parametrize("name", ["access.log", "access.log.gz", "requests"])
+def test_replay_reads_an_access_log_at_a_url(name: str) -> None:
+    """By its name, or (`requests`) by its first line, as for a file."""
+    import gzip
+
+    url = f"{memory_dir()}/{name}"
+    fs, path = filesystem(url)
+    fs.pipe_file(path, gzip.compress(ACCESS_LOG) if name.endswith(".gz") else ACCESS_LOG)
+    counts = ReadCounts()
+    items = list(read_replay_items([url], counts=counts))
+    expected = list(read_replay_items([str(Path(__file__).parent.parent / "examples/access.log")]))
+    assert len(items) == len(expected) > 0
+    assert all(isinstance(i, Event) for i in items)
+    assert items[0].source == f"{url}:1"  # type: ignore[union-attr]
+    got = [(i.params, i.headers, i.timestamp) for i in items]  # type: ignore[union-attr]
+    assert got == [(i.params, i.headers, i.timestamp) for i in expected]  # type: ignore[union-attr]
+    assert counts.bytes_read == fs.info(path)["size"]
+
+
+def test_the_progress_total_of_url_inputs_is_their_listed_size() -> None:
+    base = memory_dir()
+    fs, _ = filesystem(base + "/x")
+    for i, size in enumerate((100, 250)):
+        fs.pipe_file(filesystem(f"{base}/in-{i}.jsonl")[1], b"x" * size)
+    urls = expand_inputs((f"{base}/in-*.jsonl",))
+    assert input_size(urls) == 350
+    assert input_size((*urls, f"{base}/never-listed.jsonl")) is None

@@ -34,6 +34,7 @@ from engine.files.sources import (
     _TooLong,
     read_items,
 )
+from engine.files.storage import StorageOptions, is_url
 
 DELIVERY_SUFFIX = "/delivery/retailmedia"
 
@@ -106,7 +107,7 @@ def parse_log_line(line: str) -> tuple[dict[str, object] | None, str | None]:
     return obj, None
 
 
-def is_access_log(path: str) -> bool:
+def is_access_log(path: str, options: StorageOptions = ()) -> bool:
     """Whether `auto` reads this input as an access log (by name, else its first line).
 
     Only stdin and a regular file are looked into: a named pipe, a device or `/dev/fd/N`
@@ -115,9 +116,9 @@ def is_access_log(path: str) -> bool:
     name = path.lower().removesuffix(".gz")
     if name.endswith(".log"):
         return True
-    if path != STDIN and not _is_regular(path):
-        return False
-    stream, close = _open_binary(path)
+    if path != STDIN and not is_url(path) and not _is_regular(path):
+        return False  # an object (a URL) is looked into like a regular file
+    stream, close = _open_binary(path, options=options)
     try:
         head = stream.peek(4096)[:4096] if hasattr(stream, "peek") else stream.read(4096)
     except (OSError, EOFError):
@@ -144,11 +145,13 @@ def read_log_items(
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     counts: ReadCounts | None = None,
     first_seq: int = 0,
+    storage_options: StorageOptions = (),
 ) -> Generator[Item, None, None]:
     counts = counts if counts is not None else ReadCounts()
     name = STDIN_NAME if path == STDIN else path
     seq = first_seq
-    stream, close = _open_binary(path)
+    # Bytes read are counted, as for event files (the progress display's share of the size).
+    stream, close = _open_binary(path, counts, storage_options)
     try:
         for line_no, data in _physical_lines(stream, max_line_bytes):
             source = f"{name}:{line_no}"
@@ -186,18 +189,22 @@ def read_replay_items(
     defaults: EventDefaults = NO_DEFAULTS,
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     counts: ReadCounts | None = None,
+    storage_options: StorageOptions = (),
 ) -> Generator[Item, None, None]:
-    """Every record of every input (event files or access logs), seq 0, 1, ... in order."""
+    """Every record of every input (event files or access logs; paths or URLs), seq
+    0, 1, ... in order."""
     counts = counts if counts is not None else ReadCounts()
     seq = 0
+    options = storage_options
     for path in paths:
-        if input_format == "log" or (input_format == "auto" and is_access_log(path)):
+        if input_format == "log" or (input_format == "auto" and is_access_log(path, options)):
             items: Iterable[Item] = read_log_items(
                 path,
                 defaults=defaults,
                 max_line_bytes=max_line_bytes,
                 counts=counts,
                 first_seq=seq,
+                storage_options=options,
             )
         else:
             fmt = "auto" if input_format == "log" else input_format
@@ -209,6 +216,7 @@ def read_replay_items(
                     defaults=defaults,
                     max_line_bytes=max_line_bytes,
                     counts=counts,
+                    storage_options=options,
                 )
             )
         last = seq - 1

@@ -6,7 +6,8 @@ Rules:
   bytes for a gzipped file, what its size is compared with.
 - One count per buffer fill, never one per line: the reader's speed is unchanged.
 - Only regular files have a size: stdin, a pipe, a process substitution or a device
-  gives None, and the display shows no total.
+  gives None, and the display shows no total. An object (a URL input) has the size its
+  listing gave (files/storage.py `known_size`: no request of its own).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Iterable
 from typing import BinaryIO
 
 from engine.core.events import ReadCounts
+from engine.files.storage import is_url, known_size
 
 STDIN = "-"
 
@@ -29,6 +31,12 @@ def input_size(paths: Iterable[str]) -> int | None:
     for path in paths:
         if path == STDIN:
             return None
+        if is_url(path):
+            size = known_size(path)
+            if size is None:
+                return None
+            total += size
+            continue
         try:
             info = os.stat(path)
         except (OSError, ValueError):

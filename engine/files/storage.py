@@ -179,16 +179,19 @@ def expand(url: str, options: StorageOptions = ()) -> list[str]:
     try:
         if _glob(url):
             found = fs.glob(path, detail=True)
-            objects = [p for p, info in found.items() if info.get("type") != "directory"]
         elif url.endswith("/") and name not in _NO_GLOB:
-            objects = list(fs.find(path))
+            found = fs.find(path, detail=True)
         else:
             info = fs.info(path)
             if info.get("type") == "directory":
                 raise InputError(
                     f"input {shown(url)} is a directory; end it with / for its objects"
                 )
+            _remember_size(url, info)
             return [url]
+        objects = [p for p, info in found.items() if info.get("type") != "directory"]
+        for p in objects:
+            _remember_size(_url_of(name, p), found[p])
     except (InputError, ConfigError):
         raise
     except Exception as exc:
@@ -196,6 +199,22 @@ def expand(url: str, options: StorageOptions = ()) -> list[str]:
     if not objects:
         raise InputError(f"no objects match input {shown(url)}")
     return [_url_of(name, p) for p in sorted(objects)]
+
+
+#: Object sizes seen when the inputs were listed (`expand`): the progress display's total
+#: for URL inputs, at no extra request.
+_SIZES: dict[str, int] = {}
+
+
+def _remember_size(url: str, info: Mapping[str, Any]) -> None:
+    size = info.get("size")
+    if isinstance(size, int):
+        _SIZES[url] = size
+
+
+def known_size(url: str) -> int | None:
+    """The object's size as listed by `expand` in this process; None when not listed."""
+    return _SIZES.get(url)
 
 
 def expand_inputs(inputs: tuple[str, ...], options: StorageOptions = ()) -> tuple[str, ...]:

@@ -79,6 +79,7 @@ def _replay_items(config: Config, access_log: bool, counts: ReadCounts) -> Itera
         defaults=event_defaults(config),
         max_line_bytes=config.max_line_bytes,
         counts=counts,
+        storage_options=config.storage_options,
     )
 
 
