@@ -41,12 +41,14 @@ from collections.abc import (
 )
 from contextlib import aclosing
 from dataclasses import dataclass, field
+from functools import partial
 
 import anyio
 import orjson
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from engine.config import Config
+from engine.core.bulkstats import add_results
 from engine.core.call import (
     AUTHORIZE,
     PERMIT,
@@ -70,8 +72,9 @@ from engine.files.sinks import TickWriter
 from engine.net.auth import TokenProvider
 from engine.net.tls import tls_stop
 from engine.net.transport import Transport
+from engine.runtime.batches import BatchQueue, admit
 from engine.runtime.display import show_live
-from engine.runtime.feeds import Feed
+from engine.runtime.feeds import READ_BATCH, Feed
 from engine.runtime.limits import Limiter, make_limiter
 from engine.runtime.progress import RunFigures, RunView
 from engine.runtime.shutdown import Shutdown
@@ -93,6 +96,7 @@ class _State:
     first_fatal: str | None = None
     first_fatal_kind: str | None = None
     resumed: int = 0
+    seen_ok: bool = False  # a record was ok (before `stats` counts it: `_watch`)
 
     def count_resumed(self, skipped: int) -> None:
         self.resumed += skipped
@@ -165,49 +169,34 @@ class Engine:
     # forms always yield to the loop once (a checkpoint), which costs more than the call
     # itself at tens of thousands of events per second. They still wait when they must.
 
-    async def _feed(self, feed: Feed, send: MemoryObjectSendStream[Item]) -> None:
-        with self.shutdown.feed_scope:
-            async with send, aclosing(feed):
-                async for batch in feed:
-                    self.taken += len(batch)
-                    for item in batch:
+    async def _feed(self, feed: Feed, queue: BatchQueue[Item]) -> None:
+        """The feed's batches into `queue` whole (runtime/batches.py)."""
+        try:
+            with self.shutdown.feed_scope:
+                async with aclosing(feed):
+                    async for batch in feed:
+                        self.taken += len(batch)
                         if self.state.stopped is not None:
                             return
                         if self.window is not None:
-                            try:
-                                self.window.acquire_nowait()
-                            except anyio.WouldBlock:
-                                await self.window.acquire()
-                            self.fed.append(item.seq)
-                        try:
-                            send.send_nowait(item)
-                        except anyio.WouldBlock:
-                            await send.send(item)
+                            batch = await admit(batch, self.window, self.fed, queue)
+                        await queue.put(batch)
+        finally:
+            queue.close()
 
     async def _workers(
-        self,
-        receive: MemoryObjectReceiveStream[Item],
-        send: MemoryObjectSendStream[Result],
-        count: int,
+        self, queue: BatchQueue[Item], send: MemoryObjectSendStream[Result], count: int
     ) -> None:
         with self.shutdown.work_scope:
-            async with receive, send, anyio.create_task_group() as tg:
+            async with send, anyio.create_task_group() as tg:
                 for _ in range(count):
-                    tg.start_soon(self._work, receive.clone(), send.clone())
+                    tg.start_soon(self._work, queue, send.clone())
 
-    async def _work(
-        self, receive: MemoryObjectReceiveStream[Item], send: MemoryObjectSendStream[Result]
-    ) -> None:
-        async with receive, send:
+    async def _work(self, queue: BatchQueue[Item], send: MemoryObjectSendStream[Result]) -> None:
+        async with send:
             while True:
-                try:
-                    item = receive.receive_nowait()
-                except anyio.WouldBlock:
-                    try:
-                        item = await receive.receive()
-                    except anyio.EndOfStream:
-                        return
-                except anyio.EndOfStream:
+                item = queue.pop()
+                if item is None and (item := await queue.get()) is None:
                     return
                 if self.shutdown.halted.is_set():
                     return
@@ -217,7 +206,7 @@ class Engine:
                 if result is None:
                     continue
                 if self._tick is not None:
-                    self._account(result)
+                    self._watch(result)  # counted by the tick's write (`_write_counted`)
                     self._tick.add(result)
                     continue
                 try:
@@ -295,8 +284,7 @@ class Engine:
                         batch.append(receive.receive_nowait())
                     except (anyio.WouldBlock, anyio.EndOfStream):
                         break
-                for result in batch:
-                    self._account(result)
+                self._account(batch)
                 if self.window is None:
                     await emit(batch)
                     continue
@@ -314,12 +302,18 @@ class Engine:
         if pending:  # only when a run stopped early: keep what was answered
             await emit([pending[k] for k in sorted(pending)])
 
-    def _account(self, result: Result) -> None:
+    def _account(self, batch: list[Result]) -> None:
+        """Count `batch` (in bulk) and watch each record for a reason to stop."""
+        add_results(self.state.stats, batch)
+        for result in batch:
+            self._watch(result)
+
+    def _watch(self, result: Result) -> None:
+        """The stops one record may cause (core/stops.py), at once: the counters follow
+        with its batch, so "no success yet" is `seen_ok`, not the count of oks."""
         state = self.state
-        for reason in result.retries:
-            state.stats.retries[reason] += 1
-        state.stats.add_result(result)
         if result.ok:
+            state.seen_ok = True
             state.fatal_streak = 0
             state.first_fatal = None
             if self.internals.count:
@@ -334,7 +328,7 @@ class Engine:
             stop = Stop(refused_stop(result.error))
         if stop is not None:
             self.stop(stop)
-        elif result.error_kind in _FATAL_KINDS and state.stats.ok == 0:
+        elif result.error_kind in _FATAL_KINDS and not state.seen_ok:
             state.fatal_streak += 1
             if state.first_fatal is None:
                 state.first_fatal, state.first_fatal_kind = result.error, result.error_kind
@@ -380,10 +374,12 @@ class Engine:
         --resume repeats at most that many calls."""
         start = time.perf_counter()
         tick = self._tick = (
-            TickWriter(write_now) if write_now is not None and self.window is None else None
+            TickWriter(partial(self._write_counted, write_now))
+            if write_now is not None and self.window is None
+            else None
         )
         capacity = max(16, self.config.concurrency * 2)
-        items_send, items_receive = anyio.create_memory_object_stream[Item](capacity)
+        items = BatchQueue[Item](max(READ_BATCH, capacity))
         results_send, results_receive = anyio.create_memory_object_stream[Result](capacity)
         workers = 1 if self.transport is None else self.config.concurrency
         async with anyio.create_task_group() as tg:
@@ -394,8 +390,8 @@ class Engine:
             tg.start_soon(self.keep_tokens)
             try:
                 async with anyio.create_task_group() as pipeline:
-                    pipeline.start_soon(self._feed, feed, items_send)
-                    pipeline.start_soon(self._workers, items_receive, results_send, workers)
+                    pipeline.start_soon(self._feed, feed, items)
+                    pipeline.start_soon(self._workers, items, results_send, workers)
                     pipeline.start_soon(self.write_results, results_receive, emit)
             finally:
                 if tick is not None:
@@ -419,6 +415,10 @@ class Engine:
             resumed=state.resumed,
             tokens=self.tokens.token_stats(),
         )
+
+    def _write_counted(self, write: Callable[[list[Result]], None], batch: list[Result]) -> None:
+        add_results(self.state.stats, batch)  # the tick's records, watched one by one
+        write(batch)
 
     async def keep_tokens(self) -> None:
         """The token renewer; when it gives up, the run stops (`_token_lost`)."""
