@@ -197,6 +197,20 @@ ELSEWHERE = {
         "tests/test_storage_inputs.py::test_the_readme_storage_commands_run (against moto)",
     "AWS_ENDPOINT_URL=http://127.0.0.1:9000 adbatch run s3://lake/pv/ -o ads.jsonl":
         "tests/test_storage_inputs.py::test_the_readme_storage_commands_run (against moto)",
+    "adbatch run events.jsonl -o s3://results/ads.jsonl --part-size 16MiB --part-seconds 30s":
+        "tests/test_storage_readme.py::test_the_readme_storage_output_commands_run (moto)",
+    "adbatch run events.jsonl -o s3://results/ads.jsonl --resume":
+        "tests/test_storage_readme.py::test_the_readme_storage_output_commands_run (moto)",
+    "adbatch run --shard 0/2 events.jsonl -o s3://results/shard-0.jsonl":
+        "tests/test_storage_readme.py::test_the_readme_storage_output_commands_run (moto)",
+    "adbatch run --shard 1/2 events.jsonl -o s3://results/shard-1.jsonl":
+        "tests/test_storage_readme.py::test_the_readme_storage_output_commands_run (moto)",
+    "adbatch merge 's3://results/shard-*.jsonl' -o s3://results/all.jsonl":
+        "tests/test_storage_readme.py::test_the_readme_storage_output_commands_run (moto)",
+    "adbatch replay s3://logs/access.log.gz --speed 50 -o s3://results/replay.jsonl":
+        "tests/test_storage_readme.py::test_the_readme_storage_output_commands_run (moto)",
+    "adbatch run 's3://lake/pageviews/2026-11-29/*.parquet' -o s3://results/ads-2026-11-29.jsonl":
+        "tests/test_storage_readme.py::test_the_readme_parquet_to_s3_job_runs (moto)",
     "HTTPS_PROXY=http://proxy.corp.example:3128 adbatch run events.jsonl -o ads.jsonl":
         "tests/test_network_docs.py::test_proxy_variables (through a real tinyproxy)",
     "adbatch load --mock examples/pageviews.jsonl --rate 100 --duration 5s --metrics-addr :9100 "
