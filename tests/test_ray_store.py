@@ -224,3 +224,18 @@ def test_docs_parquet_on_s3_to_jsonl_on_s3(s3: S3, capsys: pytest.CaptureFixture
     manifest = orjson.loads(s3.get(f"{out}.manifest.json"))
     assert len(manifest["parts"]) >= 2  # shards of whole row groups
     assert all(len(p["row_groups"]) == 2 for p in manifest["parts"])
+
+
+def test_a_store_that_refuses_is_one_line(s3: S3, capsys: pytest.CaptureFixture[str]) -> None:
+    lake = s3.bucket("lake")
+    s3.put(f"{lake}/pv/a.jsonl", _jsonl(20))
+    code = main(
+        ["run", "--backend", "ray", "--mock", "--no-progress", f"{lake}/pv/a.jsonl",
+         "-o", "s3://no-such-bucket/out/ads.jsonl"]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "no-such-bucket" in err
+    assert "Traceback" not in err
+    assert "testing" not in err  # the fixture's secret key

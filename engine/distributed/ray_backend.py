@@ -48,8 +48,8 @@ from engine.distributed.actors import RateActor, SenderActor, ShardDone, TokenAc
 from engine.distributed.join import join_parts
 from engine.distributed.merge import add_stats
 from engine.distributed.plan import ShardTask, prepare
-from engine.distributed.store import LocalParts, Parts, parts_at, storage_environ
-from engine.errors import ConfigError, EngineError, InputError
+from engine.distributed.store import Parts, StoreParts, parts_at, storage_environ
+from engine.errors import ConfigError, EngineError, OutputError
 from engine.files.storage import reason, shown
 from engine.net.auth import TokenProvider
 from engine.net.token_client import open_token_provider
@@ -124,7 +124,9 @@ async def run_ray(
         with _ray_session(ray):
             start = time.perf_counter()  # the run, not Ray's own start
             count = senders or max(1, int(ray.cluster_resources().get("CPU", 1)))
-            plan, todo = await _on_store(parts, prepare, config, parts, count, shards)
+            plan, todo = await _on_store(
+                parts, prepare, config, parts, count, shards, before_run=True
+            )
             done, stopped, stop_code = await _dispatch(
                 ray, config, todo, parts, count, token_factory, attempts
             )
@@ -147,16 +149,21 @@ async def run_ray(
     )
 
 
-async def _on_store(parts: Parts, func: Callable[..., T], *args: Any) -> T:
-    """`func(*args)` on a thread; a store's own failure becomes one line (exit 3)."""
+async def _on_store(
+    parts: Parts, func: Callable[..., T], *args: Any, before_run: bool = False
+) -> T:
+    """`func(*args)` on a thread; a store's own failure becomes one line (exit 3; exit 2
+    `before_run`: nothing was sent yet)."""
     try:
         return await anyio.to_thread.run_sync(func, *args)
     except EngineError:
         raise
     except Exception as exc:
-        if isinstance(parts, LocalParts):
+        if not isinstance(parts, StoreParts):
             raise
-        raise InputError(f"{shown(parts.location)}: {reason(exc)}") from None
+        raise OutputError(
+            f"{shown(parts.location)}: {reason(exc, parts.options)}", before_run=before_run
+        ) from None
 
 
 async def _dispatch(

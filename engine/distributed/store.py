@@ -31,6 +31,7 @@ from typing import Any, BinaryIO, Protocol
 
 import orjson
 
+from engine.errors import OutputError
 from engine.files.manifests import (
     PartInfo,
     manifest_bytes,
@@ -39,7 +40,7 @@ from engine.files.manifests import (
     write_json_atomic,
 )
 from engine.files.parts import is_local
-from engine.files.storage import StorageOptions, filesystem, is_url
+from engine.files.storage import StorageOptions, filesystem, is_url, reason, shown
 
 PLAN = "plan.json"
 
@@ -188,6 +189,10 @@ class StoreParts:
         return self.url
 
     @property
+    def options(self) -> StorageOptions:
+        return self._options
+
+    @property
     def fs(self) -> Any:
         if self._fs is None:
             self._fs, self._root = filesystem(self.url, self._options)
@@ -250,12 +255,16 @@ class StoreParts:
             self.fs.put_file(scratch, target)
             if through:
                 self.fs.mv(target, part)
+            stored = self._info(part)
+            if stored is None:
+                raise FileNotFoundError(part)  # an upload the store does not show
+            meta = {**meta, "rows": info.rows, "sha256": info.sha256, **stored}
+            self.write_json(meta_name(index), meta)
+        except Exception as exc:  # the driver's own words, redacted, on one line
+            where = f"{shown(self.url)}/{part_name(index)}"
+            raise OutputError(f"cannot write part {where}: {reason(exc, self._options)}") from None
         finally:
             os.remove(scratch)
-        stored = self._info(part)
-        assert stored is not None, part
-        meta = {**meta, "rows": info.rows, "sha256": info.sha256, **stored}
-        self.write_json(meta_name(index), meta)
         return info
 
     def _info(self, path: str) -> dict[str, Any] | None:
