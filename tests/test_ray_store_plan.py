@@ -6,8 +6,13 @@ tests/test_ray_store.py runs end to end against moto).
 from __future__ import annotations
 
 import gzip
+import os
+import subprocess
+import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import orjson
 import pytest
@@ -136,3 +141,23 @@ def test_the_storage_environment_travels_only_with_urls(monkeypatch: pytest.Monk
     assert sent["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9000"
     assert sent["AWS_ACCESS_KEY_ID"] == "id"
     assert "AWS_PROFILE" not in sent
+
+
+def test_a_dead_senders_scratch_file_is_swept_by_the_next_one(
+    root: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # this node's temporary dir
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, check=True, text=True)  # fmt: skip
+    dead = tmp_path / f"adbatch-{int(gone.stdout)}-part-00003.jsonl.tmp-abc_12"
+    live = tmp_path / f"adbatch-{os.getpid()}-part-00004.jsonl.tmp-def_34"
+    other = tmp_path / "adbatch-notes.txt"
+    for path in (dead, live, other):
+        path.write_bytes(b"x")
+    parts = parts_at(f"{root}/out/ads.jsonl", (), "/nowhere")
+    scratch = Path(parts.scratch(5))
+    assert scratch.parent == tmp_path
+    assert scratch.name.startswith(f"adbatch-{os.getpid()}-part-00005.jsonl.tmp-")
+    assert not dead.exists()
+    assert live.exists()
+    assert other.exists()

@@ -16,6 +16,8 @@ Rules:
   with the run's configuration, as the token travels; a profile or a credentials file
   is a path on the driver's machine and stays there (a node then uses its own chain:
   an instance role, workload identity).
+- A sender killed mid-shard leaves its scratch file on its node; the next sender there
+  removes it (`sweep_scratch`: files of processes that are gone).
 - `parts_at` picks one of the two from the output's name; the plan, the actors and the
   merge only speak to `Parts`.
 """
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -169,6 +172,32 @@ class LocalParts:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
+_SCRATCH = re.compile(r"adbatch-(\d+)-part-\d+\.jsonl\.tmp-\w+")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def sweep_scratch() -> None:
+    """Remove the scratch files that senders killed on this node left in its temporary
+    directory (their process is gone), so a node's disk does not fill up with dead
+    attempts. A live sender's file, or another program's, is left alone."""
+    directory = tempfile.gettempdir()
+    with contextlib.suppress(OSError):
+        for name in os.listdir(directory):
+            found = _SCRATCH.fullmatch(name)
+            if found and not _alive(int(found.group(1))):
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(directory, name))
+
+
 class StoreParts:
     """`OUT.parts/` as objects under a prefix of the output's store."""
 
@@ -236,7 +265,8 @@ class StoreParts:
         self.fs.pipe_file(self._path(name), manifest_bytes(data))
 
     def scratch(self, index: int) -> str:
-        fd, path = tempfile.mkstemp(prefix=f"adbatch-{part_name(index)}.tmp-")
+        sweep_scratch()
+        fd, path = tempfile.mkstemp(prefix=f"adbatch-{os.getpid()}-{part_name(index)}.tmp-")
         os.close(fd)
         return path
 
