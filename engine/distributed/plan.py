@@ -26,7 +26,7 @@ from engine.core.shard import ReadAt, cut_ranges
 from engine.distributed.store import PLAN, LocalParts, Parts, meta_name, object_version, part_name
 from engine.errors import ConfigError, InputError
 from engine.files.sources import _GZIP_MAGIC, source_format
-from engine.files.storage import StorageOptions, filesystem, is_url, reason, shown
+from engine.files.storage import StorageOptions, filesystem, is_url, open_read, reason, shown
 
 MIN_RANGE_BYTES = 1 << 20
 SHARDS_PER_SENDER = 4
@@ -65,10 +65,16 @@ def _stat(path: str, options: StorageOptions) -> tuple[str, int, object]:
 
 @contextlib.contextmanager
 def _reader(path: str, options: StorageOptions) -> Iterator[ReadAt]:
-    """Reads at an offset: `pread` on a file, a ranged GET on an object."""
+    """Reads at an offset: `pread` on a file; on an object, ranged GETs of
+    storage.BLOCK_SIZE, read ahead (the cutter reads front to back)."""
     if is_url(path):
-        fs, key = filesystem(path, options)
-        yield lambda offset, size: bytes(fs.cat_file(key, start=offset, end=offset + size))
+        with open_read(path, options) as f:
+
+            def read(offset: int, size: int) -> bytes:
+                f.seek(offset)
+                return f.read(size)
+
+            yield read
         return
     with open(path, "rb") as f:
         yield functools.partial(_pread, f.fileno())
