@@ -255,8 +255,13 @@ async def test_token_answer_over_the_cap_is_a_failed_token_request() -> None:
 
 
 def _cli(args: list[str], cwd: Path) -> tuple[int, str, int]:
-    """Run the CLI in a child process: exit code, stderr, the child's peak RSS in MiB
-    (its own and its reaped children's: --workers included)."""
+    """Run the CLI in a child process: exit code, stderr, the process tree's peak RSS in
+    MiB (the sum of each process's own high-water mark: --workers included).
+
+    The peaks are read from /proc (VmHWM) while the tree runs, not from wait4's
+    ru_maxrss: a child spawned from pytest starts on pytest's memory map, and exec
+    carries that map's high-water mark into ru_maxrss, so it measured pytest's size
+    (220 MiB in a full run) rather than adbatch's."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "ADBATCH_TOKEN": MOCK_TOKEN}
     with (cwd / "stderr.txt").open("wb") as err:
         proc = subprocess.Popen(
@@ -266,9 +271,25 @@ def _cli(args: list[str], cwd: Path) -> tuple[int, str, int]:
             env=env,
             cwd=cwd,
         )
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, (cwd / "stderr.txt").read_text(), usage.ru_maxrss // 1024
+    peaks: dict[int, int] = {}
+    while proc.poll() is None:
+        _tree_peaks(proc.pid, peaks)
+        time.sleep(0.005)
+    return proc.returncode, (cwd / "stderr.txt").read_text(), sum(peaks.values()) // 1024
+
+
+def _tree_peaks(pid: int, peaks: dict[int, int]) -> None:
+    """Record the VmHWM (KiB) of `pid` and its descendants into `peaks`."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return  # gone meanwhile
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            peaks[pid] = max(peaks.get(pid, 0), int(line.split()[1]))
+    for child in children:
+        _tree_peaks(int(child), peaks)
 
 
 @contextlib.asynccontextmanager
