@@ -163,7 +163,8 @@ async def test_a_rerun_skips_the_shards_complete_on_the_store(mock: MockHandle, 
         result.append(await run_ray(config, shards=8, senders=2, attempts=1))
 
     def metas() -> list[str]:
-        return [k for k in s3.keys(f"{lake}/out/ads.jsonl.parts/") if k.endswith("0.json")]
+        keys = s3.keys(f"{lake}/out/ads.jsonl.parts/part-")
+        return [k for k in keys if k.endswith(".json")]  # a complete shard's meta
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(go)
