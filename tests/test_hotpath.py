@@ -3,6 +3,8 @@ batch at a time (same figures as one by one), and records' bytes (in process, no
 
 from __future__ import annotations
 
+from multiprocessing import Pipe
+
 import anyio
 import pytest
 
@@ -18,6 +20,7 @@ from engine.core.records import (
     invalid,
 )
 from engine.core.stats import RunStats
+from engine.multiproc.pipes import PipeReader
 from engine.runtime.batches import BatchQueue
 
 pytestmark = pytest.mark.anyio
@@ -155,3 +158,19 @@ async def test_a_cancelled_worker_hands_its_wake_up_on() -> None:
         queue.close()
     assert [g for g in got if g is not None] == [1]  # taken once, by one of them
     assert len(queue) == 0
+
+
+async def test_a_pipe_reader_gives_every_message_in_order_then_the_end() -> None:
+    ours, theirs = Pipe()
+    reader = PipeReader(ours)
+    with anyio.move_on_after(0.05):  # a cancelled wait loses nothing
+        await reader.recv()
+    for n in range(500):
+        theirs.send(("units", n))
+    theirs.close()
+    got = [await reader.recv() for _ in range(500)]
+    assert got == [("units", n) for n in range(500)]
+    for _ in range(2):  # the end, to every later call too
+        with pytest.raises(EOFError):
+            await reader.recv()
+    ours.close()

@@ -60,6 +60,7 @@ from engine.multiproc.messages import (
     Units,
     WorkerJob,
 )
+from engine.multiproc.pipes import PipeReader
 from engine.net.auth import FollowerToken, Lease
 from engine.runtime.engine import Engine
 from engine.runtime.feeds import event_defaults
@@ -149,9 +150,10 @@ class _Worker:
     async def listen(self, units: MemoryObjectSendStream[Units]) -> None:
         """Until this worker has reported: token answers still come after the last units."""
         async with units:
+            messages = PipeReader(self.conn, name="adbatch-parent")
             while True:
                 try:
-                    message = await anyio.to_thread.run_sync(self.conn.recv, abandon_on_cancel=True)
+                    message = await messages.recv()
                 except (EOFError, OSError):
                     # The parent is gone (killed: a normal end closes the pipe only after
                     # Done): start no more calls, let those in flight end and be written.

@@ -67,6 +67,7 @@ from engine.multiproc.messages import (
     Units,
     WorkerJob,
 )
+from engine.multiproc.pipes import PipeReader
 from engine.net.auth import Lease, TokenBroker
 from engine.runtime.display import View, show_live
 from engine.runtime.feeds import event_defaults, thread_batches
@@ -117,7 +118,6 @@ class _Parent:
         self.budget_refused = 0
         self.slowed: str | None = None
         self.resumed = 0
-        self.receive_limiter = anyio.CapacityLimiter(config.workers + 1)
         self.interrupted: int | None = None  # the signal number
         self.feed_scope = anyio.CancelScope()  # reading the input
         # A watched run (--metrics-addr, --dashboard): the sum of the workers' LiveFigures.
@@ -274,11 +274,10 @@ class _Parent:
 
     async def _receive(self, worker: WorkerHandle, tg: TaskGroup) -> None:
         try:
+            messages = PipeReader(worker.conn, name=f"adbatch-worker-{worker.index}")
             while True:
                 try:
-                    message = await anyio.to_thread.run_sync(
-                        worker.conn.recv, abandon_on_cancel=True, limiter=self.receive_limiter
-                    )
+                    message = await messages.recv()
                 except (EOFError, OSError):
                     self._died(worker)
                     return
