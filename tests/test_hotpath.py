@@ -3,6 +3,10 @@ batch at a time (same figures as one by one), and records' bytes (in process, no
 
 from __future__ import annotations
 
+import os
+import platform
+import subprocess
+import sys
 from multiprocessing import Pipe
 
 import anyio
@@ -174,3 +178,22 @@ async def test_a_pipe_reader_gives_every_message_in_order_then_the_end() -> None
         with pytest.raises(EOFError):
             await reader.recv()
     ours.close()
+
+
+@pytest.mark.parametrize(
+    ("env", "tuned"),
+    [
+        pytest.param({}, "True", id="glibc-tuned"),
+        pytest.param({"MALLOC_ARENA_MAX": "2"}, "False", id="user-tunes-malloc"),
+        pytest.param({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1"}, "False", id="tunables"),
+    ],
+)
+def test_malloc_is_tuned_once_unless_the_user_tunes_it(env: dict[str, str], tuned: str) -> None:
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc's mallopt only")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_"))}
+    code = "from engine.runtime.malloc import tune_malloc as t; print(t(), t())"
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=clean | env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == [tuned, "False"]

@@ -29,6 +29,7 @@ import anyio
 
 from engine.config import Config
 from engine.errors import ConfigError
+from engine.runtime.malloc import tune_malloc
 
 T = TypeVar("T")
 
@@ -126,5 +127,6 @@ def run_loop(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
     """Run `fn(*args)` on a new event loop (uvloop when installed), the collector tuned
     first: the one way this package starts a loop for a run (the CLI, a --workers child)."""
     tune_gc()
+    tune_malloc()
     raise_open_files()
     return anyio.run(fn, *args, backend_options=backend_options())
