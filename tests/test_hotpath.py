@@ -26,6 +26,7 @@ from engine.core.records import (
 from engine.core.stats import RunStats
 from engine.multiproc.pipes import PipeReader
 from engine.runtime.batches import BatchQueue
+from engine.runtime.limits import in_hand, make_limiter
 
 pytestmark = pytest.mark.anyio
 
@@ -197,3 +198,11 @@ def test_malloc_is_tuned_once_unless_the_user_tunes_it(env: dict[str, str], tune
         [sys.executable, "-c", code], env=clean | env, capture_output=True, text=True, check=True
     )
     assert out.stdout.split() == [tuned, "False"]
+
+
+async def test_a_permit_of_the_current_chunk_is_taken_without_waiting() -> None:
+    limiter = make_limiter(10_000)  # chunks of 50 calls (5 ms)
+    assert limiter is not None
+    assert not in_hand(limiter)  # nothing granted yet: the caller waits in `acquire`
+    await limiter.acquire()
+    assert [in_hand(limiter) for _ in range(50)] == [True] * 49 + [False]

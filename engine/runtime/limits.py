@@ -47,6 +47,13 @@ class ChunkedLimiter:
         self._left = 0
         self._lock = anyio.Lock()
 
+    def take(self) -> bool:
+        """A permit of the current chunk, without waiting; False when none is left."""
+        if self._left > 0:
+            self._left -= 1
+            return True
+        return False
+
     async def acquire(self) -> None:
         if self._left > 0:
             self._left -= 1
@@ -59,6 +66,12 @@ class ChunkedLimiter:
             if at > anyio.current_time():
                 await anyio.sleep_until(at)
             self._left = self._chunk - 1
+
+
+def in_hand(limiter: Limiter) -> bool:
+    """A permit taken at once (the current chunk's), so the caller needs no cancel scope
+    around a wait; False when it must `await limiter.acquire()`."""
+    return type(limiter) is ChunkedLimiter and limiter.take()
 
 
 def make_limiter(rate: float | None) -> ChunkedLimiter | None:
