@@ -206,3 +206,18 @@ async def test_a_permit_of_the_current_chunk_is_taken_without_waiting() -> None:
     assert not in_hand(limiter)  # nothing granted yet: the caller waits in `acquire`
     await limiter.acquire()
     assert [in_hand(limiter) for _ in range(50)] == [True] * 49 + [False]
+
+
+async def test_records_are_offered_then_put_and_taken_in_bulk() -> None:
+    results = BatchQueue[int](capacity=2)
+    assert [results.offer(1), results.offer(2), results.offer(3)] == [True, True, False]
+    async with anyio.create_task_group() as tg:
+        for n in (3, 4):  # two workers wait for room
+            tg.start_soon(results.put, [n])
+        await anyio.wait_all_tasks_blocked()
+        assert len(results) == 2
+        assert results.take(5) == [1, 2]  # wakes both
+    assert sorted(results.take(5)) == [3, 4]
+    results.close()
+    assert not results.offer(5)
+    assert await results.get() is None

@@ -35,7 +35,7 @@ from contextlib import aclosing
 from dataclasses import replace
 
 import anyio
-from anyio.abc import ObjectReceiveStream, ObjectSendStream
+from anyio.abc import ObjectReceiveStream
 from anyio.streams.memory import MemoryObjectSendStream
 
 from engine.config import Config
@@ -48,6 +48,7 @@ from engine.core.tally import Progress, record_lag
 from engine.load.plan import LiveState, LoadOutcome, LoadPlan, Scheduled, sized_plan
 from engine.load.schedules import load_schedule, replay_schedule
 from engine.load.series_file import SeriesWriter, header
+from engine.runtime.batches import BatchQueue
 from engine.runtime.engine import Emit, Engine
 from engine.runtime.loop import check_open_files, connection_budget
 from engine.runtime.session import open_run
@@ -72,13 +73,13 @@ class _Driver:
         self,
         schedule: AsyncGenerator[Scheduled, None],
         jobs: MemoryObjectSendStream[tuple[Event, float]],
-        results: ObjectSendStream[Result],
+        results: BatchQueue[Result],
     ) -> None:
         live = self.live
         drop = self.plan.drops
         start = wall_start = 0.0
         cap = CatchUp(skip=self.plan.catch_up == "skip")
-        async with jobs, results, aclosing(schedule):
+        async with jobs, aclosing(schedule):
             async for due, item in schedule:
                 if self.start is None:
                     # The clock starts with the first event in hand and every worker
@@ -94,7 +95,7 @@ class _Driver:
                     return
                 if due is None:
                     assert isinstance(item, Invalid)
-                    await results.send(invalid(item))
+                    await results.put([invalid(item)])
                     continue
                 assert isinstance(item, Event)
                 deadline = start + cap.earliest(due)
@@ -108,7 +109,7 @@ class _Driver:
                 if cap.missed(due, due + late):  # --catch-up skip: k6's dropped iteration
                     missed = dropped(item, scheduled_at, self.plan.slots)
                     error = f"dropped: {late:.3f}s behind the schedule (--catch-up skip)"
-                    await results.send(replace(missed, error=error))
+                    await results.put([replace(missed, error=error)])
                     continue
                 cap.sent(anyio.current_time() - start)
                 if not drop:
@@ -117,15 +118,15 @@ class _Driver:
                 try:
                     jobs.send_nowait((item, scheduled_at))
                 except anyio.WouldBlock:
-                    await results.send(dropped(item, scheduled_at, self.plan.slots))
+                    await results.put([dropped(item, scheduled_at, self.plan.slots)])
 
     async def _work(
         self,
         jobs: ObjectReceiveStream[tuple[Event, float]],
-        results: ObjectSendStream[Result],
+        results: BatchQueue[Result],
     ) -> None:
         live = self.live
-        async with jobs, results:
+        async with jobs:
             async for event, scheduled_at in jobs:
                 live.in_flight += 1
                 try:
@@ -134,22 +135,27 @@ class _Driver:
                     live.in_flight -= 1
                 if result is None:  # the run halted (SIGINT) before the call: not answered
                     continue
-                await results.send(replace(result, scheduled_at=round(scheduled_at, 6)))
+                await results.put([replace(result, scheduled_at=round(scheduled_at, 6))])
 
     async def run(self, schedule: AsyncGenerator[Scheduled, None], emit: Emit) -> float:
         """Drive the schedule to its end; returns the elapsed seconds."""
         engine = self.engine
         limit = self.plan.slots
         jobs_send, jobs_receive = anyio.create_memory_object_stream[tuple[Event, float]](0)
-        results_send, results_receive = anyio.create_memory_object_stream[Result](
-            max(64, limit * 2)
-        )
+        results = BatchQueue[Result](max(64, limit * 2))
+
+        async def produce() -> None:
+            try:
+                async with anyio.create_task_group() as tg, jobs_receive:
+                    for _ in range(limit):
+                        tg.start_soon(self._work, jobs_receive.clone(), results)
+                    tg.start_soon(self._dispatch, schedule, jobs_send, results)
+            finally:
+                results.close()  # the writer ends once it has every record
+
         async with anyio.create_task_group() as tg:
-            async with jobs_receive, results_send:
-                for _ in range(limit):
-                    tg.start_soon(self._work, jobs_receive.clone(), results_send.clone())
-                tg.start_soon(self._dispatch, schedule, jobs_send, results_send.clone())
-            await engine.write_results(results_receive, emit)
+            tg.start_soon(produce)
+            await engine.write_results(results, emit)
         return 0.0 if self.start is None else anyio.current_time() - self.start
 
 

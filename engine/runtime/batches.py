@@ -29,13 +29,13 @@ T = TypeVar("T")
 class BatchQueue(Generic[T]):
     """Items put in batches, taken one by one; see the module's rules."""
 
-    __slots__ = ("_capacity", "_getters", "_items", "_loop", "_putter", "closed")
+    __slots__ = ("_capacity", "_getters", "_items", "_loop", "_putters", "closed")
 
     def __init__(self, capacity: int) -> None:
         self._items: deque[T] = deque()
         self._capacity = max(1, capacity)
         self._getters: deque[asyncio.Future[None]] = deque()
-        self._putter: asyncio.Future[None] | None = None
+        self._putters: deque[asyncio.Future[None]] = deque()
         self._loop = asyncio.get_running_loop()
         self.closed = False
 
@@ -45,15 +45,31 @@ class BatchQueue(Generic[T]):
     async def put(self, batch: list[T]) -> None:
         """Queue `batch`, once fewer than `capacity` items wait (then all of it at once)."""
         while len(self._items) >= self._capacity and not self.closed:
-            putter = self._putter = self._loop.create_future()
-            try:
-                await putter
-            finally:
-                self._putter = None
+            putter = self._loop.create_future()
+            self._putters.append(putter)
+            await putter
         if self.closed:
             return
         self._items.extend(batch)
         self._wake(len(batch))
+
+    def offer(self, item: T) -> bool:
+        """Queue `item` now when there is room (False: `put` it, waiting)."""
+        if len(self._items) >= self._capacity or self.closed:
+            return False
+        self._items.append(item)
+        if self._getters:
+            self._wake(1)
+        return True
+
+    def take(self, most: int) -> list[T]:
+        """Up to `most` queued items, without waiting."""
+        items = self._items
+        popleft = items.popleft
+        taken = [popleft() for _ in range(min(most, len(items)))]
+        if self._putters and len(items) * 2 <= self._capacity:
+            self._wake_putters()
+        return taken
 
     def pop(self) -> T | None:
         """The next item now, or None when there is none queued."""
@@ -61,10 +77,9 @@ class BatchQueue(Generic[T]):
         if not items:
             return None
         item = items.popleft()
-        putter = self._putter
         # Wake the feed at half capacity, not at each pop: one wake-up per half batch.
-        if putter is not None and len(items) * 2 <= self._capacity and not putter.done():
-            putter.set_result(None)
+        if self._putters and len(items) * 2 <= self._capacity:
+            self._wake_putters()
         return item
 
     async def get(self) -> T | None:
@@ -87,8 +102,14 @@ class BatchQueue(Generic[T]):
         """No more batches: every waiting worker wakes (and ends when nothing is left)."""
         self.closed = True
         self._wake(len(self._getters))
-        if self._putter is not None and not self._putter.done():
-            self._putter.set_result(None)
+        self._wake_putters()
+
+    def _wake_putters(self) -> None:
+        putters = self._putters
+        while putters:
+            putter = putters.popleft()
+            if not putter.done():
+                putter.set_result(None)
 
     def _wake(self, count: int) -> None:
         getters = self._getters

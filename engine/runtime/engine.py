@@ -45,7 +45,6 @@ from functools import partial
 
 import anyio
 import orjson
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from engine.config import Config
 from engine.core.bulkstats import add_results
@@ -185,34 +184,34 @@ class Engine:
             queue.close()
 
     async def _workers(
-        self, queue: BatchQueue[Item], send: MemoryObjectSendStream[Result], count: int
+        self, queue: BatchQueue[Item], results: BatchQueue[Result], count: int
     ) -> None:
-        with self.shutdown.work_scope:
-            async with send, anyio.create_task_group() as tg:
-                for _ in range(count):
-                    tg.start_soon(self._work, queue, send.clone())
+        try:
+            with self.shutdown.work_scope:
+                async with anyio.create_task_group() as tg:
+                    for _ in range(count):
+                        tg.start_soon(self._work, queue, results)
+        finally:
+            results.close()  # the writer ends once it has what was answered
 
-    async def _work(self, queue: BatchQueue[Item], send: MemoryObjectSendStream[Result]) -> None:
-        async with send:
-            while True:
-                item = queue.pop()
-                if item is None and (item := await queue.get()) is None:
-                    return
-                if self.shutdown.halted.is_set():
-                    return
-                if self.state.stopped is not None:
-                    continue  # the run stopped itself: not sent, not written (--resume)
-                result = await self.process(item)
-                if result is None:
-                    continue
-                if self._tick is not None:
-                    self._watch(result)  # counted by the tick's write (`_write_counted`)
-                    self._tick.add(result)
-                    continue
-                try:
-                    send.send_nowait(result)
-                except anyio.WouldBlock:
-                    await send.send(result)
+    async def _work(self, queue: BatchQueue[Item], results: BatchQueue[Result]) -> None:
+        while True:
+            item = queue.pop()
+            if item is None and (item := await queue.get()) is None:
+                return
+            if self.shutdown.halted.is_set():
+                return
+            if self.state.stopped is not None:
+                continue  # the run stopped itself: not sent, not written (--resume)
+            result = await self.process(item)
+            if result is None:
+                continue
+            if self._tick is not None:
+                self._watch(result)  # counted by the tick's write (`_write_counted`)
+                self._tick.add(result)
+                continue
+            if not results.offer(result):
+                await results.put([result])
 
     async def process(self, item: Item) -> Result | None:
         """The record of one item; None when the run halted before it was answered.
@@ -275,31 +274,30 @@ class Engine:
             headers["Authorization"] = "Bearer [redacted]"
         return dry_run(event, orjson.dumps({"url": request.url, "headers": headers}))
 
-    async def write_results(self, receive: MemoryObjectReceiveStream[Result], emit: Emit) -> None:
+    async def write_results(self, results: BatchQueue[Result], emit: Emit) -> None:
+        """Count and emit the records queued in `results` (in input order with
+        --ordered) until it is closed and empty."""
         pending: dict[int, Result] = {}
-        async with receive:
-            async for first in receive:
-                batch = [first]
-                while len(batch) < 512:
-                    try:
-                        batch.append(receive.receive_nowait())
-                    except (anyio.WouldBlock, anyio.EndOfStream):
-                        break
-                self._account(batch)
-                if self.window is None:
-                    await emit(batch)
-                    continue
-                for result in batch:
-                    pending[result.seq] = result
-                ready = []
-                fed = self.fed
-                while fed and fed[0] in pending:
-                    ready.append(pending.pop(fed.popleft()))
-                if ready:
-                    await emit(ready)
+        while True:
+            first = results.pop()
+            if first is None and (first := await results.get()) is None:
+                break
+            batch = [first, *results.take(511)]
+            self._account(batch)
+            if self.window is None:
+                await emit(batch)
+                continue
+            for result in batch:
+                pending[result.seq] = result
+            ready = []
+            fed = self.fed
+            while fed and fed[0] in pending:
+                ready.append(pending.pop(fed.popleft()))
+            if ready:
+                await emit(ready)
+                self.window.release()
+                for _ in range(len(ready) - 1):
                     self.window.release()
-                    for _ in range(len(ready) - 1):
-                        self.window.release()
         if pending:  # only when a run stopped early: keep what was answered
             await emit([pending[k] for k in sorted(pending)])
 
@@ -381,7 +379,7 @@ class Engine:
         )
         capacity = max(16, self.config.concurrency * 2)
         items = BatchQueue[Item](max(READ_BATCH, capacity))
-        results_send, results_receive = anyio.create_memory_object_stream[Result](capacity)
+        results = BatchQueue[Result](capacity)
         workers = 1 if self.transport is None else self.config.concurrency
         async with anyio.create_task_group() as tg:
             if self.config.progress:
@@ -392,8 +390,8 @@ class Engine:
             try:
                 async with anyio.create_task_group() as pipeline:
                     pipeline.start_soon(self._feed, feed, items)
-                    pipeline.start_soon(self._workers, items, results_send, workers)
-                    pipeline.start_soon(self.write_results, results_receive, emit)
+                    pipeline.start_soon(self._workers, items, results, workers)
+                    pipeline.start_soon(self.write_results, results, emit)
             finally:
                 if tick is not None:
                     tick.close()
