@@ -2,16 +2,17 @@
 
     feed --items--> N long-lived workers --results--> writer --batches--> emit (sink)
 
-- The feed reads input in batches on a worker thread; every stream is bounded, so a
-  slow server or a slow disk pushes back all the way to the reader and memory depends
-  on the concurrency, never on the input size.
+- The feed reads input in batches on a worker thread and queues each batch whole; every
+  queue is bounded, so a slow server or a slow disk pushes back all the way to the
+  reader and memory depends on the concurrency, never on the input size.
 - Each worker holds one call in flight; `--rate` is enforced by one shared limiter
   whose bucket holds ~5 ms of traffic, so there is no burst at start.
-- Unordered runs with a synchronous sink (`run`): each worker accounts for and writes
-  its record the moment its call ends, so a kill -9 loses at most --concurrency answers.
-  Otherwise one writer task consumes the results: it updates the stats, restores input
-  order when asked (a bounded window: the feed waits when it runs too far ahead of the
-  oldest unanswered event) and hands complete batches to `emit`.
+- Unordered runs with a synchronous sink (`run`): each worker hands its record over the
+  moment its call ends, and each loop tick's records are counted and written together,
+  so a kill -9 loses at most --concurrency answers; the stop checks (below) see each
+  record at once. Otherwise one writer task consumes the results: it updates the stats,
+  restores input order when asked (a bounded window: the feed waits when it runs too far
+  ahead of the oldest unanswered event) and hands complete batches to `emit`.
 - A run that cannot go on (every call refused with 401, or the endpoint unreachable,
   before any success; every call throttled for --give-up-after seconds; 20 events in a
   row failed with an internal error: core/stops.py) stops reading and starts no new
@@ -164,9 +165,9 @@ class Engine:
 
     # -- stages ---------------------------------------------------------------------
 
-    # The per-event stream operations try the `*_nowait` form first: anyio's awaiting
-    # forms always yield to the loop once (a checkpoint), which costs more than the call
-    # itself at tens of thousands of events per second. They still wait when they must.
+    # The stages meet in BatchQueues (runtime/batches.py), not anyio streams: an anyio
+    # receive or send yields to the loop once (a checkpoint) and looks its task up, which
+    # cost more than the call itself at tens of thousands of events per second.
 
     async def _feed(self, feed: Feed, queue: BatchQueue[Item]) -> None:
         """The feed's batches into `queue` whole (runtime/batches.py)."""
