@@ -30,7 +30,7 @@ def test_storage_benchmark_completes_and_prints_the_table() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     assert "| rows | events/s | vs local |" in out
-    for row in ("local -> local", "s3 -> local", "local -> s3", "s3 -> s3"):
+    for row in ("local -> local", "s3 -> local", "local -> s3", "s3 -> s3", "local -> memory://"):
         assert f"| {row} |" in out, row
     assert "copied" in out  # 16 KiB parts are under S3's 5 MiB: streamed, not merged
     assert "store alone, one thread: PUT" in out
