@@ -24,7 +24,7 @@ from engine.core.records import (
     invalid,
 )
 from engine.core.stats import RunStats
-from engine.multiproc.pipes import PipeReader
+from engine.multiproc.pipes import PipeReader, PipeWriter
 from engine.runtime.batches import BatchQueue
 from engine.runtime.limits import in_hand, make_limiter
 
@@ -221,3 +221,16 @@ async def test_records_are_offered_then_put_and_taken_in_bulk() -> None:
     results.close()
     assert not results.offer(5)
     assert await results.get() is None
+
+
+async def test_a_pipe_writer_sends_in_order_and_reports_a_gone_reader() -> None:
+    theirs, ours = Pipe(duplex=False)  # an os.pipe: 300 small messages fit in its buffer
+    writer = PipeWriter(ours)
+    for n in range(300):
+        await writer.send(("answered", n))
+    assert [theirs.recv() for _ in range(300)] == [("answered", n) for n in range(300)]
+    theirs.close()
+    with pytest.raises(BrokenPipeError):  # the reader is gone
+        await writer.send(("answered", 300))
+    writer.close()
+    ours.close()

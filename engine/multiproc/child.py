@@ -35,7 +35,6 @@ from multiprocessing.connection import Connection
 
 import anyio
 import anyio.abc
-import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from engine.core.events import EventDefaults, Item
@@ -60,7 +59,7 @@ from engine.multiproc.messages import (
     Units,
     WorkerJob,
 )
-from engine.multiproc.pipes import PipeReader
+from engine.multiproc.pipes import PipeReader, PipeWriter
 from engine.net.auth import FollowerToken, Lease
 from engine.runtime.engine import Engine
 from engine.runtime.feeds import event_defaults
@@ -111,6 +110,7 @@ class _Worker:
         self.start = start
         self.conn = conn
         self.lock = anyio.Lock()
+        self.writer = PipeWriter(conn, name="adbatch-to-parent")
         self.parent_gone = False
         self.answers = Answers()
         self.tokens = FollowerToken(start.lease, self._ask, wait=start.config.token_wait)
@@ -133,7 +133,7 @@ class _Worker:
             return
         async with self.lock:
             try:
-                await anyio.to_thread.run_sync(self.conn.send, message)
+                await self.writer.send(message)
             except OSError:  # the parent was killed: finish the calls in flight, then end
                 self.parent_gone = True
                 self.halt(_PARENT_GONE, self.config.grace)

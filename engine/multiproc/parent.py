@@ -41,7 +41,6 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
 import anyio
-import anyio.to_thread
 from anyio.abc import TaskGroup
 
 from engine.config import Config
@@ -67,7 +66,7 @@ from engine.multiproc.messages import (
     Units,
     WorkerJob,
 )
-from engine.multiproc.pipes import PipeReader
+from engine.multiproc.pipes import PipeReader, PipeWriter
 from engine.net.auth import Lease, TokenBroker
 from engine.runtime.display import View, show_live
 from engine.runtime.feeds import event_defaults, thread_batches
@@ -118,6 +117,7 @@ class _Parent:
         self.budget_refused = 0
         self.slowed: str | None = None
         self.resumed = 0
+        self.writers: dict[int, PipeWriter] = {}  # by worker index, made at its first send
         self.interrupted: int | None = None  # the signal number
         self.feed_scope = anyio.CancelScope()  # reading the input
         # A watched run (--metrics-addr, --dashboard): the sum of the workers' LiveFigures.
@@ -261,7 +261,10 @@ class _Parent:
             return
         async with worker.lock:
             try:
-                await anyio.to_thread.run_sync(worker.conn.send, message)
+                writer = self.writers.get(worker.index)
+                if writer is None:
+                    writer = self.writers[worker.index] = PipeWriter(worker.conn)
+                await writer.send(message)
             except OSError:
                 pass  # the worker is gone; its receiver reports it
 
@@ -287,6 +290,8 @@ class _Parent:
             worker.done = True
             async with worker.lock:  # no send in flight: closing ends the worker's listener
                 worker.conn.close()
+                if (writer := self.writers.pop(worker.index, None)) is not None:
+                    writer.close()
             self.credit.set()
             if all(w.done for w in self.workers):
                 self.all_done.set()

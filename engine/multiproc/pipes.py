@@ -18,6 +18,7 @@ import asyncio
 import threading
 from collections import deque
 from multiprocessing.connection import Connection
+from queue import SimpleQueue
 
 
 class PipeReader:
@@ -66,3 +67,60 @@ class PipeReader:
             raise message
         self._messages.popleft()
         return message
+
+
+class PipeWriter:
+    """`await writer.send(message)`: written to `conn` by one long-lived thread, in order.
+
+    One queue put and one loop wake-up per message instead of an `anyio.to_thread` round
+    trip; `send` returns once the message is written (a full pipe still pushes back on
+    the sender) and raises the write's OSError. A cancelled `send` still goes out whole.
+    """
+
+    __slots__ = ("_conn", "_jobs", "_loop")
+
+    def __init__(self, conn: Connection, *, name: str = "adbatch-pipe-writer") -> None:
+        self._conn = conn
+        self._loop = asyncio.get_running_loop()
+        self._jobs: SimpleQueue[tuple[object, asyncio.Future[None]] | None] = SimpleQueue()
+        threading.Thread(target=self._write, name=name, daemon=True).start()
+
+    def _write(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            message, done = job
+            error: OSError | None = None
+            try:
+                self._conn.send(message)
+            except OSError as exc:
+                error = exc
+            try:
+                self._loop.call_soon_threadsafe(_settle, done, error)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                return
+
+    async def send(self, message: object) -> None:
+        done = self._loop.create_future()
+        self._jobs.put((message, done))
+        try:
+            await asyncio.shield(done)
+        except asyncio.CancelledError:
+            done.add_done_callback(_retrieve)  # its outcome is nobody's concern now
+            raise
+
+    def close(self) -> None:
+        """The thread ends after the messages already given."""
+        self._jobs.put(None)
+
+
+def _settle(done: asyncio.Future[None], error: OSError | None) -> None:
+    if done.done():
+        return
+    if error is None:
+        done.set_result(None)
+    else:
+        done.set_exception(error)
+
+
+def _retrieve(done: asyncio.Future[None]) -> None:
+    if not done.cancelled():
+        done.exception()
