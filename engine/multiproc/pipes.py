@@ -1,8 +1,9 @@
-"""Messages from one end of a `--workers` pipe, read on a thread of its own.
+"""Messages over one end of a `--workers` pipe, read and written on threads of its own.
 
 Rules:
 - One long-lived daemon thread per pipe end blocks in `Connection.recv` and hands each
-  message to the event loop with `call_soon_threadsafe`: no anyio worker-thread round
+  message to the event loop with `call_soon_threadsafe` (`PipeReader`); another writes
+  what `PipeWriter.send` queues, in order: no anyio worker-thread round
   trip per message (a capacity limiter, a cancel scope, run-variable look-ups and two
   futex hand-offs each: a tenth of the parent's CPU in a `--workers 2` run when every
   message went through `anyio.to_thread`).
