@@ -24,7 +24,8 @@ from aiohttp import web
 
 from engine.core.query import Request
 from engine.net.http1 import Answer, Http1Client, HttpError
-from engine.net.transport import Http1Transport, Response, SessionTransport, open_transport
+from engine.net.session_client import SessionTransport
+from engine.net.transport import Http1Transport, Response, open_transport
 
 CLIENTS = [pytest.param("http1", id="http1"), pytest.param("session", id="session")]
 

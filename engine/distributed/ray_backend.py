@@ -52,7 +52,7 @@ from engine.distributed.store import Parts, StoreParts, parts_at, storage_enviro
 from engine.errors import ConfigError, EngineError, OutputError
 from engine.files.storage import reason, shown
 from engine.net.auth import TokenProvider
-from engine.net.token_client import open_token_provider
+from engine.net.providers import open_token_provider
 from engine.runtime.session import open_run
 
 SENDER_NAME = "adbatch-sender-{}"

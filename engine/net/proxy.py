@@ -24,6 +24,8 @@ import ssl
 from collections.abc import Callable
 from typing import TypeVar
 
+import yarl
+
 from engine.config import Config
 from engine.core.proxies import Proxies, ProxyURL, refusal, resolve_proxies, unreachable
 from engine.core.records import ErrorKind
@@ -171,3 +173,12 @@ def _reason(exc: OSError) -> str:
     if exc.errno and not isinstance(exc, socket.gaierror):
         return os.strerror(exc.errno)
     return exc.strerror or str(exc) or type(exc).__name__
+
+
+def aiohttp_proxy(via: ProxyURL | None) -> yarl.URL | None:
+    """`via` as aiohttp's `proxy=` (its credentials become Proxy-Authorization)."""
+    if via is None:
+        return None
+    return yarl.URL.build(
+        scheme="http", user=via.user, password=via.password, host=via.host, port=via.port
+    )

@@ -15,23 +15,18 @@ Rules:
 from __future__ import annotations
 
 import ssl
-from contextlib import AsyncExitStack
 from types import TracebackType
 
 import aiohttp
 import yarl
 
-from engine.config import Config
 from engine.core.proxies import Proxies, refusal, unreachable
 from engine.core.records import ErrorKind
 from engine.core.secrets import Secrets
 from engine.core.tokenwindow import TokenFailure, TokenGrant, endpoint_message, parse_token_answer
-from engine.net.auth import StaticToken, TokenProvider
 from engine.net.bodies import ACCEPT_ENCODING, BodyError, read_body
-from engine.net.oauth import OAuthToken
-from engine.net.proxy import run_proxies
-from engine.net.tls import client_context, tls_context, tls_failure
-from engine.net.transport import aiohttp_proxy
+from engine.net.proxy import aiohttp_proxy
+from engine.net.tls import client_context, tls_failure
 
 _POOL = 2  # one renewal at a time, plus one spare connection
 DEFAULT_TOKEN_TIMEOUT = 10.0
@@ -147,30 +142,3 @@ class TokenClient:
         if exc.kind == ErrorKind.TOO_LARGE:
             return f"HTTP {status}: token answer larger than {self._max_bytes} bytes; not read"
         return endpoint_message(f"HTTP {status}: {exc.message}", self._secrets)
-
-
-async def open_token_provider(config: Config, stack: AsyncExitStack) -> TokenProvider:
-    """The run's token provider; a dynamic one has its first token before any call.
-
-    Raises AuthError (exit 3) when the credentials are refused, or when the endpoint
-    gave no token within `config.token_wait`.
-    """
-    if not config.dynamic_tokens:
-        return StaticToken(config.token)
-    if config.dry_run:  # sends nothing, asks for nothing; shows "Bearer [redacted]"
-        return StaticToken("[dynamic]")
-    assert config.client_id is not None
-    assert config.client_secret is not None
-    client = await stack.enter_async_context(
-        TokenClient(
-            config.token_url,
-            client_id=config.client_id,
-            client_secret=config.client_secret,
-            max_bytes=min(config.max_response_bytes, TOKEN_MAX_BYTES),
-            tls=tls_context(config),
-            proxies=run_proxies(config),
-        )
-    )
-    provider = OAuthToken(client, wait=config.token_wait)
-    await provider.start()
-    return provider

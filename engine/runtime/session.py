@@ -47,9 +47,9 @@ from engine.files.sinks import JsonlSink, create_output, kept
 from engine.files.sources import check_inputs
 from engine.files.storage import is_url
 from engine.net.auth import StaticToken, TokenProvider
+from engine.net.providers import open_token_provider
 from engine.net.proxy import run_proxies
 from engine.net.tls import tls_context
-from engine.net.token_client import open_token_provider
 from engine.net.transport import Transport, open_transport
 from engine.runtime.engine import Engine
 from engine.runtime.loop import check_open_files

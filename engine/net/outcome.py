@@ -1,0 +1,14 @@
+"""A call that failed, as the Response every transport returns (failures are data)."""
+
+from __future__ import annotations
+
+import time
+
+from engine.core.records import Response
+
+
+def failed(
+    sent_at: float, start: float, kind: str, message: str, status: int | None = None
+) -> Response:
+    latency_ms = (time.perf_counter() - start) * 1000.0
+    return Response(status, b"", sent_at, latency_ms, error=message, error_kind=kind)
