@@ -13,6 +13,9 @@ Rules:
   devices (`/dev/null`, which may be an input and an output at once) are not compared:
   writing to them destroys nothing.
 - The manifests a command writes beside an output are outputs; those it reads are inputs.
+- A URL is known by its store and path (storage.canonical): `s3a://b/k` is `s3://b/k`,
+  `file:///abs/x` is the local file /abs/x. The check runs before anything at an output
+  is removed or opened (partjoin.clear_output runs after it, in open_run).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from collections.abc import Iterable
 from engine.config import Config
 from engine.errors import ConfigError
 from engine.files.manifests import manifest_path
-from engine.files.storage import is_url
+from engine.files.storage import canonical, is_url
 
 #: A path with what it is for in the command: ("input", "a.jsonl"), ("-o", "out.jsonl").
 #: `-` is stdin among the inputs, stdout among the outputs.
@@ -34,8 +37,13 @@ Named = tuple[str, str | None]
 def file_key(path: str, *, fd: int | None = None) -> tuple[object, ...] | None:
     """What identifies the file at `path`; None when it is not one to compare. `-` is
     the file open as `fd` (0: stdin, 1: stdout; None: not compared)."""
-    if is_url(path):  # an object or a remote file: never stat'ed; known by its URL
-        return ("url", path)
+    if is_url(path):  # an object: known by its store and path, however spelled
+        place = canonical(path)
+        if place is None:
+            return ("url", path)
+        if place[0] not in ("file", "local"):
+            return ("url", *place)
+        path = place[1]  # a file:// URL is a local file: compared as one
     try:
         if path == "-":
             if fd is None:

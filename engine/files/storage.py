@@ -72,6 +72,25 @@ def scheme(url: str) -> str:
     return found.group(1).lower() if found else ""
 
 
+def canonical(url: str) -> tuple[str, str] | None:
+    """The store and the path within it that `url` names, whatever its spelling: s3a://
+    is s3://, gcs:// gs://, az:// and abfss:// abfs:// (the driver's first protocol,
+    fsspec's own stripping); a file:// URL is ("file", its local path). None when fsspec
+    or the driver is missing: the URL then stands for itself."""
+    name = scheme(url)
+    try:
+        import fsspec
+
+        cls = fsspec.get_filesystem_class(name)
+    except (ImportError, ValueError):
+        return None
+    protocol = cls.protocol if isinstance(cls.protocol, str) else cls.protocol[0]
+    spelled = f"{name}{url[len(name):]}"  # the scheme in lower case
+    if name in _NO_GLOB:
+        return protocol, spelled.partition("://")[2]
+    return protocol, str(cls._strip_protocol(spelled))
+
+
 def shown(url: str) -> str:
     """The URL as a message shows it (no password, no query values)."""
     return without_credentials(url)

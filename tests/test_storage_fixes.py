@@ -1,0 +1,99 @@
+"""Object storage, what an adversarial tester found (issue 17, second pass): an output
+named by another spelling of an input, secrets in `source`, multipart uploads left by a
+kill -9, a missing bucket found late, drivers' tracebacks, and the error texts.
+
+Fast tests run in-process (memory://, file://, or no store at all); those that need S3's
+own rules run against moto on 127.0.0.1 (the `s3` fixture), marked slow.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+import pytest
+from conftest import config_for
+from s3server import S3
+from test_parts import events
+
+from engine import api
+from engine.errors import ConfigError
+from engine.files.paths import check_outputs
+from engine.mock import running_mock
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "engine", *args], cwd=cwd, capture_output=True, text=True,
+        timeout=120, check=False, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+# -- 1. an output never touches an input, however either is spelled ---------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "output"),
+    [
+        pytest.param("s3://b/in.jsonl", "s3a://b/in.jsonl", id="s3a"),
+        pytest.param("S3://b/in.jsonl", "s3://b/in.jsonl", id="scheme-case"),
+        pytest.param("gs://b/in.jsonl", "gcs://b/in.jsonl", id="gcs"),
+        pytest.param("az://c/in.jsonl", "abfs://c/in.jsonl", id="abfs"),
+        pytest.param("memory://x/in.jsonl", "memory:///x/in.jsonl", id="memory-root"),
+    ],
+)
+def test_a_store_alias_names_the_same_object(given: str, output: str) -> None:
+    with pytest.raises(ConfigError, match="same file as the input"):
+        check_outputs([("input", given)], [("-o", output)])
+
+
+def test_other_objects_are_not_the_same() -> None:
+    check_outputs([("input", "s3://b/in.jsonl")], [("-o", "gs://b/in.jsonl")])
+    check_outputs([("input", "s3://b/in.jsonl")], [("-o", "s3://b/out.jsonl")])
+
+
+@pytest.mark.parametrize(
+    ("url_input", "role"),
+    [
+        pytest.param(False, "-o", id="path-in-url-out"),
+        pytest.param(True, "-o", id="url-in-path-out"),
+        pytest.param(True, "--summary", id="url-in-path-summary"),
+    ],
+)
+@pytest.mark.anyio
+async def test_a_file_url_is_its_local_file(
+    tmp_path: Path, write_jsonl: Callable[..., Path], url_input: bool, role: str
+) -> None:
+    source = write_jsonl(events(3), name="in.jsonl")
+    before = source.read_bytes()
+    url = f"file://{source}"
+    async with running_mock() as mock:
+        config = config_for(mock, source, tmp_path / "out.jsonl")
+        if url_input:
+            config = config.with_changes(inputs=(url,))
+        if role == "--summary":
+            config = config.with_changes(summary=str(source))
+        else:
+            config = config.with_changes(output=str(source) if url_input else url)
+        with pytest.raises(ConfigError, match="same file as the input"):
+            await api.run(config)
+    assert source.read_bytes() == before, "the input must be untouched"
+    assert not (tmp_path / "in.jsonl.parts").exists()
+
+
+@pytest.mark.slow
+def test_s3a_output_on_its_s3_input_is_refused_before_anything_is_removed(
+    tmp_path: Path, s3: S3
+) -> None:
+    s3.bucket("fix-alias")
+    data = b"".join(orjson.dumps(e) + b"\n" for e in events(2))
+    s3.put("s3://fix-alias/in.jsonl", data)
+    done = _cli("run", "--mock", "s3://fix-alias/in.jsonl", "-o", "s3a://fix-alias/in.jsonl",
+                cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "same file as the input" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert s3.get("s3://fix-alias/in.jsonl") == data
