@@ -15,7 +15,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from conftest import config_for
+from conftest import config_for, read_records
 from s3server import S3
 from test_parts import events
 
@@ -97,3 +97,46 @@ def test_s3a_output_on_its_s3_input_is_refused_before_anything_is_removed(
     assert "same file as the input" in done.stderr
     assert "Traceback" not in done.stderr
     assert s3.get("s3://fix-alias/in.jsonl") == data
+
+
+# -- 2. a URL's password and query values never reach a record's `source` ----------------
+
+
+@pytest.mark.anyio
+async def test_source_hides_a_urls_password_and_query_and_resume_matches_it(
+    tmp_path: Path, write_jsonl: Callable[..., Path]
+) -> None:
+    from aiohttp import web
+
+    n = 4
+    source = write_jsonl(events(n), name="x.jsonl")
+
+    async def serve(_request: web.Request) -> web.FileResponse:
+        return web.FileResponse(source)
+
+    app = web.Application()
+    app.router.add_get("/x.jsonl", serve)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    url = f"http://user:pw-SECRET@127.0.0.1:{port}/x.jsonl?sig=SIG-SECRET&v=1"
+    out = tmp_path / "out.jsonl"
+    try:
+        async with running_mock() as mock:
+            config = config_for(mock, source, out).with_changes(inputs=(url,))
+            assert (await api.run(config)).exit_code == 0
+            first = out.read_bytes()
+            assert b"SECRET" not in first
+            hidden = f"http://user:[redacted]@127.0.0.1:{port}/x.jsonl?sig=[redacted]&v=[redacted]"
+            assert [r["source"] for r in read_records(out)] == [
+                f"{hidden}:{i + 1}" for i in range(n)
+            ]
+            sent = mock.state.delivery_requests
+            again = await api.run(config.with_changes(resume=True))
+            assert again.exit_code == 0
+            assert out.read_bytes() == first, "--resume must find every event answered"
+            assert mock.state.delivery_requests == sent, "no event may be sent again"
+    finally:
+        await runner.cleanup()

@@ -34,7 +34,7 @@ from engine.files.sources import (
     _TooLong,
     read_items,
 )
-from engine.files.storage import StorageOptions, is_url
+from engine.files.storage import StorageOptions, is_url, source_name
 
 DELIVERY_SUFFIX = "/delivery/retailmedia"
 
@@ -148,7 +148,7 @@ def read_log_items(
     storage_options: StorageOptions = (),
 ) -> Generator[Item, None, None]:
     counts = counts if counts is not None else ReadCounts()
-    name = STDIN_NAME if path == STDIN else path
+    name = STDIN_NAME if path == STDIN else source_name(path)
     seq = first_seq
     # Bytes read are counted, as for event files (the progress display's share of the size).
     stream, close = _open_binary(path, counts, storage_options)

@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 from engine.core.events import NO_DEFAULTS, EventDefaults, Invalid, Item, ReadCounts, make_event
 from engine.core.shard import ShardSpec, stable_hash
 from engine.errors import ConfigError, InputError
-from engine.files.storage import StorageOptions, is_url, open_read, reason, shown
+from engine.files.storage import StorageOptions, is_url, open_read, reason, shown, source_name
 
 U = TypeVar("U")
 
@@ -248,7 +248,7 @@ def items(
         seq = first_seq
         for row in rows(path, counts=counts, options=options):
             seq = first_seq + row.row
-            item = _item(row, seq - 1, path, defaults)
+            item = _item(row, seq - 1, source_name(path), defaults)
             if shard is not None:  # by id: every row is read
                 if counts is not None:
                     counts.records += 1
@@ -261,7 +261,7 @@ def items(
     if counts is not None:
         counts.records += sum(sizes)
     for row in rows(path, mine, counts=counts, options=options):
-        yield _item(row, first_seq + row.row - 1, path, defaults)
+        yield _item(row, first_seq + row.row - 1, source_name(path), defaults)
     return first_seq + sum(sizes)
 
 
@@ -276,9 +276,10 @@ def units(
     """`sources.read_units` of a Parquet input: `make(seq, source, row dict | error)`,
     the same seq and source as `items`; returns the next seq."""
     seq = first_seq
+    name = source_name(path)
     for row in rows(path, counts=counts, options=options):
         seq = first_seq + row.row
-        yield make(seq - 1, f"{path}:{row.row}", row.obj if row.obj is not None else row.error)
+        yield make(seq - 1, f"{name}:{row.row}", row.obj if row.obj is not None else row.error)
     return seq
 
 

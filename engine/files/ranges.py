@@ -20,7 +20,7 @@ from engine.config import DEFAULT_MAX_LINE_BYTES
 from engine.core.events import NO_DEFAULTS, EventDefaults, Invalid, Item, ReadCounts, make_event
 from engine.errors import InputError
 from engine.files.sources import _jsonl_records
-from engine.files.storage import StorageOptions, is_url, open_read
+from engine.files.storage import StorageOptions, is_url, open_read, source_name
 
 
 class _RangeReader(io.RawIOBase):
@@ -73,9 +73,10 @@ def read_range_items(
     raw.seek(start)
     stream = io.BufferedReader(_RangeReader(raw, end - start))
     offset = first_line - 1
+    name = source_name(path)
     try:
         for seq, record in enumerate(_jsonl_records(stream, max_line_bytes, counts)):
-            source = f"{path}:{record.line + offset}"
+            source = f"{name}:{record.line + offset}"
             if record.obj is None:
                 yield Invalid(seq, source, None, record.error or "unreadable line")
             else:

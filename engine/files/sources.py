@@ -44,7 +44,7 @@ from engine.errors import InputError
 from engine.files import parquet
 from engine.files.position import Counted
 from engine.files.position import input_size as input_size  # re-exported
-from engine.files.storage import StorageOptions, is_url, open_read
+from engine.files.storage import StorageOptions, is_url, open_read, source_name
 
 T = TypeVar("T")
 
@@ -302,7 +302,7 @@ def read_items(
     counts = counts if counts is not None else ReadCounts()
     seq = 0
     for path in paths:
-        name = STDIN_NAME if path == STDIN else path
+        name = STDIN_NAME if path == STDIN else source_name(path)
         fmt = source_format(path, input_format)
         if fmt == "parquet":  # row groups in batches, not lines
             seq = yield from parquet.items(
@@ -371,7 +371,7 @@ def read_units(
     counts = counts if counts is not None else ReadCounts()
     seq = 0
     for path in paths:
-        name = STDIN_NAME if path == STDIN else path
+        name = STDIN_NAME if path == STDIN else source_name(path)
         if source_format(path, input_format) == "parquet":
             seq = yield from parquet.units(path, seq, Unit, counts=counts, options=storage_options)
             continue

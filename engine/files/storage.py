@@ -85,7 +85,7 @@ def canonical(url: str) -> tuple[str, str] | None:
     except (ImportError, ValueError):
         return None
     protocol = cls.protocol if isinstance(cls.protocol, str) else cls.protocol[0]
-    spelled = f"{name}{url[len(name):]}"  # the scheme in lower case
+    spelled = f"{name}{url[len(name) :]}"  # the scheme in lower case
     if name in _NO_GLOB:
         return protocol, spelled.partition("://")[2]
     return protocol, str(cls._strip_protocol(spelled))
@@ -94,6 +94,13 @@ def canonical(url: str) -> tuple[str, str] | None:
 def shown(url: str) -> str:
     """The URL as a message shows it (no password, no query values)."""
     return without_credentials(url)
+
+
+def source_name(path: str) -> str:
+    """How a record's `source` names an input: a URL as `shown` (no password, no query
+    values: records are shared more widely than the command line), a path as given. The
+    reader and the resume index both see this form, so --resume matches by it."""
+    return shown(path) if is_url(path) else path
 
 
 def _typed(value: str) -> Any:
