@@ -140,3 +140,36 @@ async def test_source_hides_a_urls_password_and_query_and_resume_matches_it(
             assert mock.state.delivery_requests == sent, "no event may be sent again"
     finally:
         await runner.cleanup()
+
+
+# -- 3. a join killed mid-way leaves no incomplete multipart upload for long -------------
+
+
+def _pending(s3: S3, bucket: str) -> list[str]:
+    uploads = s3.client().list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    return sorted(u["Key"] for u in uploads)
+
+
+def _leave_upload(s3: S3, bucket: str, key: str) -> None:
+    """What a join killed by kill -9 leaves: an upload with a part, never completed."""
+    client = s3.client()
+    upload = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    client.upload_part(Bucket=bucket, Key=key, UploadId=upload, PartNumber=1, Body=b"x" * 1024)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("resume", [False, True], ids=["fresh", "resume"])
+@pytest.mark.anyio
+async def test_uploads_left_by_a_killed_join_are_aborted(
+    tmp_path: Path, write_jsonl: Callable[..., Path], s3: S3, resume: bool
+) -> None:
+    s3.bucket("fix-mpu")
+    for key in ("out.jsonl", "out.jsonl.tmp-0123abcd", "other.jsonl"):
+        _leave_upload(s3, "fix-mpu", key)
+    async with running_mock() as mock:
+        config = config_for(mock, write_jsonl(events(3)), tmp_path / "x").with_changes(
+            output="s3://fix-mpu/out.jsonl", resume=resume
+        )
+        assert (await api.run(config)).exit_code == 0
+    assert _pending(s3, "fix-mpu") == ["other.jsonl"], "only the output's own are aborted"
+    assert len(s3.get("s3://fix-mpu/out.jsonl").splitlines()) == 3

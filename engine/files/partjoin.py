@@ -12,7 +12,8 @@ Rules:
   in order -- on the store's side (s3fs `merge`: multipart UploadPartCopy) when the store
   has it and every piece but the last is at least 5 MiB (S3's least part; at most
   10,000 parts of at most 5 GiB), else streamed through this process. Neither leaves
-  an incomplete multipart upload when it fails (files/servermerge.py, storage.writing).
+  an incomplete multipart upload when it fails (files/servermerge.py, storage.writing);
+  those of a join killed mid-way are aborted when the output is opened and at each join.
   When the earlier run left superseded records (a transient record sent again, or a
   join whose parts were not yet removed), the join keeps one line per event, its
   latest, as `compact` does for a local file. The object is written whole (an object store's PUT or
@@ -114,6 +115,7 @@ def open_part_output(config: Config) -> tuple[PartSink, ResumeIndex | None]:
     name = config.output
     fs, path = filesystem(name, config.storage_options)
     try:
+        servermerge.abort_pending(fs, path)  # left by a join killed mid-way (kill -9)
         if config.resume:
             earlier = read_earlier(fs, path, name)
         else:
@@ -148,6 +150,7 @@ def join(sink: PartSink, earlier: Earlier) -> None:
     fs, path = sink.fs, sink.path
     pieces = [*earlier.pieces, *sink.parts]
     try:
+        servermerge.abort_pending(fs, path)
         if earlier.superseded:
             entries, size, digest = _filtered(fs, path, pieces)
             how = "copied, superseded records dropped"

@@ -7,6 +7,9 @@ Rules:
   of an incomplete upload until it is aborted; here a failure aborts it, then raises.
 - Another store with a `merge` (gcsfs: compose, which leaves nothing half-done) uses it.
 - The caller falls back to streaming the pieces when this raises.
+- A process killed during a join (kill -9) cannot abort its upload: `abort_pending`, run
+  when an output is opened (fresh or --resume) and before each join, aborts the pending
+  uploads of the output's own key and of its temporary names (`KEY.tmp-*`), and no other.
 """
 
 from __future__ import annotations
@@ -21,6 +24,26 @@ if TYPE_CHECKING:
 
 def can_merge(fs: AbstractFileSystem) -> bool:
     return hasattr(fs, "merge")
+
+
+def abort_pending(fs: AbstractFileSystem, path: str) -> int:
+    """Abort the incomplete multipart uploads left at `path` (and its `.tmp-*` names) by a
+    process that died mid-join; returns how many. Nothing to do on a store without them."""
+    if not (hasattr(fs, "abort_mpu") and hasattr(fs, "call_s3")):
+        return 0
+    bucket, key, _ = fs.split_path(path)
+    aborted = 0
+    markers: dict[str, str] = {}
+    while True:
+        page = fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=key, **markers)
+        for upload in page.get("Uploads", []):
+            name = upload["Key"]
+            if name == key or name.startswith(f"{key}.tmp-"):
+                fs.abort_mpu(bucket, name, upload["UploadId"])
+                aborted += 1
+        if not page.get("IsTruncated"):
+            return aborted
+        markers = {"KeyMarker": page["NextKeyMarker"], "UploadIdMarker": page["NextUploadIdMarker"]}
 
 
 def merge(fs: AbstractFileSystem, path: str, sources: list[str]) -> None:
