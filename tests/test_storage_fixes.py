@@ -173,3 +173,18 @@ async def test_uploads_left_by_a_killed_join_are_aborted(
         assert (await api.run(config)).exit_code == 0
     assert _pending(s3, "fix-mpu") == ["other.jsonl"], "only the output's own are aborted"
     assert len(s3.get("s3://fix-mpu/out.jsonl").splitlines()) == 3
+
+
+# -- 4. a missing bucket is exit 2 before anything is sent --------------------------------
+
+
+@pytest.mark.slow
+def test_an_output_in_a_missing_bucket_is_refused_before_the_run(
+    tmp_path: Path, write_jsonl: Callable[..., Path], s3: S3
+) -> None:
+    source = write_jsonl(events(2))
+    done = _cli("run", "--mock", str(source), "-o", "s3://nosuchbucket/x.jsonl", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "nosuchbucket does not exist" in lines[0]

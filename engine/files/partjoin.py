@@ -47,7 +47,7 @@ from engine.files.parts import (
     put_whole,
 )
 from engine.files.resume import ResumeIndex
-from engine.files.storage import BLOCK_SIZE, filesystem, reason, shown, writing
+from engine.files.storage import BLOCK_SIZE, check_bucket, filesystem, reason, shown, writing
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
@@ -114,6 +114,7 @@ def open_part_output(config: Config) -> tuple[PartSink, ResumeIndex | None]:
     assert config.output is not None
     name = config.output
     fs, path = filesystem(name, config.storage_options)
+    check_bucket(fs, path, name)  # exit 2 now, not after the events are sent
     try:
         servermerge.abort_pending(fs, path)  # left by a join killed mid-way (kill -9)
         if config.resume:

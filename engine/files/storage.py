@@ -266,6 +266,24 @@ def is_local(fs: AbstractFileSystem) -> bool:
     return protocol in ("file", "local")
 
 
+def check_bucket(fs: AbstractFileSystem, path: str, url: str) -> None:
+    """ConfigError (exit 2) naming the bucket (container) of the output at `path` when the
+    store says it does not exist: found before anything is sent, not at the first upload.
+    A store that cannot tell (no such request allowed) is left to the first write."""
+    if is_local(fs) or not hasattr(fs, "split_path"):
+        return
+    bucket = str(fs.split_path(path)[0])
+    try:
+        there = fs.exists(bucket)
+    except Exception:
+        return
+    if not there:
+        raise ConfigError(
+            f"output {shown(url)}: the bucket {bucket} does not exist "
+            "(or these credentials cannot see it)"
+        )
+
+
 def put_whole(fs: AbstractFileSystem, path: str, data: bytes) -> None:
     """Write the object at `path` whole: one PUT on an object store; a temporary file and
     a rename on a local one (where a write can be cut short)."""
