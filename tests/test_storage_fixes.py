@@ -188,3 +188,63 @@ def test_an_output_in_a_missing_bucket_is_refused_before_the_run(
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
     assert "nosuchbucket does not exist" in lines[0]
+
+
+# -- 5. a driver's log records (gcsfs's tracebacks) never reach stderr --------------------
+
+
+_LOG_AS_A_DRIVER = """
+import logging, sys
+from engine.files.storage import filesystem
+filesystem("memory://quiet/x.jsonl")
+for name in sys.argv[1:]:
+    try:
+        raise ConnectionRefusedError(111, "Connect call failed")
+    except ConnectionRefusedError:
+        logging.getLogger(name + ".core").error("request failed", exc_info=True)
+"""
+
+
+def test_driver_loggers_are_quiet_once_a_store_is_used(tmp_path: Path) -> None:
+    names = ["gcsfs", "adlfs", "s3fs", "fsspec", "aiobotocore", "botocore"]
+    done = subprocess.run(
+        [sys.executable, "-c", _LOG_AS_A_DRIVER, *names], cwd=tmp_path, capture_output=True,
+        text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+
+
+# -- 6. the error texts --------------------------------------------------------------------
+
+_DEAD_S3 = {
+    "AWS_ENDPOINT_URL": "http://127.0.0.1:9",  # discard: nothing listens on 127.0.0.1
+    "AWS_MAX_ATTEMPTS": "1",
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        pytest.param(("s3://b/x.jsonl", "-o", "out.jsonl"), "cannot read input", id="input"),
+        pytest.param(("IN", "-o", "s3://b/x.jsonl"), "output s3://b/x.jsonl", id="output"),
+    ],
+)
+def test_a_store_that_cannot_be_reached_is_not_a_missing_object(
+    tmp_path: Path, write_jsonl: Callable[..., Path], args: tuple[str, ...], says: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    pytest.importorskip("s3fs")
+    for var, value in _DEAD_S3.items():
+        monkeypatch.setenv(var, value)
+    source = str(write_jsonl(events(1)))
+    done = _cli("run", "--mock", *(source if a == "IN" else a for a in args), cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert says in done.stderr
+    assert "cannot reach the store" in done.stderr
+    assert "no such object" not in done.stderr

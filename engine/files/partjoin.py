@@ -114,7 +114,7 @@ def open_part_output(config: Config) -> tuple[PartSink, ResumeIndex | None]:
     assert config.output is not None
     name = config.output
     fs, path = filesystem(name, config.storage_options)
-    check_bucket(fs, path, name)  # exit 2 now, not after the events are sent
+    check_bucket(fs, path, name, config.storage_options)  # exit 2 now, not after the run
     try:
         servermerge.abort_pending(fs, path)  # left by a join killed mid-way (kill -9)
         if config.resume:

@@ -15,6 +15,10 @@ Rules:
 - `--storage-option key=value` values: `true`/`false` become booleans and whole numbers
   ints (fsspec's drivers want them typed); everything else stays a string. A dotted key
   sets one level of a dict: `client_kwargs.region_name=eu-west-1`.
+- The drivers' loggers are silenced when a filesystem is first made (gcsfs logs
+  tracebacks to stderr): their errors reach the user as one line, through `reason`.
+- A store that cannot be reached is "cannot reach the store (...)", never "no such
+  object" (a driver may raise FileNotFoundError for both).
 - Reads stream: an object is opened for ranged reads of `BLOCK_SIZE` bytes, never
   downloaded whole first.
 """
@@ -22,6 +26,7 @@ Rules:
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import uuid
@@ -57,6 +62,10 @@ _DRIVERS = {
     "http": ("aiohttp", ""),
     "https": ("aiohttp", ""),
 }
+#: The drivers' loggers: gcsfs logs a failed request's traceback at ERROR, which Python's
+#: last-resort handler prints to stderr. Their errors reach the user as our one line.
+_DRIVER_LOGGERS = ("fsspec", "s3fs", "gcsfs", "adlfs", "aiobotocore", "botocore",
+                   "azure", "google.auth", "urllib3")  # fmt: skip
 #: Schemes whose paths are not globbed (a `?` starts a query there).
 _NO_GLOB = ("http", "https")
 
@@ -136,11 +145,31 @@ def _secrets(options: StorageOptions) -> Secrets:
     return Secrets(tuple(v for v in values if v), min_length=1)
 
 
+#: Errors (by class name) of a store that could not be reached, from the drivers' stacks.
+_UNREACHABLE = ("ClientConnectorError", "EndpointConnectionError", "ConnectTimeoutError",
+                "ServerDisconnectedError", "ServiceRequestError")  # fmt: skip
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether `exc` (or what caused it) says the store could not be reached at all: a
+    driver may report that as FileNotFoundError, which is not "no such object"."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return False
+        if isinstance(seen, ConnectionError) or type(seen).__name__ in _UNREACHABLE:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def reason(exc: BaseException, options: StorageOptions = ()) -> str:
     """A driver's exception as one redacted line."""
     text = str(exc).strip().splitlines()
     line = text[0] if text else ""
-    if isinstance(exc, FileNotFoundError):
+    if unreachable(exc):
+        line = f"cannot reach the store ({line})" if line else "cannot reach the store"
+    elif isinstance(exc, FileNotFoundError):
         line = "no such object"
     elif isinstance(exc, PermissionError):
         line = f"permission denied ({line})" if line else "permission denied"
@@ -148,9 +177,20 @@ def reason(exc: BaseException, options: StorageOptions = ()) -> str:
     return _secrets(options).redact(re.sub(r"\w+://\S+", lambda m: shown(m.group()), line))
 
 
+def quiet_drivers() -> None:
+    """Keep the drivers' own log records (tracebacks) off stderr: a NullHandler each, not
+    propagated to the root logger. Idempotent."""
+    for name in _DRIVER_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
+            logger.addHandler(logging.NullHandler())
+        logger.propagate = False
+
+
 def filesystem(url: str, options: StorageOptions = ()) -> tuple[AbstractFileSystem, str]:
     """The fsspec filesystem for `url` and the path within it; ConfigError when its driver
     is missing (naming the extra), its scheme unknown or an option refused."""
+    quiet_drivers()
     name = scheme(url)
     if not name:
         raise ConfigError(f"{shown(url)} is not a URL")
@@ -266,7 +306,7 @@ def is_local(fs: AbstractFileSystem) -> bool:
     return protocol in ("file", "local")
 
 
-def check_bucket(fs: AbstractFileSystem, path: str, url: str) -> None:
+def check_bucket(fs: AbstractFileSystem, path: str, url: str, options: StorageOptions = ()) -> None:
     """ConfigError (exit 2) naming the bucket (container) of the output at `path` when the
     store says it does not exist: found before anything is sent, not at the first upload.
     A store that cannot tell (no such request allowed) is left to the first write."""
@@ -274,14 +314,18 @@ def check_bucket(fs: AbstractFileSystem, path: str, url: str) -> None:
         return
     bucket = str(fs.split_path(path)[0])
     try:
-        there = fs.exists(bucket)
-    except Exception:
-        return
-    if not there:
-        raise ConfigError(
-            f"output {shown(url)}: the bucket {bucket} does not exist "
-            "(or these credentials cannot see it)"
-        )
+        fs.info(bucket)
+    except FileNotFoundError as exc:
+        if not unreachable(exc):
+            raise ConfigError(
+                f"output {shown(url)}: the bucket {bucket} does not exist "
+                "(or these credentials cannot see it)"
+            ) from None
+        raise ConfigError(f"output {shown(url)}: {reason(exc, options)}") from None
+    except Exception as exc:
+        if unreachable(exc):
+            raise ConfigError(f"output {shown(url)}: {reason(exc, options)}") from None
+        # cannot tell (no permission to look): the first write says
 
 
 def put_whole(fs: AbstractFileSystem, path: str, data: bytes) -> None:
