@@ -41,6 +41,12 @@ from engine.net.bodies import too_large_message
 
 _BUFFER = 64 * 1024  # bytes read per call of buffer_updated
 _HIGH_WATER = 256 * 1024  # unread coded body bytes before reading pauses
+# An answer's head: one header line at most (aiohttp's limit, kept when the client
+# changed), and the whole head (1xx heads included) at most. A head that never ends
+# would otherwise grow llhttp's buffers until the call's deadline.
+MAX_FIELD = 8190
+MAX_HEAD = 64 * 1024
+_LONG_HEAD = f"a head longer than {MAX_HEAD} bytes"
 
 # Where the current exchange is.
 # _STRAY: the answer is whole and another began behind it (nobody asked for it).
@@ -88,6 +94,9 @@ class Connection(asyncio.BufferedProtocol):
         "_chunks",
         "_closed",
         "_error",
+        "_head_bytes",
+        "_head_error",
+        "_head_size",
         "_paused",
         "_size",
         "_too_large",
@@ -127,6 +136,9 @@ class Connection(asyncio.BufferedProtocol):
         self.stream = False  # a coded body, read through readany()
         self._until_eof = False
         self._too_large = False
+        self._head_bytes = 0  # bytes read while the answer's head was not complete
+        self._head_size = 0  # the answer's header lines, as parsed
+        self._head_error: str | None = None  # why the head was refused
         self._paused = False
         self._error: HttpError | None = None
         self._body_waiter: asyncio.Future[None] | None = None
@@ -146,6 +158,7 @@ class Connection(asyncio.BufferedProtocol):
         self.stream = False
         self._until_eof = False
         self._error = None
+        self._head_bytes = self._head_size = 0
         waiter = self.waiter = asyncio.get_running_loop().create_future()
         transport.write(head)
         return waiter
@@ -214,9 +227,19 @@ class Connection(asyncio.BufferedProtocol):
                 message = too_large_message(self.max_body)
                 self._broken(HttpError(ErrorKind.TOO_LARGE, message, self.status))
                 return
+            if self._head_error is not None:
+                message = f"malformed HTTP response: {self._head_error}"
+                self._broken(HttpError(ErrorKind.PROTOCOL, message))
+                return
             # Garbage fails the call even right behind a whole answer: as aiohttp did.
             self._broken(HttpError(ErrorKind.PROTOCOL, _malformed(exc)))
             return
+        if self.state in (_WAIT, _HEAD):  # the head is still not complete
+            self._head_bytes += nbytes
+            if self._head_bytes > MAX_HEAD:  # every byte read so far is the head's
+                message = f"malformed HTTP response: {_LONG_HEAD}"
+                self._broken(HttpError(ErrorKind.PROTOCOL, message))
+                return
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             self._resolve(waiter)
@@ -272,6 +295,14 @@ class Connection(asyncio.BufferedProtocol):
         self.state = _HEAD
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        size = len(name) + len(value)
+        self._head_size += size + 4  # ": " and CRLF
+        if size > MAX_FIELD:
+            self._head_error = f"a header line longer than {MAX_FIELD} bytes"
+            raise _Stop
+        if self._head_size > MAX_HEAD:
+            self._head_error = _LONG_HEAD
+            raise _Stop
         self.headers.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
 
     def on_headers_complete(self) -> None:
