@@ -234,6 +234,101 @@ def _ordered(params: dict[str, str]) -> tuple[tuple[str, str], ...]:
     return tuple([(name, params[name]) for name in order])
 
 
+# What one key set makes of its keys, worked out once (events of one input mostly share
+# their keys): the parameter keys in their send order, the header keys in input order
+# with their header, whether a timestamp is there. None: a key holds a lone surrogate
+# (the general loop says so). Bounded like _ORDER_CACHE.
+_Plan = tuple[tuple[str, ...], tuple[tuple[str, str], ...], bool]
+_PLANS: dict[tuple[str, ...], _Plan | None] = {}
+
+
+def _plan(names: tuple[str, ...]) -> _Plan | None:
+    if any(_surrogate(name) is not None for name in names):
+        return None
+    params = [n for n in names if n not in RESERVED_KEYS]
+    headers = tuple((n, HEADER_KEYS[n]) for n in names if n in HEADER_KEYS)
+    return tuple(sorted(params, key=_param_order)), headers, "timestamp" in names
+
+
+def _fields_fast(
+    obj: Mapping[str, object],
+) -> tuple[dict[str, str], list[tuple[str, str]], float | None] | None:
+    """`_fields` of an event without a problem, its parameters already in send order; None
+    when there may be one (then `_fields` finds it, the same one as ever)."""
+    names = tuple(obj)
+    plan = _PLANS.get(names, False)
+    if plan is False:
+        if len(_PLANS) >= _ORDER_CACHE_SIZE:
+            _PLANS.clear()
+        plan = _PLANS[names] = _plan(names)
+    if plan is None:
+        return None
+    param_keys, header_keys, has_timestamp = plan  # type: ignore[misc]
+    try:
+        params: dict[str, str] = {}
+        for key in param_keys:
+            value = obj[key]
+            text = value if type(value) is str else value_text(key, value)
+            if text:
+                params[key] = text
+        headers: list[tuple[str, str]] = []
+        for key, header in header_keys:
+            value = obj[key]
+            text = value if type(value) is str else value_text(key, value)
+            if text:
+                headers.append((header, text))
+        timestamp = None
+        if has_timestamp and (value := obj["timestamp"]) is not None and value != "":
+            timestamp = parse_timestamp(value)
+    except _BadValue:
+        return None
+    joined = "".join(params.values())
+    if not joined.isascii() and _SURROGATE(joined) is not None:
+        return None
+    if not "".join([t for _, t in headers]).isprintable() and any(
+        header_problem(t) is not None for _, t in headers
+    ):
+        return None
+    return params, headers, timestamp
+
+
+def _fields(
+    obj: Mapping[str, object],
+) -> tuple[dict[str, str], list[tuple[str, str]], float | None]:
+    """An event's parameters, headers and timestamp; raises _BadValue for the first key
+    (in input order) whose name or value cannot be sent."""
+    params: dict[str, str] = {}
+    headers: list[tuple[str, str]] = []
+    timestamp: float | None = None
+    for key, value in obj.items():
+        if not key.isascii() and (bad := _surrogate(key)) is not None:
+            raise _BadValue(
+                f"parameter name {printable(key)!r} holds a lone surrogate ({bad}) "
+                "that UTF-8 cannot carry"
+            )
+        if key == "id":
+            continue
+        if key == "timestamp":
+            if value is not None and value != "":
+                timestamp = parse_timestamp(value)
+            continue
+        text = value_text(key, value)
+        if text is None:
+            continue
+        header = HEADER_KEYS.get(key)
+        if header is not None:
+            if (problem := header_problem(text)) is not None:
+                raise _BadValue(f"{key} holds {problem}")
+            headers.append((header, text))
+        else:
+            if (bad := _surrogate(text)) is not None:
+                raise _BadValue(
+                    f"parameter {key} holds a lone surrogate ({bad}) that UTF-8 cannot carry"
+                )
+            params[key] = text
+    return params, headers, timestamp
+
+
 def make_event(
     obj: Mapping[str, object],
     *,
@@ -244,57 +339,32 @@ def make_event(
     """Turn one input object into an Event, or an Invalid saying what is wrong."""
     raw_id = obj.get("id")
     event_id = None if raw_id is None or isinstance(raw_id, Mapping | list) else str(raw_id)
-    try:
-        if event_id is not None and not event_id.isascii() and (bad := _surrogate(event_id)):
-            event_id = printable(event_id)
-            raise _BadValue(f"id holds a lone surrogate ({bad}) that UTF-8 cannot carry")
-        params: dict[str, str] = {}
-        headers: list[tuple[str, str]] = []
-        timestamp: float | None = None
-        # The checks inline a C-level test first (isascii, isprintable): this loop runs
-        # for every key of every event.
-        for key, value in obj.items():
-            if not key.isascii() and (bad := _surrogate(key)) is not None:
-                raise _BadValue(
-                    f"parameter name {printable(key)!r} holds a lone surrogate ({bad}) "
-                    "that UTF-8 cannot carry"
-                )
-            if key == "id":
-                continue
-            if key == "timestamp":
-                if value is not None and value != "":
-                    timestamp = parse_timestamp(value)
-                continue
-            # Most values are strings: skip value_text's dispatch for them.
-            text = (value or None) if type(value) is str else value_text(key, value)
-            if text is None:
-                continue
-            header = HEADER_KEYS.get(key)
-            if header is not None:
-                if not text.isprintable() and (problem := header_problem(text)) is not None:
-                    raise _BadValue(f"{key} holds {problem}")
-                headers.append((header, text))
-            else:
-                if not text.isascii() and (bad := _surrogate(text)) is not None:
-                    raise _BadValue(
-                        f"parameter {key} holds a lone surrogate ({bad}) that UTF-8 cannot carry"
-                    )
-                params[key] = text
-    except _BadValue as exc:
-        return Invalid(seq, source, event_id, str(exc))
-
+    if event_id is not None and not event_id.isascii() and (bad := _surrogate(event_id)):
+        message = f"id holds a lone surrogate ({bad}) that UTF-8 cannot carry"
+        return Invalid(seq, source, printable(event_id), message)
+    # Most events have nothing wrong: one pass over the values, no per-key dispatch.
+    fields = _fields_fast(obj)
+    in_order = fields is not None
+    if fields is None:
+        try:
+            fields = _fields(obj)
+        except _BadValue as exc:
+            return Invalid(seq, source, event_id, str(exc))
+    params, headers, timestamp = fields
     if "criteo-partner-id" not in params and defaults.partner_id is not None:
         params["criteo-partner-id"] = defaults.partner_id
-    have = {h for h, _ in headers}
-    if "User-Agent" not in have and defaults.user_agent is not None:
-        headers.append(("User-Agent", defaults.user_agent))
-    if "X-Forwarded-For" not in have and defaults.ip is not None:
-        headers.append(("X-Forwarded-For", defaults.ip))
-
+        in_order = False
+    if defaults.user_agent is not None or defaults.ip is not None:
+        have = {h for h, _ in headers}
+        if "User-Agent" not in have and defaults.user_agent is not None:
+            headers.append(("User-Agent", defaults.user_agent))
+        if "X-Forwarded-For" not in have and defaults.ip is not None:
+            headers.append(("X-Forwarded-For", defaults.ip))
     error = validate(params)
     if error is not None:
         return Invalid(seq, source, event_id, error)
-    return Event(seq, source, event_id, timestamp, _ordered(params), tuple(headers))
+    ordered = tuple(params.items()) if in_order else _ordered(params)
+    return Event(seq, source, event_id, timestamp, ordered, tuple(headers))
 
 
 def validate(params: Mapping[str, str]) -> str | None:

@@ -24,18 +24,38 @@ class Request:
     headers: Mapping[str, str]
 
 
-@lru_cache(maxsize=4096)
+# Name -> `quote(name)=`, filled as names are met; bounded (the API's names are few, an
+# input's unknown ones could be many).
+_PREFIX: dict[str, str] = {}
+
+
 def _key_prefix(name: str) -> str:
-    return quote_plus(name, safe="") + "="
+    prefix = _PREFIX.get(name)
+    if prefix is None:
+        if len(_PREFIX) >= 4096:
+            _PREFIX.clear()
+        prefix = _PREFIX[name] = _quote(name) + "="
+    return prefix
 
 
 # Characters quote_plus never escapes: a value made only of them is its own encoding.
 _UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*").fullmatch
+# What quote_plus(value, safe="") makes of each other ASCII character (space: `+`).
+_ASCII_ESCAPES = {
+    code: "+" if code == 0x20 else f"%{code:02X}"
+    for code in range(128)
+    if not _UNRESERVED(chr(code))
+}
 
 
 @lru_cache(maxsize=4096)
 def _quote_cached(value: str) -> str:
-    return quote_plus(value, safe="")
+    return _escape(value)
+
+
+def _escape(value: str) -> str:
+    # An ASCII value maps character by character (translate: 2-3x quote_plus's speed).
+    return value.translate(_ASCII_ESCAPES) if value.isascii() else quote_plus(value, safe="")
 
 
 def _quote(value: str) -> str:
@@ -46,12 +66,13 @@ def _quote(value: str) -> str:
         return value
     if len(value) <= 48:
         return _quote_cached(value)
-    return quote_plus(value, safe="")
+    return _escape(value)
 
 
 def encode_query(params: tuple[tuple[str, str], ...]) -> str:
     """`k=v&k=v` form-URL-encoding of the parameters, in their order."""
-    return "&".join([_key_prefix(k) + _quote(v) for k, v in params])
+    prefix = _PREFIX.get
+    return "&".join([(prefix(k) or _key_prefix(k)) + _quote(v) for k, v in params])
 
 
 class RequestBuilder:
