@@ -259,7 +259,11 @@ class Connection(asyncio.BufferedProtocol):
 
     def _whole(self) -> Answer:
         # A coded body is read by the caller through readany(): b"" here.
-        body = b"" if self.stream else b"".join(self._chunks)
+        if self.stream:
+            return Answer(self.status, b"", self.headers)
+        chunks = self._chunks
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()  # not kept until the connection's next call: a body's worth each
         return Answer(self.status, body, self.headers)
 
     def eof_received(self) -> bool | None:
