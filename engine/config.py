@@ -22,6 +22,7 @@ from engine.core.proxies import parse_proxy_url
 from engine.core.secrets import token_problem
 from engine.core.stops import INTERNAL_STREAK
 from engine.core.thresholds import parse_thresholds
+from engine.core.urls import check_local
 from engine.core.urls import check_option as check_storage_option
 
 DEFAULT_ENDPOINT = "https://d.us.criteo.com/delivery/retailmedia"
@@ -210,9 +211,13 @@ class Config:
         return self
 
     def _check_parts(self) -> None:
-        """-o URL's parts (files/parts.py)."""
+        """-o URL's parts (files/parts.py); the files only -o may be a URL among."""
+        check_local("--summary", self.summary)
+        check_local("--series", self.series)
         if self.part_size < 1024:
-            raise ConfigError(f"--part-size must be at least 1024 bytes, got {self.part_size}")
+            raise ConfigError(
+                f"--part-size must be at least 1 KiB (1024 bytes), got {self.part_size}"
+            )
         if not (self.part_seconds > 0 and math.isfinite(self.part_seconds)):
             raise ConfigError(
                 f"--part-seconds must be a positive number of seconds, got {self.part_seconds}"

@@ -8,8 +8,11 @@ own rules run against moto on 127.0.0.1 (the `s3` fixture), marked slow.
 
 from __future__ import annotations
 
+import argparse
+import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,8 +23,12 @@ from s3server import S3
 from test_parts import events
 
 from engine import api
-from engine.errors import ConfigError
+from engine.cli.argtypes import part_size
+from engine.config import Config
+from engine.errors import ConfigError, InputError
 from engine.files.paths import check_outputs
+from engine.files.storage import expand, storage_kwargs, write_object
+from engine.files.urlmerge import expand_parts
 from engine.mock import running_mock
 
 
@@ -248,3 +255,110 @@ def test_a_store_that_cannot_be_reached_is_not_a_missing_object(
     assert says in done.stderr
     assert "cannot reach the store" in done.stderr
     assert "no such object" not in done.stderr
+
+
+def test_an_option_the_driver_does_not_take_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("s3fs")
+    for var, value in _DEAD_S3.items():
+        monkeypatch.setenv(var, value)
+    with pytest.raises(InputError) as caught:
+        expand("s3://b/x.jsonl", (("bogus_opt", "1"),))
+    message = str(caught.value)
+    assert message.endswith("the driver does not take the storage option bogus_opt"), message
+    assert "TypeError" not in message
+    assert "__init__" not in message
+
+
+def test_a_kwargs_option_must_be_given_as_a_table() -> None:
+    with pytest.raises(ConfigError, match=r"client_kwargs is a table: .*client_kwargs\.NAME"):
+        storage_kwargs((("client_kwargs", "1"),))
+    assert storage_kwargs((("client_kwargs.region_name", "x"),)) == {
+        "client_kwargs": {"region_name": "x"}
+    }
+
+
+@pytest.mark.parametrize("option", ["summary", "series"])
+def test_summary_and_series_take_local_paths(option: str) -> None:
+    with pytest.raises(ConfigError, match=f"--{option} takes a local path"):
+        Config(mock=True, **{option: "s3://b/x.json"}).validated()
+
+
+@pytest.mark.parametrize("given", ["0", "1", "1023"])
+def test_part_size_too_small_reads_the_same_at_both_checks(given: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match=r"at least 1 KiB \(1024 bytes\)"):
+        part_size(given)
+    with pytest.raises(ConfigError, match=r"at least 1 KiB \(1024 bytes\)"):
+        Config(mock=True, part_size=int(given)).validated()
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:9/*.jsonl", "http://127.0.0.1:9/pv/", "https://127.0.0.1:9"],
+)
+def test_an_http_input_must_name_one_object(url: str) -> None:
+    with pytest.raises(InputError, match=r"an http\(s\) input must name one object"):
+        expand(url)
+
+
+@pytest.mark.slow
+def test_merge_to_a_missing_bucket_names_it(tmp_path: Path, s3: S3) -> None:
+    part = tmp_path / "part.jsonl"
+    part.write_bytes(b"")
+    done = _cli("merge", str(part), "-o", "s3://nosuchbucket/all.jsonl", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "the bucket nosuchbucket does not exist" in done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+
+
+# -- 7. smaller --------------------------------------------------------------------------
+
+
+def test_merge_by_glob_skips_the_manifests_and_parts_it_catches() -> None:
+    base = f"memory:///fix-merge-{uuid.uuid4().hex}"
+    for name in ("shard-0.jsonl", "shard-0.jsonl.manifest.json", "shard-1.jsonl",
+                 "shard-1.jsonl.parts/part-00000-ab12.jsonl"):  # fmt: skip
+        write_object(f"{base}/{name}", b"")
+    assert expand_parts((f"{base}/shard-*",)) == (f"{base}/shard-0.jsonl", f"{base}/shard-1.jsonl")
+    assert expand_parts((f"{base}/",)) == (f"{base}/shard-0.jsonl", f"{base}/shard-1.jsonl")
+    named = f"{base}/shard-0.jsonl.manifest.json"
+    assert expand_parts((named,)) == (named,), "a part named in full is taken as given"
+
+
+def test_run_help_says_output_may_be_a_url() -> None:
+    from engine.cli.main import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    text = " ".join(sub.choices["run"].format_help().split())
+    assert "-o PATH, --output PATH write JSONL records here: a file, or a URL" in text
+
+
+@pytest.mark.anyio
+async def test_a_file_url_output_leaves_no_parts_folder(
+    tmp_path: Path, write_jsonl: Callable[..., Path]
+) -> None:
+    out = tmp_path / "out.jsonl"
+    async with running_mock() as mock:
+        config = config_for(mock, write_jsonl(events(3)), out).with_changes(
+            output=f"file://{out}", part_size=1024
+        )
+        assert (await api.run(config)).exit_code == 0
+    assert len(read_records(out)) == 3
+    assert sorted(os.listdir(tmp_path)) == [
+        "events.jsonl", "out.jsonl", "out.jsonl.manifest.json"
+    ]  # fmt: skip
+
+
+def test_a_storage_option_table_may_hold_a_table(tmp_path: Path) -> None:
+    from engine.cli.config_file import load_toml
+
+    nested = tmp_path / "n.toml"
+    nested.write_text(
+        '[storage-option]\nanon = true\nclient_kwargs = {region_name = "eu-west-1"}\n'
+        "[storage-option.config_kwargs]\nmax_pool_connections = 50\n"
+    )
+    assert load_toml(str(nested))["storage_options"] == (
+        ("anon", "true"),
+        ("client_kwargs.region_name", "eu-west-1"),
+        ("config_kwargs.max_pool_connections", "50"),
+    )

@@ -114,6 +114,14 @@ def size(text: str) -> int:
     return value
 
 
+def part_size(text: str) -> int:
+    """--part-size: bytes, at least 1 KiB (the same words as Config's check)."""
+    value = _quantity(parse_size, text)
+    if value < 1024:
+        _refuse(f"expected a size of at least 1 KiB (1024 bytes), got {text!r}")
+    return value
+
+
 def shard(text: str) -> tuple[int, int]:
     try:
         return parse_shard(text)

@@ -87,19 +87,27 @@ def _choice(*choices: str) -> Kind:
 
 
 def _storage_options(value: object) -> tuple[tuple[str, str], ...]:
-    """`storage-option = ["k=v", ...]` (or one string), or a table `{k = v}`."""
+    """`storage-option = ["k=v", ...]` (or one string), or a table `{k = v}` whose value
+    may be a table once: `client_kwargs = {region_name = "x"}` is client_kwargs.region_name."""
     if isinstance(value, dict):
         pairs = []
         for key, item in value.items():
-            if isinstance(item, bool):
-                item = "true" if item else "false"
-            elif isinstance(item, int | float):
-                item = str(item)
-            elif not isinstance(item, str):
-                raise _wrong(f"a string, a number or a boolean for {key!r}", item)
-            pairs.append(t.storage_option(f"{key}={item}"))
+            if isinstance(item, dict) and "." not in str(key):
+                pairs += [_storage_pair(f"{key}.{k}", v) for k, v in item.items()]
+            else:
+                pairs.append(_storage_pair(key, item))
         return tuple(pairs)
     return tuple(t.storage_option(text) for text in _texts(value))
+
+
+def _storage_pair(key: object, item: object) -> tuple[str, str]:
+    if isinstance(item, bool):
+        item = "true" if item else "false"
+    elif isinstance(item, int | float):
+        item = str(item)
+    elif not isinstance(item, str):
+        raise _wrong(f"a string, a number or a boolean for {key!r}", item)
+    return t.storage_option(f"{key}={item}")
 
 
 def _partner(value: object) -> str:
@@ -128,7 +136,7 @@ KINDS: dict[str, Kind] = {
     "retry_budget": _option(t.nonneg_float, "a number"),
     "max_line_bytes": _option(t.size, "a size such as 1048576, 512k, 8MiB"),
     "max_response_bytes": _option(t.size, "a size such as 1048576, 512k, 8MiB"),
-    "part_size": _option(t.size, "a size such as 1048576, 512k, 8MiB"),
+    "part_size": _option(t.part_size, "a size such as 1048576, 512k, 8MiB"),
     "part_seconds": _option(t.positive_duration, _DURATION),
     "shard": _option(t.shard, "I/N such as 0/4", floats=False, ints=False),
     "http_client": _choice(*HTTP_CLIENTS),

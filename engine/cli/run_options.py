@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from engine.cli.argtypes import storage_option
+from engine.cli.argtypes import part_size, storage_option
 from engine.cli.options import (
     RefuseSecret,
     count,
@@ -70,7 +70,11 @@ def _add_storage_options(io: argparse._ArgumentGroup) -> None:
 
 def _add_io_options(io: argparse._ArgumentGroup) -> None:
     io.add_argument(
-        "-o", "--output", metavar="PATH", help="write JSONL records here (default: stdout)"
+        "-o",
+        "--output",
+        metavar="PATH",
+        help="write JSONL records here: a file, or a URL (s3://, gs://, az://, file://; "
+        "uploaded as parts, joined at the end) (default: stdout)",
     )
     io.add_argument(
         "--records",
@@ -108,7 +112,7 @@ def _add_io_options(io: argparse._ArgumentGroup) -> None:
     )
     io.add_argument(
         "--part-size",
-        type=size,
+        type=part_size,
         metavar="SIZE",
         help="-o URL (object storage) is written as parts joined at the end: bytes per "
         "part, 64MiB, 512k (default: 64MiB; 5MiB or more lets S3 join them server-side)",

@@ -44,6 +44,15 @@ def without_credentials(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+://")
+
+
+def check_local(option: str, value: str | None) -> None:
+    """ConfigError when an option that writes a local file is given a URL."""
+    if value is not None and _URL.match(value):
+        raise ConfigError(f"{option} takes a local path, not a URL: {without_credentials(value)}")
+
+
 def secret_option(key: str) -> bool:
     """True when a storage option's value may be a credential (by its key's name)."""
     lowered = key.lower()

@@ -26,8 +26,8 @@ from engine.core.stats import Histogram, RunStats
 from engine.errors import ConfigError, InputError
 from engine.files.manifests import manifest_path, read_manifest, scan_part
 from engine.files.paths import check_outputs
-from engine.files.storage import StorageOptions, expand_inputs, is_url, open_read
-from engine.files.urlmerge import MergeOutput
+from engine.files.storage import StorageOptions, is_url, open_read
+from engine.files.urlmerge import MergeOutput, expand_parts
 
 _EXAMPLES = 5
 
@@ -193,7 +193,7 @@ def merge_outputs(
     Parts and output may be URLs (a URL part may be a glob or a prefix: its objects)."""
     if not parts:
         raise ConfigError("merge: no part given")
-    parts = expand_inputs(tuple(parts), options)
+    parts = expand_parts(tuple(parts), options)  # a glob's manifests are not parts
     # Before anything is written: neither the output nor its manifest is a part or the
     # manifest of one (read by _check_manifests).
     # `-` is a file of that name here, not stdin or stdout.

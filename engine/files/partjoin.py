@@ -44,6 +44,7 @@ from engine.files.parts import (
     is_local,
     list_parts,
     next_index,
+    parts_dir,
     put_whole,
 )
 from engine.files.resume import ResumeIndex
@@ -171,6 +172,7 @@ def join(sink: PartSink, earlier: Earlier) -> None:
         parts = [piece.path for piece in pieces if piece.path != path]
         if parts:  # one request per 1,000 parts on S3 (DeleteObjects), not one each
             fs.rm(parts)
+        _remove_empty_parts_dir(fs, path)
     except OutputError:
         raise
     except Exception as exc:
@@ -178,6 +180,12 @@ def join(sink: PartSink, earlier: Earlier) -> None:
             f"cannot join the parts of output {shown(sink.name)}: {reason(exc)}; "
             "they are kept: run --resume to join them"
         ) from None
+
+
+def _remove_empty_parts_dir(fs: AbstractFileSystem, path: str) -> None:
+    """A local store's folder of parts, once empty (an object store has no folders)."""
+    if is_local(fs) and fs.isdir(parts_dir(path)) and not fs.ls(parts_dir(path)):
+        fs.rmdir(parts_dir(path))
 
 
 def _entry(piece: PartInfo) -> dict[str, Any]:

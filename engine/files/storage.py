@@ -32,6 +32,7 @@ import re
 import uuid
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, BinaryIO
+from urllib.parse import urlsplit
 
 from engine.core.errors import ConfigError, InputError, OutputError
 from engine.core.secrets import Secrets
@@ -49,6 +50,7 @@ BLOCK_SIZE = 8 << 20
 
 _URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+)://")
 _WHOLE = re.compile(r"[+-]?[0-9]+")
+_UNEXPECTED = re.compile(r"unexpected keyword argument '(\w+)'")
 #: scheme -> (the module fsspec needs for it, the extra that installs it).
 _DRIVERS = {
     "s3": ("s3fs", "s3"),
@@ -134,6 +136,10 @@ def storage_kwargs(options: StorageOptions) -> dict[str, Any]:
             if not isinstance(nested, dict):
                 raise ConfigError(f"--storage-option {outer} is given both as a value and a table")
             nested[inner] = _typed(value)
+        elif key.endswith("_kwargs"):  # client_kwargs, config_kwargs: always a table
+            raise ConfigError(
+                f"--storage-option {key} is a table: give its keys as {key}.NAME=VALUE"
+            )
         else:
             kwargs[key] = _typed(value)
     return kwargs
@@ -166,15 +172,19 @@ def unreachable(exc: BaseException) -> bool:
 def reason(exc: BaseException, options: StorageOptions = ()) -> str:
     """A driver's exception as one redacted line."""
     text = str(exc).strip().splitlines()
-    line = text[0] if text else ""
-    if unreachable(exc):
+    # URLs shown as messages show them, before this wraps the line in words of its own
+    line = re.sub(r"\w+://\S+", lambda m: shown(m.group()), text[0]) if text else ""
+    refused = _UNEXPECTED.search(line) if isinstance(exc, TypeError) else None
+    if refused and refused.group(1) in dict(_pairs(options)):  # raised by the driver late
+        line = f"the driver does not take the storage option {refused.group(1)}"
+    elif unreachable(exc):
         line = f"cannot reach the store ({line})" if line else "cannot reach the store"
     elif isinstance(exc, FileNotFoundError):
         line = "no such object"
     elif isinstance(exc, PermissionError):
         line = f"permission denied ({line})" if line else "permission denied"
     line = line if line else type(exc).__name__
-    return _secrets(options).redact(re.sub(r"\w+://\S+", lambda m: shown(m.group()), line))
+    return _secrets(options).redact(line)
 
 
 def quiet_drivers() -> None:
@@ -241,6 +251,13 @@ def expand(url: str, options: StorageOptions = ()) -> list[str]:
     -> itself, once it is known to exist. InputError (one line) when nothing matches."""
     fs, path = filesystem(url, options)
     name = scheme(url)
+    if name in _NO_GLOB:
+        where = urlsplit(url).path
+        if not where or where.endswith("/") or any(ch in where for ch in "*["):
+            raise InputError(
+                f"input {shown(url)}: an http(s) input must name one object "
+                "(http cannot list: no glob, no prefix)"
+            )
     fs.invalidate_cache()  # a listing cached by an earlier run in this process may be stale
     try:
         if _glob(url):

@@ -15,16 +15,20 @@ import hashlib
 from collections.abc import Iterator
 from typing import Any, BinaryIO, cast
 
-from engine.errors import EngineError, OutputError
+from engine.errors import EngineError, InputError, OutputError
 from engine.files.manifests import (
+    MANIFEST_SUFFIX,
     manifest_bytes,
     manifest_path,
     merged_manifest,
     scan_part,
     write_merged_manifest,
 )
+from engine.files.parts import PARTS_SUFFIX
 from engine.files.storage import (
     StorageOptions,
+    check_bucket,
+    expand_inputs,
     filesystem,
     is_url,
     reason,
@@ -32,6 +36,25 @@ from engine.files.storage import (
     write_object,
     writing,
 )
+
+
+def expand_parts(given: tuple[str, ...], options: StorageOptions = ()) -> tuple[str, ...]:
+    """`adbatch merge`'s parts: URL globs and prefixes expanded (storage.expand_inputs),
+    without what a glob catches beside the outputs it means: their manifests
+    (`X.manifest.json`) and the parts of an output not yet joined (`X.parts/...`)."""
+    found: list[str] = []
+    for name in given:
+        objects = expand_inputs((name,), options)
+        if objects != (name,):  # a glob or a prefix: what it caught; a named part stays
+            objects = tuple(o for o in objects if not _beside_an_output(o))
+        found.extend(objects)
+    if not found:
+        raise InputError(f"merge: no parts in {', '.join(shown(g) for g in given)}")
+    return tuple(found)
+
+
+def _beside_an_output(url: str) -> bool:
+    return url.endswith(MANIFEST_SUFFIX) or f"{PARTS_SUFFIX}/" in url
 
 
 class _Hashing:
@@ -67,6 +90,7 @@ class MergeOutput:
                 yield out
             return
         fs, path = filesystem(self.name, self.options)
+        check_bucket(fs, path, self.name, self.options)  # exit 2, naming the bucket
         try:
             with writing(fs, path) as stream:
                 self._hashing = _Hashing(stream)
