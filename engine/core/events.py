@@ -268,8 +268,13 @@ def _fields_fast(
         params: dict[str, str] = {}
         for key in param_keys:
             value = obj[key]
-            text = value if type(value) is str else value_text(key, value)
-            if text:
+            kind = type(value)
+            if kind is str:
+                if value:
+                    params[key] = value  # type: ignore[assignment]
+            elif kind is int:  # not a bool: the type itself
+                params[key] = str(value)
+            elif text := value_text(key, value):
                 params[key] = text
         headers: list[tuple[str, str]] = []
         for key, header in header_keys:
@@ -277,9 +282,12 @@ def _fields_fast(
             text = value if type(value) is str else value_text(key, value)
             if text:
                 headers.append((header, text))
-        timestamp = None
+        timestamp: float | None = None
         if has_timestamp and (value := obj["timestamp"]) is not None and value != "":
-            timestamp = parse_timestamp(value)
+            if type(value) is float and math.isfinite(value):
+                timestamp = value
+            else:
+                timestamp = parse_timestamp(value)
     except _BadValue:
         return None
     joined = "".join(params.values())

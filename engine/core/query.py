@@ -60,19 +60,22 @@ def _escape(value: str) -> str:
 
 def _quote(value: str) -> str:
     # Most values (ids, partner ids, event types, page ids, skus) need no escaping: one
-    # C-level regex match says so. Short values that do repeat a lot (keywords,
-    # categories): a small cache, kept small so memory stays flat over a long run.
-    if _UNRESERVED(value):
-        return value
-    if len(value) <= 48:
-        return _quote_cached(value)
-    return _escape(value)
+    # C-level regex match says so (encode_query makes it in line, before calling this).
+    return value if _UNRESERVED(value) else _quote_reserved(value)
+
+
+def _quote_reserved(value: str) -> str:
+    # Short values that do repeat a lot (keywords, categories): a small cache, kept small
+    # so memory stays flat over a long run.
+    return _quote_cached(value) if len(value) <= 48 else _escape(value)
 
 
 def encode_query(params: tuple[tuple[str, str], ...]) -> str:
     """`k=v&k=v` form-URL-encoding of the parameters, in their order."""
-    prefix = _PREFIX.get
-    return "&".join([(prefix(k) or _key_prefix(k)) + _quote(v) for k, v in params])
+    prefix, plain = _PREFIX.get, _UNRESERVED
+    return "&".join(
+        [(prefix(k) or _key_prefix(k)) + (v if plain(v) else _quote_reserved(v)) for k, v in params]
+    )
 
 
 class RequestBuilder:
