@@ -362,3 +362,35 @@ def test_a_storage_option_table_may_hold_a_table(tmp_path: Path) -> None:
         ("client_kwargs.region_name", "eu-west-1"),
         ("config_kwargs.max_pool_connections", "50"),
     )
+
+
+@pytest.mark.slow
+def test_source_hides_a_urls_secrets_with_workers_too(
+    tmp_path: Path, write_jsonl: Callable[..., Path]
+) -> None:
+    import http.server
+    import threading
+    from functools import partial
+
+    source = write_jsonl(events(4), name="x.jsonl")
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    handler = partial(Quiet, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    try:
+        url = f"http://u:pw-SECRET@127.0.0.1:{port}/{source.name}?sig=SIG-SECRET"
+        done = _cli("run", "--mock", "--workers", "2", url, "-o", "out.jsonl", cwd=tmp_path)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert done.returncode == 0, done.stderr
+    records = read_records(tmp_path / "out.jsonl")
+    assert len(records) == 4
+    hidden = f"http://u:[redacted]@127.0.0.1:{port}/x.jsonl?sig=[redacted]"
+    assert sorted(r["source"] for r in records) == [f"{hidden}:{i}" for i in range(1, 5)]
+    assert "SECRET" not in (tmp_path / "out.jsonl").read_text() + done.stderr
