@@ -320,6 +320,7 @@ def png_pixels(data: bytes) -> tuple[int, int, Counter[tuple[int, int, int]]]:
     return width, height, colours
 
 
+@pytest.mark.slow  # starts Chromium: ~4 s
 def test_html_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     chromium = _chromium()
     if chromium is None:
