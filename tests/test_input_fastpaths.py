@@ -11,9 +11,12 @@ from __future__ import annotations
 import gzip
 import json
 import string
+import subprocess
+import sys
 from pathlib import Path
 from urllib.parse import quote_plus
 
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -175,3 +178,29 @@ def test_floats_keep_their_text_and_blank_lines_are_skipped(tmp_path: Path) -> N
     ]
     assert isinstance(items[1], Invalid)
     assert items[1].error.startswith("malformed JSON")
+
+
+@pytest.mark.slow
+def test_the_parse_benchmark_runs_and_compares() -> None:
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/parse.py",
+            "--events",
+            "300",
+            "--rounds",
+            "1",
+            "--compare",
+            "HEAD",
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "| items |" in done.stdout
+    assert "| child |" in done.stdout
+    assert "faster than HEAD" in done.stdout
