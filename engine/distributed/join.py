@@ -30,7 +30,7 @@ from engine.files.manifests import (
     scan_part,
     write_merged_manifest,
 )
-from engine.files.partjoin import _concatenate
+from engine.files.partjoin import concatenate
 from engine.files.parts import put_whole
 from engine.files.storage import StorageOptions, filesystem, shown
 
@@ -84,7 +84,7 @@ def _join_objects(
         rows, sha256 = int(meta["rows"]), str(meta["sha256"])
         pieces.append(PartInfo(parts.part_key(task.index), rows, sha256, int(meta["size"])))
         entries.append(_entry(task, rows, sha256))
-    how = _concatenate(fs, path, pieces)
+    how = concatenate(fs, path, pieces)
     size = sum(p.size for p in pieces)
     fs.invalidate_cache(path)
     got = int(fs.info(path)["size"])

@@ -25,7 +25,7 @@ from engine.config import Config
 from engine.core.shard import ReadAt, cut_ranges
 from engine.distributed.store import PLAN, LocalParts, Parts, meta_name, object_version, part_name
 from engine.errors import ConfigError, InputError
-from engine.files.sources import _GZIP_MAGIC, source_format
+from engine.files.sources import GZIP_MAGIC, source_format
 from engine.files.storage import StorageOptions, filesystem, is_url, open_read, reason, shown
 
 MIN_RANGE_BYTES = 1 << 20
@@ -116,7 +116,7 @@ def plan_shards(
             continue
         with _reader(path, options) as read:
             whole = source_format(path, config.input_format) == "csv"
-            whole = whole or read(0, 2) == _GZIP_MAGIC
+            whole = whole or read(0, 2) == GZIP_MAGIC
             if whole or size == 0:
                 tasks.append(ShardTask(len(tasks), path, 0, size, 1, True))
                 continue

@@ -159,7 +159,7 @@ def join(sink: PartSink, earlier: Earlier) -> None:
         else:
             entries = [_entry(p) for p in pieces]
             size, digest = sum(p.size for p in pieces), sink.digest.hexdigest()
-            how = _concatenate(fs, path, pieces)
+            how = concatenate(fs, path, pieces)
         fs.invalidate_cache(path)
         got = fs.info(path)["size"]
         if got != size:
@@ -192,7 +192,7 @@ def _entry(piece: PartInfo) -> dict[str, Any]:
     return {"part": piece.path.rpartition("/")[2], "rows": piece.rows, "sha256": piece.sha256}
 
 
-def _concatenate(fs: AbstractFileSystem, path: str, pieces: list[PartInfo]) -> str:
+def concatenate(fs: AbstractFileSystem, path: str, pieces: list[PartInfo]) -> str:
     """Concatenate `pieces` into `path`: on the store's side when it can, else streamed."""
     if not pieces:
         put_whole(fs, path, b"")

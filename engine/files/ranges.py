@@ -19,7 +19,7 @@ from typing import BinaryIO
 from engine.config import DEFAULT_MAX_LINE_BYTES
 from engine.core.events import NO_DEFAULTS, EventDefaults, Invalid, Item, ReadCounts, make_event
 from engine.errors import InputError
-from engine.files.sources import _jsonl_records
+from engine.files.sources import jsonl_records
 from engine.files.storage import StorageOptions, is_url, open_read, source_name
 
 
@@ -75,7 +75,7 @@ def read_range_items(
     offset = first_line - 1
     name = source_name(path)
     try:
-        for seq, record in enumerate(_jsonl_records(stream, max_line_bytes, counts)):
+        for seq, record in enumerate(jsonl_records(stream, max_line_bytes, counts)):
             source = f"{name}:{record.line + offset}"
             if record.obj is None:
                 yield Invalid(seq, source, None, record.error or "unreadable line")

@@ -50,7 +50,7 @@ T = TypeVar("T")
 
 STDIN = "-"
 STDIN_NAME = "<stdin>"
-_GZIP_MAGIC = b"\x1f\x8b"
+GZIP_MAGIC = b"\x1f\x8b"
 
 
 # Slotted, not frozen, by measurement: one per input line (0.13 us against 0.42 frozen).
@@ -128,7 +128,7 @@ def _open_binary(
     # Gzip by content, so a misnamed or piped .gz still reads; but a plain file whose
     # first bytes happen to be the magic stays plain, so its lines are all answered.
     gzipped = path == STDIN or path.lower().endswith(".gz")
-    if gzipped and buffered.peek(2)[:2] == _GZIP_MAGIC:
+    if gzipped and buffered.peek(2)[:2] == GZIP_MAGIC:
         return gzip.GzipFile(fileobj=buffered, mode="rb"), close  # type: ignore[return-value]
     return buffered, close
 
@@ -212,7 +212,7 @@ def parse_json_line(raw: bytes) -> tuple[dict[str, object] | None, str | None]:
     return obj, None
 
 
-def _jsonl_records(stream: BinaryIO, max_bytes: int, counts: ReadCounts) -> Iterator[Record]:
+def jsonl_records(stream: BinaryIO, max_bytes: int, counts: ReadCounts) -> Iterator[Record]:
     for line_no, data in _physical_lines(stream, max_bytes):
         if data is _TooLong:
             yield Record(line_no, None, f"line longer than {max_bytes} bytes")
@@ -314,7 +314,7 @@ def read_items(
             continue
         stream, close = _open_binary(path, counts, storage_options)
         try:
-            records = (_csv_records if fmt == "csv" else _jsonl_records)(
+            records = (_csv_records if fmt == "csv" else jsonl_records)(
                 stream, max_line_bytes, counts
             )
             for record in records:
