@@ -38,6 +38,7 @@ from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
 from engine.core.records import ErrorKind
 from engine.net.bodies import too_large_message
+from engine.net.outcome import one_line
 
 _BUFFER = 64 * 1024  # bytes read per call of buffer_updated
 _HIGH_WATER = 256 * 1024  # unread coded body bytes before reading pauses
@@ -380,8 +381,3 @@ def _reason(exc: BaseException) -> str:
 
 def _malformed(exc: HttpParserError) -> str:
     return one_line(f"malformed HTTP response: {exc or type(exc).__name__}")
-
-
-def one_line(text: str) -> str:
-    # Error texts may span lines; records and logs want one line.
-    return " ".join(text.split())

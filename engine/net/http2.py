@@ -54,6 +54,7 @@ from engine.core.query import Request
 from engine.core.records import ErrorKind, Response
 from engine.net.bodies import ACCEPT_ENCODING, BodyError, read_body
 from engine.net.http2_pool import hook, reset_abandoned, shared_tunnels, whole_writes
+from engine.net.outcome import failed, one_line
 from engine.net.tls import client_context, tls_failure
 
 #: Streams httpcore opens at once on one HTTP/2 connection (its MAX_CONCURRENT_STREAMS).
@@ -151,11 +152,11 @@ class Http2Transport:
         start = time.perf_counter()
         # make_event refuses such values; an Event built by hand must not raise in h2.
         if any(header_problem(value) is not None for value in headers.values()):
-            return _failed(sent_at, start, ErrorKind.REQUEST, "a header value cannot be sent")
+            return failed(sent_at, start, ErrorKind.REQUEST, "a header value cannot be sent")
         try:
             group, via = self._group(request.url)
         except httpx.InvalidURL as exc:
-            return _failed(sent_at, start, ErrorKind.REQUEST, f"cannot send: {exc}")
+            return failed(sent_at, start, ErrorKind.REQUEST, f"cannot send: {exc}")
         busy = group.busy
         index = busy.index(min(busy)) if len(busy) > 1 else 0
         busy[index] += 1
@@ -166,19 +167,19 @@ class Http2Transport:
                 status, body, retry_after = await self._exchange(client, request.url, headers)
         except TimeoutError:
             reset_abandoned(client)
-            return _failed(
+            return failed(
                 sent_at, start, ErrorKind.TIMEOUT, f"no answer within {self._timeout:g}s"
             )
         except _BodyFailed as exc:
             reset_abandoned(client)
-            return _failed(sent_at, start, exc.kind, exc.message, exc.status)
+            return failed(sent_at, start, exc.kind, exc.message, exc.status)
         except (httpx.HTTPError, h2.exceptions.ProtocolError, OSError) as exc:
             reset_abandoned(client)
-            return _failed(sent_at, start, *_failure(exc, request.url, via))
+            return failed(sent_at, start, *_failure(exc, request.url, via))
         finally:
             busy[index] -= 1
         if status == 407 and via is not None:  # a plain-http call the proxy refused
-            return _failed(sent_at, start, *refusal(via, 407, "", ""))
+            return failed(sent_at, start, *refusal(via, 407, "", ""))
         latency_ms = (time.perf_counter() - start) * 1000.0
         return Response(status, body, sent_at, latency_ms, retry_after=retry_after)
 
@@ -261,7 +262,7 @@ async def _raw_chunks(response: httpx.Response) -> AsyncIterator[_Chunks]:
 
 def _failure(exc: Exception, url: str, via: ProxyURL | None) -> tuple[str, str]:
     """The error kind and one-line message of a call that got no usable answer."""
-    text = _one_line(str(exc)) or type(exc).__name__
+    text = one_line(str(exc)) or type(exc).__name__
     if isinstance(exc, httpx.ProxyError) and via is not None:  # CONNECT answered non-2xx
         status, _, reason = text.partition(" ")
         target = _where(url)
@@ -293,7 +294,7 @@ def _failure(exc: Exception, url: str, via: ProxyURL | None) -> tuple[str, str]:
     if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
         return ErrorKind.REQUEST, f"cannot send: {text}"
     if isinstance(exc, OSError):
-        return ErrorKind.NETWORK, f"network error: {_one_line(exc.strerror or text)}"
+        return ErrorKind.NETWORK, f"network error: {one_line(exc.strerror or text)}"
     return ErrorKind.NETWORK, f"{type(exc).__name__}: {text}"
 
 
@@ -309,7 +310,7 @@ def _ended(exc: Exception) -> str:
         if isinstance(event, h2.events.ConnectionTerminated):
             return f"the server closed the connection (GOAWAY {code})"
         inner = inner and (inner.__cause__ or inner.__context__)
-    text = _one_line(str(exc))
+    text = one_line(str(exc))
     return "the server closed the connection" if text == "Server disconnected" else text
 
 
@@ -319,14 +320,3 @@ def _where(url: str) -> str:
     except httpx.InvalidURL:
         return "the endpoint"
     return f"{parsed.host}:{parsed.port or _PORTS.get(parsed.scheme, 0)}"
-
-
-def _failed(
-    sent_at: float, start: float, kind: str, message: str, status: int | None = None
-) -> Response:
-    latency_ms = (time.perf_counter() - start) * 1000.0
-    return Response(status, b"", sent_at, latency_ms, error=message, error_kind=kind)
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())

@@ -1,4 +1,5 @@
-"""A call that failed, as the Response every transport returns (failures are data)."""
+"""A call that failed, as the Response every transport returns (failures are data), and
+its message on one line (records and logs want one line; error texts may span several)."""
 
 from __future__ import annotations
 
@@ -12,3 +13,7 @@ def failed(
 ) -> Response:
     latency_ms = (time.perf_counter() - start) * 1000.0
     return Response(status, b"", sent_at, latency_ms, error=message, error_kind=kind)
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
