@@ -104,3 +104,56 @@ def exactly_once(records: list[dict[str, Any]], n: int) -> None:
     seqs = Counter(r["seq"] for r in records)
     assert sorted(seqs) == list(range(n)), "every event must be answered"
     assert max(seqs.values()) == 1, "no event may be written twice"
+
+
+def events(n: int) -> list[dict[str, Any]]:
+    """`n` valid viewHome events, ids ev-0 .. ev-{n-1}."""
+    return [
+        {
+            "id": f"ev-{i}",
+            "criteo-partner-id": 12345,
+            "retailer-visitor-id": f"rv-{i}",
+            "event-type": "viewHome",
+            "page-id": "viewHome_API_desktop",
+        }
+        for i in range(n)
+    ]
+
+
+def event_line(n: int) -> bytes:
+    """Event `n` as one JSON line without its newline (partner 1, id ev-{n})."""
+    return orjson.dumps(
+        {
+            "id": f"ev-{n}",
+            "criteo-partner-id": 1,
+            "retailer-visitor-id": f"rv-{n}",
+            "event-type": "viewHome",
+            "page-id": "viewHome_API_desktop",
+        }
+    )
+
+
+def pageview_rows() -> list[dict[str, Any]]:
+    """The rows of examples/pageviews.jsonl."""
+    data = (Path(__file__).resolve().parent.parent / "examples" / "pageviews.jsonl").read_bytes()
+    return [orjson.loads(line) for line in data.splitlines()]
+
+
+def pageview_table(rows: list[dict[str, Any]], *, like: list[dict[str, Any]] | None = None) -> Any:
+    """`rows` as a pyarrow table typed by all of `like` (default `rows`): one type per
+    column, a key that is a list in some rows is a list of text in all (a list of one value
+    is sent as that value), the rest is text (numbers sent as written)."""
+    import pyarrow as pa  # the extra adbatch[parquet]; callers importorskip it
+
+    typed = rows if like is None else like
+    keys = list(dict.fromkeys(k for row in typed for k in row))
+    listed = {k for row in typed for k, v in row.items() if isinstance(v, list)}
+
+    def cell(key: str, value: object) -> object:
+        if value is None:
+            return None
+        if key in listed:
+            return [str(x) for x in (value if isinstance(value, list) else [value])]
+        return str(value)
+
+    return pa.table({k: [cell(k, row.get(k)) for row in rows] for k in keys})

@@ -13,7 +13,7 @@ from typing import Any
 
 import anyio
 import pytest
-from conftest import exactly_once, read_records
+from conftest import events, exactly_once, read_records
 
 from engine.mock import MockConfig, MockHandle, running_mock
 
@@ -25,19 +25,6 @@ PROCESSES = pytest.mark.parametrize(
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def events(n: int) -> list[dict[str, object]]:
-    return [
-        {
-            "id": f"ev-{i}",
-            "criteo-partner-id": 12345,
-            "retailer-visitor-id": f"rv-{i}",
-            "event-type": "viewHome",
-            "page-id": "viewHome_API_desktop",
-        }
-        for i in range(n)
-    ]
 
 
 def start(

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import config_for, exactly_once, read_records
+from conftest import config_for, exactly_once, pageview_rows, pageview_table, read_records
 from s3server import S3
 
 import engine
@@ -394,21 +394,7 @@ README_COMMANDS = [
 def test_the_readme_parquet_commands_run(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parent.parent
     readme = (root / "README.md").read_text()
-    data = (root / "examples" / "pageviews.jsonl").read_bytes()
-    rows = [orjson.loads(line) for line in data.splitlines()]
-    # One type per column: a key that is a list in some rows is a list in all (a list of
-    # one value is sent as that value), the rest is text (numbers sent as written).
-    keys = list(dict.fromkeys(k for row in rows for k in row))
-    listed = {k for row in rows for k, v in row.items() if isinstance(v, list)}
-
-    def cell(key: str, value: object) -> object:
-        if value is None:
-            return None
-        if key in listed:
-            return [str(x) for x in (value if isinstance(value, list) else [value])]
-        return str(value)
-
-    table = pa.table({k: [cell(k, row.get(k)) for row in rows] for k in keys})
+    table = pageview_table(pageview_rows())
     pq.write_table(table, tmp_path / "pageviews.parquet", row_group_size=8)
     for command in README_COMMANDS:
         assert command in readme

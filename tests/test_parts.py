@@ -16,7 +16,7 @@ from typing import Any
 import fsspec
 import orjson
 import pytest
-from conftest import config_for, exactly_once
+from conftest import config_for, events, exactly_once
 
 from engine import api
 from engine.core.records import record_seq
@@ -25,19 +25,6 @@ from engine.files.manifests import manifest_path
 from engine.files.partjoin import Earlier, join, read_earlier
 from engine.files.parts import PartLimits, PartSink, list_parts, parts_dir
 from engine.mock import MockConfig, running_mock
-
-
-def events(n: int) -> list[dict[str, Any]]:
-    return [
-        {
-            "id": f"ev-{i}",
-            "criteo-partner-id": 12345,
-            "retailer-visitor-id": f"rv-{i}",
-            "event-type": "viewHome",
-            "page-id": "viewHome_API_desktop",
-        }
-        for i in range(n)
-    ]
 
 
 def lines(n: int, width: int = 100) -> list[bytes]:

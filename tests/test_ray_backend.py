@@ -7,17 +7,16 @@ from __future__ import annotations
 
 import functools
 import gzip
-import logging
 import os
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import anyio
-import orjson
 import pytest
-from conftest import config_for, read_records
+from conftest import config_for, event_line, read_records
 from oauth_client import oauth_tokens
+from ray_session import local_ray
 
 import engine
 from engine.cli.main import main
@@ -37,42 +36,14 @@ EXAMPLES = ROOT / "examples"
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_session() -> Iterator[None]:
-    # Workers import `engine` (and the token factory below) as the driver does.
-    path = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(ROOT), str(Path(__file__).parent), path) if p
-    )
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        logging_level=logging.WARNING,
-    )
-    try:
-        yield
-    finally:
-        ray.shutdown()
-        if path is None:
-            del os.environ["PYTHONPATH"]
-        else:
-            os.environ["PYTHONPATH"] = path
-
-
-def _event(n: int) -> bytes:
-    return orjson.dumps(
-        {
-            "id": f"ev-{n}",
-            "criteo-partner-id": 1,
-            "retailer-visitor-id": f"rv-{n}",
-            "event-type": "viewHome",
-            "page-id": "viewHome_API_desktop",
-        }
-    )
+    # Workers import the token factory below (tests/oauth_client.py) too.
+    yield from local_ray(Path(__file__).parent)
 
 
 def _write_events(path: Path, count: int, *, start: int = 0) -> None:
     # CRLF on some lines, a blank line, and no newline at the very end.
-    lines = [_event(n) + (b"\r\n" if n % 5 == 0 else b"\n") for n in range(start, start + count)]
+    numbers = range(start, start + count)
+    lines = [event_line(n) + (b"\r\n" if n % 5 == 0 else b"\n") for n in numbers]
     lines.insert(count // 2, b"\n")
     path.write_bytes(b"".join(lines).rstrip(b"\r\n"))
 
@@ -84,7 +55,7 @@ async def test_every_event_exactly_once_one_token_and_the_global_rate(
     big = tmp_path / "big.jsonl"
     _write_events(big, 500)
     packed = tmp_path / "more.jsonl.gz"
-    packed.write_bytes(gzip.compress(b"".join(_event(n) + b"\n" for n in range(500, 530))))
+    packed.write_bytes(gzip.compress(b"".join(event_line(n) + b"\n" for n in range(500, 530))))
     csv_input = EXAMPLES / "pageviews.csv"
     out = tmp_path / "ads.jsonl"
     rate = 190.0

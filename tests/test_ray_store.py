@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import logging
-import os
 import shlex
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -22,7 +20,8 @@ from typing import Any
 import anyio
 import orjson
 import pytest
-from conftest import config_for
+from conftest import config_for, event_line
+from ray_session import local_ray
 from s3server import S3
 
 import engine
@@ -42,37 +41,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_session() -> Iterator[None]:
-    # Workers import `engine` as the driver does.
-    path = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), path) if p)
-    ray.init(
-        num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING
-    )
-    try:
-        yield
-    finally:
-        ray.shutdown()
-        if path is None:
-            del os.environ["PYTHONPATH"]
-        else:
-            os.environ["PYTHONPATH"] = path
-
-
-def _event(n: int) -> bytes:
-    return orjson.dumps(
-        {
-            "id": f"ev-{n}",
-            "criteo-partner-id": 1,
-            "retailer-visitor-id": f"rv-{n}",
-            "event-type": "viewHome",
-            "page-id": "viewHome_API_desktop",
-        }
-    )
+    yield from local_ray()
 
 
 def _jsonl(count: int, *, start: int = 0) -> bytes:
     # CRLF on some lines, a blank line, and no newline at the very end.
-    lines = [_event(n) + (b"\r\n" if n % 5 == 0 else b"\n") for n in range(start, start + count)]
+    numbers = range(start, start + count)
+    lines = [event_line(n) + (b"\r\n" if n % 5 == 0 else b"\n") for n in numbers]
     lines.insert(count // 2, b"\n")
     return b"".join(lines).rstrip(b"\r\n")
 
@@ -189,7 +164,7 @@ async def test_a_rerun_skips_the_shards_complete_on_the_store(mock: MockHandle, 
 def _parquet(first: int, count: int) -> bytes:
     pa = pytest.importorskip("pyarrow")
     pq = pytest.importorskip("pyarrow.parquet")
-    rows = [orjson.loads(_event(n)) for n in range(first, first + count)]
+    rows = [orjson.loads(event_line(n)) for n in range(first, first + count)]
     table = pa.Table.from_pylist(rows)
     buffer = io.BytesIO()
     pq.write_table(table, buffer, row_group_size=25)

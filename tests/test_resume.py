@@ -16,7 +16,7 @@ from typing import Any
 import anyio
 import orjson
 import pytest
-from conftest import config_for, exactly_once, read_records
+from conftest import config_for, events, exactly_once, read_records
 from test_interrupt import start, wait_exit, wait_for
 
 from engine import api
@@ -208,19 +208,6 @@ def test_compact_never_touches_a_file_that_replaced_the_output(tmp_path: Path) -
 
 
 # -- whole runs --------------------------------------------------------------------------------
-
-
-def events(n: int) -> list[dict[str, object]]:
-    return [
-        {
-            "id": f"ev-{i}",
-            "criteo-partner-id": 12345,
-            "retailer-visitor-id": f"rv-{i}",
-            "event-type": "viewHome",
-            "page-id": "viewHome_API_desktop",
-        }
-        for i in range(n)
-    ]
 
 
 #: What an earlier run may have left for an event: (status, error_kind), sent again or not.

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from conftest import config_for, read_records
+from conftest import config_for, event_line, read_records
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -35,23 +35,11 @@ from engine.files.sources import read_items
 from engine.mock import MockHandle
 
 
-def _event(n: int) -> bytes:
-    return orjson.dumps(
-        {
-            "id": f"ev-{n}",
-            "criteo-partner-id": 1,
-            "retailer-visitor-id": f"rv-{n}",
-            "event-type": "viewHome",
-            "page-id": "viewHome_API_desktop",
-        }
-    )
-
-
 #: 40 events; CRLF endings, blank lines, an invalid line, and no newline at the end.
 def _mixed_input() -> bytes:
     lines = []
     for n in range(40):
-        line = _event(n)
+        line = event_line(n)
         if n % 3 == 0:
             lines.append(line + b"\r\n")
         else:
@@ -233,7 +221,7 @@ async def test_an_ordered_shard_writes_its_records_in_input_order(
     mock: MockHandle, tmp_path: Path
 ) -> None:
     path = tmp_path / "in.jsonl"
-    path.write_bytes(b"".join(_event(n) + b"\n" for n in range(60)))
+    path.write_bytes(b"".join(event_line(n) + b"\n" for n in range(60)))
     out = tmp_path / "part-1.jsonl"
     await engine.run(config_for(mock, path, out, concurrency=8, shard=(1, 3), ordered=True))
     assert [r["seq"] for r in read_records(out)] == list(range(1, 60, 3))
@@ -244,7 +232,7 @@ async def test_merge_names_a_missing_shard_and_duplicates(
     mock: MockHandle, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "in.jsonl"
-    path.write_bytes(b"".join(_event(n) + b"\n" for n in range(9)))
+    path.write_bytes(b"".join(event_line(n) + b"\n" for n in range(9)))
     outs = [tmp_path / f"part-{i}.jsonl" for i in range(3)]
     for i, out in enumerate(outs):
         await engine.run(config_for(mock, path, out, concurrency=8, shard=(i, 3)))
@@ -269,7 +257,7 @@ async def test_merge_names_a_missing_shard_and_duplicates(
 @pytest.mark.anyio
 async def test_merge_catches_a_part_changed_or_torn(mock: MockHandle, tmp_path: Path) -> None:
     path = tmp_path / "in.jsonl"
-    path.write_bytes(b"".join(_event(n) + b"\n" for n in range(6)))
+    path.write_bytes(b"".join(event_line(n) + b"\n" for n in range(6)))
     outs = [tmp_path / f"part-{i}.jsonl" for i in range(2)]
     for i, out in enumerate(outs):
         await engine.run(config_for(mock, path, out, concurrency=8, shard=(i, 2)))
@@ -344,7 +332,7 @@ def test_shard_option_errors(
     argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "in.jsonl"
-    path.write_bytes(_event(0) + b"\n")
+    path.write_bytes(event_line(0) + b"\n")
     try:
         code = main(["run", "--dry-run", str(path), *argv])
     except SystemExit as exc:  # argparse's own errors
@@ -365,7 +353,7 @@ def test_backend_ray_without_ray_is_one_line(
 ) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # as if the extra were not installed
     path = tmp_path / "in.jsonl"
-    path.write_bytes(_event(0) + b"\n")
+    path.write_bytes(event_line(0) + b"\n")
     code = main(["run", "--backend", "ray", "--dry-run", str(path), "-o", str(tmp_path / "o")])
     assert code == 2
     err = capsys.readouterr().err

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from conftest import exactly_once
+from conftest import exactly_once, pageview_rows, pageview_table
 from s3server import S3
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,29 +81,17 @@ def test_the_readme_storage_output_commands_run(s3: S3, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_the_readme_parquet_to_s3_job_runs(s3: S3, tmp_path: Path) -> None:
-    pa = pytest.importorskip("pyarrow")
+    pytest.importorskip("pyarrow")
     pq = pytest.importorskip("pyarrow.parquet")
     import io
 
     assert PARQUET_JOB in (ROOT / "README.md").read_text()
-    rows = [
-        orjson.loads(x) for x in (ROOT / "examples" / "pageviews.jsonl").read_bytes().splitlines()
-    ]
-    keys = list(dict.fromkeys(k for row in rows for k in row))
-    listed = {k for row in rows for k, v in row.items() if isinstance(v, list)}
-
-    def cell(key: str, value: object) -> object:
-        if value is None:
-            return None
-        if key in listed:
-            return [str(x) for x in (value if isinstance(value, list) else [value])]
-        return str(value)
-
+    rows = pageview_rows()
     s3.bucket("lake")
     s3.bucket("results")
     for i, half in enumerate((rows[:25], rows[25:])):
         buffer = io.BytesIO()
-        table = pa.table({k: [cell(k, row.get(k)) for row in half] for k in keys})
+        table = pageview_table(half, like=rows)
         pq.write_table(table, buffer, row_group_size=8)
         s3.put(f"s3://lake/pageviews/2026-11-29/part-{i}.parquet", buffer.getvalue())
     done = run(PARQUET_JOB, tmp_path, s3)

@@ -18,7 +18,7 @@ from pathlib import Path
 import anyio
 import orjson
 import pytest
-from conftest import exactly_once, read_records
+from conftest import events, exactly_once, read_records
 
 from engine.mock import MockConfig, MockHandle, running_mock
 
@@ -37,19 +37,6 @@ SETUPS = pytest.mark.parametrize(
         pytest.param(["--http-client", "session", "--workers", "2"], id="session-workers"),
     ],
 )
-
-
-def events(n: int) -> list[dict[str, object]]:
-    return [
-        {
-            "id": f"ev-{i}",
-            "criteo-partner-id": 12345,
-            "retailer-visitor-id": f"rv-{i}",
-            "event-type": "viewHome",
-            "page-id": "viewHome_API_desktop",
-        }
-        for i in range(n)
-    ]
 
 
 def start(mock: MockHandle, inputs: Path, out: Path, *args: str) -> subprocess.Popen[bytes]:
