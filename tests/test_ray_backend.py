@@ -9,14 +9,14 @@ import functools
 import gzip
 import os
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
 import pytest
 from conftest import config_for, event_line, read_records
 from oauth_client import oauth_tokens
-from ray_session import local_ray
+from ray_session import local_ray, run_killing_a_sender, wait_for
 
 import engine
 from engine.cli.main import main
@@ -70,7 +70,7 @@ async def test_every_event_exactly_once_one_token_and_the_global_rate(
     async with anyio.create_task_group() as tg:
         tg.start_soon(go)
         # Mid-run the token is revoked: every sender meets 401s, the cluster renews once.
-        await _wait_for(lambda: mock.state.delivery_requests >= 250)
+        await wait_for(lambda: mock.state.delivery_requests >= 250)
         first_token = f"Bearer {next(iter(mock.state._tokens))}"
         mock.state.revoke_all_tokens()
     summary = result[0]
@@ -124,14 +124,6 @@ async def test_every_event_exactly_once_one_token_and_the_global_rate(
     assert "ads.jsonl.parts" not in os.listdir(tmp_path)  # removed once merged
 
 
-async def _wait_for(predicate: Callable[[], bool]) -> None:
-    for _ in range(1500):  # 30 s
-        if predicate():
-            return
-        await anyio.sleep(0.02)
-    raise AssertionError("the run never got there")
-
-
 @pytest.mark.anyio
 async def test_actor_killed_mid_shard_leaves_output_exactly_once(tmp_path: Path) -> None:
     path = tmp_path / "in.jsonl"
@@ -139,16 +131,7 @@ async def test_actor_killed_mid_shard_leaves_output_exactly_once(tmp_path: Path)
     out = tmp_path / "ads.jsonl"
     async with running_mock(MockConfig(latency=0.01)) as mock:
         config = config_for(mock, [path], out, rate=300.0, concurrency=4)
-        result: list[engine.Summary] = []
-
-        async def go() -> None:
-            result.append(await run_ray(config, shards=4, senders=2))
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(go)
-            await _wait_for(lambda: mock.state.delivery_requests >= 100)
-            ray.kill(ray.get_actor(SENDER_NAME.format(0)))
-        sent = mock.state.delivery_requests
+        summary, sent = await run_killing_a_sender(config, mock)
 
     rows = read_records(out)
     ids = Counter(r["id"] for r in rows)
@@ -156,7 +139,7 @@ async def test_actor_killed_mid_shard_leaves_output_exactly_once(tmp_path: Path)
     assert max(ids.values()) == 1
     assert len(rows) == 600
     assert sent > 600  # the killed actor's shard was sent again, yet written once
-    assert result[0].stopped is None
+    assert summary.stopped is None
 
 
 @pytest.mark.anyio
@@ -173,7 +156,7 @@ async def test_rerun_skips_completed_shards(mock: MockHandle, tmp_path: Path) ->
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(go)
-        await _wait_for(
+        await wait_for(
             lambda: os.path.isdir(parts) and any(n.endswith(".json") for n in os.listdir(parts))
         )
         ray.kill(ray.get_actor(SENDER_NAME.format(0)))

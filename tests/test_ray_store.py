@@ -13,7 +13,7 @@ import gzip
 import io
 import shlex
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ import anyio
 import orjson
 import pytest
 from conftest import config_for, event_line
-from ray_session import local_ray
+from ray_session import local_ray, run_killing_a_sender, wait_for
 from s3server import S3
 
 import engine
@@ -65,14 +65,6 @@ def _once(rows: list[dict[str, Any]], ids: set[str]) -> None:
     assert len(rows) == len(ids)
 
 
-async def _wait_for(predicate: Callable[[], bool]) -> None:
-    for _ in range(1500):  # 30 s
-        if predicate():
-            return
-        await anyio.sleep(0.02)
-    raise AssertionError("the run never got there")
-
-
 @pytest.mark.anyio
 async def test_jsonl_and_gzip_objects_in_one_object_out(mock: MockHandle, s3: S3) -> None:
     lake = s3.bucket("lake")
@@ -110,18 +102,9 @@ async def test_a_killed_actor_leaves_the_object_exactly_once(s3: S3) -> None:
     out = f"{lake}/out/ads.jsonl"
     async with running_mock(MockConfig(latency=0.01)) as mock:
         config = config_for(mock, [source], out, rate=300.0, concurrency=4)  # type: ignore[arg-type]
-        result: list[engine.Summary] = []
+        summary, sent = await run_killing_a_sender(config, mock)
 
-        async def go() -> None:
-            result.append(await run_ray(config, shards=4, senders=2))
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(go)
-            await _wait_for(lambda: mock.state.delivery_requests >= 100)
-            ray.kill(ray.get_actor(SENDER_NAME.format(0)))
-        sent = mock.state.delivery_requests
-
-    assert result[0].stopped is None
+    assert summary.stopped is None
     _once(_records(s3, out), {f"ev-{n}" for n in range(600)})
     assert sent > 600  # the killed actor's shard was sent again, yet written once
 
@@ -143,7 +126,7 @@ async def test_a_rerun_skips_the_shards_complete_on_the_store(mock: MockHandle, 
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(go)
-        await _wait_for(lambda: bool(metas()))
+        await wait_for(lambda: bool(metas()))
         ray.kill(ray.get_actor(SENDER_NAME.format(0)))
     first = result[0]
     assert first.stopped is not None
