@@ -12,8 +12,10 @@ or SSL_CERT_FILE for the baseline); wrk and hey do not verify certificates.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -56,6 +58,14 @@ def parse_wrk(text: str) -> int:
         return 0
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
     return int(done.group(1)) - (int(bad.group(1)) if bad else 0)
+
+
+def _takes(root: Path, option: str) -> bool:
+    """Whether the adbatch at `root` (a --compare checkout) has `option` in `run --help`."""
+    argv = [sys.executable, "-m", "engine", "run", "--help"]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    done = subprocess.run(argv, cwd=root, env=env, capture_output=True, text=True, check=False)
+    return option in done.stdout
 
 
 def one_url(events: Path, url: str) -> str:
@@ -120,8 +130,10 @@ def https_clients(
         Client("baseline on uvloop, HTTPS", base, tls=True, env={"SSL_CERT_FILE": str(ca)}),
         Client(ONE_TLS, run, tls=True),
     ]
-    if compare is not None:
+    if compare is not None and _takes(compare[1], "--cacert"):
         rows.append(Client(f"{ONE_TLS} @ {compare[0]}", run, compare[1], tls=True))
+    elif compare is not None:
+        print(f"note: the adbatch of {compare[0]} has no --cacert: no HTTPS row for it")
     rows.append(Client("floor (httptools + uvloop, reference), HTTPS", floor, tls=True))
     return rows
 
