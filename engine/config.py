@@ -22,7 +22,7 @@ from engine.core.proxies import parse_proxy_url
 from engine.core.secrets import token_problem
 from engine.core.stops import INTERNAL_STREAK
 from engine.core.thresholds import parse_thresholds
-from engine.core.urls import check_local
+from engine.core.urls import check_local, check_output
 from engine.core.urls import check_option as check_storage_option
 
 DEFAULT_ENDPOINT = "https://d.us.criteo.com/delivery/retailmedia"
@@ -282,6 +282,7 @@ class Config:
                     "--backend ray resumes by itself (a rerun skips complete shards); drop --resume"
                 )
         self._check_storage_options()  # where the inputs and outputs live
+        check_output(self.output)  # an object's key: no query, fragment or empty segment
 
     def _check_storage_options(self) -> None:
         for pair in self.storage_options:

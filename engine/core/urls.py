@@ -47,6 +47,35 @@ def without_credentials(url: str) -> str:
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+://")
 
 
+def written(path: str) -> str:
+    """An input as a file or an object written by a run names it (a plan, a manifest, a
+    summary): a URL without its credentials; a local path as given."""
+    return without_credentials(path) if _URL.match(path) else path
+
+
+def check_output(value: str | None) -> None:
+    """ConfigError (one line, no credentials) for an `-o` URL that names no plain object:
+    one with a query (`?versionId=...`) or a fragment, or with an empty path segment."""
+    if value is None or not _URL.match(value):
+        return
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        raise ConfigError("-o is not a valid URL") from None
+    shown = without_credentials(urlunsplit(parts._replace(fragment="")))
+    if parts.query or parts.fragment or "#" in value:
+        fragment = f"#{REDACTED}" if parts.fragment else ""
+        raise ConfigError(
+            f"-o {shown}{fragment}: an output URL cannot carry a query (?versionId=...) "
+            "or a fragment (#...); give the object's key alone"
+        )
+    if "//" in parts.path:
+        raise ConfigError(
+            f"-o {shown}: an output URL cannot have an empty path segment (//); "
+            "write each / once"
+        )
+
+
 def check_local(option: str, value: str | None) -> None:
     """ConfigError when an option that writes a local file is given a URL."""
     if value is not None and _URL.match(value):

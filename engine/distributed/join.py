@@ -18,6 +18,7 @@ import os
 import uuid
 from typing import Any
 
+from engine.core.urls import written
 from engine.distributed.plan import ShardTask
 from engine.distributed.store import LocalParts, Parts, StoreParts, meta_name, part_name
 from engine.errors import FatalError
@@ -46,7 +47,7 @@ def join_parts(plan: list[ShardTask], parts: Parts, output: str, options: Storag
 def _entry(task: ShardTask, rows: int, sha256: str) -> dict[str, Any]:
     where = {"row_groups": [task.start, task.end]} if task.groups else {}
     span = {} if task.groups else {"bytes": [task.start, task.end]}
-    return {"shard": task.index, "input": task.path, **span, **where,
+    return {"shard": task.index, "input": written(task.path), **span, **where,
             "rows": rows, "sha256": sha256}  # fmt: skip
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from engine.config import Config
 from engine.core.shard import ReadAt, cut_ranges
+from engine.core.urls import written
 from engine.distributed.store import PLAN, LocalParts, Parts, meta_name, object_version, part_name
 from engine.errors import ConfigError, InputError
 from engine.files.sources import GZIP_MAGIC, source_format
@@ -132,7 +133,8 @@ def prepare(
     `parts`: where they are kept (a directory's path: `LocalParts`)."""
     parts = LocalParts(parts) if isinstance(parts, str) else parts
     stats = {path: _stat(path, config.storage_options) for path in config.inputs}
-    fingerprint: list[list[object]] = [list(s) for s in stats.values()]
+    # the stored plan names each input without its credentials (it is a file or an object)
+    fingerprint: list[list[object]] = [[written(s[0]), *s[1:]] for s in stats.values()]
     sizes = {path: s[1] for path, s in stats.items()}
     if shards is None:
         total = sum(sizes.values())
@@ -152,8 +154,8 @@ def _load_or_plan(
     stored = parts.read_json(PLAN)
     if stored is not None and stored.get("inputs") == fingerprint:
         parts.drop_attempts()
-        with contextlib.suppress(TypeError, KeyError):
-            return [ShardTask(**t) for t in stored["shards"]]
+        with contextlib.suppress(TypeError, KeyError, IndexError, ValueError):
+            return [_restored(t, config.inputs) for t in stored["shards"]]
     if stored is None and parts.exists():
         raise ConfigError(
             f"{shown(parts.location)} exists and holds no adbatch plan; "
@@ -161,9 +163,22 @@ def _load_or_plan(
         )
     parts.reset()  # parts of other inputs are of no use
     tasks = plan_shards(config, target, sizes)
-    plan: dict[str, Any] = {"inputs": fingerprint, "shards": [asdict(t) for t in tasks]}
+    shards = [_stored(t, config.inputs) for t in tasks]
+    plan: dict[str, Any] = {"inputs": fingerprint, "shards": shards}
     parts.write_json(PLAN, plan)
     return tasks
+
+
+def _stored(task: ShardTask, inputs: tuple[str, ...]) -> dict[str, Any]:
+    """A shard as the stored plan holds it: its input's URL without credentials (a
+    password, a signed URL's query values), plus that input's index into `inputs`."""
+    return {**asdict(task), "path": written(task.path), "input": inputs.index(task.path)}
+
+
+def _restored(stored: dict[str, Any], inputs: tuple[str, ...]) -> ShardTask:
+    """A stored shard, reading its input by the real URL (kept in memory only)."""
+    fields = {k: v for k, v in stored.items() if k != "input"}
+    return ShardTask(**{**fields, "path": inputs[int(stored["input"])]})
 
 
 def part_path(parts_dir: str, index: int) -> str:

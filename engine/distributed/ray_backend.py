@@ -260,7 +260,7 @@ class _Dispatch:
                 actor = self._new_sender(index, generation)
                 continue
             except RayTaskError as exc:
-                self.failures.append(f"shard {task.index} ({task.path}) failed: {exc.cause}")
+                self.failures.append(f"shard {task.index} ({shown(task.path)}) failed: {exc.cause}")
                 return
             if result.stopped is not None:
                 if not self.failures:

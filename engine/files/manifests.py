@@ -25,6 +25,7 @@ from typing import Any, BinaryIO
 import orjson
 
 from engine.config import Config
+from engine.core.urls import written
 from engine.errors import InputError
 from engine.files.storage import StorageOptions, is_url, open_read, read_object, write_object
 
@@ -135,7 +136,7 @@ def write_shard_manifest(config: Config, *, records: int) -> None:
             "adbatch": "shard",
             "shard": list(config.shard),
             "by": config.shard_by,
-            "inputs": list(config.inputs),
+            "inputs": [written(path) for path in config.inputs],
             "records": records,
             "rows": info.rows,
             "sha256": info.sha256,

@@ -32,6 +32,7 @@ from engine.core.errors import ConfigError
 from engine.core.records import Result
 from engine.core.secrets import Secrets
 from engine.core.serieslog import HEADER_KEY, VERSION, SecondLog
+from engine.core.urls import written
 from engine.errors import OutputError
 
 #: Options never shown, whatever their value (their presence is).
@@ -69,7 +70,7 @@ def header(config: Config, secrets: Secrets, *, mode: str, start: float | None) 
         "start": start,
         "mode": mode,
         "target": url.hostname if not config.mock else "embedded mock",
-        "inputs": [secrets.redact(path) for path in config.inputs],
+        "inputs": [written(secrets.redact(path)) for path in config.inputs],
         "options": report_options(config, secrets),
     }
 
