@@ -41,7 +41,7 @@ async def run(config: Config, *, handle_signals: bool = False) -> Summary:
     if config.backend == "ray":
         from engine.distributed.ray_backend import run_ray  # Ray loads only when asked
 
-        return await run_ray(config)
+        return await run_ray(config, handle_signals=handle_signals)
     async with watched(config, "run") as watch:
         if config.workers > 1:
             from engine.multiproc.driver import run_workers

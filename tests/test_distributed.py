@@ -131,7 +131,7 @@ def test_rerun_reuses_the_plan_and_skips_complete_parts(tmp_path: Path) -> None:
     big.write_bytes(big.read_bytes() + b"\n")  # other inputs: a fresh plan, old parts gone
     fresh, todo = prepare(config, parts, 2, 6)
     assert todo == fresh
-    assert sorted(os.listdir(parts)) == ["plan.json"]
+    assert sorted(os.listdir(parts)) == ["options.json", "plan.json"]
 
 
 def test_plan_refuses_a_parts_directory_it_did_not_make(tmp_path: Path) -> None:

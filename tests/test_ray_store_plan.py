@@ -99,7 +99,75 @@ def test_a_rerun_skips_parts_complete_on_the_store(root: str) -> None:
     fresh, todo = prepare(config, parts, 2, 4)
     assert todo == fresh
     fs, path = filesystem(f"{out}.parts")
-    assert [name.rpartition("/")[2] for name in fs.ls(path, detail=False)] == ["plan.json"]
+    names = sorted(name.rpartition("/")[2] for name in fs.ls(path, detail=False))
+    assert names == ["options.json", "plan.json"]
+
+
+def test_a_rerun_with_other_record_options_plans_afresh(root: str) -> None:
+    source = _put(f"{root}/pv/a.jsonl", _jsonl(300))
+    out = f"{root}/out/ads.jsonl"
+    parts = parts_at(out, (), "/nowhere")
+    capped = _config(source, output=out).with_changes(max_response_bytes=1024)
+    plan, _ = prepare(capped, parts, 2, 4)
+    _complete(parts, 0, b'{"seq":0}\n')
+    assert prepare(capped, parts, 2, 4)[1] == plan[1:]  # same options: part 0 is kept
+
+    plain = _config(source, output=out)  # records of another shape: part 0 is not reused
+    fresh, todo = prepare(plain, parts, 2, 4)
+    assert todo == fresh
+    assert parts.completed(0) is None
+
+
+def test_the_summary_counts_the_parts_an_earlier_run_completed(root: str) -> None:
+    from engine.core.stats import RunStats
+    from engine.distributed.merge import add_stats, stats_to_dict
+    from engine.distributed.ray_backend import _kept_stats
+
+    source = _put(f"{root}/pv/a.jsonl", _jsonl(300))
+    out = f"{root}/out/ads.jsonl"
+    parts = parts_at(out, (), "/nowhere")
+    assert isinstance(parts, StoreParts)
+    plan, _ = prepare(_config(source, output=out), parts, 2, 3)
+    one = RunStats()
+    one.ok = 5
+    scratch = parts.scratch(0)
+    Path(scratch).write_bytes(b'{"seq":0}\n')
+    parts.commit(scratch, 0, {"index": 0, "stats": stats_to_dict(one)})
+    _, todo = prepare(_config(source, output=out), parts, 2, 3)  # the rerun
+
+    now = RunStats()
+    now.ok = 7
+    from engine.distributed.actors import ShardDone
+
+    done = [ShardDone(t.index, 1, "", stats_to_dict(now), None) for t in todo]
+    total = _kept_stats(parts, plan, todo, done, False)
+    expected = RunStats()
+    for data in [stats_to_dict(one)] + [d.stats for d in done]:
+        add_stats(expected, data)
+    assert total.ok == expected.ok == 5 + 7 * len(todo)
+    assert _kept_stats(parts, plan, todo, [], True).ok == 5  # after a signal: the parts
+
+
+def test_a_prefix_holding_the_output_leaves_out_what_the_run_writes(root: str) -> None:
+    from engine.errors import InputError
+    from engine.files.storage import expand_inputs
+
+    source = _put(f"{root}/t/a.jsonl", _jsonl(3))
+    out = f"{root}/t/ads.jsonl"
+    for own in (
+        out,
+        f"{out}.manifest.json",
+        f"{out}.parts/plan.json",
+        f"{out}.parts/part-00000.jsonl",
+    ):
+        _put(own, b"{}\n")
+    for pattern in (f"{root}/t/", f"{root}/t/*.json*"):
+        found = expand_inputs((pattern,), output=out)
+        assert [_get(url) for url in found] == [_get(source)]  # memory:/// names it a.jsonl
+        assert [url.rpartition("/")[2] for url in found] == ["a.jsonl"]
+    assert len(expand_inputs((f"{root}/t/",))) == 5  # no output named: all of them
+    with pytest.raises(InputError, match="holds only the output"):
+        expand_inputs((f"{root}/t/ads*",), output=out)
 
 
 def test_the_parts_are_joined_into_one_object_with_its_manifest(root: str) -> None:

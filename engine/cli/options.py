@@ -168,7 +168,8 @@ def config_from_args(
         raise ConfigError(f"bad option value: {exc}") from None
     if any(is_url(name) for name in config.inputs):  # globs and prefixes -> their objects,
         # here, so that --resume, --shard and --workers all see the same object list
-        config = config.with_changes(inputs=expand_inputs(config.inputs, config.storage_options))
+        found = expand_inputs(config.inputs, config.storage_options, output=config.output)
+        config = config.with_changes(inputs=found)
     # The files options are read from are inputs too (open_run checks the event inputs).
     option_files = [(f"--{name.replace('_', '-')}", getattr(args, name)) for name in _READ]
     tls_files = [("--cacert", config.cacert), ("--client-cert", config.client_cert)]

@@ -10,12 +10,17 @@ Rules:
   with each input's size and version (a file's mtime; an object's etag, else its
   mtime); a rerun with the same inputs reuses it and skips shards whose part is
   complete (store.py says when one is).
+- Beside it, `options.json` holds a digest of the options that shape a record
+  (`RECORD_OPTIONS`: where and how the calls go, what a record keeps); a rerun with
+  other such options plans afresh (the old parts go): one output never mixes records
+  of two settings.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -31,6 +36,21 @@ from engine.files.storage import StorageOptions, filesystem, is_url, open_read, 
 
 MIN_RANGE_BYTES = 1 << 20
 SHARDS_PER_SENDER = 4
+OPTIONS = "options.json"
+
+#: The options that shape the records of a run (not how fast, how shown or with which
+#: credentials): parts written under other values are not reused.
+RECORD_OPTIONS = (
+    "endpoint", "partner_id", "user_agent", "ip", "headers", "timeout", "http_client",
+    "dry_run", "mock", "input_format", "max_line_bytes", "max_response_bytes", "retries",
+    "give_up_after", "retry_after_cap", "records",
+)  # fmt: skip
+
+
+def record_options(config: Config) -> str:
+    """A digest of `config`'s RECORD_OPTIONS (a digest: a header may hold a secret)."""
+    values = repr([(name, getattr(config, name)) for name in RECORD_OPTIONS])
+    return hashlib.sha256(values.encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,10 +147,17 @@ def plan_shards(
 
 
 def prepare(
-    config: Config, parts: Parts | str, senders: int, shards: int | None
+    config: Config,
+    parts: Parts | str,
+    senders: int,
+    shards: int | None,
+    *,
+    options: str | None = None,
 ) -> tuple[list[ShardTask], list[ShardTask]]:
     """(the plan, its shards still to run) -- a rerun finds some complete already.
-    `parts`: where they are kept (a directory's path: `LocalParts`)."""
+    `parts`: where they are kept (a directory's path: `LocalParts`); `options`: the
+    digest of the options as given (default `record_options(config)`; --mock's
+    endpoint changes from run to run)."""
     parts = LocalParts(parts) if isinstance(parts, str) else parts
     stats = {path: _stat(path, config.storage_options) for path in config.inputs}
     # the stored plan names each input without its credentials (it is a file or an object)
@@ -139,7 +166,10 @@ def prepare(
     if shards is None:
         total = sum(sizes.values())
         shards = max(1, min(senders * SHARDS_PER_SENDER, total // MIN_RANGE_BYTES))
+    digest = options or record_options(config)
+    _forget_other_options(parts, digest)
     plan = _load_or_plan(config, parts, shards, fingerprint, sizes)
+    parts.write_json(OPTIONS, {"options": digest})
     return plan, [t for t in plan if parts.completed(t.index) is None]
 
 
@@ -179,6 +209,14 @@ def _restored(stored: dict[str, Any], inputs: tuple[str, ...]) -> ShardTask:
     """A stored shard, reading its input by the real URL (kept in memory only)."""
     fields = {k: v for k, v in stored.items() if k != "input"}
     return ShardTask(**{**fields, "path": inputs[int(stored["input"])]})
+
+
+def _forget_other_options(parts: Parts, digest: str) -> None:
+    """Remove the plan and parts of a run with other record options (or of a version
+    that kept none): its records would not be this run's."""
+    kept = parts.read_json(OPTIONS)
+    if (kept or {}).get("options") != digest and parts.read_json(PLAN) is not None:
+        parts.remove()
 
 
 def part_path(parts_dir: str, index: int) -> str:

@@ -32,11 +32,12 @@ Rules:
 from __future__ import annotations
 
 import contextlib
-import logging
+import functools
 import os
+import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from typing import Any, TypeVar
 
@@ -45,12 +46,13 @@ import anyio
 from engine.config import Config
 from engine.core.stats import RunStats, Summary, summarize
 from engine.distributed.actors import RateActor, SenderActor, ShardDone, TokenActor, TokenFactory
+from engine.distributed.cluster import ray_session, until_signal
 from engine.distributed.join import join_parts
 from engine.distributed.merge import add_stats
-from engine.distributed.plan import ShardTask, prepare
+from engine.distributed.plan import ShardTask, prepare, record_options
 from engine.distributed.store import Parts, StoreParts, parts_at, storage_environ
 from engine.errors import ConfigError, EngineError, OutputError
-from engine.files.storage import reason, shown
+from engine.files.storage import check_bucket, filesystem, is_url, reason, shown
 from engine.net.auth import TokenProvider
 from engine.net.providers import open_token_provider
 from engine.runtime.session import open_run
@@ -80,24 +82,6 @@ def _import_ray() -> Any:
     return ray
 
 
-@contextlib.contextmanager
-def _ray_session(ray: Any) -> Iterator[None]:
-    """Join the cluster at RAY_ADDRESS (or the one already joined), else start a local Ray."""
-    if ray.is_initialized():
-        yield
-        return
-    ray.init(
-        address=os.environ.get("RAY_ADDRESS") or None,
-        include_dashboard=False,
-        logging_level=logging.WARNING,
-        log_to_driver=False,
-    )
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
-
 async def run_ray(
     config: Config,
     *,
@@ -105,15 +89,19 @@ async def run_ray(
     senders: int | None = None,
     token_factory: TokenFactory = config_tokens,
     attempts: int = 3,
+    handle_signals: bool = False,
 ) -> Summary:
-    """Run `config` on Ray; returns the summary of the shards run now (histograms merged).
+    """Run `config` on Ray; returns the summary of every shard of the plan (histograms
+    merged): those run now and those complete from an earlier run (their metas).
 
     `shards` (default: 4 per sender, ranges of at least 1 MiB) and `senders` (default: one
     per CPU of the cluster) are for tests and tuning. A shard whose actor dies is given
-    to a fresh actor, up to `attempts` times.
+    to a fresh actor, up to `attempts` times. `handle_signals` (the CLI): SIGINT/SIGTERM
+    stop the run (cluster.until_signal).
     """
     ray = _import_ray()
     config = config.with_changes(backend="ray", progress=False)
+    digest = record_options(config)  # as given: --mock's endpoint is new in every run
     # The driver sends nothing and writes the output only by merging complete parts; the
     # token lives in the token actor (`token_factory`).
     async with open_run(config, output=False, tokens=False, transport=False) as session:
@@ -121,20 +109,23 @@ async def run_ray(
         assert config.output is not None
         output = config.output
         parts = parts_at(output, config.storage_options, os.getcwd())
-        with _ray_session(ray):
+        if is_url(output):  # a missing bucket: exit 2 now, before Ray starts
+            await anyio.to_thread.run_sync(_check_bucket, output, config)
+        with ray_session(ray):
             start = time.perf_counter()  # the run, not Ray's own start
             count = senders or max(1, int(ray.cluster_resources().get("CPU", 1)))
+            prepared = functools.partial(prepare, options=digest)
             plan, todo = await _on_store(
-                parts, prepare, config, parts, count, shards, before_run=True
+                parts, prepared, config, parts, count, shards, before_run=True
             )
-            done, stopped, stop_code = await _dispatch(
-                ray, config, todo, parts, count, token_factory, attempts
+            work = functools.partial(
+                _dispatch, ray, config, todo, parts, count, token_factory, attempts
             )
+            outcome, signum = await until_signal(work, enabled=handle_signals)
+            done, stopped, stop_code = outcome or ([], _interrupted(signum, parts), 3)
             # An actor's failure may quote a server: it reaches stderr through the one redactor.
             stopped = None if stopped is None else session.secrets.redact(stopped)
-    stats = RunStats()
-    for result in done:
-        add_stats(stats, result.stats)
+    stats = await _on_store(parts, _kept_stats, parts, plan, todo, done, signum is not None)
     if stopped is None:
         rows = await _on_store(parts, join_parts, plan, parts, output, config.storage_options)
         skipped = len(plan) - len(todo)
@@ -144,9 +135,39 @@ async def run_ray(
                 f"{rows} rows in {shown(output)}",
                 file=sys.stderr,
             )
+    elapsed = time.perf_counter() - start
     return summarize(
-        stats, elapsed_s=time.perf_counter() - start, stopped=stopped, stop_code=stop_code
+        stats, elapsed_s=elapsed, stopped=stopped, stop_code=stop_code, interrupted=signum
     )
+
+
+def _check_bucket(output: str, config: Config) -> None:
+    fs, path = filesystem(output, config.storage_options)
+    check_bucket(fs, path, output, config.storage_options)
+
+
+def _interrupted(signum: int | None, parts: Parts) -> str:
+    name = signal.Signals(signum or signal.SIGINT).name
+    return (
+        f"interrupted by {name}; the complete shards are kept in {shown(parts.location)}: "
+        "run again to finish"
+    )
+
+
+def _kept_stats(
+    parts: Parts, plan: list[ShardTask], todo: list[ShardTask], done: list[ShardDone], cut: bool
+) -> RunStats:
+    """The counters of the whole plan: the shards run now, and those whose part an
+    earlier run completed (a rerun); after a signal (`cut`), every complete part's."""
+    stats = RunStats()
+    for result in done:
+        add_stats(stats, result.stats)
+    ran = set() if cut else {t.index for t in todo}
+    for task in plan:
+        meta = None if task.index in ran else parts.completed(task.index)
+        if meta is not None:
+            add_stats(stats, meta.get("stats") or {})
+    return stats
 
 
 async def _on_store(

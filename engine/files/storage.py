@@ -300,12 +300,35 @@ def known_size(url: str) -> int | None:
     return _SIZES.get(url)
 
 
-def expand_inputs(inputs: tuple[str, ...], options: StorageOptions = ()) -> tuple[str, ...]:
-    """Every URL input expanded (`expand`), paths and `-` as they are, in order."""
+def expand_inputs(
+    inputs: tuple[str, ...], options: StorageOptions = (), *, output: str | None = None
+) -> tuple[str, ...]:
+    """Every URL input expanded (`expand`), paths and `-` as they are, in order. A glob
+    or prefix leaves out what the run writes to `output`: the object, its manifest and
+    its parts (`OUT.parts/`: a rerun's progress), so they are never read as input."""
     out: list[str] = []
     for name in inputs:
-        out.extend(expand(name, options) if is_url(name) else [name])
+        if not is_url(name):
+            out.append(name)
+            continue
+        found = expand(name, options)
+        listed = output is not None and (_glob(name) or name.endswith("/"))  # not one object
+        kept = [url for url in found if not (listed and _written_by_run(url, output or ""))]
+        if not kept:
+            raise InputError(f"input {shown(name)} holds only the output {shown(output or '')}")
+        out.extend(kept)
     return tuple(out)
+
+
+def _written_by_run(url: str, output: str) -> bool:
+    """`url` is the run's output, its manifest, or under its parts prefix (names
+    compared without their scheme: `memory:///a` is `memory://a`, `file:///a` is `/a`)."""
+    found, out = _bare(url), _bare(output if is_url(output) else os.path.abspath(output))
+    return found in (out, out + ".manifest.json") or found.startswith(out + ".parts/")
+
+
+def _bare(name: str) -> str:
+    return name.split("://", 1)[-1].strip("/")
 
 
 def open_read(url: str, options: StorageOptions = ()) -> BinaryIO:
