@@ -49,3 +49,37 @@ def test_run_with_a_closed_ray_address_exits_2_at_once(tmp_path: Path) -> None:
         f"adbatch: error: RAY_ADDRESS=127.0.0.1:{port}: no Ray cluster answers there "
         "(Connection refused); start one (ray start --head) or unset RAY_ADDRESS for a local Ray"
     ]
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_ray_run_like_the_local_backend(tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    import signal
+    import time
+
+    events = tmp_path / "in.jsonl"
+    events.write_text("".join(f'{{"id": "ev-{n}"}}\n' for n in range(2000)))
+    out = tmp_path / "out.jsonl"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine", "run", "--backend", "ray", "--mock", "--no-progress",
+         "--rate", "50", str(events), "-o", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        plan = Path(f"{out}.parts") / "plan.json"
+        deadline = time.monotonic() + 90
+        while not plan.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert plan.exists(), proc.stderr.read() if proc.stderr else ""
+        time.sleep(1.0)  # the senders are sending
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "stopped: interrupted by SIGTERM" in err, err
+    assert "run again" in err
+    assert "Traceback" not in err
+    assert not out.exists()  # nothing half-joined; the parts stay for the rerun
