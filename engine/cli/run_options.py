@@ -64,7 +64,8 @@ def _add_storage_options(io: argparse._ArgumentGroup) -> None:
         metavar="KEY=VALUE",
         help="an fsspec option for URL inputs and outputs (s3://, gs://, az://, https://), "
         "e.g. endpoint_url=http://127.0.0.1:9000 (repeatable; true/false and whole numbers "
-        "are typed; credentials come from the environment, as for the AWS CLI)",
+        "are typed; a dotted key sets one level of a dict: client_kwargs.region_name=eu-west-1; "
+        "credentials come from the environment, as for the AWS CLI)",
     )
 
 
@@ -87,8 +88,8 @@ def _add_io_options(io: argparse._ArgumentGroup) -> None:
         "--input-format",
         dest="input_format",
         choices=("auto", "jsonl", "csv", "parquet"),
-        help="input format (default: auto, from the file name: .parquet is parquet, which "
-        "needs adbatch[parquet]; stdin is jsonl)",
+        help="input format (default: auto, from the file name: .csv/.tsv[.gz] is csv, "
+        ".parquet/.pq is parquet, which needs adbatch[parquet], anything else and stdin jsonl)",
     )
     io.add_argument(
         "--ordered",
