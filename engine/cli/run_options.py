@@ -39,7 +39,11 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
         "inputs",
         nargs="*",
         metavar="INPUT",
-        help="event files (.jsonl, .ndjson, .csv, optionally .gz); '-' or none reads stdin",
+        help=(
+            "event files or URLs (s3://, gs://, az://, http(s)://; a glob or a prefix "
+            "ending in / for its objects): .jsonl, .ndjson, .csv, optionally .gz, or "
+            ".parquet; '-' or none reads stdin"
+        ),
     )
     _add_io_options(io := p.add_argument_group("input and output"))
     _add_storage_options(io)
