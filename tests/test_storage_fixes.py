@@ -53,6 +53,11 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     ],
 )
 def test_a_store_alias_names_the_same_object(given: str, output: str) -> None:
+    # The aliases are the driver's own protocols: without its driver a URL stands for
+    # itself, and can be neither read nor cleared, so nothing is at risk (CI installs s3).
+    driver = {"gs": "gcsfs", "az": "adlfs", "s3": "s3fs", "S3": "s3fs"}.get(given[:2])
+    if driver is not None:
+        pytest.importorskip(driver)
     with pytest.raises(ConfigError, match="same file as the input"):
         check_outputs([("input", given)], [("-o", output)])
 
