@@ -19,6 +19,7 @@ import asyncio
 import threading
 from collections import deque
 from multiprocessing.connection import Connection
+from multiprocessing.reduction import ForkingPickler
 from queue import SimpleQueue
 
 
@@ -91,7 +92,11 @@ class PipeWriter:
             message, done = job
             error: OSError | None = None
             try:
-                self._conn.send(message)
+                # Pickled to bytes first (what Connection.send does, less its memoryview
+                # over a BytesIO): a failed write's traceback then holds no buffer export,
+                # which the garbage collector could find with its BytesIO still alive
+                # ("BufferError: Existing exports of data", seen on Python 3.13).
+                self._conn.send_bytes(bytes(ForkingPickler.dumps(message)))
             except OSError as exc:
                 error = exc
             try:
