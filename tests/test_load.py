@@ -188,6 +188,7 @@ async def test_cycling_answers_invalid_lines_once(
     assert sum(r["ok"] for r in recs) == 20 == mock.state.delivery_requests
 
 
+@pytest.mark.slow  # end to end, over a second
 @pytest.mark.anyio
 async def test_stages_schedule_end_to_end(
     mock: MockHandle, write_jsonl: Callable[..., Path], tmp_path: Path

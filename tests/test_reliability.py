@@ -31,6 +31,7 @@ def events(n: int, prefix: str = "ev") -> list[dict[str, object]]:
     ]
 
 
+@pytest.mark.slow  # end to end, over a second
 @pytest.mark.anyio
 async def test_faults_on_first_attempts_all_end_200_exactly_once(
     tmp_path: Path, write_jsonl: Callable[..., Path]
@@ -113,6 +114,7 @@ async def test_retry_budget_stops_hammering_a_sick_server(
     assert "not retried (retry budget spent)" in summary.line()
 
 
+@pytest.mark.slow  # end to end, over a second
 @pytest.mark.anyio
 async def test_429_storm_lowers_the_rate_and_the_summary_says_so(
     tmp_path: Path, write_jsonl: Callable[..., Path]
@@ -140,6 +142,7 @@ async def test_429_storm_lowers_the_rate_and_the_summary_says_so(
     assert "server pushed back" in summary.line()
 
 
+@pytest.mark.slow  # end to end, over a second
 @pytest.mark.anyio
 async def test_retry_after_is_honoured(tmp_path: Path, write_jsonl: Callable[..., Path]) -> None:
     inputs = write_jsonl(events(1))

@@ -157,6 +157,7 @@ async def test_replay_access_log(mock: MockHandle, tmp_path: Path) -> None:
     assert "not a delivery call" in bad["error"]
 
 
+@pytest.mark.slow  # end to end, over a second
 def test_cli_replay_examples_on_mock(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out, summary = tmp_path / "out.jsonl", tmp_path / "s.json"
     examples = Path(__file__).resolve().parent.parent / "examples" / "pageviews.jsonl"

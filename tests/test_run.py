@@ -153,6 +153,7 @@ async def test_ordered_output_follows_input_order(
     assert [r["seq"] for r in read_records(out)] == list(range(200))
 
 
+@pytest.mark.slow  # end to end, over a second
 async def test_rate_is_respected(
     mock: MockHandle, write_jsonl: Callable[..., Path], tmp_path: Path
 ) -> None:
