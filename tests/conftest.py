@@ -157,3 +157,41 @@ def pageview_table(rows: list[dict[str, Any]], *, like: list[dict[str, Any]] | N
         return str(value)
 
     return pa.table({k: [cell(k, row.get(k)) for row in rows] for k in keys})
+
+
+# -- fsspec's in-process memory:// store (object-storage tests without a server) ----------
+
+
+@pytest.fixture
+def memory_root() -> Iterator[str]:
+    """A fresh prefix of fsspec's in-process `memory://` store, removed afterwards."""
+    pytest.importorskip("fsspec")
+    import uuid
+
+    from engine.files.storage import filesystem
+
+    url = f"memory://lake-{uuid.uuid4().hex}"
+    yield url
+    fs, path = filesystem(url)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def put_object(url: str, data: bytes) -> str:
+    from engine.files.storage import filesystem
+
+    fs, path = filesystem(url)
+    fs.pipe_file(path, data)
+    return url
+
+
+def get_object(url: str) -> bytes:
+    from engine.files.storage import filesystem
+
+    fs, path = filesystem(url)
+    return bytes(fs.cat_file(path))
+
+
+def padded_jsonl(count: int) -> bytes:
+    """`count` JSONL events (`ev-0`...) of about 60 bytes each."""
+    return b"".join(orjson.dumps({"id": f"ev-{n}", "pad": "x" * 40}) + b"\n" for n in range(count))

@@ -10,12 +10,13 @@ import os
 import subprocess
 import sys
 import tempfile
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pytest
+from conftest import get_object as _get
+from conftest import padded_jsonl as _jsonl
+from conftest import put_object as _put
 
 import engine
 from engine.distributed.join import join_parts
@@ -28,28 +29,8 @@ pytest.importorskip("fsspec")
 
 
 @pytest.fixture
-def root() -> Iterator[str]:
-    """A fresh prefix of the in-process store, removed afterwards."""
-    url = f"memory://lake-{uuid.uuid4().hex}"
-    yield url
-    fs, path = filesystem(url)
-    if fs.exists(path):
-        fs.rm(path, recursive=True)
-
-
-def _put(url: str, data: bytes) -> str:
-    fs, path = filesystem(url)
-    fs.pipe_file(path, data)
-    return url
-
-
-def _get(url: str) -> bytes:
-    fs, path = filesystem(url)
-    return bytes(fs.cat_file(path))
-
-
-def _jsonl(count: int) -> bytes:
-    return b"".join(orjson.dumps({"id": f"ev-{n}", "pad": "x" * 40}) + b"\n" for n in range(count))
+def root(memory_root: str) -> str:
+    return memory_root
 
 
 def _config(*inputs: str, output: str) -> engine.Config:

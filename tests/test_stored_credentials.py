@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pytest
+from conftest import get_object as _get
+from conftest import padded_jsonl as _jsonl
+from conftest import put_object as _put
 
 import engine
 from engine.config import Config
@@ -28,33 +29,8 @@ SIGNED = f"?AWSAccessKeyId=AKIDEXAMPLE&Signature={SECRET}"
 
 
 @pytest.fixture
-def root() -> Iterator[str]:
-    from engine.files.storage import filesystem
-
-    url = f"memory://creds-{uuid.uuid4().hex}"
-    yield url
-    fs, path = filesystem(url)
-    if fs.exists(path):
-        fs.rm(path, recursive=True)
-
-
-def _put(url: str, data: bytes) -> str:
-    from engine.files.storage import filesystem
-
-    fs, path = filesystem(url)
-    fs.pipe_file(path, data)
-    return url
-
-
-def _get(url: str) -> bytes:
-    from engine.files.storage import filesystem
-
-    fs, path = filesystem(url)
-    return bytes(fs.cat_file(path))
-
-
-def _jsonl(count: int) -> bytes:
-    return b"".join(orjson.dumps({"id": f"ev-{n}", "pad": "x" * 40}) + b"\n" for n in range(count))
+def root(memory_root: str) -> str:
+    return memory_root
 
 
 def test_written_hides_a_urls_credentials_and_keeps_a_local_path() -> None:
