@@ -9,7 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import orjson
 import pytest
+from conftest import events as make_events
 
 from engine.distributed.cluster import check_reachable
 from engine.errors import ConfigError
@@ -58,7 +60,8 @@ def test_sigterm_stops_a_ray_run_like_the_local_backend(tmp_path: Path) -> None:
     import time
 
     events = tmp_path / "in.jsonl"
-    events.write_text("".join(f'{{"id": "ev-{n}"}}\n' for n in range(2000)))
+    # valid events: at --rate 50 they take 40 s, so the run is sending when SIGTERM comes
+    events.write_bytes(b"".join(orjson.dumps(event) + b"\n" for event in make_events(2000)))
     out = tmp_path / "out.jsonl"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.Popen(

@@ -210,3 +210,37 @@ def test_a_dead_senders_scratch_file_is_swept_by_the_next_one(
     assert not dead.exists()
     assert live.exists()
     assert other.exists()
+
+
+class _Metas:
+    """The complete parts' metas of a plan, as a Parts implementation reports them."""
+
+    def __init__(self, metas: dict[int, dict[str, object]]) -> None:
+        self.metas = metas
+
+    def completed(self, index: int) -> dict[str, object] | None:
+        return self.metas.get(index)
+
+
+@pytest.mark.parametrize("cut", [False, True], ids=["ended", "signalled"])
+def test_the_summary_counts_each_shard_once(cut: bool) -> None:
+    """Shard 0 ran now (its result and its new meta both exist), shard 1 was complete
+    from an earlier run, shard 2 did not finish: 10 + 20 events, never shard 0 twice
+    (a run that ended as SIGTERM came counted 4000 events for 2000)."""
+    from engine.core.stats import RunStats
+    from engine.distributed.actors import ShardDone
+    from engine.distributed.merge import stats_to_dict
+    from engine.distributed.plan import ShardTask
+    from engine.distributed.ray_backend import _kept_stats
+
+    def counted(events: int) -> dict[str, object]:
+        stats = RunStats()
+        stats.events = events
+        return stats_to_dict(stats)
+
+    plan = [ShardTask(i, "in.jsonl", 0, 10, 1, False) for i in range(3)]
+    metas = _Metas({0: {"stats": counted(10)}, 1: {"stats": counted(20)}})
+    done = [ShardDone(0, 10, "sha", counted(10), None)]
+    todo = [plan[0], plan[2]]
+    stats = _kept_stats(metas, plan, todo, done, cut)  # type: ignore[arg-type]
+    assert stats.events == 30

@@ -157,12 +157,15 @@ def _interrupted(signum: int | None, parts: Parts) -> str:
 def _kept_stats(
     parts: Parts, plan: list[ShardTask], todo: list[ShardTask], done: list[ShardDone], cut: bool
 ) -> RunStats:
-    """The counters of the whole plan: the shards run now, and those whose part an
-    earlier run completed (a rerun); after a signal (`cut`), every complete part's."""
+    """The counters of the whole plan, each shard once: those run now from their
+    results, the others from the meta of their complete part (an earlier run's, or one
+    completed before a signal, `cut`)."""
     stats = RunStats()
     for result in done:
         add_stats(stats, result.stats)
-    ran = set() if cut else {t.index for t in todo}
+    ran = {result.index for result in done}
+    if not cut:  # (every shard of `todo` ran now; one without a result has no part)
+        ran |= {t.index for t in todo}
     for task in plan:
         meta = None if task.index in ran else parts.completed(task.index)
         if meta is not None:
