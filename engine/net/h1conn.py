@@ -262,9 +262,8 @@ class Connection(asyncio.BufferedProtocol):
         # A coded body is read by the caller through readany(): b"" here.
         if self.stream:
             return Answer(self.status, b"", self.headers)
-        chunks = self._chunks
-        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        chunks.clear()  # not kept until the connection's next call: a body's worth each
+        body = b"".join(self._chunks)  # (one chunk: that chunk itself, not a copy)
+        self._chunks.clear()  # not kept until the connection's next call: a body's worth each
         return Answer(self.status, body, self.headers)
 
     def eof_received(self) -> bool | None:
