@@ -7,10 +7,11 @@ third of the HTTPS CPU). A BufferedProtocol reads into one preallocated buffer p
 connection, for plain TCP and TLS alike.
 
 Rules:
-- One request at a time: `send(head)` writes the head and returns the call's future. It
-  resolves after the read that completed the answer (an `Answer`) or, for an answer
-  with a Content-Encoding (`stream` set), after the read that completed its head (an
-  `Answer` with no body): the caller then reads the body through `readany()`
+- One request at a time: `send(head)` puts the head in the pool's outbox (written with
+  the other heads of this turn of the loop: engine/net/outbox.py) and returns the call's
+  future. It resolves after the read that completed the answer (an `Answer`) or, for an
+  answer with a Content-Encoding (`stream` set), after the read that completed its head
+  (an `Answer` with no body): the caller then reads the body through `readany()`
   (engine.net.bodies inflates it in bounded steps, under the limit; reading pauses
   while 256 KiB wait unread).
 - The future resolves only once the whole read is parsed: garbage right behind an
@@ -38,6 +39,7 @@ from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
 from engine.core.records import ErrorKind
 from engine.net.bodies import too_large_message
+from engine.net.outbox import Outbox
 from engine.net.outcome import one_line
 
 _BUFFER = 64 * 1024  # bytes read per call of buffer_updated
@@ -108,6 +110,7 @@ class Connection(asyncio.BufferedProtocol):
         "keep",
         "lost",
         "max_body",
+        "outbox",
         "parser",
         "spoiled",
         "state",
@@ -117,8 +120,9 @@ class Connection(asyncio.BufferedProtocol):
         "waiter",
     )
 
-    def __init__(self, max_body: int) -> None:
+    def __init__(self, max_body: int, outbox: Outbox) -> None:
         self.max_body = max_body
+        self.outbox = outbox
         self.transport: asyncio.Transport | None = None
         self.parser = HttpResponseParser(self)
         self._buffer = bytearray(_BUFFER)
@@ -160,8 +164,8 @@ class Connection(asyncio.BufferedProtocol):
         self._until_eof = False
         self._error = None
         self._head_bytes = self._head_size = 0
-        waiter = self.waiter = asyncio.get_running_loop().create_future()
-        transport.write(head)
+        waiter = self.waiter = self.outbox.loop.create_future()
+        self.outbox.put(transport, head)
         return waiter
 
     def finish(self) -> None:

@@ -22,6 +22,7 @@ import ssl
 from engine.core.proxies import ProxyURL
 from engine.core.records import ErrorKind
 from engine.net.h1conn import Connection, HttpError
+from engine.net.outbox import Outbox
 from engine.net.proxy import ProxyError, dial
 from engine.net.tls import tls_failure
 
@@ -36,6 +37,7 @@ class Pool:
         "_limit",
         "_max_body",
         "_open",
+        "_outbox",
         "_ssl",
         "_waiters",
         "closed",
@@ -62,6 +64,7 @@ class Pool:
         self.via = via  # the proxy connections go through (CONNECT for https)
         self.port = port
         self.loop = loop
+        self._outbox = Outbox(loop)
         self._ssl = tls
         self._limit = limit
         self._max_body = max_body
@@ -114,11 +117,16 @@ class Pool:
         return proto
 
     async def _dial(self) -> Connection:
-        max_body = self._max_body
+        max_body, outbox = self._max_body, self._outbox
         where = f"{self.host}:{self.port}"
         try:
             return await dial(
-                self.loop, lambda: Connection(max_body), self.host, self.port, self._ssl, self.via
+                self.loop,
+                lambda: Connection(max_body, outbox),
+                self.host,
+                self.port,
+                self._ssl,
+                self.via,
             )
         except ProxyError as exc:
             raise HttpError(exc.kind, exc.message) from None
