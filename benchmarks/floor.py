@@ -5,7 +5,8 @@
 
 A reference row, not a product (issue 18): a raw `httptools` response parser in an
 `asyncio.BufferedProtocol` on uvloop, one keep-alive connection per concurrency slot,
-one future per request. For every event it does the work adbatch must do at least:
+one future per request, the request heads of one turn of the loop written together
+(as adbatch's engine/net/outbox.py does). For every event it does the work adbatch must do at least:
 read a JSONL line, build the delivery query from the dict (`urllib.parse.urlencode`,
 lists joined with `|`, the header keys as headers), check the answer is JSON
 (`orjson.loads`) and write one JSONL record to a file. No retries, no timeouts, no
@@ -35,10 +36,30 @@ HEADER_KEYS = {"user-agent": b"User-Agent", "referer": b"Referer", "ip": b"X-For
 SKIP = {"id", "timestamp"}
 
 
+class Outbox:
+    """Heads written together at the end of the loop's turn: the server wakes once per
+    turn, not once per request (3-6 µs of kernel CPU less per request on loopback)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.pending: list[tuple[asyncio.Transport, bytes]] = []
+
+    def put(self, transport: asyncio.Transport, data: bytes) -> None:
+        if not self.pending:
+            self.loop.call_soon(self.flush)
+        self.pending.append((transport, data))
+
+    def flush(self) -> None:
+        pending, self.pending = self.pending, []
+        for transport, data in pending:
+            transport.write(data)
+
+
 class Connection(asyncio.BufferedProtocol):
     """One keep-alive HTTP/1.1 connection, one request at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, outbox: Outbox) -> None:
+        self._outbox = outbox
         self._buffer = memoryview(bytearray(64 * 1024))
         self._parser = httptools.HttpResponseParser(self)
         self._body: list[bytes] = []
@@ -77,8 +98,8 @@ class Connection(asyncio.BufferedProtocol):
 
     def request(self, data: bytes) -> asyncio.Future[tuple[int, bytes]]:
         assert self._transport is not None
-        self._waiter = asyncio.get_running_loop().create_future()
-        self._transport.write(data)
+        self._waiter = self._outbox.loop.create_future()
+        self._outbox.put(self._transport, data)
         return self._waiter
 
 
@@ -127,8 +148,9 @@ async def main(args: argparse.Namespace) -> None:
     if url.scheme == "https":
         context = ssl.create_default_context(cafile=args.cacert)
     loop = asyncio.get_running_loop()
+    outbox = Outbox(loop)
     conns = [
-        (await loop.create_connection(Connection, host, port, ssl=context))[1]
+        (await loop.create_connection(lambda: Connection(outbox), host, port, ssl=context))[1]
         for _ in range(args.concurrency)
     ]
     head = b"GET " + url.path.encode() + b"?"
