@@ -14,6 +14,8 @@ Rules:
   timer, so latency is measured from before the wait and includes it.
 - A connection closed or aborted before the flush (its deadline, a cancel, the server
   closed it) is skipped: its call has already failed through connection_lost/expire.
+- A write that raises aborts its connection only (its call fails through
+  connection_lost); the heads after it still go out.
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ class Outbox:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self._pending: list[tuple[asyncio.BaseTransport, bytes]] = []
+        self._pending: list[tuple[asyncio.Transport, bytes]] = []
 
-    def put(self, transport: asyncio.BaseTransport, data: bytes) -> None:
+    def put(self, transport: asyncio.Transport, data: bytes) -> None:
         pending = self._pending
         if not pending:
             self.loop.call_soon(self.flush)
@@ -37,5 +39,9 @@ class Outbox:
     def flush(self) -> None:
         pending, self._pending = self._pending, []
         for transport, data in pending:
-            if not transport.is_closing():
-                transport.write(data)  # type: ignore[attr-defined]
+            if transport.is_closing():
+                continue
+            try:
+                transport.write(data)
+            except Exception:  # its call fails through connection_lost
+                transport.abort()
