@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import math
 from typing import NamedTuple, cast
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
@@ -106,6 +107,7 @@ class Connection(asyncio.BufferedProtocol):
         "_until_eof",
         "_view",
         "answered",
+        "deadline",
         "headers",
         "keep",
         "lost",
@@ -123,6 +125,7 @@ class Connection(asyncio.BufferedProtocol):
     def __init__(self, max_body: int, outbox: Outbox) -> None:
         self.max_body = max_body
         self.outbox = outbox
+        self.deadline = math.inf  # the call's (the pool's `watch`); inf between calls
         self.transport: asyncio.Transport | None = None
         self.parser = HttpResponseParser(self)
         self._buffer = bytearray(_BUFFER)
@@ -174,6 +177,7 @@ class Connection(asyncio.BufferedProtocol):
             self.state = _IDLE
         self._answer = None
         self.waiter = None
+        self.deadline = math.inf
 
     def expire(self) -> None:
         """The call's deadline: fail it and drop the connection, never reused half-read."""

@@ -7,6 +7,10 @@ Rules:
   and lets idle ones age).
 - A connection that received anything while idle, was closed, or whose last answer
   did not allow another call is never handed out again (h1conn.py's rules).
+- A call's deadline is its connection's (`watch`): one timer per pool, armed at the
+  soonest deadline in flight, expires every connection past its own (h1conn's `expire`)
+  and re-arms at the next; not a timer per call (creating and cancelling one cost ~1 µs
+  a call). A call that ends clears its connection's deadline (`finish`).
 - `aclose` closes every connection and waits for each to be gone (a bounded wait, then
   an abort): no transport is left half-closed when the loop closes (uvloop raised
   EBUSY at loop close for a TLS connection inside a proxy tunnel still closing).
@@ -17,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import math
 import ssl
 
 from engine.core.proxies import ProxyURL
@@ -28,10 +33,14 @@ from engine.net.tls import tls_failure
 
 #: How long `aclose` waits for connections to finish closing before it aborts them.
 _CLOSE_WAIT = 1.0
+#: A deadline this close to the loop's clock is due (uvloop's timers fire to the ms).
+_CLOCK_SLACK = 0.001
 
 
 class Pool:
     __slots__ = (
+        "_alarm",
+        "_alarm_at",
         "_connecting",
         "_idle",
         "_limit",
@@ -75,6 +84,37 @@ class Pool:
         # Everything of the head after the request line that every call shares.
         self.head_start = head_start
         self.closed = False
+        self._alarm: asyncio.TimerHandle | None = None
+        self._alarm_at = math.inf
+
+    def watch(self, proto: Connection, deadline: float) -> None:
+        """`proto`'s call fails `timeout` (and the connection is dropped) at `deadline`."""
+        proto.deadline = deadline
+        if deadline < self._alarm_at:
+            self._arm(deadline)
+
+    def _arm(self, when: float) -> None:
+        if self._alarm is not None:
+            self._alarm.cancel()
+        self._alarm_at = when
+        self._alarm = self.loop.call_at(when, self._sweep)
+
+    def _sweep(self) -> None:
+        self._alarm, self._alarm_at = None, math.inf
+        if self.closed:
+            return
+        # The loop's clock is read once per turn and timers fire to its resolution: a
+        # deadline within that of now is due (as asyncio's own loop decides for timers).
+        due = self.loop.time() + _CLOCK_SLACK
+        soonest = math.inf
+        for proto in list(self._open):
+            deadline = proto.deadline
+            if deadline <= due:
+                proto.expire()
+            elif deadline < soonest:
+                soonest = deadline
+        if soonest < math.inf:
+            self._arm(soonest)
 
     def take_idle(self) -> Connection | None:
         idle = self._idle
@@ -167,6 +207,9 @@ class Pool:
     def close(self) -> list[Connection]:
         """Close every connection; returns them, for `aclose` to wait on."""
         self.closed = True
+        if self._alarm is not None:
+            self._alarm.cancel()
+            self._alarm, self._alarm_at = None, math.inf
         protos = list(self._open)
         for proto in protos:
             if proto.transport is not None:

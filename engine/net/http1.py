@@ -163,7 +163,7 @@ class Http1Client:
         while True:
             if proto is None:
                 proto = await self._connect(pool, deadline)
-            timer = loop.call_at(deadline, proto.expire)
+            pool.watch(proto, deadline)
             try:
                 answer = await proto.send(head)
                 if proto.stream:  # a coded body: inflated under the limit
@@ -184,8 +184,6 @@ class Http1Client:
             except BaseException:
                 pool.discard(proto)
                 raise
-            finally:
-                timer.cancel()
             pool.release(proto)
             if answer.status == 407 and pool.via is not None:
                 raise HttpError(*refusal(pool.via, 407, "", f"{pool.host}:{pool.port}"))
