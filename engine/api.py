@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -20,11 +20,13 @@ from engine.core.records import Result
 from engine.core.stats import Summary
 from engine.core.tally import Mode
 from engine.errors import ConfigError, plain_engine_errors
-from engine.load import driver as load_driver
-from engine.load.plan import LiveState, LoadOutcome, LoadPlan, sized_plan
 from engine.runtime.feeds import event_defaults, file_feed, mapping_feed, skip_answered
 from engine.runtime.session import RunSession, open_run
 from engine.runtime.watch import Watch, engine_probe, input_progress
+
+if TYPE_CHECKING:
+    from engine.load.plan import LiveState, LoadOutcome, LoadPlan
+    from engine.load.shares import ShareResult
 
 __all__ = ["deliver", "run", "run_load"]
 
@@ -56,6 +58,9 @@ async def run_load(
     """Run `load` or `replay` as planned (engine/load/driver.py), watched when asked;
     with `config.workers` > 1 the schedule is split over that many processes
     (engine/load/shares.py), with one token, one output and one summary."""
+    # Lazy: `run` (and its start-up CPU, issue 18) never loads the load driver.
+    from engine.load import driver as load_driver
+
     config = config.validated()
     async with watched(config, plan.mode) as watch:
         if config.workers > 1:
@@ -68,7 +73,9 @@ async def _load_workers(
 ) -> LoadOutcome:
     import time
 
-    from engine.load.series_file import close_shared, header, open_shared
+    from engine.load import driver as load_driver
+    from engine.load.plan import sized_plan
+    from engine.load.series_file import header, open_shared
     from engine.load.shares import LoadShare, ShareResult, merge_results, shares
     from engine.load.summed import SummedLoad
     from engine.multiproc.driver import run_worker_jobs
@@ -109,7 +116,15 @@ async def _load_workers(
         probe=lambda sums: SummedLoad(sums, plan).probe,
         view=(lambda sums: SummedLoad(sums, plan).view) if progress else None,
     )
-    done = merged(extras)
+    return _load_outcome(config, summary, merged(extras))
+
+
+def _load_outcome(config: Config, summary: Summary, done: ShareResult) -> LoadOutcome:
+    """The outcome of a load run over workers from their merged shares; the --series
+    file closed."""
+    from engine.load.plan import LoadOutcome
+    from engine.load.series_file import close_shared
+
     figures = done.figures
     elapsed = summary.elapsed_s
     if config.series is not None:

@@ -7,16 +7,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TypeAlias
 
 import orjson
 
-from engine.core.events import printable
 from engine.errors import OutputError
-from engine.runtime.loop import run_loop
 from engine.version import __version__
 
 PROG = "adbatch"
@@ -73,6 +70,8 @@ class Parser(argparse.ArgumentParser):
         if not unknown:
             print(self.usage_line(), file=sys.stderr)
             self.error("unrecognized arguments: " + " ".join(extras))
+        import difflib  # (only on this error: start-up, issue 18)
+
         message = f"unknown option {unknown[0]}"
         options = [s for action in self._actions for s in action.option_strings]
         near = difflib.get_close_matches(unknown[0].partition("=")[0], options, n=1)
@@ -89,6 +88,8 @@ def say(text: str) -> None:
 
 def run_async(fn: Callable[..., Any], *args: Any) -> Any:
     """Run `fn(*args)` on a fresh event loop: uvloop when installed, as the benchmarks ran."""
+    from engine.runtime.loop import run_loop  # (with anyio: only a command that runs one)
+
     return run_loop(fn, *args)
 
 
@@ -111,6 +112,8 @@ def json_bytes(data: Any) -> bytes:
 
 
 def _printable(value: Any) -> Any:
+    from engine.core.events import printable
+
     if isinstance(value, str):
         return printable(value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):

@@ -10,6 +10,7 @@ import argparse
 import json
 from dataclasses import fields
 
+from engine.cli.commands import command_help
 from engine.cli.common import Subparsers
 from engine.cli.options import resolve
 from engine.cli.run_options import add_run_options
@@ -32,7 +33,7 @@ def add_parser(sub: Subparsers) -> None:
     """Add the config subcommand to the `adbatch` parser."""
     p = sub.add_parser(
         "config",
-        help="show the resolved configuration and where each value came from",
+        help=command_help("config"),
         description="Resolve the run options as `adbatch run` does (command line, then "
         "ADBATCH_* variables, then the --config file, then the default) and print each "
         "value with its source. Secrets are redacted.",

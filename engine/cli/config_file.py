@@ -11,8 +11,6 @@ meant. Tokens and client secrets are refused in files.
 from __future__ import annotations
 
 import argparse
-import difflib
-import tomllib
 from collections.abc import Callable
 from dataclasses import fields
 from typing import Any
@@ -201,6 +199,8 @@ def _keys(dashed: bool) -> list[str]:
 
 def load_toml(path: str) -> dict[str, Any]:
     """The config file's values by Config field, typed; ConfigError for anything else."""
+    import tomllib  # (here: a run without --config does not load it; issue 18, start-up)
+
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
@@ -224,6 +224,8 @@ def load_toml(path: str) -> dict[str, Any]:
                 f"config file {path}: keep the {what} out of config files; use {var} or {option}"
             )
         if name not in _FIELDS or name in _NOT_IN_FILES:
+            import difflib
+
             near = difflib.get_close_matches(key, _keys("-" in key), n=1)
             hint = f"; did you mean {near[0]!r}?" if near else ""
             raise ConfigError(f"config file {path}: unknown option {key!r}{hint}")

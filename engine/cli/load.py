@@ -14,6 +14,7 @@ from dataclasses import replace
 from functools import partial
 
 from engine.api import run_load
+from engine.cli.commands import command_help
 from engine.cli.common import Subparsers, json_bytes, run_async, say, write_file
 from engine.cli.options import (
     config_from_args,
@@ -41,7 +42,7 @@ def add_parsers(sub: Subparsers) -> None:
 def _add_load_parser(sub: Subparsers) -> None:
     load_p = sub.add_parser(
         "load",
-        help="open-model load test: calls on a schedule, whatever the latency",
+        help=command_help("load"),
         description="Send the input's events (cycled) on a schedule: a constant rate, a "
         "linear ramp or k6-style stages. Calls start on time whatever the server's "
         "latency; past --max-in-flight they are dropped (and counted), never delayed.",
@@ -78,7 +79,7 @@ def _add_load_parser(sub: Subparsers) -> None:
 def _add_replay_parser(sub: Subparsers) -> None:
     replay_p = sub.add_parser(
         "replay",
-        help="send each event at its recorded timestamp (events or access logs)",
+        help=command_help("replay"),
         description="Replay recorded traffic: each event goes at its `timestamp`, scaled by "
         "--speed. Reads event files and access logs of delivery calls (combined log "
         "format). --rate caps the rate on top (delays, never drops).",

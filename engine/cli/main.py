@@ -1,44 +1,145 @@
 """Command line: arguments -> one frozen Config -> run. No logic of its own.
 
 `build_parser` gathers the subcommands of the command modules (run, merge, mock; load,
-replay; report) in the order `--help` lists them; `main` dispatches to the handler the
-subcommand set and turns an EngineError into one line on stderr and its exit code.
-The modules of engine.cli import one way: main -> {run, load, report} -> {run_options ->
-options, common}; none imports main, and the command modules not one another.
+replay; report; config) in the order `--help` lists them (engine/cli/commands.py);
+`main` dispatches to the handler the subcommand set and turns an EngineError into one
+line on stderr and its exit code.
+The modules of engine.cli import one way: main -> {run, load, report, config_cmd} ->
+{run_options -> options, common, commands}; none imports main, and the command modules
+not one another.
+
+Start-up (issue 18): `main` imports only the module of the command chosen. Its parser
+lists every command from the index (name and line of help), and a command's own parser
+is built when argparse chooses it (`_LazyCommands`); the others, and what they import
+(the load driver, the reports), are never loaded. A command module imports what its
+handler needs inside the handler where it is heavy.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
-from engine.cli import config_cmd, load, report, run
+from engine.cli.commands import COMMANDS, command_help
 from engine.cli.common import PROG, Parser, say
-from engine.cli.options import config_from_args
 from engine.errors import EngineError
+
+if TYPE_CHECKING:
+    from engine.cli.options import config_from_args
 
 __all__ = ["PROG", "build_parser", "config_from_args", "main"]
 
 
-def build_parser() -> Parser:
+def __getattr__(name: str) -> Any:
+    # config_from_args is re-exported for callers of this module, and loaded when asked:
+    # with the config it builds, it is the chosen command's to import (main's docstring).
+    if name == "config_from_args":
+        from engine.cli.options import config_from_args
+
+        return config_from_args
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+if TYPE_CHECKING:
+    _Commands = argparse._SubParsersAction[Parser]
+else:  # argparse's class is not subscriptable at run time
+    _Commands = argparse._SubParsersAction
+
+
+class _LazyCommands(_Commands):
+    """The subcommands, each a placeholder (its name and help) until argparse chooses
+    it: then its module's function adds the real parser(s) in its place."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.built: set[str] = set()
+
+    def build(self, command: str) -> None:
+        if command in self.built:
+            return  # (by the module of a command beside it: run adds merge and mock)
+        # The module adds its parsers to a private action of the same prog, then they
+        # take the placeholders' places: argparse reads this map when it parses.
+        built: _Commands = argparse._SubParsersAction(
+            option_strings=[], prog=self._prog_prefix, parser_class=self._parser_class
+        )
+        _add_parsers(COMMANDS[command][0], built)
+        self._name_parser_map.update(built._name_parser_map)
+        self.built.update(built._name_parser_map)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        if isinstance(values, list) and values and values[0] in COMMANDS:
+            self.build(values[0])
+        super().__call__(parser, namespace, values, option_string)
+
+
+def _add_parsers(module: str, sub: _Commands) -> None:
+    """Import a command module and add its parsers: here, not at the top, so that only
+    the chosen command's module loads (and test_layers sees the arrows)."""
+    match module:
+        case "run":
+            from engine.cli import run
+
+            run.add_parsers(sub)
+        case "load":
+            from engine.cli import load
+
+            load.add_parsers(sub)
+        case "report":
+            from engine.cli import report
+
+            report.add_parser(sub)
+        case "config_cmd":
+            from engine.cli import config_cmd
+
+            config_cmd.add_parser(sub)
+        case _:
+            raise AssertionError(f"no command module {module!r}")
+
+
+def build_parser(*, lazy: bool = False) -> Parser:
+    """The `adbatch` parser; `lazy`: each command's parser (and module) only when it is
+    chosen (main), else all of them now (a test that reads a parser's help)."""
     parser = Parser(
         prog=PROG,
         description="Fetch Criteo Retail Media ads for page-view events, fast, "
         "one JSONL record per event.",
         epilog="Try it: adbatch run --mock examples/pageviews.jsonl",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    run.add_parsers(sub)
-    load.add_parsers(sub)
-    report.add_parser(sub)
-    config_cmd.add_parser(sub)
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, action=_LazyCommands
+    )
+    assert isinstance(sub, _LazyCommands)
+    for command in COMMANDS:
+        sub.add_parser(command, help=command_help(command))
+    for command in () if lazy else COMMANDS:
+        sub.build(command)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args, extras = parser.parse_known_args(argv)
+    # The chosen command's imports (most of a 0-event run's CPU) make objects that live
+    # as long as the process: the collector stays off meanwhile, then they are frozen
+    # (engine/runtime/loop.py, start-up).
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        parser = build_parser(lazy=True)
+        args, extras = parser.parse_known_args(argv)
+    finally:
+        from engine.runtime.loop import tune_gc
+
+        tune_gc()
+        if enabled:
+            gc.enable()
     if extras:
         # argparse hands a subcommand's unknown arguments up to the top-level parser,
         # whose usage is not the one the user needs: the subcommand's says them.

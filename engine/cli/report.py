@@ -11,6 +11,7 @@ import sys
 from itertools import chain
 from typing import Any
 
+from engine.cli.commands import command_help
 from engine.cli.common import Subparsers, json_bytes, write_file
 from engine.cli.hints import RecordCount
 from engine.core.events import printable
@@ -22,8 +23,7 @@ def add_parser(sub: Subparsers) -> None:
     """Add the report subcommand to the `adbatch` parser."""
     report_p = sub.add_parser(
         "report",
-        help="figures of a run (its records or --series file): text, JSON, HTML; "
-        "two runs: compared",
+        help=command_help("report"),
         description="Recompute a run's figures (rate, latency percentiles, statuses, "
         "errors, per-second series) from its JSONL records or its --series file (told "
         "apart by the first line). With two files, show them side by side with the change.",

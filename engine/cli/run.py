@@ -16,6 +16,7 @@ from functools import partial
 from engine import api
 from engine.cli import hints
 from engine.cli.argtypes import duration, storage_option
+from engine.cli.commands import command_help
 from engine.cli.common import Subparsers, json_bytes, run_async, say, write_file
 from engine.cli.options import config_from_args, shard
 from engine.cli.run_options import add_run_options
@@ -35,7 +36,7 @@ def add_parsers(sub: Subparsers) -> None:
 def _add_run_parser(sub: Subparsers) -> None:
     run_p = sub.add_parser(
         "run",
-        help="send one delivery call per input event",
+        help=command_help("run"),
         description="Send one delivery call per input event and write one "
         "JSONL record per input line.",
     )
@@ -70,7 +71,7 @@ def _add_distribution_options(p: argparse.ArgumentParser) -> None:
 def _add_merge_parser(sub: Subparsers) -> None:
     merge_p = sub.add_parser(
         "merge",
-        help="join the outputs of `run --shard` and check they cover the input exactly once",
+        help=command_help("merge"),
         description="Join the outputs of `adbatch run --shard I/N` into one file, each "
         "record once, and check every input record is there exactly once.",
     )
@@ -94,7 +95,7 @@ def _add_merge_parser(sub: Subparsers) -> None:
 def _add_mock_parser(sub: Subparsers) -> None:
     mock_p = sub.add_parser(
         "mock",
-        help="serve the embedded mock delivery + token server",
+        help=command_help("mock"),
         description="Serve the embedded mock of the delivery host and its OAuth2 token "
         "endpoint, with faults on demand (each a probability per call).",
     )

@@ -16,6 +16,13 @@ again: ~0.7 s of CPU per 20,000 events on the benchmark machine, 6-7% of a run.
 `gc.freeze()` moves what exists at start-up out of the collector's sight and a larger
 first threshold makes young collections rarer; cycles are still collected and memory
 stays flat (benchmarks/run.py's RSS check).
+
+Start-up (issue 18): the command line keeps the collector off while it imports the
+command's modules (engine/cli/main.py), then calls `tune_gc`: the ~50 collections those
+imports would trigger cost ~10 ms of a 0-event run. No full collection comes before the
+freeze either (~5-8 ms): the imports leave a few hundred objects of garbage, frozen once
+and never grown. anyio is imported when a loop is run, not with this module, which the
+CLI imports for `tune_gc` on every command.
 """
 
 from __future__ import annotations
@@ -23,13 +30,13 @@ from __future__ import annotations
 import gc
 import math
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import anyio
-
-from engine.config import Config
 from engine.errors import ConfigError
 from engine.runtime.malloc import tune_malloc
+
+if TYPE_CHECKING:
+    from engine.config import Config
 
 T = TypeVar("T")
 
@@ -45,8 +52,7 @@ def tune_gc() -> None:
     if _done:
         return
     _done = True
-    gc.collect()
-    gc.freeze()
+    gc.freeze()  # no gc.collect() first: see the module's docstring
     young, older, oldest = gc.get_threshold()
     gc.set_threshold(max(YOUNG_THRESHOLD, young), older, oldest)
 
@@ -126,7 +132,10 @@ def backend_options() -> dict[str, Any]:
 def run_loop(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
     """Run `fn(*args)` on a new event loop (uvloop when installed), the collector tuned
     first: the one way this package starts a loop for a run (the CLI, a --workers child)."""
+    import anyio
+
+    options = backend_options()  # imports uvloop: before the freeze, frozen with the rest
     tune_gc()
     tune_malloc()
     raise_open_files()
-    return anyio.run(fn, *args, backend_options=backend_options())
+    return anyio.run(fn, *args, backend_options=options)
