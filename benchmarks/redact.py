@@ -5,9 +5,11 @@
 
 Bodies: Criteo-shaped JSON of ~1 KB with no secret in it, plain, with `%XX` escapes (beacon
 URLs), with `\\/` escapes (a server that escapes slashes), and one that echoes the token
-JSON-escaped. Secrets: a JWT-like token and a client secret with its Basic form (an older
-redactor without `basic=` hunts the two alone). Prints a markdown table of microseconds per
-call (best of 5 rounds).
+JSON-escaped; and benchmarks/run.py's 2.7 KB delivery answer, as it is and with %XX-escaped
+beacon URLs. Secrets: a JWT-like token and a client secret with its Basic form (an older
+redactor without `basic=` hunts the two alone), then the token alone (a static token or an
+OAuth run's issued one). Prints a markdown table of microseconds per call (best of
+`--rounds` interleaved rounds).
 """
 
 from __future__ import annotations
@@ -55,10 +57,15 @@ def _secrets(module: ModuleType) -> Any:
         return module.Secrets((TOKEN, SECRET))
 
 
+def _token_only(module: ModuleType) -> Any:
+    return module.Secrets((TOKEN,))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--compare", metavar="REV", help="also time REV's redactor")
-    parser.add_argument("--number", type=int, default=20000)
+    parser.add_argument("--number", type=int, default=5000)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
 
     versions = {"work tree": _load(ROOT / "engine/core/secrets.py", "secrets_now")}
@@ -79,18 +86,34 @@ def main() -> None:
         "the token echoed as \\uXXXX": _body(echo=f'"echo":"{echoed}",'),
         "the token echoed, mixed spelling": _body(echo=f'"echo":"{mixed}",'),
     }
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from run import fixed_body
+
+    delivery = fixed_body()
+    bodies["2.7 KB delivery answer (run.py), no secret"] = delivery
+    bodies["2.7 KB delivery answer, %XX beacons"] = delivery.replace(
+        b"&ev=", b"&u=https%3A%2F%2Fshop.example%2Fp%3Fa%3D1&ev="
+    )
     names = list(versions)
-    print("| 1 KB body | " + " | ".join(f"{n} (us)" for n in names) + " |")
-    print("| --- |" + " --- |" * len(names))
-    for label, data in bodies.items():
-        cells = []
-        for name in names:
-            secrets = _secrets(versions[name])
-            secrets.redact_bytes(data)  # compile what is compiled once
-            call = secrets.redact_bytes
-            best = min(timeit.repeat(lambda: call(data), number=args.number, repeat=5))  # noqa: B023
-            cells.append(f"{best / args.number * 1e6:.2f}")
-        print(f"| {label} ({len(data)} B) | " + " | ".join(cells) + " |")
+    print("| body | secrets | " + " | ".join(f"{n} (us)" for n in names) + " |")
+    print("| --- | --- |" + " --- |" * len(names))
+    for who, make in (("token + client", _secrets), ("token only", _token_only)):
+        for label, data in bodies.items():
+            calls = {}
+            for name in names:
+                secrets = make(versions[name])
+                secrets.redact_bytes(data)  # compile what is compiled once
+                calls[name] = secrets.redact_bytes
+            if len({calls[n](data) for n in names}) > 1:
+                print(f"OUTPUT DIFFERS: {label}, {who}", file=sys.stderr)
+            best = dict.fromkeys(names, float("inf"))
+            for _ in range(args.rounds):  # interleaved: the versions share the machine alike
+                for name in names:
+                    call = calls[name]
+                    took = timeit.timeit(lambda: call(data), number=args.number)  # noqa: B023
+                    best[name] = min(best[name], took)
+            cells = " | ".join(f"{best[n] / args.number * 1e6:.2f}" for n in names)
+            print(f"| {label} ({len(data)} B) | {who} | {cells} |")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from urllib.parse import quote, quote_plus
 
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from engine.core.secrets import REDACTED, Secrets, token_problem
@@ -191,6 +191,7 @@ def test_any_secret_in_any_mix_of_spellings(secret: str, choices: list[int], pre
             return _lower_hex(quote_plus(ch, safe=""))
         return ch
 
+    assume(secret not in REDACTED)  # "[redacte" is still in its own replacement
     spelled = "".join(spell(c, how) for c, how in zip(secret, choices, strict=False))
     secrets = Secrets((secret,))
     # As a JSON body's string (embedded as it is)...
