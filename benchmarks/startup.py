@@ -1,6 +1,6 @@
 """Start-up cost of `adbatch run` (issue 18): the CPU of a run of 0 events, side by side.
 
-    python benchmarks/startup.py [--rounds 10] [--compare REV]
+    python benchmarks/startup.py [--rounds 10] [--compare REV ...]
 
 Each row's command runs `--rounds` times, the rows interleaved (one of each per round);
 its CPU is user + system of the process from `os.wait4`, best and median of the rounds.
@@ -8,7 +8,9 @@ its CPU is user + system of the process from `os.wait4`, best and median of the 
 from one more run. Rows: the interpreter alone (`python -c pass`, the floor), `run
 --help`, and the 0-event run (`run /dev/null` against a closed port, over http://);
 with `--compare REV`, the same two commands on the `engine/` of git revision REV
-(extracted, byte-compiled), so before and after come from the same run.
+(extracted, byte-compiled), so before and after come from the same run; REV may also
+be a folder that holds an `engine/` (a what-if: a copy with a change not made yet).
+`--compare` may be given several times.
 """
 
 from __future__ import annotations
@@ -67,8 +69,12 @@ def imports_of(row: Row, out: Path, runs: int = 3) -> tuple[float, int]:
 
 
 def checkout(rev: str, work: Path) -> Path:
-    """The engine package of git revision `rev`, extracted under `work` (compiled)."""
-    root = work / "compare"
+    """The engine package of git revision `rev`, extracted under `work` (compiled); a
+    folder that holds an engine/ as it is."""
+    if (Path(rev) / "engine").is_dir():
+        compileall.compile_dir(str(Path(rev) / "engine"), quiet=1)
+        return Path(rev)
+    root = work / f"compare-{len(list(work.iterdir()))}"
     root.mkdir()
     archive = subprocess.run(
         ["git", "-C", str(ROOT), "archive", rev, "engine"], capture_output=True, check=False
@@ -80,10 +86,9 @@ def checkout(rev: str, work: Path) -> Path:
     return root
 
 
-def rows_for(compare: tuple[str, Path] | None) -> list[Row]:
+def rows_for(compare: list[tuple[str, Path]]) -> list[Row]:
     rows = [Row("python -c pass", ROOT, ("-c", "pass"))]
-    trees = [("this tree", ROOT)] + ([] if compare is None else [compare])
-    for label, tree in trees:
+    for label, tree in [("this tree", ROOT), *compare]:
         rows.append(Row(f"run --help @ {label}", tree, ("-m", "engine", "run", "--help")))
         rows.append(Row(f"run, 0 events @ {label}", tree, ("-m", "engine", *RUN)))
     return rows
@@ -92,13 +97,15 @@ def rows_for(compare: tuple[str, Path] | None) -> list[Row]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=10)
-    ap.add_argument("--compare", metavar="REV", help="also time the engine/ of git REV")
+    ap.add_argument(
+        "--compare", metavar="REV", action="append", default=[],
+        help="also time the engine/ of git REV (or of a folder); repeatable",
+    )  # fmt: skip
     args = ap.parse_args()
     compileall.compile_dir(str(ROOT / "engine"), quiet=1)
     with tempfile.TemporaryDirectory(prefix="startup-") as tmp:
         work = Path(tmp)
-        compare = None if args.compare is None else (args.compare, checkout(args.compare, work))
-        rows = rows_for(compare)
+        rows = rows_for([(rev, checkout(rev, work)) for rev in args.compare])
         out = work / "out.jsonl"
         times: dict[str, list[float]] = {row.name: [] for row in rows}
         for _ in range(args.rounds):

@@ -18,15 +18,15 @@ import anyio
 from engine.config import Config
 from engine.core.records import Result
 from engine.core.stats import Summary
-from engine.core.tally import Mode
 from engine.errors import ConfigError, plain_engine_errors
 from engine.runtime.feeds import event_defaults, file_feed, mapping_feed, skip_answered
 from engine.runtime.session import RunSession, open_run
-from engine.runtime.watch import Watch, engine_probe, input_progress
 
 if TYPE_CHECKING:
+    from engine.core.tally import Mode
     from engine.load.plan import LiveState, LoadOutcome, LoadPlan
     from engine.load.shares import ShareResult
+    from engine.runtime.watch import Watch
 
 __all__ = ["deliver", "run", "run_load"]
 
@@ -160,6 +160,8 @@ async def run_local(
     async with open_run(config) as session:
         engine = session.engine()
         if watch is not None:
+            from engine.runtime.watch import engine_probe, input_progress
+
             progress = input_progress(session.counts, session.config.inputs)
             watch.attach(engine_probe(engine, progress=progress))
         feed = file_feed(session.config, session.counts)
