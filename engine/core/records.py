@@ -26,6 +26,7 @@ import orjson
 
 from engine.core.events import Event, Invalid, printable
 from engine.core.jsoncheck import is_json
+from engine.core.rounding import rounded
 from engine.core.secrets import Secrets
 
 NO_SECRETS = Secrets()
@@ -155,11 +156,20 @@ def jsonl_parts(batch: list[Result]) -> Iterator[bytes]:
         yield pending[0] if len(pending) == 1 else b"".join(pending)
 
 
-def _line(result: Result) -> bytes:
-    try:  # the newline by orjson: `to_json() + b"\n"` copied each line once more
-        return orjson.dumps(result, option=orjson.OPT_APPEND_NEWLINE)
+def _line(r: Result) -> bytes:
+    """`r.to_json()` and its newline. Every field in order, as a dict: orjson writes a
+    slotted dataclass at twice the cost (1.17 against 0.65 µs, the dict's making included).
+    The newline by orjson: `to_json() + b"\n"` copied each line once more."""
+    try:
+        return orjson.dumps(
+            {"seq": r.seq, "id": r.id, "source": r.source, "status": r.status, "ok": r.ok,
+             "attempts": r.attempts, "latency_ms": r.latency_ms, "sent_at": r.sent_at,
+             "error": r.error, "response": r.response, "error_kind": r.error_kind,
+             "scheduled_at": r.scheduled_at, "retries": r.retries},
+            option=orjson.OPT_APPEND_NEWLINE,
+        )  # fmt: skip
     except orjson.JSONEncodeError:
-        return result.to_json() + b"\n"
+        return r.to_json() + b"\n"
 
 
 #: How a JSON text can begin (RFC 8259: whitespace, then a value; orjson takes no BOM).
@@ -290,8 +300,8 @@ def answered(
         status,
         ok,
         attempts,
-        round(resp.latency_ms, 3),
-        round(resp.sent_at, 6),
+        rounded(resp.latency_ms, 3),
+        rounded(resp.sent_at, 6),
         error,
         embed_body(resp.body),
         kind,

@@ -1,0 +1,25 @@
+"""`round(value, digits)` for the timings of a record, at a third of its cost (pure).
+
+CPython's `round(x, n)` writes `x` out in decimal and reads it back (~0.37 µs); a record
+rounds two timings. `rounded` scales instead, and returns the same float: when the scaled
+product is a quarter or more away from a half-way point, its own rounding error (at most
+a quarter of a unit below 2**51) cannot move it across one, so the nearest integer `k` is
+the one `round` picks, and `k / 10**n` is the float nearest to that decimal, as `round`
+returns. Otherwise (near a half-way point, not positive, too large) `round` decides.
+"""
+
+from __future__ import annotations
+
+_SCALES = (1.0, 10.0, 100.0, 1000.0, 1e4, 1e5, 1e6)
+_EXACT = float(2**51)
+
+
+def rounded(value: float, digits: int) -> float:
+    """`round(value, digits)` (0 <= digits <= 6), the same float, cheaper."""
+    scale = _SCALES[digits]
+    scaled = value * scale
+    if 0.0 < scaled < _EXACT:  # a timing; zero, a negative or NaN: `round` (its -0.0)
+        k = round(scaled)
+        if -0.25 < scaled - k < 0.25:
+            return k / scale
+    return round(value, digits)
