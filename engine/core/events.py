@@ -21,11 +21,16 @@ Rules:
 
 from __future__ import annotations
 
-import datetime as _dt
 import math
-import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from operator import itemgetter
+from typing import cast
+
+from engine.core.values import _SURROGATE, _BadValue, _surrogate, value_text
+from engine.core.values import header_problem as header_problem  # re-exported
+from engine.core.values import parse_timestamp as parse_timestamp  # re-exported
+from engine.core.values import printable as printable  # re-exported
 
 ALWAYS_REQUIRED: tuple[str, ...] = (
     "criteo-partner-id",
@@ -105,7 +110,9 @@ class EventDefaults:
 NO_DEFAULTS = EventDefaults()
 
 
-@dataclass(frozen=True, slots=True)
+# Slotted, not frozen, by measurement: one per input line (0.16 us against 0.67 frozen).
+# Never mutated (dataclasses.replace makes a new one).
+@dataclass(slots=True)
 class Event:
     """A valid page view, ready to become a delivery call."""
 
@@ -130,89 +137,6 @@ class Invalid:
 Item = Event | Invalid
 
 
-class _BadValue(ValueError):
-    pass
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]").search
-_CONTROL = re.compile("[\x00-\x1f\x7f]").search
-
-
-def printable(text: str) -> str:
-    """`text` with each lone surrogate written as its escape (`\\ud800`): UTF-8 can carry it."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def _surrogate(text: str) -> str | None:
-    """The first lone surrogate of `text` as `U+D800`, or None (ASCII costs one check)."""
-    if text.isascii():
-        return None
-    found = _SURROGATE(text)
-    return None if found is None else f"U+{ord(found.group()):04X}"
-
-
-def header_problem(text: str) -> str | None:
-    """Why `text` cannot be a header value (a lone surrogate, a control character), or None."""
-    found = _CONTROL(text)
-    if found is not None:
-        return f"a control character (U+{ord(found.group()):04X}) that a header cannot carry"
-    bad = _surrogate(text)
-    return None if bad is None else f"a lone surrogate ({bad}) that UTF-8 cannot carry"
-
-
-def _scalar(key: str, value: object) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise _BadValue(f"parameter {key} is not a finite number")
-        return repr(value)
-    kind = "an object" if isinstance(value, Mapping) else type(value).__name__
-    raise _BadValue(f"parameter {key} must be a string, number, boolean or list, not {kind}")
-
-
-def value_text(key: str, value: object) -> str | None:
-    """The query-string text of one input value; None when the value means absent."""
-    if value is None:
-        return None
-    if isinstance(value, list | tuple):
-        parts = [_scalar(key, v) for v in value if v is not None]
-        text = "|".join(p for p in parts if p != "")
-    else:
-        text = _scalar(key, value)
-    return text or None
-
-
-def parse_timestamp(value: object) -> float:
-    """Epoch seconds (number or numeric string) or ISO 8601 (naive means UTC)."""
-    if isinstance(value, bool):
-        raise _BadValue("timestamp must be epoch seconds or ISO 8601")
-    if isinstance(value, int | float):
-        ts = float(value)
-    elif isinstance(value, str):
-        try:
-            ts = float(value)
-        except ValueError:
-            try:
-                parsed = _dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-            except ValueError:
-                raise _BadValue(
-                    f"timestamp {value[:40]!r} is not epoch seconds or ISO 8601"
-                ) from None
-            if parsed.tzinfo is None:
-                parsed = parsed.replace(tzinfo=_dt.UTC)
-            ts = parsed.timestamp()
-    else:
-        raise _BadValue("timestamp must be epoch seconds or ISO 8601")
-    if not math.isfinite(ts):
-        raise _BadValue("timestamp is not a finite number")
-    return ts
-
-
 def _param_order(name: str) -> tuple[int, str]:
     return (_KNOWN_RANK.get(name, len(KNOWN_PARAMS)), name)
 
@@ -234,70 +158,139 @@ def _ordered(params: dict[str, str]) -> tuple[tuple[str, str], ...]:
     return tuple([(name, params[name]) for name in order])
 
 
-# What one key set makes of its keys, worked out once (events of one input mostly share
-# their keys): the parameter keys in their send order, the header keys in input order
-# with their header, whether a timestamp is there. None: a key holds a lone surrogate
-# (the general loop says so). Bounded like _ORDER_CACHE.
-_Plan = tuple[tuple[str, ...], tuple[tuple[str, str], ...], bool]
+def _getter(keys: tuple[str, ...]) -> Callable[[Mapping[str, object]], tuple[object, ...]]:
+    """The values of `keys` as one tuple (itemgetter, in C, but for fewer than two keys)."""
+    if len(keys) >= 2:
+        return itemgetter(*keys)
+    return lambda obj: tuple([obj[key] for key in keys])
+
+
+class _Plan:
+    """What one key set makes of its keys, worked out once (events of one input mostly
+    share their keys): its parameter keys in send order, its header keys in input order,
+    and per event type whether every required parameter is one of its keys."""
+
+    __slots__ = (
+        "complete",
+        "event_type",
+        "get_headers",
+        "get_params",
+        "has_timestamp",
+        "header_keys",
+        "header_names",
+        "item",
+        "names",
+        "partner",
+    )
+
+    def __init__(self, keys: tuple[str, ...]) -> None:
+        self.names = tuple(sorted((k for k in keys if k not in RESERVED_KEYS), key=_param_order))
+        self.get_params = _getter(self.names)
+        header_keys = tuple(k for k in keys if k in HEADER_KEYS)
+        self.get_headers = _getter(header_keys)
+        self.header_keys = header_keys
+        self.header_names = tuple(HEADER_KEYS[k] for k in header_keys)
+        self.has_timestamp = "timestamp" in keys
+        where = {name: i for i, name in enumerate(self.names)}
+        self.partner = where.get("criteo-partner-id", -1)
+        self.event_type = where.get("event-type", -1)
+        self.item = where.get("item", -1)
+        self.complete: dict[str, bool] = {}
+
+    def has_required(self, event_type: str) -> bool:
+        """Whether the parameters `event_type` requires are all among the keys."""
+        known = self.complete.get(event_type)
+        if known is None:
+            need = ALWAYS_REQUIRED + REQUIRED_BY_TYPE.get(event_type, ())
+            known = all(name in self.names for name in need)
+            if len(self.complete) < 64:  # event types are few; hostile input's are not
+                self.complete[event_type] = known
+        return known
+
+
+# Bounded like _ORDER_CACHE; None: a key holds a lone surrogate (the general loop says so).
 _PLANS: dict[tuple[str, ...], _Plan | None] = {}
 
 
-def _plan(names: tuple[str, ...]) -> _Plan | None:
-    if any(_surrogate(name) is not None for name in names):
-        return None
-    params = [n for n in names if n not in RESERVED_KEYS]
-    headers = tuple((n, HEADER_KEYS[n]) for n in names if n in HEADER_KEYS)
-    return tuple(sorted(params, key=_param_order)), headers, "timestamp" in names
+def _plan_of(keys: tuple[str, ...]) -> _Plan | None:
+    if len(_PLANS) >= _ORDER_CACHE_SIZE:
+        _PLANS.clear()
+    bad = any(not k.isascii() and _surrogate(k) is not None for k in keys)
+    plan = _PLANS[keys] = None if bad else _Plan(keys)
+    return plan
 
 
-def _fields_fast(
-    obj: Mapping[str, object],
-) -> tuple[dict[str, str], list[tuple[str, str]], float | None] | None:
-    """`_fields` of an event without a problem, its parameters already in send order; None
-    when there may be one (then `_fields` finds it, the same one as ever)."""
-    names = tuple(obj)
-    plan = _PLANS.get(names, False)
-    if plan is False:
-        if len(_PLANS) >= _ORDER_CACHE_SIZE:
-            _PLANS.clear()
-        plan = _PLANS[names] = _plan(names)
+def _text(key: str, value: object) -> str:
+    """`value_text`, "" for absent, the common types first (a list of strings joined in C)."""
+    kind = type(value)
+    if kind is str:
+        return value  # type: ignore[return-value]
+    if kind is int:
+        return str(value)
+    if kind is list and "" not in value and set(map(type, value)) == {str}:  # type: ignore[operator, call-overload]
+        return "|".join(value)  # type: ignore[arg-type]
+    return value_text(key, value) or ""
+
+
+def _planned(
+    obj: Mapping[str, object], seq: int, source: str, event_id: str | None, defaults: EventDefaults
+) -> Item | None:
+    """`make_event` of an event whose values can all be sent, by its key set's plan; None
+    when one may not be (then the general loop finds the problem, the same one as ever)."""
+    keys = tuple(obj)
+    plan = _PLANS[keys] if keys in _PLANS else _plan_of(keys)
     if plan is None:
         return None
-    param_keys, header_keys, has_timestamp = plan  # type: ignore[misc]
+    names = plan.names
     try:
-        params: dict[str, str] = {}
-        for key in param_keys:
-            value = obj[key]
-            kind = type(value)
-            if kind is str:
-                if value:
-                    params[key] = value  # type: ignore[assignment]
-            elif kind is int:  # not a bool: the type itself
-                params[key] = str(value)
-            elif text := value_text(key, value):
-                params[key] = text
-        headers: list[tuple[str, str]] = []
-        for key, header in header_keys:
-            value = obj[key]
-            text = value if type(value) is str else value_text(key, value)
-            if text:
-                headers.append((header, text))
+        texts = list(map(_text, names, plan.get_params(obj)))
+        header_values = plan.get_headers(obj)
         timestamp: float | None = None
-        if has_timestamp and (value := obj["timestamp"]) is not None and value != "":
-            if type(value) is float and math.isfinite(value):
-                timestamp = value
-            else:
-                timestamp = parse_timestamp(value)
+        if plan.has_timestamp and (value := obj["timestamp"]) is not None and value != "":
+            finite = type(value) is float and math.isfinite(value)
+            timestamp = value if finite else parse_timestamp(value)  # type: ignore[assignment]
     except _BadValue:
         return None
-    joined = "".join(params.values())
+    if defaults.partner_id is not None and (plan.partner < 0 or not texts[plan.partner]):
+        return None  # the default partner goes in: the general loop puts it in its place
+    joined = "".join(texts)
     if not joined.isascii() and _SURROGATE(joined) is not None:
         return None
-    if not "".join([t for _, t in headers]).isprintable() and any(
-        header_problem(t) is not None for _, t in headers
-    ):
-        return None
-    return params, headers, timestamp
+    try:
+        header_text = "".join(header_values)  # type: ignore[arg-type]
+    except TypeError:
+        return None  # a header value that is not a string
+    if "" in header_values or not header_text.isprintable():
+        return None  # a control character, a lone surrogate (or a mere non-ASCII one)
+    values = cast("tuple[str, ...]", header_values)  # joined: all strings
+    # zip's strict=True costs 0.15 us a call here: the plan's lengths match by construction.
+    headers = tuple(zip(plan.header_names, values))  # noqa: B905
+    if defaults.user_agent is not None or defaults.ip is not None:
+        more = list(headers)
+        _add_defaults(more, defaults)
+        headers = tuple(more)
+    if "" in texts:
+        params = tuple([(k, t) for k, t in zip(names, texts, strict=True) if t])
+    else:
+        params = tuple(zip(names, texts))  # noqa: B905
+    event_type = texts[plan.event_type] if plan.event_type >= 0 else ""
+    partner = texts[plan.partner] if plan.partner >= 0 else ""
+    if (
+        "" in texts
+        or not plan.has_required(event_type)
+        or not (partner.isascii() and partner.isdigit())
+        or (event_type in SINGLE_ITEM_TYPES and "|" in texts[plan.item])
+    ) and (error := validate(dict(params))) is not None:
+        return Invalid(seq, source, event_id, error)
+    return Event(seq, source, event_id, timestamp, params, headers)
+
+
+def _add_defaults(headers: list[tuple[str, str]], defaults: EventDefaults) -> None:
+    have = {h for h, _ in headers}
+    if "User-Agent" not in have and defaults.user_agent is not None:
+        headers.append(("User-Agent", defaults.user_agent))
+    if "X-Forwarded-For" not in have and defaults.ip is not None:
+        headers.append(("X-Forwarded-For", defaults.ip))
 
 
 def _fields(
@@ -350,29 +343,22 @@ def make_event(
     if event_id is not None and not event_id.isascii() and (bad := _surrogate(event_id)):
         message = f"id holds a lone surrogate ({bad}) that UTF-8 cannot carry"
         return Invalid(seq, source, printable(event_id), message)
-    # Most events have nothing wrong: one pass over the values, no per-key dispatch.
-    fields = _fields_fast(obj)
-    in_order = fields is not None
-    if fields is None:
-        try:
-            fields = _fields(obj)
-        except _BadValue as exc:
-            return Invalid(seq, source, event_id, str(exc))
-    params, headers, timestamp = fields
+    # Most events have nothing wrong: their key set's plan, no per-key dispatch.
+    planned = _planned(obj, seq, source, event_id, defaults)
+    if planned is not None:
+        return planned
+    try:
+        params, headers, timestamp = _fields(obj)
+    except _BadValue as exc:
+        return Invalid(seq, source, event_id, str(exc))
     if "criteo-partner-id" not in params and defaults.partner_id is not None:
         params["criteo-partner-id"] = defaults.partner_id
-        in_order = False
     if defaults.user_agent is not None or defaults.ip is not None:
-        have = {h for h, _ in headers}
-        if "User-Agent" not in have and defaults.user_agent is not None:
-            headers.append(("User-Agent", defaults.user_agent))
-        if "X-Forwarded-For" not in have and defaults.ip is not None:
-            headers.append(("X-Forwarded-For", defaults.ip))
+        _add_defaults(headers, defaults)
     error = validate(params)
     if error is not None:
         return Invalid(seq, source, event_id, error)
-    ordered = tuple(params.items()) if in_order else _ordered(params)
-    return Event(seq, source, event_id, timestamp, ordered, tuple(headers))
+    return Event(seq, source, event_id, timestamp, _ordered(params), tuple(headers))
 
 
 def validate(params: Mapping[str, str]) -> str | None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import gzip
 import io
-import json
 import os
 import stat
 import sys
@@ -27,21 +26,19 @@ from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Literal, TypeVar
 
-import orjson
-
 from engine.config import DEFAULT_MAX_LINE_BYTES, Format
 from engine.core.events import (
     NO_DEFAULTS,
     EventDefaults,
     Invalid,
     Item,
-    RawNumber,
     ReadCounts,
     make_event,
 )
 from engine.core.shard import ShardSpec
 from engine.errors import InputError
 from engine.files import parquet
+from engine.files.jsonlines import parse_json_line as parse_json_line  # re-exported
 from engine.files.position import Counted
 from engine.files.position import input_size as input_size  # re-exported
 from engine.files.storage import StorageOptions, is_url, open_read, source_name
@@ -170,46 +167,6 @@ def _read_error(exc: Exception) -> str:
     if isinstance(exc, EOFError | gzip.BadGzipFile | zlib.error):
         return f"compressed input is truncated or corrupt ({exc}); the rest of this file is unread"
     return f"input could not be read ({exc}); the rest of this file is unread"
-
-
-def _has_float(obj: dict[str, object]) -> bool:
-    """A float whose text matters: any but the timestamp's, which is read as a number
-    anyway (and is in nearly every line: keeping it off the slow path is the point).
-    By exact types (orjson makes no subclasses): cheaper than isinstance."""
-    for key, value in obj.items():
-        kind = type(value)
-        if kind is float:
-            if key != "timestamp":
-                return True
-        elif kind is list and float in map(type, value):  # type: ignore[call-overload]
-            return True
-    return False
-
-
-def parse_json_line(raw: bytes) -> tuple[dict[str, object] | None, str | None]:
-    """One JSONL line -> (object, None) or (None, error)."""
-    try:
-        obj = orjson.loads(raw)
-        exact = not (isinstance(obj, dict) and _has_float(obj))
-    except orjson.JSONDecodeError as exc:
-        first_error = str(exc)
-        exact = False
-        obj = None
-    else:
-        first_error = ""
-    if not exact:
-        # Keep numbers as written (12.50 stays 12.50) and accept integers past 64 bits.
-        try:
-            obj = json.loads(raw.decode("utf-8"), parse_float=RawNumber)
-        except UnicodeDecodeError:
-            return None, "line is not valid UTF-8"
-        except RecursionError:
-            return None, "malformed JSON: nested too deeply"
-        except ValueError as exc:
-            return None, f"malformed JSON: {first_error or exc}"
-    if not isinstance(obj, dict):
-        return None, f"line is not a JSON object (got {type(obj).__name__})"
-    return obj, None
 
 
 def jsonl_records(stream: BinaryIO, max_bytes: int, counts: ReadCounts) -> Iterator[Record]:

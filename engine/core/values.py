@@ -1,0 +1,98 @@
+"""One input value -> its text in a query string or a header (pure).
+
+Rules (engine/core/events.py gives the whole event model):
+- Strings as they are; integers and floats as written (the readers keep a float's text as
+  a `RawNumber`); booleans as 1/0; lists joined with `|`; null or an empty string means
+  absent. Objects, and lists holding anything but scalars, are a `_BadValue`.
+- A lone surrogate cannot be UTF-8; a C0 control character or DEL cannot be in a header.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import re
+from collections.abc import Mapping
+
+
+class _BadValue(ValueError):
+    pass
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]").search
+_CONTROL = re.compile("[\x00-\x1f\x7f]").search
+
+
+def printable(text: str) -> str:
+    """`text` with each lone surrogate written as its escape (`\\ud800`): UTF-8 can carry it."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _surrogate(text: str) -> str | None:
+    """The first lone surrogate of `text` as `U+D800`, or None (ASCII costs one check)."""
+    if text.isascii():
+        return None
+    found = _SURROGATE(text)
+    return None if found is None else f"U+{ord(found.group()):04X}"
+
+
+def header_problem(text: str) -> str | None:
+    """Why `text` cannot be a header value (a lone surrogate, a control character), or None."""
+    found = _CONTROL(text)
+    if found is not None:
+        return f"a control character (U+{ord(found.group()):04X}) that a header cannot carry"
+    bad = _surrogate(text)
+    return None if bad is None else f"a lone surrogate ({bad}) that UTF-8 cannot carry"
+
+
+def _scalar(key: str, value: object) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise _BadValue(f"parameter {key} is not a finite number")
+        return repr(value)
+    kind = "an object" if isinstance(value, Mapping) else type(value).__name__
+    raise _BadValue(f"parameter {key} must be a string, number, boolean or list, not {kind}")
+
+
+def value_text(key: str, value: object) -> str | None:
+    """The query-string text of one input value; None when the value means absent."""
+    if value is None:
+        return None
+    if isinstance(value, list | tuple):
+        parts = [_scalar(key, v) for v in value if v is not None]
+        text = "|".join(p for p in parts if p != "")
+    else:
+        text = _scalar(key, value)
+    return text or None
+
+
+def parse_timestamp(value: object) -> float:
+    """Epoch seconds (number or numeric string) or ISO 8601 (naive means UTC)."""
+    if isinstance(value, bool):
+        raise _BadValue("timestamp must be epoch seconds or ISO 8601")
+    if isinstance(value, int | float):
+        ts = float(value)
+    elif isinstance(value, str):
+        try:
+            ts = float(value)
+        except ValueError:
+            try:
+                parsed = _dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+            except ValueError:
+                raise _BadValue(
+                    f"timestamp {value[:40]!r} is not epoch seconds or ISO 8601"
+                ) from None
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=_dt.UTC)
+            ts = parsed.timestamp()
+    else:
+        raise _BadValue("timestamp must be epoch seconds or ISO 8601")
+    if not math.isfinite(ts):
+        raise _BadValue("timestamp is not a finite number")
+    return ts
