@@ -4,6 +4,7 @@ embed_body gives the same record either way."""
 from __future__ import annotations
 
 import random
+import re
 
 import orjson
 import pytest
@@ -36,7 +37,7 @@ CASES = [
     pytest.param(b"\xef\xbb\xbf{}", id="byte-order-mark"),
     pytest.param(b"{} x", id="trailing-garbage"),
     pytest.param(b"{}\x00", id="trailing-nul"),
-    pytest.param(b' {} \t\n', id="whitespace-around"),
+    pytest.param(b" {} \t\n", id="whitespace-around"),
     pytest.param(b'"\x01"', id="control-in-string"),
     pytest.param(b"NaN", id="nan"),
     pytest.param(b"01", id="leading-zero"),
@@ -97,4 +98,41 @@ def test_mutated_answers_agree_with_orjson() -> None:
                 data[at:at] = bytes([rng.choice(alphabet)])
             else:
                 data[at:at] = rng.choice(pieces)
-        assert jsoncheck.is_json(bytes(data)) is _orjson_takes(bytes(data)), bytes(data)
+        body = bytes(data)
+        assert jsoncheck.is_json(body) is _orjson_takes(body), body
+        expected = orjson.dumps({"r": _embedded_before(body)})
+        assert orjson.dumps({"r": embed_body(body)}) == expected, body
+
+
+def _embedded_before(body: bytes) -> object:
+    """embed_body as it was before simdjson (orjson.loads deciding alone): the reference."""
+    if not body:
+        return None
+    if not re.match(rb'[ \t\r\n]*[{\["\-0-9tfn]', body):
+        return body.decode("utf-8", "replace")
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body.decode("utf-8", "replace")
+    if b"\n" in body or b"\r" in body:
+        return parsed
+    return orjson.Fragment(body)
+
+
+EMBEDDED = [
+    *CASES,
+    pytest.param(b"", id="empty"),
+    pytest.param(b'\n\t {"a": 1}\r\n', id="whitespace-and-line-breaks"),
+    pytest.param(b'{"a":\r1}', id="carriage-return"),
+    pytest.param(b" \xef\xbb\xbf{}", id="bom-after-space"),
+    pytest.param(b"<html>not json</html>", id="html"),
+    pytest.param(b"true", id="true"),
+    pytest.param(b"nope", id="starts-like-null"),
+    pytest.param(b'{"a":"\xff"}\n', id="invalid-utf8-with-newline"),
+    pytest.param(b"-", id="minus-alone"),
+]
+
+
+@pytest.mark.parametrize("body", EMBEDDED)
+def test_embed_body_writes_what_it_wrote_before(body: bytes) -> None:
+    assert orjson.dumps({"r": embed_body(body)}) == orjson.dumps({"r": _embedded_before(body)})
