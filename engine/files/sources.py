@@ -171,10 +171,8 @@ def _read_error(exc: Exception) -> str:
 
 def jsonl_records(stream: BinaryIO, max_bytes: int, counts: ReadCounts) -> Iterator[Record]:
     for line_no, data in _physical_lines(stream, max_bytes):
-        if data is _TooLong:
-            yield Record(line_no, None, f"line longer than {max_bytes} bytes")
-        elif isinstance(data, Exception):
-            yield Record(line_no, None, _read_error(data))
+        if type(data) is not bytes:
+            yield Record(line_no, None, _line_error(data, max_bytes))
         else:
             assert isinstance(data, bytes)
             if not data or data.isspace():  # as `not data.strip()`, without the copy
@@ -245,6 +243,67 @@ def _csv_records(stream: BinaryIO, max_bytes: int, counts: ReadCounts) -> Iterat
         yield Record(start, None, "CSV record has an unclosed quote at the end of the file")
 
 
+def _line_error(data: object, max_bytes: int) -> str:
+    return f"line longer than {max_bytes} bytes" if data is _TooLong else _read_error(data)  # type: ignore[arg-type]
+
+
+def _jsonl_items(
+    stream: BinaryIO,
+    name: str,
+    seq: int,
+    max_bytes: int,
+    counts: ReadCounts,
+    defaults: EventDefaults,
+) -> Generator[Item, None, int]:
+    """`_record_items` of `jsonl_records`, in one loop: no Record between the line and
+    its item (the hot path of a run). Returns the next seq."""
+    for line_no, data in _physical_lines(stream, max_bytes):
+        if type(data) is bytes:
+            if not data or data.isspace():  # as `not data.strip()`, without the copy
+                counts.blank_lines += 1
+                continue
+            obj, error = parse_json_line(data)
+            source = f"{name}:{line_no}"
+            if obj is None:
+                item: Item = Invalid(seq, source, None, error or "unreadable line")
+            else:
+                item = make_event(obj, seq=seq, source=source, defaults=defaults)
+        else:
+            item = Invalid(seq, f"{name}:{line_no}", None, _line_error(data, max_bytes))
+        seq += 1
+        yield item
+    return seq
+
+
+def _record_items(
+    records: Iterator[Record], name: str, seq: int, defaults: EventDefaults
+) -> Generator[Item, None, int]:
+    """Each record as its Event or Invalid, numbered from `seq`; returns the next seq."""
+    for record in records:
+        source = f"{name}:{record.line}"
+        if record.obj is None:
+            item: Item = Invalid(seq, source, None, record.error or "unreadable line")
+        else:
+            item = make_event(record.obj, seq=seq, source=source, defaults=defaults)
+        seq += 1
+        yield item
+    return seq
+
+
+def _sharded(
+    items: Generator[Item, None, int], shard: ShardSpec, counts: ReadCounts
+) -> Generator[Item, None, int]:
+    """The shard's items of `items`, every one counted in `counts.records`."""
+    while True:
+        try:
+            item = next(items)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        counts.records += 1
+        if shard.owns(item.seq, item.id):
+            yield item
+
+
 def read_items(
     paths: Iterable[str],
     *,
@@ -271,21 +330,12 @@ def read_items(
             continue
         stream, close = _open_binary(path, counts, storage_options)
         try:
-            records = (_csv_records if fmt == "csv" else jsonl_records)(
-                stream, max_line_bytes, counts
-            )
-            for record in records:
-                source = f"{name}:{record.line}"
-                if record.obj is None:
-                    item: Item = Invalid(seq, source, None, record.error or "unreadable line")
-                else:
-                    item = make_event(record.obj, seq=seq, source=source, defaults=defaults)
-                seq += 1
-                if shard is not None:
-                    counts.records += 1
-                    if not shard.owns(item.seq, item.id):
-                        continue
-                yield item
+            if fmt == "csv":
+                records = _csv_records(stream, max_line_bytes, counts)
+                items = _record_items(records, name, seq, defaults)
+            else:
+                items = _jsonl_items(stream, name, seq, max_line_bytes, counts, defaults)
+            seq = yield from (items if shard is None else _sharded(items, shard, counts))
         finally:
             close()
 
