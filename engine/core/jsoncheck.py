@@ -32,12 +32,13 @@ else:
 
 #: Larger bodies are checked by orjson (see the module's rules).
 SIMD_MAX_BYTES = 256 << 10
-_BOM = b"\xef\xbb\xbf"
 
 
 def is_json(data: bytes) -> bool:
     """True when `data` is one JSON text, as orjson reads it (module rules)."""
-    if _parse is not None and len(data) <= SIMD_MAX_BYTES and not data.startswith(_BOM):
+    # A byte order mark (EF BB BF) is the one text simdjson takes and orjson refuses;
+    # a JSON text never starts with EF otherwise (an int compare, not startswith).
+    if _parse is not None and 0 < len(data) <= SIMD_MAX_BYTES and data[0] != 0xEF:
         try:
             _parse(data)
         except Exception:  # any refusal: orjson has the last word

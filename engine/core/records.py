@@ -309,7 +309,8 @@ def answered(
         error,
         embed_body(resp.body),
         kind,
-        retries=retries,
+        None,
+        retries,
     )
 
 
