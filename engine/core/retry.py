@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 
 from engine.core.records import ErrorKind, http_kind
 
@@ -86,6 +85,8 @@ def parse_retry_after(value: str | None, *, now: float) -> float | None:
                 return None
             return min(seconds + 0.0, FAR_FUTURE)  # + 0.0: "-0" is 0
     try:
+        from email.utils import parsedate_to_datetime
+
         when = parsedate_to_datetime(text)
         if when.tzinfo is None:  # RFC 9110 dates are GMT
             return None

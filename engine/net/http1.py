@@ -37,8 +37,6 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import yarl
-
 from engine.config import DEFAULT_MAX_RESPONSE_BYTES
 from engine.core.proxies import Proxies, refusal
 from engine.core.records import ErrorKind
@@ -103,6 +101,8 @@ class Http1Client:
         target = self._targets.get(base)
         if target is not None:
             return target
+        import yarl
+
         url = yarl.URL(base, encoded=True)
         scheme = url.scheme
         if scheme not in _DEFAULT_PORTS or not url.host:

@@ -22,9 +22,10 @@ import os
 import socket
 import ssl
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-import yarl
+if TYPE_CHECKING:
+    import yarl
 
 from engine.config import Config
 from engine.core.proxies import Proxies, ProxyURL, refusal, resolve_proxies, unreachable
@@ -179,6 +180,8 @@ def aiohttp_proxy(via: ProxyURL | None) -> yarl.URL | None:
     """`via` as aiohttp's `proxy=` (its credentials become Proxy-Authorization)."""
     if via is None:
         return None
+    import yarl
+
     return yarl.URL.build(
         scheme="http", user=via.user, password=via.password, host=via.host, port=via.port
     )

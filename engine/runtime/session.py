@@ -29,6 +29,7 @@ Rules:
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -103,6 +104,20 @@ async def start_mock(config: Config, stack: AsyncExitStack) -> Config:
     )
 
 
+def _tls_options(config: Config) -> bool:
+    return (config.cacert, config.client_cert, config.client_key) != (None, None, None)
+
+
+def _delivery_tls(config: Config) -> ssl.SSLContext | None:
+    """The delivery client's TLS context. http2 gets one of its own: httpcore sets ALPN
+    (h2) on it, which the token client, on the shared one, must not offer. Without TLS
+    options, None: the client builds the default one itself when it first opens an
+    https:// connection (loading the system's CA store costs ~20 ms of CPU at start)."""
+    if config.http_client == "http2":
+        return tls_context(config, own=True)
+    return tls_context(config) if _tls_options(config) else None
+
+
 @asynccontextmanager
 async def transport_for(config: Config) -> AsyncIterator[Transport | None]:
     """The delivery transport `config` asks for (None with --dry-run: nothing is sent).
@@ -116,9 +131,7 @@ async def transport_for(config: Config) -> AsyncIterator[Transport | None]:
         timeout=config.timeout,
         client=config.http_client,
         max_response_bytes=config.max_response_bytes,
-        # http2 gets a context of its own: httpcore sets ALPN (h2) on it, which the token
-        # client, on the shared one, must not offer.
-        tls=tls_context(config, own=config.http_client == "http2"),
+        tls=_delivery_tls(config),
         proxies=run_proxies(config),
     ) as transport:
         yield transport
@@ -143,7 +156,8 @@ async def open_run(
     transport (False in a process that sends nothing itself; never with --dry-run).
     """
     config = given = config.validated()
-    tls_context(config)  # --cacert, --client-cert, --client-key: exit 2 now (net/tls.py)
+    if _tls_options(config):  # --cacert, --client-cert, --client-key: exit 2 now (net/tls.py)
+        tls_context(config)
     proxies = run_proxies(config)  # a proxy variable that cannot be used: exit 2, now
     if inputs:
         check_inputs(
