@@ -21,7 +21,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from engine.core import events
+from engine.core import events, plans
+from engine.core.compiled import compilable, compiled
 from engine.core.events import Event, EventDefaults, Invalid, RawNumber, make_event
 from engine.core.query import _escape, _quote, encode_query
 from engine.files.jsonlines import _has_float, parse_json_line
@@ -115,6 +116,69 @@ def test_the_planned_event_is_the_general_loops_or_steps_aside(
         planned = events._planned(candidate, 3, "in.jsonl:4", None, event_defaults)
         if planned is not None:  # else the general loop decides (make_event then uses it)
             assert planned == _general(candidate, event_defaults)
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(event_objects, defaults)
+@example(
+    {"ip": "10.0.0.1", "item": ["a", "b"], "event-type": "addToCart", "page-uid": "u"},
+    events.NO_DEFAULTS,
+)
+@example({"referer": "x\ty", "user-agent": "ua"}, events.NO_DEFAULTS)
+@example({"ip": "10.0.0.1"}, EventDefaults(ip="10.0.0.2"))
+@example({"timestamp": float("nan"), "user-agent": "\x85"}, events.NO_DEFAULTS)
+@example({"criteo-partner-id": "12a", "keywords": "a b&c"}, events.NO_DEFAULTS)
+def test_a_compiled_plan_makes_what_the_plan_makes_or_steps_aside(
+    obj: dict[str, object], event_defaults: EventDefaults
+) -> None:
+    base = {
+        "criteo-partner-id": 12345,
+        "retailer-visitor-id": "rv",
+        "event-type": "viewSearchResult",
+        "page-id": "p",
+        "keywords": "k",
+    }
+    for candidate in ({**base, **obj}, {**obj, **base}):
+        plan = plans._plan_of(tuple(candidate))
+        if plan is None or not compilable(plan.names):
+            continue
+        made = compiled(plan, plans._text)(candidate, 3, "in.jsonl:4", "i", event_defaults)
+        if made is not None:  # else the plan's data decides (_planned then uses it)
+            assert made == plans._by_plan(candidate, plan, 3, "in.jsonl:4", "i", event_defaults)
+            assert made.query == encode_query(made.params)
+
+
+def test_a_common_key_set_is_compiled_and_its_events_stay_the_same() -> None:
+    objs = [
+        {
+            "id": f"e{i}",
+            "timestamp": 1.5,
+            "criteo-partner-id": 7,
+            "retailer-visitor-id": f"v{i}",
+            "event-type": "viewSearchResult",
+            "page-id": "p",
+            "keywords": kw,
+            "user-agent": "ua",
+        }
+        for i, kw in enumerate(["tea & cups", "", "héros", "a\ud800", None, "x"] * 6)
+    ]
+    expected = []
+    for i, obj in enumerate(objs):
+        plans._PLANS.clear()  # never compiled
+        expected.append(make_event(obj, seq=i, source=f"in:{i}"))
+    plans._PLANS.clear()
+    items = [make_event(obj, seq=i, source=f"in:{i}") for i, obj in enumerate(objs)]
+    plan = plans._PLANS[tuple(objs[0])]
+    assert plan is not None
+    assert plan.made is not None
+    assert items == expected
+    kinds = [type(i).__name__ for i in items[-6:]]
+    assert kinds == ["Event", "Invalid", "Event", "Invalid", "Invalid", "Event"]
+    for item in items:
+        if isinstance(item, Event):
+            assert item.query in ("", encode_query(item.params))
+    assert isinstance(items[-1], Event)
+    assert items[-1].query == encode_query(items[-1].params) != ""
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])

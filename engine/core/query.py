@@ -7,12 +7,12 @@ encoded once and cached; per event only the values are quoted.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
-from urllib.parse import quote_plus
 
+from engine.core.escape import _PREFIX, _UNRESERVED, _key_prefix, _quote_reserved
+from engine.core.escape import _escape as _escape  # re-exported (tests)
+from engine.core.escape import _quote as _quote  # re-exported (tests)
 from engine.core.events import Event
 
 
@@ -24,52 +24,6 @@ class Request:
 
     url: str
     headers: Mapping[str, str]
-
-
-# Name -> `quote(name)=`, filled as names are met; bounded (the API's names are few, an
-# input's unknown ones could be many).
-_PREFIX: dict[str, str] = {}
-
-
-def _key_prefix(name: str) -> str:
-    prefix = _PREFIX.get(name)
-    if prefix is None:
-        if len(_PREFIX) >= 4096:
-            _PREFIX.clear()
-        prefix = _PREFIX[name] = _quote(name) + "="
-    return prefix
-
-
-# Characters quote_plus never escapes: a value made only of them is its own encoding.
-_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*").fullmatch
-# What quote_plus(value, safe="") makes of each other ASCII character (space: `+`).
-_ASCII_ESCAPES = {
-    code: "+" if code == 0x20 else f"%{code:02X}"
-    for code in range(128)
-    if not _UNRESERVED(chr(code))
-}
-
-
-@lru_cache(maxsize=4096)
-def _quote_cached(value: str) -> str:
-    return _escape(value)
-
-
-def _escape(value: str) -> str:
-    # An ASCII value maps character by character (translate: 2-3x quote_plus's speed).
-    return value.translate(_ASCII_ESCAPES) if value.isascii() else quote_plus(value, safe="")
-
-
-def _quote(value: str) -> str:
-    # Most values (ids, partner ids, event types, page ids, skus) need no escaping: one
-    # C-level regex match says so (encode_query makes it in line, before calling this).
-    return value if _UNRESERVED(value) else _quote_reserved(value)
-
-
-def _quote_reserved(value: str) -> str:
-    # Short values that do repeat a lot (keywords, categories): a small cache, kept small
-    # so memory stays flat over a long run.
-    return _quote_cached(value) if len(value) <= 48 else _escape(value)
 
 
 def encode_query(params: tuple[tuple[str, str], ...]) -> str:
@@ -96,4 +50,4 @@ class RequestBuilder:
     def build(self, event: Event) -> Request:
         headers = dict(self._default_headers)
         headers.update(event.headers)
-        return Request(self._base + encode_query(event.params), headers)
+        return Request(self._base + (event.query or encode_query(event.params)), headers)

@@ -1,0 +1,121 @@
+"""Key-set plans compiled to Python: the plan's clean case without a loop (pure).
+
+A key set seen often enough gets a function of its own (`compiled`), written for its
+keys: the values unpacked by one itemgetter, each converted in line, the parameters,
+headers and query built as tuple and string displays. It makes only the clean case (every
+value a non-empty string, number or list of strings, headers printable, nothing to add
+from the defaults, the event valid) and returns None for anything else, which the plan's
+general code (core/plans.py) then makes as ever. The code holds no key, only numbered
+names bound in its namespace: an input's keys are never code.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Protocol
+
+from engine.core.escape import _UNRESERVED, _key_prefix, _quote_reserved
+from engine.core.model import ALWAYS_REQUIRED, SINGLE_ITEM_TYPES, Event, EventDefaults
+from engine.core.values import _SURROGATE, _BadValue, parse_timestamp
+
+
+class _Plan(Protocol):
+    """What of a key set's plan (core/plans.py) its compiled function uses."""
+
+    names: tuple[str, ...]
+    header_keys: tuple[str, ...]
+    header_names: tuple[str, ...]
+    has_timestamp: bool
+    partner: int
+    event_type: int
+    item: int
+
+    def get_params(self, obj: Mapping[str, object], /) -> tuple[object, ...]: ...
+    def get_headers(self, obj: Mapping[str, object], /) -> tuple[object, ...]: ...
+    def has_required(self, event_type: str, /) -> bool: ...
+
+
+Made = Callable[[Mapping[str, object], int, str, "str | None", EventDefaults], "Event | None"]
+
+
+def compilable(names: tuple[str, ...]) -> bool:
+    """Whether a plan with these parameter keys can have its clean case compiled."""
+    return all(name in names for name in ALWAYS_REQUIRED)
+
+
+def _source(plan: _Plan) -> str:
+    """The function's text: numbered names only (v: values, t: texts, u: header values)."""
+    n, m = len(plan.names), len(plan.header_keys)
+    v = [f"v{i}" for i in range(n)]
+    t = [f"t{i}" for i in range(n)]
+    u = [f"u{i}" for i in range(m)]
+    lines = ["def made(obj, seq, source, event_id, defaults):", "    try:"]
+    lines.append(f"        {', '.join(v)}, = get_params(obj)")
+    lines += [f"        t{i} = v{i} if type(v{i}) is str else text(K{i}, v{i})" for i in range(n)]
+    if m:
+        lines.append(f"        {', '.join(u)}, = get_headers(obj)")
+    if plan.has_timestamp:
+        lines += [
+            '        timestamp = obj["timestamp"]',
+            "        if type(timestamp) is not float or not isfinite(timestamp):",
+            '            if timestamp is None or timestamp == "":',
+            "                timestamp = None",
+            "            else:",
+            "                timestamp = parse_timestamp(timestamp)",
+        ]
+    else:
+        lines.append("        timestamp = None")
+    lines += ["    except BadValue:", "        return None"]
+    lines.append(f"    if not ({' and '.join(t)}):")
+    lines.append("        return None")
+    if m:
+        strings = " and ".join(f"type({x}) is str and {x}" for x in u)
+        lines.append(f"    if not ({strings} and ({' + '.join(u)}).isprintable()):")
+        lines.append("        return None")
+    lines.append(f"    joined = {' + '.join(t)}")
+    lines.append("    if not joined.isascii() and surrogate(joined) is not None:")
+    lines.append("        return None")
+    lines.append("    if defaults.user_agent is not None or defaults.ip is not None:")
+    lines.append("        return None")
+    kind, partner = f"t{plan.event_type}", f"t{plan.partner}"
+    single = f'"|" in t{plan.item}' if plan.item >= 0 else "True"
+    lines.append(
+        f"    if not ({partner}.isascii() and {partner}.isdigit() and has_required({kind})):"
+    )
+    lines.append("        return None")
+    lines.append(f"    if {kind} in SINGLE and {single}:")
+    lines.append("        return None")
+    params = "".join(f"(K{i}, t{i}), " for i in range(n))
+    headers = "".join(f"(H{i}, u{i}), " for i in range(m))
+    query = " + ".join(f"Q{i} + (t{i} if plain(t{i}) else quote(t{i}))" for i in range(n))
+    lines.append(f"    query = {query}")
+    lines.append(
+        f"    return Event(seq, source, event_id, timestamp, ({params}), ({headers}), query)"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def compiled(plan: _Plan, text: Callable[[str, object], str]) -> Made:
+    """The plan's clean case as a function of its own (`compilable(plan.names)`)."""
+    namespace: dict[str, object] = {
+        "get_params": plan.get_params,
+        "get_headers": plan.get_headers,
+        "text": text,
+        "isfinite": math.isfinite,
+        "parse_timestamp": parse_timestamp,
+        "BadValue": _BadValue,
+        "surrogate": _SURROGATE,
+        "has_required": plan.has_required,
+        "SINGLE": SINGLE_ITEM_TYPES,
+        "plain": _UNRESERVED,
+        "quote": _quote_reserved,
+        "Event": Event,
+    }
+    for i, name in enumerate(plan.names):
+        namespace[f"K{i}"] = name
+        namespace[f"Q{i}"] = ("&" if i else "") + _key_prefix(name)
+    for i, header in enumerate(plan.header_names):
+        namespace[f"H{i}"] = header
+    exec(compile(_source(plan), "<key-set plan>", "exec"), namespace)
+    return namespace["made"]  # type: ignore[return-value]
