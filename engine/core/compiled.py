@@ -71,9 +71,9 @@ def _source(plan: _Plan) -> str:
     lines.append("        return None")
     if m:
         strings = " and ".join(f"type({x}) is str and {x}" for x in u)
-        lines.append(f"    if not ({strings} and ({' + '.join(u)}).isprintable()):")
+        lines.append(f"    if not ({strings} and join(({', '.join(u)},)).isprintable()):")
         lines.append("        return None")
-    lines.append(f"    joined = {' + '.join(t)}")
+    lines.append(f"    joined = join(({', '.join(t)},))")
     lines.append("    if not joined.isascii() and surrogate(joined) is not None:")
     lines.append("        return None")
     lines.append("    if defaults.user_agent is not None or defaults.ip is not None:")
@@ -88,8 +88,12 @@ def _source(plan: _Plan) -> str:
     lines.append("        return None")
     params = "".join(f"(K{i}, t{i}), " for i in range(n))
     headers = "".join(f"(H{i}, u{i}), " for i in range(m))
-    query = " + ".join(f"Q{i} + (t{i} if plain(t{i}) else quote(t{i}))" for i in range(n))
-    lines.append(f"    query = {query}")
+    # Most events' values are all unreserved (ids, skus, types): one match says so.
+    lines.append("    if plain(joined):")
+    lines.append(f"        query = join(({', '.join(f'Q{i}, t{i}' for i in range(n))},))")
+    lines.append("    else:")
+    query = ", ".join(f"Q{i}, t{i} if plain(t{i}) else quote(t{i})" for i in range(n))
+    lines.append(f"        query = join(({query},))")
     lines.append(
         f"    return Event(seq, source, event_id, timestamp, ({params}), ({headers}), query)"
     )
@@ -111,6 +115,7 @@ def compiled(plan: _Plan, text: Callable[[str, object], str]) -> Made:
         "plain": _UNRESERVED,
         "quote": _quote_reserved,
         "Event": Event,
+        "join": "".join,
     }
     for i, name in enumerate(plan.names):
         namespace[f"K{i}"] = name

@@ -135,7 +135,10 @@ def make_event(
 ) -> Item:
     """Turn one input object into an Event, or an Invalid saying what is wrong."""
     raw_id = obj.get("id")
-    event_id = None if raw_id is None or isinstance(raw_id, Mapping | list) else str(raw_id)
+    if type(raw_id) is str:  # the common case, without isinstance's ABC check
+        event_id: str | None = raw_id
+    else:
+        event_id = None if raw_id is None or isinstance(raw_id, Mapping | list) else str(raw_id)
     if event_id is not None and not event_id.isascii() and (bad := _surrogate(event_id)):
         message = f"id holds a lone surrogate ({bad}) that UTF-8 cannot carry"
         return Invalid(seq, source, printable(event_id), message)

@@ -121,7 +121,10 @@ def _planned(
     """`make_event` of an event whose values can all be sent, by its key set's plan; None
     when one may not be (then the general loop finds the problem, the same one as ever)."""
     keys = tuple(obj)
-    plan = _PLANS[keys] if keys in _PLANS else _plan_of(keys)
+    try:
+        plan = _PLANS[keys]  # one lookup: a tuple's hash is not cached
+    except KeyError:
+        plan = _plan_of(keys)
     if plan is None:
         return None
     if plan.made is not None:
