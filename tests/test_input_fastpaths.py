@@ -128,6 +128,8 @@ def test_the_planned_event_is_the_general_loops_or_steps_aside(
 @example({"ip": "10.0.0.1"}, EventDefaults(ip="10.0.0.2"))
 @example({"timestamp": float("nan"), "user-agent": "\x85"}, events.NO_DEFAULTS)
 @example({"criteo-partner-id": "12a", "keywords": "a b&c"}, events.NO_DEFAULTS)
+@example({"keywords": "a b|c", "item": ["x y", "z"], "key word": "v"}, events.NO_DEFAULTS)
+@example({"keywords": "a b|c", "category": "1>2"}, events.NO_DEFAULTS)
 def test_a_compiled_plan_makes_what_the_plan_makes_or_steps_aside(
     obj: dict[str, object], event_defaults: EventDefaults
 ) -> None:
@@ -146,6 +148,9 @@ def test_a_compiled_plan_makes_what_the_plan_makes_or_steps_aside(
         if made is not None:  # else the plan's data decides (_planned then uses it)
             assert made == plans._by_plan(candidate, plan, 3, "in.jsonl:4", "i", event_defaults)
             assert made.query == encode_query(made.params)
+            assert made.query == "&".join(
+                f"{quote_plus(k, safe='')}={quote_plus(v, safe='')}" for k, v in made.params
+            )
 
 
 def test_a_common_key_set_is_compiled_and_its_events_stay_the_same() -> None:
@@ -210,6 +215,8 @@ def test_an_event_is_what_the_general_loop_makes_of_it(
 
 @given(st.text(max_size=30))
 @example("tea set & cups")
+@example("sku-1|sku-2 x")
+@example("a+b|c")
 @example("98>367")
 @example("\x00\x7f ~")
 def test_values_are_escaped_as_quote_plus_escapes_them(value: str) -> None:

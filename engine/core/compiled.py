@@ -15,7 +15,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
-from engine.core.escape import _UNRESERVED, _key_prefix, _quote_reserved
+from engine.core.escape import _PIPES_AND_SPACES, _UNRESERVED, _key_prefix, _quote_reserved
 from engine.core.model import ALWAYS_REQUIRED, SINGLE_ITEM_TYPES, Event, EventDefaults
 from engine.core.values import _SURROGATE, _BadValue, parse_timestamp
 
@@ -52,7 +52,11 @@ def _source(plan: _Plan) -> str:
     u = [f"u{i}" for i in range(m)]
     lines = ["def made(obj, seq, source, event_id, defaults):", "    try:"]
     lines.append(f"        {', '.join(v)}, = get_params(obj)")
-    lines += [f"        t{i} = v{i} if type(v{i}) is str else text(K{i}, v{i})" for i in range(n)]
+    lines += [
+        f"        t{i} = v{i} if type(v{i}) is str else str(v{i}) if type(v{i}) is int"
+        f" else text(K{i}, v{i})"
+        for i in range(n)
+    ]
     if m:
         lines.append(f"        {', '.join(u)}, = get_headers(obj)")
     if plan.has_timestamp:
@@ -88,9 +92,12 @@ def _source(plan: _Plan) -> str:
     lines.append("        return None")
     params = "".join(f"(K{i}, t{i}), " for i in range(n))
     headers = "".join(f"(H{i}, u{i}), " for i in range(m))
-    # Most events' values are all unreserved (ids, skus, types): one match says so.
-    lines.append("    if plain(joined):")
-    lines.append(f"        query = join(({', '.join(f'Q{i}, t{i}' for i in range(n))},))")
+    # Most events' values are all unreserved (ids, skus, types) but for the `|` of a list
+    # and the spaces of words: one match says so, and the whole query is escaped by two
+    # replaces (its names' prefixes hold neither).
+    lines.append("    if pipes_and_spaces(joined):")
+    whole = ", ".join(f"Q{i}, t{i}" for i in range(n))
+    lines.append(f'        query = join(({whole},)).replace("|", "%7C").replace(" ", "+")')
     lines.append("    else:")
     query = ", ".join(f"Q{i}, t{i} if plain(t{i}) else quote(t{i})" for i in range(n))
     lines.append(f"        query = join(({query},))")
@@ -113,6 +120,7 @@ def compiled(plan: _Plan, text: Callable[[str, object], str]) -> Made:
         "has_required": plan.has_required,
         "SINGLE": SINGLE_ITEM_TYPES,
         "plain": _UNRESERVED,
+        "pipes_and_spaces": _PIPES_AND_SPACES,
         "quote": _quote_reserved,
         "Event": Event,
         "join": "".join,

@@ -51,7 +51,13 @@ def _quote(value: str) -> str:
     return value if _UNRESERVED(value) else _quote_reserved(value)
 
 
+# Unreserved but for `|` and spaces: lists (`sku1|sku2`) and words, escaped by two replaces.
+_PIPES_AND_SPACES = re.compile(r"[A-Za-z0-9_.~| -]*").fullmatch
+
+
 def _quote_reserved(value: str) -> str:
+    if _PIPES_AND_SPACES(value):  # no `+` or `%` in it: the replaces cannot meet
+        return value.replace("|", "%7C").replace(" ", "+")
     # Short values that do repeat a lot (keywords, categories): a small cache, kept small
     # so memory stays flat over a long run.
     return _quote_cached(value) if len(value) <= 48 else _escape(value)
