@@ -125,6 +125,8 @@ def test_the_planned_event_is_the_general_loops_or_steps_aside(
     events.NO_DEFAULTS,
 )
 @example({"referer": "x\ty", "user-agent": "ua"}, events.NO_DEFAULTS)
+@example({"referer": "\udc80", "ip": "x\x7fy"}, events.NO_DEFAULTS)
+@example({"referer": "é", "ip": "1"}, events.NO_DEFAULTS)
 @example({"ip": "10.0.0.1"}, EventDefaults(ip="10.0.0.2"))
 @example({"timestamp": float("nan"), "user-agent": "\x85"}, events.NO_DEFAULTS)
 @example({"criteo-partner-id": "12a", "keywords": "a b&c"}, events.NO_DEFAULTS)
