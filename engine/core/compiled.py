@@ -48,30 +48,9 @@ def compilable(names: tuple[str, ...]) -> bool:
 def _source(plan: _Plan) -> str:
     """The function's text: numbered names only (v: values, t: texts, u: header values)."""
     n, m = len(plan.names), len(plan.header_keys)
-    v = [f"v{i}" for i in range(n)]
     t = [f"t{i}" for i in range(n)]
     u = [f"u{i}" for i in range(m)]
-    lines = ["def made(obj, seq, source, event_id, defaults):", "    try:"]
-    lines.append(f"        {', '.join(v)}, = get_params(obj)")
-    lines += [
-        f"        t{i} = v{i} if type(v{i}) is str else str(v{i}) if type(v{i}) is int"
-        f" else text(K{i}, v{i})"
-        for i in range(n)
-    ]
-    if m:
-        lines.append(f"        {', '.join(u)}, = get_headers(obj)")
-    if plan.has_timestamp:
-        lines += [
-            '        timestamp = obj["timestamp"]',
-            "        if type(timestamp) is not float or not isfinite(timestamp):",
-            '            if timestamp is None or timestamp == "":',
-            "                timestamp = None",
-            "            else:",
-            "                timestamp = parse_timestamp(timestamp)",
-        ]
-    else:
-        lines.append("        timestamp = None")
-    lines += ["    except BadValue:", "        return None"]
+    lines = ["def made(obj, seq, source, event_id, defaults):", *_reading(plan)]
     lines.append(f"    if not ({' and '.join(t)}):")
     lines.append("        return None")
     if m:
@@ -97,21 +76,50 @@ def _source(plan: _Plan) -> str:
     lines.append("        return None")
     lines.append(f"    if {kind} in SINGLE and {single}:")
     lines.append("        return None")
+    return "\n".join([*lines, *_making(n, m)]) + "\n"
+
+
+def _reading(plan: _Plan) -> list[str]:
+    """The values and the timestamp read; a value that cannot be sent returns None."""
+    n, m = len(plan.names), len(plan.header_keys)
+    lines = ["    try:", f"        {', '.join(f'v{i}' for i in range(n))}, = get_params(obj)"]
+    lines += [
+        f"        t{i} = v{i} if type(v{i}) is str else str(v{i}) if type(v{i}) is int"
+        f" else text(K{i}, v{i})"
+        for i in range(n)
+    ]
+    if m:
+        lines.append(f"        {', '.join(f'u{i}' for i in range(m))}, = get_headers(obj)")
+    if plan.has_timestamp:
+        lines += [
+            '        timestamp = obj["timestamp"]',
+            "        if type(timestamp) is not float or not isfinite(timestamp):",
+            '            if timestamp is None or timestamp == "":',
+            "                timestamp = None",
+            "            else:",
+            "                timestamp = parse_timestamp(timestamp)",
+        ]
+    else:
+        lines.append("        timestamp = None")
+    return [*lines, "    except BadValue:", "        return None"]
+
+
+def _making(n: int, m: int) -> list[str]:
+    """The query, then the Event, from the texts t0... and the header values u0..."""
     params = "".join(f"(K{i}, t{i}), " for i in range(n))
     headers = "".join(f"(H{i}, u{i}), " for i in range(m))
-    # Most events' values are all unreserved (ids, skus, types) but for the `|` of a list
-    # and the spaces of words: one match says so, and the whole query is escaped by two
-    # replaces (its names' prefixes hold neither).
-    lines.append("    if pipes_and_spaces(joined):")
     whole = ", ".join(f"Q{i}, t{i}" for i in range(n))
-    lines.append(f'        query = join(({whole},)).replace("|", "%7C").replace(" ", "+")')
-    lines.append("    else:")
-    query = ", ".join(f"Q{i}, t{i} if plain(t{i}) else quote(t{i})" for i in range(n))
-    lines.append(f"        query = join(({query},))")
-    lines.append(
-        f"    return Event(seq, source, event_id, timestamp, ({params}), ({headers}), query)"
-    )
-    return "\n".join(lines) + "\n"
+    each = ", ".join(f"Q{i}, t{i} if plain(t{i}) else quote(t{i})" for i in range(n))
+    return [
+        # Most events' values are all unreserved (ids, skus, types) but for the `|` of a
+        # list and the spaces of words: one match says so, and the whole query is escaped
+        # by two replaces (its names' prefixes hold neither).
+        "    if pipes_and_spaces(joined):",
+        f'        query = join(({whole},)).replace("|", "%7C").replace(" ", "+")',
+        "    else:",
+        f"        query = join(({each},))",
+        f"    return Event(seq, source, event_id, timestamp, ({params}), ({headers}), query)",
+    ]
 
 
 def compiled(plan: _Plan, text: Callable[[str, object], str]) -> Made:
