@@ -17,6 +17,11 @@ Rules:
   included) or DEL in a header value. An `id` holding a lone surrogate is kept with each
   one written as its escape (`a\\ud800b`, backslash and all: `printable`), so the record
   can be written and --resume finds it again.
+
+Where: core/model.py holds the types, the names and `validate`; core/values.py one
+value's text; core/plans.py and core/compiled.py the fast paths by key set. Here is
+`make_event` and the general key-by-key loop, which decides whenever a fast path steps
+aside, so every Invalid names the same first problem.
 """
 
 from __future__ import annotations

@@ -3,9 +3,10 @@
 Events of one input mostly share their set of keys. What a key set makes of its keys is
 worked out once (`_Plan`): its parameter keys in send order, its header keys, which
 parameters each event type requires. An event whose values can all be sent is made by
-the plan; any doubt (a value that is not a plain string, number or list of strings, an
-empty one, a control character, a lone surrogate, a default to put in) returns None, and
-`make_event`'s general loop makes it, finding the same problem as ever.
+the plan; any doubt (a value that cannot be sent, a control character, a lone surrogate,
+a default partner to put in) returns None, and `make_event`'s general loop makes it,
+finding the same problem as ever. A key set met COMPILE_AFTER times gets its clean case
+compiled (core/compiled.py); what that steps aside from, the plan's data path makes.
 """
 
 from __future__ import annotations
