@@ -102,7 +102,8 @@ class Event:
     headers: tuple[tuple[str, str], ...]
     # The parameters form-URL-encoded, when the key set's plan made them with the event
     # (core/plans.py); "" otherwise, and core/query.py encodes `params`. Not compared:
-    # a cache of `params`, not a fact of its own.
+    # a cache of `params`, not a fact of its own (`replace(event, params=...)` must pass
+    # `query=""` with it; replacing seq, source or id keeps it right).
     query: str = field(default="", compare=False, repr=False)
 
 
