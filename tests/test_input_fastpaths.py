@@ -219,6 +219,7 @@ def test_an_event_is_what_the_general_loop_makes_of_it(
 @example("tea set & cups")
 @example("sku-1|sku-2 x")
 @example("a+b|c")
+@example("12>345 x|y")
 @example("98>367")
 @example("\x00\x7f ~")
 def test_values_are_escaped_as_quote_plus_escapes_them(value: str) -> None:

@@ -15,7 +15,13 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
-from engine.core.escape import _PIPES_AND_SPACES, _UNRESERVED, _key_prefix, _quote_reserved
+from engine.core.escape import (
+    _SIMPLE,
+    _UNRESERVED,
+    _key_prefix,
+    _quote_reserved,
+    _simple_escape,
+)
 from engine.core.model import ALWAYS_REQUIRED, SINGLE_ITEM_TYPES, Event, EventDefaults
 from engine.core.values import _SURROGATE, _BadValue, parse_timestamp
 
@@ -112,10 +118,10 @@ def _making(n: int, m: int) -> list[str]:
     each = ", ".join(f"Q{i}, t{i} if plain(t{i}) else quote(t{i})" for i in range(n))
     return [
         # Most events' values are all unreserved (ids, skus, types) but for the `|` of a
-        # list and the spaces of words: one match says so, and the whole query is escaped
-        # by two replaces (its names' prefixes hold neither).
-        "    if pipes_and_spaces(joined):",
-        f'        query = join(({whole},)).replace("|", "%7C").replace(" ", "+")',
+        # list, the `>` of a category and the spaces of words: one match says so, and the
+        # whole query is escaped at once (its names' prefixes hold none of these).
+        "    if simple(joined):",
+        f"        query = simple_escape(join(({whole},)))",
         "    else:",
         f"        query = join(({each},))",
         f"    return Event(seq, source, event_id, timestamp, ({params}), ({headers}), query)",
@@ -136,7 +142,8 @@ def compiled(plan: _Plan, text: Callable[[str, object], str]) -> Made:
         "complete": plan.complete,  # what has_required knows: a lookup, not a call
         "SINGLE": SINGLE_ITEM_TYPES,
         "plain": _UNRESERVED,
-        "pipes_and_spaces": _PIPES_AND_SPACES,
+        "simple": _SIMPLE,
+        "simple_escape": _simple_escape,
         "quote": _quote_reserved,
         "Event": Event,
         "join": "".join,

@@ -51,13 +51,20 @@ def _quote(value: str) -> str:
     return value if _UNRESERVED(value) else _quote_reserved(value)
 
 
-# Unreserved but for `|` and spaces: lists (`sku1|sku2`) and words, escaped by two replaces.
-_PIPES_AND_SPACES = re.compile(r"[A-Za-z0-9_.~| -]*").fullmatch
+# Unreserved but for the `|` of lists (`sku1|sku2`), the `>` of category paths (`1>2`)
+# and the spaces of words: the common reserved characters, escaped by `_simple_escape`.
+_SIMPLE = re.compile(r"[A-Za-z0-9_.~|> -]*").fullmatch
+
+
+def _simple_escape(text: str) -> str:
+    """quote_plus(text, safe="") of a `_SIMPLE` text (or of a query of such values: its
+    `&name=` prefixes hold none of these); no `+` or `%` in it, so the replaces cannot meet."""
+    return text.replace("|", "%7C").replace(">", "%3E").replace(" ", "+")
 
 
 def _quote_reserved(value: str) -> str:
-    if _PIPES_AND_SPACES(value):  # no `+` or `%` in it: the replaces cannot meet
-        return value.replace("|", "%7C").replace(" ", "+")
+    if _SIMPLE(value):
+        return _simple_escape(value)
     # Short values that do repeat a lot (keywords, categories): a small cache, kept small
     # so memory stays flat over a long run.
     return _quote_cached(value) if len(value) <= 48 else _escape(value)
