@@ -24,6 +24,7 @@ import sys
 import zlib
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from typing import BinaryIO, Literal, TypeVar
 
 from engine.config import DEFAULT_MAX_LINE_BYTES, Format
@@ -342,12 +343,7 @@ def read_items(
 
 def next_batch(items: Iterator[T], size: int) -> list[T]:
     """Up to `size` items; an empty list means the input is done."""
-    batch: list[T] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) >= size:
-            break
-    return batch
+    return list(islice(items, size))  # a C loop: half the per-item cost of a for loop
 
 
 # -- units: input records split off before parsing (multi-process runs) -----------------
