@@ -146,7 +146,9 @@ def test_a_compiled_plan_makes_what_the_plan_makes_or_steps_aside(
         plan = plans._plan_of(tuple(candidate))
         if plan is None or not compilable(plan.names):
             continue
-        made = compiled(plan, plans._text)(candidate, 3, "in.jsonl:4", "i", event_defaults)
+        made = compiled(plan, plans._text, plans._with_defaults)(
+            candidate, 3, "in.jsonl:4", "i", event_defaults
+        )
         if made is not None:  # else the plan's data decides (_planned then uses it)
             assert made == plans._by_plan(candidate, plan, 3, "in.jsonl:4", "i", event_defaults)
             assert made.query == encode_query(made.params)

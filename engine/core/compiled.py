@@ -3,8 +3,8 @@
 A key set seen often enough gets a function of its own (`compiled`), written for its
 keys: the values unpacked by one itemgetter, each converted in line, the parameters,
 headers and query built as tuple and string displays. It makes only the clean case (every
-value a non-empty string, number or list of strings, headers printable, nothing to add
-from the defaults, the event valid) and returns None for anything else, which the plan's
+value a non-empty string, number or list of strings, headers printable ASCII, the
+partner given, the event valid) and returns None for anything else, which the plan's
 general code (core/plans.py) then makes as ever. The code holds no key, only numbered
 names bound in its namespace: an input's keys are never code.
 """
@@ -71,8 +71,6 @@ def _source(plan: _Plan) -> str:
     lines.append(f"    joined = join(({', '.join(t)},))")
     lines.append("    if not joined.isascii() and surrogate(joined) is not None:")
     lines.append("        return None")
-    lines.append("    if defaults.user_agent is not None or defaults.ip is not None:")
-    lines.append("        return None")
     kind, partner = f"t{plan.event_type}", f"t{plan.partner}"
     single = f'"|" in t{plan.item}' if plan.item >= 0 else "True"
     lines.append(
@@ -124,13 +122,24 @@ def _making(n: int, m: int) -> list[str]:
         f"        query = simple_escape(join(({whole},)))",
         "    else:",
         f"        query = join(({each},))",
-        f"    return Event(seq, source, event_id, timestamp, ({params}), ({headers}), query)",
+        f"    headers = ({headers})",
+        "    if defaults.user_agent is not None or defaults.ip is not None:",
+        "        headers = with_defaults(headers, defaults)",
+        f"    return Event(seq, source, event_id, timestamp, ({params}), headers, query)",
     ]
 
 
-def compiled(plan: _Plan, text: Callable[[str, object], str]) -> Made:
-    """The plan's clean case as a function of its own (`compilable(plan.names)`)."""
+def compiled(
+    plan: _Plan,
+    text: Callable[[str, object], str],
+    with_defaults: Callable[
+        [tuple[tuple[str, str], ...], EventDefaults], tuple[tuple[str, str], ...]
+    ],
+) -> Made:
+    """The plan's clean case as a function of its own (`compilable(plan.names)`): `text`
+    is a value's text, `with_defaults` the headers with the defaults' added (plans.py)."""
     namespace: dict[str, object] = {
+        "with_defaults": with_defaults,
         "get_params": plan.get_params,
         "get_headers": plan.get_headers,
         "text": text,

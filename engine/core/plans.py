@@ -137,7 +137,7 @@ def _planned(
         # key sets all differ never pay it.
         plan.uses += 1
         if plan.uses >= COMPILE_AFTER:
-            plan.made = compiled(plan, _text)
+            plan.made = compiled(plan, _text, _with_defaults)
     return _by_plan(obj, plan, seq, source, event_id, defaults)
 
 
@@ -175,9 +175,7 @@ def _by_plan(
     # zip's strict=True costs 0.15 us a call here: the plan's lengths match by construction.
     headers = tuple(zip(plan.header_names, values))  # noqa: B905
     if defaults.user_agent is not None or defaults.ip is not None:
-        more = list(headers)
-        _add_defaults(more, defaults)
-        headers = tuple(more)
+        headers = _with_defaults(headers, defaults)
     if "" in texts:
         params = tuple([(k, t) for k, t in zip(names, texts, strict=True) if t])
     else:
@@ -192,6 +190,14 @@ def _by_plan(
     ) and (error := validate(dict(params))) is not None:
         return Invalid(seq, source, event_id, error)
     return Event(seq, source, event_id, timestamp, params, headers)
+
+
+def _with_defaults(
+    headers: tuple[tuple[str, str], ...], defaults: EventDefaults
+) -> tuple[tuple[str, str], ...]:
+    more = list(headers)
+    _add_defaults(more, defaults)
+    return tuple(more)
 
 
 def _add_defaults(headers: list[tuple[str, str]], defaults: EventDefaults) -> None:
