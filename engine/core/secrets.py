@@ -178,6 +178,8 @@ def _percents(probes: tuple[bytes, ...]) -> Callable[[bytes], bytes]:
     probes hold letters, digits, `-`, `_` and `.`, which URLs seldom escape: the `%2F`s
     and `%3D`s of beacon URLs then cost one scan, not a Python loop over each `%`."""
     held = {b for probe in probes for b in probe}
+    if 0x20 in held:  # a probe's space may be a secret's `+` (`_probe`), spelled `%2B`
+        held.add(0x2B)
     if not held:
         return lambda data: data
     search = re.compile(_escapes_of(held).encode()).search
