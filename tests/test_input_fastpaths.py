@@ -146,9 +146,9 @@ def test_a_compiled_plan_makes_what_the_plan_makes_or_steps_aside(
         plan = plans._plan_of(tuple(candidate))
         if plan is None or not compilable(plan.names):
             continue
-        made = compiled(plan, plans._text, plans._with_defaults)(
-            candidate, 3, "in.jsonl:4", "i", event_defaults
-        )
+        function = compiled(plan, plans._text, plans._with_defaults)
+        assert function is not None
+        made = function(candidate, 3, "in.jsonl:4", "i", event_defaults)
         if made is not None:  # else the plan's data decides (_planned then uses it)
             assert made == plans._by_plan(candidate, plan, 3, "in.jsonl:4", "i", event_defaults)
             assert made.query == encode_query(made.params)
@@ -299,6 +299,38 @@ def test_a_line_reads_as_the_stdlib_reads_it(pairs: list[tuple[str, str]], colon
             assert (read, type(read)) == (stamp, type(stamp))
     assert obj == expected
     assert [type(v) for v in obj.values()] == [type(v) for v in expected.values()]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        # `":1,"` is in the line twice, once across "k"'s closing quote and the next
+        # key's opening one: the float's text must come from the key's own place.
+        b'{"k":1,":1,":2.50}',
+        b'{"k":"x",":":2.50}',
+        b'{"a":"price","price":2.50}',  # the key also a value: the stdlib decides
+        b'{"price":2.50,"b":"price"}',
+    ],
+)
+def test_a_float_keeps_its_own_text_whatever_the_keys_spell(line: bytes) -> None:
+    obj, error = parse_json_line(line)
+    assert error is None
+    assert obj == json.loads(line, parse_float=RawNumber)
+
+
+def test_a_key_set_too_large_to_compile_keeps_the_plans_data_path() -> None:
+    extra = {f"k{i}": i for i in range(200)}  # past compiled.MAX_KEYS parameter keys
+    base = {"criteo-partner-id": "1", "retailer-visitor-id": "v", "event-type": "viewHome"}
+    objs = [{**base, "page-id": f"p{i}", **extra} for i in range(plans.COMPILE_AFTER + 4)]
+    plans._PLANS.clear()
+    items = [make_event(obj, seq=i, source=f"in:{i}") for i, obj in enumerate(objs)]
+    plan = plans._PLANS[tuple(objs[0])]
+    assert plan is not None
+    assert plan.made is None  # never compiled, never tried again
+    assert all(isinstance(item, Event) for item in items)
+    assert [item.params[3] for item in items if isinstance(item, Event)] == [
+        ("page-id", f"p{i}") for i in range(len(objs))
+    ]
 
 
 def test_floats_keep_their_text_and_blank_lines_are_skipped(tmp_path: Path) -> None:

@@ -46,9 +46,15 @@ class _Plan(Protocol):
 Made = Callable[[Mapping[str, object], int, str, "str | None", EventDefaults], "Event | None"]
 
 
+#: The most parameter keys a compiled plan has: the generated text grows with the keys
+#: (a line of 128k keys, under the 1 MiB line limit, took gigabytes to compile). Real
+#: events have a dozen or two; a larger key set keeps the plan's data path.
+MAX_KEYS = 64
+
+
 def compilable(names: tuple[str, ...]) -> bool:
     """Whether a plan with these parameter keys can have its clean case compiled."""
-    return all(name in names for name in ALWAYS_REQUIRED)
+    return len(names) <= MAX_KEYS and all(name in names for name in ALWAYS_REQUIRED)
 
 
 def _source(plan: _Plan) -> str:
@@ -135,9 +141,10 @@ def compiled(
     with_defaults: Callable[
         [tuple[tuple[str, str], ...], EventDefaults], tuple[tuple[str, str], ...]
     ],
-) -> Made:
+) -> Made | None:
     """The plan's clean case as a function of its own (`compilable(plan.names)`): `text`
-    is a value's text, `with_defaults` the headers with the defaults' added (plans.py)."""
+    is a value's text, `with_defaults` the headers with the defaults' added (plans.py);
+    None when it cannot be compiled."""
     namespace: dict[str, object] = {
         "with_defaults": with_defaults,
         "get_params": plan.get_params,
@@ -163,5 +170,8 @@ def compiled(
         namespace[f"Q{i}"] = ("&" if i else "") + _key_prefix(name)
     for i, header in enumerate(plan.header_names):
         namespace[f"H{i}"] = header
-    exec(compile(_source(plan), "<key-set plan>", "exec"), namespace)
+    try:
+        exec(compile(_source(plan), "<key-set plan>", "exec"), namespace)
+    except (MemoryError, RecursionError, SyntaxError, ValueError, OverflowError):
+        return None  # never fatal: the plan's data path makes the same events
     return namespace["made"]  # type: ignore[return-value]

@@ -138,6 +138,8 @@ def _planned(
         plan.uses += 1
         if plan.uses >= COMPILE_AFTER:
             plan.made = compiled(plan, _text, _with_defaults)
+            if plan.made is None:
+                plan.uses = -1  # not compiled after all: the data path, from now on
     return _by_plan(obj, plan, seq, source, event_id, defaults)
 
 

@@ -36,6 +36,22 @@ def _has_float(obj: dict[str, object]) -> bool:
 _NUMBER_AFTER_KEY = re.compile(rb"[ \t\r\n]*:[ \t\r\n]*(-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?)")
 
 
+def _key_end(raw: bytes, quoted: bytes) -> int | None:
+    """Where `quoted` ends in `raw`, when it is there once as a string of its own; else
+    None. Overlapping matches count: a match can end on the next string's opening quote
+    (`"k":1,":1,":2.5` holds `":1,"` twice, once across a `"k"`'s closing quote). With no
+    backslash in `raw`, a string starts at an even count of quotes before it."""
+    end = None
+    at = raw.find(quoted)
+    while at != -1:
+        if raw.count(b'"', 0, at) % 2 == 0:  # an opening quote: a whole string
+            if end is not None:
+                return None
+            end = at + len(quoted)
+        at = raw.find(quoted, at + 1)
+    return end
+
+
 def _restore_floats(raw: bytes, obj: dict[str, object]) -> bool:
     """Give each top-level float of `obj` (but the timestamp) its text as `raw` wrote it;
     False when that is not certain, and the stdlib parser reads the line instead.
@@ -50,10 +66,10 @@ def _restore_floats(raw: bytes, obj: dict[str, object]) -> bool:
         if kind is float:
             if key == "timestamp":
                 continue
-            quoted = b'"' + key.encode() + b'"'
-            if raw.count(quoted) != 1:
+            end = _key_end(raw, b'"' + key.encode() + b'"')
+            if end is None:
                 return False
-            found = _NUMBER_AFTER_KEY.match(raw, raw.index(quoted) + len(quoted))
+            found = _NUMBER_AFTER_KEY.match(raw, end)
             if found is None:
                 return False
             text = found.group(1).decode("ascii")
