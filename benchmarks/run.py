@@ -290,8 +290,12 @@ def rss_check(work: Path, url: str, small: int, large: int, concurrency: int) ->
 
 
 def checkout(rev: str, work: Path) -> Path:
-    """The engine package of git revision `rev`, extracted under `work` (compiled)."""
-    root = work / "compare"
+    """The engine package of git revision `rev`, extracted under `work` (compiled); a
+    folder that holds an engine/ is taken as it is (compiled)."""
+    if (Path(rev) / "engine").is_dir():
+        compileall.compile_dir(str(Path(rev) / "engine"), quiet=1)
+        return Path(rev)
+    root = work / f"compare-{len(list(work.iterdir()))}"
     root.mkdir()
     archive = subprocess.run(
         ["git", "-C", str(ROOT), "archive", rev, "engine"], capture_output=True, check=False

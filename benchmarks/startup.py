@@ -25,7 +25,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import ROOT, checkout
+
 RUN = ["run", "/dev/null", "--endpoint", "http://127.0.0.1:9/x", "--token", "t", "--no-progress"]
 
 
@@ -41,9 +43,7 @@ def cpu_of(row: Row, out: Path) -> float:
     argv = [sys.executable, *row.argv]
     if argv[-1] == "--no-progress":
         argv += ["-o", str(out)]
-    proc = subprocess.Popen(
-        argv, cwd=row.cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    proc = subprocess.Popen(argv, cwd=row.cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     assert proc.stderr is not None
     err = proc.stderr.read()
     _, status, usage = os.wait4(proc.pid, 0)
@@ -66,24 +66,6 @@ def imports_of(row: Row, out: Path, runs: int = 3) -> tuple[float, int]:
         total = sum(int(ln.split("|")[0].split(":")[1]) for ln in lines)
         best, count = min(best, total / 1000), len(lines)
     return best, count
-
-
-def checkout(rev: str, work: Path) -> Path:
-    """The engine package of git revision `rev`, extracted under `work` (compiled); a
-    folder that holds an engine/ as it is."""
-    if (Path(rev) / "engine").is_dir():
-        compileall.compile_dir(str(Path(rev) / "engine"), quiet=1)
-        return Path(rev)
-    root = work / f"compare-{len(list(work.iterdir()))}"
-    root.mkdir()
-    archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", rev, "engine"], capture_output=True, check=False
-    )
-    if archive.returncode != 0:
-        raise SystemExit(f"--compare {rev}: {archive.stderr.decode(errors='replace').strip()}")
-    subprocess.run(["tar", "-x", "-C", str(root)], input=archive.stdout, check=True)
-    compileall.compile_dir(str(root / "engine"), quiet=1)
-    return root
 
 
 def rows_for(compare: list[tuple[str, Path]]) -> list[Row]:
