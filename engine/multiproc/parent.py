@@ -69,7 +69,7 @@ from engine.multiproc.messages import (
 from engine.multiproc.pipes import PipeReader, PipeWriter
 from engine.net.auth import Lease, TokenBroker
 from engine.runtime.display import View, show_live
-from engine.runtime.feeds import event_defaults, thread_batches
+from engine.runtime.feeds import event_defaults, reads_inline, thread_batches
 from engine.runtime.progress import RunView, tally_figures
 from engine.runtime.session import RunSession
 from engine.runtime.shutdown import interrupt_reason
@@ -196,7 +196,8 @@ class _Parent:
             # A signal cancels this scope, also a read blocked on a silent stdin (that
             # read is abandoned: the generator it runs is left alone, not closed).
             with self.feed_scope:
-                async with aclosing(thread_batches(units, _UNIT_BATCH)) as batches:
+                inline = reads_inline(config)  # a local file: in this thread (feeds.py)
+                async with aclosing(thread_batches(units, _UNIT_BATCH, inline=inline)) as batches:
                     await self._hand_out(batches)
         finally:
             for worker in self.workers:
