@@ -56,6 +56,12 @@ def test_rounded_is_round() -> None:
     values += [rng.uniform(-1e6, 1e6) for _ in range(2000)]
     values += [0.0, -0.0, 0.0005, 0.0015, 2.5e-7, 1e300, -1e300, math.inf, -math.inf]
     values += [1764331200.1234565, 2.0**52, -1e-9]
+    # Products a quarter and three eighths from an integer, and half-way points, on the
+    # grid of quarters of a sent_at (2**50 <= value * 1e6 < 2**51) and finer below it.
+    for base in (1764331200.0, 1234.0, 0.5):
+        for n in range(4000):
+            value = base + n * 1.1e-7
+            values += [value, math.nextafter(value, 0.0), math.nextafter(value, math.inf)]
     for digits in (3, 6):
         for value in values:
             assert repr(rounded(value, digits)) == repr(round(value, digits)), (value, digits)
