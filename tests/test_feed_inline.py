@@ -68,7 +68,7 @@ def test_inline_and_threaded_feeds_give_the_same_items(tmp_path: Path) -> None:
         return got
 
     inline = asyncio.run(items(_config(str(plain))))
-    writer = threading.Thread(target=fill)
+    writer = threading.Thread(target=fill, daemon=True)  # never holds the run open
     writer.start()
     threaded = asyncio.run(items(_config(str(fifo))))
     writer.join()
