@@ -2,8 +2,9 @@
 
 `thread_batches` is the one loop that reads input in batches; every driver reads
 through it. A batch is read on a worker thread (the event loop never waits on a pipe, a
-terminal, a store or a network filesystem), except when every input is a local regular
-file of lines (`reads_inline`): then in the loop's own thread, between its turns. Such a
+terminal, a store or a network filesystem), except when every input is a regular file
+of lines on a local filesystem (`reads_inline`): then in the loop's own thread, between
+its turns, for at most INLINE_SLICE_S at a time (then the batch is cut short). Such a
 read does not block (the page cache, read ahead), and the parsing is CPU the loop could
 not have run meanwhile anyway (the GIL); a second thread only fought for the GIL, which
 cost 3-6 µs of CPU per event (issue 18). `file_feed` reads the configured inputs;
@@ -13,8 +14,7 @@ order: `seq` is what resume, ordering and sharding rely on.
 
 from __future__ import annotations
 
-import os
-import stat
+import time
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -33,6 +33,7 @@ import anyio.lowlevel
 from engine.config import Config
 from engine.core.events import EventDefaults, Invalid, Item, ReadCounts, make_event
 from engine.core.shard import ShardSpec
+from engine.files.localfs import is_local_file
 from engine.files.resume import ResumeIndex
 from engine.files.sources import STDIN, next_batch, read_items, source_format
 from engine.files.storage import is_url
@@ -59,7 +60,7 @@ async def thread_batches(
     owner = reader if reader is not None else items
     try:
         if inline:
-            while batch := next_batch(items, size):
+            while batch := _slice(items, size):
                 yield batch
                 await anyio.lowlevel.checkpoint()  # the loop's turn between batches
             return
@@ -72,6 +73,24 @@ async def thread_batches(
         if close is not None:
             with suppress(ValueError):  # "generator already executing": the abandoned read
                 close()
+
+
+#: The longest an inline read holds the loop before the loop gets a turn: the GIL's
+#: switch interval, what a worker thread's read used to leave it. A batch of 256 lines
+#: near --max-line-bytes takes seconds to parse; an item takes what it takes.
+INLINE_SLICE_S = 0.005
+
+
+def _slice(items: Iterator[T], size: int) -> list[T]:
+    """Up to `size` items, fewer when reading them took INLINE_SLICE_S."""
+    batch: list[T] = []
+    append, clock = batch.append, time.perf_counter
+    deadline = clock() + INLINE_SLICE_S
+    for item in items:
+        append(item)
+        if len(batch) >= size or clock() > deadline:
+            break
+    return batch
 
 
 def event_defaults(config: Config) -> EventDefaults:
@@ -94,19 +113,17 @@ def file_feed(config: Config, counts: ReadCounts) -> Feed:
 
 
 def reads_inline(config: Config) -> bool:
-    """Whether every input is a local regular file of lines (JSONL or CSV, gzip or not):
-    read in the loop's thread (the module's rules). stdin, a pipe, a URL or Parquet
-    (pyarrow reads a whole row group at once) keep the worker thread."""
+    """Whether every input is a regular file of lines (JSONL or CSV, gzip or not) on a
+    local filesystem (files/localfs.py): read in the loop's thread (the module's rules).
+    stdin, a pipe, a URL, a network filesystem or Parquet (pyarrow reads a whole row
+    group at once) keep the worker thread."""
     for path in config.inputs:
         if path == STDIN or is_url(path):
             return False
         if source_format(path, config.input_format) == "parquet":
             return False
-        try:
-            if not stat.S_ISREG(os.stat(path).st_mode):
-                return False
-        except OSError:
-            return False  # the reader says what is wrong with it
+        if not is_local_file(path):  # a pipe, a network filesystem, missing...
+            return False
     return True
 
 
