@@ -276,14 +276,18 @@ class _Finder:
                 if raw in data:
                     data = data.replace(raw, _REDACTED_BYTES)
             return data
-        if not self._raws:
+        if not self._raws or self._filtered_out(data):
             return data
-        probes = self._probes
-        if probes is not None:
-            plain = _unspelled(data, self._percents)
-            if not any(probe in plain for probe in probes):
-                return data
         return self._spelled(data)
+
+    def _filtered_out(self, data: bytes) -> bool:
+        """True when no secret can be spelled in `data` (its escapes undone, no probe is
+        there); False when one may be, or the filter cannot tell."""
+        probes = self._probes
+        if probes is None:
+            return False
+        plain = _unspelled(data, self._percents)
+        return not any(probe in plain for probe in probes)
 
     def _spelled(self, data: bytes) -> bytes:
         """Redact the usual spellings found as they are (a substring scan each), then,
@@ -299,11 +303,8 @@ class _Finder:
                 at = data.find(literal, at + len(literal))
         if spans:
             data = _redact_spans(data, sorted(spans))
-        probes = self._probes
-        if probes is not None:
-            plain = _unspelled(data, self._percents)
-            if not any(probe in plain for probe in probes):
-                return data
+        if self._filtered_out(data):
+            return data
         regex = self._regex
         if regex is None:
             # Longest first: a secret holding another is taken whole.

@@ -182,7 +182,7 @@ class _Worker:
         if self.schedule is not None:
             record_schedule(self.schedule, batch)
         if self.start.ordered:
-            lines = [(r.seq, self._redact(r.to_json() + b"\n")) for r in batch]
+            lines = [(r.seq, self._redact(jsonl([r]))) for r in batch]
             await self.send(Ordered(lines, len(batch)))
         else:
             kept_ = kept(batch, self.config.records)  # --records errors|none (load, replay)

@@ -98,7 +98,8 @@ def event_defaults(config: Config) -> EventDefaults:
 
 
 def file_feed(config: Config, counts: ReadCounts) -> Feed:
-    """The configured inputs, read in batches on a worker thread."""
+    """The configured inputs, read in batches: on a worker thread, or in the loop's own
+    when they are local files (`reads_inline`)."""
     reader = read_items(
         config.inputs,
         input_format=config.input_format,
