@@ -8,6 +8,7 @@ Rules:
 - A file is opened and sought; an object is opened for ranged reads (files/storage.py)
   and sought, so only the range's bytes (and one read-ahead block) cross the network.
 - The lines are read by sources.py's JSONL reader: same items, same invalid records.
+- files/spans.py reads a local file's spans (`--workers`) with the same `RangeReader`.
 """
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ from collections.abc import Generator
 from typing import BinaryIO
 
 from engine.config import DEFAULT_MAX_LINE_BYTES
-from engine.core.events import NO_DEFAULTS, EventDefaults, Invalid, Item, ReadCounts, make_event
+from engine.core.events import NO_DEFAULTS, EventDefaults, Item, ReadCounts
 from engine.errors import InputError
-from engine.files.sources import jsonl_records
+from engine.files.sources import jsonl_items
 from engine.files.storage import StorageOptions, is_url, open_read, source_name
 
 
-class _RangeReader(io.RawIOBase):
+class RangeReader(io.RawIOBase):
     """At most `length` bytes of a file, from where it stands."""
 
     def __init__(self, raw: BinaryIO, length: int) -> None:
@@ -71,15 +72,10 @@ def read_range_items(
     counts = counts if counts is not None else ReadCounts()
     raw = _open(path, storage_options)
     raw.seek(start)
-    stream = io.BufferedReader(_RangeReader(raw, end - start))
-    offset = first_line - 1
-    name = source_name(path)
+    stream = io.BufferedReader(RangeReader(raw, end - start))
     try:
-        for seq, record in enumerate(jsonl_records(stream, max_line_bytes, counts)):
-            source = f"{name}:{record.line + offset}"
-            if record.obj is None:
-                yield Invalid(seq, source, None, record.error or "unreadable line")
-            else:
-                yield make_event(record.obj, seq=seq, source=source, defaults=defaults)
+        yield from jsonl_items(
+            stream, source_name(path), 0, max_line_bytes, counts, defaults, first_line
+        )
     finally:
         stream.close()

@@ -135,10 +135,11 @@ _TooLong = object()
 
 
 def _physical_lines(
-    stream: BinaryIO, max_bytes: int
+    stream: BinaryIO, max_bytes: int, first_line: int = 1
 ) -> Iterator[tuple[int, bytes | object | Exception]]:
-    """(line number, bytes without EOL | _TooLong | read error), bounded memory."""
-    line_no = 0
+    """(line number, bytes without EOL | _TooLong | read error), bounded memory; the
+    stream's first line is line `first_line` (a byte range of a file: files/spans.py)."""
+    line_no = first_line - 1
     while True:
         line_no += 1
         try:
@@ -248,17 +249,18 @@ def _line_error(data: object, max_bytes: int) -> str:
     return f"line longer than {max_bytes} bytes" if data is _TooLong else _read_error(data)  # type: ignore[arg-type]
 
 
-def _jsonl_items(
+def jsonl_items(
     stream: BinaryIO,
     name: str,
     seq: int,
     max_bytes: int,
     counts: ReadCounts,
     defaults: EventDefaults,
+    first_line: int = 1,
 ) -> Generator[Item, None, int]:
     """`_record_items` of `jsonl_records`, in one loop: no Record between the line and
     its item (the hot path of a run). Returns the next seq."""
-    for line_no, data in _physical_lines(stream, max_bytes):
+    for line_no, data in _physical_lines(stream, max_bytes, first_line):
         if type(data) is bytes:
             if not data or data.isspace():  # as `not data.strip()`, without the copy
                 counts.blank_lines += 1
@@ -335,7 +337,7 @@ def read_items(
                 records = _csv_records(stream, max_line_bytes, counts)
                 items = _record_items(records, name, seq, defaults)
             else:
-                items = _jsonl_items(stream, name, seq, max_line_bytes, counts, defaults)
+                items = jsonl_items(stream, name, seq, max_line_bytes, counts, defaults)
             seq = yield from (items if shard is None else _sharded(items, shard, counts))
         finally:
             close()

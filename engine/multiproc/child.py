@@ -42,6 +42,7 @@ from engine.core.records import Result, jsonl, jsonl_parts
 from engine.core.secrets import Secrets
 from engine.core.tally import Tally, record_schedule, tally_of
 from engine.files.sinks import JsonlSink, kept
+from engine.files.spans import Span, span_items
 from engine.multiproc.messages import (
     Answered,
     Done,
@@ -62,7 +63,7 @@ from engine.multiproc.messages import (
 from engine.multiproc.pipes import PipeReader, PipeWriter
 from engine.net.auth import FollowerToken, Lease
 from engine.runtime.engine import Engine
-from engine.runtime.feeds import event_defaults
+from engine.runtime.feeds import READ_BATCH, event_defaults, thread_batches
 from engine.runtime.loop import run_loop
 from engine.runtime.session import transport_for
 from engine.runtime.watch import count_in_flight
@@ -147,7 +148,7 @@ class _Worker:
         self.engine.shutdown.halt(reason)
         self.engine.shutdown.cut_off_after(self.tg, grace)
 
-    async def listen(self, units: MemoryObjectSendStream[Units]) -> None:
+    async def listen(self, units: MemoryObjectSendStream[Units | Span]) -> None:
         """Until this worker has reported: token answers still come after the last units."""
         async with units:
             messages = PipeReader(self.conn, name="adbatch-parent")
@@ -160,7 +161,7 @@ class _Worker:
                     self.halt(_PARENT_GONE, self.config.grace)
                     return
                 match message:
-                    case Units():
+                    case Units() | Span():
                         with contextlib.suppress(anyio.BrokenResourceError):
                             units.send_nowait(message)  # (broken: this worker stopped early)
                     case Token(lease):
@@ -236,7 +237,7 @@ class _Worker:
     async def run(self) -> None:
         config = self.config
         # Unbounded, yet bounded by the parent's credit: it never sends more than that.
-        units_send, units_receive = anyio.create_memory_object_stream[Units](math.inf)
+        units_send, units_receive = anyio.create_memory_object_stream[Units | Span](math.inf)
         async with transport_for(config) as transport:
             # It writes records itself (direct output): it redacts what the parent would.
             secrets = Secrets(self.start.secrets, issued=self.tokens.secrets)
@@ -250,7 +251,7 @@ class _Worker:
                     tg.start_soon(self.report_live)
                 job = self.start.job
                 if job is None:
-                    feed = _unit_feed(units_receive, event_defaults(config))
+                    feed = _unit_feed(units_receive, event_defaults(config), config.max_line_bytes)
                     extra = await self._execute(partial(engine.execute, feed))
                 else:  # its own share of a schedule (load, replay): no Units come
                     extra = await self._execute(partial(_run_job, job, engine))
@@ -307,11 +308,20 @@ async def _run_job(
 
 
 async def _unit_feed(
-    receive: MemoryObjectReceiveStream[Units], defaults: EventDefaults
+    receive: MemoryObjectReceiveStream[Units | Span], defaults: EventDefaults, max_line_bytes: int
 ) -> AsyncGenerator[list[Item], None]:
+    """The parent's records: Units as they came, a Span read here (a local file, so in
+    this thread: runtime/feeds.py)."""
     async with receive:
-        async for units in receive:
-            yield units.items(defaults)
+        async for parcel in receive:
+            if isinstance(parcel, Units):
+                yield parcel.items(defaults)
+                continue
+            items = span_items(parcel, defaults, max_line_bytes=max_line_bytes)
+            batches = thread_batches(items, READ_BATCH, inline=True)
+            async with contextlib.aclosing(batches):
+                async for batch in batches:
+                    yield batch
 
 
 async def _work(start: Start, conn: Connection) -> None:

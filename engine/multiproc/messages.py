@@ -3,7 +3,7 @@
 Every message is a frozen slotted dataclass (pickled by `multiprocessing`), matched by
 type with `match`; nothing is read by position.
 
-    parent -> worker: Start, Units, Token, Refreshed, Halt, End
+    parent -> worker: Start, Units or Span (files/spans.py), Token, Refreshed, Halt, End
     worker -> parent: Answered, Records, Ordered, Refresh, LiveFigures, Done, Failed
 """
 
@@ -18,6 +18,7 @@ from engine.core.events import EventDefaults, Item
 from engine.core.stats import RunStats
 from engine.core.tally import Tally
 from engine.files.sources import Unit, raw_item
+from engine.files.spans import Span
 from engine.net.auth import Lease
 
 if TYPE_CHECKING:
@@ -105,7 +106,7 @@ class End:
     """No more input: finish the calls in flight, then report `Done`."""
 
 
-ToWorker = Start | Units | Token | Refreshed | Halt | End
+ToWorker = Start | Units | Span | Token | Refreshed | Halt | End
 
 # -- worker -> parent -------------------------------------------------------------------
 

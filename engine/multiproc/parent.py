@@ -2,18 +2,19 @@
 
 This is the parent; one worker process is engine/multiproc/child.py.
 
-    parent: read + number records --unit batches--> worker i (own loop, session, rate/N)
+    parent: number records --spans or unit batches--> worker i (own loop, session, rate/N)
     worker i: parse, check, send --encoded JSONL records--> parent --> the one sink
     parent's token provider --Authorization pushes--> every worker
 
 Rules:
-- The parent reads the input and numbers the records (seq, source, blank lines) exactly
-  as a 1-process run does (`sources.read_units`); the workers do the CPU work (JSON
-  parsing, checks, query building, HTTP, encoding the records). Every input record gets
-  exactly one output line whatever N is: unordered into a regular file each worker
-  appends its own records (O_APPEND); otherwise the parent is the one writer, with
-  `--ordered` in the order the records were handed out. `--resume` skips in the parent
-  what the output already answers.
+- The parent numbers the records (seq, source, blank lines) exactly as a 1-process run
+  does, and hands them out as parcels (multiproc/parcels.py): a local JSONL file's by
+  byte range, which the worker reads itself, any other input's read here; the workers
+  do the CPU work (JSON parsing, checks, query building, HTTP, encoding the records).
+  Every input record gets exactly one output line whatever N is: unordered into a
+  regular file each worker appends its own records (O_APPEND); otherwise the parent is
+  the one writer, with `--ordered` in the order the records were handed out.
+  `--resume` skips in the parent what the output already answers.
 - Flow control by credit: a worker never holds more than `_credit()` unanswered records,
   so memory is bounded by the concurrency, not by the input size, and a slow worker is
   simply given less. The input is split by demand, not by a fixed modulo, for that reason.
@@ -48,7 +49,6 @@ from engine.core.stats import RunStats
 from engine.core.tally import Tally
 from engine.errors import AuthError, FatalError, OutputError
 from engine.files.sinks import CHECK_EVERY_S
-from engine.files.sources import Unit, read_units, unit_item
 from engine.multiproc.messages import (
     Answered,
     Done,
@@ -63,18 +63,16 @@ from engine.multiproc.messages import (
     Start,
     Token,
     ToWorker,
-    Units,
     WorkerJob,
 )
+from engine.multiproc.parcels import BATCH, Parcel, Parcels
 from engine.multiproc.pipes import PipeReader, PipeWriter
 from engine.net.auth import Lease, TokenBroker
 from engine.runtime.display import View, show_live
-from engine.runtime.feeds import event_defaults, reads_inline, thread_batches
 from engine.runtime.progress import RunView, tally_figures
 from engine.runtime.session import RunSession
 from engine.runtime.shutdown import interrupt_reason
 
-_UNIT_BATCH = 256
 _TOKEN_POLL_S = 0.05  # a renewed token reaches the workers well within its mandatory window
 
 
@@ -116,14 +114,13 @@ class _Parent:
         self.taken = 0  # records handed out (the progress display's read-ahead)
         self.budget_refused = 0
         self.slowed: str | None = None
-        self.resumed = 0
         self.writers: dict[int, PipeWriter] = {}  # by worker index, made at its first send
         self.interrupted: int | None = None  # the signal number
         self.feed_scope = anyio.CancelScope()  # reading the input
         # A watched run (--metrics-addr, --dashboard): the sum of the workers' LiveFigures.
         self.live = Tally()
         self.live_in_flight: dict[int, int] = {}  # worker index -> its calls in flight
-        self.read = 0  # input records read
+        self.input = Parcels(session)  # what is handed out, and the records read
         #: Each worker's own job (load, replay: its share of the schedule), instead of
         #: the input handed out here; and what each returned (Done.extra), by worker.
         self.jobs: list[WorkerJob] | None = None
@@ -131,9 +128,17 @@ class _Parent:
         #: The live display instead of a run's (load, replay: their schedule's view).
         self.view: View | None = None
 
+    @property
+    def read(self) -> int:  # input records read
+        return self.input.read
+
+    @property
+    def resumed(self) -> int:  # records the output answered before (--resume)
+        return self.input.resumed
+
     def _credit(self) -> int:
         per_worker = max(1, math.ceil(self.config.concurrency / self.config.workers))
-        return max(2 * _UNIT_BATCH, 4 * per_worker)
+        return max(2 * BATCH, 4 * per_worker)
 
     async def begin(self, share: Config, *, live: bool = False) -> None:
         """Send every worker its share of the run (they were started before); `live`:
@@ -184,65 +189,30 @@ class _Parent:
             for worker in self.workers:
                 await self._end(worker)
             return
-        config = self.config
-        units = read_units(
-            config.inputs,
-            input_format=config.input_format,
-            max_line_bytes=config.max_line_bytes,
-            counts=self.session.counts,
-            storage_options=config.storage_options,
-        )
         try:
             # A signal cancels this scope, also a read blocked on a silent stdin (that
             # read is abandoned: the generator it runs is left alone, not closed).
             with self.feed_scope:
-                inline = reads_inline(config)  # a local file: in this thread (feeds.py)
-                async with aclosing(thread_batches(units, _UNIT_BATCH, inline=inline)) as batches:
-                    await self._hand_out(batches)
+                parcels = self.input.all()
+                async with aclosing(parcels):
+                    await self._hand_out(parcels)
         finally:
             for worker in self.workers:
                 await self._end(worker)
 
-    async def _hand_out(self, batches: AsyncIterator[list[Unit]]) -> None:
-        config = self.config
-        async for batch in batches:
+    async def _hand_out(self, parcels: AsyncIterator[Parcel]) -> None:
+        async for parcel in parcels:
             if self.stopped is not None:
                 return
-            self.read += len(batch)
-            # A full batch goes to one worker (fewer, larger messages keep every worker's
-            # pool full); a short one (the end of the input, a slow stdin) is shared out,
-            # so a short input still runs on every worker.
-            full = len(batch) == _UNIT_BATCH
-            part_size = len(batch) if full else math.ceil(len(batch) / config.workers)
-            if self.session.resume is not None:
-                batch = self._unanswered(batch)
-            self.taken += len(batch)
-            for start in range(0, len(batch), part_size):
-                part = batch[start : start + part_size]
-                worker = await self._pick()
-                if worker is None:
-                    return
-                if config.ordered:
-                    self.fed.extend(unit.seq for unit in part)
-                worker.outstanding += len(part)
-                await self._send(worker, Units.of(part))
-
-    def _unanswered(self, batch: list[Unit]) -> list[Unit]:
-        """--resume: drop what the output answers. Only those records are parsed here (for
-        their id, which the check needs); the others go to the workers unparsed."""
-        index = self.session.resume
-        assert index is not None
-        defaults = event_defaults(self.config)
-        kept = []
-        for unit in batch:
-            seq = unit.seq
-            if index.recorded(seq) and index.answered(
-                seq, unit.source, unit_item(unit, defaults).id
-            ):
-                continue
-            kept.append(unit)
-        self.resumed += len(batch) - len(kept)
-        return kept
+            worker = await self._pick()
+            if worker is None:
+                return
+            seqs = parcel.seqs
+            self.taken += len(seqs)
+            if self.config.ordered:
+                self.fed.extend(seqs)
+            worker.outstanding += len(seqs)
+            await self._send(worker, parcel)
 
     async def _pick(self) -> WorkerHandle | None:
         limit = self._credit()

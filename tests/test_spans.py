@@ -1,0 +1,177 @@
+"""files/spans.py: a local JSONL file cut into spans reads back exactly as a whole-file
+read (`sources.read_items`): the same items, seqs, sources, blank-line count and bytes
+read, whatever the lines, the span size and the read block."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+from conftest import config_for, read_records
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from engine import run
+from engine.core.events import NO_DEFAULTS, Invalid, Item, ReadCounts
+from engine.files.sources import read_items
+from engine.files.spans import Span, span_items, spans
+from engine.mock import MockHandle
+
+_LINES = st.one_of(
+    st.sampled_from(
+        [
+            b"",
+            b" ",
+            b"\t \x0b\x0c",
+            b"\r",
+            b"  \r",
+            b"\xef\xbb\xbf",
+            b"\xef\xbb\xbf ",
+            b'\xef\xbb\xbf{"id":"bom"}',
+            b'{"id":"a","pageType":"home"}',
+            b'{"id":"crlf"}\r',
+            b"not json",
+            b"\xff\xfe",
+            b"[1,2]",
+            b" " * 40,  # over the max below: a record, not a blank
+            b'{"id":"' + b"x" * 60 + b'"}',
+        ]
+    ),
+    st.binary(max_size=50),
+)
+
+
+def _whole(path: Path, max_line_bytes: int) -> tuple[list[Item], ReadCounts]:
+    counts = ReadCounts()
+    items = list(read_items([str(path)], max_line_bytes=max_line_bytes, counts=counts))
+    return items, counts
+
+
+def _by_spans(
+    path: Path, size: int, max_line_bytes: int, block: int, first_seq: int = 0
+) -> tuple[list[Item], ReadCounts, list[Span], int]:
+    counts = ReadCounts()
+    whole = Span(str(path), str(path), 0, -1, 1, first_seq, 0)
+    cut = spans(whole, size, max_line_bytes=max_line_bytes, counts=counts, block=block)
+    got: list[Span] = []
+    while True:
+        try:
+            got.append(next(cut))
+        except StopIteration as end:
+            after = int(end.value)
+            break
+    items = [i for s in got for i in span_items(s, NO_DEFAULTS, max_line_bytes=max_line_bytes)]
+    return items, counts, got, after
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    lines=st.lists(_LINES, max_size=30),
+    newline_at_end=st.booleans(),
+    size=st.integers(1, 7),
+    block=st.integers(1, 70),
+)
+def test_spans_read_as_the_whole_file(
+    tmp_path: Path, lines: list[bytes], newline_at_end: bool, size: int, block: int
+) -> None:
+    data = b"\n".join(lines) + (b"\n" if newline_at_end and lines else b"")
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(data)
+    expected, expected_counts = _whole(path, 32)
+    items, counts, cut, after = _by_spans(path, size, 32, block)
+    assert items == expected
+    assert counts.blank_lines == expected_counts.blank_lines
+    assert counts.bytes_read == len(data)
+    assert after == len(expected)
+    assert all(0 < s.count <= size for s in cut)
+    assert [seq for s in cut for seq in s.seqs] == list(range(len(expected)))
+    # spans tile the file: each starts where the one before ended
+    assert all(a.end == b.start for a, b in itertools.pairwise(cut))
+
+
+def test_a_span_of_a_span_splits_it(tmp_path: Path) -> None:
+    """A short span (the end of an input) is cut again to share it among workers."""
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"".join(b'{"id":"e%d"}\n\n' % i for i in range(10)))
+    (first,) = list(
+        spans(Span(str(path), "in", 0, -1, 1, 5, 0), 100, max_line_bytes=99, counts=ReadCounts())
+    )
+    assert (first.first_seq, first.count) == (5, 10)
+    parts = list(spans(first, 4, max_line_bytes=99, counts=ReadCounts()))
+    assert [p.count for p in parts] == [4, 4, 2]
+    items = [i for p in parts for i in span_items(p, NO_DEFAULTS, max_line_bytes=99)]
+    assert [(i.seq, i.source, i.id) for i in items] == [
+        (5 + k, f"in:{2 * k + 1}", f"e{k}") for k in range(10)
+    ]
+
+
+@pytest.mark.parametrize("change", ["truncated", "deleted"])
+def test_a_file_changed_under_a_span_still_answers_each_record(tmp_path: Path, change: str) -> None:
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"".join(b'{"id":"e%d"}\n' % i for i in range(6)))
+    (span,) = list(
+        spans(Span(str(path), "in", 0, -1, 1, 0, 0), 10, max_line_bytes=99, counts=ReadCounts())
+    )
+    if change == "truncated":
+        path.write_bytes(b'{"id":"e0"}\n{"id":"e1"}\n')
+    else:
+        path.unlink()
+    items = list(span_items(span, NO_DEFAULTS, max_line_bytes=99))
+    assert [i.seq for i in items] == list(range(6))
+    lost = [i.seq for i in items if isinstance(i, Invalid) and "unread" in i.error]
+    assert lost == (list(range(2, 6)) if change == "truncated" else list(range(6)))
+
+
+def test_a_file_that_grew_gives_only_its_span(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b'{"id":"a"}\n{"id":"b"}\n')
+    (span,) = list(
+        spans(Span(str(path), "in", 0, -1, 1, 0, 0), 10, max_line_bytes=99, counts=ReadCounts())
+    )
+    with path.open("r+b") as f:  # the same length, one line more: a line replaced by two
+        f.write(b'{"a":1}\n{"b":2}\n{"c":3}\n')
+    assert [i.seq for i in span_items(span, NO_DEFAULTS, max_line_bytes=99)] == [0, 1]
+
+
+def _hostile_input(path: Path, n: int) -> None:
+    good = (
+        b'{"id":"e%d","criteo-partner-id":1,"retailer-visitor-id":"v",'
+        b'"event-type":"viewHome","page-id":"viewHome_API_desktop"}'
+    )
+    other = [b"", b" \t", b"{not json", b"", b"x" * 300, b"\r"]  # by i % 7, from 1
+    lines = [b"\xef\xbb\xbf" + good % 0]
+    for i in range(1, n):
+        kind = i % 7
+        event = good % i + (b"\r" if kind == 4 else b"")
+        lines.append(event if kind in (0, 4) else other[kind - 1])
+    path.write_bytes(b"\n".join(lines))  # no \n at the end
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+@pytest.mark.parametrize("ordered", [False, True])
+async def test_workers_read_spans_as_one_process_reads_the_file(
+    mock: MockHandle, tmp_path: Path, ordered: bool
+) -> None:
+    """Blank and whitespace lines, a BOM, CRLF, over-long lines, no final newline, two
+    inputs: `--workers 2` numbers and answers every record as one process does."""
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    _hostile_input(first, 700)
+    _hostile_input(second, 40)
+    inputs = [first, second]
+    one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
+    options = {"max_line_bytes": 200, "ordered": ordered}
+    s1 = await run(config_for(mock, inputs, one, **options))
+    s2 = await run(config_for(mock, inputs, two, workers=2, concurrency=8, **options))
+    r1, r2 = read_records(one), read_records(two)
+    stable = ("seq", "id", "source", "status", "ok", "error")
+    key = lambda r: tuple(r[k] for k in stable)  # noqa: E731
+    assert sorted(map(key, r2)) == sorted(map(key, r1))
+    if ordered:
+        assert [r["seq"] for r in r2] == list(range(len(r1)))
+    assert (s2.events, s2.blank_lines, s2.invalid) == (s1.events, s1.blank_lines, s1.invalid)
+    assert s1.blank_lines > 0
+    assert s1.invalid > 0
