@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -106,7 +107,40 @@ def python_clients(
     if compare is not None:
         rows.append(Client(f"adbatch run --workers {workers} @ {compare[0]}", many, compare[1]))
     rows.append(Client("floor (httptools + uvloop, reference)", floor))
+    rows.append(separate_processes(events, out, url, concurrency=concurrency, parts=workers))
     return rows
+
+
+#: The row that bounds `--workers N` from below: N plain processes, no parent.
+SEPARATE = "{n} separate processes, 1/{n} of the input each (reference)"
+
+
+def separate_processes(
+    events: Path, out: Path, url: str, *, concurrency: int, parts: int
+) -> Client:
+    """N independent `adbatch run`s at the same time, each on its own N-th of the input
+    (cut before the run, not measured) at concurrency/N: what `--workers N` would cost
+    with a parent that costs nothing. The machine's other costs of running N processes
+    at once (each at a part of the concurrency, sharing the CPUs with the server) are in
+    it, so the gap between this row and one process is not `--workers`' own."""
+    lines = events.read_bytes().splitlines(keepends=True)
+    share = -(-len(lines) // parts)
+    runs = []
+    for i in range(parts):
+        part = events.with_name(f"{events.stem}.part{i}.jsonl")
+        part.write_bytes(b"".join(lines[i * share : (i + 1) * share]))
+        output = out.with_name(f"{out.stem}.part{i}.jsonl")
+        argv = [sys.executable, "-m", "engine", "run", str(part), "-o", str(output)]
+        argv += ["--endpoint", url, "--token", TOKEN, "--no-progress"]
+        argv += ["-c", str(max(1, -(-concurrency // parts)))]
+        runs.append(f"rm -f {shlex.quote(str(output))}; {shlex.join(argv)} &")
+    script = " ".join([*runs, "wait"])
+    return Client(SEPARATE.format(n=parts), ["sh", "-c", script], count=parse_summaries)
+
+
+def parse_summaries(text: str) -> int:
+    """Events answered, summed over every `adbatch run` summary line in `text`."""
+    return sum(int(n) for n in re.findall(r"^adbatch: (\d+) events in", text, re.MULTILINE))
 
 
 def https_clients(

@@ -82,6 +82,17 @@ def test_tool_reports_count_the_2xx_answers(tool: str, text: str, answered: int)
     assert parse(text) == answered
 
 
+def test_separate_processes_count_every_summary() -> None:
+    clients = _load("clients")
+    text = (
+        "adbatch: 25000 events in 1.38s (18067.5/s): 25000 ok, 0 failed, 0 invalid\n"
+        "note: something else\n"
+        "adbatch: 24999 events in 1.40s (17856.4/s): 24990 ok, 9 failed, 0 invalid\n"
+    )
+    assert clients.parse_summaries(text) == 49999
+    assert clients.parse_summaries("error: cannot read input\n") == 0
+
+
 @asynccontextmanager
 async def delivery_server(
     seen: list[web.Request], context: ssl.SSLContext | None = None
@@ -190,6 +201,8 @@ def test_harness_completes_and_prints_the_table() -> None:
     if importlib.util.find_spec("httptools") is not None:
         assert "| floor (httptools + uvloop, reference) |" in out
     assert "adbatch 1 process / baseline:" in out
+    assert "| 2 separate processes, 1/2 of the input each (reference) |" in out
+    assert "CPU per event over 1 process (target for --workers: <= +5%): adbatch run" in out
     assert "adbatch 1 process, events per CPU-s: HTTP" in out
     assert "(target >= 1.0, aim 1.2)" in out
     assert "| adbatch run, 1 process @ HEAD |" in out
