@@ -50,6 +50,10 @@ _HIGH_WATER = 256 * 1024  # unread coded body bytes before reading pauses
 # would otherwise grow llhttp's buffers until the call's deadline.
 MAX_FIELD = 8190
 MAX_HEAD = 64 * 1024
+# The headers an answer keeps: what the framing, the body's coding and the retry policy
+# read. The others are counted against the limits and dropped undecoded (0.4 µs less
+# per answer than decoding five of them; issue 18).
+KEPT = frozenset((b"content-length", b"content-encoding", b"transfer-encoding", b"retry-after"))
 _LONG_HEAD = f"a head longer than {MAX_HEAD} bytes"
 
 # Where the current exchange is.
@@ -83,7 +87,7 @@ class Lost(HttpError):
 class Answer(NamedTuple):
     status: int
     body: bytes
-    headers: dict[str, str]  # names in lower case, the first of a repeated name
+    headers: dict[str, str]  # KEPT's names in lower case, the first of a repeated name
 
 
 class _Stop(Exception):
@@ -315,7 +319,9 @@ class Connection(asyncio.BufferedProtocol):
         if self._head_size > MAX_HEAD:
             self._head_error = _LONG_HEAD
             raise _Stop
-        self.headers.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+        name = name.lower()
+        if name in KEPT:
+            self.headers.setdefault(name.decode("latin-1"), value.decode("latin-1"))
 
     def on_headers_complete(self) -> None:
         if self.state == _STRAY:
