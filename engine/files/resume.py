@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import os
 import stat
-import tempfile
 import zlib
 from array import array
 from collections.abc import Iterator
@@ -220,6 +219,8 @@ def compact(path: str, index: ResumeIndex) -> bool:
 
 
 def _rewrite(f: BinaryIO, target: str, index: ResumeIndex, mode: int, *, torn: bool) -> None:
+    import tempfile  # (here: only a --resume that compacts needs it)
+
     directory, name = os.path.split(target)
     # A new file (mkstemp: O_EXCL, a random name), never an existing one.
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".compact", dir=directory or ".")

@@ -9,7 +9,6 @@ from contextlib import AsyncExitStack
 
 from engine.config import Config
 from engine.net.auth import StaticToken, TokenProvider
-from engine.net.oauth import OAuthToken
 from engine.net.proxy import run_proxies
 from engine.net.tls import tls_context
 
@@ -26,6 +25,7 @@ async def open_token_provider(config: Config, stack: AsyncExitStack) -> TokenPro
         return StaticToken("[dynamic]")
     assert config.client_id is not None
     assert config.client_secret is not None
+    from engine.net.oauth import OAuthToken  # (here: a static token's run never loads it)
     from engine.net.token_client import TOKEN_MAX_BYTES, TokenClient  # aiohttp loads now
 
     client = await stack.enter_async_context(

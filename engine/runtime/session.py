@@ -33,6 +33,7 @@ import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from engine.config import Config
 from engine.core.events import ReadCounts
@@ -40,8 +41,6 @@ from engine.core.proxies import Proxies
 from engine.core.records import Result, jsonl_parts
 from engine.core.secrets import Secrets
 from engine.errors import OutputError, plain_engine_errors
-from engine.files.partjoin import open_part_output
-from engine.files.parts import PartSink
 from engine.files.paths import check_outputs, written_by
 from engine.files.resume import ResumeIndex, compact, open_resume
 from engine.files.sinks import JsonlSink, create_output, kept
@@ -54,6 +53,9 @@ from engine.net.tls import tls_context
 from engine.net.transport import Transport, open_transport
 from engine.runtime.engine import Engine
 from engine.runtime.loop import check_open_files
+
+if TYPE_CHECKING:
+    from engine.files.parts import PartSink
 
 
 @dataclass(slots=True, eq=False)
@@ -173,6 +175,8 @@ async def open_run(
         create_output(config.summary)
     sink: JsonlSink | PartSink | None = None
     if to_url:  # written as parts, joined when the run ends well (files/parts.py)
+        from engine.files.partjoin import open_part_output  # (a local output never loads it)
+
         sink, index = open_part_output(config)
     elif output:
         sink = JsonlSink(config.output, append=config.resume)
