@@ -5,6 +5,8 @@ read, whatever the lines, the span size and the read block."""
 from __future__ import annotations
 
 import itertools
+import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ from hypothesis import strategies as st
 from engine import run
 from engine.core.events import NO_DEFAULTS, Invalid, Item, ReadCounts
 from engine.files.sources import read_items
-from engine.files.spans import Span, span_items, spans
+from engine.files.spans import HeldFiles, Span, _shared, input_spans, span_items, spans
 from engine.mock import MockHandle
 
 _LINES = st.one_of(
@@ -108,32 +110,90 @@ def test_a_span_of_a_span_splits_it(tmp_path: Path) -> None:
     ]
 
 
-@pytest.mark.parametrize("change", ["truncated", "deleted"])
-def test_a_file_changed_under_a_span_still_answers_each_record(tmp_path: Path, change: str) -> None:
-    path = tmp_path / "events.jsonl"
-    path.write_bytes(b"".join(b'{"id":"e%d"}\n' % i for i in range(6)))
-    (span,) = list(
-        spans(Span(str(path), "in", 0, -1, 1, 0, 0), 10, max_line_bytes=99, counts=ReadCounts())
+def _events(path: Path, n: int, tag: str = "e") -> None:
+    path.write_bytes(b"".join(b'{"id":"%s%d"}\n' % (tag.encode(), i) for i in range(n)))
+
+
+def _cut(path: Path, size: int, parts: int = 1, held: HeldFiles | None = None) -> list[Span]:
+    keep = held if held is not None else HeldFiles()
+    got = list(
+        input_spans([str(path)], size, parts, max_line_bytes=999, counts=ReadCounts(), held=keep)
     )
-    if change == "truncated":
-        path.write_bytes(b'{"id":"e0"}\n{"id":"e1"}\n')
-    else:
-        path.unlink()
-    items = list(span_items(span, NO_DEFAULTS, max_line_bytes=99))
+    if held is None:
+        keep.close()
+    return got
+
+
+def _read(cut: list[Span]) -> list[Item]:
+    return [i for span in cut for i in span_items(span, NO_DEFAULTS, max_line_bytes=999)]
+
+
+@pytest.mark.parametrize("change", ["renamed over", "deleted"])
+def test_a_worker_reads_the_file_the_parent_numbered(tmp_path: Path, change: str) -> None:
+    """As one process reads on from the file it opened: the parent holds it open and the
+    worker reads through the parent's descriptor."""
+    path, other = tmp_path / "events.jsonl", tmp_path / "other.jsonl"
+    _events(path, 6)
+    _events(other, 6, tag="x")
+    held = HeldFiles()
+    try:
+        cut = _cut(path, 4, held=held)
+        if change == "deleted":
+            path.unlink()
+        else:
+            other.replace(path)
+        assert [i.id for i in _read(cut)] == [f"e{k}" for k in range(6)]
+    finally:
+        held.close()
+
+
+def test_a_replaced_file_read_by_its_path_is_refused(tmp_path: Path) -> None:
+    """Without the parent's descriptor (`held` cannot be opened), the path is read only
+    when it is still the same file: another one's lines are never sent as these."""
+    path, other = tmp_path / "events.jsonl", tmp_path / "other.jsonl"
+    _events(path, 5)
+    _events(other, 5, tag="x")
+    cut = [replace(span, held=str(tmp_path / "gone")) for span in _cut(path, 10)]
+    assert [i.id for i in _read(cut)] == [f"e{k}" for k in range(5)]  # the same file
+    other.replace(path)
+    items = _read(cut)
+    assert [i.seq for i in items] == list(range(5))
+    assert all(isinstance(i, Invalid) and "replaced during the run" in i.error for i in items)
+    assert [i.source for i in items] == [f"{path}:{k}" for k in range(1, 6)]
+
+
+def test_a_file_cut_short_still_answers_each_record(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    _events(path, 6)
+    cut = _cut(path, 10)
+    path.write_bytes(b'{"id":"e0"}\n{"id":"e1"}\n')
+    items = _read(cut)
     assert [i.seq for i in items] == list(range(6))
-    lost = [i.seq for i in items if isinstance(i, Invalid) and "unread" in i.error]
-    assert lost == (list(range(2, 6)) if change == "truncated" else list(range(6)))
+    lost = [i for i in items if isinstance(i, Invalid) and "unread" in i.error]
+    assert [i.seq for i in lost] == [2, 3, 4, 5]
+    assert [i.source for i in lost] == [f"{path}:{k}" for k in range(3, 7)]  # counted on
 
 
-def test_a_file_that_grew_gives_only_its_span(tmp_path: Path) -> None:
+@pytest.mark.parametrize("change", ["shorter", "rewritten"])
+def test_a_short_span_shared_out_keeps_its_numbers(tmp_path: Path, change: str) -> None:
+    """The end of an input is read again to share it among the workers: if the file
+    changed in between, the parts still hold exactly the records first numbered."""
     path = tmp_path / "events.jsonl"
-    path.write_bytes(b'{"id":"a"}\n{"id":"b"}\n')
-    (span,) = list(
-        spans(Span(str(path), "in", 0, -1, 1, 0, 0), 10, max_line_bytes=99, counts=ReadCounts())
-    )
-    with path.open("r+b") as f:  # the same length, one line more: a line replaced by two
-        f.write(b'{"a":1}\n{"b":2}\n{"c":3}\n')
-    assert [i.seq for i in span_items(span, NO_DEFAULTS, max_line_bytes=99)] == [0, 1]
+    _events(path, 9)
+    held = HeldFiles()
+    try:
+        whole = held.hold(str(path))
+        (span,) = list(spans(whole, 100, max_line_bytes=999, counts=ReadCounts()))
+        if change == "shorter":
+            os.truncate(path, 4 * len(b'{"id":"e0"}\n'))
+        else:  # the same bytes, more (shorter) lines
+            with path.open("r+b") as f:
+                f.write(b'{"a":1}\n' * 12)
+        parts = list(_shared(span, 3, 999))
+        assert [seq for p in parts for seq in p.seqs] == list(range(9))
+        assert [i.seq for i in _read(parts)] == list(range(9))
+    finally:
+        held.close()
 
 
 def _hostile_input(path: Path, n: int) -> None:

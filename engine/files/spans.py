@@ -13,17 +13,27 @@ Rules:
   whitespace only, a byte-order mark on line 1 ignored); a line over `max_line_bytes`
   (its `\\r` included, its `\\n` not) is one record whatever it holds.
 - The parent keeps at most `max_line_bytes` + 1 bytes of any one line in memory.
-- A worker that reads fewer records than its span holds (the file was cut short or
-  replaced during the run) answers each missing one with an Invalid record: one line per
-  input record, still.
+- The parent holds each input open for the whole run (`HeldFiles`) and a worker opens
+  its span's file through the parent's descriptor (`/proc/PID/fd/N`): a file renamed,
+  replaced or deleted during the run is still the one the parent numbered, as one
+  process reads on from the file it opened. Without access to it, the worker opens the
+  path and checks it is the same file (device and inode).
+- A worker that reads fewer records than its span holds (the file was cut short during
+  the run, or replaced and the check failed) answers each missing one with an Invalid
+  record: one line per input record, still (its line number counted on from the last
+  line read: the lost lines' blank ones are not known).
+- The parent reads ahead of the calls by its workers' credit (a few spans) and one
+  block (64 KiB), as a 1-process run reads ahead of its calls by a few batches: lines
+  appended to an input before the reader gets to its end are read, after, not.
 """
 
 from __future__ import annotations
 
 import io
 import math
+import os
 from collections.abc import Generator, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from engine.config import Format
 from engine.core.events import EventDefaults, Invalid, Item, ReadCounts
@@ -33,7 +43,7 @@ from engine.files.ranges import RangeReader
 from engine.files.sources import STDIN, jsonl_items, source_format
 from engine.files.storage import is_url, source_name
 
-_BLOCK = 1 << 20
+_BLOCK = 1 << 16
 _BOM = b"\xef\xbb\xbf"
 
 
@@ -49,6 +59,10 @@ class Span:
     first_line: int
     first_seq: int
     count: int
+    #: The parent's open descriptor of the file (`/proc/PID/fd/N`; "" when it has none)
+    #: and the file's (device, inode), checked when that cannot be opened.
+    held: str = ""
+    identity: tuple[int, int] = (0, 0)
 
     @property
     def seqs(self) -> range:
@@ -59,7 +73,7 @@ class _Cutter:
     """Where the spans of one file start and end, fed its lines in order."""
 
     def __init__(self, span: Span, size: int, max_bytes: int, counts: ReadCounts) -> None:
-        self.path, self.name = span.path, span.name
+        self.template = span  # its file, name, descriptor and identity
         self.size, self.max_bytes, self.counts = size, max_bytes, counts
         self.pos, self.line, self.seq = span.start, span.first_line, span.first_seq
         self.start, self.first_line, self.first_seq = self.pos, self.line, self.seq
@@ -107,8 +121,13 @@ class _Cutter:
 
     def cut(self) -> Span:
         count = self.seq - self.first_seq
-        span = Span(
-            self.path, self.name, self.start, self.pos, self.first_line, self.first_seq, count
+        span = replace(
+            self.template,
+            start=self.start,
+            end=self.pos,
+            first_line=self.first_line,
+            first_seq=self.first_seq,
+            count=count,
         )
         self.start, self.first_line, self.first_seq = self.pos, self.line, self.seq
         return span
@@ -121,10 +140,9 @@ def spans(
     as spans of up to `size` records; returns the seq after the last. The bytes read are
     counted into `counts` (the input's progress), and so are the blank lines."""
     cutter = _Cutter(span, size, max_line_bytes, counts)
-    try:
-        opened = open(span.path, "rb", buffering=0)
-    except OSError as exc:
-        raise InputError(f"cannot read input {span.path}: {exc.strerror or exc}") from None
+    opened, error = _open(span)
+    if opened is None:
+        raise InputError(f"cannot read input {span.path}: {error}")
     left = span.end - span.start if span.end >= 0 else -1
     carry = b""  # the start of a line that goes on in the next block (<= max + 1 bytes)
     carried = 0  # that line's length so far
@@ -167,20 +185,46 @@ def can_span(paths: Iterable[str], input_format: Format) -> bool:
     )
 
 
+class HeldFiles:
+    """The inputs a parent hands out as spans, each held open until `close` (the end
+    of the run), so that a worker reads the very file the parent numbered."""
+
+    def __init__(self) -> None:
+        self._fds: list[int] = []
+
+    def hold(self, path: str) -> Span:
+        """The whole file at `path` as a Span to cut (`count` unknown, `end` -1)."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise InputError(f"cannot read input {path}: {exc.strerror or exc}") from None
+        self._fds.append(fd)
+        info = os.fstat(fd)
+        held = f"/proc/{os.getpid()}/fd/{fd}"
+        return Span(path, source_name(path), 0, -1, 1, 0, 0, held, (info.st_dev, info.st_ino))
+
+    def close(self) -> None:
+        fds, self._fds = self._fds, []
+        for fd in fds:
+            os.close(fd)
+
+
 def input_spans(
-    paths: Iterable[str], size: int, parts: int, *, max_line_bytes: int, counts: ReadCounts
+    paths: Iterable[str],
+    size: int,
+    parts: int,
+    *,
+    max_line_bytes: int,
+    counts: ReadCounts,
+    held: HeldFiles,
 ) -> Iterator[Span]:
     """Every input's records, numbered on from one input to the next, as spans of `size`;
     a shorter one (an input's end) is cut in up to `parts` spans, so that a short input
     still runs on every worker."""
     seq = 0
     for path in paths:
-        cut = spans(
-            Span(path, source_name(path), 0, -1, 1, seq, 0),
-            size,
-            max_line_bytes=max_line_bytes,
-            counts=counts,
-        )
+        whole = replace(held.hold(path), first_seq=seq)
+        cut = spans(whole, size, max_line_bytes=max_line_bytes, counts=counts)
         while True:
             try:
                 span = next(cut)
@@ -189,9 +233,47 @@ def input_spans(
                 break
             if span.count >= size or parts == 1:
                 yield span
-                continue
-            share = math.ceil(span.count / parts)
-            yield from spans(span, share, max_line_bytes=max_line_bytes, counts=ReadCounts())
+            else:
+                yield from _shared(span, parts, max_line_bytes)
+
+
+def _shared(span: Span, parts: int, max_line_bytes: int) -> Iterator[Span]:
+    """`span` cut in up to `parts` spans that hold exactly its records (`span.seqs`), as
+    the first scan numbered them, however the file changed since: a line more is not
+    handed out, a line gone is answered by the worker as unread."""
+    end = span.first_seq + span.count
+    seq = span.first_seq
+    share = math.ceil(span.count / parts)
+    try:
+        for part in spans(span, share, max_line_bytes=max_line_bytes, counts=ReadCounts()):
+            if part.first_seq >= end:
+                break
+            seq = min(end, part.first_seq + part.count)
+            yield replace(part, count=seq - part.first_seq)
+    except InputError:
+        pass  # the worker's read says what became of the file
+    if seq < end:
+        line = span.first_line + (seq - span.first_seq)  # (blank lines not counted)
+        yield replace(span, start=span.end, first_line=line, first_seq=seq, count=end - seq)
+
+
+def _open(span: Span) -> tuple[io.FileIO | None, str]:
+    """The span's file, opened: through the parent's descriptor, else by its path when
+    that is the same file; or None and why not."""
+    if span.held:
+        try:
+            return open(span.held, "rb", buffering=0), ""
+        except OSError:
+            pass  # no access to the parent's descriptors: by path, checked
+    try:
+        file = open(span.path, "rb", buffering=0)
+    except OSError as exc:
+        return None, f"{exc.strerror or exc}"
+    info = os.fstat(file.fileno())
+    if span.identity != (0, 0) and (info.st_dev, info.st_ino) != span.identity:
+        file.close()
+        return None, "the file was replaced during the run"
+    return file, ""
 
 
 def span_items(
@@ -199,22 +281,25 @@ def span_items(
 ) -> Generator[Item, None, None]:
     """The items of `span`, as `sources.read_items` gives them in a whole-file read."""
     seq, end = span.first_seq, span.first_seq + span.count
-    try:
-        file = open(span.path, "rb", buffering=0)
-    except OSError as exc:
-        error = f"input could not be read ({exc.strerror or exc}); this record is unread"
+    line = span.first_line  # the line of record `seq`, when no record was read
+    file, why = _open(span)
+    if file is None:
+        error = f"input could not be read ({why}); this record is unread"
     else:
         error = "input changed while the run read it; this record is unread"
         stream = io.BufferedReader(RangeReader(file, span.end - span.start), 1 << 16)
+        last: Item | None = None
         try:
             file.seek(span.start)
             args = (span.name, seq, max_line_bytes, ReadCounts(), defaults, span.first_line)
             for item in jsonl_items(stream, *args):
                 if item.seq >= end:
                     break  # the file changed: what is past the span is not this run's
-                seq = item.seq + 1
+                last = item
                 yield item
         finally:
             stream.close()
-    for missing in range(seq, end):
-        yield Invalid(missing, f"{span.name}:{span.first_line}", None, error)
+        if last is not None:
+            seq, line = last.seq + 1, int(last.source.rpartition(":")[2]) + 1
+    for missing in range(seq, end):  # (the lost lines' blank ones are not known)
+        yield Invalid(missing, f"{span.name}:{line + missing - seq}", None, error)

@@ -19,7 +19,7 @@ from collections.abc import AsyncGenerator
 from contextlib import aclosing
 
 from engine.files.sources import Unit, read_units, unit_item
-from engine.files.spans import Span, can_span, input_spans
+from engine.files.spans import HeldFiles, Span, can_span, input_spans
 from engine.multiproc.messages import Units
 from engine.runtime.feeds import event_defaults, reads_inline, thread_batches
 from engine.runtime.session import RunSession
@@ -36,6 +36,11 @@ class Parcels:
         self.session = session
         self.read = 0  # input records read
         self.resumed = 0  # records skipped: the output answers them (--resume)
+        self.held = HeldFiles()  # the span's files, open until the run ends (`close`)
+
+    def close(self) -> None:
+        """The run is over: no worker reads a span any more."""
+        self.held.close()
 
     def all(self) -> AsyncGenerator[Parcel, None]:
         config = self.session.config
@@ -51,6 +56,7 @@ class Parcels:
             config.workers,
             max_line_bytes=config.max_line_bytes,
             counts=self.session.counts,
+            held=self.held,
         )
         async with aclosing(thread_batches(cut, 1, inline=True)) as batches:
             async for (span,) in batches:

@@ -157,6 +157,15 @@ class _Parent:
             await self._send(worker, replace(start, job=job))
 
     async def run(self, *, handle_signals: bool = False) -> None:
+        try:
+            await self._run(handle_signals)
+        finally:
+            self.input.close()  # every worker is done: no span is read any more
+        if self.pending:  # only when a run stopped early: keep what was answered
+            self._write(b"".join(self.pending[k] for k in sorted(self.pending)))
+            self.pending.clear()
+
+    async def _run(self, handle_signals: bool) -> None:
         async with anyio.create_task_group() as tg:
             if handle_signals:
                 tg.start_soon(self._watch_signals)
@@ -178,9 +187,6 @@ class _Parent:
             await self._dispatch()
             await self.all_done.wait()
             tg.cancel_scope.cancel()
-        if self.pending:  # only when a run stopped early: keep what was answered
-            self._write(b"".join(self.pending[k] for k in sorted(self.pending)))
-            self.pending.clear()
 
     # -- input -> workers
 
