@@ -12,6 +12,7 @@ or SSL_CERT_FILE for the baseline); wrk and hey do not verify certificates.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shlex
@@ -123,12 +124,17 @@ def separate_processes(
     with a parent that costs nothing. The machine's other costs of running N processes
     at once (each at a part of the concurrency, sharing the CPUs with the server) are in
     it, so the gap between this row and one process is not `--workers`' own."""
-    lines = events.read_bytes().splitlines(keepends=True)
-    share = -(-len(lines) // parts)
+    with events.open("rb") as f:
+        share = -(-sum(1 for _ in f) // parts)
+    names = [events.with_name(f"{events.stem}.part{i}.jsonl") for i in range(parts)]
+    # Streamed, not read whole: a child's peak RSS (ru_maxrss) starts at this process's
+    # size when it is forked, so a large benchmark process would show in every row.
+    with events.open("rb") as f:
+        for name in names:
+            with name.open("wb") as part:
+                part.writelines(itertools.islice(f, share))
     runs = []
-    for i in range(parts):
-        part = events.with_name(f"{events.stem}.part{i}.jsonl")
-        part.write_bytes(b"".join(lines[i * share : (i + 1) * share]))
+    for i, part in enumerate(names):
         output = out.with_name(f"{out.stem}.part{i}.jsonl")
         argv = [sys.executable, "-m", "engine", "run", str(part), "-o", str(output)]
         argv += ["--endpoint", url, "--token", TOKEN, "--no-progress"]
