@@ -221,3 +221,14 @@ def test_harness_completes_and_prints_the_table() -> None:
         assert "note: hey not installed" in out
     if not shutil.which("wrk"):
         assert "note: wrk not installed" in out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_callcost_prints_both_tables() -> None:
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "callcost.py"), "--rounds", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=100, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "| work tree |" in proc.stdout
+    for row in ("three coroutines + a future", "one coroutine + a future", "callbacks"):
+        assert f"| {row} |" in proc.stdout
