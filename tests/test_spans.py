@@ -4,6 +4,8 @@ read, whatever the lines, the span size and the read block."""
 
 from __future__ import annotations
 
+import errno
+import io
 import itertools
 import os
 from dataclasses import replace
@@ -17,7 +19,16 @@ from hypothesis import strategies as st
 from engine import run
 from engine.core.events import NO_DEFAULTS, Invalid, Item, ReadCounts
 from engine.files.sources import read_items
-from engine.files.spans import HeldFiles, Span, _shared, input_spans, span_items, spans
+from engine.files.spans import (
+    HeldFiles,
+    Span,
+    _Cutter,
+    _scan,
+    _shared,
+    input_spans,
+    span_items,
+    spans,
+)
 from engine.mock import MockHandle
 
 _LINES = st.one_of(
@@ -235,3 +246,75 @@ async def test_workers_read_spans_as_one_process_reads_the_file(
     assert (s2.events, s2.blank_lines, s2.invalid) == (s1.events, s1.blank_lines, s1.invalid)
     assert s1.blank_lines > 0
     assert s1.invalid > 0
+
+
+class _FailsAfter(io.RawIOBase):
+    """A file whose reads fail with EIO after `good` bytes (a disk error, which no test
+    can cause on a real file)."""
+
+    def __init__(self, data: bytes, good: int) -> None:
+        self._data, self._good, self._at = data, good, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self._at = offset
+        return offset
+
+    def read(self, size: int = -1) -> bytes:
+        if self._at >= self._good:
+            raise OSError(errno.EIO, "Input/output error")
+        chunk = self._data[self._at : min(self._good, self._at + size)]
+        self._at += len(chunk)
+        return chunk
+
+
+def test_a_read_error_ends_the_file_with_one_record_as_in_one_process(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    _events(path, 6)
+    data = path.read_bytes()
+    whole = Span(str(path), "in", 0, -1, 1, 0, 0)
+    cutter = _Cutter(whole, 4, 999, ReadCounts())
+    scan = _scan(_FailsAfter(data, 3 * 12 + 5), whole, cutter, 7)  # type: ignore[arg-type]
+    got: list[Span] = []
+    while True:
+        try:
+            got.append(next(scan))
+        except StopIteration as end:
+            failed = end.value
+            break
+    assert failed is not None
+    assert "input could not be read" in failed
+    assert "the rest of this file is unread" in failed
+    got.append(cutter.cut())
+    got.append(cutter.failed(failed))
+    items = _read(got)
+    assert [i.seq for i in items] == [0, 1, 2, 3]  # three lines read, then the error's
+    assert [i.id for i in items[:3]] == ["e0", "e1", "e2"]
+    error = items[3]
+    assert isinstance(error, Invalid)
+    assert (error.source, error.error) == ("in:4", failed)
+
+
+def test_many_inputs_hold_few_descriptors_and_read_right(tmp_path: Path) -> None:
+    """Only the last HELD inputs stay open (a run of many files never runs out of
+    descriptors); a span of an older one, read after its descriptor number went to
+    another file, is read by its path, checked, never from that other file."""
+    paths = []
+    for k in range(HeldFiles.HELD + 4):
+        path = tmp_path / f"in{k}.jsonl"
+        _events(path, 3, tag=f"f{k}-")
+        paths.append(path)
+    held = HeldFiles()
+    try:
+        cut = list(
+            input_spans(
+                [str(p) for p in paths], 2, 1, max_line_bytes=999, counts=ReadCounts(), held=held
+            )
+        )
+        assert len(held._fds) == HeldFiles.HELD
+        ids = [i.id for i in _read(cut)]
+        assert ids == [f"f{k}-{j}" for k in range(len(paths)) for j in range(3)]
+    finally:
+        held.close()

@@ -132,6 +132,13 @@ def _open_binary(
 
 
 _TooLong = object()
+BOM = b"\xef\xbb\xbf"  # taken off line 1
+
+
+def is_blank(line: bytes) -> bool:
+    """A line that makes no record: empty, or ASCII whitespace only (its end of line, and
+    on line 1 a BOM, taken off). As `not line.strip()`, without the copy."""
+    return not line or line.isspace()
 
 
 def _physical_lines(
@@ -160,7 +167,7 @@ def _physical_lines(
                 return
             yield line_no, _TooLong
             continue
-        if line_no == 1 and chunk.startswith(b"\xef\xbb\xbf"):
+        if line_no == 1 and chunk.startswith(BOM):
             chunk = chunk[3:]
         yield line_no, chunk.rstrip(b"\r\n")
 
@@ -177,7 +184,7 @@ def jsonl_records(stream: BinaryIO, max_bytes: int, counts: ReadCounts) -> Itera
             yield Record(line_no, None, _line_error(data, max_bytes))
         else:
             assert isinstance(data, bytes)
-            if not data or data.isspace():  # as `not data.strip()`, without the copy
+            if is_blank(data):
                 counts.blank_lines += 1
                 continue
             obj, error = parse_json_line(data)
@@ -262,7 +269,7 @@ def jsonl_items(
     its item (the hot path of a run). Returns the next seq."""
     for line_no, data in _physical_lines(stream, max_bytes, first_line):
         if type(data) is bytes:
-            if not data or data.isspace():  # as `not data.strip()`, without the copy
+            if not data or data.isspace():  # is_blank(data), inline: the hot path
                 counts.blank_lines += 1
                 continue
             obj, error = parse_json_line(data)
@@ -398,7 +405,7 @@ def read_units(
                     payload = _read_error(data)
                 else:
                     assert isinstance(data, bytes)
-                    if not data or data.isspace():
+                    if is_blank(data):
                         counts.blank_lines += 1
                         continue
                     payload = data

@@ -40,11 +40,10 @@ from engine.core.events import EventDefaults, Invalid, Item, ReadCounts
 from engine.errors import InputError
 from engine.files.localfs import is_local_file
 from engine.files.ranges import RangeReader
-from engine.files.sources import STDIN, jsonl_items, source_format
+from engine.files.sources import BOM, STDIN, _read_error, is_blank, jsonl_items, source_format
 from engine.files.storage import is_url, source_name
 
 _BLOCK = 1 << 16
-_BOM = b"\xef\xbb\xbf"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +62,9 @@ class Span:
     #: and the file's (device, inode), checked when that cannot be opened.
     held: str = ""
     identity: tuple[int, int] = (0, 0)
+    #: Why its records cannot be read (a read error of the parent's, as one process
+    #: makes it a record): the worker answers them with it, reading nothing.
+    error: str = ""
 
     @property
     def seqs(self) -> range:
@@ -80,7 +82,8 @@ class _Cutter:
 
     def lines(self, lines: list[bytes]) -> Iterator[Span]:
         """Whole lines, without their `\\n`; the spans they complete. When none is blank
-        or over-long and none is line 1 (the usual block), in C loops."""
+        (`is_blank`, here over the list at once) or over-long and none is line 1 (the
+        usual block), in C loops; else line by line (`line_of`)."""
         if not lines:
             return
         max_bytes = self.max_bytes
@@ -111,13 +114,18 @@ class _Cutter:
         self.pos += length + 1
         self.line += 1
         if length <= self.max_bytes:  # an over-long line is a record whatever it holds
-            if self.line == 2 and head.startswith(_BOM):
-                head = head[3:]
-            if not head or head.isspace():
+            if self.line == 2 and head.startswith(BOM):
+                head = head[len(BOM) :]
+            if is_blank(head):
                 self.counts.blank_lines += 1
                 return None
         self.seq += 1
         return self.cut() if self.seq - self.first_seq >= self.size else None
+
+    def failed(self, error: str) -> Span:
+        """The record of a read error, at the line being read: one span of its own."""
+        self.seq += 1
+        return replace(self.cut(), error=error)
 
     def cut(self) -> Span:
         count = self.seq - self.first_seq
@@ -138,39 +146,55 @@ def spans(
 ) -> Generator[Span, None, int]:
     """The records of `span` (`count` unknown: read to `end`, -1 for the end of the file)
     as spans of up to `size` records; returns the seq after the last. The bytes read are
-    counted into `counts` (the input's progress), and so are the blank lines."""
+    counted into `counts` (the input's progress), and so are the blank lines. A read
+    error ends the file as in one process: one record says it, the rest is unread."""
     cutter = _Cutter(span, size, max_line_bytes, counts)
     opened, error = _open(span)
     if opened is None:
         raise InputError(f"cannot read input {span.path}: {error}")
+    with opened as file:
+        failed = yield from _scan(file, span, cutter, block)
+    if cutter.seq > cutter.first_seq:
+        yield cutter.cut()
+    if failed is not None:
+        yield cutter.failed(failed)
+    return cutter.seq
+
+
+def _scan(
+    file: io.FileIO, span: Span, cutter: _Cutter, block: int
+) -> Generator[Span, None, str | None]:
+    """Feed `cutter` the lines of `file` from `span.start` (to `span.end`); the spans it
+    completes; returns the record of a read error, or None."""
+    max_bytes = cutter.max_bytes
     left = span.end - span.start if span.end >= 0 else -1
     carry = b""  # the start of a line that goes on in the next block (<= max + 1 bytes)
     carried = 0  # that line's length so far
-    with opened as file:
+    try:
         file.seek(span.start)
         while left:
             data = file.read(block if left < 0 else min(block, left))
             if not data:
                 break
             left -= len(data) if left > 0 else 0
-            counts.bytes_read += len(data)
+            cutter.counts.bytes_read += len(data)
             lines = data.split(b"\n")
             tail = lines.pop()
             if carried and lines:  # the carried line ends in this block
                 head = lines[0]
-                line = carry + head[: max_line_bytes + 1]
+                line = carry + head[: max_bytes + 1]
                 if (done := cutter.line_of(carried + len(head), line)) is not None:
                     yield done
                 carry, carried, lines = b"", 0, lines[1:]
             yield from cutter.lines(lines)
-            if len(carry) <= max_line_bytes:
-                carry += tail[: max_line_bytes + 1 - len(carry)]
+            if len(carry) <= max_bytes:
+                carry += tail[: max_bytes + 1 - len(carry)]
             carried += len(tail)
+    except OSError as exc:
+        return _read_error(exc)
     if carried and (done := cutter.line_of(carried, carry)) is not None:  # no \n at the end
         yield done
-    if cutter.seq > cutter.first_seq:
-        yield cutter.cut()
-    return cutter.seq
+    return None
 
 
 def can_span(paths: Iterable[str], input_format: Format) -> bool:
@@ -186,8 +210,12 @@ def can_span(paths: Iterable[str], input_format: Format) -> bool:
 
 
 class HeldFiles:
-    """The inputs a parent hands out as spans, each held open until `close` (the end
-    of the run), so that a worker reads the very file the parent numbered."""
+    """The inputs a parent hands out as spans, held open so that a worker reads the very
+    file the parent numbered: the last `HELD` of them (the spans in flight are of the
+    last few inputs; one of an older input is read by its path, checked), all closed by
+    `close` (the end of the run)."""
+
+    HELD = 16
 
     def __init__(self) -> None:
         self._fds: list[int] = []
@@ -199,6 +227,8 @@ class HeldFiles:
         except OSError as exc:
             raise InputError(f"cannot read input {path}: {exc.strerror or exc}") from None
         self._fds.append(fd)
+        if len(self._fds) > self.HELD:
+            os.close(self._fds.pop(0))
         info = os.fstat(fd)
         held = f"/proc/{os.getpid()}/fd/{fd}"
         return Span(path, source_name(path), 0, -1, 1, 0, 0, held, (info.st_dev, info.st_ino))
@@ -258,22 +288,24 @@ def _shared(span: Span, parts: int, max_line_bytes: int) -> Iterator[Span]:
 
 
 def _open(span: Span) -> tuple[io.FileIO | None, str]:
-    """The span's file, opened: through the parent's descriptor, else by its path when
-    that is the same file; or None and why not."""
-    if span.held:
+    """The span's file, opened: through the parent's descriptor, else by its path, each
+    only when it is the file the parent numbered (device and inode: a descriptor number
+    or a path may name another by now); or None and why not."""
+    why = "no file to read"
+    for name in (span.held, span.path):
+        if not name:
+            continue
         try:
-            return open(span.held, "rb", buffering=0), ""
-        except OSError:
-            pass  # no access to the parent's descriptors: by path, checked
-    try:
-        file = open(span.path, "rb", buffering=0)
-    except OSError as exc:
-        return None, f"{exc.strerror or exc}"
-    info = os.fstat(file.fileno())
-    if span.identity != (0, 0) and (info.st_dev, info.st_ino) != span.identity:
+            file = open(name, "rb", buffering=0)
+        except OSError as exc:
+            why = f"{exc.strerror or exc}"
+            continue
+        info = os.fstat(file.fileno())
+        if span.identity == (0, 0) or (info.st_dev, info.st_ino) == span.identity:
+            return file, ""
         file.close()
-        return None, "the file was replaced during the run"
-    return file, ""
+        why = "the file was replaced during the run"
+    return None, why
 
 
 def span_items(
@@ -282,8 +314,10 @@ def span_items(
     """The items of `span`, as `sources.read_items` gives them in a whole-file read."""
     seq, end = span.first_seq, span.first_seq + span.count
     line = span.first_line  # the line of record `seq`, when no record was read
-    file, why = _open(span)
-    if file is None:
+    file, why = (None, "") if span.error else _open(span)
+    if span.error:
+        error = span.error
+    elif file is None:
         error = f"input could not be read ({why}); this record is unread"
     else:
         error = "input changed while the run read it; this record is unread"
