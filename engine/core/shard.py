@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Literal
+from functools import cache
+from typing import Any, Literal
 
 from engine.core.events import Item, ReadCounts
 
@@ -61,10 +62,16 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 def stable_hash(text: str) -> int:
     """The same 64-bit value in every process and Python version (unlike hash())."""
-    import hashlib  # (here: 2.6 ms of every run's start-up otherwise, for --shard-by id)
-
-    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    digest = _blake2b()(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
     return int.from_bytes(digest, "big")
+
+
+@cache
+def _blake2b() -> Callable[..., Any]:
+    """hashlib's blake2b, imported at the first --shard-by id hash, not at start-up."""
+    import hashlib
+
+    return hashlib.blake2b
 
 
 def shard_of(seq: int, event_id: str | None, count: int, by: ShardBy = "position") -> int:

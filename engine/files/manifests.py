@@ -14,10 +14,8 @@ Rules:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -53,6 +51,8 @@ def _open(path: str, options: StorageOptions) -> BinaryIO:
 
 def scan_part(path: str, options: StorageOptions = ()) -> PartInfo:
     """Rows and sha256 of a file or an object (one pass)."""
+    import hashlib  # (here: a run that joins no parts never loads it)
+
     digest = hashlib.sha256()
     rows = size = 0
     try:
@@ -68,6 +68,8 @@ def scan_part(path: str, options: StorageOptions = ()) -> PartInfo:
 
 def copy_part(path: str, out: BinaryIO) -> PartInfo:
     """Append the file at `path` to `out` in blocks; its rows and sha256 as copied."""
+    import hashlib
+
     digest = hashlib.sha256()
     rows = size = 0
     try:
@@ -101,6 +103,8 @@ def manifest_bytes(data: dict[str, Any]) -> bytes:
 def write_json_atomic(path: str, data: dict[str, Any]) -> None:
     """Write `data` to `path` through a temporary file and a rename (never half a file).
     The temporary file is new (mkstemp), so it can never be an existing file."""
+    import tempfile  # (here: a run that writes no manifest never loads it)
+
     text = manifest_bytes(data)
     directory, name = os.path.split(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.tmp-", dir=directory or ".")
