@@ -23,16 +23,21 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import ROOT, checkout
+from run import ROOT, checkout, fixed_body
 
-HEAD = (
-    b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Mon, 30 Nov 2026 06:26:28 GMT\r\n"
-    b"Content-Type: application/json\r\nContent-Length: 2739\r\nConnection: keep-alive\r\n\r\n"
-)
+
+def nginx_answer(body: bytes) -> bytes:
+    """The head nginx sends the benchmark's clients (five headers), then `body`."""
+    return (
+        b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Mon, 30 Nov 2026 06:26:28 GMT\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n"
+        b"Connection: keep-alive\r\n\r\n" % len(body)
+    ) + body
+
 
 PARSE = r"""
 import json, sys, time
-from engine.net.h1conn import Connection
+from engine.net.h1conn import _WAIT, Connection
 from engine.net.outbox import Outbox
 
 class _Loop:  # what Outbox keeps of its loop: nothing is sent here
@@ -45,7 +50,7 @@ for _ in range(int(sys.argv[2])):
     start = time.process_time()
     for _ in range(20000):
         # what Connection.send resets before each call (it also writes the request)
-        conn.state, conn.headers, conn._size, conn._head_size = 1, {}, 0, 0
+        conn.state, conn.headers, conn._size, conn._head_size = _WAIT, {}, 0, 0
         conn.parser.feed_data(answer)
         conn._chunks.clear()
     rounds.append((time.process_time() - start) / 20000 * 1e6)
@@ -116,10 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compare", metavar="REV", help="also time REV's answer parsing")
     p.add_argument("--rounds", type=int, default=5)
     args = p.parse_args(argv)
-    sys.path.insert(0, str(ROOT))
-    from run import fixed_body
-
-    answer = (HEAD + fixed_body()).hex()
+    answer = nginx_answer(fixed_body()).hex()
     with tempfile.TemporaryDirectory(prefix="adbatch-callcost-") as tmp:
         trees = [("work tree", ROOT)]
         if args.compare:

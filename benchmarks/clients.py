@@ -139,8 +139,11 @@ def separate_processes(
         argv = [sys.executable, "-m", "engine", "run", str(part), "-o", str(output)]
         argv += ["--endpoint", url, "--token", TOKEN, "--no-progress"]
         argv += ["-c", str(max(1, -(-concurrency // parts)))]
-        runs.append(f"rm -f {shlex.quote(str(output))}; {shlex.join(argv)} &")
-    script = " ".join([*runs, "wait"])
+        runs.append(f'rm -f {shlex.quote(str(output))}; {shlex.join(argv)} & pids="$pids $!";')
+    # Each run waited for by its pid: a part that fails fails the row (a bare `wait`
+    # exits 0 whatever its children did).
+    wait = "rc=0; for p in $pids; do wait $p || rc=1; done; exit $rc"
+    script = " ".join(["pids='';", *runs, wait])
     return Client(SEPARATE.format(n=parts), ["sh", "-c", script], count=parse_summaries)
 
 

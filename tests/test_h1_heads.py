@@ -67,6 +67,7 @@ async def test_heads_within_the_limits_pass() -> None:
         answer = await c.get(server.base + "/", {})
     assert (answer.status, answer.body) == (200, b"ok")
     assert answer.headers["retry-after"] == long
+    assert "x-1" not in answer.headers  # counted against the limits, not kept
 
 
 @pytest.mark.anyio

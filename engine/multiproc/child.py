@@ -148,9 +148,10 @@ class _Worker:
         self.engine.shutdown.halt(reason)
         self.engine.shutdown.cut_off_after(self.tg, grace)
 
-    async def listen(self, units: MemoryObjectSendStream[Units | Span]) -> None:
-        """Until this worker has reported: token answers still come after the last units."""
-        async with units:
+    async def listen(self, parcels: MemoryObjectSendStream[Units | Span]) -> None:
+        """Until this worker has reported: token answers still come after the last parcel
+        of input (`Units` or `Span`, multiproc/parcels.py)."""
+        async with parcels:
             messages = PipeReader(self.conn, name="adbatch-parent")
             while True:
                 try:
@@ -163,13 +164,13 @@ class _Worker:
                 match message:
                     case Units() | Span():
                         with contextlib.suppress(anyio.BrokenResourceError):
-                            units.send_nowait(message)  # (broken: this worker stopped early)
+                            parcels.send_nowait(message)  # (broken: this worker stopped early)
                     case Token(lease):
                         self.tokens.set(lease)
                     case Refreshed():
                         self.answers.give(message)
                     case End():
-                        units.close()  # the feed ends; the calls in flight go on
+                        parcels.close()  # the feed ends; the calls in flight go on
                     case Halt(reason, grace):  # the parent was interrupted
                         self.halt(reason, grace)
 
@@ -237,7 +238,7 @@ class _Worker:
     async def run(self) -> None:
         config = self.config
         # Unbounded, yet bounded by the parent's credit: it never sends more than that.
-        units_send, units_receive = anyio.create_memory_object_stream[Units | Span](math.inf)
+        parcels_send, parcels_receive = anyio.create_memory_object_stream[Units | Span](math.inf)
         async with transport_for(config) as transport:
             # It writes records itself (direct output): it redacts what the parent would.
             secrets = Secrets(self.start.secrets, issued=self.tokens.secrets)
@@ -246,14 +247,15 @@ class _Worker:
                 self.in_flight = count_in_flight(engine)
             async with anyio.create_task_group() as tg:
                 self.tg = tg
-                tg.start_soon(self.listen, units_send)
+                tg.start_soon(self.listen, parcels_send)
                 if self.start.live:
                     tg.start_soon(self.report_live)
                 job = self.start.job
                 if job is None:
-                    feed = _unit_feed(units_receive, event_defaults(config), config.max_line_bytes)
+                    defaults = event_defaults(config)
+                    feed = _parcel_feed(parcels_receive, defaults, config.max_line_bytes)
                     extra = await self._execute(partial(engine.execute, feed))
-                else:  # its own share of a schedule (load, replay): no Units come
+                else:  # its own share of a schedule (load, replay): no parcels come
                     extra = await self._execute(partial(_run_job, job, engine))
                 await self._send_live()  # the last figures, before Done
                 slowed = (
@@ -307,7 +309,7 @@ async def _run_job(
     return await job.run(engine, emit)
 
 
-async def _unit_feed(
+async def _parcel_feed(
     receive: MemoryObjectReceiveStream[Units | Span], defaults: EventDefaults, max_line_bytes: int
 ) -> AsyncGenerator[list[Item], None]:
     """The parent's records: Units as they came, a Span read here (a local file, so in

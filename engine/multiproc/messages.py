@@ -50,7 +50,7 @@ class Start:
     secrets: tuple[str, ...] = ()
     #: Someone watches the run (--metrics-addr, --dashboard): send `LiveFigures`.
     live: bool = False
-    #: Run this instead of the parent's `Units` (which then never come).
+    #: Run this instead of the parent's input (no `Units` or `Span` then comes).
     job: WorkerJob | None = None
 
 

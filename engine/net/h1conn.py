@@ -24,6 +24,8 @@ Rules:
 - Any byte received while no answer is awaited (idle in the pool, or after the answer
   was complete) spoils the connection: the pool never hands it out again, since the
   next call would read those bytes as its own answer.
+- An answer keeps the headers the client reads (`KEPT`: the framing's, the body's
+  coding, Retry-After); the others count against the head limits, undecoded.
 - Failures are `HttpError`s; a connection lost before the answer completed is `Lost`,
   saying whether any byte of the answer came (a stale keep-alive connection, closed
   before answering, is resent once by the client).
