@@ -25,6 +25,7 @@ from engine.files.spans import (
     _Cutter,
     _scan,
     _shared,
+    can_span,
     input_spans,
     span_items,
     spans,
@@ -297,12 +298,12 @@ def test_a_read_error_ends_the_file_with_one_record_as_in_one_process(tmp_path: 
     assert (error.source, error.error) == ("in:4", failed)
 
 
-def test_many_inputs_hold_few_descriptors_and_read_right(tmp_path: Path) -> None:
-    """Only the last HELD inputs stay open (a run of many files never runs out of
-    descriptors); a span of an older one, read after its descriptor number went to
-    another file, is read by its path, checked, never from that other file."""
+def test_every_input_is_held_and_read_right_when_its_path_is_reused(tmp_path: Path) -> None:
+    """Each input stays open until the run ends: one deleted and written again at the
+    same path (where the filesystem would give the new file the freed inode) is still
+    read as the parent numbered it, never as the new file."""
     paths = []
-    for k in range(HeldFiles.HELD + 4):
+    for k in range(20):
         path = tmp_path / f"in{k}.jsonl"
         _events(path, 3, tag=f"f{k}-")
         paths.append(path)
@@ -313,8 +314,23 @@ def test_many_inputs_hold_few_descriptors_and_read_right(tmp_path: Path) -> None
                 [str(p) for p in paths], 2, 1, max_line_bytes=999, counts=ReadCounts(), held=held
             )
         )
-        assert len(held._fds) == HeldFiles.HELD
+        assert len(held._fds) == len(paths)
+        for k in range(0, 20, 2):
+            paths[k].unlink()
+            _events(paths[k], 5, tag="NEW-")
         ids = [i.id for i in _read(cut)]
         assert ids == [f"f{k}-{j}" for k in range(len(paths)) for j in range(3)]
     finally:
         held.close()
+
+
+def test_spans_only_when_every_input_can_be_held(tmp_path: Path) -> None:
+    paths = []
+    for k in range(3):
+        path = tmp_path / f"in{k}.jsonl"
+        _events(path, 1)
+        paths.append(str(path))
+    assert can_span(paths, "auto", None)
+    assert can_span(paths, "auto", 3)
+    assert not can_span(paths, "auto", 2)  # the parent reads them itself (Units)
+    assert not can_span([*paths, str(tmp_path / "x.csv")], "auto", None)

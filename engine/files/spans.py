@@ -13,11 +13,17 @@ Rules:
   whitespace only, a byte-order mark on line 1 ignored); a line over `max_line_bytes`
   (its `\\r` included, its `\\n` not) is one record whatever it holds.
 - The parent keeps at most `max_line_bytes` + 1 bytes of any one line in memory.
-- The parent holds each input open for the whole run (`HeldFiles`) and a worker opens
-  its span's file through the parent's descriptor (`/proc/PID/fd/N`): a file renamed,
-  replaced or deleted during the run is still the one the parent numbered, as one
-  process reads on from the file it opened. Without access to it, the worker opens the
-  path and checks it is the same file (device and inode).
+- The parent holds every input open for the whole run (`HeldFiles`; `can_span` allows
+  spans only when the process may hold them all, else the parent reads the lines) and a
+  worker opens its span's file through the parent's descriptor (`/proc/PID/fd/N`): a
+  file renamed, replaced or deleted during the run is still the one the parent
+  numbered, as one process reads on from the file it opened. Without access to it, the
+  worker opens the path and checks it is the same file (device and inode).
+- Two cases differ from one process, each still one line per record: opening the
+  parent's descriptor checks the file's permissions again, so an input whose read
+  permission is taken away during the run (a user other than root) has its unread
+  spans answered "Permission denied"; and a file rewritten in place during the run may
+  have a line cut at each span's edge (one process cuts one line at most).
 - A worker that reads fewer records than its span holds (the file was cut short during
   the run, or replaced and the check failed) answers each missing one with an Invalid
   record: one line per input record, still (its line number counted on from the last
@@ -32,7 +38,7 @@ from __future__ import annotations
 import io
 import math
 import os
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
 from engine.config import Format
@@ -197,8 +203,12 @@ def _scan(
     return None
 
 
-def can_span(paths: Iterable[str], input_format: Format) -> bool:
-    """Whether every input is an uncompressed JSONL file on a local filesystem."""
+def can_span(paths: Sequence[str], input_format: Format, files: int | None) -> bool:
+    """Whether every input is an uncompressed JSONL file on a local filesystem, and
+    there are no more of them than the `files` this process may hold open besides what
+    else it needs (None: no limit)."""
+    if files is not None and len(paths) > files:
+        return False
     return all(
         path != STDIN
         and not is_url(path)
@@ -210,12 +220,10 @@ def can_span(paths: Iterable[str], input_format: Format) -> bool:
 
 
 class HeldFiles:
-    """The inputs a parent hands out as spans, held open so that a worker reads the very
-    file the parent numbered: the last `HELD` of them (the spans in flight are of the
-    last few inputs; one of an older input is read by its path, checked), all closed by
-    `close` (the end of the run)."""
-
-    HELD = 16
+    """The inputs a parent hands out as spans, each held open until `close` (the end of
+    the run), so that a worker reads the very file the parent numbered (and no other
+    file can take its inode meanwhile). `can_span` allows spans only when the process
+    may hold every input open."""
 
     def __init__(self) -> None:
         self._fds: list[int] = []
@@ -227,8 +235,6 @@ class HeldFiles:
         except OSError as exc:
             raise InputError(f"cannot read input {path}: {exc.strerror or exc}") from None
         self._fds.append(fd)
-        if len(self._fds) > self.HELD:
-            os.close(self._fds.pop(0))
         info = os.fstat(fd)
         held = f"/proc/{os.getpid()}/fd/{fd}"
         return Span(path, source_name(path), 0, -1, 1, 0, 0, held, (info.st_dev, info.st_ino))

@@ -22,6 +22,7 @@ from engine.files.sources import Unit, read_units, unit_item
 from engine.files.spans import HeldFiles, Span, can_span, input_spans
 from engine.multiproc.messages import Units
 from engine.runtime.feeds import event_defaults, reads_inline, thread_batches
+from engine.runtime.loop import connection_budget
 from engine.runtime.session import RunSession
 
 BATCH = 256
@@ -44,7 +45,9 @@ class Parcels:
 
     def all(self) -> AsyncGenerator[Parcel, None]:
         config = self.session.config
-        if self.session.resume is None and can_span(config.inputs, config.input_format):
+        if self.session.resume is None and can_span(
+            config.inputs, config.input_format, connection_budget(config)
+        ):
             return self._spans()
         return self._units()
 
