@@ -192,6 +192,8 @@ def test_any_secret_in_any_mix_of_spellings(secret: str, choices: list[int], pre
         return ch
 
     assume(secret not in REDACTED)  # "[redacte" is still in its own replacement
+    # A secret that is one of this test's own keys ("response") is redacted there too.
+    assume(all(secret not in scaffold for scaffold in ('{"response":"', ',"echo":"')))
     spelled = "".join(spell(c, how) for c, how in zip(secret, choices, strict=False))
     secrets = Secrets((secret,))
     # As a JSON body's string (embedded as it is)...
