@@ -320,26 +320,36 @@ def span_items(
     """The items of `span`, as `sources.read_items` gives them in a whole-file read."""
     seq, end = span.first_seq, span.first_seq + span.count
     line = span.first_line  # the line of record `seq`, when no record was read
-    file, why = (None, "") if span.error else _open(span)
-    if span.error:
-        error = span.error
-    elif file is None:
-        error = f"input could not be read ({why}); this record is unread"
-    else:
-        error = "input changed while the run read it; this record is unread"
-        stream = io.BufferedReader(RangeReader(file, span.end - span.start), 1 << 16)
-        last: Item | None = None
-        try:
-            file.seek(span.start)
-            args = (span.name, seq, max_line_bytes, ReadCounts(), defaults, span.first_line)
-            for item in jsonl_items(stream, *args):
-                if item.seq >= end:
-                    break  # the file changed: what is past the span is not this run's
-                last = item
-                yield item
-        finally:
-            stream.close()
-        if last is not None:
-            seq, line = last.seq + 1, int(last.source.rpartition(":")[2]) + 1
+    error = span.error
+    if not error:
+        file, why = _open(span)
+        if file is None:
+            error = f"input could not be read ({why}); this record is unread"
+        else:
+            error = "input changed while the run read it; this record is unread"
+            last = yield from _read(span, file, defaults, max_line_bytes)
+            if last is not None:
+                seq, line = last.seq + 1, int(last.source.rpartition(":")[2]) + 1
     for missing in range(seq, end):  # (the lost lines' blank ones are not known)
         yield Invalid(missing, f"{span.name}:{line + missing - seq}", None, error)
+
+
+def _read(
+    span: Span, file: io.FileIO, defaults: EventDefaults, max_line_bytes: int
+) -> Generator[Item, None, Item | None]:
+    """The items of `span`'s bytes of `file` (closed after), none past its seqs; returns
+    the last one, or None."""
+    end = span.first_seq + span.count
+    stream = io.BufferedReader(RangeReader(file, span.end - span.start), 1 << 16)
+    last: Item | None = None
+    try:
+        file.seek(span.start)
+        args = (span.name, span.first_seq, max_line_bytes, ReadCounts(), defaults)
+        for item in jsonl_items(stream, *args, span.first_line):
+            if item.seq >= end:
+                break  # the file changed: what is past the span is not this run's
+            last = item
+            yield item
+    finally:
+        stream.close()
+    return last

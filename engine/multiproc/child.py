@@ -51,6 +51,7 @@ from engine.multiproc.messages import (
     Halt,
     LiveFigures,
     Ordered,
+    Parcel,
     Records,
     Refresh,
     Refreshed,
@@ -148,7 +149,7 @@ class _Worker:
         self.engine.shutdown.halt(reason)
         self.engine.shutdown.cut_off_after(self.tg, grace)
 
-    async def listen(self, parcels: MemoryObjectSendStream[Units | Span]) -> None:
+    async def listen(self, parcels: MemoryObjectSendStream[Parcel]) -> None:
         """Until this worker has reported: token answers still come after the last parcel
         of input (`Units` or `Span`, multiproc/parcels.py)."""
         async with parcels:
@@ -238,7 +239,7 @@ class _Worker:
     async def run(self) -> None:
         config = self.config
         # Unbounded, yet bounded by the parent's credit: it never sends more than that.
-        parcels_send, parcels_receive = anyio.create_memory_object_stream[Units | Span](math.inf)
+        parcels_send, parcels_receive = anyio.create_memory_object_stream[Parcel](math.inf)
         async with transport_for(config) as transport:
             # It writes records itself (direct output): it redacts what the parent would.
             secrets = Secrets(self.start.secrets, issued=self.tokens.secrets)
@@ -310,7 +311,7 @@ async def _run_job(
 
 
 async def _parcel_feed(
-    receive: MemoryObjectReceiveStream[Units | Span], defaults: EventDefaults, max_line_bytes: int
+    receive: MemoryObjectReceiveStream[Parcel], defaults: EventDefaults, max_line_bytes: int
 ) -> AsyncGenerator[list[Item], None]:
     """The parent's records: Units as they came, a Span read here (a local file, so in
     this thread: runtime/feeds.py)."""

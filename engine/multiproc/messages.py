@@ -34,6 +34,7 @@ class WorkerJob(Protocol):
         self, engine: Engine, emit: Callable[[list[Result]], Awaitable[None]]
     ) -> object: ...
 
+
 # -- parent -> worker -------------------------------------------------------------------
 
 
@@ -106,7 +107,9 @@ class End:
     """No more input: finish the calls in flight, then report `Done`."""
 
 
-ToWorker = Start | Units | Span | Token | Refreshed | Halt | End
+#: The input as the parent hands it out (multiproc/parcels.py).
+Parcel = Units | Span
+ToWorker = Start | Parcel | Token | Refreshed | Halt | End
 
 # -- worker -> parent -------------------------------------------------------------------
 

@@ -20,14 +20,12 @@ from contextlib import aclosing
 
 from engine.files.sources import Unit, read_units, unit_item
 from engine.files.spans import HeldFiles, Span, can_span, input_spans
-from engine.multiproc.messages import Units
+from engine.multiproc.messages import Parcel, Units
 from engine.runtime.feeds import event_defaults, reads_inline, thread_batches
 from engine.runtime.loop import connection_budget
 from engine.runtime.session import RunSession
 
 BATCH = 256
-
-Parcel = Units | Span
 
 
 class Parcels:

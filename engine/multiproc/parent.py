@@ -57,6 +57,7 @@ from engine.multiproc.messages import (
     Halt,
     LiveFigures,
     Ordered,
+    Parcel,
     Records,
     Refresh,
     Refreshed,
@@ -65,7 +66,7 @@ from engine.multiproc.messages import (
     ToWorker,
     WorkerJob,
 )
-from engine.multiproc.parcels import BATCH, Parcel, Parcels
+from engine.multiproc.parcels import BATCH, Parcels
 from engine.multiproc.pipes import PipeReader, PipeWriter
 from engine.net.auth import Lease, TokenBroker
 from engine.runtime.display import View, show_live
