@@ -35,6 +35,7 @@ HEY_H2 = "hey -h2 (Go, raw HTTP/2), HTTPS"
 ONE = "adbatch run, 1 process"
 ONE_TLS = "adbatch run, 1 process, HTTPS"
 BASELINE = "baseline (asyncio + aiohttp)"
+FLOOR = "floor (httptools + uvloop, reference)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,9 +108,33 @@ def python_clients(
     rows.append(Client(f"adbatch run --workers {workers}", many))
     if compare is not None:
         rows.append(Client(f"adbatch run --workers {workers} @ {compare[0]}", many, compare[1]))
-    rows.append(Client("floor (httptools + uvloop, reference)", floor))
+    rows.append(Client(FLOOR, floor))
+    rows.append(fixed_floor(events, url))
     rows.append(separate_processes(events, out, url, concurrency=concurrency, parts=workers))
     return rows
+
+
+#: The transport alone: the floor client doing hey's work (no input, no output, no JSON).
+FIXED = "floor, hey's work: one fixed URL (reference)"
+
+
+def fixed_floor(events: Path, url: str, ca: Path | None = None) -> Client:
+    """The floor client sending hey's one URL as many times as there are events, every
+    answer dropped: what Python's transport costs per call before adbatch's work."""
+    with events.open("rb") as f:
+        n = sum(1 for _ in f)
+    argv = [sys.executable, str(ROOT / "benchmarks" / "floor.py"), "--fixed", str(n)]
+    argv += ["--endpoint", one_url(events, url), "--token", TOKEN]
+    if ca is not None:
+        argv += ["--cacert", str(ca)]
+        return Client(f"{FIXED}, HTTPS", argv, tls=True, count=parse_answered)
+    return Client(FIXED, argv, count=parse_answered)
+
+
+def parse_answered(text: str) -> int:
+    """The 2xx answers of `floor.py --fixed` (its `answered N` line)."""
+    found = re.search(r"^answered (\d+)$", text, re.MULTILINE)
+    return int(found.group(1)) if found else 0
 
 
 #: The row that bounds `--workers N` from below: N plain processes, no parent.
@@ -177,7 +202,8 @@ def https_clients(
         rows.append(Client(f"{ONE_TLS} @ {compare[0]}", run, compare[1], tls=True))
     elif compare is not None:
         print(f"note: the adbatch of {compare[0]} has no --cacert: no HTTPS row for it")
-    rows.append(Client("floor (httptools + uvloop, reference), HTTPS", floor, tls=True))
+    rows.append(Client(f"{FLOOR}, HTTPS", floor, tls=True))
+    rows.append(fixed_floor(events, url, ca))
     return rows
 
 

@@ -12,6 +12,11 @@ lists joined with `|`, the header keys as headers), check the answer is JSON
 (`orjson.loads`) and write one JSONL record to a file. No retries, no timeouts, no
 validation, no stats: what is left is the cost of Python + the kernel per call.
 
+With `--fixed N` it does hey's work instead, the transport alone (a second reference
+row): N calls of the endpoint URL as given, query and all, every answer read and
+dropped; no input, no output, no JSON. What Python + uvloop + httptools cost per call
+before any of adbatch's work, printed as `answered N` on stderr.
+
 A BufferedProtocol matters over TLS: uvloop's SSL layer hands a plain `asyncio.Protocol`
 a fresh 256 KiB buffer per read (a third of the CPU in page faults and mmap/munmap);
 a buffered protocol reads into its own buffer, reused.
@@ -141,6 +146,21 @@ async def worker(
         out.write(orjson.dumps(record) + b"\n")
 
 
+async def fixed(conns: list[Connection], data: bytes, n: int) -> int:
+    """`n` calls of `data` over `conns`, each answer dropped: hey's work. The 2xx count."""
+    left = [n]
+    ok = [0]
+
+    async def one(conn: Connection) -> None:
+        while left[0] > 0:
+            left[0] -= 1
+            status, _ = await conn.request(data)
+            ok[0] += 200 <= status < 300
+
+    await asyncio.gather(*(one(c) for c in conns))
+    return ok[0]
+
+
 async def main(args: argparse.Namespace) -> None:
     url = urlsplit(args.endpoint)
     host, port = url.hostname or "127.0.0.1", url.port or (443 if url.scheme == "https" else 80)
@@ -155,11 +175,20 @@ async def main(args: argparse.Namespace) -> None:
     ]
     head = b"GET " + url.path.encode() + b"?"
     tail = f"Host: {url.netloc}\r\nAuthorization: Bearer {args.token}\r\n\r\n".encode()
+    if args.fixed is not None:
+        data = head + url.query.encode() + b" HTTP/1.1\r\n" + tail
+        print(f"answered {await fixed(conns, data, args.fixed)}", file=sys.stderr)
+        _close(conns)
+        return
     seq = itertools.count()
     # Plain buffered file I/O in the loop's thread: the cheapest way, and what the floor is.
     with open(args.input, "rb") as src, open(args.output, "wb") as out:  # noqa: ASYNC230
         lines = iter(src)
         await asyncio.gather(*(worker(c, lines, seq, out, head, tail) for c in conns))
+    _close(conns)
+
+
+def _close(conns: list[Connection]) -> None:
     for conn in conns:
         if conn._transport is not None:
             conn._transport.close()
@@ -167,13 +196,19 @@ async def main(args: argparse.Namespace) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("input")
-    p.add_argument("-o", "--output", required=True)
+    p.add_argument("input", nargs="?", help="the events (JSONL); not with --fixed")
+    p.add_argument("-o", "--output", help="the records (JSONL); not with --fixed")
     p.add_argument("--endpoint", required=True)
     p.add_argument("--token", default="mock-token")
     p.add_argument("--cacert", default=None, help="CA bundle for https:// endpoints")
     p.add_argument("-c", "--concurrency", type=int, default=64)
-    return p.parse_args(argv)
+    p.add_argument(
+        "--fixed", type=int, metavar="N", help="hey's work: N calls of the endpoint URL as given"
+    )
+    args = p.parse_args(argv)
+    if args.fixed is None and (args.input is None or args.output is None):
+        p.error("the events and -o are needed (or --fixed N)")
+    return args
 
 
 if __name__ == "__main__":

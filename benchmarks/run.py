@@ -45,6 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from certs import make_certs_apart
 from clients import (
     BASELINE,
+    FIXED,
+    FLOOR,
     HEY,
     HEY_H2,
     ONE,
@@ -389,6 +391,24 @@ def targets(rows: list[Row]) -> str:
     )
 
 
+def budget(rows: list[Row]) -> str:
+    """CPU per event (µs) of the reference points of issue 18, HTTP then HTTPS: hey; the
+    transport alone (the floor client doing hey's work); the floor; adbatch. adbatch's
+    work per event is its row less the transport's; hey's whole cost is the budget."""
+    cpu_rate = _per_cpu(rows)
+    points = (
+        ("hey", HEY, HEY_H2),
+        ("transport alone", FIXED, f"{FIXED}, HTTPS"),
+        ("floor", FLOOR, f"{FLOOR}, HTTPS"),
+        ("adbatch", ONE, ONE_TLS),
+    )
+    parts = []
+    for label, http, https in points:
+        cells = [f"{1e6 / cpu_rate[n]:.1f}" if n in cpu_rate else "-" for n in (http, https)]
+        parts.append(f"{label} {' | '.join(cells)}")
+    return f"CPU per event, µs (HTTP | HTTPS): {'; '.join(parts)}"
+
+
 def _clients(
     args: argparse.Namespace,
     events: Path,
@@ -497,6 +517,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"--workers {args.workers} / 1 process: {multi / one:.2f}x (target 1.6x)"
     )
     print(targets(rows))
+    print(budget(rows))
     print(workers_cpu(rows, args.workers))
     if compare is not None:
         before_one = rate[f"{ONE} @ {args.compare}"]

@@ -170,6 +170,26 @@ async def test_floor_client_writes_one_record_per_event(tmp_path: Path, tls: boo
     assert len({r.transport.get_extra_info("peername") for r in seen if r.transport}) <= 4
 
 
+@pytest.mark.anyio
+@pytest.mark.uvloop
+async def test_floor_fixed_sends_one_url_n_times(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--fixed N` (the transport-alone row): N calls of the URL as given, query and
+    all, counted from the 2xx answers; no input, no output."""
+    pytest.importorskip("httptools", reason="the floor client needs httptools")
+    floor = _load("floor")
+    seen: list[web.Request] = []
+    async with delivery_server(seen) as url:
+        argv = ["--fixed", "25", "-c", "4", "--token", "t0k", "--endpoint", f"{url}?k=plain&a=1"]
+        await floor.main(floor.parse_args(argv))
+    assert len(seen) == 25
+    assert {(r.path, r.query_string) for r in seen} == {("/delivery/retailmedia", "k=plain&a=1")}
+    assert {r.headers["Authorization"] for r in seen} == {"Bearer t0k"}
+    err = capsys.readouterr().err
+    assert _load("clients").parse_answered(err) == 25
+    with pytest.raises(SystemExit):
+        floor.parse_args(["--endpoint", url])  # neither events nor --fixed
+
+
 def test_floor_parse_args_defaults() -> None:
     pytest.importorskip("httptools", reason="the floor client needs httptools")
     args = _load("floor").parse_args(["e.jsonl", "-o", "o", "--endpoint", "http://x/"])
@@ -200,11 +220,14 @@ def test_harness_completes_and_prints_the_table() -> None:
         assert f"| {row}" in out or row in out, row
     if importlib.util.find_spec("httptools") is not None:
         assert "| floor (httptools + uvloop, reference) |" in out
+        assert "| floor, hey's work: one fixed URL (reference) |" in out
     assert "adbatch 1 process / baseline:" in out
     assert "| 2 separate processes, 1/2 of the input each (reference) |" in out
     assert "CPU per event over 1 process (target for --workers: <= +5%): adbatch run" in out
     assert "adbatch 1 process, events per CPU-s: HTTP" in out
     assert "(target >= 1.0, aim 1.2)" in out
+    assert "CPU per event, µs (HTTP | HTTPS): hey " in out
+    assert "; adbatch " in out
     assert "| adbatch run, 1 process @ HEAD |" in out
     assert "this version / HEAD: 1 process" in out
     assert "Peak RSS on stdin" in out
