@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import re
 import shutil
 import ssl
 import subprocess
@@ -255,3 +256,15 @@ def test_callcost_prints_both_tables() -> None:
     assert "| work tree |" in proc.stdout
     for row in ("three coroutines + a future", "one coroutine + a future", "callbacks"):
         assert f"| {row} |" in proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_stages_prints_every_stage() -> None:
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "stages.py"), "--events", "500"]
+    proc = subprocess.run([*cmd, "--rounds", "1"], capture_output=True, text=True, timeout=100)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "500 events, 1 round(s)" in proc.stdout
+    stages = ("input", "request", "JSON check", "record (JSON check included)", "encode (JSONL)")
+    for row in (*stages, "redaction", "redaction, a real token's length"):
+        assert re.search(rf"^\| {re.escape(row)} \| \d+\.\d\d \|", proc.stdout, re.M), row
