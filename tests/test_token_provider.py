@@ -16,7 +16,7 @@ import anyio
 import pytest
 from fake_clock import FakeClock, until
 
-from engine.core.tokenwindow import Phase, RefreshPolicy
+from engine.core.tokenwindow import Phase, RefreshPolicy, TokenFailure
 from engine.errors import AuthError
 from engine.mock import MockConfig, MockHandle, running_mock
 from engine.net.auth import Lease
@@ -342,3 +342,52 @@ async def test_gives_up_at_once_when_a_401_renewal_is_refused(token_mock: MockHa
     assert "could not renew the token and the delivery host refused it (HTTP 401)" in message
     assert SECRET not in message
     assert token_mock.state.token_requests == 2
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("status", "text"),
+    [
+        pytest.param(401, '{"error":"invalid_client","error_description":"token {T} revoked"}',
+                     id="oauth-error-quotes-it"),
+        pytest.param(500, "Bearer {T}", id="plain-text-quotes-it"),
+        pytest.param(503, '{"message":"{E} is not valid"}', id="json-escaped"),
+    ],
+)  # fmt: skip
+async def test_a_token_the_endpoint_granted_never_reaches_its_messages(
+    status: int, text: str
+) -> None:
+    """The endpoint grants a token, then refuses a renewal in words that quote it (raw,
+    or JSON-escaped): the failure message says [redacted], never the token."""
+    from aiohttp import web
+
+    token = "tokABCDEFGH123/+x"
+    answers = iter([web.json_response({"access_token": token, "expires_in": 300})])
+
+    async def endpoint(request: web.Request) -> web.Response:
+        first = next(answers, None)
+        if first is not None:
+            return first
+        escaped = "".join(f"\\u{ord(c):04x}" for c in token)
+        return web.Response(status=status, text=text.replace("{T}", token).replace("{E}", escaped))
+
+    app = web.Application()
+    app.router.add_post("/oauth2/token", endpoint)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    try:
+        url = f"http://{host}:{port}/oauth2/token"
+        async with TokenClient(url, client_id="c", client_secret=SECRET, timeout=5) as client:
+            granted = await client.fetch()
+            failure = await client.fetch()
+    finally:
+        await runner.cleanup()
+    assert getattr(granted, "access_token", None) == token
+    assert isinstance(failure, TokenFailure)
+    assert f"HTTP {status}" in failure.message
+    assert "[redacted]" in failure.message
+    assert "ABCDEFGH" not in failure.message
+    assert "u0041" not in failure.message.lower()

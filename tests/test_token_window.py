@@ -282,6 +282,25 @@ def test_parse_token_answer_redacts_an_echoed_secret() -> None:
     assert failure.message == "HTTP 401 invalid_client (bad secret [redacted])"
 
 
+@pytest.mark.parametrize(
+    "token_type",
+    [
+        pytest.param("s3cr3t-value", id="the-client-secret"),
+        pytest.param("tok-0123456789", id="the-token-it-grants"),
+        pytest.param("Bearer-ish s3cr3t-value and more text past forty characters", id="cut"),
+    ],
+)
+def test_parse_token_answer_redacts_the_token_type_it_quotes(token_type: str) -> None:
+    body = _json({"access_token": "tok-0123456789", "expires_in": 300, "token_type": token_type})
+    failure = parse_token_answer(200, body, secrets=Secrets(("s3cr3t-value",), min_length=1))
+    assert isinstance(failure, TokenFailure)
+    assert failure.kind == "refused"
+    assert "s3cr3t" not in failure.message
+    assert "0123456789" not in failure.message
+    assert "[redacted]" in failure.message
+    assert failure.message.endswith("is not Bearer")
+
+
 def test_parse_token_answer_keeps_messages_short() -> None:
     failure = parse_token_answer(500, b"x" * 10_000)
     assert isinstance(failure, TokenFailure)

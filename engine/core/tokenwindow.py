@@ -171,8 +171,9 @@ def _lifetime(data: dict[str, object]) -> float | None:
     return float(lifetime)
 
 
-def _grant(body: bytes) -> TokenGrant | TokenFailure:
-    """An HTTP 200 answer: a usable token, or why it is not one."""
+def _grant(body: bytes, secrets: Secrets) -> TokenGrant | TokenFailure:
+    """An HTTP 200 answer: a usable token, or why it is not one (a message that quotes
+    the answer quotes it redacted, the token it carried included)."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -187,7 +188,10 @@ def _grant(body: bytes) -> TokenGrant | TokenFailure:
         )
     token_type = data.get("token_type", "Bearer")
     if not isinstance(token_type, str) or token_type.lower() != "bearer":
-        return TokenFailure("refused", f"token_type {str(token_type)[:40]!r} is not Bearer")
+        # Redacted before it is cut short: a cut secret would escape its redaction.
+        also = Secrets((*secrets.texts(), token.strip()), min_length=1)
+        quoted = " ".join(also.redact(str(token_type)).split())[:40]
+        return TokenFailure("refused", f"token_type {quoted!r} is not Bearer")
     lifetime = _lifetime(data)
     if lifetime is None:
         return TokenFailure(
@@ -201,7 +205,7 @@ def parse_token_answer(
 ) -> TokenGrant | TokenFailure:
     """Classify one answer of the token endpoint; messages never carry `secrets`."""
     if status == 200:
-        return _grant(body)
+        return _grant(body, secrets)
     detail = _oauth_error(body)
     if detail is None:
         # Redacted before it is cut short: a cut secret would escape its redaction.

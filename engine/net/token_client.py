@@ -32,6 +32,8 @@ _POOL = 2  # one renewal at a time, plus one spare connection
 DEFAULT_TOKEN_TIMEOUT = 10.0
 #: A token answer is a few hundred bytes (a few KB for a JWT with many claims).
 TOKEN_MAX_BYTES = 64 * 1024
+#: The newest tokens kept to be redacted from the endpoint's messages (one a renewal).
+_KEEP_ISSUED = 64
 
 
 class TokenClient:
@@ -61,8 +63,15 @@ class TokenClient:
             "client_id": client_id,
             "client_secret": client_secret,
         }
-        # Whatever its length, the client secret never reaches a message.
-        self._secrets = Secrets((client_secret,), min_length=1, basic=((client_id, client_secret),))
+        # Whatever their length, the client secret and the tokens this client was given
+        # never reach a message (an endpoint may quote a token it revoked).
+        self._issued: list[str] = []
+        self._secrets = Secrets(
+            (client_secret,),
+            issued=lambda: self._issued,
+            min_length=1,
+            basic=((client_id, client_secret),),
+        )
         self._timeout = timeout
         # net/tls.py's: the delivery calls' CAs and client certificate
         self._tls = tls if tls is not None else client_context(verify=verify_tls)
@@ -132,7 +141,10 @@ class TokenClient:
                 "unavailable",
                 endpoint_message(f"network error: {exc.strerror or exc}", self._secrets),
             )
-        return parse_token_answer(status, body, secrets=self._secrets)
+        answer = parse_token_answer(status, body, secrets=self._secrets)
+        if isinstance(answer, TokenGrant):
+            self._issued = [*self._issued[-(_KEEP_ISSUED - 1) :], answer.access_token]
+        return answer
 
     def _authority(self) -> str:
         target = yarl.URL(self.url)

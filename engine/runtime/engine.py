@@ -340,7 +340,9 @@ class Engine:
         starts (nor one waiting for a permit); the calls in flight end and are written."""
         state = self.state
         if state.stopped is None:
-            state.stopped, state.stop_code = stop.reason, stop.exit_code
+            # Redacted here, whoever wrote it: a reason may quote a server (the token
+            # endpoint's answer), and it reaches stderr and the summary.
+            state.stopped, state.stop_code = self.secrets.redact(stop.reason), stop.exit_code
             self.shutdown.feed_scope.cancel()
         self.shutdown.end_waits()
 
