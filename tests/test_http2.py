@@ -384,6 +384,18 @@ async def test_a_refused_connection_is_a_connect_record() -> None:
     assert "\n" not in resp.error
 
 
+async def test_a_url_past_httpx_s_limit_is_a_request_record() -> None:
+    """httpx refuses a URL of more than 65,536 characters (InvalidURL, not an HTTPError)
+    before any connection: the event's record says so (kind `request`, final), never an
+    internal error that would count towards stopping the run as a bug."""
+    port = _free_port()  # never reached: the URL is refused first
+    url = f"https://127.0.0.1:{port}/d?keywords=" + "k" * 70_000
+    async with open_transport(concurrency=2, timeout=5.0, client="http2") as transport:
+        resp = await transport.send(Request(url, {}), None)
+    assert (resp.status, resp.error_kind) == (None, "request")
+    assert resp.error == "cannot send: URL too long"
+
+
 # --- without the extra ------------------------------------------------------------------
 
 _WITHOUT_H2 = (

@@ -173,7 +173,8 @@ class Http2Transport:
         except _BodyFailed as exc:
             reset_abandoned(client)
             return failed(sent_at, start, exc.kind, exc.message, exc.status)
-        except (httpx.HTTPError, h2.exceptions.ProtocolError, OSError) as exc:
+        except (httpx.HTTPError, httpx.InvalidURL, h2.exceptions.ProtocolError, OSError) as exc:
+            # (InvalidURL is not an HTTPError: a query past httpx's 65,536 characters)
             reset_abandoned(client)
             return failed(sent_at, start, *_failure(exc, request.url, via))
         finally:
