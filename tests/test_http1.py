@@ -593,6 +593,9 @@ async def test_truncated_chunked_body_is_payload_error() -> None:
             id="two-content-lengths",
         ),
         pytest.param(b"HTTP/1.1 200 OK\r\nbroken header line\r\n\r\n", id="bad-header"),
+        # Three digits, but no status: not a 1xx to wait past (the call timed out)
+        pytest.param(b"HTTP/1.1 000 Zero\r\nContent-Length: 0\r\n\r\n", id="status-000"),
+        pytest.param(b"HTTP/1.1 099 Low\r\nContent-Length: 2\r\n\r\nok", id="status-099"),
     ],
 )
 async def test_malformed_answers_are_protocol_errors(wire: bytes) -> None:

@@ -329,6 +329,9 @@ class Connection(asyncio.BufferedProtocol):
         if self.state == _STRAY:
             return
         self.status = status = self.parser.get_status_code()
+        if status < 100:  # llhttp reads any three digits; 000-099 is no HTTP status
+            self._head_error = f"status {status:03d} is not an HTTP status"
+            raise _Stop
         if status < 200:  # 1xx: an interim answer (101, an upgrade, fails in feed_data)
             return
         self.state = _BODY
