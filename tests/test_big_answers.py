@@ -17,6 +17,7 @@ from aiohttp import web
 from conftest import read_records
 from test_http1 import Conn, raw_server
 from test_net_edges import EVENT, _cli, bomb
+from web_app import serving
 
 from engine.core.query import Request
 from engine.net.transport import open_transport
@@ -65,15 +66,8 @@ async def big_answers(size: int) -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_get("/{tail:.*}", handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    try:
-        yield f"http://{host}:{port}/delivery"
-    finally:
-        await runner.cleanup()
+    async with serving(app) as base:
+        yield f"{base}/delivery"
 
 
 # The session client is left out: its peak varied from 120 to 357 MiB between runs

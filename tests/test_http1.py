@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import orjson
 import pytest
 from aiohttp import web
+from web_app import serving
 
 from engine.core.query import Request
 from engine.net.http1 import Answer, Http1Client, HttpError
@@ -250,15 +251,8 @@ def _answer(
 
 @pytest.fixture
 async def web_base() -> AsyncIterator[str]:
-    runner = web.AppRunner(_web_app(), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        await runner.cleanup()
+    async with serving(_web_app()) as base:
+        yield base
 
 
 async def send(

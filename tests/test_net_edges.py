@@ -23,6 +23,7 @@ import pytest
 from aiohttp import web
 from conftest import MOCK_TOKEN, read_records
 from test_http1 import CLIENTS, Conn, Handler, http_answer, raw_server
+from web_app import serving
 
 import engine
 from engine.core.query import Request
@@ -310,15 +311,8 @@ async def bomb_server() -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_get("/{tail:.*}", handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    try:
-        yield f"http://{host}:{port}/delivery"
-    finally:
-        await runner.cleanup()
+    async with serving(app) as base:
+        yield f"{base}/delivery"
 
 
 @pytest.mark.parametrize(

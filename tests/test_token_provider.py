@@ -15,6 +15,7 @@ from dataclasses import replace
 import anyio
 import pytest
 from fake_clock import FakeClock, until
+from web_app import serving
 
 from engine.core.tokenwindow import Phase, RefreshPolicy, TokenFailure
 from engine.errors import AuthError
@@ -373,18 +374,11 @@ async def test_a_token_the_endpoint_granted_never_reaches_its_messages(
 
     app = web.Application()
     app.router.add_post("/oauth2/token", endpoint)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    try:
-        url = f"http://{host}:{port}/oauth2/token"
+    async with serving(app) as base:
+        url = f"{base}/oauth2/token"
         async with TokenClient(url, client_id="c", client_secret=SECRET, timeout=5) as client:
             granted = await client.fetch()
             failure = await client.fetch()
-    finally:
-        await runner.cleanup()
     assert getattr(granted, "access_token", None) == token
     assert isinstance(failure, TokenFailure)
     assert f"HTTP {status}" in failure.message
