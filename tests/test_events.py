@@ -238,3 +238,21 @@ def test_defaults_fill_only_what_is_missing() -> None:
 )
 def test_timestamps(value: object, expected: float) -> None:
     assert parse_timestamp(value) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param(10**400, id="int-past-a-float"),
+        pytest.param(-(10**400), id="negative-int-past-a-float"),
+        pytest.param("1e400", id="string-past-a-float"),
+        pytest.param(float("nan"), id="nan"),
+    ],
+)
+def test_a_timestamp_no_float_holds_is_the_event_s_invalid_record(value: object) -> None:
+    """An input line whose timestamp cannot be a number (an integer of 400 digits ended
+    the whole run with OverflowError): that line's Invalid, the run goes on."""
+    item = make_event({**BASE, "event-type": "viewHome", "timestamp": value}, seq=3, source="s:4")
+    assert isinstance(item, Invalid)
+    assert item.error == "timestamp is not a finite number"
+    assert (item.seq, item.source) == (3, "s:4")

@@ -77,7 +77,10 @@ def parse_timestamp(value: object) -> float:
     if isinstance(value, bool):
         raise _BadValue("timestamp must be epoch seconds or ISO 8601")
     if isinstance(value, int | float):
-        ts = float(value)
+        try:
+            ts = float(value)
+        except OverflowError:  # an integer past a float's range (hundreds of digits)
+            raise _BadValue("timestamp is not a finite number") from None
     elif isinstance(value, str):
         try:
             ts = float(value)
