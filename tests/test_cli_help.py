@@ -39,6 +39,37 @@ def test_no_prefix_matching(
 
 
 @pytest.mark.parametrize(
+    ("argv", "named", "near"),
+    [
+        pytest.param(["run", "x.jsonl", "--tokn=S3cretValue"], "--tokn", "--token", id="tokn"),
+        pytest.param(["run", "x.jsonl", "--TOKEN=S3cretValue"], "--TOKEN", "--token", id="TOKEN"),
+        pytest.param(
+            ["run", "x.jsonl", "--client-secrett=S3cretValue"],
+            "--client-secrett",
+            None,
+            id="secret",
+        ),
+        pytest.param(
+            ["config", "--show", "--tokne=S3cretValue"], "--tokne", "--token", id="config"
+        ),
+    ],
+)
+def test_a_mistyped_option_s_value_is_never_printed(
+    argv: list[str], named: str, near: str | None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--tokn=VALUE` is a mistyped --token: the error names the option, never the value
+    (a secret)."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "S3cretValue" not in err
+    assert f"unknown option {named}" in err
+    if near is not None:
+        assert f"did you mean {near}?" in err
+
+
+@pytest.mark.parametrize(
     ("argv", "usage", "suggestion"),
     [
         pytest.param(

@@ -72,9 +72,12 @@ class Parser(argparse.ArgumentParser):
             self.error("unrecognized arguments: " + " ".join(extras))
         import difflib  # (only on this error: start-up, issue 18)
 
-        message = f"unknown option {unknown[0]}"
+        # The option's name only: `--tokn=VALUE` is a mistyped --token, and its value a
+        # secret that must not be printed.
+        name = unknown[0].partition("=")[0]
+        message = f"unknown option {name}"
         options = [s for action in self._actions for s in action.option_strings]
-        near = difflib.get_close_matches(unknown[0].partition("=")[0], options, n=1)
+        near = difflib.get_close_matches(name.lower(), options, n=1)  # --TOKEN: --token
         if near:
             message += f"; did you mean {near[0]}?"
         print(self.usage_line(), file=sys.stderr)
