@@ -114,6 +114,28 @@ def test_stdin_or_stdout_on_an_input_is_refused(
     assert (tmp_path / "in.jsonl").read_bytes() == DATA
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full here")
+@pytest.mark.parametrize(
+    "command",
+    [
+        pytest.param([*RUN], id="run"),
+        pytest.param(["load", "--mock", "--no-progress", "--rate", "20", "--duration", "0.2"],
+                     id="load"),
+    ],
+)  # fmt: skip
+def test_a_summary_that_cannot_be_written_after_the_run_is_exit_3(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """Every call was sent and its record written; the --summary write fails at the end
+    (a full disk): exit 3, not 2, which says nothing was sent."""
+    (tmp_path / "in.jsonl").write_bytes(DATA)
+    rc, err = adbatch(tmp_path, *command, "in.jsonl", "-o", "o.jsonl", "--summary", "/dev/full")
+    assert rc == 3, err
+    assert "cannot write /dev/full: No space left on device" in err
+    assert "Traceback" not in err
+    assert (tmp_path / "o.jsonl").read_bytes().count(b"\n") >= 1
+
+
 def test_a_summary_on_stdout_is_refused(tmp_path: Path) -> None:
     (tmp_path / "in.jsonl").write_bytes(DATA)
     rc, err = adbatch(tmp_path, *RUN, "in.jsonl", "--summary", "s.json", stdout="s.json")

@@ -96,12 +96,15 @@ def run_async(fn: Callable[..., Any], *args: Any) -> Any:
     return run_loop(fn, *args)
 
 
-def write_file(path: str, data: bytes) -> None:
+def write_file(path: str, data: bytes, *, after_run: bool = False) -> None:
+    """`data` into `path`; OutputError when it cannot be: exit 2, or 3 `after_run` (a
+    run's --summary: the calls were sent, exit 2 would say nothing was)."""
     try:
         with open(path, "wb") as f:
             f.write(data)
     except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}", before_run=True) from None
+        message = f"cannot write {path}: {exc.strerror or exc}"
+        raise OutputError(message, before_run=not after_run) from None
 
 
 def json_bytes(data: Any) -> bytes:

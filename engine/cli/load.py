@@ -279,5 +279,5 @@ def _finish(outcome: LoadOutcome, summary_path: str | None) -> int:
             "attempts": outcome.attempts,
             **outcome.figures,
         }
-        write_file(summary_path, json_bytes(data))
+        write_file(summary_path, json_bytes(data), after_run=True)
     return outcome.exit_code

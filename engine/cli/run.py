@@ -225,7 +225,7 @@ def finish_run(summary: Summary, config: Config, *, csv_stdin: bool = False) -> 
         say(hint)
     if config.summary:
         data = {"summary": summary, "exit_code": summary.exit_code}
-        write_file(config.summary, json_bytes(data))
+        write_file(config.summary, json_bytes(data), after_run=True)
     if summary.interrupted is not None:
         # The output is closed and synced; a reader thread may still block on stdin,
         # and the interpreter would wait for it at exit: leave now.
