@@ -12,7 +12,6 @@ import ipaddress
 import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 from engine.core.addresses import parse_listen
 from engine.core.errors import ConfigError
@@ -22,7 +21,7 @@ from engine.core.proxies import parse_proxy_url
 from engine.core.secrets import token_problem
 from engine.core.stops import INTERNAL_STREAK
 from engine.core.thresholds import parse_thresholds
-from engine.core.urls import check_local, check_output
+from engine.core.urls import check_local, check_output, split_url, without_credentials
 from engine.core.urls import check_option as check_storage_option
 
 DEFAULT_ENDPOINT = "https://d.us.criteo.com/delivery/retailmedia"
@@ -55,12 +54,15 @@ def is_loopback(host: str) -> bool:
 
 def check_port(option: str, text: str) -> None:
     """A URL's port, when it names one, is 1..65535 (else every call would fail)."""
+    url = split_url(text, option)
     try:
-        port = urlsplit(text).port
+        port = url.port
     except ValueError:
         port = 0
     if port == 0:
-        raise ConfigError(f"{option}: the port must be 1..65535, got {text!r}")
+        raise ConfigError(
+            f"{option}: the port must be 1..65535, got {without_credentials(text)!r}"
+        )
 
 
 HttpClient = Literal["http1", "session", "http2"]
@@ -191,9 +193,10 @@ class Config:
         self._check_header_values()
         self._check_extra_headers()
         if not self.mock:
-            url = urlsplit(self.endpoint)
+            url = split_url(self.endpoint, "--endpoint")
             if url.scheme not in ("http", "https") or not url.hostname:
-                raise ConfigError(f"--endpoint must be an http(s) URL, got {self.endpoint!r}")
+                shown = without_credentials(self.endpoint)
+                raise ConfigError(f"--endpoint must be an http(s) URL, got {shown!r}")
             check_port("--endpoint", self.endpoint)
             self._check_credentials()
         self._validate_reliability()
@@ -237,14 +240,10 @@ class Config:
             )
         if self.resume and (self.output is None or self.output == "-"):
             raise ConfigError("--resume needs -o FILE: the output of the interrupted run")
-        url = urlsplit(self.endpoint)
-        if (
-            not self.mock
-            and not self.dry_run
-            and not self.allow_insecure
-            and url.scheme == "http"
-            and not is_loopback(url.hostname or "")
-        ):
+        if self.mock or self.dry_run or self.allow_insecure:
+            return  # --mock's endpoint is its own: the one given is not read
+        url = split_url(self.endpoint, "--endpoint")
+        if url.scheme == "http" and not is_loopback(url.hostname or ""):
             raise ConfigError(
                 f"refusing to send the bearer token over plain http:// to {url.hostname}; "
                 "use https://, or --allow-insecure if you really mean it"
@@ -358,9 +357,10 @@ class Config:
         if self.client_secret is not None and self.client_id is None:
             raise ConfigError("a client secret needs --client-id (or ADBATCH_CLIENT_ID)")
         if self.client_id is not None:
-            url = urlsplit(self.token_url)
+            url = split_url(self.token_url, "--token-url")
             if url.scheme not in ("http", "https") or not url.hostname:
-                raise ConfigError(f"--token-url must be an http(s) URL, got {self.token_url!r}")
+                shown = without_credentials(self.token_url)
+                raise ConfigError(f"--token-url must be an http(s) URL, got {shown!r}")
             check_port("--token-url", self.token_url)
             if url.scheme == "http" and not self.allow_insecure and not is_loopback(url.hostname):
                 raise ConfigError(

@@ -28,11 +28,12 @@ import base64
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import SplitResult, unquote, urlsplit
+from urllib.parse import SplitResult, unquote
 
 from engine.core.errors import ConfigError
 from engine.core.records import ErrorKind
 from engine.core.secrets import REDACTED
+from engine.core.urls import split_url
 
 DEFAULT_PROXY_PORT = 1080
 #: How an unreachable proxy's error starts (runtime/engine.py words its stop by it).
@@ -80,7 +81,7 @@ def parse_proxy_url(text: str, *, source: str) -> ProxyURL:
         raw = "http://" + raw
     if any(ord(c) < 0x21 or ord(c) == 0x7F for c in raw):
         raise ConfigError(f"{source}: a proxy URL cannot hold blanks or control characters")
-    parts = urlsplit(raw)
+    parts = split_url(raw, source)
     scheme = parts.scheme.lower()
     shown = _shown(parts.hostname, parts.port if _port_ok(parts) else None, parts.username)
     if scheme != "http":

@@ -6,18 +6,33 @@ Rules:
   the message still says which object.
 - A storage option whose key names a credential (key, secret, token, password,
   credential, signature, sas) shows its key only.
+- A URL that urlsplit cannot read (an unclosed `[`: "Invalid IPv6 URL") is a one-line
+  ConfigError naming where it came from (`split_url`), never a traceback; it is not
+  quoted, since its password cannot be told apart.
 """
 
 from __future__ import annotations
 
 import re
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 from engine.core.errors import ConfigError
 
 REDACTED = "[redacted]"
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?")
 _SECRET_WORDS = ("key", "secret", "token", "password", "credential", "signature", "sas")
+
+
+def split_url(url: str, what: str) -> SplitResult:
+    """`urlsplit(url)`; a URL it refuses is a ConfigError, one line naming `what` (an
+    option, a variable, an input) that does not quote the URL."""
+    try:
+        return urlsplit(url)
+    except ValueError:  # its text may quote the host, and a password with it
+        raise ConfigError(
+            f"{what} is not a valid URL: its host cannot be read (a '[' must close "
+            "with ']' around an IPv6 address)"
+        ) from None
 
 
 def without_credentials(url: str) -> str:

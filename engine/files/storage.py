@@ -32,12 +32,11 @@ import re
 import uuid
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, BinaryIO
-from urllib.parse import urlsplit
 
 from engine.core.errors import ConfigError, InputError, OutputError
 from engine.core.secrets import Secrets
 from engine.core.urls import parse_option as parse_option  # re-exported
-from engine.core.urls import secret_option, shown_option, without_credentials
+from engine.core.urls import secret_option, shown_option, split_url, without_credentials
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
@@ -249,10 +248,11 @@ def _glob(url: str) -> bool:
 def expand(url: str, options: StorageOptions = ()) -> list[str]:
     """A glob or a prefix ending in `/` -> its objects' URLs, sorted; a plain object URL
     -> itself, once it is known to exist. InputError (one line) when nothing matches."""
-    fs, path = filesystem(url, options)
     name = scheme(url)
+    parts = split_url(url, f"input {name}://...")  # an unclosed '[': one line, not quoted
+    fs, path = filesystem(url, options)
     if name in _NO_GLOB:
-        where = urlsplit(url).path
+        where = parts.path
         if not where or where.endswith("/") or any(ch in where for ch in "*["):
             raise InputError(
                 f"input {shown(url)}: an http(s) input must name one object "

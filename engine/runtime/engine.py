@@ -67,6 +67,7 @@ from engine.core.retry import THROTTLE_STATUSES, RetryPolicy, RetrySettings
 from engine.core.secrets import Secrets
 from engine.core.stats import RunStats, Summary, summarize
 from engine.core.stops import EXIT_STOPPED, InternalStreak, Stop, ThrottleWatch
+from engine.core.urls import without_credentials
 from engine.errors import AuthError, EngineError, first_engine_error
 from engine.files.sinks import TickWriter
 from engine.net.auth import TokenProvider
@@ -323,7 +324,7 @@ class Engine:
         if stop is None and result.status in THROTTLE_STATUSES:
             stop = self.throttle.final(result.status)
         if stop is None and result.error_kind == ErrorKind.TLS:  # no retry will help
-            stop = Stop(tls_stop(result.error, self.config.endpoint))
+            stop = Stop(tls_stop(result.error, without_credentials(self.config.endpoint)))
         if stop is None and result.error_kind == ErrorKind.PROXY:  # refused: stop at once
             stop = Stop(refused_stop(result.error))
         if stop is not None:
@@ -354,7 +355,7 @@ class Engine:
                 "ADBATCH_TOKEN, or the client credentials"
             )
         return unreachable_stop(state.first_fatal) or (
-            f"cannot reach the delivery endpoint {self.config.endpoint} "
+            f"cannot reach the delivery endpoint {without_credentials(self.config.endpoint)} "
             f"({state.first_fatal}); check --endpoint and that the server is up"
         )
 
