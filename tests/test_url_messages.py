@@ -4,18 +4,22 @@
   is one line and exit 2, naming where it came from, wherever it is given: --endpoint,
   --token-url, --proxy, an input URL, ADBATCH_ENDPOINT, HTTPS_PROXY/HTTP_PROXY.
 - A message never shows an endpoint's or a token URL's password or query values (the
-  --endpoint and --token-url errors, the run's stop on stderr and in --summary), as
-  `config --show` does not.
+  --endpoint and --token-url errors, the run's stops (unreachable, TLS) on stderr and in
+  --summary), as `config --show` does not.
 """
 
 from __future__ import annotations
 
+import shutil
 import socket
+import ssl
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pytest
+from tls_pki import make_pki
 
 from engine.cli.main import main
 
@@ -184,6 +188,60 @@ def test_the_unreachable_stop_hides_the_password_and_query_values(
     assert "Traceback" not in err
     written = summary.read_text()
     assert f"cannot reach the delivery endpoint {shown} (" in written
+    for text in (out, err, written):
+        assert PASSWORD not in text
+        assert QUERY_VALUE not in text
+
+
+@pytest.fixture
+def untrusted_tls(tmp_path: Path) -> Iterator[int]:
+    """A loopback TLS listener whose certificate no CA here trusts (the test CA's)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is missing")
+    pki = make_pki(tmp_path / "pki")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pki.good, pki.server_key)
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+    done = threading.Event()
+
+    def serve() -> None:
+        while not done.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:  # the accept timed out: look at `done` again
+                continue
+            with conn:
+                conn.settimeout(5)
+                try:
+                    context.wrap_socket(conn, server_side=True).close()
+                except OSError:  # the client refuses the certificate: the point
+                    pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        done.set()
+        thread.join()
+        listener.close()
+
+
+@pytest.mark.slow  # makes a PKI with openssl
+def test_the_tls_stop_hides_the_password_and_query_values(
+    events: Path, untrusted_tls: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    endpoint = f"https://u:{PASSWORD}@127.0.0.1:{untrusted_tls}/x?apikey={QUERY_VALUE}"
+    summary = tmp_path / "summary.json"
+    argv = ["run", "--token", TOKEN, "--endpoint", endpoint, "-o", str(tmp_path / "out.jsonl")]
+    assert main([*argv, "--summary", str(summary), str(events)]) == 3
+    out, err = capsys.readouterr()
+    shown = f"https://u:[redacted]@127.0.0.1:{untrusted_tls}/x?apikey=[redacted]"
+    assert f"(delivery endpoint {shown})" in err
+    assert "Traceback" not in err
+    written = summary.read_text()
+    assert f"(delivery endpoint {shown})" in written
     for text in (out, err, written):
         assert PASSWORD not in text
         assert QUERY_VALUE not in text
