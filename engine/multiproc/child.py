@@ -15,8 +15,13 @@ Rules:
 - The messages are engine/multiproc/messages.py's. The worker listens until it has sent
   `Done`, so token answers still arrive after the last batch.
 - Signals: the worker ignores SIGINT and SIGTERM (the parent decides and sends `Halt`).
-  A parent that is gone (the pipe ends before `Done`) halts the worker the same way:
-  no new calls, those in flight get --grace to end and be written.
+- A worker dies with its parent and writes nothing after it: a parent that is gone
+  (kill -9) must not have workers appending late records to an output a `--resume` is
+  already reading (their events twice in the file, their calls sent twice). On Linux the
+  kernel kills the worker (PR_SET_PDEATHSIG); elsewhere, and as a backstop, the pipe
+  ending before `Done` stops it at once: no new calls, and those in flight are cut off
+  and never written. They are lost, as a 1-process run's calls in flight are after its
+  kill -9, and `--resume` sends them.
 - The worker never sees client credentials: its `FollowerToken` holds what the parent
   pushed, and asks the parent (the run's one token broker) after a 401.
 """
@@ -28,6 +33,7 @@ import contextvars
 import math
 import os
 import signal
+import sys
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from functools import partial
@@ -72,7 +78,7 @@ from engine.runtime.watch import count_in_flight
 _Go = Callable[..., Awaitable[object]]  # (emit, *, write_now) -> the job's extra
 _REPORT_S = 0.02  # how often a worker that writes the output itself reports its count
 _LIVE_S = 0.5  # how often a watched run's worker sends its figures (LiveFigures)
-_PARENT_GONE = "the parent process ended"
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _NO_LEASE = Lease(None, 0.0)  # no header now: wait for the parent's next push
 
 
@@ -136,12 +142,17 @@ class _Worker:
         async with self.lock:
             try:
                 await self.writer.send(message)
-            except OSError:  # the parent was killed: finish the calls in flight, then end
-                self.parent_gone = True
-                self.halt(_PARENT_GONE, self.config.grace)
+            except OSError:  # the parent was killed
+                self.orphaned()
 
     async def _ask(self, used: str | None) -> tuple[bool, Lease]:
         return await self.answers.ask(used, partial(self.send, Refresh(used)))
+
+    def orphaned(self) -> None:
+        """The parent is gone: stop at once and write nothing more (the module's rules)."""
+        self.parent_gone = True
+        if self.tg is not None:
+            self.tg.cancel_scope.cancel()
 
     def halt(self, reason: str, grace: float) -> None:
         if self.engine is None or self.tg is None:
@@ -159,8 +170,8 @@ class _Worker:
                     message = await messages.recv()
                 except (EOFError, OSError):
                     # The parent is gone (killed: a normal end closes the pipe only after
-                    # Done): start no more calls, let those in flight end and be written.
-                    self.halt(_PARENT_GONE, self.config.grace)
+                    # Done, a failed one when it gives up on the run).
+                    self.orphaned()
                     return
                 match message:
                     case Units() | Span():
@@ -193,6 +204,8 @@ class _Worker:
 
     def write(self, batch: list[Result]) -> None:
         assert self.sink is not None
+        if self.parent_gone:  # a --resume may be reading the output already
+            return
         if self.schedule is not None:
             record_schedule(self.schedule, batch)
         for part in jsonl_parts(kept(batch, self.config.records)):  # big answers: one by one
@@ -331,15 +344,38 @@ async def _work(start: Start, conn: Connection) -> None:
     await _Worker(start, conn).run()
 
 
-def worker_main(index: int, conn: Connection, inherited: tuple[int, ...] = ()) -> None:
+def _die_with_parent(parent: int | None) -> bool:
+    """Have the kernel SIGKILL this process when its parent dies (Linux); False when
+    the parent (pid `parent`) is gone already.
+
+    Subtleness: the parent may die between the fork and the prctl, and then no signal
+    ever comes; the worker has been reparented by then, which getppid() shows. The
+    signal follows the parent's thread that started the worker: the run's loop thread,
+    which joins the workers before it ends."""
+    if sys.platform.startswith("linux"):
+        import ctypes  # imported by every worker anyway (runtime/malloc.py)
+
+        with contextlib.suppress(OSError, AttributeError):
+            args = (_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)  # unsigned longs
+            ctypes.CDLL(None, use_errno=True).prctl(*map(ctypes.c_ulong, args))
+    return parent is None or os.getppid() == parent
+
+
+def worker_main(
+    index: int, conn: Connection, inherited: tuple[int, ...] = (), parent: int | None = None
+) -> None:
     """A worker process: waits for its share of the run, then runs it on its own event
     loop (uvloop when installed) until the parent ends it.
 
     `inherited`: the parent's ends of the pipes a forked worker got a copy of (its own
     and the earlier workers'); closed first, so each pipe ends when the parent closes it.
+    `parent`: the parent's pid; the worker dies with it (the module's rules).
     """
+    if not _die_with_parent(parent):
+        conn.close()
+        return
     # Ctrl-C reaches the whole process group: the parent decides (it halts the workers
-    # with --grace), and a worker whose parent is gone finishes its calls on its own.
+    # with --grace).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     for fd in inherited:

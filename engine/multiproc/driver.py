@@ -116,7 +116,7 @@ def start_workers(count: int, method: StartMethod | None = None) -> list[WorkerH
         )
         process = ctx.Process(
             target=worker_main,
-            args=(index, child_conn, inherited),
+            args=(index, child_conn, inherited, os.getpid()),
             name=f"adbatch-worker-{index}",
             daemon=True,
         )
@@ -172,7 +172,8 @@ class LiveSum:
 
 async def _stop_processes(workers: list[WorkerHandle]) -> None:
     # After a normal end every pipe is closed already; after a failure closing them
-    # makes each worker's listener see EOF, so it finishes its calls and exits.
+    # makes each worker's listener see EOF, so it stops at once and writes nothing more
+    # (engine/multiproc/child.py's rules): --resume sends its calls in flight.
     with anyio.CancelScope(shield=True):
         for worker in workers:
             if not worker.conn.closed:
