@@ -9,8 +9,8 @@ Rules:
   bounded by `max_line_bytes` whatever the input holds.
 - Gzip is recognised by its magic bytes in a `.gz` file or on stdin; the format (JSONL or CSV)
   by the name without `.gz`, or the explicit `input_format`.
-- Reading is synchronous and streamed; runtime/feeds.py calls `next_batch` from a worker
-  thread so the event loop never blocks on a disk or a pipe.
+- Reading is synchronous and streamed; runtime/feeds.py pulls the items on a thread of
+  their own (or, for local files, in the loop's) so the loop never blocks on a pipe.
 """
 
 from __future__ import annotations
@@ -24,8 +24,7 @@ import sys
 import zlib
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
-from itertools import islice
-from typing import BinaryIO, Literal, TypeVar
+from typing import BinaryIO, Literal
 
 from engine.config import DEFAULT_MAX_LINE_BYTES, Format
 from engine.core.events import (
@@ -43,8 +42,6 @@ from engine.files.jsonlines import parse_json_line as parse_json_line  # re-expo
 from engine.files.position import Counted
 from engine.files.position import input_size as input_size  # re-exported
 from engine.files.storage import StorageOptions, is_url, open_read, source_name
-
-T = TypeVar("T")
 
 STDIN = "-"
 STDIN_NAME = "<stdin>"
@@ -83,6 +80,7 @@ def check_inputs(
     process substitution's `/dev/fd/N`. A Parquet file (never a pipe: it is read from
     its end) has its footer read now, so a bad one is exit 2 before any call."""
     paths = list(paths)
+    streams: set[tuple[int, int]] = set()  # the pipes and devices named so far
     for path in paths:
         if path == STDIN or is_url(path):  # a URL was listed when expanded (files/storage.py)
             continue
@@ -93,6 +91,11 @@ def check_inputs(
             raise InputError(f"cannot read input {path}: {reason}") from None
         if stat.S_ISDIR(info.st_mode):
             raise InputError(f"input {path} is a directory, not a file of events")
+        if not stat.S_ISREG(info.st_mode):
+            # Read to its end once, a pipe's second open waits for a writer forever.
+            if (info.st_dev, info.st_ino) in streams:
+                raise InputError(f"input {path} is a pipe or a device: it can be read only once")
+            streams.add((info.st_dev, info.st_ino))
         if not os.access(path, os.R_OK):
             raise InputError(f"cannot read input {path}: Permission denied")
     for path in paths:
@@ -348,11 +351,6 @@ def read_items(
             seq = yield from (items if shard is None else _sharded(items, shard, counts))
         finally:
             close()
-
-
-def next_batch(items: Iterator[T], size: int) -> list[T]:
-    """Up to `size` items; an empty list means the input is done."""
-    return list(islice(items, size))  # a C loop: half the per-item cost of a for loop
 
 
 # -- units: input records split off before parsing (multi-process runs) -----------------

@@ -1,9 +1,11 @@
 """Feeds: where the engine's items come from, as batches (async generators).
 
 `thread_batches` is the one loop that reads input in batches; every driver reads
-through it. A batch is read on a worker thread (the event loop never waits on a pipe, a
-terminal, a store or a network filesystem), except when every input is a regular file
-of lines on a local filesystem (`reads_inline`): then in the loop's own thread, between
+through it. The items are read on a thread of their own and taken as they come
+(runtime/readahead.py: the event loop never waits on a pipe, a terminal, a store or a
+network filesystem, and an item read is never held back for the next ones), except
+when every input is a regular file of lines on a local filesystem (`reads_inline`):
+then in the loop's own thread, between
 its turns, for at most INLINE_SLICE_S at a time (then the batch is cut short). Such a
 read does not block (the page cache, read ahead), and the parsing is CPU the loop could
 not have run meanwhile anyway (the GIL); a second thread only fought for the GIL, which
@@ -19,13 +21,12 @@ from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
     Callable,
-    Generator,
     Iterable,
     Iterator,
     Mapping,
 )
-from contextlib import aclosing, suppress
-from typing import Any, TypeVar
+from contextlib import aclosing
+from typing import TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -35,8 +36,9 @@ from engine.core.events import EventDefaults, Invalid, Item, ReadCounts, make_ev
 from engine.core.shard import ShardSpec
 from engine.files.localfs import is_local_file
 from engine.files.resume import ResumeIndex
-from engine.files.sources import STDIN, next_batch, read_items, source_format
+from engine.files.sources import STDIN, read_items, source_format
 from engine.files.storage import is_url
+from engine.runtime.readahead import ReadAhead
 
 Feed = AsyncGenerator[list[Item], None]
 READ_BATCH = 256
@@ -44,35 +46,30 @@ T = TypeVar("T")
 
 
 async def thread_batches(
-    items: Iterator[T],
-    size: int = READ_BATCH,
-    *,
-    reader: Generator[Any, None, None] | None = None,
-    inline: bool = False,
+    items: Iterator[T], size: int = READ_BATCH, *, inline: bool = False
 ) -> AsyncGenerator[list[T], None]:
-    """`items` in lists of up to `size`, each list read on a worker thread (`inline`: in
-    the loop's thread; see the module's rules).
+    """`items` in lists of up to `size`: read on a thread of their own and taken as they
+    come (runtime/readahead.py: an item never waits for the next ones), or, `inline`,
+    read in the loop's thread (see the module's rules).
 
-    A cancelled read is abandoned (`abandon_on_cancel`): a halted run must not wait for
-    a read blocked on a silent pipe. At the end `reader` (default: `items`, when it is a
-    generator) is closed, unless that abandoned read is still running it.
-    """
-    owner = reader if reader is not None else items
-    try:
-        if inline:
-            while batch := _slice(items, size):
+    At the end the items are closed (a generator's files), but by a thread blocked in a
+    read of a silent pipe: a halted run does not wait for it."""
+    if not inline:
+        ahead = ReadAhead(items, 2 * size)
+        try:
+            while batch := await ahead.take(size):
                 yield batch
-                await anyio.lowlevel.checkpoint()  # the loop's turn between batches
-            return
-        while batch := await anyio.to_thread.run_sync(
-            next_batch, items, size, abandon_on_cancel=True
-        ):
+        finally:
+            ahead.close()
+        return
+    try:
+        while batch := _slice(items, size):
             yield batch
+            await anyio.lowlevel.checkpoint()  # the loop's turn between batches
     finally:
-        close = getattr(owner, "close", None)
+        close = getattr(items, "close", None)
         if close is not None:
-            with suppress(ValueError):  # "generator already executing": the abandoned read
-                close()
+            close()
 
 
 #: The longest an inline read holds the loop before the loop gets a turn: the GIL's
