@@ -275,6 +275,23 @@ async def test_start_refused_is_fast_and_names_the_url(token_mock: MockHandle) -
 
 
 @pytest.mark.anyio
+async def test_the_token_url_s_password_and_query_values_are_never_shown(
+    token_mock: MockHandle,
+) -> None:
+    """The token URL in a message is shown as `config --show` shows it."""
+    base = token_mock.token_url.replace("http://", "http://ops:pa55word@")
+    url = base + "?tenant=acme-9f3k&region=eu"
+    async with TokenClient(url, client_id="c", client_secret="not-the-secret", timeout=5) as client:
+        with anyio.fail_after(5), pytest.raises(AuthError) as info:
+            await OAuthToken(client, wait=30.0, clock=FakeClock()).start()
+    message = str(info.value)
+    assert "pa55word" not in message
+    assert "acme-9f3k" not in message
+    shown = token_mock.token_url.replace("http://", "http://ops:[redacted]@")
+    assert message.startswith(f"token endpoint {shown}?tenant=[redacted]&region=[redacted] ")
+
+
+@pytest.mark.anyio
 async def test_start_with_endpoint_down_gives_up_after_the_wait() -> None:
     async with running_mock(MockConfig(token_down=True)) as mock:
         async with client_for(mock) as client:

@@ -36,6 +36,7 @@ from engine.core.tokenwindow import (
     TokenWindow,
     startup_delay,
 )
+from engine.core.urls import without_credentials
 from engine.errors import AuthError
 from engine.net.auth import MONOTONIC, Clock, Lease, SingleFlight, move_on_at
 
@@ -92,6 +93,11 @@ class OAuthToken:
         self.stats = TokenStats()
 
     @property
+    def _shown_url(self) -> str:
+        """The token URL as messages show it: no password, no query values."""
+        return without_credentials(self._source.url)
+
+    @property
     def window(self) -> TokenWindow:
         """The current token's window (on the provider's clock)."""
         return self._window
@@ -121,7 +127,7 @@ class OAuthToken:
         return header
 
     def _no_fresh_token(self) -> str:
-        text = f"token endpoint {self._source.url} gave no fresh token within {self._wait:g}s"
+        text = f"token endpoint {self._shown_url} gave no fresh token within {self._wait:g}s"
         text += " (--token-wait)"
         return text + (f": {self._last_failure}" if self._last_failure else "")
 
@@ -190,7 +196,7 @@ class OAuthToken:
 
     async def start(self) -> None:
         """Get the first token, before any delivery call; raises AuthError."""
-        url = self._source.url
+        url = self._shown_url
         deadline = self._clock.now() + self._wait
         attempt = 0
         while True:
@@ -246,7 +252,7 @@ class OAuthToken:
             if (refused and (expired or self._forced)) or (expired and now - started >= self._wait):
                 why = "it expired" if expired else "the delivery host refused it (HTTP 401)"
                 self._failed = (
-                    f"token endpoint {self._source.url} could not renew the token "
+                    f"token endpoint {self._shown_url} could not renew the token "
                     f"and {why}: {outcome.message}"
                 )
                 self._usable_until = -math.inf  # nothing more goes out with it

@@ -24,6 +24,7 @@ from engine.core.proxies import Proxies, refusal, unreachable
 from engine.core.records import ErrorKind
 from engine.core.secrets import Secrets
 from engine.core.tokenwindow import TokenFailure, TokenGrant, endpoint_message, parse_token_answer
+from engine.core.urls import without_credentials
 from engine.net.bodies import ACCEPT_ENCODING, BodyError, read_body
 from engine.net.proxy import aiohttp_proxy
 from engine.net.tls import client_context, tls_failure
@@ -131,7 +132,8 @@ class TokenClient:
                 return TokenFailure("unavailable", unreachable(self._via, reason))
             return TokenFailure("unavailable", f"cannot connect: {reason}")
         except aiohttp.ClientError as exc:
-            if (failure := tls_failure(exc, self.url)) is not None:  # an alert after TLS 1.3
+            # an alert after TLS 1.3's handshake
+            if (failure := tls_failure(exc, without_credentials(self.url))) is not None:
                 return TokenFailure("tls", failure)
             return TokenFailure(
                 "unavailable", endpoint_message(f"{type(exc).__name__}: {exc}", self._secrets)
