@@ -7,8 +7,13 @@ Rules:
   `corrected` from the scheduled time (what a user arriving on schedule waited, wrk2's
   coordinated-omission correction). Without a schedule the two are the same.
 - Memory does not grow with run length: the histograms are log-linear (stats.py), and
-  the series keeps at most `max_points` buckets: past that, neighbours merge and the
-  bucket width doubles (1 s, 2 s, 4 s, ...).
+  the series keeps at most `max_points` buckets spanning at most `max_points` widths:
+  past that, neighbours merge and the bucket width doubles (1 s, 2 s, 4 s, ...;
+  buckets.py), however far apart the records' times are.
+- A call whose times (start, send, end) lie past `FAR` seconds from the epoch (1e300,
+  epoch milliseconds by mistake) or whose correction overflows is counted, in the
+  totals and histograms, but placed on no second: it would widen every bucket to
+  millennia, or overflow a float.
 - A call is placed in time by its scheduled time when it has one, else by its send
   (`series`); a second series (`sends`) places each sent call by its send, so a burst of
   late calls shows there, with the seconds of calls in flight (`busy`).
@@ -24,119 +29,17 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.core.buckets import MAX_POINTS as MAX_POINTS
+from engine.core.buckets import Bucket as Bucket
+from engine.core.buckets import Series as Series
 from engine.core.records import ErrorKind, RecordLine, Result
 from engine.core.stats import PERCENTILES, Histogram
 
-MAX_POINTS = 600
+#: Times placed in the series are within this many seconds of the epoch (31,700 years).
+FAR = 1e12
 #: The label of a failure whose record names no kind (a record of an older version).
 _UNNAMED = "error"
 _SETTLE = 256
-
-
-@dataclass(slots=True)
-class Bucket:
-    """What happened in one slice of time."""
-
-    calls: int = 0
-    ok: int = 0
-    errors: int = 0
-    dropped: int = 0
-    statuses: Counter[str] = field(default_factory=Counter)
-    latency: Histogram = field(default_factory=Histogram)
-    corrected: Histogram = field(default_factory=Histogram)
-    #: Error kinds of the failed calls (the error table of a report read from a series).
-    kinds: Counter[str] = field(default_factory=Counter)
-    #: Seconds of calls in flight within the bucket (sends only): / width = mean in flight.
-    busy: float = 0.0
-
-    def merge(self, other: Bucket) -> None:
-        self.calls += other.calls
-        self.ok += other.ok
-        self.errors += other.errors
-        self.dropped += other.dropped
-        self.statuses.update(other.statuses)
-        self.latency.merge(other.latency)
-        self.corrected.merge(other.corrected)
-        self.kinds.update(other.kinds)
-        self.busy += other.busy
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "calls": self.calls,
-            "ok": self.ok,
-            "errors": self.errors,
-            "dropped": self.dropped,
-            "statuses": dict(self.statuses),
-            "kinds": dict(self.kinds),
-            "busy_s": round(self.busy, 6),
-            "latency": self.latency.to_dict(),
-            "corrected": self.corrected.to_dict(),
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Bucket:
-        return cls(
-            calls=int(data.get("calls", 0)),
-            ok=int(data.get("ok", 0)),
-            errors=int(data.get("errors", 0)),
-            dropped=int(data.get("dropped", 0)),
-            statuses=Counter({str(k): int(v) for k, v in data.get("statuses", {}).items()}),
-            latency=Histogram.from_dict(data.get("latency", {})),
-            corrected=Histogram.from_dict(data.get("corrected", {})),
-            kinds=Counter({str(k): int(v) for k, v in data.get("kinds", {}).items()}),
-            busy=float(data.get("busy_s", 0.0)),
-        )
-
-
-class Series:
-    """Buckets of `width` seconds from `origin`; at most `max_points` of them."""
-
-    __slots__ = ("_buckets", "max_points", "origin", "width")
-
-    def __init__(self, *, origin: float, width: float = 1.0, max_points: int = MAX_POINTS) -> None:
-        self.origin = origin
-        self.width = width
-        self.max_points = max(2, max_points)
-        self._buckets: dict[int, Bucket] = {}
-
-    def at(self, t: float) -> Bucket:
-        index = math.floor((t - self.origin) / self.width)
-        bucket = self._buckets.get(index)
-        if bucket is None:
-            bucket = self._buckets[index] = Bucket()
-            if len(self._buckets) > self.max_points:
-                self._coarsen()
-                return self.at(t)
-        return bucket
-
-    def _coarsen(self) -> None:
-        # floor((t-o)/2w) == floor(floor((t-o)/w) / 2), so merged buckets stay exact.
-        merged: dict[int, Bucket] = {}
-        for index, bucket in self._buckets.items():
-            target = merged.get(index // 2)
-            if target is None:
-                merged[index // 2] = bucket
-            else:
-                target.merge(bucket)
-        self._buckets = merged
-        self.width *= 2
-
-    def take(self, before: float) -> list[tuple[float, Bucket]]:
-        """Remove and return the buckets that end at or before time `before`."""
-        done = sorted(
-            i for i in self._buckets if self.origin + (i + 1) * self.width <= before
-        )
-        return [(i * self.width, self._buckets.pop(i)) for i in done]
-
-    def points(self) -> list[tuple[float, Bucket]]:
-        """(seconds from the origin, bucket), in time order, gaps included as empty."""
-        if not self._buckets:
-            return []
-        low, high = min(self._buckets), max(self._buckets)
-        return [
-            (index * self.width, self._buckets.get(index) or Bucket())
-            for index in range(low, high + 1)
-        ]
 
 
 def _pcts(hist: Histogram) -> dict[str, float | None]:
@@ -212,12 +115,26 @@ def make_call(
     corrected = latency_ms
     if latency_ms is not None and sent_at is not None and scheduled_at is not None:
         corrected = max(0.0, (sent_at - scheduled_at) * 1000.0) + latency_ms
+        if not math.isfinite(corrected):  # absurd times: not a latency anyone waited
+            corrected = None
     start = scheduled_at if scheduled_at is not None else sent_at
     if start is None:
         return None
     key = str(status) if status is not None else (error_kind or _UNNAMED)
     dropped = error_kind == ErrorKind.DROPPED
     return Call(start, key, error_kind, dropped, ok, latency_ms, corrected, sent_at)
+
+
+def _near(call: Call, end: float) -> bool:
+    """True when `call` (ending at `end`) can be placed in time (`FAR`)."""
+    sent = call.start if call.sent_at is None else call.sent_at
+    done = sent + (call.latency_ms or 0.0) / 1000.0
+    return (
+        -FAR <= call.start <= FAR
+        and -FAR <= end <= FAR
+        and -FAR <= sent <= FAR
+        and -FAR <= done <= FAR
+    )
 
 
 @dataclass(slots=True)
@@ -278,9 +195,9 @@ class Figures:
             self.latency.record(latency_ms)
         if corrected is not None:
             self.corrected.record(corrected)
-        if call is None:
+        end = 0.0 if call is None else call.start + (corrected or 0.0) / 1000.0
+        if call is None or not _near(call, end):
             return
-        end = call.start + (corrected or 0.0) / 1000.0
         if self.first is None or call.start < self.first:
             self.first = call.start
         if self.last is None or end > self.last:
@@ -316,6 +233,8 @@ class Figures:
         the scheduled view, the run's totals too."""
         bucket = Bucket.from_dict(line)
         at = origin + float(line["t"])
+        if not -FAR <= at <= FAR:
+            raise ValueError(f"t out of range: {at}")
         if self.series is None:
             self._open(origin)
         assert self.series is not None

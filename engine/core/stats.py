@@ -30,6 +30,10 @@ THRESHOLD_FAILED = 4
 _PRECISION = 0.01
 _LOG_BASE = math.log1p(_PRECISION)
 _MIN_MS = 0.001  # one microsecond: below it every value shares bucket 0
+#: Above it every value shares the top bucket (an absurd record's 1e308 would overflow
+#: v / _MIN_MS, and its index, to infinity); min, max and the total keep the value.
+_MAX_MS = 1e300
+_TOP = int(math.log(_MAX_MS / _MIN_MS) / _LOG_BASE)
 
 
 class Histogram:
@@ -45,7 +49,7 @@ class Histogram:
         self.max = 0.0
 
     def record(self, value_ms: float) -> None:
-        v = value_ms if value_ms > _MIN_MS else _MIN_MS
+        v = (value_ms if value_ms < _MAX_MS else _MAX_MS) if value_ms > _MIN_MS else _MIN_MS
         self._buckets[int(math.log(v / _MIN_MS) / _LOG_BASE)] += 1
         self.count += 1
         self.total += value_ms
@@ -58,10 +62,12 @@ class Histogram:
         """`record` each of `values_ms` (one call per batch of records)."""
         if not values_ms:
             return
-        buckets, log, base = self._buckets, math.log, _LOG_BASE
+        buckets, log, base, top = self._buckets, math.log, _LOG_BASE, _MAX_MS
         total = self.total  # added one by one, in order: the same float as `record`'s
         for v in values_ms:
-            buckets[int(log((v if v > _MIN_MS else _MIN_MS) / _MIN_MS) / base)] += 1
+            buckets[
+                int(log(((v if v < top else top) if v > _MIN_MS else _MIN_MS) / _MIN_MS) / base)
+            ] += 1
             total += v
         self.count += len(values_ms)
         self.total = total
@@ -103,6 +109,8 @@ class Histogram:
         for index in sorted(self._buckets):
             seen += self._buckets[index]
             if seen >= rank:
+                if index >= _TOP:  # the top bucket has no middle: its values are unbounded
+                    return self.max
                 # The bucket's middle, kept inside what was really seen.
                 value = _MIN_MS * math.exp((index + 0.5) * _LOG_BASE)
                 return min(max(value, self.min), self.max)
@@ -129,7 +137,8 @@ class Histogram:
         hist = cls()
         buckets = data.get("buckets", {})
         assert isinstance(buckets, dict)
-        hist._buckets.update({int(k): int(v) for k, v in buckets.items()})
+        for k, v in buckets.items():  # a --series file's: no index past the top bucket
+            hist._buckets[min(int(k), _TOP)] += int(v)
         hist.count = int(data.get("count", 0))  # type: ignore[call-overload]
         hist.total = float(data.get("total", 0.0))  # type: ignore[arg-type]
         low = data.get("min")

@@ -219,7 +219,9 @@ def table(rows: Sequence[Sequence[str]]) -> str:
 
 
 def _ms(v: object) -> str:
-    return f"{v:.1f}" if isinstance(v, int | float) else "-"
+    if not isinstance(v, int | float):
+        return "-"
+    return f"{v:.1f}" if abs(v) < 1e15 else f"{v:.3e}"  # 1e308 ms: not 309 digits
 
 
 _CSS = """
