@@ -28,6 +28,7 @@ from engine.cli.run import finish_run
 from engine.core.query import Request
 from engine.core.records import Response
 from engine.core.stats import Summary
+from engine.errors import AuthError
 from engine.load.plan import LoadOutcome
 from engine.mock import MockConfig, MockHandle, running_mock
 from engine.net.auth import StaticToken, TokenProvider
@@ -91,6 +92,16 @@ class _FlakyToken(StaticToken):
         return super().authorization()
 
 
+class _RevokedToken(StaticToken):
+    """A token store whose token is never usable, and whose error quotes the token."""
+
+    def authorization(self) -> str | None:
+        return None  # the mandatory window: the call waits for a fresh one
+
+    async def wait_authorization(self) -> str | None:
+        raise AuthError(f"the store says {MOCK_TOKEN} was revoked")
+
+
 class _OneBadEvent:
     """A Transport that raises for one visitor's call and sends the others."""
 
@@ -151,6 +162,19 @@ async def test_a_transport_that_raises_for_one_event(
     assert records[7]["error_kind"] == "internal"
     assert all(r["ok"] for seq, r in records.items() if seq != 7)
     assert summary.exit_code == 1
+
+
+async def test_a_stop_reason_that_quotes_the_token_is_redacted(
+    mock: MockHandle, write_jsonl: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Whoever wrote it, a stop reason reaches stderr and --summary: redacted where the
+    run's stop is set."""
+    out = tmp_path / "out.jsonl"
+    config = config_for(mock, write_jsonl(_events(5)), out)
+    summary = await _run_with(config, tokens=_RevokedToken(MOCK_TOKEN))
+    assert summary.stopped == "the store says [redacted] was revoked"
+    assert summary.exit_code == 3
+    assert mock.state.delivery_requests == 0
 
 
 async def test_twenty_internal_errors_in_a_row_stop_the_run_with_70(
