@@ -1,7 +1,5 @@
 """`python -m engine` is the `adbatch` command."""
 
-import sys
+from engine.cli.main import entry
 
-from engine.cli.main import main
-
-sys.exit(main())
+entry()

@@ -145,3 +145,38 @@ def test_the_same_pipe_twice_is_refused(tmp_path: Path) -> None:
     done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=20)
     assert done.returncode == 2
     assert done.stderr.strip().endswith("is a pipe or a device: it can be read only once")
+
+
+@pytest.mark.slow
+def test_a_run_that_stops_while_stdin_stays_open_ends_with_its_code(tmp_path: Path) -> None:
+    """The run stops (30 events for an endpoint nobody listens on: exit 3) while stdin
+    is still open and silent: the process ends at once with 3, the read-ahead thread
+    still blocked in its read. (A daemon thread holding stdin's lock made the
+    interpreter abort at exit, 134; a thread the interpreter waits for would hold the
+    exit until stdin closed.)"""
+    out = tmp_path / "out.jsonl"
+    argv = [sys.executable, "-m", "engine", "run", "-", "-o", str(out), "--no-progress"]
+    argv += ["--endpoint", "http://127.0.0.1:1/d", "--token", "tok-12345678", "--retries", "0"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert proc.stdin is not None
+    assert proc.stderr is not None
+    try:
+        proc.stdin.write(
+            b"".join(orjson.dumps({**EVENT, "id": f"e{i}"}) + b"\n" for i in range(30))
+        )
+        proc.stdin.flush()
+        code = proc.wait(30)  # stdin is still open here
+        err = proc.stderr.read().decode()
+    finally:
+        proc.stdin.close()
+        proc.stderr.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert code == 3, err
+    assert "Fatal Python error" not in err
+    assert "cannot reach the delivery endpoint" in err
+    records = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+    assert 20 <= len(records) <= 30  # the streak that stops it, and the calls in flight
+    assert {r["error_kind"] for r in records} == {"connect"}

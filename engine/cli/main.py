@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from engine.cli.commands import COMMANDS, command_help
 from engine.cli.common import PROG, Parser, say
@@ -153,6 +154,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         say("interrupted")
         return 130
+
+
+def entry() -> NoReturn:
+    """The `adbatch` command (and `python -m engine`): `main`, then the process ends
+    with its code, at once when an input thread is still blocked in a read (stdin that
+    stays open): the interpreter would wait for that read, and the run is over."""
+    code = main()
+    from engine.runtime.readahead import left_reading
+
+    if left_reading():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 def _command_parser(parser: Parser, command: str) -> Parser:

@@ -13,8 +13,11 @@ Rules:
 - An exception the items raise reaches the consumer after every item read before it.
 - `close` stops the thread, which closes the items (a generator's `finally` closes its
   files) in its own thread, the one running them; `close` waits for that unless the
-  thread is blocked in a read (a silent pipe): that thread is abandoned, daemon, its
-  items unclosed (nothing may wait for it).
+  thread is blocked in a read (a silent pipe): that thread is left behind, its items
+  unclosed (nothing may wait for it). It is not a daemon: at interpreter shutdown a
+  daemon thread holding stdin's lock made Python abort ("could not acquire lock for
+  <stdin>"). The command line leaves without waiting for it (`left_reading`,
+  engine/cli/main.py `entry`); a library caller's interpreter waits for its read to end.
 """
 
 from __future__ import annotations
@@ -30,12 +33,22 @@ T = TypeVar("T")
 
 #: How long `close` waits for a thread that is between two reads to end.
 _JOIN_S = 1.0
+THREAD_NAME = "adbatch-input"
+
+
+def left_reading(wait: float = 0.2) -> bool:
+    """Whether a read-ahead thread is still blocked in a read (a silent pipe), after
+    giving each up to `wait` seconds to end."""
+    threads = [t for t in threading.enumerate() if t.name == THREAD_NAME]
+    for thread in threads:
+        thread.join(wait)
+    return any(thread.is_alive() for thread in threads)
 
 
 class ReadAhead(Generic[T]):
     """`items` read on a thread; `await take(n)`: up to n items, [] at their end."""
 
-    def __init__(self, items: Iterator[T], ahead: int, *, name: str = "adbatch-input") -> None:
+    def __init__(self, items: Iterator[T], ahead: int) -> None:
         self._items = items
         self._ahead = max(1, ahead)
         self._buffer: deque[T] = deque()
@@ -46,7 +59,7 @@ class ReadAhead(Generic[T]):
         self._error: BaseException | None = None
         self._stopping = False
         self._reading = False
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=False)
         self._thread.start()
 
     # -- the reading thread
