@@ -233,3 +233,28 @@ def test_cli_report_of_a_hostile_output_file(tmp_path: Path) -> None:
     assert data["latency_ms"]["max"] == BIG
     assert html.read_text().count("<svg") == 6
     assert out.read_bytes() == raw  # the records stay what they are
+
+
+@pytest.mark.parametrize(
+    ("first", "shown"),
+    [
+        pytest.param(3e11, "start 3e+11 s from the epoch", id="after-year-9999"),
+        pytest.param(-7e10, "start -7e+10 s from the epoch", id="before-year-1"),
+    ],
+)
+def test_html_report_of_a_run_that_starts_where_no_date_is(
+    tmp_path: Path, first: float, shown: str
+) -> None:
+    """The HTML report says when the run started: a start no calendar date holds is
+    shown in seconds, not a traceback (`year 11476 is out of range`)."""
+    out, html = tmp_path / "out.jsonl", tmp_path / "r.html"
+    out.write_bytes(orjson.dumps(record(0, sent_at=first)) + b"\n")
+    done = subprocess.run(
+        [sys.executable, "-c", LIMITED, "report", str(out), "--html", str(html)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert shown in html.read_text()

@@ -322,7 +322,10 @@ def _latency_plot(series: Sequence[Mapping[str, Any]]) -> str:
 def _when(epoch: object) -> str:
     if not isinstance(epoch, int | float):
         return "-"
-    return datetime.fromtimestamp(epoch, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    try:
+        return datetime.fromtimestamp(epoch, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (ValueError, OverflowError, OSError):  # past year 9999 or before year 1
+        return f"{epoch:g} s from the epoch"
 
 
 def _run_info(data: Mapping[str, Any]) -> str:
