@@ -131,6 +131,18 @@ def test_config_show_with_an_unreadable_endpoint(
     assert PASSWORD not in out + err
 
 
+def test_config_show_with_a_password_that_ends_the_host_part(
+    events: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    endpoint = f"https://u:pa#{PASSWORD}@h/d"
+    # (it is no valid endpoint: its port reads as "pa", exit 2, the values shown anyway)
+    assert main(["config", "--show", "--token", TOKEN, "--endpoint", endpoint, str(events)]) == 2
+    out, err = capsys.readouterr()
+    assert 'endpoint = "https://[redacted]@h/d"' in out
+    assert "got 'https://[redacted]@h/d'" in _one_line(err)
+    assert PASSWORD not in out + err
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -154,6 +166,17 @@ def test_config_show_with_an_unreadable_endpoint(
             ["--client-id", "c", "--token-url", f"ftp://u:{PASSWORD}@h/t?k={QUERY_VALUE}"],
             "--token-url must be an http(s) URL, got 'ftp://u:[redacted]@h/t?k=[redacted]'",
             id="token-url-scheme",
+        ),
+        # A password holding '#', '/' or '?' (not percent-encoded) ends the host part
+        # early: what reads as its port is the password's start, the rest looks a path.
+        *(
+            pytest.param(
+                ["--endpoint", f"https://u:pa{mark}{PASSWORD}@127.0.0.1/d?k={QUERY_VALUE}"],
+                "--endpoint: the port must be 1..65535, got "
+                "'https://[redacted]@127.0.0.1/d?k=[redacted]'",
+                id=f"password-holding-{name}",
+            )
+            for mark, name in (("#", "hash"), ("/", "slash"), ("?", "question-mark"))
         ),
     ],
 )

@@ -35,6 +35,15 @@ def split_url(url: str, what: str) -> SplitResult:
         ) from None
 
 
+def _cut_password(netloc: str, url: str) -> bool:
+    """Whether `url`'s host part, as read (`netloc`), looks cut short inside a password:
+    it ends in a ':' and something that is no port, and an '@' comes later in the URL."""
+    _, colon, port = netloc.rpartition(":")
+    if not colon or port.isdigit() or "]" in port:
+        return False
+    return "@" in url.partition(netloc)[2]
+
+
 def without_credentials(url: str) -> str:
     """`url` with its password and its query's values as [redacted]."""
     try:
@@ -42,6 +51,14 @@ def without_credentials(url: str) -> str:
     except ValueError:
         return REDACTED  # cannot tell its credentials apart: show none of it
     netloc = parts.netloc
+    if "@" not in netloc and _cut_password(netloc, url):
+        # A '/', '?' or '#' in the password (not percent-encoded) ended the host part
+        # early: all of it up to the last '@' may be the password.
+        scheme, _, rest = url.partition("://")
+        shown = without_credentials(f"{scheme}://{rest.rpartition('@')[2]}")
+        if not shown.startswith(f"{scheme}://"):
+            return REDACTED
+        return f"{scheme}://{REDACTED}@{shown[len(scheme) + 3 :]}"
     if "@" not in netloc and not parts.query:
         return url  # as given (urlunsplit would drop the empty host of file:///x)
     if "@" in netloc:
