@@ -180,3 +180,18 @@ def test_a_run_that_stops_while_stdin_stays_open_ends_with_its_code(tmp_path: Pa
     records = [orjson.loads(line) for line in out.read_bytes().splitlines()]
     assert 20 <= len(records) <= 30  # the streak that stops it, and the calls in flight
     assert {r["error_kind"] for r in records} == {"connect"}
+
+
+def test_stdin_and_dev_stdin_together_are_refused(tmp_path: Path) -> None:
+    """`-` and `/dev/stdin` name the same pipe: read to its end once."""
+    argv = [sys.executable, "-m", "engine", "run", "--mock", "--no-progress"]
+    argv += ["-", "/dev/stdin", "-o", str(tmp_path / "o.jsonl")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    line = orjson.dumps({**EVENT, "id": "e0"}) + b"\n"
+    done = subprocess.run(argv, input=line, capture_output=True, env=env, timeout=20)
+    assert done.returncode == 2
+    assert (
+        done.stderr.decode()
+        .strip()
+        .endswith("input /dev/stdin is a pipe or a device: it can be read only once")
+    )

@@ -12,6 +12,7 @@ Rules:
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from enum import Enum
 from typing import Literal
@@ -171,6 +172,22 @@ def _lifetime(data: dict[str, object]) -> float | None:
     return float(lifetime)
 
 
+#: A token type worth naming in a message: one short word ("mac", "Basic").
+_TYPE_WORD = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,19}")
+
+
+def _quoted(token_type: object, token: str, secrets: Secrets) -> str:
+    """` 'mac'`: the refused token type, when it is one short word that is neither a
+    secret nor a piece of the token it came with; else nothing (an endpoint may put
+    anything there, the token or part of it included)."""
+    text = str(token_type)
+    if not _TYPE_WORD.fullmatch(text) or text in token:
+        return ""
+    if Secrets((*secrets.texts(), token), min_length=1).redact(text) != text:
+        return ""
+    return f" {text!r}"
+
+
 def _grant(body: bytes, secrets: Secrets) -> TokenGrant | TokenFailure:
     """An HTTP 200 answer: a usable token, or why it is not one (a message that quotes
     the answer quotes it redacted, the token it carried included)."""
@@ -188,10 +205,9 @@ def _grant(body: bytes, secrets: Secrets) -> TokenGrant | TokenFailure:
         )
     token_type = data.get("token_type", "Bearer")
     if not isinstance(token_type, str) or token_type.lower() != "bearer":
-        # Redacted before it is cut short: a cut secret would escape its redaction.
-        also = Secrets((*secrets.texts(), token.strip()), min_length=1)
-        quoted = " ".join(also.redact(str(token_type)).split())[:40]
-        return TokenFailure("refused", f"token_type {quoted!r} is not Bearer")
+        return TokenFailure(
+            "refused", f"token_type{_quoted(token_type, token, secrets)} is not Bearer"
+        )
     lifetime = _lifetime(data)
     if lifetime is None:
         return TokenFailure(

@@ -82,13 +82,17 @@ def check_inputs(
     paths = list(paths)
     streams: set[tuple[int, int]] = set()  # the pipes and devices named so far
     for path in paths:
-        if path == STDIN or is_url(path):  # a URL was listed when expanded (files/storage.py)
+        if is_url(path):  # a URL was listed when expanded (files/storage.py)
             continue
         try:
-            info = os.stat(path)
+            info = os.fstat(0) if path == STDIN else os.stat(path)
         except (OSError, ValueError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
             raise InputError(f"cannot read input {path}: {reason}") from None
+        if path == STDIN:
+            if not stat.S_ISREG(info.st_mode):  # `- /dev/stdin`: the same pipe twice
+                streams.add((info.st_dev, info.st_ino))
+            continue
         if stat.S_ISDIR(info.st_mode):
             raise InputError(f"input {path} is a directory, not a file of events")
         if not stat.S_ISREG(info.st_mode):
