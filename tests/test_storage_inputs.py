@@ -200,6 +200,8 @@ def test_credentials_never_show() -> None:
     assert shown_option("secret", "hunter2") == "secret=[redacted]"
     assert shown_option("aws_session_token", "hunter2") == "aws_session_token=[redacted]"
     assert shown_option("key", "AKIA123") == "key=[redacted]"
+    azure = "DefaultEndpointsProtocol=https;AccountName=a;AccountKey=S3CR3T==;EndpointSuffix=x"
+    assert shown_option("connection_string", azure) == "connection_string=[redacted]"
     assert shown_option("endpoint_url", "http://u:pw@h:9/?sig=s") == (
         "endpoint_url=http://u:[redacted]@h:9/?sig=[redacted]"
     )

@@ -5,7 +5,7 @@ Rules:
   an `?sig=` or `?X-Amz-Signature=`) become [redacted]; the scheme, host and path stay, so
   the message still says which object.
 - A storage option whose key names a credential (key, secret, token, password,
-  credential, signature, sas) shows its key only.
+  credential, signature, sas, connection: an Azure connection string) shows its key only.
 - A URL that urlsplit cannot read (an unclosed `[`: "Invalid IPv6 URL") is a one-line
   ConfigError naming where it came from (`split_url`), never a traceback; it is not
   quoted, since its password cannot be told apart.
@@ -20,7 +20,11 @@ from engine.core.errors import ConfigError
 
 REDACTED = "[redacted]"
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?")
-_SECRET_WORDS = ("key", "secret", "token", "password", "credential", "signature", "sas")
+#: Words of a storage option's name that say its value may be a credential
+#: ("connection": adlfs's connection_string holds the account key).
+_SECRET_WORDS = (
+    "key", "secret", "token", "password", "credential", "signature", "sas", "connection",
+)  # fmt: skip
 
 
 def split_url(url: str, what: str) -> SplitResult:
