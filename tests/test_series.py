@@ -160,16 +160,26 @@ def test_compare_marks_the_change(b: dict[str, Any], metric: str, verdict: str) 
 
 
 def test_series_header_redacts_secrets() -> None:
+    """The options shown as config --show shows them (core/shown.py): the secrets the
+    run knows, and a URL's password and query values, a credential storage option's."""
     config = Config(
         token="tok-SECRET-1234567890", proxy="http://user:pw-SECRET@127.0.0.1:3128",
-        headers=("X-Api-Key: key-SECRET",), rate=50.0, endpoint="https://ads.example/d",
+        headers=("X-Api-Key: key-SECRET",), rate=50.0,
+        endpoint="https://u:pw-SECRET@ads.example/d?apikey=q-SECRET",
+        token_url="https://t:tu-SECRET@ads.example/oauth2/token?k=tq-SECRET",
+        client_id="c", client_secret="cs-SECRET-1234",
+        storage_options=(("secret_access_key", "so-SECRET"), ("region", "eu-west-1")),
     )  # fmt: skip
     secrets = Secrets(["tok-SECRET-1234567890", "pw-SECRET"])
     head = header(config, secrets, mode="load", start=T0)
     text = orjson.dumps(head).decode()
     assert "SECRET" not in text
-    assert head["options"]["rate"] == 50.0
-    assert head["options"]["token"] == "(redacted)"
+    options = head["options"]
+    assert options["rate"] == 50.0
+    assert options["token"] == options["client_secret"] == "[redacted]"
+    assert options["endpoint"] == "https://u:[redacted]@ads.example/d?apikey=[redacted]"
+    assert options["storage_options"] == ["secret_access_key=[redacted]", "region=eu-west-1"]
+    assert options["proxy"] == "http://[redacted]@127.0.0.1:3128"
     assert head["target"] == "ads.example"
 
 

@@ -15,18 +15,13 @@ from engine.cli.common import Subparsers
 from engine.cli.options import resolve
 from engine.cli.run_options import add_run_options
 from engine.config import Config
-from engine.core.proxies import parse_proxy_url
 from engine.core.secrets import Secrets
-from engine.core.urls import shown_option
-from engine.core.urls import without_credentials as _without_credentials
+from engine.core.shown import SECRETS, shown_value
+from engine.core.urls import REDACTED
 from engine.errors import ConfigError
 
 #: Fields that adbatch decides itself (the live display: by the terminal).
 _HIDDEN = {"progress"}
-_SECRETS = {"token", "client_secret"}
-#: URLs whose user:password and query values are not shown (a key may sit there).
-_URLS = {"endpoint", "token_url"}
-REDACTED = "[redacted]"
 
 
 def add_parser(sub: Subparsers) -> None:
@@ -77,21 +72,9 @@ def show_lines(config: Config, sources: dict[str, str]) -> list[str]:
 def _shown(name: str, value: object) -> str:
     if value is None:
         return "(not set)"
-    if name in _SECRETS:
-        return REDACTED
-    if name == "headers" and isinstance(value, tuple | list):
-        # A header may carry a key (X-Api-Key): its name shows, its value does not.
-        return _toml([f"{str(h).partition(':')[0]}: {REDACTED}" for h in value])
-    if name == "storage_options" and isinstance(value, tuple | list):
-        return _toml([shown_option(str(k), str(v)) for k, v in value])
-    if name in _URLS and isinstance(value, str):
-        return _toml(_without_credentials(value))
-    if name == "proxy" and isinstance(value, str):
-        try:
-            return _toml(parse_proxy_url(value, source="--proxy").shown)
-        except ConfigError:
-            return REDACTED  # cannot tell its credentials apart: show none of it
-    return _toml(value)
+    if name in SECRETS:
+        return REDACTED  # as ever: no TOML quotes around a secret's place
+    return _toml(shown_value(name, value))
 
 
 def _toml(value: object) -> str:

@@ -32,11 +32,10 @@ from engine.core.errors import ConfigError
 from engine.core.records import Result
 from engine.core.secrets import Secrets
 from engine.core.serieslog import HEADER_KEY, VERSION, SecondLog
+from engine.core.shown import shown_value
 from engine.core.urls import written
 from engine.errors import OutputError
 
-#: Options never shown, whatever their value (their presence is).
-_HIDDEN = frozenset({"token", "client_secret", "proxy"})
 #: Options of no use in a report.
 _SKIPPED = frozenset({"progress", "summary", "series", "output", "inputs"})
 
@@ -50,16 +49,13 @@ def report_options(config: Config, secrets: Secrets) -> dict[str, Any]:
         value = getattr(config, name)
         if name in _SKIPPED or value == getattr(default, name):
             continue
-        if name in _HIDDEN:
-            out[name] = "(redacted)"
-        elif name == "headers":
-            out[name] = [h.split(":", 1)[0] + ": (redacted)" for h in value]
-        elif isinstance(value, str):
-            out[name] = secrets.redact(value)
-        elif isinstance(value, tuple):
-            out[name] = [secrets.redact(v) if isinstance(v, str) else v for v in value]
+        shown = shown_value(name, value)  # config --show's rules (core/shown.py)
+        if isinstance(shown, str):
+            out[name] = secrets.redact(shown)
+        elif isinstance(shown, tuple | list):
+            out[name] = [secrets.redact(v) if isinstance(v, str) else v for v in shown]
         else:
-            out[name] = value
+            out[name] = shown
     return out
 
 
