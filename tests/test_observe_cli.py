@@ -151,6 +151,40 @@ def test_linger_serves_the_last_scrape_until_a_signal(
         get(f"http://127.0.0.1:{port}/metrics")  # gone with the process
 
 
+@pytest.mark.slow
+def test_a_malformed_request_is_answered_400_and_not_logged(tmp_path: Path) -> None:
+    """A request whose header line passes aiohttp's limit (anyone who can reach the
+    port may send one): 400, and no traceback on the run's stderr."""
+    port = free_port()
+    out = tmp_path / "out.jsonl"
+    run = adbatch("run", "--mock", EXAMPLES / "pageviews.jsonl", "-o", out,
+                  "--metrics-addr", f":{port}", "--metrics-linger", "60")  # fmt: skip
+    try:
+        assert run.stderr is not None
+        assert run.stderr.readline() == f"adbatch: metrics on http://127.0.0.1:{port}/metrics\n"
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(
+                b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 10000 + b"\r\n\r\n"
+            )
+            assert sock.recv(200).split(b"\r\n")[0].endswith(b" 400 Bad Request")
+        deadline = time.monotonic() + 30  # the run ends; the endpoint lingers
+        while out.read_bytes().count(b"\n") < 40 if out.exists() else True:
+            assert run.poll() is None, run.communicate()
+            assert time.monotonic() < deadline, "the run did not end"
+            time.sleep(0.1)
+        time.sleep(0.3)
+        assert calls_total(get(f"http://127.0.0.1:{port}/metrics")) == 40  # still up
+        run.send_signal(signal.SIGTERM)
+        _, err = run.communicate(timeout=20)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+    assert run.returncode == 0, err
+    assert "Traceback" not in err
+    assert "Error handling request" not in err
+
+
 def docs_block(path: Path, heading: str) -> list[str]:
     """The commands of the first ```sh block under `heading`."""
     text = path.read_text()
@@ -284,4 +318,3 @@ def test_the_docs_name_every_series() -> None:
         named = {re.sub(r"_(bucket|count|sum)$", "", name)
                  for name in re.findall(r"\b(adbatch_[a-z_]+)", doc.read_text())}  # fmt: skip
         assert named == served, (doc.name, named ^ served)
-

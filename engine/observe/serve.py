@@ -16,6 +16,7 @@ Rules:
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import socket
 import sys
@@ -33,6 +34,13 @@ from engine.errors import ConfigError, plain_engine_errors
 from engine.observe.dashboard import dashboard_routes, sample
 from engine.observe.metrics import metrics_handler
 from engine.runtime.watch import Watch
+
+#: aiohttp's server logger, quiet: a malformed request (a 10 kB header) is answered 400
+#: and was also logged with its traceback on the run's stderr, as often as anyone who
+#: can reach the port sends one.
+_QUIET = logging.getLogger("adbatch.observe.server")
+_QUIET.addHandler(logging.NullHandler())
+_QUIET.propagate = False
 
 
 def bind(addr: str, option: str) -> socket.socket:
@@ -96,7 +104,9 @@ async def observed(config: Config, mode: Mode) -> AsyncIterator[Watch]:
             sock = bound[key] = bind(options[key][1], options[key][0])
             app = web.Application()
             app.add_routes(routes)
-            runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+            runner = web.AppRunner(
+                app, access_log=None, shutdown_timeout=1.0, logger=_QUIET
+            )  # fmt: skip
             await runner.setup()
             runners.append(runner)
             await web.SockSite(runner, sock).start()
