@@ -258,3 +258,23 @@ def test_html_report_of_a_run_that_starts_where_no_date_is(
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert shown in html.read_text()
+
+
+def test_text_report_shows_a_server_s_control_characters_as_escapes(tmp_path: Path) -> None:
+    """A server's error text that holds ESC [ 2 J (clear the screen), an OSC title or a
+    BEL is printed with those as escapes: it can neither clear nor forge a line."""
+    hostile = "HTTP 500: boom \x1b[2J\x1b[H\x1b]0;owned\x07 \x9b31m FAKE: all ok"
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(
+        orjson.dumps(record(0, ok=False, status=500, error=hostile, error_kind="http_500")) + b"\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", LIMITED, "report", str(out)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "boom \\x1b[2J\\x1b[H\\x1b]0;owned\\x07 \\x9b31m FAKE" in done.stdout
+    assert not any(ch in done.stdout for ch in "\x1b\x07\x9b")

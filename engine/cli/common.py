@@ -13,6 +13,7 @@ from typing import Any, NoReturn, TypeAlias
 
 import orjson
 
+from engine.core.values import terminal_safe
 from engine.errors import OutputError
 from engine.version import __version__
 
@@ -86,7 +87,7 @@ class Parser(argparse.ArgumentParser):
 
 def say(text: str) -> None:
     """One line on stderr, after the program's name."""
-    print(f"{PROG}: {text}", file=sys.stderr)
+    print(f"{PROG}: {terminal_safe(text)}", file=sys.stderr)
 
 
 def run_async(fn: Callable[..., Any], *args: Any) -> Any:

@@ -15,6 +15,7 @@ from engine.cli.commands import command_help
 from engine.cli.common import Subparsers, json_bytes, write_file
 from engine.cli.hints import RecordCount
 from engine.core.events import printable
+from engine.core.values import terminal_safe
 from engine.errors import ConfigError, InputError
 from engine.files.paths import check_outputs
 
@@ -83,7 +84,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from engine.report.text import text_report
 
     (data, bad), path = runs[0], paths[0]
-    sys.stdout.write(text_report(data, bad_lines=bad))
+    sys.stdout.write(terminal_safe(text_report(data, bad_lines=bad)))
     sys.stdout.flush()
     if args.summary:
         write_file(args.summary, json_bytes(data))
@@ -103,7 +104,7 @@ def _compare(
 
     (a, bad_a), (b, bad_b) = runs
     names = (printable(paths[0]), printable(paths[1]))
-    sys.stdout.write(compare_text(a, b, names=names, bad_lines=bad_a + bad_b))
+    sys.stdout.write(terminal_safe(compare_text(a, b, names=names, bad_lines=bad_a + bad_b)))
     sys.stdout.flush()
     if args.summary:
         rows = compare_rows(a, b)

@@ -28,6 +28,19 @@ def printable(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+#: What a terminal would act on rather than show: C0 controls but the line break and
+#: the tab, DEL, C1 controls (ESC [ 2 J clears the screen, OSC sets the title, BEL).
+_TERMINAL_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def terminal_safe(text: str) -> str:
+    """`text` to print on a terminal: each control character written as its escape
+    (`\x1b`), so a server's words can neither clear the screen nor forge a line."""
+    if text.isprintable():
+        return text
+    return _TERMINAL_CONTROL.sub(lambda m: ascii(m.group())[1:-1], text)
+
+
 def _surrogate(text: str) -> str | None:
     """The first lone surrogate of `text` as `U+D800`, or None (ASCII costs one check)."""
     if text.isascii():
