@@ -45,6 +45,8 @@ def test_durations(text: str, seconds: float) -> None:
         pytest.param("inf", id="inf"),
         pytest.param("nan", id="nan"),
         pytest.param("2 s", id="space-before-unit"),
+        pytest.param("9" * 400, id="past-a-float"),  # read as inf: a run with no end
+        pytest.param("9" * 400 + "s", id="past-a-float-in-seconds"),
     ],
 )
 def test_bad_durations(text: str) -> None:

@@ -68,7 +68,7 @@ def parse_duration(text: str) -> float:
     """`2`, `2s`, `500ms`, `1m30s`, `1h` -> seconds (float, >= 0)."""
     s = text.strip().lower()
     bare = _bare(s)
-    if bare is not None:
+    if bare is not None and math.isfinite(bare):  # 400 digits read as inf: refused below
         return bare
     pos = 0
     total = 0.0
