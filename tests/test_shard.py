@@ -255,6 +255,26 @@ async def test_merge_names_a_missing_shard_and_duplicates(
 
 
 @pytest.mark.anyio
+async def test_merge_refuses_shards_of_different_inputs(mock: MockHandle, tmp_path: Path) -> None:
+    """Shard 0/2 of a.jsonl and shard 1/2 of b.jsonl, as many records each: half of each
+    input unanswered, not 'every record exactly once'. Inputs are told apart by file
+    name (each shard may have run where the input sits at another path)."""
+    outs = [tmp_path / f"part-{i}.jsonl" for i in range(2)]
+    for i, name in enumerate(("a.jsonl", "b.jsonl")):
+        path = tmp_path / name
+        path.write_bytes(b"".join(event_line(n) + b"\n" for n in range(6)))
+        await engine.run(config_for(mock, path, outs[i], concurrency=8, shard=(i, 2)))
+    report = merge_outputs([str(o) for o in outs], str(tmp_path / "m.jsonl"))
+    assert not report.exactly_once
+    assert "the parts come from different shardings or inputs" in report.line()
+    elsewhere = tmp_path / "elsewhere"  # the same file name at another path: accepted
+    elsewhere.mkdir()
+    (elsewhere / "a.jsonl").write_bytes((tmp_path / "a.jsonl").read_bytes())
+    await engine.run(config_for(mock, elsewhere / "a.jsonl", outs[1], concurrency=8, shard=(1, 2)))
+    assert merge_outputs([str(o) for o in outs], str(tmp_path / "m.jsonl")).exactly_once
+
+
+@pytest.mark.anyio
 async def test_merge_catches_a_part_changed_or_torn(mock: MockHandle, tmp_path: Path) -> None:
     path = tmp_path / "in.jsonl"
     path.write_bytes(b"".join(event_line(n) + b"\n" for n in range(6)))

@@ -94,6 +94,14 @@ class MergeReport:
         return f"{head}; " + "; ".join(self.problems)
 
 
+def _input_names(inputs: object) -> tuple[str, ...] | None:
+    """The file names of a shard's inputs, in order: by name, not path, since each shard
+    may have run on a machine of its own that mounts the input elsewhere."""
+    if not isinstance(inputs, list):
+        return None
+    return tuple(str(i).rstrip("/").rpartition("/")[2] for i in inputs)
+
+
 def _check_manifests(
     parts: Sequence[str], report: MergeReport, options: StorageOptions = ()
 ) -> list[str]:
@@ -111,7 +119,8 @@ def _check_manifests(
     counts = {tuple(m["shard"])[1] for m in manifests if m}
     records = {m.get("records") for m in manifests if m}
     modes = {m.get("by") for m in manifests if m}
-    if len(counts) != 1 or len(records) != 1 or len(modes) != 1:
+    inputs = {_input_names(m.get("inputs")) for m in manifests if m}
+    if len(counts) != 1 or len(records) != 1 or len(modes) != 1 or len(inputs) != 1:
         report.problems.append("the parts come from different shardings or inputs")
         return list(parts)
     count = counts.pop()
