@@ -98,6 +98,13 @@ def test_a_rerun_with_other_record_options_plans_afresh(root: str) -> None:
     assert todo == fresh
     assert parts.completed(0) is None
 
+    # A part in the order its calls ended is no piece of an --ordered output.
+    _complete(parts, 0, b'{"seq":0}\n')
+    assert prepare(plain, parts, 2, 4)[1] == fresh[1:]
+    fresh, todo = prepare(plain.with_changes(ordered=True), parts, 2, 4)
+    assert todo == fresh
+    assert parts.completed(0) is None
+
 
 def test_the_summary_counts_the_parts_an_earlier_run_completed(root: str) -> None:
     from engine.core.stats import RunStats

@@ -39,11 +39,12 @@ SHARDS_PER_SENDER = 4
 OPTIONS = "options.json"
 
 #: The options that shape the records of a run (not how fast, how shown or with which
-#: credentials): parts written under other values are not reused.
+#: credentials): parts written under other values are not reused. `ordered` too: a part
+#: written in the order its calls ended cannot be a piece of an --ordered output.
 RECORD_OPTIONS = (
     "endpoint", "partner_id", "user_agent", "ip", "headers", "timeout", "http_client",
     "dry_run", "mock", "input_format", "max_line_bytes", "max_response_bytes", "retries",
-    "give_up_after", "retry_after_cap", "records",
+    "give_up_after", "retry_after_cap", "records", "ordered",
 )  # fmt: skip
 
 
