@@ -9,6 +9,10 @@ Rules:
 - An event is skipped when its latest record is final. One whose latest record is
   transient (`records.is_transient`: 401, 408, 429, 5xx, timeout, connect, network,
   disconnected, payload, internal) is sent again.
+- A record that stands for lines a read error left unread ("input could not be read
+  (...); the rest of this file is unread": the store failed mid-file) is transient too,
+  and matches the event read there next time by its file alone: the line it named is
+  read again (a valid event, with its id, perhaps after blank lines) and sent.
 - Lines are read by `records.parse_record` (`record_seq` when only the seq is needed),
   the one reader of the record format.
 - A torn (or garbled) tail, what a crash leaves, is cut off the file before the run
@@ -33,7 +37,7 @@ from array import array
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from engine.core.records import is_transient, parse_record, record_seq
+from engine.core.records import ErrorKind, RecordLine, is_transient, parse_record, record_seq
 from engine.errors import FatalError, InputError, OutputError
 
 
@@ -42,6 +46,29 @@ def _checksum(source: str, event_id: str | None) -> int:
     # backslashreplace: a lone surrogate (a path's undecodable byte) sums as the escape
     # the record holds it as (records.Result.to_json), so resume finds the event again.
     return zlib.crc32(key.encode("utf-8", "backslashreplace")) or 1
+
+
+def _unread_checksum(source: str) -> int:
+    """The checksum of an unread record: its file (`source` without `:line`) alone."""
+    return _checksum(f"{source.rpartition(':')[0]}\x00unread", None)
+
+
+#: The end of the error of a record that a read error left for lines it could not read
+#: (files/sources.py, files/parquet.py, files/spans.py).
+_UNREAD = ("the rest of this file is unread", "this record is unread")
+
+
+def unread(record: RecordLine) -> bool:
+    """Whether `record` stands for input the run could not read (see the module's rules):
+    not the line's fault, so not its answer."""
+    error = record.fields.get("error")
+    return (
+        record.fields.get("error_kind") == ErrorKind.INVALID
+        and record.id is None
+        and type(error) is str
+        and "could not be read (" in error
+        and error.endswith(_UNREAD)
+    )
 
 
 #: In `ResumeIndex._last`: the latest record of that seq is transient (sent again).
@@ -78,9 +105,16 @@ class ResumeIndex:
         self.identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the output
 
     def add(
-        self, seq: int, source: str, event_id: str | None, *, transient: bool = False
+        self,
+        seq: int,
+        source: str,
+        event_id: str | None,
+        *,
+        transient: bool = False,
+        unread: bool = False,
     ) -> None:
-        """Index the next line of the output: the latest record of `seq` so far."""
+        """Index the next line of the output: the latest record of `seq` so far (`unread`:
+        one that stands for input a read error left unread, transient)."""
         sums, last = self._sums, self._last
         if seq >= len(sums):
             grow = bytes(sums.itemsize * max(seq + 1 - len(sums), len(sums) // 2))
@@ -90,7 +124,8 @@ class ResumeIndex:
         if previous:
             self.duplicates += 1
             self.transient -= bool(previous & _TRANSIENT)
-        sums[seq] = _checksum(source, event_id)
+        sums[seq] = _unread_checksum(source) if unread else _checksum(source, event_id)
+        transient = transient or unread
         self.records += 1
         last[seq] = self.records | (_TRANSIENT if transient else 0)
         self.transient += transient
@@ -110,6 +145,8 @@ class ResumeIndex:
         if seq >= len(self._sums) or self._sums[seq] == 0:
             return False
         if self._sums[seq] != _checksum(source, event_id):
+            if self._last[seq] & _TRANSIENT and self._sums[seq] == _unread_checksum(source):
+                return False  # its line, unread then, is read now: sent
             raise FatalError(
                 f"input changed since the output was written: event {seq + 1} ({source}) "
                 "does not match its record; --resume needs the same inputs, named the same way"
@@ -159,7 +196,9 @@ def open_resume(path: str | None) -> ResumeIndex:
                 bad = True
                 continue
             transient = is_transient(record.status, record.error_kind)
-            index.add(record.seq, record.source, record.id, transient=transient)
+            index.add(
+                record.seq, record.source, record.id, transient=transient, unread=unread(record)
+            )
             good_end += len(line)
         size = f.tell()
     if good_end < size:  # the torn (or garbled) tail of a crash: drop it

@@ -20,7 +20,8 @@ Rules:
 - A store that cannot be reached is "cannot reach the store (...)", never "no such
   object" (a driver may raise FileNotFoundError for both).
 - Reads stream: an object is opened for ranged reads of `BLOCK_SIZE` bytes, never
-  downloaded whole first.
+  downloaded whole first; a range whose read fails for a reason that may pass (a 5xx, a
+  reset, a timeout) is read again in place a few times (files/reread.py).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from engine.core.errors import ConfigError, InputError, OutputError
 from engine.core.secrets import Secrets
 from engine.core.urls import parse_option as parse_option  # re-exported
 from engine.core.urls import secret_option, shown_option, split_url, without_credentials
+from engine.files.reread import retrying
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
@@ -332,10 +334,11 @@ def _bare(name: str) -> str:
 
 
 def open_read(url: str, options: StorageOptions = ()) -> BinaryIO:
-    """The object's bytes, streamed by ranged reads (never downloaded whole first)."""
+    """The object's bytes, streamed by ranged reads (never downloaded whole first); a
+    read that fails for a reason that may pass is tried again in place (files/reread.py)."""
     fs, path = filesystem(url, options)
     try:
-        return fs.open(path, "rb", block_size=BLOCK_SIZE)  # type: ignore[no-any-return]
+        return retrying(fs.open(path, "rb", block_size=BLOCK_SIZE))  # type: ignore[no-any-return]
     except Exception as exc:
         raise InputError(f"cannot read input {shown(url)}: {reason(exc, options)}") from None
 

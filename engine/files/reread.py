@@ -1,0 +1,54 @@
+"""Ranged reads of an object that fail for a reason that may pass, tried again in place.
+
+Rules:
+- An fsspec file reads an object through its block cache, which asks `fetcher(start,
+  end)` for each range. That call is wrapped: when it raises anything but a final error
+  (a 5xx, a reset, a timeout: the store's trouble, not the object's), the same range is
+  asked for again after each pause of `PAUSES`; the last failure is raised as it came,
+  and the reader ends the file with its one "could not be read" record as before.
+- Final, never tried again: no such object, permission denied, a closed file or a bad
+  argument (`_FINAL`). A file without a block cache (an http stream of unknown size) is
+  left as it is.
+- The drivers' own retries run inside each call (botocore tries a 5xx five times, s3fs
+  a reset or a timeout of the body): these pauses cover a store that stays unwell for
+  longer than they wait.
+- Nothing here reads the bytes: the cache keeps what it was given, so a range read again
+  is placed where the failed one would have been, and no line is read twice or skipped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+#: Seconds to wait before each new try of a range that failed (then it fails for good).
+PAUSES = (0.5, 1.0, 2.0)
+_FINAL = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
+          ValueError, TypeError, NotImplementedError)  # fmt: skip
+
+F = TypeVar("F")
+
+
+def _retrying(fetch: Callable[[int, int], Any]) -> Callable[[int, int], Any]:
+    def fetcher(start: int, end: int) -> Any:
+        for pause in PAUSES:
+            try:
+                return fetch(start, end)
+            except _FINAL:
+                raise
+            except Exception:
+                time.sleep(pause)
+        return fetch(start, end)
+
+    return fetcher
+
+
+def retrying(file: F) -> F:
+    """`file` (an fsspec file open for reading), its ranged reads tried again on a
+    transient failure (see the module's rules)."""
+    cache = getattr(file, "cache", None)
+    fetch = getattr(cache, "fetcher", None)
+    if cache is not None and callable(fetch):
+        cache.fetcher = _retrying(fetch)
+    return file

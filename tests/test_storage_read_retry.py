@@ -1,0 +1,174 @@
+"""A store that fails while an input is read (a ranged GET answered 500 mid-object):
+the range is read again in place (files/reread.py); when the store stays down, the file
+ends with one "could not be read" record, and --resume sends the rest once the store
+answers again (files/resume.py).
+
+Against moto on 127.0.0.1 (the `s3` fixture), through a proxy the test starts on
+127.0.0.1 that answers chosen GETs of the object 500. AWS_MAX_ATTEMPTS=1 turns
+botocore's own retries off, so that the tries seen are adbatch's alone. Slow: each test
+runs the CLI and waits out the pauses between tries.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import orjson
+import pytest
+from aiohttp import ClientSession, web
+from conftest import read_records
+from s3server import S3
+from web_app import serving
+
+from engine.files.reread import PAUSES
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+_FAULT = b'<Error><Code>InternalError</Code><Message>injected</Message></Error>'
+
+
+@dataclass
+class Faults:
+    """GETs of `path` numbered from 0: those from `after` on, `times` of them, get a 500."""
+
+    path: str
+    after: int
+    times: int
+    gets: int = 0
+    failed: int = 0
+
+    def fails(self, request: web.Request) -> bool:
+        if request.method != "GET" or request.path != self.path:
+            return False
+        self.gets += 1
+        if self.after <= self.gets - 1 < self.after + self.times:
+            self.failed += 1
+            return True
+        return False
+
+
+@asynccontextmanager
+async def faulty_store(s3: S3, faults: Faults) -> AsyncIterator[str]:
+    """A proxy in front of moto that answers `faults`' GETs 500; yields its URL."""
+
+    async def forward(request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        if faults.fails(request):
+            return web.Response(status=500, body=_FAULT, content_type="application/xml")
+        headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
+        async with (
+            ClientSession(auto_decompress=False) as session,
+            session.request(
+                request.method, s3.endpoint + request.path_qs, headers=headers, data=body,
+                allow_redirects=False,
+            ) as answer,
+        ):  # fmt: skip
+            data = await answer.read()
+            drop = {"transfer-encoding", "connection", "content-length", "content-encoding"}
+            kept = {k: v for k, v in answer.headers.items() if k.lower() not in drop}
+            if request.method == "HEAD":
+                kept["Content-Length"] = answer.headers.get("Content-Length", "0")
+                response = web.StreamResponse(status=answer.status, headers=kept)
+                response.content_length = int(kept["Content-Length"])
+                await response.prepare(request)
+                return response
+            return web.Response(status=answer.status, body=data, headers=kept)
+
+    app = web.Application(client_max_size=1 << 30)
+    app.router.add_route("*", "/{tail:.*}", forward)
+    async with serving(app) as url:
+        yield url
+
+
+async def _run(proxy: str, *args: str, cwd: Path) -> tuple[int, str]:
+    env = {**os.environ, "AWS_ENDPOINT_URL": proxy, "AWS_MAX_ATTEMPTS": "1"}
+    done = await anyio.run_process(
+        [sys.executable, "-m", "engine", "run", "--mock", "--no-progress", *args],
+        cwd=cwd, env=env, check=False, stdin=None,
+    )  # fmt: skip
+    return done.returncode, done.stderr.decode()
+
+
+def _jsonl(n: int) -> bytes:
+    """`n` events of 8 KB each: 1,100 of them span two of the reader's 8 MiB ranges."""
+    pad = "z" * 8000
+    return b"".join(
+        orjson.dumps({"id": f"g{i}", "criteo-partner-id": 1, "retailer-visitor-id": "v",
+                      "event-type": "viewHome", "page-id": "viewHome_API_desktop", "pad": pad})
+        + b"\n"
+        for i in range(n)
+    )  # fmt: skip
+
+
+def _ids(out: Path) -> list[str | None]:
+    return [r["id"] for r in sorted(read_records(out), key=lambda r: r["seq"])]
+
+
+async def test_a_range_the_store_fails_a_few_times_is_read_again(s3: S3, tmp_path: Path) -> None:
+    n = 1100
+    url = s3.put(f"{s3.bucket('lake')}/in.jsonl", _jsonl(n))
+    faults = Faults("/lake/in.jsonl", after=1, times=len(PAUSES))  # the 2nd range, mid-file
+    async with faulty_store(s3, faults) as proxy:
+        code, err = await _run(proxy, url, "-o", "out.jsonl", cwd=tmp_path)
+    assert faults.failed == len(PAUSES)
+    assert code == 0, err
+    records = read_records(tmp_path / "out.jsonl")
+    assert all(r["ok"] for r in records)
+    assert _ids(tmp_path / "out.jsonl") == [f"g{i}" for i in range(n)]  # once each, in order
+
+
+async def test_resume_sends_what_a_store_that_stayed_down_left_unread(
+    s3: S3, tmp_path: Path
+) -> None:
+    n = 1100
+    url = s3.put(f"{s3.bucket('lake')}/in.jsonl", _jsonl(n))
+    faults = Faults("/lake/in.jsonl", after=1, times=10**6)
+    async with faulty_store(s3, faults) as proxy:
+        code, err = await _run(proxy, url, "-o", "out.jsonl", cwd=tmp_path)
+        assert code == 1, err
+        assert faults.failed == len(PAUSES) + 1  # tried again, then the file ends
+        records = read_records(tmp_path / "out.jsonl")
+        last = records[-1]
+        assert last["id"] is None
+        assert last["error"].endswith("the rest of this file is unread")
+        assert 0 < len(records) < n
+        faults.times = 0  # the store answers again
+        code, err = await _run(proxy, url, "-o", "out.jsonl", "--resume", cwd=tmp_path)
+    assert code == 0, err
+    records = read_records(tmp_path / "out.jsonl")
+    assert all(r["ok"] for r in records)
+    assert _ids(tmp_path / "out.jsonl") == [f"g{i}" for i in range(n)]
+
+
+async def test_resume_sends_the_rows_of_a_parquet_object_left_unread(
+    s3: S3, tmp_path: Path
+) -> None:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    n = 1100
+    table = pa.table({
+        "id": [f"g{i}" for i in range(n)], "criteo-partner-id": [1] * n,
+        "retailer-visitor-id": ["v"] * n, "event-type": ["viewHome"] * n,
+        "page-id": ["viewHome_API_desktop"] * n,
+        "pad": [os.urandom(4000).hex() for _ in range(n)],  # incompressible: 8.8 MB
+    })  # fmt: skip
+    pq.write_table(table, tmp_path / "in.parquet", row_group_size=100)
+    url = s3.put(f"{s3.bucket('lake')}/in.parquet", (tmp_path / "in.parquet").read_bytes())
+    # GETs 0-2 read the footer and the first 8 MiB of rows; GET 3 fails every try.
+    faults = Faults("/lake/in.parquet", after=3, times=len(PAUSES) + 1)
+    async with faulty_store(s3, faults) as proxy:
+        code, err = await _run(proxy, url, "-o", "out.jsonl", cwd=tmp_path)
+        assert code == 1, err
+        records = read_records(tmp_path / "out.jsonl")
+        assert records[-1]["error"].endswith("the rest of this file is unread")
+        assert 1 < len(records) < n, [r["error"] for r in records[:3]]  # mid-file
+        code, err = await _run(proxy, url, "-o", "out.jsonl", "--resume", cwd=tmp_path)
+    assert code == 0, err
+    assert all(r["ok"] for r in read_records(tmp_path / "out.jsonl"))
+    assert _ids(tmp_path / "out.jsonl") == [f"g{i}" for i in range(n)]
