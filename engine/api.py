@@ -53,23 +53,33 @@ async def run(config: Config, *, handle_signals: bool = False) -> Summary:
 
 
 async def run_load(
-    config: Config, plan: LoadPlan, *, live: LiveState | None = None, progress: bool = False
+    config: Config,
+    plan: LoadPlan,
+    *,
+    live: LiveState | None = None,
+    progress: bool = False,
+    handle_signals: bool = False,
 ) -> LoadOutcome:
     """Run `load` or `replay` as planned (engine/load/driver.py), watched when asked;
     with `config.workers` > 1 the schedule is split over that many processes
-    (engine/load/shares.py), with one token, one output and one summary."""
+    (engine/load/shares.py), with one token, one output and one summary.
+    `handle_signals` (the CLI): SIGINT/SIGTERM halt the schedule as they halt `run`."""
     # Lazy: `run` (and its start-up CPU, issue 18) never loads the load driver.
     from engine.load import driver as load_driver
 
     config = config.validated()
     async with watched(config, plan.mode) as watch:
         if config.workers > 1:
-            return await _load_workers(config, plan.validated(), watch=watch, progress=progress)
-        return await load_driver.run_load(config, plan, live=live, progress=progress, watch=watch)
+            return await _load_workers(
+                config, plan.validated(), watch=watch, progress=progress, signals=handle_signals
+            )
+        return await load_driver.run_load(
+            config, plan, live=live, progress=progress, watch=watch, handle_signals=handle_signals
+        )
 
 
 async def _load_workers(
-    config: Config, plan: LoadPlan, *, watch: Watch | None, progress: bool
+    config: Config, plan: LoadPlan, *, watch: Watch | None, progress: bool, signals: bool
 ) -> LoadOutcome:
     import time
 
@@ -115,6 +125,7 @@ async def _load_workers(
         watch=watch,
         probe=lambda sums: SummedLoad(sums, plan).probe,
         view=(lambda sums: SummedLoad(sums, plan).view) if progress else None,
+        handle_signals=signals,
     )
     return _load_outcome(config, summary, merged(extras))
 

@@ -246,7 +246,9 @@ def _run(args: argparse.Namespace, plan: LoadPlan) -> int:
             catch_up=args.catch_up,
         )
     # open_run checks --summary against the inputs and -o, and creates it, before the run.
-    outcome: LoadOutcome = run_async(partial(run_load, config, plan, progress=progress))
+    outcome: LoadOutcome = run_async(
+        partial(run_load, config, plan, progress=progress, handle_signals=True)
+    )
     outcome = replace(outcome, summary=judged(outcome.summary, config.thresholds))
     return _finish(outcome, config.summary)
 

@@ -33,6 +33,7 @@ import time
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import replace
+from functools import partial
 
 import anyio
 from anyio.abc import ObjectReceiveStream
@@ -44,6 +45,7 @@ from engine.core.pacing import CatchUp, ReorderWindow
 from engine.core.records import Result, dropped, invalid
 from engine.core.secrets import Secrets
 from engine.core.stats import Histogram, summarize
+from engine.core.stops import EXIT_STOPPED
 from engine.core.tally import Progress, record_lag
 from engine.load.plan import LiveState, LoadOutcome, LoadPlan, Scheduled, sized_plan
 from engine.load.schedules import load_schedule, replay_schedule
@@ -120,6 +122,20 @@ class _Driver:
                 except anyio.WouldBlock:
                     await results.put([dropped(item, scheduled_at, self.plan.slots)])
 
+    async def _dispatch_until_halt(
+        self,
+        schedule: AsyncGenerator[Scheduled, None],
+        jobs: MemoryObjectSendStream[tuple[Event, float]],
+        results: BatchQueue[Result],
+    ) -> None:
+        """`_dispatch` until the run halts (a signal, a stop of its own: the engine's
+        feed scope), even mid-sleep: no call is scheduled after; those in flight go on."""
+        try:
+            with self.engine.shutdown.feed_scope:
+                await self._dispatch(schedule, jobs, results)
+        finally:
+            jobs.close()  # the workers end once their calls have (also if cut short early)
+
     async def _work(
         self,
         jobs: ObjectReceiveStream[tuple[Event, float]],
@@ -146,10 +162,13 @@ class _Driver:
 
         async def produce() -> None:
             try:
-                async with anyio.create_task_group() as tg, jobs_receive:
-                    for _ in range(limit):
-                        tg.start_soon(self._work, jobs_receive.clone(), results)
-                    tg.start_soon(self._dispatch, schedule, jobs_send, results)
+                # The run's stop switches (runtime/shutdown.py), as `run`'s engine: --grace
+                # after a signal (at once after a second), the calls in flight are cut off.
+                with engine.shutdown.work_scope:
+                    async with anyio.create_task_group() as tg, jobs_receive:
+                        for _ in range(limit):
+                            tg.start_soon(self._work, jobs_receive.clone(), results)
+                        tg.start_soon(self._dispatch_until_halt, schedule, jobs_send, results)
             finally:
                 results.close()  # the writer ends once it has every record
 
@@ -177,9 +196,11 @@ async def run_load(
     live: LiveState | None = None,
     progress: bool = False,
     watch: Watch | None = None,
+    handle_signals: bool = False,
 ) -> LoadOutcome:
     """Run `load` or `replay` as planned: input -> scheduled calls -> JSONL records.
-    `watch`: the run's figures go there (--metrics-addr, --dashboard)."""
+    `watch`: the run's figures go there (--metrics-addr, --dashboard). `handle_signals`
+    (the CLI): SIGINT/SIGTERM halt the schedule as they halt `run` (runtime/shutdown.py)."""
     config = config.validated()
     plan = sized_plan(config, plan.validated())
     live = live or LiveState()
@@ -219,6 +240,9 @@ async def run_load(
         live.token = "mock token" if config.mock else type(engine.tokens).__name__
         async with anyio.create_task_group() as tg:
             tg.start_soon(engine.keep_tokens)
+            if handle_signals:  # a schedule has no --resume: the reason does not offer it
+                watch_signals = partial(engine.shutdown.watch_signals, resumable=False)
+                tg.start_soon(watch_signals, tg, config.grace)
             if progress:
                 from engine.load.progress import show_progress
 
@@ -247,8 +271,10 @@ def _outcome(
     summary = summarize(
         stats,
         elapsed_s=elapsed,
-        stopped=engine.state.stopped,
-        stop_code=engine.state.stop_code,
+        # As Engine.execute: an interrupt's reason and exit code win over a stop's.
+        stopped=engine.shutdown.reason or engine.state.stopped,
+        stop_code=EXIT_STOPPED if engine.shutdown.reason else engine.state.stop_code,
+        interrupted=engine.shutdown.interrupted,
         tokens=engine.tokens.token_stats(),
         schedule=figures.corrected,
     )

@@ -376,7 +376,8 @@ class _Parent:
             async for signum in signals:
                 if self.interrupted is None:
                     self.interrupted = int(signum)
-                    reason = interrupt_reason(signum, grace)
+                    # Jobs (load, replay) send a schedule: no --resume to suggest.
+                    reason = interrupt_reason(signum, grace, resumable=self.jobs is None)
                     self.stopped = self.stopped or reason
                     self.feed_scope.cancel()
                     self.credit.set()

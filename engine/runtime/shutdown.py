@@ -19,12 +19,14 @@ import anyio
 import anyio.abc
 
 
-def interrupt_reason(signum: int, grace: float) -> str:
-    """What the summary says of a run stopped by signal `signum`."""
-    return (
+def interrupt_reason(signum: int, grace: float, *, resumable: bool = True) -> str:
+    """What the summary says of a run stopped by signal `signum`; `resumable` False: a
+    load test or a replay, which sends a schedule and has no --resume."""
+    reason = (
         f"interrupted by {signal.Signals(signum).name}; calls in flight were "
-        f"given {grace:g}s to finish; run again with --resume to send the rest"
+        f"given {grace:g}s to finish"
     )
+    return reason + "; run again with --resume to send the rest" if resumable else reason
 
 
 class Shutdown:
@@ -72,13 +74,15 @@ class Shutdown:
             return False
         return True
 
-    async def watch_signals(self, tg: anyio.abc.TaskGroup, grace: float) -> None:
+    async def watch_signals(
+        self, tg: anyio.abc.TaskGroup, grace: float, *, resumable: bool = True
+    ) -> None:
         """Run in the run's task group (main thread only) until it is cancelled."""
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
                 if self.interrupted is None:
                     self.interrupted = int(signum)
-                    self.halt(interrupt_reason(signum, grace))
+                    self.halt(interrupt_reason(signum, grace, resumable=resumable))
                     self.cut_off_after(tg, grace)
                 else:
                     self.work_scope.cancel()
