@@ -224,11 +224,21 @@ def _cast_batch(batch: Any, columns: list[int]) -> Any:
 # -- what sources.py, the shards and the Ray actors read --------------------------------
 
 
-def _item(row: Row, seq: int, name: str, defaults: EventDefaults) -> Item:
-    source = f"{name}:{row.row}"
+def _payload(row: Row, seq: int, source: str) -> dict[str, object] | Invalid:
+    """What a row is before `make_event`: its object, or the Invalid of a row that cannot
+    be an event (with its id). The one place a bad row is answered: a --workers parent
+    hands this Invalid out as it is, so N processes write what one does."""
     if row.obj is None:
         return Invalid(seq, source, row.id, row.error or "unreadable row")
-    return make_event(row.obj, seq=seq, source=source, defaults=defaults)
+    return row.obj
+
+
+def _item(row: Row, seq: int, name: str, defaults: EventDefaults) -> Item:
+    source = f"{name}:{row.row}"
+    payload = _payload(row, seq, source)
+    if isinstance(payload, Invalid):
+        return payload
+    return make_event(payload, seq=seq, source=source, defaults=defaults)
 
 
 def items(
@@ -273,13 +283,14 @@ def units(
     counts: ReadCounts | None = None,
     options: StorageOptions = (),
 ) -> Generator[U, None, int]:
-    """`sources.read_units` of a Parquet input: `make(seq, source, row dict | error)`,
-    the same seq and source as `items`; returns the next seq."""
+    """`sources.read_units` of a Parquet input: `make(seq, source, row dict | Invalid)`,
+    the same seq, source and Invalid as `items`; returns the next seq."""
     seq = first_seq
     name = source_name(path)
     for row in rows(path, counts=counts, options=options):
         seq = first_seq + row.row
-        yield make(seq - 1, f"{name}:{row.row}", row.obj if row.obj is not None else row.error)
+        source = f"{name}:{row.row}"
+        yield make(seq - 1, source, _payload(row, seq - 1, source))
     return seq
 
 

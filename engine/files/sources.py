@@ -360,6 +360,10 @@ def read_items(
 # -- units: input records split off before parsing (multi-process runs) -----------------
 
 
+#: A unit's record before it is parsed (see `Unit.raw`).
+Raw = bytes | dict[str, object] | str | Invalid
+
+
 # Slotted, not frozen, by measurement: tens of thousands are made each second (0.5 us a
 # frozen one, 0.2 this). They cross the pipe as columns (multiproc.messages.Units), not
 # one by one: pickling a unit object cost 1-3 us against 0.1. Never mutated.
@@ -367,12 +371,13 @@ def read_items(
 class Unit:
     """One input record, numbered, not yet parsed (what a --workers parent hands out).
 
-    `raw`: the JSONL line's bytes to parse, a CSV row's fields, or the error text of a
-    line that could not be read."""
+    `raw`: the JSONL line's bytes to parse, a CSV row's (or Parquet row's) fields, the
+    error text of a line that could not be read, or a Parquet row's Invalid as
+    `parquet.items` gives it (it may hold the row's id)."""
 
     seq: int
     source: str
-    raw: bytes | dict[str, object] | str
+    raw: Raw
 
 
 def read_units(
@@ -422,10 +427,10 @@ def unit_item(unit: Unit, defaults: EventDefaults = NO_DEFAULTS) -> Item:
     return raw_item(unit.seq, unit.source, unit.raw, defaults)
 
 
-def raw_item(
-    seq: int, source: str, payload: bytes | dict[str, object] | str, defaults: EventDefaults
-) -> Item:
+def raw_item(seq: int, source: str, payload: Raw, defaults: EventDefaults) -> Item:
     """`unit_item` of a unit given as its three fields."""
+    if isinstance(payload, Invalid):  # answered where it was read (a Parquet row)
+        return payload
     if isinstance(payload, bytes):
         obj, error = parse_json_line(payload)
         if obj is None:

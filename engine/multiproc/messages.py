@@ -17,7 +17,7 @@ from engine.config import Config
 from engine.core.events import EventDefaults, Item
 from engine.core.stats import RunStats
 from engine.core.tally import Tally
-from engine.files.sources import Unit, raw_item
+from engine.files.sources import Raw, Unit, raw_item
 from engine.files.spans import Span
 from engine.net.auth import Lease
 
@@ -64,7 +64,7 @@ class Units:
 
     seqs: list[int]
     sources: list[str]
-    raws: list[bytes | dict[str, object] | str]
+    raws: list[Raw]
 
     @classmethod
     def of(cls, units: list[Unit]) -> Units:
