@@ -434,3 +434,34 @@ def test_shard_from_config_file(
     else:
         with pytest.raises(ConfigError, match=re.escape(expected)):
             config_from_args(args)
+
+
+def test_a_local_merge_is_written_whole_or_not_at_all(tmp_path: Path) -> None:
+    """The merged output is written beside and renamed over the old one at the end: a
+    merge that fails half-way leaves the old output and its manifest as they were; one
+    that ends replaces both (the old manifest goes first: never a half-written output
+    beside a manifest that vouches for it)."""
+    from engine.files.urlmerge import MergeOutput
+
+    out = tmp_path / "all.jsonl"
+    out.write_bytes(b"old\n")
+    manifest = Path(manifest_path(str(out)))
+    manifest.write_text('{"rows": 1}')
+    target = MergeOutput(str(out))
+
+    def half_way() -> None:
+        with target.open() as stream:
+            stream.write(b"new, half-way\n")
+            assert out.read_bytes() == b"old\n"  # nothing of the new one shows yet
+            raise RuntimeError("killed half-way")
+
+    with pytest.raises(RuntimeError):
+        half_way()
+    assert out.read_bytes() == b"old\n"
+    assert manifest.read_text() == '{"rows": 1}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["all.jsonl", manifest.name]
+    with target.open() as stream:
+        stream.write(b"new\n")
+    assert out.read_bytes() == b"new\n"
+    assert not manifest.exists()  # the merge writes its own next
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["all.jsonl"]

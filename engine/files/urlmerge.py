@@ -2,7 +2,11 @@
 
 Rules:
 - A local output is opened as before merge reads a part (a refusal is exit 2, nothing
-  written), its manifest written atomically beside it (files/manifests.py).
+  written), its manifest written atomically beside it (files/manifests.py). A regular
+  file is written whole or not at all, as an object is: into a file of its own beside
+  it, renamed over it at the end; the manifest of the output it replaces goes first, so
+  a merge killed half-way leaves the old output and its manifest, or the new output and
+  none, never a half-written one beside a manifest that vouches for it.
 - An object is streamed up (a multipart upload on S3) and exists only when the merge
   ended well: a failure discards the upload (storage.writing). Its sha256 is taken as it
   is written (never read back), and its manifest is the object beside it, written whole.
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 from collections.abc import Iterator
 from typing import Any, BinaryIO, cast
 
@@ -80,13 +85,7 @@ class MergeOutput:
     @contextlib.contextmanager
     def open(self) -> Iterator[BinaryIO]:
         if not is_url(self.name):
-            try:
-                out = open(self.name, "wb")
-            except OSError as exc:
-                raise OutputError(
-                    f"cannot write output {self.name}: {exc.strerror or exc}", before_run=True
-                ) from None
-            with out:
+            with self._local() as out:
                 yield out
             return
         fs, path = filesystem(self.name, self.options)
@@ -101,6 +100,36 @@ class MergeOutput:
             raise OutputError(
                 f"cannot write output {shown(self.name)}: {reason(exc, self.options)}"
             ) from None
+
+    @contextlib.contextmanager
+    def _local(self) -> Iterator[BinaryIO]:
+        """The local output: written beside, renamed over it (a regular file, or none
+        yet), or in place (a device, a pipe, a symlink: what it names is kept)."""
+        name = self.name
+        whole = not os.path.islink(name) and (not os.path.exists(name) or os.path.isfile(name))
+        folder, base = os.path.split(name)
+        temp = os.path.join(folder, f".{base}.{os.getpid()}.merging") if whole else name
+        try:
+            out = open(temp, "wb")
+        except OSError as exc:
+            raise OutputError(
+                f"cannot write output {name}: {exc.strerror or exc}", before_run=True
+            ) from None
+        try:
+            with out:
+                yield out
+                if whole:
+                    out.flush()
+                    os.fsync(out.fileno())
+            if whole:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(manifest_path(name))  # it vouched for the output replaced
+                os.replace(temp, name)
+        except BaseException:
+            if whole:
+                with contextlib.suppress(OSError):
+                    os.unlink(temp)
+            raise
 
     def sha256(self) -> str:
         if self._hashing is not None:
