@@ -292,3 +292,34 @@ def test_cli_load_bad_schedule_is_one_line_exit_2(
     assert err.startswith(("adbatch: error: ", "adbatch load: error: "))
     assert message in err
     assert err.count("\n") == 1
+
+
+@pytest.mark.anyio
+async def test_workers_start_as_the_calls_in_flight_need_them(
+    write_jsonl: Callable[..., Path], tmp_path: Path
+) -> None:
+    """--rate 20k: the --max-in-flight computed for it is rate x (timeout + 1), 120,000
+    here: a few workers wait from the start and the rest start when needed, never
+    120,000 tasks made at once (55,000 took 165 MB and made the first calls late)."""
+    import asyncio
+
+    out = tmp_path / "out.jsonl"
+    tasks: list[int] = []
+    small = MockConfig(fixed_body=b'{"status":"OK","placements":[]}')
+    async with running_mock(small) as mock:
+
+        async def count() -> None:
+            while True:
+                tasks.append(len(asyncio.all_tasks()))
+                await asyncio.sleep(0.01)
+
+        counter = asyncio.get_running_loop().create_task(count())
+        try:
+            config = config_for(mock, write_jsonl(EVENTS), out, timeout=5.0)
+            plan = LoadPlan(pacer=constant(20_000, 0.005))
+            outcome = await run_load(config, plan)
+        finally:
+            counter.cancel()
+    assert outcome.exit_code == 0
+    assert len(read_records(out)) == 100
+    assert max(tasks) < 1_000

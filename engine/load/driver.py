@@ -8,7 +8,9 @@
 
 Rules:
 - The dispatcher sleeps until each call is due and hands it to a worker that is idle
-  *now* (a zero-size stream: `send_nowait` succeeds only when a worker is waiting).
+  *now* (a zero-size stream: `send_nowait` succeeds only when a worker is waiting), or
+  to a new one while fewer than `max_in_flight` exist (a few wait from the start: a
+  computed --max-in-flight, rate x timeout, may be tens of thousands).
   When all `max_in_flight` workers are busy, `load` drops the call by default (a record
   with error_kind "dropped"; never silently delayed, so a slow server cannot slow the
   schedule: closed-model tools do, and hide the queueing, coordinated omission).
@@ -30,7 +32,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import replace
 from functools import partial
@@ -58,6 +60,9 @@ from engine.runtime.watch import Probe, Watch, engine_probe, input_progress
 
 # -- the dispatcher -------------------------------------------------------------------------
 
+#: Workers waiting from the start; the rest start when the calls in flight need them.
+_READY_WORKERS = 256
+
 
 class _Driver:
     def __init__(
@@ -76,6 +81,7 @@ class _Driver:
         schedule: AsyncGenerator[Scheduled, None],
         jobs: MemoryObjectSendStream[tuple[Event, float]],
         results: BatchQueue[Result],
+        spawn: Callable[[tuple[Event, float]], bool],
     ) -> None:
         live = self.live
         drop = self.plan.drops
@@ -114,12 +120,15 @@ class _Driver:
                     await results.put([replace(missed, error=error)])
                     continue
                 cap.sent(anyio.current_time() - start)
-                if not drop:
-                    await jobs.send((item, scheduled_at))
-                    continue
+                job = (item, scheduled_at)
                 try:
-                    jobs.send_nowait((item, scheduled_at))
+                    jobs.send_nowait(job)  # a worker idle now
                 except anyio.WouldBlock:
+                    if spawn(job):  # none idle, fewer than --max-in-flight: one more
+                        continue
+                    if not drop:
+                        await jobs.send(job)
+                        continue
                     await results.put([dropped(item, scheduled_at, self.plan.slots)])
 
     async def _dispatch_until_halt(
@@ -127,12 +136,13 @@ class _Driver:
         schedule: AsyncGenerator[Scheduled, None],
         jobs: MemoryObjectSendStream[tuple[Event, float]],
         results: BatchQueue[Result],
+        spawn: Callable[[tuple[Event, float]], bool],
     ) -> None:
         """`_dispatch` until the run halts (a signal, a stop of its own: the engine's
         feed scope), even mid-sleep: no call is scheduled after; those in flight go on."""
         try:
             with self.engine.shutdown.feed_scope:
-                await self._dispatch(schedule, jobs, results)
+                await self._dispatch(schedule, jobs, results, spawn)
         finally:
             jobs.close()  # the workers end once their calls have (also if cut short early)
 
@@ -140,18 +150,25 @@ class _Driver:
         self,
         jobs: ObjectReceiveStream[tuple[Event, float]],
         results: BatchQueue[Result],
+        first: tuple[Event, float] | None = None,
     ) -> None:
-        live = self.live
+        """One worker: `first` (a worker started for it), then each job handed over."""
         async with jobs:
+            if first is not None:
+                await self._call(*first, results)
             async for event, scheduled_at in jobs:
-                live.in_flight += 1
-                try:
-                    result = await self.engine.process(event)
-                finally:
-                    live.in_flight -= 1
-                if result is None:  # the run halted (SIGINT) before the call: not answered
-                    continue
-                await results.put([replace(result, scheduled_at=round(scheduled_at, 6))])
+                await self._call(event, scheduled_at, results)
+
+    async def _call(self, event: Event, scheduled_at: float, results: BatchQueue[Result]) -> None:
+        live = self.live
+        live.in_flight += 1
+        try:
+            result = await self.engine.process(event)
+        finally:
+            live.in_flight -= 1
+        if result is None:  # the run halted (SIGINT) before the call: not answered
+            return
+        await results.put([replace(result, scheduled_at=round(scheduled_at, 6))])
 
     async def run(self, schedule: AsyncGenerator[Scheduled, None], emit: Emit) -> float:
         """Drive the schedule to its end; returns the elapsed seconds."""
@@ -166,9 +183,29 @@ class _Driver:
                 # after a signal (at once after a second), the calls in flight are cut off.
                 with engine.shutdown.work_scope:
                     async with anyio.create_task_group() as tg, jobs_receive:
-                        for _ in range(limit):
+                        # A few workers wait from the start; more start as the calls in
+                        # flight need them, up to --max-in-flight (computed, it can be
+                        # rate x timeout: 55,000 tasks made at once cost 165 MB and made
+                        # the first calls late).
+                        started = min(limit, _READY_WORKERS)
+                        for _ in range(started):
                             tg.start_soon(self._work, jobs_receive.clone(), results)
-                        tg.start_soon(self._dispatch_until_halt, schedule, jobs_send, results)
+                        spawned = [started]
+                        # (jobs_receive closes as this block ends: later workers clone this)
+                        source = jobs_receive.clone()
+
+                        def spawn(job: tuple[Event, float]) -> bool:
+                            if spawned[0] >= limit:
+                                return False
+                            spawned[0] += 1
+                            tg.start_soon(self._work, source.clone(), results, job)
+                            return True
+
+                        async def dispatch() -> None:
+                            with source:
+                                await self._dispatch_until_halt(schedule, jobs_send, results, spawn)
+
+                        tg.start_soon(dispatch)
             finally:
                 results.close()  # the writer ends once it has every record
 
