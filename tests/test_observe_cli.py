@@ -113,6 +113,16 @@ def calls_total(text: str) -> float:
     )
 
 
+def _wait_for_the_records(run: subprocess.Popen[str], out: Path, count: int) -> None:
+    """Until `out` holds `count` records (the run is over), `run` still up."""
+    deadline = time.monotonic() + 30
+    while out.read_bytes().count(b"\n") < count if out.exists() else True:
+        assert run.poll() is None, run.communicate()
+        assert time.monotonic() < deadline, "the run did not end"
+        time.sleep(0.1)
+    time.sleep(0.3)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("command", ["run", "load"])
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
@@ -128,12 +138,7 @@ def test_linger_serves_the_last_scrape_until_a_signal(
         assert run.stderr is not None
         assert run.stderr.readline() == f"adbatch: metrics on http://127.0.0.1:{port}/metrics\n"
         # The run is over when the output holds every record; the endpoint stays up.
-        deadline = time.monotonic() + 30
-        while out.read_bytes().count(b"\n") < 40 if out.exists() else True:
-            assert run.poll() is None, run.communicate()
-            assert time.monotonic() < deadline, "the run did not end"
-            time.sleep(0.1)
-        time.sleep(0.3)
+        _wait_for_the_records(run, out, 40)
         last = get(f"http://127.0.0.1:{port}/metrics")
         assert calls_total(last) == 40
         assert "adbatch_in_flight 0.0" in last
@@ -167,12 +172,7 @@ def test_a_malformed_request_is_answered_400_and_not_logged(tmp_path: Path) -> N
                 b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 10000 + b"\r\n\r\n"
             )
             assert sock.recv(200).split(b"\r\n")[0].endswith(b" 400 Bad Request")
-        deadline = time.monotonic() + 30  # the run ends; the endpoint lingers
-        while out.read_bytes().count(b"\n") < 40 if out.exists() else True:
-            assert run.poll() is None, run.communicate()
-            assert time.monotonic() < deadline, "the run did not end"
-            time.sleep(0.1)
-        time.sleep(0.3)
+        _wait_for_the_records(run, out, 40)  # the run ends; the endpoint lingers
         assert calls_total(get(f"http://127.0.0.1:{port}/metrics")) == 40  # still up
         run.send_signal(signal.SIGTERM)
         _, err = run.communicate(timeout=20)

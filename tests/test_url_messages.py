@@ -205,12 +205,18 @@ def test_the_unreachable_stop_hides_the_password_and_query_values(
         main([*argv, str(events), "-o", str(tmp_path / "out.jsonl"), "--summary", str(summary)])
         == 3
     )
-    out, err = capsys.readouterr()
     shown = f"http://u:[redacted]@127.0.0.1:{refusing_port}/x?apikey=[redacted]"
-    assert f"adbatch: stopped: cannot reach the delivery endpoint {shown} (" in err
+    _stopped_saying(f"cannot reach the delivery endpoint {shown} (", capsys, summary)
+
+
+def _stopped_saying(words: str, capsys: pytest.CaptureFixture[str], summary: Path) -> None:
+    """The stop says `words` on stderr and in --summary, and no password or query value
+    anywhere, with no traceback."""
+    out, err = capsys.readouterr()
+    assert words in err
     assert "Traceback" not in err
     written = summary.read_text()
-    assert f"cannot reach the delivery endpoint {shown} (" in written
+    assert words in written
     for text in (out, err, written):
         assert PASSWORD not in text
         assert QUERY_VALUE not in text
@@ -259,12 +265,5 @@ def test_the_tls_stop_hides_the_password_and_query_values(
     summary = tmp_path / "summary.json"
     argv = ["run", "--token", TOKEN, "--endpoint", endpoint, "-o", str(tmp_path / "out.jsonl")]
     assert main([*argv, "--summary", str(summary), str(events)]) == 3
-    out, err = capsys.readouterr()
     shown = f"https://u:[redacted]@127.0.0.1:{untrusted_tls}/x?apikey=[redacted]"
-    assert f"(delivery endpoint {shown})" in err
-    assert "Traceback" not in err
-    written = summary.read_text()
-    assert f"(delivery endpoint {shown})" in written
-    for text in (out, err, written):
-        assert PASSWORD not in text
-        assert QUERY_VALUE not in text
+    _stopped_saying(f"(delivery endpoint {shown})", capsys, summary)
