@@ -465,3 +465,26 @@ def test_a_local_merge_is_written_whole_or_not_at_all(tmp_path: Path) -> None:
     assert out.read_bytes() == b"new\n"
     assert not manifest.exists()  # the merge writes its own next
     assert sorted(p.name for p in tmp_path.iterdir()) == ["all.jsonl"]
+
+
+def test_a_shard_s_output_is_resumed_as_that_shard(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--resume of shard 0/2's part with --shard 1/2 (or none) would add another shard's
+    records to it: exit 2, saying which shard it holds; with --shard 0/2 it resumes."""
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"".join(event_line(n) + b"\n" for n in range(10)))
+    out = tmp_path / "part-0.jsonl"
+    base = ["run", str(path), "-o", str(out), "--mock", "--no-progress"]
+    assert main([*base, "--shard", "0/2"]) == 0
+    capsys.readouterr()
+    before = out.read_bytes()
+    base.append("--resume")
+    for other in (["--shard", "1/2"], [], ["--shard", "0/2", "--shard-by", "id"]):
+        assert main([*base, *other]) == 2
+        err = capsys.readouterr().err
+        assert "holds shard 0/2 (--shard-by position): resume it with --shard 0/2" in err
+        assert out.read_bytes() == before
+    assert main([*base, "--shard", "0/2"]) == 0
+    assert "5 already answered in the output (resumed)" in capsys.readouterr().err
+    assert out.read_bytes() == before

@@ -24,7 +24,7 @@ import orjson
 
 from engine.config import Config
 from engine.core.urls import written
-from engine.errors import InputError
+from engine.errors import ConfigError, InputError
 from engine.files.storage import StorageOptions, is_url, open_read, read_object, write_object
 
 MANIFEST_SUFFIX = ".manifest.json"
@@ -146,6 +146,25 @@ def write_shard_manifest(config: Config, *, records: int) -> None:
             "sha256": info.sha256,
         },
     )
+
+
+def check_resumed_shard(config: Config) -> None:
+    """A --resume of a static shard's output resumes that shard: ConfigError (exit 2)
+    when the manifest beside the output names another shard (or sharding), which would
+    add another shard's records to this one's part."""
+    if not config.resume or config.output in (None, "-"):
+        return
+    found = read_manifest(manifest_path(config.output), config.storage_options)
+    if not found or found.get("adbatch") != "shard":
+        return
+    shard, by = found.get("shard"), found.get("by")
+    if config.shard is None or list(config.shard) != shard or config.shard_by != by:
+        given = "no --shard" if config.shard is None else "--shard {}/{}".format(*config.shard)
+        held = "{}/{}".format(*shard) if isinstance(shard, list) and len(shard) == 2 else "?"
+        raise ConfigError(
+            f"--resume: {written(config.output)} holds shard {held} (--shard-by {by}): "
+            f"resume it with --shard {held} --shard-by {by} (given: {given})"
+        )
 
 
 def read_manifest(path: str, options: StorageOptions = ()) -> dict[str, Any] | None:

@@ -170,6 +170,10 @@ async def open_run(
     if config.backend != "ray":  # a Ray run's calls go out on other machines
         check_open_files(config)
     to_url = output and config.output is not None and is_url(config.output)
+    if output and config.resume:
+        from engine.files.manifests import check_resumed_shard  # (a --resume only)
+
+        check_resumed_shard(config)
     index = open_resume(config.output) if output and config.resume and not to_url else None
     if config.summary is not None:
         create_output(config.summary)
