@@ -106,6 +106,15 @@ async def start_mock(config: Config, stack: AsyncExitStack) -> Config:
     )
 
 
+def _resume_index(config: Config, to_url: bool) -> ResumeIndex | None:
+    """What a --resume's output answers already (a URL's: its parts, open_part_output);
+    a static shard's output resumed as another shard is exit 2 first."""
+    from engine.files.manifests import check_resumed_shard  # (a --resume only)
+
+    check_resumed_shard(config)
+    return None if to_url else open_resume(config.output)
+
+
 def _tls_options(config: Config) -> bool:
     return (config.cacert, config.client_cert, config.client_key) != (None, None, None)
 
@@ -170,11 +179,7 @@ async def open_run(
     if config.backend != "ray":  # a Ray run's calls go out on other machines
         check_open_files(config)
     to_url = output and config.output is not None and is_url(config.output)
-    if output and config.resume:
-        from engine.files.manifests import check_resumed_shard  # (a --resume only)
-
-        check_resumed_shard(config)
-    index = open_resume(config.output) if output and config.resume and not to_url else None
+    index = _resume_index(config, to_url) if output and config.resume else None
     if config.summary is not None:
         create_output(config.summary)
     sink: JsonlSink | PartSink | None = None
