@@ -34,6 +34,7 @@ from engine.core.events import NO_DEFAULTS, EventDefaults, Invalid, Item, ReadCo
 from engine.core.shard import ShardSpec, stable_hash
 from engine.errors import ConfigError, InputError
 from engine.files.storage import StorageOptions, is_url, open_read, reason, shown, source_name
+from engine.files.unread import unread_error
 
 U = TypeVar("U")
 
@@ -200,8 +201,7 @@ def rows(
                 yield Row(
                     row,
                     None,
-                    f"Parquet input could not be read ({reason(exc, options)}); "
-                    "the rest of this file is unread",
+                    unread_error(reason(exc, options), what="Parquet input"),
                 )
                 return
             if counts is not None:

@@ -39,6 +39,7 @@ from typing import BinaryIO
 
 from engine.core.records import ErrorKind, RecordLine, is_transient, parse_record, record_seq
 from engine.errors import FatalError, InputError, OutputError
+from engine.files.unread import is_unread_error
 
 
 def _checksum(source: str, event_id: str | None) -> int:
@@ -53,21 +54,13 @@ def _unread_checksum(source: str) -> int:
     return _checksum(f"{source.rpartition(':')[0]}\x00unread", None)
 
 
-#: The end of the error of a record that a read error left for lines it could not read
-#: (files/sources.py, files/parquet.py, files/spans.py).
-_UNREAD = ("the rest of this file is unread", "this record is unread")
-
-
 def unread(record: RecordLine) -> bool:
     """Whether `record` stands for input the run could not read (see the module's rules):
     not the line's fault, so not its answer."""
-    error = record.fields.get("error")
     return (
         record.fields.get("error_kind") == ErrorKind.INVALID
         and record.id is None
-        and type(error) is str
-        and "could not be read (" in error
-        and error.endswith(_UNREAD)
+        and is_unread_error(record.fields.get("error"))
     )
 
 

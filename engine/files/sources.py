@@ -42,6 +42,7 @@ from engine.files.jsonlines import parse_json_line as parse_json_line  # re-expo
 from engine.files.position import Counted
 from engine.files.position import input_size as input_size  # re-exported
 from engine.files.storage import StorageOptions, is_url, open_read, source_name
+from engine.files.unread import REST_OF_FILE, unread_error
 
 STDIN = "-"
 STDIN_NAME = "<stdin>"
@@ -181,8 +182,8 @@ def _physical_lines(
 
 def _read_error(exc: Exception) -> str:
     if isinstance(exc, EOFError | gzip.BadGzipFile | zlib.error):
-        return f"compressed input is truncated or corrupt ({exc}); the rest of this file is unread"
-    return f"input could not be read ({exc}); the rest of this file is unread"
+        return f"compressed input is truncated or corrupt ({exc}); {REST_OF_FILE}"
+    return unread_error(exc)
 
 
 def jsonl_records(stream: BinaryIO, max_bytes: int, counts: ReadCounts) -> Iterator[Record]:

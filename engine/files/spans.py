@@ -48,6 +48,7 @@ from engine.files.localfs import is_local_file
 from engine.files.ranges import RangeReader
 from engine.files.sources import BOM, STDIN, _read_error, is_blank, jsonl_items, source_format
 from engine.files.storage import is_url, source_name
+from engine.files.unread import THIS_RECORD, unread_error
 
 _BLOCK = 1 << 16
 
@@ -324,9 +325,9 @@ def span_items(
     if not error:
         file, why = _open(span)
         if file is None:
-            error = f"input could not be read ({why}); this record is unread"
+            error = unread_error(why, end=THIS_RECORD)
         else:
-            error = "input changed while the run read it; this record is unread"
+            error = f"input changed while the run read it; {THIS_RECORD}"
             last = yield from _read(span, file, defaults, max_line_bytes)
             if last is not None:
                 seq, line = last.seq + 1, int(last.source.rpartition(":")[2]) + 1
