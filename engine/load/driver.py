@@ -190,14 +190,14 @@ class _Driver:
                         started = min(limit, _READY_WORKERS)
                         for _ in range(started):
                             tg.start_soon(self._work, jobs_receive.clone(), results)
-                        spawned = [started]
                         # (jobs_receive closes as this block ends: later workers clone this)
                         source = jobs_receive.clone()
 
                         def spawn(job: tuple[Event, float]) -> bool:
-                            if spawned[0] >= limit:
+                            nonlocal started
+                            if started >= limit:
                                 return False
-                            spawned[0] += 1
+                            started += 1
                             tg.start_soon(self._work, source.clone(), results, job)
                             return True
 
