@@ -278,3 +278,23 @@ def test_text_report_shows_a_server_s_control_characters_as_escapes(tmp_path: Pa
     assert done.returncode == 0, done.stderr[-2000:]
     assert "boom \\x1b[2J\\x1b[H\\x1b]0;owned\\x07 \\x9b31m FAKE" in done.stdout
     assert not any(ch in done.stdout for ch in "\x1b\x07\x9b")
+
+
+def test_cli_report_comparing_two_hostile_output_files(tmp_path: Path) -> None:
+    """`adbatch report A B` writes an absurd figure in exponent form, in its text and its
+    HTML, as the one-run report does: not hundreds of digits that widen the table."""
+    a, b, html = tmp_path / "a.jsonl", tmp_path / "b.jsonl", tmp_path / "ab.html"
+    a.write_bytes(b"".join(orjson.dumps(record(i)) + b"\n" for i in range(5)))
+    hostile = [record(i) for i in range(4)] + [record(4, latency_ms=1e300)]
+    b.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in hostile))
+    done = subprocess.run(
+        [sys.executable, "-c", LIMITED, "report", str(a), str(b), "--html", str(html)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "e+300" in done.stdout, done.stdout
+    assert not re.search(r"\d{20}", done.stdout), done.stdout
+    assert not re.search(r"\d{20}", html.read_text())

@@ -41,6 +41,16 @@ def terminal_safe(text: str) -> str:
     return _TERMINAL_CONTROL.sub(lambda m: ascii(m.group())[1:-1], text)
 
 
+def fixed(value: float, decimals: int, *, sign: bool = False) -> str:
+    """`value` with `decimals` decimals (a `+` before a positive one with `sign`), in
+    exponent form from 1e15 on: an absurd record's 1e308 ms as 1.000e+308, not 309
+    digits that widen a report's table."""
+    plus = "+" if sign else ""
+    if abs(value) < 1e15:
+        return f"{value:{plus}.{decimals}f}"
+    return f"{value:{plus}.3e}"
+
+
 def _surrogate(text: str) -> str | None:
     """The first lone surrogate of `text` as `U+D800`, or None (ASCII costs one check)."""
     if text.isascii():

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
 
+from engine.core.values import fixed
 from engine.report.html import PALETTE, Line, line_chart, page, table
 
 _KEYS = ("p50", "p90", "p99", "p99.9", "max", "mean")
@@ -70,7 +71,7 @@ def compare_rows(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[dict[str, A
 def _num(value: float | None, unit: str) -> str:
     if value is None:
         return "-"
-    text = f"{value:.0f}" if unit == "" else f"{value:.2f}" if unit == "%" else f"{value:.1f}"
+    text = fixed(value, 0 if unit == "" else 2 if unit == "%" else 1)
     return text + ("" if unit in ("", "ms") else unit)
 
 
@@ -78,9 +79,9 @@ def _change(row: Mapping[str, Any]) -> str:
     change = row["change"]
     if change is None:
         return "-"
-    text = f"{change:+.2f}" if row["unit"] == "%" else f"{change:+.1f}"
+    text = fixed(change, 2 if row["unit"] == "%" else 1, sign=True)
     if row["change_pct"] is not None and row["unit"] != "%":
-        text += f" ({row['change_pct']:+.1f}%)"
+        text += f" ({fixed(row['change_pct'], 1, sign=True)}%)"
     return text + (f" {row['verdict']}" if row["verdict"] else "")
 
 

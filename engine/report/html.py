@@ -23,6 +23,8 @@ from datetime import UTC, datetime
 from html import escape
 from typing import Any
 
+from engine.core.values import fixed
+
 _W, _H = 760, 260
 _PAD_L, _PAD_R, _PAD_T, _PAD_B = 62, 16, 14, 38
 PALETTE = ("#2563eb", "#16a34a", "#dc2626", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#64748b")
@@ -221,7 +223,7 @@ def table(rows: Sequence[Sequence[str]]) -> str:
 def _ms(v: object) -> str:
     if not isinstance(v, int | float):
         return "-"
-    return f"{v:.1f}" if abs(v) < 1e15 else f"{v:.3e}"  # 1e308 ms: not 309 digits
+    return fixed(v, 1)
 
 
 _CSS = """

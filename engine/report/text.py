@@ -27,6 +27,7 @@ from engine.core.figures import VIEW_KEYS, count_message, figures
 from engine.core.records import ErrorKind, RecordLine, parse_record
 from engine.core.series import Figures
 from engine.core.stats import plural
+from engine.core.values import fixed
 
 
 @dataclass(slots=True)
@@ -90,8 +91,7 @@ def file_figures(acc: Figures, tally: FileTally | None) -> dict[str, Any]:
 def _ms(value: object) -> str:
     if not isinstance(value, int | float):
         return "-"
-    # An absurd record's 1e308 ms as 1.000e+308, not 309 digits that widen the table.
-    return f"{value:.1f}" if abs(value) < 1e15 else f"{value:.3e}"
+    return fixed(value, 1)
 
 
 def _table(rows: list[tuple[str, ...]]) -> list[str]:
