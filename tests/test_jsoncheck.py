@@ -114,9 +114,10 @@ def _embedded_before(body: bytes) -> object:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError:
         return body.decode("utf-8", "replace")
-    if b"\n" in body or b"\r" in body:
-        return parsed
-    return orjson.Fragment(body)
+    del parsed
+    # Line breaks, whitespace between a JSON text's tokens, written as spaces: the text
+    # as the server sent it on one line (re-encoding it lost digits: 12.50 as 12.5).
+    return orjson.Fragment(body.replace(b"\n", b" ").replace(b"\r", b" "))
 
 
 EMBEDDED = [

@@ -56,7 +56,12 @@ def test_server_message(body: bytes, expected: str | None) -> None:
     ("body", "line"),
     [
         pytest.param(b'{"a": 1}', b'{"r":{"a": 1}}', id="raw-json-kept-as-sent"),
-        pytest.param(b'{\n  "a": 1\n}', b'{"r":{"a":1}}', id="multi-line-json-compacted"),
+        pytest.param(b'{\n  "a": 1\n}', b'{"r":{   "a": 1 }}', id="multi-line-json-on-one-line"),
+        pytest.param(
+            b'{"price": 12.50,\r\n"big": 123456789012345678901234567890, "f": 1.0e2}\n',
+            b'{"r":{"price": 12.50,  "big": 123456789012345678901234567890, "f": 1.0e2} }',
+            id="multi-line-json-numbers-as-written",
+        ),
         pytest.param(b"hello\nworld", b'{"r":"hello\\nworld"}', id="text-as-string"),
         pytest.param(b"\xff\xfe", b'{"r":"\xef\xbf\xbd\xef\xbf\xbd"}', id="bad-utf8-replaced"),
         pytest.param(b"", b'{"r":null}', id="empty-null"),
