@@ -172,3 +172,46 @@ async def test_resume_sends_the_rows_of_a_parquet_object_left_unread(
     assert code == 0, err
     assert all(r["ok"] for r in read_records(tmp_path / "out.jsonl"))
     assert _ids(tmp_path / "out.jsonl") == [f"g{i}" for i in range(n)]
+
+
+async def test_an_http_store_that_fails_mid_object_ends_the_file_with_one_redacted_record(
+    tmp_path: Path,
+) -> None:
+    """An http(s) input whose store answers every range after the first 500, its reason
+    quoting the URL's password and signature: aiohttp's error is no OSError, yet the
+    file ends as an S3 one does (one "could not be read" record, exit 1), no traceback,
+    and neither secret is written."""
+    n = 1100
+    data = _jsonl(n)
+    gets = 0
+    password, signature = "StOrEpAsSwOrD9", "SiGnAtUrEvAlUe77"
+
+    async def serve(request: web.Request) -> web.StreamResponse:
+        nonlocal gets
+        if request.method == "HEAD":
+            return web.Response(headers={"Content-Length": str(len(data))})
+        gets += 1
+        if gets > 1:
+            return web.Response(status=500, reason=f"Broken {signature} {password}")
+        first, _, last = request.headers["Range"].removeprefix("bytes=").partition("-")
+        end = min(int(last), len(data) - 1)
+        span = f"bytes {first}-{end}/{len(data)}"
+        return web.Response(status=206, body=data[int(first) : end + 1],
+                            headers={"Content-Range": span})  # fmt: skip
+
+    app = web.Application()
+    app.router.add_route("*", "/in.jsonl", serve)
+    async with serving(app) as base:
+        url = base.replace("://", f"://user:{password}@") + f"/in.jsonl?sig={signature}"
+        code, err = await _run(base, url, "-o", "out.jsonl", "--summary", "s.json", cwd=tmp_path)
+    assert gets == 1 + len(PAUSES) + 1, gets  # the first range, then tried again
+    assert code == 1, err
+    assert "Traceback" not in err, err
+    assert len(err.splitlines()) == 1, err
+    records = read_records(tmp_path / "out.jsonl")
+    assert 0 < len(records) < n
+    assert records[-1]["error"].endswith("the rest of this file is unread")
+    assert len([r for r in records if r["id"] is None]) == 1
+    written = (tmp_path / "out.jsonl").read_text() + (tmp_path / "s.json").read_text() + err
+    assert password not in written
+    assert signature not in written

@@ -14,7 +14,7 @@ Rules:
 from __future__ import annotations
 
 import re
-from urllib.parse import SplitResult, urlsplit, urlunsplit
+from urllib.parse import SplitResult, unquote, unquote_plus, urlsplit, urlunsplit
 
 from engine.core.errors import ConfigError
 
@@ -78,6 +78,22 @@ def without_credentials(url: str) -> str:
         else ""
     )
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def credentials(url: str) -> tuple[str, ...]:
+    """What `without_credentials` hides of `url`, to redact where a server quotes it: the
+    password and the query's values, as written and decoded."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return ()
+    found = []
+    if "@" in parts.netloc:
+        user = parts.netloc.rpartition("@")[0]
+        if ":" in user:
+            found.append(user.partition(":")[2])
+    found += [pair.partition("=")[2] for pair in parts.query.split("&") if "=" in pair]
+    return tuple({v for raw in found if raw for v in (raw, unquote(raw), unquote_plus(raw))})
 
 
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+://")

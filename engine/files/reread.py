@@ -4,8 +4,9 @@ Rules:
 - An fsspec file reads an object through its block cache, which asks `fetcher(start,
   end)` for each range. That call is wrapped: when it raises anything but a final error
   (a 5xx, a reset, a timeout: the store's trouble, not the object's), the same range is
-  asked for again after each pause of `PAUSES`; the last failure is raised as it came,
-  and the reader ends the file with its one "could not be read" record as before.
+  asked for again after each pause of `PAUSES`; the last failure is raised as an
+  OSError in words of the caller's (`describe`: redacted), and the reader ends the file
+  with its one "could not be read" record as before.
 - Final, never tried again: no such object, permission denied, a closed file or a bad
   argument (`_FINAL`). A file without a block cache (an http stream of unknown size) is
   left as it is.
@@ -30,25 +31,29 @@ _FINAL = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryEr
 F = TypeVar("F")
 
 
-def _retrying(fetch: Callable[[int, int], Any]) -> Callable[[int, int], Any]:
+def _retrying(
+    fetch: Callable[[int, int], Any], describe: Callable[[Exception], str]
+) -> Callable[[int, int], Any]:
     def fetcher(start: int, end: int) -> Any:
-        for pause in PAUSES:
+        for pause in (*PAUSES, None):
             try:
                 return fetch(start, end)
-            except _FINAL:
-                raise
-            except Exception:
+            except Exception as exc:
+                if pause is None or isinstance(exc, _FINAL):
+                    raise OSError(describe(exc)) from None
                 time.sleep(pause)
-        return fetch(start, end)
+        raise AssertionError("unreachable")  # the last pass returns or raises
 
     return fetcher
 
 
-def retrying(file: F) -> F:
+def retrying(file: F, describe: Callable[[Exception], str]) -> F:
     """`file` (an fsspec file open for reading), its ranged reads tried again on a
-    transient failure (see the module's rules)."""
+    transient failure (see the module's rules); a read that fails for good raises
+    OSError(`describe(its error)`), whatever the driver raised (aiohttp's errors are not
+    OSErrors, and their text quotes the URL whole)."""
     cache = getattr(file, "cache", None)
     fetch = getattr(cache, "fetcher", None)
     if cache is not None and callable(fetch):
-        cache.fetcher = _retrying(fetch)
+        cache.fetcher = _retrying(fetch, describe)
     return file

@@ -36,8 +36,14 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from engine.core.errors import ConfigError, InputError, OutputError
 from engine.core.secrets import Secrets
+from engine.core.urls import (
+    credentials,
+    secret_option,
+    shown_option,
+    split_url,
+    without_credentials,
+)
 from engine.core.urls import parse_option as parse_option  # re-exported
-from engine.core.urls import secret_option, shown_option, split_url, without_credentials
 from engine.files.reread import retrying
 
 if TYPE_CHECKING:
@@ -146,8 +152,9 @@ def storage_kwargs(options: StorageOptions) -> dict[str, Any]:
     return kwargs
 
 
-def _secrets(options: StorageOptions) -> Secrets:
+def _secrets(options: StorageOptions, url: str = "") -> Secrets:
     values = [value for key, value in _pairs(options) if secret_option(key)]
+    values += [v for v in credentials(url) if len(v) >= 4]  # not every `a` of a message
     values += [os.environ.get(var, "") for var in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")]
     return Secrets(tuple(v for v in values if v), min_length=1)
 
@@ -170,8 +177,9 @@ def unreachable(exc: BaseException) -> bool:
     return False
 
 
-def reason(exc: BaseException, options: StorageOptions = ()) -> str:
-    """A driver's exception as one redacted line."""
+def reason(exc: BaseException, options: StorageOptions = (), url: str = "") -> str:
+    """A driver's exception as one redacted line (the storage options' secrets, and
+    `url`'s password and query values, wherever the store quoted them)."""
     text = str(exc).strip().splitlines()
     # URLs shown as messages show them, before this wraps the line in words of its own
     line = re.sub(r"\w+://\S+", lambda m: shown(m.group()), text[0]) if text else ""
@@ -185,7 +193,7 @@ def reason(exc: BaseException, options: StorageOptions = ()) -> str:
     elif isinstance(exc, PermissionError):
         line = f"permission denied ({line})" if line else "permission denied"
     line = line if line else type(exc).__name__
-    return _secrets(options).redact(line)
+    return _secrets(options, url).redact(line)
 
 
 def quiet_drivers() -> None:
@@ -280,7 +288,7 @@ def expand(url: str, options: StorageOptions = ()) -> list[str]:
     except (InputError, ConfigError):
         raise
     except Exception as exc:
-        raise InputError(f"cannot read input {shown(url)}: {reason(exc, options)}") from None
+        raise InputError(f"cannot read input {shown(url)}: {reason(exc, options, url)}") from None
     if not objects:
         raise InputError(f"no objects match input {shown(url)}")
     return [_url_of(name, p) for p in sorted(objects)]
@@ -338,9 +346,10 @@ def open_read(url: str, options: StorageOptions = ()) -> BinaryIO:
     read that fails for a reason that may pass is tried again in place (files/reread.py)."""
     fs, path = filesystem(url, options)
     try:
-        return retrying(fs.open(path, "rb", block_size=BLOCK_SIZE))  # type: ignore[no-any-return]
+        opened = fs.open(path, "rb", block_size=BLOCK_SIZE)
     except Exception as exc:
-        raise InputError(f"cannot read input {shown(url)}: {reason(exc, options)}") from None
+        raise InputError(f"cannot read input {shown(url)}: {reason(exc, options, url)}") from None
+    return retrying(opened, lambda exc: reason(exc, options, url))  # type: ignore[no-any-return]
 
 
 def is_local(fs: AbstractFileSystem) -> bool:
@@ -364,10 +373,10 @@ def check_bucket(fs: AbstractFileSystem, path: str, url: str, options: StorageOp
                 f"output {shown(url)}: the bucket {bucket} does not exist "
                 "(or these credentials cannot see it)"
             ) from None
-        raise ConfigError(f"output {shown(url)}: {reason(exc, options)}") from None
+        raise ConfigError(f"output {shown(url)}: {reason(exc, options, url)}") from None
     except Exception as exc:
         if unreachable(exc):
-            raise ConfigError(f"output {shown(url)}: {reason(exc, options)}") from None
+            raise ConfigError(f"output {shown(url)}: {reason(exc, options, url)}") from None
         # cannot tell (no permission to look): the first write says
 
 
@@ -389,7 +398,7 @@ def write_object(url: str, data: bytes, options: StorageOptions = ()) -> None:
     try:
         put_whole(fs, path, data)
     except Exception as exc:
-        raise OutputError(f"cannot write {shown(url)}: {reason(exc, options)}") from None
+        raise OutputError(f"cannot write {shown(url)}: {reason(exc, options, url)}") from None
 
 
 def read_object(url: str, options: StorageOptions = ()) -> bytes | None:
@@ -400,7 +409,7 @@ def read_object(url: str, options: StorageOptions = ()) -> bytes | None:
     except FileNotFoundError:
         return None
     except Exception as exc:
-        raise InputError(f"cannot read {shown(url)}: {reason(exc, options)}") from None
+        raise InputError(f"cannot read {shown(url)}: {reason(exc, options, url)}") from None
 
 
 @contextlib.contextmanager
