@@ -5,7 +5,10 @@ a flag, a choice, a string or a list of strings. A TOML string goes through the
 option's type exactly as on the command line (`timeout = "2s"`, `rate = "1k"`); a TOML
 number goes through it as its text; a value of the wrong TOML type, or an unknown key,
 is one ConfigError line naming the key, what was expected and, for a near-miss, the key
-meant. Tokens and client secrets are refused in files.
+meant. Tokens and client secrets are refused in files. A value quoted in a message goes
+through engine/core/shown.py (`_Wrong`, `typed`): a URL's password and query values, a
+header's value and a credential's (a storage option named *secret*, a table's `password`)
+never show, in arrays and tables too.
 """
 
 from __future__ import annotations
@@ -17,6 +20,10 @@ from typing import Any
 
 from engine.cli import argtypes as t
 from engine.config import HTTP_CLIENTS, Config
+from engine.core.addresses import parse_listen
+from engine.core.shown import shown_given, shown_stored
+from engine.core.thresholds import parse_threshold
+from engine.core.urls import REDACTED, written
 from engine.errors import ConfigError
 
 #: value -> typed value; raises ValueError (or argparse's type error) saying what it expected.
@@ -33,9 +40,21 @@ def _toml_type(value: object) -> str:
     return _TOML_TYPES.get(type(value), type(value).__name__)
 
 
-def _wrong(what: str, value: object) -> ValueError:
-    shown = repr(value) if isinstance(value, str) else f"{value!r} ({_toml_type(value)})"
-    return ValueError(f"expected {what}, got {shown}")
+class _Wrong(ValueError):
+    """A value not of the kind expected: `typed` says so, quoting it as core/shown.py
+    shows the option's values (`key`: the storage option it was given for)."""
+
+    def __init__(self, what: str, value: object, *, key: str | None = None) -> None:
+        super().__init__(what)
+        self.what, self.value, self.key = what, value, key
+
+    def message(self, name: str) -> str:
+        value = self.value
+        shown = shown_given(name, value) if self.key is None else shown_stored(self.key, value)
+        text = shown if shown == REDACTED else repr(shown)
+        return f"expected {self.what}, got {text}" + (
+            "" if isinstance(value, str) else f" ({_toml_type(value)})"
+        )
 
 
 def _option(
@@ -45,25 +64,30 @@ def _option(
 
     def kind(value: object) -> Any:
         if isinstance(value, str):
-            return parse(value)
+            try:
+                return parse(value)
+            except (ValueError, argparse.ArgumentTypeError):
+                if written(value) != value:  # its own message would quote a URL's password
+                    raise _Wrong(what, value) from None
+                raise
         if ints and isinstance(value, int) and not isinstance(value, bool):
             return parse(str(value))
         if floats and isinstance(value, float):
             return parse(repr(value))
-        raise _wrong(what, value)
+        raise _Wrong(what, value)
 
     return kind
 
 
 def _flag(value: object) -> bool:
     if not isinstance(value, bool):
-        raise _wrong("true or false", value)
+        raise _Wrong("true or false", value)
     return value
 
 
 def _text(value: object) -> str:
     if not isinstance(value, str):
-        raise _wrong("a string", value)
+        raise _Wrong("a string", value)
     return value
 
 
@@ -71,14 +95,14 @@ def _texts(value: object) -> tuple[str, ...]:
     if isinstance(value, str):
         return (value,)
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise _wrong("a string or an array of strings", value)
+        raise _Wrong("a string or an array of strings", value)
     return tuple(value)
 
 
 def _choice(*choices: str) -> Kind:
     def kind(value: object) -> str:
         if not isinstance(value, str) or value not in choices:
-            raise _wrong("one of " + ", ".join(choices), value)
+            raise _Wrong("one of " + ", ".join(choices), value)
         return value
 
     return kind
@@ -95,7 +119,20 @@ def _storage_options(value: object) -> tuple[tuple[str, str], ...]:
             else:
                 pairs.append(_storage_pair(key, item))
         return tuple(pairs)
-    return tuple(t.storage_option(text) for text in _texts(value))
+    return tuple(_storage_text(text) for text in _texts(value))
+
+
+def _storage_text(text: str) -> tuple[str, str]:
+    try:
+        return t.storage_option(text)
+    except argparse.ArgumentTypeError:
+        key = text.partition("=")[0]
+        if written(key) != key:  # its own message would quote the key, a URL's password in it
+            raise _Wrong(_KEY_VALUE, text) from None
+        raise
+
+
+_KEY_VALUE = "KEY=VALUE with KEY a name such as endpoint_url or client_kwargs.region_name"
 
 
 def _storage_pair(key: object, item: object) -> tuple[str, str]:
@@ -104,17 +141,36 @@ def _storage_pair(key: object, item: object) -> tuple[str, str]:
     elif isinstance(item, int | float):
         item = str(item)
     elif not isinstance(item, str):
-        raise _wrong(f"a string, a number or a boolean for {key!r}", item)
-    return t.storage_option(f"{key}={item}")
+        raise _Wrong(f"a string, a number or a boolean for {key!r}", item, key=str(key))
+    return _storage_text(f"{key}={item}")
+
+
+def _checked(kind: Kind, check: Callable[[str], object], what: str) -> Kind:
+    """`kind`, and a text holding a URL's credentials refused here when `check` (what
+    Config.validated checks it with) refuses it: that message would quote it whole."""
+
+    def checked(value: object) -> Any:
+        typed = kind(value)
+        for text in (typed,) if isinstance(typed, str) else typed:
+            if written(text) != text:
+                try:
+                    check(text)
+                except ConfigError:
+                    raise _Wrong(what, value) from None
+        return typed
+
+    return checked
 
 
 def _partner(value: object) -> str:
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise _wrong("an integer", value)
+    # Checked here, not left to Config's message: that one would quote the text as it is.
+    if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).isdigit():
+        raise _Wrong("an integer", value)
     return str(value)
 
 
 _WHOLE = "a whole number"
+_LISTEN = "HOST:PORT or :PORT such as :9100"
 _DURATION = "a duration such as 2s, 500ms, 1m30s"
 
 #: Each Config field's kind. A field missing here gets one from its annotation (`_guess`).
@@ -141,6 +197,10 @@ KINDS: dict[str, Kind] = {
     "input_format": _choice("auto", "jsonl", "csv", "parquet"),
     "shard_by": _choice("position", "id"),
     "backend": _choice("local", "ray"),
+    "records": _choice("all", "errors", "none"),
+    "thresholds": _checked(_texts, parse_threshold, "METRIC OP VALUE such as p99<250ms"),
+    "metrics_addr": _checked(_text, lambda s: parse_listen(s, "--metrics-addr"), _LISTEN),
+    "dashboard": _checked(_text, lambda s: parse_listen(s, "--dashboard"), _LISTEN),
 }
 for _name in ("backoff_base", "backoff_cap", "retry_after_cap", "grace", "give_up_after"):
     KINDS[_name] = _option(t.duration, _DURATION)
@@ -173,6 +233,8 @@ def typed(name: str, value: object) -> Any:
     """`value` (TOML or environment) as field `name` holds it; ConfigError(message) if not."""
     try:
         return kind_of(name)(value)
+    except _Wrong as exc:
+        raise ConfigError(exc.message(name)) from None
     except (ValueError, argparse.ArgumentTypeError) as exc:
         raise ConfigError(str(exc)) from None
 

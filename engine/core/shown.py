@@ -7,7 +7,13 @@ Rules:
 - A storage option shows its value unless its name says credential (`shown_option`).
 - A URL (the endpoint, the token URL) shows without its password or query values
   (`without_credentials`); a proxy as every message shows it (`ProxyURL.shown`), and
-  [redacted] whole when it cannot be read.
+  [redacted] whole when it cannot be read. Any other URL (an input, -o) shows without its
+  password and query values too.
+- A value as a config file or a variable gave it (`shown_given`: an array, a table, nested,
+  of the wrong type or form) by the same rules, item by item; a table's entry under a
+  credential's name (a storage option's, any other key holding key, secret, token or
+  password...) shows [redacted]. Config-file and ADBATCH_* messages quote values so
+  (engine/cli/config_file.py): they once printed `proxy = [URL]` whole, password and all.
 One home: the two views drifted once (the series header wrote the endpoint's password,
 the token URL's and the storage options' secrets in clear).
 """
@@ -16,7 +22,14 @@ from __future__ import annotations
 
 from engine.core.errors import ConfigError
 from engine.core.proxies import parse_proxy_url
-from engine.core.urls import REDACTED, shown_option, without_credentials
+from engine.core.urls import (
+    REDACTED,
+    check_option,
+    secret_option,
+    shown_option,
+    without_credentials,
+    written,
+)
 
 #: Options whose value is a secret, whatever it is.
 SECRETS = frozenset({"token", "client_secret"})
@@ -41,4 +54,50 @@ def shown_value(name: str, value: object) -> object:
             return parse_proxy_url(value, source="--proxy").shown
         except ConfigError:
             return REDACTED  # cannot tell its credentials apart: show none of it
+    if isinstance(value, str):
+        return written(value)
+    if isinstance(value, tuple | list):
+        return [written(v) if isinstance(v, str) else v for v in value]
+    return value
+
+
+def shown_given(name: str, value: object) -> object:
+    """`value` as given for the option `name` (a TOML value of any shape, or a variable's
+    text), as a message may show it: the module's rules, in every array and table."""
+    if name in SECRETS:
+        return REDACTED
+    if isinstance(value, list | tuple):
+        return [shown_given(name, item) for item in value]
+    if isinstance(value, dict):
+        if name == "storage_options":
+            return {k: shown_stored(str(k), v) for k, v in value.items()}
+        return {
+            k: REDACTED if name == "headers" or secret_option(str(k)) else shown_given(name, v)
+            for k, v in value.items()
+        }
+    if not isinstance(value, str):
+        return value
+    if name == "headers":  # `Name: value`; without a colon, all of it may be the value
+        return f"{value.partition(':')[0]}: {REDACTED}" if ":" in value else REDACTED
+    if name == "storage_options":  # `key=value`; without a '=', all of it may be the value
+        key, eq, item = value.partition("=")
+        try:
+            check_option(key.strip())
+        except ConfigError:
+            return REDACTED  # no option's name before a '=': a URL's password may be there
+        return shown_option(key, item) if eq else REDACTED
+    return shown_value(name, value)
+
+
+def shown_stored(key: str, value: object) -> object:
+    """A storage option's value of any TOML shape, given under `key` (a table's entry:
+    `client_kwargs = {password = ...}` is under client_kwargs.password), as shown."""
+    if secret_option(key):
+        return REDACTED
+    if isinstance(value, dict):
+        return {k: shown_stored(f"{key}.{k}", v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [shown_stored(key, item) for item in value]
+    if isinstance(value, str):
+        return shown_option(key, value).partition("=")[2]
     return value
