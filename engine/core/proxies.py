@@ -6,7 +6,10 @@ Rules (curl's, where curl has one):
   one-line ConfigError naming where the URL came from.
 - `user:password@` in a proxy URL (percent-decoded) becomes `Proxy-Authorization: Basic`.
   Both are secrets: a proxy URL shown in a message (`ProxyURL.shown`) never carries them,
-  and the run's redactor hunts the password and the Basic form (`Proxies.secrets`).
+  and the run's redactor hunts the password and the Basic form (`Proxies.secrets`). A
+  proxy's own words in a refusal (`refusal`) lose them whatever the password's length:
+  only the proxy can quote them, and the run's redactor skips a password under 8
+  characters (engine/core/secrets.py).
 - The variables, for a call to a URL of scheme `s`: `s_proxy`, then `S_PROXY`, then
   `all_proxy`, then `ALL_PROXY`; an empty value counts as unset. Lowercase wins, as with
   curl; unlike curl, `HTTP_PROXY` in capitals is honoured too (the CGI concern that made
@@ -32,7 +35,7 @@ from urllib.parse import SplitResult, unquote
 
 from engine.core.errors import ConfigError
 from engine.core.records import ErrorKind
-from engine.core.secrets import REDACTED
+from engine.core.secrets import REDACTED, Secrets
 from engine.core.urls import split_url
 
 DEFAULT_PROXY_PORT = 1080
@@ -69,6 +72,14 @@ class ProxyURL:
             return None
         pair = f"{self.user}:{self.password or ''}".encode()
         return "Basic " + base64.b64encode(pair).decode("ascii")
+
+    def quoting(self, text: str) -> str:
+        """`text`, the proxy's own words, without this proxy's password and its
+        Proxy-Authorization value in any spelling, whatever the password's length."""
+        if self.user is None or not self.password:
+            return text
+        own = Secrets((self.password,), min_length=1, basic=((self.user, self.password),))
+        return own.redact(text)
 
     def __repr__(self) -> str:  # never the credentials, not even in a traceback
         return f"ProxyURL({self.shown!r})"
@@ -266,7 +277,8 @@ def refusal(proxy: ProxyURL, status: int, reason: str, target: str) -> tuple[str
     carrying a call to `target` (`host:port`): 407 and the other refusals are `proxy`
     (final; the run stops), a 5xx is the proxy failing to reach `target`: `connect`.
     Called for any answer to CONNECT, and for a 407 to an absolute-form request."""
-    said = f"HTTP {status}" + (f" {words}" if (words := _words(reason)) else "")
+    # Redacted before it is cut short: a cut secret would escape its redaction.
+    said = f"HTTP {status}" + (f" {words}" if (words := _words(proxy.quoting(reason))) else "")
     # A proxy's 401 to CONNECT is about its credentials too: tinyproxy up to 1.11 answers
     # wrong ones so (its issue 532). To an absolute-form GET, a 401 is the server's.
     if status in (401, 407):

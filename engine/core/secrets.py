@@ -2,9 +2,11 @@
 
 Rules:
 - A run's secrets are gathered once, in one `Secrets`: the ones it was given (a static
-  token, the client secret) and the tokens its token provider has issued so far. The
-  issued ones are asked for at each use (`issued()`), so a token renewed mid-run is covered
-  from the moment it exists.
+  token, the client secret, a proxy's password) and the newest tokens its token provider
+  has issued (`RECENT_TOKENS` of them: a replaced token is no longer sent, and the answers
+  to the calls that carried it are in within their timeout). The issued ones are asked
+  for at each use (`issued()`), so a token renewed mid-run is covered from the moment it
+  exists.
 - Every text or byte string that leaves the process (records, error messages, the
   summary) goes through `redact` / `redact_bytes`; each secret becomes `[redacted]`.
 - A secret is hunted in every spelling a server or a library may echo it in, in any mix
@@ -22,9 +24,10 @@ Rules:
   filter first; the spelled-out pattern (compiled once per set of secrets, when first
   needed) runs only when the filter finds a secret, or for a secret it cannot filter
   (one holding a backslash, `%`, `"` or a control character, or too short).
-- Secrets shorter than `min_length` are not hunted in records: replacing them would mangle
-  ordinary words. Token-endpoint messages use a `min_length` of 1 (the client secret,
-  whatever its length, never reaches a message).
+- Secrets shorter than `min_length` (of any kind) are not hunted in records: replacing
+  them would mangle ordinary words. A message made by the code that holds the secrets
+  uses a `min_length` of 1: the token client's (the client secret, the proxy's credentials
+  and the tokens it granted) and a proxy's refusal (its own credentials, core/proxies.py).
 """
 
 from __future__ import annotations
@@ -36,6 +39,10 @@ from urllib.parse import quote, quote_plus, unquote_to_bytes
 
 #: Shorter "secrets" are not hunted in records: replacing them would mangle ordinary words.
 MIN_SECRET_LENGTH = 8
+#: How many of the newest issued tokens a provider keeps for the redactor: each one is
+#: hunted in every write, and a long run with short-lived tokens would otherwise hunt
+#: more of them with every renewal.
+RECENT_TOKENS = 8
 REDACTED = "[redacted]"
 _REDACTED_BYTES = REDACTED.encode()
 _BACKSLASH = ord("\\")
@@ -411,7 +418,7 @@ class Secrets:
         self._finders: dict[tuple[str, ...], _Finder] = {}
 
     def texts(self) -> tuple[str, ...]:
-        """Every secret to hunt now: the given ones, then the tokens issued so far."""
+        """Every secret to hunt now: the given ones, then the newest tokens issued."""
         given = self._given
         issued = [t for t in self._issued() if len(t) >= self._min_length and t not in given]
         return given + tuple(issued) if issued else given

@@ -34,6 +34,7 @@ from typing import Generic, Protocol, TypeVar
 import anyio
 
 from engine.config import DEFAULT_TOKEN_WAIT
+from engine.core.secrets import RECENT_TOKENS
 from engine.core.stats import TokenStats
 from engine.errors import AuthError
 
@@ -94,7 +95,7 @@ class TokenProvider(Protocol):
         ...
 
     def secrets(self) -> tuple[str, ...]:
-        """Every token handed out so far, for redaction of output."""
+        """The newest tokens handed out (`RECENT_TOKENS`), for redaction of output."""
         ...
 
     def token_stats(self) -> TokenStats | None:
@@ -348,7 +349,7 @@ class FollowerToken:
             on_the_way = 0.0 if lease.at is None else max(0.0, time.time() - lease.at)
             self._until = self._clock.now() + lease.ttl - on_the_way
         if header is not None and header.startswith("Bearer ") and header[7:] not in self._seen:
-            self._seen.append(header[7:])
+            self._seen = [*self._seen[-(RECENT_TOKENS - 1) :], header[7:]]
         changed, self._changed = self._changed, None
         if changed is not None:
             changed.set()

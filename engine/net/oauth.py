@@ -15,6 +15,7 @@ Rules:
   injected `Clock`: a test moves time, nothing sleeps for real. Expiry is measured from
   when the token request was sent (the window arithmetic is engine/core/tokenwindow.py).
 - The client secret and the tokens never go into a message; server text is redacted.
+  `secrets()` is the newest `RECENT_TOKENS` tokens (engine/core/secrets.py), not all.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Protocol
 import anyio
 
 from engine.config import DEFAULT_TOKEN_WAIT
+from engine.core.secrets import RECENT_TOKENS
 from engine.core.stats import TokenStats
 from engine.core.tokenwindow import (
     NO_WINDOW,
@@ -177,7 +179,7 @@ class OAuthToken:
         self._usable_until = self._window.mandatory_at
         self._lifetime = grant.lifetime
         self._header = f"Bearer {grant.access_token}"
-        self._tokens.append(grant.access_token)
+        self._tokens = [*self._tokens[-(RECENT_TOKENS - 1) :], grant.access_token]
         self._generation += 1
         self.stats.fetched += 1
 

@@ -6,7 +6,11 @@ Rules:
 - `fetch()` never raises for a network or server failure: it returns a `TokenFailure`
   (failures are data); the provider in engine/net/oauth.py decides about retries.
 - The secret goes in the form body only (Criteo's documented form; no Basic header, which
-  would need aiohttp.BasicAuth) and is redacted from every message.
+  would need aiohttp.BasicAuth).
+- Every message `fetch()` returns is redacted, whatever the length of each secret, of the
+  client secret, the proxy's password and Proxy-Authorization value (a proxy may quote
+  them in its answer) and the tokens this client was granted: it is clean wherever it is
+  printed.
 - An answer is read through engine.net.bodies under `max_bytes` (TOKEN_MAX_BYTES, or
   --max-response-bytes when smaller): a larger one, or one that cannot be decoded, is a
   failed request ("unavailable"), never a crash or a held gigabyte.
@@ -20,9 +24,9 @@ from types import TracebackType
 import aiohttp
 import yarl
 
-from engine.core.proxies import Proxies, refusal, unreachable
+from engine.core.proxies import DIRECT, Proxies, refusal, unreachable
 from engine.core.records import ErrorKind
-from engine.core.secrets import Secrets
+from engine.core.secrets import RECENT_TOKENS, Secrets
 from engine.core.tokenwindow import TokenFailure, TokenGrant, endpoint_message, parse_token_answer
 from engine.core.urls import without_credentials
 from engine.net.bodies import ACCEPT_ENCODING, BodyError, read_body
@@ -33,8 +37,6 @@ _POOL = 2  # one renewal at a time, plus one spare connection
 DEFAULT_TOKEN_TIMEOUT = 10.0
 #: A token answer is a few hundred bytes (a few KB for a JWT with many claims).
 TOKEN_MAX_BYTES = 64 * 1024
-#: The newest tokens kept to be redacted from the endpoint's messages (one a renewal).
-_KEEP_ISSUED = 64
 
 
 class TokenClient:
@@ -64,14 +66,16 @@ class TokenClient:
             "client_id": client_id,
             "client_secret": client_secret,
         }
-        # Whatever their length, the client secret and the tokens this client was given
-        # never reach a message (an endpoint may quote a token it revoked).
+        # Whatever their length, the client secret, the proxy's credentials and the tokens
+        # this client was given never reach a message (an endpoint may quote a token it
+        # revoked, a proxy the credentials it refused).
         self._issued: list[str] = []
+        via = proxies or DIRECT
         self._secrets = Secrets(
-            (client_secret,),
+            (client_secret, *via.secrets()),
             issued=lambda: self._issued,
             min_length=1,
-            basic=((client_id, client_secret),),
+            basic=((client_id, client_secret), *via.basic()),
         )
         self._timeout = timeout
         # net/tls.py's: the delivery calls' CAs and client certificate
@@ -97,6 +101,18 @@ class TokenClient:
             self._session = None
 
     async def fetch(self) -> TokenGrant | TokenFailure:
+        answer = await self._post()
+        if isinstance(answer, TokenFailure):  # the words of the network, a proxy or TLS
+            return TokenFailure(answer.kind, self._secrets.redact(answer.message))
+        status, body = answer
+        outcome = parse_token_answer(status, body, secrets=self._secrets)
+        if isinstance(outcome, TokenGrant):
+            self._issued = [*self._issued[-(RECENT_TOKENS - 1) :], outcome.access_token]
+        return outcome
+
+    async def _post(self) -> tuple[int, bytes] | TokenFailure:
+        """One token request: the answer's status and body, or why there is none (its
+        message redacted by `fetch`, for every way out)."""
         assert self._session is not None, "use the token client inside `async with`"
         try:
             async with self._session.post(
@@ -135,18 +151,12 @@ class TokenClient:
             # an alert after TLS 1.3's handshake
             if (failure := tls_failure(exc, without_credentials(self.url))) is not None:
                 return TokenFailure("tls", failure)
-            return TokenFailure(
-                "unavailable", endpoint_message(f"{type(exc).__name__}: {exc}", self._secrets)
-            )
+            text = f"{type(exc).__name__}: {exc}"  # cut short (redacted first)
+            return TokenFailure("unavailable", endpoint_message(text, self._secrets))
         except OSError as exc:
-            return TokenFailure(
-                "unavailable",
-                endpoint_message(f"network error: {exc.strerror or exc}", self._secrets),
-            )
-        answer = parse_token_answer(status, body, secrets=self._secrets)
-        if isinstance(answer, TokenGrant):
-            self._issued = [*self._issued[-(_KEEP_ISSUED - 1) :], answer.access_token]
-        return answer
+            text = f"network error: {exc.strerror or exc}"
+            return TokenFailure("unavailable", endpoint_message(text, self._secrets))
+        return status, body
 
     def _authority(self) -> str:
         target = yarl.URL(self.url)
