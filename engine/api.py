@@ -177,7 +177,8 @@ async def run_local(
             watch.attach(engine_probe(engine, progress=progress))
         feed = file_feed(session.config, session.counts)
         if session.resume is not None:
-            feed = skip_answered(feed, session.resume, engine.state.count_resumed)
+            resumed = engine.state.count_resumed
+            feed = skip_answered(feed, session.resume, resumed, session.counts)
         summary = await engine.execute(
             feed,
             session.emit,

@@ -320,3 +320,99 @@ async def test_an_interrupted_or_killed_resume_still_leaves_one_line_per_event(
     final = read_records(out)
     exactly_once(final, n)
     assert all(r["status"] == 200 for r in final)
+
+
+# -- an input that lost lines at its end ----------------------------------------------------
+
+
+def test_records_past_the_input_end_are_refused_once_it_is_read(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(b"".join(line(record(i)) for i in (0, 1, 2, 5, 7)))
+    index = open_resume(str(out))
+    index.check_end()  # the input not read to its end (a run stopped early): nothing known
+    index.input_read(8)
+    index.check_end()
+    index.input_read(5)
+    with pytest.raises(FatalError, match=r"input has 5 events, .* for 2 more \(event 6 on\)"):
+        index.check_end()
+
+
+SHRUNK = pytest.mark.parametrize(
+    "options",
+    [
+        pytest.param({}, id="1-process"),
+        pytest.param({"ordered": True}, id="ordered"),
+        pytest.param({"workers": 2}, id="workers"),
+        pytest.param({"workers": 2, "ordered": True}, id="workers-ordered"),
+        pytest.param({"shard": (0, 2)}, id="shard-0"),
+        pytest.param({"shard": (1, 2)}, id="shard-1"),
+    ],
+)
+
+
+@pytest.mark.anyio
+@SHRUNK
+async def test_resume_of_an_input_that_lost_its_last_lines_is_input_changed(
+    tmp_path: Path, write_jsonl: Callable[..., Path], options: dict[str, Any]
+) -> None:
+    """The output answers 40 events, the input now holds 20: exit 3 once the input has
+    been read, after the events this run sent (a 503 among the 20 left) are written."""
+    inputs = write_jsonl(events(40))
+    out = tmp_path / "out.jsonl"
+    shard = {"shard": options["shard"]} if "shard" in options else {}
+    async with running_mock() as mock:
+        await api.run(config_for(mock, inputs, out, **shard))
+    first = read_records(out)
+    again = {r["seq"] for r in first if r["seq"] < 20 and r["seq"] % 3 == 0}
+    first = [
+        {**r, "status": 503, "ok": False, "error_kind": "http_503"} if r["seq"] in again else r
+        for r in first
+    ]
+    out.write_bytes(b"".join(line(r) for r in first))
+    write_jsonl(events(20))  # the same file, its last 20 lines gone
+    async with running_mock(MockConfig(record_requests=True)) as mock:
+        with pytest.raises(FatalError, match=r"^input changed .* input has 20 events, yet"):
+            await api.run(config_for(mock, inputs, out, resume=True, **options))
+        sent = sorted(int(dict(r.query)["retailer-visitor-id"][3:]) for r in mock.state.requests)
+    assert sent == sorted(again)  # what the input still holds was sent, once each
+    final = read_records(out)
+    assert sorted(r["seq"] for r in final) == sorted(r["seq"] for r in first)  # one line each
+    assert [r for r in final if r["seq"] >= 20] == [r for r in first if r["seq"] >= 20]
+    assert all(r["status"] == 200 for r in final if r["seq"] in again)  # written
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_record_past_the_input_end_stops_the_resume_output_untouched(
+    tmp_path: Path, write_jsonl: Callable[..., Path], workers: int
+) -> None:
+    inputs = write_jsonl(events(10))
+    out = tmp_path / "out.jsonl"
+    async with running_mock() as mock:
+        await api.run(config_for(mock, inputs, out))
+        forged = out.read_bytes() + line({**read_records(out)[-1], "seq": 57})
+        out.write_bytes(forged)
+        with pytest.raises(FatalError, match=r"for 1 more \(event 58 on\)"):
+            await api.run(config_for(mock, inputs, out, resume=True, workers=workers))
+    assert out.read_bytes() == forged
+
+
+@pytest.mark.anyio
+async def test_cli_resume_of_a_shrunk_input_is_one_line_and_exit_3(
+    tmp_path: Path, write_jsonl: Callable[..., Path]
+) -> None:
+    inputs = write_jsonl(events(20))
+    out = tmp_path / "out.jsonl"
+    async with running_mock() as mock:
+        await api.run(config_for(mock, inputs, out))
+        before = out.read_bytes()
+        write_jsonl(events(10))
+        rc, stderr = await wait_exit(start(mock, inputs, out, "--resume", "--workers", "2"), 30)
+    assert rc == 3, stderr
+    assert stderr.strip().splitlines() == [
+        "adbatch: error: input changed since the output was written: the input has 10 "
+        "events, yet the output holds records for 10 more (event 11 on); --resume needs the "
+        "same inputs, named the same way (what this run sent is written: resume with the "
+        "inputs the output was written from, or write a new output without --resume)"
+    ]
+    assert out.read_bytes() == before

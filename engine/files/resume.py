@@ -5,7 +5,10 @@ Rules:
 - The records already in the output are indexed by `seq` (the event's ordinal over all
   inputs): a 32-bit checksum of its source position and id, and the line of its latest
   record, 8 bytes per input event. A checksum that differs means the input changed,
-  which resume refuses.
+  which resume refuses. So does an input that ends before a record's seq (it lost lines
+  at its end): that is known only once the whole input has been read (`input_read`),
+  so `check_end` refuses it after the run, when the calls it made are answered and
+  written (runtime/session.py): nothing sent is lost, nothing is written twice.
 - An event is skipped when its latest record is final. One whose latest record is
   transient (`records.is_transient`: 401, 408, 429, 5xx, timeout, connect, network,
   disconnected, payload, internal) is sent again.
@@ -82,8 +85,10 @@ class ResumeIndex:
         "duplicates",
         "end",
         "identity",
+        "input_events",
         "records",
         "repaired_bytes",
+        "top",
         "transient",
     )
 
@@ -96,6 +101,8 @@ class ResumeIndex:
         self.transient = 0  # events whose latest record is transient
         self.end = 0  # where the indexed lines end (the run appends after)
         self.identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the output
+        self.top = 0  # 1 + the highest seq indexed
+        self.input_events: int | None = None  # the input's events, once read to its end
 
     def add(
         self,
@@ -109,6 +116,8 @@ class ResumeIndex:
         """Index the next line of the output: the latest record of `seq` so far (`unread`:
         one that stands for input a read error left unread, transient)."""
         sums, last = self._sums, self._last
+        if seq >= self.top:
+            self.top = seq + 1
         if seq >= len(sums):
             grow = bytes(sums.itemsize * max(seq + 1 - len(sums), len(sums) // 2))
             sums.frombytes(grow)
@@ -145,6 +154,30 @@ class ResumeIndex:
                 "does not match its record; --resume needs the same inputs, named the same way"
             )
         return not self._last[seq] & _TRANSIENT
+
+    def input_read(self, events: int) -> None:
+        """The whole input has been read: it holds `events` events (seq 0..events-1)."""
+        self.input_events = events
+
+    def check_end(self) -> None:
+        """FatalError when the input, read to its end, has fewer events than the output
+        has records for (it lost lines at its end); nothing when it was not read to its
+        end (a run stopped early)."""
+        events = self.input_events
+        if events is None or self.top <= events:
+            return
+        past = self._last[events : self.top]
+        count = len(past) - past.count(0)
+        if not count:
+            return
+        first = events + next(i for i, line in enumerate(past) if line)
+        raise FatalError(
+            f"input changed since the output was written: the input has {events} events, "
+            f"yet the output holds records for {count} more (event {first + 1} on); "
+            "--resume needs the same inputs, named the same way (what this run sent is "
+            "written: resume with the inputs the output was written from, or write a new "
+            "output without --resume)"
+        )
 
     def _keeps(self, line_no: int, seq: int | None) -> bool:
         """Whether old line `line_no` (1-based) is the one to keep for its `seq`."""

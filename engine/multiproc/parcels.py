@@ -85,6 +85,8 @@ class Parcels:
                     batch = self._unanswered(batch)
                 for start in range(0, len(batch), part_size):
                     yield Units.of(batch[start : start + part_size])
+        if self.session.resume is not None:  # read to its end: its events are known
+            self.session.resume.input_read(self.read)
 
     def _unanswered(self, batch: list[Unit]) -> list[Unit]:
         """--resume: drop what the output answers. Only those records are parsed here (for

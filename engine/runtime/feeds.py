@@ -154,13 +154,18 @@ async def mapping_feed(
             yield batch
 
 
-def skip_answered(feed: Feed, index: ResumeIndex, skipped: Callable[[int], None]) -> Feed:
+def skip_answered(
+    feed: Feed, index: ResumeIndex, skipped: Callable[[int], None], counts: ReadCounts
+) -> Feed:
     """`feed` without the events the output already answers (`--resume`); `skipped` is
-    told how many each batch lost."""
+    told how many each batch lost. Read to its end, `index` is told how many events the
+    input holds (`ResumeIndex.input_read`)."""
 
     async def kept_batches() -> Feed:
+        end = 0
         async with aclosing(feed):
             async for batch in feed:
+                end = batch[-1].seq + 1 if batch else end
                 kept = [
                     item for item in batch if not index.answered(item.seq, item.source, item.id)
                 ]
@@ -168,5 +173,7 @@ def skip_answered(feed: Feed, index: ResumeIndex, skipped: Callable[[int], None]
                     skipped(len(batch) - len(kept))
                 if kept:
                     yield kept
+        # --shard: the feed holds the shard's events only; counts.records every one read.
+        index.input_read(max(end, counts.records))
 
     return kept_batches()

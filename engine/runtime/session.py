@@ -24,7 +24,9 @@ Rules:
   that is only seen as the run ends.
 - After a `--resume` run, however it ended, the output is left with one line per event,
   its latest record (files/resume.py's `compact`: the records the run superseded go,
-  by an atomic rewrite).
+  by an atomic rewrite). Then a run that read its whole input and found it shorter
+  than the output's records is exit 3, input changed (`ResumeIndex.check_end`): only
+  now, when every call it made is answered and written.
 """
 
 from __future__ import annotations
@@ -209,6 +211,8 @@ async def open_run(
             sink.close(check=ended)
             if index is not None and config.output is not None and not to_url:
                 _compact(config.output, index, quiet=not ended)
+    if index is not None:  # an input that lost lines at its end, once all is written
+        index.check_end()
 
 
 def _run_secrets(
