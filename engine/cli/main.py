@@ -133,6 +133,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     enabled = gc.isenabled()
     gc.disable()
     try:
+        # A closed fd 0-2 (`<&-`, `2>&-`) holds /dev/null first: a later file must not
+        # take its number, and what the command needs of it is refused (files/paths.py).
+        from engine.files.paths import hold_closed_streams
+
+        hold_closed_streams()
         parser = build_parser(lazy=True)
         args, extras = parser.parse_known_args(argv)
     finally:

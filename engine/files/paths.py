@@ -1,4 +1,5 @@
-"""Which paths name the same file: an output must never be an input or another output.
+"""Which paths name the same file: an output must never be an input or another output;
+and which name a standard stream that was closed.
 
 Rules:
 - Checked before anything is opened for writing, with `stat` only (nothing is opened,
@@ -8,10 +9,17 @@ Rules:
   be created) is known by its resolved real path, so a dangling symlink and its target
   are the same output.
 - `-` is stdin as an input and stdout as an output (records with no -o, or -o -): when
-  the shell redirected it to a regular file (`< in.jsonl`, `>> in.jsonl`), that file
-  is compared like any other (fstat of fd 0 or 1). A pipe, a terminal, and character
-  devices (`/dev/null`, which may be an input and an output at once) are not compared:
-  writing to them destroys nothing.
+  the shell redirected it to a regular file (`< in.jsonl`, `>> in.jsonl`) or a pipe
+  (`| cat`), that file or pipe is compared like any other (fstat of fd 0 or 1), so
+  `--summary /dev/stdout` is not mixed into the records piped on stdout. A terminal and
+  character devices (`/dev/null`, which may be an input and an output at once) are not
+  compared: what goes there destroys nothing. Nor is a socket on stdin against one on
+  stdout: under inetd or socat the same socket is how a command reads and answers.
+- A standard stream closed when the command started (`<&-`, `>&-`, `2>&-`) holds
+  /dev/null from then on (`hold_closed_streams`, cli.main's first step), so no file or
+  socket opened later takes its number (uvloop aborts closing an fd 0-2, and a record
+  written to fd 1 would reach that file). Reading events from it or writing records (or
+  another output) to it is exit 2, one line: they would be lost.
 - The manifests a command writes beside an output are outputs; those it reads are inputs.
 - A URL is known by its store and path (storage.canonical): `s3a://b/k` is `s3://b/k`,
   `file:///abs/x` is the local file /abs/x. The check runs before anything at an output
@@ -22,6 +30,7 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 from collections.abc import Iterable
 
 from engine.config import Config
@@ -49,7 +58,10 @@ def file_key(path: str, *, fd: int | None = None) -> tuple[object, ...] | None:
             if fd is None:
                 return None
             info = os.fstat(fd)
-            return ("file", info.st_dev, info.st_ino) if stat.S_ISREG(info.st_mode) else None
+            mode = info.st_mode
+            if stat.S_ISREG(mode) or stat.S_ISFIFO(mode) or (fd == 1 and stat.S_ISSOCK(mode)):
+                return ("file", info.st_dev, info.st_ino)
+            return None
         info = os.stat(path)
     except FileNotFoundError:
         return ("path", os.path.realpath(path))
@@ -72,9 +84,13 @@ def check_outputs(inputs: Iterable[Named], outputs: Iterable[Named]) -> None:
     output. `-`: stdin among `inputs`, stdout among `outputs`."""
     seen: dict[tuple[object, ...], str] = {}
     for role, path in inputs:
+        if path is not None:
+            _refuse_closed(role, path, fd=0)
         if path is not None and (key := file_key(path, fd=0)) is not None:
             seen.setdefault(key, _name(role, path, output=False))
     for role, path in outputs:
+        if path is not None:
+            _refuse_closed(role, path, fd=1)
         if path is None or (key := file_key(path, fd=1)) is None:
             continue
         name = _name(role, path, output=True)
@@ -88,11 +104,62 @@ def check_outputs(inputs: Iterable[Named], outputs: Iterable[Named]) -> None:
 
 def written_by(config: Config, *, records: bool = True) -> list[Named]:
     """The files a run writes: its records (stdout without -o, when `records`: this
-    process writes them), --summary, and the manifest beside -o of a --shard or Ray run."""
-    output = (config.output or "-") if records else config.output
+    process writes them, and --records is not none), --summary, and the manifest beside
+    -o of a --shard or Ray run."""
+    output = config.output
+    if output is None and records and config.records != "none":
+        output = "-"
     named: list[Named] = [("-o" if config.output else "the records", output)]
     named.append(("--summary", config.summary))
     named.append(("--series", config.series))
     if config.output not in (None, "-") and (config.shard is not None or config.backend == "ray"):
         named.append(("the manifest of -o", manifest_path(config.output)))
     return named
+
+
+#: The standard streams closed when the command started (`hold_closed_streams`).
+_closed: set[int] = set()
+_STREAMS = {0: "stdin", 1: "stdout", 2: "stderr"}
+#: The names of a standard stream, as `/dev/stdout`, `/dev/fd/1`, `/proc/self/fd/1`.
+_STREAM_NAMES = {
+    name: fd
+    for fd, stream in _STREAMS.items()
+    for name in (f"/dev/{stream}", f"/dev/fd/{fd}", f"/proc/self/fd/{fd}")
+}
+
+
+def hold_closed_streams() -> None:
+    """Open /dev/null onto each of fd 0, 1 and 2 that is closed, and give sys its stream
+    there (Python leaves `sys.stdout` None then): the number stays taken, so no file or
+    socket opened later gets it, and the fd is remembered as closed (`_refuse_closed`)."""
+    for fd in _STREAMS:
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        null = os.open(os.devnull, os.O_RDWR)
+        if null != fd:  # (a lower fd closed too is filled first: null == fd)
+            os.dup2(null, fd)
+            os.close(null)
+        _closed.add(fd)
+        stream = open(fd, "r" if fd == 0 else "w", closefd=False, errors="backslashreplace")
+        setattr(sys, _STREAMS[fd], stream)
+
+
+def _refuse_closed(role: str, path: str, *, fd: int) -> None:
+    """ConfigError when `path` (`-`: fd `fd`; 0 for an input, 1 for an output) names a
+    standard stream that was closed when the command started: what is read from it or
+    written to it would be lost."""
+    std = fd if path == "-" else _STREAM_NAMES.get(os.path.normpath(path))
+    if std is None or std not in _closed:
+        return
+    stream = _STREAMS[std]
+    if fd == 0:
+        what = "the events" if role == "input" else role
+        raise ConfigError(f"{stream} is closed: {what} cannot be read from it; name a file")
+    what = "the records" if role in ("the records", "-o") else role
+    hint = "give -o FILE" if what == "the records" else "name a file"
+    if role == "the text report":
+        hint = "redirect stdout to a file (> FILE)"
+    raise ConfigError(f"{stream} is closed: {what} would be lost; {hint}")
