@@ -90,3 +90,81 @@ async def test_a_head_that_never_ends_fails_at_the_limit_not_the_deadline() -> N
         error = await fails(c, server.base + "/")
     assert error.kind == "protocol"  # not "timeout": the deadline did not end it
     assert str(MAX_HEAD) in error.message
+
+
+# -- a chunked answer's trailer section: the head's limits --------------------------------
+
+
+def _chunked(*chunks: bytes, trailer: bytes = b"") -> bytes:
+    body = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks)
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    return head + body + b"0\r\n" + trailer + b"\r\n"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("name", CLIENTS)
+async def test_a_trailer_that_never_ends_fails_at_the_limit_not_the_deadline(name: str) -> None:
+    """A trailer line that keeps coming (1 MB every 10 ms): refused as an endless head is,
+    long before the 5 s deadline (it grew llhttp's buffers until the deadline)."""
+
+    async def endless(conn: Conn) -> None:
+        await conn.read_request()
+        conn.write(_chunked(b"{}")[:-2] + b"X-Trailer: ")  # the last chunk, then a line
+        try:
+            for _ in range(500):
+                conn.write(b"t" * 1_000_000)
+                await conn.writer.drain()
+                await asyncio.sleep(0.01)
+        except ConnectionError:
+            return
+
+    async with raw_server(endless) as server:
+        async with open_transport(concurrency=1, timeout=5.0, client=name) as transport:
+            response = await transport.send(Request(server.base + "/", {}), None)
+    assert response.status is None
+    assert response.error_kind != "timeout", response.error  # the deadline did not end it
+    if name == "http1":  # (aiohttp's session client names it a network error)
+        assert response.error_kind == "protocol"
+        assert response.error == (
+            f"malformed HTTP response: a trailer section longer than {MAX_HEAD} bytes"
+        )
+
+
+@pytest.mark.anyio
+async def test_a_trailer_line_or_section_over_the_limits_is_refused() -> None:
+    def first_then_sane(wire: bytes):  # type: ignore[no-untyped-def]
+        async def handler(conn: Conn) -> None:
+            if conn.index == 0:
+                await once(wire, then_close=False)(conn)
+                return
+            await keep_alive(http_answer(b"sane"))(conn)
+
+        return handler
+
+    line = _chunked(b"{}", trailer=b"X-Big: " + b"b" * MAX_FIELD + b"\r\n")
+    lines = b"".join(b"X-T%d: %s\r\n" % (i, b"v" * 1000) for i in range(MAX_HEAD // 1000 + 2))
+    for wire, words in (
+        (line, f"header line longer than {MAX_FIELD}"),
+        (_chunked(b"{}", trailer=lines), f"trailer section longer than {MAX_HEAD}"),
+    ):
+        async with raw_server(first_then_sane(wire)) as server, client() as c:
+            error = await fails(c, server.base + "/")
+            assert error.kind == "protocol"
+            assert words in error.message
+            assert (await c.get(server.base + "/", {})).body == b"sane"
+
+
+@pytest.mark.anyio
+async def test_chunks_and_trailers_within_the_limits_pass() -> None:
+    """Chunk framing is not trailer: 40,000 one-byte chunks (240 KB of framing) and a
+    big chunk pass, and so do trailers of nearly the limit, keeping the body whole."""
+    small = [b"%d" % (i % 10) for i in range(40_000)]
+    big = b"B" * 300_000
+    trailer = b"".join(b"X-T%d: %s\r\n" % (i, b"v" * 1000) for i in range(MAX_HEAD // 1100))
+    wire = _chunked(*small, big, trailer=trailer)
+    async with raw_server(keep_alive(wire)) as server, client() as c:
+        answer = await c.get(server.base + "/", {})
+        again = await c.get(server.base + "/", {})
+    assert (answer.status, answer.body) == (200, b"".join(small) + big)
+    assert again.body == answer.body
+    assert server.accepted == 1  # kept alive: the answer ended where its trailers did

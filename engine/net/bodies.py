@@ -17,7 +17,10 @@ Rules:
   same turns.)
 - Content-Encoding: absent or `identity` is the body as it came; `gzip` (`x-gzip`) and
   `deflate` (zlib-wrapped or raw, as servers send both) are inflated; any other value
-  (`br`, `zstd`, `gzip, gzip`...) is a protocol failure: we never ask for them.
+  (`br`, `zstd`, `gzip, gzip`...) is a protocol failure: we never ask for them. Its
+  message quotes the value whole or not at all (over 60 characters): the records and
+  token messages are redacted after this layer, and a secret cut short here would
+  escape them.
 - Failures raise `BodyError` with a `kind` (an ErrorKind) and a one-line message; a body
   over the limit is `too_large`. Either way the caller drops the connection (the rest
   of the body is still on the wire).
@@ -37,6 +40,8 @@ _STEP = 64 * 1024  # bytes inflated per zlib call
 _YIELD_EVERY = 256 * 1024  # inflated bytes between turns given to the event loop
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
 _CODINGS = {"gzip": _GZIP_WBITS, "x-gzip": _GZIP_WBITS, "deflate": zlib.MAX_WBITS}
+#: The longest Content-Encoding value a message quotes (a longer one is not quoted).
+_SHOWN_CODING = 60
 
 
 class Chunks(Protocol):
@@ -97,10 +102,14 @@ def _wbits(content_encoding: str) -> int | None:
         return None
     if len(codings) == 1 and codings[0] in _CODINGS:
         return _CODINGS[codings[0]]
-    shown = " ".join(content_encoding.split())[:60]
+    # Quoted whole or not at all, as it came (repr keeps it on one line): this layer
+    # holds no secrets, and a cut excerpt of a value that echoes one (a token) would
+    # escape the redaction the record gets later.
+    value = content_encoding.strip()
+    shown = repr(value) if len(value) <= _SHOWN_CODING else f"of {len(value)} characters"
     raise BodyError(
         ErrorKind.PROTOCOL,
-        f"answer in an unsupported Content-Encoding {shown!r} (adbatch asks for gzip, deflate)",
+        f"answer in an unsupported Content-Encoding {shown} (adbatch asks for gzip, deflate)",
     )
 
 

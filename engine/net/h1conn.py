@@ -49,7 +49,9 @@ _BUFFER = 64 * 1024  # bytes read per call of buffer_updated
 _HIGH_WATER = 256 * 1024  # unread coded body bytes before reading pauses
 # An answer's head: one header line at most (aiohttp's limit, kept when the client
 # changed), and the whole head (1xx heads included) at most. A head that never ends
-# would otherwise grow llhttp's buffers until the call's deadline.
+# would otherwise grow llhttp's buffers until the call's deadline. A chunked answer's
+# trailer section has the same limits (httptools grows a trailer line that never ends
+# by copying it whole at each read: memory, and a loop blocked past the deadline).
 MAX_FIELD = 8190
 MAX_HEAD = 64 * 1024
 # The headers an answer keeps: what the framing, the body's coding and the retry policy
@@ -57,6 +59,7 @@ MAX_HEAD = 64 * 1024
 # per answer than decoding five of them; issue 18).
 KEPT = frozenset((b"content-length", b"content-encoding", b"transfer-encoding", b"retry-after"))
 _LONG_HEAD = f"a head longer than {MAX_HEAD} bytes"
+_LONG_TRAILER = f"a trailer section longer than {MAX_HEAD} bytes"
 
 # Where the current exchange is.
 # _STRAY: the answer is whole and another began behind it (nobody asked for it).
@@ -109,6 +112,7 @@ class Connection(asyncio.BufferedProtocol):
         "_head_size",
         "_paused",
         "_size",
+        "_tail",
         "_too_large",
         "_until_eof",
         "_view",
@@ -153,6 +157,7 @@ class Connection(asyncio.BufferedProtocol):
         self._head_bytes = 0  # bytes read while the answer's head was not complete
         self._head_size = 0  # the answer's header lines, as parsed
         self._head_error: str | None = None  # why the head was refused
+        self._tail = -1  # bytes since the last chunk's header that were not body; -1: none
         self._paused = False
         self._error: HttpError | None = None
         self._body_waiter: asyncio.Future[None] | None = None
@@ -173,6 +178,7 @@ class Connection(asyncio.BufferedProtocol):
         self._until_eof = False
         self._error = None
         self._head_bytes = self._head_size = 0
+        self._tail = -1
         waiter = self.waiter = self.outbox.loop.create_future()
         self.outbox.put(transport, head)
         return waiter
@@ -232,6 +238,7 @@ class Connection(asyncio.BufferedProtocol):
             self.spoiled = True  # an answer nobody asked for (or part of one, or garbage)
             return
         self.answered = True
+        size = self._size  # body bytes this read adds: self._size - size after it
         try:
             self.parser.feed_data(self._view[:nbytes])
         except HttpParserUpgrade:
@@ -253,6 +260,14 @@ class Connection(asyncio.BufferedProtocol):
             self._head_bytes += nbytes
             if self._head_bytes > MAX_HEAD:  # every byte read so far is the head's
                 message = f"malformed HTTP response: {_LONG_HEAD}"
+                self._broken(HttpError(ErrorKind.PROTOCOL, message))
+                return
+        elif self._tail >= 0 and self.state == _BODY:
+            # Within a chunk or after the last one: what is not body is framing or, after
+            # the last chunk, the trailer section (which a read of body never follows).
+            self._tail += nbytes - (self._size - size)
+            if self._tail > MAX_HEAD:
+                message = f"malformed HTTP response: {_LONG_TRAILER}"
                 self._broken(HttpError(ErrorKind.PROTOCOL, message))
                 return
         waiter = self.waiter
@@ -319,7 +334,7 @@ class Connection(asyncio.BufferedProtocol):
             self._head_error = f"a header line longer than {MAX_FIELD} bytes"
             raise _Stop
         if self._head_size > MAX_HEAD:
-            self._head_error = _LONG_HEAD
+            self._head_error = _LONG_TRAILER if self._tail >= 0 else _LONG_HEAD
             raise _Stop
         name = name.lower()
         if name in KEPT:
@@ -340,6 +355,15 @@ class Connection(asyncio.BufferedProtocol):
         if "content-length" not in headers:
             coding = headers.get("transfer-encoding", "")
             self._until_eof = not coding.rstrip().lower().endswith("chunked")
+
+    def on_chunk_header(self) -> None:
+        # The last chunk's header (size 0) is followed by the trailer section: counted
+        # from here (buffer_updated), its lines against the head's limits (on_header).
+        self._tail = 0
+        self._head_size = 0
+
+    def on_chunk_complete(self) -> None:
+        self._tail = -1
 
     def on_body(self, body: bytes) -> None:
         if self.state == _STRAY:

@@ -24,6 +24,7 @@ from engine.core.events import header_problem
 from engine.core.proxies import Proxies, ProxyURL, refusal, unreachable
 from engine.core.query import Request
 from engine.core.records import ErrorKind, Response
+from engine.net.aiohttp_words import client_error_text, parser_words
 from engine.net.bodies import ACCEPT_ENCODING, BodyError, read_body
 from engine.net.outcome import failed
 from engine.net.proxy import aiohttp_proxy
@@ -140,12 +141,12 @@ class SessionTransport:
         if isinstance(exc, aiohttp.ServerDisconnectedError):
             return ErrorKind.DISCONNECTED, "server closed the connection without answering"
         if isinstance(exc, aiohttp.ClientPayloadError):
-            return ErrorKind.PAYLOAD, f"incomplete response body: {exc}"
+            return ErrorKind.PAYLOAD, f"incomplete response body: {parser_words(exc) or exc}"
         if isinstance(exc, aiohttp.ClientError):
             # A TLS 1.3 server's alert (no client certificate) comes on the first read.
             if (failure := tls_failure(exc, _where(target))) is not None:
                 return ErrorKind.TLS, failure
-            return ErrorKind.NETWORK, f"{type(exc).__name__}: {exc}"
+            return ErrorKind.NETWORK, client_error_text(exc)  # no excerpt of the answer
         strerror = exc.strerror if isinstance(exc, OSError) else None
         return ErrorKind.NETWORK, f"network error: {strerror or exc}"
 

@@ -29,6 +29,7 @@ from engine.core.records import ErrorKind
 from engine.core.secrets import RECENT_TOKENS, Secrets
 from engine.core.tokenwindow import TokenFailure, TokenGrant, endpoint_message, parse_token_answer
 from engine.core.urls import without_credentials
+from engine.net.aiohttp_words import client_error_text
 from engine.net.bodies import ACCEPT_ENCODING, BodyError, read_body
 from engine.net.proxy import aiohttp_proxy
 from engine.net.tls import client_context, tls_failure
@@ -151,7 +152,7 @@ class TokenClient:
             # an alert after TLS 1.3's handshake
             if (failure := tls_failure(exc, without_credentials(self.url))) is not None:
                 return TokenFailure("tls", failure)
-            text = f"{type(exc).__name__}: {exc}"  # cut short (redacted first)
+            text = client_error_text(exc)  # cut short (redacted first)
             return TokenFailure("unavailable", endpoint_message(text, self._secrets))
         except OSError as exc:
             text = f"network error: {exc.strerror or exc}"
