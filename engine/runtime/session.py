@@ -169,17 +169,7 @@ async def open_run(
     transport (False in a process that sends nothing itself; never with --dry-run).
     """
     config = given = config.validated()
-    if _tls_options(config):  # --cacert, --client-cert, --client-key: exit 2 now (net/tls.py)
-        tls_context(config)
-    proxies = run_proxies(config)  # a proxy variable that cannot be used: exit 2, now
-    if inputs:
-        check_inputs(
-            config.inputs, input_format=config.input_format, options=config.storage_options
-        )
-    read = [("input", path) for path in config.inputs] if inputs else []
-    check_outputs(read, written_by(config, records=output))
-    if config.backend != "ray":  # a Ray run's calls go out on other machines
-        check_open_files(config)
+    proxies = _checked(config, output=output, inputs=inputs)
     to_url = output and config.output is not None and is_url(config.output)
     index = _resume_index(config, to_url) if output and config.resume else None
     if config.summary is not None:
@@ -213,6 +203,22 @@ async def open_run(
                 _compact(config.output, index, quiet=not ended)
     if index is not None:  # an input that lost lines at its end, once all is written
         index.check_end()
+
+
+def _checked(config: Config, *, output: bool, inputs: bool) -> Proxies:
+    """What can be refused before anything is opened (exit 2, now); the run's proxies."""
+    if _tls_options(config):  # --cacert, --client-cert, --client-key (net/tls.py)
+        tls_context(config)
+    proxies = run_proxies(config)  # a proxy variable that cannot be used
+    if inputs:
+        check_inputs(
+            config.inputs, input_format=config.input_format, options=config.storage_options
+        )
+    read = [("input", path) for path in config.inputs] if inputs else []
+    check_outputs(read, written_by(config, records=output))
+    if config.backend != "ray":  # a Ray run's calls go out on other machines
+        check_open_files(config)
+    return proxies
 
 
 def _run_secrets(
