@@ -26,6 +26,11 @@ from engine.core.urls import check_option as check_storage_option
 
 DEFAULT_ENDPOINT = "https://d.us.criteo.com/delivery/retailmedia"
 DEFAULT_TOKEN_URL = "https://api.criteo.com/oauth2/token"
+#: How to give credentials: the run's "no token" error and `config --show`'s note say it.
+GIVE_TOKEN = (
+    "give --token or ADBATCH_TOKEN, or --client-id with --client-secret-file or "
+    "ADBATCH_CLIENT_SECRET, or use --mock to try adbatch on the embedded mock server"
+)
 DEFAULT_PART_SIZE = 64 << 20
 DEFAULT_PART_SECONDS = 60.0
 DEFAULT_TOKEN_WAIT = 30.0
@@ -154,8 +159,9 @@ class Config:
     # (files/storage.py); values whose key names a credential are never shown.
     storage_options: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
-    def validated(self) -> Config:
-        """This config, checked; raises ConfigError naming the option at fault."""
+    def validated(self, *, need_token: bool = True) -> Config:
+        """This config, checked; raises ConfigError naming the option at fault.
+        `need_token=False`: no credentials is no fault (`config --show`: not a run)."""
         if not self.inputs:
             raise ConfigError("no input given")
         if self.concurrency < 1:
@@ -198,7 +204,7 @@ class Config:
                 shown = without_credentials(self.endpoint)
                 raise ConfigError(f"--endpoint must be an http(s) URL, got {shown!r}")
             check_port("--endpoint", self.endpoint)
-            self._check_credentials()
+            self._check_credentials(need_token)
         self._validate_reliability()
         parse_thresholds(self.thresholds)  # a malformed one: ConfigError naming it
         if self.inputs.count("-") > 1:
@@ -341,7 +347,7 @@ class Config:
         """The `--header`s as (name, value) pairs; raises ConfigError when one is bad."""
         return parse_headers(self.headers)
 
-    def _check_credentials(self) -> None:
+    def _check_credentials(self, need_token: bool) -> None:
         if self.token is not None and (
             self.client_id is not None or self.client_secret is not None
         ):
@@ -367,12 +373,13 @@ class Config:
                     f"refusing to send the client secret over plain http:// to {url.hostname}; "
                     "use https://, or --allow-insecure if you really mean it"
                 )
-        elif self.token is None and not self.dry_run:
-            raise ConfigError(
-                "no token: give --token or ADBATCH_TOKEN, or --client-id with "
-                "--client-secret-file or ADBATCH_CLIENT_SECRET, or use --mock to try "
-                "adbatch on the embedded mock server"
-            )
+        elif self.lacks_token and need_token:
+            raise ConfigError(f"no token: {GIVE_TOKEN}")
+
+    @property
+    def lacks_token(self) -> bool:
+        """No credentials where a run would need some (not --mock, not --dry-run)."""
+        return not (self.mock or self.dry_run) and (self.token, self.client_id) == (None, None)
 
     @property
     def dynamic_tokens(self) -> bool:

@@ -1,7 +1,8 @@
 """`adbatch config --show [run options...]`: the resolved configuration and where each
 value came from (option, environment, file or default), as `adbatch run` would resolve
 it. Secrets never show: the token and the client secret as [redacted], a proxy's
-credentials as in every message (ProxyURL.shown).
+credentials as in every message (ProxyURL.shown). A configuration a run would refuse is
+exit 2 after the table; one without credentials is exit 0 and a note on stderr.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ import json
 from dataclasses import fields
 
 from engine.cli.commands import command_help
-from engine.cli.common import Subparsers
+from engine.cli.common import Subparsers, say
 from engine.cli.options import resolve
 from engine.cli.run_options import add_run_options
-from engine.config import Config
+from engine.config import GIVE_TOKEN, Config
 from engine.core.secrets import Secrets
 from engine.core.shown import SECRETS, shown_value
 from engine.core.urls import REDACTED
@@ -31,7 +32,9 @@ def add_parser(sub: Subparsers) -> None:
         help=command_help("config"),
         description="Resolve the run options as `adbatch run` does (command line, then "
         "ADBATCH_* variables, then the --config file, then the default) and print each "
-        "value with its source. Secrets are redacted.",
+        "value with its source. Secrets are redacted. Then exit 2 with the one line that "
+        "would stop a run, if any; without credentials, a note on stderr says how to give "
+        "them (exit 0: it is not a run).",
         epilog="Try it: ADBATCH_RATE=1k/s adbatch config --show --timeout 2s",
     )
     p.add_argument(
@@ -53,7 +56,11 @@ def cmd_config(args: argparse.Namespace) -> int:
     secrets = Secrets((config.token, config.client_secret), min_length=1)
     for line in show_lines(config, resolved.sources):
         print(secrets.redact(line))
-    config.validated()  # after the table: what would stop a run is still one line, exit 2
+    # After the table: what would stop a run is one line, exit 2; no credentials is not
+    # (it is not a run, and --show is how one checks a setup before adding them).
+    config.validated(need_token=False)
+    if config.lacks_token:
+        say(f"note: no token set; a run needs one: {GIVE_TOKEN}")
     return 0
 
 

@@ -139,6 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         hold_closed_streams()
         parser = build_parser(lazy=True)
+        _option_before_command(parser, sys.argv[1:] if argv is None else list(argv))
         args, extras = parser.parse_known_args(argv)
     finally:
         from engine.runtime.loop import tune_gc
@@ -173,6 +174,41 @@ def entry() -> NoReturn:
         sys.stderr.flush()
         os._exit(code)
     sys.exit(code)
+
+
+#: The options `adbatch` itself takes, before a command.
+_TOP_OPTIONS = ("-h", "--help", "--version")
+
+
+def _option_before_command(parser: Parser, argv: list[str]) -> None:
+    """Exit 2 when the words start with an option `adbatch` does not take: a command's
+    option before its command (`adbatch --concurency 5 run`), where argparse would say
+    `invalid choice: '5'`. The line names the command's option, as a command's unknown
+    option does (`Parser.unknown`), and never the value (`--tokn=SECRET`)."""
+    if not argv or not argv[0].startswith("-") or argv[0] == "-":
+        return
+    name = argv[0].partition("=")[0]
+    if name in _TOP_OPTIONS:
+        return
+    import difflib  # (only on this error: start-up, issue 18)
+
+    given = [word for word in argv if word in COMMANDS][:1]
+    full = build_parser()  # every command's options: only on this error
+    owner: dict[str, str] = {}  # option -> the first command (in --help's order) taking it
+    for command in given or COMMANDS:
+        for action in _command_parser(full, command)._actions:
+            for option in action.option_strings:
+                if option not in _TOP_OPTIONS:
+                    owner.setdefault(option, command)
+    if name in owner:
+        message = f"{name} goes after the command: {PROG} {owner[name]} {name}"
+    else:
+        message = f"unknown option {name}; options go after the command"
+        near = difflib.get_close_matches(name.lower(), list(owner), n=1)
+        lists = f" ({PROG} {(given or ['COMMAND'])[0]} --help lists them)"
+        message += f": did you mean {PROG} {owner[near[0]]} {near[0]}?" if near else lists
+    print(parser.usage_line(), file=sys.stderr)
+    parser.error(message)
 
 
 def _command_parser(parser: Parser, command: str) -> Parser:

@@ -30,6 +30,7 @@ from engine.cli.argtypes import (
     size,
     workers,
 )
+from engine.cli.common import say
 from engine.cli.config_file import load_toml, typed
 from engine.config import Config
 from engine.errors import ConfigError
@@ -128,6 +129,7 @@ def resolve(args: argparse.Namespace, *, defaults: dict[str, Any] | None = None)
         from_file = load_toml(args.config)
         merged.update(from_file)
         sources.update(dict.fromkeys(from_file, f"file {args.config}"))
+    warn_unknown_variables()
     for name, var in ENV_VARS.items():
         value = _env_value(name, var)
         if value is not None:
@@ -193,6 +195,25 @@ def _read_secret_file(path: str, what: str) -> str:
     if not value:
         raise ConfigError(f"{what} file {path} is empty")
     return value
+
+
+_PREFIX = "ADBATCH_"
+
+
+def warn_unknown_variables() -> None:
+    """One line on stderr for each ADBATCH_* variable adbatch does not read (a typo such
+    as ADBATCH_CONCURENCY would be silently ignored), naming the nearest it reads; never
+    its value (it may be a secret)."""
+    known = sorted(ENV_VARS.values())
+    for var in sorted(os.environ):
+        if not var.upper().startswith(_PREFIX) or var in known:
+            continue
+        import difflib  # (only on this warning: start-up, issue 18)
+
+        stem = var.upper().removeprefix(_PREFIX)
+        near = difflib.get_close_matches(stem, [k.removeprefix(_PREFIX) for k in known], n=1)
+        hint = f"did you mean {_PREFIX}{near[0]}?" if near else "it reads " + ", ".join(known)
+        say(f"warning: {var} is not a variable adbatch reads (ignored); {hint}")
 
 
 def _env_value(name: str, var: str) -> Any:

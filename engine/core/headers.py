@@ -34,7 +34,7 @@ _REFUSED = {
     "te": "the connection's",
     "trailer": "the framing's",
     "upgrade": "the connection's",
-    "proxy-authorization": "the proxy URL's credentials'",
+    "proxy-authorization": "the proxy's (user:password@ in the proxy URL)",
     "accept-encoding": "adbatch's (it decodes what it asks for)",
 }
 

@@ -4,6 +4,10 @@ Rules:
 - A URL's password (`user:password@`) and its query's values (a signed URL's signature,
   an `?sig=` or `?X-Amz-Signature=`) become [redacted]; the scheme, host and path stay, so
   the message still says which object.
+- A text with an '@' that urlsplit reads with no host part, its scheme mistyped
+  (`https//u:pw@h/d`, `https:/u:pw@h/d`, `u:pw@h/d`), may hold `user:password` before
+  its last '@' whatever precedes it: shown as the scheme as typed, the user's name and
+  [redacted] (`https//u:[redacted]@h/d`). Not `file:///a@b`: a local path.
 - A storage option whose key names a credential (key, secret, token, password,
   credential, signature, sas, connection: an Azure connection string) shows its key only.
 - A URL that urlsplit cannot read (an unclosed `[`: "Invalid IPv6 URL") is a one-line
@@ -48,12 +52,35 @@ def _cut_password(netloc: str, url: str) -> bool:
     return "@" in url.partition(netloc)[2]
 
 
+#: A mistyped scheme and its slashes (`https//`, `https:/`, `https:///`): kept as given.
+#: Two slashes or a colon and one: `ab/cd@h` is a password, not a scheme and `cd`.
+_LOOSE_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*(:/+|//+)")
+
+
+def _loose_userinfo(url: str, parts: SplitResult) -> tuple[str, str, str] | None:
+    """(scheme as typed, what may be `user:password`, the rest) of a text with an '@' that
+    urlsplit reads with no host part (a mistyped scheme: `https//u:pw@h/d`, `u:pw@h/d`):
+    everything before its last '@' may be the credentials. None for any other text, and
+    for `file:///a@b` (a local path, no credentials)."""
+    if parts.netloc or "@" not in url or parts.scheme.lower() == "file":
+        return None
+    before, _, rest = url.rpartition("@")
+    scheme = _LOOSE_SCHEME.match(before)
+    typed = scheme.group() if scheme else ""
+    return typed, before[len(typed) :], rest
+
+
 def without_credentials(url: str) -> str:
     """`url` with its password and its query's values as [redacted]."""
     try:
         parts = urlsplit(url)
     except ValueError:
         return REDACTED  # cannot tell its credentials apart: show none of it
+    if (loose := _loose_userinfo(url, parts)) is not None:
+        typed, user, rest = loose
+        name, colon, _ = user.partition(":")
+        shown = f"{name}:{REDACTED}" if colon else REDACTED
+        return f"{typed}{shown}@{without_credentials(rest)}"
     netloc = parts.netloc
     if "@" not in netloc and _cut_password(netloc, url):
         # A '/', '?' or '#' in the password (not percent-encoded) ended the host part
@@ -88,7 +115,14 @@ def credentials(url: str) -> tuple[str, ...]:
     except ValueError:
         return ()
     found = []
-    if "@" in parts.netloc:
+    if (loose := _loose_userinfo(url, parts)) is not None:
+        user, rest = loose[1], loose[2]
+        found.append(user.partition(":")[2] if ":" in user else user)
+        try:
+            parts = urlsplit(rest)  # its query's values, as without_credentials hides them
+        except ValueError:
+            parts = parts._replace(query="")
+    elif "@" in parts.netloc:
         user = parts.netloc.rpartition("@")[0]
         if ":" in user:
             found.append(user.partition(":")[2])
