@@ -149,6 +149,7 @@ def _load_outcome(config: Config, summary: Summary, done: ShareResult) -> LoadOu
         done.late_in_log,
         attempts=done.attempts,
         retrying=config.retries > 0,
+        cut_off=done.cut_off,
     )
 
 

@@ -81,6 +81,10 @@ def check_files(tmp: Path, signum: int, records: list[dict[str, Any]]) -> dict[s
     assert "adbatch_series" in lines[0]
     assert lines[-1]["end"] is True
     assert lines[-1]["events"] == len(records)
+    # Every scheduled call is sent, dropped, or counted apart because the run stopped.
+    stopped = data["not_sent"] + data["cut_off"]
+    assert data["scheduled"] == data["sent"] + data["dropped"] + stopped
+    assert data["not_sent"] >= 0
     return data
 
 
@@ -129,4 +133,40 @@ async def test_sigint_grace_expires(tmp_path: Path, command: list[str]) -> None:
     assert "stopped: interrupted by SIGINT; calls in flight were given 0.5s" in stderr
     records = read_records(out)
     assert [r for r in records if r["status"] is not None] == []  # cut off: not written
-    check_files(tmp_path, signal.SIGINT, records)
+    data = check_files(tmp_path, signal.SIGINT, records)
+    # The calls the server got were in flight, cut off: counted apart, on the end line too.
+    assert data["cut_off"] == slow.state.delivery_requests
+    assert f"{data['cut_off']} cut off in flight (no record)" in stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        pytest.param(
+            ["load", "--rate", "40", "--duration", "60s", "--when-full", "wait"], id="load-wait"
+        ),
+        pytest.param(["replay"], id="replay"),
+    ],
+)
+async def test_call_waiting_for_a_slot_at_the_signal_is_not_sent(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """Must show: the call that came due while both slots were busy, waiting for one when
+    SIGINT came, is neither sent, dropped nor written, and is counted as not sent: the
+    figures balance, on the end line and in --summary. (It was counted as scheduled and
+    nowhere else: '9 scheduled, 8 sent, 0 dropped'.)"""
+    inputs = replay_input(tmp_path)
+    async with running_mock(MockConfig(latency=0.5)) as mock:
+        proc = start(mock, inputs, tmp_path, command, "--max-in-flight", "2")
+        # 40 calls a second due, 2 slots, 0.5 s answers: a due call always waits for a slot.
+        await until(lambda: mock.state.delivery_requests >= 4, proc)
+        proc.send_signal(signal.SIGINT)
+        rc, stderr = await wait_exit(proc, tmp_path, 10)
+        calls = mock.state.delivery_requests
+    assert rc == 130, stderr
+    records = read_records(tmp_path / "out.jsonl")
+    data = check_files(tmp_path, signal.SIGINT, records)
+    assert data["sent"] == len(records) == calls
+    assert (data["not_sent"], data["cut_off"], data["dropped"]) == (1, 0, 0)
+    line = f"{data['scheduled']} scheduled, {calls} sent, 0 dropped, 1 not sent (the run stopped)"
+    assert line in stderr

@@ -277,6 +277,9 @@ def _finish(outcome: LoadOutcome, summary_path: str | None) -> int:
         data = {
             "summary": outcome.summary,
             "scheduled": outcome.scheduled,
+            # scheduled = sent + dropped + not_sent + cut_off (the last two: the run stopped)
+            "not_sent": outcome.not_sent,
+            "cut_off": outcome.cut_off,
             # Attempts sent, retries included (== sent with --retries 0, the default).
             "attempts": outcome.attempts,
             **outcome.figures,

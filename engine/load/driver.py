@@ -16,6 +16,10 @@ Rules:
   schedule: closed-model tools do, and hide the queueing, coordinated omission).
   `replay`, or `when_full="wait"`, waits for a worker instead: the schedule is still
   the one stamped on the records, and the wait shows as sent_at - scheduled_at.
+- Every call counted as scheduled is sent, dropped, cut off in flight when the run's
+  --grace ran out (`LiveState.cut_off`), or not sent because the run stopped first
+  (LoadOutcome.not_sent: the rest; a hand-off cut short by the halt cannot tell whether
+  a worker took the call, so that figure is what is left, not counted where it happens).
 - Every record carries `scheduled_at` (the intended start) and `sent_at` (the real one);
   `Figures` reports latency from both.
 - A stalled client (CPU, GC, SIGSTOP) makes up its late calls at most 25% above the
@@ -164,10 +168,13 @@ class _Driver:
         live.in_flight += 1
         try:
             result = await self.engine.process(event)
+        except anyio.get_cancelled_exc_class():
+            live.cut_off += 1  # in flight when --grace ran out (or a second signal)
+            raise
         finally:
             live.in_flight -= 1
-        if result is None:  # the run halted (SIGINT) before the call: not answered
-            return
+        if result is None:  # the run halted (SIGINT) before the call: not sent
+            return  # (counted as LoadOutcome.not_sent: scheduled, with no record)
         await results.put([replace(result, scheduled_at=round(scheduled_at, 6))])
 
     async def run(self, schedule: AsyncGenerator[Scheduled, None], emit: Emit) -> float:
@@ -324,6 +331,7 @@ def _outcome(
         window.late,
         attempts=stats.attempts,
         retrying=config.retries > 0,
+        cut_off=live.cut_off,
     )
 
 

@@ -100,6 +100,7 @@ class LiveState:
 
     figures: Figures = field(default_factory=Figures)
     scheduled: int = 0
+    cut_off: int = 0  # calls in flight cut off by the run's stop (after --grace): no record
     in_flight: int = 0
     total: int | None = None
     duration: float | None = None
@@ -119,16 +120,31 @@ class LoadOutcome:
     #: (--retries above 0: the server gets more than the plan).
     attempts: int = 0
     retrying: bool = False
+    cut_off: int = 0  # calls in flight cut off when the run's --grace ran out
 
     @property
     def exit_code(self) -> int:
         return self.summary.exit_code
+
+    @property
+    def not_sent(self) -> int:
+        """Calls scheduled but not sent because the run stopped first (a signal, a stop of
+        its own): every scheduled call is sent, dropped, cut off or this."""
+        f = self.figures
+        sent, dropped = f["sent"], f["dropped"]
+        assert isinstance(sent, int)
+        assert isinstance(dropped, int)
+        return self.scheduled - sent - dropped - self.cut_off
 
     def line(self) -> str:
         f = self.figures
         lat = f["corrected_latency_ms"]
         assert isinstance(lat, dict)
         text = f"{self.scheduled} scheduled, {f['sent']} sent, {f['dropped']} dropped"
+        if self.not_sent:
+            text += f", {self.not_sent} not sent (the run stopped)"
+        if self.cut_off:
+            text += f", {self.cut_off} cut off in flight (no record)"
         if self.retrying:
             text += f", {self.attempts} attempts sent (retries on)"
         if lat.get("p50") is not None:

@@ -48,6 +48,7 @@ class ShareResult:
     late_in_log: int
     elapsed_s: float
     attempts: int = 0  # attempts sent, retries included
+    cut_off: int = 0  # calls in flight cut off by the run's stop
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +92,7 @@ class LoadShare:
             if series is not None:
                 series.close()
         attempts = engine.state.stats.attempts
-        return ShareResult(figures, live.scheduled, window.late, elapsed, attempts)
+        return ShareResult(figures, live.scheduled, window.late, elapsed, attempts, live.cut_off)
 
 
 def shares(
@@ -140,6 +141,7 @@ def merge_results(results: list[ShareResult]) -> ShareResult:
         late_in_log=max((r.late_in_log for r in results), default=0),  # each saw the whole log
         elapsed_s=max((r.elapsed_s for r in results), default=0.0),
         attempts=sum(r.attempts for r in results),
+        cut_off=sum(r.cut_off for r in results),
     )
 
 
