@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from engine import api
 from engine.cli.main import main
 from engine.config import Config
+from engine.core.addresses import parse_listen
 from engine.core.pacing import constant
 from engine.errors import ConfigError
 from engine.load.plan import LoadPlan
@@ -381,3 +382,40 @@ def test_options_come_from_the_toml_file(tmp_path: Path) -> None:
     toml.write_text('metrics-linger = "soon"\n')
     with pytest.raises(ConfigError, match="metrics-linger: expected a duration"):
         config_from_args(build_parser().parse_args(argv))
+
+
+@pytest.mark.parametrize(
+    ("metrics", "dashboard", "warned"),
+    [
+        pytest.param("0.0.0.0:0", ":0", ["--metrics-addr 0.0.0.0:"], id="metrics-any-ipv4"),
+        pytest.param(":0", "[::]:0", ["--dashboard [::]:"], id="dashboard-any-ipv6"),
+        pytest.param("198.51.100.7:0", "myhost:0", ["--metrics-addr", "--dashboard"], id="both"),
+        pytest.param("127.0.0.2:0", "localhost:0", [], id="loopback"),
+        pytest.param("[::1]:0", ":0", [], id="loopback-ipv6"),
+    ],
+)
+def test_a_server_beyond_loopback_is_announced_with_a_warning(
+    metrics: str, dashboard: str, warned: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Must show: an unauthenticated page bound beyond loopback says so, one line under
+    its URL, on stderr; loopback says nothing more. (The sockets are bound on 127.0.0.1
+    under the asked host's key: the test exposes nothing.)"""
+    from engine.observe.serve import _announce
+
+    config = Config(inputs=("x.jsonl",), metrics_addr=metrics, dashboard=dashboard)
+    keys = {parse_listen(metrics, "--metrics-addr"), parse_listen(dashboard, "--dashboard")}
+    sockets = {key: socket.socket() for key in keys}
+    try:
+        for sock in sockets.values():
+            sock.bind(("127.0.0.1", 0))
+        _announce(config, sockets)
+    finally:
+        for sock in sockets.values():
+            sock.close()
+    lines = capsys.readouterr().err.splitlines()
+    warnings = [line for line in lines if line.startswith("adbatch: warning: ")]
+    assert len(lines) == 2 + len(warnings)
+    assert len(warnings) == len(warned)
+    for warning, option in zip(warnings, warned, strict=True):
+        assert option in warning
+        assert "reachable from other machines and has no authentication" in warning

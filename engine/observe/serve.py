@@ -10,7 +10,9 @@ Rules:
   same HOST:PORT share one server.
 - After the run they stay up --metrics-linger seconds (the figures final, in flight 0),
   for a last scrape; SIGINT or SIGTERM ends that wait. A run that fails is not waited on.
-- Each URL is printed on stderr once it is served.
+- Each URL is printed on stderr once it is served; a host that is not loopback
+  (`0.0.0.0`, `[::]`, an interface's address) adds a one-line warning: neither page asks
+  for authentication, so anyone who can reach the port reads the run's figures.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from contextlib import asynccontextmanager
 import anyio
 from aiohttp import web
 
-from engine.config import Config
+from engine.config import Config, is_loopback
 from engine.core.addresses import parse_listen, url_host
 from engine.core.tally import Mode
 from engine.core.timeline import Timeline
@@ -139,3 +141,16 @@ def _announce(config: Config, bound: dict[tuple[str, int], socket.socket]) -> No
             host, port = key = parse_listen(addr, option)
             port = bound[key].getsockname()[1]  # port 0: the one the system chose
             sys.stderr.write(f"adbatch: {what} on http://{url_host(host)}:{port}{path}\n")
+            if (warning := exposure_warning(option, host, port)) is not None:
+                sys.stderr.write(f"adbatch: {warning}\n")
+
+
+def exposure_warning(option: str, host: str, port: int) -> str | None:
+    """What to say of a server `option` bound to `host`: None on loopback (a bare :PORT)."""
+    if is_loopback(host):
+        return None
+    return (
+        f"warning: {option} {url_host(host)}:{port} is reachable from other machines and "
+        f"has no authentication: anyone who can reach port {port} reads it "
+        f"(:{port} serves this machine only)"
+    )
