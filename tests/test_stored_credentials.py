@@ -136,3 +136,28 @@ def test_the_series_file_header_names_inputs_without_credentials() -> None:
     line = header(config, Secrets(), mode="load", start=None)
     assert SECRET not in orjson.dumps(line).decode()
     assert line["inputs"] == ["http://alice:[redacted]@127.0.0.1:45200/h.jsonl"]
+
+
+def test_the_series_header_shows_no_fragment_of_an_http_url() -> None:
+    """Must show: an --endpoint's or --token-url's #fragment (never sent; a token may sit
+    there) is [redacted] in the series header as its password and query values are, and
+    an http(s) input's too; a storage URL's '#' is part of its key and stays."""
+    from engine.core.secrets import Secrets
+    from engine.load.series_file import header
+
+    endpoint = "http://usr:pw@127.0.0.1:19220/delivery/retailmedia?apikey=K#FRAGSECRET"
+    config = Config(
+        inputs=("s3://b/a#1.jsonl", "https://127.0.0.1:9/x.jsonl#INPUTFRAG"),
+        endpoint=endpoint,
+        token_url="https://127.0.0.1:9/oauth2/token#TOKENFRAG",
+        dry_run=True,
+    )
+    line = header(config, Secrets(), mode="load", start=None)
+    text = orjson.dumps(line).decode()
+    assert "FRAGSECRET" not in text
+    assert "TOKENFRAG" not in text
+    assert "INPUTFRAG" not in text
+    assert line["options"]["endpoint"] == (
+        "http://usr:[redacted]@127.0.0.1:19220/delivery/retailmedia?apikey=[redacted]#[redacted]"
+    )
+    assert line["inputs"] == ["s3://b/a#1.jsonl", "https://127.0.0.1:9/x.jsonl#[redacted]"]

@@ -5,10 +5,10 @@ Rules:
 - The token and the client secret are [redacted] whatever they hold.
 - A header shows its name, never its value (an `X-Api-Key`).
 - A storage option shows its value unless its name says credential (`shown_option`).
-- A URL (the endpoint, the token URL) shows without its password or query values
-  (`without_credentials`); a proxy as every message shows it (`ProxyURL.shown`), and
-  [redacted] whole when it cannot be read. Any other URL (an input, -o) shows without its
-  password and query values too.
+- A URL (the endpoint, the token URL) shows without its password, query values or
+  http(s) fragment (`without_credentials`, the one home of that rule); a proxy as every
+  message shows it (`ProxyURL.shown`), and [redacted] whole when it cannot be read. Any
+  other URL (an input, -o) shows by the same rule.
 - A value as a config file or a variable gave it (`shown_given`: an array, a table, nested,
   of the wrong type or form) by the same rules, item by item; a table's entry under a
   credential's name (a storage option's, any other key holding key, secret, token or

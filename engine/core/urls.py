@@ -8,6 +8,10 @@ Rules:
   (`https//u:pw@h/d`, `https:/u:pw@h/d`, `u:pw@h/d`), may hold `user:password` before
   its last '@' whatever precedes it: shown as the scheme as typed, the user's name and
   [redacted] (`https//u:[redacted]@h/d`). Not `file:///a@b`: a local path.
+- An http(s) URL's fragment (`#...`) shows as `#[redacted]`: no client sends it, so it
+  names nothing the server sees, and a token may sit there (`#access_token=...`). A
+  storage URL's `#` stays: part of the object's key (`s3://b/a#1.jsonl`), which a
+  record's `source` and `--resume` tell apart.
 - A storage option whose key names a credential (key, secret, token, password,
   credential, signature, sas, connection: an Azure connection string) shows its key only.
 - A URL that urlsplit cannot read (an unclosed `[`: "Invalid IPv6 URL") is a one-line
@@ -90,7 +94,8 @@ def without_credentials(url: str) -> str:
         if not shown.startswith(f"{scheme}://"):
             return REDACTED
         return f"{scheme}://{REDACTED}@{shown[len(scheme) + 3 :]}"
-    if "@" not in netloc and not parts.query:
+    fragment = REDACTED if parts.fragment and _is_http(parts) else parts.fragment
+    if "@" not in netloc and not parts.query and fragment == parts.fragment:
         return url  # as given (urlunsplit would drop the empty host of file:///x)
     if "@" in netloc:
         user, _, host = netloc.rpartition("@")
@@ -104,7 +109,11 @@ def without_credentials(url: str) -> str:
         if parts.query
         else ""
     )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, fragment))
+
+
+def _is_http(parts: SplitResult) -> bool:
+    return parts.scheme.lower() in ("http", "https")
 
 
 def credentials(url: str) -> tuple[str, ...]:
@@ -127,6 +136,8 @@ def credentials(url: str) -> tuple[str, ...]:
         if ":" in user:
             found.append(user.partition(":")[2])
     found += [pair.partition("=")[2] for pair in parts.query.split("&") if "=" in pair]
+    if _is_http(parts):
+        found.append(parts.fragment)
     return tuple({v for raw in found if raw for v in (raw, unquote(raw), unquote_plus(raw))})
 
 
