@@ -14,10 +14,16 @@ from typing import Any
 from engine.cli.commands import command_help
 from engine.cli.common import Subparsers, json_bytes, write_file
 from engine.cli.hints import RecordCount
+from engine.config import DEFAULT_MAX_RESPONSE_BYTES
 from engine.core.events import printable
 from engine.core.values import terminal_safe
 from engine.errors import ConfigError, InputError
 from engine.files.paths import check_outputs
+
+#: The longest line report reads: a record holds its response, up to
+#: --max-response-bytes (8 MiB by default) written as JSON, where a byte may take six
+#: (\u0001); a longer line is counted as unreadable and skipped, never held whole.
+LINE_LIMIT = 8 * DEFAULT_MAX_RESPONSE_BYTES
 
 
 def add_parser(sub: Subparsers) -> None:
@@ -45,7 +51,8 @@ def add_parser(sub: Subparsers) -> None:
 def read_run(path: str) -> tuple[dict[str, Any], int]:
     """(figures as `Figures.to_dict()`, core/figures.py's block under "figures", the
     run's header under "run" when the file is a --series file; unreadable lines)."""
-    from engine.core.serieslog import is_header, read_series
+    from engine.core.serieslog import SeriesError, is_header, read_series
+    from engine.report.lines import BoundedLines
     from engine.report.text import FileTally, figures_from_lines, file_figures
 
     try:
@@ -53,19 +60,25 @@ def read_run(path: str) -> tuple[dict[str, Any], int]:
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
     with stream:
-        first = stream.readline()
-        lines = chain([first], stream)
+        bounded = BoundedLines(stream, limit=LINE_LIMIT)
+        read = iter(bounded)
+        first = next(read, b"")
+        lines = chain([first], read)
         if is_header(first):
-            figures, head, elapsed, bad = read_series(lines)
+            try:
+                figures, head, elapsed, bad = read_series(lines)
+            except SeriesError as exc:
+                raise SeriesError(f"cannot report {printable(path)}: {exc}") from None
             data = figures.to_dict(elapsed_s=elapsed)
             data["figures"] = file_figures(figures, None)
             data["run"] = head
-            return data, bad
+            return data, bad + bounded.too_long
         counted = RecordCount(lines)
         tally = FileTally()
         figures, bad = figures_from_lines(counted, tally=tally)
     counted.refuse_inputs(path)
-    return {**figures.to_dict(), "figures": file_figures(figures, tally)}, bad
+    data = {**figures.to_dict(), "figures": file_figures(figures, tally)}
+    return data, bad + bounded.too_long
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -11,6 +11,10 @@ Rules:
 - The width only ever doubles from its start, so floor((t-o)/2w) == floor(floor((t-o)/w)/2)
   holds in floating point too (a division by a power of two is exact): merged buckets
   stay exact.
+- Distinct statuses and error kinds are bounded as error texts are (core/figures.py):
+  a bucket keeps `BUCKET_KEYS` of them, a run's totals (series.Figures) `RUN_KEYS`, each
+  cut to `KEY_CHARS`; the rest are counted under `OTHER_KEY`. A file whose every record
+  names its own kind costs what one with a few kinds costs.
 """
 
 from __future__ import annotations
@@ -23,6 +27,27 @@ from typing import Any
 from engine.core.stats import Histogram
 
 MAX_POINTS = 600
+#: Distinct statuses (or kinds) kept per bucket and per run; the rest under OTHER_KEY.
+BUCKET_KEYS = 32
+RUN_KEYS = 1000
+KEY_CHARS = 100
+OTHER_KEY = "(other)"
+
+
+def count_key(counter: Counter[str], key: str, n: int = 1, *, limit: int = BUCKET_KEYS) -> None:
+    """Add `n` to `key` (cut short) in `counter`, which keeps at most `limit` keys and
+    counts the rest under `OTHER_KEY`."""
+    key = key[:KEY_CHARS]
+    if key in counter or len(counter) < limit:
+        counter[key] += n
+    else:
+        counter[OTHER_KEY] += n
+
+
+def add_keys(counter: Counter[str], other: Counter[str], *, limit: int = BUCKET_KEYS) -> None:
+    """`count_key` each of `other`'s counts into `counter`."""
+    for key, n in other.items():
+        count_key(counter, key, n, limit=limit)
 
 
 @dataclass(slots=True)
@@ -46,10 +71,10 @@ class Bucket:
         self.ok += other.ok
         self.errors += other.errors
         self.dropped += other.dropped
-        self.statuses.update(other.statuses)
+        add_keys(self.statuses, other.statuses)
         self.latency.merge(other.latency)
         self.corrected.merge(other.corrected)
-        self.kinds.update(other.kinds)
+        add_keys(self.kinds, other.kinds)
         self.busy += other.busy
 
     def to_dict(self) -> dict[str, Any]:

@@ -17,6 +17,8 @@ Rules:
 - A call is placed in time by its scheduled time when it has one, else by its send
   (`series`); a second series (`sends`) places each sent call by its send, so a burst of
   late calls shows there, with the seconds of calls in flight (`busy`).
+- Distinct statuses and error kinds are bounded per bucket and per run, the rest
+  counted under one "(other)" entry (buckets.py), as error texts are.
 - A bucket is mergeable (counters and log-linear histograms): the `--series` file is one
   bucket per line (`bucket_line`), and `adbatch report` adds the lines back up
   (`Figures.add_line`); two lines for the same second simply add.
@@ -30,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.core.buckets import MAX_POINTS as MAX_POINTS
+from engine.core.buckets import RUN_KEYS, add_keys, count_key
 from engine.core.buckets import Bucket as Bucket
 from engine.core.buckets import Series as Series
 from engine.core.records import ErrorKind, RecordLine, Result
@@ -68,9 +71,9 @@ class Call:
 def place(series: Series, sends: Series | None, call: Call) -> None:
     """Add `call` to `series` (by its start) and to `sends` (by its send)."""
     bucket = series.at(call.start)
-    bucket.statuses[call.key] += 1
+    count_key(bucket.statuses, call.key)
     if not call.ok:
-        bucket.kinds[call.kind or _UNNAMED] += 1
+        count_key(bucket.kinds, call.kind or _UNNAMED)
     if call.dropped:
         bucket.dropped += 1
         return
@@ -78,9 +81,9 @@ def place(series: Series, sends: Series | None, call: Call) -> None:
     if sends is None or call.sent_at is None:
         return
     sent = sends.at(call.sent_at)
-    sent.statuses[call.key] += 1
+    count_key(sent.statuses, call.key)
     if not call.ok:
-        sent.kinds[call.kind or _UNNAMED] += 1
+        count_key(sent.kinds, call.kind or _UNNAMED)
     _count(sent, call)
     # Seconds in flight, cut at bucket edges (a call rarely spans more than two).
     t, end = call.sent_at, call.sent_at + (call.latency_ms or 0.0) / 1000.0
@@ -178,10 +181,10 @@ class Figures:
             self.ok += 1
         else:
             self.failed += 1
-            self.errors[error_kind or _UNNAMED] += 1
+            count_key(self.errors, error_kind or _UNNAMED, limit=RUN_KEYS)
         self.dropped += error_kind == ErrorKind.DROPPED
         key = str(status) if status is not None else (error_kind or _UNNAMED)
-        self.statuses[key] += 1
+        count_key(self.statuses, key, limit=RUN_KEYS)
         call = make_call(
             status=status,
             ok=ok,
@@ -248,8 +251,8 @@ class Figures:
         self.ok += bucket.ok
         self.failed += n - bucket.ok
         self.dropped += bucket.dropped
-        self.statuses.update(bucket.statuses)
-        self.errors.update(bucket.kinds)
+        add_keys(self.statuses, bucket.statuses, limit=RUN_KEYS)
+        add_keys(self.errors, bucket.kinds, limit=RUN_KEYS)
         self.latency.merge(bucket.latency)
         self.corrected.merge(bucket.corrected)
         if n:
