@@ -23,6 +23,7 @@ from engine.core.stops import INTERNAL_STREAK
 from engine.core.thresholds import parse_thresholds
 from engine.core.urls import check_local, check_output, split_url, without_credentials
 from engine.core.urls import check_option as check_storage_option
+from engine.core.values import utf8_text
 
 DEFAULT_ENDPOINT = "https://d.us.criteo.com/delivery/retailmedia"
 DEFAULT_TOKEN_URL = "https://api.criteo.com/oauth2/token"
@@ -38,6 +39,12 @@ DEFAULT_CONCURRENCY = 64
 DEFAULT_TIMEOUT = 2.0
 #: Longer input lines become error records (memory stays bounded).
 DEFAULT_MAX_LINE_BYTES = 1 << 20
+#: --max-line-bytes at most (1 GiB): a line is held whole in memory, and a larger
+#: limit (2**63 and up) no longer fits the readers' index-sized integers.
+MAX_LINE_BYTES = 1 << 30
+#: --workers at most: processes of one machine (auto: one per core, no more than this);
+#: 10**20 would fork until the machine gives out.
+MAX_WORKERS = 256
 #: Larger answers (after decompression) become `too_large` records (memory stays bounded).
 DEFAULT_MAX_RESPONSE_BYTES = 8 << 20
 #: Seconds of nothing but 429/503 (retry budget spent) after which a run stops (exit 3).
@@ -178,12 +185,20 @@ class Config:
             )
         if self.http_client == "http2" and not http2_installed():
             raise ConfigError(HTTP2_EXTRA)
-        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
+        if (
+            isinstance(self.workers, bool)
+            or not isinstance(self.workers, int)
+            or not 1 <= self.workers <= MAX_WORKERS
+        ):
             raise ConfigError(
-                f"--workers must be a whole number >= 1 or auto, got {self.workers!r}"
+                f"--workers must be a whole number from 1 to {MAX_WORKERS} or auto, "
+                f"got {self.workers!r}"
             )
-        if self.max_line_bytes < 64:
-            raise ConfigError("--max-line-bytes must be at least 64")
+        if not 64 <= self.max_line_bytes <= MAX_LINE_BYTES:
+            raise ConfigError(
+                f"--max-line-bytes must be 64 to {MAX_LINE_BYTES} (1 GiB), "
+                f"got {self.max_line_bytes}"
+            )
         if self.max_response_bytes < 1024:
             raise ConfigError(
                 f"--max-response-bytes must be at least 1024, got {self.max_response_bytes}"
@@ -362,6 +377,10 @@ class Config:
             )
         if self.client_secret is not None and self.client_id is None:
             raise ConfigError("a client secret needs --client-id (or ADBATCH_CLIENT_ID)")
+        if self.client_id is not None and self.client_secret is not None:
+            utf8_text("the client id (--client-id, ADBATCH_CLIENT_ID)", self.client_id)
+            secret = "the client secret (--client-secret-file, ADBATCH_CLIENT_SECRET)"
+            utf8_text(secret, self.client_secret)
         if self.client_id is not None:
             url = split_url(self.token_url, "--token-url")
             if url.scheme not in ("http", "https") or not url.hostname:

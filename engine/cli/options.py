@@ -33,6 +33,7 @@ from engine.cli.argtypes import (
 from engine.cli.common import say
 from engine.cli.config_file import load_toml, typed
 from engine.config import Config
+from engine.core.values import utf8_text
 from engine.errors import ConfigError
 from engine.files.paths import check_outputs, written_by
 from engine.files.storage import expand_inputs, is_url
@@ -186,12 +187,11 @@ _READ = ("config", "token_file", "client_secret_file")
 
 def _read_secret_file(path: str, what: str) -> str:
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
             value = f.read().strip()
     except OSError as exc:
         raise ConfigError(f"cannot read {what} file {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:  # its bytes are never echoed
-        raise ConfigError(f"{what} file {path} is not UTF-8 text") from None
+    utf8_text(f"{what} file {path}", value)  # its bytes are never echoed
     if not value:
         raise ConfigError(f"{what} file {path} is empty")
     return value

@@ -4,7 +4,8 @@ Rules (curl's, where curl has one):
 - A proxy is an `http://` URL; `host:port` alone means `http://host:port`, and the port
   defaults to 1080 (curl's). Other schemes (`https://`, `socks5://`) are refused with a
   one-line ConfigError naming where the URL came from.
-- `user:password@` in a proxy URL (percent-decoded) becomes `Proxy-Authorization: Basic`.
+- `user:password@` in a proxy URL (percent-decoded: UTF-8, else refused, as is a raw
+  byte that is not UTF-8 anywhere in the URL) becomes `Proxy-Authorization: Basic`.
   Both are secrets: a proxy URL shown in a message (`ProxyURL.shown`) never carries them,
   and the run's redactor hunts the password and the Basic form (`Proxies.secrets`). A
   proxy's own words in a refusal (`refusal`) lose them whatever the password's length:
@@ -37,6 +38,7 @@ from engine.core.errors import ConfigError
 from engine.core.records import ErrorKind
 from engine.core.secrets import REDACTED, Secrets
 from engine.core.urls import split_url
+from engine.core.values import utf8_text
 
 DEFAULT_PROXY_PORT = 1080
 #: How an unreachable proxy's error starts (runtime/engine.py words its stop by it).
@@ -92,6 +94,7 @@ def parse_proxy_url(text: str, *, source: str) -> ProxyURL:
         raw = "http://" + raw
     if any(ord(c) < 0x21 or ord(c) == 0x7F for c in raw):
         raise ConfigError(f"{source}: a proxy URL cannot hold blanks or control characters")
+    utf8_text(f"{source}: the proxy URL", raw)  # a raw byte of argv or the environment
     parts = split_url(raw, source)
     scheme = parts.scheme.lower()
     shown = _shown(parts.hostname, parts.port if _port_ok(parts) else None, parts.username)
@@ -106,8 +109,13 @@ def parse_proxy_url(text: str, *, source: str) -> ProxyURL:
         raise ConfigError(f"{source}: the proxy URL has a bad port ({shown})")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise ConfigError(f"{source}: a proxy URL is http://[user:password@]host[:port] only")
-    user = None if parts.username is None else unquote(parts.username)
-    password = None if parts.password is None else unquote(parts.password)
+    try:
+        user = None if parts.username is None else unquote(parts.username, errors="strict")
+        password = None if parts.password is None else unquote(parts.password, errors="strict")
+    except UnicodeDecodeError:  # %FF: unquote would send U+FFFD in its place
+        raise ConfigError(
+            f"{source}: the proxy URL's user or password is not UTF-8 once percent-decoded"
+        ) from None
     return ProxyURL(parts.hostname, parts.port or DEFAULT_PROXY_PORT, user, password)
 
 

@@ -14,6 +14,8 @@ import math
 import re
 from collections.abc import Mapping
 
+from engine.core.errors import ConfigError
+
 
 class _BadValue(ValueError):
     pass
@@ -57,6 +59,16 @@ def _surrogate(text: str) -> str | None:
         return None
     found = _SURROGATE(text)
     return None if found is None else f"U+{ord(found.group()):04X}"
+
+
+def utf8_text(what: str, text: str) -> str:
+    """`text`, or ConfigError `{what} is not UTF-8 text` when it holds a lone surrogate:
+    a byte that is not UTF-8, as Python reads one from argv, the environment or a file
+    read with surrogateescape. The one check of the credentials given as text (client
+    id and secret, token file, proxy URL); the text itself is never quoted."""
+    if _surrogate(text) is not None:
+        raise ConfigError(f"{what} is not UTF-8 text")
+    return text
 
 
 def header_problem(text: str) -> str | None:

@@ -11,7 +11,9 @@ Rules:
   meaning for the whole run. Workers get no credentials and no output of their own
   beyond what the parent allows.
 - However the run ends, every pipe is closed and every process joined (killed after
-  `_JOIN_TIMEOUT_S` if it will not end).
+  `_JOIN_TIMEOUT_S` if it will not end). A worker that cannot be started (EMFILE for its
+  pipes, EAGAIN or ENOMEM from fork) is one ConfigError (exit 2: nothing was sent yet),
+  once the workers started before it have ended.
 """
 
 from __future__ import annotations
@@ -28,9 +30,10 @@ from typing import Any, Literal
 import anyio
 import anyio.to_thread
 
-from engine.config import Config
+from engine.config import MAX_WORKERS, Config
 from engine.core.stats import Summary, summarize
 from engine.core.tally import Snapshot, Tally
+from engine.errors import ConfigError
 from engine.multiproc.child import worker_main
 from engine.multiproc.messages import WorkerJob
 from engine.multiproc.parent import WorkerHandle, _Parent
@@ -45,11 +48,12 @@ StartMethod = Literal["fork", "spawn"]
 
 
 def auto_workers() -> int:
-    """`--workers auto`: one process per CPU this process may run on."""
+    """`--workers auto`: one process per CPU this process may run on (MAX_WORKERS at most)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+    return min(max(1, cores), MAX_WORKERS)
 
 
 def worker_config(config: Config) -> Config:
@@ -108,11 +112,25 @@ def start_workers(count: int, method: StartMethod | None = None) -> list[WorkerH
     )
     workers: list[WorkerHandle] = []
     for index in range(count):
-        parent_conn, child_conn = ctx.Pipe(duplex=True)
+        try:
+            workers.append(_start_worker(ctx, index, workers, fork=method == "fork"))
+        except OSError as exc:  # EMFILE (pipes), EAGAIN or ENOMEM (fork): none can run
+            _stop_started(workers)
+            reason = exc.strerror or type(exc).__name__
+            raise ConfigError(
+                f"--workers {count}: could not start worker {index + 1} ({reason}); "
+                "nothing was sent: lower --workers or raise the limit (ulimit -n, ulimit -u)"
+            ) from None
+    return workers
+
+
+def _start_worker(
+    ctx: Any, index: int, started: list[WorkerHandle], *, fork: bool
+) -> WorkerHandle:
+    parent_conn, child_conn = ctx.Pipe(duplex=True)
+    try:
         inherited = (
-            tuple(c.fileno() for c in [*(w.conn for w in workers), parent_conn])
-            if method == "fork"
-            else ()
+            tuple(c.fileno() for c in [*(w.conn for w in started), parent_conn]) if fork else ()
         )
         process = ctx.Process(
             target=worker_main,
@@ -121,9 +139,24 @@ def start_workers(count: int, method: StartMethod | None = None) -> list[WorkerH
             daemon=True,
         )
         process.start()
+    except BaseException:
+        parent_conn.close()
+        raise
+    finally:
         child_conn.close()
-        workers.append(WorkerHandle(index, process, parent_conn))
-    return workers
+    return WorkerHandle(index, process, parent_conn)
+
+
+def _stop_started(workers: list[WorkerHandle]) -> None:
+    """End the workers started before one failed to start: each waits for its `Start`,
+    and its pipe closed, sees EOF and returns (killed if it will not)."""
+    for worker in workers:
+        worker.conn.close()
+    for worker in workers:
+        worker.process.join(_JOIN_TIMEOUT_S)
+        if worker.process.is_alive():
+            worker.process.kill()
+            worker.process.join(_JOIN_TIMEOUT_S)
 
 
 def _probe(parent: _Parent) -> Probe:

@@ -183,5 +183,17 @@ def aiohttp_proxy(via: ProxyURL | None) -> yarl.URL | None:
     import yarl
 
     return yarl.URL.build(
-        scheme="http", user=via.user, password=via.password, host=via.host, port=via.port
+        scheme="http",
+        user=_latin1(via.user),
+        password=_latin1(via.password),
+        host=via.host,
+        port=via.port,
     )
+
+
+def _latin1(text: str | None) -> str | None:
+    """`text`'s UTF-8 bytes as latin-1 characters: aiohttp encodes a proxy URL's
+    credentials as latin-1 (`BasicAuth.from_url`), so a `€` raised UnicodeEncodeError on
+    every call and an `ä` went out as one byte; so the wire carries their UTF-8, as the
+    other clients send it (ProxyURL.authorization)."""
+    return None if text is None else text.encode("utf-8").decode("latin-1")

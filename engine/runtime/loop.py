@@ -58,8 +58,11 @@ def tune_gc() -> None:
 
 
 #: Open files a process needs beside one socket per call in flight: stdio, the inputs and
-#: outputs, the event loop's, the token client's connections, the --workers pipes.
+#: outputs, the event loop's, the token client's connections.
 SPARE_FILES = 100
+#: Open files the --workers parent holds per worker: its end of the worker's pipe and
+#: the two of multiprocessing's own (the process's sentinel and its finalizer's pipe).
+FILES_PER_WORKER = 3
 
 _raised = False
 
@@ -102,22 +105,30 @@ def connection_budget(config: Config) -> int | None:
 def check_open_files(config: Config, *, option: str = "-c") -> None:
     """Raise ConfigError (exit 2) when one process of this run would need more open files
     than its limit allows, even raised: -c sockets (a --workers child: its share), the
-    embedded mock's side of them with --mock, and SPARE_FILES. `option`: the option the
-    user gave the number with (load and replay: --max-in-flight)."""
+    embedded mock's side of them with --mock, the --workers parent's pipes and
+    SPARE_FILES. `option`: the option the user gave the number with (load and replay:
+    --max-in-flight); --workers is named when its pipes alone break the limit."""
     limits = raise_open_files()
     if limits is None or config.dry_run:
         return
     soft, hard = limits
     concurrency = config.concurrency
     share = math.ceil(concurrency / config.workers)
-    needed = share + (concurrency if config.mock else 0) + SPARE_FILES
-    if needed > soft:
-        per = f" per process ({config.workers} workers)" if config.workers > 1 else ""
+    pipes = FILES_PER_WORKER * config.workers if config.workers > 1 else 0
+    needed = share + (concurrency if config.mock else 0) + SPARE_FILES + pipes
+    if needed <= soft:
+        return
+    limit = f"{soft}{'' if hard == soft else f' (hard limit {hard})'}"
+    if pipes and needed - pipes <= soft:
         raise ConfigError(
-            f"{option} {concurrency} needs about {needed} open files{per} but the limit is "
-            f"{soft}{'' if hard == soft else f' (hard limit {hard})'}: lower {option} or "
-            "raise the limit (ulimit -n)"
+            f"--workers {config.workers} needs about {needed} open files but the limit is "
+            f"{limit}: lower --workers or raise the limit (ulimit -n)"
         )
+    per = f" per process ({config.workers} workers)" if config.workers > 1 else ""
+    raise ConfigError(
+        f"{option} {concurrency} needs about {needed} open files{per} but the limit is "
+        f"{limit}: lower {option} or raise the limit (ulimit -n)"
+    )
 
 
 def backend_options() -> dict[str, Any]:
