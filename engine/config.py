@@ -185,6 +185,36 @@ class Config:
             )
         if self.http_client == "http2" and not http2_installed():
             raise ConfigError(HTTP2_EXTRA)
+        self._check_sizes()
+        self._check_parts()
+        if not (self.token_wait > 0 and math.isfinite(self.token_wait)):
+            raise ConfigError(
+                f"--token-wait must be a positive number of seconds, got {self.token_wait}"
+            )
+        self._check_input_format()
+        if self.partner_id is not None and not self.partner_id.isdigit():
+            raise ConfigError(f"--partner-id must be an integer, got {self.partner_id!r}")
+        self._check_header_values()
+        self._check_extra_headers()
+        if not self.mock:
+            self._check_endpoint()
+            self._check_credentials(need_token)
+        self._validate_reliability()
+        parse_thresholds(self.thresholds)  # a malformed one: ConfigError naming it
+        if self.inputs.count("-") > 1:
+            raise ConfigError("stdin ('-') can be read only once")
+        self._validate_distribution()
+        self._check_observers()
+        if self.records not in ("all", "errors", "none"):
+            raise ConfigError(f"--records must be all, errors or none, got {self.records!r}")
+        if self.proxy is not None:
+            if self.no_proxy:
+                raise ConfigError("give --proxy or --no-proxy, not both")
+            parse_proxy_url(self.proxy, source="--proxy")
+        return self
+
+    def _check_sizes(self) -> None:
+        """--workers, --max-line-bytes, --max-response-bytes: whole numbers in range."""
         if (
             isinstance(self.workers, bool)
             or not isinstance(self.workers, int)
@@ -203,36 +233,20 @@ class Config:
             raise ConfigError(
                 f"--max-response-bytes must be at least 1024, got {self.max_response_bytes}"
             )
-        self._check_parts()
-        if not (self.token_wait > 0 and math.isfinite(self.token_wait)):
+
+    def _check_endpoint(self) -> None:
+        """An http(s) URL with a host, a valid port and no #fragment: the query is added
+        to it, and after a '#' it would never reach the server."""
+        url = split_url(self.endpoint, "--endpoint")
+        shown = without_credentials(self.endpoint)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ConfigError(f"--endpoint must be an http(s) URL, got {shown!r}")
+        check_port("--endpoint", self.endpoint)
+        if "#" in self.endpoint.partition("://")[2]:
             raise ConfigError(
-                f"--token-wait must be a positive number of seconds, got {self.token_wait}"
+                f"--endpoint must not hold a '#' (a fragment: the query would follow it "
+                f"and never reach the server; write a '#' in a password as %23), got {shown!r}"
             )
-        self._check_input_format()
-        if self.partner_id is not None and not self.partner_id.isdigit():
-            raise ConfigError(f"--partner-id must be an integer, got {self.partner_id!r}")
-        self._check_header_values()
-        self._check_extra_headers()
-        if not self.mock:
-            url = split_url(self.endpoint, "--endpoint")
-            if url.scheme not in ("http", "https") or not url.hostname:
-                shown = without_credentials(self.endpoint)
-                raise ConfigError(f"--endpoint must be an http(s) URL, got {shown!r}")
-            check_port("--endpoint", self.endpoint)
-            self._check_credentials(need_token)
-        self._validate_reliability()
-        parse_thresholds(self.thresholds)  # a malformed one: ConfigError naming it
-        if self.inputs.count("-") > 1:
-            raise ConfigError("stdin ('-') can be read only once")
-        self._validate_distribution()
-        self._check_observers()
-        if self.records not in ("all", "errors", "none"):
-            raise ConfigError(f"--records must be all, errors or none, got {self.records!r}")
-        if self.proxy is not None:
-            if self.no_proxy:
-                raise ConfigError("give --proxy or --no-proxy, not both")
-            parse_proxy_url(self.proxy, source="--proxy")
-        return self
 
     def _check_parts(self) -> None:
         """-o URL's parts (files/parts.py); the files only -o may be a URL among."""

@@ -167,6 +167,13 @@ def test_config_show_with_a_password_that_ends_the_host_part(
             "--token-url must be an http(s) URL, got 'ftp://u:[redacted]@h/t?k=[redacted]'",
             id="token-url-scheme",
         ),
+        pytest.param(  # the query would follow the fragment and never be sent
+            ["--endpoint", f"https://u:{PASSWORD}@h/d#{QUERY_VALUE}"],
+            "--endpoint must not hold a '#' (a fragment: the query would follow it and "
+            "never reach the server; write a '#' in a password as %23), got "
+            "'https://u:[redacted]@h/d#[redacted]'",
+            id="endpoint-fragment",
+        ),
         # A password holding '#', '/' or '?' (not percent-encoded) ends the host part
         # early: what reads as its port is the password's start, the rest looks a path.
         *(
