@@ -11,6 +11,10 @@ Rules:
   decimal text (`0.1`, not `0.10000000149011612`), binary its UTF-8 text (a value that is
   not UTF-8 makes its row invalid). A struct or a map is an object, which makes the row
   invalid as it does in JSONL.
+- Every nesting reads as its plain counterpart: a list of any kind (large, fixed-size,
+  list view) as a list, a dictionary-encoded column as its values, converted alike.
+- A duration makes its row invalid, naming the column: the API takes none, and a bare
+  count of an unnamed unit would be sent as if it were the number the column means.
 - `source` is `file:row`, the row counted from 1 across the file; `seq` goes on across
   inputs as for lines.
 - Memory: one batch of `BATCH_ROWS` rows at a time, and column chunks are streamed in
@@ -42,6 +46,9 @@ U = TypeVar("U")
 BATCH_ROWS = 2048
 _BUFFER = 1 << 20
 MISSING = "Parquet input needs pyarrow: pip install 'adbatch[parquet]'"
+#: Why a duration is refused: the API takes no duration, and a count of an unnamed unit
+#: (5 of what?) would be sent as if it were the number the column means.
+DURATION = "which has no value in an event (a number of what?): store it as a number or text"
 
 
 def _arrow() -> tuple[Any, Any, Any]:
@@ -99,41 +106,84 @@ def group_owner(path: str, group: int, count: int) -> int:
 # -- Arrow values -> JSON-like values ---------------------------------------------------
 
 
+def _is(name: str, t: Any) -> bool:
+    """`pyarrow.types.<name>(t)`, False where the installed pyarrow has no such type
+    (list views and binary views came in pyarrow 16; the extra asks for 14)."""
+    test = getattr(_arrow()[0].types, name, None)
+    return test is not None and bool(test(t))
+
+
+_LISTS = ("is_list", "is_large_list", "is_fixed_size_list", "is_list_view", "is_large_list_view")
+
+
+def _is_list(t: Any) -> bool:
+    return any(_is(name, t) for name in _LISTS)
+
+
+def _leaf(t: Any) -> Any:
+    """The type of the values under every list and dictionary of `t`: what each kind of
+    nesting holds is read as its plain list's (or plain column's) values are."""
+    while True:
+        if _is("is_dictionary", t):
+            t = t.value_type
+        elif _is_list(t):
+            t = t.value_type
+        else:
+            return t
+
+
+#: Leaf types whose values are made text (or float64) in Arrow before rows are read.
+_CAST = ("is_timestamp", "is_date", "is_time", "is_decimal", "is_float16", "is_float32")
+_BINARY = ("is_binary", "is_large_binary", "is_fixed_size_binary", "is_binary_view")
+
+
 def _needs_cast(t: Any) -> bool:
-    pa = _arrow()[0]
-    if pa.types.is_list(t) or pa.types.is_large_list(t):
-        return _needs_cast(t.value_type)
-    return bool(
-        pa.types.is_timestamp(t)
-        or pa.types.is_date(t)
-        or pa.types.is_time(t)
-        or pa.types.is_decimal(t)
-        or pa.types.is_float16(t)
-        or pa.types.is_float32(t)
-    )
+    leaf = _leaf(t)
+    return any(_is(name, leaf) for name in (*_CAST, "is_duration"))
 
 
 def _is_binary(t: Any) -> bool:
-    pa = _arrow()[0]
-    if pa.types.is_list(t) or pa.types.is_large_list(t):
-        return _is_binary(t.value_type)
-    return bool(
-        pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t)
-    )
+    leaf = _leaf(t)
+    return any(_is(name, leaf) for name in _BINARY)
+
+
+def _is_duration(t: Any) -> bool:
+    return _is("is_duration", _leaf(t))
+
+
+def _plain_list(arr: Any) -> Any:
+    """A list array of any kind (fixed-size, large, view, sliced) as a list or large
+    list of plain values. Built from `flatten` (this row's values, a null row's none)
+    and the lengths, never from the child array by offset: a list view's and a
+    fixed-size list's children need not be laid out as a list's."""
+    pa, pc, _ = _arrow()
+    large = _is("is_large_list", arr.type) or _is("is_large_list_view", arr.type)
+    kind, width = (pa.LargeListArray, pa.int64()) if large else (pa.ListArray, pa.int32())
+    lengths = pc.fill_null(pc.list_value_length(arr), 0).cast(width)
+    zero = pa.array([0], width)
+    offsets = pa.concat_arrays([zero, pc.cumulative_sum(lengths).cast(width)])
+    return kind.from_arrays(offsets, _plain(arr.flatten()), mask=arr.is_null())
 
 
 def _plain(arr: Any) -> Any:
     """An Arrow array whose values JSON can hold (see the module's rules)."""
     pa, pc, _ = _arrow()
     t = arr.type
-    if pa.types.is_list(t) or pa.types.is_large_list(t):
-        kind = pa.ListArray if pa.types.is_list(t) else pa.LargeListArray
-        return kind.from_arrays(arr.offsets, _plain(arr.values), mask=arr.is_null())
+    if _is("is_dictionary", t):
+        return _plain(arr.dictionary_decode())
+    if _is_list(t):
+        return _plain_list(arr)
     if pa.types.is_timestamp(t):
         text = pc.cast(arr, pa.string())
         return pc.replace_substring(text, pattern=" ", replacement="T", max_replacements=1)
     if pa.types.is_float16(t) or pa.types.is_float32(t):
         return pc.cast(pc.cast(arr, pa.string()), pa.float64())
+    if pa.types.is_duration(t):
+        # Never sent (its row is refused, see _rows_of); as a plain count, since
+        # to_pylist raises on a nanosecond count a timedelta cannot hold.
+        return pc.cast(arr, pa.int64())
+    if not _needs_cast(t):
+        return arr  # the plain values under a list or a dictionary
     return pc.cast(arr, pa.string())
 
 
@@ -156,16 +206,27 @@ class Row:
     id: str | None = None  # an invalid row's id, when it has a text one
 
 
-def _rows_of(batch: Any, first: int, binary: list[str]) -> Iterator[Row]:
+def _row_error(obj: dict[str, object], special: dict[str, bool]) -> str | None:
+    """Why a row cannot be an event, or None; its binary columns (`special` False)
+    become their text in place, a duration (True) is refused (see the module's rules)."""
+    for name, duration in special.items():
+        if name not in obj:
+            continue
+        if duration:
+            return f"column {name!r} holds a duration, {DURATION}"
+        try:
+            obj[name] = _text(obj[name])
+        except UnicodeDecodeError:
+            return f"column {name!r} holds bytes that are not UTF-8"
+    return None
+
+
+def _rows_of(batch: Any, first: int, special: dict[str, bool]) -> Iterator[Row]:
     for offset, values in enumerate(batch.to_pylist()):
         obj = {k: v for k, v in values.items() if v is not None}
-        try:
-            for name in binary:
-                if name in obj:
-                    obj[name] = _text(obj[name])
-        except UnicodeDecodeError:
+        error = _row_error(obj, special)
+        if error is not None:
             event_id = obj.get("id")
-            error = f"column {name!r} holds bytes that are not UTF-8"
             yield Row(first + offset, None, error, event_id if type(event_id) is str else None)
             continue
         yield Row(first + offset, obj, None)
@@ -185,7 +246,11 @@ def rows(
         meta = pf.metadata
         schema = pf.schema_arrow
         cast = [i for i, f in enumerate(schema) if _needs_cast(f.type)]
-        binary = [f.name for f in schema if _is_binary(f.type)]
+        special = {
+            f.name: _is_duration(f.type)
+            for f in schema
+            if _is_binary(f.type) or _is_duration(f.type)
+        }
         starts = [1]
         for g in range(meta.num_row_groups):
             starts.append(starts[-1] + meta.row_group(g).num_rows)
@@ -195,7 +260,7 @@ def rows(
                 for batch in pf.iter_batches(batch_size=BATCH_ROWS, row_groups=[g]):
                     if cast:
                         batch = _cast_batch(batch, cast)
-                    yield from _rows_of(batch, row, binary)
+                    yield from _rows_of(batch, row, special)
                     row += batch.num_rows
             except (OSError, ValueError, pa.ArrowException) as exc:
                 yield Row(
