@@ -19,7 +19,7 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, unquote_to_bytes
 
 import anyio
 import orjson
@@ -211,3 +211,89 @@ async def test_no_prefix_of_the_client_secret_in_the_exit_3_message(
     assert "Traceback" not in err
     assert err.count("\n") == 1, err
     _assert_no_prefix(SECRET, stderr=err)
+
+
+# -- quoted as it came: no spelling the redactor does not know ------------------------
+
+#: A token and a client secret holding both quotes: repr() wrote `'` as `\'`, a spelling
+#: the redactor does not know, and `ghijklmn` reached the records, --summary and stderr.
+QUOTED_TOKEN = "abc'def\"ghijklmnXYZ9"
+QUOTED_SECRET = "sec'ret\"VALUE123"
+
+
+def echo_decoded_in_coding(head: bytes, body: bytes) -> bytes:
+    """As echo_in_coding, the client secret decoded from its form first (raw bytes)."""
+    echoed = _token_of(head) if body == b"" else unquote_to_bytes(_secret_of(body))
+    return b"HTTP/1.1 200 OK\r\nContent-Encoding: " + echoed + b"\r\nContent-Length: 2\r\n\r\n{}"
+
+
+def _assert_no_piece(secret: str, **texts: str) -> None:
+    """No run of 4 letters or digits of `secret` in any text (whatever spells the rest)."""
+    for where, text in texts.items():
+        for piece in re.findall(r"[A-Za-z0-9]{4,}", secret):
+            assert piece not in text, f"{where} holds {piece!r}: {text[:300]!r}"
+
+
+@pytest.mark.parametrize("name", CLIENTS)
+async def test_an_echoed_content_encoding_is_quoted_as_it_came(name: str) -> None:
+    async with echoing(echo_in_coding) as base:
+        async with open_transport(concurrency=1, timeout=5.0, client=name) as transport:
+            echoed = await transport.send(Request(base + "/", {}), f"Bearer {QUOTED_TOKEN}")
+    # Raw, as the redaction of the record and the messages will find it.
+    assert echoed.error == f"answer in an unsupported Content-Encoding '{QUOTED_TOKEN}' " + (
+        "(adbatch asks for gzip, deflate)"
+    )
+
+
+async def test_the_token_client_redacts_a_client_secret_holding_quotes() -> None:
+    async with echoing(echo_decoded_in_coding) as base:
+        url = base + "/oauth2/token"
+        async with TokenClient(
+            url, client_id="c", client_secret=QUOTED_SECRET, timeout=5.0
+        ) as client:
+            failure = await client.fetch()
+    assert isinstance(failure, TokenFailure)
+    assert "Content-Encoding '[redacted]'" in failure.message, failure.message
+    _assert_no_piece(QUOTED_SECRET, message=failure.message)
+
+
+@pytest.mark.slow  # CLI runs in subprocesses
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(["--http-client", "http1"], id="http1"),
+        pytest.param(["--http-client", "session"], id="session"),
+        pytest.param(["--workers", "2"], id="workers"),
+    ],
+)
+async def test_a_token_holding_quotes_is_in_no_record_summary_or_stderr(
+    tmp_path: Path, args: list[str]
+) -> None:
+    out, summary = tmp_path / "out.jsonl", tmp_path / "s.json"
+    async with echoing(echo_in_coding) as base:
+        code, err = await _adbatch(
+            *args,
+            *("--retries", "0", "--endpoint", base + "/delivery/retailmedia"),
+            *("--summary", str(summary), "-o", str(out), str(_events(tmp_path / "in.jsonl"))),
+            env={"ADBATCH_TOKEN": QUOTED_TOKEN},
+        )
+    assert code == 1, err
+    records = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+    assert [r["error_kind"] for r in records] == ["protocol", "protocol"]
+    assert "Content-Encoding '[redacted]'" in records[0]["error"]
+    _assert_no_piece(QUOTED_TOKEN, output=out.read_text(), summary=summary.read_text(), stderr=err)
+
+
+@pytest.mark.slow
+async def test_a_client_secret_holding_quotes_is_not_in_the_exit_3_message(tmp_path: Path) -> None:
+    async with echoing(echo_decoded_in_coding) as base:
+        code, err = await _adbatch(
+            *("--token-wait", "1", "--endpoint", base + "/delivery/retailmedia"),
+            *("--token-url", base + "/oauth2/token"),
+            *("-o", str(tmp_path / "out.jsonl"), str(_events(tmp_path / "in.jsonl"))),
+            env={"ADBATCH_CLIENT_ID": "c", "ADBATCH_CLIENT_SECRET": QUOTED_SECRET},
+        )
+    assert code == 3, err
+    assert err.count("\n") == 1, err
+    assert "Content-Encoding '[redacted]'" in err, err
+    _assert_no_piece(QUOTED_SECRET, stderr=err)

@@ -18,8 +18,9 @@ Rules:
 - Content-Encoding: absent or `identity` is the body as it came; `gzip` (`x-gzip`) and
   `deflate` (zlib-wrapped or raw, as servers send both) are inflated; any other value
   (`br`, `zstd`, `gzip, gzip`...) is a protocol failure: we never ask for them. Its
-  message quotes the value whole or not at all (over 60 characters): the records and
-  token messages are redacted after this layer, and a secret cut short here would
+  message quotes the value whole and as it came, or not at all (over 60 characters, or
+  not printable ASCII): the records and token messages are redacted after this layer,
+  and a secret cut short or re-spelled here (repr's backslash before a quote) would
   escape them.
 - Failures raise `BodyError` with a `kind` (an ErrorKind) and a one-line message; a body
   over the limit is `too_large`. Either way the caller drops the connection (the rest
@@ -29,6 +30,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import re
 import zlib
 from typing import Protocol
 
@@ -42,6 +44,7 @@ _GZIP_WBITS = 16 + zlib.MAX_WBITS
 _CODINGS = {"gzip": _GZIP_WBITS, "x-gzip": _GZIP_WBITS, "deflate": zlib.MAX_WBITS}
 #: The longest Content-Encoding value a message quotes (a longer one is not quoted).
 _SHOWN_CODING = 60
+_PRINTABLE_ASCII = re.compile("[\x20-\x7e]*").fullmatch
 
 
 class Chunks(Protocol):
@@ -102,15 +105,22 @@ def _wbits(content_encoding: str) -> int | None:
         return None
     if len(codings) == 1 and codings[0] in _CODINGS:
         return _CODINGS[codings[0]]
-    # Quoted whole or not at all, as it came (repr keeps it on one line): this layer
-    # holds no secrets, and a cut excerpt of a value that echoes one (a token) would
-    # escape the redaction the record gets later.
+    # Quoted whole and exactly as it came, or not at all: this layer holds no secrets,
+    # and the redaction the record and the messages get later finds a secret only in the
+    # spellings it knows: a cut excerpt (a token's start), repr's `\'` or a character
+    # re-spelled by an escape would escape it. So only printable ASCII is quoted (a
+    # coding is a token; a control character, or the latin-1 reading of UTF-8 bytes, is
+    # not quoted, and nothing on the line needs escaping).
     value = content_encoding.strip()
-    shown = repr(value) if len(value) <= _SHOWN_CODING else f"of {len(value)} characters"
+    shown = f"'{value}'" if _quotable(value) else f"of {len(value)} characters"
     raise BodyError(
         ErrorKind.PROTOCOL,
         f"answer in an unsupported Content-Encoding {shown} (adbatch asks for gzip, deflate)",
     )
+
+
+def _quotable(value: str) -> bool:
+    return len(value) <= _SHOWN_CODING and _PRINTABLE_ASCII(value) is not None
 
 
 async def _inflate(stream: Chunks, wbits: int, limit: int, deadline: float | None) -> bytes:
