@@ -1,5 +1,5 @@
 """A proxy's credentials never reach a message, whatever the password's length; the
-providers keep only the newest tokens for the redactor.
+providers keep the tokens an answer may still echo for the redactor (engine/core/kept.py).
 
 The proxy is tests/scripted_server.py on 127.0.0.1: a hostile one that quotes the
 credentials it was sent (the password, the Proxy-Authorization value) in its status
@@ -23,7 +23,6 @@ from fake_clock import FakeClock
 from scripted_server import Answer, ScriptedServer, running_server
 
 from engine.core.proxies import Proxies, ProxyURL, refusal
-from engine.core.secrets import RECENT_TOKENS
 from engine.core.tokenwindow import TokenFailure, TokenGrant
 from engine.net.auth import Lease
 from engine.net.oauth import OAuthToken
@@ -184,30 +183,39 @@ class _Endpoint:
 
 
 @pytest.mark.anyio
-async def test_oauth_provider_keeps_the_newest_tokens_for_the_redactor() -> None:
+async def test_oauth_provider_keeps_each_token_while_its_calls_may_be_answered() -> None:
     endpoint = _Endpoint()
-    tokens = OAuthToken(endpoint, clock=FakeClock(), rng=random.Random(1), min_401_interval=0)
+    clock = FakeClock()
+    tokens = OAuthToken(
+        endpoint, clock=clock, rng=random.Random(1), min_401_interval=0, keep=12.0
+    )
     await tokens.start()
-    renewals = 3 * RECENT_TOKENS
-    for _ in range(renewals):
+    for _ in range(24):  # 24 renewals within one call's --timeout: 8 kept let 17 go
         header = tokens.authorization()
         async with anyio.create_task_group() as tg:
             tg.start_soon(tokens.maintain)
             assert await tokens.refresh_after_401(header)
             tg.cancel_scope.cancel()
-    assert len(endpoint.granted) == renewals + 1
-    assert tokens.secrets() == tuple(endpoint.granted[-RECENT_TOKENS:])
+        clock.advance(0.25)
+    assert len(endpoint.granted) == 25
+    assert tokens.secrets() == tuple(endpoint.granted)
     assert tokens.authorization() == f"Bearer {endpoint.granted[-1]}"
+    clock.advance(12.0 - 0.25)  # the last one replaced `keep` seconds ago goes too
+    assert tokens.secrets() == (endpoint.granted[-1],)
 
 
-def test_follower_keeps_the_newest_tokens_for_the_redactor() -> None:
+def test_follower_keeps_each_token_while_its_calls_may_be_answered() -> None:
     from engine.net.auth import FollowerToken
 
     async def never(used: str | None) -> tuple[bool, Lease]:
         raise AssertionError("not asked")
 
-    follower = FollowerToken(Lease(None), never)
-    pushed = [f"token-{i:04d}-abcdefgh" for i in range(3 * RECENT_TOKENS)]
+    clock = FakeClock()
+    follower = FollowerToken(Lease(None), never, clock=clock, keep=12.0)
+    pushed = [f"token-{i:04d}-abcdefgh" for i in range(24)]
     for token in pushed:
         follower.set(Lease(f"Bearer {token}", 60.0))
-    assert follower.secrets() == tuple(pushed[-RECENT_TOKENS:])
+        clock.advance(0.25)
+    assert follower.secrets() == tuple(pushed)
+    clock.advance(12.0 - 0.25 * 2)  # pushed[-3] was replaced 12 s ago, pushed[-2] since
+    assert follower.secrets() == tuple(pushed[-2:])

@@ -2,11 +2,10 @@
 
 Rules:
 - A run's secrets are gathered once, in one `Secrets`: the ones it was given (a static
-  token, the client secret, a proxy's password) and the newest tokens its token provider
-  has issued (`RECENT_TOKENS` of them: a replaced token is no longer sent, and the answers
-  to the calls that carried it are in within their timeout). The issued ones are asked
-  for at each use (`issued()`), so a token renewed mid-run is covered from the moment it
-  exists.
+  token, the client secret, a proxy's password) and the tokens its token provider has
+  issued that an answer may still echo (engine/core/kept.py says which and for how
+  long). The issued ones are asked for at each use (`issued()`), so a token renewed
+  mid-run is covered from the moment it exists.
 - Every text or byte string that leaves the process (records, error messages, the
   summary) goes through `redact` / `redact_bytes`; each secret becomes `[redacted]`.
 - A secret is hunted in every spelling a server or a library may echo it in, in any mix
@@ -39,10 +38,6 @@ from urllib.parse import quote, quote_plus, unquote_to_bytes
 
 #: Shorter "secrets" are not hunted in records: replacing them would mangle ordinary words.
 MIN_SECRET_LENGTH = 8
-#: How many of the newest issued tokens a provider keeps for the redactor: each one is
-#: hunted in every write, and a long run with short-lived tokens would otherwise hunt
-#: more of them with every renewal.
-RECENT_TOKENS = 8
 REDACTED = "[redacted]"
 _REDACTED_BYTES = REDACTED.encode()
 _BACKSLASH = ord("\\")

@@ -44,6 +44,7 @@ import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from engine.core.events import EventDefaults, Item
+from engine.core.kept import token_keep
 from engine.core.records import Result, jsonl, jsonl_parts
 from engine.core.secrets import Secrets
 from engine.core.tally import Tally, record_schedule, tally_of
@@ -121,7 +122,8 @@ class _Worker:
         self.writer = PipeWriter(conn, name="adbatch-to-parent")
         self.parent_gone = False
         self.answers = Answers()
-        self.tokens = FollowerToken(start.lease, self._ask, wait=start.config.token_wait)
+        keep = token_keep(start.config.timeout, ordered=start.config.ordered)  # core/kept.py
+        self.tokens = FollowerToken(start.lease, self._ask, wait=start.config.token_wait, keep=keep)
         self.engine: Engine | None = None
         self.tg: anyio.abc.TaskGroup | None = None
         self.sink = (  # the parent watches the output for deletion (it owns it)

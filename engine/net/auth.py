@@ -34,7 +34,7 @@ from typing import Generic, Protocol, TypeVar
 import anyio
 
 from engine.config import DEFAULT_TOKEN_WAIT
-from engine.core.secrets import RECENT_TOKENS
+from engine.core.kept import KeptTokens
 from engine.core.stats import TokenStats
 from engine.errors import AuthError
 
@@ -95,7 +95,8 @@ class TokenProvider(Protocol):
         ...
 
     def secrets(self) -> tuple[str, ...]:
-        """The newest tokens handed out (`RECENT_TOKENS`), for redaction of output."""
+        """The tokens handed out that an answer may still echo (engine/core/kept.py),
+        for redaction of output."""
         ...
 
     def token_stats(self) -> TokenStats | None:
@@ -323,7 +324,9 @@ class FollowerToken:
         fetch: Fetch | None = None,
         wait: float = DEFAULT_TOKEN_WAIT,
         clock: Clock = MONOTONIC,
+        keep: float = math.inf,
     ) -> None:
+        """`keep`: seconds a replaced token stays in `secrets()` (engine/core/kept.py)."""
         self._header: str | None = None
         self._until = -math.inf  # on `clock`: the header may be sent before this
         self._failed: str | None = None
@@ -333,7 +336,7 @@ class FollowerToken:
         self._clock = clock
         self._flights: SingleFlight[str | None, bool] = SingleFlight(remember=True)
         self._changed: anyio.Event | None = None  # made by the first waiter
-        self._seen: list[str] = []
+        self._seen = KeptTokens(keep=keep)
         self.set(lease)
 
     def set(self, lease: Lease) -> None:
@@ -348,8 +351,8 @@ class FollowerToken:
         else:
             on_the_way = 0.0 if lease.at is None else max(0.0, time.time() - lease.at)
             self._until = self._clock.now() + lease.ttl - on_the_way
-        if header is not None and header.startswith("Bearer ") and header[7:] not in self._seen:
-            self._seen = [*self._seen[-(RECENT_TOKENS - 1) :], header[7:]]
+        if header is not None and header.startswith("Bearer "):
+            self._seen.add(header[7:], self._clock.now())
         changed, self._changed = self._changed, None
         if changed is not None:
             changed.set()
@@ -401,7 +404,7 @@ class FollowerToken:
         return None  # the broker's side keeps the token fresh
 
     def secrets(self) -> tuple[str, ...]:
-        return tuple(self._seen)
+        return self._seen.texts(self._clock.now())
 
     def token_stats(self) -> TokenStats | None:
         return None  # counted once, by the broker's provider

@@ -15,7 +15,8 @@ Rules:
   injected `Clock`: a test moves time, nothing sleeps for real. Expiry is measured from
   when the token request was sent (the window arithmetic is engine/core/tokenwindow.py).
 - The client secret and the tokens never go into a message; server text is redacted.
-  `secrets()` is the newest `RECENT_TOKENS` tokens (engine/core/secrets.py), not all.
+  `secrets()` is the tokens an answer may still echo (`KeptTokens`, engine/core/kept.py:
+  replaced ones for `keep` seconds, --timeout plus a margin), not all.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Protocol
 import anyio
 
 from engine.config import DEFAULT_TOKEN_WAIT
-from engine.core.secrets import RECENT_TOKENS
+from engine.core.kept import KeptTokens
 from engine.core.stats import TokenStats
 from engine.core.tokenwindow import (
     NO_WINDOW,
@@ -70,7 +71,9 @@ class OAuthToken:
         min_401_interval: float = 1.0,
         clock: Clock = MONOTONIC,
         rng: random.Random | None = None,
+        keep: float = math.inf,
     ) -> None:
+        """`keep`: seconds a replaced token stays in `secrets()` (engine/core/kept.py)."""
         self._source = source
         self._wait = wait
         self._policy = policy or RefreshPolicy()
@@ -78,7 +81,7 @@ class OAuthToken:
         self._clock = clock
         self._rng = rng or random.Random()
         self._header: str | None = None
-        self._tokens: list[str] = []
+        self._tokens = KeptTokens(keep=keep)
         self._lifetime = 0.0
         self._window = NO_WINDOW
         # The header may be handed out before this (the window's mandatory_at; -inf
@@ -165,7 +168,7 @@ class OAuthToken:
                 await self._renewed.wait()
 
     def secrets(self) -> tuple[str, ...]:
-        return tuple(self._tokens)
+        return self._tokens.texts(self._clock.now())
 
     def token_stats(self) -> TokenStats:
         return self.stats
@@ -179,7 +182,7 @@ class OAuthToken:
         self._usable_until = self._window.mandatory_at
         self._lifetime = grant.lifetime
         self._header = f"Bearer {grant.access_token}"
-        self._tokens = [*self._tokens[-(RECENT_TOKENS - 1) :], grant.access_token]
+        self._tokens.add(grant.access_token, self._clock.now())
         self._generation += 1
         self.stats.fetched += 1
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from contextlib import AsyncExitStack
 
 from engine.config import Config
+from engine.core.kept import token_keep
 from engine.net.auth import StaticToken, TokenProvider
 from engine.net.proxy import run_proxies
 from engine.net.tls import tls_context
@@ -38,6 +39,7 @@ async def open_token_provider(config: Config, stack: AsyncExitStack) -> TokenPro
             proxies=run_proxies(config),
         )
     )
-    provider = OAuthToken(client, wait=config.token_wait)
+    keep = token_keep(config.timeout, ordered=config.ordered)  # core/kept.py's rule
+    provider = OAuthToken(client, wait=config.token_wait, keep=keep)
     await provider.start()
     return provider

@@ -24,9 +24,10 @@ from types import TracebackType
 import aiohttp
 import yarl
 
+from engine.core.kept import KeptTokens
 from engine.core.proxies import DIRECT, Proxies, refusal, unreachable
 from engine.core.records import ErrorKind
-from engine.core.secrets import RECENT_TOKENS, Secrets
+from engine.core.secrets import Secrets
 from engine.core.tokenwindow import TokenFailure, TokenGrant, endpoint_message, parse_token_answer
 from engine.core.urls import without_credentials
 from engine.net.aiohttp_words import client_error_text
@@ -69,12 +70,13 @@ class TokenClient:
         }
         # Whatever their length, the client secret, the proxy's credentials and the tokens
         # this client was given never reach a message (an endpoint may quote a token it
-        # revoked, a proxy the credentials it refused).
-        self._issued: list[str] = []
+        # revoked, a proxy the credentials it refused, at any time: they are kept up to
+        # engine/core/kept.py's cap, not for a --timeout).
+        self._issued = KeptTokens()
         via = proxies or DIRECT
         self._secrets = Secrets(
             (client_secret, *via.secrets()),
-            issued=lambda: self._issued,
+            issued=self._issued.texts,
             min_length=1,
             basic=((client_id, client_secret), *via.basic()),
         )
@@ -108,7 +110,7 @@ class TokenClient:
         status, body = answer
         outcome = parse_token_answer(status, body, secrets=self._secrets)
         if isinstance(outcome, TokenGrant):
-            self._issued = [*self._issued[-(RECENT_TOKENS - 1) :], outcome.access_token]
+            self._issued.add(outcome.access_token)
         return outcome
 
     async def _post(self) -> tuple[int, bytes] | TokenFailure:
