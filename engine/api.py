@@ -169,7 +169,7 @@ async def run_local(
     config: Config, *, handle_signals: bool = False, watch: Watch | None = None
 ) -> Summary:
     """`run` in this process: one engine, one task group."""
-    async with open_run(config) as session:
+    async with open_run(config, handle_signals=handle_signals) as session:
         engine = session.engine()
         if watch is not None:
             from engine.runtime.watch import engine_probe, input_progress
@@ -187,8 +187,11 @@ async def run_local(
             handle_signals=handle_signals,
             write_now=session.write,
         )
+        session.summary = summary  # how the output closes (an -o URL's join) is told in it
         sink = session.sink
+    summary = session.summary
     assert sink is not None
+    assert summary is not None
     if config.shard is not None and sink.name != "<stdout>" and summary.stopped is None:
         from engine.files.manifests import write_shard_manifest
 

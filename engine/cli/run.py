@@ -238,8 +238,16 @@ def finish_run(summary: Summary, config: Config, *, csv_stdin: bool = False) -> 
 def cmd_merge(args: argparse.Namespace) -> int:
     # Lazy: a command's own modules load only when it runs.
     from engine.distributed.merge import merge_outputs
+    from engine.files.storage import shown
+    from engine.runtime.shutdown import Interrupted
 
-    report = merge_outputs(args.parts, args.output, options=tuple(args.storage_options or ()))
+    options = tuple(args.storage_options or ())
+    try:
+        report = merge_outputs(args.parts, args.output, options=options, handle_signals=True)
+    except Interrupted as stop:  # its upload aborted: no half object, no upload left open
+        output = shown(args.output)
+        say(f"merge interrupted by {stop} before {output} was written whole; run it again")
+        return 128 + stop.signum
     if report.exactly_once:
         say(report.line())
         return 0

@@ -11,6 +11,9 @@ Rules:
   it checks that the seqs have no duplicate and no gap.
 - The merged file gets its own manifest (`OUT.manifest.json`): rows per part, in the
   order they were joined. The Ray backend writes the same kind.
+- With `handle_signals` (the CLI) a SIGINT/SIGTERM stops the merge at once
+  (runtime/shutdown.py's Interrupted): the output is left as it was, its upload aborted
+  (files/urlmerge.py).
 - A shard's counters travel as plain JSON (`stats_to_dict`, `add_stats`): every counter
   of `RunStats`, so a sharded run's summary says what one process would have said.
 """
@@ -28,6 +31,7 @@ from engine.files.manifests import manifest_path, read_manifest, scan_part
 from engine.files.paths import check_outputs
 from engine.files.storage import StorageOptions, is_url, open_read
 from engine.files.urlmerge import MergeOutput, expand_parts
+from engine.runtime.shutdown import interruptible
 
 _EXAMPLES = 5
 
@@ -196,10 +200,20 @@ def _file(path: str) -> str:
 
 
 def merge_outputs(
-    parts: Sequence[str], output: str, *, options: StorageOptions = ()
+    parts: Sequence[str],
+    output: str,
+    *,
+    options: StorageOptions = (),
+    handle_signals: bool = False,
 ) -> MergeReport:
     """Join static-shard outputs into `output` (each record once) and check coverage.
-    Parts and output may be URLs (a URL part may be a glob or a prefix: its objects)."""
+    Parts and output may be URLs (a URL part may be a glob or a prefix: its objects).
+    `handle_signals` (the CLI, main thread): SIGINT/SIGTERM raise Interrupted."""
+    with interruptible(handle_signals):
+        return _merge(parts, output, options)
+
+
+def _merge(parts: Sequence[str], output: str, options: StorageOptions) -> MergeReport:
     if not parts:
         raise ConfigError("merge: no part given")
     parts = expand_parts(tuple(parts), options)  # a glob's manifests are not parts

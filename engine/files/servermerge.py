@@ -8,8 +8,9 @@ Rules:
 - Another store with a `merge` (gcsfs: compose, which leaves nothing half-done) uses it.
 - The caller falls back to streaming the pieces when this raises.
 - A process killed during a join (kill -9) cannot abort its upload: `abort_pending`, run
-  when an output is opened (fresh or --resume) and before each join, aborts the pending
-  uploads of the output's own key and of its temporary names (`KEY.tmp-*`), and no other.
+  when an output is opened (fresh or --resume, and `adbatch merge`'s, files/urlmerge.py)
+  and before each join, aborts the pending uploads of the output's own key and of its
+  temporary names (`KEY.tmp-*`), and no other.
 """
 
 from __future__ import annotations

@@ -423,6 +423,7 @@ def writing(fs: AbstractFileSystem, path: str) -> Iterator[BinaryIO]:
     out = fs.open(path, "wb", block_size=BLOCK_SIZE)
     try:
         yield out
+        out.close()  # the last part and the completion: a failure there discards too
     except BaseException:
         base = AbstractBufferedFile.discard
         with contextlib.suppress(Exception):
@@ -433,4 +434,3 @@ def writing(fs: AbstractFileSystem, path: str) -> Iterator[BinaryIO]:
                 out.close()
                 fs.rm_file(path)
         raise
-    out.close()

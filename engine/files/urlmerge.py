@@ -8,8 +8,12 @@ Rules:
   a merge killed half-way leaves the old output and its manifest, or the new output and
   none, never a half-written one beside a manifest that vouches for it.
 - An object is streamed up (a multipart upload on S3) and exists only when the merge
-  ended well: a failure discards the upload (storage.writing). Its sha256 is taken as it
-  is written (never read back), and its manifest is the object beside it, written whole.
+  ended well: a failure, or a signal (`adbatch merge` raises runtime/shutdown.py's
+  Interrupted on SIGINT/SIGTERM), discards the upload (storage.writing). A merge killed
+  outright (kill -9) cannot: the uploads it left at the output's key are aborted when
+  the output is next opened (servermerge.abort_pending, as for `run -o URL`). Its
+  sha256 is taken as it is written (never read back), and its manifest is the object
+  beside it, written whole.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from collections.abc import Iterator
 from typing import Any, BinaryIO, cast
 
 from engine.errors import EngineError, InputError, OutputError
+from engine.files import servermerge
 from engine.files.manifests import (
     MANIFEST_SUFFIX,
     manifest_bytes,
@@ -91,6 +96,7 @@ class MergeOutput:
         fs, path = filesystem(self.name, self.options)
         check_bucket(fs, path, self.name, self.options)  # exit 2, naming the bucket
         try:
+            servermerge.abort_pending(fs, path)  # left by a merge killed mid-upload
             with writing(fs, path) as stream:
                 self._hashing = _Hashing(stream)
                 yield cast(BinaryIO, self._hashing)

@@ -271,7 +271,11 @@ async def run_worker_jobs(
 
     provider: TokenProvider | bool = tokens if tokens is not None else True
     async with open_run(
-        config, tokens=provider, transport=False, prepare=start_processes
+        config,
+        tokens=provider,
+        transport=False,
+        prepare=start_processes,
+        handle_signals=handle_signals,
     ) as session:
         parent = _Parent(session, workers)
         if watch is not None:
@@ -285,12 +289,20 @@ async def run_worker_jobs(
             worker_share = worker_share if share is None else share(worker_share)
         await parent.begin(worker_share, live=live)
         await parent.run(handle_signals=handle_signals)
+        if parent.error is None:  # how the output closes (an -o URL's join) is told in it
+            more = {} if summary_args is None else summary_args(parent.extras)
+            session.summary = _summary(parent, session, started, more)
     if parent.error is not None:
         raise parent.error
+    assert session.summary is not None
+    return session.summary, parent.extras
+
+
+def _summary(parent: _Parent, session: RunSession, started: float, more: dict[str, Any]) -> Summary:
+    """The run's summary from the workers' summed figures."""
     stats = parent.stats
     stats.blank_lines = session.counts.blank_lines
-    more = {} if summary_args is None else summary_args(parent.extras)
-    summary = summarize(
+    return summarize(
         stats,
         elapsed_s=more.pop("elapsed_s", time.perf_counter() - started),
         stopped=parent.stopped,
@@ -302,4 +314,3 @@ async def run_worker_jobs(
         interrupted=parent.interrupted,
         **more,
     )
-    return summary, parent.extras

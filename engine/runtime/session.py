@@ -22,6 +22,12 @@ Rules:
   task group comes out as itself, so the CLI prints its one line. An output file
   deleted or replaced during the run ends it with exit 3 (files/sinks.py), also when
   that is only seen as the run ends.
+- Closing an `-o URL` joins its parts, after the run's own signal handling has ended:
+  with `handle_signals` a SIGINT/SIGTERM then stops the join (shutdown.interruptible;
+  the parts are kept for --resume). A driver that has its summary when its block ends
+  hands it over (`RunSession.summary`): a join that fails or is stopped is then told in
+  that summary (its stop line, exit 3 or 130/143), which the CLI prints and writes to
+  --summary, instead of an error that loses it. Without one, the error is raised.
 - After a `--resume` run, however it ended, the output is left with one line per event,
   its latest record (files/resume.py's `compact`: the records the run superseded go,
   by an atomic rewrite). Then a run that read its whole input and found it shorter
@@ -31,10 +37,11 @@ Rules:
 
 from __future__ import annotations
 
+import signal
 import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from engine.config import Config
@@ -42,12 +49,13 @@ from engine.core.events import ReadCounts
 from engine.core.proxies import Proxies
 from engine.core.records import Result, jsonl_parts
 from engine.core.secrets import Secrets
-from engine.errors import OutputError, plain_engine_errors
+from engine.core.stats import Summary
+from engine.errors import FatalError, OutputError, plain_engine_errors
 from engine.files.paths import check_outputs, written_by
 from engine.files.resume import ResumeIndex, compact, open_resume
 from engine.files.sinks import JsonlSink, create_output, kept
 from engine.files.sources import check_inputs
-from engine.files.storage import is_url
+from engine.files.storage import is_url, shown
 from engine.net.auth import StaticToken, TokenProvider
 from engine.net.providers import open_token_provider
 from engine.net.proxy import run_proxies
@@ -55,6 +63,7 @@ from engine.net.tls import tls_context
 from engine.net.transport import Transport, open_transport
 from engine.runtime.engine import Engine
 from engine.runtime.loop import check_open_files
+from engine.runtime.shutdown import Interrupted, interruptible
 
 if TYPE_CHECKING:
     from engine.files.parts import PartSink
@@ -71,6 +80,9 @@ class RunSession:
     sink: JsonlSink | PartSink | None
     resume: ResumeIndex | None
     counts: ReadCounts
+    #: The driver's summary, set before its block ends: how the output closed (a join
+    #: that failed or was stopped by a signal) is told in it rather than raised.
+    summary: Summary | None = None
 
     def engine(self, config: Config | None = None) -> Engine:
         """The batch engine on this run's tokens and transport."""
@@ -159,6 +171,7 @@ async def open_run(
     tokens: TokenProvider | bool = True,
     transport: bool = True,
     prepare: Callable[[AsyncExitStack], None] | None = None,
+    handle_signals: bool = False,
 ) -> AsyncIterator[RunSession]:
     """Open a run as the module's rules say; close it on exit.
 
@@ -167,6 +180,7 @@ async def open_run(
     `tokens`: True for the config's provider, a provider to use instead, or False for
     none here (the Ray driver's token lives in an actor). `transport`: open the delivery
     transport (False in a process that sends nothing itself; never with --dry-run).
+    `handle_signals` (the CLI): a signal stops the join of an `-o URL`'s parts.
     """
     config = given = config.validated()
     proxies = _checked(config, output=output, inputs=inputs)
@@ -182,6 +196,7 @@ async def open_run(
     elif output:
         sink = JsonlSink(config.output, append=config.resume)
     ended = False
+    session: RunSession | None = None
     try:
         with plain_engine_errors():
             async with AsyncExitStack() as stack:
@@ -194,15 +209,47 @@ async def open_run(
                     await stack.enter_async_context(transport_for(config)) if transport else None
                 )
                 secrets = _run_secrets(given, config, provider, proxies)
-                yield RunSession(config, provider, sender, secrets, sink, index, ReadCounts())
+                session = RunSession(config, provider, sender, secrets, sink, index, ReadCounts())
+                yield session
         ended = True
     finally:
         if sink is not None:
-            sink.close(check=ended)
+            _close_output(sink, session if ended else None, signals=handle_signals and to_url)
             if index is not None and config.output is not None and not to_url:
                 _compact(config.output, index, quiet=not ended)
     if index is not None:  # an input that lost lines at its end, once all is written
         index.check_end()
+
+
+def _close_output(
+    sink: JsonlSink | PartSink, session: RunSession | None, *, signals: bool
+) -> None:
+    """Close the output; `session`: the run ended well (an `-o URL` is joined), and a
+    failure or a signal meanwhile goes into its summary when the driver handed one over."""
+    try:
+        with interruptible(signals and session is not None):
+            sink.close(check=session is not None)
+    except (FatalError, Interrupted) as exc:
+        if session is None or session.summary is None:
+            raise
+        session.summary = _closing_told(session.summary, exc, sink.name)
+
+
+def _closing_told(summary: Summary, exc: FatalError | Interrupted, name: str) -> Summary:
+    """`summary` stopped by what ended the output's closing: its reason after the run's
+    own, exit 3 (unless the run had a stop of its own) or 130/143 for a signal."""
+    interrupted: int | None
+    if isinstance(exc, Interrupted):
+        reason = (
+            f"interrupted by {signal.Signals(exc.signum).name} while the parts of output "
+            f"{shown(name)} were joined: they are kept; run again with --resume to join them"
+        )
+        interrupted, code = summary.interrupted or exc.signum, FatalError.exit_code
+    else:
+        reason, interrupted, code = str(exc), summary.interrupted, exc.exit_code
+    if summary.stopped is None:
+        return replace(summary, stopped=reason, stop_code=code, interrupted=interrupted)
+    return replace(summary, stopped=f"{summary.stopped}; {reason}", interrupted=interrupted)
 
 
 def _checked(config: Config, *, output: bool, inputs: bool) -> Proxies:

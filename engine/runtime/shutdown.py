@@ -8,12 +8,20 @@ Rules:
 - Waits that are not calls in flight (backoff, adaptive pacing, rate permits) end at
   once on halt, and on `end_waits` (a run that stops itself: its own reason and exit
   code stay the run's, so it does not `halt`). No call starts after either.
+- A step that blocks the event loop and cannot be cancelled by a scope (the join of an
+  `-o URL`'s parts, `adbatch merge`'s upload) runs `interruptible`: there a SIGINT or
+  SIGTERM raises `Interrupted` at once, whose unwinding discards what the step had begun
+  (an upload is aborted, files/servermerge.py and storage.writing), and the caller says
+  so; outside it the signal would end the process before the summary (SIGTERM's default).
 """
 
 from __future__ import annotations
 
 import signal
-from collections.abc import Awaitable, Callable
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from types import FrameType
 
 import anyio
 import anyio.abc
@@ -27,6 +35,34 @@ def interrupt_reason(signum: int, grace: float, *, resumable: bool = True) -> st
         f"given {grace:g}s to finish"
     )
     return reason + "; run again with --resume to send the rest" if resumable else reason
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM during an `interruptible` step. A BaseException, as
+    KeyboardInterrupt is: no `except Exception` on the way takes it for a failure."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def interruptible(enabled: bool = True) -> Iterator[None]:
+    """SIGINT and SIGTERM raise `Interrupted` in the block (main thread only; `enabled`
+    False, or another thread: the handlers are left as they are)."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise Interrupted(signum)
+
+    kept = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in kept.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
 
 
 class Shutdown:
