@@ -89,18 +89,25 @@ async def _load_workers(
     from engine.load.shares import LoadShare, ShareResult, merge_results, shares
     from engine.load.summed import SummedLoad
     from engine.multiproc.driver import run_worker_jobs
+    from engine.runtime.loop import check_open_files
 
     n = config.workers
     plan = sized_plan(config, plan)
     per_worker = max(1, -(-plan.slots // n))
     pool = load_driver.connections(config, plan, per_worker)
+    # The calls in flight are --max-in-flight's (split over the workers), not -c's: the
+    # parent's open files are counted, and a refusal worded, by them (as in one process).
+    given = config
+    config = config.with_changes(concurrency=pool * n)
+    check_open_files(config, option="--max-in-flight")
 
     def jobs(session: RunSession) -> list[LoadShare]:
         horizon = load_driver.series_horizon(config)
         parts = shares(plan, inputs=config.inputs, rate=config.rate, count=n,
                        now=time.time(), series=config.series, horizon=horizon)  # fmt: skip
         if config.series is not None:  # the header first; the workers append their seconds
-            head = header(session.config, session.secrets, mode=plan.mode, start=None)
+            shown = session.config.with_changes(concurrency=given.concurrency)
+            head = header(shown, session.secrets, mode=plan.mode, start=None)
             open_shared(config.series, {**head, "start": parts[0].origin}, workers=n)
         return parts
 

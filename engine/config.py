@@ -19,6 +19,7 @@ from engine.core.events import header_problem
 from engine.core.headers import parse_headers
 from engine.core.proxies import parse_proxy_url
 from engine.core.secrets import token_problem
+from engine.core.shown import quoted
 from engine.core.stops import INTERNAL_STREAK
 from engine.core.thresholds import parse_thresholds
 from engine.core.urls import check_local, check_output, split_url, without_credentials
@@ -181,7 +182,7 @@ class Config:
             raise ConfigError(f"--timeout must be a positive number of seconds, got {self.timeout}")
         if self.http_client not in HTTP_CLIENTS:
             raise ConfigError(
-                f"--http-client must be http1, session or http2, got {self.http_client!r}"
+                f"--http-client must be http1, session or http2, got {quoted(self.http_client)}"
             )
         if self.http_client == "http2" and not http2_installed():
             raise ConfigError(HTTP2_EXTRA)
@@ -193,7 +194,7 @@ class Config:
             )
         self._check_input_format()
         if self.partner_id is not None and not self.partner_id.isdigit():
-            raise ConfigError(f"--partner-id must be an integer, got {self.partner_id!r}")
+            raise ConfigError(f"--partner-id must be an integer, got {quoted(self.partner_id)}")
         self._check_header_values()
         self._check_extra_headers()
         if not self.mock:
@@ -206,7 +207,7 @@ class Config:
         self._validate_distribution()
         self._check_observers()
         if self.records not in ("all", "errors", "none"):
-            raise ConfigError(f"--records must be all, errors or none, got {self.records!r}")
+            raise ConfigError(f"--records must be all, errors or none, got {quoted(self.records)}")
         if self.proxy is not None:
             if self.no_proxy:
                 raise ConfigError("give --proxy or --no-proxy, not both")
@@ -222,7 +223,7 @@ class Config:
         ):
             raise ConfigError(
                 f"--workers must be a whole number from 1 to {MAX_WORKERS} or auto, "
-                f"got {self.workers!r}"
+                f"got {quoted(self.workers)}"
             )
         if not 64 <= self.max_line_bytes <= MAX_LINE_BYTES:
             raise ConfigError(
@@ -286,16 +287,16 @@ class Config:
 
     def _validate_distribution(self) -> None:
         if self.shard_by not in ("position", "id"):
-            raise ConfigError(f"--shard-by must be position or id, got {self.shard_by!r}")
+            raise ConfigError(f"--shard-by must be position or id, got {quoted(self.shard_by)}")
         if self.backend not in ("local", "ray"):
-            raise ConfigError(f"--backend must be local or ray, got {self.backend!r}")
+            raise ConfigError(f"--backend must be local or ray, got {quoted(self.backend)}")
         if self.shard is not None:
             if not (
                 isinstance(self.shard, tuple | list)
                 and len(self.shard) == 2
                 and all(isinstance(n, int) for n in self.shard)
             ):
-                raise ConfigError(f"--shard must be I/N such as 0/4, got {self.shard!r}")
+                raise ConfigError(f"--shard must be I/N such as 0/4, got {quoted(self.shard)}")
             index, count = self.shard
             if count < 1 or not 0 <= index < count:
                 raise ConfigError(f"--shard must be I/N with 0 <= I < N, got {index}/{count}")
@@ -333,14 +334,16 @@ class Config:
         if isinstance(linger, bool) or not isinstance(linger, int | float) or not (
             linger >= 0 and math.isfinite(linger)
         ):
-            raise ConfigError(f"--metrics-linger must be a number of seconds >= 0, got {linger!r}")
+            raise ConfigError(
+                f"--metrics-linger must be a number of seconds >= 0, got {quoted(linger)}"
+            )
         if self.backend == "ray" and (self.metrics_addr or self.dashboard):
             raise ConfigError("--metrics-addr and --dashboard watch a local run, not --backend ray")
 
     def _check_input_format(self) -> None:
         if self.input_format not in ("auto", "jsonl", "csv", "parquet"):
             raise ConfigError(
-                f"--format must be auto, jsonl, csv or parquet, got {self.input_format!r}"
+                f"--format must be auto, jsonl, csv or parquet, got {quoted(self.input_format)}"
             )
         if self.input_format == "parquet" and "-" in self.inputs:
             raise ConfigError("Parquet is read from its footer, not from stdin: give a file")

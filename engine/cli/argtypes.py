@@ -15,6 +15,7 @@ from typing import NoReturn, TypeVar
 
 from engine.core.errors import ConfigError
 from engine.core.shard import parse_shard
+from engine.core.shown import quoted
 from engine.core.units import (
     DURATION_EXAMPLES,
     RATE_EXAMPLES,
@@ -34,7 +35,7 @@ def _number(text: str, kind: type[T], what: str) -> T:
     try:
         return kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected {what}, got {quoted(text)}") from None
 
 
 def _refuse(message: str) -> NoReturn:

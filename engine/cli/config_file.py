@@ -21,9 +21,9 @@ from typing import Any
 from engine.cli import argtypes as t
 from engine.config import HTTP_CLIENTS, Config
 from engine.core.addresses import parse_listen
-from engine.core.shown import shown_given, shown_stored
+from engine.core.shown import shown_given, shown_stored, shown_text
 from engine.core.thresholds import parse_threshold
-from engine.core.urls import REDACTED, written
+from engine.core.urls import REDACTED
 from engine.errors import ConfigError
 
 #: value -> typed value; raises ValueError (or argparse's type error) saying what it expected.
@@ -67,7 +67,7 @@ def _option(
             try:
                 return parse(value)
             except (ValueError, argparse.ArgumentTypeError):
-                if written(value) != value:  # its own message would quote a URL's password
+                if shown_text(value) != value:  # its own message would quote a password
                     raise _Wrong(what, value) from None
                 raise
         if ints and isinstance(value, int) and not isinstance(value, bool):
@@ -127,7 +127,7 @@ def _storage_text(text: str) -> tuple[str, str]:
         return t.storage_option(text)
     except argparse.ArgumentTypeError:
         key = text.partition("=")[0]
-        if written(key) != key:  # its own message would quote the key, a URL's password in it
+        if shown_text(key) != key:  # its own message would quote the key, a password in it
             raise _Wrong(_KEY_VALUE, text) from None
         raise
 
@@ -152,7 +152,7 @@ def _checked(kind: Kind, check: Callable[[str], object], what: str) -> Kind:
     def checked(value: object) -> Any:
         typed = kind(value)
         for text in (typed,) if isinstance(typed, str) else typed:
-            if written(text) != text:
+            if shown_text(text) != text:
                 try:
                     check(text)
                 except ConfigError:

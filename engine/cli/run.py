@@ -21,6 +21,7 @@ from engine.cli.common import Subparsers, json_bytes, run_async, say, write_file
 from engine.cli.options import config_from_args, shard
 from engine.cli.run_options import add_run_options
 from engine.config import Config
+from engine.core.shown import quoted
 from engine.core.stats import Summary
 from engine.core.thresholds import judged, verdict_line
 from engine.errors import ConfigError
@@ -162,14 +163,14 @@ def _add_fault_options(faults: argparse._ArgumentGroup) -> None:
 
 def _port(text: str) -> int:
     if not (text.isascii() and text.isdigit() and int(text) <= 65535):
-        raise argparse.ArgumentTypeError(f"expected a port 0..65535, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a port 0..65535, got {quoted(text)}")
     return int(text)
 
 
 def _host(text: str) -> str:
     host = text[1:-1] if text.startswith("[") and text.endswith("]") else text
     if not host or not host.isascii() or not host.isprintable() or any(c in host for c in " /"):
-        raise argparse.ArgumentTypeError(f"expected a host name or address, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a host name or address, got {quoted(text)}")
     return host
 
 
@@ -179,7 +180,7 @@ def _number(text: str, low: float, high: float, what: str) -> float:
     except ValueError:
         value = math.nan
     if not low <= value <= high:  # NaN too
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected {what}, got {quoted(text)}")
     return value
 
 

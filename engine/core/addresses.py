@@ -8,6 +8,7 @@ free port (the URL is printed when the server starts).
 from __future__ import annotations
 
 from engine.core.errors import ConfigError
+from engine.core.shown import quoted
 
 LOOPBACK = "127.0.0.1"
 
@@ -15,7 +16,7 @@ LOOPBACK = "127.0.0.1"
 def parse_listen(text: str, option: str) -> tuple[str, int]:
     """(host, port) of `text`; a ConfigError naming `option` when it is not HOST:PORT."""
     host, sep, port_text = text.rpartition(":")
-    bad = ConfigError(f"{option} must be HOST:PORT or :PORT (e.g. :9100), got {text!r}")
+    bad = ConfigError(f"{option} must be HOST:PORT or :PORT (e.g. :9100), got {quoted(text)}")
     if not sep or not port_text.isascii() or not port_text.isdigit():
         raise bad
     port = int(port_text)

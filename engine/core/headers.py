@@ -20,6 +20,7 @@ import re
 
 from engine.core.errors import ConfigError
 from engine.core.events import header_problem
+from engine.core.shown import quoted
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+").fullmatch
 
@@ -49,11 +50,11 @@ _EVENT_SPELLING = {
 def parse_header(text: str) -> tuple[str, str]:
     """`Name: value` as (name, value); raises ConfigError saying what is wrong."""
     if not isinstance(text, str):
-        raise ConfigError(f"--header must be 'Name: value', got {text!r}")
+        raise ConfigError(f"--header must be 'Name: value', got {quoted(text)}")
     name, colon, value = text.partition(":")
     shown = name[:60] if name.isprintable() else repr(name[:60])
-    if not colon:
-        raise ConfigError(f"--header {shown!r} must be 'Name: value' (no colon)")
+    if not colon:  # all of it may be the value (`X-Api-Key 123`): not quoted
+        raise ConfigError("--header must be 'Name: value'; one given has no colon")
     if not _TOKEN(name):
         raise ConfigError(
             f"--header name {shown!r} is not a header name (letters, digits and "

@@ -22,6 +22,7 @@ from functools import cache
 from typing import Any, Literal
 
 from engine.core.events import Item, ReadCounts
+from engine.core.shown import quoted
 
 ShardBy = Literal["position", "id"]
 SHARD_BY: tuple[ShardBy, ...] = ("position", "id")
@@ -52,7 +53,7 @@ def parse_shard(text: str) -> tuple[int, int]:
             raise ValueError
         index, count = int(index_text), int(count_text)
     except ValueError:
-        raise ValueError(f"expected I/N such as 0/4, got {text!r}") from None
+        raise ValueError(f"expected I/N such as 0/4, got {quoted(text)}") from None
     if count < 1:
         raise ValueError(f"the shard count N must be at least 1, got {count}")
     if not 0 <= index < count:

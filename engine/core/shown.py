@@ -3,12 +3,18 @@
 
 Rules:
 - The token and the client secret are [redacted] whatever they hold.
-- A header shows its name, never its value (an `X-Api-Key`).
+- A header shows its name, never its value (an `X-Api-Key`); one without a colon shows
+  none of it (all of it may be the value: `X-Api-Key 123`).
 - A storage option shows its value unless its name says credential (`shown_option`).
 - A URL (the endpoint, the token URL) shows without its password, query values or
   http(s) fragment (`without_credentials`, the one home of that rule); a proxy as every
   message shows it (`ProxyURL.shown`), and [redacted] whole when it cannot be read. Any
-  other URL (an input, -o) shows by the same rule.
+  other URL (an input, -o) shows by the same rule; a local path as given.
+- Any other value (a --rate, a --timeout, a --metrics-addr, a --threshold...) shows by
+  the URL rule too (`shown_text`, `quoted`), whether or not it reads as a URL: what may
+  be `user:password` before an '@' (`u:pw@h/d`, `https//u:pw@h`) and a query's values
+  never show. Every message that quotes a bad option value quotes it so (core/units,
+  core/addresses, core/thresholds, core/shard, config.py, the CLI's argument types).
 - A value as a config file or a variable gave it (`shown_given`: an array, a table, nested,
   of the wrong type or form) by the same rules, item by item; a table's entry under a
   credential's name (a storage option's, any other key holding key, secret, token or
@@ -35,6 +41,26 @@ from engine.core.urls import (
 SECRETS = frozenset({"token", "client_secret"})
 #: URLs whose user:password and query values are not shown (a key may sit there).
 URLS = frozenset({"endpoint", "token_url"})
+#: Local paths (or URLs: `written`): shown as given, an '@' in a file's name included.
+PATHS = frozenset({"inputs", "output", "summary", "series", "cacert", "client_cert", "client_key"})
+
+
+def shown_text(text: str) -> str:
+    """An option's value as a message may show it: the URL rule, read as a URL or not."""
+    return without_credentials(text)
+
+
+def quoted(value: object) -> str:
+    """A bad option value (a text, or a config file's array or table) as a message quotes
+    it: by the rules of `shown_given`, in quotes; [redacted] bare when none of it shows."""
+    shown = shown_given("", value)
+    return shown if shown == REDACTED else repr(shown)
+
+
+def _header(text: str) -> str:
+    """`Name: value` as shown; without a colon, all of it may be the value."""
+    name, colon, _ = text.partition(":")
+    return f"{name}: {REDACTED}" if colon else REDACTED
 
 
 def shown_value(name: str, value: object) -> object:
@@ -43,8 +69,10 @@ def shown_value(name: str, value: object) -> object:
         return None
     if name in SECRETS:
         return REDACTED
+    if name == "headers" and isinstance(value, str):
+        return _header(value)
     if name == "headers" and isinstance(value, tuple | list):
-        return [f"{str(h).partition(':')[0]}: {REDACTED}" for h in value]
+        return [_header(str(h)) for h in value]
     if name == "storage_options" and isinstance(value, tuple | list):
         return [shown_option(str(k), str(v)) for k, v in value]
     if name in URLS and isinstance(value, str):
@@ -54,10 +82,11 @@ def shown_value(name: str, value: object) -> object:
             return parse_proxy_url(value, source="--proxy").shown
         except ConfigError:
             return REDACTED  # cannot tell its credentials apart: show none of it
+    shown = written if name in PATHS else shown_text
     if isinstance(value, str):
-        return written(value)
+        return shown(value)
     if isinstance(value, tuple | list):
-        return [written(v) if isinstance(v, str) else v for v in value]
+        return [shown(v) if isinstance(v, str) else v for v in value]
     return value
 
 
@@ -77,8 +106,6 @@ def shown_given(name: str, value: object) -> object:
         }
     if not isinstance(value, str):
         return value
-    if name == "headers":  # `Name: value`; without a colon, all of it may be the value
-        return f"{value.partition(':')[0]}: {REDACTED}" if ":" in value else REDACTED
     if name == "storage_options":  # `key=value`; without a '=', all of it may be the value
         key, eq, item = value.partition("=")
         try:

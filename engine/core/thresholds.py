@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from engine.core.errors import ConfigError
+from engine.core.shown import shown_text
 from engine.core.stats import Summary
 
 EXAMPLES = "e.g. p99<250ms, send.p99<0.2s, errors<1%, dropped<=0%, rate>=490/s"
@@ -75,7 +76,7 @@ def _kind(metric: str) -> str | None:
 
 def parse_threshold(text: str) -> Threshold:
     """`text` as a Threshold; ConfigError (one line, with examples) when it is not one."""
-    shown = text.strip()
+    shown = shown_text(text.strip())  # as every bad value is quoted: no `u:pw@h` in clear
     match = _FORM.fullmatch(text)
     if match is None:
         raise ConfigError(f"--threshold {shown!r}: write METRIC OP VALUE with a unit ({EXAMPLES})")

@@ -23,6 +23,7 @@ import math
 import re
 
 from engine.core.errors import ConfigError
+from engine.core.shown import quoted
 
 DURATION_EXAMPLES = "2, 2s, 500ms, 1m30s, 1h"
 RATE_EXAMPLES = "500, 500/s, 30000/m, 1k, 1.5k/s"
@@ -61,7 +62,7 @@ def _bare(text: str) -> float | None:
 
 
 def _given(text: object) -> str:
-    return repr(text) if isinstance(text, str) else str(text)
+    return quoted(text) if isinstance(text, str) else str(text)  # no `u:pw@h` in clear
 
 
 def parse_duration(text: str) -> float:

@@ -8,7 +8,8 @@ Rules:
   (`https//u:pw@h/d`, `https:/u:pw@h/d`, `u:pw@h/d`), may hold `user:password` before
   its last '@' whatever precedes it: shown as the scheme as typed, the user's name and
   [redacted] (`https//u:[redacted]@h/d`). Not `file:///a@b`: a local path.
-- An http(s) URL's fragment (`#...`) shows as `#[redacted]`: no client sends it, so it
+- An http(s) URL's fragment (`#...`) shows as `#[redacted]`, its scheme mistyped too
+  (`https//h/d#...`, `https:/u:pw@h/d#...`): no client sends it, so it
   names nothing the server sees, and a token may sit there (`#access_token=...`). A
   storage URL's `#` stays: part of the object's key (`s3://b/a#1.jsonl`), which a
   record's `source` and `--resume` tell apart.
@@ -84,6 +85,9 @@ def without_credentials(url: str) -> str:
         typed, user, rest = loose
         name, colon, _ = user.partition(":")
         shown = f"{name}:{REDACTED}" if colon else REDACTED
+        if _http_typed(url, parts) and "#" in rest:  # the rest has lost its scheme
+            rest = f"{without_credentials(rest.partition('#')[0])}#{REDACTED}"
+            return f"{typed}{shown}@{rest}"
         return f"{typed}{shown}@{without_credentials(rest)}"
     netloc = parts.netloc
     if "@" not in netloc and _cut_password(netloc, url):
@@ -94,7 +98,7 @@ def without_credentials(url: str) -> str:
         if not shown.startswith(f"{scheme}://"):
             return REDACTED
         return f"{scheme}://{REDACTED}@{shown[len(scheme) + 3 :]}"
-    fragment = REDACTED if parts.fragment and _is_http(parts) else parts.fragment
+    fragment = REDACTED if parts.fragment and _http_typed(url, parts) else parts.fragment
     if "@" not in netloc and not parts.query and fragment == parts.fragment:
         return url  # as given (urlunsplit would drop the empty host of file:///x)
     if "@" in netloc:
@@ -109,11 +113,24 @@ def without_credentials(url: str) -> str:
         if parts.query
         else ""
     )
+    if not netloc:  # urlunsplit would write `https:/h/d` as `https:///h/d`: as typed
+        body, mark, _ = url.partition("#")
+        head, ask, _ = body.partition("?")
+        return f"{head}{ask}{query}{mark}{fragment}"
     return urlunsplit((parts.scheme, netloc, parts.path, query, fragment))
 
 
 def _is_http(parts: SplitResult) -> bool:
     return parts.scheme.lower() in ("http", "https")
+
+
+def _http_typed(url: str, parts: SplitResult) -> bool:
+    """An http(s) URL, its scheme mistyped or not (`https//h/d`, `https:/h/d`): its
+    fragment is hidden as a well-formed one's is."""
+    if _is_http(parts):
+        return True
+    typed = _LOOSE_SCHEME.match(url)
+    return typed is not None and typed.group()[: typed.start(1)].lower() in ("http", "https")
 
 
 def credentials(url: str) -> tuple[str, ...]:
@@ -124,6 +141,7 @@ def credentials(url: str) -> tuple[str, ...]:
     except ValueError:
         return ()
     found = []
+    http = _http_typed(url, parts)
     if (loose := _loose_userinfo(url, parts)) is not None:
         user, rest = loose[1], loose[2]
         found.append(user.partition(":")[2] if ":" in user else user)
@@ -136,7 +154,7 @@ def credentials(url: str) -> tuple[str, ...]:
         if ":" in user:
             found.append(user.partition(":")[2])
     found += [pair.partition("=")[2] for pair in parts.query.split("&") if "=" in pair]
-    if _is_http(parts):
+    if http:
         found.append(parts.fragment)
     return tuple({v for raw in found if raw for v in (raw, unquote(raw), unquote_plus(raw))})
 
@@ -190,7 +208,7 @@ def shown_option(key: str, value: str) -> str:
     password and query values too."""
     if secret_option(key):
         return f"{key}={REDACTED}"
-    return f"{key}={without_credentials(value) if '://' in value else value}"
+    return f"{key}={without_credentials(value)}"  # a URL or not: `u:pw@h` too
 
 
 def parse_option(text: str) -> tuple[str, str]:
@@ -208,7 +226,8 @@ def check_option(key: object) -> None:
     """ConfigError unless `key` is a storage option's name (`endpoint_url`, or one dotted
     level: `client_kwargs.region_name`)."""
     if not isinstance(key, str) or _KEY.fullmatch(key) is None:
+        shown = repr(without_credentials(key)) if isinstance(key, str) else repr(key)
         raise ConfigError(
             "--storage-option must be KEY=VALUE with KEY a name such as endpoint_url or "
-            f"client_kwargs.region_name, got {key!r}"
+            f"client_kwargs.region_name, got {shown}"
         )

@@ -30,6 +30,7 @@ from aiohttp import web
 
 from engine.config import Config, is_loopback
 from engine.core.addresses import parse_listen, url_host
+from engine.core.shown import quoted, shown_text
 from engine.core.tally import Mode
 from engine.core.timeline import Timeline
 from engine.errors import ConfigError, plain_engine_errors
@@ -53,7 +54,8 @@ def bind(addr: str, option: str) -> socket.socket:
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE | socket.AI_NUMERICSERV
         )
     except (socket.gaierror, UnicodeError) as exc:
-        raise ConfigError(f"{option} {addr}: unknown host {host!r} ({exc})") from None
+        shown = f"{option} {shown_text(addr)}: unknown host {quoted(host)}"
+        raise ConfigError(f"{shown} ({exc})") from None
     family, kind, proto, _, address = infos[0]
     sock = socket.socket(family, kind, proto)
     try:
@@ -63,8 +65,9 @@ def bind(addr: str, option: str) -> socket.socket:
     except OSError as exc:
         sock.close()
         reason = exc.strerror or str(exc)
-        where = f"{url_host(host)}:{port}"
-        raise ConfigError(f"{option} {addr}: cannot listen on {where} ({reason})") from None
+        where = shown_text(f"{url_host(host)}:{port}")
+        shown = f"{option} {shown_text(addr)}: cannot listen on {where}"
+        raise ConfigError(f"{shown} ({reason})") from None
     sock.setblocking(False)
     return sock
 

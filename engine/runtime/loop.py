@@ -104,30 +104,46 @@ def connection_budget(config: Config) -> int | None:
 
 def check_open_files(config: Config, *, option: str = "-c") -> None:
     """Raise ConfigError (exit 2) when one process of this run would need more open files
-    than its limit allows, even raised: -c sockets (a --workers child: its share), the
-    embedded mock's side of them with --mock, the --workers parent's pipes and
-    SPARE_FILES. `option`: the option the user gave the number with (load and replay:
-    --max-in-flight); --workers is named when its pipes alone break the limit."""
+    than its limit allows, even raised (`open_files_problem`)."""
     limits = raise_open_files()
     if limits is None or config.dry_run:
         return
-    soft, hard = limits
+    problem = open_files_problem(config, *limits, option=option)
+    if problem is not None:
+        raise ConfigError(problem)
+
+
+def open_files_problem(config: Config, soft: int, hard: int, *, option: str = "-c") -> str | None:
+    """What is wrong when one process needs more open files than `soft`, else None: -c
+    sockets (a --workers child: its share), the embedded mock's side of them with --mock,
+    the --workers parent's pipes and SPARE_FILES. The message names the option that drives
+    the count: `option` (the one the calls in flight were given with: -c, or load and
+    replay's --max-in-flight, which pass it as config.concurrency) or --workers, whose
+    pipes are named when they alone break the limit or outweigh the calls' sockets; and
+    when the limit is too low for one call in flight, it says so rather than advise
+    lowering an option that cannot help."""
     concurrency = config.concurrency
-    share = math.ceil(concurrency / config.workers)
+    calls = math.ceil(concurrency / config.workers) + (concurrency if config.mock else 0)
     pipes = FILES_PER_WORKER * config.workers if config.workers > 1 else 0
-    needed = share + (concurrency if config.mock else 0) + SPARE_FILES + pipes
+    needed = calls + SPARE_FILES + pipes
     if needed <= soft:
-        return
+        return None
     limit = f"{soft}{'' if hard == soft else f' (hard limit {hard})'}"
-    if pipes and needed - pipes <= soft:
-        raise ConfigError(
-            f"--workers {config.workers} needs about {needed} open files but the limit is "
-            f"{limit}: lower --workers or raise the limit (ulimit -n)"
+    if pipes and (needed - pipes <= soft or pipes > calls):
+        given, per, lower = f"--workers {config.workers}", "", "--workers"
+    else:
+        per = f" per process ({config.workers} workers)" if config.workers > 1 else ""
+        given, lower = f"{option} {concurrency}", option
+    floor = SPARE_FILES + 1 + (1 if config.mock else 0)  # one call in flight, one process
+    if floor > soft:
+        return (
+            f"{given} needs about {needed} open files{per} but the limit is {limit}, under "
+            f"the {floor} of the smallest run ({option} 1, one process): raise the limit "
+            "(ulimit -n)"
         )
-    per = f" per process ({config.workers} workers)" if config.workers > 1 else ""
-    raise ConfigError(
-        f"{option} {concurrency} needs about {needed} open files{per} but the limit is "
-        f"{limit}: lower {option} or raise the limit (ulimit -n)"
+    return (
+        f"{given} needs about {needed} open files{per} but the limit is {limit}: "
+        f"lower {lower} or raise the limit (ulimit -n)"
     )
 
 
