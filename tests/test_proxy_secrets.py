@@ -10,6 +10,7 @@ URL, CONNECT for an https:// one) and to the delivery calls.
 from __future__ import annotations
 
 import base64
+import importlib.util
 import os
 import random
 import sys
@@ -29,6 +30,8 @@ from engine.net.oauth import OAuthToken
 from engine.net.token_client import TokenClient
 
 USER = "puser"
+_HTTP2 = all(importlib.util.find_spec(name) is not None for name in ("httpx", "h2"))
+CLIENTS = ["http1", "session", *(["http2"] if _HTTP2 else [])]
 LONG, SHORT = "pRoXyPaSs42", "hunter2"
 #: Nothing listens there: only the proxy answers.
 TOKEN_URLS = ("http://127.0.0.2:9/oauth2/token", "https://127.0.0.2:9/oauth2/token")
@@ -92,6 +95,44 @@ def test_refusal_of_a_proxy_without_credentials_keeps_its_words() -> None:
     _, message = refusal(ProxyURL("127.0.0.1", 3128), 407, "Proxy Authentication Required", "")
     assert message.endswith("(HTTP 407 Proxy Authentication Required); give them in the "
                             "proxy URL: http://user:password@host:port")  # fmt: skip
+
+
+# -- a UTF-8 password, as each client reads the proxy's bytes -----------------------------
+
+UTF8 = "päss€word"  # the adversarial tester's: http1 showed `pÃ¤ssâ\x82¬word`, http2 `pssword`
+#: Every form the password reaches a client's text in (UTF-8, its bytes as latin-1, ASCII).
+UTF8_FORMS = (UTF8, UTF8.encode().decode("latin-1"), "pssword")
+
+
+@pytest.mark.parametrize("form", UTF8_FORMS, ids=["utf8", "latin1", "ascii"])
+@pytest.mark.parametrize("status", [407, 403])
+def test_refusal_never_quotes_a_utf8_password_in_any_reading(form: str, status: int) -> None:
+    via = ProxyURL("127.0.0.1", 3128, USER, UTF8)
+    _, message = refusal(via, status, f"Bad creds {USER}:{form}", "example.com:443")
+    assert f"Bad creds {USER}:[redacted]" in message, message
+    assert [f for f in UTF8_FORMS if f in message] == [], message
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("client", CLIENTS)
+@pytest.mark.parametrize("status", [b"407", b"403"])
+async def test_each_client_s_refusal_is_redacted_of_a_utf8_password(
+    proxy: ScriptedServer, client: str, status: bytes
+) -> None:
+    """The proxy quotes the password's UTF-8 raw in its answer to CONNECT."""
+    from engine.core.query import Request
+    from engine.net.transport import open_transport
+
+    via = ProxyURL("127.0.0.1", proxy.port, USER, UTF8)
+    proxy.play([Answer(status, f"Bad creds {USER}:{UTF8}".encode(), body=b"")])
+    async with open_transport(
+        concurrency=1, timeout=5.0, client=client, proxies=Proxies(via, via)
+    ) as transport:
+        response = await transport.send(Request("https://127.0.0.2:9/d", {}), "Bearer tok")
+    assert proxy.served >= 1
+    assert response.error is not None
+    assert f"Bad creds {USER}:[redacted]" in response.error, response.error
+    assert [f for f in UTF8_FORMS if f in response.error] == [], response.error
 
 
 # -- the token client: every message it returns is clean ---------------------------------
@@ -166,7 +207,7 @@ async def test_a_refusing_proxy_s_quotes_never_reach_stderr_or_records(
     assert "Traceback" not in stderr
 
 
-# -- the providers keep the newest tokens only --------------------------------------------
+# -- the providers keep the tokens an answer may still echo --------------------------------
 
 
 class _Endpoint:
@@ -186,9 +227,7 @@ class _Endpoint:
 async def test_oauth_provider_keeps_each_token_while_its_calls_may_be_answered() -> None:
     endpoint = _Endpoint()
     clock = FakeClock()
-    tokens = OAuthToken(
-        endpoint, clock=clock, rng=random.Random(1), min_401_interval=0, keep=12.0
-    )
+    tokens = OAuthToken(endpoint, clock=clock, rng=random.Random(1), min_401_interval=0, keep=12.0)
     await tokens.start()
     for _ in range(24):  # 24 renewals within one call's --timeout: 8 kept let 17 go
         header = tokens.authorization()

@@ -10,7 +10,9 @@ Rules (curl's, where curl has one):
   and the run's redactor hunts the password and the Basic form (`Proxies.secrets`). A
   proxy's own words in a refusal (`refusal`) lose them whatever the password's length:
   only the proxy can quote them, and the run's redactor skips a password under 8
-  characters (engine/core/secrets.py).
+  characters (engine/core/secrets.py). `ProxyURL.quoting` is the one home of that
+  rule: it hunts the password in every form a client reads the proxy's UTF-8 bytes in
+  (http1 and aiohttp decode them as UTF-8, httpx drops what is not ASCII).
 - The variables, for a call to a URL of scheme `s`: `s_proxy`, then `S_PROXY`, then
   `all_proxy`, then `ALL_PROXY`; an empty value counts as unset. Lowercase wins, as with
   curl; unlike curl, `HTTP_PROXY` in capitals is honoured too (the CGI concern that made
@@ -77,10 +79,11 @@ class ProxyURL:
 
     def quoting(self, text: str) -> str:
         """`text`, the proxy's own words, without this proxy's password and its
-        Proxy-Authorization value in any spelling, whatever the password's length."""
+        Proxy-Authorization value in any spelling, whatever the password's length, as
+        any client reads them (`_read_as`)."""
         if self.user is None or not self.password:
             return text
-        own = Secrets((self.password,), min_length=1, basic=((self.user, self.password),))
+        own = Secrets(_read_as(self.password), min_length=1, basic=((self.user, self.password),))
         return own.redact(text)
 
     def __repr__(self) -> str:  # never the credentials, not even in a traceback
@@ -303,6 +306,15 @@ def refusal(proxy: ProxyURL, status: int, reason: str, target: str) -> tuple[str
 
 def unreachable(proxy: ProxyURL, reason: str) -> str:
     return f"{UNREACHABLE}{proxy.shown}: {_words(reason) or 'failed'}"
+
+
+def _read_as(password: str) -> tuple[str, ...]:
+    """The password as a client may have read the proxy's bytes quoting it (the wire
+    carries its UTF-8): as UTF-8 (http1, session, the token client), each byte as a
+    latin-1 character (a status line read so), and without its non-ASCII characters
+    (httpx, --http-client http2, reads a CONNECT's reason as ASCII, dropping the rest)."""
+    raw = password.encode("utf-8", "surrogatepass")
+    return (password, raw.decode("latin-1"), password.encode("ascii", "ignore").decode())
 
 
 def _words(text: str) -> str:

@@ -160,7 +160,9 @@ async def _tunnel(
 
 
 def _status_line(data: bytes) -> tuple[int | None, str]:
-    line = data.split(b"\r\n", 1)[0].decode("latin-1")
+    # As aiohttp reads it (UTF-8, a byte that is not as U+FFFD): a proxy quoting the
+    # credentials it got quotes their UTF-8, which the redaction then finds as written.
+    line = data.split(b"\r\n", 1)[0].decode("utf-8", "replace")
     version, _, rest = line.partition(" ")
     code, _, reason = rest.partition(" ")
     if not version.startswith("HTTP/1.") or len(code) != 3 or not code.isdigit():
