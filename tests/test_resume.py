@@ -246,7 +246,9 @@ RUNS = pytest.mark.parametrize(
         pytest.param({"http_client": "http1", "ordered": True}, id="http1-ordered"),
         pytest.param({"http_client": "http1", "workers": 2}, id="http1-workers"),
         pytest.param(
-            {"http_client": "session", "workers": 2, "ordered": True}, id="session-workers-ordered"
+            {"http_client": "session", "workers": 2, "ordered": True},
+            id="session-workers-ordered",
+            marks=pytest.mark.slow,
         ),
     ],
 )
@@ -342,8 +344,10 @@ SHRUNK = pytest.mark.parametrize(
     [
         pytest.param({}, id="1-process"),
         pytest.param({"ordered": True}, id="ordered"),
-        pytest.param({"workers": 2}, id="workers"),
-        pytest.param({"workers": 2, "ordered": True}, id="workers-ordered"),
+        pytest.param({"workers": 2}, id="workers", marks=pytest.mark.slow),
+        pytest.param(
+            {"workers": 2, "ordered": True}, id="workers-ordered", marks=pytest.mark.slow
+        ),
         pytest.param({"shard": (0, 2)}, id="shard-0"),
         pytest.param({"shard": (1, 2)}, id="shard-1"),
     ],
@@ -382,7 +386,7 @@ async def test_resume_of_an_input_that_lost_its_last_lines_is_input_changed(
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("workers", [1, pytest.param(2, marks=pytest.mark.slow)])
 async def test_a_record_past_the_input_end_stops_the_resume_output_untouched(
     tmp_path: Path, write_jsonl: Callable[..., Path], workers: int
 ) -> None:
