@@ -267,3 +267,18 @@ def test_distinct_kinds_and_statuses_are_capped(tmp_path: Path) -> None:
     assert sum(data["statuses"].values()) == 2 * n
     for point in data["series"]:
         assert len(point["statuses"]) <= BUCKET_KEYS + 1
+
+
+def test_the_html_report_colours_any_number_of_odd_statuses(tmp_path: Path) -> None:
+    """A server answering 600..624 (or a file saying so): each status that is no 3-digit
+    class of its own gets a colour, however many there are, where the 21st ran the
+    palette dry (StopIteration)."""
+    path, html = tmp_path / "out.jsonl", tmp_path / "r.html"
+    with path.open("wb") as f:
+        for i in range(50):
+            record = {"seq": i, "id": None, "source": f"e:{i}", "status": 600 + i % 25,
+                      "ok": False, "attempts": 1, "latency_ms": 5.0,
+                      "sent_at": T0 + i * 0.01, "error": "odd", "error_kind": "protocol"}  # fmt: skip
+            f.write(orjson.dumps(record) + b"\n")
+    assert main(["report", str(path), "--html", str(html)]) == 0
+    assert html.read_text().count("<svg") >= 1

@@ -15,6 +15,7 @@ Rules:
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections import Counter
@@ -183,7 +184,7 @@ def status_chart(series: Sequence[Mapping[str, Any]], width: float, *, label: st
     if not keys:
         return '<p class="empty">no data</p>'
     colours: dict[str, str] = {}
-    spare = iter(PALETTE[3:] * 4)
+    spare = itertools.cycle(PALETTE[3:])  # any number of other kinds (a hostile file's)
     used: Counter[str] = Counter()
     for k in keys:  # one hue per status class, a shade per code; other kinds apart
         shades = _STATUS_COLORS.get(k[0], ()) if k.isdigit() and len(k) == 3 else ()
