@@ -277,8 +277,8 @@ def test_the_html_report_colours_any_number_of_odd_statuses(tmp_path: Path) -> N
     with path.open("wb") as f:
         for i in range(50):
             record = {"seq": i, "id": None, "source": f"e:{i}", "status": 600 + i % 25,
-                      "ok": False, "attempts": 1, "latency_ms": 5.0,
-                      "sent_at": T0 + i * 0.01, "error": "odd", "error_kind": "protocol"}  # fmt: skip
+                      "ok": False, "attempts": 1, "latency_ms": 5.0, "sent_at": T0 + i / 100,
+                      "error": "odd", "error_kind": "protocol"}  # fmt: skip
             f.write(orjson.dumps(record) + b"\n")
     assert main(["report", str(path), "--html", str(html)]) == 0
     assert html.read_text().count("<svg") >= 1
