@@ -150,6 +150,20 @@ def test_the_mock_serves_with_closed_streams(tmp_path: Path) -> None:
             "stdout is closed: the records would be lost; give -o FILE",
             id="o-dev-stdout-closed",
         ),
+        *(
+            pytest.param(
+                ">&-", ["in.jsonl", "-o", name],
+                "stdout is closed: the records would be lost; give -o FILE",
+                id=f"o-{tag}-closed",
+            )
+            for name, tag in (("//dev/stdout", "double-slash"), ("to-stdout", "link"),
+                              ("to-fd1", "link-to-proc-fd"))
+        ),
+        pytest.param(
+            ">&-", ["in.jsonl", "-o", "out.jsonl", "--summary", "to-stdout"],
+            "stdout is closed: --summary would be lost; name a file",
+            id="summary-by-link-to-closed-stdout",
+        ),
         pytest.param(
             ">&-", ["in.jsonl", "-o", "out.jsonl", "--summary", "/dev/stdout"],
             "stdout is closed: --summary would be lost; name a file",
@@ -171,6 +185,8 @@ async def test_a_closed_stream_the_run_needs_is_refused(
     tmp_path: Path, redirect: str, args: list[str], message: str
 ) -> None:
     (tmp_path / "in.jsonl").write_bytes(DATA)
+    (tmp_path / "to-stdout").symlink_to("/dev/stdout")  # other names of the same stream
+    (tmp_path / "to-fd1").symlink_to("/proc/self/fd/1")
     async with running_mock() as mock:
         argv = ["run", "--endpoint", mock.delivery_url, "--token", "mock-token", "--no-progress"]
         rc, err = await anyio.to_thread.run_sync(lambda: closed(tmp_path, redirect, *argv, *args))

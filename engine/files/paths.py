@@ -147,11 +147,29 @@ def hold_closed_streams() -> None:
         setattr(sys, _STREAMS[fd], stream)
 
 
+def _stream_named(path: str) -> int | None:
+    """The standard stream `path` names (`/dev/stdout`, `//dev/stdout`, `/dev/fd/1`,
+    `/proc/self/fd/1`, or a symlink to one of them, followed link by link: resolved
+    whole, a held stream is only /dev/null), or None."""
+    for _ in range(40):  # the kernel's own limit on links followed
+        folder, name = os.path.split(os.path.abspath(path))
+        path = os.path.join(os.path.realpath(folder), name)  # /dev/fd -> /proc/<pid>/fd
+        own = path.replace(f"/proc/{os.getpid()}/", "/proc/self/", 1)
+        for named in (path, own):
+            if named in _STREAM_NAMES:
+                return _STREAM_NAMES[named]
+        try:
+            path = os.path.join(os.path.dirname(path), os.readlink(path))
+        except OSError:  # not a link (or not there): no stream
+            return None
+    return None
+
+
 def _refuse_closed(role: str, path: str, *, fd: int) -> None:
     """ConfigError when `path` (`-`: fd `fd`; 0 for an input, 1 for an output) names a
     standard stream that was closed when the command started: what is read from it or
     written to it would be lost."""
-    std = fd if path == "-" else _STREAM_NAMES.get(os.path.normpath(path))
+    std = fd if path == "-" else _stream_named(path)
     if std is None or std not in _closed:
         return
     stream = _STREAMS[std]
