@@ -12,6 +12,7 @@ runs the CLI and waits out the pauses between tries.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -215,3 +216,36 @@ async def test_an_http_store_that_fails_mid_object_ends_the_file_with_one_redact
     written = (tmp_path / "out.jsonl").read_text() + (tmp_path / "s.json").read_text() + err
     assert password not in written
     assert signature not in written
+
+
+async def test_an_http_store_that_answers_ranges_short_ends_the_file_with_one_record(
+    tmp_path: Path,
+) -> None:
+    """A store (or a proxy) that answers every range 206 with 10 bytes: the short range
+    is a failed read, tried again and then told in the file's one "could not be read"
+    record, where fsspec asked again for the rest, a few bytes a time, for minutes, and
+    made an over-long line of the junk."""
+    data = _jsonl(1100)
+    gets = 0
+
+    async def serve(request: web.Request) -> web.StreamResponse:
+        nonlocal gets
+        if request.method == "HEAD":
+            return web.Response(headers={"Content-Length": str(len(data))})
+        gets += 1
+        first = int(request.headers["Range"].removeprefix("bytes=").partition("-")[0])
+        span = f"bytes {first}-{first + 9}/{len(data)}"
+        return web.Response(status=206, body=b"z" * 10, headers={"Content-Range": span})
+
+    app = web.Application()
+    app.router.add_route("*", "/in.jsonl", serve)
+    async with serving(app) as base:
+        code, err = await _run(base, f"{base}/in.jsonl", "-o", "out.jsonl", cwd=tmp_path)
+    assert gets == len(PAUSES) + 1, gets
+    assert code == 1, err
+    (record,) = read_records(tmp_path / "out.jsonl")
+    assert re.fullmatch(
+        r"input could not be read \(the store sent 10 of the \d+ bytes asked for\); "
+        r"the rest of this file is unread",
+        record["error"],
+    ), record["error"]

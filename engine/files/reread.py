@@ -13,6 +13,9 @@ Rules:
 - The drivers' own retries run inside each call (botocore tries a 5xx five times, s3fs
   a reset or a timeout of the body): these pauses cover a store that stays unwell for
   longer than they wait.
+- A range answered short (fewer bytes than the object holds there: a store or proxy
+  that cuts its answers) is such a failure too, where fsspec asked again for the rest,
+  a few bytes a time, and made lines of what came.
 - Nothing here reads the bytes: the cache keeps what it was given, so a range read again
   is placed where the failed one would have been, and no line is read twice or skipped.
 """
@@ -31,13 +34,21 @@ _FINAL = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryEr
 F = TypeVar("F")
 
 
+class ShortRead(OSError):
+    """A store answered a range with fewer bytes than the object holds there."""
+
+
 def _retrying(
-    fetch: Callable[[int, int], Any], describe: Callable[[Exception], str]
+    fetch: Callable[[int, int], Any], describe: Callable[[Exception], str], size: int | None
 ) -> Callable[[int, int], Any]:
     def fetcher(start: int, end: int) -> Any:
         for pause in (*PAUSES, None):
             try:
-                return fetch(start, end)
+                data = fetch(start, end)
+                want = None if size is None else min(end, size) - start
+                if want is not None and isinstance(data, bytes) and len(data) < want:
+                    raise ShortRead(f"the store sent {len(data)} of the {want} bytes asked for")
+                return data
             except Exception as exc:
                 if pause is None or isinstance(exc, _FINAL):
                     raise OSError(describe(exc)) from None
@@ -55,5 +66,6 @@ def retrying(file: F, describe: Callable[[Exception], str]) -> F:
     cache = getattr(file, "cache", None)
     fetch = getattr(cache, "fetcher", None)
     if cache is not None and callable(fetch):
-        cache.fetcher = _retrying(fetch, describe)
+        size = getattr(file, "size", None)
+        cache.fetcher = _retrying(fetch, describe, size if isinstance(size, int) else None)
     return file
