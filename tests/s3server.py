@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from aiohttp import ClientSession, web
 
 #: What the fixture sets for each test (and the CLI subprocesses it starts inherit).
 ENVIRONMENT = {
@@ -117,3 +118,26 @@ def point_at(s3: S3, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/adbatch-tests")
     monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/adbatch-tests")
+
+
+async def forward_to_moto(s3: S3, request: web.Request, body: bytes) -> web.StreamResponse:
+    """`request` (its `body` read) sent on to moto, and moto's answer as it came: the
+    core of a proxy a test puts in front of the store to fail chosen requests."""
+    headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
+    async with (
+        ClientSession(auto_decompress=False) as session,
+        session.request(
+            request.method, s3.endpoint + request.path_qs, headers=headers, data=body,
+            allow_redirects=False,
+        ) as answer,
+    ):  # fmt: skip
+        data = await answer.read()
+        drop = {"transfer-encoding", "connection", "content-length", "content-encoding"}
+        kept = {k: v for k, v in answer.headers.items() if k.lower() not in drop}
+        if request.method == "HEAD":
+            kept["Content-Length"] = answer.headers.get("Content-Length", "0")
+            response = web.StreamResponse(status=answer.status, headers=kept)
+            response.content_length = int(kept["Content-Length"])
+            await response.prepare(request)
+            return response
+        return web.Response(status=answer.status, body=data, headers=kept)

@@ -20,9 +20,9 @@ from pathlib import Path
 import anyio
 import orjson
 import pytest
-from aiohttp import ClientSession, web
+from aiohttp import web
 from conftest import events
-from s3server import S3
+from s3server import S3, forward_to_moto
 from web_app import serving
 
 from engine.cli.main import main
@@ -53,24 +53,7 @@ async def store_behind(s3: S3, rule: Rule) -> AsyncIterator[tuple[str, anyio.Eve
             action = 503
         if isinstance(action, int):
             return web.Response(status=action, body=_REFUSED, content_type="application/xml")
-        headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
-        async with (
-            ClientSession(auto_decompress=False) as session,
-            session.request(
-                request.method, s3.endpoint + request.path_qs, headers=headers, data=body,
-                allow_redirects=False,
-            ) as answer,
-        ):  # fmt: skip
-            data = await answer.read()
-            drop = {"transfer-encoding", "connection", "content-length", "content-encoding"}
-            kept = {k: v for k, v in answer.headers.items() if k.lower() not in drop}
-            if request.method == "HEAD":
-                kept["Content-Length"] = answer.headers.get("Content-Length", "0")
-                response = web.StreamResponse(status=answer.status, headers=kept)
-                response.content_length = int(kept["Content-Length"])
-                await response.prepare(request)
-                return response
-            return web.Response(status=answer.status, body=data, headers=kept)
+        return await forward_to_moto(s3, request, body)
 
     app = web.Application(client_max_size=1 << 30)
     app.router.add_route("*", "/{tail:.*}", forward)

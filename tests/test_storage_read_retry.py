@@ -22,9 +22,9 @@ from pathlib import Path
 import anyio
 import orjson
 import pytest
-from aiohttp import ClientSession, web
+from aiohttp import web
 from conftest import read_records
-from s3server import S3
+from s3server import S3, forward_to_moto
 from web_app import serving
 
 from engine.files.reread import PAUSES
@@ -62,24 +62,7 @@ async def faulty_store(s3: S3, faults: Faults) -> AsyncIterator[str]:
         body = await request.read()
         if faults.fails(request):
             return web.Response(status=500, body=_FAULT, content_type="application/xml")
-        headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
-        async with (
-            ClientSession(auto_decompress=False) as session,
-            session.request(
-                request.method, s3.endpoint + request.path_qs, headers=headers, data=body,
-                allow_redirects=False,
-            ) as answer,
-        ):  # fmt: skip
-            data = await answer.read()
-            drop = {"transfer-encoding", "connection", "content-length", "content-encoding"}
-            kept = {k: v for k, v in answer.headers.items() if k.lower() not in drop}
-            if request.method == "HEAD":
-                kept["Content-Length"] = answer.headers.get("Content-Length", "0")
-                response = web.StreamResponse(status=answer.status, headers=kept)
-                response.content_length = int(kept["Content-Length"])
-                await response.prepare(request)
-                return response
-            return web.Response(status=answer.status, body=data, headers=kept)
+        return await forward_to_moto(s3, request, body)
 
     app = web.Application(client_max_size=1 << 30)
     app.router.add_route("*", "/{tail:.*}", forward)
