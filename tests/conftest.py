@@ -201,3 +201,11 @@ def get_object(url: str) -> bytes:
 def padded_jsonl(count: int) -> bytes:
     """`count` JSONL events (`ev-0`...) of about 60 bytes each."""
     return b"".join(orjson.dumps({"id": f"ev-{n}", "pad": "x" * 40}) + b"\n" for n in range(count))
+
+
+def one_line(err: str) -> str:
+    """A command's stderr that must be one line, no traceback: that line."""
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]

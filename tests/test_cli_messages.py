@@ -18,6 +18,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from conftest import one_line
 
 from engine.cli.main import main
 from engine.core.headers import parse_header
@@ -36,13 +37,6 @@ def events(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "events.jsonl"
     path.write_bytes(orjson.dumps({**EVENT, "criteo-partner-id": 1}) + b"\n")
     return path
-
-
-def _one_line(err: str) -> str:
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 # -- a mistyped scheme -------------------------------------------------------------------
@@ -112,7 +106,7 @@ def test_url_errors_hide_a_password_behind_a_mistyped_scheme(
     token = [] if "--client-id" in argv else ["--token", TOKEN]
     assert main(["run", *token, *argv, str(events), "-o", "-"]) == 2
     out, err = capsys.readouterr()
-    assert _one_line(err) == f"adbatch: error: {message}"
+    assert one_line(err) == f"adbatch: error: {message}"
     assert PASSWORD not in out + err
 
 
@@ -123,7 +117,7 @@ def test_config_show_hides_a_password_behind_a_mistyped_scheme(
     assert main(["config", "--show", "--token", TOKEN, "--endpoint", endpoint]) == 2
     out, err = capsys.readouterr()
     assert 'endpoint = "https//gw:[redacted]@gw.example/d"' in out
-    assert "got 'https//gw:[redacted]@gw.example/d'" in _one_line(err)
+    assert "got 'https//gw:[redacted]@gw.example/d'" in one_line(err)
     assert PASSWORD not in out + err
 
 
@@ -138,7 +132,7 @@ def test_config_show_without_credentials_shows_them_missing_and_exits_0(
     out, err = capsys.readouterr()
     assert "rate = 1000.0" in out
     assert "token = (not set)" in out
-    line = _one_line(err)
+    line = one_line(err)
     assert line.startswith("adbatch: note: no token set; a run needs one: give --token or ")
     assert "error" not in line
 
@@ -170,14 +164,14 @@ def test_config_show_still_exits_2_on_what_would_stop_a_run(
     assert main(["config", "--show", *argv]) == 2
     out, err = capsys.readouterr()
     assert "endpoint = " in out
-    assert message in _one_line(err)
+    assert message in one_line(err)
 
 
 def test_a_run_without_credentials_is_still_refused(
     events: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["run", str(events), "--endpoint", "https://127.0.0.1:9/d"]) == 2
-    assert _one_line(capsys.readouterr().err).startswith("adbatch: error: no token: give ")
+    assert one_line(capsys.readouterr().err).startswith("adbatch: error: no token: give ")
 
 
 # -- unknown ADBATCH_* variables ---------------------------------------------------------

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from conftest import one_line
 
 from engine.cli.main import main
 from engine.config import Config
@@ -49,13 +50,6 @@ def _exit(argv: list[str]) -> int:
         return main(argv)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 1
-
-
-def _one_line(err: str) -> str:
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 # -- a mistyped scheme's fragment --------------------------------------------------------
@@ -101,7 +95,7 @@ def test_config_show_and_the_error_hide_a_mistyped_endpoints_fragment(
     assert main(["config", "--show", "--token", TOKEN, "--endpoint", endpoint]) == 2
     out, err = capsys.readouterr()
     assert "#[redacted]" in out
-    assert "#[redacted]'" in _one_line(err)
+    assert "#[redacted]'" in one_line(err)
     assert SECRET not in out + err
 
 
@@ -121,7 +115,7 @@ def test_config_show_and_the_error_hide_a_header_without_a_colon(
     assert main(argv) == 2
     out, err = capsys.readouterr()
     assert 'headers = ["[redacted]"]' in out
-    assert "no colon" in _one_line(err)
+    assert "no colon" in one_line(err)
     assert SECRET not in out + err
 
 
@@ -183,7 +177,7 @@ def test_a_bad_value_holding_user_password_is_never_quoted(
         argv = ["config", "--show", "--token", TOKEN, *argv]
     assert _exit(argv) == 2
     out, err = capsys.readouterr()
-    line = _one_line(err)
+    line = one_line(err)
     assert "[redacted]@" in line, line  # quoted, what may be the password hidden
     assert SECRET not in out + err
 
@@ -274,7 +268,7 @@ def test_load_workers_is_refused_by_its_max_in_flight_not_by_c(tmp_path: Path) -
         timeout=60,
     )
     assert done.returncode == 2, done.stderr
-    line = _one_line(done.stderr)
+    line = one_line(done.stderr)
     # 100 in flight over 2 workers: 50 sockets each, the mock's 100 in the parent, pipes.
     assert "--max-in-flight 100 needs about 256 open files per process (2 workers)" in line
     assert "-c " not in line

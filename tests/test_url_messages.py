@@ -19,6 +19,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from conftest import one_line
 from tls_pki import make_pki
 
 from engine.cli.main import main
@@ -54,13 +55,6 @@ def _credentials(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> list[str]:
         monkeypatch.setenv("ADBATCH_CLIENT_SECRET", "client-secret")
         return []
     return ["--token", TOKEN]
-
-
-def _one_line(err: str) -> str:
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 @pytest.mark.parametrize(
@@ -115,7 +109,7 @@ def test_an_unclosed_bracket_is_one_line_exit_2(
     assert main(["run", *token, *argv, str(events), "-o", "-"]) == 2
     out, err = capsys.readouterr()
     assert out == ""
-    assert _one_line(err) == (
+    assert one_line(err) == (
         f"adbatch: error: {named} {UNREADABLE} (a '[' must close with ']' around an IPv6 address)"
     )
 
@@ -127,7 +121,7 @@ def test_config_show_with_an_unreadable_endpoint(
     assert main(["config", "--show", "--token", TOKEN, str(events)]) == 2
     out, err = capsys.readouterr()
     assert 'endpoint = "[redacted]"' in out
-    assert UNREADABLE in _one_line(err)
+    assert UNREADABLE in one_line(err)
     assert PASSWORD not in out + err
 
 
@@ -139,7 +133,7 @@ def test_config_show_with_a_password_that_ends_the_host_part(
     assert main(["config", "--show", "--token", TOKEN, "--endpoint", endpoint, str(events)]) == 2
     out, err = capsys.readouterr()
     assert 'endpoint = "https://[redacted]@h/d"' in out
-    assert "got 'https://[redacted]@h/d'" in _one_line(err)
+    assert "got 'https://[redacted]@h/d'" in one_line(err)
     assert PASSWORD not in out + err
 
 
@@ -197,7 +191,7 @@ def test_url_errors_hide_the_password_and_query_values(
     token = _credentials(argv, monkeypatch)
     assert main(["run", *token, *argv, str(events), "-o", "-"]) == 2
     out, err = capsys.readouterr()
-    assert _one_line(err) == f"adbatch: error: {message}"
+    assert one_line(err) == f"adbatch: error: {message}"
     assert PASSWORD not in out + err
     assert QUERY_VALUE not in out + err
 
