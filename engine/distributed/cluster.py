@@ -1,13 +1,22 @@
-"""The Ray driver's edges: joining the cluster, and a signal while the shards run.
+"""The Ray driver's edges: joining the cluster, and a signal at any time of the run.
 
 Rules:
 - RAY_ADDRESS `host:port` (or `ray://host:port`) is checked with a plain TCP connect,
   bounded (`CONNECT_TIMEOUT`), before `ray.init`, which has no timeout of its own and
   waits minutes on a closed port. Whatever `ray.init` raises (`auto` with no cluster, a
   version mismatch) becomes one line naming RAY_ADDRESS: a ConfigError, exit 2.
-- SIGINT and SIGTERM while the shards run stop the run as the local backend's signals
-  do (`until_signal`): the actors are freed, the complete parts kept for a rerun, the
-  exit code 128 + the signal; not Ray's own handler, which dumps a crash report.
+- SIGINT and SIGTERM stop the run as the local backend's signals do, in every phase:
+  one receiver (`signals_caught`) is open from before Ray is imported until the parts
+  are joined. The first signal cancels `Interrupt.scope` (Ray's start, the plan, the
+  shards); the actors are freed, Ray is shut down, the complete parts kept for a rerun,
+  the exit code 128 + the signal. Later signals are absorbed, so the close-down is
+  never cut into a traceback, and Python's or Ray's own handlers never see one.
+- `ray.init` runs on a thread of its own (`_RayOwner`): on the main thread it replaces
+  the SIGTERM handler with its own (`sys.exit(15)`; mid-start-up a 60 s wait for its
+  GCS, then exit 1); off it, it leaves Python's handlers alone. Its core worker still
+  puts abseil's crash handler under Python's for SIGTERM (a stack dump, an abort 3 s
+  later): `_reclaim_signals` puts Python's back while `ray.init` runs and once it
+  returns.
 """
 
 from __future__ import annotations
@@ -17,15 +26,20 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, TypeVar
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
 
 import anyio
+import anyio.abc
 
-from engine.errors import ConfigError
+from engine.errors import ConfigError, plain_engine_errors
 
 CONNECT_TIMEOUT = 5.0
-T = TypeVar("T")
+#: What Ray logs when `ray.init` runs off the main thread, as it does here on purpose.
+_NOT_MAIN_THREAD = "SIGTERM handler is not set"
+#: How often the driver puts its signal handlers back while `ray.init` runs.
+_RECLAIM_EVERY = 0.05
 
 
 def _host_port(address: str) -> tuple[str, int] | None:
@@ -53,8 +67,8 @@ def check_reachable(address: str, *, timeout: float = CONNECT_TIMEOUT) -> None:
         ) from None
 
 
-@contextlib.contextmanager
-def ray_session(ray: Any) -> Iterator[None]:
+@contextlib.asynccontextmanager
+async def ray_session(ray: Any) -> AsyncIterator[None]:
     """Join the cluster at RAY_ADDRESS (or the one already joined), else start a local Ray."""
     if ray.is_initialized():
         yield
@@ -62,6 +76,69 @@ def ray_session(ray: Any) -> Iterator[None]:
     address = os.environ.get("RAY_ADDRESS") or None
     if address is not None:
         check_reachable(address)
+    owner = _RayOwner(ray, address)
+    owner.start()
+    try:
+        # The wait is the driver's, not `ray.init`'s: a signal ends it at once.
+        while not owner.started.is_set():
+            await anyio.sleep(_RECLAIM_EVERY)
+            _reclaim_signals()
+        if owner.failure is not None:
+            raise owner.failure
+        _reclaim_signals()
+        yield
+    finally:
+        owner.stop.set()
+        if owner.started.is_set():
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(owner.join)
+
+
+def _reclaim_signals() -> None:
+    """Install again, below Python, the handlers Python holds for SIGINT and SIGTERM:
+    `ray.init` puts abseil's crash handler under SIGTERM (a stack dump, then an abort
+    3 s later: exit 134), and Python still believes its own is there."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(signum)
+        if callable(handler):  # (SIG_DFL, SIG_IGN: left as they are)
+            signal.signal(signum, handler)
+
+
+class _RayOwner(threading.Thread):
+    """The thread that starts Ray and shuts it down (the module's rules). It lives as
+    long as Ray: Ray's processes die with the thread that started them (Linux
+    PR_SET_PDEATHSIG), so a pool thread that went idle would take them with it. A
+    signal during `ray.init` stops the driver's wait, not `ray.init`: the run ends at
+    once, and the thread shuts Ray down once `ray.init` returns, or dies with the
+    process, and what Ray started with it."""
+
+    def __init__(self, ray: Any, address: str | None) -> None:
+        super().__init__(name="adbatch-ray", daemon=True)
+        self._ray = ray
+        self._address = address
+        self.started = threading.Event()  # ray.init returned, or failed (`failure`)
+        self.stop = threading.Event()
+        self.failure: ConfigError | None = None
+
+    def run(self) -> None:
+        try:
+            _init(self._ray, self._address)
+        except ConfigError as exc:
+            self.failure = exc
+            return
+        finally:
+            self.started.set()
+        self.stop.wait()
+        self._ray.shutdown()
+
+
+def _init(ray: Any, address: str | None) -> None:
+    """`ray.init`, off the main thread (the module's rules); its failure is one line."""
+    quiet = logging.getLogger("ray._private.worker")
+    hush = _Hush()
+    quiet.addFilter(hush)
     try:
         ray.init(
             address=address,
@@ -73,34 +150,49 @@ def ray_session(ray: Any) -> Iterator[None]:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         where = f"RAY_ADDRESS={address}" if address else "a local Ray (RAY_ADDRESS unset)"
         raise ConfigError(f"cannot join {where}: {first}") from None
-    try:
-        yield
     finally:
-        ray.shutdown()
+        quiet.removeFilter(hush)
 
 
-async def until_signal(
-    work: Callable[[], Awaitable[T]], *, enabled: bool
-) -> tuple[T | None, int | None]:
-    """(what `work()` returned, None), or (None, the signal) when SIGINT or SIGTERM came
-    first and cancelled it. `enabled` (the CLI, the main thread): else just `work()`."""
+class _Hush(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_NOT_MAIN_THREAD)
+
+
+class Interrupt:
+    """The run's first SIGINT or SIGTERM (`signum`) and what it stops (`scope`, which may
+    be cancelled before it is entered: it then stops at its first checkpoint)."""
+
+    __slots__ = ("scope", "signum")
+
+    def __init__(self) -> None:
+        self.scope = anyio.CancelScope()
+        self.signum: int | None = None
+
+
+@contextlib.asynccontextmanager
+async def signals_caught(*, enabled: bool) -> AsyncIterator[Interrupt]:
+    """SIGINT and SIGTERM caught for as long as the block runs: the first cancels
+    `Interrupt.scope`. `enabled` (the CLI, the main thread): else nothing is caught."""
+    interrupt = Interrupt()
     if not enabled:
-        return await work(), None
-    result: list[T] = []
-    caught: list[int] = []
-    async with anyio.create_task_group() as tg:
+        yield interrupt
+        return
+    with plain_engine_errors():  # a ConfigError stays one line, not a group's traceback
+        async with anyio.create_task_group() as tg:
+            await tg.start(_watch, interrupt)
+            try:
+                yield interrupt
+            finally:
+                tg.cancel_scope.cancel()
 
-        async def watch() -> None:
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for signum in signals:
-                    caught.append(int(signum))
-                    tg.cancel_scope.cancel()
-                    return
 
-        async def run() -> None:
-            result.append(await work())
-            tg.cancel_scope.cancel()
-
-        tg.start_soon(watch)
-        tg.start_soon(run)
-    return (result[0] if result else None), (caught[0] if caught else None)
+async def _watch(
+    interrupt: Interrupt, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
+        async for signum in signals:
+            if interrupt.signum is None:
+                interrupt.signum = int(signum)
+                interrupt.scope.cancel()

@@ -33,12 +33,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
@@ -46,7 +48,7 @@ import anyio
 from engine.config import Config
 from engine.core.stats import RunStats, Summary, summarize
 from engine.distributed.actors import RateActor, SenderActor, ShardDone, TokenActor, TokenFactory
-from engine.distributed.cluster import ray_session, until_signal
+from engine.distributed.cluster import Interrupt, ray_session, signals_caught
 from engine.distributed.join import join_parts
 from engine.distributed.merge import add_stats
 from engine.distributed.plan import ShardTask, prepare, record_options
@@ -58,6 +60,8 @@ from engine.net.providers import open_token_provider
 from engine.runtime.session import open_run
 
 SENDER_NAME = "adbatch-sender-{}"
+#: How long the actors of a run cut by a signal get to close.
+CUT_CLOSE_S = 5.0
 T = TypeVar("T")
 
 
@@ -97,11 +101,31 @@ async def run_ray(
     `shards` (default: 4 per sender, ranges of at least 1 MiB) and `senders` (default: one
     per CPU of the cluster) are for tests and tuning. A shard whose actor dies is given
     to a fresh actor, up to `attempts` times. `handle_signals` (the CLI): SIGINT/SIGTERM
-    stop the run (cluster.until_signal).
+    stop the run, whatever it is doing (cluster.signals_caught).
     """
+    async with signals_caught(enabled=handle_signals) as interrupt:
+        options = _Options(shards, senders, token_factory, attempts)
+        return await _run(config, options, interrupt)
+
+
+@dataclass(frozen=True, slots=True)
+class _Options:
+    shards: int | None
+    senders: int | None
+    token_factory: TokenFactory
+    attempts: int
+
+
+async def _run(config: Config, options: _Options, interrupt: Interrupt) -> Summary:
+    """`run_ray` within its signal scope: a signal before the join stops the run there
+    (Ray shut down, the complete parts kept); one during the join lets it finish."""
+    start = time.perf_counter()
     ray = _import_ray()
     config = config.with_changes(backend="ray", progress=False)
     digest = record_options(config)  # as given: --mock's endpoint is new in every run
+    plan: list[ShardTask] = []
+    todo: list[ShardTask] = []
+    outcome: tuple[list[ShardDone], str | None, int] | None = None
     # The driver sends nothing and writes the output only by merging complete parts; the
     # token lives in the token actor (`token_factory`).
     async with open_run(config, output=False, tokens=False, transport=False) as session:
@@ -109,24 +133,28 @@ async def run_ray(
         assert config.output is not None
         output = config.output
         parts = parts_at(output, config.storage_options, os.getcwd())
-        if is_url(output):  # a missing bucket: exit 2 now, before Ray starts
-            await anyio.to_thread.run_sync(_check_bucket, output, config)
-        with ray_session(ray):
-            start = time.perf_counter()  # the run, not Ray's own start
-            count = senders or max(1, int(ray.cluster_resources().get("CPU", 1)))
-            prepared = functools.partial(prepare, options=digest)
-            plan, todo = await _on_store(
-                parts, prepared, config, parts, count, shards, before_run=True
-            )
-            work = functools.partial(
-                _dispatch, ray, config, todo, parts, count, token_factory, attempts
-            )
-            outcome, signum = await until_signal(work, enabled=handle_signals)
-            done, stopped, stop_code = outcome or ([], _interrupted(signum, parts), 3)
-            # An actor's failure may quote a server: it reaches stderr through the one redactor.
-            stopped = None if stopped is None else session.secrets.redact(stopped)
+        with interrupt.scope:
+            if is_url(output):  # a missing bucket: exit 2 now, before Ray starts
+                await anyio.to_thread.run_sync(_check_bucket, output, config)
+            async with ray_session(ray):
+                start = time.perf_counter()  # the run, not Ray's own start
+                count = options.senders or max(1, int(ray.cluster_resources().get("CPU", 1)))
+                prepared = functools.partial(prepare, options=digest)
+                plan, todo = await _on_store(
+                    parts, prepared, config, parts, count, options.shards, before_run=True
+                )
+                outcome = await _dispatch(
+                    ray, config, todo, parts, count, options.token_factory, options.attempts
+                )
+        signum = interrupt.signum
+        done, stopped, stop_code = outcome or ([], None, 3)
+        if signum is not None:
+            stopped, stop_code = _interrupted(signum, parts), 3
+        # An actor's failure may quote a server: it reaches stderr through the one redactor.
+        stopped = None if stopped is None else session.secrets.redact(stopped)
     stats = await _on_store(parts, _kept_stats, parts, plan, todo, done, signum is not None)
     if stopped is None:
+        # A signal now: the join (on a thread) runs to its end, and says so.
         rows = await _on_store(parts, join_parts, plan, parts, output, config.storage_options)
         skipped = len(plan) - len(todo)
         if skipped:
@@ -135,6 +163,9 @@ async def run_ray(
                 f"{rows} rows in {shown(output)}",
                 file=sys.stderr,
             )
+        signum = interrupt.signum
+        if signum is not None:
+            stopped = _joined_anyway(signum, rows, output)
     elapsed = time.perf_counter() - start
     return summarize(
         stats, elapsed_s=elapsed, stopped=stopped, stop_code=stop_code, interrupted=signum
@@ -146,11 +177,21 @@ def _check_bucket(output: str, config: Config) -> None:
     check_bucket(fs, path, output, config.storage_options)
 
 
-def _interrupted(signum: int | None, parts: Parts) -> str:
-    name = signal.Signals(signum or signal.SIGINT).name
+def _interrupted(signum: int, parts: Parts) -> str:
+    name = signal.Signals(signum).name
     return (
         f"interrupted by {name}; the complete shards are kept in {shown(parts.location)}: "
         "run again to finish"
+    )
+
+
+def _joined_anyway(signum: int, rows: int, output: str) -> str:
+    """The stop line of a signal that came while the parts were joined: the join is
+    whole, and a rerun has nothing to do."""
+    name = signal.Signals(signum).name
+    return (
+        f"interrupted by {name} as the parts were joined; the join finished: "
+        f"{rows} rows in {shown(output)}"
     )
 
 
@@ -205,13 +246,15 @@ async def _dispatch(
         return [], None, 3
     run = _Dispatch(ray, config, todo, parts, token_factory, attempts)
     slots = min(count, len(todo))
+    cut = True  # (until the slots are done: a signal cancels them)
     try:
         async with anyio.create_task_group() as tg:
             for index in range(slots):
                 tg.start_soon(run.slot, index)
+        cut = False
     finally:
         with anyio.CancelScope(shield=True):  # an interrupted run still frees its actors
-            await _close_actors(ray, run.actors, run.token_actor, run.rate_actor, slots)
+            await _close_actors(ray, run, slots, cut=cut)
     if run.failures:
         return (
             run.done,
@@ -302,19 +345,23 @@ class _Dispatch:
         return True
 
 
-async def _close_actors(
-    ray: Any, actors: list[Any], token_actor: Any, rate_actor: Any, names: int
-) -> None:
-    for actor in [*actors, token_actor]:
-        with contextlib.suppress(Exception):
-            await actor.close.remote()
-    for actor in [*actors, token_actor, rate_actor]:
+async def _close_actors(ray: Any, run: _Dispatch, names: int, *, cut: bool) -> None:
+    """Close and kill the run's actors. A `cut` run (a signal) may have lost its
+    cluster with it (a process group's SIGTERM reaches a local Ray's own processes,
+    whose calls then wait a minute for a GCS that is gone): its closes are bounded and
+    its names not waited for, as the driver's Ray ends next."""
+    actors = [*run.actors, run.token_actor]
+    with anyio.move_on_after(CUT_CLOSE_S if cut else math.inf):
+        for actor in actors:
+            with contextlib.suppress(Exception):
+                await actor.close.remote()
+    for actor in [*actors, run.rate_actor]:
         if actor is not None:
             with contextlib.suppress(Exception):
                 ray.kill(actor)
     # A name is free again once its actor is gone; the next run in this session
     # (a rerun, a test) names its senders the same.
-    for slot in range(names):
+    for slot in range(0 if cut else names):
         for _ in range(250):
             try:
                 ray.get_actor(SENDER_NAME.format(slot))
