@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
+import io
 import itertools
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,7 +16,13 @@ import pytest
 from conftest import config_for, read_records
 
 from engine.cli.main import main
-from engine.files.accesslog import is_access_log, parse_log_line, parse_log_time
+from engine.core.events import Event
+from engine.files.accesslog import (
+    is_access_log,
+    parse_log_line,
+    parse_log_time,
+    read_replay_items,
+)
 from engine.load.driver import run_load
 from engine.load.plan import LoadPlan
 from engine.mock import MockConfig, MockHandle, running_mock
@@ -181,6 +192,8 @@ def test_cli_replay_examples_on_mock(tmp_path: Path, capsys: pytest.CaptureFixtu
         pytest.param("10/Foo/2026:13:55:36 +0000", None, id="bad-month"),
         pytest.param("31/Feb/2026:13:55:36 +0000", None, id="bad-day"),
         pytest.param("2026-10-10T13:55:36Z", None, id="iso-is-not-clf"),
+        pytest.param("10/Oct/2026:13:55:36 +2400", None, id="offset-24h-is-no-zone"),
+        pytest.param("10/Oct/2026:13:55:36 -9959", None, id="offset-99h"),
     ],
 )
 def test_parse_log_time(text: str, expected: float | None) -> None:
@@ -230,6 +243,12 @@ def test_parse_log_line(line: str, expected: dict[str, object]) -> None:
             "log time",
             id="bad-time",
         ),
+        pytest.param(
+            '1.2.3.4 - - [10/Oct/2026:13:55:36 +2400] "GET /delivery/retailmedia?a=1 '
+            'HTTP/1.1" 200 5 "-" "-"',
+            "log time '10/Oct/2026:13:55:36 +2400' is not like",
+            id="offset-24h",
+        ),
     ],
 )
 def test_parse_log_line_rejects(line: str, message: str) -> None:
@@ -249,3 +268,64 @@ def test_access_log_sniffing(tmp_path: Path) -> None:
     assert is_access_log(str(named))
     assert is_access_log(str(sniffed))
     assert not is_access_log(str(events))
+
+
+def _events(n: int) -> bytes:
+    one = {"retailer-visitor-id": "v", **BASE}
+    lines = [orjson.dumps({"id": f"e{i}", "timestamp": T0 + i, **one}) for i in range(n)]
+    return b"\n".join(lines) + b"\n"
+
+
+def _log(n: int) -> bytes:
+    return "".join(LOG_LINE.format(sec=i % 10, n=i) + "\n" for i in range(n)).encode()
+
+
+@pytest.mark.parametrize(
+    ("data", "count"),
+    [
+        pytest.param(gzip.compress(_events(4)), 4, id="small-events-gz"),
+        pytest.param(gzip.compress(_log(40)), 40, id="log-gz"),
+        pytest.param(
+            gzip.compress(os.urandom(30000).hex().encode() + b"\n" + _log(9)),
+            10,
+            id="big-gz-first-line-no-log",
+        ),
+        pytest.param(gzip.compress(_log(5000)), 5000, id="big-log-gz"),
+        pytest.param(_log(3), 3, id="plain-log"),
+    ],
+)
+def test_gzip_on_stdin_is_sniffed_without_losing_it(
+    monkeypatch: pytest.MonkeyPatch, data: bytes, count: int
+) -> None:
+    """Sniffing whether stdin is an access log peeks: the reader gets every byte, gzip too
+    (a GzipFile peeked took the compressed bytes out of stdin's buffer: 0 events)."""
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BufferedReader(io.BytesIO(data))))
+    items = list(read_replay_items(["-"]))
+    assert len(items) == count
+    assert [i.seq for i in items] == list(range(count))
+    if count != 10:  # the first line is no log line: read as JSONL, all invalid
+        assert all(isinstance(i, Event) for i in items), items[:3]
+
+
+@pytest.mark.slow  # a process of its own, over a second
+def test_cli_replay_gzip_log_on_stdin(tmp_path: Path) -> None:
+    """`adbatch replay --mock - < access.log.gz`: every line answered (was 0, exit 0)."""
+    src = tmp_path / "acc.log.gz"
+    src.write_bytes(gzip.compress(_log(40)))
+    out = tmp_path / "out.jsonl"
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    argv = ["replay", "--mock", "--no-progress", "--speed", "100", "--max-gap", "0.01"]
+    with src.open("rb") as stdin:
+        done = subprocess.run(
+            [sys.executable, "-m", "engine", *argv, "-", "-o", str(out)],
+            stdin=stdin,
+            capture_output=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode == 0, done.stderr.decode()
+    recs = read_records(out)
+    assert sorted(r["source"] for r in recs) == sorted(f"<stdin>:{n}" for n in range(1, 41))
+    assert all(r["ok"] for r in recs)

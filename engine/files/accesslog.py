@@ -16,9 +16,12 @@ Rules:
 from __future__ import annotations
 
 import datetime as _dt
+import io
 import os
 import re
 import stat
+import sys
+import zlib
 from collections.abc import Generator, Iterable
 from dataclasses import replace
 from urllib.parse import parse_qsl, urlsplit
@@ -32,11 +35,13 @@ from engine.files.sources import (
     _physical_lines,
     _read_error,
     _TooLong,
+    is_gzipped,
     read_items,
 )
 from engine.files.storage import StorageOptions, is_url, source_name
 
 DELIVERY_SUFFIX = "/delivery/retailmedia"
+_HEAD = 4096  # bytes looked at to sniff an access log
 
 _LINE = re.compile(
     r'(?P<ip>\S+) \S+ \S+ \[(?P<time>[^\]]+)\] "(?P<request>(?:[^"\\]|\\.)*)" '
@@ -61,8 +66,8 @@ def parse_log_time(text: str) -> float | None:
         return None
     day, _, year, hour, minute, second, frac, sign, oh, om = m.groups()
     offset = _dt.timedelta(hours=int(oh), minutes=int(om))
-    tz = _dt.timezone(offset if sign == "+" else -offset)
-    try:
+    try:  # an offset of 24 hours or more is no time zone (ValueError), as 31/Feb is no day
+        tz = _dt.timezone(offset if sign == "+" else -offset)
         moment = _dt.datetime(
             int(year),
             _MONTHS[m.group(2).lower()],
@@ -118,17 +123,31 @@ def is_access_log(path: str, options: StorageOptions = ()) -> bool:
         return True
     if path != STDIN and not is_url(path) and not _is_regular(path):
         return False  # an object (a URL) is looked into like a regular file
-    stream, close = _open_binary(path, options=options)
     try:
-        head = stream.peek(4096)[:4096] if hasattr(stream, "peek") else stream.read(4096)
-    except (OSError, EOFError):
+        head = _head(path, options)
+    except (OSError, EOFError, ValueError, zlib.error):
         return False
-    finally:
-        if path != STDIN:
-            stream.close()
-        close()
     first = head.lstrip().split(b"\n", 1)[0].decode("utf-8", "replace")
     return _LINE.match(first) is not None
+
+
+def _head(path: str, options: StorageOptions) -> bytes:
+    """An input's first bytes as its reader will see them (gunzipped). stdin is only
+    peeked, gzip too: a GzipFile over stdin would pull compressed bytes out of stdin's
+    buffer into its own, lost to the reader, which opens stdin again."""
+    if path != STDIN:
+        stream, close = _open_binary(path, options=options)
+        try:
+            return stream.read(_HEAD)
+        finally:
+            stream.close()
+            close()
+    stdin = sys.stdin.buffer
+    if not isinstance(stdin, io.BufferedReader):
+        return b""  # no peeking without reading: read by name or --access-log only
+    if not is_gzipped(STDIN, stdin):
+        return stdin.peek(_HEAD)[:_HEAD]
+    return zlib.decompressobj(wbits=31).decompress(stdin.peek(_HEAD), _HEAD)
 
 
 def _is_regular(path: str) -> bool:
