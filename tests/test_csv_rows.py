@@ -1,0 +1,128 @@
+"""CSV records are cut where Python's csv module cuts them (engine/files/csvrows.py).
+
+A `"` opens a quoted field only at a field's start: an inch mark (`tv 55"`) is data and
+ends no record; lines end at `\\n`, `\\r\\n` or a lone `\\r` (a CR-only file is rows); a
+line end inside a quoted field is kept as written. Each reading is checked against
+`csv.reader` over the same text, by table and by hypothesis.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from engine.core.events import Event, ReadCounts
+from engine.files.csvrows import csv_rows, quote_open
+from engine.files.sources import read_items, read_units, unit_item
+
+HEAD = "id,criteo-partner-id,retailer-visitor-id,event-type,page-id,keywords"
+ROW = "1,v,viewSearchResult,viewSearchResult_API_desktop"
+INCH = f'{HEAD}\nr1,{ROW},tv 55"\nr2,{ROW},shoes\nr3,{ROW},pizza 12"\nr4,{ROW},socks\n'
+
+
+def ours(text: str, max_bytes: int = 1 << 20) -> list[dict[str, object] | str]:
+    """Each record's fields, or its error."""
+    rows = csv_rows(io.BytesIO(text.encode()), max_bytes, ReadCounts(), str)
+    return [obj if obj is not None else error or "" for _, obj, error in rows]
+
+
+def csv_module(text: str) -> list[dict[str, object] | str]:
+    """What csv reads from the same text as a file (`newline=""`, as its docs say; a
+    BOM taken off, as `utf-8-sig` does)."""
+    header, *rows = [
+        r for r in csv.reader(io.StringIO(text.removeprefix("\ufeff"), newline="")) if r
+    ]
+    return [{k: v for k, v in zip(header, row, strict=True) if v} for row in rows]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param(INCH, id="inch-marks"),
+        pytest.param(INCH.replace("\n", "\r"), id="cr-only"),
+        pytest.param(INCH.replace("\n", "\r\n"), id="crlf"),
+        pytest.param('a,b\n1,"two\r\nlines"\n2,"x\ry"\r\n', id="line-ends-kept-in-quotes"),
+        pytest.param('a,b\n1,"say ""hi"", then\ngo"\n2,x""y\n', id="doubled-quotes"),
+        pytest.param('a,b,c\n1,5"x7",z\n2,"q",\n', id="quote-mid-field-then-comma"),
+        pytest.param('a,b\n"1\n",""\n"",2\n', id="empty-quoted"),
+        pytest.param("\ufeffa,b\r1,2\r\r3,4", id="bom-blank-no-final-end"),
+    ],
+)
+def test_rows_as_csv_reads_them(text: str) -> None:
+    assert ours(text) == csv_module(text)
+
+
+def test_inch_marks_give_one_record_per_row() -> None:
+    rows = ours(INCH)
+    assert [r["id"] for r in rows if isinstance(r, dict)] == ["r1", "r2", "r3", "r4"]
+    assert rows[0]["keywords"] == 'tv 55"'  # type: ignore[index]
+
+
+def test_quote_rule() -> None:
+    assert not quote_open('r1,tv 55"')
+    assert quote_open('r1,"tv 55')
+    assert not quote_open('r1,"tv ""55"""')
+    assert quote_open('r1,"tv ""55""')
+    assert quote_open('r1,"a"b,"c')  # the field after a bad close opens its own
+    assert not quote_open('continued",x', quoted=True)
+    assert quote_open("still inside, no end", quoted=True)
+
+
+def test_bad_rows_stay_one_record_each() -> None:
+    text = 'a,b\n1,"x"y\n2,ok\n3,"open\n' + "filler\n" * 20 + "4,fine\n"
+    rows = ours(text, max_bytes=64)
+    assert rows[0] == "CSV record cannot be read: ',' expected after '\"'"
+    assert rows[1] == {"a": "2", "b": "ok"}
+    assert rows[2] == "CSV record longer than 64 bytes"  # the unclosed quote is bounded
+    assert rows[-1] == {"a": "4", "b": "fine"}
+    assert ours('a,b\n1,"open\n2,x\n') == [
+        "CSV record has an unclosed quote at the end of the file"
+    ]
+
+
+def _cell(value: str) -> str:
+    """`value` as a CSV cell: bare when csv reads it back bare, else quoted."""
+    if any(c in value for c in ",\r\n") or value.startswith('"'):
+        return '"' + value.replace('"', '""') + '"'
+    return value
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.lists(st.text(alphabet='ab ",\r\n\u00e9', max_size=8), min_size=2, max_size=2)),
+    st.lists(st.sampled_from(["\n", "\r\n", "\r"]), min_size=1),
+)
+def test_any_rows_read_as_csv_reads_them(rows: list[list[str]], ends: list[str]) -> None:
+    lines = ["id,a,b"] + [",".join(map(_cell, [f"r{i}", *row])) for i, row in enumerate(rows)]
+    text = "".join(line + ends[i % len(ends)] for i, line in enumerate(lines))
+    assert ours(text) == csv_module(text)
+
+
+def test_workers_read_the_same_records(tmp_path: Path) -> None:
+    """A --workers parent reads CSV as units: the same items as one process."""
+    path = tmp_path / "inch.csv"
+    path.write_text(INCH.replace("\n", "\r"), newline="")
+    items = list(read_items([str(path)]))
+    assert [i.source for i in items] == [f"{path}:{n}" for n in (2, 3, 4, 5)]
+    assert all(isinstance(i, Event) for i in items)
+    assert [unit_item(u) for u in read_units([str(path)])] == items
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]], ids=["one", "workers-2"])
+def test_inch_marks_end_to_end(tmp_path: Path, workers: list[str]) -> None:
+    (tmp_path / "inch.csv").write_text(INCH)
+    cmd = [sys.executable, "-m", "engine", "run", "--mock", *workers, "inch.csv", "-o", "o.jsonl"]
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    records = [orjson.loads(line) for line in (tmp_path / "o.jsonl").read_bytes().splitlines()]
+    assert sorted(r["id"] for r in records) == ["r1", "r2", "r3", "r4"]
+    assert "4 events" in done.stderr
