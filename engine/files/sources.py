@@ -15,7 +15,6 @@ Rules:
 
 from __future__ import annotations
 
-import csv
 import gzip
 import io
 import os
@@ -38,6 +37,7 @@ from engine.core.events import (
 from engine.core.shard import ShardSpec
 from engine.errors import InputError
 from engine.files import parquet
+from engine.files.csvrows import csv_rows
 from engine.files.jsonlines import parse_json_line as parse_json_line  # re-exported
 from engine.files.position import Counted
 from engine.files.position import input_size as input_size  # re-exported
@@ -203,64 +203,8 @@ def jsonl_records(stream: BinaryIO, max_bytes: int, counts: ReadCounts) -> Itera
 
 
 def _csv_records(stream: BinaryIO, max_bytes: int, counts: ReadCounts) -> Iterator[Record]:
-    header: list[str] | None = None
-    header_error: str | None = None
-    pending: list[str] = []
-    pending_size = 0
-    start = 0
-    for line_no, data in _physical_lines(stream, max_bytes):
-        if data is _TooLong or isinstance(data, Exception):
-            if pending:
-                yield Record(start, None, "CSV record has an unclosed quote")
-                pending, pending_size = [], 0
-            error = (
-                f"line longer than {max_bytes} bytes" if data is _TooLong else _read_error(data)  # type: ignore[arg-type]
-            )
-            yield Record(line_no, None, error)
-            continue
-        assert isinstance(data, bytes)
-        text = data.decode("utf-8", "surrogateescape")
-        if not pending:
-            if not text.strip():
-                counts.blank_lines += 1
-                continue
-            start = line_no
-        pending.append(text)
-        pending_size += len(data)
-        if sum(p.count('"') for p in pending) % 2 == 1:
-            if pending_size <= max_bytes:
-                continue  # a quoted field goes on to the next line
-            pending, pending_size = [], 0
-            yield Record(start, None, f"CSV record longer than {max_bytes} bytes")
-            continue
-        joined = "\n".join(pending)
-        pending, pending_size = [], 0
-        try:
-            fields = next(csv.reader([joined], strict=True))
-        except csv.Error as exc:
-            yield Record(start, None, f"CSV record cannot be read: {exc}")
-            continue
-        if any("\udc80" <= ch <= "\udcff" for f in fields for ch in f):
-            yield Record(start, None, "line is not valid UTF-8")
-            continue
-        if header is None and header_error is None:
-            names = [f.strip() for f in fields]
-            if any(not n for n in names):
-                header_error = "CSV header has an empty column name"
-            elif len(set(names)) != len(names):
-                header_error = "CSV header repeats a column name"
-            header = names
-            continue
-        if header_error is not None:
-            yield Record(start, None, header_error)
-        elif header is not None and len(fields) != len(header):
-            yield Record(
-                start, None, f"CSV row has {len(fields)} fields, the header has {len(header)}"
-            )
-        elif header is not None:
-            yield Record(start, {k: v for k, v in zip(header, fields, strict=True) if v}, None)
-    if pending:
-        yield Record(start, None, "CSV record has an unclosed quote at the end of the file")
+    for line, obj, error in csv_rows(stream, max_bytes, counts, _read_error):
+        yield Record(line, obj, error)
 
 
 def _line_error(data: object, max_bytes: int) -> str:
