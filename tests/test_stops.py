@@ -11,7 +11,7 @@ from engine.core.records import ErrorKind, Response, internal, is_transient, par
 from engine.core.retry import RetryPolicy, RetrySettings
 from engine.core.secrets import Secrets
 from engine.core.stats import RunStats, summarize
-from engine.core.stops import EXIT_INTERNAL, InternalStreak, ThrottleWatch
+from engine.core.stops import EXIT_INTERNAL, InternalStreak, OutageWatch, ThrottleWatch
 
 EVENT = Event(3, "in.jsonl:4", "ev-3", None, (("event-type", "viewHome"),), ())
 
@@ -249,3 +249,67 @@ def test_exit_codes(
         RunStats(), elapsed_s=1.0, stopped=stopped, stop_code=stop_code, interrupted=interrupted
     )
     assert summary.exit_code == exit_code
+
+
+# -- unreachable now ---------------------------------------------------------------------
+
+Record = tuple[float, int | None, str | None]  # (clock, status, error_kind)
+CONNECT = ErrorKind.CONNECT
+
+
+@pytest.mark.parametrize(
+    ("records", "gives_up"),
+    [
+        pytest.param(
+            [(0, None, CONNECT), (0.5, None, CONNECT), (1.0, None, CONNECT)],
+            3,
+            id="connect-failures-for-the-whole-window",
+        ),
+        pytest.param(
+            [(0, 200, None), (0.1, None, CONNECT), (1.0, None, CONNECT)],
+            None,
+            id="timed-from-the-first-failure-not-the-last-answer",
+        ),
+        pytest.param(
+            [(0, None, CONNECT), (0.6, 200, None), (1.2, None, CONNECT)],
+            None,
+            id="a-short-outage-that-recovers",
+        ),
+        pytest.param(
+            [(0, None, CONNECT), (0.6, 503, "http_503"), (1.2, None, CONNECT)],
+            None,
+            id="any-http-answer-means-reachable",
+        ),
+        pytest.param(
+            [(0, None, CONNECT), (0.6, None, "timeout"), (1.0, None, CONNECT)],
+            3,
+            id="no-answer-neither-breaks-nor-extends",
+        ),
+        pytest.param(
+            [(0, None, "timeout"), (0.5, None, "invalid"), (2.0, None, "timeout")],
+            None,
+            id="only-connect-failures-count",
+        ),
+    ],
+)
+def test_outage_watch(records: list[Record], gives_up: int | None) -> None:
+    clock = Clock(0.0)
+    watch = OutageWatch(1.0, clock, "http://127.0.0.1:1/delivery")
+    stopped = None
+    for n, (now, status, kind) in enumerate(records, 1):
+        clock.now = now
+        stop = watch.add(status, kind, "cannot connect to 127.0.0.1:1: Connection refused")
+        if stop is not None:
+            stopped = n
+            assert stop.exit_code == 3
+            assert "cannot reach the delivery endpoint http://127.0.0.1:1/delivery" in stop.reason
+            assert "--resume sends the rest" in stop.reason
+            break
+    assert stopped == gives_up
+
+
+def test_an_unreachable_proxy_is_named_as_such() -> None:
+    watch = OutageWatch(0.0, Clock(), "http://127.0.0.1:1/delivery")
+    stop = watch.add(None, CONNECT, "cannot connect to proxy http://127.0.0.1:3/: refused")
+    assert stop is not None
+    assert stop.reason.startswith("cannot reach the proxy: ")

@@ -309,8 +309,8 @@ def _add_reliability_options(rel: argparse._ArgumentGroup) -> None:
         "--give-up-after",
         type=duration,
         metavar="DURATION",
-        help="stop (exit 3) when, with the retry budget spent, every call has been "
-        "throttled (429/503) for this long; --resume picks up the rest (default: 60)",
+        help="stop (exit 3) when every call has been throttled (429/503), retries spent, "
+        "or has failed to connect, for this long; --resume picks up the rest (default: 60)",
     )
     rel.add_argument(
         "--no-adaptive",

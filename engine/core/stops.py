@@ -11,6 +11,14 @@ Rules:
   sends those events again later. The refusals are timed from the first of an unbroken
   run of them (every attempt counts, retries too); any other HTTP answer breaks it, and
   calls that got no answer (timeouts, resets) neither break nor extend it.
+- Unreachable now: when every call that ended has failed to connect (records of kind
+  `connect`, their retries spent) for `give_up_after` seconds, timed from the first
+  such record since the server last answered, the run stops with exit 3, whether it
+  ever had an answer or not (before any, the engine's fail-fast streak of 20 `connect`
+  records usually stops it first). Any HTTP answer (ok or not) breaks the run of
+  failures; records with no answer of another kind (timeouts, resets, invalid lines)
+  neither break nor extend it. So a short outage costs `connect` records that --resume
+  sends again, and a server gone for good stops the run.
 - Whichever stop comes first is the run's; the engine stops reading, the calls in flight
   are written.
 - No clock is read here but through the injected `clock` (monotonic seconds).
@@ -21,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from engine.core.proxies import UNREACHABLE
 from engine.core.records import ErrorKind
 from engine.core.retry import THROTTLE_STATUSES
 
@@ -104,4 +113,42 @@ class ThrottleWatch:
             f"the server has refused every call (HTTP 429/503) for {refused_for:.0f} s, "
             f"retries spent (--give-up-after {self.give_up_after:g}); "
             "--resume picks up the rest"
+        )
+
+
+class OutageWatch:
+    """Times an unbroken run of `connect` records; gives up after `give_up_after` seconds.
+
+    `endpoint`: the delivery URL as messages show it (without credentials)."""
+
+    __slots__ = ("_clock", "endpoint", "give_up_after", "since")
+
+    def __init__(self, give_up_after: float, clock: Callable[[], float], endpoint: str) -> None:
+        self.give_up_after = give_up_after
+        self._clock = clock
+        self.endpoint = endpoint
+        self.since: float | None = None  # when the current run of connect records began
+
+    def add(self, status: int | None, error_kind: str | None, error: str | None) -> Stop | None:
+        """Account one record; the Stop when connecting has failed for `give_up_after`."""
+        if status is not None:  # the server answered: reachable
+            self.since = None
+            return None
+        if error_kind != ErrorKind.CONNECT:
+            return None
+        now = self._clock()
+        if self.since is None:
+            self.since = now
+        down_for = now - self.since
+        if down_for < self.give_up_after:
+            return None
+        where = (
+            "the proxy"
+            if error is not None and error.startswith(UNREACHABLE)
+            else f"the delivery endpoint {self.endpoint}"
+        )
+        return Stop(
+            f"cannot reach {where}: every call has failed to connect for {down_for:.0f} s "
+            f"(last: {error}; --give-up-after {self.give_up_after:g}); check that the "
+            "server is up, then --resume sends the rest"
         )

@@ -14,9 +14,9 @@
   restores input order when asked (a bounded window: the feed waits when it runs too far
   ahead of the oldest unanswered event) and hands complete batches to `emit`.
 - A run that cannot go on (every call refused with 401, or the endpoint unreachable,
-  before any success; every call throttled for --give-up-after seconds; 20 events in a
-  row failed with an internal error: core/stops.py) stops reading and starts no new
-  call; the calls in flight finish and are written.
+  before any success; every call throttled, or failing to connect, for --give-up-after
+  seconds; 20 events in a row failed with an internal error: core/stops.py) stops
+  reading and starts no new call; the calls in flight finish and are written.
 - No call goes out without a usable token: when none comes within --token-wait (the
   provider raises AuthError) the run stops (exit 3) and halts; the events still to send
   are not written, so `--resume` sends them (`_token_lost`).
@@ -66,7 +66,7 @@ from engine.core.records import ErrorKind, Result, dry_run, http_kind, internal,
 from engine.core.retry import THROTTLE_STATUSES, RetryPolicy, RetrySettings
 from engine.core.secrets import Secrets
 from engine.core.stats import RunStats, Summary, summarize
-from engine.core.stops import EXIT_STOPPED, InternalStreak, Stop, ThrottleWatch
+from engine.core.stops import EXIT_STOPPED, InternalStreak, OutageWatch, Stop, ThrottleWatch
 from engine.core.urls import without_credentials
 from engine.errors import AuthError, EngineError, first_engine_error
 from engine.files.sinks import TickWriter
@@ -153,6 +153,8 @@ class Engine:
         self.adaptive = AdaptiveRate() if config.adaptive else None
         self.internals = InternalStreak(config.internal_streak, config.streak_share)
         self.throttle = ThrottleWatch(config.give_up_after, time.monotonic)
+        endpoint = without_credentials(config.endpoint)
+        self.outage = OutageWatch(config.give_up_after, time.monotonic, endpoint)
         self.calls = CallFlow(
             self.policy,
             adaptive=self.adaptive,
@@ -313,6 +315,7 @@ class Engine:
         """The stops one record may cause (core/stops.py), at once: the counters follow
         with its batch, so "no success yet" is `seen_ok`, not the count of oks."""
         state = self.state
+        outage = self.outage.add(result.status, result.error_kind, result.error)
         if result.ok:
             state.seen_ok = True
             state.fatal_streak = 0
@@ -320,7 +323,7 @@ class Engine:
             if self.internals.count:
                 self.internals.add(None, None)  # the streak is broken
             return
-        stop = self.internals.add(result.error_kind, result.error)
+        stop = self.internals.add(result.error_kind, result.error) or outage
         if stop is None and result.status in THROTTLE_STATUSES:
             stop = self.throttle.final(result.status)
         if stop is None and result.error_kind == ErrorKind.TLS:  # no retry will help
