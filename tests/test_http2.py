@@ -108,9 +108,12 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def nginx_h2(work: Path, certificate: Path, upstream: int | None = None) -> Iterator[Nginx]:
+def nginx_h2(
+    work: Path, certificate: Path, upstream: int | None = None, extra: str = ""
+) -> Iterator[Nginx]:
     """nginx with `http2` over TLS: DELIVERY answers FIXED (or is proxied to `upstream`,
-    over HTTP/1.1), /big answers BIG bytes; each call logged with its protocol."""
+    over HTTP/1.1), /big answers BIG bytes; each call logged with its protocol; `extra`:
+    more directives for the server block."""
     work.mkdir(parents=True, exist_ok=True)
     (work / "big").write_bytes(b"x" * BIG)
     port = _free_port()
@@ -139,6 +142,7 @@ http {{
         listen 127.0.0.1:{port} ssl http2;
         ssl_certificate {certificate};
         ssl_certificate_key {certificate.parent / "key.pem"};
+        {extra}
         location = {DELIVERY} {{ {delivery} }}
         location = /big {{ default_type application/octet-stream; alias {work}/big; }}
     }}

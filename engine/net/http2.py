@@ -23,6 +23,13 @@ Rules:
   the stream stays open in h2's accounting, its late DATA frames take connection window
   for good, and once as many are open as the server allows streams (nginx: 128), every
   new call on the connection fails ("Max outbound streams is 128, 128 open").
+- A call the server refused unprocessed is sent again at once, on a live or a new
+  connection, within its deadline and outside `attempts`, budget and rate (as http1
+  resends on a dropped idle connection): a stream above a GOAWAY's last-stream-id, one
+  whose headers met a connection already closed, one reset with REFUSED_STREAM (RFC 9113
+  §8.7: no such call reached the application). Bounded: at most `concurrency + 1` times
+  (a server answering one stream per connection still serves every call ahead of it),
+  and twice from a GOAWAY that took no stream at all; then it is `disconnected`.
 - Nothing from the environment (`trust_env=False`): TLS is net/tls.py's (--cacert,
   --client-cert; the system store, which honours SSL_CERT_FILE), in a context of this
   client's own: httpcore sets ALPN on it. Proxies are core/proxies.py's (--proxy, the
@@ -164,7 +171,7 @@ class Http2Transport:
         hook(client)  # a new connection since the last call: give it the hook
         try:
             async with asyncio.timeout(self._timeout):
-                status, body, retry_after = await self._exchange(client, request.url, headers)
+                status, body, retry_after = await self._resending(client, request.url, headers)
         except TimeoutError:
             reset_abandoned(client)
             return failed(
@@ -184,14 +191,33 @@ class Http2Transport:
         latency_ms = (time.perf_counter() - start) * 1000.0
         return Response(status, body, sent_at, latency_ms, retry_after=retry_after)
 
-    async def _exchange(
+    async def _resending(
         self, client: httpx.AsyncClient, url: str, headers: dict[str, str]
+    ) -> tuple[int, bytes, str | None]:
+        """`_exchange`, sent again while the server refuses it unprocessed (module rules)."""
+        free, idle = self._concurrency + 1, _IDLE_GOAWAYS
+        while True:
+            stream = _Stream(client)
+            try:
+                return await self._exchange(client, url, headers, stream)
+            except httpx.RemoteProtocolError as exc:
+                refused = _unprocessed(exc, stream.id)
+                if refused is None or free == 0 or (refused == "idle" and idle == 0):
+                    raise
+                free -= 1
+                idle -= refused == "idle"
+                reset_abandoned(client)
+                hook(client)
+
+    async def _exchange(
+        self, client: httpx.AsyncClient, url: str, headers: dict[str, str], stream: _Stream
     ) -> tuple[int, bytes, str | None]:
         # Values in UTF-8, as http1 sends them (httpx would encode a str in ASCII, and
         # raise on `--header 'X-Team: é'` or an event's non-ASCII user-agent).
         raw = [(name.encode("ascii"), value.encode()) for name, value in headers.items()]
         deadline = asyncio.get_running_loop().time() + self._timeout  # send's, near enough
-        response = await client.send(client.build_request("GET", url, headers=raw), stream=True)
+        built = client.build_request("GET", url, headers=raw, extensions={"trace": stream.trace})
+        response = await client.send(built, stream=True)
         try:
             status = response.status_code
             coding = response.headers.get("Content-Encoding")
@@ -228,6 +254,46 @@ class _Group:
 
     def __post_init__(self) -> None:
         self.busy = [0] * len(self.clients)
+
+
+#: Free resends after a GOAWAY that took no stream (last-stream-id 0): such a server may
+#: refuse every call, and the engine's own retries (counted, spaced) take over.
+_IDLE_GOAWAYS = 2
+
+
+@dataclass(slots=True)
+class _Stream:
+    """The HTTP/2 stream a call to `client` was given, told by httpcore's trace hook
+    (None: none yet, or an HTTP/1.1 connection)."""
+
+    client: httpx.AsyncClient
+    id: int | None = None
+
+    async def trace(self, name: str, info: dict[str, object]) -> None:
+        if name == "http2.send_request_headers.started":
+            stream_id = info.get("stream_id")
+            self.id = stream_id if isinstance(stream_id, int) else None
+            # A new connection is hooked by its first stream, before any GOAWAY can
+            # come (its first burst would not reach the next call's hook in time).
+            hook(self.client)
+
+
+def _unprocessed(exc: Exception, stream_id: int | None) -> str | None:
+    """How the server refused a call it did not process ("refused": REFUSED_STREAM,
+    "goaway": above a GOAWAY's last-stream-id, "idle": a GOAWAY that took no stream), or
+    None: it may have been processed (RFC 9113 §8.7)."""
+    inner: BaseException | None = exc
+    for _ in range(3):
+        event = inner.args[0] if inner is not None and inner.args else None
+        if isinstance(event, h2.events.StreamReset):
+            return "refused" if event.error_code == h2.errors.ErrorCodes.REFUSED_STREAM else None
+        if isinstance(event, h2.events.ConnectionTerminated):
+            last = event.last_stream_id or 0
+            if stream_id is not None and stream_id <= last:
+                return None
+            return "goaway" if last else "idle"
+        inner = inner and (inner.__cause__ or inner.__context__)
+    return None
 
 
 class _BodyFailed(Exception):

@@ -8,6 +8,10 @@ Rules:
 - `hook`, `reset_abandoned`: a stream given up on is reset (RST_STREAM) and the DATA it
   had received acknowledged, else h2 counts it open and its window is gone for good
   (httpcore 1.0 does not: encode/httpcore#943).
+- `hook` also lets a connection read past a GOAWAY: the streams at or below its
+  last-stream-id are being answered, and get their answers (h2 closes its state machine
+  on a GOAWAY and refuses their frames, httpcore fails them unread: each such call was
+  processed by the server, and lost).
 - `shared_tunnels`: through a proxy, the calls that come while the first CONNECT tunnel
   opens wait for it, as they wait for a direct connection, instead of each opening a
   tunnel (and an HTTP/2 connection) of its own: one connection per 100 calls, as direct.
@@ -20,6 +24,7 @@ import contextlib
 import ssl
 from typing import Any
 
+import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
@@ -140,6 +145,66 @@ def hook(client: httpx.AsyncClient) -> None:
 
         conn._response_closed = response_closed
         conn._adbatch_hooked = True
+        _read_past_goaway(conn)
+
+
+#: What a connection may still receive, and send, once a GOAWAY came: the frames of the
+#: streams the server is answering, and their flow control. No new stream (SEND_HEADERS).
+_AFTER_GOAWAY = {
+    (h2.connection.ConnectionState.CLOSED, getattr(h2.connection.ConnectionInputs, name)): (
+        None,
+        h2.connection.ConnectionState.CLOSED,
+    )
+    for name in (
+        "RECV_HEADERS", "RECV_DATA", "RECV_WINDOW_UPDATE", "RECV_RST_STREAM", "RECV_PING",
+        "RECV_SETTINGS", "RECV_PRIORITY", "SEND_WINDOW_UPDATE", "SEND_RST_STREAM",
+    )
+}  # fmt: skip
+
+
+_STREAM_EVENTS = (
+    h2.events.ResponseReceived,
+    h2.events.DataReceived,
+    h2.events.StreamEnded,
+    h2.events.StreamReset,
+)
+
+
+def _read_past_goaway(conn: Any) -> None:
+    """Let `conn` (httpcore's AsyncHTTP2Connection) receive the answers of the streams
+    a GOAWAY left it (module rules): its h2 state machine takes their frames, and a call
+    waiting on such a stream reads on where httpcore would fail it."""
+    machine = conn._h2_state.state_machine
+    machine._transitions = {**machine._transitions, **_AFTER_GOAWAY}  # this one's only
+    original = conn._receive_events
+
+    def answering(stream_id: int | None) -> bool:
+        ended = conn._connection_terminated
+        return bool(ended is not None and stream_id and stream_id <= (ended.last_stream_id or 0))
+
+    async def receive_events(request: Any, stream_id: int | None = None) -> None:
+        if not answering(stream_id):
+            try:
+                return await original(request, stream_id)  # type: ignore[no-any-return]
+            except httpcore.RemoteProtocolError as exc:
+                # The GOAWAY came while this call waited for the read lock: httpcore
+                # fails it there, before reading anything.
+                ended = conn._connection_terminated
+                if not (exc.args and exc.args[0] is ended and answering(stream_id)):
+                    raise
+        async with conn._read_lock:
+            if not conn._events.get(stream_id):
+                for event in await conn._read_incoming_data(request):
+                    if isinstance(event, h2.events.RemoteSettingsChanged):
+                        await conn._receive_remote_settings_change(event)
+                    elif isinstance(event, h2.events.ConnectionTerminated):
+                        conn._connection_terminated = event  # a second, lower GOAWAY
+                    elif isinstance(event, _STREAM_EVENTS) and event.stream_id in conn._events:
+                        conn._events[event.stream_id].append(event)
+        await conn._write_outgoing_data(request)
+        return None
+
+    conn._receive_events = receive_events
 
 
 def reset_abandoned(client: httpx.AsyncClient) -> None:
