@@ -174,7 +174,13 @@ def _read_past_goaway(conn: Any) -> None:
     """Let `conn` (httpcore's AsyncHTTP2Connection) receive the answers of the streams
     a GOAWAY left it (module rules): its h2 state machine takes their frames, and a call
     waiting on such a stream reads on where httpcore would fail it."""
-    machine = conn._h2_state.state_machine
+    machine: Any = getattr(conn._h2_state, "state_machine", None)
+    needed = ("_receive_events", "_read_lock", "_read_incoming_data", "_write_outgoing_data",
+              "_receive_remote_settings_change", "_connection_terminated")  # fmt: skip
+    if not isinstance(getattr(machine, "_transitions", None), dict) or not all(
+        hasattr(conn, name) for name in needed
+    ):  # private attributes of h2 and httpcore: should they change, a GOAWAY fails as before
+        return
     machine._transitions = {**machine._transitions, **_AFTER_GOAWAY}  # this one's only
     original = conn._receive_events
 
