@@ -213,10 +213,12 @@ async def test_cacert_and_client_certificate(server: NginxTls, pki: Pki, client:
 async def test_the_token_client_uses_the_same_context(server: NginxTls, pki: Pki) -> None:
     url = server.url("good", "/oauth2/token")
     trusted = client_context(cacert=str(pki.ca))
-    async with TokenClient(url, client_id="c", client_secret="s", tls=trusted) as tokens:
+    async with TokenClient(
+        url, client_id="c", client_secret="s3cr3t-client-value", tls=trusted
+    ) as tokens:
         grant = await tokens.fetch()
     assert getattr(grant, "access_token", None) == "nginx-token", grant
-    async with TokenClient(url, client_id="c", client_secret="s") as tokens:
+    async with TokenClient(url, client_id="c", client_secret="s3cr3t-client-value") as tokens:
         failure = await tokens.fetch()
     assert getattr(failure, "kind", None) == "tls", failure
     assert getattr(failure, "message", "").startswith("TLS: unknown issuer: ")
