@@ -35,6 +35,7 @@ async def _timed(coro: Awaitable[object]) -> tuple[object, float]:
     return result, time.monotonic() - start
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
 async def test_each_call_times_out_at_its_own_deadline() -> None:
     handler = _slow_or_fast(http_answer(b"fast"))

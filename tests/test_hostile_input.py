@@ -89,6 +89,7 @@ json_values = st.recursive(
 )
 
 
+@pytest.mark.slow
 @settings(FUZZ, max_examples=40)
 @given(st.lists(st.dictionaries(st.text(max_size=20), json_values, max_size=6), max_size=8))
 def test_jsonl_reader_any_objects(rows: list[dict[str, Any]]) -> None:

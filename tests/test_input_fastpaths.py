@@ -93,6 +93,7 @@ def _general(obj: dict[str, object], event_defaults: EventDefaults) -> Event | I
     return Event(3, "in.jsonl:4", None, timestamp, events._ordered(params), tuple(headers))
 
 
+@pytest.mark.slow
 @settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
 @given(event_objects, defaults)
 @example({"a": "\ud800"}, events.NO_DEFAULTS)
@@ -118,6 +119,7 @@ def test_the_planned_event_is_the_general_loops_or_steps_aside(
             assert planned == _general(candidate, event_defaults)
 
 
+@pytest.mark.slow
 @settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
 @given(event_objects, defaults)
 @example(
@@ -190,6 +192,7 @@ def test_a_common_key_set_is_compiled_and_its_events_stay_the_same() -> None:
     assert items[-1].query == encode_query(items[-1].params) != ""
 
 
+@pytest.mark.slow
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(event_objects, defaults)
 def test_an_event_is_what_the_general_loop_makes_of_it(

@@ -238,6 +238,7 @@ def test_options_not_honoured_are_refused(
     assert out.read_bytes() == b""
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("retries", "attempts_shown"),
     [pytest.param([], False, id="default-0"), pytest.param(["--retries", "2"], True, id="on")],

@@ -49,6 +49,7 @@ def write_parquet(path: Path, columns: dict[str, Any], *, group_rows: int | None
 # -- columns -> event keys ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_columns_are_the_keys_lists_nulls_and_types_as_documented(tmp_path: Path) -> None:
     path = write_parquet(
         tmp_path / "types.parquet",

@@ -262,6 +262,7 @@ def test_rows_are_cut_to_the_width_never_wrapped(width: int) -> None:
     assert max(cell_len(line) for line in lines) <= width
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
 async def test_no_display_on_a_stream_that_is_not_a_terminal(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]

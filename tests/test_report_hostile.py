@@ -150,6 +150,7 @@ def _report(
     return code, out, err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("part", list(TABLE))
 def test_a_series_file_of_weird_values_is_one_line_or_a_skipped_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], part: str
