@@ -11,6 +11,7 @@ line, exit 2, before anything is sent (README: exit codes), and quotes no secret
 from __future__ import annotations
 
 import base64
+import importlib.util
 import os
 import subprocess
 import sys
@@ -26,6 +27,9 @@ from engine.config import MAX_LINE_BYTES, MAX_WORKERS
 from engine.core.errors import ConfigError
 from engine.core.proxies import parse_proxy_url
 from engine.multiproc.driver import auto_workers
+
+#: httpx and h2 (the http2 extra): --http2 is refused without them, first
+_HTTP2 = all(importlib.util.find_spec(name) is not None for name in ("httpx", "h2"))
 
 ROOT = Path(__file__).resolve().parent.parent
 EVENTS = str(ROOT / "examples" / "pageviews.jsonl")
@@ -163,7 +167,17 @@ def test_a_utf8_proxy_password_is_kept() -> None:
     assert proxy.authorization == "Basic " + base64.b64encode("u:p€ss".encode()).decode()
 
 
-@pytest.mark.parametrize("client", ["http1", "session", "http2"])
+@pytest.mark.parametrize(
+    "client",
+    [
+        "http1",
+        "session",
+        pytest.param(
+            "http2",
+            marks=pytest.mark.skipif(not _HTTP2, reason="pip install 'adbatch[http2]'"),
+        ),
+    ],
+)
 def test_proxy_bytes_are_exit_2_before_anything_is_sent(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
