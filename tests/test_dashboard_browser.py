@@ -80,9 +80,12 @@ def test_the_count_grows_in_chromium_during_a_run(tmp_path: Path) -> None:
         time.sleep(2)
         counts = []
         for i in range(2):
-            page = look(browser, url, tmp_path / f"profile{i}", "--dump-dom")
-            assert page.returncode == 0, page.stderr[-2000:]
-            found = re.search(r'id="done">([\d,]+)<', page.stdout)
+            for attempt in range(3):  # headless chromium on a loaded machine may dump none
+                page = look(browser, url, tmp_path / f"profile{i}-{attempt}", "--dump-dom")
+                assert page.returncode == 0, page.stderr[-2000:]
+                found = re.search(r'id="done">([\d,]+)<', page.stdout)
+                if found is not None:
+                    break
             assert found is not None, page.stdout[-2000:]
             counts.append(int(found.group(1).replace(",", "")))
             time.sleep(1.5)

@@ -36,16 +36,22 @@ _FAULT = b'<Error><Code>InternalError</Code><Message>injected</Message></Error>'
 
 @dataclass
 class Faults:
-    """GETs of `path` numbered from 0: those from `after` on, `times` of them, get a 500."""
+    """GETs of `path` numbered from 0: those from `after` on, `times` of them, get a 500;
+    with `from_byte` (and `to_byte`), only those whose range starts in that span count."""
 
     path: str
     after: int
     times: int
     gets: int = 0
     failed: int = 0
+    from_byte: int = 0
+    to_byte: int | None = None
 
     def fails(self, request: web.Request) -> bool:
         if request.method != "GET" or request.path != self.path:
+            return False
+        start = request.headers.get("Range", "bytes=0-").removeprefix("bytes=").partition("-")[0]
+        if not self.from_byte <= int(start or 0) < (self.to_byte or 1 << 62):
             return False
         self.gets += 1
         if self.after <= self.gets - 1 < self.after + self.times:
@@ -135,23 +141,28 @@ async def test_resume_sends_the_rows_of_a_parquet_object_left_unread(
 ) -> None:
     pa = pytest.importorskip("pyarrow")
     pq = pytest.importorskip("pyarrow.parquet")
-    n = 1100
+    n = 2500
     table = pa.table({
         "id": [f"g{i}" for i in range(n)], "criteo-partner-id": [1] * n,
         "retailer-visitor-id": ["v"] * n, "event-type": ["viewHome"] * n,
         "page-id": ["viewHome_API_desktop"] * n,
-        "pad": [os.urandom(4000).hex() for _ in range(n)],  # incompressible: 8.8 MB
+        "pad": [os.urandom(4000).hex() for _ in range(n)],  # incompressible: 20 MB
     })  # fmt: skip
     pq.write_table(table, tmp_path / "in.parquet", row_group_size=100)
     url = s3.put(f"{s3.bucket('lake')}/in.parquet", (tmp_path / "in.parquet").read_bytes())
-    # GETs 0-2 read the footer and the first 8 MiB of rows; GET 3 fails every try.
-    faults = Faults("/lake/in.parquet", after=3, times=len(PAUSES) + 1)
+    # Every read of the third 8 MiB block fails (not the footer's, at the file's end, read
+    # as it opens): whatever the reader asks for first, and in what order, a batch of
+    # rows (at most ~8 MB) lies in the first two blocks, read and sent.
+    size = (tmp_path / "in.parquet").stat().st_size
+    faults = Faults("/lake/in.parquet", after=0, times=10**6, from_byte=16 << 20,
+                    to_byte=size - (1 << 20))  # fmt: skip
     async with faulty_store(s3, faults) as proxy:
         code, err = await _run(proxy, url, "-o", "out.jsonl", cwd=tmp_path)
         assert code == 1, err
         records = read_records(tmp_path / "out.jsonl")
         assert records[-1]["error"].endswith("the rest of this file is unread")
         assert 1 < len(records) < n, [r["error"] for r in records[:3]]  # mid-file
+        faults.times = 0  # the store answers again
         code, err = await _run(proxy, url, "-o", "out.jsonl", "--resume", cwd=tmp_path)
     assert code == 0, err
     assert all(r["ok"] for r in read_records(tmp_path / "out.jsonl"))
