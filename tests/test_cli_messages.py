@@ -9,6 +9,7 @@
   reads, never its value.
 - An option before the command (`adbatch --concurency 5`) names the command's option.
 - The refusal of `--header 'Proxy-Authorization: ...'` reads as a sentence.
+- `--mock` with an endpoint given (option, environment) warns that it is not used.
 """
 
 from __future__ import annotations
@@ -203,6 +204,23 @@ def test_an_unknown_variable_is_named_with_the_nearest_one(
     assert len(warnings) == 1, err
     assert warnings[0].startswith(warning)
     assert PASSWORD not in out + err
+
+
+@pytest.mark.parametrize("given", ["option", "environment", "none"])
+def test_mock_with_an_endpoint_given_says_it_is_not_used(
+    given: str, events: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = "https://delivery.example/d"
+    argv = ["run", "--mock", "--dry-run", str(events), "-o", os.devnull]
+    if given == "option":
+        argv += ["--endpoint", url]
+    elif given == "environment":
+        monkeypatch.setenv("ADBATCH_ENDPOINT", url)
+    assert main(argv) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    source = {"option": "option --endpoint", "environment": "environment ADBATCH_ENDPOINT"}
+    expected = "adbatch: warning: --mock sends every call to the embedded mock: the endpoint from "
+    assert warnings == ([f"{expected}{source[given]} is not used"] if given in source else [])
 
 
 # -- an option before the command --------------------------------------------------------

@@ -155,12 +155,16 @@ def resolve(args: argparse.Namespace, *, defaults: dict[str, Any] | None = None)
     return Resolved(merged, sources)
 
 
-def config_from_args(
-    args: argparse.Namespace, *, defaults: dict[str, Any] | None = None
-) -> Config:
+def config_from_args(args: argparse.Namespace, *, defaults: dict[str, Any] | None = None) -> Config:
     """Merge command line, environment and config file into one validated Config.
     `defaults`: the command's own defaults (load's retries=0), below all three."""
-    merged = resolve(args, defaults=defaults).values
+    resolved = resolve(args, defaults=defaults)
+    merged = resolved.values
+    if merged.get("mock") and "endpoint" in merged:  # the mock's own URL replaces it
+        say(
+            f"warning: --mock sends every call to the embedded mock: the endpoint from "
+            f"{resolved.sources['endpoint']} is not used"
+        )
     # The live display redraws stderr's last lines: never while the records scroll by on
     # the same terminal (no -o, stdout a terminal), nor on a file or a pipe.
     to_terminal = merged.get("output") in (None, "-") and sys.stdout.isatty()
