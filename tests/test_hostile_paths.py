@@ -136,6 +136,49 @@ def test_a_summary_that_cannot_be_written_after_the_run_is_exit_3(
     assert (tmp_path / "o.jsonl").read_bytes().count(b"\n") >= 1
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_an_output_that_fills_mid_run_says_resume_and_resume_ends_it(
+    tmp_path: Path, workers: int
+) -> None:
+    """The output's file system fills mid-run (RLIMIT_FSIZE: writes past 40 KB fail, as
+    on a full disk): exit 3, one line that names --resume; the same command with
+    --resume, once there is room, answers every event exactly once."""
+    n = 300
+    (tmp_path / "in.jsonl").write_bytes(
+        b"".join(orjson.dumps({**EVENT, "id": f"e{i}"}) + b"\n" for i in range(n))
+    )
+    argv = [*RUN, "--workers", str(workers), "in.jsonl", "-o", "o.jsonl"]
+    full = subprocess.run(
+        [sys.executable, "-c", FSIZE_LIMITED, str(40_000), *argv],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    err = full.stderr.strip()
+    assert full.returncode == 3, err
+    assert err.count("\n") == 0 and "Traceback" not in err, err
+    assert "cannot write output o.jsonl" in err
+    assert "run the same command with --resume" in err
+    assert 0 < (tmp_path / "o.jsonl").stat().st_size <= 40_000
+    rc, err = adbatch(tmp_path, *argv, "--resume")
+    assert rc == 0, err
+    exactly_once(read_records(tmp_path / "o.jsonl"), n)
+
+
+#: `python -c FSIZE_LIMITED BYTES ARGV...`: adbatch with files limited to BYTES (a write
+#: past it fails with EFBIG; Python ignores SIGXFSZ).
+FSIZE_LIMITED = """
+import resource, sys
+limit = int(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+from engine.cli.main import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
 def test_a_summary_on_stdout_is_refused(tmp_path: Path) -> None:
     (tmp_path / "in.jsonl").write_bytes(DATA)
     rc, err = adbatch(tmp_path, *RUN, "in.jsonl", "--summary", "s.json", stdout="s.json")

@@ -48,6 +48,7 @@ from engine.core.kept import token_keep
 from engine.core.records import Result, jsonl, jsonl_parts
 from engine.core.secrets import Secrets
 from engine.core.tally import Tally, record_schedule, tally_of
+from engine.errors import EngineError, OutputError, first_engine_error
 from engine.files.sinks import JsonlSink, kept
 from engine.files.spans import Span, span_items
 from engine.multiproc.messages import (
@@ -396,6 +397,15 @@ def worker_main(
         pass
     except BaseException as exc:  # reported to the parent, which fails the run with it
         with contextlib.suppress(OSError):
-            conn.send(Failed(f"worker {index}: {type(exc).__name__}: {exc}"))
+            conn.send(_failed(index, exc))
     finally:
         conn.close()
+
+
+def _failed(index: int, exc: BaseException) -> Failed:
+    """What the parent is told of the exception a worker ended with: an engine error (in
+    the task groups' wrapping) as its own message; anything else with its type."""
+    error = first_engine_error(exc) if isinstance(exc, BaseExceptionGroup) else exc
+    if isinstance(error, EngineError):
+        return Failed(f"worker {index}: {error}", output=isinstance(error, OutputError))
+    return Failed(f"worker {index}: {type(exc).__name__}: {exc}")

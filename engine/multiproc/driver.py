@@ -124,9 +124,7 @@ def start_workers(count: int, method: StartMethod | None = None) -> list[WorkerH
     return workers
 
 
-def _start_worker(
-    ctx: Any, index: int, started: list[WorkerHandle], *, fork: bool
-) -> WorkerHandle:
+def _start_worker(ctx: Any, index: int, started: list[WorkerHandle], *, fork: bool) -> WorkerHandle:
     parent_conn, child_conn = ctx.Pipe(duplex=True)
     try:
         inherited = (

@@ -167,9 +167,11 @@ class Done:
 
 @dataclass(frozen=True, slots=True)
 class Failed:
-    """The worker failed; the parent fails the run with this text."""
+    """The worker failed; the parent fails the run with this text (`output`: its error
+    was the output's, a full disk: an OutputError, exit 3, whose message says --resume)."""
 
     text: str
+    output: bool = False
 
 
 ToParent = Answered | Records | Ordered | Refresh | LiveFigures | Done | Failed

@@ -302,11 +302,11 @@ class _Parent:
                 self.budget_refused += budget_refused
                 self.slowed = self.slowed or slowed
                 return True
-            case Failed(text):
+            case Failed(text, output):
                 # A worker's exception may quote a server, and it never saw the client secret.
                 text = self.session.secrets.redact(text)
                 if self.error is None:
-                    self.error = FatalError(text)
+                    self.error = OutputError(text) if output else FatalError(text)
                 self.stopped = self.stopped or text
                 return True
         return False
