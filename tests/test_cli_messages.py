@@ -7,7 +7,8 @@
   on stderr saying how to give them; what would stop a run is still exit 2.
 - An ADBATCH_* variable adbatch does not read gets a warning naming the nearest one it
   reads, never its value.
-- An option before the command (`adbatch --concurency 5`) names the command's option.
+- An option before the command (`adbatch --concurency 5`) names the command's option;
+  `--client-secret` there is refused as after the command, and never suggested.
 - The refusal of `--header 'Proxy-Authorization: ...'` reads as a sentence.
 - `--mock` with an endpoint given (option, environment) warns that it is not used.
 """
@@ -251,6 +252,18 @@ def test_mock_with_an_endpoint_given_says_it_is_not_used(
             "unknown option --tokn; options go after the command: "
             "did you mean adbatch run --token?",
             id="value-never-shown",
+        ),
+        pytest.param(
+            [f"--client-secret={PASSWORD}", "run"],
+            "the client secret is not taken on the command line; "
+            "use --client-secret-file PATH or ADBATCH_CLIENT_SECRET",
+            id="refused-secret",
+        ),
+        pytest.param(
+            [f"--client-secre={PASSWORD}", "run"],
+            "unknown option --client-secre; options go after the command: "
+            "did you mean adbatch run --client-secret-file?",
+            id="refused-secret-never-suggested",
         ),
         pytest.param(
             ["--zzzzzzzz"],

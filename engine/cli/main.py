@@ -194,10 +194,17 @@ def _option_before_command(parser: Parser, argv: list[str]) -> None:
 
     given = [word for word in argv if word in COMMANDS][:1]
     full = build_parser()  # every command's options: only on this error
+    from engine.cli.options import RefuseSecret
+
     owner: dict[str, str] = {}  # option -> the first command (in --help's order) taking it
     for command in given or COMMANDS:
         for action in _command_parser(full, command)._actions:
             for option in action.option_strings:
+                if isinstance(action, RefuseSecret):  # never suggested; given: refused
+                    if option == name:
+                        print(parser.usage_line(), file=sys.stderr)
+                        action(parser, argparse.Namespace(), None, name)  # exit 2
+                    continue
                 if option not in _TOP_OPTIONS:
                     owner.setdefault(option, command)
     if name in owner:
