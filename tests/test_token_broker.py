@@ -415,3 +415,39 @@ async def test_follower_takes_the_time_a_lease_spent_on_the_way_off_its_ttl() ->
     assert stamped == Lease("Bearer b", 60.0)  # `at` is not compared
     assert stamped.at is not None
     assert abs(stamped.at - time.time()) < 5
+
+
+class Counting(Renewing):
+    """A provider that renews on a clock: it has figures (TokenStats)."""
+
+    def __init__(self) -> None:
+        super().__init__("Bearer t0")
+        self.stats = TokenStats(fetched=1, waits=2)
+
+    def token_stats(self) -> TokenStats | None:
+        return self.stats
+
+
+async def test_the_calls_that_waited_in_followers_reach_the_broker_figures() -> None:
+    """A follower counts its calls that waited for a token (the broker's provider never
+    sees them); the broker adds each follower's running total once, however often it
+    is reported, and leaves the provider's own figures as they are."""
+    follower = FollowerToken(lease_of(None), Asker((False, None)))
+    async with anyio.create_task_group() as tg:
+        for _ in range(3):
+            tg.start_soon(follower.wait_authorization)
+        await anyio.wait_all_tasks_blocked()
+        follower.set(lease_of("Bearer t1"))
+    assert follower.waits == 3
+    assert follower.token_stats() is None  # fetches are counted once, by the broker's side
+    provider = Counting()
+    broker = TokenBroker(provider)
+    broker.followers_waited(0, follower.waits)
+    broker.followers_waited(0, follower.waits)  # its live figures, then its last word
+    broker.followers_waited(1, 4)
+    broker.followers_waited(1, 1)  # a late report is no step back
+    stats = broker.token_stats()
+    assert stats is not None
+    assert (stats.waits, stats.fetched) == (2 + 3 + 4, 1)
+    assert provider.stats.waits == 2
+    assert TokenBroker(Renewing()).token_stats() is None  # a static token has no figures

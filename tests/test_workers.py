@@ -6,6 +6,7 @@ this process; each costs a second or so of start-up, so they are few and cover m
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -213,6 +214,38 @@ async def test_one_oauth_token_for_all_workers(
     assert summary.ok == 141
     assert summary.failed == 0
     assert b"mock-secret" not in out.read_bytes()
+
+
+@pytest.mark.slow
+async def test_calls_that_waited_in_the_workers_are_in_the_summary(
+    write_jsonl: Callable[..., Path], tmp_path: Path
+) -> None:
+    # 2 s tokens renewed in 0.5 s, past the start of their mandatory window: the
+    # workers' calls wait for each renewal, and the one summary counts them (it said 0).
+    count = 500
+    events = write_jsonl(_events(count))
+    out = tmp_path / "out.jsonl"
+    mock_config = MockConfig(static_tokens=(), token_lifetime=2.0, token_latency=0.5)
+    async with running_mock(mock_config) as mock:
+        config = Config(
+            inputs=(str(events),),
+            output=str(out),
+            endpoint=mock.delivery_url,
+            token_url=mock.token_url,
+            client_id="mock-client",
+            client_secret="mock-secret",
+            workers=2,
+            concurrency=32,
+            rate=200.0,
+        )
+        summary = await run(config)
+        assert mock.state.expired_token_uses == 0
+    assert summary.ok == 470
+    assert summary.token_renewals >= 1
+    assert summary.token_waits > 0
+    waited = re.search(r", (\d+) calls? waited", summary.line())
+    assert waited is not None
+    assert int(waited[1]) == summary.token_waits
 
 
 async def test_a_worker_asks_the_parent_once_per_refused_token() -> None:

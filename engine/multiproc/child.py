@@ -248,7 +248,7 @@ class _Worker:
             )
         )
         delta, self.live_sent = now.minus(self.live_sent), now
-        await self.send(LiveFigures(delta, self.in_flight()))
+        await self.send(LiveFigures(delta, self.in_flight(), self.tokens.waits))
 
     # -- the run
 
@@ -287,6 +287,7 @@ class _Worker:
                         slowed,
                         state.stop_code,
                         None if job is None else extra,
+                        self.tokens.waits,
                     )
                 )
                 # Nothing more to wait for: not the parent's next message, not a --grace

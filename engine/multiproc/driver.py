@@ -308,7 +308,7 @@ def _summary(parent: _Parent, session: RunSession, started: float, more: dict[st
         retry_budget_refused=parent.budget_refused,
         slowed=parent.slowed,
         resumed=parent.resumed,
-        tokens=session.tokens.token_stats(),
+        tokens=parent.tokens.token_stats(),  # with the workers' calls that waited
         interrupted=parent.interrupted,
         **more,
     )

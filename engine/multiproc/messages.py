@@ -151,6 +151,7 @@ class LiveFigures:
 
     tally: Tally
     in_flight: int
+    token_waits: int = 0  # its calls that waited for a token so far (a total, not a delta)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +164,8 @@ class Done:
     slowed: str | None
     stop_code: int = 3  # the exit code of `stopped` (70: a streak of internal errors)
     extra: object = None  # what the worker's `Start.job` returned
+    #: Its calls that waited for a token (only the parent's broker counts the rest).
+    token_waits: int = 0
 
 
 @dataclass(frozen=True, slots=True)

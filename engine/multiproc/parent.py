@@ -287,11 +287,13 @@ class _Parent:
                 self._answered(worker, count)
             case Refresh(used):
                 tg.start_soon(self._refresh, worker, used)
-            case LiveFigures(tally, in_flight):
+            case LiveFigures(tally, in_flight, token_waits):
                 self.live.add(tally)
                 self.live_in_flight[worker.index] = in_flight
-            case Done(stats, stopped, budget_refused, slowed, stop_code, extra):
+                self.tokens.followers_waited(worker.index, token_waits)
+            case Done(stats, stopped, budget_refused, slowed, stop_code, extra, token_waits):
                 self.stats.merge(stats)
+                self.tokens.followers_waited(worker.index, token_waits)
                 self.extras[worker.index] = extra
                 self.live_in_flight.pop(worker.index, None)
                 if self.stopped is None and stopped is not None:

@@ -27,7 +27,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Generic, Protocol, TypeVar
 
@@ -234,13 +234,16 @@ class TokenBroker:
     TokenProvider itself. Followers elsewhere call `renew` after a 401 and `current` for
     the lease to send. One renewal per refused value for the whole run: its answer
     stands for every later report of that value, however many followers make it.
+    The calls that waited for a token are counted where they wait: a follower reports
+    its count (`followers_waited`), and `token_stats` adds them to the provider's.
     """
 
-    __slots__ = ("_flights", "provider")
+    __slots__ = ("_flights", "_follower_waits", "provider")
 
     def __init__(self, provider: TokenProvider) -> None:
         self.provider = provider
         self._flights: SingleFlight[str | None, bool] = SingleFlight(remember=True)
+        self._follower_waits: dict[object, int] = {}  # by follower: its calls that waited
 
     def authorization(self) -> str | None:
         return self.provider.authorization()
@@ -281,8 +284,17 @@ class TokenBroker:
     def secrets(self) -> tuple[str, ...]:
         return self.provider.secrets()
 
+    def followers_waited(self, follower: object, waits: int) -> None:
+        """`follower` (a worker's index) has had `waits` calls wait for a token so far:
+        a running total, so a report that comes twice or late counts once."""
+        self._follower_waits[follower] = max(waits, self._follower_waits.get(follower, 0))
+
     def token_stats(self) -> TokenStats | None:
-        return self.provider.token_stats()
+        stats = self.provider.token_stats()
+        if stats is None or not self._follower_waits:
+            return stats
+        # A copy: the provider's own figures stay its own.
+        return replace(stats, waits=stats.waits + sum(self._follower_waits.values()))
 
 
 def _stamped(lease: Lease) -> Lease:
@@ -301,6 +313,8 @@ class FollowerToken:
     fetches), at most `wait` seconds (--token-wait), then raises AuthError, as at once
     when a lease says the provider gave up. A 401 asks the broker side (`ask`) once per
     refused value, however many calls report it, and its answer stands for that value.
+    `waits` counts the calls that waited for a token here; the broker's side has no
+    other way to know them (a --workers child reports it to the parent's broker).
     """
 
     __slots__ = (
@@ -314,6 +328,7 @@ class FollowerToken:
         "_seen",
         "_until",
         "_wait",
+        "waits",
     )
 
     def __init__(
@@ -337,6 +352,7 @@ class FollowerToken:
         self._flights: SingleFlight[str | None, bool] = SingleFlight(remember=True)
         self._changed: anyio.Event | None = None  # made by the first waiter
         self._seen = KeptTokens(keep=keep)
+        self.waits = 0  # delivery calls that waited for a token (TokenStats.waits)
         self.set(lease)
 
     def set(self, lease: Lease) -> None:
@@ -374,6 +390,7 @@ class FollowerToken:
         return self._failed is not None or self._clock.now() < self._until
 
     async def wait_authorization(self) -> str | None:
+        self.waits += 1  # as the provider counts its own callers (engine/net/oauth.py)
         if not self._settled() and self._fetch is not None:
             self.set(await self._fetch())  # the broker side waits for its renewal
         if not self._settled():  # wait for a push
@@ -407,4 +424,4 @@ class FollowerToken:
         return self._seen.texts(self._clock.now())
 
     def token_stats(self) -> TokenStats | None:
-        return None  # counted once, by the broker's provider
+        return None  # counted once, by the broker's provider (and `waits`, reported to it)
