@@ -165,7 +165,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def entry() -> NoReturn:
     """The `adbatch` command (and `python -m engine`): `main`, then the process ends
     with its code, at once when an input thread is still blocked in a read (stdin that
-    stays open): the interpreter would wait for that read, and the run is over."""
+    stays open): the interpreter would wait for that read, and the run is over.
+    A stdout or stderr whose reader goes away loses the messages, never the run's exit
+    code or files (`drop_unread_messages`)."""
+    from engine.files.paths import drop_unread_messages
+
+    drop_unread_messages()
     code = main()
     from engine.runtime.readahead import left_reading
 

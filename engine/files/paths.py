@@ -20,6 +20,11 @@ Rules:
   socket opened later takes its number (uvloop aborts closing an fd 0-2, and a record
   written to fd 1 would reach that file). Reading events from it or writing records (or
   another output) to it is exit 2, one line: they would be lost.
+- A stdout or stderr whose reader goes away during the run (EPIPE: `adbatch load ...
+  2>&1 | head`) loses what is written to it from then on, and nothing else
+  (`drop_unread_messages`, before the command starts): a message or a report not read
+  never changes the exit code or a file. Records on stdout are written to its fd, not
+  through sys.stdout: a reader gone before them is still an output error.
 - The manifests a command writes beside an output are outputs; those it reads are inputs.
 - A URL is known by its store and path (storage.canonical): `s3a://b/k` is `s3://b/k`,
   `file:///abs/x` is the local file /abs/x. The check runs before anything at an output
@@ -28,15 +33,20 @@ Rules:
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 import sys
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from engine.config import Config
 from engine.errors import ConfigError
 from engine.files.manifests import manifest_path
 from engine.files.storage import canonical, is_url
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 #: A path with what it is for in the command: ("input", "a.jsonl"), ("-o", "out.jsonl").
 #: `-` is stdin among the inputs, stdout among the outputs.
@@ -145,6 +155,47 @@ def hold_closed_streams() -> None:
         _closed.add(fd)
         stream = open(fd, "r" if fd == 0 else "w", closefd=False, errors="backslashreplace")
         setattr(sys, _STREAMS[fd], stream)
+
+
+class _Unread(io.FileIO):
+    """A standard stream's fd where what is written once the reader has gone (EPIPE)
+    is lost instead of raising: it was a message, and the run goes on to its end."""
+
+    def write(self, data: ReadableBuffer, /) -> int:
+        try:
+            return super().write(data)
+        except BrokenPipeError:
+            return memoryview(data).nbytes
+
+
+def drop_unread_messages() -> None:
+    """Make sys.stdout and sys.stderr, when they are the process's own streams, lose
+    what is written after their reader has gone rather than raise BrokenPipeError
+    (where a message was said, or at exit, when Python flushes them): same encoding
+    and buffering, on the same fd. Called by the `adbatch` command only: a program that
+    calls the CLI in-process keeps its own streams."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is None or stream is not getattr(sys, f"__{name}__"):
+            continue
+        try:
+            stream.flush()
+            fd = stream.fileno()
+            os.fstat(fd)
+        except (OSError, ValueError):
+            continue  # closed: hold_closed_streams puts /dev/null there
+        writer = io.BufferedWriter(_Unread(fd, "w", closefd=False))
+        setattr(
+            sys,
+            name,
+            io.TextIOWrapper(
+                writer,
+                encoding=stream.encoding,
+                errors=stream.errors,
+                line_buffering=stream.line_buffering,
+                write_through=stream.write_through,
+            ),
+        )
 
 
 def _stream_named(path: str) -> int | None:
