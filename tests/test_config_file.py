@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+from contextlib import redirect_stderr
 from pathlib import Path
 
 import pytest
 
-from engine.cli.main import main
+from engine.cli.main import build_parser, main
+from engine.cli.options import _records_on_terminal, config_from_args
 
 EXAMPLES = str(Path(__file__).parent.parent / "examples" / "pageviews.jsonl")
 
@@ -58,6 +61,16 @@ EXAMPLES = str(Path(__file__).parent.parent / "examples" / "pageviews.jsonl")
         ),
         pytest.param(
             "[adbatch]\nworkers = 0\n", "workers: expected at least 1, got 0", id="adbatch-table"
+        ),
+        pytest.param(
+            'no-progress = "yes"\n',
+            "no-progress: expected true or false, got 'yes'",
+            id="no-progress-string",
+        ),
+        pytest.param(
+            "no-progres = true\n",
+            "unknown option 'no-progres'; did you mean 'no-progress'?",
+            id="near-no-progress",
         ),
         pytest.param(
             "ordered = { a = 1 }\n",
@@ -187,3 +200,46 @@ def test_two_spellings_of_one_key_are_refused(
         err
         == f"adbatch: error: config file {conf}: 'threshold' is given twice (by two spellings)\n"
     )
+
+
+@pytest.mark.parametrize("spelling", ["no-progress", "no_progress"])
+@pytest.mark.parametrize("value", [True, False])
+def test_no_progress_in_a_config_file_turns_the_display_off(
+    spelling: str, value: bool, tmp_path: Path
+) -> None:
+    """`no-progress = true` is the option --no-progress (the display is drawn only on a
+    terminal: the terminal is a pty here, as a user's is)."""
+    conf = tmp_path / "c.toml"
+    conf.write_text(f"{spelling} = {str(value).lower()}\n")
+    main_fd, tty_fd = os.openpty()
+    try:
+        args = build_parser().parse_args(["run", "--mock", "--config", str(conf), EXAMPLES])
+        with open(tty_fd, "w", closefd=False) as tty, redirect_stderr(tty):
+            config = config_from_args(args)
+    finally:
+        os.close(main_fd)
+        os.close(tty_fd)
+    assert config.progress is not value
+
+
+def test_records_on_a_terminal_by_any_name_turn_the_display_off(tmp_path: Path) -> None:
+    """The display draws on stderr's terminal; records sent to a terminal (`-o
+    /dev/stdout` on one) would scroll it away: a terminal by any path counts, a file, a
+    directory or a FIFO does not (and the FIFO's reader sees no end: it is not opened)."""
+    main_fd, tty_fd = os.openpty()
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        assert _records_on_terminal(f"/proc/self/fd/{tty_fd}")
+        assert _records_on_terminal(os.ttyname(tty_fd))
+        assert not _records_on_terminal(str(tmp_path / "out.jsonl"))
+        assert not _records_on_terminal(str(tmp_path))
+        assert not _records_on_terminal(os.devnull)
+        assert not _records_on_terminal("s3://bucket/out.jsonl")
+        assert not _records_on_terminal(str(fifo))
+        os.write(os.open(fifo, os.O_WRONLY), b"x")  # the reader still reads what comes
+        assert os.read(reader, 1) == b"x"
+    finally:
+        for fd in (main_fd, tty_fd, reader):
+            os.close(fd)

@@ -255,7 +255,7 @@ def _field(key: str) -> str:
 
 def _keys(dashed: bool) -> list[str]:
     hidden = {"input_format", "headers", *_NOT_IN_FILES}
-    names = [n for n in _FIELDS if n not in hidden] + list(_ALIASES)
+    names = [n for n in _FIELDS if n not in hidden] + list(_ALIASES) + ["no_progress"]
     return [n.replace("_", "-") for n in names] if dashed else names
 
 
@@ -285,6 +285,12 @@ def load_toml(path: str) -> dict[str, Any]:
             raise ConfigError(
                 f"config file {path}: keep the {what} out of config files; use {var} or {option}"
             )
+        if name == "no_progress":  # an option, not a field: options.resolve reads it
+            try:
+                out[name] = _flag(value)
+            except _Wrong as exc:
+                raise ConfigError(f"config file {path}: {key}: {exc.message(name)}") from None
+            continue
         if name not in _FIELDS or name in _NOT_IN_FILES:
             import difflib
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import stat
 import sys
 from dataclasses import dataclass, fields
 from typing import Any
@@ -128,6 +129,8 @@ def resolve(args: argparse.Namespace, *, defaults: dict[str, Any] | None = None)
     sources = dict.fromkeys(merged, "command default")
     if args.config:
         from_file = load_toml(args.config)
+        if from_file.pop("no_progress", False):  # the display's switch, not a Config field
+            args.no_progress = True
         merged.update(from_file)
         sources.update(dict.fromkeys(from_file, f"file {args.config}"))
     warn_unknown_variables()
@@ -166,9 +169,9 @@ def config_from_args(args: argparse.Namespace, *, defaults: dict[str, Any] | Non
             f"{resolved.sources['endpoint']} is not used"
         )
     # The live display redraws stderr's last lines: never while the records scroll by on
-    # the same terminal (no -o, stdout a terminal), nor on a file or a pipe.
-    to_terminal = merged.get("output") in (None, "-") and sys.stdout.isatty()
-    merged["progress"] = (not args.no_progress) and sys.stderr.isatty() and not to_terminal
+    # a terminal (no -o, or -o naming one: /dev/stdout, /dev/tty), nor on a file or a pipe.
+    show = (not args.no_progress) and sys.stderr.isatty()
+    merged["progress"] = show and not _records_on_terminal(merged.get("output"))
     try:
         config = Config(**merged).validated()
     except TypeError as exc:
@@ -183,6 +186,23 @@ def config_from_args(args: argparse.Namespace, *, defaults: dict[str, Any] | Non
     option_files += [*tls_files, ("--client-key", config.client_key)]
     check_outputs(option_files, written_by(config))
     return config
+
+
+def _records_on_terminal(output: str | None) -> bool:
+    """The records go to a terminal: stdout's, or a path naming a character device that
+    is a terminal (`-o /dev/stdout`, `/dev/stderr`, `/proc/self/fd/1`, `/dev/tty`)."""
+    if output in (None, "-"):
+        return sys.stdout.isatty()
+    try:  # only a character device is opened to ask (a FIFO's reader would see an end)
+        if "://" in output or not stat.S_ISCHR(os.stat(output).st_mode):
+            return False
+        fd = os.open(output, os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError:
+        return False  # a file still to create, or one the run will refuse
+    try:
+        return os.isatty(fd)
+    finally:
+        os.close(fd)
 
 
 #: Options whose value is a file adbatch reads (no output may overwrite it).
