@@ -159,7 +159,8 @@ def test_an_output_that_fills_mid_run_says_resume_and_resume_ends_it(
     )
     err = full.stderr.strip()
     assert full.returncode == 3, err
-    assert err.count("\n") == 0 and "Traceback" not in err, err
+    assert err.count("\n") == 0, err
+    assert "Traceback" not in err
     assert "cannot write output o.jsonl" in err
     assert "run the same command with --resume" in err
     assert 0 < (tmp_path / "o.jsonl").stat().st_size <= 40_000
