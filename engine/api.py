@@ -148,7 +148,7 @@ def _load_outcome(config: Config, summary: Summary, done: ShareResult) -> LoadOu
     if config.series is not None:
         close_shared(config.series, elapsed_s=elapsed, events=figures.events,
                      invalid=figures.invalid)  # fmt: skip
-    summary = replace(summary, rate=figures.sent / elapsed if elapsed > 0 else 0.0)
+    summary = replace(summary, rate=figures.rate)  # sent over the span of the sends
     return LoadOutcome(
         summary,
         figures.to_dict(),

@@ -16,10 +16,12 @@ from conftest import config_for, read_records
 
 from engine.cli.main import main
 from engine.core.pacing import constant, stages
+from engine.core.thresholds import judged
 from engine.errors import ConfigError
 from engine.load.driver import run_load
 from engine.load.plan import LoadPlan
 from engine.mock import MockConfig, MockHandle, running_mock
+from engine.report.text import figures_from_lines, text_report
 
 EVENTS = [
     {
@@ -323,3 +325,50 @@ async def test_workers_start_as_the_calls_in_flight_need_them(
     assert outcome.exit_code == 0
     assert len(read_records(out)) == 100
     assert max(tasks) < 1_000
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+async def test_rate_is_the_calls_sent_per_second_not_the_wait_for_answers(
+    write_jsonl: Callable[..., Path], tmp_path: Path
+) -> None:
+    """50/s for 1 s against a server answering after 1 s: the calls went out at 50/s,
+    the docs' "calls sent per second" (vegeta's rate), where sent / (schedule + the last
+    answer) said about 25/s and failed `rate>=40/s`; the report of the records agrees."""
+    out = tmp_path / "out.jsonl"
+    async with running_mock(MockConfig(latency=1.0)) as mock:
+        config = config_for(mock, write_jsonl(EVENTS), out)
+        outcome = await run_load(config, LoadPlan(pacer=constant(50, 1)))
+    data = outcome.figures
+    assert (data["sent"], data["ok"]) == (50, 50)
+    assert outcome.summary.elapsed_s > 1.9  # the run waited for the answers ...
+    assert data["sent_s"] < 1.2  # ... the calls were sent over the schedule's second
+    assert 40 <= outcome.summary.rate == pytest.approx(data["rate"], abs=1e-3)
+    assert data["throughput"] < 30  # the figure that includes the wait
+    (verdict,) = judged(outcome.summary, ["rate>=40/s"]).thresholds
+    assert verdict["pass"], verdict
+    figures, _ = figures_from_lines(out.read_bytes().splitlines())
+    assert figures.to_dict()["rate"] == data["rate"]
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+async def test_dropped_calls_are_not_failed_ones_anywhere(
+    write_jsonl: Callable[..., Path], tmp_path: Path
+) -> None:
+    """5 slots against 1 s answers at 20/s: 15 calls dropped, none failed, as the summary
+    line says, in the figures (load's --summary JSON, top level) and report's alike."""
+    out = tmp_path / "out.jsonl"
+    async with running_mock(MockConfig(latency=1.0)) as mock:
+        config = config_for(mock, write_jsonl(EVENTS), out)
+        outcome = await run_load(config, LoadPlan(pacer=constant(20, 1), max_in_flight=5))
+    summary, data = outcome.summary, outcome.figures
+    assert (summary.failed, summary.dropped, summary.ok) == (0, 15, 5)
+    assert (data["failed"], data["dropped"], data["ok"]) == (0, 15, 5)
+    assert "0 failed, 15 dropped" in summary.line()
+    figures, _ = figures_from_lines(out.read_bytes().splitlines())
+    report = figures.to_dict()
+    assert (report["failed"], report["dropped"]) == (0, 15)
+    assert "failed 0, dropped 15" in text_report(report)
+    # 5 sent over the 0.95 s in which calls were due: a run that drops shows a low rate
+    assert data["rate"] < 10

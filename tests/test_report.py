@@ -37,6 +37,10 @@ def rec(t: float, *, status: int | None = 200, lat: float | None = 10.0, late: f
     }
 
 
+def dropped(t: float) -> dict[str, Any]:
+    return rec(t, status=None, lat=None, kind="dropped")
+
+
 def parsed(record: dict[str, Any]) -> RecordLine:
     """`record` as `adbatch report` reads it from a file."""
     line = parse_record(orjson.dumps(record))
@@ -91,7 +95,7 @@ def test_series_memory_stays_bounded_over_a_long_run() -> None:
             {
                 "sent": 2,
                 "dropped": 1,
-                "failed": 2,
+                "failed": 1,  # as the summary line says it: dropped calls apart
                 "ok": 1,
                 "statuses.dropped": 1,
                 "statuses.503": 1,
@@ -99,6 +103,27 @@ def test_series_memory_stays_bounded_over_a_long_run() -> None:
                 "series.1.errors": 1,
             },
             id="dropped-and-errors",
+        ),
+        pytest.param(
+            [rec(i / 100, lat=1500) for i in range(200)],
+            {
+                "sent": 200,
+                "sent_s": 1.99,
+                "rate": round(200 / 1.99, 3),
+                "elapsed_s": 3.49,
+                "throughput": round(200 / 3.49, 3),
+            },
+            id="rate-is-over-the-sends-not-the-answers",
+        ),
+        pytest.param(
+            [rec(i / 100, lat=1500, late=0.5 if i == 199 else 0) for i in range(200)],
+            {"sent_s": 2.49, "rate": round(200 / 2.49, 3)},
+            id="rate-span-ends-at-a-late-send",
+        ),
+        pytest.param(
+            [rec(0), rec(0.05), *(dropped(i / 20) for i in range(2, 20))],
+            {"sent": 2, "dropped": 18, "failed": 0, "sent_s": 0.95, "rate": round(2 / 0.95, 3)},
+            id="dropped-calls-lower-the-rate",
         ),
         pytest.param(
             [{"error_kind": "invalid", "ok": False}, rec(0)],

@@ -76,8 +76,12 @@ def test_series_file_gives_the_figures_of_the_records(take_at: list[float]) -> N
     want = direct.to_dict(elapsed_s=3.0)
     got = through_series(MIXED, take_at=take_at)
     for key in ("events", "sent", "ok", "failed", "invalid", "dropped", "statuses", "errors",
-                "latency_ms", "corrected_latency_ms", "rate", "series", "sends"):  # fmt: skip
+                "latency_ms", "corrected_latency_ms", "throughput", "series", "sends"):  # fmt: skip
         assert got[key] == want[key], key
+    # The rate's span (first send to last, a dropped call at its due time) is known to the
+    # second in a series file: sends in seconds 0, 1 and 2 (the dropped call in 1), 3 s.
+    assert (want["sent_s"], got["sent_s"]) == (pytest.approx(1.9), 3.0)
+    assert (want["rate"], got["rate"]) == (round(4 / 1.9, 3), round(4 / 3.0, 3))
 
 
 def test_series_file_gives_the_figures_block() -> None:
@@ -139,9 +143,9 @@ def fig(rate: float, p99: float, failed: int = 0) -> dict[str, Any]:
     figures = Figures(origin=T0)
     for i in range(100):
         status = 500 if i < failed else 200
-        figures.add_result(result(i / 100, i / 100, lat=p99 if i == 99 else 1.0, status=status))
-    data = figures.to_dict(elapsed_s=100 / rate)
-    return data
+        at = i / rate  # the rate is the calls over the span of their sends
+        figures.add_result(result(at, at, lat=p99 if i == 99 else 1.0, status=status))
+    return figures.to_dict()
 
 
 @pytest.mark.parametrize(

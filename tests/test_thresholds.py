@@ -108,6 +108,27 @@ def test_evaluate(text: str, schedule: bool, value: float, passed: bool) -> None
     assert verdict["threshold"] == text
 
 
+@pytest.mark.parametrize(
+    ("text", "figure", "line"),
+    [
+        pytest.param("p99<=9.303ms", 9.3034, "pass (measured 9.303 ms)", id="ms-equal-shown"),
+        pytest.param("p99<=0.009303s", 9.3034, "pass (measured 9.303 ms)", id="s-equal-shown"),
+        pytest.param("p99<9.303ms", 9.3034, "FAIL (measured 9.303 ms)", id="lt-equal-fails"),
+        pytest.param("p99<=9.303ms", 9.3036, "FAIL (measured 9.304 ms)", id="rounds-up"),
+        pytest.param("errors<=0.333%", 1, "pass (measured 0.333%)", id="1-in-300"),
+        pytest.param("errors<0.333%", 1, "FAIL (measured 0.333%)", id="1-in-300-lt"),
+        pytest.param("rate>=99.5/s", 99.4996, "pass (measured 99.5/s)", id="rate-shown"),
+    ],
+)
+def test_judged_on_the_figure_as_shown(text: str, figure: float, line: str) -> None:
+    """A verdict never shows a passing number beside FAIL: it judges what it prints."""
+    latency = {"p99": figure}
+    block = {"calls": 300, "errors": figure, "dropped": 0,
+             "latency_ms": {"schedule": latency, "send": latency}}  # fmt: skip
+    (verdict,) = evaluate([parse_threshold(text)], block, figure)
+    assert verdict_line(verdict) == f"threshold {text}: {line}"
+
+
 def test_no_value_fails() -> None:
     empty = figures(
         send=Histogram(), schedule=None, calls=0, ok=0, dropped=0, statuses={},

@@ -14,6 +14,11 @@ Rules:
   epoch milliseconds by mistake) or whose correction overflows is counted, in the
   totals and histograms, but placed on no second: it would widen every bucket to
   millennia, or overflow a float.
+- `rate` is vegeta's: the calls sent over the span in which they were sent (first send
+  to last send; a dropped call counts at its scheduled time, so a run that drops calls
+  shows a lower rate), not over the wait for their answers; `throughput`, the ok
+  answers over the run's span (first start to last answer), is the figure that includes
+  that wait. A `--series` file knows the sends to the second: its span is whole seconds.
 - A call is placed in time by its scheduled time when it has one, else by its send
   (`series`); a second series (`sends`) places each sent call by its send, so a burst of
   late calls shows there, with the seconds of calls in flight (`busy`).
@@ -156,6 +161,9 @@ class Figures:
     corrected: Histogram = field(default_factory=Histogram)
     first: float | None = None
     last: float | None = None
+    #: The first and last send of a call, a dropped one at its scheduled time (`rate`).
+    first_sent: float | None = None
+    last_sent: float | None = None
     series: Series | None = None
     #: The sent calls by their send time (a burst of late calls shows here).
     sends: Series | None = None
@@ -205,6 +213,8 @@ class Figures:
             self.first = call.start
         if self.last is None or end > self.last:
             self.last = end
+        sent = call.start if call.sent_at is None else call.sent_at  # dropped: its due time
+        self._sent_span(sent, sent)
         if self.series is None and self.origin is not None:
             self._open(self.origin)
         if self.series is None:
@@ -215,6 +225,12 @@ class Figures:
                 self.timeline()
             return
         place(self.series, self.sends, call)
+
+    def _sent_span(self, first: float, last: float) -> None:
+        if self.first_sent is None or first < self.first_sent:
+            self.first_sent = first
+        if self.last_sent is None or last > self.last_sent:
+            self.last_sent = last
 
     def _open(self, origin: float) -> None:
         self.series = Series(origin=origin, max_points=self.max_points)
@@ -244,8 +260,12 @@ class Figures:
         assert self.sends is not None
         if line.get("by") == "sent":
             self.sends.at(at).merge(bucket)
+            if bucket.calls:  # sent in this second: the span is known to the second
+                self._sent_span(at, at + 1.0)
             return
         self.series.at(at).merge(bucket)
+        if bucket.dropped:  # a dropped call counts in the span at its scheduled second
+            self._sent_span(at, at + 1.0)
         n = bucket.calls + bucket.dropped
         self.events += n
         self.ok += bucket.ok
@@ -291,6 +311,19 @@ class Figures:
     def sent(self) -> int:
         return self.events - self.invalid - self.dropped
 
+    @property
+    def sent_s(self) -> float:
+        """Seconds from the first send to the last (a dropped call's: its scheduled time)."""
+        if self.first_sent is None or self.last_sent is None:
+            return 0.0
+        return max(0.0, self.last_sent - self.first_sent)
+
+    @property
+    def rate(self) -> float:
+        """Calls sent per second, over the span in which they were sent (vegeta's rate)."""
+        span = self.sent_s
+        return self.sent / span if span > 0 else 0.0
+
     def to_dict(self, *, elapsed_s: float | None = None) -> dict[str, Any]:
         """The figures as plain JSON types (the `--summary` file)."""
         elapsed = self.elapsed_s if elapsed_s is None else elapsed_s
@@ -332,11 +365,13 @@ class Figures:
             "events": self.events,
             "sent": self.sent,
             "ok": self.ok,
-            "failed": self.failed,
+            "failed": self.failed - self.dropped,  # as the summary line: dropped apart
             "invalid": self.invalid,
             "dropped": self.dropped,
             "elapsed_s": round(elapsed, 6),
-            "rate": round(self.sent / elapsed, 3) if elapsed > 0 else 0.0,
+            "sent_s": round(self.sent_s, 6),
+            "rate": round(self.rate, 3),
+            "throughput": round(self.ok / elapsed, 3) if elapsed > 0 else 0.0,
             "latency_ms": _pcts(self.latency),
             "corrected_latency_ms": _pcts(self.corrected),
             "statuses": dict(sorted(self.statuses.items())),

@@ -10,6 +10,10 @@ Grammar: METRIC OP NUMBER UNIT, spaces allowed between the parts.
 - OP: `<`, `<=`, `>`, `>=`.
 - UNIT: `ms` or `s` for a latency, `%` for errors and dropped, `/s` for rate.
 
+A threshold is judged on the figure as the verdict shows it, rounded to 3 decimals of
+its unit (`p99<=9.303ms` passes a p99 of 9.3034 ms: its line says "measured 9.303 ms"),
+so a FAIL never shows a passing number. The limit is read in decimal (`0.009303s` is
+9.303 ms, not a float a hair below it).
 A threshold whose figure does not exist (no call was timed) fails. A text that does not
 follow the grammar is a ConfigError naming it, with an example (exit 2). Units are
 parsed here (core/units.py did not exist when this was written; its rate and duration
@@ -22,6 +26,7 @@ import operator
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
+from decimal import Decimal
 from typing import Any
 
 from engine.core.errors import ConfigError
@@ -42,10 +47,12 @@ _FORM = re.compile(
 )
 #: Unit -> factor to the metric's base unit (ms, %, calls/s), per kind of metric.
 _UNITS = {
-    "latency": {"ms": 1.0, "s": 1000.0},
-    "percent": {"%": 1.0},
-    "rate": {"/s": 1.0},
+    "latency": {"ms": 1, "s": 1000},
+    "percent": {"%": 1},
+    "rate": {"/s": 1},
 }
+#: Decimals of a verdict's value: what the line shows is what is judged.
+SHOWN_DECIMALS = 3
 _BASE = {"latency": "ms", "percent": "%", "rate": "/s"}
 
 
@@ -95,7 +102,7 @@ def parse_threshold(text: str) -> Threshold:
             f"--threshold {shown!r}: {metric} takes {wanted}"
             f"{', not ' + unit if unit else ' after its number'} ({EXAMPLES})"
         )
-    return Threshold(shown, metric, op, float(number) * units[unit])
+    return Threshold(shown, metric, op, float(Decimal(number) * units[unit]))
 
 
 def parse_thresholds(texts: Iterable[str]) -> tuple[Threshold, ...]:
@@ -126,12 +133,13 @@ def evaluate(
     out = []
     for t in thresholds:
         value = measure(t.metric, figures, rate)
+        shown = None if value is None else round(value, SHOWN_DECIMALS)
         out.append(
             {
                 "threshold": t.text,
-                "value": None if value is None else round(value, 3),
+                "value": shown,
                 "unit": _BASE[t.kind],
-                "pass": t.holds(value),
+                "pass": t.holds(shown),  # the figure as shown: a FAIL never shows a pass
             }
         )
     return tuple(out)
@@ -144,7 +152,7 @@ def verdict_line(verdict: Mapping[str, Any]) -> str:
     if value is None:
         shown = "no value"
     else:
-        number = f"{value:.3f}".rstrip("0").rstrip(".")
+        number = f"{value:.{SHOWN_DECIMALS}f}".rstrip("0").rstrip(".")
         shown = f"{number} {unit}" if unit == "ms" else f"{number}{unit}"
     word = "pass" if verdict["pass"] else "FAIL"
     return f"threshold {verdict['threshold']}: {word} (measured {shown})"

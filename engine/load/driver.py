@@ -322,8 +322,8 @@ def _outcome(
         tokens=engine.tokens.token_stats(),
         schedule=figures.corrected,
     )
-    sent = stats.events - stats.invalid - figures.dropped
-    summary = replace(summary, rate=sent / elapsed if elapsed > 0 else 0.0)
+    # Calls sent per second over the span they were sent in (not the wait for answers).
+    summary = replace(summary, rate=figures.rate)
     return LoadOutcome(
         summary,
         figures.to_dict(),

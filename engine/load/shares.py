@@ -153,12 +153,12 @@ def merge_figures(into: Figures, other: Figures) -> None:
     for f in fields(Figures):
         name = f.name
         mine, theirs = getattr(into, name), getattr(other, name)
-        if name in ("first", "origin"):
+        if name in ("first", "origin", "first_sent"):
             if theirs is not None and (mine is None or theirs < mine):
                 setattr(into, name, theirs)
-        elif name == "last":
+        elif name in ("last", "last_sent"):
             if theirs is not None and (mine is None or theirs > mine):
-                into.last = theirs
+                setattr(into, name, theirs)
         elif isinstance(mine, Counter):
             mine.update(theirs)
         elif isinstance(mine, Histogram):

@@ -248,7 +248,7 @@ def _cards(data: Mapping[str, Any]) -> str:
         ("calls sent", str(data["sent"])),
         ("rate", f"{data['rate']:.1f}/s"),
         ("ok", str(data["ok"])),
-        ("errors", str(data["failed"] - data["dropped"])),
+        ("errors", str(data["failed"])),
         ("dropped", str(data["dropped"])),
         ("p99 from send", f"{_ms(lat.get('p99'))} ms"),
         ("p99 from schedule", f"{_ms(cor.get('p99'))} ms"),

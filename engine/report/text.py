@@ -144,9 +144,9 @@ def text_report(data: Mapping[str, Any], *, bad_lines: int = 0) -> str:
     as a few aligned tables."""
     lines = [
         f"records   {data['events']}  (sent {data['sent']}, ok {data['ok']}, "
-        f"failed {data['failed'] - data['dropped']}, dropped {data['dropped']}, "
-        f"invalid {data['invalid']})",
-        f"duration  {data['elapsed_s']:.2f} s   rate {data['rate']:.1f}/s",
+        f"failed {data['failed']}, dropped {data['dropped']}, invalid {data['invalid']})",
+        f"duration  {data['elapsed_s']:.2f} s   rate {data['rate']:.1f}/s (sent over "
+        f"{data['sent_s']:.2f} s)   throughput {data['throughput']:.1f}/s",
     ]
     if bad_lines:
         lines.append(f"skipped   {plural(bad_lines, 'unreadable line')}")
