@@ -23,8 +23,10 @@ from engine.core.events import Event, Invalid, ReadCounts
 from engine.core.shard import ShardSpec
 from engine.distributed.merge import merge_outputs
 from engine.files import parquet
-from engine.files.sources import read_items, read_units, unit_item
+from engine.files.sources import input_size, read_items, read_units, unit_item
 from engine.mock import MockHandle
+from engine.runtime.progress import RunFigures, RunView
+from engine.runtime.watch import input_progress
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -168,10 +170,54 @@ def test_three_shards_read_only_their_row_groups_and_cover_the_file(tmp_path: Pa
         assert len(items) == 10 * len(groups)  # whole row groups only
         assert all(parquet.group_owner(str(path), g, 3) == index for g in groups)
         assert counts.records == 70  # every row counts, read or not
-        # A shard reads only its own groups: its bytes are theirs, not the file's.
-        assert counts.bytes_read < os.path.getsize(path) * len(groups) / 7 + 1
+        # A shard reads only its own groups: it counts their part of the file, not all.
+        share = os.path.getsize(path) * len(groups) / 7
+        assert share * 0.8 < counts.bytes_read < share * 1.2
         seen += [i.seq for i in items]
     assert sorted(seen) == list(range(70))
+
+
+@pytest.mark.parametrize("reader", [read_items, read_units])
+def test_a_whole_file_read_counts_its_size_footer_and_all(tmp_path: Path, reader: Any) -> None:
+    """The progress compares the bytes read with the file's size (footer and metadata
+    included): a finished file reads 100%, not the column chunks' ~60%."""
+    path = write_parquet(tmp_path / "seven.parquet", _events(700), group_rows=100)
+    counts = ReadCounts()
+    progress = input_progress(counts, (str(path),))
+    rows = reader([str(path)], counts=counts)
+    for _ in range(150):  # past the first group
+        next(rows)
+    assert 0 < counts.bytes_read < os.path.getsize(path)
+    assert sum(1 for _ in rows) == 550
+    assert counts.bytes_read == os.path.getsize(path) == input_size([str(path)])
+    assert progress(700, 700).fraction == 1.0  # type: ignore[union-attr]
+
+
+def test_a_file_of_no_row_group_counts_its_size(tmp_path: Path) -> None:
+    path = write_parquet(tmp_path / "none.parquet", pa.table(_events(0)))
+    counts = ReadCounts()
+    assert list(read_items([str(path)], counts=counts)) == []
+    assert counts.bytes_read == os.path.getsize(path)
+
+
+def test_a_shards_total_is_its_share_and_it_reaches_it(tmp_path: Path) -> None:
+    """Each shard counts its groups' part of the file and skips the others': its
+    progress ends at 100% of its share, and the shares add up to the file."""
+    path = write_parquet(tmp_path / "seven.parquet", _events(700), group_rows=100)
+    size = os.path.getsize(path)
+    read = []
+    for index in range(3):
+        counts = ReadCounts()
+        progress = input_progress(counts, (str(path),))
+        done = len(list(read_items([str(path)], counts=counts, shard=ShardSpec(index, 3))))
+        assert 0 < counts.bytes_read < size
+        assert counts.bytes_read + counts.bytes_skipped == size
+        assert progress(done, done).fraction == 1.0  # type: ignore[union-attr]
+        figures = RunFigures(done, done)
+        view = RunView(lambda: figures, counts, input_size([str(path)]))  # noqa: B023
+        assert "100%" in view(1.0)[0].text  # type: ignore[union-attr]
+        read.append(counts.bytes_read)
+    assert sum(read) == size
 
 
 def test_shards_by_id_read_every_row_and_keep_their_ids(tmp_path: Path) -> None:

@@ -149,3 +149,6 @@ class ReadCounts:
     # Bytes taken from regular input files so far (gzip: compressed bytes), read by the
     # progress display from another thread: a position, never exact mid-buffer.
     bytes_read: int = 0
+    # Bytes of the inputs this reader will never read (a Parquet shard's share of a file is
+    # its own row groups): the progress's total is the inputs' size less these.
+    bytes_skipped: int = 0

@@ -37,6 +37,7 @@ from typing import Any, TypeVar
 from engine.core.events import NO_DEFAULTS, EventDefaults, Invalid, Item, ReadCounts, make_event
 from engine.core.shard import ShardSpec, stable_hash
 from engine.errors import ConfigError, InputError
+from engine.files.position import input_size
 from engine.files.storage import StorageOptions, is_url, open_read, reason, shown, source_name
 from engine.files.unread import unread_error
 
@@ -238,12 +239,20 @@ def rows(
     *,
     counts: ReadCounts | None = None,
     options: StorageOptions = (),
+    share: bool = False,
 ) -> Generator[Row, None, None]:
-    """The rows of `path` (only those of `groups`, in file order, when given)."""
+    """The rows of `path` (only those of `groups`, in file order, when given).
+
+    `counts.bytes_read` goes up by each group's part of the file (`_parts`) once it is
+    read, and by the rest at the end of a whole file; `share`: the parts of the groups
+    not in `groups` are this reader's `counts.bytes_skipped` (a shard's total is its own)."""
     pa = _arrow()[0]
     pf = open_file(path, options)
     try:
         meta = pf.metadata
+        parts = _parts(meta, input_size([path]))
+        if counts is not None and share and groups is not None:
+            counts.bytes_skipped += sum(parts) - sum(parts[g] for g in groups)
         schema = pf.schema_arrow
         cast = [i for i, f in enumerate(schema) if _needs_cast(f.type)]
         special = {
@@ -270,12 +279,35 @@ def rows(
                 )
                 return
             if counts is not None:
-                group = meta.row_group(g)
-                counts.bytes_read += sum(
-                    group.column(c).total_compressed_size for c in range(group.num_columns)
-                )
+                counts.bytes_read += parts[g]
+        if counts is not None and groups is None:
+            counts.bytes_read += parts[-1]  # the footer's part: a whole file counts its size
     finally:
         pf.close(force=True)
+
+
+def _parts(meta: Any, size: int | None) -> list[int]:
+    """How many of the file's `size` bytes each row group stands for, and last the
+    footer's (what a file of no row group holds): every part in proportion to the group's
+    column chunks, so that the parts add up to the size the progress's total counts (the
+    footer and metadata included). Without a size, the chunks' own bytes."""
+    chunks: list[int] = []
+    for g in range(meta.num_row_groups):
+        group = meta.row_group(g)
+        chunks.append(sum(group.column(c).total_compressed_size for c in range(group.num_columns)))
+    whole = sum(chunks)
+    if size is None:
+        return [*chunks, 0]
+    if whole <= 0:
+        return [0] * len(chunks) + [size]
+    parts: list[int] = []
+    before = done = 0
+    for chunk in chunks:
+        before += chunk
+        upto = size * before // whole
+        parts.append(upto - done)
+        done = upto
+    return [*parts, size - done]
 
 
 def _cast_batch(batch: Any, columns: list[int]) -> Any:
@@ -335,7 +367,7 @@ def items(
     mine = [g for g in range(len(sizes)) if group_owner(path, g, shard.count) == shard.index]
     if counts is not None:
         counts.records += sum(sizes)
-    for row in rows(path, mine, counts=counts, options=options):
+    for row in rows(path, mine, counts=counts, options=options, share=True):
         yield _item(row, first_seq + row.row - 1, source_name(path), defaults)
     return first_seq + sum(sizes)
 

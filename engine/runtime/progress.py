@@ -4,7 +4,8 @@ draws it.
 Rules:
 - Where the run is in its input is read by bytes: `ReadCounts.bytes_read` (compressed
   bytes for gzip) against the size of the inputs, known when every input is a regular
-  file; stdin, a pipe or a process substitution shows counts and rates, no total. The
+  file (less the bytes a shard never reads: a Parquet shard's total is its row groups'
+  share); stdin, a pipe or a process substitution shows counts and rates, no total. The
   reader runs ahead of the answers (a few hundred records, a whole small file): the
   bytes read count in the proportion of the records taken that are answered.
 - The ETA is the average pace so far applied to the bytes left; the rate shown is the
@@ -90,6 +91,7 @@ class RunView:
         rows: list[Row] = []
         total = self.total_bytes
         if total:
+            total = max(total - self.counts.bytes_skipped, 1)  # a shard's share
             read = min(self.counts.bytes_read, total)
             if f.taken > f.done:
                 read = read * f.done // f.taken

@@ -112,7 +112,8 @@ ProgressOf = Callable[[int, int], Progress | None]  # (records read, calls done)
 def input_progress(counts: ReadCounts, inputs: tuple[str, ...]) -> ProgressOf:
     """How much of the input is answered, by bytes (compressed bytes for gzip), when every
     input is a regular file; else nothing (stdin, a pipe: the size is unknown). The
-    records read ahead and not answered yet do not count as done."""
+    records read ahead and not answered yet do not count as done; the bytes a shard never
+    reads (`ReadCounts.bytes_skipped`) are not in the total."""
     total = input_size(inputs)
     if total is None:
         return lambda read, done: None
@@ -121,7 +122,7 @@ def input_progress(counts: ReadCounts, inputs: tuple[str, ...]) -> ProgressOf:
         got = float(counts.bytes_read)
         if read > 0:
             got *= min(1.0, done / read)
-        return Progress(got, float(total), "bytes")
+        return Progress(got, float(max(total - counts.bytes_skipped, 1)), "bytes")
 
     return progress
 
