@@ -50,6 +50,7 @@ from engine.core.proxies import Proxies
 from engine.core.records import Result, jsonl_parts
 from engine.core.secrets import Secrets
 from engine.core.stats import Summary
+from engine.core.stops import Stop
 from engine.errors import FatalError, OutputError, plain_engine_errors
 from engine.files.paths import check_outputs, written_by
 from engine.files.resume import ResumeIndex, compact, open_resume
@@ -83,18 +84,38 @@ class RunSession:
     #: The driver's summary, set before its block ends: how the output closed (a join
     #: that failed or was stopped by a signal) is told in it rather than raised.
     summary: Summary | None = None
+    #: The engine's stop, told when the output fails mid-run; `output_failed` then.
+    stop: Callable[[Stop], None] | None = None
+    output_failed: bool = False
 
     def engine(self, config: Config | None = None) -> Engine:
         """The batch engine on this run's tokens and transport."""
-        return Engine(config or self.config, self.tokens, self.transport, secrets=self.secrets)
+        engine = Engine(config or self.config, self.tokens, self.transport, secrets=self.secrets)
+        self.stop = engine.stop
+        return engine
 
     def write(self, batch: list[Result]) -> None:
-        """Append `batch` to the output as JSONL, redacted (a server may echo a token)."""
+        """Append `batch` to the output as JSONL, redacted (a server may echo a token).
+        An output that fails mid-run (a full disk) stops the run (exit 3, the summary
+        says so): what was written stays, what comes after is dropped (--resume)."""
         assert self.sink is not None, "this run was opened without an output"
+        if self.output_failed:
+            return
         if self.config.records != "all":  # --records errors|none (load, replay)
             batch = kept(batch, self.config.records)
-        for part in jsonl_parts(batch):  # big answers: one record at a time
-            self.sink.write(self.secrets.redact_bytes(part))
+        try:
+            for part in jsonl_parts(batch):  # big answers: one record at a time
+                self.sink.write(self.secrets.redact_bytes(part))
+        except OutputError as exc:
+            if self.stop is None:
+                raise
+            self.output_failed = True
+            self.stop(
+                Stop(
+                    f"{exc}; the records written before are kept: once it can be "
+                    "written, run the same command with --resume to send the rest"
+                )
+            )
 
     async def emit(self, batch: list[Result]) -> None:
         """`write` as the engine's asynchronous emit."""
@@ -221,9 +242,7 @@ async def open_run(
         index.check_end()
 
 
-def _close_output(
-    sink: JsonlSink | PartSink, session: RunSession | None, *, signals: bool
-) -> None:
+def _close_output(sink: JsonlSink | PartSink, session: RunSession | None, *, signals: bool) -> None:
     """Close the output; `session`: the run ended well (an `-o URL` is joined), and a
     failure or a signal meanwhile goes into its summary when the driver handed one over."""
     try:
