@@ -361,3 +361,77 @@ def test_workers_refuse_a_series_that_is_no_file(tmp_path: Path) -> None:
     assert refused.returncode == 2
     assert "--series /dev/null is not a regular file" in refused.stderr
     assert refused.stderr.count("\n") == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_the_first_call_is_at_second_zero_of_the_series(tmp_path: Path, workers: str) -> None:
+    """The series' start is on the records' microsecond grid: a first call scheduled at the
+    start (its scheduled_at rounded to 6 places) was placed at t = -1 s about one run in
+    two, where a report of the records placed it at 0. Eight runs: all at 0 s."""
+    for i in range(8):
+        series, out = tmp_path / f"{i}.series", tmp_path / f"{i}.jsonl"
+        assert main(["load", "--mock", str(EXAMPLES), "--rate", "100", "--duration", "0.1s",
+                     "--no-progress", "--workers", workers, "--series", str(series),
+                     "-o", str(out)]) == 0  # fmt: skip
+        lines = [orjson.loads(x) for x in series.read_bytes().splitlines()]
+        scheduled = [x for x in lines[1:-1] if x["by"] == "scheduled"]
+        assert {x["t"] for x in scheduled} == {0.0}, i
+        assert sum(x["calls"] for x in scheduled) == len(out.read_bytes().splitlines()) == 10
+
+
+NON_STR = orjson.OPT_NON_STR_KEYS
+
+
+def _series_lines() -> list[dict[str, Any]]:
+    log = SecondLog(origin=T0)
+    for r in MIXED:
+        log.add(r)
+    return [{"adbatch_series": 1, "start": T0}, *log.take_all(), {"end": True, "elapsed_s": 3.0}]
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        pytest.param("ok", 1_000_000, id="ok-over-calls"),
+        pytest.param("errors", 7, id="errors-over-calls"),
+        pytest.param("calls", 0, id="calls-under-ok"),
+    ],
+)
+def test_a_second_whose_counts_do_not_add_up_is_skipped(key: str, value: int) -> None:
+    """ok + errors = calls on every line written: a line where they do not is unreadable
+    (ok over calls made failures negative and success over 100%)."""
+    lines = _series_lines()
+    first = next(x for x in lines[1:] if x.get("by") == "scheduled" and x["calls"])
+    first[key] = value
+    figures, _, _, bad = read_series(orjson.dumps(x, option=NON_STR) for x in lines)
+    assert bad == 1
+    assert 0 <= figures.ok <= figures.events - figures.invalid
+    assert figures.failed >= 0
+
+
+@pytest.mark.parametrize("start", [pytest.param("absent", id="no-start"),
+                                   pytest.param(None, id="start-null")])  # fmt: skip
+def test_a_series_header_without_start_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], start: str | None
+) -> None:
+    lines = _series_lines()
+    if start == "absent":
+        del lines[0]["start"]
+    else:
+        lines[0]["start"] = start
+    path = tmp_path / "s.series"
+    path.write_bytes(b"".join(orjson.dumps(x, option=NON_STR) + b"\n" for x in lines))
+    assert main(["report", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.count("\n") == 1
+    assert "s.series" in err
+    assert "'start'" in err
+
+
+def test_a_series_of_no_second_may_have_a_null_start(tmp_path: Path) -> None:
+    """As a run that scheduled nothing writes it: read, nothing refused."""
+    path = tmp_path / "s.series"
+    path.write_bytes(b'{"adbatch_series": 1, "start": null}\n{"end": true, "elapsed_s": 0.0}\n')
+    assert main(["report", str(path)]) == 0

@@ -12,8 +12,10 @@ Rules:
 - Reading (`read_series`, the format's one reader) trusts no value: a header whose
   fields have the wrong type is refused (`SeriesError`, one line); a second's line or
   an end line with a value of the wrong type or out of range (a count that is not a
-  whole number from 0 to `MAX_COUNT`, a time or a latency that is not a finite number)
-  is counted as unreadable and skipped, as a torn line is.
+  whole number from 0 to `MAX_COUNT`, a time or a latency that is not a finite number,
+  `ok` and `errors` that do not add up to `calls`, as every line written does) is
+  counted as unreadable and skipped, as a torn line is. A header without `start` (the
+  time its seconds count from; null only in a file of no second) is refused too.
 """
 
 from __future__ import annotations
@@ -122,7 +124,9 @@ def read_series(lines: Iterable[bytes]) -> tuple[Figures, dict[str, Any], float 
             invalid = line.get("invalid") or 0
             figures.invalid += invalid
             figures.events += invalid
-        elif "t" in line and head.get("start") is not None and _bucket_ok(line):
+        elif "t" in line and head.get("start") is None:
+            raise SeriesError("its header's 'start' is null: its seconds count from no time")
+        elif "t" in line and _bucket_ok(line):
             try:
                 figures.add_line(line, origin=float(head["start"]))
             except ValueError:  # its time, from the start, is past FAR
@@ -136,6 +140,8 @@ def _header(line: dict[str, Any]) -> dict[str, Any]:
     """The header `line`, when its fields have their types (else SeriesError)."""
     if type(line[HEADER_KEY]) is not int or line[HEADER_KEY] != VERSION:
         raise SeriesError(f"its header names another version than {VERSION}, the one adbatch reads")
+    if "start" not in line:
+        raise SeriesError("its header has no 'start', the time its seconds count from")
     for name, kind in _HEADER_TYPES.items():
         value = line.get(name)
         if value is not None and (type(value) is bool or not isinstance(value, kind)):
@@ -195,6 +201,7 @@ def _bucket_ok(line: Mapping[str, Any]) -> bool:
         _number(line.get("t"))
         and line.get("by", "scheduled") in ("scheduled", "sent")
         and all(_count(line.get(k, 0)) for k in ("calls", "ok", "errors", "dropped"))
+        and line.get("ok", 0) + line.get("errors", 0) == line.get("calls", 0)
         and all(_counts(line.get(k, {})) for k in ("statuses", "kinds"))
         and _number(line.get("busy_s", 0.0), low=0.0)
         and _histogram_ok(line.get("latency", {}))

@@ -97,10 +97,12 @@ class _Driver:
                     # The clock starts with the first event in hand and every worker
                     # waiting, so start-up work does not make the first calls late.
                     start = self.start = anyio.current_time()
-                    wall_start = time.time()
-                    if self.origin is not None:
-                        start = self.start = start + (self.origin - wall_start)
-                        wall_start = self.origin
+                    now = time.time()
+                    # On the records' microsecond grid (scheduled_at is rounded to 6
+                    # places): an origin between two microseconds put a first call
+                    # rounded down at -1 s of the series.
+                    wall_start = round(now if self.origin is None else self.origin, 6)
+                    start = self.start = start + (wall_start - now)
                     live.figures.origin = wall_start
                     live.started = time.monotonic()
                 if self.engine.state.stopped is not None:

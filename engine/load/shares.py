@@ -107,7 +107,7 @@ def shares(
 ) -> list[LoadShare]:
     """The N shares of one plan, starting START_LEAD_S after `now` (time.time())."""
     per_worker = replace(plan, max_in_flight=max(1, math.ceil(plan.slots / count)))
-    origin = now + START_LEAD_S
+    origin = round(now + START_LEAD_S, 6)  # on the records' grid, as the driver's own
     return [
         LoadShare(per_worker, inputs, rate, i, count, origin, series, horizon) for i in range(count)
     ]
