@@ -213,7 +213,8 @@ async def deliver(
     """Send each event and yield its Result as it completes (input order with `ordered`).
 
     Use it with `async for`; to stop early, wrap it in `contextlib.aclosing`. The results
-    are yielded, not written: a config with `workers`, `output` or `resume` is refused.
+    are yielded, not written: a config with `workers`, `output`, `resume`, `summary`,
+    `series`, `metrics_addr` or `dashboard` is refused.
     """
     refused = [
         name
@@ -221,6 +222,8 @@ async def deliver(
             ("workers", config.workers != 1),
             ("output", config.output is not None),
             ("resume", config.resume),
+            ("summary", config.summary is not None),
+            ("series", config.series is not None),
             ("metrics_addr", config.metrics_addr is not None),
             ("dashboard", config.dashboard is not None),
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 from contextlib import aclosing
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,6 +30,8 @@ EVENT = {
         pytest.param({"workers": 2}, "workers", id="workers"),
         pytest.param({"output": "out.jsonl"}, "output", id="output"),
         pytest.param({"output": "out.jsonl", "resume": True}, "output, resume", id="resume"),
+        pytest.param({"summary": "s.json"}, "summary", id="summary"),
+        pytest.param({"series": "s.series"}, "series", id="series"),
     ],
 )
 async def test_deliver_refuses_what_it_cannot_honour(
@@ -44,6 +47,20 @@ async def test_deliver_refuses_what_it_cannot_honour(
     with pytest.raises(engine.ConfigError, match=f"cannot honour {named}"):
         await drain()
     assert mock.state.delivery_requests == 0
+
+
+async def test_deliver_leaves_a_summary_file_it_cannot_write_untouched(
+    mock: MockHandle, tmp_path: Path
+) -> None:
+    """deliver() writes no summary: a `summary` path is refused before it is created
+    (it was truncated to 0 bytes and never written)."""
+    summary = tmp_path / "s.json"
+    summary.write_bytes(b'{"kept": true}')
+    config = engine.Config(endpoint=mock.delivery_url, token=MOCK_TOKEN, summary=str(summary))
+    results = engine.deliver([EVENT], config)
+    with pytest.raises(engine.ConfigError, match="cannot honour summary"):
+        await anext(results)
+    assert summary.read_bytes() == b'{"kept": true}'
 
 
 async def test_deliver_yields_one_result_per_event(mock: MockHandle) -> None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from engine.core.records import parse_record
-from engine.core.stats import Histogram, RunStats
+from engine.core.stats import Histogram, RunStats, plural
 from engine.errors import ConfigError, InputError
 from engine.files.manifests import manifest_path, read_manifest, scan_part
 from engine.files.paths import check_outputs
@@ -91,7 +91,7 @@ class MergeReport:
         return not self.problems
 
     def line(self) -> str:
-        head = f"merged {self.rows} rows from {self.parts} parts"
+        head = f"merged {plural(self.rows, 'row')} from {plural(self.parts, 'part')}"
         if self.exactly_once:
             total = "" if self.records is None else f" of {self.records}"
             return f"{head}: every record{total} exactly once"
