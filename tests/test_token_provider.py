@@ -7,13 +7,15 @@ here sleeps to make a window or a delay pass.
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 
 import anyio
 import pytest
+from aiohttp import web
 from fake_clock import FakeClock, until
 from web_app import serving
 
@@ -196,7 +198,7 @@ async def test_token_wait_bounds_are_clock_time(token_mock: MockHandle) -> None:
             tg.cancel_scope.cancel()
     assert waited == [
         f"token endpoint {token_mock.token_url} gave no fresh token within 5s (--token-wait): "
-        "HTTP 503 temporarily_unavailable"
+        "HTTP 503 temporarily_unavailable; --resume sends the rest"
     ]
     assert tokens.stats.renewals == 0
     assert tokens.stats.waits == 1
@@ -402,3 +404,128 @@ async def test_a_token_the_endpoint_granted_never_reaches_its_messages(
     assert "[redacted]" in failure.message
     assert "ABCDEFGH" not in failure.message
     assert "u0041" not in failure.message.lower()
+
+
+def token_endpoint(
+    clock: FakeClock, renewals: Callable[[], web.Response], asked: list[float]
+) -> web.Application:
+    """A token endpoint that grants one 2 s token, then answers every renewal `renewals()`;
+    `asked` gets the fake clock's time of each request."""
+
+    async def token(request: web.Request) -> web.Response:
+        asked.append(clock.now())
+        if len(asked) == 1:
+            return web.json_response({"access_token": "tok-first-0123456789", "expires_in": 2})
+        return renewals()
+
+    app = web.Application()
+    app.router.add_post("/oauth2/token", token)
+    return app
+
+
+async def renew_until_given_up(clock: FakeClock, app: web.Application, wait: float) -> str:
+    """Start, then renew (the fake clock moving) until the renewer gives up: its message."""
+    async with serving(app) as base:
+        client = TokenClient(f"{base}/oauth2/token", client_id="c", client_secret=SECRET)
+        async with client:
+            tokens = OAuthToken(client, clock=clock, wait=wait, rng=random.Random(7))
+            await tokens.start()
+            errors: list[AuthError] = []
+
+            async def keep() -> None:
+                try:
+                    await tokens.maintain()
+                except AuthError as exc:
+                    errors.append(exc)
+
+            with anyio.fail_after(10):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(keep)
+                    while not errors:  # the renewer's delays pass; the endpoint answers
+                        await anyio.sleep(0.002)
+                        clock.advance(0.02)
+    assert tokens.stats.fetched == 1
+    return str(errors[0])
+
+
+@pytest.mark.anyio
+async def test_renewals_honour_retry_after() -> None:
+    # Every renewal rate-limited (429, Retry-After: 1) with 2 s tokens and --token-wait 3:
+    # one request a second until the wait is over, not one every 16-31 ms (~120).
+    clock, asked = FakeClock(), []
+
+    def slow_down() -> web.Response:
+        return web.json_response({"error": "slow_down"}, status=429, headers={"Retry-After": "1"})
+
+    message = await renew_until_given_up(clock, token_endpoint(clock, slow_down, asked), 3.0)
+    assert "could not renew the token and it expired: HTTP 429 slow_down" in message
+    assert message.endswith("; --resume sends the rest")
+    renewals = asked[1:]
+    assert 3 <= len(renewals) <= 5
+    gaps = [b - a for a, b in itertools.pairwise(renewals)]
+    assert all(gap >= 1.0 for gap in gaps[:-1]), gaps
+    # The last one, cut short by the end of the wait: the renewer's last try.
+    assert renewals[-1] - renewals[0] >= 3.0, renewals
+
+
+@pytest.mark.anyio
+async def test_refused_credentials_mid_run_are_not_hammered() -> None:
+    clock, asked = FakeClock(), []
+
+    def refused() -> web.Response:
+        return web.json_response({"error": "invalid_client"}, status=401)
+
+    message = await renew_until_given_up(clock, token_endpoint(clock, refused, asked), 3.0)
+    assert "could not renew the token and it expired: HTTP 401 invalid_client" in message
+    renewals = asked[1:]
+    assert 1 <= len(renewals) <= 3  # seconds apart, until the token expired (was 16)
+    assert all(b - a >= 0.1 for a, b in itertools.pairwise(renewals))
+
+
+@pytest.mark.anyio
+async def test_tokens_dead_on_arrival_are_failures_that_say_so() -> None:
+    # The endpoint answers 2.5 s (on the provider's clock) after a renewal is asked for,
+    # with expires_in 2: each such token expired before it arrived.
+    clock, asked = FakeClock(), []
+
+    async def token(request: web.Request) -> web.Response:
+        asked.append(clock.now())
+        if len(asked) > 1:
+            clock.advance(2.5)
+        return web.json_response({"access_token": f"tok-{len(asked)}-0123456789", "expires_in": 2})
+
+    app = web.Application()
+    app.router.add_post("/oauth2/token", token)
+    message = await renew_until_given_up(clock, app, 3.0)
+    assert "could not renew the token and it expired: a token with expires_in 2s came 2." in (
+        message
+    )
+    assert message.endswith(
+        "s after it was asked for: it expired before it arrived; --resume sends the rest"
+    )
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("method", "answer"),
+    [
+        pytest.param("GET", "HTTP 405 Method Not Allowed", id="405"),
+        pytest.param("POST", "HTTP 404 Not Found", id="404"),
+    ],
+)
+async def test_a_wrong_token_url_says_so(method: str, answer: str) -> None:
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text="no")
+
+    app = web.Application()
+    app.router.add_route(method, "/oauth2/token", page)
+    async with serving(app) as base:
+        url = f"{base}/oauth2/token" if method == "GET" else f"{base}/oauth2/tokn"
+        async with TokenClient(url, client_id="c", client_secret=SECRET) as client:
+            tokens = OAuthToken(client, wait=30.0, clock=FakeClock())
+            with anyio.fail_after(5), pytest.raises(AuthError) as info:
+                await tokens.start()
+    assert str(info.value) == (
+        f"token endpoint {url} answered {answer}: not a token endpoint (check --token-url)"
+    )
+    assert tokens.stats.requests == 1  # not retried

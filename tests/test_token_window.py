@@ -149,6 +149,49 @@ def test_retries_fit_in_the_advisory_window() -> None:
         assert tries >= 5, lifetime
 
 
+_SLOW_DOWN = TokenFailure("unavailable", "HTTP 429 slow_down", retry_after=1.0)
+_DOWN = TokenFailure("unavailable", "HTTP 503 temporarily_unavailable")
+_REFUSED = TokenFailure("refused", "HTTP 401 invalid_client")
+#: A 2 s token sent at 0: renewal from 1.5-1.625 s, mandatory window at 1.75 s, expiry at 2 s.
+_2S = POLICY.window(sent_at=0.0, lifetime=2.0, draw=0.0)
+_900S = POLICY.window(sent_at=0.0, lifetime=900.0, draw=0.0)
+
+
+@pytest.mark.parametrize(
+    ("failure", "attempt", "window", "now", "give_up_at", "expected"),
+    [
+        # The token serves: the lifetime's backoff (0.5 s doubling) for a 900 s token...
+        pytest.param(_DOWN, 0, _900S, 700.0, 930.0, 0.5, id="900s-serving"),
+        # ... but never closer than 0.1 s for a 2 s token (was 16 ms: a herd).
+        pytest.param(_DOWN, 0, _2S, 1.5, 5.0, 0.1, id="2s-serving-least-spacing"),
+        # Calls wait (mandatory window) or the token is dead: paced by --token-wait (3 s:
+        # 0.1875 s doubling), not by the 2 s lifetime.
+        pytest.param(_DOWN, 2, _2S, 1.8, 4.5, 0.75, id="2s-waiting-paced-by-the-wait"),
+        pytest.param(_DOWN, 9, _2S, 2.5, 4.5, 2.0, id="2s-dead-bounded-by-the-give-up"),
+        # A Retry-After is honoured, up to the renewer's last try.
+        pytest.param(_SLOW_DOWN, 0, _2S, 1.5, 4.5, 1.0, id="retry-after"),
+        pytest.param(_SLOW_DOWN, 0, _2S, 4.0, 4.5, 0.5, id="retry-after-bounded-by-the-wait"),
+        pytest.param(_SLOW_DOWN, 0, _2S, 4.48, 4.5, 0.1, id="never-under-the-least-spacing"),
+        # Refused credentials: seconds apart (1 s doubling to 60 s), until the token expires.
+        pytest.param(_REFUSED, 0, _900S, 700.0, 900.0, 1.0, id="refused"),
+        pytest.param(_REFUSED, 9, _900S, 700.0, 900.0, 60.0, id="refused-cap"),
+        pytest.param(_REFUSED, 0, _2S, 1.5, 2.0, 0.5, id="refused-until-expiry"),
+    ],
+)
+def test_renewal_delay(
+    failure: TokenFailure,
+    attempt: int,
+    window: TokenWindow,
+    now: float,
+    give_up_at: float,
+    expected: float,
+) -> None:
+    delay = POLICY.renewal_delay(
+        attempt, failure, window=window, now=now, give_up_at=give_up_at, wait=3.0, draw=1.0
+    )
+    assert delay == pytest.approx(expected)
+
+
 @pytest.mark.parametrize(
     ("attempt", "wait", "draw", "expected"),
     [
@@ -247,11 +290,41 @@ def _json(obj: object) -> bytes:
         pytest.param(
             403, b"Forbidden\n", TokenFailure("refused", "HTTP 403 Forbidden"), id="forbidden"
         ),
+        # A wrong --token-url says so, not "refused the client credentials", nor
+        # aiohttp's "404: Not Found" after the status again.
         pytest.param(
             404,
-            b"<html>Not Found</html>",
-            TokenFailure("refused", "HTTP 404 <html>Not Found</html>"),
+            b"404: Not Found",
+            TokenFailure(
+                "wrong_url", "HTTP 404 Not Found: not a token endpoint (check --token-url)"
+            ),
             id="wrong-url",
+        ),
+        pytest.param(
+            405,
+            b"<html>Method Not Allowed</html>",
+            TokenFailure(
+                "wrong_url", "HTTP 405 Method Not Allowed: not a token endpoint (check --token-url)"
+            ),
+            id="wrong-url-get-only",
+        ),
+        pytest.param(
+            500,
+            b"500 Internal Server Error",
+            TokenFailure("unavailable", "HTTP 500 Internal Server Error"),
+            id="status-not-repeated",
+        ),
+        pytest.param(
+            500,
+            b"500",
+            TokenFailure("unavailable", "HTTP 500 500"),
+            id="status-alone-kept",
+        ),
+        pytest.param(
+            503,
+            b"5000 requests queued",
+            TokenFailure("unavailable", "HTTP 503 5000 requests queued"),
+            id="number-not-the-status-kept",
         ),
         pytest.param(
             503,
@@ -272,6 +345,11 @@ def _json(obj: object) -> bytes:
 )
 def test_parse_token_answer(status: int, body: bytes, expected: object) -> None:
     assert parse_token_answer(status, body) == expected
+
+
+def test_parse_token_answer_keeps_the_retry_after() -> None:
+    failure = parse_token_answer(429, b'{"error":"slow_down"}', retry_after=1.0)
+    assert failure == TokenFailure("unavailable", "HTTP 429 slow_down", 1.0)
 
 
 def test_parse_token_answer_redacts_an_echoed_secret() -> None:

@@ -65,7 +65,8 @@ class RefreshPolicy:
     With Criteo's 900 s tokens: renew 225-169 s before expiry (google-auth's 3 min 45 s),
     retry failures with backoff (0.5 s doubling to 8 s) while the token keeps serving,
     and make calls wait only in the last 10 s. With a 2 s test token: renew 0.5-0.375 s
-    before expiry, retry every 16-31 ms, wait in the last 0.25 s.
+    before expiry, retry every 0.1 s (`retry_min`; the backoff alone would be 16-31 ms),
+    wait in the last 0.25 s.
 
     The mandatory window is at least `mandatory_min` (a call read its token before the
     window must still arrive before expiry, even on a lagging event loop), but never more
@@ -79,6 +80,13 @@ class RefreshPolicy:
     mandatory_max: float = 10.0  # seconds
     retry_initial_max: float = 0.5
     retry_cap_max: float = 8.0
+    #: The least spacing between two token requests, whatever the lifetime: a short-lived
+    #: token must not make a herd of them.
+    retry_min: float = 0.1
+    #: Refused credentials (or a wrong URL) will not get better by asking again, and
+    #: asking could lock the account: 1 s doubling to 60 s.
+    refused_initial: float = 1.0
+    refused_cap: float = 60.0
 
     def _spans(self, lifetime: float) -> tuple[float, float]:
         """(advisory, mandatory) window lengths in seconds."""
@@ -108,6 +116,35 @@ class RefreshPolicy:
         base = min(cap, initial * 2.0 ** min(attempt, 30))
         return base * (0.5 + 0.5 * draw)
 
+    def renewal_delay(
+        self,
+        attempt: int,
+        failure: TokenFailure,
+        *,
+        window: TokenWindow,
+        now: float,
+        give_up_at: float,
+        wait: float,
+        draw: float,
+    ) -> float:
+        """Seconds before retry `attempt` (0-based) of a renewal that got `failure`.
+
+        `retry_delay` while the token serves; once calls wait for it (mandatory window) or
+        it expired, paced by `wait` (--token-wait) as at start, not by the lifetime;
+        refused credentials spaced by seconds; a Retry-After honoured. Bounded by what is
+        left until `give_up_at` (the renewer's last try), never under `retry_min`.
+        """
+        lifetime = window.expires_at - window.sent_at
+        delay = self.retry_delay(attempt, lifetime=lifetime, draw=draw)
+        if now >= window.mandatory_at:
+            delay = max(delay, startup_delay(attempt, wait=wait, draw=draw))
+        if failure.kind in ("refused", "wrong_url"):
+            refused = min(self.refused_cap, self.refused_initial * 2.0 ** min(attempt, 30))
+            delay = max(delay, refused * (0.5 + 0.5 * draw))
+        if failure.retry_after is not None:
+            delay = max(delay, failure.retry_after)
+        return max(self.retry_min, min(delay, give_up_at - now))
+
 
 def startup_delay(attempt: int, *, wait: float, draw: float) -> float:
     """Seconds before retry `attempt` of the first token (endpoint down at start)."""
@@ -128,10 +165,13 @@ class TokenGrant:
 @dataclass(frozen=True, slots=True)
 class TokenFailure:
     """Why no token came back. `refused`: the credentials were rejected (400/401/403);
-    `tls`: the endpoint's certificate failed verification, or a handshake alert."""
+    `wrong_url`: no token endpoint there (404, 405: --token-url is wrong); `tls`: the
+    endpoint's certificate failed verification, or a handshake alert. `retry_after`: the
+    seconds of the answer's Retry-After, when it had one."""
 
-    kind: Literal["refused", "unavailable", "tls"]
+    kind: Literal["refused", "wrong_url", "unavailable", "tls"]
     message: str
+    retry_after: float | None = None
 
 
 _NO_SECRETS = Secrets()
@@ -216,20 +256,41 @@ def _grant(body: bytes, secrets: Secrets) -> TokenGrant | TokenFailure:
     return TokenGrant(token.strip(), lifetime)
 
 
-def parse_token_answer(
-    status: int, body: bytes, *, secrets: Secrets = _NO_SECRETS
-) -> TokenGrant | TokenFailure:
-    """Classify one answer of the token endpoint; messages never carry `secrets`."""
-    if status == 200:
-        return _grant(body, secrets)
+def _detail(status: int, body: bytes, secrets: Secrets) -> str:
+    """What the answer says, on one line: its OAuth error, else its text without a
+    repeat of the status (aiohttp's `404: Not Found`)."""
     detail = _oauth_error(body)
     if detail is None:
         # Redacted before it is cut short: a cut secret would escape its redaction.
         text = secrets.redact_bytes(body)[:800].decode("utf-8", "replace")[:200].strip()
-        detail = " ".join(text.split()) or "no body"
-    message = endpoint_message(f"HTTP {status} {detail}", secrets)
-    # 408, 429 and 5xx may pass; any other 4xx (a wrong --token-url answering 404, a
-    # refused client) will not get better by asking again.
+        detail = " ".join(text.split())
+        repeat = re.match(rf"{status}\b[:\s]*", detail)
+        if repeat is not None and repeat.end() < len(detail):
+            detail = detail[repeat.end() :]
+    return detail or "no body"
+
+
+#: Answers that say there is no token endpoint at the URL, not that the client is refused.
+_WRONG_URL = {404: "Not Found", 405: "Method Not Allowed"}
+
+
+def parse_token_answer(
+    status: int,
+    body: bytes,
+    *,
+    secrets: Secrets = _NO_SECRETS,
+    retry_after: float | None = None,
+) -> TokenGrant | TokenFailure:
+    """Classify one answer of the token endpoint; messages never carry `secrets`.
+    `retry_after`: the seconds of the answer's Retry-After header, kept on a failure."""
+    if status == 200:
+        return _grant(body, secrets)
+    if status in _WRONG_URL:  # its body is a web server's page, not the endpoint's words
+        message = f"HTTP {status} {_WRONG_URL[status]}: not a token endpoint (check --token-url)"
+        return TokenFailure("wrong_url", message, retry_after)
+    message = endpoint_message(f"HTTP {status} {_detail(status, body, secrets)}", secrets)
+    # 408, 429 and 5xx may pass; any other 4xx (a refused client) will not get better by
+    # asking again.
     if 400 <= status < 500 and status not in (408, 429):
-        return TokenFailure("refused", message)
-    return TokenFailure("unavailable", message)
+        return TokenFailure("refused", message, retry_after)
+    return TokenFailure("unavailable", message, retry_after)

@@ -14,6 +14,11 @@ Rules:
 - Every timer (the renewal timer, retry delays, the --token-wait bounds) goes through the
   injected `Clock`: a test moves time, nothing sleeps for real. Expiry is measured from
   when the token request was sent (the window arithmetic is engine/core/tokenwindow.py).
+- Token requests are spaced (RefreshPolicy.renewal_delay): never closer than `retry_min`,
+  a Retry-After honoured up to the end of the wait, refused credentials by seconds.
+- A token that comes too late to be sent (its life is counted from the request) is a
+  failed request, not a token: the messages say so.
+- A stop mid-run says that --resume sends the rest (the events not sent are not written).
 - The client secret and the tokens never go into a message; server text is redacted.
   `secrets()` is the tokens an answer may still echo (`KeptTokens`, engine/core/kept.py:
   replaced ones for `keep` seconds, --timeout plus a margin), not all.
@@ -45,6 +50,10 @@ from engine.net.auth import MONOTONIC, Clock, Lease, SingleFlight, move_on_at
 
 if TYPE_CHECKING:
     from engine.net.auth import FollowerToken, StaticToken, TokenBroker, TokenProvider
+
+
+#: The end of a stop line mid-run: the events not sent were not written.
+_RESUME = "; --resume sends the rest"
 
 
 class TokenSource(Protocol):
@@ -82,7 +91,6 @@ class OAuthToken:
         self._rng = rng or random.Random()
         self._header: str | None = None
         self._tokens = KeptTokens(keep=keep)
-        self._lifetime = 0.0
         self._window = NO_WINDOW
         # The header may be handed out before this (the window's mandatory_at; -inf
         # before the first token and once the renewer gave up).
@@ -95,6 +103,7 @@ class OAuthToken:
         self._last_forced = -float("inf")
         self._failed: str | None = None
         self._last_failure: str | None = None  # the token endpoint's last failed answer
+        self._late: str | None = None  # why the last token that came too late was useless
         self.stats = TokenStats()
 
     @property
@@ -134,7 +143,16 @@ class OAuthToken:
     def _no_fresh_token(self) -> str:
         text = f"token endpoint {self._shown_url} gave no fresh token within {self._wait:g}s"
         text += " (--token-wait)"
-        return text + (f": {self._last_failure}" if self._last_failure else "")
+        if self._last_failure:
+            text += f": {self._cause(self._last_failure)}"
+        return text + _RESUME
+
+    def _cause(self, message: str) -> str:
+        """`message`, and a token that came too late before it (a slow endpoint's next
+        request may time out, and that alone would hide why the tokens were useless)."""
+        if self._late is None or self._late == message:
+            return message
+        return f"{message} (before that, {self._late})"
 
     async def refresh_after_401(self, used: str | None) -> bool:
         if used != self._header:
@@ -180,7 +198,6 @@ class OAuthToken:
             sent_at=sent_at, lifetime=grant.lifetime, draw=self._rng.random()
         )
         self._usable_until = self._window.mandatory_at
-        self._lifetime = grant.lifetime
         self._header = f"Bearer {grant.access_token}"
         self._tokens.add(grant.access_token, self._clock.now())
         self._generation += 1
@@ -194,10 +211,27 @@ class OAuthToken:
         async with move_on_at(self._clock, sent_at + limit):
             outcome = await self._source.fetch()
         self.stats.requests += 1
+        if isinstance(outcome, TokenGrant):
+            outcome = self._in_time(outcome, sent_at)
         if isinstance(outcome, TokenFailure):
             self.stats.failures += 1
             self._last_failure = outcome.message
         return outcome, sent_at
+
+    def _in_time(self, grant: TokenGrant, sent_at: float) -> TokenGrant | TokenFailure:
+        """`grant`, or a failure when it came too late to be sent (its life counted from
+        the request: it expired, or is in its mandatory window, on arrival)."""
+        window = self._policy.window(sent_at=sent_at, lifetime=grant.lifetime, draw=0.0)
+        now = self._clock.now()
+        if now < window.mandatory_at:
+            return grant
+        took = f"a token with expires_in {grant.lifetime:g}s came {now - sent_at:.3g}s after"
+        if now >= window.expires_at:
+            self._late = f"{took} it was asked for: it expired before it arrived"
+        else:
+            left = window.expires_at - now
+            self._late = f"{took} it was asked for, {left:.2g}s before expiry: too late to send"
+        return TokenFailure("unavailable", self._late)
 
     async def start(self) -> None:
         """Get the first token, before any delivery call; raises AuthError."""
@@ -213,13 +247,16 @@ class OAuthToken:
                 raise AuthError(
                     f"token endpoint {url} refused the client credentials: {outcome.message}"
                 )
+            if outcome.kind == "wrong_url":
+                raise AuthError(f"token endpoint {url} answered {outcome.message}")
             if outcome.kind == "tls":  # as on delivery calls: not retried
                 raise AuthError(f"token endpoint {url}: {outcome.message}")
             delay = startup_delay(attempt, wait=self._wait, draw=self._rng.random())
+            delay = max(delay, outcome.retry_after or 0.0)  # not asked again before then
             if self._clock.now() + delay >= deadline:
                 raise AuthError(
                     f"token endpoint {url} gave no token within {self._wait:g}s "
-                    f"(--token-wait): {outcome.message}"
+                    f"(--token-wait): {self._cause(outcome.message)}"
                 )
             await self._clock.sleep_until(self._clock.now() + delay)
             attempt += 1
@@ -250,7 +287,7 @@ class OAuthToken:
             self._signal()
             now = self._clock.now()
             expired = now >= self._window.expires_at
-            refused = outcome.kind == "refused"
+            refused = outcome.kind in ("refused", "wrong_url")
             # Refused credentials will not come back: give up once the token in hand is
             # dead too (expired, or refused by the delivery host). An unavailable endpoint
             # is tried until the token has expired and `wait` seconds have gone by.
@@ -258,13 +295,22 @@ class OAuthToken:
                 why = "it expired" if expired else "the delivery host refused it (HTTP 401)"
                 self._failed = (
                     f"token endpoint {self._shown_url} could not renew the token "
-                    f"and {why}: {outcome.message}"
+                    f"and {why}: {self._cause(outcome.message)}{_RESUME}"
                 )
                 self._usable_until = -math.inf  # nothing more goes out with it
                 self._signal()
                 raise AuthError(self._failed)
-            delay = self._policy.retry_delay(
-                attempt, lifetime=self._lifetime, draw=self._rng.random()
+            give_up_at = self._window.expires_at
+            if not refused:
+                give_up_at = max(give_up_at, started + self._wait)
+            delay = self._policy.renewal_delay(
+                attempt,
+                outcome,
+                window=self._window,
+                now=now,
+                give_up_at=give_up_at,
+                wait=self._wait,
+                draw=self._rng.random(),
             )
             await self._clock.sleep_until(self._clock.now() + delay)
             attempt += 1

@@ -19,6 +19,7 @@ Rules:
 from __future__ import annotations
 
 import ssl
+import time
 from types import TracebackType
 
 import aiohttp
@@ -27,6 +28,7 @@ import yarl
 from engine.core.kept import KeptTokens
 from engine.core.proxies import DIRECT, Proxies, refusal, unreachable
 from engine.core.records import ErrorKind
+from engine.core.retry import parse_retry_after
 from engine.core.secrets import Secrets
 from engine.core.tokenwindow import TokenFailure, TokenGrant, endpoint_message, parse_token_answer
 from engine.core.urls import without_credentials
@@ -107,15 +109,20 @@ class TokenClient:
         answer = await self._post()
         if isinstance(answer, TokenFailure):  # the words of the network, a proxy or TLS
             return TokenFailure(answer.kind, self._secrets.redact(answer.message))
-        status, body = answer
-        outcome = parse_token_answer(status, body, secrets=self._secrets)
+        status, body, retry_after = answer
+        outcome = parse_token_answer(
+            status,
+            body,
+            secrets=self._secrets,
+            retry_after=parse_retry_after(retry_after, now=time.time()),
+        )
         if isinstance(outcome, TokenGrant):
             self._issued.add(outcome.access_token)
         return outcome
 
-    async def _post(self) -> tuple[int, bytes] | TokenFailure:
-        """One token request: the answer's status and body, or why there is none (its
-        message redacted by `fetch`, for every way out)."""
+    async def _post(self) -> tuple[int, bytes, str | None] | TokenFailure:
+        """One token request: the answer's status, body and Retry-After, or why there is
+        none (its message redacted by `fetch`, for every way out)."""
         assert self._session is not None, "use the token client inside `async with`"
         try:
             async with self._session.post(
@@ -126,6 +133,7 @@ class TokenClient:
                 proxy=aiohttp_proxy(self._via),
             ) as resp:
                 status = resp.status
+                retry_after = resp.headers.get("Retry-After")
                 if status == 407 and self._via is not None:
                     _, message = refusal(self._via, 407, resp.reason or "", "")
                     return TokenFailure("refused", message)
@@ -159,7 +167,7 @@ class TokenClient:
         except OSError as exc:
             text = f"network error: {exc.strerror or exc}"
             return TokenFailure("unavailable", endpoint_message(text, self._secrets))
-        return status, body
+        return status, body, retry_after
 
     def _authority(self) -> str:
         target = yarl.URL(self.url)
