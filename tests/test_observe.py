@@ -129,12 +129,13 @@ async def test_run_metrics_add_up_to_the_records(
 
 @pytest.mark.slow
 @pytest.mark.anyio
-@pytest.mark.parametrize("mode", ["load", "replay"])
+@pytest.mark.parametrize("mode", ["load", "replay", "replay-capped"])
 async def test_load_and_replay_metrics(
     mode: str, write_jsonl: Callable[..., Path], tmp_path: Path
 ) -> None:
     out = tmp_path / "out.jsonl"
     port = free_port()
+    cap = {"rate": 1000.0} if mode == "replay-capped" else {}  # a ceiling, not a target
     if mode == "load":
         events = write_jsonl([EVENT] * 5)
         plan = LoadPlan(pacer=constant(150, 2))
@@ -142,7 +143,9 @@ async def test_load_and_replay_metrics(
         events = write_jsonl([{**EVENT, "timestamp": 1e9 + i / 100} for i in range(300)])
         plan = LoadPlan(mode="replay", speed=2.0)
     async with running_mock() as mock:
-        config = config_for(mock, events, out, metrics_addr=f"127.0.0.1:{port}", metrics_linger=1)
+        config = config_for(
+            mock, events, out, metrics_addr=f"127.0.0.1:{port}", metrics_linger=1, **cap
+        )
         outcome, bodies = await watch_while(
             lambda: api.run_load(config, plan), f"http://127.0.0.1:{port}/metrics"
         )
@@ -155,7 +158,8 @@ async def test_load_and_replay_metrics(
         assert last["adbatch_target_rate"] == [({}, 0.0)]  # the schedule is over
         assert 270 <= len(records) <= 330
     else:
-        assert "adbatch_target_rate" not in last  # a replay asks for no rate
+        # A replay asks for no rate: the log's pace is its schedule, --rate only a cap.
+        assert all("adbatch_target_rate" not in samples(b) for b in bodies)
         assert total(last, "adbatch_events_read_total") == 300
 
 
@@ -259,6 +263,51 @@ async def test_metrics_count_errors_retries_and_token_renewals(
     assert retried > 0
     assert total(last, "adbatch_retries_total") == retried
     assert total(last, "adbatch_token_renewals_total") >= 1
+
+
+@pytest.mark.anyio
+async def test_dry_run_metrics_and_dashboard_count_its_records(
+    write_jsonl: Callable[..., Path], tmp_path: Path
+) -> None:
+    """--dry-run writes one ok record per event: /metrics has one call per record and the
+    finished dashboard says them done and ok, its input read to the end."""
+    out = tmp_path / "out.jsonl"
+    port = free_port()
+    config = Config(
+        inputs=(str(write_jsonl([EVENT] * 60)),),
+        output=str(out),
+        endpoint="http://127.0.0.1:9/d",
+        token="dry-token-0123456789",
+        dry_run=True,
+        metrics_addr=f":{port}",
+        dashboard=f":{port}",
+        metrics_linger=0.6,
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    async def scrape() -> tuple[str, dict[str, Any]]:
+        async with aiohttp.ClientSession() as http:
+            while True:  # until the run is over and the servers linger
+                try:
+                    async with http.get(f"{base}/data.json") as answer:
+                        figures = await answer.json()
+                    if figures["finished"]:
+                        async with http.get(f"{base}/metrics") as answer:
+                            return await answer.text(), figures
+                except aiohttp.ClientConnectionError:
+                    pass
+                await anyio.sleep(0.05)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(api.run, config)
+        metrics, figures = await scrape()
+    records = read_records(out)
+    assert len(records) == 60
+    assert {(r["ok"], r["error_kind"]) for r in records} == {(True, "dry_run")}
+    last = samples(metrics)
+    assert last["adbatch_calls_total"] == [({"status": "", "error_kind": "dry_run"}, 60.0)]
+    assert (figures["done"], figures["ok"]) == (60, 60)
+    assert figures["progress"]["fraction"] == 1.0
 
 
 @pytest.mark.slow

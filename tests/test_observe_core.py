@@ -200,6 +200,10 @@ def stats_of(*records: tuple[int | None, bool, bool, str | None]) -> RunStats:
             stats_of(*[(404, False, False, "http_404")] * 3), {("404", "http_404"): 3},
             id="no-ok-left-over",
         ),
+        pytest.param(
+            stats_of(*[(None, True, False, "dry_run")] * 3, (None, False, True, "invalid")),
+            {("", "dry_run"): 3, ("", "invalid"): 1}, id="dry-run-records-are-ok-calls",
+        ),
     ],
 )  # fmt: skip
 def test_tally_of_labels_every_record_once(
@@ -208,6 +212,7 @@ def test_tally_of_labels_every_record_once(
     t = tally_of(stats, token_renewals=2, events_read=9, scheduled=4)
     assert dict(+t.calls) == calls
     assert t.done == stats.events
+    assert t.ok == stats.ok  # as the summary counts them
     assert (t.token_renewals, t.events_read, t.scheduled) == (2, 9, 4)
 
 

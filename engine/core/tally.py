@@ -21,12 +21,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from engine.core.records import Result
+from engine.core.records import ErrorKind, Result
 from engine.core.stats import Histogram, RunStats
 
 #: The label of "none" (an ok call's error kind, the status of a call never answered).
 NONE = ""
 DROPPED = "dropped"
+#: The error kinds of ok records: none, and --dry-run's (an ok record that sent nothing).
+OK_KINDS = (NONE, ErrorKind.DRY_RUN)
 
 
 @dataclass(slots=True)
@@ -47,6 +49,11 @@ class Tally:
     @property
     def done(self) -> int:
         return sum(self.calls.values())
+
+    @property
+    def ok(self) -> int:
+        """Calls whose record is ok: answered 2xx, or shown by --dry-run (no status)."""
+        return sum(n for (_, kind), n in self.calls.items() if kind in OK_KINDS)
 
     @property
     def dropped(self) -> int:
@@ -110,6 +117,11 @@ def tally_of(
     for status, n in stats.statuses.items():
         if n > not_ok[status]:
             calls[(str(status), NONE)] += n - not_ok[status]
+    # The records neither failed nor answered: ok ones with no status, which only
+    # --dry-run writes (one per record, as the summary counts them).
+    shown = stats.events - sum(calls.values())
+    if shown > 0:
+        calls[(NONE, ErrorKind.DRY_RUN)] += shown
     return Tally(
         calls=calls,
         attempts=stats.attempts,

@@ -43,7 +43,7 @@ def figures(snap: Snapshot, timeline: Timeline, since: int) -> dict[str, Any]:
         "elapsed": round(snap.elapsed, 3),
         "finished": snap.finished,
         "done": tally.done,
-        "ok": sum(n for (_, kind), n in tally.calls.items() if kind == ""),
+        "ok": tally.ok,
         "errors": dict(errors.most_common()),
         "dropped": tally.dropped,
         "in_flight": snap.in_flight,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from engine.core.events import ReadCounts
 from engine.core.records import ErrorKind
-from engine.core.tally import NONE, Tally
+from engine.core.tally import Tally
 from engine.files.sources import input_size
 from engine.net.auth import TokenProvider
 from engine.runtime.display import Bar, RateMeter, Row, count, eta, size, span
@@ -40,7 +40,7 @@ class RunFigures:
 
 def tally_figures(tally: Tally, taken: int) -> RunFigures:
     """The figures of a --workers parent: its workers' LiveFigures summed."""
-    ok = sum(n for (_, kind), n in tally.calls.items() if kind == NONE)
+    ok = tally.ok
     done = tally.done
     invalid = tally.errors()[ErrorKind.INVALID]
     p99 = tally.latency.percentile(99)
