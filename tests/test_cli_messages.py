@@ -11,6 +11,8 @@
   `--client-secret` there is refused as after the command, and never suggested.
 - The refusal of `--header 'Proxy-Authorization: ...'` reads as a sentence.
 - `--mock` with an endpoint given (option, environment) warns that it is not used.
+- `--dry-run`'s records show the endpoint without its password and query values, the
+  event's own query as it would be sent.
 """
 
 from __future__ import annotations
@@ -222,6 +224,28 @@ def test_mock_with_an_endpoint_given_says_it_is_not_used(
     source = {"option": "option --endpoint", "environment": "environment ADBATCH_ENDPOINT"}
     expected = "adbatch: warning: --mock sends every call to the embedded mock: the endpoint from "
     assert warnings == ([f"{expected}{source[given]} is not used"] if given in source else [])
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "shown"),
+    [
+        pytest.param(
+            f"http://gw:{PASSWORD}@127.0.0.1:9/d?apikey={PASSWORD}",
+            "http://gw:[redacted]@127.0.0.1:9/d?apikey=[redacted]&",
+            id="password-and-query",
+        ),
+        pytest.param("http://127.0.0.1:9/d", "http://127.0.0.1:9/d?", id="plain"),
+    ],
+)
+def test_dry_run_records_hide_the_endpoint_s_secrets(
+    endpoint: str, shown: str, events: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["run", "--dry-run", "--token", TOKEN, "--endpoint", endpoint, str(events)]
+    assert main(argv) == 0
+    out = capfd.readouterr().out
+    url = orjson.loads(out)["response"]["url"]
+    assert url == shown + "criteo-partner-id=1&retailer-visitor-id=v&event-type=viewHome&page-id=p"
+    assert PASSWORD not in out
 
 
 # -- an option before the command --------------------------------------------------------

@@ -14,6 +14,7 @@ from engine.core.escape import _PREFIX, _UNRESERVED, _key_prefix, _quote_reserve
 from engine.core.escape import _escape as _escape  # re-exported (tests)
 from engine.core.escape import _quote as _quote  # re-exported (tests)
 from engine.core.events import Event
+from engine.core.urls import REDACTED, without_credentials
 
 
 # Slotted, not frozen, by measurement: one per call (0.14 us against 0.4 frozen). Never
@@ -46,6 +47,16 @@ class RequestBuilder:
         # `headers` (--header, core/headers.py) come after the default User-Agent, which
         # one of them may replace, and before the event's own, which replace them.
         self._default_headers = {"User-Agent": user_agent, **dict(headers)}
+
+    def shown(self, request: Request, *, authorized: bool) -> dict[str, object]:
+        """`request`, one this builder built, as --dry-run's record shows it: the endpoint
+        without its password and query values (core/urls.py), the bearer token
+        [redacted], the rest as sent (header values are not secrets: docs/network.md)."""
+        headers = dict(request.headers)
+        if authorized:
+            headers["Authorization"] = f"Bearer {REDACTED}"
+        url = without_credentials(self._base[:-1]) + request.url[len(self._base) - 1 :]
+        return {"url": url, "headers": headers}
 
     def build(self, event: Event) -> Request:
         headers = dict(self._default_headers)

@@ -272,11 +272,9 @@ class Engine:
             return internal(item, exc, self.secrets)
 
     def _dry_run(self, event: Event) -> Result:
-        request = self.builder.build(event)
-        headers = dict(request.headers)
-        if self.tokens.authorization() is not None:
-            headers["Authorization"] = "Bearer [redacted]"
-        return dry_run(event, orjson.dumps({"url": request.url, "headers": headers}))
+        authorized = self.tokens.authorization() is not None
+        shown = self.builder.shown(self.builder.build(event), authorized=authorized)
+        return dry_run(event, orjson.dumps(shown))
 
     async def write_results(self, results: BatchQueue[Result], emit: Emit) -> None:
         """Count and emit the records queued in `results` (in input order with
