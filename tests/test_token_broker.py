@@ -367,7 +367,10 @@ async def test_follower_never_hands_out_a_header_past_its_lease() -> None:
         await anyio.wait_all_tasks_blocked()
         assert errors == []
         clock.advance(0.2)
-    assert [str(e) for e in errors] == ["no usable token came within 5s (--token-wait)"]
+    assert [str(e) for e in errors] == [
+        "no usable token came within 5s (--token-wait): the token endpoint did not renew "
+        "it in time; --resume sends the rest"
+    ]
     assert tokens.authorization() is None
 
 

@@ -402,7 +402,9 @@ class FollowerToken:
         if self._failed is None and self._clock.now() < self._until:
             return self._header
         raise AuthError(
-            self._failed or f"no usable token came within {self._wait:g}s (--token-wait)"
+            self._failed
+            or f"no usable token came within {self._wait:g}s (--token-wait): the token "
+            "endpoint did not renew it in time; --resume sends the rest"
         )
 
     async def refresh_after_401(self, used: str | None) -> bool:
