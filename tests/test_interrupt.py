@@ -197,10 +197,14 @@ async def test_second_signal_stops_at_once(
         assert proc.poll() is None  # the grace period holds it
         proc.send_signal(signal.SIGINT)
         sent = time.monotonic()
-        rc, _ = await wait_exit(proc, 15)
+        rc, stderr = await wait_exit(proc, 15)
         assert time.monotonic() - sent < 3.0
     assert rc == 130
     assert read_records(out) == []
+    # The stop line says what the second signal did, not the grace it cut short.
+    stopped = "adbatch: stopped: interrupted by SIGINT, then SIGINT: the calls in flight "
+    stopped += "were cut off, not written; run again with --resume to send the rest"
+    assert stopped in stderr.splitlines(), stderr
 
 
 @PROCESSES

@@ -386,6 +386,12 @@ class _Parent:
                     for worker in self.workers:
                         await self._send(worker, Halt(reason, grace))
                 else:
+                    if self.stopped == reason:  # the first signal's: the second's now
+                        again = int(signum)
+                        resumable = self.jobs is None
+                        self.stopped = interrupt_reason(
+                            self.interrupted, grace, resumable=resumable, again=again
+                        )
                     for worker in self.workers:
                         await self._send(worker, Halt(self.stopped or reason, 0.0))
                     return

@@ -27,12 +27,18 @@ import anyio
 import anyio.abc
 
 
-def interrupt_reason(signum: int, grace: float, *, resumable: bool = True) -> str:
-    """What the summary says of a run stopped by signal `signum`; `resumable` False: a
-    load test or a replay, which sends a schedule and has no --resume."""
+def interrupt_reason(
+    signum: int, grace: float, *, resumable: bool = True, again: int | None = None
+) -> str:
+    """What the summary says of a run stopped by signal `signum` (`again`: then by this
+    second one, which cut the calls in flight off); `resumable` False: a load test or a
+    replay, which sends a schedule and has no --resume."""
+    name = signal.Signals(signum).name
     reason = (
-        f"interrupted by {signal.Signals(signum).name}; calls in flight were "
-        f"given {grace:g}s to finish"
+        f"interrupted by {name}; calls in flight were given {grace:g}s to finish"
+        if again is None
+        else f"interrupted by {name}, then {signal.Signals(again).name}: the calls in "
+        "flight were cut off, not written"
     )
     return reason + "; run again with --resume to send the rest" if resumable else reason
 
@@ -121,6 +127,8 @@ class Shutdown:
                     self.halt(interrupt_reason(signum, grace, resumable=resumable))
                     self.cut_off_after(tg, grace)
                 else:
+                    first = self.interrupted
+                    self.reason = interrupt_reason(first, grace, resumable=resumable, again=signum)
                     self.work_scope.cancel()
                     return
 
