@@ -12,6 +12,7 @@ import csv
 import io
 import subprocess
 import sys
+import tracemalloc
 from pathlib import Path
 
 import orjson
@@ -19,7 +20,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.core.events import Event, ReadCounts
+from engine.core.events import Event, Invalid, ReadCounts
+from engine.core.shard import ShardSpec
 from engine.files.csvrows import csv_rows, quote_open
 from engine.files.sources import read_items, read_units, unit_item
 
@@ -81,11 +83,100 @@ def test_bad_rows_stay_one_record_each() -> None:
     rows = ours(text, max_bytes=64)
     assert rows[0] == "CSV record cannot be read: ',' expected after '\"'"
     assert rows[1] == {"a": "2", "b": "ok"}
-    assert rows[2] == "CSV record longer than 64 bytes"  # the unclosed quote is bounded
-    assert rows[-1] == {"a": "4", "b": "fine"}
+    # the unclosed quote is bounded: one record, and (as csv reads it) the rest of the
+    # file is inside its quotes, `4,fine` too
+    assert rows[2:] == ["CSV record longer than 64 bytes"]
     assert ours('a,b\n1,"open\n2,x\n') == [
         "CSV record has an unclosed quote at the end of the file"
     ]
+
+
+# A record whose quoted field runs past --max-line-bytes 64: its inner lines, one shaped
+# like a row, must not become rows (the tester's reproducer).
+QUOTED = (
+    "id,event-type,criteo-partner-id,retailer-visitor-id,page-id\n"
+    'r1,viewHome,1,v1,"a multi-line note\n'
+    "second line of the note, still inside the quotes\n"
+    "inner,viewHome,1,FROM-INSIDE-THE-QUOTES,h\n"
+    'end of note"\n'
+    "r2,viewHome,1,v2,h\n"
+)
+
+
+def rows_at(text: str, max_bytes: int) -> list[tuple[int, object]]:
+    """(first line, the row's id or its error) of each record."""
+    rows = csv_rows(io.BytesIO(text.encode()), max_bytes, ReadCounts(), str)
+    return [(line, obj["id"] if obj is not None else error) for line, obj, error in rows]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param(
+            QUOTED, [(2, "CSV record longer than 64 bytes"), (6, "r2")], id="inner-lines-skipped"
+        ),
+        pytest.param(
+            'id\n"a\n' + "x,y\n" * 40 + '"\n\nr9\n',
+            [(2, "CSV record longer than 64 bytes"), (45, "r9")],
+            id="many-short-lines",
+        ),
+        pytest.param(
+            'id,b\nr1,"start\n' + "x" * 500 + '\ninner,z\nend"\nr2,ok\n',
+            [(2, "CSV record longer than 64 bytes"), (6, "r2")],
+            id="over-long-line-inside-quotes",
+        ),
+        pytest.param(
+            'id,b\nr1,"' + "x" * 500 + '\ninner,z\nend"\nr2,ok\n',
+            [(2, "line longer than 64 bytes"), (5, "r2")],
+            id="over-long-line-opens-quote",
+        ),
+        pytest.param(
+            'id,b\nr1,"' + "x" * 500 + '""' + "y" * 500 + '"\nr2,ok\n',
+            [(2, "line longer than 64 bytes"), (3, "r2")],
+            id="over-long-line-closes-quote",
+        ),
+        pytest.param(
+            'id,b\nr1,"' + "x" * 50 + "\n" + "y,y\n" * 30,
+            [(2, "CSV record longer than 64 bytes")],
+            id="unclosed-to-the-end",
+        ),
+    ],
+)
+def test_a_record_past_the_limit_is_one_record(text: str, expected: list[object]) -> None:
+    assert rows_at(text, 64) == expected
+    assert len(expected) == len(csv_module(text)) or "unclosed" in str(expected)
+
+
+def test_skipped_quotes_keep_no_bytes() -> None:
+    """A quoted field of 8 MB (short lines, then over-long ones) past a 64 KiB limit: one
+    record, and the reader holds about the limit, not the field."""
+    text = 'id,b\nr1,"' + "inner,line\n" * 100_000 + ("z" * (1 << 20) + "\n") * 4 + '"\nr2,ok\n'
+    stream = io.BytesIO(text.encode())
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    rows = [(line, error) for line, _, error in csv_rows(stream, 1 << 16, ReadCounts(), str)]
+    peak = tracemalloc.get_traced_memory()[1] - base
+    tracemalloc.stop()
+    assert rows == [(2, f"CSV record longer than {1 << 16} bytes"), (100_007, None)]
+    assert peak < 4 << 20
+
+
+def test_workers_resume_and_shards_see_the_same_rows(tmp_path: Path) -> None:
+    """--workers (units), --shard (items) and --resume (sources) read the same records."""
+    path = tmp_path / "quoted.csv"
+    path.write_text(QUOTED)
+    items = list(read_items([str(path)], max_line_bytes=64))
+    assert [(i.source, type(i)) for i in items] == [
+        (f"{path}:2", Invalid),
+        (f"{path}:6", Event),
+    ]
+    assert [unit_item(u) for u in read_units([str(path)], max_line_bytes=64)] == items
+    shards = [
+        i.source
+        for n in range(3)
+        for i in read_items([str(path)], max_line_bytes=64, shard=ShardSpec(n, 3))
+    ]
+    assert sorted(shards) == sorted(i.source for i in items)
 
 
 def _cell(value: str) -> str:
@@ -104,6 +195,25 @@ def test_any_rows_read_as_csv_reads_them(rows: list[list[str]], ends: list[str])
     lines = ["id,a,b"] + [",".join(map(_cell, [f"r{i}", *row])) for i, row in enumerate(rows)]
     text = "".join(line + ends[i % len(ends)] for i, line in enumerate(lines))
     assert ours(text) == csv_module(text)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.lists(st.text(alphabet='ab ",\n', max_size=30), min_size=2, max_size=2)))
+def test_any_record_past_the_limit_is_one(rows: list[list[str]]) -> None:
+    """At a small limit, each record csv reads is one of ours, from the same line: the ones
+    that fit read the same, the others are errors; a line inside quotes is never a row."""
+    lines = ["id,a,b"] + [",".join(map(_cell, [f"r{i}", *row])) for i, row in enumerate(rows)]
+    text = "".join(line + "\n" for line in lines)
+    reader = csv.reader(io.StringIO(text, newline=""))
+    next(reader)
+    theirs, first = [], 2
+    for row in reader:
+        theirs.append((first, row[0]))
+        first = reader.line_num + 1
+    got = rows_at(text, 24)
+    assert [line for line, _ in got] == [line for line, _ in theirs]
+    for (_, ours_id), (_, their_id) in zip(got, theirs, strict=True):
+        assert ours_id == their_id or "longer than 24 bytes" in str(ours_id)
 
 
 def test_workers_read_the_same_records(tmp_path: Path) -> None:

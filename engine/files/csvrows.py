@@ -7,7 +7,9 @@ Rules:
 - A record goes on to the next line only while a field that began with a quote is still
   open (`quote_open`): a `"` anywhere else (an inch mark, `tv 55"`) is data, as for csv.
 - Every record yields one row (or the reason it cannot be read); an unclosed quote is
-  bounded by `max_bytes`, and so is every line, whatever the input holds.
+  bounded by `max_bytes`, and so is every line, whatever the input holds. A record past
+  `max_bytes` is one error, and the rest of it is skipped (not kept) up to its closing
+  quote: a line inside the quotes is never read as a row, nor an over-long line's quote.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import csv
 import io
 import zlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import BinaryIO
 
 from engine.core.events import ReadCounts
@@ -28,31 +31,53 @@ Row = tuple[int, dict[str, object] | None, str | None]
 _ENDS = ("\r\n", "\r", "\n")
 
 
-def quote_open(text: str, quoted: bool = False) -> bool:
-    """Whether a quoted field is still open at the end of `text`, a record's line (which
-    starts inside a quoted field when `quoted`), read as csv reads it: a quote opens a
-    field only at the field's start, and `""` inside one is a quote."""
-    i = 0
-    while True:
-        if quoted:
+# Where a scan stands: at a field's start, in an unquoted field (or after a closed quote:
+# a `"` there is data), inside a quoted field, or just after a `"` inside one (`""` or
+# the close: the next piece tells).
+_START, _BARE, _QUOTED, _QUOTE = range(4)
+
+
+def _scan(text: str, state: int) -> int:
+    """The state after `text`, read from `state` as csv reads it: a quote opens a field
+    only at the field's start, and `""` inside one is a quote. Pieces of one line may be
+    scanned one after another (an over-long line, never held whole)."""
+    i, n = 0, len(text)
+    while i < n:
+        if state in (_START, _QUOTE):
+            if text[i] == '"':  # an opening quote, or a doubled one: inside
+                state, i = _QUOTED, i + 1
+                continue
+            state = _BARE  # (after a close, what follows up to ',' is the same field)
+        if state == _BARE:
+            j = text.find(",", i)
+            if j < 0:
+                return _BARE
+            state, i = _START, j + 1
+        else:
             j = text.find('"', i)
             if j < 0:
-                return True
-            if text.startswith('"', j + 1):  # a doubled quote: still inside
-                i = j + 2
-                continue
-            quoted, i = False, j + 1  # closed; what follows up to ',' is the same field
-        elif text.startswith('"', i):
-            quoted, i = True, i + 1
-            continue
-        j = text.find(",", i)
-        if j < 0:
-            return False
-        i = j + 1
+                return _QUOTED
+            state, i = _QUOTE, j + 1
+    return state
 
 
-def csv_lines(stream: BinaryIO, max_bytes: int) -> Iterator[tuple[int, str | Exception | None]]:
-    """(line number, text with its line end | None when over `max_bytes` | read error),
+def quote_open(text: str, quoted: bool = False) -> bool:
+    """Whether a quoted field is still open at the end of `text`, a record's line (which
+    starts inside a quoted field when `quoted`), read as csv reads it."""
+    return _scan(text, _QUOTED if quoted else _START) == _QUOTED
+
+
+@dataclass(frozen=True, slots=True)
+class LongLine:
+    """A line over `max_bytes`, not kept: whether a quoted field is open at its end when
+    it begins a record (`opens`) and when it begins inside a quoted field (`stays_open`)."""
+
+    opens: bool
+    stays_open: bool
+
+
+def csv_lines(stream: BinaryIO, max_bytes: int) -> Iterator[tuple[int, str | Exception | LongLine]]:
+    """(line number, text with its line end | LongLine when over `max_bytes` | read error),
     the bytes that are not UTF-8 kept as surrogates (`surrogateescape`); memory bounded."""
     text = io.TextIOWrapper(stream, encoding="utf-8", errors="surrogateescape", newline="")
     limit = max_bytes + 2  # room for a `\r\n`
@@ -73,11 +98,15 @@ def csv_lines(stream: BinaryIO, max_bytes: int) -> Iterator[tuple[int, str | Exc
             if line_no == 1:
                 line = line.removeprefix("\ufeff")
             if not line.endswith(_ENDS) and len(line) == limit:
-                while (rest := piece(1 << 16)) and not rest.endswith(_ENDS):
-                    pass  # drain the rest of the line without keeping it
-                yield line_no, None
+                # drain the rest of the line without keeping it, its quotes followed
+                fresh, inside = _scan(line, _START), _scan(line, _QUOTED)
+                while rest := piece(1 << 16):
+                    fresh, inside = _scan(rest, fresh), _scan(rest, inside)
+                    if rest.endswith(_ENDS):
+                        break
+                yield line_no, LongLine(fresh == _QUOTED, inside == _QUOTED)
             elif len(line) * 4 > max_bytes and _size(line) > max_bytes:
-                yield line_no, None
+                yield line_no, LongLine(quote_open(line), quote_open(line, True))
             else:
                 yield line_no, line
     except (EOFError, OSError, zlib.error) as exc:
@@ -99,23 +128,34 @@ def _strip_end(line: str) -> str:
     return line
 
 
-def csv_rows(
+def _records(
     stream: BinaryIO, max_bytes: int, counts: ReadCounts, read_error: Callable[[Exception], str]
-) -> Iterator[Row]:
-    """Each CSV record of `stream` under its header row as a Row; blank lines counted."""
-    header: list[str] | None = None
-    header_error: str | None = None
+) -> Iterator[tuple[int, str | None, str]]:
+    """(first line, the record's lines joined | None, why not): each record once, however
+    long; blank lines counted."""
     pending: list[str] = []  # the lines of a record whose quoted field is open
     pending_size = start = 0
+    skipping = False  # inside the quotes of a record past max_bytes: nothing kept
+    too_long = f"CSV record longer than {max_bytes} bytes"
     for line_no, data in csv_lines(stream, max_bytes):
-        if not isinstance(data, str):
-            if pending:
-                yield start, None, "CSV record has an unclosed quote"
-                pending, pending_size = [], 0
-            if data is None:
-                yield line_no, None, f"line longer than {max_bytes} bytes"
+        if isinstance(data, LongLine):
+            if skipping:
+                skipping = data.stays_open
+            elif pending:
+                pending, pending_size, skipping = [], 0, data.stays_open
+                yield start, None, too_long
             else:
-                yield line_no, None, read_error(data)
+                skipping = data.opens
+                yield line_no, None, f"line longer than {max_bytes} bytes"
+            continue
+        if isinstance(data, Exception):
+            if pending:
+                pending, pending_size = [], 0
+                yield start, None, "CSV record has an unclosed quote"
+            yield line_no, None, read_error(data)
+            continue
+        if skipping:  # the rest of that record, up to its closing quote
+            skipping = quote_open(data, True)
             continue
         if not pending:
             if data.isspace():
@@ -127,12 +167,27 @@ def csv_rows(
             pending_size += _size(data) + 1
             if pending_size <= max_bytes:
                 continue  # a quoted field goes on to the next line
-            pending, pending_size = [], 0
-            yield start, None, f"CSV record longer than {max_bytes} bytes"
+            pending, pending_size, skipping = [], 0, True
+            yield start, None, too_long
             continue
         pending.append(_strip_end(data))
         joined = "".join(pending)
         pending, pending_size = [], 0
+        yield start, joined, ""
+    if pending:
+        yield start, None, "CSV record has an unclosed quote at the end of the file"
+
+
+def csv_rows(
+    stream: BinaryIO, max_bytes: int, counts: ReadCounts, read_error: Callable[[Exception], str]
+) -> Iterator[Row]:
+    """Each CSV record of `stream` under its header row as a Row; blank lines counted."""
+    header: list[str] | None = None
+    header_error: str | None = None
+    for start, joined, error in _records(stream, max_bytes, counts, read_error):
+        if joined is None:
+            yield start, None, error
+            continue
         try:
             fields = next(csv.reader([joined], strict=True))
         except csv.Error as exc:
@@ -154,5 +209,3 @@ def csv_rows(
             yield start, None, f"CSV row has {len(fields)} fields, the header has {len(header)}"
         elif header is not None:
             yield start, {k: v for k, v in zip(header, fields, strict=True) if v}, None
-    if pending:
-        yield start, None, "CSV record has an unclosed quote at the end of the file"
