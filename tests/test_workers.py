@@ -6,13 +6,17 @@ this process; each costs a second or so of start-up, so they are few and cover m
 
 from __future__ import annotations
 
+import gzip
 import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import anyio
 import pytest
-from conftest import config_for, read_records
+from aiohttp import web
+from conftest import config_for, events, read_records
+from web_app import serving
 
 from engine import Config, run
 from engine.cli.main import main
@@ -26,6 +30,7 @@ from engine.multiproc.driver import (
     worker_config,
 )
 from engine.multiproc.messages import Refreshed
+from engine.multiproc.parcels import BATCH, parcel_size
 from engine.net.auth import FollowerToken, Lease
 
 pytestmark = pytest.mark.anyio
@@ -368,3 +373,47 @@ async def test_an_answer_that_comes_before_the_wait_is_not_lost() -> None:
     with anyio.fail_after(2):
         got = await answers.ask("Bearer a", send_and_hear_the_answer_at_once)
     assert got == (True, Lease("Bearer b", 60.0))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["events.jsonl", "events.jsonl.gz"], ids=["spans", "units"])
+async def test_rate_is_kept_across_workers(
+    write_jsonl: Callable[..., Path], tmp_path: Path, name: str
+) -> None:
+    # --rate R --workers 2 keeps R for the whole run, counted at the server. A parcel
+    # of 256 records went to one worker, held to R/2: 450 events at --rate 150 took
+    # 3.4 s (132/s), the first worker sending 256 at 75/s, the second 194.
+    count, rate = 450, 150.0
+    path = write_jsonl(events(count))
+    if name.endswith(".gz"):  # read by the parent, sent as lines (Units), not as spans
+        path = path.with_name(name)
+        path.write_bytes(gzip.compress((tmp_path / "events.jsonl").read_bytes()))
+    arrivals: list[float] = []
+
+    async def deliver(request: web.Request) -> web.Response:
+        arrivals.append(time.monotonic())
+        return web.json_response({"status": "OK", "products": []})
+
+    app = web.Application()
+    app.router.add_get("/d", deliver)
+    out = tmp_path / "out.jsonl"
+    async with serving(app) as base:
+        config = config_for(f"{base}/d", path, out, workers=2, concurrency=16, rate=rate)
+        summary = await run(config)
+    assert summary.ok == count
+    assert len(arrivals) == count
+    whole_run = (count - 1) / (arrivals[-1] - arrivals[0])
+    assert rate * 0.95 < whole_run < rate * 1.05
+
+
+@pytest.mark.parametrize(
+    ("rate", "workers", "expected"),
+    [
+        pytest.param(None, 2, BATCH, id="no-rate"),
+        pytest.param(100.0, 2, 3, id="a-twentieth-of-a-second"),
+        pytest.param(1.0, 4, 1, id="at-least-one"),
+        pytest.param(1e6, 2, BATCH, id="at-most-a-batch"),
+    ],
+)
+def test_parcel_size(rate: float | None, workers: int, expected: int) -> None:
+    assert parcel_size(rate, workers) == expected
