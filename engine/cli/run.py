@@ -24,7 +24,7 @@ from engine.config import Config
 from engine.core.shown import quoted
 from engine.core.stats import Summary
 from engine.core.thresholds import judged, verdict_line
-from engine.errors import ConfigError, OutputError
+from engine.errors import ConfigError
 
 
 def add_parsers(sub: Subparsers) -> None:
@@ -210,16 +210,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         say("reading events from stdin (JSONL; Ctrl-D ends, Ctrl-C aborts)")
     csv_stdin = hints.stdin_looks_like_csv(config)
     # open_run checks --summary against the inputs and -o, and creates it, before the run.
-    try:
-        summary = run_async(partial(api.run, handle_signals=True), config)
-    except OutputError as exc:
-        if exc.exit_code == 2 or config.output in (None, "-"):
-            raise
-        # Mid-run (a full disk): what is in the file stays, a torn last line included.
-        raise OutputError(
-            f"{exc}; the records already written are kept: once it can be written, "
-            "run the same command with --resume to send the rest"
-        ) from None
+    summary = run_async(partial(api.run, handle_signals=True), config)
     return finish_run(summary, config, csv_stdin=csv_stdin)
 
 

@@ -50,8 +50,11 @@ class OutputError(FatalError, OSError):
     Exit code 3 when a run could not go on; 2 (`before_run=True`) when the output could
     not even be opened, so nothing was sent. Inputs that cannot be read are InputError."""
 
-    def __init__(self, message: str, *, before_run: bool = False) -> None:
+    def __init__(self, message: str, *, before_run: bool = False, kept: bool = False) -> None:
         super().__init__(message)
+        #: What the output holds so far stays (a write refused mid-run: a full disk), so
+        #: the same command with --resume can finish it (core/stops.output_stop).
+        self.kept = kept
         if before_run:
             self.exit_code = 2
 

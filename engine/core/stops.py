@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from engine.core.errors import OutputError
 from engine.core.proxies import UNREACHABLE
 from engine.core.records import ErrorKind
 from engine.core.retry import THROTTLE_STATUSES
@@ -152,3 +153,14 @@ class OutageWatch:
             f"(last: {error}; --give-up-after {self.give_up_after:g}); check that the "
             "server is up, then --resume sends the rest"
         )
+
+
+def output_stop(error: OutputError) -> str:
+    """The stop line of an output that failed mid-run: what to do, when what the output
+    holds is kept (a full disk; not a reader gone, nor a file deleted under the run)."""
+    if not error.kept:
+        return str(error)
+    return (
+        f"{error}; the records written before are kept: once it can be written, "
+        "run the same command with --resume to send the rest"
+    )

@@ -117,7 +117,9 @@ class JsonlSink:
         except BrokenPipeError:
             raise OutputError(f"output {self.name} was closed by the reader") from None
         except OSError as exc:
-            raise OutputError(f"cannot write output {self.name}: {exc.strerror or exc}") from None
+            raise OutputError(
+                f"cannot write output {self.name}: {exc.strerror or exc}", kept=True
+            ) from None
         if self._owned:
             if self._identity is not None and (now := time.monotonic()) >= self._next_check:
                 self._next_check = now + CHECK_EVERY_S

@@ -307,8 +307,13 @@ class _Parent:
             case Failed(text, output):
                 # A worker's exception may quote a server, and it never saw the client secret.
                 text = self.session.secrets.redact(text)
+                if output:  # the output failed (a full disk): the run stops, with its summary
+                    if self.stopped is None:
+                        self.stopped, self.stop_code = text, FatalError.exit_code
+                        tg.start_soon(self._halt_workers, text)
+                    return True
                 if self.error is None:
-                    self.error = OutputError(text) if output else FatalError(text)
+                    self.error = FatalError(text)
                 self.stopped = self.stopped or text
                 return True
         return False

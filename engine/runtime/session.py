@@ -50,7 +50,7 @@ from engine.core.proxies import Proxies
 from engine.core.records import Result, jsonl_parts
 from engine.core.secrets import Secrets
 from engine.core.stats import Summary
-from engine.core.stops import Stop
+from engine.core.stops import Stop, output_stop
 from engine.errors import FatalError, OutputError, plain_engine_errors
 from engine.files.paths import check_outputs, written_by
 from engine.files.resume import ResumeIndex, compact, open_resume
@@ -110,12 +110,7 @@ class RunSession:
             if self.stop is None:
                 raise
             self.output_failed = True
-            self.stop(
-                Stop(
-                    f"{exc}; the records written before are kept: once it can be "
-                    "written, run the same command with --resume to send the rest"
-                )
-            )
+            self.stop(Stop(output_stop(exc)))
 
     async def emit(self, batch: list[Result]) -> None:
         """`write` as the engine's asynchronous emit."""
