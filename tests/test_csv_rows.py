@@ -9,6 +9,7 @@ line end inside a quoted field is kept as written. Each reading is checked again
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import subprocess
 import sys
@@ -84,10 +85,13 @@ def test_bad_rows_stay_one_record_each() -> None:
     assert rows[0] == "CSV record cannot be read: ',' expected after '\"'"
     assert rows[1] == {"a": "2", "b": "ok"}
     # the unclosed quote is bounded: one record, and (as csv reads it) the rest of the
-    # file is inside its quotes, `4,fine` too
-    assert rows[2:] == ["CSV record longer than 64 bytes"]
+    # file is inside its quotes, `4,fine` too: the record says so
+    assert rows[2:] == [
+        "CSV record longer than 64 bytes: lines 4-25 skipped, to the end of the file:"
+        " its quote never closes"
+    ]
     assert ours('a,b\n1,"open\n2,x\n') == [
-        "CSV record has an unclosed quote at the end of the file"
+        "CSV record has an unclosed quote: lines 2-3 skipped, to the end of the file"
     ]
 
 
@@ -103,6 +107,11 @@ QUOTED = (
 )
 
 
+LONG = "CSV record longer than 64 bytes"
+CLOSED = "skipped, up to its closing quote"
+NEVER = "skipped, to the end of the file: its quote never closes"
+
+
 def rows_at(text: str, max_bytes: int) -> list[tuple[int, object]]:
     """(first line, the row's id or its error) of each record."""
     rows = csv_rows(io.BytesIO(text.encode()), max_bytes, ReadCounts(), str)
@@ -113,21 +122,21 @@ def rows_at(text: str, max_bytes: int) -> list[tuple[int, object]]:
     ("text", "expected"),
     [
         pytest.param(
-            QUOTED, [(2, "CSV record longer than 64 bytes"), (6, "r2")], id="inner-lines-skipped"
+            QUOTED, [(2, f"{LONG}: lines 2-5 {CLOSED}"), (6, "r2")], id="inner-lines-skipped"
         ),
         pytest.param(
             'id\n"a\n' + "x,y\n" * 40 + '"\n\nr9\n',
-            [(2, "CSV record longer than 64 bytes"), (45, "r9")],
+            [(2, f"{LONG}: lines 2-43 {CLOSED}"), (45, "r9")],
             id="many-short-lines",
         ),
         pytest.param(
             'id,b\nr1,"start\n' + "x" * 500 + '\ninner,z\nend"\nr2,ok\n',
-            [(2, "CSV record longer than 64 bytes"), (6, "r2")],
+            [(2, f"{LONG}: lines 2-5 {CLOSED}"), (6, "r2")],
             id="over-long-line-inside-quotes",
         ),
         pytest.param(
             'id,b\nr1,"' + "x" * 500 + '\ninner,z\nend"\nr2,ok\n',
-            [(2, "line longer than 64 bytes"), (5, "r2")],
+            [(2, f"line longer than 64 bytes: lines 2-4 {CLOSED}"), (5, "r2")],
             id="over-long-line-opens-quote",
         ),
         pytest.param(
@@ -137,8 +146,23 @@ def rows_at(text: str, max_bytes: int) -> list[tuple[int, object]]:
         ),
         pytest.param(
             'id,b\nr1,"' + "x" * 50 + "\n" + "y,y\n" * 30,
-            [(2, "CSV record longer than 64 bytes")],
+            [(2, f"{LONG}: lines 2-32 {NEVER}")],
             id="unclosed-to-the-end",
+        ),
+        pytest.param(
+            'id,b\nr1,"' + "x" * 500 + "\n" + "y,y\n" * 30,
+            [(2, f"line longer than 64 bytes: lines 2-32 {NEVER}")],
+            id="over-long-line-unclosed-to-the-end",
+        ),
+        pytest.param(
+            'id,b\nr1,"' + "x" * 500 + "\n",
+            [(2, f"line longer than 64 bytes: line 2 {NEVER}")],
+            id="over-long-last-line-unclosed",
+        ),
+        pytest.param(
+            'id,b\nr1,"start\n' + "y" * 500 + '"\nr2,ok\n',
+            [(2, f"{LONG}: lines 2-3 {CLOSED}"), (4, "r2")],
+            id="over-long-line-closes-the-record",
         ),
     ],
 )
@@ -157,7 +181,10 @@ def test_skipped_quotes_keep_no_bytes() -> None:
     rows = [(line, error) for line, _, error in csv_rows(stream, 1 << 16, ReadCounts(), str)]
     peak = tracemalloc.get_traced_memory()[1] - base
     tracemalloc.stop()
-    assert rows == [(2, f"CSV record longer than {1 << 16} bytes"), (100_007, None)]
+    assert rows == [
+        (2, f"CSV record longer than {1 << 16} bytes: lines 2-100006 {CLOSED}"),
+        (100_007, None),
+    ]
     assert peak < 4 << 20
 
 
@@ -177,6 +204,62 @@ def test_workers_resume_and_shards_see_the_same_rows(tmp_path: Path) -> None:
         for i in read_items([str(path)], max_line_bytes=64, shard=ShardSpec(n, 3))
     ]
     assert sorted(shards) == sorted(i.source for i in items)
+
+
+# The reviewer's reproducer: a stray quote on row 1 past --max-line-bytes 64, then 1,000
+# rows that csv reads inside its quotes. One record, and it names the lines it took.
+STRAY = (
+    "id,criteo-partner-id,retailer-visitor-id,event-type,page-id\n"
+    'r0,1,v,viewHome,"stray quote opens here and runs past the limit of 64 bytes\n'
+    + "".join(f"r{i},1,v,viewHome,viewHome_API_desktop\n" for i in range(1, 1001))
+)
+
+
+def test_an_unclosed_quote_says_which_lines_it_took(tmp_path: Path) -> None:
+    path = tmp_path / "stray.csv"
+    path.write_text(STRAY)
+    cmd = [sys.executable, "-m", "engine", "run", "--dry-run", "--max-line-bytes", "64"]
+    done = subprocess.run(
+        [*cmd, "stray.csv", "-o", "o.jsonl"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert done.returncode == 1, done.stderr
+    records = [orjson.loads(line) for line in (tmp_path / "o.jsonl").read_bytes().splitlines()]
+    assert [(r["source"], r["error"]) for r in records] == [
+        ("stray.csv:2", f"line longer than 64 bytes: lines 2-1002 {NEVER}")
+    ]
+    # --workers units, --shard and --resume read that one record too
+    items = list(read_items([str(path)], max_line_bytes=64))
+    assert [(i.source, i.error) for i in items if isinstance(i, Invalid)] == [
+        (f"{path}:2", records[0]["error"])
+    ]
+    assert len(items) == 1
+    assert [unit_item(u) for u in read_units([str(path)], max_line_bytes=64)] == items
+    shards = [
+        i
+        for n in range(3)
+        for i in read_items([str(path)], max_line_bytes=64, shard=ShardSpec(n, 3))
+    ]
+    assert shards == items
+
+
+def test_a_read_error_inside_a_skipped_record_ends_it() -> None:
+    """A .gz cut inside the quotes of a record past the limit: that record names the lines
+    read, then the read error, on the line after."""
+    data = gzip.compress(
+        (
+            'id,b\nr1,"'
+            + "x" * 40
+            + "\n"
+            + "".join(f"y{i},{i * 2654435761 % 2**32:x}\n" for i in range(2000))
+        ).encode()
+    )
+    stream = gzip.GzipFile(fileobj=io.BytesIO(data[: len(data) // 2]))
+    rows = [(line, error) for line, _, error in csv_rows(stream, 64, ReadCounts(), repr)]
+    assert len(rows) == 2
+    (first, error), (cut_at, _) = rows
+    assert first == 2
+    assert error == f"{LONG}: lines 2-{cut_at - 1} skipped, up to the read error"
+    assert cut_at > 3
 
 
 def _cell(value: str) -> str:

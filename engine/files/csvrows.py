@@ -10,6 +10,8 @@ Rules:
   bounded by `max_bytes`, and so is every line, whatever the input holds. A record past
   `max_bytes` is one error, and the rest of it is skipped (not kept) up to its closing
   quote: a line inside the quotes is never read as a row, nor an over-long line's quote.
+  That error comes where the record ends and names the lines it took (a stray quote takes
+  the rest of the file: the record is all that shows it).
 """
 
 from __future__ import annotations
@@ -128,54 +130,69 @@ def _strip_end(line: str) -> str:
     return line
 
 
+def _skipped(first: int, error: str, last: int, until: str) -> str:
+    """`error`, and the lines its record took with it (none of them a row)."""
+    lines = f"line {first}" if first == last else f"lines {first}-{last}"
+    return f"{error}: {lines} skipped, {until}"
+
+
 def _records(
     stream: BinaryIO, max_bytes: int, counts: ReadCounts, read_error: Callable[[Exception], str]
 ) -> Iterator[tuple[int, str | None, str]]:
     """(first line, the record's lines joined | None, why not): each record once, however
-    long; blank lines counted."""
+    long; blank lines counted. A record not read says which lines it took with it: its
+    error is yielded where it ends (its closing quote, a read error or the end)."""
     pending: list[str] = []  # the lines of a record whose quoted field is open
-    pending_size = start = 0
-    skipping = False  # inside the quotes of a record past max_bytes: nothing kept
+    pending_size = start = last = 0
+    skip: tuple[int, str] | None = None  # (first line, error) of a record past max_bytes
     too_long = f"CSV record longer than {max_bytes} bytes"
     for line_no, data in csv_lines(stream, max_bytes):
-        if isinstance(data, LongLine):
-            if skipping:
-                skipping = data.stays_open
-            elif pending:
-                pending, pending_size, skipping = [], 0, data.stays_open
-                yield start, None, too_long
-            else:
-                skipping = data.opens
-                yield line_no, None, f"line longer than {max_bytes} bytes"
-            continue
         if isinstance(data, Exception):
-            if pending:
-                pending, pending_size = [], 0
-                yield start, None, "CSV record has an unclosed quote"
+            if skip is not None or pending:
+                first, error = skip or (start, "CSV record has an unclosed quote")
+                yield first, None, _skipped(first, error, last, "up to the read error")
+                pending, pending_size, skip = [], 0, None
             yield line_no, None, read_error(data)
             continue
-        if skipping:  # the rest of that record, up to its closing quote
-            skipping = quote_open(data, True)
-            continue
-        if not pending:
-            if data.isspace():
-                counts.blank_lines += 1
+        last = line_no
+        if isinstance(data, LongLine):
+            if skip is None and pending:
+                pending, pending_size, skip = [], 0, (start, too_long)
+            elif skip is None:
+                if data.opens:  # its quoted field goes on: skipped up to the close
+                    skip = (line_no, f"line longer than {max_bytes} bytes")
+                else:
+                    yield line_no, None, f"line longer than {max_bytes} bytes"
                 continue
-            start = line_no
-        if quote_open(data, bool(pending)):
+            still_open = data.stays_open
+        elif skip is not None:  # the rest of that record, up to its closing quote
+            still_open = quote_open(data, True)
+        else:
+            if not pending:
+                if data.isspace():
+                    counts.blank_lines += 1
+                    continue
+                start = line_no
+            if not quote_open(data, bool(pending)):
+                pending.append(_strip_end(data))
+                joined = "".join(pending)
+                pending, pending_size = [], 0
+                yield start, joined, ""
+                continue
             pending.append(data)
             pending_size += _size(data) + 1
-            if pending_size <= max_bytes:
-                continue  # a quoted field goes on to the next line
-            pending, pending_size, skipping = [], 0, True
-            yield start, None, too_long
-            continue
-        pending.append(_strip_end(data))
-        joined = "".join(pending)
-        pending, pending_size = [], 0
-        yield start, joined, ""
-    if pending:
-        yield start, None, "CSV record has an unclosed quote at the end of the file"
+            if pending_size > max_bytes:
+                pending, pending_size, skip = [], 0, (start, too_long)
+            continue  # a quoted field goes on to the next line
+        if not still_open:
+            yield skip[0], None, _skipped(*skip, line_no, "up to its closing quote")
+            skip = None
+    if skip is not None:
+        until = "to the end of the file: its quote never closes"
+        yield skip[0], None, _skipped(*skip, last, until)
+    elif pending:
+        error = "CSV record has an unclosed quote"
+        yield start, None, _skipped(start, error, last, "to the end of the file")
 
 
 def csv_rows(
