@@ -529,3 +529,56 @@ async def test_a_wrong_token_url_says_so(method: str, answer: str) -> None:
         f"token endpoint {url} answered {answer}: not a token endpoint (check --token-url)"
     )
     assert tokens.stats.requests == 1  # not retried
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("answers", "given"),
+    [
+        pytest.param(["busy", "token"], True, id="the-try-at-the-end-gets-the-token"),
+        pytest.param(["busy", "busy"], False, id="then-gives-up"),
+    ],
+)
+async def test_start_waits_out_a_long_retry_after_up_to_the_token_wait(
+    answers: list[str], given: bool
+) -> None:
+    # 503 with Retry-After: 60 at start, --token-wait 10: the provider waits to the end of
+    # the wait and asks once more then, as a renewal does (it gave up at once, saying it
+    # had waited 10 s).
+    clock, asked = FakeClock(), []
+
+    async def token(request: web.Request) -> web.Response:
+        asked.append(clock.now())
+        if answers[len(asked) - 1] == "token":
+            return web.json_response({"access_token": "tok-0123456789", "expires_in": 900})
+        return web.Response(status=503, text="busy", headers={"Retry-After": "60"})
+
+    app = web.Application()
+    app.router.add_post("/oauth2/token", token)
+    errors: list[str] = []
+    async with serving(app) as base:
+        url = f"{base}/oauth2/token"
+        async with TokenClient(url, client_id="c", client_secret=SECRET) as client:
+            tokens = OAuthToken(client, wait=10.0, clock=clock, rng=random.Random(7))
+
+            async def start() -> None:
+                try:
+                    await tokens.start()
+                except AuthError as exc:
+                    errors.append(str(exc))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(start)
+                await until(lambda: tokens.stats.failures == 1)
+                clock.set(1009.9)
+                await anyio.wait_all_tasks_blocked()
+                assert (asked, errors) == ([1000.0], [])  # waiting: Retry-After is past the wait
+                clock.set(1010.0)
+                await until(lambda: tokens.stats.requests == 2)
+    assert asked == [1000.0, 1010.0]  # the second try at the end of --token-wait
+    assert (tokens.authorization() is not None) is given
+    assert errors == (
+        []
+        if given
+        else [f"token endpoint {url} gave no token within 10s (--token-wait): HTTP 503 busy"]
+    )

@@ -192,6 +192,27 @@ def test_renewal_delay(
     assert delay == pytest.approx(expected)
 
 
+_BUSY = TokenFailure("unavailable", "HTTP 503 busy", retry_after=60.0)
+
+
+@pytest.mark.parametrize(
+    ("backoff", "failure", "now", "give_up_at", "expected"),
+    [
+        pytest.param(0.25, _DOWN, 0.0, 10.0, 0.25, id="the-backoff"),
+        pytest.param(0.25, _SLOW_DOWN, 0.0, 10.0, 1.0, id="not-before-retry-after"),
+        # A Retry-After past the end of --token-wait: the last try is made at the end (at
+        # start and mid-run alike), not given up at once.
+        pytest.param(0.25, _BUSY, 0.0, 10.0, 10.0, id="retry-after-cut-to-the-end"),
+        pytest.param(0.25, _BUSY, 9.98, 10.0, 0.1, id="never-under-the-least-spacing"),
+    ],
+)
+def test_next_try(
+    backoff: float, failure: TokenFailure, now: float, give_up_at: float, expected: float
+) -> None:
+    delay = POLICY.next_try(backoff, failure, now=now, give_up_at=give_up_at)
+    assert delay == pytest.approx(expected)
+
+
 @pytest.mark.parametrize(
     ("attempt", "wait", "draw", "expected"),
     [

@@ -131,8 +131,8 @@ class RefreshPolicy:
 
         `retry_delay` while the token serves; once calls wait for it (mandatory window) or
         it expired, paced by `wait` (--token-wait) as at start, not by the lifetime;
-        refused credentials spaced by seconds; a Retry-After honoured. Bounded by what is
-        left until `give_up_at` (the renewer's last try), never under `retry_min`.
+        refused credentials spaced by seconds; then `next_try` (Retry-After, `give_up_at`:
+        the renewer's last try, `retry_min`).
         """
         lifetime = window.expires_at - window.sent_at
         delay = self.retry_delay(attempt, lifetime=lifetime, draw=draw)
@@ -141,8 +141,17 @@ class RefreshPolicy:
         if failure.kind in ("refused", "wrong_url"):
             refused = min(self.refused_cap, self.refused_initial * 2.0 ** min(attempt, 30))
             delay = max(delay, refused * (0.5 + 0.5 * draw))
-        if failure.retry_after is not None:
-            delay = max(delay, failure.retry_after)
+        return self.next_try(delay, failure, now=now, give_up_at=give_up_at)
+
+    def next_try(
+        self, backoff: float, failure: TokenFailure, *, now: float, give_up_at: float
+    ) -> float:
+        """Seconds before the next token request after `failure`, whoever asks (the first
+        token at start, a renewal mid-run): `backoff`, not before the answer's Retry-After,
+        but never past `give_up_at` (the end of --token-wait): a longer Retry-After does not
+        make the asker give up early, its last try is made then. Never under `retry_min`.
+        """
+        delay = backoff if failure.retry_after is None else max(backoff, failure.retry_after)
         return max(self.retry_min, min(delay, give_up_at - now))
 
 

@@ -14,8 +14,10 @@ Rules:
 - Every timer (the renewal timer, retry delays, the --token-wait bounds) goes through the
   injected `Clock`: a test moves time, nothing sleeps for real. Expiry is measured from
   when the token request was sent (the window arithmetic is engine/core/tokenwindow.py).
-- Token requests are spaced (RefreshPolicy.renewal_delay): never closer than `retry_min`,
-  a Retry-After honoured up to the end of the wait, refused credentials by seconds.
+- Token requests are spaced (RefreshPolicy.renewal_delay, at start `startup_delay`), and
+  one rule (RefreshPolicy.next_try) ends each delay: never closer than `retry_min`, a
+  Retry-After honoured up to the end of the wait, where one last try is made (a longer
+  Retry-After does not give up early). Refused credentials are spaced by seconds.
 - A token that comes too late to be sent (its life is counted from the request) is a
   failed request, not a token: the messages say so.
 - A stop mid-run says that --resume sends the rest (the events not sent are not written).
@@ -237,9 +239,9 @@ class OAuthToken:
         """Get the first token, before any delivery call; raises AuthError."""
         url = self._shown_url
         deadline = self._clock.now() + self._wait
-        attempt = 0
+        attempt, limit, last = 0, self._wait, False
         while True:
-            outcome, sent_at = await self._fetch(max(0.001, deadline - self._clock.now()))
+            outcome, sent_at = await self._fetch(limit)
             if isinstance(outcome, TokenGrant):
                 self._install(outcome, sent_at)
                 return
@@ -251,14 +253,19 @@ class OAuthToken:
                 raise AuthError(f"token endpoint {url} answered {outcome.message}")
             if outcome.kind == "tls":  # as on delivery calls: not retried
                 raise AuthError(f"token endpoint {url}: {outcome.message}")
-            delay = startup_delay(attempt, wait=self._wait, draw=self._rng.random())
-            delay = max(delay, outcome.retry_after or 0.0)  # not asked again before then
-            if self._clock.now() + delay >= deadline:
+            now = self._clock.now()
+            if last or now >= deadline:
                 raise AuthError(
                     f"token endpoint {url} gave no token within {self._wait:g}s "
                     f"(--token-wait): {self._cause(outcome.message)}"
                 )
-            await self._clock.sleep_until(self._clock.now() + delay)
+            backoff = startup_delay(attempt, wait=self._wait, draw=self._rng.random())
+            delay = self._policy.next_try(backoff, outcome, now=now, give_up_at=deadline)
+            # Tries before the deadline end at it; the last one, at the deadline, gets as
+            # long as a renewal's request (a cut-off one would only say "no answer").
+            last = now + delay >= deadline
+            limit = self._wait if last else deadline - now - delay
+            await self._clock.sleep_until(now + delay)
             attempt += 1
 
     async def maintain(self) -> None:
