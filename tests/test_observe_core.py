@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from engine.core.addresses import LOOPBACK, parse_listen, url_host
 from engine.core.errors import ConfigError
+from engine.core.events import ReadCounts
 from engine.core.records import Result
 from engine.core.stats import Histogram, RunStats
 from engine.core.tally import (
@@ -25,6 +26,7 @@ from engine.core.tally import (
     Tally,
     TokenView,
     cumulative,
+    input_share,
     record_lag,
     tally_of,
 )
@@ -397,6 +399,29 @@ def test_cumulative_is_monotone_and_ends_with_the_count(seed: int) -> None:
 def test_progress(progress: Progress, fraction: float, elapsed: float, eta: float | None) -> None:
     assert progress.fraction == pytest.approx(fraction)
     assert progress.eta(elapsed) == (None if eta is None else pytest.approx(eta))
+
+
+@pytest.mark.parametrize(
+    ("counts", "size", "taken", "done", "expected"),
+    [
+        pytest.param(ReadCounts(bytes_read=1000), 4000, 250, 250, (1000, 4000), id="answered"),
+        pytest.param(ReadCounts(bytes_read=4000), 4000, 400, 100, (1000, 4000), id="read-ahead"),
+        pytest.param(ReadCounts(bytes_read=900), 4000, 0, 0, (900, 4000), id="nothing-taken"),
+        pytest.param(
+            ReadCounts(bytes_read=1000, bytes_skipped=3000), 4000, 70, 70, (1000, 1000),
+            id="a-shards-share",
+        ),
+        pytest.param(
+            ReadCounts(bytes_read=0, bytes_skipped=4000), 4000, 0, 0, (0, 1), id="no-share",
+        ),
+    ],
+)  # fmt: skip
+def test_input_share(
+    counts: ReadCounts, size: int, taken: int, done: int, expected: tuple[int, int]
+) -> None:
+    """The one home of the bytes' progress (the terminal's bar and the observers')."""
+    share = input_share(counts, size, taken, done)
+    assert (share.done, share.total, share.unit) == (*expected, "bytes")
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from engine.core.model import ReadCounts
 from engine.core.records import ErrorKind, Result
 from engine.core.stats import Histogram, RunStats
 
@@ -198,6 +199,18 @@ class Progress:
         if self.done <= 0 or elapsed <= 0:
             return None
         return max(0.0, elapsed * (self.total - self.done) / self.done)
+
+
+def input_share(counts: ReadCounts, size: int, taken: int, done: int) -> Progress:
+    """How much of inputs of `size` bytes is answered: the one home of this arithmetic
+    (the terminal's bar and the observers' progress both read it). The reader runs ahead
+    of the answers, so the bytes read (compressed for gzip) count in the proportion of
+    the records `taken` that are `done`; the total is `size` less the bytes this reader
+    never reads (`ReadCounts.bytes_skipped`: a Parquet shard's total is its share)."""
+    got = float(counts.bytes_read)
+    if taken > done:
+        got = counts.bytes_read * done / taken
+    return Progress(got, float(max(size - counts.bytes_skipped, 1)), "bytes")
 
 
 Mode = Literal["run", "load", "replay"]

@@ -7,7 +7,8 @@ Rules:
   file (less the bytes a shard never reads: a Parquet shard's total is its row groups'
   share); stdin, a pipe or a process substitution shows counts and rates, no total. The
   reader runs ahead of the answers (a few hundred records, a whole small file): the
-  bytes read count in the proportion of the records taken that are answered.
+  bytes read count in the proportion of the records taken that are answered. That
+  arithmetic is `core.tally.input_share`, which the observers' progress reads too.
 - The ETA is the average pace so far applied to the bytes left; the rate shown is the
   last second's.
 - It reads the run's figures and never changes them.
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 
 from engine.core.events import ReadCounts
 from engine.core.records import ErrorKind
-from engine.core.tally import Tally
+from engine.core.tally import Tally, input_share
 from engine.files.sources import input_size
 from engine.net.auth import TokenProvider
 from engine.runtime.display import Bar, RateMeter, Row, count, eta, size, span
@@ -89,12 +90,10 @@ class RunView:
         if self.note:
             parts.append(self.note)
         rows: list[Row] = []
-        total = self.total_bytes
-        if total:
-            total = max(total - self.counts.bytes_skipped, 1)  # a shard's share
-            read = min(self.counts.bytes_read, total)
-            if f.taken > f.done:
-                read = read * f.done // f.taken
+        if self.total_bytes:
+            share = input_share(self.counts, self.total_bytes, f.taken, f.done)
+            total = int(share.total)
+            read = min(int(share.done), total)
             left = eta(read, total, elapsed)
             rows.append(
                 Bar(

@@ -19,7 +19,7 @@ from engine.core.events import ReadCounts
 from engine.core.query import Request
 from engine.core.records import Response
 from engine.core.stats import Histogram
-from engine.core.tally import Mode, Progress, Snapshot, Tally, TokenView, tally_of
+from engine.core.tally import Mode, Progress, Snapshot, Tally, TokenView, input_share, tally_of
 from engine.files.sources import input_size
 from engine.net.auth import TokenProvider
 from engine.net.transport import Transport
@@ -113,16 +113,14 @@ def input_progress(counts: ReadCounts, inputs: tuple[str, ...]) -> ProgressOf:
     """How much of the input is answered, by bytes (compressed bytes for gzip), when every
     input is a regular file; else nothing (stdin, a pipe: the size is unknown). The
     records read ahead and not answered yet do not count as done; the bytes a shard never
-    reads (`ReadCounts.bytes_skipped`) are not in the total."""
+    reads (`ReadCounts.bytes_skipped`) are not in the total (`input_share`, as the
+    terminal's bar)."""
     total = input_size(inputs)
     if total is None:
         return lambda read, done: None
 
     def progress(read: int, done: int) -> Progress:
-        got = float(counts.bytes_read)
-        if read > 0:
-            got *= min(1.0, done / read)
-        return Progress(got, float(max(total - counts.bytes_skipped, 1)), "bytes")
+        return input_share(counts, total, read, done)
 
     return progress
 
