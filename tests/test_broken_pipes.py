@@ -6,6 +6,7 @@
   (which was exit 1, with an empty --summary).
 - The same for every command: run, replay, report (its text on stdout), config --show
   and --help (on stdout).
+- stderr on a full disk (`2>/dev/full`) loses the messages the same way.
 - Real pipes whose read end is closed before the command writes, in subprocesses: the
   reader exited early.
 """
@@ -123,3 +124,32 @@ def test_report_keeps_its_exit_code_and_files(tmp_path: Path) -> None:
 )
 def test_what_prints_keeps_its_exit_code(tmp_path: Path, argv: list[str], code: int) -> None:
     assert unread(tmp_path, *argv, streams=("stdout", "stderr")) == code
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full here")
+@pytest.mark.parametrize(
+    "argv",
+    [
+        pytest.param(["run", "--mock", "in.jsonl", "-o", "out.jsonl"], id="run"),
+        pytest.param([*LOAD, "in.jsonl", "-o", "out.jsonl"], id="load"),
+    ],
+)
+def test_a_full_stderr_keeps_the_exit_code_and_files(tmp_path: Path, argv: list[str]) -> None:
+    """stderr on a full disk (`2>/dev/full`: every write ENOSPC): the messages are lost,
+    the run's exit code and files are not (it was 120, Python's 'lost sys.stderr')."""
+    (tmp_path / "in.jsonl").write_bytes(DATA)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with open("/dev/full", "wb") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "engine", *argv, "--summary", "s.json"],
+            cwd=tmp_path,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=full,
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode == 0
+    summary_of(tmp_path / "s.json")
+    assert read_records(tmp_path / "out.jsonl")

@@ -159,12 +159,20 @@ def hold_closed_streams() -> None:
 
 class _Unread(io.FileIO):
     """A standard stream's fd where what is written once the reader has gone (EPIPE)
-    is lost instead of raising: it was a message, and the run goes on to its end."""
+    is lost instead of raising: it was a message, and the run goes on to its end.
+    stderr (`any_error`) loses what it cannot write for any reason (a log file on a full
+    disk: ENOSPC, EIO): the run's exit code is never a message's."""
+
+    any_error = False
 
     def write(self, data: ReadableBuffer, /) -> int:
         try:
             return super().write(data)
         except BrokenPipeError:
+            return memoryview(data).nbytes
+        except OSError:
+            if not self.any_error:
+                raise
             return memoryview(data).nbytes
 
 
@@ -184,7 +192,9 @@ def drop_unread_messages() -> None:
             os.fstat(fd)
         except (OSError, ValueError):
             continue  # closed: hold_closed_streams puts /dev/null there
-        writer = io.BufferedWriter(_Unread(fd, "w", closefd=False))
+        raw = _Unread(fd, "w", closefd=False)
+        raw.any_error = name == "stderr"  # stdout may be the product (report, config)
+        writer = io.BufferedWriter(raw)
         setattr(
             sys,
             name,
