@@ -48,8 +48,12 @@ async def run(config: Config, *, handle_signals: bool = False) -> Summary:
         if config.workers > 1:
             from engine.multiproc.driver import run_workers
 
-            return await run_workers(config, handle_signals=handle_signals, watch=watch)
-        return await run_local(config, handle_signals=handle_signals, watch=watch)
+            summary = await run_workers(config, handle_signals=handle_signals, watch=watch)
+        else:
+            summary = await run_local(config, handle_signals=handle_signals, watch=watch)
+        if watch is not None:
+            watch.ended(summary)  # a stopped or interrupted run is not lingered on
+        return summary
 
 
 async def run_load(
@@ -70,12 +74,17 @@ async def run_load(
     config = config.validated()
     async with watched(config, plan.mode) as watch:
         if config.workers > 1:
-            return await _load_workers(
+            outcome = await _load_workers(
                 config, plan.validated(), watch=watch, progress=progress, signals=handle_signals
             )
-        return await load_driver.run_load(
-            config, plan, live=live, progress=progress, watch=watch, handle_signals=handle_signals
-        )
+        else:
+            outcome = await load_driver.run_load(
+                config, plan, live=live, progress=progress, watch=watch,
+                handle_signals=handle_signals,
+            )  # fmt: skip
+        if watch is not None:
+            watch.ended(outcome.summary)
+        return outcome
 
 
 async def _load_workers(

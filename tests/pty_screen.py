@@ -6,7 +6,8 @@ feeds every byte the command writes through `pyte` (a VT100 emulator) and return
 final screen, with every distinct screen seen while the command ran.
 
 The screen is taller than anything the tests print, so nothing scrolls out of sight: a
-line left behind stays on the final screen.
+line left behind stays on the final screen. Given `rows`, a short terminal: the lines
+scrolled off its top are kept in order (`scrolled`), as a terminal's scrollback keeps them.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class PtyRun:
     final: list[str]  # the final screen's lines, right-stripped, trailing blanks dropped
     seen: list[list[str]] = field(default_factory=list)  # every distinct screen
     raw: bytes = b""
+    scrolled: list[str] = field(default_factory=list)  # off the top, right-stripped
 
     def seen_text(self) -> str:
         return "\n".join("\n".join(screen) for screen in self.seen)
@@ -51,11 +53,12 @@ def run_in_pty(
     env: dict[str, str] | None = None,
     cwd: str | None = None,
     timeout: float = 60.0,
+    rows: int = ROWS,
 ) -> PtyRun:
     import pyte
 
     master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", ROWS, columns, 0, 0))
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
     environ = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
     environ.update({"TERM": "xterm-256color", **(env or {})})
     for name in ("NO_COLOR", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):
@@ -70,7 +73,7 @@ def run_in_pty(
         start_new_session=True,
     )
     os.close(slave)
-    screen = pyte.Screen(columns, ROWS)
+    screen = pyte.HistoryScreen(columns, rows, history=100_000)
     stream = pyte.ByteStream(screen)
     seen: list[list[str]] = []
     chunks: list[bytes] = []
@@ -99,4 +102,9 @@ def run_in_pty(
             process.kill()
             process.wait()
         os.close(master)
-    return PtyRun(returncode, columns, _lines(screen.display), seen, b"".join(chunks))
+    scrolled = [
+        "".join(line[x].data for x in range(columns)).rstrip() for line in screen.history.top
+    ]
+    return PtyRun(
+        returncode, columns, _lines(screen.display), seen, b"".join(chunks), scrolled
+    )  # fmt: skip

@@ -107,3 +107,90 @@ def test_the_count_grows_in_chromium_during_a_run(tmp_path: Path) -> None:
         run.wait()
     assert run.returncode == 0, err
     assert 0 < counts[0] < counts[1], counts
+
+
+async def _evaluate(devtools: int, expression: str) -> object:
+    """`expression`'s value in the page of a Chromium started with
+    --remote-debugging-port=`devtools` (the DevTools protocol, over its websocket)."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"http://127.0.0.1:{devtools}/json") as answer:
+            targets = await answer.json()
+        page = next(t for t in targets if t.get("type") == "page")
+        async with http.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as ws:
+            params = {"expression": expression, "returnByValue": True}
+            await ws.send_json({"id": 1, "method": "Runtime.evaluate", "params": params})
+            while True:
+                message = await ws.receive_json()
+                if message.get("id") == 1:
+                    return message["result"]["result"].get("value")
+
+
+def _page(devtools: int, expression: str) -> object:
+    import asyncio
+
+    for _ in range(50):  # until Chromium's DevTools answer and the page has its script
+        try:
+            return asyncio.run(_evaluate(devtools, expression))
+        except (OSError, StopIteration, KeyError):
+            time.sleep(0.2)
+    raise AssertionError("Chromium's DevTools never answered")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_page_left_open_draws_the_next_run_on_its_port(tmp_path: Path) -> None:
+    """A page open through a `load` that ends, then a `run` on the same port: the page's
+    charts hold the second run's points from its first (each point as data.json gives it),
+    none of the first run's (it asked ?since=<the first run's next> and dropped them)."""
+    import json
+    import urllib.request
+
+    browser = chromium()
+    if browser is None:
+        pytest.skip("no chromium on this machine")
+    board, devtools = free_port(), free_port()
+    events = ROOT / "examples" / "pageviews.jsonl"
+
+    def start(*argv: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "engine", *argv, "--mock", str(events), "--no-progress",
+             "--dashboard", f":{board}", "-o", str(tmp_path / "out.jsonl")],
+            cwd=ROOT, stderr=subprocess.DEVNULL, text=True,
+        )  # fmt: skip
+
+    profile = tmp_path / "profile"
+    first = start("load", "--rate", "30", "--duration", "5s")
+    page = None
+    runs = [first]
+    try:
+        time.sleep(1)
+        page = subprocess.Popen(
+            [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             "--proxy-server=127.0.0.1:9", f"--user-data-dir={profile}",
+             f"--remote-debugging-port={devtools}", f"http://127.0.0.1:{board}/"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env={**os.environ, "HOME": str(profile)},
+        )  # fmt: skip
+        assert first.wait(timeout=60) == 0
+        old = _page(devtools, "points.length")
+        assert isinstance(old, int)
+        assert old >= 3, old  # the page drew the first run
+        second = start("run", "--rate", "10")  # 40 events: 4 s
+        runs.append(second)
+        time.sleep(2.5)
+        shown = _page(devtools, "JSON.stringify({mode: $('mode').textContent, points})")
+        with urllib.request.urlopen(f"http://127.0.0.1:{board}/data.json?since=0") as answer:
+            served = json.load(answer)["points"]
+        assert second.wait(timeout=60) == 0
+    finally:
+        for process in [*runs, *([page] if page else [])]:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+    assert isinstance(shown, str)
+    drawn = json.loads(shown)
+    assert drawn["mode"] == "run"
+    assert drawn["points"], "the page dropped the second run's points"
+    assert drawn["points"] == served[: len(drawn["points"])], (drawn["points"], served)

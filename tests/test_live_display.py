@@ -203,6 +203,30 @@ def test_replay_shows_the_display(tmp_path: Path, columns: int) -> None:
 
 
 @pytest.mark.parametrize(
+    ("command", "rows"),
+    [
+        pytest.param(["run", "--rate", "48"], 2, id="run-2-rows"),
+        pytest.param(["load", "--rate", "48", "--duration", "2s"], 3, id="load-3-rows"),
+    ],
+)
+def test_a_terminal_as_tall_as_the_display_keeps_none_of_it(
+    tmp_path: Path, command: list[str], rows: int
+) -> None:
+    """A terminal exactly as tall as the display: rich's last line end would scroll its
+    first row into the scrollback, left there when the display is erased. What scrolled
+    off and what stays are the summary's lines only."""
+    run = run_in_pty(
+        adbatch(*command, "--mock", EXAMPLES / "pageviews.jsonl", "-o", tmp_path / "out.jsonl"),
+        columns=200,
+        cwd=str(ROOT),
+        rows=rows,
+    )
+    assert run.returncode == 0, run.final
+    assert any(not s[0].startswith("adbatch:") for s in run.seen if s), "no display"
+    assert run.scrolled + run.final == wrapped(summary_lines(run), 200), run.scrolled
+
+
+@pytest.mark.parametrize(
     ("workers", "columns"),
     [pytest.param("1", 80, id="1-process"), pytest.param("2", 200, id="workers")],
 )

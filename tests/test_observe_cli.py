@@ -14,6 +14,7 @@ what a user types, run as a process, as the docs say.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
@@ -152,8 +153,61 @@ def test_linger_serves_the_last_scrape_until_a_signal(
     assert run.returncode == 0, err
     assert re.search(r"^adbatch: 40 events in ", err, re.M), err
     assert "interrupted" not in err
+    assert "stay served 60s more (--metrics-linger): Ctrl-C ends the wait" in err, err
     with pytest.raises(urllib.error.URLError, match="refused"):
         get(f"http://127.0.0.1:{port}/metrics")  # gone with the process
+
+
+@pytest.mark.slow
+def test_a_run_stopped_with_exit_3_is_not_lingered_on(tmp_path: Path) -> None:
+    """An endpoint nobody listens on stops the run (exit 3): the summary comes at once,
+    not after --metrics-linger (a run that fails is not waited on)."""
+    dead = free_port()
+    run = adbatch("run", EXAMPLES / "pageviews.jsonl", "--endpoint", f"http://127.0.0.1:{dead}/d",
+                  "-o", tmp_path / "out.jsonl", "--no-progress",
+                  "--metrics-addr", f":{free_port()}", "--metrics-linger", "600",
+                  env={**os.environ, "ADBATCH_TOKEN": "t0ken"})  # fmt: skip
+    try:
+        _, err = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+    assert run.returncode == 3, err
+    assert re.search(r"^adbatch: stopped: cannot reach the delivery endpoint", err, re.M), err
+    assert "--metrics-linger" not in err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["run", "load"])
+def test_a_run_a_signal_stops_is_not_lingered_on(tmp_path: Path, command: str) -> None:
+    """SIGINT mid-run stops the run (exit 130) and ends it: no --metrics-linger after."""
+    port = free_port()
+    schedule = ["--rate", "5", "--duration", "60s"] if command == "load" else ["--rate", "5"]
+    run = adbatch(command, "--mock", EXAMPLES / "pageviews.jsonl", *schedule, "--no-progress",
+                  "-o", tmp_path / "out.jsonl",
+                  "--metrics-addr", f":{port}", "--metrics-linger", "600")  # fmt: skip
+    try:
+        calls = 0.0
+        for _ in range(200):  # until a call is made (stderr is a pipe: not its first line)
+            try:
+                calls = calls_total(get(f"http://127.0.0.1:{port}/metrics"))
+            except urllib.error.URLError:
+                pass
+            if calls:
+                break
+            assert run.poll() is None, run.communicate()
+            time.sleep(0.1)
+        assert 0 < calls < 40  # under way
+        run.send_signal(signal.SIGINT)
+        _, err = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+    assert run.returncode == 130, err
+    assert re.search(r"^adbatch: stopped: interrupted by SIGINT", err, re.M), err
+    assert "--metrics-linger" not in err
 
 
 @pytest.mark.slow

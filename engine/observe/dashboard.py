@@ -8,11 +8,14 @@ Rules:
   N on (core/timeline.py), so a page that polls gets each point once.
 - The points are sampled once a second by `sample` on the run's event loop, whether a
   page is open or not, so a page opened late still draws the whole run (15 minutes).
+- `run` names the run (random, per server): a page left open when the next run serves
+  the same port sees it change, drops the old run's points and asks from index 0.
 """
 
 from __future__ import annotations
 
 import importlib.resources
+import secrets
 from typing import Any
 
 import anyio
@@ -33,12 +36,13 @@ def page_bytes() -> bytes:
     return importlib.resources.files("engine.observe").joinpath("dashboard.html").read_bytes()
 
 
-def figures(snap: Snapshot, timeline: Timeline, since: int) -> dict[str, Any]:
+def figures(snap: Snapshot, timeline: Timeline, since: int, *, run: str = "") -> dict[str, Any]:
     """What /data.json answers."""
     tally = snap.tally
     progress = snap.progress
     errors = tally.errors()
     return {
+        "run": run,
         "mode": snap.mode,
         "elapsed": round(snap.elapsed, 3),
         "finished": snap.finished,
@@ -75,6 +79,7 @@ async def sample(watch: Watch, timeline: Timeline, *, every: float = 1.0) -> Non
 
 def dashboard_routes(watch: Watch, timeline: Timeline) -> list[web.RouteDef]:
     page = page_bytes()
+    run = secrets.token_hex(8)
     headers = {"Content-Security-Policy": _CSP, "Cache-Control": "no-store"}
 
     async def index(request: web.Request) -> web.Response:
@@ -85,7 +90,7 @@ def dashboard_routes(watch: Watch, timeline: Timeline) -> list[web.RouteDef]:
             since = max(0, int(request.query.get("since", "0")))
         except ValueError:
             since = 0
-        body = orjson.dumps(figures(watch.snapshot(), timeline, since))
+        body = orjson.dumps(figures(watch.snapshot(), timeline, since, run=run))
         return web.Response(body=body, content_type="application/json", headers=headers)
 
     return [web.get("/", index), web.get("/data.json", data)]

@@ -9,7 +9,9 @@ Rules:
   scrape or a poll costs a copy of the counters. --metrics-addr and --dashboard on the
   same HOST:PORT share one server.
 - After the run they stay up --metrics-linger seconds (the figures final, in flight 0),
-  for a last scrape; SIGINT or SIGTERM ends that wait. A run that fails is not waited on.
+  for a last scrape; stderr says so, and that SIGINT or SIGTERM ends that wait. A run
+  that fails (raises, or stops with exit 3/70) or that a signal stopped is not waited on
+  (Watch.ended).
 - Each URL is printed on stderr once it is served; a host that is not loopback
   (`0.0.0.0`, `[::]`, an interface's address) adds a one-line warning: neither page asks
   for authentication, so anyone who can reach the port reads the run's figures.
@@ -76,6 +78,10 @@ async def _linger(seconds: float) -> None:
     """Wait `seconds`, or until SIGINT/SIGTERM (where signals can be received)."""
     if seconds <= 0:
         return
+    sys.stderr.write(
+        f"adbatch: the run is over; its figures stay served {seconds:g}s more"
+        " (--metrics-linger): Ctrl-C ends the wait\n"
+    )
     with anyio.move_on_after(seconds):
         try:
             receiver = anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM)
@@ -124,7 +130,8 @@ async def observed(config: Config, mode: Mode) -> AsyncIterator[Watch]:
                 yield watch
                 watch.finished = True
                 timeline.push(watch.snapshot())
-                await _linger(config.metrics_linger)
+                if watch.lingers:
+                    await _linger(config.metrics_linger)
                 tg.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True):

@@ -7,7 +7,8 @@ Rules:
   read again at each refresh (a resize is followed; a stale COLUMNS is not believed),
   never wrapped, so rich knows how many lines it drew and redraws exactly those.
 - Transient: the lines are erased when the display ends, however the run ends; the CLI
-  then prints the summary where they were. Nothing scrolls.
+  then prints the summary where they were. Nothing scrolls: the rows are cut to the
+  terminal's height less the line rich's last line end leaves (2 rows show the first).
 - The records may go to stdout: stdout is left alone. Whatever Python writes to
   sys.stderr while the display shows (a warning, a log line) is printed above it
   through the display's console, not across it.
@@ -70,7 +71,10 @@ async def show_live(view: View, *, every: float = REFRESH_S) -> None:
         while True:
             await anyio.sleep(every)
             _fit(console)
-            live.update(_render(view(time.perf_counter() - start)), refresh=True)
+            # rich ends the display with a line end below its rows: on a terminal as
+            # tall as the rows, the first would scroll into the scrollback, and stay.
+            rows = view(time.perf_counter() - start)[: console.height - 1]
+            live.update(_render(rows), refresh=True)
 
 
 def _isatty(stream: object) -> bool:

@@ -8,6 +8,8 @@ Rules:
 - A probe is cheap (a copy of counters and histograms) and never awaits; it runs on the
   run's event loop, in the process that serves.
 - Before a probe is attached (the run is still starting) the snapshot is an empty one.
+- The driver's caller tells `ended` how the run ended: a run stopped (exit 3, 70) or
+  interrupted (SIGINT, SIGTERM) is not lingered on (--metrics-linger), as one that raised.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections.abc import Callable
 from engine.core.events import ReadCounts
 from engine.core.query import Request
 from engine.core.records import Response
-from engine.core.stats import Histogram
+from engine.core.stats import Histogram, Summary
 from engine.core.tally import Mode, Progress, Snapshot, Tally, TokenView, input_share, tally_of
 from engine.files.sources import input_size
 from engine.net.auth import TokenProvider
@@ -35,12 +37,17 @@ class Watch:
         self.mode = mode
         self.started = time.monotonic()
         self.finished = False
+        self.lingers = True  # False once `ended` hears of a stop or a signal
         self._probe: Probe | None = None
 
     def attach(self, probe: Probe) -> None:
         """The run has started: its figures come from `probe` from now on."""
         self._probe = probe
         self.started = time.monotonic()
+
+    def ended(self, summary: Summary) -> None:
+        """The run is over, as `summary` tells: a failed or interrupted one is not waited on."""
+        self.lingers = summary.stopped is None and summary.interrupted is None
 
     def snapshot(self) -> Snapshot:
         elapsed = time.monotonic() - self.started
