@@ -1,5 +1,5 @@
 """`python -m engine` is the `adbatch` command."""
 
-from engine.cli.main import entry
+from engine.cli.start import entry
 
 entry()
