@@ -105,6 +105,8 @@ def write_file(path: str, data: bytes, *, after_run: bool = False) -> None:
             f.write(data)
     except OSError as exc:
         message = f"cannot write {path}: {exc.strerror or exc}"
+        if after_run:  # the calls were sent and their records written: say so
+            message += " (the run's records are written and its summary is above)"
         raise OutputError(message, before_run=not after_run) from None
 
 
