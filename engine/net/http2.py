@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -60,7 +61,13 @@ from engine.core.proxies import Proxies, ProxyURL, refusal, unreachable
 from engine.core.query import Request
 from engine.core.records import ErrorKind, Response
 from engine.net.bodies import ACCEPT_ENCODING, BodyError, read_body
-from engine.net.http2_pool import hook, reset_abandoned, shared_tunnels, whole_writes
+from engine.net.http2_pool import (
+    NOT_A_STATUS,
+    hook,
+    reset_abandoned,
+    shared_tunnels,
+    whole_writes,
+)
 from engine.net.outcome import failed, one_line
 from engine.net.tls import client_context, tls_failure
 
@@ -276,6 +283,8 @@ class _Stream:
             # A new connection is hooked by its first stream, before any GOAWAY can
             # come (its first burst would not reach the next call's hook in time).
             hook(self.client)
+        elif name == "http11.send_request_headers.started":
+            hook(self.client)  # HTTP/1.1 (no h2): hooked before its first answer is read
 
 
 def _unprocessed(exc: Exception, stream_id: int | None) -> str | None:
@@ -352,10 +361,10 @@ def _failure(exc: Exception, url: str, via: ProxyURL | None) -> tuple[str, str]:
         if "streamreset" in lowered:
             return ErrorKind.DISCONNECTED, f"no answer: {_ended(exc)}"
         if "peer closed connection" in lowered or "incomplete" in lowered:
-            return ErrorKind.PAYLOAD, f"incomplete response body: {text}"
-        return ErrorKind.PROTOCOL, f"malformed HTTP response: {text}"
+            return ErrorKind.PAYLOAD, f"incomplete response body: {_unquoted(text)}"
+        return ErrorKind.PROTOCOL, f"malformed HTTP response: {_unquoted(text)}"
     if isinstance(exc, httpx.LocalProtocolError | h2.exceptions.ProtocolError):
-        return ErrorKind.PROTOCOL, f"HTTP/2 protocol error: {text}"
+        return ErrorKind.PROTOCOL, f"HTTP/2 protocol error: {_unquoted(text)}"
     if isinstance(exc, httpx.ReadError | httpx.WriteError | httpx.CloseError):
         return ErrorKind.NETWORK, f"network error: {text}"
     if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
@@ -378,7 +387,21 @@ def _ended(exc: Exception) -> str:
             return f"the server closed the connection (GOAWAY {code})"
         inner = inner and (inner.__cause__ or inner.__context__)
     text = one_line(str(exc))
-    return "the server closed the connection" if text == "Server disconnected" else text
+    return "the server closed the connection" if text == "Server disconnected" else _unquoted(text)
+
+
+# h11 and h2 quote the server's bytes with repr() ("illegal status line: bytearray(b'...')",
+# "Invalid content-length header: b'...'"): a token echoed there comes escaped (a `\` or
+# `'` doubled), and the redaction misses it. The quote and what follows are dropped;
+# h11's two commonest read as the http1 client says them.
+_QUOTED = re.compile(r"""\s*:?\s*(?:bytearray\()?b?(['"]).*$""")
+_H11_WORDS = {"illegal status line": NOT_A_STATUS, "illegal header line": "Invalid header token"}
+
+
+def _unquoted(text: str) -> str:
+    """`text` (one line) without a library's quote of the server's bytes."""
+    said = _QUOTED.sub("", text).rstrip(" :")
+    return _H11_WORDS.get(said, said) or "an answer that is not HTTP"
 
 
 def _where(url: str) -> str:

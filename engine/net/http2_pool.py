@@ -12,6 +12,13 @@ Rules:
   last-stream-id are being answered, and get their answers (h2 closes its state machine
   on a GOAWAY and refuses their frames, httpcore fails them unread: each such call was
   processed by the server, and lost).
+- `hook` also reads each answer's `:status` itself: httpcore takes it with `int()` (a
+  ValueError, a crash of the call, on `tok`) and as 200 when it is missing (it turns h2's
+  header validation off). One that is not a status code (100-599) is a malformed answer,
+  said in our words: never the bytes, which a server may make the token.
+- `hook` drops an HTTP/1.1 connection (a server without h2) that holds bytes past the
+  answer it just gave (a stray answer in the same write): h11 keeps them and would hand
+  them to the next call on the connection as its answer.
 - `shared_tunnels`: through a proxy, the calls that come while the first CONNECT tunnel
   opens wait for it, as they wait for a direct connection, instead of each opening a
   tunnel (and an HTTP/2 connection) of its own: one connection per 100 calls, as direct.
@@ -21,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import ssl
 from typing import Any
 
@@ -146,6 +154,68 @@ def hook(client: httpx.AsyncClient) -> None:
         conn._response_closed = response_closed
         conn._adbatch_hooked = True
         _read_past_goaway(conn)
+        _checked_status(conn)
+    for conn in _h11_connections(client):
+        _drop_leftovers(conn)
+
+
+#: What the http1 client says of a status line that is not one.
+NOT_A_STATUS = "Invalid status code"
+_STATUS = re.compile(rb"[1-5][0-9][0-9]")
+
+
+def _checked_status(conn: Any) -> None:
+    """`conn` (httpcore's AsyncHTTP2Connection) takes an answer's status from exactly
+    one `:status` of three digits, 100-599, else fails the call (module rules)."""
+    if not hasattr(conn, "_receive_stream_event"):  # private: should it change, as before
+        return
+
+    async def receive_response(request: Any, stream_id: int) -> tuple[int, list[Any]]:
+        while True:
+            event = await conn._receive_stream_event(request, stream_id)
+            if isinstance(event, h2.events.ResponseReceived):
+                break
+        fields = event.headers or []
+        statuses = [value for name, value in fields if name == b":status"]
+        if len(statuses) != 1 or not _STATUS.fullmatch(statuses[0]):
+            raise httpcore.RemoteProtocolError(NOT_A_STATUS)
+        return int(statuses[0]), [(k, v) for k, v in fields if not k.startswith(b":")]
+
+    conn._receive_response = receive_response
+
+
+def _h11_connections(client: httpx.AsyncClient) -> list[Any]:
+    """httpcore's HTTP/1.1 connections in `client`'s pool, not yet hooked (direct, in a
+    tunnel, or through a forwarding proxy: the innermost)."""
+    pool = getattr(getattr(client, "_transport", None), "_pool", None)
+    found = []
+    for pooled in getattr(pool, "connections", ()):
+        conn: Any = getattr(pooled, "_connection", None)
+        for _ in range(3):
+            if hasattr(conn, "_h11_state") or not hasattr(conn, "_connection"):
+                break
+            conn = conn._connection
+        if hasattr(conn, "_h11_state") and not getattr(conn, "_adbatch_hooked", False):
+            found.append(conn)
+    return found
+
+
+def _drop_leftovers(conn: Any) -> None:
+    """Close `conn` (httpcore's AsyncHTTP11Connection) when an answer leaves bytes behind
+    it, or the server's end of file (module rules). One that comes later, while the
+    connection is idle, httpcore sees itself (a readable idle socket has expired)."""
+    closed = getattr(conn, "_response_closed", None)
+    if closed is None or not hasattr(conn, "aclose"):
+        return
+
+    async def response_closed() -> None:
+        await closed()
+        data, ended = getattr(conn._h11_state, "trailing_data", (b"", False))
+        if conn.is_idle() and (data or ended):
+            await conn.aclose()
+
+    conn._response_closed = response_closed
+    conn._adbatch_hooked = True
 
 
 #: What a connection may still receive, and send, once a GOAWAY came: the frames of the
