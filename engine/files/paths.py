@@ -194,7 +194,10 @@ def drop_unread_messages() -> None:
             continue  # closed: hold_closed_streams puts /dev/null there
         raw = _Unread(fd, "w", closefd=False)
         raw.any_error = name == "stderr"  # stdout may be the product (report, config)
-        writer = io.BufferedWriter(raw)
+        # Buffered as it was: Python's stderr has no buffer (each message goes out as it
+        # is said, to a pipe too), stdout one.
+        unbuffered = isinstance(getattr(stream, "buffer", None), io.RawIOBase)
+        writer = raw if unbuffered else io.BufferedWriter(raw)
         setattr(
             sys,
             name,
