@@ -153,3 +153,20 @@ def test_a_full_stderr_keeps_the_exit_code_and_files(tmp_path: Path, argv: list[
     assert done.returncode == 0
     summary_of(tmp_path / "s.json")
     assert read_records(tmp_path / "out.jsonl")
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_records_on_a_stdout_whose_reader_went_stop_the_run_with_its_summary(
+    tmp_path: Path, workers: str
+) -> None:
+    """The records on stdout, its reader gone: the output failed, exit 3, the summary
+    written (a --workers parent wrote none: 0 bytes), and no --resume offered (it
+    needs -o FILE)."""
+    (tmp_path / "in.jsonl").write_bytes(DATA * 20)
+    argv = ["run", "--mock", "--workers", workers, "in.jsonl", "--summary", "s.json"]
+    assert unread(tmp_path, *argv, streams=("stdout",)) == 3
+    data = summary_of(tmp_path / "s.json")
+    assert data["exit_code"] == 3
+    summary = data["summary"]
+    assert isinstance(summary, dict)
+    assert summary["stopped"] == "output <stdout> was closed by the reader"

@@ -176,6 +176,25 @@ def test_an_output_that_fills_mid_run_says_resume_and_resume_ends_it(
     exactly_once(read_records(tmp_path / "o.jsonl"), n)
 
 
+def test_a_load_whose_output_fills_stops_without_offering_resume(tmp_path: Path) -> None:
+    """load has no --resume (a schedule, exit 2 if given): its stop line says what
+    failed, and offers none."""
+    (tmp_path / "in.jsonl").write_bytes(DATA)
+    argv = ["load", "--mock", "--no-progress", "--rate", "200", "--duration", "1s"]
+    full = subprocess.run(
+        [sys.executable, "-c", FSIZE_LIMITED, str(20_000), *argv, "in.jsonl", "-o", "o.jsonl"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert full.returncode == 3, full.stderr
+    stopped = [line for line in full.stderr.splitlines() if line.startswith("adbatch: stopped:")]
+    assert stopped == ["adbatch: stopped: cannot write output o.jsonl: File too large"]
+
+
 #: `python -c FSIZE_LIMITED BYTES ARGV...`: adbatch with files limited to BYTES (a write
 #: past it fails with EFBIG; Python ignores SIGXFSZ).
 FSIZE_LIMITED = """

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from engine.core.records import Result
-from engine.errors import FatalError
+from engine.errors import FatalError, OutputError
 from engine.files.sinks import JsonlSink, TickWriter
 
 pytestmark = pytest.mark.anyio
@@ -62,7 +62,9 @@ async def test_close_raises_an_error_no_worker_saw() -> None:
 def test_two_appending_sinks_keep_lines_whole(tmp_path: Path) -> None:
     path = tmp_path / "out.jsonl"
     JsonlSink(str(path)).close()  # created (truncated) once, as the parent does
-    first, second = JsonlSink(str(path), append=True), JsonlSink(str(path), append=True)
+    # ... and appended to by the --workers children, which the parent's lock lets in.
+    first = JsonlSink(str(path), append=True, watch=False)
+    second = JsonlSink(str(path), append=True, watch=False)
     assert first.is_regular_file()
     assert second.is_regular_file()
     for i in range(200):
@@ -72,6 +74,25 @@ def test_two_appending_sinks_keep_lines_whole(tmp_path: Path) -> None:
     second.close()
     seqs = sorted(orjson.loads(line)["seq"] for line in path.read_bytes().splitlines())
     assert seqs == list(range(2000))  # every line whole, none over another
+
+
+@pytest.mark.parametrize("append", [False, True], ids=["run", "resume"])
+def test_a_second_run_on_the_same_output_is_refused_and_empties_nothing(
+    tmp_path: Path, append: bool
+) -> None:
+    """Two runs writing one output (two --resume at once) would each write what the
+    other sends: the second is refused (exit 2) before it writes or empties anything."""
+    path = tmp_path / "out.jsonl"
+    first = JsonlSink(str(path))
+    first.write(_result(0).to_json() + b"\n")
+    with pytest.raises(OutputError, match="is being written by another adbatch run") as exc:
+        JsonlSink(str(path), append=append)
+    assert exc.value.exit_code == 2
+    assert path.read_bytes() == _result(0).to_json() + b"\n"
+    first.close()
+    again = JsonlSink(str(path))  # once the first has closed: emptied, as a new run's is
+    again.close()
+    assert path.read_bytes() == b""
 
 
 def test_a_pipe_is_not_a_regular_file() -> None:

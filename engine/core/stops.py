@@ -29,7 +29,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from engine.core.errors import OutputError
 from engine.core.proxies import UNREACHABLE
 from engine.core.records import ErrorKind
 from engine.core.retry import THROTTLE_STATUSES
@@ -155,12 +154,13 @@ class OutageWatch:
         )
 
 
-def output_stop(error: OutputError) -> str:
-    """The stop line of an output that failed mid-run: what to do, when what the output
-    holds is kept (a full disk; not a reader gone, nor a file deleted under the run)."""
-    if not error.kept:
-        return str(error)
+def output_stop(reason: str, *, kept: bool, resumable: bool) -> str:
+    """The stop line of an output that failed mid-run (`reason`): what to do, when what
+    it holds is `kept` (OutputError.kept: a file on a full disk; not stdout, a reader
+    gone, a file deleted under the run) and the command can --resume (not a schedule)."""
+    if not (kept and resumable):
+        return reason
     return (
-        f"{error}; the records written before are kept: once it can be written, "
+        f"{reason}; the records written before are kept: once it can be written, "
         "run the same command with --resume to send the rest"
     )

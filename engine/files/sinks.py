@@ -71,7 +71,8 @@ class JsonlSink:
             self._owned = False
             self.name = "<stdout>"
             return
-        flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
+        # Emptied (not --resume) only once it is known that no other run writes it.
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else 0)
         try:
             self._fd = os.open(path, flags, 0o644)
         except OSError as exc:
@@ -82,8 +83,28 @@ class JsonlSink:
         self.name = path
         info = os.fstat(self._fd)
         if watch and stat.S_ISREG(info.st_mode):  # a pipe or a device is no file to lose
+            self._hold(path)
+            if not append:
+                os.ftruncate(self._fd, 0)
             self._identity = (info.st_dev, info.st_ino)
             self._next_check = time.monotonic() + CHECK_EVERY_S
+
+    def _hold(self, path: str) -> None:
+        """Lock the file for this run (flock, released when it closes): two runs writing
+        one output (two --resume at once) would each write what the other sends."""
+        import fcntl
+
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            raise OutputError(
+                f"output {path} is being written by another adbatch run: let it end "
+                "(then --resume, if it stopped), or give another -o",
+                before_run=True,
+            ) from None
+        except OSError:
+            pass  # a filesystem without locks: written as before
 
     def check(self) -> None:
         """Raise OutputError (exit 3) when the output file was deleted or replaced since
@@ -118,7 +139,7 @@ class JsonlSink:
             raise OutputError(f"output {self.name} was closed by the reader") from None
         except OSError as exc:
             raise OutputError(
-                f"cannot write output {self.name}: {exc.strerror or exc}", kept=True
+                f"cannot write output {self.name}: {exc.strerror or exc}", kept=self._owned
             ) from None
         if self._owned:
             if self._identity is not None and (now := time.monotonic()) >= self._next_check:

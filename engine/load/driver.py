@@ -264,6 +264,7 @@ async def run_load(
     # Here the calls in flight are --max-in-flight's: the refusal names it, not -c.
     check_open_files(engine_config, option="--max-in-flight")
     async with open_run(engine_config) as session:
+        session.resumable = False  # a schedule: its stop lines offer no --resume
         counts = session.counts
         schedule = _schedule(config, plan, live, counts, window)
         engine = session.engine()

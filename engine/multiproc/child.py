@@ -47,7 +47,6 @@ from engine.core.events import EventDefaults, Item
 from engine.core.kept import token_keep
 from engine.core.records import Result, jsonl, jsonl_parts
 from engine.core.secrets import Secrets
-from engine.core.stops import output_stop
 from engine.core.tally import Tally, record_schedule, tally_of
 from engine.errors import EngineError, OutputError, first_engine_error
 from engine.files.sinks import JsonlSink, kept
@@ -409,7 +408,7 @@ def _failed(index: int, exc: BaseException) -> Failed:
     the task groups' wrapping) as its own message; anything else with its type."""
     error = first_engine_error(exc) if isinstance(exc, BaseExceptionGroup) else exc
     if isinstance(error, OutputError):
-        return Failed(f"worker {index}: {output_stop(error)}", output=True)
+        return Failed(f"worker {index}: {error}", output=True, kept=error.kept)
     if isinstance(error, EngineError):
         return Failed(f"worker {index}: {error}")
     return Failed(f"worker {index}: {type(exc).__name__}: {exc}")

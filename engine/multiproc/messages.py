@@ -175,6 +175,7 @@ class Failed:
 
     text: str
     output: bool = False
+    kept: bool = False  # the output's OutputError.kept
 
 
 ToParent = Answered | Records | Ordered | Refresh | LiveFigures | Done | Failed

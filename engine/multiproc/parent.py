@@ -46,6 +46,7 @@ from anyio.abc import TaskGroup
 
 from engine.config import Config
 from engine.core.stats import RunStats
+from engine.core.stops import output_stop
 from engine.core.tally import Tally
 from engine.errors import AuthError, FatalError, OutputError
 from engine.files.sinks import CHECK_EVERY_S
@@ -100,6 +101,8 @@ class _Parent:
         self.stats = RunStats()
         self.stopped: str | None = None
         self.stop_code = 3  # the exit code of `stopped` when a worker stopped the run
+        #: The output refused a write (a full disk): the run stops, writing no more.
+        self.output_failed = anyio.Event()
         self.error: FatalError | None = None
         self.workers = workers
         # Unordered into a regular file: the workers append their records themselves.
@@ -175,6 +178,7 @@ class _Parent:
             tg.start_soon(self._watch_tokens)
             tg.start_soon(self._keep_tokens)
             tg.start_soon(self._watch_output)
+            tg.start_soon(self._halt_on_output_failure)
             if self.view is not None:
                 tg.start_soon(show_live, self.view)
             elif self.config.progress:
@@ -304,13 +308,11 @@ class _Parent:
                 self.budget_refused += budget_refused
                 self.slowed = self.slowed or slowed
                 return True
-            case Failed(text, output):
+            case Failed(text, output, kept):
                 # A worker's exception may quote a server, and it never saw the client secret.
                 text = self.session.secrets.redact(text)
                 if output:  # the output failed (a full disk): the run stops, with its summary
-                    if self.stopped is None:
-                        self.stopped, self.stop_code = text, FatalError.exit_code
-                        tg.start_soon(self._halt_workers, text)
+                    self._stop_output(output_stop(text, kept=kept, resumable=self.jobs is None))
                     return True
                 if self.error is None:
                     self.error = FatalError(text)
@@ -321,7 +323,25 @@ class _Parent:
     def _write(self, data: bytes) -> None:
         # The workers never saw the client secret; a server could echo it.
         assert self.sink is not None
-        self.sink.write(self.session.secrets.redact_bytes(data))
+        if self.output_failed.is_set():
+            return
+        try:
+            self.sink.write(self.session.secrets.redact_bytes(data))
+        except OutputError as exc:
+            resumable = self.jobs is None
+            self._stop_output(output_stop(str(exc), kept=exc.kept, resumable=resumable))
+
+    def _stop_output(self, reason: str) -> None:
+        """The output failed: the run's stop (exit 3) unless it had one; no more input."""
+        if self.stopped is None:
+            self.stopped, self.stop_code = reason, FatalError.exit_code
+        self.output_failed.set()
+        self.feed_scope.cancel()
+        self.credit.set()
+
+    async def _halt_on_output_failure(self) -> None:
+        await self.output_failed.wait()
+        await self._halt_workers(self.stopped or "the output failed")
 
     def _answered(self, worker: WorkerHandle, count: int) -> None:
         worker.outstanding -= count
@@ -359,10 +379,7 @@ class _Parent:
             try:
                 self.sink.check()
             except OutputError as exc:
-                self.error = self.error or exc
-                self.stopped = self.stopped or str(exc)
-                self.feed_scope.cancel()
-                self.credit.set()
+                self._stop_output(str(exc))
                 for worker in self.workers:  # what they write now reaches no file
                     await self._send(worker, Halt(str(exc), 0.0))
                 return

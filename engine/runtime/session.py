@@ -87,6 +87,7 @@ class RunSession:
     #: The engine's stop, told when the output fails mid-run; `output_failed` then.
     stop: Callable[[Stop], None] | None = None
     output_failed: bool = False
+    resumable: bool = True  # False for a schedule (load, replay): no --resume to offer
 
     def engine(self, config: Config | None = None) -> Engine:
         """The batch engine on this run's tokens and transport."""
@@ -110,7 +111,7 @@ class RunSession:
             if self.stop is None:
                 raise
             self.output_failed = True
-            self.stop(Stop(output_stop(exc)))
+            self.stop(Stop(output_stop(str(exc), kept=exc.kept, resumable=self.resumable)))
 
     async def emit(self, batch: list[Result]) -> None:
         """`write` as the engine's asynchronous emit."""
