@@ -309,6 +309,22 @@ def test_an_option_before_the_command_names_the_commands_option(
     assert PASSWORD not in out + err
 
 
+@pytest.mark.parametrize("typo", ["--client-secre", "--client_secret"])
+def test_a_typo_of_the_refused_secret_option_suggests_the_file(
+    typo: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After the command too: --client-secret is hidden (it only says it is refused), so
+    its typos are pointed to --client-secret-file."""
+    with pytest.raises(SystemExit) as exc:
+        main(["run", typo, PASSWORD, "events.jsonl"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == (
+        f"adbatch run: error: unknown option {typo}; did you mean --client-secret-file?"
+    )
+    assert PASSWORD not in err
+
+
 # -- a refused header --------------------------------------------------------------------
 
 

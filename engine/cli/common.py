@@ -77,7 +77,9 @@ class Parser(argparse.ArgumentParser):
         # secret that must not be printed.
         name = unknown[0].partition("=")[0]
         message = f"unknown option {name}"
-        options = [s for action in self._actions for s in action.option_strings]
+        # A hidden option is never suggested (--client-secret only says it is refused).
+        shown = [a for a in self._actions if a.help != argparse.SUPPRESS]
+        options = [s for action in shown for s in action.option_strings]
         near = difflib.get_close_matches(name.lower(), options, n=1)  # --TOKEN: --token
         if near:
             message += f"; did you mean {near[0]}?"
