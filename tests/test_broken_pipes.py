@@ -20,20 +20,14 @@ from pathlib import Path
 
 import orjson
 import pytest
-from conftest import exactly_once, read_records
+from conftest import events, exactly_once, read_records
 
 # End to end: CLI runs in subprocesses, a second or so each (CI runs -m slow).
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
-EVENT = {
-    "criteo-partner-id": 12345,
-    "retailer-visitor-id": "rv-1",
-    "event-type": "viewHome",
-    "page-id": "viewHome_API_desktop",
-}
 N = 20
-DATA = b"".join(orjson.dumps({**EVENT, "id": f"e{i}"}) + b"\n" for i in range(N))
+DATA = b"".join(orjson.dumps(event) + b"\n" for event in events(N))
 LOAD = ["load", "--mock", "--rate", "40", "--duration", "0.5s", "--no-loop"]
 
 

@@ -151,15 +151,7 @@ def test_an_output_that_fills_mid_run_says_resume_and_resume_ends_it(
     )
     argv = [*RUN, "--workers", str(workers), "in.jsonl", "-o", "o.jsonl"]
     summary = tmp_path / "s.json"
-    full = subprocess.run(
-        [sys.executable, "-c", FSIZE_LIMITED, str(40_000), *argv, "--summary", str(summary)],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    full = fsize_limited(tmp_path, 40_000, *argv, "--summary", str(summary))
     err = full.stderr.strip()
     assert full.returncode == 3, err
     assert "Traceback" not in err
@@ -181,18 +173,23 @@ def test_a_load_whose_output_fills_stops_without_offering_resume(tmp_path: Path)
     failed, and offers none."""
     (tmp_path / "in.jsonl").write_bytes(DATA)
     argv = ["load", "--mock", "--no-progress", "--rate", "200", "--duration", "1s"]
-    full = subprocess.run(
-        [sys.executable, "-c", FSIZE_LIMITED, str(20_000), *argv, "in.jsonl", "-o", "o.jsonl"],
-        cwd=tmp_path,
+    full = fsize_limited(tmp_path, 20_000, *argv, "in.jsonl", "-o", "o.jsonl")
+    assert full.returncode == 3, full.stderr
+    stopped = [line for line in full.stderr.splitlines() if line.startswith("adbatch: stopped:")]
+    assert stopped == ["adbatch: stopped: cannot write output o.jsonl: File too large"]
+
+
+def fsize_limited(cwd: Path, limit: int, *argv: str) -> subprocess.CompletedProcess[str]:
+    """The CLI in `cwd` with every file it writes limited to `limit` bytes: a full disk."""
+    return subprocess.run(
+        [sys.executable, "-c", FSIZE_LIMITED, str(limit), *argv],
+        cwd=cwd,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
-    assert full.returncode == 3, full.stderr
-    stopped = [line for line in full.stderr.splitlines() if line.startswith("adbatch: stopped:")]
-    assert stopped == ["adbatch: stopped: cannot write output o.jsonl: File too large"]
 
 
 #: `python -c FSIZE_LIMITED BYTES ARGV...`: adbatch with files limited to BYTES (a write
