@@ -11,7 +11,12 @@ Rules:
   `max_bytes` is one error, and the rest of it is skipped (not kept) up to its closing
   quote: a line inside the quotes is never read as a row, nor an over-long line's quote.
   That error comes where the record ends and names the lines it took (a stray quote takes
-  the rest of the file: the record is all that shows it).
+  the rest of the file: the record is all that shows it). A record's size is its bytes as
+  the file holds them, the line ends inside its quotes and its closing line included.
+- The first record is the header, read or not: a header that cannot be read (a bad quote,
+  bytes not UTF-8, a line past `max_bytes`) makes each row after it an error naming why,
+  and is a record of its own only when it took other lines with it (or is a read error),
+  so no data row is ever taken as the header and none goes without its record.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from engine.core.events import ReadCounts
 Row = tuple[int, dict[str, object] | None, str | None]
 
 _ENDS = ("\r\n", "\r", "\n")
+_CLOSED = "up to its closing quote"
 
 
 # Where a scan stands: at a field's start, in an unquoted field (or after a closed quote:
@@ -138,10 +144,11 @@ def _skipped(first: int, error: str, last: int, until: str) -> str:
 
 def _records(
     stream: BinaryIO, max_bytes: int, counts: ReadCounts, read_error: Callable[[Exception], str]
-) -> Iterator[tuple[int, str | None, str]]:
-    """(first line, the record's lines joined | None, why not): each record once, however
-    long; blank lines counted. A record not read says which lines it took with it: its
-    error is yielded where it ends (its closing quote, a read error or the end)."""
+) -> Iterator[tuple[int, int, str | None, str]]:
+    """(first line, last line, the record's lines joined | None, why not): each record
+    once, however long; blank lines counted. A record not read says which lines it took
+    with it: its error is yielded where it ends (its closing quote, a read error or the
+    end). A read error takes no line: its last line is the one before its first."""
     pending: list[str] = []  # the lines of a record whose quoted field is open
     pending_size = start = last = 0
     skip: tuple[int, str] | None = None  # (first line, error) of a record past max_bytes
@@ -150,9 +157,9 @@ def _records(
         if isinstance(data, Exception):
             if skip is not None or pending:
                 first, error = skip or (start, "CSV record has an unclosed quote")
-                yield first, None, _skipped(first, error, last, "up to the read error")
+                yield first, last, None, _skipped(first, error, last, "up to the read error")
                 pending, pending_size, skip = [], 0, None
-            yield line_no, None, read_error(data)
+            yield line_no, line_no - 1, None, read_error(data)
             continue
         last = line_no
         if isinstance(data, LongLine):
@@ -162,7 +169,7 @@ def _records(
                 if data.opens:  # its quoted field goes on: skipped up to the close
                     skip = (line_no, f"line longer than {max_bytes} bytes")
                 else:
-                    yield line_no, None, f"line longer than {max_bytes} bytes"
+                    yield line_no, line_no, None, f"line longer than {max_bytes} bytes"
                 continue
             still_open = data.stays_open
         elif skip is not None:  # the rest of that record, up to its closing quote
@@ -176,23 +183,26 @@ def _records(
             if not quote_open(data, bool(pending)):
                 pending.append(_strip_end(data))
                 joined = "".join(pending)
+                if pending_size and pending_size + _size(data) > max_bytes:  # its last line too
+                    yield start, line_no, None, _skipped(start, too_long, line_no, _CLOSED)
+                else:
+                    yield start, line_no, joined, ""
                 pending, pending_size = [], 0
-                yield start, joined, ""
                 continue
             pending.append(data)
-            pending_size += _size(data) + 1
+            pending_size += len(data.encode("utf-8", "surrogateescape"))  # its line end too
             if pending_size > max_bytes:
                 pending, pending_size, skip = [], 0, (start, too_long)
             continue  # a quoted field goes on to the next line
         if not still_open:
-            yield skip[0], None, _skipped(*skip, line_no, "up to its closing quote")
+            yield skip[0], line_no, None, _skipped(*skip, line_no, _CLOSED)
             skip = None
     if skip is not None:
         until = "to the end of the file: its quote never closes"
-        yield skip[0], None, _skipped(*skip, last, until)
+        yield skip[0], last, None, _skipped(*skip, last, until)
     elif pending:
         error = "CSV record has an unclosed quote"
-        yield start, None, _skipped(start, error, last, "to the end of the file")
+        yield start, last, None, _skipped(start, error, last, "to the end of the file")
 
 
 def csv_rows(
@@ -201,28 +211,47 @@ def csv_rows(
     """Each CSV record of `stream` under its header row as a Row; blank lines counted."""
     header: list[str] | None = None
     header_error: str | None = None
-    for start, joined, error in _records(stream, max_bytes, counts, read_error):
-        if joined is None:
-            yield start, None, error
-            continue
-        try:
-            fields = next(csv.reader([joined], strict=True))
-        except csv.Error as exc:
-            yield start, None, f"CSV record cannot be read: {exc}"
-            continue
-        if any("\udc80" <= ch <= "\udcff" for f in fields for ch in f):
-            yield start, None, "line is not valid UTF-8"
-            continue
-        if header is None and header_error is None:
-            names = [f.strip() for f in fields]
-            if any(not n for n in names):
-                header_error = "CSV header has an empty column name"
-            elif len(set(names)) != len(names):
-                header_error = "CSV header repeats a column name"
-            header = names
+    for start, last, joined, error in _records(stream, max_bytes, counts, read_error):
+        fields, why = _fields(joined, error)
+        if header is None and header_error is None:  # the first record: the header
+            if fields is None:
+                reason = why.removeprefix(_UNREADABLE)
+                header_error = f"CSV header on line {start} cannot be read: {reason}"
+                if last != start:  # it took data lines with it, or is a read error
+                    yield start, None, why
+            else:
+                header, header_error = _header(fields)
+        elif fields is None:
+            yield start, None, why
         elif header_error is not None:
             yield start, None, header_error
         elif header is not None and len(fields) != len(header):
             yield start, None, f"CSV row has {len(fields)} fields, the header has {len(header)}"
         elif header is not None:
             yield start, {k: v for k, v in zip(header, fields, strict=True) if v}, None
+
+
+_UNREADABLE = "CSV record cannot be read: "
+
+
+def _fields(joined: str | None, error: str) -> tuple[list[str] | None, str]:
+    """A record's fields, or None and why it cannot be read."""
+    if joined is None:
+        return None, error
+    try:
+        fields = next(csv.reader([joined], strict=True))
+    except csv.Error as exc:
+        return None, f"{_UNREADABLE}{exc}"
+    if any("\udc80" <= ch <= "\udcff" for f in fields for ch in f):
+        return None, "line is not valid UTF-8"
+    return fields, ""
+
+
+def _header(fields: list[str]) -> tuple[list[str], str | None]:
+    """The header's column names, and why they cannot name a row's fields."""
+    names = [f.strip() for f in fields]
+    if any(not n for n in names):
+        return names, "CSV header has an empty column name"
+    if len(set(names)) != len(names):
+        return names, "CSV header repeats a column name"
+    return names, None
