@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import anyio
 import pytest
+from aiohttp import web
+from conftest import config_for, events
+from web_app import serving
 
+from engine import run
 from engine.core.rates import LeaseSchedule
 from engine.runtime.limits import make_limiter
 
@@ -62,3 +68,46 @@ def test_lease_slack_makes_up_lateness(slack: float, asks: list[float], next_slo
     got = [schedule.grant(now, 1) for now in asks]
     assert got == pytest.approx(asks)  # a permit is never granted before it is asked
     assert schedule.next_at == pytest.approx(next_slot)
+
+
+@pytest.mark.parametrize(
+    ("origin", "asks", "granted"),
+    [
+        pytest.param(0.25, [0.0, 0.0], [0.25, 1.25], id="first-slot-waits-for-the-origin"),
+        pytest.param(0.25, [1.0, 1.0], [1.25, 2.25], id="starts-on-the-grid-not-at-now"),
+        pytest.param(0.25, [1.26, 1.3], [1.26, 2.25], id="a-slot-missed-within-slack-kept"),
+        pytest.param(0.25, [1.3, 5.0], [2.25, 5.25], id="idle-restarts-on-the-grid"),
+        pytest.param(None, [1.3, 5.0], [1.3, 5.0], id="no-origin-restarts-at-now"),
+    ],
+)
+def test_lease_on_a_grid(origin: float | None, asks: list[float], granted: list[float]) -> None:
+    """At 1/s with a grid from 0.25 (worker 1 of 4 from the run's origin 0): the leases
+    stay on 0.25 + k, at start and after an idle moment, so the other workers' slots
+    (0, 0.5, 0.75 + k) stay between them."""
+    schedule = LeaseSchedule(1.0, slack=0.02, origin=origin)
+    assert [schedule.grant(now, 1) for now in asks] == pytest.approx(granted)
+
+
+@pytest.mark.slow
+async def test_workers_calls_interleave(write_jsonl: Callable[..., Path], tmp_path: Path) -> None:
+    """--rate 10 --workers 4: one call every 0.1 s at the server, not the four workers'
+    calls together (each paced at 10/4 from the same moment: 4 calls within 11 ms, then
+    nothing for 0.4 s). The workers' arrivals are counted in every window of half a
+    slot: at most 2 in any of them leaves room for a busy machine's lateness."""
+    count, rate = 16, 10.0
+    path = write_jsonl(events(count))
+    arrivals: list[float] = []
+
+    async def deliver(request: web.Request) -> web.Response:
+        arrivals.append(time.monotonic())
+        return web.json_response({"status": "OK", "products": []})
+
+    app = web.Application()
+    app.router.add_get("/d", deliver)
+    async with serving(app) as base:
+        config = config_for(f"{base}/d", path, tmp_path / "out.jsonl", workers=4, rate=rate)
+        summary = await run(config)
+    assert summary.ok == count == len(arrivals)
+    window = 0.5 / rate
+    most = max(sum(1 for t in arrivals if start <= t < start + window) for start in arrivals)
+    assert most <= 2, [round(t - arrivals[0], 3) for t in arrivals]

@@ -73,6 +73,7 @@ from engine.multiproc.pipes import PipeReader, PipeWriter
 from engine.net.auth import FollowerToken, Lease
 from engine.runtime.engine import Engine
 from engine.runtime.feeds import READ_BATCH, event_defaults, thread_batches
+from engine.runtime.limits import make_limiter
 from engine.runtime.loop import run_loop
 from engine.runtime.session import transport_for
 from engine.runtime.watch import count_in_flight
@@ -259,7 +260,10 @@ class _Worker:
         async with transport_for(config) as transport:
             # It writes records itself (direct output): it redacts what the parent would.
             secrets = Secrets(self.start.secrets, issued=self.tokens.secrets)
-            engine = self.engine = Engine(config, self.tokens, transport, secrets=secrets)
+            start = self.start  # --rate: its share's limiter, phased among the workers'
+            limiter = make_limiter(config.rate, origin=start.origin, phase=start.phase)
+            engine = Engine(config, self.tokens, transport, secrets=secrets, limiter=limiter)
+            self.engine = engine
             if self.start.live:
                 self.in_flight = count_in_flight(engine)
             async with anyio.create_task_group() as tg:

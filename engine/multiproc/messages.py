@@ -9,8 +9,9 @@ type with `match`; nothing is read by position.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from engine.config import Config
@@ -53,6 +54,11 @@ class Start:
     live: bool = False
     #: Run this instead of the parent's input (no `Units` or `Span` then comes).
     job: WorkerJob | None = None
+    #: --rate: the worker's limiter is held to a grid from `origin` (the parent's
+    #: time.monotonic() when it started the run, one for all workers), `phase` (worker i
+    #: of N: i / N) of a step after it, so the workers' calls interleave (runtime/limits).
+    origin: float = field(default_factory=time.monotonic)
+    phase: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

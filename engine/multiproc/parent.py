@@ -148,17 +148,12 @@ class _Parent:
         """Send every worker its share of the run (they were started before); `live`:
         ask them for their figures while the run goes on (LiveFigures)."""
         self.pushed = self.tokens.lease()
-        start = Start(
-            share,
-            self.pushed,
-            self.config.ordered,
-            self.direct_output,
-            self.session.secrets.texts(),
-            live=live,
-        )
+        texts = self.session.secrets.texts()
+        start = Start(share, self.pushed, self.config.ordered, self.direct_output, texts, live=live)
         for worker in self.workers:
             job = None if self.jobs is None else self.jobs[worker.index]
-            await self._send(worker, replace(start, job=job))
+            phase = worker.index / len(self.workers)  # --rate: its calls between the others'
+            await self._send(worker, replace(start, job=job, phase=phase))
 
     async def run(self, *, handle_signals: bool = False) -> None:
         try:

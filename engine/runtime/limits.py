@@ -8,11 +8,16 @@ bucket draining and the next waiter waking (loop latency, a late timer) is lost 
 every refill. Asked once per ~5 ms chunk, that held `run --rate` 4-17% under its target
 (50 -> 47.8/s, 500 -> 416/s). A schedule-based permit (core.rates.LeaseSchedule with
 slack) makes that lateness up, as load's pacer does.
+
+The N limiters of a `--workers N` run (R/N each) share an origin, the parent's clock when
+it started them, and worker i's schedule sits `i / N` of a step after it: their chunks
+interleave, so the run's bursts stay ~5 ms of its traffic (R's), as one process's do.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from typing import Protocol
 
 import anyio
@@ -41,9 +46,11 @@ class ChunkedLimiter:
 
     __slots__ = ("_chunk", "_left", "_lock", "_schedule")
 
-    def __init__(self, rate: float) -> None:
+    def __init__(self, rate: float, *, origin: float | None = None, phase: float = 0.0) -> None:
         self._chunk = max(1, math.floor(rate * _BURST_SECONDS))
-        self._schedule = LeaseSchedule(rate, slack=_SLACK_SECONDS)
+        if origin is not None:  # time.monotonic() (any process's) -> this loop's clock
+            origin += anyio.current_time() - time.monotonic() + phase * self._chunk / rate
+        self._schedule = LeaseSchedule(rate, slack=_SLACK_SECONDS, origin=origin)
         self._left = 0
         self._lock = anyio.Lock()
 
@@ -74,8 +81,13 @@ def in_hand(limiter: Limiter) -> bool:
     return type(limiter) is ChunkedLimiter and limiter.take()
 
 
-def make_limiter(rate: float | None) -> ChunkedLimiter | None:
-    """A limiter for `rate` calls/s whose bursts hold ~5 ms of traffic (at least one call)."""
+def make_limiter(
+    rate: float | None, *, origin: float | None = None, phase: float = 0.0
+) -> ChunkedLimiter | None:
+    """A limiter for `rate` calls/s whose bursts hold ~5 ms of traffic (at least one call).
+
+    `origin` (a `time.monotonic()`, shared by the limiters of one run; in a running loop):
+    the chunks are granted on its grid, at `phase` (0 <= phase < 1) of a step after it."""
     if rate is None:
         return None
-    return ChunkedLimiter(rate)
+    return ChunkedLimiter(rate, origin=origin, phase=phase)
