@@ -53,6 +53,7 @@ from types import TracebackType
 import h2.errors
 import h2.events
 import h2.exceptions
+import httpcore
 import httpx
 
 from engine.config import DEFAULT_MAX_RESPONSE_BYTES
@@ -66,6 +67,7 @@ from engine.net.http2_pool import (
     hook,
     reset_abandoned,
     shared_tunnels,
+    whole_stream_limits,
     whole_writes,
 )
 from engine.net.outcome import failed, one_line
@@ -146,6 +148,7 @@ class Http2Transport:
             ),
         )
         whole_writes(transport)
+        whole_stream_limits()
         shared_tunnels(transport)
         client = httpx.AsyncClient(
             transport=transport,
@@ -207,8 +210,8 @@ class Http2Transport:
             stream = _Stream(client)
             try:
                 return await self._exchange(client, url, headers, stream)
-            except httpx.RemoteProtocolError as exc:
-                refused = _unprocessed(exc, stream.id)
+            except (httpx.RemoteProtocolError, httpx.LocalProtocolError, httpx.WriteError) as exc:
+                refused = "unsent" if stream.unsent else _unprocessed(exc, stream.id)
                 if refused is None or free == 0 or (refused == "idle" and idle == 0):
                     raise
                 free -= 1
@@ -275,9 +278,15 @@ class _Stream:
 
     client: httpx.AsyncClient
     id: int | None = None
+    #: Its headers never reached the server: h2 refused them (the connection had closed:
+    #: a protocol error on another stream, a GOAWAY not yet read) or their write failed.
+    unsent: bool = False
 
     async def trace(self, name: str, info: dict[str, object]) -> None:
-        if name == "http2.send_request_headers.started":
+        if name == "http2.send_request_headers.failed":
+            error = info.get("exception")
+            self.unsent = isinstance(error, h2.exceptions.ProtocolError | httpcore.WriteError)
+        elif name == "http2.send_request_headers.started":
             stream_id = info.get("stream_id")
             self.id = stream_id if isinstance(stream_id, int) else None
             # A new connection is hooked by its first stream, before any GOAWAY can

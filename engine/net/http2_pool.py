@@ -19,6 +19,12 @@ Rules:
 - `hook` drops an HTTP/1.1 connection (a server without h2) that holds bytes past the
   answer it just gave (a stray answer in the same write): h11 keeps them and would hand
   them to the next call on the connection as its answer.
+- `whole_stream_limits`: a connection's stream limit that a cancel cannot break. httpcore
+  sets it up by taking 99 of its 100 permits, one await each, in the first call on the
+  connection: that call's deadline landing there left up to 98 too many, and the server's
+  SETTINGS then released more than the limit holds ("semaphore released too many times"
+  in the read: `internal` records). A permit free is now taken without an await, so the
+  99 are taken at once.
 - `shared_tunnels`: through a proxy, the calls that come while the first CONNECT tunnel
   opens wait for it, as they wait for a direct connection, instead of each opening a
   tunnel (and an HTTP/2 connection) of its own: one connection per 100 calls, as direct.
@@ -32,13 +38,16 @@ import re
 import ssl
 from typing import Any
 
+import anyio
 import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
 import httpcore
 import httpx
+from httpcore._async import http2 as httpcore_http2
 from httpcore._async.http_proxy import AsyncTunnelHTTPConnection
+from httpcore._synchronization import AsyncSemaphore
 
 
 def whole_writes(transport: httpx.AsyncHTTPTransport) -> None:
@@ -109,6 +118,25 @@ class _WholeWrites(httpcore.AsyncNetworkStream):
 
     def get_extra_info(self, info: str) -> Any:
         return self._inner.get_extra_info(info)
+
+
+def whole_stream_limits() -> None:
+    """Give httpcore's HTTP/2 connections a stream limit that a cancel cannot break
+    (module rules); once per process, for every such connection."""
+    if getattr(httpcore_http2, "AsyncSemaphore", None) is AsyncSemaphore:
+        httpcore_http2.AsyncSemaphore = _WholeSemaphore  # type: ignore[attr-defined]
+
+
+class _WholeSemaphore(AsyncSemaphore):
+    """httpcore's semaphore whose acquire takes a free permit without an await (anyio's
+    fast_acquire): a run of acquires while permits are free cannot be cut by a cancel."""
+
+    def setup(self) -> None:
+        super().setup()
+        if self._backend == "asyncio":
+            self._anyio_semaphore = anyio.Semaphore(
+                self._bound, max_value=self._bound, fast_acquire=True
+            )
 
 
 def _retrieved(task: asyncio.Future[None]) -> None:
