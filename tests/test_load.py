@@ -16,6 +16,7 @@ from conftest import config_for, read_records
 
 from engine.cli.main import main
 from engine.core.pacing import constant, stages
+from engine.core.serieslog import read_series
 from engine.core.thresholds import judged
 from engine.errors import ConfigError
 from engine.load.driver import run_load
@@ -372,3 +373,32 @@ async def test_dropped_calls_are_not_failed_ones_anywhere(
     assert "failed 0, dropped 15" in text_report(report)
     # 5 sent over the 0.95 s in which calls were due: a run that drops shows a low rate
     assert data["rate"] < 10
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+async def test_retries_do_not_stretch_the_rate(
+    write_jsonl: Callable[..., Path], tmp_path: Path
+) -> None:
+    """--retries: every first attempt answered 500, the second after a backoff of up to
+    1 s. A record's sent_at is its last attempt's, and the rate took its span from them,
+    so the backoff stretched the sends (a 100/s schedule measured 42/s); each call now
+    counts at its first send, its scheduled time: the rate is the schedule's, in the
+    summary, in report's reading of the records and of the --series file alike."""
+    out, series = tmp_path / "out.jsonl", tmp_path / "run.series"
+    events = [{**EVENTS[0], "id": f"r{i}", "retailer-visitor-id": f"rv-{i}"} for i in range(25)]
+    async with running_mock(MockConfig(fail_500=1.0)) as mock:  # first attempts only
+        config = config_for(mock, write_jsonl(events), out, retries=1, backoff_base=1.0,
+                            series=str(series))  # fmt: skip
+        outcome = await run_load(config, LoadPlan(pacer=constant(50, 0.5)))
+    recs = read_records(out)
+    assert [r["attempts"] for r in recs] == [2] * 25
+    scheduled = [r["scheduled_at"] for r in recs]
+    data = outcome.figures
+    assert data["sent_s"] == pytest.approx(max(scheduled) - min(scheduled), abs=1e-5)
+    assert outcome.summary.rate == pytest.approx(data["rate"], abs=1e-3)
+    records, _ = figures_from_lines(out.read_bytes().splitlines())
+    assert records.to_dict()["rate"] == data["rate"]
+    from_series, _, _, bad = read_series(series.read_bytes().splitlines())
+    assert bad == 0
+    assert from_series.to_dict()["rate"] == pytest.approx(data["rate"], rel=1e-4)

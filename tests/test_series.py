@@ -18,24 +18,25 @@ from test_report import _chromium, png_pixels
 
 from engine.cli.main import main
 from engine.config import Config
-from engine.core.records import Result
+from engine.core.records import Result, parse_record
 from engine.core.secrets import Secrets
 from engine.core.series import Figures
 from engine.core.serieslog import SecondLog, read_series
 from engine.load.series_file import header
 from engine.mock import MockConfig, running_mock
 from engine.report.compare import compare_rows
-from engine.report.text import FileTally, file_figures, text_report
+from engine.report.text import FileTally, figures_from_lines, file_figures, text_report
 
 T0 = 1_790_000_000.0
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "pageviews.jsonl"
 
 
 def result(sched: float | None, sent: float | None, *, status: int | None = 200,
-           lat: float | None = 10.0, kind: str | None = None) -> Result:  # fmt: skip
+           lat: float | None = 10.0, kind: str | None = None,
+           attempts: int = 1) -> Result:  # fmt: skip
     ok = status is not None and 200 <= status < 300
     return Result(
-        seq=0, id=None, source="t", status=status, ok=ok, attempts=1, latency_ms=lat,
+        seq=0, id=None, source="t", status=status, ok=ok, attempts=attempts, latency_ms=lat,
         sent_at=None if sent is None else T0 + sent, error=None if ok else "bad",
         response=None, error_kind=kind if kind else (None if ok else f"http_{status}"),
         scheduled_at=None if sched is None else T0 + sched,
@@ -78,10 +79,89 @@ def test_series_file_gives_the_figures_of_the_records(take_at: list[float]) -> N
     for key in ("events", "sent", "ok", "failed", "invalid", "dropped", "statuses", "errors",
                 "latency_ms", "corrected_latency_ms", "throughput", "series", "sends"):  # fmt: skip
         assert got[key] == want[key], key
-    # The rate's span (first send to last, a dropped call at its due time) is known to the
-    # second in a series file: sends in seconds 0, 1 and 2 (the dropped call in 1), 3 s.
-    assert (want["sent_s"], got["sent_s"]) == (pytest.approx(1.9), 3.0)
-    assert (want["rate"], got["rate"]) == (round(4 / 1.9, 3), round(4 / 3.0, 3))
+    # The rate's span (first send to last, a dropped call at its due time) is in the
+    # scheduled lines (first_sent, last_sent): the records' 1.9 s, not whole seconds.
+    assert (want["sent_s"], got["sent_s"]) == (pytest.approx(1.9), pytest.approx(1.9))
+    assert want["rate"] == got["rate"] == round(4 / 1.9, 3)
+
+
+def test_a_series_file_without_the_sends_span_counts_whole_seconds() -> None:
+    """A file written before the lines held first_sent and last_sent: its span is known to
+    the second (sends in seconds 0, 1 and 2, the dropped call in 1: 3 s)."""
+    lines = [{k: v for k, v in x.items() if k not in ("first_sent", "last_sent")}
+             for x in _series_lines()]  # fmt: skip
+    figures, _, _, bad = read_series(orjson.dumps(x, option=NON_STR) for x in lines)
+    assert (bad, figures.sent_s, round(figures.rate, 3)) == (0, 3.0, round(4 / 3.0, 3))
+
+
+#: 10 calls scheduled 0.1 s apart; the odd ones failed once and were sent again after a
+#: backoff of up to 2 s, so their records' sent_at (the last attempt's) is late.
+RETRIED = [
+    result(i / 10, i / 10 + (0.5 + i / 5 if i % 2 else 0.0), attempts=2 if i % 2 else 1)
+    for i in range(10)
+]
+
+
+def _rate_of(how: str, results: list[Result]) -> dict[str, Any]:
+    """The figures of `results` as the live run, a report of the records or of a --series
+    file reckon them."""
+    if how == "series":
+        return through_series(results, take_at=[1.0])
+    figures = Figures(origin=T0)
+    for r in results:
+        if how == "live":
+            figures.add_result(r)
+        else:
+            record = parse_record(r.to_json())
+            assert record is not None
+            figures.add_record(record)
+    return figures.to_dict(elapsed_s=3.0)
+
+
+@pytest.mark.parametrize("how", ["live", "records", "series"])
+def test_a_retried_call_counts_in_the_rate_at_its_first_send(how: str) -> None:
+    """--retries: a record's sent_at is its last attempt's, so the backoff stretched the
+    span of sends (10 calls over 3.2 s: 3.1/s for a 10/s schedule); a retried call counts
+    at its scheduled time, when its first attempt went: 10 calls over 0.9 s."""
+    data = _rate_of(how, RETRIED)
+    assert data["sent_s"] == pytest.approx(0.9)
+    assert data["rate"] == round(10 / 0.9, 3)
+    # The sends view still shows each call at its (last) send.
+    assert sum(p["rate"] for p in data["sends"]) == 10
+    assert data["sends"][-1]["t"] == 3.0  # the last call's second attempt, at 3.2 s
+
+
+#: Sent a fraction of a millisecond before its scheduled time, at the series' start (a
+#: timer fires up to 1 ms early under uvloop), then 4 more on time.
+EARLY = [result(0.0, -0.0009), *(result(i / 10, i / 10) for i in range(1, 5))]
+
+
+@pytest.mark.parametrize("how", ["live", "records", "series"])
+def test_a_call_sent_before_the_start_is_in_second_zero(how: str) -> None:
+    """Never at t = -1 s: the report of such a series said 'rate 25.0/s (sent over 2.00
+    s)' for a 0.5 s load whose records said 101.9/s. The rate is the records' in all three."""
+    data = _rate_of(how, EARLY)
+    assert [p["t"] for p in data["sends"]] == [0.0]
+    assert [p["t"] for p in data["series"]] == [0.0]
+    assert data["sent_s"] == pytest.approx(0.4009)
+    assert data["rate"] == round(5 / 0.4009, 3)
+    if how == "series":
+        log = SecondLog(origin=T0)
+        for r in EARLY:
+            log.add(r)
+        assert all(line["t"] >= 0 for line in log.take_all())
+
+
+@pytest.mark.parametrize(("first", "last"), [pytest.param(0.5, 0.1, id="first-after-last"),
+                                              pytest.param("0", 0.1, id="text"),
+                                              pytest.param(None, 0.1, id="half"),
+                                              pytest.param(0.0, 1e300, id="far")])  # fmt: skip
+def test_a_second_whose_sends_span_is_not_one_is_skipped(first: object, last: object) -> None:
+    lines = _series_lines()
+    line = next(x for x in lines[1:] if x.get("by") == "scheduled" and x["calls"])
+    line["first_sent"], line["last_sent"] = first, last
+    _, _, _, bad = read_series(orjson.dumps(x, option=NON_STR) for x in lines)
+    assert bad == 1
 
 
 def test_series_file_gives_the_figures_block() -> None:
@@ -378,6 +458,12 @@ def test_the_first_call_is_at_second_zero_of_the_series(tmp_path: Path, workers:
         scheduled = [x for x in lines[1:-1] if x["by"] == "scheduled"]
         assert {x["t"] for x in scheduled} == {0.0}, i
         assert sum(x["calls"] for x in scheduled) == len(out.read_bytes().splitlines()) == 10
+        # Nor by its send: a call sent a hair before the start (a timer firing early)
+        # was at -1 s, and the series' rate then was not the records'.
+        assert {x["t"] for x in lines[1:-1]} == {0.0}, i
+        from_series, _, _, _ = read_series(series.read_bytes().splitlines())
+        records, _ = figures_from_lines(out.read_bytes().splitlines())
+        assert from_series.to_dict()["rate"] == pytest.approx(records.to_dict()["rate"], rel=1e-4)
 
 
 NON_STR = orjson.OPT_NON_STR_KEYS

@@ -65,6 +65,17 @@ class Bucket:
     kinds: Counter[str] = field(default_factory=Counter)
     #: Seconds of calls in flight within the bucket (sends only): / width = mean in flight.
     busy: float = 0.0
+    #: The earliest and latest first send of the bucket's calls, a dropped call's at its
+    #: scheduled time (the scheduled view: the span of a run's `rate`; series.Call).
+    first_sent: float | None = None
+    last_sent: float | None = None
+
+    def sent_between(self, first: float, last: float) -> None:
+        """Widen the span of first sends to hold `first` to `last`."""
+        if self.first_sent is None or first < self.first_sent:
+            self.first_sent = first
+        if self.last_sent is None or last > self.last_sent:
+            self.last_sent = last
 
     def merge(self, other: Bucket) -> None:
         self.calls += other.calls
@@ -76,6 +87,8 @@ class Bucket:
         self.corrected.merge(other.corrected)
         add_keys(self.kinds, other.kinds)
         self.busy += other.busy
+        if other.first_sent is not None and other.last_sent is not None:
+            self.sent_between(other.first_sent, other.last_sent)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -18,7 +18,15 @@ Rules:
   to last send; a dropped call counts at its scheduled time, so a run that drops calls
   shows a lower rate), not over the wait for their answers; `throughput`, the ok
   answers over the run's span (first start to last answer), is the figure that includes
-  that wait. A `--series` file knows the sends to the second: its span is whole seconds.
+  that wait. A call counts at its first send (`Call.first_sent`): a record keeps only
+  its last attempt's `sent_at` (from which `latency_ms` runs), so a retried call with a
+  schedule counts at its scheduled time, or the retries' backoff would stretch the span.
+  A `--series` file's scheduled lines carry the span of their calls' first sends
+  (`first_sent`, `last_sent`), so its rate is the records'; a file without them knows
+  the sends to the second: its span is whole seconds.
+- No call is placed before the series' origin: a call sent a fraction of a millisecond
+  before the schedule's start (a timer fires up to 1 ms early under uvloop) is placed in
+  its first second, not at -1 s.
 - A call is placed in time by its scheduled time when it has one, else by its send
   (`series`); a second series (`sends`) places each sent call by its send, so a burst of
   late calls shows there, with the seconds of calls in flight (`busy`).
@@ -71,11 +79,14 @@ class Call:
     latency_ms: float | None
     corrected: float | None
     sent_at: float | None
+    first_sent: float  # when it was first sent, as `rate` counts it (a dropped call: start)
 
 
 def place(series: Series, sends: Series | None, call: Call) -> None:
-    """Add `call` to `series` (by its start) and to `sends` (by its send)."""
+    """Add `call` to `series` (by its start) and to `sends` (by its send, never before
+    the origin)."""
     bucket = series.at(call.start)
+    bucket.sent_between(call.first_sent, call.first_sent)
     count_key(bucket.statuses, call.key)
     if not call.ok:
         count_key(bucket.kinds, call.kind or _UNNAMED)
@@ -85,13 +96,14 @@ def place(series: Series, sends: Series | None, call: Call) -> None:
     _count(bucket, call)
     if sends is None or call.sent_at is None:
         return
-    sent = sends.at(call.sent_at)
+    t = max(call.sent_at, sends.origin)  # sent a hair early: in the first second
+    sent = sends.at(t)
     count_key(sent.statuses, call.key)
     if not call.ok:
         count_key(sent.kinds, call.kind or _UNNAMED)
     _count(sent, call)
     # Seconds in flight, cut at bucket edges (a call rarely spans more than two).
-    t, end = call.sent_at, call.sent_at + (call.latency_ms or 0.0) / 1000.0
+    end = call.sent_at + (call.latency_ms or 0.0) / 1000.0
     while t < end:
         edge = sends.origin + (math.floor((t - sends.origin) / sends.width) + 1) * sends.width
         sends.at(t).busy += min(end, edge) - t
@@ -118,6 +130,7 @@ def make_call(
     latency_ms: float | None,
     sent_at: float | None,
     scheduled_at: float | None,
+    attempts: int = 1,
 ) -> Call | None:
     """The call to place (None: not timed, an invalid line)."""
     corrected = latency_ms
@@ -130,7 +143,12 @@ def make_call(
         return None
     key = str(status) if status is not None else (error_kind or _UNNAMED)
     dropped = error_kind == ErrorKind.DROPPED
-    return Call(start, key, error_kind, dropped, ok, latency_ms, corrected, sent_at)
+    first = start if sent_at is None else sent_at
+    if attempts > 1 and scheduled_at is not None:
+        # sent_at is the last attempt's; the first went out on schedule (give or take
+        # the client's lateness, which a retried call's record no longer shows).
+        first = min(first, scheduled_at)
+    return Call(start, key, error_kind, dropped, ok, latency_ms, corrected, sent_at, first)
 
 
 def _near(call: Call, end: float) -> bool:
@@ -164,6 +182,8 @@ class Figures:
     #: The first and last send of a call, a dropped one at its scheduled time (`rate`).
     first_sent: float | None = None
     last_sent: float | None = None
+    #: The same to the second, from a `--series` file whose lines do not hold them.
+    seconds_sent: tuple[float, float] | None = None
     series: Series | None = None
     #: The sent calls by their send time (a burst of late calls shows here).
     sends: Series | None = None
@@ -180,6 +200,7 @@ class Figures:
         latency_ms: float | None,
         sent_at: float | None,
         scheduled_at: float | None = None,
+        attempts: int = 1,
     ) -> None:
         self.events += 1
         if error_kind == ErrorKind.INVALID:
@@ -200,6 +221,7 @@ class Figures:
             latency_ms=latency_ms,
             sent_at=sent_at,
             scheduled_at=scheduled_at,
+            attempts=attempts,
         )
         corrected = latency_ms if call is None else call.corrected
         if latency_ms is not None:
@@ -213,8 +235,7 @@ class Figures:
             self.first = call.start
         if self.last is None or end > self.last:
             self.last = end
-        sent = call.start if call.sent_at is None else call.sent_at  # dropped: its due time
-        self._sent_span(sent, sent)
+        self._sent_span(call.first_sent, call.first_sent)
         if self.series is None and self.origin is not None:
             self._open(self.origin)
         if self.series is None:
@@ -231,6 +252,10 @@ class Figures:
             self.first_sent = first
         if self.last_sent is None or last > self.last_sent:
             self.last_sent = last
+
+    def _seconds_sent(self, at: float) -> None:
+        span = self.seconds_sent or (at, at + 1.0)
+        self.seconds_sent = (min(span[0], at), max(span[1], at + 1.0))
 
     def _open(self, origin: float) -> None:
         self.series = Series(origin=origin, max_points=self.max_points)
@@ -261,11 +286,14 @@ class Figures:
         if line.get("by") == "sent":
             self.sends.at(at).merge(bucket)
             if bucket.calls:  # sent in this second: the span is known to the second
-                self._sent_span(at, at + 1.0)
+                self._seconds_sent(at)
             return
         self.series.at(at).merge(bucket)
-        if bucket.dropped:  # a dropped call counts in the span at its scheduled second
-            self._sent_span(at, at + 1.0)
+        first, last = line.get("first_sent"), line.get("last_sent")
+        if first is not None and last is not None:  # the first sends, to the microsecond
+            self._sent_span(origin + float(first), origin + float(last))
+        elif bucket.dropped:  # a dropped call counts in the span at its scheduled second
+            self._seconds_sent(at)
         n = bucket.calls + bucket.dropped
         self.events += n
         self.ok += bucket.ok
@@ -288,10 +316,12 @@ class Figures:
             latency_ms=result.latency_ms,
             sent_at=result.sent_at,
             scheduled_at=result.scheduled_at,
+            attempts=result.attempts,
         )
 
     def add_record(self, record: RecordLine) -> None:
         """One output line, as `records.parse_record` read it."""
+        attempts = record.fields.get("attempts")  # not an int: a record of another version
         self.add(
             status=record.status,
             ok=record.ok,
@@ -299,6 +329,7 @@ class Figures:
             latency_ms=record.latency_ms,
             sent_at=record.sent_at,
             scheduled_at=record.scheduled_at,
+            attempts=attempts if type(attempts) is int else 1,
         )
 
     @property
@@ -315,7 +346,9 @@ class Figures:
     def sent_s(self) -> float:
         """Seconds from the first send to the last (a dropped call's: its scheduled time)."""
         if self.first_sent is None or self.last_sent is None:
-            return 0.0
+            if self.seconds_sent is None:
+                return 0.0
+            return self.seconds_sent[1] - self.seconds_sent[0]
         return max(0.0, self.last_sent - self.first_sent)
 
     @property

@@ -4,6 +4,10 @@ Rules:
 - Two views of the same calls: `by: "scheduled"` places every call (dropped ones too)
   at its scheduled time (its send without a schedule), `by: "sent"` places each sent
   call at its send, so a burst of late calls shows.
+- A scheduled line also holds the span of its calls' first sends, `first_sent` and
+  `last_sent` in seconds from the start (series.Call.first_sent), so the rate a report
+  reads from the file is the records' (sent over the span in which they were sent), not
+  one rounded out to whole seconds.
 - A second is written once its calls should all be in: `take(before)` hands over the
   buckets that end before `before` (the caller gives now minus the longest a call can
   take). A late straggler makes a second line for the same second: the lines are
@@ -46,10 +50,14 @@ _HEADER_TYPES: dict[str, type | tuple[type, ...]] = {
 }
 
 
-def bucket_line(t: float, by: str, bucket: Bucket) -> dict[str, Any]:
-    """One line: the bucket at `t` seconds from the start, placed `by` "scheduled" or
-    "sent" time."""
-    return {"t": round(t, 6), "by": by, **bucket.to_dict()}
+def bucket_line(t: float, by: str, bucket: Bucket, *, origin: float) -> dict[str, Any]:
+    """One line: the bucket at `t` seconds from the start (`origin`), placed `by`
+    "scheduled" or "sent" time."""
+    line = {"t": round(t, 6), "by": by, **bucket.to_dict()}
+    if by == "scheduled" and bucket.first_sent is not None and bucket.last_sent is not None:
+        line["first_sent"] = round(bucket.first_sent - origin, 6)
+        line["last_sent"] = round(bucket.last_sent - origin, 6)
+    return line
 
 
 class SecondLog:
@@ -70,6 +78,7 @@ class SecondLog:
             latency_ms=result.latency_ms,
             sent_at=result.sent_at,
             scheduled_at=result.scheduled_at,
+            attempts=result.attempts,
         )
         if call is None:
             self.invalid += 1
@@ -78,8 +87,11 @@ class SecondLog:
 
     def take(self, before: float) -> list[dict[str, Any]]:
         """The lines of the seconds that end at or before `before` (epoch seconds)."""
-        lines = [bucket_line(t, "scheduled", b) for t, b in self.by_start.take(before)]
-        lines += [bucket_line(t, "sent", b) for t, b in self.by_send.take(before)]
+        origin = self.by_start.origin
+        lines = [
+            bucket_line(t, "scheduled", b, origin=origin) for t, b in self.by_start.take(before)
+        ]
+        lines += [bucket_line(t, "sent", b, origin=origin) for t, b in self.by_send.take(before)]
         lines.sort(key=lambda line: line["t"])
         return lines
 
@@ -194,6 +206,19 @@ def _histogram_ok(data: object) -> bool:
     )
 
 
+def _sent_span_ok(first: object, last: object) -> bool:
+    """Both absent, or two times (seconds from the start) in order."""
+    if first is None and last is None:
+        return True
+    return (
+        isinstance(first, int | float)
+        and isinstance(last, int | float)
+        and _number(first, low=-FAR)
+        and _number(last, low=-FAR)
+        and first <= last <= FAR
+    )
+
+
 def _bucket_ok(line: Mapping[str, Any]) -> bool:
     """`line` holds a second's values, each of its type and in range (Bucket.from_dict
     and Figures.add_line read it without a check)."""
@@ -204,6 +229,7 @@ def _bucket_ok(line: Mapping[str, Any]) -> bool:
         and line.get("ok", 0) + line.get("errors", 0) == line.get("calls", 0)
         and all(_counts(line.get(k, {})) for k in ("statuses", "kinds"))
         and _number(line.get("busy_s", 0.0), low=0.0)
+        and _sent_span_ok(line.get("first_sent"), line.get("last_sent"))
         and _histogram_ok(line.get("latency", {}))
         and _histogram_ok(line.get("corrected", {}))
     )
