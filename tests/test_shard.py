@@ -488,3 +488,32 @@ def test_a_shard_s_output_is_resumed_as_that_shard(
     assert main([*base, "--shard", "0/2"]) == 0
     assert "5 already answered in the output (resumed)" in capsys.readouterr().err
     assert out.read_bytes() == before
+
+
+@pytest.mark.slow
+def test_a_shard_into_a_pipe_writes_no_manifest_and_ends(tmp_path: Path) -> None:
+    """-o a FIFO (or a device): no part to merge, so no manifest beside it; the run
+    ends (reading the output back to hash it waited on the pipe for ever)."""
+    import subprocess
+    import threading
+
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_bytes(b"".join(event_line(i) + b"\n" for i in range(30)))
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    root = Path(__file__).resolve().parent.parent
+    argv = ["run", "--mock", "--shard", "1/3", str(inputs), "-o", str(fifo)]
+    done = subprocess.run(
+        [sys.executable, "-m", "engine", *argv],
+        env={**os.environ, "PYTHONPATH": str(root)},
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    reader.join(10)
+    assert done.returncode == 0, done.stderr
+    assert got[0].count(b"\n") == 10
+    assert not os.path.exists(manifest_path(str(fifo)))

@@ -123,9 +123,11 @@ def write_json_atomic(path: str, data: dict[str, Any]) -> None:
 
 def write_shard_manifest(config: Config, *, records: int) -> None:
     """The manifest of a static shard's output (called by `run` when `--shard` is set);
-    of an output URL, the object beside it, written whole."""
+    of an output URL, the object beside it, written whole; none for a pipe or a device."""
     assert config.shard is not None
     assert config.output is not None
+    if not is_url(config.output) and not os.path.isfile(config.output):
+        return  # a pipe or a device (-o /dev/null) holds no part to merge: none beside it
     options = config.storage_options
     info = scan_part(config.output, options)
     write = write_json_atomic
