@@ -26,6 +26,7 @@ pytest.importorskip("h2", reason="h2 not installed: pip install 'adbatch[http2]'
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import hyperframe.frame
 from test_http2_answers import pki, serving  # noqa: F401 (fixture)
@@ -116,3 +117,43 @@ async def test_the_stream_limit_is_set_up_whole_whatever_the_deadline() -> None:
     await asyncio.sleep(0)  # one step of the task: a deadline could land only after it
     assert task.done()  # before: one await per permit, a cancel could cut the 99 short
     assert limit._anyio_semaphore.value == 1  # type: ignore[attr-defined]
+
+
+def _refusing(seen: list[float]):  # type: ignore[no-untyped-def]
+    """A server shedding load: every stream reset with REFUSED_STREAM; `seen` gets the
+    time of each request."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        conn.initiate_connection()
+        try:
+            while data := await reader.read(65536):
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.RequestReceived):
+                        seen.append(asyncio.get_running_loop().time())
+                        conn.reset_stream(event.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+                writer.write(conn.data_to_send())
+                await writer.drain()
+        except (ConnectionError, ssl.SSLError, h2.exceptions.ProtocolError):
+            pass
+        finally:
+            writer.close()
+
+    return handle
+
+
+async def test_a_refused_stream_is_sent_again_after_a_pause(pki: Pki) -> None:  # noqa: F811
+    """REFUSED_STREAM: the server sheds load. The call is sent again (free, within its
+    deadline) after a pause doubling from 50 ms, not at once: 2 calls at -c 64 (65 free
+    resends each) with a 1 s deadline make ~6 tries each (they made 132 at once)."""
+    seen: list[float] = []
+    tls = client_context.__wrapped__(cacert=str(pki.ca))
+    async with (
+        serving(_refusing(seen), pki, "h2") as base,
+        open_transport(concurrency=64, timeout=1.0, client="http2", tls=tls) as transport,
+    ):
+        answers = await asyncio.gather(
+            *(transport.send(Request(f"{base}/c{i}", {}), "Bearer t") for i in range(2))
+        )
+    assert all(a.status is None for a in answers)
+    assert 2 <= len(seen) <= 2 * 7, len(seen)
