@@ -38,6 +38,7 @@ from engine.core.records import Result, jsonl
 from engine.distributed.merge import stats_to_dict
 from engine.distributed.plan import ShardTask
 from engine.distributed.store import Parts
+from engine.errors import AuthError
 from engine.files.ranges import read_range_items
 from engine.files.sinks import JsonlSink
 from engine.files.sources import read_items
@@ -90,8 +91,13 @@ class TokenActor:
         return await (await self._get()).current()
 
     async def maintain(self) -> None:
-        """Renew the token in the background; the driver starts it once, kills it at the end."""
-        await (await self._get()).maintain()
+        """Renew the token in the background; the driver starts it once, kills it at the end.
+
+        When the renewer gives up, its AuthError ends here: the senders' leases say why
+        (`Lease.failed`) and the driver reports it once; raised, Ray would print it as an
+        "Unhandled error" with its traceback, as no one waits for this call."""
+        with contextlib.suppress(AuthError):
+            await (await self._get()).maintain()
 
     async def refresh_after_401(self, used: str | None) -> tuple[bool, Lease]:
         """A sender's 401 with `used`: (a retry may help, the lease to send now).
