@@ -79,3 +79,11 @@ def test_report_figures_singular() -> None:
     summary = summarize(_stats(ok=1), elapsed_s=1.0)
     text = figures_text(summary.figures)
     assert "1 ok of 1 call; 0 errors, 0 dropped" in text, text
+
+
+def test_a_schedule_s_rate_is_said_as_sent() -> None:
+    """load's and replay's rate is the calls sent per second over their send span (not
+    events over the run): their line says so, run's says events per second."""
+    summary = summarize(_stats(ok=4), elapsed_s=2.0)
+    assert summary.line().startswith("4 events in 2.00s (2.0/s): 4 ok")
+    assert summary.line(sent=True).startswith("4 events in 2.00s (sent at 2.0/s): 4 ok")

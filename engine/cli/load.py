@@ -265,7 +265,7 @@ def _records_off_terminal(config: Config) -> Config:
 def _finish(outcome: LoadOutcome, summary_path: str | None) -> int:
     from engine.report.text import figures_text
 
-    say(outcome.summary.line())
+    say(outcome.summary.line(sent=True))
     say(outcome.line())
     if outcome.summary.figures:
         say("figures\n" + figures_text(outcome.summary.figures))

@@ -313,11 +313,13 @@ class Summary:
             return THRESHOLD_FAILED
         return 0 if self.failed == 0 and self.dropped == 0 and self.invalid == 0 else 1
 
-    def line(self) -> str:
-        """The one-line summary for stderr."""
+    def line(self, *, sent: bool = False) -> str:
+        """The one-line summary for stderr (`sent`: load's and replay's, whose rate is the
+        calls sent per second over their send span, not the events over the run)."""
         lat = self.latency_ms
+        speed = f"sent at {self.rate:.1f}/s" if sent else f"{self.rate:.1f}/s"
         parts = [
-            f"{plural(self.events, 'event')} in {self.elapsed_s:.2f}s ({self.rate:.1f}/s):",
+            f"{plural(self.events, 'event')} in {self.elapsed_s:.2f}s ({speed}):",
             f"{self.ok} ok, {self.failed} failed,"
             + (f" {self.dropped} dropped," if self.dropped else "")
             + f" {self.invalid} invalid",
