@@ -35,6 +35,24 @@ def manifest_path(output: str) -> str:
     return output + MANIFEST_SUFFIX
 
 
+def holds_a_file(output: str) -> bool:
+    """Whether `output` is a file or an object that a manifest can describe: not a pipe
+    or a device (`-o /dev/null`, a FIFO), nor a name under /dev or /proc that stands for
+    one (`/dev/stdout` redirected to a file: /dev/stdout.manifest.json cannot be)."""
+    if is_url(output):
+        return True
+    folder = os.path.realpath(os.path.dirname(os.path.abspath(output)))
+    special = any(folder == top or folder.startswith(top + "/") for top in ("/dev", "/proc"))
+    return not special and os.path.isfile(output)
+
+
+def record_bytes_limit(max_response_bytes: int, max_line_bytes: int) -> int:
+    """The longest record line a run writes: its response as JSON (where a control byte
+    takes six characters) and what its event gave it (id, source, an invalid line's
+    message): the shard's manifest holds it; `merge` reads no longer line."""
+    return 8 * (max_response_bytes + max_line_bytes)
+
+
 @dataclass(frozen=True, slots=True)
 class PartInfo:
     """A part file as it is on disk: whole lines, their bytes' sha256."""
@@ -126,7 +144,7 @@ def write_shard_manifest(config: Config, *, records: int) -> None:
     of an output URL, the object beside it, written whole; none for a pipe or a device."""
     assert config.shard is not None
     assert config.output is not None
-    if not is_url(config.output) and not os.path.isfile(config.output):
+    if not holds_a_file(config.output):
         return  # a pipe or a device (-o /dev/null) holds no part to merge: none beside it
     options = config.storage_options
     info = scan_part(config.output, options)
@@ -144,6 +162,9 @@ def write_shard_manifest(config: Config, *, records: int) -> None:
             "by": config.shard_by,
             "inputs": [written(path) for path in config.inputs],
             "records": records,
+            "max_record_bytes": record_bytes_limit(
+                config.max_response_bytes, config.max_line_bytes
+            ),
             "rows": info.rows,
             "sha256": info.sha256,
         },

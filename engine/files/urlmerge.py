@@ -12,8 +12,10 @@ Rules:
   Interrupted on SIGINT/SIGTERM), discards the upload (storage.writing). A merge killed
   outright (kill -9) cannot: the uploads it left at the output's key are aborted when
   the output is next opened (servermerge.abort_pending, as for `run -o URL`). Its
-  sha256 is taken as it is written (never read back), and its manifest is the object
-  beside it, written whole.
+  manifest is the object beside it, written whole.
+- The sha256 of any output is taken as it is written, never read back: a pipe or a
+  device (`-o /dev/stdout | wc -l`, a FIFO) would never end. A pipe or a device holds
+  no file to merge again: no manifest beside it (manifests.holds_a_file).
 """
 
 from __future__ import annotations
@@ -28,10 +30,10 @@ from engine.errors import EngineError, InputError, OutputError
 from engine.files import servermerge
 from engine.files.manifests import (
     MANIFEST_SUFFIX,
+    holds_a_file,
     manifest_bytes,
     manifest_path,
     merged_manifest,
-    scan_part,
     write_merged_manifest,
 )
 from engine.files.parts import PARTS_SUFFIX
@@ -91,7 +93,8 @@ class MergeOutput:
     def open(self) -> Iterator[BinaryIO]:
         if not is_url(self.name):
             with self._local() as out:
-                yield out
+                self._hashing = _Hashing(out)
+                yield cast(BinaryIO, self._hashing)
             return
         fs, path = filesystem(self.name, self.options)
         check_bucket(fs, path, self.name, self.options)  # exit 2, naming the bucket
@@ -138,11 +141,14 @@ class MergeOutput:
             raise
 
     def sha256(self) -> str:
-        if self._hashing is not None:
-            return self._hashing.digest.hexdigest()
-        return scan_part(self.name).sha256
+        """The sha256 of what `open` wrote (hashed as it went)."""
+        assert self._hashing is not None, "sha256 before open"
+        return self._hashing.digest.hexdigest()
 
     def write_manifest(self, entries: list[dict[str, Any]], **extra: Any) -> None:
+        """The manifest beside the output; none beside a pipe or a device."""
+        if not holds_a_file(self.name):
+            return
         if is_url(self.name):
             data = manifest_bytes(merged_manifest(entries, **extra))
             write_object(manifest_path(self.name), data, self.options)
