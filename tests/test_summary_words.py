@@ -87,3 +87,11 @@ def test_a_schedule_s_rate_is_said_as_sent() -> None:
     summary = summarize(_stats(ok=4), elapsed_s=2.0)
     assert summary.line().startswith("4 events in 2.00s (2.0/s): 4 ok")
     assert summary.line(sent=True).startswith("4 events in 2.00s (sent at 2.0/s): 4 ok")
+
+
+def test_a_dry_run_is_not_an_error_in_the_line() -> None:
+    stats = RunStats()
+    for _ in range(3):
+        stats.add(status=None, ok=True, invalid=False, latency_ms=None, error_kind="dry_run")
+    line = summarize(stats, elapsed_s=1.0).line()
+    assert line.endswith("3 ok, 0 failed, 0 invalid; 3 calls shown, not sent"), line

@@ -262,6 +262,9 @@ class TokenStats:
             self.renewal_ms_max = ms
 
 
+_NOT_ERRORS = frozenset({ErrorKind.DROPPED, ErrorKind.DRY_RUN})  # not in the line's errors
+
+
 @dataclass(frozen=True, slots=True)
 class Summary:
     """The figures of a finished run (what `run()` returns and the CLI prints)."""
@@ -330,8 +333,11 @@ class Summary:
             parts.append(f"; {self.resumed} already answered in the output (resumed)")
         if self.blank_lines:
             parts.append(f"; {plural(self.blank_lines, 'blank line')} skipped")
-        errors = {k: v for k, v in self.errors.items() if k != ErrorKind.DROPPED}
-        if errors:  # dropped calls are not errors: counted apart above
+        # Dropped calls are not errors (counted apart above), nor --dry-run's (not sent).
+        errors = {k: v for k, v in self.errors.items() if k not in _NOT_ERRORS}
+        if self.errors.get(ErrorKind.DRY_RUN):
+            parts.append(f"; {plural(self.errors[ErrorKind.DRY_RUN], 'call')} shown, not sent")
+        if errors:
             top = ", ".join(
                 f"{k} x{v}" for k, v in sorted(errors.items(), key=lambda kv: -kv[1])[:3]
             )
