@@ -10,13 +10,21 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import read_records
+from conftest import config_for, event_line, read_records
 
+import engine
 from engine.cli.main import main
 from engine.core.events import Invalid
 from engine.core.records import invalid, jsonl
 from engine.distributed.merge import LINE_LIMIT, Coverage, merge_outputs
-from engine.files.manifests import manifest_path, read_manifest, scan_part, write_json_atomic
+from engine.files.manifests import (
+    input_identity,
+    manifest_path,
+    read_manifest,
+    scan_part,
+    write_json_atomic,
+)
+from engine.mock import MockHandle
 
 
 def _record(seq: int) -> bytes:
@@ -178,3 +186,51 @@ def test_a_line_longer_than_any_record_ends_the_part(tmp_path: Path) -> None:
         "the rest of it is not merged"
     ]
     assert [r["seq"] for r in read_records(out)] == [0]
+
+
+@pytest.mark.anyio
+async def test_merge_refuses_inputs_of_one_name_that_differ(
+    mock: MockHandle, tmp_path: Path
+) -> None:
+    """Shard 0 of a/ev.jsonl and shard 1 of b/ev.jsonl: same name, same line count, other
+    order. Merge said every record exactly once (20 events twice, 20 never); each input's
+    size and a sample of its bytes in the manifest tell the two apart."""
+    lines = [event_line(n) + b"\n" for n in range(8)]
+    inputs = [tmp_path / d / "ev.jsonl" for d in ("a", "b", "c")]
+    for path, data in zip(inputs, (lines, lines[::-1], lines), strict=True):
+        path.parent.mkdir()
+        path.write_bytes(b"".join(data))
+    outs = [tmp_path / f"part-{i}.jsonl" for i in range(2)]
+    await engine.run(config_for(mock, inputs[0], outs[0], shard=(0, 2)))
+    await engine.run(config_for(mock, inputs[1], outs[1], shard=(1, 2)))
+    report = merge_outputs([str(o) for o in outs], str(tmp_path / "m.jsonl"))
+    assert report.problems == [
+        f"the parts come from different inputs: ev.jsonl of {outs[0]} and of {outs[1]} "
+        "are not the same file (size or content)"
+    ]
+    # A copy of the same file elsewhere (another machine's mount) is the same input.
+    await engine.run(config_for(mock, inputs[2], outs[1], shard=(1, 2)))
+    assert merge_outputs([str(o) for o in outs], str(tmp_path / "m.jsonl")).exactly_once
+    # Manifests written before the field: compared by name, as they were.
+    for out in outs:
+        manifest = read_manifest(manifest_path(str(out)))
+        assert manifest is not None
+        del manifest["input_identity"]
+        write_json_atomic(manifest_path(str(out)), manifest)
+    assert merge_outputs([str(o) for o in outs], str(tmp_path / "m.jsonl")).exactly_once
+
+
+def test_the_identity_of_an_input_reads_little_and_never_waits(tmp_path: Path) -> None:
+    big = tmp_path / "big.jsonl"
+    big.write_bytes(b"x" * 300_000)
+    other = tmp_path / "other.jsonl"
+    other.write_bytes(b"x" * 299_999 + b"y")  # the same size, another last byte
+    assert input_identity(str(big)) != input_identity(str(other))
+    identity = input_identity(str(big))
+    assert identity is not None
+    assert (sorted(identity), identity["size"]) == (["sample", "size"], 300_000)
+    fifo = tmp_path / "in.fifo"
+    os.mkfifo(fifo)  # stdin, a pipe: nothing to compare (and no open that waits)
+    assert input_identity(str(fifo)) is None
+    assert input_identity("-") is None
+    assert input_identity(str(tmp_path / "gone.jsonl")) is None

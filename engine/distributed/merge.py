@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
@@ -35,6 +36,7 @@ from engine.config import DEFAULT_MAX_LINE_BYTES, DEFAULT_MAX_RESPONSE_BYTES
 from engine.core.events import ReadCounts
 from engine.core.records import parse_record
 from engine.core.stats import Histogram, RunStats, plural
+from engine.core.values import terminal_safe
 from engine.errors import ConfigError, InputError
 from engine.files.manifests import manifest_path, read_manifest, record_bytes_limit, scan_part
 from engine.files.paths import check_outputs
@@ -162,8 +164,29 @@ def _unreadable(manifest: dict[str, Any]) -> str | None:
         return "its sha256 is not a checksum"
     if not isinstance(manifest.get("by"), str | None):
         return "its by is not a --shard-by"
-    if not isinstance(manifest.get("inputs"), list | None):
-        return "its inputs are not a list"
+    for key in ("inputs", "input_identity"):
+        if not isinstance(manifest.get(key), list | None):
+            return f"its {key} is not a list"
+    return None
+
+
+def _other_inputs(parts: Sequence[str], shards: list[dict[str, Any]]) -> str | None:
+    """An input of one name that is not the same file in two parts (its size or the
+    sample of its bytes differ), where both manifests say (older ones do not)."""
+    first: dict[int, tuple[str, str]] = {}
+    for path, m in zip(parts, shards, strict=True):
+        for i, found in enumerate(m.get("input_identity") or ()):
+            if found is None:
+                continue
+            key = json.dumps(found, sort_keys=True)
+            held = first.setdefault(i, (path, key))
+            if held[1] != key:
+                names = _input_names(m.get("inputs")) or ()
+                name = terminal_safe(names[i]) if i < len(names) else f"input {i + 1}"
+                return (
+                    f"the parts come from different inputs: {name} of {held[0]} and "
+                    f"of {path} are not the same file (size or content)"
+                )
     return None
 
 
@@ -194,6 +217,9 @@ def _check_manifests(
     inputs = {_input_names(m.get("inputs")) for m in shards}
     if len(counts) != 1 or len(records) != 1 or len(modes) != 1 or len(inputs) != 1:
         report.problems.append("the parts come from different shardings or inputs")
+        return list(parts), limit
+    if (other := _other_inputs(parts, shards)) is not None:
+        report.problems.append(other)
         return list(parts), limit
     count = counts.pop()
     record_count = records.pop()

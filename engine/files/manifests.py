@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -25,10 +26,18 @@ import orjson
 from engine.config import Config
 from engine.core.urls import written
 from engine.errors import ConfigError, InputError
-from engine.files.storage import StorageOptions, is_url, open_read, read_object, write_object
+from engine.files.storage import (
+    StorageOptions,
+    is_url,
+    known_size,
+    open_read,
+    read_object,
+    write_object,
+)
 
 MANIFEST_SUFFIX = ".manifest.json"
 _BLOCK = 1 << 20
+_SAMPLE = 1 << 16
 
 
 def manifest_path(output: str) -> str:
@@ -139,6 +148,30 @@ def write_json_atomic(path: str, data: dict[str, Any]) -> None:
         raise
 
 
+def input_identity(path: str) -> dict[str, Any] | None:
+    """What tells an input from another of the same name and line count without reading
+    it all: its size, and for a file the sha256 of its first and last 64 KiB. None for
+    stdin, a pipe, a device, a file gone, or an object whose size its listing did not
+    give (merge then compares names only, as for a manifest without it)."""
+    import hashlib  # (here: a run without --shard never loads it)
+
+    if is_url(path):
+        size = known_size(path)
+        return None if size is None else {"size": size}
+    try:
+        if path == "-" or not stat.S_ISREG(os.stat(path).st_mode):
+            return None  # (never opened: a FIFO's open would wait for a writer)
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            digest = hashlib.sha256(f.read(_SAMPLE))
+            if size > _SAMPLE:
+                f.seek(max(_SAMPLE, size - _SAMPLE))
+                digest.update(f.read(_SAMPLE))
+    except OSError:
+        return None
+    return {"size": size, "sample": digest.hexdigest()}
+
+
 def write_shard_manifest(config: Config, *, records: int) -> None:
     """The manifest of a static shard's output (called by `run` when `--shard` is set);
     of an output URL, the object beside it, written whole; none for a pipe or a device."""
@@ -161,6 +194,7 @@ def write_shard_manifest(config: Config, *, records: int) -> None:
             "shard": list(config.shard),
             "by": config.shard_by,
             "inputs": [written(path) for path in config.inputs],
+            "input_identity": [input_identity(path) for path in config.inputs],
             "records": records,
             "max_record_bytes": record_bytes_limit(
                 config.max_response_bytes, config.max_line_bytes
