@@ -13,20 +13,30 @@ Rules:
   never cut into a traceback, and Python's or Ray's own handlers never see one.
 - `ray.init` runs on a thread of its own (`_RayOwner`): on the main thread it replaces
   the SIGTERM handler with its own (`sys.exit(15)`; mid-start-up a 60 s wait for its
-  GCS, then exit 1); off it, it leaves Python's handlers alone. Its core worker still
-  puts abseil's crash handler under Python's for SIGTERM (a stack dump, an abort 3 s
-  later): `_reclaim_signals` puts Python's back while `ray.init` runs and once it
-  returns.
+  GCS, then exit 1); off it, it leaves Python's handlers alone. Ray's core worker puts
+  abseil's crash handler under Python's for SIGTERM (a stack dump, an abort 3 s later:
+  exit -6) and `ray.shutdown` sets SIGTERM back to SIG_DFL (the driver simply killed):
+  the driver imports Ray with that handler off (`no_crash_handler`, in the driver and
+  in every process of a local Ray), and `_reclaim_signals` still puts Python's back
+  while `ray.init` runs and once it returns.
+- A local Ray that the CLI started (`reap`) leaves nothing running: its processes are
+  this one's descendants, and this process adopts their orphans (Linux's child
+  subreaper), so when the run ends, however it ends (a signal mid-start-up, a process
+  group's SIGTERM that killed the raylet first), `_reap` kills by pid what Ray's
+  shutdown left: agents, workers, a half-started raylet.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import signal
 import socket
+import sys
 import threading
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -40,6 +50,16 @@ CONNECT_TIMEOUT = 5.0
 _NOT_MAIN_THREAD = "SIGTERM handler is not set"
 #: How often the driver puts its signal handlers back while `ray.init` runs.
 _RECLAIM_EVERY = 0.05
+#: How long `_reap` may take, and how long no process may be left for it to be done.
+REAP_S = 10.0
+_REAP_QUIET_S = 0.3
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def no_crash_handler() -> None:
+    """Before `import ray`: Ray's processes (this one too) install no crash handler of
+    their own, so SIGTERM stays Python's (the module's rules)."""
+    os.environ["RAY_DISABLE_FAILURE_SIGNAL_HANDLER"] = "1"
 
 
 def _host_port(address: str) -> tuple[str, int] | None:
@@ -68,14 +88,18 @@ def check_reachable(address: str, *, timeout: float = CONNECT_TIMEOUT) -> None:
 
 
 @contextlib.asynccontextmanager
-async def ray_session(ray: Any) -> AsyncIterator[None]:
-    """Join the cluster at RAY_ADDRESS (or the one already joined), else start a local Ray."""
+async def ray_session(ray: Any, *, reap: bool = False) -> AsyncIterator[None]:
+    """Join the cluster at RAY_ADDRESS (or the one already joined), else start a local Ray.
+
+    `reap` (the CLI, whose process this is): a local Ray leaves nothing running (`_reap`).
+    """
     if ray.is_initialized():
         yield
         return
     address = os.environ.get("RAY_ADDRESS") or None
     if address is not None:
         check_reachable(address)
+    reap = reap and address is None and _adopt_orphans()
     owner = _RayOwner(ray, address)
     owner.start()
     try:
@@ -89,9 +113,72 @@ async def ray_session(ray: Any) -> AsyncIterator[None]:
         yield
     finally:
         owner.stop.set()
-        if owner.started.is_set():
-            with anyio.CancelScope(shield=True):
+        with anyio.CancelScope(shield=True):
+            if owner.started.is_set():
                 await anyio.to_thread.run_sync(owner.join)
+                _reclaim_signals()
+            if reap:  # (mid-start-up: what `ray.init` started so far, and starts next)
+                await anyio.to_thread.run_sync(_reap)
+
+
+def _adopt_orphans() -> bool:
+    """This process becomes the parent of its descendants' orphans (Linux): a raylet
+    that dies leaves its agents and workers here, where `_reap` finds them."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _reap() -> None:
+    """SIGKILL the processes left under this one (a local Ray's, the only ones a Ray run
+    starts) until none has been left for `_REAP_QUIET_S`: `ray.init`, if still running,
+    may start one more. Bounded by `REAP_S`."""
+    end = time.monotonic() + REAP_S
+    quiet_since = time.monotonic()
+    while time.monotonic() < end and time.monotonic() - quiet_since < _REAP_QUIET_S:
+        left = _descendants(os.getpid())
+        for pid in left:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        _collect_children()
+        if left:
+            quiet_since = time.monotonic()
+        time.sleep(0.05)
+
+
+def _collect_children() -> None:
+    """Wait for this process's dead children (Ray's Popen finds them gone: no matter)."""
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+
+
+def _descendants(root: int) -> list[int]:
+    """The live (not zombie) processes under `root`, from /proc."""
+    children: dict[int, list[int]] = {}
+    live: set[int] = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rpartition(b")")[2].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry))
+        if fields[0] not in (b"Z", b"X"):
+            live.add(int(entry))
+    found: list[int] = []
+    todo = [root]
+    while todo:
+        for pid in children.get(todo.pop(), []):
+            found.append(pid)
+            todo.append(pid)
+    return [pid for pid in found if pid in live]
 
 
 def _reclaim_signals() -> None:

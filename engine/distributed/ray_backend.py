@@ -48,7 +48,7 @@ import anyio
 from engine.config import Config
 from engine.core.stats import RunStats, Summary, summarize
 from engine.distributed.actors import RateActor, SenderActor, ShardDone, TokenActor, TokenFactory
-from engine.distributed.cluster import Interrupt, ray_session, signals_caught
+from engine.distributed.cluster import Interrupt, no_crash_handler, ray_session, signals_caught
 from engine.distributed.join import join_parts
 from engine.distributed.merge import add_stats
 from engine.distributed.plan import ShardTask, prepare, record_options
@@ -77,6 +77,7 @@ async def config_tokens(config: Config) -> AsyncIterator[TokenProvider]:
 
 
 def _import_ray() -> Any:
+    no_crash_handler()
     try:
         import ray
     except ImportError:
@@ -104,7 +105,7 @@ async def run_ray(
     stop the run, whatever it is doing (cluster.signals_caught).
     """
     async with signals_caught(enabled=handle_signals) as interrupt:
-        options = _Options(shards, senders, token_factory, attempts)
+        options = _Options(shards, senders, token_factory, attempts, reap=handle_signals)
         return await _run(config, options, interrupt)
 
 
@@ -114,6 +115,7 @@ class _Options:
     senders: int | None
     token_factory: TokenFactory
     attempts: int
+    reap: bool  # the CLI's process: a local Ray leaves nothing running (cluster.ray_session)
 
 
 async def _run(config: Config, options: _Options, interrupt: Interrupt) -> Summary:
@@ -136,7 +138,7 @@ async def _run(config: Config, options: _Options, interrupt: Interrupt) -> Summa
         with interrupt.scope:
             if is_url(output):  # a missing bucket: exit 2 now, before Ray starts
                 await anyio.to_thread.run_sync(_check_bucket, output, config)
-            async with ray_session(ray):
+            async with ray_session(ray, reap=options.reap):
                 start = time.perf_counter()  # the run, not Ray's own start
                 count = options.senders or max(1, int(ray.cluster_resources().get("CPU", 1)))
                 prepared = functools.partial(prepare, options=digest)
