@@ -223,7 +223,8 @@ async def deliver(
 
     Use it with `async for`; to stop early, wrap it in `contextlib.aclosing`. The results
     are yielded, not written: a config with `workers`, `output`, `resume`, `summary`,
-    `series`, `metrics_addr` or `dashboard` is refused.
+    `series`, `metrics_addr`, `dashboard` or `shard` is refused (a shard's share of the
+    events is `run`'s: deliver sends every event it is given).
     """
     refused = [
         name
@@ -235,6 +236,7 @@ async def deliver(
             ("series", config.series is not None),
             ("metrics_addr", config.metrics_addr is not None),
             ("dashboard", config.dashboard is not None),
+            ("shard", config.shard is not None),
         )
         if given
     ]

@@ -1,8 +1,10 @@
 """The run's frozen configuration and its validation (clear errors, no I/O).
 
 Every option is keyword-only with a default; `Config.validated()` is the single place
-that decides whether a combination of options makes sense. Secrets are kept out of
-`repr()` so a config can be logged.
+that decides whether a combination of options makes sense, and each value's type (one
+ConfigError line naming the field). Secrets are kept out of `repr()`, and a URL's
+password and query values and a header's value show as messages show them, so a config
+can be logged.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any, Literal
 from engine.core.addresses import parse_listen
 from engine.core.errors import ConfigError
 from engine.core.events import header_problem
+from engine.core.fieldtypes import check_field_types, shown_repr
 from engine.core.headers import parse_headers
 from engine.core.proxies import parse_proxy_url
 from engine.core.secrets import token_problem
@@ -170,6 +173,7 @@ class Config:
     def validated(self, *, need_token: bool = True) -> Config:
         """This config, checked; raises ConfigError naming the option at fault.
         `need_token=False`: no credentials is no fault (`config --show`: not a run)."""
+        check_field_types(self)  # each field of its annotated type, before any other check
         if not self.inputs:
             raise ConfigError("no input given")
         if self.concurrency < 1:
@@ -421,6 +425,10 @@ class Config:
     def dynamic_tokens(self) -> bool:
         """OAuth2 client credentials (renewed tokens) rather than a static token."""
         return self.client_id is not None
+
+    def __repr__(self) -> str:
+        # Secrets are out of it; the other values as messages show them (core/shown.py).
+        return shown_repr(self)
 
     def with_changes(self, **changes: Any) -> Config:
         return replace(self, **changes)

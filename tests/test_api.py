@@ -32,6 +32,7 @@ EVENT = {
         pytest.param({"output": "out.jsonl", "resume": True}, "output, resume", id="resume"),
         pytest.param({"summary": "s.json"}, "summary", id="summary"),
         pytest.param({"series": "s.series"}, "series", id="series"),
+        pytest.param({"shard": (0, 2)}, "shard", id="shard"),
     ],
 )
 async def test_deliver_refuses_what_it_cannot_honour(
