@@ -34,8 +34,9 @@ async def main() -> None:
     config = engine.Config(mock=True, concurrency=4, ordered=True)
     async for result in engine.deliver(events, config):
         if result.ok:
-            # result.response is the body as the server sent it (JSON, embedded raw).
-            print(f"{result.id}: {result.status} in {result.latency_ms:.1f} ms")
+            # result.json(): the body parsed (result.body: its bytes, as the record has them).
+            ads = len(result.json()["placements"])
+            print(f"{result.id}: {result.status} in {result.latency_ms:.1f} ms, {ads} placements")
         else:
             print(f"{result.id}: failed: {result.error}")
 
