@@ -8,17 +8,20 @@ what a run checks before sending, how it redacts and how it ends are written onc
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import orjson
+from anyio.streams.memory import MemoryObjectSendStream
 
 from engine.config import Config
 from engine.core.records import Result
+from engine.core.secrets import Secrets
 from engine.core.stats import Summary
-from engine.errors import ConfigError, plain_engine_errors
+from engine.errors import AuthError, ConfigError, FatalError, plain_engine_errors
 from engine.runtime.feeds import event_defaults, file_feed, mapping_feed, skip_answered
 from engine.runtime.session import RunSession, open_run
 
@@ -225,6 +228,10 @@ async def deliver(
     are yielded, not written: a config with `workers`, `output`, `resume`, `summary`,
     `series`, `metrics_addr`, `dashboard` or `shard` is refused (a shard's share of the
     events is `run`'s: deliver sends every event it is given).
+
+    Results are redacted as `run` writes its records. A run that stops itself (`run`'s
+    exit 3) raises AuthError (the token) or FatalError once its results are yielded; an
+    exception from `events` is raised as itself, after the results before it.
     """
     refused = [
         name
@@ -246,21 +253,120 @@ async def deliver(
             "(use engine.run for a run that writes an output)"
         )
     config = config.with_changes(inputs=("<events>",)).validated()
+    ended = _Ended()
     send, receive = anyio.create_memory_object_stream[Result](config.concurrency)
-
-    async def produce() -> None:
-        async with send, open_run(config, output=False, inputs=False) as session:
-
-            async def emit(batch: list[Result]) -> None:
-                for result in batch:
-                    await send.send(result)
-
-            feed = mapping_feed(events, event_defaults(session.config))
-            await session.engine().execute(feed, emit)
-
-    with plain_engine_errors():
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(produce)
-            async with receive:
-                async for result in receive:
+    # The producer never raises (what ends it is kept in `ended`), so this group never
+    # cancels the caller's own code between two results; what ended it is raised after.
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_produce, _guarded(events, ended), config, send, ended)
+        async with receive:
+            async for result in receive:
+                try:
                     yield result
+                except GeneratorExit:  # the caller stopped early (aclose): end quietly
+                    tg.cancel_scope.cancel()
+                    return
+    ended.raise_first()
+
+
+@dataclass(slots=True)
+class _Ended:
+    """What ended a deliver() run early, raised once its results are yielded."""
+
+    caller: Exception | None = None  # the caller's events iterator raised it
+    error: Exception | None = None  # the run's own (EngineError as itself)
+    stop: FatalError | None = None  # the run stopped itself: the rest were never sent
+
+    def raise_first(self) -> None:
+        if self.caller is not None:
+            raise self.caller
+        if self.error is not None:
+            raise self.error
+        if self.stop is not None:
+            raise self.stop
+
+
+async def _produce(
+    events: Iterable[Mapping[str, object]] | AsyncIterator[Mapping[str, object]],
+    config: Config,
+    send: MemoryObjectSendStream[Result],
+    ended: _Ended,
+) -> None:
+    """deliver()'s run: each result redacted as `run` writes it (RunSession.write),
+    handed to `send`; a stop becomes the FatalError (AuthError) the caller gets."""
+    async with send:
+        try:
+            with plain_engine_errors():
+                async with open_run(config, output=False, inputs=False) as session:
+                    secrets = session.secrets
+
+                    async def emit(batch: list[Result]) -> None:
+                        for result in batch:
+                            await send.send(_redacted(result, secrets))
+
+                    engine = session.engine()
+                    feed = mapping_feed(events, event_defaults(session.config))
+                    summary = await engine.execute(feed, emit)
+                    if summary.stopped is not None:
+                        ended.stop = _stop_error(summary, auth=engine.state.stop_auth)
+        except Exception as exc:
+            ended.error = exc
+
+
+def _stop_error(summary: Summary, *, auth: bool) -> FatalError:
+    kind = AuthError if auth else FatalError
+    error = kind(
+        f"stopped: {summary.stopped}; {summary.events} results were yielded: "
+        "an event without one was not sent"
+    )
+    error.exit_code = summary.stop_code  # 3, or 70 for a streak of internal errors
+    return error
+
+
+def _guarded(
+    events: Iterable[Mapping[str, object]] | AsyncIterator[Mapping[str, object]],
+    ended: _Ended,
+) -> Iterator[Mapping[str, object]] | AsyncIterator[Mapping[str, object]]:
+    """`events`, ended where the caller's iterator raises: the events before it are
+    answered and yielded, then deliver() raises the caller's exception as itself."""
+    if isinstance(events, AsyncIterator):
+        return _guarded_async(events, ended)
+    return _guarded_sync(events, ended)
+
+
+def _guarded_sync(events: Iterable[Mapping[str, object]], ended: _Ended) -> Iterator[Any]:
+    try:
+        yield from events
+    except Exception as exc:
+        ended.caller = exc
+
+
+async def _guarded_async(
+    events: AsyncIterator[Mapping[str, object]], ended: _Ended
+) -> AsyncIterator[Any]:
+    try:
+        async for event in events:
+            yield event
+    except Exception as exc:
+        ended.caller = exc
+
+
+def _redacted(result: Result, secrets: Secrets) -> Result:
+    """`result` as `run` would write it: every secret in it (a server may echo the token
+    in its answer) [redacted] by the run's one redactor; itself when it holds none."""
+    line = result.to_json()
+    if secrets.redact_bytes(line) == line:
+        return result
+    response = result.response
+    if isinstance(response, orjson.Fragment):  # the body as sent, redacted as bytes
+        response = orjson.Fragment(secrets.redact_bytes(orjson.dumps(response)))
+    elif isinstance(response, str):
+        response = secrets.redact(response)
+    return replace(
+        result,
+        id=None if result.id is None else secrets.redact(result.id),
+        source=secrets.redact(result.source),
+        error=None if result.error is None else secrets.redact(result.error),
+        response=response,
+        retries=tuple(secrets.redact(r) for r in result.retries),
+    )

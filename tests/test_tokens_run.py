@@ -184,7 +184,16 @@ async def test_401_on_a_fresh_token_is_final() -> None:
             concurrency=8,
             fail_fast_401=1000,
         )
-        results = [r async for r in engine.deliver((event(i) for i in range(40)), config)]
+        results: list[engine.Result] = []
+
+        async def drain() -> None:
+            async with aclosing(engine.deliver((event(i) for i in range(40)), config)) as got:
+                async for result in got:
+                    results.append(result)  # noqa: PERF401 (those before the raise count)
+
+        # Every call refused, as `run` says (exit 3): the results, then AuthError.
+        with pytest.raises(engine.AuthError, match="refused the token"):
+            await drain()
     assert len(results) == 40
     assert all(r.status == 401 and not r.ok for r in results)
     assert all(r.attempts in (1, 2) for r in results)

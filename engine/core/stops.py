@@ -48,6 +48,7 @@ class Stop:
 
     reason: str
     exit_code: int = EXIT_STOPPED
+    auth: bool = False  # the token was refused or lost (AuthError, not FatalError)
 
 
 class InternalStreak:

@@ -93,6 +93,7 @@ class _State:
     stats: RunStats = field(default_factory=RunStats)
     stopped: str | None = None
     stop_code: int = EXIT_STOPPED  # the exit code of `stopped`
+    stop_auth: bool = False  # `stopped` by the token (deliver() raises AuthError)
     fatal_streak: int = 0
     first_fatal: str | None = None
     first_fatal_kind: str | None = None
@@ -335,7 +336,8 @@ class Engine:
             if state.first_fatal is None:
                 state.first_fatal, state.first_fatal_kind = result.error, result.error_kind
             if state.fatal_streak >= self.config.fail_fast_401:
-                self.stop(Stop(self._fatal_message()))
+                auth = state.first_fatal_kind == _UNAUTHORIZED
+                self.stop(Stop(self._fatal_message(), auth=auth))
 
     def stop(self, stop: Stop) -> None:
         """The run stops itself (the first stop is the run's): no input is read, no call
@@ -345,6 +347,7 @@ class Engine:
             # Redacted here, whoever wrote it: a reason may quote a server (the token
             # endpoint's answer), and it reaches stderr and the summary.
             state.stopped, state.stop_code = self.secrets.redact(stop.reason), stop.exit_code
+            state.stop_auth = stop.auth
             self.shutdown.feed_scope.cancel()
         self.shutdown.end_waits()
 
@@ -406,6 +409,7 @@ class Engine:
         sent = stats.events - stats.invalid
         if state.stopped is None and sent > 0 and stats.ok == 0 and state.fatal_streak == sent:
             state.stopped = self._fatal_message()
+            state.stop_auth = state.first_fatal_kind == _UNAUTHORIZED
         if counts is not None:
             stats.blank_lines = counts.blank_lines
         return summarize(
@@ -435,7 +439,7 @@ class Engine:
         """No usable token will come: the run stops (exit 3) and starts no call; the calls
         in flight end and are written, those still to send (waiting for a token, a permit
         or a backoff) are not, so --resume sends them."""
-        self.stop(Stop(reason))  # halted too: backoffs and permits end at once
+        self.stop(Stop(reason, auth=True))  # halted too: backoffs and permits end at once
 
     def _progress_view(self, counts: ReadCounts | None) -> RunView:
         return RunView.of_inputs(self._progress_figures, counts, self.config.inputs)

@@ -26,13 +26,20 @@ from collections.abc import (
     Mapping,
 )
 from contextlib import aclosing
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio
 import anyio.lowlevel
 
 from engine.config import Config
-from engine.core.events import EventDefaults, Invalid, Item, ReadCounts, make_event
+from engine.core.events import (
+    EventDefaults,
+    Invalid,
+    Item,
+    ReadCounts,
+    make_event,
+    printable,
+)
 from engine.core.shard import ShardSpec
 from engine.files.localfs import is_local_file
 from engine.files.resume import ResumeIndex
@@ -136,6 +143,8 @@ async def mapping_feed(
         source = f"<events>:{seq + 1}"
         if not isinstance(obj, Mapping):
             return Invalid(seq, source, None, f"event is not a mapping ({type(obj).__name__})")
+        if not all(map(_is_str, obj)):  # JSON and Parquet names are str; a dict's may not be
+            return _bad_key(obj, seq, source)
         return make_event(obj, seq=seq, source=source, defaults=defaults)
 
     if isinstance(events, AsyncIterator):
@@ -152,6 +161,19 @@ async def mapping_feed(
                 batch = []
         if batch:
             yield batch
+
+
+_is_str = str.__instancecheck__
+
+
+def _bad_key(obj: Mapping[Any, object], seq: int, source: str) -> Invalid:
+    """The record of a library caller's event with a key that is not a str (an int, a
+    tuple, bytes): no parameter name can be made of it."""
+    key = next(k for k in obj if not isinstance(k, str))
+    raw_id = obj.get("id")
+    event_id = printable(raw_id) if isinstance(raw_id, str) else None
+    error = f"event key {printable(repr(key))[:80]} is not a string ({type(key).__name__})"
+    return Invalid(seq, source, event_id, error)
 
 
 def skip_answered(
