@@ -24,6 +24,7 @@ import orjson
 import pytest
 from conftest import one_line
 
+from engine.cli.common import say
 from engine.cli.main import main
 from engine.core.headers import parse_header
 from engine.core.urls import credentials, without_credentials
@@ -323,6 +324,65 @@ def test_a_typo_of_the_refused_secret_option_suggests_the_file(
         f"adbatch run: error: unknown option {typo}; did you mean --client-secret-file?"
     )
     assert PASSWORD not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "told"),
+    [
+        pytest.param(
+            ["run", f"--token{PASSWORD}", "x.jsonl"],
+            "adbatch run: error: unknown option --token...: write its value after a space "
+            "or '=' (--token VALUE)",
+            id="after-the-command",
+        ),
+        pytest.param(
+            [f"--client-secret-file{PASSWORD}", "run"],
+            "adbatch: error: unknown option --client-secret-file...: write its value after "
+            "a space or '=' (--client-secret-file VALUE), after the command: "
+            "adbatch run --client-secret-file",
+            id="before-the-command",
+        ),
+        pytest.param(
+            ["run", "--orderedX"],
+            "adbatch run: error: unknown option --orderedX; did you mean --ordered?",
+            id="a-flag-takes-no-value",
+        ),
+    ],
+)
+def test_a_value_glued_to_its_option_is_never_shown(
+    argv: list[str], told: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--tokenSECRET` (the space forgotten) named the whole word, the secret with it."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == told
+    assert PASSWORD not in err
+
+
+@pytest.mark.parametrize(
+    "name", ["--x\x1b]0;PWNED\x07\x1b[2J\nadbatch:FORGED", "--x\u202e\u2028y\tz"]
+)
+def test_an_unknown_option_s_name_cannot_forge_a_line(
+    name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["run", name])
+    err = capsys.readouterr().err
+    assert err.count("\n") == 2, err  # the usage line, the error line
+    assert err.isascii(), err
+    assert "\x1b" not in err
+    assert "\t" not in err
+
+
+def test_a_message_is_one_line_whatever_it_quotes(capsys: pytest.CaptureFixture[str]) -> None:
+    """A path, a variable's name, a server's words: no line break, tab, separator or
+    bidi control reaches the terminal raw (a token endpoint's error_description
+    forged a second `adbatch:` line)."""
+    say("cannot read input a\nadbatch: 40 events\u2028\u202e\tok")
+    err = capsys.readouterr().err
+    assert err == "adbatch: cannot read input a\\nadbatch: 40 events\\u2028\\u202e\\tok\n"
 
 
 # -- a refused header --------------------------------------------------------------------

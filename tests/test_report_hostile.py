@@ -283,3 +283,18 @@ def test_the_html_report_colours_any_number_of_odd_statuses(tmp_path: Path) -> N
             f.write(orjson.dumps(record) + b"\n")
     assert main(["report", str(path), "--html", str(html)]) == 0
     assert html.read_text().count("<svg") >= 1
+
+
+def test_an_error_text_cannot_forge_a_line_of_the_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A (hand-made) record's error holding a line break or a bidi control: the report's
+    top errors say it on one line, escaped."""
+    forged = "boom\n  top errors\n  999  everything is fine\u202e"
+    record = orjson.loads(_result(0.0, status=500, kind="http").to_json())
+    record["error"] = forged
+    path = tmp_path / "out.jsonl"
+    path.write_bytes(orjson.dumps(record) + b"\n")
+    assert main(["report", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "  1  boom\\n  top errors\\n  999  everything is fine\\u202e" in out.splitlines()

@@ -43,7 +43,7 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         usage = self.usage_line() + "\n" if message.startswith("the following arg") else ""
         # A bad value: `--rate: expected a rate such as ...`, not `argument --rate: ...`.
-        message = message.removeprefix("argument ")
+        message = terminal_safe(message.removeprefix("argument "), line=True)
         self.exit(2, f"{usage}{self.prog}: error: {message}\n")
 
     def usage_line(self) -> str:
@@ -76,6 +76,12 @@ class Parser(argparse.ArgumentParser):
         # The option's name only: `--tokn=VALUE` is a mistyped --token, and its value a
         # secret that must not be printed.
         name = unknown[0].partition("=")[0]
+        valued = {s: a for a in self._actions if a.nargs != 0 for s in a.option_strings}
+        if (option := glued_to(name, list(valued))) is not None:
+            print(self.usage_line(), file=sys.stderr)
+            if valued[option].help == argparse.SUPPRESS:  # --client-secret: its refusal
+                valued[option](self, argparse.Namespace(), None, option)
+            self.error(glued_message(option))
         message = f"unknown option {name}"
         # A hidden option is never suggested (--client-secret only says it is refused).
         shown = [a for a in self._actions if a.help != argparse.SUPPRESS]
@@ -87,9 +93,21 @@ class Parser(argparse.ArgumentParser):
         self.error(message)
 
 
+def glued_to(name: str, options: Sequence[str]) -> str | None:
+    """The longest long option `name` starts with and goes on past (`--tokenVALUE`: a
+    value glued to its option, maybe a secret), or None."""
+    found = [o for o in options if o.startswith("--") and name.startswith(o) and name != o]
+    return max(found, key=len) if found else None
+
+
+def glued_message(option: str) -> str:
+    """The refusal of `option` with a value glued to it, which is never shown."""
+    return f"unknown option {option}...: write its value after a space or '=' ({option} VALUE)"
+
+
 def say(text: str) -> None:
     """One line on stderr, after the program's name."""
-    print(f"{PROG}: {terminal_safe(text)}", file=sys.stderr)
+    print(f"{PROG}: {terminal_safe(text, line=True)}", file=sys.stderr)
 
 
 def run_async(fn: Callable[..., Any], *args: Any) -> Any:

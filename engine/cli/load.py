@@ -28,6 +28,7 @@ from engine.cli.run_options import add_run_options
 from engine.config import Config
 from engine.core.pacing import RatePacer, constant, parse_stages, ramp, stages
 from engine.core.thresholds import judged, verdict_line
+from engine.core.values import terminal_safe
 from engine.errors import ConfigError
 from engine.files.sources import STDIN
 from engine.load.plan import DEFAULT_MAX_IN_FLIGHT, DEFAULT_REORDER, LoadOutcome, LoadPlan
@@ -268,7 +269,9 @@ def _finish(outcome: LoadOutcome, summary_path: str | None) -> int:
     say(outcome.summary.line(sent=True))
     say(outcome.line())
     if outcome.summary.figures:
-        say("figures\n" + figures_text(outcome.summary.figures))
+        say("figures")
+        for row in figures_text(outcome.summary.figures).splitlines():  # each its own line
+            print(terminal_safe(row, line=True), file=sys.stderr)
     for verdict in outcome.summary.thresholds:
         say(verdict_line(verdict))
     if outcome.summary.stopped:

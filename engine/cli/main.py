@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from engine.cli.commands import COMMANDS, command_help
-from engine.cli.common import PROG, Parser, say
+from engine.cli.common import PROG, Parser, glued_message, glued_to, say
 from engine.errors import EngineError
 
 if TYPE_CHECKING:
@@ -202,17 +202,25 @@ def _option_before_command(parser: Parser, argv: list[str]) -> None:
     from engine.cli.options import RefuseSecret
 
     owner: dict[str, str] = {}  # option -> the first command (in --help's order) taking it
+    valued: list[str] = []  # those that take a value (one glued to them is never shown)
+    refusing: dict[str, argparse.Action] = {}  # never suggested; given, refused
     for command in given or COMMANDS:
         for action in _command_parser(full, command)._actions:
             for option in action.option_strings:
-                if isinstance(action, RefuseSecret):  # never suggested; given: refused
-                    if option == name:
-                        print(parser.usage_line(), file=sys.stderr)
-                        action(parser, argparse.Namespace(), None, name)  # exit 2
-                    continue
-                if option not in _TOP_OPTIONS:
+                if isinstance(action, RefuseSecret):
+                    refusing[option] = action
+                elif option not in _TOP_OPTIONS:
                     owner.setdefault(option, command)
-    if name in owner:
+                    if action.nargs != 0:
+                        valued.append(option)
+    stuck = name if name in refusing else glued_to(name, [*valued, *refusing])
+    stuck = None if name in owner else stuck  # an option of a command's, as it is
+    if stuck in refusing:  # --client-secret, a value glued to it or not: its refusal
+        print(parser.usage_line(), file=sys.stderr)
+        refusing[stuck](parser, argparse.Namespace(), None, name)  # exit 2
+    if stuck is not None:
+        message = f"{glued_message(stuck)}, after the command: {PROG} {owner[stuck]} {stuck}"
+    elif name in owner:
         message = f"{name} goes after the command: {PROG} {owner[name]} {name}"
     else:
         message = f"unknown option {name}; options go after the command"

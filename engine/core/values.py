@@ -31,16 +31,24 @@ def printable(text: str) -> str:
 
 
 #: What a terminal would act on rather than show: C0 controls but the line break and
-#: the tab, DEL, C1 controls (ESC [ 2 J clears the screen, OSC sets the title, BEL).
-_TERMINAL_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+#: the tab, DEL, C1 controls (ESC [ 2 J clears the screen, OSC sets the title, BEL),
+#: the line and paragraph separators and the bidi controls (U+202E reverses the text).
+_TERMINAL_CONTROL = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
+)
+#: The same, and the line break and the tab: what one line of a message must not hold.
+_LINE_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
-def terminal_safe(text: str) -> str:
+def terminal_safe(text: str, *, line: bool = False) -> str:
     """`text` to print on a terminal: each control character written as its escape
-    (`\x1b`), so a server's words can neither clear the screen nor forge a line."""
+    (`\x1b`), so a server's words can neither clear the screen nor forge a line.
+    `line`: one line (a message), its line breaks and tabs escaped too (`\n`)."""
     if text.isprintable():
         return text
-    return _TERMINAL_CONTROL.sub(lambda m: ascii(m.group())[1:-1], text)
+    return (_LINE_CONTROL if line else _TERMINAL_CONTROL).sub(
+        lambda m: ascii(m.group())[1:-1], text
+    )
 
 
 def fixed(value: float, decimals: int, *, sign: bool = False) -> str:

@@ -27,7 +27,7 @@ from engine.core.figures import VIEW_KEYS, count_message, figures
 from engine.core.records import ErrorKind, RecordLine, parse_record
 from engine.core.series import Figures
 from engine.core.stats import plural
-from engine.core.values import fixed
+from engine.core.values import fixed, terminal_safe
 
 
 @dataclass(slots=True)
@@ -128,7 +128,11 @@ def figures_text(block: Mapping[str, Any]) -> str:
     if block["top_errors"]:
         lines.append("  top errors")
         width = len(str(block["top_errors"][0]["count"]))
-        lines += [f"  {e['count']:>{width}}  {e['message']}" for e in block["top_errors"]]
+        # One line each, whatever a (hand-made) record's error holds: \n cannot forge one.
+        lines += [
+            f"  {e['count']:>{width}}  {terminal_safe(str(e['message']), line=True)}"
+            for e in block["top_errors"]
+        ]
     return "\n".join(lines)
 
 
