@@ -262,6 +262,35 @@ def test_a_store_that_cannot_be_reached_is_not_a_missing_object(
     assert "no such object" not in done.stderr
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize("status", [500, 503])
+async def test_an_http_store_that_fails_is_not_a_missing_object(
+    tmp_path: Path, status: int
+) -> None:
+    """fsspec's http driver raises FileNotFoundError for a 5xx too: the message says
+    what the store answered ("no such object" sent users looking for a missing file)."""
+    pytest.importorskip("fsspec")
+    import anyio
+    from aiohttp import web
+    from web_app import serving
+
+    async def busy(request: web.Request) -> web.Response:
+        return web.Response(status=status, text="busy")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", busy)
+    async with serving(app) as base:
+        done = await anyio.run_process(
+            [sys.executable, "-m", "engine", "run", "--mock", f"{base}/p/x.jsonl", "-o", "o"],
+            cwd=tmp_path,
+            check=False,
+        )
+    err = done.stderr.decode()
+    assert done.returncode == 2, err
+    assert f"cannot read input {base}/p/x.jsonl: the store answered HTTP {status}" in err
+    assert "no such object" not in err
+
+
 def test_an_option_the_driver_does_not_take_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("s3fs")
     for var, value in _DEAD_S3.items():

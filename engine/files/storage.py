@@ -177,6 +177,17 @@ def unreachable(exc: BaseException) -> bool:
     return False
 
 
+def _answered(exc: BaseException) -> int | None:
+    """The HTTP status (not 404) in what caused `exc` (fsspec's http: a 503 as not found)."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        status = getattr(seen, "status", None)
+        if isinstance(status, int) and status != 404 and 400 <= status <= 599:
+            return status
+        seen = seen and (seen.__cause__ or seen.__context__)
+    return None
+
+
 def reason(exc: BaseException, options: StorageOptions = (), url: str = "") -> str:
     """A driver's exception as one redacted line (the storage options' secrets, and
     `url`'s password and query values, wherever the store quoted them)."""
@@ -188,6 +199,8 @@ def reason(exc: BaseException, options: StorageOptions = (), url: str = "") -> s
         line = f"the driver does not take the storage option {refused.group(1)}"
     elif unreachable(exc):
         line = f"cannot reach the store ({line})" if line else "cannot reach the store"
+    elif (status := _answered(exc)) is not None:  # fsspec's http: a 5xx as "not found"
+        line = f"the store answered HTTP {status}"
     elif isinstance(exc, FileNotFoundError):
         line = "no such object"
     elif isinstance(exc, PermissionError):
