@@ -27,8 +27,8 @@ Rules:
   connection, within its deadline and outside `attempts`, budget and rate (as http1
   resends on a dropped idle connection): a stream above a GOAWAY's last-stream-id, one
   whose headers met a connection already closed, one reset with REFUSED_STREAM (RFC 9113
-  §8.7: no such call reached the application; this one after a pause of 50 ms doubling
-  to 1 s, as the server sheds load). Bounded: at most `concurrency + 1` times
+  §8.7: no such call reached the application; this one after a pause of 50 ms doubling,
+  three times at most, as the server sheds load). Bounded: at most `concurrency + 1` times
   (a server answering one stream per connection still serves every call ahead of it),
   and twice from a GOAWAY that took no stream at all; then it is `disconnected`.
 - Nothing from the environment (`trust_env=False`): TLS is net/tls.py's (--cacert,
@@ -204,17 +204,20 @@ class Http2Transport:
         self, client: httpx.AsyncClient, url: str, headers: dict[str, str]
     ) -> tuple[int, bytes, str | None]:
         """`_exchange`, sent again while the server refuses it unprocessed (module rules)."""
-        free, idle, pause = self._concurrency + 1, _IDLE_GOAWAYS, _REFUSED_PAUSE_S
+        free, idle, shed = self._concurrency + 1, _IDLE_GOAWAYS, _REFUSED_RESENDS
+        pause = _REFUSED_PAUSE_S
         while True:
             stream = _Stream(client)
             try:
                 return await self._exchange(client, url, headers, stream)
             except (httpx.RemoteProtocolError, httpx.LocalProtocolError, httpx.WriteError) as exc:
                 refused = "unsent" if stream.unsent else _unprocessed(exc, stream.id)
-                if refused is None or free == 0 or (refused == "idle" and idle == 0):
+                spent = (refused == "idle" and idle == 0) or (refused == "refused" and shed == 0)
+                if refused is None or free == 0 or spent:
                     raise
                 free -= 1
                 idle -= refused == "idle"
+                shed -= refused == "refused"
                 reset_abandoned(client)
                 hook(client)
                 if refused == "refused":  # the server sheds load: not at once, not faster
@@ -273,6 +276,9 @@ class _Group:
 #: requests in 1.9 s when they went again at once).
 _REFUSED_PAUSE_S = 0.05
 _REFUSED_PAUSE_MAX_S = 1.0
+#: ... at most this many times (0.35 s of pauses): then it is `disconnected`, and the
+#: engine's own retries (counted in attempts, spaced by the backoff, under --rate) follow.
+_REFUSED_RESENDS = 3
 #: Free resends after a GOAWAY that took no stream (last-stream-id 0): such a server may
 #: refuse every call, and the engine's own retries (counted, spaced) take over.
 _IDLE_GOAWAYS = 2
