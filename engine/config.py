@@ -18,7 +18,7 @@ from typing import Any, Literal
 from engine.core.addresses import parse_listen
 from engine.core.errors import ConfigError
 from engine.core.events import header_problem
-from engine.core.fieldtypes import check_field_types, shown_repr
+from engine.core.fieldtypes import check_field_types, shown_repr, with_tuples
 from engine.core.headers import parse_headers
 from engine.core.proxies import parse_proxy_url
 from engine.core.secrets import token_problem
@@ -76,9 +76,7 @@ def check_port(option: str, text: str) -> None:
     except ValueError:
         port = 0
     if port == 0:
-        raise ConfigError(
-            f"{option}: the port must be 1..65535, got {without_credentials(text)!r}"
-        )
+        raise ConfigError(f"{option}: the port must be 1..65535, got {without_credentials(text)!r}")
 
 
 HttpClient = Literal["http1", "session", "http2"]
@@ -173,6 +171,8 @@ class Config:
     def validated(self, *, need_token: bool = True) -> Config:
         """This config, checked; raises ConfigError naming the option at fault.
         `need_token=False`: no credentials is no fault (`config --show`: not a run)."""
+        if (listed := with_tuples(self)) is not self:  # a library caller's lists, as tuples
+            return listed.validated(need_token=need_token)
         check_field_types(self)  # each field of its annotated type, before any other check
         if not self.inputs:
             raise ConfigError("no input given")
@@ -335,8 +335,10 @@ class Config:
         if self.dashboard is not None:
             parse_listen(self.dashboard, "--dashboard")
         linger = self.metrics_linger
-        if isinstance(linger, bool) or not isinstance(linger, int | float) or not (
-            linger >= 0 and math.isfinite(linger)
+        if (
+            isinstance(linger, bool)
+            or not isinstance(linger, int | float)
+            or not (linger >= 0 and math.isfinite(linger))
         ):
             raise ConfigError(
                 f"--metrics-linger must be a number of seconds >= 0, got {quoted(linger)}"

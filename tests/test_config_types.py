@@ -41,8 +41,8 @@ SECRET = "ZZsecret"
         pytest.param({"ordered": 1}, "Config.ordered must be bool, got 1 (int)", id="bool-int"),
         pytest.param({"workers": True}, "Config.workers must be int, got True (bool)",
                      id="int-bool"),
-        pytest.param({"shard": [0, 2]},
-                     "Config.shard must be a tuple (int, int) or None, got [0, 2] (list)",
+        pytest.param({"shard": [0, "2"]},
+                     "Config.shard must be a tuple (int, int) or None, got [0, '2'] (tuple)",
                      id="shard-list"),
         pytest.param({"http_client": 2},
                      "Config.http_client must be one of 'http1', 'session', 'http2', got 2 (int)",
@@ -113,3 +113,16 @@ async def test_deliver_refuses_a_float_concurrency(mock: MockHandle) -> None:
     with pytest.raises(engine.ConfigError, match=r"Config.concurrency must be int, got 2.5"):
         await drain()
     assert mock.state.delivery_requests == 0
+
+
+def test_a_list_for_a_tuple_field_is_taken_as_that_tuple() -> None:
+    """A library caller's lists (`inputs=["a.jsonl"]`, as before field types were
+    checked) are taken; a lone str is still not a tuple of str."""
+    config = engine.Config(
+        inputs=["a.jsonl"], headers=["X-A: b"], storage_options=[["k", "v"]], token="t"
+    ).validated()
+    assert (config.inputs, config.headers, config.storage_options) == (
+        ("a.jsonl",), ("X-A: b",), (("k", "v"),)
+    )  # fmt: skip
+    with pytest.raises(engine.ConfigError, match=r"Config\.inputs must be a tuple of str"):
+        engine.Config(inputs="a.jsonl", token="t").validated()

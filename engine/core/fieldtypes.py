@@ -17,12 +17,14 @@ Rules:
 from __future__ import annotations
 
 import types
-from dataclasses import fields
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from dataclasses import fields, replace
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from engine.core.errors import ConfigError
 from engine.core.shown import shown_given, shown_value
 from engine.core.urls import REDACTED
+
+T = TypeVar("T")
 
 
 def _matches(value: object, hint: Any) -> bool:
@@ -62,6 +64,29 @@ def _named(hint: Any) -> str:
             return f"a tuple of {_named(args[0])}"
         return f"a tuple ({', '.join(_named(arg) for arg in args)})"
     return getattr(hint, "__name__", str(hint))
+
+
+def _tupled(value: object, hint: Any) -> object:
+    """`value` with its lists as tuples where `hint` (or an arm of it) is a tuple."""
+    arms = get_args(hint) if get_origin(hint) in (Union, types.UnionType) else (hint,)
+    tuples = [arm for arm in arms if get_origin(arm) is tuple]
+    if not tuples or not isinstance(value, list | tuple):
+        return value
+    args = get_args(tuples[0])
+    inner = args[0] if len(args) == 2 and args[1] is Ellipsis else None
+    return tuple(_tupled(item, inner) if inner is not None else item for item in value)
+
+
+def with_tuples(instance: T) -> T:
+    """The dataclass `instance` with a list given for a tuple field as that tuple (a
+    library caller's `inputs=["a.jsonl"]`, `headers=[...]`), or itself."""
+    hints = get_type_hints(type(instance))
+    changes = {}
+    for f in fields(instance):  # type: ignore[arg-type]
+        value = getattr(instance, f.name)
+        if isinstance(value, list | tuple) and (tupled := _tupled(value, hints[f.name])) != value:
+            changes[f.name] = tupled  # (a list where no tuple goes stays: check_field_types)
+    return replace(instance, **changes) if changes else instance  # type: ignore[type-var]
 
 
 def check_field_types(instance: object) -> None:
