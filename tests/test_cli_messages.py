@@ -395,3 +395,16 @@ def test_the_proxy_authorization_refusal_reads_as_a_sentence() -> None:
         "--header Proxy-Authorization: this header is the proxy's (user:password@ in the "
         "proxy URL); it cannot be set"
     )
+
+
+@pytest.mark.parametrize(
+    ("word", "near"),
+    [("--summary-file", "--summary"), ("--proxyy", "--proxy"), ("--timeouts", "--timeout")],
+)
+def test_a_typo_past_an_option_is_a_typo_not_a_glued_value(
+    word: str, near: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["run", word, "x.jsonl"])
+    told = f"adbatch run: error: unknown option {word}; did you mean {near}?"
+    assert capsys.readouterr().err.splitlines()[-1] == told

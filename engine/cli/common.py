@@ -94,10 +94,13 @@ class Parser(argparse.ArgumentParser):
 
 
 def glued_to(name: str, options: Sequence[str]) -> str | None:
-    """The longest long option `name` starts with and goes on past (`--tokenVALUE`: a
-    value glued to its option, maybe a secret), or None."""
+    """The longest long option `name` starts with and goes on past by more than a typo
+    (`--tokenVALUE`: a value glued to its option, maybe a secret), or None. A word or
+    two letters more (`--summary-file`, `--proxyy`) is a typo: did-you-mean says it."""
     found = [o for o in options if o.startswith("--") and name.startswith(o) and name != o]
-    return max(found, key=len) if found else None
+    option = max(found, key=len) if found else None
+    rest = name[len(option) :] if option else ""
+    return None if option is None or rest.startswith("-") or len(rest) <= 2 else option
 
 
 def glued_message(option: str) -> str:
