@@ -82,12 +82,14 @@ class JsonlSink:
         self._owned = True
         self.name = path
         info = os.fstat(self._fd)
-        if watch and stat.S_ISREG(info.st_mode):  # a pipe or a device is no file to lose
+        if not stat.S_ISREG(info.st_mode):  # a pipe or a device: no file to lose or empty
+            return
+        if watch:  # the run's owner (not a --workers child appending): held, and watched
             self._hold(path)
-            if not append:
-                os.ftruncate(self._fd, 0)
             self._identity = (info.st_dev, info.st_ino)
             self._next_check = time.monotonic() + CHECK_EVERY_S
+        if not append:
+            os.ftruncate(self._fd, 0)
 
     def _hold(self, path: str) -> None:
         """Lock the file for this run (flock, released when it closes): two runs writing
