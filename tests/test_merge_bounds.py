@@ -234,3 +234,17 @@ def test_the_identity_of_an_input_reads_little_and_never_waits(tmp_path: Path) -
     assert input_identity(str(fifo)) is None
     assert input_identity("-") is None
     assert input_identity(str(tmp_path / "gone.jsonl")) is None
+
+
+def test_a_manifest_cannot_lift_the_line_limit_past_the_ceiling(tmp_path: Path) -> None:
+    """The longest line read is the manifests' max_record_bytes, bounded: an edited
+    2**40 would read a part without newlines whole."""
+    from engine.distributed.merge import LINE_CEILING, MergeReport, _check_manifests
+
+    parts = _shards(tmp_path)
+    for part in parts:
+        manifest = read_manifest(manifest_path(str(part)))
+        assert manifest is not None
+        write_json_atomic(manifest_path(str(part)), {**manifest, "max_record_bytes": 2**40})
+    _, limit = _check_manifests([str(p) for p in parts], MergeReport())
+    assert limit == LINE_CEILING

@@ -143,6 +143,9 @@ def _input_names(inputs: object) -> tuple[str, ...] | None:
 #: --max-response-bytes and --max-line-bytes. A longer line is no record: the part is
 #: torn or not a part, and its rest is not merged (never held whole: `merge /dev/zero`).
 LINE_LIMIT = record_bytes_limit(DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_MAX_LINE_BYTES)
+#: The most a manifest's `max_record_bytes` raises it to (a hand-edited 2**40 would read
+#: a part without newlines whole).
+LINE_CEILING = 1 << 30
 
 
 def _unreadable(manifest: dict[str, Any]) -> str | None:
@@ -210,6 +213,7 @@ def _check_manifests(
             report.problems.append(f"{manifest_path(path)} cannot be used: {why}")
             return list(parts), LINE_LIMIT
     limit = max(LINE_LIMIT, *(m.get("max_record_bytes") or 0 for m in shards))
+    limit = min(limit, LINE_CEILING)  # a manifest's word, bounded: it may be edited
     by_shard: dict[int, str] = {}
     counts = {m["shard"][1] for m in shards}
     records = {m.get("records") for m in shards}
