@@ -93,7 +93,7 @@ async def test_workers_calls_interleave(write_jsonl: Callable[..., Path], tmp_pa
     """--rate 10 --workers 4: one call every 0.1 s at the server, not the four workers'
     calls together (each paced at 10/4 from the same moment: 4 calls within 11 ms, then
     nothing for 0.4 s). The workers' arrivals are counted in every window of half a
-    slot: at most 2 in any of them leaves room for a busy machine's lateness."""
+    slot: at most 3 in any of them (4 before) leaves room for a busy machine's lateness."""
     count, rate = 16, 10.0
     path = write_jsonl(events(count))
     arrivals: list[float] = []
@@ -110,4 +110,4 @@ async def test_workers_calls_interleave(write_jsonl: Callable[..., Path], tmp_pa
     assert summary.ok == count == len(arrivals)
     window = 0.5 / rate
     most = max(sum(1 for t in arrivals if start <= t < start + window) for start in arrivals)
-    assert most <= 2, [round(t - arrivals[0], 3) for t in arrivals]
+    assert most <= 3, [round(t - arrivals[0], 3) for t in arrivals]
