@@ -224,7 +224,11 @@ async def deliver(
 ) -> AsyncIterator[Result]:
     """Send each event and yield its Result as it completes (input order with `ordered`).
 
-    Use it with `async for`; to stop early, wrap it in `contextlib.aclosing`. The results
+    Use it with `async for`; to stop early, wrap it in `contextlib.aclosing`: the run's
+    task group lives in this generator, across its yields, so a bare `break` leaves it
+    open in the caller's task until the event loop finalises the generator from another
+    task (a CancelledError in the caller, "exit cancel scope in a different task"). The
+    run would have to own a task outside the caller's structure to avoid that. The results
     are yielded, not written: a config with `workers`, `output`, `resume`, `summary`,
     `series`, `metrics_addr`, `dashboard` or `shard` is refused (a shard's share of the
     events is `run`'s: deliver sends every event it is given).
@@ -353,20 +357,25 @@ async def _guarded_async(
 
 def _redacted(result: Result, secrets: Secrets) -> Result:
     """`result` as `run` would write it: every secret in it (a server may echo the token
-    in its answer) [redacted] by the run's one redactor; itself when it holds none."""
-    line = result.to_json()
-    if secrets.redact_bytes(line) == line:
-        return result
+    in its answer) [redacted] by the run's one redactor, field by field (the body as the
+    bytes its record embeds); itself when no field held one. Never encoded whole to find
+    out: that cost a `to_json()` per result, up to --max-response-bytes."""
     response = result.response
     if isinstance(response, orjson.Fragment):  # the body as sent, redacted as bytes
-        response = orjson.Fragment(secrets.redact_bytes(orjson.dumps(response)))
+        body = orjson.dumps(response)  # the Fragment's own bytes, copied once
+        kept = secrets.redact_bytes(body)
+        if kept is not body and kept != body:
+            response = orjson.Fragment(kept)
     elif isinstance(response, str):
         response = secrets.redact(response)
-    return replace(
-        result,
-        id=None if result.id is None else secrets.redact(result.id),
-        source=secrets.redact(result.source),
-        error=None if result.error is None else secrets.redact(result.error),
-        response=response,
-        retries=tuple(secrets.redact(r) for r in result.retries),
-    )
+    changed: dict[str, Any] = {}
+    if response is not result.response and response != result.response:
+        changed["response"] = response
+    for name in ("id", "source", "error"):
+        text = getattr(result, name)
+        if text is not None and (kept_text := secrets.redact(text)) != text:
+            changed[name] = kept_text
+    retries = tuple(secrets.redact(r) for r in result.retries)
+    if retries != result.retries:
+        changed["retries"] = retries
+    return replace(result, **changed) if changed else result

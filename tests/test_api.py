@@ -254,3 +254,56 @@ async def test_deliver_yields_results_redacted(oauth: bool) -> None:
     assert orjson.loads(got[0].to_json())["response"] == {
         "status": "OK", "echo": "Bearer [redacted]"
     }  # fmt: skip
+
+
+_CLEAN = engine.Result(
+    seq=0, id="e1", source="<events>:1", status=200, ok=True, attempts=1, latency_ms=1.0,
+    sent_at=1.0, error=None, response=orjson.Fragment(b'{"status":"OK"}'),
+)  # fmt: skip
+_SPELLED = "STATICtokenQWERTY1234567".replace("Q", "\\u0051")  # a JSON body's spelling
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "redacted"),
+    [
+        pytest.param("id", f"id-{SECRET_TOKEN}", "id-[redacted]", id="id"),
+        pytest.param("source", f"{SECRET_TOKEN}.jsonl:3", "[redacted].jsonl:3", id="source"),
+        pytest.param("error", f"bad token {SECRET_TOKEN}", "bad token [redacted]", id="error"),
+        pytest.param("response", f"you sent {SECRET_TOKEN}", "you sent [redacted]", id="text"),
+        pytest.param(
+            "response",
+            orjson.Fragment(f'{{"echo":"Bearer {_SPELLED}","n":1}}'.encode()),
+            b'{"echo":"Bearer [redacted]","n":1}',
+            id="json-body-escaped",
+        ),
+        pytest.param(
+            "retries",
+            ("timeout", f"http_401 {SECRET_TOKEN}"),
+            ("timeout", "http_401 [redacted]"),
+            id="retries",
+        ),
+    ],
+)
+def test_deliver_redacts_each_field_of_a_result(
+    field: str, value: object, redacted: object
+) -> None:
+    """engine/api.py `_redacted`: each field through the run's Secrets; the others, and a
+    result with no secret, untouched (the same object)."""
+    from dataclasses import replace
+
+    from engine.api import _redacted
+    from engine.core.secrets import Secrets
+
+    secrets = Secrets([SECRET_TOKEN])
+    assert _redacted(_CLEAN, secrets) is _CLEAN
+    clean = _CLEAN if field == "retries" else replace(_CLEAN, **{field: f"no {SECRET_TOKEN[:8]}"})
+    assert _redacted(clean, secrets) is clean
+    result = replace(_CLEAN, **{field: value})
+    got = _redacted(result, secrets)
+    if isinstance(redacted, bytes):
+        assert got.body == redacted
+    else:
+        assert getattr(got, field) == redacted
+    assert replace(got, **{field: None}) == replace(result, **{field: None})
+    assert SECRET_TOKEN.encode() not in got.to_json()
+    assert secrets.redact_bytes(result.to_json()) == got.to_json()  # as `run` writes it
