@@ -163,11 +163,6 @@ def config_from_args(args: argparse.Namespace, *, defaults: dict[str, Any] | Non
     `defaults`: the command's own defaults (load's retries=0), below all three."""
     resolved = resolve(args, defaults=defaults)
     merged = resolved.values
-    if merged.get("mock") and "endpoint" in merged:  # the mock's own URL replaces it
-        say(
-            f"warning: --mock sends every call to the embedded mock: the endpoint from "
-            f"{resolved.sources['endpoint']} is not used"
-        )
     # The live display redraws stderr's last lines: never while the records scroll by on
     # a terminal (no -o, or -o naming one: /dev/stdout, /dev/tty), nor on a file or a pipe.
     show = (not args.no_progress) and sys.stderr.isatty()
@@ -176,6 +171,11 @@ def config_from_args(args: argparse.Namespace, *, defaults: dict[str, Any] | Non
         config = Config(**merged).validated()
     except TypeError as exc:
         raise ConfigError(f"bad option value: {exc}") from None
+    if config.mock and "endpoint" in merged:  # the mock's own URL replaces it
+        say(
+            f"warning: --mock sends every call to the embedded mock: the endpoint from "
+            f"{resolved.sources['endpoint']} is not used"
+        )
     if any(is_url(name) for name in config.inputs):  # globs and prefixes -> their objects,
         # here, so that --resume, --shard and --workers all see the same object list
         found = expand_inputs(config.inputs, config.storage_options, output=config.output)
