@@ -179,3 +179,66 @@ def test_a_signal_stops_a_ray_run_like_the_local_backend(
     assert "Traceback" not in err, err
     assert "received at time" not in err, err  # Ray's crash report
     assert out.exists() == (stopped == [joined])  # nothing half-joined; the parts stay
+
+
+# A library's process: its own child, started before the run, then a run on a local Ray
+# that this run starts, with the CLI's signal handling.
+_LIBRARY_CALLER = """
+import ctypes, subprocess, sys
+import anyio, orjson
+import engine
+from engine.mock import running_mock
+
+async def main() -> None:
+    child = subprocess.Popen(["sleep", "30"])
+    async with running_mock() as mock:
+        config = engine.Config(
+            endpoint=mock.delivery_url, token="mock-token", backend="ray",
+            inputs=(sys.argv[1],), output=sys.argv[2],
+        )
+        summary = await engine.run(config, handle_signals=True)
+    running = child.poll() is None
+    child.terminate()
+    subreaper = ctypes.c_int(-1)
+    ctypes.CDLL(None).prctl(37, ctypes.byref(subreaper), 0, 0, 0)  # PR_GET_CHILD_SUBREAPER
+    print(orjson.dumps({"ok": summary.ok, "running": running, "status": child.wait(),
+                        "subreaper": subreaper.value}).decode())
+
+anyio.run(main)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl, /proc: Linux's")
+def test_a_library_callers_own_child_outlives_a_local_ray_run(tmp_path: Path) -> None:
+    """engine.run(backend="ray", handle_signals=True) from a library: the local Ray it
+    started leaves nothing running, and the caller's own child is neither killed nor
+    waited for (its exit status stays its own: -SIGTERM, not the 0 of a status taken
+    from under Popen); the process is not left a child subreaper."""
+    pytest.importorskip("ray")
+    events = tmp_path / "in.jsonl"
+    events.write_bytes(b"".join(orjson.dumps(event) + b"\n" for event in make_events(20)))
+    out = tmp_path / "out.jsonl"
+    mark = f"TEST_RUN_MARK={tmp_path.name}-{os.getpid()}"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update([mark.split("=")])
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _LIBRARY_CALLER, str(events), str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        got, err = proc.communicate(timeout=120)
+        time.sleep(0.5)
+        assert _marked(mark) == [], "Ray's processes outlived the run"
+    finally:
+        if _group_alive(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+        for pid in [line.split()[0] for line in _marked(mark)]:
+            with contextlib.suppress(OSError):
+                os.kill(int(pid), signal.SIGKILL)
+    assert proc.returncode == 0, err
+    assert orjson.loads(got) == {
+        "ok": 20, "running": True, "status": -signal.SIGTERM, "subreaper": 0
+    }  # fmt: skip
+    assert len(out.read_bytes().splitlines()) == 20

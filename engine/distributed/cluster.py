@@ -19,25 +19,27 @@ Rules:
   the driver imports Ray with that handler off (`no_crash_handler`, in the driver and
   in every process of a local Ray), and `_reclaim_signals` still puts Python's back
   while `ray.init` runs and once it returns.
-- A local Ray that the CLI started (`reap`) leaves nothing running: its processes are
-  this one's descendants, and this process adopts their orphans (Linux's child
-  subreaper), so when the run ends, however it ends (a signal mid-start-up, a process
-  group's SIGTERM that killed the raylet first), `_reap` kills by pid what Ray's
-  shutdown left: agents, workers, a half-started raylet.
+- A local Ray that this session started leaves nothing running, and nothing else is
+  touched: `ray.init` starts it with an environment mark (`_MARK`, in `os.environ` only
+  while `ray.init` runs), which every process of that Ray inherits wherever it is
+  reparented; when the run ends, however it ends (a signal mid-start-up, a process
+  group's SIGTERM that killed the raylet first), `_reap` kills by pid the processes
+  carrying this run's mark that Ray's shutdown left (agents, workers, a half-started
+  raylet) and waits only for those. The caller's own processes (a library's) are neither
+  killed nor waited for, and the process's subreaper flag is left alone.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
+import secrets
 import signal
 import socket
-import sys
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import anyio
@@ -53,7 +55,8 @@ _RECLAIM_EVERY = 0.05
 #: How long `_reap` may take, and how long no process may be left for it to be done.
 REAP_S = 10.0
 _REAP_QUIET_S = 0.3
-_PR_SET_CHILD_SUBREAPER = 36
+#: The environment variable that marks a local Ray's processes (not ADBATCH_: warned of).
+_MARK = "_ADBATCH_LOCAL_RAY"
 
 
 def no_crash_handler() -> None:
@@ -88,19 +91,17 @@ def check_reachable(address: str, *, timeout: float = CONNECT_TIMEOUT) -> None:
 
 
 @contextlib.asynccontextmanager
-async def ray_session(ray: Any, *, reap: bool = False) -> AsyncIterator[None]:
-    """Join the cluster at RAY_ADDRESS (or the one already joined), else start a local Ray.
-
-    `reap` (the CLI, whose process this is): a local Ray leaves nothing running (`_reap`).
-    """
+async def ray_session(ray: Any) -> AsyncIterator[None]:
+    """Join the cluster at RAY_ADDRESS (or the one already joined), else start a local Ray,
+    which leaves nothing running (`_reap`: its own processes only)."""
     if ray.is_initialized():
         yield
         return
     address = os.environ.get("RAY_ADDRESS") or None
     if address is not None:
         check_reachable(address)
-    reap = reap and address is None and _adopt_orphans()
-    owner = _RayOwner(ray, address)
+    mark = None if address is not None else f"{os.getpid()}-{secrets.token_hex(8)}"
+    owner = _RayOwner(ray, address, mark)
     owner.start()
     try:
         # The wait is the driver's, not `ray.init`'s: a signal ends it at once.
@@ -117,68 +118,59 @@ async def ray_session(ray: Any, *, reap: bool = False) -> AsyncIterator[None]:
             if owner.started.is_set():
                 await anyio.to_thread.run_sync(owner.join)
                 _reclaim_signals()
-            if reap:  # (mid-start-up: what `ray.init` started so far, and starts next)
-                await anyio.to_thread.run_sync(_reap)
+            if mark is not None:
+                # (mid-start-up: what `ray.init` started so far, and starts next)
+                await anyio.to_thread.run_sync(_reap, mark)
 
 
-def _adopt_orphans() -> bool:
-    """This process becomes the parent of its descendants' orphans (Linux): a raylet
-    that dies leaves its agents and workers here, where `_reap` finds them."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return int(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
-    except (OSError, AttributeError):
-        return False
-
-
-def _reap() -> None:
-    """SIGKILL the processes left under this one (a local Ray's, the only ones a Ray run
-    starts) until none has been left for `_REAP_QUIET_S`: `ray.init`, if still running,
-    may start one more. Bounded by `REAP_S`."""
+def _reap(mark: str) -> None:
+    """SIGKILL the live processes carrying `mark` (this session's local Ray) until none
+    has been left for `_REAP_QUIET_S`: `ray.init`, if still running, may start one more.
+    Waits for those of them that are this process's children, and for no other.
+    Bounded by `REAP_S`; nothing without /proc (Linux's)."""
+    if not os.path.isdir("/proc"):
+        return
     end = time.monotonic() + REAP_S
     quiet_since = time.monotonic()
+    killed: set[int] = set()
     while time.monotonic() < end and time.monotonic() - quiet_since < _REAP_QUIET_S:
-        left = _descendants(os.getpid())
+        left = _marked(f"{_MARK}={mark}".encode())
         for pid in left:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
-        _collect_children()
+        killed |= set(left)
+        killed -= {pid for pid in killed if _collected(pid)}
         if left:
             quiet_since = time.monotonic()
         time.sleep(0.05)
 
 
-def _collect_children() -> None:
-    """Wait for this process's dead children (Ray's Popen finds them gone: no matter)."""
-    with contextlib.suppress(ChildProcessError):
-        while os.waitpid(-1, os.WNOHANG)[0] > 0:
-            pass
+def _collected(pid: int) -> bool:
+    """Whether `pid` needs no more waiting for: collected now, or not this process's child
+    (Ray's Popen then finds it gone: no matter)."""
+    try:
+        return os.waitpid(pid, os.WNOHANG)[0] == pid
+    except ChildProcessError:
+        return True
 
 
-def _descendants(root: int) -> list[int]:
-    """The live (not zombie) processes under `root`, from /proc."""
-    children: dict[int, list[int]] = {}
-    live: set[int] = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
+def _marked(entry: bytes) -> list[int]:
+    """The live (not zombie) processes whose environment holds `entry`, from /proc."""
+    found: list[int] = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
             continue
         try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                fields = f.read().rpartition(b")")[2].split()
+            with open(f"/proc/{name}/environ", "rb") as f:
+                if entry not in f.read().split(b"\0"):
+                    continue
+            with open(f"/proc/{name}/stat", "rb") as f:
+                state = f.read().rpartition(b")")[2].split()[:1]
         except OSError:
             continue
-        children.setdefault(int(fields[1]), []).append(int(entry))
-        if fields[0] not in (b"Z", b"X"):
-            live.add(int(entry))
-    found: list[int] = []
-    todo = [root]
-    while todo:
-        for pid in children.get(todo.pop(), []):
-            found.append(pid)
-            todo.append(pid)
-    return [pid for pid in found if pid in live]
+        if state and state[0] not in (b"Z", b"X"):
+            found.append(int(name))
+    return found
 
 
 def _reclaim_signals() -> None:
@@ -201,17 +193,19 @@ class _RayOwner(threading.Thread):
     once, and the thread shuts Ray down once `ray.init` returns, or dies with the
     process, and what Ray started with it."""
 
-    def __init__(self, ray: Any, address: str | None) -> None:
+    def __init__(self, ray: Any, address: str | None, mark: str | None) -> None:
         super().__init__(name="adbatch-ray", daemon=True)
         self._ray = ray
         self._address = address
+        self._mark = mark
         self.started = threading.Event()  # ray.init returned, or failed (`failure`)
         self.stop = threading.Event()
         self.failure: ConfigError | None = None
 
     def run(self) -> None:
         try:
-            _init(self._ray, self._address)
+            with _marked_environ(self._mark):
+                _init(self._ray, self._address)
         except ConfigError as exc:
             self.failure = exc
             return
@@ -219,6 +213,21 @@ class _RayOwner(threading.Thread):
             self.started.set()
         self.stop.wait()
         self._ray.shutdown()
+
+
+@contextlib.contextmanager
+def _marked_environ(mark: str | None) -> Iterator[None]:
+    """`_MARK` in `os.environ` while `ray.init` starts a local Ray's processes (which
+    inherit it), and not after: the caller's later processes do not carry it."""
+    if mark is None:
+        yield
+        return
+    os.environ[_MARK] = mark
+    try:
+        yield
+    finally:
+        if os.environ.get(_MARK) == mark:
+            del os.environ[_MARK]
 
 
 def _init(ray: Any, address: str | None) -> None:

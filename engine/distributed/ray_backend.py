@@ -105,7 +105,7 @@ async def run_ray(
     stop the run, whatever it is doing (cluster.signals_caught).
     """
     async with signals_caught(enabled=handle_signals) as interrupt:
-        options = _Options(shards, senders, token_factory, attempts, reap=handle_signals)
+        options = _Options(shards, senders, token_factory, attempts)
         return await _run(config, options, interrupt)
 
 
@@ -115,7 +115,6 @@ class _Options:
     senders: int | None
     token_factory: TokenFactory
     attempts: int
-    reap: bool  # the CLI's process: a local Ray leaves nothing running (cluster.ray_session)
 
 
 async def _run(config: Config, options: _Options, interrupt: Interrupt) -> Summary:
@@ -138,7 +137,7 @@ async def _run(config: Config, options: _Options, interrupt: Interrupt) -> Summa
         with interrupt.scope:
             if is_url(output):  # a missing bucket: exit 2 now, before Ray starts
                 await anyio.to_thread.run_sync(_check_bucket, output, config)
-            async with ray_session(ray, reap=options.reap):
+            async with ray_session(ray):
                 start = time.perf_counter()  # the run, not Ray's own start
                 count = options.senders or max(1, int(ray.cluster_resources().get("CPU", 1)))
                 prepared = functools.partial(prepare, options=digest)
