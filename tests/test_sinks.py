@@ -133,3 +133,26 @@ def test_syncing_a_pipe_is_quiet(monkeypatch: pytest.MonkeyPatch) -> None:
     finally:
         os.close(read_end)
         os.close(write_end)
+
+
+def test_no_other_file_of_a_run_is_written_over_a_held_output(tmp_path: Path) -> None:
+    """Another run's --summary, --series or merge output naming a file a run is writing
+    as its -o (locked for the run) is refused before it empties it: a --summary there
+    wrote over 14 of the run's records (exit 0 for both)."""
+    from engine.cli.common import write_file
+    from engine.files.sinks import create_output, refuse_if_held
+
+    path = tmp_path / "out.jsonl"
+    held = JsonlSink(str(path))
+    held.write(_result(0).to_json() + b"\n")
+    for write in (
+        lambda: create_output(str(path)),
+        lambda: write_file(str(path), b"{}", after_run=True),
+        lambda: refuse_if_held(str(path)),
+    ):
+        with pytest.raises(OutputError, match="is being written by another adbatch run"):
+            write()
+    assert path.read_bytes() == _result(0).to_json() + b"\n"
+    held.close()
+    refuse_if_held(str(path))  # free again
+    refuse_if_held(str(tmp_path / "absent.json"))

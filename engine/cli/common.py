@@ -123,6 +123,9 @@ def run_async(fn: Callable[..., Any], *args: Any) -> Any:
 def write_file(path: str, data: bytes, *, after_run: bool = False) -> None:
     """`data` into `path`; OutputError when it cannot be: exit 2, or 3 `after_run` (a
     run's --summary: the calls were sent, exit 2 would say nothing was)."""
+    from engine.files.sinks import refuse_if_held  # (only when a file is written)
+
+    refuse_if_held(path, before_run=not after_run)  # another run's -o
     try:
         with open(path, "wb") as f:
             f.write(data)

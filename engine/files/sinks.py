@@ -170,8 +170,35 @@ class JsonlSink:
                 os.close(self._fd)
 
 
+def refuse_if_held(path: str, *, before_run: bool = True) -> None:
+    """OutputError when another adbatch run holds `path` as its output (JsonlSink locks
+    it for its run): a --summary, a --series or a merge written over it would lose that
+    run's records. A file without locks, or no file, is no refusal."""
+    import fcntl
+
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released as it closes
+    except BlockingIOError:
+        raise OutputError(
+            f"{path} is being written by another adbatch run (its -o): let it end, or give "
+            "another path",
+            before_run=before_run,
+        ) from None
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def create_output(path: str) -> None:
     """An empty file at `path` (a file that cannot be written fails before the run)."""
+    refuse_if_held(path)
     try:
         with open(path, "wb"):
             pass

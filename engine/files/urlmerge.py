@@ -37,6 +37,7 @@ from engine.files.manifests import (
     write_merged_manifest,
 )
 from engine.files.parts import PARTS_SUFFIX
+from engine.files.sinks import refuse_if_held
 from engine.files.storage import (
     StorageOptions,
     check_bucket,
@@ -115,6 +116,7 @@ class MergeOutput:
         """The local output: written beside, renamed over it (a regular file, or none
         yet), or in place (a device, a pipe, a symlink: what it names is kept)."""
         name = self.name
+        refuse_if_held(name)  # another run's -o
         whole = not os.path.islink(name) and (not os.path.exists(name) or os.path.isfile(name))
         folder, base = os.path.split(name)
         temp = os.path.join(folder, f".{base}.{os.getpid()}.merging") if whole else name

@@ -35,6 +35,7 @@ from engine.core.serieslog import HEADER_KEY, VERSION, SecondLog
 from engine.core.shown import shown_value
 from engine.core.urls import written
 from engine.errors import OutputError
+from engine.files.sinks import refuse_if_held
 
 #: Options of no use in a report.
 _SKIPPED = frozenset({"progress", "summary", "series", "output", "inputs"})
@@ -87,6 +88,7 @@ def _append(fd: int, data: bytes) -> None:
 def open_shared(path: str, head: dict[str, Any], *, workers: int) -> None:
     """--series with --workers N: the file made empty, with its header (`head` has the
     schedule's start), before the workers append their seconds to it."""
+    refuse_if_held(path)  # another run's -o
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     except OSError as exc:
@@ -128,6 +130,8 @@ class SeriesWriter:
 
     def __init__(self, path: str, head: dict[str, Any] | None, *, horizon: float) -> None:
         flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if head is not None else os.O_APPEND)
+        if head is not None:
+            refuse_if_held(path)  # another run's -o
         try:
             self._fd = os.open(path, flags, 0o644)
         except OSError as exc:
