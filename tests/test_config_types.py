@@ -63,11 +63,14 @@ def test_a_wrong_type_is_one_config_error(options: dict[str, Any], message: str)
         pytest.param({"headers": (f"X-Api-Key: {SECRET}", 1)}, id="header"),
         pytest.param({"proxy": [f"http://u:{SECRET}@127.0.0.1:1"]}, id="proxy"),
         pytest.param({"endpoint": [f"http://u:{SECRET}@127.0.0.1:1/d?k={SECRET}"]}, id="url"),
+        pytest.param({"headers": (f"X-Api-Key: {SECRET}".encode(),)}, id="header-bytes"),
+        pytest.param({"endpoint": f"https://u:{SECRET}@h/d?k={SECRET}".encode()}, id="url-bytes"),
+        pytest.param({"inputs": (f"https://u:{SECRET}@h/x.jsonl".encode(),)}, id="input-bytes"),
     ],
 )
 def test_a_wrong_type_never_shows_a_secret(options: dict[str, Any]) -> None:
     with pytest.raises(engine.ConfigError) as caught:
-        engine.Config(inputs=("x.jsonl",), **options).validated()
+        engine.Config(**({"inputs": ("x.jsonl",)} | options)).validated()
     assert SECRET not in str(caught.value)
     assert "12345678901234567890" not in str(caught.value)
     assert "[redacted]" in str(caught.value)

@@ -89,6 +89,16 @@ def with_tuples(instance: T) -> T:
     return replace(instance, **changes) if changes else instance  # type: ignore[type-var]
 
 
+def _as_text(value: object) -> object:
+    """`value` with its bytes as text, so that core/shown.py redacts them as it does a
+    str (a bytes URL, header or secret was shown raw)."""
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", "replace")
+    if isinstance(value, list | tuple):
+        return type(value)(_as_text(item) for item in value)
+    return value
+
+
 def check_field_types(instance: object) -> None:
     """ConfigError (one line) for the first field of the dataclass `instance` whose
     value is not of its annotated type."""
@@ -98,7 +108,7 @@ def check_field_types(instance: object) -> None:
         value = getattr(instance, f.name)
         hint = hints[f.name]
         if not _matches(value, hint):
-            shown = shown_given(f.name, value)
+            shown = shown_given(f.name, _as_text(value))
             text = shown if shown == REDACTED else repr(shown)
             raise ConfigError(
                 f"{cls.__name__}.{f.name} must be {_named(hint)}, "
@@ -113,7 +123,7 @@ def shown_repr(instance: object) -> str:
         if not f.repr:
             continue
         value = getattr(instance, f.name)
-        shown = shown_value(f.name, value)
+        shown = shown_value(f.name, _as_text(value))
         if isinstance(value, tuple) and isinstance(shown, list):
             shown = tuple(shown)
         parts.append(f"{f.name}={shown!r}")
