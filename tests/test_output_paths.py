@@ -211,6 +211,7 @@ async def test_an_output_lost_mid_run_ends_it_with_exit_3(
         rc, err = await _ended(proc)
     assert rc == 3, err
     assert f"was {fate}" in err, err
+    assert err.count(f"was {fate}") == 1, err  # said once (the close repeated it)
     assert "during the run" in err
     assert "Traceback" not in err
     assert time.monotonic() - lost_at < 10  # 400 calls at 2 in flight would take longer

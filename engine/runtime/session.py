@@ -264,6 +264,8 @@ def _closing_told(summary: Summary, exc: FatalError | Interrupted, name: str) ->
         reason, interrupted, code = str(exc), summary.interrupted, exc.exit_code
     if summary.stopped is None:
         return replace(summary, stopped=reason, stop_code=code, interrupted=interrupted)
+    if reason in summary.stopped:  # the run's own stop said it already
+        return replace(summary, interrupted=interrupted)
     return replace(summary, stopped=f"{summary.stopped}; {reason}", interrupted=interrupted)
 
 
