@@ -265,6 +265,7 @@ async def test_metrics_count_errors_retries_and_token_renewals(
     assert total(last, "adbatch_token_renewals_total") >= 1
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
 async def test_dry_run_metrics_and_dashboard_count_its_records(
     write_jsonl: Callable[..., Path], tmp_path: Path

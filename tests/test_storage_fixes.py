@@ -262,6 +262,7 @@ def test_a_store_that_cannot_be_reached_is_not_a_missing_object(
     assert "no such object" not in done.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
 @pytest.mark.parametrize("status", [500, 503])
 async def test_an_http_store_that_fails_is_not_a_missing_object(

@@ -244,6 +244,7 @@ async def test_wrong_secret_exits_3_fast_before_any_call(
         assert secret not in text
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
 async def test_token_endpoint_down_exits_3_after_the_wait(
     tmp_path: Path, write_jsonl: Callable[..., Path]
