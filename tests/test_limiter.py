@@ -8,9 +8,8 @@ from pathlib import Path
 
 import anyio
 import pytest
-from aiohttp import web
 from conftest import config_for, events
-from web_app import serving
+from web_app import arrivals_counted
 
 from engine import run
 from engine.core.rates import LeaseSchedule
@@ -96,16 +95,8 @@ async def test_workers_calls_interleave(write_jsonl: Callable[..., Path], tmp_pa
     slot: at most 3 in any of them (4 before) leaves room for a busy machine's lateness."""
     count, rate = 16, 10.0
     path = write_jsonl(events(count))
-    arrivals: list[float] = []
-
-    async def deliver(request: web.Request) -> web.Response:
-        arrivals.append(time.monotonic())
-        return web.json_response({"status": "OK", "products": []})
-
-    app = web.Application()
-    app.router.add_get("/d", deliver)
-    async with serving(app) as base:
-        config = config_for(f"{base}/d", path, tmp_path / "out.jsonl", workers=4, rate=rate)
+    async with arrivals_counted() as (url, arrivals):
+        config = config_for(url, path, tmp_path / "out.jsonl", workers=4, rate=rate)
         summary = await run(config)
     assert summary.ok == count == len(arrivals)
     window = 0.5 / rate

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import gzip
 import re
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import anyio
 import pytest
-from aiohttp import web
 from conftest import config_for, events, read_records
-from web_app import serving
+from web_app import arrivals_counted
 
 from engine import Config, run
 from engine.cli.main import main
@@ -388,17 +386,9 @@ async def test_rate_is_kept_across_workers(
     if name.endswith(".gz"):  # read by the parent, sent as lines (Units), not as spans
         path = path.with_name(name)
         path.write_bytes(gzip.compress((tmp_path / "events.jsonl").read_bytes()))
-    arrivals: list[float] = []
-
-    async def deliver(request: web.Request) -> web.Response:
-        arrivals.append(time.monotonic())
-        return web.json_response({"status": "OK", "products": []})
-
-    app = web.Application()
-    app.router.add_get("/d", deliver)
     out = tmp_path / "out.jsonl"
-    async with serving(app) as base:
-        config = config_for(f"{base}/d", path, out, workers=2, concurrency=16, rate=rate)
+    async with arrivals_counted() as (url, arrivals):
+        config = config_for(url, path, out, workers=2, concurrency=16, rate=rate)
         summary = await run(config)
     assert summary.ok == count
     assert len(arrivals) == count

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -20,3 +21,19 @@ async def serving(app: web.Application) -> AsyncIterator[str]:
         yield f"http://{host}:{port}"
     finally:
         await runner.cleanup()
+
+
+@asynccontextmanager
+async def arrivals_counted() -> AsyncIterator[tuple[str, list[float]]]:
+    """A delivery host answering every call OK, recording when each arrived
+    (`time.monotonic()`): its URL and the list of arrivals."""
+    arrivals: list[float] = []
+
+    async def deliver(request: web.Request) -> web.Response:
+        arrivals.append(time.monotonic())
+        return web.json_response({"status": "OK", "products": []})
+
+    app = web.Application()
+    app.router.add_get("/d", deliver)
+    async with serving(app) as base:
+        yield f"{base}/d", arrivals
