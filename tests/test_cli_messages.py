@@ -343,6 +343,11 @@ def test_a_typo_of_the_refused_secret_option_suggests_the_file(
             id="before-the-command",
         ),
         pytest.param(
+            ["mock", f"--token{PASSWORD}"],
+            "adbatch mock: error: unknown option --token... (adbatch mock takes no --token)",
+            id="another-command-s-option",
+        ),
+        pytest.param(
             ["run", "--orderedX"],
             "adbatch run: error: unknown option --orderedX; did you mean --ordered?",
             id="a-flag-takes-no-value",

@@ -82,6 +82,9 @@ class Parser(argparse.ArgumentParser):
             if valued[option].help == argparse.SUPPRESS:  # --client-secret: its refusal
                 valued[option](self, argparse.Namespace(), None, option)
             self.error(glued_message(option))
+        if (other := glued_to(name, _every_valued())) is not None:  # another command's
+            print(self.usage_line(), file=sys.stderr)
+            self.error(f"unknown option {other}... ({self.prog} takes no {other})")
         message = f"unknown option {name}"
         # A hidden option is never suggested (--client-secret only says it is refused).
         shown = [a for a in self._actions if a.help != argparse.SUPPRESS]
@@ -91,6 +94,21 @@ class Parser(argparse.ArgumentParser):
             message += f"; did you mean {near[0]}?"
         print(self.usage_line(), file=sys.stderr)
         self.error(message)
+
+
+def _every_valued() -> list[str]:
+    """The options of every command that take a value (built only on this error)."""
+    from engine.cli.commands import COMMANDS
+    from engine.cli.main import build_parser, command_parser
+
+    full = build_parser()
+    return [
+        option
+        for command in COMMANDS
+        for action in command_parser(full, command)._actions
+        if action.nargs != 0
+        for option in action.option_strings
+    ]
 
 
 def glued_to(name: str, options: Sequence[str]) -> str | None:

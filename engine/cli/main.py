@@ -150,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extras:
         # argparse hands a subcommand's unknown arguments up to the top-level parser,
         # whose usage is not the one the user needs: the subcommand's says them.
-        _command_parser(parser, args.command).unknown(extras)
+        command_parser(parser, args.command).unknown(extras)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
@@ -205,7 +205,7 @@ def _option_before_command(parser: Parser, argv: list[str]) -> None:
     valued: list[str] = []  # those that take a value (one glued to them is never shown)
     refusing: dict[str, argparse.Action] = {}  # never suggested; given, refused
     for command in given or COMMANDS:
-        for action in _command_parser(full, command)._actions:
+        for action in command_parser(full, command)._actions:
             for option in action.option_strings:
                 if isinstance(action, RefuseSecret):
                     refusing[option] = action
@@ -231,7 +231,7 @@ def _option_before_command(parser: Parser, argv: list[str]) -> None:
     parser.error(message)
 
 
-def _command_parser(parser: Parser, command: str) -> Parser:
+def command_parser(parser: Parser, command: str) -> Parser:
     for action in parser._subparsers._group_actions if parser._subparsers else ():
         if isinstance(action, argparse._SubParsersAction):
             found = action.choices.get(command)
