@@ -9,7 +9,7 @@ import argparse
 import dataclasses
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn, TypeAlias
+from typing import Any, ClassVar, NoReturn, TypeAlias
 
 import orjson
 
@@ -30,6 +30,10 @@ class Parser(argparse.ArgumentParser):
     the command's usage line and the nearest option. `add_subparsers` makes its
     subcommands of this class too.
     """
+
+    #: Every command's options that take a value (cli/main.py sets it: a value glued to
+    #: another command's option is never shown either).
+    every_valued: ClassVar[Callable[[], list[str]] | None] = None
 
     def __init__(self, *, allow_abbrev: bool = False, **kwargs: Any) -> None:
         super().__init__(allow_abbrev=allow_abbrev, **kwargs)
@@ -82,7 +86,8 @@ class Parser(argparse.ArgumentParser):
             if valued[option].help == argparse.SUPPRESS:  # --client-secret: its refusal
                 valued[option](self, argparse.Namespace(), None, option)
             self.error(glued_message(option))
-        if (other := glued_to(name, _every_valued())) is not None:  # another command's
+        every = Parser.every_valued() if Parser.every_valued is not None else []
+        if (other := glued_to(name, every)) is not None:  # another command's
             print(self.usage_line(), file=sys.stderr)
             self.error(f"unknown option {other}... ({self.prog} takes no {other})")
         message = f"unknown option {name}"
@@ -94,21 +99,6 @@ class Parser(argparse.ArgumentParser):
             message += f"; did you mean {near[0]}?"
         print(self.usage_line(), file=sys.stderr)
         self.error(message)
-
-
-def _every_valued() -> list[str]:
-    """The options of every command that take a value (built only on this error)."""
-    from engine.cli.commands import COMMANDS
-    from engine.cli.main import build_parser, command_parser
-
-    full = build_parser()
-    return [
-        option
-        for command in COMMANDS
-        for action in command_parser(full, command)._actions
-        if action.nargs != 0
-        for option in action.option_strings
-    ]
 
 
 def glued_to(name: str, options: Sequence[str]) -> str | None:

@@ -231,6 +231,21 @@ def _option_before_command(parser: Parser, argv: list[str]) -> None:
     parser.error(message)
 
 
+def _every_valued() -> list[str]:
+    """The options of every command that take a value (built only on an unknown option)."""
+    full = build_parser()
+    return [
+        option
+        for command in COMMANDS
+        for action in command_parser(full, command)._actions
+        if action.nargs != 0
+        for option in action.option_strings
+    ]
+
+
+Parser.every_valued = _every_valued
+
+
 def command_parser(parser: Parser, command: str) -> Parser:
     for action in parser._subparsers._group_actions if parser._subparsers else ():
         if isinstance(action, argparse._SubParsersAction):
