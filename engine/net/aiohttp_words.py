@@ -19,14 +19,11 @@ import re
 import aiohttp
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 
-from engine.net.outcome import one_line
+from engine.net.outcome import one_line, unquoted
 
 # LineTooLong's text ("Got more than 8190 bytes when reading: b'...'."), should a
 # version of aiohttp hand it over without the exception in the chain.
 _TOO_LONG = re.compile(r"Got more than (\d+) bytes when reading")
-# A quoted excerpt on a description's line (the pure-Python parser's "Invalid HTTP
-# header: b'...'", "Bad status line '...'"), dropped with what follows it.
-_NO_QUOTE = re.compile(r"""\s*:?\s*(?:bytearray\()?b?(['"]).*$""")
 
 
 def client_error_text(exc: aiohttp.ClientError) -> str:
@@ -59,7 +56,7 @@ def parser_words(exc: BaseException) -> str | None:
         return None
     # llhttp's errors: "<description>:\n\n  <the bytes around the fault>\n  ^"
     described = one_line(str(found.message).split("\n\n", 1)[0]).rstrip(":")
-    return _NO_QUOTE.sub("", described).rstrip(" :") or type(found).__name__
+    return unquoted(described) or type(found).__name__
 
 
 def _too_long(limit: object) -> str:

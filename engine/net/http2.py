@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -71,7 +70,7 @@ from engine.net.http2_pool import (
     whole_stream_limits,
     whole_writes,
 )
-from engine.net.outcome import failed, one_line
+from engine.net.outcome import failed, one_line, unquoted
 from engine.net.tls import client_context, tls_failure
 
 #: Streams httpcore opens at once on one HTTP/2 connection (its MAX_CONCURRENT_STREAMS).
@@ -412,17 +411,14 @@ def _ended(exc: Exception) -> str:
     return "the server closed the connection" if text == "Server disconnected" else _unquoted(text)
 
 
-# h11 and h2 quote the server's bytes with repr() ("illegal status line: bytearray(b'...')",
-# "Invalid content-length header: b'...'"): a token echoed there comes escaped (a `\` or
-# `'` doubled), and the redaction misses it. The quote and what follows are dropped;
-# h11's two commonest read as the http1 client says them.
-_QUOTED = re.compile(r"""\s*:?\s*(?:bytearray\()?b?(['"]).*$""")
+# h11 and h2 quote the server's bytes with repr(): dropped (net/outcome.unquoted); h11's
+# two commonest read as the http1 client says them.
 _H11_WORDS = {"illegal status line": NOT_A_STATUS, "illegal header line": "Invalid header token"}
 
 
 def _unquoted(text: str) -> str:
     """`text` (one line) without a library's quote of the server's bytes."""
-    said = _QUOTED.sub("", text).rstrip(" :")
+    said = unquoted(text)
     return _H11_WORDS.get(said, said) or "an answer that is not HTTP"
 
 

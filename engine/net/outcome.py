@@ -3,6 +3,7 @@ its message on one line (records and logs want one line; error texts may span se
 
 from __future__ import annotations
 
+import re
 import time
 
 from engine.core.records import Response
@@ -17,3 +18,15 @@ def failed(
 
 def one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+# A library's quote of the server's bytes on a description's line (aiohttp's "Invalid
+# HTTP header: b'...'", h11's "illegal status line: bytearray(b'...')", h2's "Invalid
+# content-length header: b'...'"): repr() escapes a `\` or `'`, and a token echoed there
+# would escape the redaction. Dropped with what follows it.
+_QUOTE = re.compile(r"""\s*:?\s*(?:bytearray\()?b?(['"]).*$""")
+
+
+def unquoted(text: str) -> str:
+    """`text` (one line) without a library's quote of the server's bytes."""
+    return _QUOTE.sub("", text).rstrip(" :")
